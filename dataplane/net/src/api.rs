@@ -1,0 +1,96 @@
+//! The backend-independent byte-stream API the messenger uses.
+
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+use crate::NetError;
+
+/// A listening port on one stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenerId(pub(crate) u32);
+
+/// One connection on one stack. A handle is invalid after `close` (slot + generation, so a
+/// stale handle can never reach a newer connection that reused the slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub(crate) slot: u32,
+    pub(crate) gen: u32,
+}
+
+/// Per-connection counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub reads: u64,
+    pub writes: u64,
+    /// `write` calls that could not take the whole buffer (backpressure).
+    pub write_blocked: u64,
+}
+
+/// Per-interface (per-stack) counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IfaceStats {
+    /// Frames/bytes through the device (smoltcp backend; 0 for the kernel backend).
+    pub rx_frames: u64,
+    pub tx_frames: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// Connections handed to `accept` callers.
+    pub accepted: u64,
+    /// Connections whose socket went back to the pool.
+    pub reaped: u64,
+    /// Connections that ended by reset or timeout rather than an orderly close.
+    pub resets: u64,
+    /// Times a listener could not get a socket because the cap was reached.
+    pub socket_cap_hits: u64,
+    /// Sockets in use now: listening + connected (the smoltcp socket-set size).
+    pub sockets: u64,
+    /// Open connections now (accepted, not yet reaped).
+    pub connections: u64,
+}
+
+/// The connection's state as the application sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// Data can flow both ways.
+    Open,
+    /// The peer sent FIN: reads drain what is buffered then return `Eof`; writes still work.
+    PeerClosed,
+    /// Reset or timed out: only `close` is left to do.
+    Closed,
+}
+
+/// A TCP stack driven by one shard. Every call is non-blocking.
+///
+/// Contract: `read` returns `Ok(0)` when no data is buffered (for a non-empty buffer),
+/// `Err(Eof)` after the peer's FIN once all data was read, `Err(Closed)` after a reset or
+/// timeout. `write` may take fewer bytes than offered, `Ok(0)` when the send buffer is full:
+/// that is the backpressure signal; retry after `poll`. The application must `close` every
+/// accepted connection (also after `Eof`/`Closed`) to give its socket back.
+pub trait NetStack {
+    /// Listens on `port` with at most `backlog` connections pending (handshaking or
+    /// established but not yet accepted).
+    fn listen(&mut self, port: u16, backlog: usize) -> Result<ListenerId, NetError>;
+    /// The port a listener is bound to (useful after `listen(0, ..)` on the kernel backend).
+    fn local_port(&self, l: ListenerId) -> Result<u16, NetError>;
+    /// Takes one established connection from the listener's queue.
+    fn accept(&mut self, l: ListenerId) -> Result<Option<ConnId>, NetError>;
+    /// Copies buffered received bytes into `buf`.
+    fn read(&mut self, c: ConnId, buf: &mut [u8]) -> Result<usize, NetError>;
+    /// Queues bytes for sending; returns how many were taken.
+    fn write(&mut self, c: ConnId, buf: &[u8]) -> Result<usize, NetError>;
+    /// Bytes `write` would take right now (an estimate for the kernel backend).
+    fn send_space(&self, c: ConnId) -> Result<usize, NetError>;
+    /// Starts an orderly close; the handle is invalid afterwards.
+    fn close(&mut self, c: ConnId) -> Result<(), NetError>;
+    fn conn_state(&self, c: ConnId) -> Result<ConnState, NetError>;
+    fn conn_stats(&self, c: ConnId) -> Result<ConnStats, NetError>;
+    fn stats(&self) -> IfaceStats;
+    /// Moves packets/events, accepts, reaps. Returns the work done (0 = idle).
+    fn poll(&mut self) -> usize;
+    /// When `poll` must run again at the latest (retransmit/keep-alive timers).
+    fn next_deadline(&self) -> Option<Instant>;
+    /// An fd that is readable when `poll` has work (for the adaptive shard's sleep).
+    fn wait_fd(&self) -> Option<RawFd>;
+}

@@ -1,0 +1,54 @@
+//! # carmine-net: per-shard TCP byte streams
+//!
+//! The messenger talks to one [`NetStack`] per shard: `listen` (explicit backlog), `accept`,
+//! `read`/`write` (non-blocking, partial writes are the backpressure signal), `close`, and
+//! per-connection / per-interface counters. Two backends implement it:
+//!
+//! - [`SmolStack<D>`]: smoltcp 0.14 (pinned) over any `smoltcp::phy::Device` `D`: one
+//!   `Interface` and one socket set per shard, a preallocated pool of TCP sockets (cap per
+//!   interface), listeners holding `backlog` pre-created LISTEN sockets, reaping of closed and
+//!   timed-out connections. ARP and ICMP echo are answered by the interface. Today `D` is
+//!   smoltcp's AF_PACKET `RawSocket` (CI topology: [`netns`]); the DPDK mbuf device plugs in
+//!   with no change here (see "Device contract" below).
+//! - [`KernelStack`]: kernel sockets (non-blocking, mio/epoll), for laptops and unit tests.
+//!
+//! A stack is driven by its shard: wrap it in a [`carmine_reactor::Poller`] (see
+//! [`testapp::ServerPoller`] for a complete one) whose `poll` calls [`NetStack::poll`] and then
+//! runs the application; `next_deadline`/`wait_fd` let an adaptive shard sleep until smoltcp's
+//! next timer or the device fd.
+//!
+//! ## Device contract (for the DPDK mbuf device)
+//! Implement `smoltcp::phy::Device` with `capabilities()` = `Medium::Ethernet`, MTU 1514
+//! (frame, not IP MTU), `max_burst_size` = the burst size; checksum capabilities as the port
+//! offloads. `receive()` pops one mbuf from a per-shard rx burst array (refilled by
+//! `rte_eth_rx_burst` when empty) and returns an `RxToken` whose `consume` calls `f` on the
+//! mbuf's data slice and frees the mbuf (no copy); the paired `TxToken` and `transmit()` allocate
+//! an mbuf from the shard's mempool (None when the pool or tx ring is full: smoltcp retries),
+//! and `consume(len, f)` appends `len` bytes and lets `f` write the frame in place, then queues
+//! the mbuf for the next `rte_eth_tx_burst` (flush the tx array at the end of every poll).
+//! Then: `SmolStack::new(device, SmolConfig { .. }, None)`.
+//!
+//! ## Invariants
+//! - A stack is owned by one shard thread (`!Send` is fine) and never blocks.
+//! - smoltcp backend: sockets in the set = listening + live connections; after every close the
+//!   socket returns to the pool, so `stats().sockets` returns to its baseline (the backlogs).
+//!   No allocation after `new` on the poll/read/write/accept/close paths (the pool, socket-set
+//!   `Vec`, conn table and listener queues are sized up front; the AF_PACKET `RawSocket`
+//!   device itself allocates a frame buffer per receive, which the DPDK device will not).
+//! - Handles are generation-checked: a stale `ConnId` gets `InvalidHandle`, never another
+//!   connection.
+
+mod api;
+mod counted;
+mod error;
+mod kernel;
+pub mod netns;
+mod smol;
+pub mod testapp;
+
+pub use api::{ConnId, ConnState, ConnStats, IfaceStats, ListenerId, NetStack};
+pub use error::NetError;
+pub use kernel::{KernelConfig, KernelStack};
+pub use smol::{SmolConfig, SmolStack};
+/// Re-exported so callers name the same smoltcp version.
+pub use smoltcp;

@@ -1,0 +1,453 @@
+//! The smoltcp backend: one `Interface` + `SocketSet` per shard over any `phy::Device`.
+//!
+//! Socket pool: `max_sockets` TCP sockets (with their rx/tx buffers, pre-faulted) are built in
+//! `new` and kept in a free list *outside* the socket set. Listening adds `backlog` of them to
+//! the set in LISTEN state; when one completes its handshake it becomes a connection and the
+//! listener takes another from the pool (explicit backlog: listening + established-unaccepted
+//! never exceeds it). Closing puts the socket back in the pool. The socket set thus holds only
+//! live sockets (smoltcp scans it per packet) and steady state never allocates: `SocketSet`'s
+//! `Vec` keeps its capacity when slots are removed and re-added.
+//!
+//! Reaping: a connection the application closed is returned to the pool once smoltcp reaches
+//! CLOSED or TIME-WAIT (TIME-WAIT is held for at most `time_wait`, default 0), or after
+//! `close_linger` at the latest. A peer that vanishes without FIN/RST is detected by the
+//! keep-alive/timeout settings (`keep_alive`, `timeout`), which move the socket to CLOSED;
+//! the application then sees `Err(Closed)` and closes it.
+
+use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant as StdInstant};
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::Device;
+use smoltcp::socket::tcp;
+use smoltcp::socket::Socket;
+use smoltcp::time::{Duration as SmolDuration, Instant};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
+
+use crate::api::{ConnId, ConnState, ConnStats, IfaceStats, ListenerId, NetStack};
+use crate::counted::{Counted, FrameCounters};
+use crate::NetError;
+
+/// Configuration of one smoltcp interface.
+#[derive(Debug, Clone)]
+pub struct SmolConfig {
+    pub mac: [u8; 6],
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    /// Receive/send buffer per TCP socket, bytes.
+    pub rx_buffer: usize,
+    pub tx_buffer: usize,
+    /// Cap on TCP sockets (listening + connected) on this interface.
+    pub max_sockets: usize,
+    /// Keep-alive probe interval on connections (None: off).
+    pub keep_alive: Option<Duration>,
+    /// A connection whose sent data stays unacknowledged this long is closed (None: never).
+    pub timeout: Option<Duration>,
+    /// Longest a closed-by-us connection may take to finish its FIN handshake.
+    pub close_linger: Duration,
+    /// Longest TIME-WAIT is held before the socket is reused.
+    pub time_wait: Duration,
+    /// Disable Nagle (request/response traffic wants this).
+    pub nodelay: bool,
+    pub random_seed: u64,
+}
+
+impl Default for SmolConfig {
+    fn default() -> Self {
+        Self {
+            mac: [0x02, 0x00, 0x00, 0x00, 0x00, 0x01],
+            ip: Ipv4Addr::new(10, 0, 0, 2),
+            prefix_len: 24,
+            gateway: None,
+            rx_buffer: 256 * 1024,
+            tx_buffer: 256 * 1024,
+            max_sockets: 128,
+            keep_alive: Some(Duration::from_secs(5)),
+            timeout: Some(Duration::from_secs(15)),
+            close_linger: Duration::from_secs(5),
+            time_wait: Duration::ZERO,
+            nodelay: true,
+            random_seed: 0x5eed,
+        }
+    }
+}
+
+struct Listener {
+    port: u16,
+    backlog: usize,
+    /// Sockets in LISTEN / SYN-RECEIVED for this port.
+    pending: Vec<SocketHandle>,
+    /// Established connections not yet accepted.
+    ready: std::collections::VecDeque<ConnId>,
+}
+
+struct Conn {
+    handle: SocketHandle,
+    gen: u32,
+    stats: ConnStats,
+    /// When the application closed it (None: still the application's).
+    closed_at: Option<Instant>,
+    /// Entered TIME-WAIT at.
+    time_wait_at: Option<Instant>,
+    counted_reset: bool,
+}
+
+/// A smoltcp TCP/IP stack over device `D` (AF_PACKET now, a DPDK mbuf device later).
+pub struct SmolStack<D: Device> {
+    device: Counted<D>,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    free: Vec<tcp::Socket<'static>>,
+    listeners: Vec<Listener>,
+    conns: Vec<Option<Conn>>,
+    conn_free: Vec<u32>,
+    next_gen: u32,
+    cfg: SmolConfig,
+    stats: IfaceStats,
+    wait_fd: Option<RawFd>,
+    deadline: Option<StdInstant>,
+}
+
+/// A zero-filled buffer whose pages are touched now, not on the data path.
+fn prefaulted(len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    v.resize(len, 0u8);
+    for i in (0..len).step_by(4096) {
+        // black_box keeps the write from being elided: the point is the page fault.
+        v[i] = std::hint::black_box(0);
+    }
+    v
+}
+
+fn smol_dur(d: Duration) -> SmolDuration {
+    SmolDuration::from_micros(d.as_micros().min(u64::MAX as u128) as u64)
+}
+
+impl<D: Device> SmolStack<D> {
+    /// Builds the interface and the socket pool. `wait_fd`: an fd readable when the device
+    /// has frames (the AF_PACKET socket), or None (DPDK: the shard just polls).
+    pub fn new(mut device: D, cfg: SmolConfig, wait_fd: Option<RawFd>) -> Result<Self, NetError> {
+        if cfg.max_sockets == 0 || cfg.rx_buffer == 0 || cfg.tx_buffer == 0 {
+            return Err(NetError::Config("max_sockets and buffer sizes must be > 0"));
+        }
+        let mac = EthernetAddress(cfg.mac);
+        if !mac.is_unicast() {
+            return Err(NetError::Config("MAC address must be unicast"));
+        }
+        let mut icfg = Config::new(HardwareAddress::Ethernet(mac));
+        icfg.random_seed = cfg.random_seed;
+        let mut iface = Interface::new(icfg, &mut device, Instant::now());
+        let ip = Ipv4Address::from_octets(cfg.ip.octets());
+        let mut addr_err = false;
+        iface.update_ip_addrs(|addrs| {
+            addr_err = addrs.push(IpCidr::new(ip.into(), cfg.prefix_len)).is_err();
+        });
+        if addr_err {
+            return Err(NetError::Config("too many interface addresses"));
+        }
+        if let Some(gw) = cfg.gateway {
+            iface
+                .routes_mut()
+                .add_default_ipv4_route(Ipv4Address::from_octets(gw.octets()))
+                .map_err(|_| NetError::Config("route table full"))?;
+        }
+        let free = (0..cfg.max_sockets)
+            .map(|_| {
+                let rx = tcp::SocketBuffer::new(prefaulted(cfg.rx_buffer));
+                let tx = tcp::SocketBuffer::new(prefaulted(cfg.tx_buffer));
+                let mut s = tcp::Socket::new(rx, tx);
+                s.set_nagle_enabled(!cfg.nodelay);
+                s.set_keep_alive(cfg.keep_alive.map(smol_dur));
+                s.set_timeout(cfg.timeout.map(smol_dur));
+                s
+            })
+            .collect();
+        let mut conns = Vec::with_capacity(cfg.max_sockets);
+        conns.resize_with(cfg.max_sockets, || None);
+        Ok(Self {
+            device: Counted { inner: device, counters: FrameCounters::default() },
+            iface,
+            sockets: SocketSet::new(Vec::with_capacity(cfg.max_sockets)),
+            free,
+            listeners: Vec::new(),
+            conn_free: (0..cfg.max_sockets as u32).rev().collect(),
+            conns,
+            next_gen: 1,
+            cfg,
+            stats: IfaceStats::default(),
+            wait_fd,
+            deadline: None,
+        })
+    }
+
+    /// The underlying device (e.g. to read its own counters).
+    pub fn device(&self) -> &D {
+        &self.device.inner
+    }
+
+    fn conn(&self, c: ConnId) -> Result<&Conn, NetError> {
+        match self.conns.get(c.slot as usize) {
+            Some(Some(k)) if k.gen == c.gen && k.closed_at.is_none() => Ok(k),
+            _ => Err(NetError::InvalidHandle),
+        }
+    }
+
+    fn conn_mut(&mut self, c: ConnId) -> Result<&mut Conn, NetError> {
+        match self.conns.get_mut(c.slot as usize) {
+            Some(Some(k)) if k.gen == c.gen && k.closed_at.is_none() => Ok(k),
+            _ => Err(NetError::InvalidHandle),
+        }
+    }
+
+    /// Takes a socket from the pool and makes it listen on `port`.
+    fn listening_socket(&mut self, port: u16) -> Option<SocketHandle> {
+        let mut s = self.free.pop()?;
+        if s.listen(port).is_err() {
+            // Only fails for port 0 or an open socket; pool sockets are closed.
+            self.free.push(s);
+            return None;
+        }
+        Some(self.sockets.add(s))
+    }
+
+    /// Removes a socket from the set and returns it to the pool.
+    fn release(&mut self, h: SocketHandle) {
+        #[allow(unreachable_patterns)]
+        match self.sockets.remove(h) {
+            Socket::Tcp(mut s) => {
+                s.abort();
+                self.free.push(s);
+            }
+            _ => {}
+        }
+    }
+
+    fn new_conn(&mut self, handle: SocketHandle) -> Option<ConnId> {
+        let slot = self.conn_free.pop()?;
+        let gen = self.next_gen;
+        self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        self.conns[slot as usize] = Some(Conn {
+            handle,
+            gen,
+            stats: ConnStats::default(),
+            closed_at: None,
+            time_wait_at: None,
+            counted_reset: false,
+        });
+        Some(ConnId { slot, gen })
+    }
+
+    /// Promotes handshaken sockets to connections and tops listeners up to their backlog.
+    fn maintain_listeners(&mut self) -> usize {
+        let mut work = 0;
+        for li in 0..self.listeners.len() {
+            let mut i = 0;
+            while i < self.listeners[li].pending.len() {
+                let h = self.listeners[li].pending[i];
+                let state = self.sockets.get::<tcp::Socket>(h).state();
+                match state {
+                    tcp::State::Listen | tcp::State::SynReceived => i += 1,
+                    tcp::State::Closed => {
+                        // Reset during the handshake and not re-armed: listen again.
+                        let port = self.listeners[li].port;
+                        let _ = self.sockets.get_mut::<tcp::Socket>(h).listen(port);
+                        i += 1;
+                    }
+                    _ => {
+                        self.listeners[li].pending.swap_remove(i);
+                        match self.new_conn(h) {
+                            Some(c) => self.listeners[li].ready.push_back(c),
+                            None => self.release(h),
+                        }
+                        work += 1;
+                    }
+                }
+            }
+            loop {
+                let l = &self.listeners[li];
+                if l.pending.len() + l.ready.len() >= l.backlog {
+                    break;
+                }
+                let port = l.port;
+                match self.listening_socket(port) {
+                    Some(h) => self.listeners[li].pending.push(h),
+                    None => {
+                        self.stats.socket_cap_hits += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        work
+    }
+
+    /// Returns the sockets of closed connections to the pool.
+    fn reap(&mut self, now: Instant) -> usize {
+        let mut work = 0;
+        for slot in 0..self.conns.len() {
+            let Some(k) = self.conns[slot].as_mut() else { continue };
+            let state = self.sockets.get::<tcp::Socket>(k.handle).state();
+            if state == tcp::State::Closed && !k.counted_reset && k.closed_at.is_none() {
+                k.counted_reset = true;
+                self.stats.resets += 1;
+            }
+            if state == tcp::State::TimeWait && k.time_wait_at.is_none() {
+                k.time_wait_at = Some(now);
+            }
+            let Some(closed_at) = k.closed_at else { continue };
+            let done = match state {
+                tcp::State::Closed => true,
+                tcp::State::TimeWait => {
+                    k.time_wait_at.is_some_and(|t| now - t >= smol_dur(self.cfg.time_wait))
+                }
+                _ => now - closed_at >= smol_dur(self.cfg.close_linger),
+            };
+            if done {
+                let h = k.handle;
+                self.conns[slot] = None;
+                self.conn_free.push(slot as u32);
+                self.release(h);
+                self.stats.reaped += 1;
+                work += 1;
+            }
+        }
+        work
+    }
+}
+
+impl<D: Device> NetStack for SmolStack<D> {
+    fn listen(&mut self, port: u16, backlog: usize) -> Result<ListenerId, NetError> {
+        if port == 0 || backlog == 0 {
+            return Err(NetError::Config("port and backlog must be > 0"));
+        }
+        if self.listeners.iter().any(|l| l.port == port) {
+            return Err(NetError::AddrInUse(port));
+        }
+        if self.free.len() < backlog {
+            return Err(NetError::SocketCap(self.cfg.max_sockets));
+        }
+        self.listeners.push(Listener {
+            port,
+            backlog,
+            pending: Vec::with_capacity(backlog),
+            ready: std::collections::VecDeque::with_capacity(backlog),
+        });
+        self.maintain_listeners();
+        Ok(ListenerId(self.listeners.len() as u32 - 1))
+    }
+
+    fn local_port(&self, l: ListenerId) -> Result<u16, NetError> {
+        self.listeners.get(l.0 as usize).map(|l| l.port).ok_or(NetError::InvalidHandle)
+    }
+
+    fn accept(&mut self, l: ListenerId) -> Result<Option<ConnId>, NetError> {
+        let lst = self.listeners.get_mut(l.0 as usize).ok_or(NetError::InvalidHandle)?;
+        let c = lst.ready.pop_front();
+        if c.is_some() {
+            self.stats.accepted += 1;
+            // The freed backlog place is refilled on the next poll.
+        }
+        Ok(c)
+    }
+
+    fn read(&mut self, c: ConnId, buf: &mut [u8]) -> Result<usize, NetError> {
+        let h = self.conn(c)?.handle;
+        let s = self.sockets.get_mut::<tcp::Socket>(h);
+        if s.can_recv() {
+            let n = s.recv_slice(buf).map_err(|_| NetError::Closed)?;
+            let k = self.conn_mut(c)?;
+            k.stats.bytes_in += n as u64;
+            k.stats.reads += 1;
+            return Ok(n);
+        }
+        if s.may_recv() {
+            return Ok(0);
+        }
+        match s.state() {
+            tcp::State::Closed => Err(NetError::Closed),
+            _ => Err(NetError::Eof),
+        }
+    }
+
+    fn write(&mut self, c: ConnId, buf: &[u8]) -> Result<usize, NetError> {
+        let h = self.conn(c)?.handle;
+        let s = self.sockets.get_mut::<tcp::Socket>(h);
+        if !s.may_send() {
+            return Err(NetError::Closed);
+        }
+        let n = if s.can_send() { s.send_slice(buf).map_err(|_| NetError::Closed)? } else { 0 };
+        let k = self.conn_mut(c)?;
+        k.stats.bytes_out += n as u64;
+        k.stats.writes += 1;
+        if n < buf.len() {
+            k.stats.write_blocked += 1;
+        }
+        Ok(n)
+    }
+
+    fn send_space(&self, c: ConnId) -> Result<usize, NetError> {
+        let s = self.sockets.get::<tcp::Socket>(self.conn(c)?.handle);
+        Ok(s.send_capacity() - s.send_queue())
+    }
+
+    fn close(&mut self, c: ConnId) -> Result<(), NetError> {
+        let now = Instant::now();
+        let k = self.conn_mut(c)?;
+        k.closed_at = Some(now);
+        let h = k.handle;
+        self.sockets.get_mut::<tcp::Socket>(h).close();
+        self.reap(now);
+        Ok(())
+    }
+
+    fn conn_state(&self, c: ConnId) -> Result<ConnState, NetError> {
+        let s = self.sockets.get::<tcp::Socket>(self.conn(c)?.handle);
+        Ok(match s.state() {
+            tcp::State::Closed => ConnState::Closed,
+            _ if !s.may_recv() && !s.can_recv() => ConnState::PeerClosed,
+            _ => ConnState::Open,
+        })
+    }
+
+    fn conn_stats(&self, c: ConnId) -> Result<ConnStats, NetError> {
+        Ok(self.conn(c)?.stats)
+    }
+
+    fn stats(&self) -> IfaceStats {
+        let c = &self.device.counters;
+        IfaceStats {
+            rx_frames: c.rx_frames.get(),
+            tx_frames: c.tx_frames.get(),
+            rx_bytes: c.rx_bytes.get(),
+            tx_bytes: c.tx_bytes.get(),
+            sockets: self.sockets.iter().count() as u64,
+            connections: self.conns.iter().filter(|k| k.is_some()).count() as u64,
+            ..self.stats
+        }
+    }
+
+    fn poll(&mut self) -> usize {
+        let now = Instant::now();
+        let before = self.device.counters.rx_frames.get() + self.device.counters.tx_frames.get();
+        self.iface.poll(now, &mut self.device, &mut self.sockets);
+        let frames = self.device.counters.rx_frames.get() + self.device.counters.tx_frames.get()
+            - before;
+        let mut work = frames as usize;
+        work += self.maintain_listeners();
+        work += self.reap(now);
+        self.deadline = self.iface.poll_delay(now, &self.sockets).map(|d| {
+            StdInstant::now() + Duration::from_micros(d.total_micros())
+        });
+        work
+    }
+
+    fn next_deadline(&self) -> Option<StdInstant> {
+        self.deadline
+    }
+
+    fn wait_fd(&self) -> Option<RawFd> {
+        self.wait_fd
+    }
+}

@@ -1,0 +1,192 @@
+//! smoltcp backend over AF_PACKET on a veth pair between two network namespaces, with kernel
+//! TCP clients on the other end. Needs root (creates namespaces); skipped otherwise.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use carmine_net::netns::{self, VethPair, SERVER_IF};
+use carmine_net::smoltcp::phy::{Medium, RawSocket};
+use carmine_net::testapp::client;
+use carmine_net::{SmolConfig, SmolStack};
+use common::*;
+
+const PORT: u16 = 7000;
+const BACKLOG: usize = 8;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: needs root to create network namespaces");
+    }
+    root
+}
+
+fn shard_ip(shard: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 0, 2 + shard as u8)
+}
+
+/// Starts `shards` smoltcp shards on the server side of `veth`, shard i at 10.77.0.(2+i).
+fn start_smol(veth: &VethPair, shards: usize, tweak: fn(&mut SmolConfig)) -> Server {
+    let ns = veth.server_ns.clone();
+    start(shards, BACKLOG, move |shard| {
+        netns::enter(&ns).map_err(|e| e.to_string())?;
+        let dev = RawSocket::new(SERVER_IF, Medium::Ethernet).map_err(|e| e.to_string())?;
+        let fd = dev.as_raw_fd();
+        let mut cfg = SmolConfig {
+            mac: [0x02, 0, 0, 0, 0x77, 2 + shard as u8],
+            ip: shard_ip(shard),
+            random_seed: 0x1234 + shard as u64,
+            ..SmolConfig::default()
+        };
+        tweak(&mut cfg);
+        let stack = SmolStack::new(dev, cfg, Some(fd)).map_err(|e| e.to_string())?;
+        Ok((stack, PORT))
+    })
+}
+
+fn addr(shard: usize) -> SocketAddr {
+    SocketAddr::from((shard_ip(shard), PORT))
+}
+
+#[test]
+fn ping_is_answered() {
+    if !is_root() {
+        return;
+    }
+    let veth = VethPair::create("p", 1500).expect("veth");
+    let server = start_smol(&veth, 1, |_| {});
+    let out = veth
+        .client_command("ping")
+        .args(["-c", "3", "-i", "0.2", "-W", "2", &shard_ip(0).to_string()])
+        .output()
+        .expect("run ping");
+    assert!(out.status.success(), "ping failed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 received"));
+    drop(server);
+}
+
+#[test]
+fn ten_thousand_round_trips_64b_to_64k() {
+    if !is_root() {
+        return;
+    }
+    let veth = VethPair::create("r", 1500).expect("veth");
+    let server = start_smol(&veth, 1, |_| {});
+    let t0 = Instant::now();
+    round_trips(addr(0), 4, 10_000, &netns_spawner(veth.client_ns.clone()));
+    eprintln!("10k round trips in {:?}", t0.elapsed());
+    assert!(server.probes[0].requests.load(Ordering::Relaxed) >= 10_000);
+}
+
+/// Bytes streamed each way. 256 MiB as asked when built with optimisations; a debug build over
+/// AF_PACKET moves ~tens of MB/s, so debug runs stream 32 MiB (still many window wraps).
+const STREAM: u64 = if cfg!(debug_assertions) { 32 << 20 } else { 256 << 20 };
+
+#[test]
+fn stream_each_way_with_checksum() {
+    if !is_root() {
+        return;
+    }
+    let veth = VethPair::create("s", 1500).expect("veth");
+    let _server = start_smol(&veth, 1, |_| {});
+    let t0 = Instant::now();
+    let (up, down) = netns::run_in(&veth.client_ns, move || {
+        let mut s = connect(addr(0));
+        let up = client::upload(&mut s, STREAM, 11).expect("upload verified");
+        let down = client::download(&mut s, STREAM, 12).expect("download verified");
+        (up, down)
+    })
+    .expect("client in netns");
+    eprintln!("{} MiB each way in {:?} (crc {up:#x} / {down:#x})", STREAM >> 20, t0.elapsed());
+}
+
+#[test]
+fn sixty_four_concurrent_connections() {
+    if !is_root() {
+        return;
+    }
+    let veth = VethPair::create("c", 1500).expect("veth");
+    let server = start_smol(&veth, 1, |_| {});
+    concurrent_64(addr(0), server.probes[0].clone(), &netns_spawner(veth.client_ns.clone()));
+}
+
+#[test]
+fn killed_client_is_reaped() {
+    if !is_root() {
+        return;
+    }
+    let veth = VethPair::create("k", 1500).expect("veth");
+    let server = start_smol(&veth, 1, |_| {});
+    let probe = server.probes[0].clone();
+    wait_for(Duration::from_secs(5), "listener sockets", || probe_sockets(&probe) > 0);
+    let baseline = probe_sockets(&probe);
+    assert_eq!(baseline, BACKLOG as u64);
+    killed_client(&shard_ip(0).to_string(), PORT, Some(&veth.client_ns), probe.clone(), baseline);
+}
+
+#[test]
+fn vanished_peer_times_out_and_is_reaped() {
+    if !is_root() {
+        return;
+    }
+    let veth = VethPair::create("v", 1500).expect("veth");
+    let server = start_smol(&veth, 1, |c| {
+        c.timeout = Some(Duration::from_secs(2));
+        c.keep_alive = Some(Duration::from_secs(1));
+    });
+    let probe = server.probes[0].clone();
+    wait_for(Duration::from_secs(5), "listener sockets", || probe_sockets(&probe) > 0);
+    let baseline = probe_sockets(&probe);
+    let ns = veth.client_ns.clone();
+    let reader = std::thread::spawn(move || {
+        netns::enter(&ns).expect("netns");
+        let mut s = connect(addr(0));
+        s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        // Download "forever"; the read fails once the link is gone.
+        client::download(&mut s, 1 << 40, 3).err()
+    });
+    wait_for(Duration::from_secs(10), "the connection", || {
+        probe.connections.load(Ordering::Relaxed) == 1
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    veth.set_client_link(false).expect("link down");
+    wait_for(Duration::from_secs(20), "the timed-out connection to be reaped", || {
+        probe.connections.load(Ordering::Relaxed) == 0 && probe_sockets(&probe) == baseline
+    });
+    assert!(probe.resets.load(Ordering::Relaxed) >= 1, "ended by timeout, counted as reset");
+    assert!(reader.join().expect("reader").is_some(), "client saw the stream break");
+}
+
+#[test]
+fn two_shards_each_serve_their_own_connections() {
+    if !is_root() {
+        return;
+    }
+    let veth = VethPair::create("2", 1500).expect("veth");
+    let server = start_smol(&veth, 2, |_| {});
+    let handles: Vec<_> = (0..16)
+        .map(|k| {
+            let ns = veth.client_ns.clone();
+            std::thread::spawn(move || {
+                netns::enter(&ns).expect("netns");
+                let shard = k % 2;
+                let mut s = connect(addr(shard));
+                let got = client::shard_id(&mut s).expect("shard id");
+                client::request(&mut s, &[k as u8; 1000], 2000).expect("round trip");
+                (shard, got)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (want, got) = h.join().expect("client");
+        assert_eq!(got as usize, want, "served by the wrong shard");
+    }
+    for p in &server.probes {
+        assert_eq!(p.accepted.load(Ordering::Relaxed), 8);
+    }
+}
