@@ -1,0 +1,57 @@
+//! # carmine-bdevstore: a log-structured object store on a poll-mode block device
+//!
+//! One instance per shard, on that shard's static partition of a device (SPDK bdev in the OSD,
+//! a file in tests). The on-disk format, record layouts and recovery procedure are specified in
+//! `FORMAT.md` next to this crate; this is the design in short.
+//!
+//! ## Layout
+//! Block 0 of the device is the superblock (geometry, one partition per shard). A partition
+//! holds two checkpoint slots followed by fixed-size segments. The log is a chain of segments;
+//! each journal *record* is `header blocks | data blocks`, the header a CRC-32C frame that lists
+//! the transactions (logical ops, with every written byte range replaced by a checksummed
+//! *chunk* reference into the record's own data blocks). Data lives in the log: there is no
+//! second copy, so a 4 KiB overwrite costs its data block plus a share of a header block.
+//!
+//! ## Index and recovery
+//! All metadata (collections, onodes with attributes, omap and extent maps) is memory resident
+//! in [`index::Index`]. A checkpoint serializes it into the inactive slot (body, flush, header,
+//! flush); mount loads the newest valid checkpoint and replays records from its log position.
+//! Records are chained by sequence number, segment sequence number and the previous header's
+//! CRC, so stale records in reused segments never replay; a record is applied only if its header
+//! and every data chunk verify (atomicity). A valid-looking record *beyond* the end of the log
+//! means a corrupted record cut the log short: mount refuses and fsck reports it.
+//!
+//! ## Write path and durability
+//! `submit` queues; `poll` packs everything queued into one record (group commit), applies it to
+//! the index, and writes it; when the write and a flush complete, the record's transactions
+//! complete as committed. One record is in flight at a time, so record N+1 is never on disk
+//! before record N is durable: the log has no holes.
+//!
+//! ## Reads and checksums
+//! A read resolves extents in the index, reads whole chunks and verifies each chunk's CRC-32C
+//! before copying bytes out: a mismatch is `StoreError::Checksum`, never wrong data. Reads of
+//! data still in the in-flight record wait for its completion.
+//!
+//! ## Cleaner and space
+//! Per-segment live-byte counts and back references are maintained with every extent change.
+//! When free segments run low, the cleaner picks the used segment with the fewest live bytes and
+//! relocates at most `clean_batch_bytes` per step (read chunks, verify, write a relocation entry
+//! into the next record; a relocation applies only if the extent did not change meanwhile).
+//! Emptied segments become free once a checkpoint's replay start lies past them. The pause is
+//! bounded by the batch size and measured (`StoreStats::cleaner_max_pause`). A transaction that
+//! needs space the cleaner cannot produce fails with `NoSpace` and has no effect; transactions
+//! without data may use reserve segments, so removes keep working on a full store.
+//!
+//! ## Limits (by design, documented in FORMAT.md)
+//! Metadata must fit a checkpoint slot and memory; a transaction must fit one segment.
+//! The null bdev keeps no data: `MountOptions::durable` refuses it.
+
+pub mod format;
+mod fsck;
+pub mod index;
+mod mount;
+mod store;
+
+pub use fsck::{fsck, FsckReport};
+pub use mount::{format, FormatOptions};
+pub use store::{BdevStore, MountOptions, StoreStats};

@@ -1,0 +1,898 @@
+//! The running store: group commit, reads, cleaner and checkpoints, all driven by `poll`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
+use std::time::{Duration, Instant};
+
+use carmine_objectstore::device::{BlockDevice, IoBuf, IoCompletion};
+use carmine_objectstore::{
+    validate, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, ObjectStore, Op,
+    StoreError, Ticket, Transaction,
+};
+
+use crate::format::{blocks_for, encode, encoded_len, frame, Geometry, LogPos, RecordHeader, BLOCK, REC_MAGIC};
+use crate::index::{ChunkRef, Entry, Extent, Index, LOp, Reloc};
+use crate::mount::{encode_checkpoint, load, sync_flush, sync_write, CkptBody, Loaded};
+
+/// Knobs of a mounted store.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    pub shard: usize,
+    /// Refuse devices that keep no data (the SPDK null bdev). Always true outside benchmarks.
+    pub durable: bool,
+    /// Largest journal record in blocks (0: a whole segment).
+    pub max_record_blocks: u64,
+    /// The cleaner runs while fewer segments than this are free.
+    pub clean_low_water: u32,
+    /// Segments only the cleaner may open (so it can always make progress).
+    pub reserve_segs: u32,
+    /// Bytes of live data the cleaner relocates per step (bounds its pause).
+    pub clean_batch_bytes: u64,
+    /// Checkpoint after this many journal blocks (bounds replay time).
+    pub ckpt_interval_blocks: u64,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            shard: 0,
+            durable: true,
+            max_record_blocks: 0,
+            clean_low_water: 0,
+            reserve_segs: 2,
+            clean_batch_bytes: 256 * 1024,
+            ckpt_interval_blocks: 0,
+        }
+    }
+}
+
+/// Counters for benchmarks and tests.
+#[derive(Clone, Debug, Default)]
+pub struct StoreStats {
+    pub records: u64,
+    pub txns_committed: u64,
+    pub user_bytes: u64,
+    pub relocated_bytes: u64,
+    pub cleaner_steps: u64,
+    pub cleaner_max_pause: Duration,
+    pub segments_freed: u64,
+    pub checkpoints: u64,
+    pub checkpoint_max_pause: Duration,
+}
+
+enum Io {
+    RecWrite,
+    RecFlush,
+    CkptBody,
+    CkptBodyFlush,
+    CkptHdr,
+    CkptHdrFlush,
+    Read { op: u64, dest: usize, skip: usize, len: usize, chunk: ChunkRef },
+    Clean { onode: u64, off: u64, ext: Extent },
+}
+
+struct InFlight {
+    tickets: Vec<Ticket>,
+    start: u64,
+    end: u64,
+    user_bytes: u64,
+    txns: u64,
+}
+
+struct ReadOp {
+    ticket: Ticket,
+    out: Vec<u8>,
+    pending: usize,
+    err: Option<StoreError>,
+}
+
+#[derive(PartialEq, Eq, Debug)]
+enum CkptPhase {
+    Idle,
+    /// Waiting for the in-flight record to finish before taking the snapshot.
+    Quiesce,
+    Writing,
+}
+
+struct Ckpt {
+    phase: CkptPhase,
+    generation: u64,
+    active_slot: u64,
+    start: LogPos,
+    /// Header block, its slot and the log position of the snapshot being written.
+    pending: Option<(Vec<u8>, u64, LogPos)>,
+    too_big: bool,
+}
+
+/// A mounted partition of a block device: one shard's object store.
+pub struct BdevStore<D: BlockDevice> {
+    dev: D,
+    geo: Geometry,
+    idx: Index,
+    used: Vec<bool>,
+    seg_seq: Vec<u64>,
+    head: LogPos,
+    opts: MountOptions,
+    queue: VecDeque<(Ticket, Transaction)>,
+    rec: Option<InFlight>,
+    io: HashMap<u64, Io>,
+    next_token: u64,
+    reads: HashMap<u64, ReadOp>,
+    deferred: VecDeque<(Ticket, CollectionId, ObjectId, u64, u64)>,
+    victim: Option<u32>,
+    bad_segs: Vec<bool>,
+    clean_inflight: usize,
+    clean_ready: Vec<(u64, u64, Extent, Vec<u8>)>,
+    space_wait: bool,
+    ckpt: Ckpt,
+    blocks_since_ckpt: u64,
+    done: Vec<Completion>,
+    failed: Option<String>,
+    next_ticket: u64,
+    stats: StoreStats,
+    iobuf: Vec<IoCompletion<D::Buf>>,
+}
+
+impl<D: BlockDevice> BdevStore<D> {
+    /// Mount shard `opts.shard` of a formatted device: load the newest checkpoint, replay the
+    /// journal, wipe a torn tail record. Refuses a device that keeps no data when `durable`.
+    pub fn mount(mut dev: D, opts: MountOptions) -> Result<Self, StoreError> {
+        if opts.durable && !dev.keeps_data() {
+            return Err(StoreError::NotDurable);
+        }
+        let l: Loaded = load(&mut dev, opts.shard)?;
+        for &lba in &l.wipe {
+            tracing::info!(lba, "wiping torn/stale journal record header");
+            sync_write(&mut dev, Some(&l.geo), lba, &vec![0u8; BLOCK as usize])?;
+        }
+        if !l.wipe.is_empty() {
+            sync_flush(&mut dev)?;
+        }
+        tracing::info!(shard = opts.shard, records = l.records, seq = l.head.seq, "bdevstore mounted");
+        let n = l.geo.nsegs as usize;
+        let mut opts = opts;
+        if opts.clean_low_water == 0 {
+            opts.clean_low_water = (l.geo.nsegs / 8).max(opts.reserve_segs + 2);
+        }
+        if opts.ckpt_interval_blocks == 0 {
+            opts.ckpt_interval_blocks = (l.geo.nsegs as u64 * l.geo.seg_blocks / 4).max(l.geo.seg_blocks);
+        }
+        let mut used = l.used;
+        used[l.head.seg as usize] = true;
+        Ok(BdevStore {
+            dev,
+            geo: l.geo,
+            idx: l.index,
+            used,
+            seg_seq: l.seg_seq,
+            head: l.head,
+            opts,
+            queue: VecDeque::new(),
+            rec: None,
+            io: HashMap::new(),
+            next_token: 1,
+            reads: HashMap::new(),
+            deferred: VecDeque::new(),
+            victim: None,
+            bad_segs: vec![false; n],
+            clean_inflight: 0,
+            clean_ready: Vec::new(),
+            space_wait: false,
+            ckpt: Ckpt {
+                phase: CkptPhase::Idle,
+                generation: l.generation,
+                active_slot: l.active_slot,
+                start: l.ckpt_start,
+                pending: None,
+                too_big: false,
+            },
+            blocks_since_ckpt: l.replayed_blocks,
+            done: Vec::new(),
+            failed: None,
+            next_ticket: 0,
+            stats: StoreStats::default(),
+            iobuf: Vec::new(),
+        })
+    }
+
+    /// Finish all queued work, write a checkpoint (so the next mount replays nothing) and
+    /// give the device back.
+    pub fn shutdown(mut self) -> Result<D, StoreError> {
+        let mut out = Vec::new();
+        carmine_objectstore::drive::drain(&mut self, &mut out)?;
+        if let Some(f) = &self.failed {
+            return Err(StoreError::Failed(f.clone()));
+        }
+        self.ckpt.phase = CkptPhase::Quiesce;
+        carmine_objectstore::drive::drain(&mut self, &mut out)?;
+        Ok(self.dev)
+    }
+
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    pub fn device(&self) -> &D {
+        &self.dev
+    }
+
+    /// Free segments right now.
+    pub fn free_segments(&self) -> u32 {
+        self.used.iter().filter(|u| !**u).count() as u32
+    }
+
+    pub fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    fn token(&mut self, io: Io) -> u64 {
+        self.next_token += 1;
+        self.io.insert(self.next_token, io);
+        self.next_token
+    }
+
+    fn fail(&mut self, why: String) {
+        tracing::error!(%why, "bdevstore failed");
+        if self.failed.is_none() {
+            self.failed = Some(why);
+        }
+    }
+
+    // ---------------------------------------------------------------- completions
+
+    fn reap(&mut self) {
+        let mut done = std::mem::take(&mut self.iobuf);
+        self.dev.poll(&mut done);
+        for c in done.drain(..) {
+            let Some(io) = self.io.remove(&c.token) else {
+                tracing::warn!(token = c.token, "completion for an unknown token");
+                continue;
+            };
+            self.complete_io(io, c);
+        }
+        self.iobuf = done;
+    }
+
+    fn complete_io(&mut self, io: Io, c: IoCompletion<D::Buf>) {
+        if let Err(e) = &c.result {
+            match io {
+                Io::Read { op, .. } => {
+                    if let Some(r) = self.reads.get_mut(&op) {
+                        r.err.get_or_insert(StoreError::Io(e.clone()));
+                    }
+                    self.finish_piece(op);
+                }
+                Io::Clean { .. } => {
+                    self.clean_inflight -= 1;
+                    tracing::error!(error = %e, "cleaner read failed");
+                    if let Some(v) = self.victim.take() {
+                        self.bad_segs[v as usize] = true;
+                    }
+                }
+                _ => {
+                    let why = format!("{:?} I/O failed: {e}", c.kind);
+                    if let Some(rec) = self.rec.take() {
+                        for t in rec.tickets {
+                            self.done.push(Completion { ticket: t, result: Err(StoreError::Io(e.clone())) });
+                        }
+                    }
+                    self.ckpt.phase = CkptPhase::Idle;
+                    self.fail(why);
+                }
+            }
+            return;
+        }
+        match io {
+            Io::RecWrite => {
+                let t = self.token(Io::RecFlush);
+                self.dev.submit_flush(t);
+            }
+            Io::RecFlush => {
+                if let Some(rec) = self.rec.take() {
+                    self.stats.records += 1;
+                    self.stats.txns_committed += rec.txns;
+                    self.stats.user_bytes += rec.user_bytes;
+                    for t in rec.tickets {
+                        self.done.push(Completion { ticket: t, result: Ok(Done::Committed) });
+                    }
+                }
+            }
+            Io::CkptBody => {
+                let t = self.token(Io::CkptBodyFlush);
+                self.dev.submit_flush(t);
+            }
+            Io::CkptBodyFlush => {
+                // The body is durable: now the header may point at it.
+                if let Some((hdr, slot, _)) = &self.ckpt.pending {
+                    let lba = self.geo.dev_lba(slot * self.geo.slot_blocks);
+                    match self.dev.alloc_buf(BLOCK as usize) {
+                        Ok(mut b) => {
+                            b.as_mut_slice().copy_from_slice(hdr);
+                            let t = self.token(Io::CkptHdr);
+                            self.dev.submit_write(lba, b, t);
+                        }
+                        Err(e) => self.fail(format!("checkpoint buffer: {e}")),
+                    }
+                }
+            }
+            Io::CkptHdr => {
+                let t = self.token(Io::CkptHdrFlush);
+                self.dev.submit_flush(t);
+            }
+            Io::CkptHdrFlush => {
+                if let Some((_, slot, start)) = self.ckpt.pending.take() {
+                    self.ckpt.generation += 1;
+                    self.ckpt.active_slot = slot;
+                    self.ckpt.start = start;
+                    self.stats.checkpoints += 1;
+                }
+                self.ckpt.phase = CkptPhase::Idle;
+            }
+            Io::Read { op, dest, skip, len, chunk } => {
+                if let (Some(buf), Some(r)) = (c.buf.as_ref(), self.reads.get_mut(&op)) {
+                    let stored = &buf.as_slice()[..chunk.len as usize];
+                    let computed = crc32c::crc32c(stored);
+                    if computed != chunk.crc {
+                        r.err.get_or_insert(StoreError::Checksum { block: chunk.lba, stored: chunk.crc, computed });
+                    } else {
+                        r.out[dest..dest + len].copy_from_slice(&stored[skip..skip + len]);
+                    }
+                }
+                self.finish_piece(op);
+            }
+            Io::Clean { onode, off, ext } => {
+                self.clean_inflight -= 1;
+                if let Some(buf) = c.buf.as_ref() {
+                    let stored = &buf.as_slice()[..ext.chunk.len as usize];
+                    if crc32c::crc32c(stored) != ext.chunk.crc {
+                        tracing::error!(lba = ext.chunk.lba, "cleaner found a checksum mismatch; segment left in place");
+                        if let Some(v) = self.victim.take() {
+                            self.bad_segs[v as usize] = true;
+                        }
+                    } else {
+                        let s = ext.skip as usize;
+                        let data = stored[s..s + ext.len as usize].to_vec();
+                        self.clean_ready.push((onode, off, ext, data));
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish_piece(&mut self, op: u64) {
+        let Some(r) = self.reads.get_mut(&op) else { return };
+        r.pending -= 1;
+        if r.pending == 0 {
+            if let Some(r) = self.reads.remove(&op) {
+                let result = match r.err {
+                    Some(e) => Err(e),
+                    None => Ok(Done::Data(r.out)),
+                };
+                self.done.push(Completion { ticket: r.ticket, result });
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- reads
+
+    fn start_read(&mut self, ticket: Ticket, cid: CollectionId, oid: ObjectId, off: u64, len: u64) {
+        let Some((id, o)) = self.idx.onode(cid, &oid) else {
+            let what = if self.idx.colls.contains_key(&cid) { format!("object {oid:?}") } else { format!("collection {}", cid.0) };
+            self.done.push(Completion { ticket, result: Err(StoreError::NotFound(what)) });
+            return;
+        };
+        let end = off.saturating_add(len).min(o.size);
+        if off >= end {
+            self.done.push(Completion { ticket, result: Ok(Done::Data(Vec::new())) });
+            return;
+        }
+        let mut pieces = Vec::new();
+        let first = o.extents.range(..=off).next_back().map_or(off, |(k, _)| *k);
+        for (&k, e) in o.extents.range(first..end) {
+            let s = k.max(off);
+            let t = (k + e.len).min(end);
+            if s >= t {
+                continue;
+            }
+            pieces.push(((s - off) as usize, e.skip as usize + (s - k) as usize, (t - s) as usize, e.chunk));
+        }
+        // Data of the record being written is not on the device yet: wait for it.
+        if let Some(rec) = &self.rec {
+            if pieces.iter().any(|p| p.3.lba >= rec.start && p.3.lba < rec.end) {
+                self.deferred.push_back((ticket, cid, oid, off, len));
+                return;
+            }
+        }
+        let _ = id;
+        let op = ticket.0;
+        self.reads.insert(op, ReadOp { ticket, out: vec![0; (end - off) as usize], pending: pieces.len() + 1, err: None });
+        for (dest, skip, len, chunk) in pieces {
+            let blocks = blocks_for(chunk.len as u64);
+            match self.dev.alloc_buf((blocks * BLOCK) as usize) {
+                Ok(buf) => {
+                    let lba = self.geo.dev_lba(chunk.lba);
+                    let t = self.token(Io::Read { op, dest, skip, len, chunk });
+                    self.dev.submit_read(lba, buf, t);
+                }
+                Err(e) => {
+                    if let Some(r) = self.reads.get_mut(&op) {
+                        r.err.get_or_insert(StoreError::Io(e));
+                    }
+                    self.finish_piece(op);
+                }
+            }
+        }
+        // The extra pending count keeps the op alive while pieces are submitted.
+        self.finish_piece(op);
+    }
+
+    // ---------------------------------------------------------------- record building
+
+    fn free_count(&self) -> u32 {
+        self.free_segments()
+    }
+
+    /// Could cleaning plus a checkpoint make room for `need_bytes`?
+    fn can_reclaim(&self, need_bytes: u64) -> bool {
+        let cap = self.geo.seg_bytes();
+        let mut garbage = 0u64;
+        let mut candidate = false;
+        for s in 0..self.geo.nsegs as usize {
+            if !self.used[s] || s == self.head.seg as usize || self.bad_segs[s] {
+                continue;
+            }
+            let live = self.idx.acct.live[s];
+            garbage += cap.saturating_sub(live);
+            if live + 2 * BLOCK < cap {
+                candidate = true;
+            }
+        }
+        candidate && !self.ckpt.too_big && garbage >= need_bytes + cap
+    }
+
+    /// Move the head to a free segment. `min_free`: free segments that must remain available.
+    fn open_segment(&mut self, min_free: u32) -> bool {
+        if self.free_count() <= min_free {
+            return false;
+        }
+        let Some(s) = (0..self.geo.nsegs).find(|&s| !self.used[s as usize]) else { return false };
+        self.used[s as usize] = true;
+        self.seg_seq[s as usize] = self.head.seg_seq + 1;
+        self.head = LogPos { seg: s, block: 0, seq: self.head.seq, seg_seq: self.head.seg_seq + 1, prev_crc: self.head.prev_crc };
+        true
+    }
+
+    fn translate(txn: &Transaction, mut lba: u64, crcs: bool) -> (Vec<LOp>, u64) {
+        let mut blocks = 0;
+        let ops = txn
+            .ops
+            .iter()
+            .map(|op| match op.clone() {
+                Op::CreateCollection { cid } => LOp::CreateColl(cid),
+                Op::RemoveCollection { cid } => LOp::RemoveColl(cid),
+                Op::Touch { cid, oid } => LOp::Touch(cid, oid),
+                Op::Write { cid, oid, off, data } => {
+                    let crc = if crcs { crc32c::crc32c(&data) } else { 0 };
+                    let chunk = ChunkRef { lba, len: data.len() as u32, crc };
+                    let b = blocks_for(data.len() as u64);
+                    lba += b;
+                    blocks += b;
+                    LOp::Write { cid, oid, off, chunk }
+                }
+                Op::Zero { cid, oid, off, len } => LOp::Zero { cid, oid, off, len },
+                Op::Truncate { cid, oid, size } => LOp::Truncate { cid, oid, size },
+                Op::Remove { cid, oid } => LOp::Remove(cid, oid),
+                Op::SetAttr { cid, oid, name, value } => LOp::SetAttr { cid, oid, name, value },
+                Op::RmAttr { cid, oid, name } => LOp::RmAttr { cid, oid, name },
+                Op::OmapSet { cid, oid, entries } => LOp::OmapSet { cid, oid, entries },
+                Op::OmapRm { cid, oid, keys } => LOp::OmapRm { cid, oid, keys },
+            })
+            .collect();
+        (ops, blocks)
+    }
+
+    /// Group commit: pack ready relocations and queued transactions into one record, apply
+    /// them to the index, and submit one device write.
+    fn build_record(&mut self) {
+        if self.rec.is_some() || self.ckpt.phase == CkptPhase::Quiesce || self.failed.is_some() {
+            return;
+        }
+        if self.queue.is_empty() && self.clean_ready.is_empty() {
+            return;
+        }
+        let max_blocks = match self.opts.max_record_blocks {
+            0 => self.geo.seg_blocks,
+            n => n.min(self.geo.seg_blocks),
+        };
+        let empty = RecordHeader { uuid: 0, seq: 0, seg_seq: 0, prev_crc: 0, header_blocks: 0, data_blocks: 0, entries: Vec::new() };
+        let fixed = 16 + encoded_len(&empty);
+        let mut hdr_bytes = fixed;
+        let mut h_blocks = 0u64; // 0 until the first entry sizes the header
+        let mut data_blocks = 0u64;
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut data: Vec<(u64, Vec<u8>)> = Vec::new(); // (block offset within data area, bytes)
+        let mut tickets = Vec::new();
+        let mut user_bytes = 0u64;
+        let mut txns = 0u64;
+
+        // 1. Relocations from the cleaner (one entry).
+        if !self.clean_ready.is_empty() {
+            let nblocks: u64 = self.clean_ready.iter().map(|r| blocks_for(r.3.len() as u64)).sum();
+            if self.head.block + 1 + nblocks > self.geo.seg_blocks && self.free_count() == 0 {
+                tracing::warn!("cleaner has no segment to relocate into");
+                return;
+            }
+            let ready = std::mem::take(&mut self.clean_ready);
+            let live: Vec<_> = ready
+                .into_iter()
+                .filter(|(id, off, ext, _)| self.idx.onodes.get(id).and_then(|o| o.extents.get(off)) == Some(ext))
+                .collect();
+            if !live.is_empty() {
+                let nblocks: u64 = live.iter().map(|r| blocks_for(r.3.len() as u64)).sum();
+                let size = encoded_len(&Entry::Reloc(
+                    live.iter().map(|(id, off, ext, _)| Reloc { onode: *id, off: *off, old: *ext, new: ext.chunk }).collect(),
+                ));
+                let h = blocks_for(fixed + size);
+                if self.head.block + h + nblocks > self.geo.seg_blocks && !self.open_segment(0) {
+                    tracing::warn!("cleaner has no segment to relocate into");
+                    return;
+                }
+                h_blocks = h;
+                hdr_bytes += size;
+                let mut lba = self.geo.seg_lba(self.head.seg) + self.head.block + h_blocks;
+                let mut relocs = Vec::new();
+                for (id, off, ext, bytes) in live {
+                    let new = ChunkRef { lba, len: bytes.len() as u32, crc: crc32c::crc32c(&bytes) };
+                    let b = blocks_for(bytes.len() as u64);
+                    data.push((data_blocks, bytes));
+                    data_blocks += b;
+                    lba += b;
+                    let r = Reloc { onode: id, off, old: ext, new };
+                    self.idx.apply_reloc(&r);
+                    self.stats.relocated_bytes += r.old.len;
+                    relocs.push(r);
+                }
+                entries.push(Entry::Reloc(relocs));
+            }
+        }
+
+        // 2. Transactions, in submission order.
+        while let Some((ticket, txn)) = self.queue.front() {
+            let ticket = *ticket;
+            if let Err(e) = validate(&self.idx, txn) {
+                self.done.push(Completion { ticket, result: Err(e) });
+                self.queue.pop_front();
+                continue;
+            }
+            let (probe, nblocks) = Self::translate(txn, 0, false);
+            let size = encoded_len(&Entry::Txn(probe));
+            if h_blocks == 0 {
+                let h = blocks_for(fixed + size);
+                if h + nblocks > max_blocks {
+                    let e = StoreError::InvalidArgument(format!("transaction needs {} blocks, a record holds {max_blocks}", h + nblocks));
+                    self.done.push(Completion { ticket, result: Err(e) });
+                    self.queue.pop_front();
+                    continue;
+                }
+                if self.head.block + h + nblocks > self.geo.seg_blocks {
+                    let min_free = if nblocks > 0 { self.opts.reserve_segs } else { 1 };
+                    if !self.open_segment(min_free) {
+                        if self.can_reclaim((h + nblocks) * BLOCK) {
+                            self.space_wait = true;
+                            break;
+                        }
+                        self.done.push(Completion { ticket, result: Err(StoreError::NoSpace) });
+                        self.queue.pop_front();
+                        continue;
+                    }
+                }
+                h_blocks = h;
+            } else if hdr_bytes + size > h_blocks * BLOCK
+                || self.head.block + h_blocks + data_blocks + nblocks > self.geo.seg_blocks
+                || h_blocks + data_blocks + nblocks > max_blocks
+            {
+                break; // next record
+            }
+            self.space_wait = false;
+            let Some((ticket, txn)) = self.queue.pop_front() else { break };
+            let base = self.geo.seg_lba(self.head.seg) + self.head.block + h_blocks + data_blocks;
+            let (lops, nblocks) = Self::translate(&txn, base, true);
+            hdr_bytes += size;
+            for op in txn.ops {
+                if let Op::Write { data: bytes, .. } = op {
+                    if !bytes.is_empty() {
+                        let b = blocks_for(bytes.len() as u64);
+                        user_bytes += bytes.len() as u64;
+                        data.push((data_blocks, bytes));
+                        data_blocks += b;
+                    }
+                }
+            }
+            debug_assert!(nblocks <= data_blocks);
+            for op in &lops {
+                self.idx.apply(op);
+            }
+            entries.push(Entry::Txn(lops));
+            tickets.push(ticket);
+            txns += 1;
+        }
+        if entries.is_empty() {
+            return;
+        }
+
+        // 3. Encode and submit.
+        let hdr = RecordHeader {
+            uuid: self.geo.uuid,
+            seq: self.head.seq,
+            seg_seq: self.head.seg_seq,
+            prev_crc: self.head.prev_crc,
+            header_blocks: h_blocks as u32,
+            data_blocks: data_blocks as u32,
+            entries,
+        };
+        let payload = encode(&hdr);
+        let total = h_blocks + data_blocks;
+        let mut buf = match self.dev.alloc_buf((total * BLOCK) as usize) {
+            Ok(b) => b,
+            Err(e) => {
+                for t in tickets {
+                    self.done.push(Completion { ticket: t, result: Err(StoreError::Io(e.clone())) });
+                }
+                self.fail(format!("record buffer: {e}"));
+                return;
+            }
+        };
+        let crc = {
+            let b = buf.as_mut_slice();
+            let crc = frame(REC_MAGIC, &payload, b);
+            for (off, bytes) in &data {
+                let s = ((h_blocks + off) * BLOCK) as usize;
+                b[s..s + bytes.len()].copy_from_slice(bytes);
+            }
+            crc
+        };
+        let start = self.geo.seg_lba(self.head.seg) + self.head.block;
+        let dev_lba = self.geo.dev_lba(start);
+        let t = self.token(Io::RecWrite);
+        self.dev.submit_write(dev_lba, buf, t);
+        self.rec = Some(InFlight { tickets, start, end: start + total, user_bytes, txns });
+        self.head.block += total;
+        self.head.seq += 1;
+        self.head.prev_crc = crc;
+        self.blocks_since_ckpt += total;
+    }
+
+    // ---------------------------------------------------------------- cleaner
+
+    /// One bounded cleaner step: pick a victim segment and start reading up to
+    /// `clean_batch_bytes` of its live extents. The relocation record is built later by
+    /// `build_record`, in the same poll loop, so foreground I/O interleaves.
+    fn cleaner_step(&mut self) {
+        if self.failed.is_some() || self.clean_inflight > 0 || !self.clean_ready.is_empty() {
+            return;
+        }
+        if self.free_count() >= self.opts.clean_low_water && !self.space_wait {
+            return;
+        }
+        let t0 = Instant::now();
+        let cap = self.geo.seg_bytes();
+        if self.victim.is_some_and(|v| self.idx.acct.live[v as usize] == 0) {
+            self.victim = None;
+        }
+        if self.victim.is_none() {
+            let head = self.head.seg as usize;
+            self.victim = (0..self.geo.nsegs as usize)
+                .filter(|&s| self.used[s] && s != head && !self.bad_segs[s])
+                .map(|s| (self.idx.acct.live[s], s))
+                .filter(|&(live, _)| live > 0 && live + 2 * BLOCK < cap)
+                .min()
+                .map(|(_, s)| s as u32);
+        }
+        let Some(v) = self.victim else { return };
+        // Bounded batch: at most half a segment, so the relocation record always fits.
+        let budget = self.opts.clean_batch_bytes.min(self.geo.seg_bytes() / 2);
+        let mut taken = 0u64;
+        let items: Vec<(u64, u64)> = self.idx.acct.refs[v as usize].iter().take(4096).copied().collect();
+        for (id, off) in items {
+            let Some(ext) = self.idx.onodes.get(&id).and_then(|o| o.extents.get(&off)).copied() else { continue };
+            if taken > 0 && taken + ext.len > budget {
+                break;
+            }
+            let blocks = blocks_for(ext.chunk.len as u64);
+            let Ok(buf) = self.dev.alloc_buf((blocks * BLOCK) as usize) else { break };
+            let lba = self.geo.dev_lba(ext.chunk.lba);
+            let t = self.token(Io::Clean { onode: id, off, ext });
+            self.dev.submit_read(lba, buf, t);
+            self.clean_inflight += 1;
+            taken += ext.len;
+        }
+        self.stats.cleaner_steps += 1;
+        let p = t0.elapsed();
+        self.stats.cleaner_max_pause = self.stats.cleaner_max_pause.max(p);
+    }
+
+    /// Free segments with no live data that lie wholly before the checkpoint's replay start.
+    fn reclaim(&mut self) {
+        if !self.reads.is_empty() || self.clean_inflight > 0 {
+            return; // a read might still target a segment we would hand out again
+        }
+        for s in 0..self.geo.nsegs as usize {
+            if self.used[s]
+                && s != self.head.seg as usize
+                && self.idx.acct.live[s] == 0
+                && self.seg_seq[s] < self.ckpt.start.seg_seq
+            {
+                self.used[s] = false;
+                self.stats.segments_freed += 1;
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- checkpoints
+
+    fn maybe_checkpoint(&mut self) {
+        if self.ckpt.phase != CkptPhase::Idle || self.failed.is_some() {
+            return;
+        }
+        let head = self.head.seg as usize;
+        let pending_free = (0..self.geo.nsegs as usize)
+            .any(|s| self.used[s] && s != head && self.idx.acct.live[s] == 0 && self.seg_seq[s] >= self.ckpt.start.seg_seq);
+        let low = self.free_count() < self.opts.clean_low_water || self.space_wait;
+        if (pending_free && low) || self.blocks_since_ckpt >= self.opts.ckpt_interval_blocks {
+            self.ckpt.phase = CkptPhase::Quiesce;
+        }
+    }
+
+    /// Snapshot the index once no record is in flight (so every record the snapshot includes
+    /// is durable), then write body, flush, header, flush.
+    fn take_checkpoint(&mut self) {
+        if self.ckpt.phase != CkptPhase::Quiesce || self.rec.is_some() || self.failed.is_some() {
+            return;
+        }
+        let t0 = Instant::now();
+        let seg_seqs: Vec<(u32, u64)> =
+            (0..self.geo.nsegs).filter(|&s| self.used[s as usize]).map(|s| (s, self.seg_seq[s as usize])).collect();
+        let body_struct = CkptBody { index: std::mem::take(&mut self.idx), seg_seqs };
+        let body = encode(&body_struct);
+        self.idx = body_struct.index;
+        let start = self.head;
+        let (hdr, body_blocks) = encode_checkpoint(self.geo.uuid, self.ckpt.generation + 1, start, &body);
+        let slot = 1 - self.ckpt.active_slot;
+        if 1 + (body_blocks.len() as u64 / BLOCK) > self.geo.slot_blocks {
+            if !self.ckpt.too_big {
+                tracing::error!(bytes = body.len(), "metadata exceeds the checkpoint slot; segments can no longer be freed");
+            }
+            self.ckpt.too_big = true;
+            self.ckpt.phase = CkptPhase::Idle;
+            self.blocks_since_ckpt = 0;
+            return;
+        }
+        let mut buf = match self.dev.alloc_buf(body_blocks.len()) {
+            Ok(b) => b,
+            Err(e) => {
+                self.fail(format!("checkpoint buffer: {e}"));
+                return;
+            }
+        };
+        buf.as_mut_slice().copy_from_slice(&body_blocks);
+        let lba = self.geo.dev_lba(slot * self.geo.slot_blocks + 1);
+        let t = self.token(Io::CkptBody);
+        self.dev.submit_write(lba, buf, t);
+        self.ckpt.pending = Some((hdr, slot, start));
+        self.ckpt.phase = CkptPhase::Writing;
+        self.blocks_since_ckpt = 0;
+        let p = t0.elapsed();
+        self.stats.checkpoint_max_pause = self.stats.checkpoint_max_pause.max(p);
+    }
+
+    fn issue_deferred(&mut self) {
+        if self.rec.is_some() {
+            return;
+        }
+        while let Some((t, cid, oid, off, len)) = self.deferred.pop_front() {
+            self.start_read(t, cid, oid, off, len);
+        }
+    }
+
+    fn object(&self, cid: CollectionId, oid: &ObjectId) -> Result<&crate::index::Onode, StoreError> {
+        if !self.idx.colls.contains_key(&cid) {
+            return Err(StoreError::NotFound(format!("collection {}", cid.0)));
+        }
+        self.idx.onode(cid, oid).map(|(_, o)| o).ok_or_else(|| StoreError::NotFound(format!("object {oid:?}")))
+    }
+}
+
+impl<D: BlockDevice> ObjectStore for BdevStore<D> {
+    fn submit(&mut self, txn: Transaction) -> Ticket {
+        self.next_ticket += 1;
+        let ticket = Ticket(self.next_ticket);
+        if let Some(f) = &self.failed {
+            self.done.push(Completion { ticket, result: Err(StoreError::Failed(f.clone())) });
+        } else {
+            self.queue.push_back((ticket, txn));
+        }
+        ticket
+    }
+
+    fn read(&mut self, cid: CollectionId, oid: &ObjectId, off: u64, len: u64) -> Ticket {
+        self.next_ticket += 1;
+        let ticket = Ticket(self.next_ticket);
+        self.start_read(ticket, cid, oid.clone(), off, len);
+        ticket
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        let n0 = out.len();
+        self.reap();
+        if let Some(f) = self.failed.clone() {
+            for (t, _) in self.queue.drain(..) {
+                self.done.push(Completion { ticket: t, result: Err(StoreError::Failed(f.clone())) });
+            }
+        }
+        self.take_checkpoint();
+        self.maybe_checkpoint();
+        self.take_checkpoint();
+        self.cleaner_step();
+        let t0 = Instant::now();
+        let had_relocs = !self.clean_ready.is_empty();
+        self.build_record();
+        if had_relocs {
+            let p = t0.elapsed();
+            self.stats.cleaner_max_pause = self.stats.cleaner_max_pause.max(p);
+        }
+        self.issue_deferred();
+        self.reclaim();
+        // File devices complete inside poll: reap once more so a commit needs fewer polls.
+        self.reap();
+        out.append(&mut self.done);
+        out.len() - n0
+    }
+
+    fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+            && self.rec.is_none()
+            && self.reads.is_empty()
+            && self.deferred.is_empty()
+            && self.clean_inflight == 0
+            && self.clean_ready.is_empty()
+            && self.ckpt.phase == CkptPhase::Idle
+            && self.done.is_empty()
+            && self.io.is_empty()
+    }
+
+    fn stat(&self, cid: CollectionId, oid: &ObjectId) -> Result<ObjectStat, StoreError> {
+        self.object(cid, oid).map(|o| ObjectStat { size: o.size })
+    }
+
+    fn get_attr(&self, cid: CollectionId, oid: &ObjectId, name: &str) -> Result<Vec<u8>, StoreError> {
+        self.object(cid, oid)?.attrs.get(name).cloned().ok_or_else(|| StoreError::NotFound(format!("attribute {name}")))
+    }
+
+    fn get_attrs(&self, cid: CollectionId, oid: &ObjectId) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+        Ok(self.object(cid, oid)?.attrs.clone())
+    }
+
+    fn omap_get(&self, cid: CollectionId, oid: &ObjectId, keys: &[Vec<u8>]) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
+        let o = self.object(cid, oid)?;
+        Ok(keys.iter().filter_map(|k| o.omap.get(k).map(|v| (k.clone(), v.clone()))).collect())
+    }
+
+    fn omap_range(&self, cid: CollectionId, oid: &ObjectId, after: Option<&[u8]>, max: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let o = self.object(cid, oid)?;
+        let lo = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_vec()));
+        Ok(o.omap.range((lo, Bound::Unbounded)).take(max).map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    fn list(&self, cid: CollectionId, after: Option<&ObjectId>, max: usize) -> Result<ListPage, StoreError> {
+        let c = self.idx.colls.get(&cid).ok_or_else(|| StoreError::NotFound(format!("collection {}", cid.0)))?;
+        let lo = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.clone()));
+        let mut it = c.range((lo, Bound::Unbounded)).map(|(k, _)| k.clone());
+        let objects: Vec<ObjectId> = it.by_ref().take(max).collect();
+        let next = if it.next().is_some() { objects.last().cloned() } else { None };
+        Ok(ListPage { objects, next })
+    }
+
+    fn list_collections(&self) -> Vec<CollectionId> {
+        self.idx.colls.keys().copied().collect()
+    }
+}

@@ -1,0 +1,32 @@
+//! Shared setup for the bdevstore tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use carmine_bdevstore::{format, BdevStore, FormatOptions, MountOptions};
+use carmine_objectstore::device::FileDevice;
+
+pub const DEV_BLOCKS_4K: u64 = 2048; // 8 MiB
+
+pub fn small_format() -> FormatOptions {
+    FormatOptions { shards: 2, seg_blocks: 32, slot_blocks: 64 }
+}
+
+/// Aggressive background work so short tests exercise the cleaner and checkpoints.
+pub fn busy_opts(shard: usize) -> MountOptions {
+    MountOptions { shard, clean_low_water: 20, ckpt_interval_blocks: 96, ..MountOptions::default() }
+}
+
+pub fn open_dev(path: &Path) -> FileDevice {
+    let mut d = FileDevice::open(path, 4096, DEV_BLOCKS_4K).unwrap();
+    // tmp files: page cache durability is what a process crash test needs; skip fdatasync
+    // to keep the suite fast.
+    d.set_sync(false);
+    d
+}
+
+pub fn fresh(path: &Path, shard: usize) -> BdevStore<FileDevice> {
+    let mut d = open_dev(path);
+    format(&mut d, &small_format()).unwrap();
+    BdevStore::mount(d, busy_opts(shard)).unwrap()
+}

@@ -1,0 +1,263 @@
+//! # carmine-memstore: the in-memory object store
+//!
+//! One instance per shard, for tests and OSD-only benchmarks (Crimson's CyanStore). It
+//! implements the `carmine-objectstore` contract with nested ordered maps; object data is a
+//! sparse map of fixed-size pages so large offsets do not allocate the holes.
+//!
+//! Invariants: a transaction is validated first (`carmine_objectstore::validate`) and then
+//! applied by code with no failure path, so it is all-or-nothing. Work completes at submit; the
+//! completion is handed out by the next `poll`, keeping the same shape as the durable engines.
+//! Nothing here is durable.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+
+use carmine_objectstore::{
+    validate, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, ObjectStore, Op,
+    StoreError, StoreView, Ticket, Transaction,
+};
+
+const PAGE: u64 = 4096;
+
+#[derive(Default)]
+struct Object {
+    size: u64,
+    /// Page index -> page bytes; a missing page reads as zeros.
+    pages: BTreeMap<u64, Box<[u8; PAGE as usize]>>,
+    attrs: BTreeMap<String, Vec<u8>>,
+    omap: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Object {
+    fn zero_range(&mut self, off: u64, len: u64) {
+        let end = off + len;
+        let mut pos = off;
+        while pos < end {
+            let page = pos / PAGE;
+            let in_page = pos % PAGE;
+            let n = (PAGE - in_page).min(end - pos);
+            if in_page == 0 && n == PAGE {
+                self.pages.remove(&page);
+            } else if let Some(p) = self.pages.get_mut(&page) {
+                p[in_page as usize..(in_page + n) as usize].fill(0);
+            }
+            pos += n;
+        }
+    }
+
+    fn write(&mut self, off: u64, data: &[u8]) {
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let abs = off + pos as u64;
+            let page = abs / PAGE;
+            let in_page = (abs % PAGE) as usize;
+            let n = (PAGE as usize - in_page).min(data.len() - pos);
+            let p = self.pages.entry(page).or_insert_with(|| Box::new([0; PAGE as usize]));
+            p[in_page..in_page + n].copy_from_slice(&data[pos..pos + n]);
+            pos += n;
+        }
+        self.size = self.size.max(off + data.len() as u64);
+    }
+
+    fn truncate(&mut self, size: u64) {
+        if size < self.size {
+            // Zero the tail of the last partial page, drop whole pages beyond.
+            let keep_pages = size.div_ceil(PAGE);
+            self.pages.split_off(&keep_pages);
+            if size % PAGE != 0 {
+                self.zero_range(size, PAGE - size % PAGE);
+            }
+        }
+        self.size = size;
+    }
+
+    fn read(&self, off: u64, len: u64) -> Vec<u8> {
+        let end = off.saturating_add(len).min(self.size);
+        if off >= end {
+            return Vec::new();
+        }
+        let mut out = vec![0u8; (end - off) as usize];
+        for (&page, p) in self.pages.range(off / PAGE..end.div_ceil(PAGE)) {
+            let ps = page * PAGE;
+            let s = ps.max(off);
+            let e = (ps + PAGE).min(end);
+            out[(s - off) as usize..(e - off) as usize]
+                .copy_from_slice(&p[(s - ps) as usize..(e - ps) as usize]);
+        }
+        out
+    }
+}
+
+/// The in-memory store of one shard.
+#[derive(Default)]
+pub struct MemStore {
+    colls: BTreeMap<CollectionId, BTreeMap<ObjectId, Object>>,
+    next_ticket: u64,
+    done: VecDeque<Completion>,
+}
+
+impl StoreView for MemStore {
+    fn collection_exists(&self, cid: CollectionId) -> bool {
+        self.colls.contains_key(&cid)
+    }
+    fn object_exists(&self, cid: CollectionId, oid: &ObjectId) -> bool {
+        self.colls.get(&cid).is_some_and(|c| c.contains_key(oid))
+    }
+    fn collection_len(&self, cid: CollectionId) -> usize {
+        self.colls.get(&cid).map_or(0, |c| c.len())
+    }
+}
+
+impl MemStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn ticket(&mut self) -> Ticket {
+        self.next_ticket += 1;
+        Ticket(self.next_ticket)
+    }
+
+    fn object(&self, cid: CollectionId, oid: &ObjectId) -> Result<&Object, StoreError> {
+        self.colls
+            .get(&cid)
+            .ok_or_else(|| StoreError::NotFound(format!("collection {}", cid.0)))?
+            .get(oid)
+            .ok_or_else(|| StoreError::NotFound(format!("object {oid:?}")))
+    }
+
+    /// Apply a validated transaction. No failure paths below this point.
+    fn apply(&mut self, txn: Transaction) {
+        for op in txn.ops {
+            match op {
+                Op::CreateCollection { cid } => {
+                    self.colls.insert(cid, BTreeMap::new());
+                }
+                Op::RemoveCollection { cid } => {
+                    self.colls.remove(&cid);
+                }
+                Op::Remove { cid, oid } => {
+                    self.colls.entry(cid).or_default().remove(&oid);
+                }
+                Op::Touch { cid, oid } => {
+                    self.colls.entry(cid).or_default().entry(oid).or_default();
+                }
+                Op::Write { cid, oid, off, data } => {
+                    self.colls.entry(cid).or_default().entry(oid).or_default().write(off, &data);
+                }
+                Op::Zero { cid, oid, off, len } => {
+                    let o = self.colls.entry(cid).or_default().entry(oid).or_default();
+                    o.zero_range(off, len);
+                    o.size = o.size.max(off + len);
+                }
+                Op::Truncate { cid, oid, size } => {
+                    self.colls.entry(cid).or_default().entry(oid).or_default().truncate(size);
+                }
+                Op::SetAttr { cid, oid, name, value } => {
+                    let o = self.colls.entry(cid).or_default().entry(oid).or_default();
+                    o.attrs.insert(name, value);
+                }
+                Op::RmAttr { cid, oid, name } => {
+                    let o = self.colls.entry(cid).or_default().entry(oid).or_default();
+                    o.attrs.remove(&name);
+                }
+                Op::OmapSet { cid, oid, entries } => {
+                    let o = self.colls.entry(cid).or_default().entry(oid).or_default();
+                    o.omap.extend(entries);
+                }
+                Op::OmapRm { cid, oid, keys } => {
+                    let o = self.colls.entry(cid).or_default().entry(oid).or_default();
+                    for k in keys {
+                        o.omap.remove(&k);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl ObjectStore for MemStore {
+    fn submit(&mut self, txn: Transaction) -> Ticket {
+        let ticket = self.ticket();
+        let result = match validate(self, &txn) {
+            Ok(()) => {
+                self.apply(txn);
+                Ok(Done::Committed)
+            }
+            Err(e) => Err(e),
+        };
+        self.done.push_back(Completion { ticket, result });
+        ticket
+    }
+
+    fn read(&mut self, cid: CollectionId, oid: &ObjectId, off: u64, len: u64) -> Ticket {
+        let ticket = self.ticket();
+        let result = self.object(cid, oid).map(|o| Done::Data(o.read(off, len)));
+        self.done.push_back(Completion { ticket, result });
+        ticket
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        let n = self.done.len();
+        out.extend(self.done.drain(..));
+        n
+    }
+
+    fn is_idle(&self) -> bool {
+        self.done.is_empty()
+    }
+
+    fn stat(&self, cid: CollectionId, oid: &ObjectId) -> Result<ObjectStat, StoreError> {
+        self.object(cid, oid).map(|o| ObjectStat { size: o.size })
+    }
+
+    fn get_attr(&self, cid: CollectionId, oid: &ObjectId, name: &str) -> Result<Vec<u8>, StoreError> {
+        self.object(cid, oid)?
+            .attrs
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(format!("attribute {name}")))
+    }
+
+    fn get_attrs(&self, cid: CollectionId, oid: &ObjectId) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+        Ok(self.object(cid, oid)?.attrs.clone())
+    }
+
+    fn omap_get(
+        &self,
+        cid: CollectionId,
+        oid: &ObjectId,
+        keys: &[Vec<u8>],
+    ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
+        let o = self.object(cid, oid)?;
+        Ok(keys.iter().filter_map(|k| o.omap.get(k).map(|v| (k.clone(), v.clone()))).collect())
+    }
+
+    fn omap_range(
+        &self,
+        cid: CollectionId,
+        oid: &ObjectId,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let o = self.object(cid, oid)?;
+        let lo = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_vec()));
+        Ok(o.omap.range((lo, Bound::Unbounded)).take(max).map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    fn list(&self, cid: CollectionId, after: Option<&ObjectId>, max: usize) -> Result<ListPage, StoreError> {
+        let c = self
+            .colls
+            .get(&cid)
+            .ok_or_else(|| StoreError::NotFound(format!("collection {}", cid.0)))?;
+        let lo = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.clone()));
+        let mut it = c.range((lo, Bound::Unbounded)).map(|(k, _)| k.clone());
+        let objects: Vec<ObjectId> = it.by_ref().take(max).collect();
+        let next = if it.next().is_some() { objects.last().cloned() } else { None };
+        Ok(ListPage { objects, next })
+    }
+
+    fn list_collections(&self) -> Vec<CollectionId> {
+        self.colls.keys().copied().collect()
+    }
+}

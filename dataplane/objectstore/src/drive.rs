@@ -1,0 +1,63 @@
+//! Bounded drivers that poll a store until an operation completes. For boot-time work (mount,
+//! tools, tests); the OSD's shard loop polls stores itself.
+
+use crate::{Completion, Done, ObjectStore, StoreError, Ticket, Transaction};
+
+/// Polls allowed before giving up on one operation.
+pub const MAX_POLLS: usize = 1_000_000;
+
+/// Poll `store` until `ticket` completes. Completions of other tickets are appended to `other`.
+pub fn wait<S: ObjectStore + ?Sized>(
+    store: &mut S,
+    ticket: Ticket,
+    other: &mut Vec<Completion>,
+) -> Result<Done, StoreError> {
+    let mut buf = Vec::new();
+    for _ in 0..MAX_POLLS {
+        store.poll(&mut buf);
+        let mut found = None;
+        for c in buf.drain(..) {
+            if c.ticket == ticket {
+                found = Some(c.result);
+            } else {
+                other.push(c);
+            }
+        }
+        if let Some(r) = found {
+            return r;
+        }
+    }
+    Err(StoreError::Failed(format!("ticket {} did not complete", ticket.0)))
+}
+
+/// Submit a transaction and wait for its commit.
+pub fn commit<S: ObjectStore + ?Sized>(store: &mut S, txn: Transaction) -> Result<(), StoreError> {
+    let t = store.submit(txn);
+    wait(store, t, &mut Vec::new()).map(|_| ())
+}
+
+/// Read and wait for the data.
+pub fn read<S: ObjectStore + ?Sized>(
+    store: &mut S,
+    cid: crate::CollectionId,
+    oid: &crate::ObjectId,
+    off: u64,
+    len: u64,
+) -> Result<Vec<u8>, StoreError> {
+    let t = store.read(cid, oid, off, len);
+    match wait(store, t, &mut Vec::new())? {
+        Done::Data(d) => Ok(d),
+        Done::Committed => Err(StoreError::Failed("read completed without data".into())),
+    }
+}
+
+/// Poll until the store is idle (bounded).
+pub fn drain<S: ObjectStore + ?Sized>(store: &mut S, out: &mut Vec<Completion>) -> Result<(), StoreError> {
+    for _ in 0..MAX_POLLS {
+        store.poll(out);
+        if store.is_idle() {
+            return Ok(());
+        }
+    }
+    Err(StoreError::Failed("store did not become idle".into()))
+}

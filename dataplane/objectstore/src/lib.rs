@@ -1,0 +1,119 @@
+//! # The Carmine object-store contract
+//!
+//! This crate names what a per-shard object store is, with no engine dependency (in the spirit
+//! of TiKV's `engine_traits`). Two engines implement it: `carmine-memstore` (memory) and
+//! `carmine-bdevstore` (a log-structured store on a poll-mode block device). It also names the
+//! block-device contract the native store runs on ([`device::BlockDevice`]) with a real
+//! file-backed implementation ([`device::FileDevice`]); the SPDK bdev implementation lives in
+//! `carmine-spdk` behind the same trait.
+//!
+//! ## Data model
+//! - A store holds **collections** ([`CollectionId`], one per placement group).
+//! - A collection holds **objects** ([`ObjectId`], ordered by their bytes), each with a byte
+//!   array (sparse: holes read as zeros), named **attributes** and an ordered key/value **omap**.
+//! - A [`Transaction`] is an ordered list of [`Op`]s. It applies atomically (all or nothing) and
+//!   is durable when its completion fires. Validation rules are in [`validate`].
+//!
+//! ## API shape: submit + poll (why)
+//! Every store is shard-local (`!Send` is fine) and driven by the shard's run-to-completion poll
+//! loop. Work that may touch the device is *submitted* and returns a [`Ticket`] at once; the shard
+//! loop calls [`ObjectStore::poll`], which reaps device completions, advances internal state
+//! machines (group commit, cleaner, checkpoints) and hands back [`Completion`]s on the same
+//! shard. We chose this over `async fn`s because:
+//! - the poll loop already exists and owns the CPU: a poll hook costs one call per iteration and
+//!   needs no waker plumbing, no executor and no `Rc<RefCell<_>>` inside the store;
+//! - group commit falls out naturally: everything submitted between two polls goes into one
+//!   journal record;
+//! - the OSD layer keeps its own per-op state machines keyed by ticket, like a message id.
+//!   An async facade can be layered on top later (a ticket -> waker table) without touching
+//!   engines.
+//!
+//! Metadata reads ([`ObjectStore::stat`], attributes, omap, listing) are synchronous: both
+//! engines keep all metadata resident in memory (bdevstore rebuilds it on mount), so they never
+//! wait on the device. Only object *data* reads are ticketed.
+//!
+//! Visibility: a transaction's effects are visible to reads no later than its completion;
+//! between submit and completion a read may or may not see them (the OSD orders per object).
+//!
+//! ## Invariants every engine keeps
+//! - Completions of transactions are delivered in submission order among successful ones; a
+//!   transaction that fails validation has no effect at all.
+//! - A data read never returns wrong bytes: a checksum mismatch is [`StoreError::Checksum`].
+//! - [`StoreError::NoSpace`] leaves the store consistent and usable (removes still work).
+
+pub mod device;
+pub mod drive;
+mod error;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+mod types;
+mod validate;
+
+pub use error::StoreError;
+pub use types::{
+    CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, Op, Ticket, Transaction,
+    MAX_OBJECT_SIZE,
+};
+pub use validate::{validate, StoreView};
+
+use std::collections::BTreeMap;
+
+/// One shard's object store. See the crate docs for the submit + poll contract.
+pub trait ObjectStore {
+    /// Queue a transaction. Its outcome (`Done::Committed` once durable, or the error that
+    /// rejected it as a whole) arrives through [`ObjectStore::poll`].
+    fn submit(&mut self, txn: Transaction) -> Ticket;
+
+    /// Queue a read of `len` bytes at `off` (clipped to the object size; holes are zeros).
+    /// The outcome is `Done::Data(bytes)` or an error, through [`ObjectStore::poll`].
+    fn read(&mut self, cid: CollectionId, oid: &ObjectId, off: u64, len: u64) -> Ticket;
+
+    /// Advance the store: reap device completions, run background work in bounded steps, and
+    /// append finished operations to `out`. Returns how many were appended. Never blocks.
+    fn poll(&mut self, out: &mut Vec<Completion>) -> usize;
+
+    /// True when nothing is queued or in flight (a caller may stop polling).
+    fn is_idle(&self) -> bool;
+
+    /// Size of an object.
+    fn stat(&self, cid: CollectionId, oid: &ObjectId) -> Result<ObjectStat, StoreError>;
+
+    /// One attribute (`NotFound` if the object or the attribute is missing).
+    fn get_attr(&self, cid: CollectionId, oid: &ObjectId, name: &str)
+        -> Result<Vec<u8>, StoreError>;
+
+    /// All attributes of an object.
+    fn get_attrs(
+        &self,
+        cid: CollectionId,
+        oid: &ObjectId,
+    ) -> Result<BTreeMap<String, Vec<u8>>, StoreError>;
+
+    /// The values of the given omap keys that exist.
+    fn omap_get(
+        &self,
+        cid: CollectionId,
+        oid: &ObjectId,
+        keys: &[Vec<u8>],
+    ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError>;
+
+    /// Up to `max` omap entries in key order, strictly after `after` (from the start if `None`).
+    fn omap_range(
+        &self,
+        cid: CollectionId,
+        oid: &ObjectId,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+
+    /// Up to `max` object ids of a collection in order, strictly after `after`.
+    fn list(
+        &self,
+        cid: CollectionId,
+        after: Option<&ObjectId>,
+        max: usize,
+    ) -> Result<ListPage, StoreError>;
+
+    /// All collections, in order.
+    fn list_collections(&self) -> Vec<CollectionId>;
+}

@@ -1,0 +1,148 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::StoreError;
+
+
+
+/// Largest object size any engine accepts (1 TiB); bounds offset arithmetic.
+pub const MAX_OBJECT_SIZE: u64 = 1 << 40;
+
+/// A collection: one per placement group. The OSD encodes (pool, pg) into it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CollectionId(pub u64);
+
+/// An object name; objects sort by their bytes.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectId(pub Vec<u8>);
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectId({:?})", String::from_utf8_lossy(&self.0))
+    }
+}
+
+impl From<&str> for ObjectId {
+    fn from(s: &str) -> Self {
+        ObjectId(s.as_bytes().to_vec())
+    }
+}
+
+/// One operation of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Fails with `AlreadyExists` if present.
+    CreateCollection { cid: CollectionId },
+    /// Fails with `NotFound` if missing, `NotEmpty` if it holds objects.
+    RemoveCollection { cid: CollectionId },
+    /// Creates the object if missing.
+    Touch { cid: CollectionId, oid: ObjectId },
+    /// Creates the object if missing; extends the size if needed.
+    Write { cid: CollectionId, oid: ObjectId, off: u64, data: Vec<u8> },
+    /// Makes `[off, off+len)` read as zeros; creates/extends like a write.
+    Zero { cid: CollectionId, oid: ObjectId, off: u64, len: u64 },
+    /// Sets the size (shrinking drops data, growing reads as zeros); creates if missing.
+    Truncate { cid: CollectionId, oid: ObjectId, size: u64 },
+    /// Fails with `NotFound` if missing.
+    Remove { cid: CollectionId, oid: ObjectId },
+    /// Creates the object if missing.
+    SetAttr { cid: CollectionId, oid: ObjectId, name: String, value: Vec<u8> },
+    /// The object must exist; a missing attribute is not an error.
+    RmAttr { cid: CollectionId, oid: ObjectId, name: String },
+    /// Creates the object if missing.
+    OmapSet { cid: CollectionId, oid: ObjectId, entries: Vec<(Vec<u8>, Vec<u8>)> },
+    /// The object must exist; missing keys are not an error.
+    OmapRm { cid: CollectionId, oid: ObjectId, keys: Vec<Vec<u8>> },
+}
+
+impl Op {
+    /// The collection the op addresses.
+    pub fn cid(&self) -> CollectionId {
+        match self {
+            Op::CreateCollection { cid } | Op::RemoveCollection { cid } => *cid,
+            Op::Touch { cid, .. }
+            | Op::Write { cid, .. }
+            | Op::Zero { cid, .. }
+            | Op::Truncate { cid, .. }
+            | Op::Remove { cid, .. }
+            | Op::SetAttr { cid, .. }
+            | Op::RmAttr { cid, .. }
+            | Op::OmapSet { cid, .. }
+            | Op::OmapRm { cid, .. } => *cid,
+        }
+    }
+}
+
+/// An ordered list of operations applied atomically.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transaction {
+    pub ops: Vec<Op>,
+}
+
+impl Transaction {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn push(&mut self, op: Op) -> &mut Self {
+        self.ops.push(op);
+        self
+    }
+    pub fn create_collection(&mut self, cid: CollectionId) -> &mut Self {
+        self.push(Op::CreateCollection { cid })
+    }
+    pub fn write(&mut self, cid: CollectionId, oid: &ObjectId, off: u64, data: &[u8]) -> &mut Self {
+        self.push(Op::Write { cid, oid: oid.clone(), off, data: data.to_vec() })
+    }
+    pub fn set_attr(&mut self, cid: CollectionId, oid: &ObjectId, name: &str, v: &[u8]) -> &mut Self {
+        self.push(Op::SetAttr { cid, oid: oid.clone(), name: name.to_string(), value: v.to_vec() })
+    }
+    pub fn remove(&mut self, cid: CollectionId, oid: &ObjectId) -> &mut Self {
+        self.push(Op::Remove { cid, oid: oid.clone() })
+    }
+    /// Bytes of object data the transaction carries (for accounting and benchmarks).
+    pub fn data_bytes(&self) -> u64 {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::Write { data, .. } => data.len() as u64,
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+/// Names one submitted operation; unique per store instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket(pub u64);
+
+/// What a successful operation produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Done {
+    /// A transaction is applied and durable.
+    Committed,
+    /// The bytes of a read.
+    Data(Vec<u8>),
+}
+
+/// The outcome of one ticketed operation, delivered on the submitting shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    pub ticket: Ticket,
+    pub result: Result<Done, StoreError>,
+}
+
+/// Result of `stat`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectStat {
+    pub size: u64,
+}
+
+/// One page of a collection listing. `next` is the cursor to pass as `after` for the next page
+/// (`None` when the listing is complete).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListPage {
+    pub objects: Vec<ObjectId>,
+    pub next: Option<ObjectId>,
+}
+
