@@ -1,14 +1,32 @@
 //! A byte stream fed to the incremental `FrameDecoder` in pieces whose sizes come from the
-//! input itself, as a socket would deliver it. Must never panic or loop.
+//! input itself, as a socket would deliver it. Must never panic or loop. Frames in the stream
+//! are re-sealed (crcs recomputed) front to back, so the fuzzer builds multi-frame streams that
+//! get past the checksums and exercise reassembly, not just the first crc check.
 #![no_main]
 
-use carmine_wire::{FrameDecoder, Limits};
+use carmine_wire::{FrameDecoder, Limits, HEADER_LEN};
 use libfuzzer_sys::fuzz_target;
+
+fn seal_all(stream: &mut [u8]) {
+    let mut pos = 0;
+    while stream.len() - pos >= HEADER_LEN {
+        let f = &mut stream[pos..];
+        let len = u32::from_le_bytes([f[16], f[17], f[18], f[19]]) as usize;
+        let end = HEADER_LEN.saturating_add(len).min(f.len());
+        let pcrc = crc32c::crc32c(&f[HEADER_LEN..end]);
+        f[20..24].copy_from_slice(&pcrc.to_le_bytes());
+        let hcrc = crc32c::crc32c(&f[..28]);
+        f[28..32].copy_from_slice(&hcrc.to_le_bytes());
+        pos += end;
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&step, stream)) = data.split_first() else {
         return;
     };
+    let mut stream = stream.to_vec();
+    seal_all(&mut stream);
     let step = usize::from(step).max(1);
     let limits = Limits {
         max_payload: 64 << 10,
