@@ -1,0 +1,131 @@
+//! The OSD admin gRPC service (`OsdAdmin`) served by the agent.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use carmine_proto::v1::{
+    self,
+    osd_admin_server::{OsdAdmin, OsdAdminServer},
+};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::{AgentStatus, ConfigStore, Stats};
+
+struct AdminSvc {
+    mon_addr: String,
+    shard_count: u32,
+    stats: Arc<dyn Stats>,
+    config: Arc<dyn ConfigStore>,
+    status: Arc<AgentStatus>,
+}
+
+#[tonic::async_trait]
+impl OsdAdmin for AdminSvc {
+    async fn status(&self, _: Request<v1::Empty>) -> Result<Response<v1::OsdStatusReply>, Status> {
+        let id = self.status.osd_id();
+        Ok(Response::new(v1::OsdStatusReply {
+            id: id.unwrap_or(0),
+            booted: id.is_some(),
+            map_epoch: self.status.map_epoch(),
+            shard_count: self.shard_count,
+            mon_addr: self.mon_addr.clone(),
+            heartbeats_acked: self.status.heartbeats_acked(),
+        }))
+    }
+
+    async fn perf_counters(
+        &self,
+        _: Request<v1::Empty>,
+    ) -> Result<Response<v1::PerfCountersReply>, Status> {
+        let mut counters: Vec<v1::PerfCounter> = self
+            .stats
+            .counters()
+            .into_iter()
+            .map(|(name, value)| v1::PerfCounter { name, value })
+            .collect();
+        counters.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(v1::PerfCountersReply { counters }))
+    }
+
+    async fn config_get(
+        &self,
+        req: Request<v1::ConfigGetRequest>,
+    ) -> Result<Response<v1::ConfigGetReply>, Status> {
+        let key = req.into_inner().key;
+        let entries = if key.is_empty() {
+            self.config.list()
+        } else {
+            let v = self
+                .config
+                .get(&key)
+                .ok_or_else(|| Status::not_found(format!("no config key {key:?}")))?;
+            vec![(key, v)]
+        };
+        Ok(Response::new(v1::ConfigGetReply {
+            entries: entries
+                .into_iter()
+                .map(|(key, value)| v1::ConfigEntry { key, value })
+                .collect(),
+        }))
+    }
+
+    async fn config_set(
+        &self,
+        req: Request<v1::ConfigSetRequest>,
+    ) -> Result<Response<v1::ConfigEntry>, Status> {
+        let r = req.into_inner();
+        self.config
+            .set(&r.key, &r.value)
+            .map_err(Status::invalid_argument)?;
+        tracing::info!(key = %r.key, value = %r.value, "config changed");
+        Ok(Response::new(v1::ConfigEntry {
+            key: r.key,
+            value: r.value,
+        }))
+    }
+}
+
+/// Serves `OsdAdmin` on `listener` until `shutdown`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve(
+    listener: std::net::TcpListener,
+    token: String,
+    mon_addr: String,
+    shard_count: u32,
+    stats: Arc<dyn Stats>,
+    config: Arc<dyn ConfigStore>,
+    status: Arc<AgentStatus>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register the admin listener");
+            return Ok(());
+        }
+    };
+    let svc = AdminSvc {
+        mon_addr,
+        shard_count,
+        stats,
+        config,
+        status,
+    };
+    let expected = format!("Bearer {token}");
+    let server = OsdAdminServer::with_interceptor(svc, move |r: Request<()>| {
+        let ok = r
+            .metadata()
+            .get(carmine_proto::AUTH_HEADER)
+            .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+        if ok {
+            Ok(r)
+        } else {
+            Err(Status::unauthenticated("credential refused"))
+        }
+    });
+    tonic::transport::Server::builder()
+        .add_service(server)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

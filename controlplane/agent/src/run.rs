@@ -1,0 +1,244 @@
+//! The agent thread's async main: monitor session (boot, heartbeats, subscription) and the
+//! admin server, until told to stop.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use carmine_placement::{ClusterMap, Incremental};
+use carmine_proto::v1::{self, map_update::Update, mon_cluster_client::MonClusterClient};
+use tokio::sync::oneshot;
+use tokio_stream::StreamExt;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Request;
+
+use crate::{admin, AgentConfig, AgentStatus, ConfigStore, MapSink, Stats};
+
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How soon a refused map is offered again to a full sink.
+const SINK_RETRY: Duration = Duration::from_millis(20);
+
+/// Why a monitor session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("monitor unreachable: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("monitor call failed: {0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("map stream: {0}")]
+    Stream(String),
+    #[error("the monitor marked this OSD down")]
+    MustBoot,
+}
+
+/// Feeds the shards: remembers the newest map and which sinks still lack it.
+struct Shards {
+    sinks: Vec<Box<dyn MapSink>>,
+    lagging: Vec<bool>,
+    map: Option<Arc<ClusterMap>>,
+}
+
+impl Shards {
+    fn publish(&mut self, map: Arc<ClusterMap>, status: &AgentStatus) {
+        status.epoch.store(map.epoch, Ordering::Release);
+        self.map = Some(map);
+        self.lagging.iter_mut().for_each(|l| *l = true);
+        self.retry();
+    }
+
+    /// Offers the newest map to every sink that lacks it.
+    fn retry(&mut self) {
+        let Some(map) = &self.map else { return };
+        for (sink, lag) in self.sinks.iter_mut().zip(self.lagging.iter_mut()) {
+            if *lag && sink.deliver(map.clone()).is_ok() {
+                *lag = false;
+            }
+        }
+    }
+
+    fn any_lagging(&self) -> bool {
+        self.lagging.iter().any(|l| *l)
+    }
+}
+
+fn with_token<T>(msg: T, token: &Option<MetadataValue<Ascii>>) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Some(t) = token {
+        r.metadata_mut()
+            .insert(carmine_proto::AUTH_HEADER, t.clone());
+    }
+    r
+}
+
+pub(crate) async fn agent_main(
+    cfg: AgentConfig,
+    listener: std::net::TcpListener,
+    sinks: Vec<Box<dyn MapSink>>,
+    stats: Arc<dyn Stats>,
+    config: Arc<dyn ConfigStore>,
+    status: Arc<AgentStatus>,
+    stop: oneshot::Receiver<()>,
+) {
+    let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
+    let admin = admin::serve(
+        listener,
+        cfg.admin_token.clone(),
+        cfg.mon_addr.clone(),
+        sinks.len() as u32,
+        stats.clone(),
+        config,
+        status.clone(),
+        async {
+            let _ = admin_stop_rx.await;
+        },
+    );
+    let lagging = vec![false; sinks.len()];
+    let mut shards = Shards {
+        sinks,
+        lagging,
+        map: None,
+    };
+    let session_loop = async {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match session(&cfg, &mut shards, stats.as_ref(), &status).await {
+                Ok(()) => {}
+                Err(SessionError::MustBoot) => {
+                    tracing::warn!("monitor has this OSD down: booting again");
+                    backoff = Duration::from_millis(50);
+                    continue;
+                }
+                Err(e) => tracing::warn!(error = %e, "monitor session ended"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    };
+    tokio::pin!(admin);
+    tokio::select! {
+        _ = stop => {}
+        _ = session_loop => {}
+        r = &mut admin => {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "osd admin server failed");
+            }
+            return;
+        }
+    }
+    let _ = admin_stop_tx.send(());
+    if let Err(e) = admin.await {
+        tracing::error!(error = %e, "osd admin server failed");
+    }
+}
+
+/// One session with the monitor: connect, boot, then heartbeat and follow the map until
+/// something fails.
+async fn session(
+    cfg: &AgentConfig,
+    shards: &mut Shards,
+    stats: &dyn Stats,
+    status: &AgentStatus,
+) -> Result<(), SessionError> {
+    let uri = if cfg.mon_addr.contains("://") {
+        cfg.mon_addr.clone()
+    } else {
+        format!("http://{}", cfg.mon_addr)
+    };
+    let channel: Channel = Endpoint::from_shared(uri)?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    let token = match &cfg.cluster_token {
+        Some(t) => Some(carmine_proto::bearer(t).map_err(|e| SessionError::Stream(e.to_string()))?),
+        None => None,
+    };
+    let mut mon = MonClusterClient::new(channel);
+    let boot = mon
+        .boot(with_token(
+            v1::BootRequest {
+                uuid: cfg.uuid.clone(),
+                id: status.osd_id().unwrap_or(0),
+                has_id: status.osd_id().is_some(),
+                host: cfg.host.clone(),
+                public_addr: cfg.public_addr.clone(),
+                cluster_addr: cfg.cluster_addr.clone(),
+                shard_count: cfg.shard_ports.len() as u32,
+                shard_ports: cfg.shard_ports.clone(),
+                weight: cfg.weight,
+                admin_addr: cfg.admin_listen.to_string(),
+            },
+            &token,
+        ))
+        .await?
+        .into_inner();
+    status.id.store(boot.id, Ordering::Release);
+    status.booted.store(true, Ordering::Release);
+    status.boots.fetch_add(1, Ordering::AcqRel);
+    tracing::info!(osd = boot.id, epoch = boot.epoch, "booted");
+    let hb_interval = Duration::from_millis(boot.heartbeat_interval_ms.clamp(10, 60_000));
+
+    let have = shards.map.as_ref().map_or(0, |m| m.epoch);
+    let mut stream = mon
+        .subscribe(with_token(
+            v1::SubscribeRequest { have_epoch: have },
+            &token,
+        ))
+        .await?
+        .into_inner();
+    let mut hb = tokio::time::interval(hb_interval);
+    hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry = tokio::time::interval(SINK_RETRY);
+    loop {
+        tokio::select! {
+            _ = hb.tick() => {
+                let (used, capacity) = stats.usage();
+                let r = mon
+                    .heartbeat(with_token(
+                        v1::HeartbeatRequest {
+                            id: boot.id,
+                            uuid: cfg.uuid.clone(),
+                            map_epoch: status.map_epoch(),
+                            used_bytes: used,
+                            capacity_bytes: capacity,
+                        },
+                        &token,
+                    ))
+                    .await?
+                    .into_inner();
+                if r.must_boot {
+                    return Err(SessionError::MustBoot);
+                }
+                status.heartbeats_acked.fetch_add(1, Ordering::AcqRel);
+            }
+            u = stream.next() => {
+                let u = match u {
+                    Some(u) => u?,
+                    None => return Err(SessionError::Stream("monitor closed the map stream".into())),
+                };
+                let next = match u.update {
+                    Some(Update::Full(m)) => ClusterMap::from(m),
+                    Some(Update::Incremental(i)) => {
+                        let inc = Incremental::from(i);
+                        let mut m = shards
+                            .map
+                            .as_deref()
+                            .cloned()
+                            .ok_or_else(|| SessionError::Stream("incremental before any full map".into()))?;
+                        m.apply(&inc).map_err(|e| SessionError::Stream(e.to_string()))?;
+                        m
+                    }
+                    None => continue,
+                };
+                // Never hand an old epoch to the shards (e.g. a full map racing a newer one).
+                if shards.map.as_ref().is_some_and(|m| m.epoch >= next.epoch) {
+                    continue;
+                }
+                tracing::debug!(epoch = next.epoch, "new map");
+                shards.publish(Arc::new(next), status);
+            }
+            _ = retry.tick(), if shards.any_lagging() => shards.retry(),
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Cluster health from the map and OSD usage.
+//!
+//! Checks (the worst severity wins):
+//! * `OSD_DOWN` (WARN): OSDs that are down but still in (their data has not moved yet);
+//! * `PG_DEGRADED` (WARN): PGs placed on fewer than `size` OSDs;
+//! * `PG_UNAVAILABLE` (ERR): PGs placed on fewer than `min_size` OSDs (no I/O);
+//! * `OSD_NEARFULL` (WARN) / `OSD_FULL` (ERR): OSDs above the usage ratios.
+//!
+//! PG checks run the placement function over every PG of every pool: cheap for the pg counts
+//! a monitor serves (it is pure arithmetic), and it keeps the monitor free of a PG table.
+
+use carmine_placement::{pg_to_osds, ClusterMap};
+use carmine_proto::v1::{HealthCheck, HealthReply, HealthStatus};
+
+/// At most this many detail lines per check.
+const MAX_DETAIL: usize = 50;
+
+fn check(code: &str, severity: HealthStatus, summary: String, detail: Vec<String>) -> HealthCheck {
+    HealthCheck {
+        code: code.into(),
+        severity: severity as i32,
+        summary,
+        detail: detail.into_iter().take(MAX_DETAIL).collect(),
+    }
+}
+
+/// Health of `map`; `usage` gives (osd, used, capacity).
+pub fn health(
+    map: &ClusterMap,
+    usage: impl Iterator<Item = (u32, u64, u64)>,
+    nearfull: f64,
+    full: f64,
+) -> HealthReply {
+    let mut checks = Vec::new();
+    let down: Vec<String> = map
+        .osds
+        .values()
+        .filter(|o| !o.up && o.in_)
+        .map(|o| format!("osd.{} (host {}) is down", o.id, o.host))
+        .collect();
+    if !down.is_empty() {
+        checks.push(check(
+            "OSD_DOWN",
+            HealthStatus::HealthWarn,
+            format!("{} osds down", down.len()),
+            down,
+        ));
+    }
+    let (mut degraded, mut unavailable) = (Vec::new(), Vec::new());
+    for p in map.pools.values() {
+        for pg in 0..p.pg_num {
+            let n = pg_to_osds(map, p, pg).len() as u32;
+            if n < p.min_size {
+                unavailable.push(format!(
+                    "pg {}.{pg:x} has {n} of {} osds (min_size {})",
+                    p.id, p.size, p.min_size
+                ));
+            } else if n < p.size {
+                degraded.push(format!("pg {}.{pg:x} has {n} of {} osds", p.id, p.size));
+            }
+        }
+    }
+    if !unavailable.is_empty() {
+        checks.push(check(
+            "PG_UNAVAILABLE",
+            HealthStatus::HealthErr,
+            format!("{} pgs below min_size", unavailable.len()),
+            unavailable,
+        ));
+    }
+    if !degraded.is_empty() {
+        checks.push(check(
+            "PG_DEGRADED",
+            HealthStatus::HealthWarn,
+            format!("{} pgs degraded", degraded.len()),
+            degraded,
+        ));
+    }
+    let (mut nf, mut fl) = (Vec::new(), Vec::new());
+    for (id, used, cap) in usage {
+        if cap == 0 || !map.osds.contains_key(&id) {
+            continue;
+        }
+        let r = used as f64 / cap as f64;
+        let line = format!("osd.{id} is {:.1}% full", r * 100.0);
+        if r >= full {
+            fl.push(line);
+        } else if r >= nearfull {
+            nf.push(line);
+        }
+    }
+    if !fl.is_empty() {
+        checks.push(check(
+            "OSD_FULL",
+            HealthStatus::HealthErr,
+            format!("{} full osds", fl.len()),
+            fl,
+        ));
+    }
+    if !nf.is_empty() {
+        checks.push(check(
+            "OSD_NEARFULL",
+            HealthStatus::HealthWarn,
+            format!("{} nearly full osds", nf.len()),
+            nf,
+        ));
+    }
+    let status = checks
+        .iter()
+        .map(|c| c.severity)
+        .max()
+        .unwrap_or(HealthStatus::HealthOk as i32);
+    HealthReply { status, checks }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use carmine_placement::{Osd, Pool};
+
+    fn map(up: &[bool]) -> ClusterMap {
+        let mut m = ClusterMap::default();
+        for (i, &u) in up.iter().enumerate() {
+            let id = i as u32;
+            m.osds.insert(
+                id,
+                Osd {
+                    id,
+                    uuid: format!("{id}"),
+                    host: format!("h{id}"),
+                    public_addr: String::new(),
+                    cluster_addr: String::new(),
+                    shard_count: 1,
+                    shard_ports: vec![1],
+                    up: u,
+                    in_: true,
+                    weight: 1.0,
+                },
+            );
+        }
+        m.pools.insert(
+            0,
+            Pool {
+                id: 0,
+                name: "p".into(),
+                size: 3,
+                min_size: 2,
+                pg_num: 16,
+            },
+        );
+        m
+    }
+
+    #[test]
+    fn levels_follow_the_worst_check() {
+        let h = health(&map(&[true, true, true]), std::iter::empty(), 0.85, 0.95);
+        assert_eq!(h.status, HealthStatus::HealthOk as i32);
+        assert!(h.checks.is_empty());
+
+        let h = health(&map(&[true, true, false]), std::iter::empty(), 0.85, 0.95);
+        assert_eq!(h.status, HealthStatus::HealthWarn as i32);
+        let codes: Vec<&str> = h.checks.iter().map(|c| c.code.as_str()).collect();
+        assert_eq!(codes, ["OSD_DOWN", "PG_DEGRADED"]);
+
+        let h = health(&map(&[true, false, false]), std::iter::empty(), 0.85, 0.95);
+        assert_eq!(h.status, HealthStatus::HealthErr as i32);
+        assert!(h.checks.iter().any(|c| c.code == "PG_UNAVAILABLE"));
+
+        let usage = [(0u32, 90u64, 100u64), (1, 96, 100)];
+        let h = health(&map(&[true, true, true]), usage.into_iter(), 0.85, 0.95);
+        assert_eq!(h.status, HealthStatus::HealthErr as i32);
+        let codes: Vec<&str> = h.checks.iter().map(|c| c.code.as_str()).collect();
+        assert_eq!(codes, ["OSD_FULL", "OSD_NEARFULL"]);
+    }
+}

@@ -1,0 +1,165 @@
+//! `carmine-mon`: the Carmine monitor.
+//!
+//! The monitor owns the authoritative cluster map. Every change (an OSD boots, misses its
+//! heartbeats, is reported failed, an admin creates a pool...) makes a new epoch, which is
+//! first committed to the embedded store ([`store`], redb) and only then published to the
+//! subscribers as an incremental. Subscribers that are too far behind get a full map.
+//!
+//! Layers, top down:
+//! * [`service`]: the tonic services `MonCluster` (OSDs) and `MonAdmin` (operators, behind a
+//!   bearer token);
+//! * [`state`]: the synchronous state machine ([`state::Monitor`]): map history, liveness,
+//!   the down-after-grace and out-after-interval rules;
+//! * [`health`]: HEALTH_OK/WARN/ERR with reasons, computed from the map with the placement
+//!   function;
+//! * [`store`]: the crash-safe map history.
+//!
+//! Placement itself is not here: it is the `carmine-placement` library, which the OSDs and the
+//! clients run themselves, so nobody asks the monitor where an object lives.
+
+pub mod health;
+pub mod service;
+pub mod state;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use carmine_proto::v1::{mon_admin_server::MonAdminServer, mon_cluster_server::MonClusterServer};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::service::{check_token, AdminSvc, ClusterSvc};
+use crate::state::{MonError, Monitor, Policy};
+use crate::store::MapStore;
+
+/// Monitor configuration (command line flags, each also settable by environment variable).
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "carmine-mon",
+    version,
+    about = "The Carmine monitor: cluster map, health and admin service"
+)]
+pub struct MonConfig {
+    /// Address to listen on (loopback by default; port 0 picks a free port).
+    #[arg(long, env = "CARMINE_MON_LISTEN", default_value = "127.0.0.1:6790")]
+    pub listen: SocketAddr,
+    /// Directory of the map store (created if missing).
+    #[arg(long, env = "CARMINE_MON_DATA")]
+    pub data_dir: PathBuf,
+    /// Token that admin calls must present as `authorization: Bearer <token>`.
+    #[arg(long, env = "CARMINE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: String,
+    /// Token OSDs must present; when unset, the OSD-facing service is open to whoever reaches
+    /// the listen address.
+    #[arg(long, env = "CARMINE_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+    /// Heartbeat interval OSDs are told to keep, in milliseconds.
+    #[arg(long, env = "CARMINE_HEARTBEAT_MS", default_value_t = 1000)]
+    pub heartbeat_ms: u64,
+    /// An OSD not heard from for this long is marked down, in milliseconds.
+    #[arg(long, env = "CARMINE_DOWN_GRACE_MS", default_value_t = 6000)]
+    pub down_grace_ms: u64,
+    /// A down OSD is marked out after this long, in milliseconds.
+    #[arg(long, env = "CARMINE_OUT_INTERVAL_MS", default_value_t = 600_000)]
+    pub out_interval_ms: u64,
+    /// Number of epochs of history kept (incrementals and full maps).
+    #[arg(long, env = "CARMINE_MAP_HISTORY", default_value_t = 500)]
+    pub map_history: u64,
+    /// Distinct peers that must report an OSD failed before it is marked down.
+    #[arg(long, env = "CARMINE_MIN_FAILURE_REPORTERS", default_value_t = 2)]
+    pub min_failure_reporters: usize,
+    /// Usage ratio that raises OSD_NEARFULL.
+    #[arg(long, default_value_t = 0.85)]
+    pub nearfull_ratio: f64,
+    /// Usage ratio that raises OSD_FULL.
+    #[arg(long, default_value_t = 0.95)]
+    pub full_ratio: f64,
+}
+
+impl MonConfig {
+    fn policy(&self) -> Policy {
+        Policy {
+            heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
+            down_grace: Duration::from_millis(self.down_grace_ms),
+            out_interval: Duration::from_millis(self.out_interval_ms),
+            history: self.map_history.max(2),
+            min_failure_reporters: self.min_failure_reporters,
+            nearfull_ratio: self.nearfull_ratio,
+            full_ratio: self.full_ratio,
+        }
+    }
+}
+
+/// Errors that stop the monitor.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The state could not be loaded.
+    #[error(transparent)]
+    Mon(#[from] MonError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Bad configuration.
+    #[error("config: {0}")]
+    Config(String),
+}
+
+/// Opens the store, then serves on `listener` until `shutdown` resolves.
+pub async fn serve(
+    cfg: MonConfig,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    if cfg.admin_token.is_empty() {
+        return Err(ServeError::Config(
+            "the admin token must not be empty".into(),
+        ));
+    }
+    let mon = Monitor::open(MapStore::open(&cfg.data_dir)?, cfg.policy())?;
+    let shared = Arc::new(Mutex::new(mon));
+
+    // The liveness clock: marks OSDs down/out. A quarter of the grace keeps detection within
+    // 1.25 x grace.
+    let tick = Duration::from_millis((cfg.down_grace_ms / 4).clamp(10, 1000));
+    let ticker = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(tick);
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                iv.tick().await;
+                let r = match shared.lock() {
+                    Ok(mut m) => m.tick(Instant::now()),
+                    Err(_) => return,
+                };
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "liveness tick failed");
+                }
+            }
+        })
+    };
+
+    let admin_token = cfg.admin_token.clone();
+    let cluster_token = cfg.cluster_token.clone();
+    let admin = MonAdminServer::with_interceptor(AdminSvc(shared.clone()), move |r| {
+        check_token(Some(&admin_token), &r).map(|()| r)
+    });
+    let cluster = MonClusterServer::with_interceptor(ClusterSvc(shared), move |r| {
+        check_token(cluster_token.as_deref(), &r).map(|()| r)
+    });
+    let res = tonic::transport::Server::builder()
+        .add_service(admin)
+        .add_service(cluster)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    ticker.abort();
+    res?;
+    Ok(())
+}

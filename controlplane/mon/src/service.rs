@@ -1,0 +1,303 @@
+//! The gRPC services: `MonCluster` (OSDs) and `MonAdmin` (operators), and the bearer-token
+//! check in front of them.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use carmine_proto::v1::{
+    self, map_update::Update, mon_admin_server::MonAdmin, mon_cluster_server::MonCluster,
+};
+use carmine_proto::AUTH_HEADER;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::{wrappers::ReceiverStream, Stream};
+use tonic::{Request, Response, Status};
+
+use crate::health::health;
+use crate::state::{BootInfo, MonError, Monitor};
+
+/// Shared handle on the monitor state.
+pub type Shared = Arc<Mutex<Monitor>>;
+
+fn lock(m: &Shared) -> Result<MutexGuard<'_, Monitor>, Status> {
+    m.lock()
+        .map_err(|_| Status::internal("monitor state poisoned by an earlier panic"))
+}
+
+impl From<MonError> for Status {
+    fn from(e: MonError) -> Self {
+        match &e {
+            MonError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            MonError::NotFound(_) => Status::not_found(e.to_string()),
+            MonError::Exists(_) => Status::already_exists(e.to_string()),
+            MonError::Precondition(_) => Status::failed_precondition(e.to_string()),
+            MonError::Store(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// Compares in time independent of where the strings first differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks `authorization: Bearer <token>` when `token` is set.
+pub fn check_token(token: Option<&str>, req: &Request<()>) -> Result<(), Status> {
+    let Some(token) = token else { return Ok(()) };
+    let Some(v) = req.metadata().get(AUTH_HEADER) else {
+        return Err(Status::unauthenticated(
+            "missing credential (authorization: Bearer <token>)",
+        ));
+    };
+    let given = v.as_bytes().strip_prefix(b"Bearer ").unwrap_or(b"");
+    if same_secret(given, token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(Status::unauthenticated("credential refused"))
+    }
+}
+
+/// The OSD-facing service.
+#[derive(Clone)]
+pub struct ClusterSvc(pub Shared);
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<v1::MapUpdate, Status>> + Send>>;
+
+fn full(m: &carmine_placement::ClusterMap) -> v1::MapUpdate {
+    v1::MapUpdate {
+        update: Some(Update::Full(m.into())),
+    }
+}
+
+#[tonic::async_trait]
+impl MonCluster for ClusterSvc {
+    async fn boot(&self, req: Request<v1::BootRequest>) -> Result<Response<v1::BootReply>, Status> {
+        let r = req.into_inner();
+        let mut m = lock(&self.0)?;
+        let (id, epoch) = m.boot(
+            BootInfo {
+                uuid: r.uuid,
+                host: r.host,
+                public_addr: r.public_addr,
+                cluster_addr: r.cluster_addr,
+                shard_ports: r.shard_ports,
+                weight: r.weight,
+            },
+            Instant::now(),
+        )?;
+        Ok(Response::new(v1::BootReply {
+            id,
+            epoch,
+            heartbeat_interval_ms: m.policy().heartbeat_interval.as_millis() as u64,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatReply>, Status> {
+        let r = req.into_inner();
+        let mut m = lock(&self.0)?;
+        let must_boot = m.heartbeat(
+            r.id,
+            &r.uuid,
+            r.used_bytes,
+            r.capacity_bytes,
+            Instant::now(),
+        );
+        Ok(Response::new(v1::HeartbeatReply {
+            epoch: m.map().epoch,
+            must_boot,
+        }))
+    }
+
+    async fn report_failure(
+        &self,
+        req: Request<v1::FailureReport>,
+    ) -> Result<Response<v1::FailureReply>, Status> {
+        let r = req.into_inner();
+        let marked_down = lock(&self.0)?.report_failure(r.reporter, r.target, Instant::now())?;
+        Ok(Response::new(v1::FailureReply { marked_down }))
+    }
+
+    type SubscribeStream = UpdateStream;
+
+    async fn subscribe(
+        &self,
+        req: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<UpdateStream>, Status> {
+        let have = req.into_inner().have_epoch;
+        // Take the backlog and the live receiver under one lock: no epoch can slip between.
+        let (backlog, mut rx, mut last) = {
+            let m = lock(&self.0)?;
+            let map = m.map();
+            let backlog: Vec<v1::MapUpdate> = match m.incrementals_since(have) {
+                Some(incs) => incs
+                    .iter()
+                    .map(|i| v1::MapUpdate {
+                        update: Some(Update::Incremental(i.as_ref().into())),
+                    })
+                    .collect(),
+                None => vec![full(&map)],
+            };
+            (backlog, m.subscribe(), map.epoch)
+        };
+        let (tx, out) = mpsc::channel(64);
+        let shared = self.0.clone();
+        tokio::spawn(async move {
+            for u in backlog {
+                if tx.send(Ok(u)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let update = match rx.recv().await {
+                    Ok(inc) if inc.epoch <= last => continue,
+                    Ok(inc) if inc.epoch == last + 1 => {
+                        last = inc.epoch;
+                        v1::MapUpdate {
+                            update: Some(Update::Incremental(inc.as_ref().into())),
+                        }
+                    }
+                    // Fell behind the broadcast buffer (or a gap): resynchronise with a full map.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let Ok(m) = shared.lock().map(|m| m.map()) else {
+                            return;
+                        };
+                        last = m.epoch;
+                        full(&m)
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if tx.send(Ok(update)).await.is_err() {
+                    return; // subscriber went away
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+
+    async fn get_map(
+        &self,
+        req: Request<v1::GetMapRequest>,
+    ) -> Result<Response<v1::ClusterMap>, Status> {
+        get_map(&self.0, req.into_inner().epoch)
+    }
+}
+
+fn get_map(m: &Shared, epoch: u64) -> Result<Response<v1::ClusterMap>, Status> {
+    let map = lock(m)?
+        .map_at(epoch)
+        .ok_or_else(|| Status::not_found(format!("epoch {epoch} is not held by this monitor")))?;
+    Ok(Response::new(map.as_ref().into()))
+}
+
+/// The operator-facing service (behind the admin token).
+#[derive(Clone)]
+pub struct AdminSvc(pub Shared);
+
+fn changed(epoch: Result<u64, MonError>) -> Result<Response<v1::MapChangeReply>, Status> {
+    Ok(Response::new(v1::MapChangeReply { epoch: epoch? }))
+}
+
+fn health_of(m: &Monitor) -> v1::HealthReply {
+    let p = m.policy();
+    health(&m.map(), m.usage(), p.nearfull_ratio, p.full_ratio)
+}
+
+#[tonic::async_trait]
+impl MonAdmin for AdminSvc {
+    async fn status(&self, _: Request<v1::Empty>) -> Result<Response<v1::StatusReply>, Status> {
+        let m = lock(&self.0)?;
+        let map = m.map();
+        Ok(Response::new(v1::StatusReply {
+            epoch: map.epoch,
+            health: Some(health_of(&m)),
+            num_osds: map.osds.len() as u32,
+            num_up: map.osds.values().filter(|o| o.up).count() as u32,
+            num_in: map.osds.values().filter(|o| o.in_).count() as u32,
+            num_pools: map.pools.len() as u32,
+            num_pgs: map.pools.values().map(|p| p.pg_num).sum(),
+            uptime_secs: m.uptime().as_secs(),
+        }))
+    }
+
+    async fn health(&self, _: Request<v1::Empty>) -> Result<Response<v1::HealthReply>, Status> {
+        let m = lock(&self.0)?;
+        Ok(Response::new(health_of(&m)))
+    }
+
+    async fn get_map(
+        &self,
+        req: Request<v1::GetMapRequest>,
+    ) -> Result<Response<v1::ClusterMap>, Status> {
+        get_map(&self.0, req.into_inner().epoch)
+    }
+
+    async fn osd_out(
+        &self,
+        req: Request<v1::OsdIdRequest>,
+    ) -> Result<Response<v1::MapChangeReply>, Status> {
+        changed(lock(&self.0)?.osd_out(req.into_inner().id))
+    }
+
+    async fn osd_in(
+        &self,
+        req: Request<v1::OsdIdRequest>,
+    ) -> Result<Response<v1::MapChangeReply>, Status> {
+        changed(lock(&self.0)?.osd_in(req.into_inner().id))
+    }
+
+    async fn osd_down(
+        &self,
+        req: Request<v1::OsdIdRequest>,
+    ) -> Result<Response<v1::MapChangeReply>, Status> {
+        changed(lock(&self.0)?.osd_down(req.into_inner().id, Instant::now()))
+    }
+
+    async fn osd_rm(
+        &self,
+        req: Request<v1::OsdIdRequest>,
+    ) -> Result<Response<v1::MapChangeReply>, Status> {
+        changed(lock(&self.0)?.osd_rm(req.into_inner().id))
+    }
+
+    async fn osd_reweight(
+        &self,
+        req: Request<v1::OsdWeightRequest>,
+    ) -> Result<Response<v1::MapChangeReply>, Status> {
+        let r = req.into_inner();
+        changed(lock(&self.0)?.osd_reweight(r.id, r.weight))
+    }
+
+    async fn pool_create(
+        &self,
+        req: Request<v1::PoolCreateRequest>,
+    ) -> Result<Response<v1::PoolCreateReply>, Status> {
+        let r = req.into_inner();
+        let (id, epoch) = lock(&self.0)?.pool_create(&r.name, r.pg_num, r.size, r.min_size)?;
+        Ok(Response::new(v1::PoolCreateReply { id, epoch }))
+    }
+
+    async fn pool_list(&self, _: Request<v1::Empty>) -> Result<Response<v1::PoolList>, Status> {
+        let map = lock(&self.0)?.map();
+        Ok(Response::new(v1::PoolList {
+            pools: map.pools.values().map(Into::into).collect(),
+        }))
+    }
+
+    async fn pool_rm(
+        &self,
+        req: Request<v1::PoolNameRequest>,
+    ) -> Result<Response<v1::MapChangeReply>, Status> {
+        changed(lock(&self.0)?.pool_rm(&req.into_inner().name))
+    }
+
+    async fn pool_set(
+        &self,
+        req: Request<v1::PoolSetRequest>,
+    ) -> Result<Response<v1::MapChangeReply>, Status> {
+        let r = req.into_inner();
+        changed(lock(&self.0)?.pool_set(&r.name, &r.key, &r.value))
+    }
+}

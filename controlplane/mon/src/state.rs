@@ -1,0 +1,585 @@
+//! The monitor's state machine: the authoritative map, OSD liveness and the map history.
+//!
+//! Every change goes through [`Monitor::commit`]: build the next map as a copy of the current
+//! one, persist it, then publish its incremental. A change that turns out to be a no-op makes
+//! no epoch. Liveness (last heartbeat, when an OSD went down, failure reports, usage) is soft
+//! state: it is not persisted, and a restarted monitor gives every OSD a fresh grace period.
+//!
+//! The state is plain synchronous code behind one mutex held by the gRPC handlers; no lock is
+//! held across an `.await`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use carmine_placement::{ClusterMap, Incremental, Osd, Pool};
+use tokio::sync::broadcast;
+
+use crate::store::{MapStore, StoreError};
+
+/// Timing and policy knobs of the monitor.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// How often OSDs must heartbeat.
+    pub heartbeat_interval: Duration,
+    /// An up OSD not heard from for this long is marked down.
+    pub down_grace: Duration,
+    /// A down OSD stays in for this long before it is marked out (unless flag `noout`).
+    pub out_interval: Duration,
+    /// Epochs of history kept (incrementals and full maps).
+    pub history: u64,
+    /// Distinct up reporters needed to mark an OSD down from failure reports.
+    pub min_failure_reporters: usize,
+    /// Usage ratio above which an OSD is nearly full (HEALTH_WARN).
+    pub nearfull_ratio: f64,
+    /// Usage ratio above which an OSD is full (HEALTH_ERR).
+    pub full_ratio: f64,
+}
+
+/// Errors of monitor operations, mapped to gRPC codes by the service layer.
+#[derive(Debug, thiserror::Error)]
+pub enum MonError {
+    /// Bad request argument.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// No such OSD / pool / epoch.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Name already taken.
+    #[error("already exists: {0}")]
+    Exists(String),
+    /// Not allowed in the current state.
+    #[error("precondition failed: {0}")]
+    Precondition(String),
+    /// Persistence failed; the change was not made.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Liveness of one OSD (soft state).
+#[derive(Debug, Clone)]
+struct Liveness {
+    last_heartbeat: Instant,
+    down_since: Option<Instant>,
+    /// Marked out by the monitor (not by an admin): a boot marks it in again.
+    auto_out: bool,
+    used_bytes: u64,
+    capacity_bytes: u64,
+    /// reporter id → when it reported this OSD failed.
+    failure_reports: HashMap<u32, Instant>,
+}
+
+impl Liveness {
+    fn new(now: Instant, up: bool) -> Self {
+        Liveness {
+            last_heartbeat: now,
+            down_since: (!up).then_some(now),
+            auto_out: false,
+            used_bytes: 0,
+            capacity_bytes: 0,
+            failure_reports: HashMap::new(),
+        }
+    }
+}
+
+/// What an OSD sends at boot.
+#[derive(Debug, Clone, Default)]
+pub struct BootInfo {
+    /// Persistent identity.
+    pub uuid: String,
+    /// Host (failure domain).
+    pub host: String,
+    /// Client address.
+    pub public_addr: String,
+    /// Replication address.
+    pub cluster_addr: String,
+    /// Per-shard ports.
+    pub shard_ports: Vec<u32>,
+    /// Weight for a new OSD.
+    pub weight: f64,
+}
+
+/// The monitor.
+pub struct Monitor {
+    policy: Policy,
+    store: MapStore,
+    map: Arc<ClusterMap>,
+    /// Full maps of the last `history` epochs, oldest first (current one last).
+    maps: VecDeque<Arc<ClusterMap>>,
+    /// Incrementals producing the epochs of `maps` after the first, oldest first.
+    incs: VecDeque<Arc<Incremental>>,
+    live: BTreeMap<u32, Liveness>,
+    updates: broadcast::Sender<Arc<Incremental>>,
+    started: Instant,
+}
+
+impl Monitor {
+    /// Opens the monitor on `store`: loads the history, or creates epoch 1 (an empty map).
+    pub fn open(store: MapStore, policy: Policy) -> Result<Self, MonError> {
+        let now = Instant::now();
+        let stored = store.load()?;
+        let (updates, _) = broadcast::channel(1024);
+        let mut mon = Monitor {
+            policy,
+            store,
+            map: Arc::new(ClusterMap::default()),
+            maps: VecDeque::new(),
+            incs: VecDeque::new(),
+            live: BTreeMap::new(),
+            updates,
+            started: now,
+        };
+        if stored.is_empty() {
+            let first = ClusterMap {
+                epoch: 1,
+                ..Default::default()
+            };
+            mon.store.commit(&first, mon.policy.history)?;
+            mon.maps.push_back(Arc::new(first));
+        } else {
+            for m in stored {
+                if let Some(prev) = mon.maps.back() {
+                    // Only consecutive epochs make an incremental chain.
+                    if prev.epoch + 1 == m.epoch {
+                        mon.incs.push_back(Arc::new(ClusterMap::diff(prev, &m)));
+                    } else {
+                        mon.incs.clear();
+                        mon.maps.clear();
+                    }
+                }
+                mon.maps.push_back(Arc::new(m));
+            }
+        }
+        mon.map = mon.maps.back().cloned().unwrap_or_default();
+        mon.live = mon
+            .map
+            .osds
+            .values()
+            .map(|o| (o.id, Liveness::new(now, o.up)))
+            .collect();
+        tracing::info!(
+            epoch = mon.map.epoch,
+            osds = mon.map.osds.len(),
+            pools = mon.map.pools.len(),
+            "monitor state loaded"
+        );
+        Ok(mon)
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The current map.
+    pub fn map(&self) -> Arc<ClusterMap> {
+        self.map.clone()
+    }
+
+    /// A map at `epoch` (0 = current), if still held.
+    pub fn map_at(&self, epoch: u64) -> Option<Arc<ClusterMap>> {
+        if epoch == 0 {
+            return Some(self.map.clone());
+        }
+        self.maps.iter().find(|m| m.epoch == epoch).cloned()
+    }
+
+    /// Incrementals from `have + 1` to the current epoch, or `None` if the window does not
+    /// reach back that far.
+    pub fn incrementals_since(&self, have: u64) -> Option<Vec<Arc<Incremental>>> {
+        if have == self.map.epoch {
+            return Some(Vec::new());
+        }
+        let first = self.incs.front()?.epoch;
+        if have == 0 || have + 1 < first || have > self.map.epoch {
+            return None;
+        }
+        Some(
+            self.incs
+                .iter()
+                .filter(|i| i.epoch > have)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// A receiver of every incremental committed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Incremental>> {
+        self.updates.subscribe()
+    }
+
+    /// Time since this monitor started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Usage (used, capacity) of every OSD that reported it.
+    pub fn usage(&self) -> impl Iterator<Item = (u32, u64, u64)> + '_ {
+        self.live
+            .iter()
+            .map(|(id, l)| (*id, l.used_bytes, l.capacity_bytes))
+    }
+
+    /// Persists `next` as the next epoch and publishes it. No-op if nothing changed.
+    fn commit(&mut self, mut next: ClusterMap) -> Result<u64, MonError> {
+        next.epoch = self.map.epoch;
+        if next == *self.map {
+            return Ok(self.map.epoch);
+        }
+        next.epoch = self.map.epoch + 1;
+        self.store.commit(&next, self.policy.history)?;
+        let inc = Arc::new(ClusterMap::diff(&self.map, &next));
+        let next = Arc::new(next);
+        self.maps.push_back(next.clone());
+        self.incs.push_back(inc.clone());
+        while self.maps.len() as u64 > self.policy.history.max(1) {
+            self.maps.pop_front();
+        }
+        while self.incs.len() >= self.maps.len() && !self.incs.is_empty() {
+            self.incs.pop_front();
+        }
+        self.map = next;
+        tracing::info!(epoch = self.map.epoch, "new map epoch");
+        // No receivers is fine: nobody subscribed yet.
+        let _ = self.updates.send(inc);
+        Ok(self.map.epoch)
+    }
+
+    fn next_map(&self) -> ClusterMap {
+        (*self.map).clone()
+    }
+
+    /// An OSD boots: registered if new, marked up, marked in again if the monitor had marked
+    /// it out. Returns (id, epoch).
+    pub fn boot(&mut self, b: BootInfo, now: Instant) -> Result<(u32, u64), MonError> {
+        if b.uuid.is_empty() || b.host.is_empty() {
+            return Err(MonError::Invalid("boot needs a uuid and a host".into()));
+        }
+        let mut next = self.next_map();
+        let id = match next.osd_by_uuid(&b.uuid) {
+            Some(o) => o.id,
+            None => {
+                let id = next.next_osd_id;
+                next.next_osd_id += 1;
+                let weight = if b.weight > 0.0 && b.weight.is_finite() {
+                    b.weight
+                } else {
+                    1.0
+                };
+                next.osds.insert(
+                    id,
+                    Osd {
+                        id,
+                        uuid: b.uuid.clone(),
+                        host: String::new(),
+                        public_addr: String::new(),
+                        cluster_addr: String::new(),
+                        shard_count: 0,
+                        shard_ports: Vec::new(),
+                        up: false,
+                        in_: true,
+                        weight,
+                    },
+                );
+                id
+            }
+        };
+        let live = self
+            .live
+            .entry(id)
+            .or_insert_with(|| Liveness::new(now, false));
+        if let Some(o) = next.osds.get_mut(&id) {
+            o.host = b.host;
+            o.public_addr = b.public_addr;
+            o.cluster_addr = b.cluster_addr;
+            o.shard_count = b.shard_ports.len() as u32;
+            o.shard_ports = b.shard_ports;
+            o.up = true;
+            if live.auto_out {
+                o.in_ = true;
+            }
+        }
+        live.last_heartbeat = now;
+        live.down_since = None;
+        live.auto_out = false;
+        live.failure_reports.clear();
+        let epoch = self.commit(next)?;
+        tracing::info!(osd = id, epoch, "osd booted");
+        Ok((id, epoch))
+    }
+
+    /// A heartbeat. Returns `true` when the OSD must boot again (down or unknown to us).
+    pub fn heartbeat(
+        &mut self,
+        id: u32,
+        uuid: &str,
+        used: u64,
+        capacity: u64,
+        now: Instant,
+    ) -> bool {
+        let known_up = self
+            .map
+            .osds
+            .get(&id)
+            .is_some_and(|o| o.uuid == uuid && o.up);
+        if !known_up {
+            return true;
+        }
+        if let Some(l) = self.live.get_mut(&id) {
+            l.last_heartbeat = now;
+            l.used_bytes = used;
+            l.capacity_bytes = capacity;
+        }
+        false
+    }
+
+    /// A failure report. Returns whether it marked the target down.
+    pub fn report_failure(
+        &mut self,
+        reporter: u32,
+        target: u32,
+        now: Instant,
+    ) -> Result<bool, MonError> {
+        if reporter == target {
+            return Err(MonError::Invalid("an OSD cannot report itself".into()));
+        }
+        let reporter_up = self.map.osds.get(&reporter).is_some_and(|o| o.up);
+        if !reporter_up {
+            return Err(MonError::Precondition(format!(
+                "reporter osd.{reporter} is not up"
+            )));
+        }
+        let target_up = self.map.osds.get(&target).is_some_and(|o| o.up);
+        if !target_up {
+            return Ok(false);
+        }
+        let grace = self.policy.down_grace;
+        let Some(l) = self.live.get_mut(&target) else {
+            return Ok(false);
+        };
+        l.failure_reports.insert(reporter, now);
+        l.failure_reports
+            .retain(|_, at| now.saturating_duration_since(*at) <= grace);
+        if l.failure_reports.len() >= self.policy.min_failure_reporters.max(1) {
+            tracing::warn!(
+                osd = target,
+                reporters = l.failure_reports.len(),
+                "osd reported failed by peers"
+            );
+            self.mark_down(target, now)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn mark_down(&mut self, id: u32, now: Instant) -> Result<u64, MonError> {
+        let mut next = self.next_map();
+        let o = next
+            .osds
+            .get_mut(&id)
+            .ok_or_else(|| MonError::NotFound(format!("osd.{id}")))?;
+        o.up = false;
+        let l = self
+            .live
+            .entry(id)
+            .or_insert_with(|| Liveness::new(now, false));
+        l.down_since.get_or_insert(now);
+        l.failure_reports.clear();
+        self.commit(next)
+    }
+
+    /// Periodic check: down after the grace period, out after the out interval. All changes
+    /// found in one tick go into one epoch.
+    pub fn tick(&mut self, now: Instant) -> Result<(), MonError> {
+        let mut next = self.next_map();
+        let noout = next.flags.contains("noout");
+        for o in next.osds.values_mut() {
+            let l = self
+                .live
+                .entry(o.id)
+                .or_insert_with(|| Liveness::new(now, o.up));
+            if o.up && now.saturating_duration_since(l.last_heartbeat) > self.policy.down_grace {
+                tracing::warn!(
+                    osd = o.id,
+                    "no heartbeat within the grace period: marking down"
+                );
+                o.up = false;
+                l.down_since = Some(now);
+            }
+            if !o.up && o.in_ && !noout {
+                let since = *l.down_since.get_or_insert(now);
+                if now.saturating_duration_since(since) > self.policy.out_interval {
+                    tracing::warn!(osd = o.id, "down for the out interval: marking out");
+                    o.in_ = false;
+                    l.auto_out = true;
+                }
+            }
+        }
+        self.commit(next)?;
+        Ok(())
+    }
+
+    fn change_osd(
+        &mut self,
+        id: u32,
+        f: impl FnOnce(&mut Osd) -> Result<(), MonError>,
+    ) -> Result<u64, MonError> {
+        let mut next = self.next_map();
+        let o = next
+            .osds
+            .get_mut(&id)
+            .ok_or_else(|| MonError::NotFound(format!("osd.{id}")))?;
+        f(o)?;
+        self.commit(next)
+    }
+
+    /// Admin: mark out.
+    pub fn osd_out(&mut self, id: u32) -> Result<u64, MonError> {
+        let e = self.change_osd(id, |o| {
+            o.in_ = false;
+            Ok(())
+        })?;
+        if let Some(l) = self.live.get_mut(&id) {
+            l.auto_out = false;
+        }
+        Ok(e)
+    }
+
+    /// Admin: mark in.
+    pub fn osd_in(&mut self, id: u32) -> Result<u64, MonError> {
+        self.change_osd(id, |o| {
+            o.in_ = true;
+            Ok(())
+        })
+    }
+
+    /// Admin: mark down.
+    pub fn osd_down(&mut self, id: u32, now: Instant) -> Result<u64, MonError> {
+        self.mark_down(id, now)
+    }
+
+    /// Admin: set weight.
+    pub fn osd_reweight(&mut self, id: u32, weight: f64) -> Result<u64, MonError> {
+        if !(weight >= 0.0 && weight.is_finite()) {
+            return Err(MonError::Invalid(format!(
+                "weight {weight} must be a finite number >= 0"
+            )));
+        }
+        self.change_osd(id, |o| {
+            o.weight = weight;
+            Ok(())
+        })
+    }
+
+    /// Admin: remove a down OSD.
+    pub fn osd_rm(&mut self, id: u32) -> Result<u64, MonError> {
+        let mut next = self.next_map();
+        match next.osds.get(&id) {
+            None => return Err(MonError::NotFound(format!("osd.{id}"))),
+            Some(o) if o.up => {
+                return Err(MonError::Precondition(format!(
+                    "osd.{id} is up: mark it down first"
+                )))
+            }
+            Some(_) => {}
+        }
+        next.osds.remove(&id);
+        self.live.remove(&id);
+        self.commit(next)
+    }
+
+    /// Admin: create a pool. Returns (id, epoch).
+    pub fn pool_create(
+        &mut self,
+        name: &str,
+        pg_num: u32,
+        size: u32,
+        min_size: u32,
+    ) -> Result<(u32, u64), MonError> {
+        if name.is_empty()
+            || name.len() > 128
+            || name.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(MonError::Invalid(format!("bad pool name {name:?}")));
+        }
+        let min_size = if min_size == 0 {
+            size - size / 2
+        } else {
+            min_size
+        };
+        validate_pool(pg_num, size, min_size)?;
+        let mut next = self.next_map();
+        if next.pool_by_name(name).is_some() {
+            return Err(MonError::Exists(format!("pool {name}")));
+        }
+        let id = next.next_pool_id;
+        next.next_pool_id += 1;
+        next.pools.insert(
+            id,
+            Pool {
+                id,
+                name: name.to_string(),
+                size,
+                min_size,
+                pg_num,
+            },
+        );
+        Ok((id, self.commit(next)?))
+    }
+
+    /// Admin: remove a pool.
+    pub fn pool_rm(&mut self, name: &str) -> Result<u64, MonError> {
+        let mut next = self.next_map();
+        let id = next
+            .pool_by_name(name)
+            .map(|p| p.id)
+            .ok_or_else(|| MonError::NotFound(format!("pool {name}")))?;
+        next.pools.remove(&id);
+        self.commit(next)
+    }
+
+    /// Admin: change `size`, `min_size` or `pg_num` of a pool.
+    pub fn pool_set(&mut self, name: &str, key: &str, value: &str) -> Result<u64, MonError> {
+        let v: u32 = value
+            .parse()
+            .map_err(|_| MonError::Invalid(format!("{key} needs a number, got {value:?}")))?;
+        let mut next = self.next_map();
+        let id = next
+            .pool_by_name(name)
+            .map(|p| p.id)
+            .ok_or_else(|| MonError::NotFound(format!("pool {name}")))?;
+        let p = next
+            .pools
+            .get_mut(&id)
+            .ok_or_else(|| MonError::NotFound(format!("pool {name}")))?;
+        match key {
+            "size" => p.size = v,
+            "min_size" => p.min_size = v,
+            "pg_num" => p.pg_num = v,
+            _ => {
+                return Err(MonError::Invalid(format!(
+                    "unknown pool property {key:?} (size, min_size, pg_num)"
+                )))
+            }
+        }
+        validate_pool(p.pg_num, p.size, p.min_size)?;
+        self.commit(next)
+    }
+}
+
+fn validate_pool(pg_num: u32, size: u32, min_size: u32) -> Result<(), MonError> {
+    if pg_num == 0 || pg_num > 1 << 16 {
+        return Err(MonError::Invalid(format!(
+            "pg_num {pg_num} must be in 1..=65536"
+        )));
+    }
+    if size == 0 || size > 16 {
+        return Err(MonError::Invalid(format!("size {size} must be in 1..=16")));
+    }
+    if min_size == 0 || min_size > size {
+        return Err(MonError::Invalid(format!(
+            "min_size {min_size} must be in 1..=size ({size})"
+        )));
+    }
+    Ok(())
+}

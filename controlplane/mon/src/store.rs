@@ -1,0 +1,92 @@
+//! Crash-safe persistence of the map history in redb.
+//!
+//! One table, `maps`: epoch → the full `ClusterMap` in its protobuf encoding (the same
+//! encoding as on the wire, so the proto compatibility rules protect stored maps too). Every
+//! new epoch is written and committed (redb commits are durable and atomic) before anybody is
+//! told about it, so a crash never loses an epoch that was announced. Epochs older than the
+//! history window are deleted in the same transaction. Incrementals are not stored: the
+//! monitor rebuilds them from consecutive full maps at start.
+
+use std::path::Path;
+
+use carmine_placement::ClusterMap;
+use carmine_proto::v1;
+use prost::Message;
+use redb::{Database, ReadableTable, TableDefinition};
+
+const MAPS: TableDefinition<u64, &[u8]> = TableDefinition::new("maps");
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("map store: {0}")]
+    Db(Box<redb::Error>),
+    /// A stored map does not decode.
+    #[error("map store: epoch {epoch} is corrupt: {source}")]
+    Decode {
+        /// The epoch.
+        epoch: u64,
+        /// Why.
+        source: prost::DecodeError,
+    },
+}
+
+fn dberr<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Db(Box::new(e.into()))
+}
+
+/// The map history on disk.
+pub struct MapStore {
+    db: Database,
+}
+
+impl MapStore {
+    /// Opens (or creates) the store in `dir/mon.redb`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| dberr(redb::StorageError::Io(e)))?;
+        let db = Database::create(dir.join("mon.redb")).map_err(dberr)?;
+        // Create the table so that readers never see "table does not exist".
+        let tx = db.begin_write().map_err(dberr)?;
+        tx.open_table(MAPS).map_err(dberr)?;
+        tx.commit().map_err(dberr)?;
+        Ok(MapStore { db })
+    }
+
+    /// Every stored map, oldest first.
+    pub fn load(&self) -> Result<Vec<ClusterMap>, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(MAPS).map_err(dberr)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(dberr)? {
+            let (k, v) = row.map_err(dberr)?;
+            let epoch = k.value();
+            let m = v1::ClusterMap::decode(v.value())
+                .map_err(|source| StoreError::Decode { epoch, source })?;
+            out.push(m.into());
+        }
+        Ok(out)
+    }
+
+    /// Durably stores `map` and forgets epochs older than `map.epoch - keep + 1`.
+    pub fn commit(&self, map: &ClusterMap, keep: u64) -> Result<(), StoreError> {
+        let bytes = v1::ClusterMap::from(map).encode_to_vec();
+        let tx = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut t = tx.open_table(MAPS).map_err(dberr)?;
+            t.insert(map.epoch, bytes.as_slice()).map_err(dberr)?;
+            let oldest_kept = map.epoch.saturating_sub(keep.max(1) - 1);
+            let stale: Vec<u64> = t
+                .range(..oldest_kept)
+                .map_err(dberr)?
+                .map(|r| r.map(|(k, _)| k.value()))
+                .collect::<Result<_, _>>()
+                .map_err(dberr)?;
+            for e in stale {
+                t.remove(e).map_err(dberr)?;
+            }
+        }
+        tx.commit().map_err(dberr)?;
+        Ok(())
+    }
+}

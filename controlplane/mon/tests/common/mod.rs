@@ -1,0 +1,127 @@
+//! Test support: a real `carmine-mon` process on a free loopback port, killed on drop.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use carmine_proto::v1::{mon_admin_client::MonAdminClient, mon_cluster_client::MonClusterClient};
+use tonic::transport::Channel;
+
+pub const TOKEN: &str = "test-admin-token";
+
+/// A running monitor process.
+pub struct MonProc {
+    child: Child,
+    pub addr: String,
+}
+
+impl MonProc {
+    /// Starts `carmine-mon` on 127.0.0.1:0 with `data` and extra flags; waits for its address.
+    pub fn start(data: &Path, extra: &[&str]) -> MonProc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_carmine-mon"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-token",
+                TOKEN,
+                "--data-dir",
+            ])
+            .arg(data)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn carmine-mon");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Some(a) = line.strip_prefix("carmine-mon listening on ") {
+                    let _ = tx.send(a.to_string());
+                }
+            }
+        });
+        let mut proc = MonProc {
+            child,
+            addr: String::new(),
+        };
+        proc.addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("carmine-mon did not print its address");
+        proc
+    }
+
+    /// SIGKILL: a crash, not a clean shutdown.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for MonProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+pub async fn channel(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
+        .expect("url")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connect to mon")
+}
+
+pub async fn admin(url: &str) -> MonAdminClient<Channel> {
+    MonAdminClient::new(channel(url).await)
+}
+
+pub async fn cluster(url: &str) -> MonClusterClient<Channel> {
+    MonClusterClient::new(channel(url).await)
+}
+
+/// A request carrying the admin token.
+pub fn authed<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        carmine_proto::AUTH_HEADER,
+        carmine_proto::bearer(TOKEN).unwrap(),
+    );
+    r
+}
+
+/// Polls `f` every 20 ms until it returns `Some` or `limit` passes.
+pub async fn wait_for<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
