@@ -124,7 +124,7 @@ impl KernelStack {
     fn accept_pending(&mut self, li: usize) -> usize {
         let mut n = 0;
         while self.listeners[li].ready.len() < self.listeners[li].backlog {
-            if self.conn_free.is_empty() {
+            if self.conn_free.is_empty() || self.in_use() >= self.cfg.max_sockets {
                 self.stats.socket_cap_hits += 1;
                 break;
             }
@@ -148,7 +148,9 @@ impl KernelStack {
                 let ka = socket2::TcpKeepalive::new().with_time(k).with_interval(k);
                 let _ = s2.set_tcp_keepalive(&ka);
             }
-            let Some(slot) = self.conn_free.pop() else { break };
+            let Some(slot) = self.conn_free.pop() else {
+                break;
+            };
             if let Err(e) = self.poll.registry().register(
                 &mut sock,
                 Token(slot as usize),
@@ -160,8 +162,13 @@ impl KernelStack {
             }
             let gen = self.next_gen;
             self.next_gen = self.next_gen.wrapping_add(1).max(1);
-            self.conns[slot as usize] =
-                Some(KConn { sock, gen, stats: ConnStats::default(), eof: false, dead: false });
+            self.conns[slot as usize] = Some(KConn {
+                sock,
+                gen,
+                stats: ConnStats::default(),
+                eof: false,
+                dead: false,
+            });
             self.listeners[li].ready.push_back(ConnId { slot, gen });
             n += 1;
         }
@@ -192,7 +199,9 @@ impl NetStack for KernelStack {
         let mut sock = TcpListener::from_std(s.into());
         let port = sock.local_addr()?.port();
         let id = self.listeners.len();
-        self.poll.registry().register(&mut sock, Token(LISTENER_TOKEN + id), Interest::READABLE)?;
+        self.poll
+            .registry()
+            .register(&mut sock, Token(LISTENER_TOKEN + id), Interest::READABLE)?;
         self.listeners.push(KListener {
             sock,
             port,
@@ -203,7 +212,10 @@ impl NetStack for KernelStack {
     }
 
     fn local_port(&self, l: ListenerId) -> Result<u16, NetError> {
-        self.listeners.get(l.0 as usize).map(|l| l.port).ok_or(NetError::InvalidHandle)
+        self.listeners
+            .get(l.0 as usize)
+            .map(|l| l.port)
+            .ok_or(NetError::InvalidHandle)
     }
 
     fn accept(&mut self, l: ListenerId) -> Result<Option<ConnId>, NetError> {
@@ -294,6 +306,8 @@ impl NetStack for KernelStack {
         self.conn(c)?;
         if let Some(mut k) = self.conns[c.slot as usize].take() {
             let _ = self.poll.registry().deregister(&mut k.sock);
+            self.stats.rx_bytes += k.stats.bytes_in;
+            self.stats.tx_bytes += k.stats.bytes_out;
             self.conn_free.push(c.slot);
             self.stats.reaped += 1;
             // Dropping the socket closes it (the kernel does the FIN handshake / TIME-WAIT).
@@ -324,8 +338,8 @@ impl NetStack for KernelStack {
         }
         let live = (self.cfg.max_sockets - self.conn_free.len()) as u64;
         IfaceStats {
-            rx_bytes: rx,
-            tx_bytes: tx,
+            rx_bytes: self.stats.rx_bytes + rx,
+            tx_bytes: self.stats.tx_bytes + tx,
             sockets: live + self.listeners.len() as u64,
             connections: live,
             ..self.stats

@@ -8,8 +8,8 @@
 //!   `Interface` and one socket set per shard, a preallocated pool of TCP sockets (cap per
 //!   interface), listeners holding `backlog` pre-created LISTEN sockets, reaping of closed and
 //!   timed-out connections. ARP and ICMP echo are answered by the interface. Today `D` is
-//!   smoltcp's AF_PACKET `RawSocket` (CI topology: [`netns`]); the DPDK mbuf device plugs in
-//!   with no change here (see "Device contract" below).
+//!   our AF_PACKET device [`afpacket::AfPacket`] (CI topology: [`netns`]); the DPDK mbuf
+//!   device plugs in with no change here (see "Device contract" below).
 //! - [`KernelStack`]: kernel sockets (non-blocking, mio/epoll), for laptops and unit tests.
 //!
 //! A stack is driven by its shard: wrap it in a [`carmine_reactor::Poller`] (see
@@ -33,11 +33,12 @@
 //! - smoltcp backend: sockets in the set = listening + live connections; after every close the
 //!   socket returns to the pool, so `stats().sockets` returns to its baseline (the backlogs).
 //!   No allocation after `new` on the poll/read/write/accept/close paths (the pool, socket-set
-//!   `Vec`, conn table and listener queues are sized up front; the AF_PACKET `RawSocket`
-//!   device itself allocates a frame buffer per receive, which the DPDK device will not).
+//!   `Vec`, conn table and listener queues are sized up front; the AF_PACKET device uses one
+//!   preallocated rx and tx frame buffer).
 //! - Handles are generation-checked: a stale `ConnId` gets `InvalidHandle`, never another
 //!   connection.
 
+pub mod afpacket;
 mod api;
 mod counted;
 mod error;

@@ -53,13 +53,17 @@ impl VethPair {
         run(&["ip", "netns", "add", &me.client_ns])?;
         let (s, c) = (me.server_ns.as_str(), me.client_ns.as_str());
         let mtu = mtu.to_string();
-        run(&["ip", "-n", s, "link", "add", SERVER_IF, "type", "veth", "peer", "name", CLIENT_IF,
-            "netns", c])?;
+        run(&[
+            "ip", "-n", s, "link", "add", SERVER_IF, "type", "veth", "peer", "name", CLIENT_IF,
+            "netns", c,
+        ])?;
         for (ns, dev) in [(s, SERVER_IF), (c, CLIENT_IF)] {
             run(&["ip", "-n", ns, "link", "set", dev, "mtu", &mtu])?;
             run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
-            run(&["ip", "netns", "exec", ns, "ethtool", "-K", dev, "rx", "off", "tx", "off",
-                "tso", "off", "gso", "off", "gro", "off"])?;
+            run(&[
+                "ip", "netns", "exec", ns, "ethtool", "-K", dev, "rx", "off", "tx", "off", "tso",
+                "off", "gso", "off", "gro", "off",
+            ])?;
             run(&["ip", "-n", ns, "link", "set", dev, "up"])?;
         }
         let cidr = format!("{CLIENT_IP}/24");
@@ -70,7 +74,16 @@ impl VethPair {
     /// Gives the server-side interface a kernel address too (kernel-vs-smoltcp benches).
     pub fn add_server_kernel_ip(&self, ip: Ipv4Addr) -> std::io::Result<()> {
         let cidr = format!("{ip}/24");
-        run(&["ip", "-n", &self.server_ns, "addr", "add", &cidr, "dev", SERVER_IF])
+        run(&[
+            "ip",
+            "-n",
+            &self.server_ns,
+            "addr",
+            "add",
+            &cidr,
+            "dev",
+            SERVER_IF,
+        ])
     }
 
     /// Takes the client's link down or up (a peer that vanishes without FIN/RST).

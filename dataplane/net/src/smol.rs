@@ -23,7 +23,7 @@ use smoltcp::phy::Device;
 use smoltcp::socket::tcp;
 use smoltcp::socket::Socket;
 use smoltcp::time::{Duration as SmolDuration, Instant};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
 use crate::api::{ConnId, ConnState, ConnStats, IfaceStats, ListenerId, NetStack};
 use crate::counted::{Counted, FrameCounters};
@@ -112,8 +112,7 @@ pub struct SmolStack<D: Device> {
 
 /// A zero-filled buffer whose pages are touched now, not on the data path.
 fn prefaulted(len: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len);
-    v.resize(len, 0u8);
+    let mut v = vec![0u8; len];
     for i in (0..len).step_by(4096) {
         // black_box keeps the write from being elided: the point is the page fault.
         v[i] = std::hint::black_box(0);
@@ -139,7 +138,7 @@ impl<D: Device> SmolStack<D> {
         let mut icfg = Config::new(HardwareAddress::Ethernet(mac));
         icfg.random_seed = cfg.random_seed;
         let mut iface = Interface::new(icfg, &mut device, Instant::now());
-        let ip = Ipv4Address::from_octets(cfg.ip.octets());
+        let ip = cfg.ip;
         let mut addr_err = false;
         iface.update_ip_addrs(|addrs| {
             addr_err = addrs.push(IpCidr::new(ip.into(), cfg.prefix_len)).is_err();
@@ -150,7 +149,7 @@ impl<D: Device> SmolStack<D> {
         if let Some(gw) = cfg.gateway {
             iface
                 .routes_mut()
-                .add_default_ipv4_route(Ipv4Address::from_octets(gw.octets()))
+                .add_default_ipv4_route(gw)
                 .map_err(|_| NetError::Config("route table full"))?;
         }
         let free = (0..cfg.max_sockets)
@@ -167,7 +166,10 @@ impl<D: Device> SmolStack<D> {
         let mut conns = Vec::with_capacity(cfg.max_sockets);
         conns.resize_with(cfg.max_sockets, || None);
         Ok(Self {
-            device: Counted { inner: device, counters: FrameCounters::default() },
+            device: Counted {
+                inner: device,
+                counters: FrameCounters::default(),
+            },
             iface,
             sockets: SocketSet::new(Vec::with_capacity(cfg.max_sockets)),
             free,
@@ -214,13 +216,10 @@ impl<D: Device> SmolStack<D> {
 
     /// Removes a socket from the set and returns it to the pool.
     fn release(&mut self, h: SocketHandle) {
-        #[allow(unreachable_patterns)]
-        match self.sockets.remove(h) {
-            Socket::Tcp(mut s) => {
-                s.abort();
-                self.free.push(s);
-            }
-            _ => {}
+        #[allow(irrefutable_let_patterns)]
+        if let Socket::Tcp(mut s) = self.sockets.remove(h) {
+            s.abort();
+            self.free.push(s);
         }
     }
 
@@ -287,7 +286,9 @@ impl<D: Device> SmolStack<D> {
     fn reap(&mut self, now: Instant) -> usize {
         let mut work = 0;
         for slot in 0..self.conns.len() {
-            let Some(k) = self.conns[slot].as_mut() else { continue };
+            let Some(k) = self.conns[slot].as_mut() else {
+                continue;
+            };
             let state = self.sockets.get::<tcp::Socket>(k.handle).state();
             if state == tcp::State::Closed && !k.counted_reset && k.closed_at.is_none() {
                 k.counted_reset = true;
@@ -296,12 +297,14 @@ impl<D: Device> SmolStack<D> {
             if state == tcp::State::TimeWait && k.time_wait_at.is_none() {
                 k.time_wait_at = Some(now);
             }
-            let Some(closed_at) = k.closed_at else { continue };
+            let Some(closed_at) = k.closed_at else {
+                continue;
+            };
             let done = match state {
                 tcp::State::Closed => true,
-                tcp::State::TimeWait => {
-                    k.time_wait_at.is_some_and(|t| now - t >= smol_dur(self.cfg.time_wait))
-                }
+                tcp::State::TimeWait => k
+                    .time_wait_at
+                    .is_some_and(|t| now - t >= smol_dur(self.cfg.time_wait)),
                 _ => now - closed_at >= smol_dur(self.cfg.close_linger),
             };
             if done {
@@ -339,11 +342,17 @@ impl<D: Device> NetStack for SmolStack<D> {
     }
 
     fn local_port(&self, l: ListenerId) -> Result<u16, NetError> {
-        self.listeners.get(l.0 as usize).map(|l| l.port).ok_or(NetError::InvalidHandle)
+        self.listeners
+            .get(l.0 as usize)
+            .map(|l| l.port)
+            .ok_or(NetError::InvalidHandle)
     }
 
     fn accept(&mut self, l: ListenerId) -> Result<Option<ConnId>, NetError> {
-        let lst = self.listeners.get_mut(l.0 as usize).ok_or(NetError::InvalidHandle)?;
+        let lst = self
+            .listeners
+            .get_mut(l.0 as usize)
+            .ok_or(NetError::InvalidHandle)?;
         let c = lst.ready.pop_front();
         if c.is_some() {
             self.stats.accepted += 1;
@@ -377,7 +386,11 @@ impl<D: Device> NetStack for SmolStack<D> {
         if !s.may_send() {
             return Err(NetError::Closed);
         }
-        let n = if s.can_send() { s.send_slice(buf).map_err(|_| NetError::Closed)? } else { 0 };
+        let n = if s.can_send() {
+            s.send_slice(buf).map_err(|_| NetError::Closed)?
+        } else {
+            0
+        };
         let k = self.conn_mut(c)?;
         k.stats.bytes_out += n as u64;
         k.stats.writes += 1;
@@ -432,14 +445,15 @@ impl<D: Device> NetStack for SmolStack<D> {
         let now = Instant::now();
         let before = self.device.counters.rx_frames.get() + self.device.counters.tx_frames.get();
         self.iface.poll(now, &mut self.device, &mut self.sockets);
-        let frames = self.device.counters.rx_frames.get() + self.device.counters.tx_frames.get()
-            - before;
+        let frames =
+            self.device.counters.rx_frames.get() + self.device.counters.tx_frames.get() - before;
         let mut work = frames as usize;
         work += self.maintain_listeners();
         work += self.reap(now);
-        self.deadline = self.iface.poll_delay(now, &self.sockets).map(|d| {
-            StdInstant::now() + Duration::from_micros(d.total_micros())
-        });
+        self.deadline = self
+            .iface
+            .poll_delay(now, &self.sockets)
+            .map(|d| StdInstant::now() + Duration::from_micros(d.total_micros()));
         work
     }
 

@@ -33,20 +33,37 @@ pub struct Pattern {
 
 impl Pattern {
     pub fn new(seed: u64) -> Self {
-        Self { state: seed | 1, word: [0; 8], used: 8 }
+        Self {
+            state: seed | 1,
+            word: [0; 8],
+            used: 8,
+        }
     }
 
-    pub fn fill(&mut self, out: &mut [u8]) {
-        for b in out.iter_mut() {
-            if self.used == 8 {
-                self.state ^= self.state >> 12;
-                self.state ^= self.state << 25;
-                self.state ^= self.state >> 27;
-                self.word = self.state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
-                self.used = 0;
-            }
-            *b = self.word[self.used];
+    fn next_word(&mut self) -> [u8; 8] {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        self.state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes()
+    }
+
+    pub fn fill(&mut self, mut out: &mut [u8]) {
+        // Finish the current word, then whole words, then start a new one for the tail.
+        while self.used < 8 && !out.is_empty() {
+            out[0] = self.word[self.used];
             self.used += 1;
+            out = &mut out[1..];
+        }
+        let mut chunks = out.chunks_exact_mut(8);
+        for c in &mut chunks {
+            c.copy_from_slice(&self.next_word());
+        }
+        let tail = chunks.into_remainder();
+        if !tail.is_empty() {
+            self.word = self.next_word();
+            let n = tail.len();
+            tail.copy_from_slice(&self.word[..n]);
+            self.used = n;
         }
     }
 }
@@ -107,7 +124,14 @@ pub struct ServerPoller<S: NetStack> {
 
 impl<S: NetStack> ServerPoller<S> {
     pub fn new(stack: S, listeners: Vec<ListenerId>, shard: u32, probe: Arc<Probe>) -> Self {
-        Self { stack, listeners, conns: Vec::new(), scratch: vec![0; CHUNK], shard, probe }
+        Self {
+            stack,
+            listeners,
+            conns: Vec::new(),
+            scratch: vec![0; CHUNK],
+            shard,
+            probe,
+        }
     }
 
     pub fn stack(&self) -> &S {
@@ -124,7 +148,11 @@ impl<S: NetStack> ServerPoller<S> {
                 c.out_pos += n;
                 work += n;
                 if c.out_pos < c.out.len() {
-                    return Ok(if work > 0 { Step::Progress(work) } else { Step::Blocked });
+                    return Ok(if work > 0 {
+                        Step::Progress(work)
+                    } else {
+                        Step::Blocked
+                    });
                 }
                 c.out.clear();
                 c.out_pos = 0;
@@ -141,7 +169,11 @@ impl<S: NetStack> ServerPoller<S> {
                     *left -= n as u64;
                 }
                 Mode::Header => {
-                    let need = if c.hdr_len == 0 { 1 } else { header_len(c.hdr[0]).unwrap_or(1) };
+                    let need = if c.hdr_len == 0 {
+                        1
+                    } else {
+                        header_len(c.hdr[0]).unwrap_or(1)
+                    };
                     let n = match stack.read(c.id, &mut c.hdr[c.hdr_len..need]) {
                         Ok(n) => n,
                         Err(NetError::Eof) if c.hdr_len == 0 => return Ok(Step::Done),
@@ -159,7 +191,8 @@ impl<S: NetStack> ServerPoller<S> {
                         continue;
                     }
                     let h = &c.hdr;
-                    let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+                    let u32_at =
+                        |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
                     let u64_at = |o: usize| {
                         let mut b = [0u8; 8];
                         b.copy_from_slice(&h[o..o + 8]);
@@ -168,10 +201,19 @@ impl<S: NetStack> ServerPoller<S> {
                     c.mode = match h[0] {
                         b'R' => {
                             c.req.clear();
-                            Mode::Req { req_len: u32_at(1) as usize, resp_len: u32_at(5) as usize }
+                            Mode::Req {
+                                req_len: u32_at(1) as usize,
+                                resp_len: u32_at(5) as usize,
+                            }
                         }
-                        b'U' => Mode::Upload { left: u64_at(1), crc: 0 },
-                        b'D' => Mode::Download { left: u64_at(1), pat: Pattern::new(u64_at(9)) },
+                        b'U' => Mode::Upload {
+                            left: u64_at(1),
+                            crc: 0,
+                        },
+                        b'D' => Mode::Download {
+                            left: u64_at(1),
+                            pat: Pattern::new(u64_at(9)),
+                        },
                         _ => {
                             c.out.extend_from_slice(&self.shard.to_le_bytes());
                             Mode::Header
@@ -192,7 +234,9 @@ impl<S: NetStack> ServerPoller<S> {
                     if c.req.len() == *req_len {
                         let (rl, sl) = (*req_len, *resp_len);
                         c.out.clear();
-                        c.out.extend((0..sl).map(|i| if rl == 0 { 0 } else { c.req[i % rl] ^ 0x5a }));
+                        c.out.extend(
+                            (0..sl).map(|i| if rl == 0 { 0 } else { c.req[i % rl] ^ 0x5a }),
+                        );
                         c.mode = Mode::Header;
                         self.probe.requests.fetch_add(1, Ordering::Relaxed);
                     }
@@ -215,7 +259,11 @@ impl<S: NetStack> ServerPoller<S> {
                 }
             }
         }
-        Ok(if work > 0 { Step::Progress(work) } else { Step::Blocked })
+        Ok(if work > 0 {
+            Step::Progress(work)
+        } else {
+            Step::Blocked
+        })
     }
 }
 
@@ -295,7 +343,11 @@ pub mod client {
         let mut resp = vec![0u8; resp_len];
         s.read_exact(&mut resp)?;
         for (i, b) in resp.iter().enumerate() {
-            let want = if req.is_empty() { 0 } else { req[i % req.len()] ^ 0x5a };
+            let want = if req.is_empty() {
+                0
+            } else {
+                req[i % req.len()] ^ 0x5a
+            };
             if *b != want {
                 return Err(bad(format!("reply byte {i} is {b:#x}, want {want:#x}")));
             }
@@ -362,5 +414,29 @@ pub mod client {
         let mut b = [0u8; 4];
         s.read_exact(&mut b)?;
         Ok(u32::from_le_bytes(b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pattern;
+
+    #[test]
+    fn pattern_is_independent_of_read_sizes() {
+        let mut whole = vec![0u8; 1000];
+        Pattern::new(9).fill(&mut whole);
+        let mut parts = vec![0u8; 1000];
+        let mut p = Pattern::new(9);
+        let mut off = 0;
+        for (i, step) in [1usize, 7, 8, 3, 100, 13, 64].iter().cycle().enumerate() {
+            let end = (off + step + i % 2).min(1000);
+            p.fill(&mut parts[off..end]);
+            off = end;
+            if off == 1000 {
+                break;
+            }
+        }
+        assert_eq!(whole, parts);
+        assert_ne!(whole[..8], whole[8..16]);
     }
 }

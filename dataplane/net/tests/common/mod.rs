@@ -36,7 +36,11 @@ where
     let probes: Vec<Arc<Probe>> = (0..shards).map(|_| Arc::new(Probe::default())).collect();
     let ports = Arc::new(std::sync::Mutex::new(vec![0u16; shards]));
     let (p2, ports2) = (probes.clone(), ports.clone());
-    let cfg = ReactorConfig { cores: (0..shards).collect(), pin: false, ..Default::default() };
+    let cfg = ReactorConfig {
+        cores: (0..shards).collect(),
+        pin: false,
+        ..Default::default()
+    };
     let (reactor, _control) = Reactor::start::<(), _>(cfg, move |s: &mut ShardSetup<()>| {
         let (mut stack, port) = make(s.shard())?;
         let l = stack.listen(port, backlog).map_err(|e| e.to_string())?;
@@ -48,7 +52,11 @@ where
     })
     .expect("reactor starts");
     let ports = ports.lock().expect("ports").clone();
-    Server { reactor: Some(reactor), probes, ports }
+    Server {
+        reactor: Some(reactor),
+        probes,
+        ports,
+    }
 }
 
 pub fn connect(addr: SocketAddr) -> TcpStream {
@@ -79,7 +87,9 @@ pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-pub const SIZES: [usize; 11] = [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536];
+pub const SIZES: [usize; 11] = [
+    64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536,
+];
 
 /// `total` verified round trips over `conns` parallel connections; request and reply sizes
 /// walk through 64 B..64 KiB. `spawn` starts a client thread (inside a netns or not).
@@ -99,14 +109,17 @@ pub fn round_trips(addr: SocketAddr, conns: usize, total: usize, spawn: &Spawner
             }))
         })
         .collect();
-    let done: usize = handles.into_iter().map(|h| h.join().expect("client thread")).sum();
+    let done: usize = handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .sum();
     assert_eq!(done, total);
 }
 
 pub type Spawner = dyn Fn(Box<dyn FnOnce() -> usize + Send>) -> std::thread::JoinHandle<usize>;
 
 pub fn plain_spawner() -> Box<Spawner> {
-    Box::new(|f| std::thread::spawn(f))
+    Box::new(std::thread::spawn)
 }
 
 pub fn netns_spawner(ns: String) -> Box<Spawner> {
@@ -154,13 +167,7 @@ pub fn concurrent_64(addr: SocketAddr, probe: Arc<Probe>, spawn: &Spawner) {
 
 /// Runs a python3 client in its own process (optionally inside a netns) that downloads an
 /// endless stream, waits until the server has sent a few MiB, then SIGKILLs it.
-pub fn killed_client(
-    ip: &str,
-    port: u16,
-    netns: Option<&str>,
-    probe: Arc<Probe>,
-    baseline: u64,
-) {
+pub fn killed_client(ip: &str, port: u16, netns: Option<&str>, probe: Arc<Probe>, baseline: u64) {
     let script = format!(
         "import socket,struct\n\
          s=socket.create_connection(('{ip}',{port}),timeout=20)\n\
@@ -193,12 +200,19 @@ pub fn killed_client(
     });
     // Let it stream for a moment so it is killed mid-stream.
     std::thread::sleep(Duration::from_millis(300));
-    assert!(child.0.try_wait().expect("wait").is_none(), "client exited on its own");
+    assert!(
+        child.0.try_wait().expect("wait").is_none(),
+        "client exited on its own"
+    );
     child.0.kill().expect("SIGKILL the client");
     let _ = child.0.wait();
-    wait_for(Duration::from_secs(20), "the connection to be reaped", || {
-        probe.connections.load(Ordering::Relaxed) == 0
-            && probe_sockets(&probe) == baseline
-            && probe.reaped.load(Ordering::Relaxed) >= 1
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "the connection to be reaped",
+        || {
+            probe.connections.load(Ordering::Relaxed) == 0
+                && probe_sockets(&probe) == baseline
+                && probe.reaped.load(Ordering::Relaxed) >= 1
+        },
+    );
 }
