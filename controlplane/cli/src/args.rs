@@ -1,0 +1,167 @@
+//! Command-line grammar (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Human-readable text.
+    Plain,
+    /// One JSON document on stdout.
+    Json,
+}
+
+/// The Carmine admin command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "carmine",
+    version,
+    about = "Administer a Carmine cluster through its monitor",
+    after_help = "The monitor address and token come from --mon/--token, CARMINE_MON/CARMINE_TOKEN, or the config file (keys `mon` and `token`)."
+)]
+pub struct Cli {
+    /// Monitor address, host:port.
+    #[arg(long, global = true, env = "CARMINE_MON")]
+    pub mon: Option<String>,
+    /// Admin token.
+    #[arg(long, global = true, env = "CARMINE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Config file (TOML with `mon` and `token`).
+    #[arg(long, global = true, env = "CARMINE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Plain)]
+    pub format: Format,
+    /// What to do.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Cluster summary: epoch, health, OSD and pool counts.
+    Status,
+    /// Cluster health; `health detail` lists every OSD/PG concerned.
+    Health {
+        /// `detail` for the per-item lines.
+        #[arg(value_parser = ["detail"])]
+        detail: Option<String>,
+    },
+    /// OSD commands.
+    #[command(subcommand)]
+    Osd(OsdCmd),
+    /// Pool commands.
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    /// Placement group commands.
+    #[command(subcommand)]
+    Pg(PgCmd),
+    /// Cluster map commands.
+    #[command(subcommand)]
+    Map(MapCmd),
+    /// Print a shell completion script.
+    Completions {
+        /// Shell to generate for.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `carmine osd ...`
+#[derive(Debug, Subcommand)]
+pub enum OsdCmd {
+    /// List OSDs.
+    Ls,
+    /// OSDs grouped by host (the failure domain).
+    Tree,
+    /// Mark an OSD out (no more data placed on it).
+    Out {
+        /// OSD id.
+        id: u32,
+    },
+    /// Mark an OSD in.
+    In {
+        /// OSD id.
+        id: u32,
+    },
+    /// Mark an OSD down (a live OSD boots again).
+    Down {
+        /// OSD id.
+        id: u32,
+    },
+    /// Remove a down OSD from the map.
+    Rm {
+        /// OSD id.
+        id: u32,
+    },
+    /// Set an OSD's placement weight.
+    Reweight {
+        /// OSD id.
+        id: u32,
+        /// New weight (>= 0).
+        weight: f64,
+    },
+}
+
+/// `carmine pool ...`
+#[derive(Debug, Subcommand)]
+pub enum PoolCmd {
+    /// Create a replicated pool.
+    Create {
+        /// Pool name.
+        name: String,
+        /// Number of placement groups.
+        #[arg(long)]
+        pg_num: u32,
+        /// Replicas per object.
+        #[arg(long, default_value_t = 3)]
+        size: u32,
+        /// Replicas needed for I/O (default: size - size/2).
+        #[arg(long)]
+        min_size: Option<u32>,
+    },
+    /// List pools.
+    Ls,
+    /// Remove a pool.
+    Rm {
+        /// Pool name.
+        name: String,
+    },
+    /// Change a pool property (size, min_size, pg_num).
+    Set {
+        /// Pool name.
+        name: String,
+        /// Property.
+        #[arg(value_parser = ["size", "min_size", "pg_num"])]
+        key: String,
+        /// New value.
+        value: String,
+    },
+}
+
+/// `carmine pg ...`
+#[derive(Debug, Subcommand)]
+pub enum PgCmd {
+    /// Where an object lives: its PG and the PG's OSDs (primary first).
+    Map {
+        /// Pool name.
+        pool: String,
+        /// Object name.
+        object: String,
+    },
+    /// Every PG of every pool with its OSDs.
+    Dump,
+}
+
+/// `carmine map ...`
+#[derive(Debug, Subcommand)]
+pub enum MapCmd {
+    /// Print the cluster map.
+    Get {
+        /// Epoch (default: current).
+        #[arg(long)]
+        epoch: Option<u64>,
+    },
+}

@@ -1,0 +1,22 @@
+//! `carmine`: the Carmine admin command line.
+//!
+//! Every command is one or two calls to the monitor's `MonAdmin` service with the admin token
+//! (`authorization: Bearer <token>`). Placement questions (`pg map`, `pg dump`) fetch the map
+//! once and run the same `carmine-placement` function the OSDs and clients run, so the answer
+//! is exactly what the data path does.
+//!
+//! Where the monitor address and token come from, first match wins: the `--mon`/`--token`
+//! flags, the `CARMINE_MON`/`CARMINE_TOKEN` environment variables, the config file
+//! (`--config`, `CARMINE_CONFIG`, or `$XDG_CONFIG_HOME/carmine/config.toml`, or
+//! `~/.config/carmine/config.toml`; keys `mon` and `token`), then `127.0.0.1:6790` for the
+//! address. There is no default token.
+//!
+//! Exit codes: 0 ok, 1 other failure, 2 bad arguments, 3 monitor unreachable, 4 credential
+//! refused or missing, 5 the monitor rejected the request (not found, invalid...).
+
+pub mod args;
+pub mod output;
+pub mod run;
+
+pub use args::Cli;
+pub use run::{run, CliError};

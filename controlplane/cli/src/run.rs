@@ -1,0 +1,302 @@
+//! Command execution: resolve the monitor and token, call the monitor, render.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use carmine_placement::{object_to_pg, ClusterMap};
+use carmine_proto::v1::{self, mon_admin_client::MonAdminClient};
+use clap::CommandFactory;
+use serde::Deserialize;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request};
+
+use crate::args::{Cli, Cmd, MapCmd, OsdCmd, PgCmd, PoolCmd};
+use crate::output::{self, Out};
+
+/// Default monitor address.
+pub const DEFAULT_MON: &str = "127.0.0.1:6790";
+
+/// Everything that can go wrong, each with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The config file is unreadable or malformed.
+    #[error("config file {path}: {reason}")]
+    Config {
+        /// File.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// No token anywhere.
+    #[error("no admin credential: pass --token, set CARMINE_TOKEN, or put `token = \"...\"` in the config file")]
+    NoToken,
+    /// The monitor could not be reached.
+    #[error("cannot reach the monitor at {addr}: {reason}")]
+    Unreachable {
+        /// Address tried.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The monitor refused the token.
+    #[error("the monitor refused the credential ({0}); check --token / CARMINE_TOKEN")]
+    Refused(String),
+    /// The monitor rejected the request.
+    #[error("{0}")]
+    Rejected(String),
+    /// Something else failed.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CliError {
+    /// Process exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config { .. } | CliError::Other(_) => 1,
+            CliError::Unreachable { .. } => 3,
+            CliError::NoToken | CliError::Refused(_) => 4,
+            CliError::Rejected(_) => 5,
+        }
+    }
+}
+
+fn from_status(addr: &str, s: tonic::Status) -> CliError {
+    match s.code() {
+        Code::Unauthenticated | Code::PermissionDenied => {
+            CliError::Refused(s.message().to_string())
+        }
+        Code::Unavailable => CliError::Unreachable {
+            addr: addr.to_string(),
+            reason: s.message().to_string(),
+        },
+        Code::NotFound | Code::InvalidArgument | Code::AlreadyExists | Code::FailedPrecondition => {
+            CliError::Rejected(s.message().to_string())
+        }
+        _ => CliError::Other(format!("monitor error {:?}: {}", s.code(), s.message())),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    mon: Option<String>,
+    token: Option<String>,
+}
+
+fn default_config_path() -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME") {
+        return Some(PathBuf::from(x).join("carmine/config.toml"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/carmine/config.toml"))
+}
+
+fn load_file(cli: &Cli) -> Result<FileConfig, CliError> {
+    let (path, explicit) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => match default_config_path() {
+            Some(p) => (p, false),
+            None => return Ok(FileConfig::default()),
+        },
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(FileConfig::default())
+        }
+        Err(e) => {
+            return Err(CliError::Config {
+                path,
+                reason: e.to_string(),
+            })
+        }
+    };
+    toml::from_str(&text).map_err(|e| CliError::Config {
+        path,
+        reason: e.to_string(),
+    })
+}
+
+struct Conn {
+    addr: String,
+    client: MonAdminClient<Channel>,
+    token: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl Conn {
+    fn req<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.metadata_mut()
+            .insert(carmine_proto::AUTH_HEADER, self.token.clone());
+        r.set_timeout(Duration::from_secs(10));
+        r
+    }
+
+    fn fail(&self, s: tonic::Status) -> CliError {
+        from_status(&self.addr, s)
+    }
+
+    async fn map(&mut self, epoch: u64) -> Result<ClusterMap, CliError> {
+        let r = self.req(v1::GetMapRequest { epoch });
+        match self.client.get_map(r).await {
+            Ok(m) => Ok(m.into_inner().into()),
+            Err(s) => Err(self.fail(s)),
+        }
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<Conn, CliError> {
+    let file = load_file(cli)?;
+    let addr = cli
+        .mon
+        .clone()
+        .or(file.mon)
+        .unwrap_or_else(|| DEFAULT_MON.to_string());
+    let token = cli.token.clone().or(file.token).ok_or(CliError::NoToken)?;
+    let token = carmine_proto::bearer(&token).map_err(|e| CliError::Other(e.to_string()))?;
+    let uri = if addr.contains("://") {
+        addr.clone()
+    } else {
+        format!("http://{addr}")
+    };
+    let unreachable = |reason: String| CliError::Unreachable {
+        addr: addr.clone(),
+        reason,
+    };
+    let channel = Endpoint::from_shared(uri)
+        .map_err(|e| unreachable(format!("bad address: {e}")))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| {
+            // The transport error's source says why (connection refused, timeout...).
+            let mut reason = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                reason = format!("{reason}: {s}");
+                src = s.source();
+            }
+            unreachable(reason)
+        })?;
+    Ok(Conn {
+        addr: addr.clone(),
+        client: MonAdminClient::new(channel),
+        token,
+    })
+}
+
+macro_rules! call {
+    ($c:expr, $method:ident, $msg:expr) => {{
+        let r = $c.req($msg);
+        match $c.client.$method(r).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return Err($c.fail(s)),
+        }
+    }};
+}
+
+/// Runs the parsed command; returns the text to print on stdout.
+pub async fn run(cli: Cli) -> Result<String, CliError> {
+    let out = Out { format: cli.format };
+    if let Cmd::Completions { shell } = &cli.cmd {
+        let mut buf = Vec::new();
+        clap_complete::generate(*shell, &mut Cli::command(), "carmine", &mut buf);
+        return String::from_utf8(buf).map_err(|e| CliError::Other(e.to_string()));
+    }
+    let mut c = connect(&cli).await?;
+    Ok(match &cli.cmd {
+        Cmd::Completions { .. } => String::new(),
+        Cmd::Status => output::status(&out, &call!(c, status, v1::Empty {})),
+        Cmd::Health { detail } => {
+            output::health(&out, &call!(c, health, v1::Empty {}), detail.is_some())
+        }
+        Cmd::Osd(cmd) => match cmd {
+            OsdCmd::Ls => output::osd_ls(&out, &c.map(0).await?),
+            OsdCmd::Tree => output::osd_tree(&out, &c.map(0).await?),
+            OsdCmd::Out { id } => output::changed(
+                &out,
+                &format!("marked osd.{id} out"),
+                call!(c, osd_out, v1::OsdIdRequest { id: *id }).epoch,
+            ),
+            OsdCmd::In { id } => output::changed(
+                &out,
+                &format!("marked osd.{id} in"),
+                call!(c, osd_in, v1::OsdIdRequest { id: *id }).epoch,
+            ),
+            OsdCmd::Down { id } => output::changed(
+                &out,
+                &format!("marked osd.{id} down"),
+                call!(c, osd_down, v1::OsdIdRequest { id: *id }).epoch,
+            ),
+            OsdCmd::Rm { id } => output::changed(
+                &out,
+                &format!("removed osd.{id}"),
+                call!(c, osd_rm, v1::OsdIdRequest { id: *id }).epoch,
+            ),
+            OsdCmd::Reweight { id, weight } => output::changed(
+                &out,
+                &format!("osd.{id} weight {weight}"),
+                call!(
+                    c,
+                    osd_reweight,
+                    v1::OsdWeightRequest {
+                        id: *id,
+                        weight: *weight
+                    }
+                )
+                .epoch,
+            ),
+        },
+        Cmd::Pool(cmd) => match cmd {
+            PoolCmd::Create {
+                name,
+                pg_num,
+                size,
+                min_size,
+            } => {
+                let r = call!(
+                    c,
+                    pool_create,
+                    v1::PoolCreateRequest {
+                        name: name.clone(),
+                        pg_num: *pg_num,
+                        size: *size,
+                        min_size: min_size.unwrap_or(0),
+                    }
+                );
+                output::pool_created(&out, name, r.id, r.epoch)
+            }
+            PoolCmd::Ls => output::pool_ls(&out, &call!(c, pool_list, v1::Empty {})),
+            PoolCmd::Rm { name } => output::changed(
+                &out,
+                &format!("removed pool {name}"),
+                call!(c, pool_rm, v1::PoolNameRequest { name: name.clone() }).epoch,
+            ),
+            PoolCmd::Set { name, key, value } => output::changed(
+                &out,
+                &format!("set pool {name} {key} = {value}"),
+                call!(
+                    c,
+                    pool_set,
+                    v1::PoolSetRequest {
+                        name: name.clone(),
+                        key: key.clone(),
+                        value: value.clone(),
+                    }
+                )
+                .epoch,
+            ),
+        },
+        Cmd::Pg(PgCmd::Map { pool, object }) => {
+            let map = c.map(0).await?;
+            let p = map
+                .pool_by_name(pool)
+                .ok_or_else(|| CliError::Rejected(format!("no pool named {pool:?}")))?;
+            let pg = object_to_pg(object.as_bytes(), p.pg_num)
+                .map_err(|e| CliError::Other(e.to_string()))?;
+            output::pg_map(&out, &map, p, object, pg)
+        }
+        Cmd::Pg(PgCmd::Dump) => output::pg_dump(&out, &c.map(0).await?),
+        Cmd::Map(MapCmd::Get { epoch }) => output::map(&out, &c.map(epoch.unwrap_or(0)).await?),
+    })
+}
