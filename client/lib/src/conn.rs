@@ -1,0 +1,374 @@
+//! One authenticated, pipelined connection to one OSD shard.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
+use std::time::Duration;
+
+use carmine_wire::{
+    AuthKey, ClientHandshake, DecodeError, Encoder, FrameDecoder, HandshakeError, Limits, Message,
+    Nonce, OpKind, OpReply, OpRequest, Session, VERSION_MIN,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, Mutex};
+use tokio::task::JoinHandle;
+use tokio::time::{timeout_at, Instant};
+use tracing::{debug, warn};
+
+use crate::error::ClientError;
+use crate::reply::Reply;
+
+/// Who we are and how long we wait.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub client_id: String,
+    /// The key the monitor issued for `client_id`.
+    pub key: AuthKey,
+    pub limits: Limits,
+    /// TCP connect plus handshake.
+    pub connect_timeout: Duration,
+    /// From sending a request to its reply.
+    pub op_timeout: Duration,
+}
+
+impl ConnectOptions {
+    /// 5 s to connect and authenticate, 30 s per op, default wire limits.
+    pub fn new(client_id: impl Into<String>, key: AuthKey) -> Self {
+        ConnectOptions {
+            client_id: client_id.into(),
+            key,
+            limits: Limits::DEFAULT,
+            connect_timeout: Duration::from_secs(5),
+            op_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+type Waiter = oneshot::Sender<Result<Reply, ClientError>>;
+
+/// Calls waiting for their reply, by tid, and why the connection closed (once it has).
+#[derive(Default)]
+struct Pending {
+    waiters: HashMap<u64, (OpKind, Waiter)>,
+    closed: Option<Arc<str>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    pending: StdMutex<Pending>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts
+        // and removes), so a poisoned lock is still usable.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fails every pending call and all later ones with `reason`. The first reason wins.
+    fn close(&self, reason: Arc<str>) {
+        let waiters: Vec<_> = {
+            let mut p = self.lock();
+            if p.closed.is_none() {
+                warn!(%reason, "carmine connection closed");
+                p.closed = Some(reason);
+            }
+            p.waiters.drain().map(|(_, (_, w))| w).collect()
+        };
+        let reason = self
+            .lock()
+            .closed
+            .clone()
+            .unwrap_or_else(|| "closed".into());
+        for w in waiters {
+            let _ = w.send(Err(ClientError::Closed(reason.clone())));
+        }
+    }
+
+    fn forget(&self, tid: u64) {
+        self.lock().waiters.remove(&tid);
+    }
+
+    /// Hands a reply to its caller. Data is copied out of the receive buffer outside the lock.
+    fn complete(&self, tid: u64, reply: &OpReply<'_>) {
+        let Some((kind, waiter)) = self.lock().waiters.remove(&tid) else {
+            debug!(
+                tid,
+                "reply for a tid nobody waits for (timed out?), dropped"
+            );
+            return;
+        };
+        let result = match &reply.result {
+            Ok(body) if body.kind() != kind => Err(ClientError::Protocol(format!(
+                "tid {tid}: a {kind:?} request answered with a {:?} reply",
+                body.kind()
+            ))),
+            Ok(body) => Ok(Reply::from_body(body)),
+            Err(e) => Err(ClientError::Op(*e)),
+        };
+        // The caller may have timed out meanwhile: nothing to do then.
+        let _ = waiter.send(result);
+    }
+}
+
+struct WriteState {
+    half: OwnedWriteHalf,
+    /// Reused encode buffer: grows to the largest frame sent, then stays.
+    buf: Vec<u8>,
+}
+
+/// An authenticated connection to one OSD shard. Cheap to share (`&self` methods, or put it
+/// in an `Arc`): any number of calls may be in flight at once.
+pub struct Connection {
+    shared: Arc<Shared>,
+    writer: Mutex<WriteState>,
+    next_tid: AtomicU64,
+    encoder: Encoder,
+    session: Session,
+    peer: SocketAddr,
+    op_timeout: Duration,
+    reader: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .field("session", &self.session)
+            .field("closed", &self.closed_reason())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Stops the reader; the socket closes with the last half.
+        self.reader.abort();
+    }
+}
+
+impl Connection {
+    /// Connects to `addr` and authenticates as `opts.client_id`.
+    pub async fn connect(addr: SocketAddr, opts: &ConnectOptions) -> Result<Self, ClientError> {
+        let deadline = Instant::now() + opts.connect_timeout;
+        let setup = async {
+            let mut stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| ClientError::Connect {
+                    addr: addr.to_string(),
+                    source: Arc::new(e),
+                })?;
+            stream.set_nodelay(true)?;
+            let mut dec = FrameDecoder::new(opts.limits);
+            let session = handshake(&mut stream, &mut dec, opts).await?;
+            Ok::<_, ClientError>((stream, dec, session))
+        };
+        let (stream, mut dec, session) = timeout_at(deadline, setup)
+            .await
+            .map_err(|_| ClientError::Timeout(opts.connect_timeout))??;
+        dec.set_negotiated_version(session.version);
+        debug!(%addr, version = session.version, "carmine connection authenticated");
+        let (read_half, write_half) = stream.into_split();
+        let shared = Arc::new(Shared::default());
+        let reader = tokio::spawn(read_loop(read_half, dec, Arc::clone(&shared)));
+        Ok(Connection {
+            shared,
+            writer: Mutex::new(WriteState {
+                half: write_half,
+                buf: Vec::new(),
+            }),
+            next_tid: AtomicU64::new(1),
+            encoder: Encoder::new(session.version, opts.limits),
+            session,
+            peer: addr,
+            op_timeout: opts.op_timeout,
+            reader,
+        })
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Why the connection closed, once it has.
+    pub fn closed_reason(&self) -> Option<Arc<str>> {
+        self.shared.lock().closed.clone()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed_reason().is_some()
+    }
+
+    /// Sends one op and waits for its reply (or the op timeout). OSD-reported failures are
+    /// [`ClientError::Op`].
+    pub async fn call(&self, req: &OpRequest<'_>) -> Result<Reply, ClientError> {
+        let deadline = Instant::now() + self.op_timeout;
+        let tid = self.next_tid.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = self.shared.lock();
+            if let Some(reason) = &p.closed {
+                return Err(ClientError::Closed(reason.clone()));
+            }
+            p.waiters.insert(tid, (req.op.kind(), tx));
+        }
+        match timeout_at(deadline, self.send(tid, req)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e @ ClientError::Encode(_))) => {
+                // Refused before any byte was written: the connection is intact.
+                self.shared.forget(tid);
+                return Err(e);
+            }
+            Ok(Err(e)) => {
+                self.fail(format!("write failed: {e}"));
+                return Err(e);
+            }
+            Err(_) => {
+                // The frame may be half written: the stream is no longer frame-aligned.
+                self.fail("write timed out".to_owned());
+                return Err(ClientError::Timeout(self.op_timeout));
+            }
+        }
+        match timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ClientError::Closed(
+                self.closed_reason()
+                    .unwrap_or_else(|| "reply channel dropped".into()),
+            )),
+            Err(_) => {
+                self.shared.forget(tid);
+                Err(ClientError::Timeout(self.op_timeout))
+            }
+        }
+    }
+
+    async fn send(&self, tid: u64, req: &OpRequest<'_>) -> Result<(), ClientError> {
+        let msg = Message::OpRequest(*req);
+        let mut w = self.writer.lock().await;
+        let WriteState { half, buf } = &mut *w;
+        let len = self.encoder.frame_len(&msg);
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let n = self.encoder.encode(tid, &msg, buf)?;
+        half.write_all(&buf[..n]).await?;
+        Ok(())
+    }
+
+    fn fail(&self, reason: String) {
+        self.shared.close(reason.into());
+        self.reader.abort();
+    }
+}
+
+async fn handshake(
+    stream: &mut TcpStream,
+    dec: &mut FrameDecoder,
+    opts: &ConnectOptions,
+) -> Result<Session, ClientError> {
+    let nonce = Nonce::random().map_err(|e| ClientError::Random(e.to_string()))?;
+    let hs = ClientHandshake::new(
+        opts.client_id.clone(),
+        opts.key.clone(),
+        nonce,
+        &opts.limits,
+    )?;
+    let mut buf = Vec::new();
+    let hello = Message::Hello(hs.hello());
+    send_frame(
+        stream,
+        &Encoder::new(VERSION_MIN, opts.limits),
+        &hello,
+        &mut buf,
+    )
+    .await?;
+    let hs = hs.sent_hello();
+    let verdict = recv_one(stream, dec, |m| hs.on_message(m)).await?;
+    let auth = Message::Auth(verdict.auth());
+    let enc = Encoder::new(verdict.version(), opts.limits);
+    send_frame(stream, &enc, &auth, &mut buf).await?;
+    recv_one(stream, dec, |m| verdict.on_message(m)).await
+}
+
+async fn send_frame(
+    stream: &mut TcpStream,
+    enc: &Encoder,
+    msg: &Message<'_>,
+    buf: &mut Vec<u8>,
+) -> Result<(), ClientError> {
+    buf.resize(enc.frame_len(msg), 0);
+    let n = enc.encode(0, msg, buf)?;
+    stream.write_all(&buf[..n]).await?;
+    Ok(())
+}
+
+/// Reads until one whole frame is there and feeds its message to the handshake step `step`.
+async fn recv_one<T>(
+    stream: &mut TcpStream,
+    dec: &mut FrameDecoder,
+    step: impl FnOnce(&Message<'_>) -> Result<T, HandshakeError>,
+) -> Result<T, ClientError> {
+    let limits = *dec.limits();
+    loop {
+        if let Some(frame) = dec.next_frame().map_err(DecodeError::from)? {
+            let msg = frame.message(&limits)?;
+            return Ok(step(&msg)?);
+        }
+        let n = stream.read(dec.read_buf()).await?;
+        if n == 0 {
+            return Err(ClientError::Closed(
+                "server closed the connection during the handshake".into(),
+            ));
+        }
+        dec.advance(n);
+    }
+}
+
+async fn read_loop(mut half: OwnedReadHalf, mut dec: FrameDecoder, shared: Arc<Shared>) {
+    let reason = read_replies(&mut half, &mut dec, &shared).await;
+    shared.close(reason);
+}
+
+/// Dispatches replies until the connection must close; returns why.
+async fn read_replies(
+    half: &mut OwnedReadHalf,
+    dec: &mut FrameDecoder,
+    shared: &Shared,
+) -> Arc<str> {
+    let limits = *dec.limits();
+    loop {
+        loop {
+            match dec.next_frame() {
+                Ok(Some(frame)) => {
+                    let tid = frame.header.tid;
+                    match frame.message(&limits) {
+                        Ok(Message::OpReply(reply)) => shared.complete(tid, &reply),
+                        Ok(other) => {
+                            return format!(
+                                "unexpected {:?} frame after the handshake",
+                                other.frame_type()
+                            )
+                            .into()
+                        }
+                        Err(e) => return format!("bad reply: {e}").into(),
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return format!("bad frame: {e}").into(),
+            }
+        }
+        // Never empty here: everything complete was drained, and one whole maximum frame fits.
+        match half.read(dec.read_buf()).await {
+            Ok(0) => return "server closed the connection".into(),
+            Ok(n) => dec.advance(n),
+            Err(e) => return format!("read error: {e}").into(),
+        }
+    }
+}
