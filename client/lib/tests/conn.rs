@@ -36,6 +36,8 @@ enum Script {
     Hangup,
     /// Answer a request with a reply of the wrong kind.
     WrongKind,
+    /// Answer the first request (a stat) only after this delay, later ones at once.
+    SlowFirst(Duration),
 }
 
 struct Peer {
@@ -166,6 +168,14 @@ async fn serve(s: &mut TcpStream, script: Script) {
                 s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
                     .await
                     .unwrap();
+            }
+            Script::SlowFirst(delay) => {
+                if req.tid == 1 {
+                    tokio::time::sleep(delay).await;
+                }
+                let size = req.object.len() as u64;
+                let reply = OpReply::ok(ReplyBody::Stat { size });
+                send(s, v, req.tid, &Message::OpReply(reply)).await;
             }
             Script::WrongKind => {
                 let reply = OpReply::ok(ReplyBody::Stat { size: 1 });
@@ -333,6 +343,33 @@ async fn op_timeout_leaves_the_connection_open() {
         let err = conn.call(&req(Op::Stat { object: "o" })).await.unwrap_err();
         assert!(matches!(err, ClientError::Timeout(_)), "{err}");
         assert!(!conn.is_closed(), "a slow reply is not a broken stream");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn late_reply_after_a_timeout_is_dropped_and_the_next_call_matches() {
+    bounded(async {
+        // Margins of 0.5 s either way: call 1 times out at 1 s, its reply comes at 1.5 s,
+        // call 2 (sent at ~1 s) is answered right after, well inside its own 1 s.
+        let p = peer(Script::SlowFirst(Duration::from_millis(1500))).await;
+        let mut o = opts();
+        o.op_timeout = Duration::from_secs(1);
+        let conn = Connection::connect(p.addr, &o).await.unwrap();
+        let err = conn
+            .call(&req(Op::Stat { object: "first" }))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Timeout(_)), "{err}");
+        let r = conn
+            .call(&req(Op::Stat { object: "second!" }))
+            .await
+            .unwrap();
+        assert_eq!(
+            r,
+            Reply::Stat { size: 7 },
+            "the late reply to call 1 must not be taken"
+        );
     })
     .await;
 }
