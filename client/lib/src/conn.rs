@@ -70,19 +70,17 @@ impl Shared {
 
     /// Fails every pending call and all later ones with `reason`. The first reason wins.
     fn close(&self, reason: Arc<str>) {
-        let waiters: Vec<_> = {
+        let (reason, waiters): (Arc<str>, Vec<_>) = {
             let mut p = self.lock();
-            if p.closed.is_none() {
-                warn!(%reason, "carmine connection closed");
-                p.closed = Some(reason);
-            }
-            p.waiters.drain().map(|(_, (_, w))| w).collect()
+            let reason = p
+                .closed
+                .get_or_insert_with(|| {
+                    warn!(%reason, "carmine connection closed");
+                    reason
+                })
+                .clone();
+            (reason, p.waiters.drain().map(|(_, (_, w))| w).collect())
         };
-        let reason = self
-            .lock()
-            .closed
-            .clone()
-            .unwrap_or_else(|| "closed".into());
         for w in waiters {
             let _ = w.send(Err(ClientError::Closed(reason.clone())));
         }
