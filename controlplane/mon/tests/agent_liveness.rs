@@ -1,0 +1,318 @@
+//! A real `carmine-mon` process and OSD agents hosted by this test process (as an OSD would
+//! host them): boot, heartbeats, map delivery to every shard sink, down after the grace
+//! period, back up on return, out after the longer interval, and the OSD admin service.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use carmine_agent::{Agent, AgentConfig, MapSink, MemConfig, SinkFull, Stats};
+use carmine_placement::ClusterMap;
+use carmine_proto::v1;
+use common::{admin, authed, runtime, wait_for, MonProc, TOKEN};
+
+const GRACE_MS: u64 = 1000;
+const OUT_MS: u64 = 2000;
+
+/// A shard's inbound queue, as seen by the agent: records the epochs it receives. Refuses the
+/// first offer of every map to exercise the agent's retry.
+struct ShardSink {
+    tx: mpsc::Sender<u64>,
+    refuse_next: bool,
+}
+
+impl MapSink for ShardSink {
+    fn deliver(&mut self, map: Arc<ClusterMap>) -> Result<(), SinkFull> {
+        if self.refuse_next {
+            self.refuse_next = false;
+            return Err(SinkFull);
+        }
+        self.refuse_next = true;
+        let _ = self.tx.send(map.epoch);
+        Ok(())
+    }
+}
+
+struct OsdStats {
+    ops: AtomicU64,
+}
+
+impl Stats for OsdStats {
+    fn counters(&self) -> Vec<(String, u64)> {
+        vec![
+            (
+                "shard0.ops".into(),
+                self.ops.fetch_add(1, Ordering::Relaxed),
+            ),
+            ("msgr.conns".into(), 3),
+        ]
+    }
+    fn usage(&self) -> (u64, u64) {
+        (10, 100)
+    }
+}
+
+fn start_agent(mon: &MonProc, uuid: &str, host: &str) -> (Agent, Vec<mpsc::Receiver<u64>>) {
+    let mut sinks: Vec<Box<dyn MapSink>> = Vec::new();
+    let mut rxs = Vec::new();
+    for _ in 0..2 {
+        let (tx, rx) = mpsc::channel();
+        sinks.push(Box::new(ShardSink {
+            tx,
+            refuse_next: true,
+        }));
+        rxs.push(rx);
+    }
+    let cfg = AgentConfig {
+        mon_addr: mon.addr.clone(),
+        uuid: uuid.into(),
+        host: host.into(),
+        public_addr: "127.0.0.1:6800".into(),
+        cluster_addr: "127.0.0.1:6801".into(),
+        shard_ports: vec![6800, 6802],
+        weight: 1.0,
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_token: TOKEN.into(),
+        cluster_token: None,
+    };
+    let agent = Agent::start(
+        cfg,
+        sinks,
+        Arc::new(OsdStats {
+            ops: AtomicU64::new(0),
+        }),
+        Arc::new(MemConfig::new([("osd_op_threads", "2"), ("debug_ms", "0")])),
+    )
+    .unwrap();
+    (agent, rxs)
+}
+
+/// Every epoch a sink got so far; asserts they only increase.
+fn drain(rx: &mpsc::Receiver<u64>) -> Vec<u64> {
+    let got: Vec<u64> = rx.try_iter().collect();
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "epochs out of order: {got:?}"
+    );
+    got
+}
+
+#[test]
+fn agent_down_after_grace_up_on_return_out_after_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let grace = GRACE_MS.to_string();
+    let out = OUT_MS.to_string();
+    let mon = MonProc::start(
+        dir.path(),
+        &[
+            "--heartbeat-ms",
+            "100",
+            "--down-grace-ms",
+            &grace,
+            "--out-interval-ms",
+            &out,
+        ],
+    );
+    let url = mon.url();
+    let limit = Duration::from_secs(15);
+    rt.block_on(async {
+        let mut a = admin(&url).await;
+        a.pool_create(authed(v1::PoolCreateRequest {
+            name: "rbd".into(),
+            pg_num: 16,
+            size: 2,
+            min_size: 1,
+        }))
+        .await
+        .unwrap();
+    });
+
+    let (agent_a, sinks_a) = start_agent(&mon, "uuid-a", "hostA");
+    let (agent_b, _sinks_b) = start_agent(&mon, "uuid-b", "hostB");
+
+    let health = |want: v1::HealthStatus| {
+        let url = url.clone();
+        async move {
+            let a = admin(&url).await;
+            wait_for(limit, || {
+                let mut a = a.clone();
+                async move {
+                    let h = a.health(authed(v1::Empty {})).await.ok()?.into_inner();
+                    (h.status == want as i32).then_some(h)
+                }
+            })
+            .await
+        }
+    };
+    let osd = |id: u32| {
+        let url = url.clone();
+        async move {
+            let mut a = admin(&url).await;
+            let m = a
+                .get_map(authed(v1::GetMapRequest { epoch: 0 }))
+                .await
+                .unwrap()
+                .into_inner();
+            (m.epoch, m.osds.into_iter().find(|o| o.id == id).unwrap())
+        }
+    };
+
+    // Both boot; the cluster is healthy and every shard of A has the current map.
+    let h = rt.block_on(health(v1::HealthStatus::HealthOk));
+    assert!(h.is_some(), "cluster never became healthy");
+    let id_b = agent_b.status().osd_id().unwrap();
+    let (epoch, _) = rt.block_on(osd(id_b));
+    let synced = rt.block_on(wait_for(limit, || async {
+        (agent_a.status().map_epoch() == epoch).then_some(())
+    }));
+    assert!(synced.is_some(), "agent A never reached epoch {epoch}");
+    let mut seen_a: Vec<Vec<u64>> = Vec::new();
+    for rx in &sinks_a {
+        let mut v = drain(rx);
+        if v.last() != Some(&epoch) {
+            // The agent re-offers refused maps every 20 ms: give it a moment.
+            std::thread::sleep(Duration::from_millis(200));
+            v.extend(drain(rx));
+        }
+        assert_eq!(
+            v.last(),
+            Some(&epoch),
+            "a shard missed the newest map: {v:?}"
+        );
+        seen_a.push(v);
+    }
+
+    // The OSD admin service of agent A.
+    rt.block_on(async {
+        let ch = common::channel(&format!("http://{}", agent_a.admin_addr())).await;
+        let mut c = v1::osd_admin_client::OsdAdminClient::new(ch);
+        let e = c.status(v1::Empty {}).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        let s = c.status(authed(v1::Empty {})).await.unwrap().into_inner();
+        assert!(s.booted);
+        assert_eq!(s.id, agent_a.status().osd_id().unwrap());
+        assert_eq!(s.shard_count, 2);
+        assert!(s.map_epoch >= epoch);
+        let p = c
+            .perf_counters(authed(v1::Empty {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let names: Vec<&str> = p.counters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["msgr.conns", "shard0.ops"]);
+        let r = c
+            .config_set(authed(v1::ConfigSetRequest {
+                key: "debug_ms".into(),
+                value: "5".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.value, "5");
+        let g = c
+            .config_get(authed(v1::ConfigGetRequest {
+                key: "debug_ms".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(g.entries[0].value, "5");
+        let all = c
+            .config_get(authed(v1::ConfigGetRequest { key: String::new() }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(all.entries.len(), 2);
+        let e = c
+            .config_set(authed(v1::ConfigSetRequest {
+                key: "nope".into(),
+                value: "1".into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    });
+
+    // B stops (its OSD process died): down within the grace period (plus one liveness tick),
+    // health WARN.
+    drop(agent_b);
+    let t0 = Instant::now();
+    let down = rt.block_on(wait_for(limit, || async {
+        let (_, o) = osd(id_b).await;
+        (!o.up).then_some(t0.elapsed())
+    }));
+    let took = down.expect("B was never marked down");
+    println!(
+        "osd.{id_b} marked down {took:?} after its last heartbeat stopped (grace {GRACE_MS} ms)"
+    );
+    assert!(
+        took >= Duration::from_millis(GRACE_MS - 200),
+        "marked down before the grace period: {took:?}"
+    );
+    assert!(
+        took <= Duration::from_millis(GRACE_MS * 3),
+        "marked down too late: {took:?}"
+    );
+    let h = rt
+        .block_on(health(v1::HealthStatus::HealthWarn))
+        .expect("health never turned WARN");
+    let codes: Vec<&str> = h.checks.iter().map(|c| c.code.as_str()).collect();
+    assert!(codes.contains(&"OSD_DOWN"), "{codes:?}");
+    assert!(codes.contains(&"PG_DEGRADED"), "{codes:?}");
+    assert!(!codes.contains(&"PG_UNAVAILABLE"), "{codes:?}");
+
+    // B returns with the same uuid: same id, up, health OK again.
+    let (agent_b, _sinks_b) = start_agent(&mon, "uuid-b", "hostB");
+    assert!(
+        rt.block_on(health(v1::HealthStatus::HealthOk)).is_some(),
+        "health never OK again"
+    );
+    assert_eq!(agent_b.status().osd_id(), Some(id_b));
+    let (_, o) = rt.block_on(osd(id_b));
+    assert!(o.up && o.r#in);
+
+    // B stops again and stays away: out after the out interval; the down-but-in warning goes,
+    // the PGs stay degraded (one host left for size 2).
+    drop(agent_b);
+    let t0 = Instant::now();
+    let out_after = rt.block_on(wait_for(limit, || async {
+        let (_, o) = osd(id_b).await;
+        (!o.r#in).then_some(t0.elapsed())
+    }));
+    let took = out_after.expect("B was never marked out");
+    println!(
+        "osd.{id_b} marked out {took:?} after it stopped (grace {GRACE_MS} ms + out {OUT_MS} ms)"
+    );
+    assert!(
+        took >= Duration::from_millis(GRACE_MS + OUT_MS - 300),
+        "out too early: {took:?}"
+    );
+    let h = rt.block_on(health(v1::HealthStatus::HealthWarn)).unwrap();
+    let codes: Vec<&str> = h.checks.iter().map(|c| c.code.as_str()).collect();
+    assert_eq!(codes, ["PG_DEGRADED"]);
+
+    // Back again: booting marks it in again (it was out by the monitor, not by an admin).
+    let (agent_b, _sinks_b) = start_agent(&mon, "uuid-b", "hostB");
+    assert!(rt.block_on(health(v1::HealthStatus::HealthOk)).is_some());
+    let (epoch, o) = rt.block_on(osd(id_b));
+    assert!(o.up && o.r#in);
+
+    // A followed every epoch in order on every shard and has the last one.
+    let synced = rt.block_on(wait_for(limit, || async {
+        (agent_a.status().map_epoch() == epoch).then_some(())
+    }));
+    assert!(synced.is_some());
+    std::thread::sleep(Duration::from_millis(200));
+    for (rx, before) in sinks_a.iter().zip(&seen_a) {
+        let after = drain(rx);
+        assert!(after.first() > before.last(), "{before:?} then {after:?}");
+        assert_eq!(after.last(), Some(&epoch));
+    }
+    assert!(agent_a.status().heartbeats_acked() > 5);
+    drop(agent_b);
+    drop(agent_a);
+}
