@@ -47,6 +47,10 @@ impl ConnectOptions {
     }
 }
 
+/// Bulk data up to this size is copied into the frame buffer; larger data is written from
+/// where it is (see [`Encoder::encode_head`]).
+const COPY_BULK_MAX: usize = 64 << 10;
+
 type Waiter = oneshot::Sender<Result<Reply, ClientError>>;
 
 /// Calls waiting for their reply, by tid, and why the connection closed (once it has).
@@ -251,12 +255,26 @@ impl Connection {
         let msg = Message::OpRequest(*req);
         let mut w = self.writer.lock().await;
         let WriteState { half, buf } = &mut *w;
-        let len = self.encoder.frame_len(&msg);
-        if buf.len() < len {
-            buf.resize(len, 0);
+        let bulk = msg.bulk().map_or(0, <[u8]>::len);
+        if bulk <= COPY_BULK_MAX {
+            // One buffer, one write: with TCP_NODELAY a separate small head would go out as
+            // its own segment.
+            let len = self.encoder.frame_len(&msg);
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            let n = self.encoder.encode(tid, &msg, buf)?;
+            half.write_all(&buf[..n]).await?;
+        } else {
+            // Large data goes to the socket from the caller's buffer, uncopied.
+            let head = self.encoder.frame_len(&msg) - bulk;
+            if buf.len() < head {
+                buf.resize(head, 0);
+            }
+            let (n, tail) = self.encoder.encode_head(tid, &msg, buf)?;
+            half.write_all(&buf[..n]).await?;
+            half.write_all(tail).await?;
         }
-        let n = self.encoder.encode(tid, &msg, buf)?;
-        half.write_all(&buf[..n]).await?;
         Ok(())
     }
 

@@ -451,6 +451,16 @@ async fn oversize_request_is_refused_locally() {
             .await
             .unwrap();
         assert_eq!(r, Reply::Written);
+        // Large enough to go out head + data, uncopied; the peer's crc check must pass.
+        let data = vec![2u8; 1 << 20];
+        let r = conn
+            .call(&req(Op::WriteFull {
+                object: "big",
+                data: &data,
+            }))
+            .await
+            .unwrap();
+        assert_eq!(r, Reply::WrittenFull);
     })
     .await;
 }

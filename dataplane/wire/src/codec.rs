@@ -100,11 +100,17 @@ impl<'a> Reader<'a> {
 pub(crate) struct Writer<'b> {
     buf: &'b mut [u8],
     pos: usize,
+    /// Write bulk fields' lengths but not their bytes (see [`Writer::bulk32`]).
+    omit_bulk: bool,
 }
 
 impl<'b> Writer<'b> {
-    pub(crate) fn new(buf: &'b mut [u8]) -> Self {
-        Self { buf, pos: 0 }
+    pub(crate) fn new(buf: &'b mut [u8], omit_bulk: bool) -> Self {
+        Self {
+            buf,
+            pos: 0,
+            omit_bulk,
+        }
     }
 
     pub(crate) fn position(&self) -> usize {
@@ -150,13 +156,18 @@ impl<'b> Writer<'b> {
         self.bytes(data)
     }
 
-    pub(crate) fn bytes32(&mut self, data: &[u8], field: &'static str) -> Result<(), EncodeError> {
+    /// The bulk data of a message: a `u32` length and the bytes. Always the last field, so a
+    /// zero-copy sender can write everything before it and send the bytes from where they are.
+    pub(crate) fn bulk32(&mut self, data: &[u8], field: &'static str) -> Result<(), EncodeError> {
         let n = u32::try_from(data.len()).map_err(|_| EncodeError::FieldTooLong {
             field,
             len: data.len(),
             max: u32::MAX as usize,
         })?;
         self.u32(n)?;
+        if self.omit_bulk {
+            return Ok(());
+        }
         self.bytes(data)
     }
 }

@@ -364,14 +364,39 @@ impl Encoder {
         msg: &Message<'_>,
         out: &mut [u8],
     ) -> Result<usize, EncodeError> {
-        let needed = self.frame_len(msg);
-        if out.len() < needed {
-            return Err(EncodeError::BufferTooSmall {
-                needed,
-                available: out.len(),
-            });
-        }
-        let payload_len = needed - HEADER_LEN;
+        self.encode_inner(tid, msg, out, false)
+    }
+
+    /// Zero-copy variant for messages with bulk data ([`Message::bulk`]): writes the frame up
+    /// to, not including, the bulk bytes, and returns `(head length, bulk)`. Sending
+    /// `out[..head]` then `bulk` puts exactly the bytes of [`encode`](Self::encode) on the wire
+    /// (the payload crc covers both), without copying the data into `out`. For a message
+    /// without bulk data the tail is empty and the head is the whole frame.
+    pub fn encode_head<'m>(
+        &self,
+        tid: u64,
+        msg: &Message<'m>,
+        out: &mut [u8],
+    ) -> Result<(usize, &'m [u8]), EncodeError> {
+        let tail = msg.bulk().unwrap_or(&[]);
+        let head = self.encode_inner(tid, msg, out, true)?;
+        Ok((head, tail))
+    }
+
+    fn encode_inner(
+        &self,
+        tid: u64,
+        msg: &Message<'_>,
+        out: &mut [u8],
+        omit_bulk: bool,
+    ) -> Result<usize, EncodeError> {
+        let payload_len = msg.payload_len();
+        let tail = if omit_bulk {
+            msg.bulk().unwrap_or(&[])
+        } else {
+            &[]
+        };
+        let needed = HEADER_LEN + payload_len - tail.len();
         let max = self.limits.max_payload;
         let len32 = u32::try_from(payload_len)
             .ok()
@@ -381,21 +406,25 @@ impl Encoder {
                 max,
             })?;
         let available = out.len();
+        if available < needed {
+            return Err(EncodeError::BufferTooSmall { needed, available });
+        }
         let (head, rest) = out
             .split_first_chunk_mut::<HEADER_LEN>()
             .ok_or(EncodeError::BufferTooSmall { needed, available })?;
-        let payload = &mut rest[..payload_len];
-        let written = msg.write_payload(payload, &self.limits)?;
+        let payload = &mut rest[..needed - HEADER_LEN];
+        let written = msg.write_payload_with(payload, &self.limits, omit_bulk)?;
         debug_assert_eq!(
-            written, payload_len,
-            "payload_len disagrees with write_payload"
+            written,
+            payload.len(),
+            "payload_len disagrees with the writer"
         );
         let header = FrameHeader {
             version: self.version,
             frame_type: msg.frame_type(),
             tid,
             payload_len: len32,
-            payload_crc: crc32c::crc32c(payload),
+            payload_crc: crc32c::crc32c_append(crc32c::crc32c(payload), tail),
         };
         header.write(head);
         Ok(needed)

@@ -5,7 +5,7 @@ use crate::error::{EncodeError, MessageError};
 use crate::frame::FrameType;
 use crate::handshake::{Auth, AuthOk, AuthReject, Challenge, Hello, SECRET_LEN};
 use crate::limits::Limits;
-use crate::op::{OpReply, OpRequest};
+use crate::op::{Op, OpReply, OpRequest, ReplyBody};
 
 /// A decoded (or to-be-encoded) message. Borrows strings and data from the frame payload, or
 /// from the caller when encoding.
@@ -58,9 +58,34 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// The bulk data a message carries as its last field (write and write_full data, read
+    /// reply data), if any.
+    pub fn bulk(&self) -> Option<&'a [u8]> {
+        match *self {
+            Message::OpRequest(OpRequest {
+                op: Op::Write { data, .. } | Op::WriteFull { data, .. },
+                ..
+            }) => Some(data),
+            Message::OpReply(OpReply {
+                result: Ok(ReplyBody::Read { data }),
+            }) => Some(data),
+            _ => None,
+        }
+    }
+
     /// Writes the payload (no header) into `out`; returns its length. Checks `limits` first.
     pub fn write_payload(&self, out: &mut [u8], limits: &Limits) -> Result<usize, EncodeError> {
-        let mut w = Writer::new(out);
+        self.write_payload_with(out, limits, false)
+    }
+
+    /// `omit_bulk`: stop before the bytes of [`bulk`](Self::bulk) (its length is written).
+    pub(crate) fn write_payload_with(
+        &self,
+        out: &mut [u8],
+        limits: &Limits,
+        omit_bulk: bool,
+    ) -> Result<usize, EncodeError> {
+        let mut w = Writer::new(out, omit_bulk);
         match self {
             Message::Hello(h) => h.write(&mut w, limits)?,
             Message::Challenge(c) => c.write(&mut w)?,

@@ -262,11 +262,11 @@ impl<'a> OpRequest<'a> {
             } => {
                 w.bytes16(object.as_bytes(), OBJECT)?;
                 w.u64(offset)?;
-                w.bytes32(data, "op data")
+                w.bulk32(data, "op data")
             }
             Op::WriteFull { object, data } => {
                 w.bytes16(object.as_bytes(), OBJECT)?;
-                w.bytes32(data, "op data")
+                w.bulk32(data, "op data")
             }
             Op::Read {
                 object,
@@ -557,7 +557,7 @@ impl<'a> OpReply<'a> {
         w.u8(body.kind() as u8)?;
         match body {
             ReplyBody::Written | ReplyBody::WrittenFull | ReplyBody::Removed => Ok(()),
-            ReplyBody::Read { data } => w.bytes32(data, "read data"),
+            ReplyBody::Read { data } => w.bulk32(data, "read data"),
             ReplyBody::Stat { size } => w.u64(size),
             ReplyBody::List(page) => {
                 match page.next_cursor {

@@ -229,6 +229,22 @@ proptest! {
     }
 
     #[test]
+    fn encode_head_plus_bulk_equals_encode(owned in message(), tid in any::<u64>()) {
+        let h = owned.holder();
+        let msg = owned.msg(&h);
+        let full = encode(&msg, tid);
+        let enc = Encoder::new(VERSION_MAX, L);
+        // A buffer sized for the head only must be enough.
+        let head_len = full.len() - msg.bulk().map_or(0, <[u8]>::len);
+        let mut out = vec![0u8; head_len];
+        let (n, tail) = enc.encode_head(tid, &msg, &mut out).unwrap();
+        prop_assert_eq!(n, head_len);
+        let mut joined = out[..n].to_vec();
+        joined.extend_from_slice(tail);
+        prop_assert_eq!(joined, full);
+    }
+
+    #[test]
     fn frame_decoder_reassembles_any_split(
         owned in prop::collection::vec(message(), 1..6),
         chunks in prop::collection::vec(1usize..700, 1..40),
