@@ -583,3 +583,117 @@ fn validate_pool(pg_num: u32, size: u32, min_size: u32) -> Result<(), MonError> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            heartbeat_interval: Duration::from_millis(100),
+            down_grace: Duration::from_secs(10),
+            out_interval: Duration::from_secs(60),
+            history: 4,
+            min_failure_reporters: 2,
+            nearfull_ratio: 0.85,
+            full_ratio: 0.95,
+        }
+    }
+
+    fn boot(m: &mut Monitor, uuid: &str, host: &str, now: Instant) -> u32 {
+        let b = BootInfo {
+            uuid: uuid.into(),
+            host: host.into(),
+            shard_ports: vec![1],
+            weight: 1.0,
+            ..Default::default()
+        };
+        m.boot(b, now).unwrap().0
+    }
+
+    #[test]
+    fn failure_reports_need_distinct_up_reporters() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Monitor::open(MapStore::open(dir.path()).unwrap(), policy()).unwrap();
+        let now = Instant::now();
+        let a = boot(&mut m, "a", "h1", now);
+        let b = boot(&mut m, "b", "h2", now);
+        let c = boot(&mut m, "c", "h3", now);
+        assert!(m.report_failure(a, a, now).is_err());
+        assert!(!m.report_failure(a, c, now).unwrap());
+        // The same reporter again does not count twice.
+        assert!(!m.report_failure(a, c, now).unwrap());
+        let e = m.map().epoch;
+        assert!(m.report_failure(b, c, now).unwrap());
+        assert!(!m.map().osds[&c].up);
+        assert_eq!(m.map().epoch, e + 1);
+        // A down OSD cannot report, and its heartbeat is answered with "boot again".
+        assert!(m.report_failure(c, a, now).is_err());
+        assert!(m.heartbeat(c, "c", 0, 0, now));
+        assert!(!m.heartbeat(a, "a", 0, 0, now));
+        // A heartbeat with the wrong uuid is not taken as liveness.
+        assert!(m.heartbeat(a, "not-a", 0, 0, now));
+    }
+
+    #[test]
+    fn no_op_changes_make_no_epoch_and_history_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Monitor::open(MapStore::open(dir.path()).unwrap(), policy()).unwrap();
+        let now = Instant::now();
+        let a = boot(&mut m, "a", "h1", now);
+        let e = m.osd_in(a).unwrap();
+        assert_eq!(m.osd_in(a).unwrap(), e, "already in: no new epoch");
+        m.tick(now).unwrap();
+        assert_eq!(m.map().epoch, e);
+        for i in 0..6 {
+            m.pool_create(&format!("p{i}"), 8, 1, 1).unwrap();
+        }
+        let cur = m.map().epoch;
+        // history = 4 epochs: the oldest held is cur - 3, reachable by incrementals from cur - 3.
+        assert!(m.map_at(cur - 3).is_some());
+        assert!(m.map_at(cur - 4).is_none());
+        assert_eq!(m.incrementals_since(cur - 3).unwrap().len(), 3);
+        assert!(m.incrementals_since(cur - 4).is_none());
+        assert!(matches!(
+            m.pool_create("p0", 8, 1, 1),
+            Err(MonError::Exists(_))
+        ));
+        assert!(matches!(
+            m.pool_set("p0", "size", "0"),
+            Err(MonError::Invalid(_))
+        ));
+        assert!(matches!(m.osd_rm(a), Err(MonError::Precondition(_))));
+        // The store holds the same window after a reopen.
+        drop(m);
+        let m = Monitor::open(MapStore::open(dir.path()).unwrap(), policy()).unwrap();
+        assert_eq!(m.map().epoch, cur);
+        assert!(m.map_at(cur - 3).is_some());
+        assert!(m.map_at(cur - 4).is_none());
+        assert_eq!(m.incrementals_since(cur - 2).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn liveness_tick_marks_down_then_out_and_boot_brings_back_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Monitor::open(MapStore::open(dir.path()).unwrap(), policy()).unwrap();
+        let t0 = Instant::now();
+        let a = boot(&mut m, "a", "h1", t0);
+        let b = boot(&mut m, "b", "h2", t0);
+        let t1 = t0 + Duration::from_secs(11);
+        assert!(!m.heartbeat(a, "a", 0, 0, t1));
+        m.tick(t1).unwrap();
+        assert!(m.map().osds[&a].up);
+        assert!(!m.map().osds[&b].up && m.map().osds[&b].in_);
+        let t2 = t1 + Duration::from_secs(61);
+        assert!(!m.heartbeat(a, "a", 0, 0, t2));
+        m.tick(t2).unwrap();
+        assert!(!m.map().osds[&b].in_);
+        assert_eq!(boot(&mut m, "b", "h2", t2), b);
+        assert!(m.map().osds[&b].up && m.map().osds[&b].in_);
+        // An admin "out" survives a reboot.
+        m.osd_out(b).unwrap();
+        m.osd_down(b, t2).unwrap();
+        boot(&mut m, "b", "h2", t2);
+        assert!(m.map().osds[&b].up && !m.map().osds[&b].in_);
+    }
+}
