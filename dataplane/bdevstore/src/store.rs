@@ -124,6 +124,10 @@ pub struct BdevStore<D: BlockDevice> {
     clean_inflight: usize,
     clean_ready: Vec<(u64, u64, Extent, Vec<u8>)>,
     space_wait: bool,
+    /// Cleaner steps + checkpoints at the moment a transaction started waiting for space.
+    wait_mark: Option<u64>,
+    /// The last cleaner step found no victim.
+    cleaner_idle: bool,
     ckpt: Ckpt,
     blocks_since_ckpt: u64,
     done: Vec<Completion>,
@@ -178,6 +182,8 @@ impl<D: BlockDevice> BdevStore<D> {
             clean_inflight: 0,
             clean_ready: Vec::new(),
             space_wait: false,
+            wait_mark: None,
+            cleaner_idle: false,
             ckpt: Ckpt {
                 phase: CkptPhase::Idle,
                 generation: l.generation,
@@ -450,6 +456,24 @@ impl<D: BlockDevice> BdevStore<D> {
         candidate && !self.ckpt.too_big && garbage >= need_bytes + cap
     }
 
+    /// Keep a transaction waiting for the cleaner, or fail it with `NoSpace`? Wait only while
+    /// reclaimable space exists and background work is still making moves; give up after a
+    /// bounded number of cleaner steps without success (fragmentation the cleaner cannot fix).
+    fn worth_waiting(&mut self, need_bytes: u64) -> bool {
+        if !self.can_reclaim(need_bytes) {
+            return false;
+        }
+        let events = self.stats.cleaner_steps + self.stats.checkpoints;
+        let mark = *self.wait_mark.get_or_insert(events);
+        let head = self.head.seg as usize;
+        let pending_free = (0..self.geo.nsegs as usize).any(|s| self.used[s] && s != head && self.idx.acct.live[s] == 0);
+        let busy = self.clean_inflight > 0 || !self.clean_ready.is_empty() || self.ckpt.phase != CkptPhase::Idle;
+        if !busy && !pending_free && self.cleaner_idle && events > mark {
+            return false;
+        }
+        events - mark <= 2 * self.geo.nsegs as u64 + 4
+    }
+
     /// Move the head to a free segment. `min_free`: free segments that must remain available.
     fn open_segment(&mut self, min_free: u32) -> bool {
         if self.free_count() <= min_free {
@@ -577,10 +601,12 @@ impl<D: BlockDevice> BdevStore<D> {
                 if self.head.block + h + nblocks > self.geo.seg_blocks {
                     let min_free = if nblocks > 0 { self.opts.reserve_segs } else { 1 };
                     if !self.open_segment(min_free) {
-                        if self.can_reclaim((h + nblocks) * BLOCK) {
+                        if self.worth_waiting((h + nblocks) * BLOCK) {
                             self.space_wait = true;
                             break;
                         }
+                        self.space_wait = false;
+                        self.wait_mark = None;
                         self.done.push(Completion { ticket, result: Err(StoreError::NoSpace) });
                         self.queue.pop_front();
                         continue;
@@ -594,6 +620,7 @@ impl<D: BlockDevice> BdevStore<D> {
                 break; // next record
             }
             self.space_wait = false;
+            self.wait_mark = None;
             let Some((ticket, txn)) = self.queue.pop_front() else { break };
             let base = self.geo.seg_lba(self.head.seg) + self.head.block + h_blocks + data_blocks;
             let (lops, nblocks) = Self::translate(&txn, base, true);
@@ -688,6 +715,7 @@ impl<D: BlockDevice> BdevStore<D> {
                 .min()
                 .map(|(_, s)| s as u32);
         }
+        self.cleaner_idle = self.victim.is_none();
         let Some(v) = self.victim else { return };
         // Bounded batch: at most half a segment, so the relocation record always fits.
         let budget = self.opts.clean_batch_bytes.min(self.geo.seg_bytes() / 2);

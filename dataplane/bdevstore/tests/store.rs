@@ -1,0 +1,244 @@
+//! Deterministic bdevstore tests: cleaner and checkpoints under overwrite load, corruption
+//! detection (data, journal, checkpoint/index), no-space handling, refusal of a null device,
+//! clean remount.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+
+use carmine_bdevstore::{format, fsck, BdevStore, MountOptions};
+use carmine_objectstore::device::{FileDevice, NullDevice};
+use carmine_objectstore::testkit::{compare, Model};
+use carmine_objectstore::{drive, CollectionId, ObjectId, ObjectStore, StoreError, Transaction};
+
+const C: CollectionId = CollectionId(1);
+
+fn pattern(i: u64, n: usize) -> Vec<u8> {
+    (0..n).map(|j| (i as usize * 31 + j * 7) as u8).collect()
+}
+
+fn setup(store: &mut impl ObjectStore, model: &mut Model) {
+    let mut t = Transaction::new();
+    t.create_collection(C);
+    drive::commit(store, t.clone()).unwrap();
+    model.apply(&t).unwrap();
+}
+
+/// Overwrite a small working set many times: the log wraps, the cleaner relocates, segments are
+/// freed after checkpoints, and the state still matches the model, also after remount.
+#[test]
+fn cleaner_reclaims_under_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dev");
+    let mut s = common::fresh(&path, 1);
+    let mut m = Model::default();
+    setup(&mut s, &mut m);
+    let segs = s.geometry().nsegs as u64;
+    // ~6x the partition's segment area in total.
+    let rounds = segs * 32 * 6 / 2;
+    for i in 0..rounds {
+        let mut t = Transaction::new();
+        if i % 5 == 0 && i < 600 {
+            // Cold objects, never overwritten: segments keep some live data, so the cleaner
+            // must relocate it.
+            t.write(C, &ObjectId::from(format!("cold{i}").as_str()), 0, &pattern(i, 3000));
+        }
+        let oid = ObjectId::from(format!("o{}", i % 16).as_str());
+        t.write(C, &oid, (i * 4096 * 3) % (64 * 1024), &pattern(i, 8192));
+        if i % 7 == 0 {
+            t.set_attr(C, &oid, "v", &i.to_le_bytes());
+        }
+        drive::commit(&mut s, t.clone()).unwrap();
+        m.apply(&t).unwrap();
+    }
+    compare(&mut s, &m).unwrap();
+    let st = s.stats().clone();
+    assert!(st.segments_freed > 0, "{st:?}");
+    assert!(st.checkpoints > 0 && st.relocated_bytes > 0, "{st:?}");
+    println!("stats: {st:?}");
+    drop(s);
+    let mut d = common::open_dev(&path);
+    let r = fsck(&mut d, 1).unwrap();
+    assert!(r.is_clean(), "{:?}", r.errors);
+    assert!(r.chunks_verified > 0);
+    let mut s = BdevStore::mount(d, common::busy_opts(1)).unwrap();
+    compare(&mut s, &m).unwrap();
+}
+
+/// Build a store with some data, shut it down cleanly, return the path and model.
+fn populated(dir: &tempfile::TempDir, shutdown: bool) -> (std::path::PathBuf, Model) {
+    let path = dir.path().join("dev");
+    let mut d = common::open_dev(&path);
+    format(&mut d, &common::small_format()).unwrap();
+    let opts = MountOptions { shard: 0, ..MountOptions::default() };
+    let mut s = BdevStore::mount(d, opts).unwrap();
+    let mut m = Model::default();
+    setup(&mut s, &mut m);
+    for i in 0..12u64 {
+        let mut t = Transaction::new();
+        t.write(C, &ObjectId::from(format!("obj{i}").as_str()), 0, &pattern(i, 5000));
+        drive::commit(&mut s, t.clone()).unwrap();
+        m.apply(&t).unwrap();
+    }
+    if shutdown {
+        s.shutdown().unwrap();
+    }
+    (path, m)
+}
+
+fn flip(path: &std::path::Path, byte_off: u64) {
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, byte_off).unwrap();
+    b[0] ^= 0x5a;
+    f.write_all_at(&b, byte_off).unwrap();
+}
+
+fn part0_seg_area_byte(geo_blocks: u64) -> u64 {
+    // Partition 0 starts at store block 1; the segment area after 2 slots of 64 blocks.
+    (1 + 2 * 64 + geo_blocks) * 4096
+}
+
+#[test]
+fn clean_remount_after_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, m) = populated(&dir, true);
+    let mut d = common::open_dev(&path);
+    let r = fsck(&mut d, 0).unwrap();
+    assert!(r.is_clean(), "{:?}", r.errors);
+    // The shutdown checkpoint covers everything: nothing to replay.
+    assert_eq!(r.records_replayed, 0);
+    let mut s = BdevStore::mount(d, MountOptions::default()).unwrap();
+    compare(&mut s, &m).unwrap();
+    // The other shard is untouched and empty.
+    let d = s.shutdown().unwrap();
+    let mut s1 = BdevStore::mount(d, MountOptions { shard: 1, ..MountOptions::default() }).unwrap();
+    assert!(s1.list_collections().is_empty());
+    drive::commit(&mut s1, Transaction::new().create_collection(C).clone()).unwrap();
+}
+
+#[test]
+fn data_corruption_is_detected_by_read_and_fsck() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _m) = populated(&dir, true);
+    // Record 0 (block 0) creates the collection; record 1 (blocks 1-2) writes obj0.
+    flip(&path, part0_seg_area_byte(2) + 100);
+    let mut d = common::open_dev(&path);
+    let r = fsck(&mut d, 0).unwrap();
+    assert!(r.errors.iter().any(|e| e.contains("data checksum")), "{:?}", r.errors);
+    let mut s = BdevStore::mount(d, MountOptions::default()).unwrap();
+    let got = drive::read(&mut s, C, &ObjectId::from("obj0"), 0, 5000);
+    assert!(matches!(got, Err(StoreError::Checksum { .. })), "{got:?}");
+    // Other objects still read fine.
+    assert_eq!(drive::read(&mut s, C, &ObjectId::from("obj5"), 0, 5000).unwrap(), pattern(5, 5000));
+}
+
+#[test]
+fn journal_corruption_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not shut down: records must be replayed from the journal.
+    let (path, _m) = populated(&dir, false);
+    let mut d = common::open_dev(&path);
+    assert!(fsck(&mut d, 0).unwrap().is_clean());
+    // Corrupt the header of the 3rd record. Record 0 (create) is one block; each later one is
+    // a header block + 2 data blocks: record 1 at block 1, record 2 at block 4.
+    flip(&path, part0_seg_area_byte(4) + 20);
+    let mut d = common::open_dev(&path);
+    let r = fsck(&mut d, 0).unwrap();
+    assert!(r.errors.iter().any(|e| e.contains("beyond the log end")), "{:?}", r.errors);
+    let m = BdevStore::mount(d, MountOptions::default());
+    assert!(matches!(m, Err(StoreError::Corrupt(_))), "mount must refuse a cut log");
+}
+
+#[test]
+fn checkpoint_corruption_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _m) = populated(&dir, true);
+    // The shutdown checkpoint went to slot B (generation 2): body at partition block 65.
+    flip(&path, (1 + 64 + 1) * 4096 + 10);
+    let mut d = common::open_dev(&path);
+    let r = fsck(&mut d, 0).unwrap();
+    assert!(r.errors.iter().any(|e| e.contains("checksum")), "{:?}", r.errors);
+    let m = BdevStore::mount(d, MountOptions::default());
+    assert!(matches!(m, Err(StoreError::Checksum { .. })));
+}
+
+#[test]
+fn no_space_leaves_store_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dev");
+    let mut s = common::fresh(&path, 0);
+    let mut m = Model::default();
+    setup(&mut s, &mut m);
+    let mut hit = false;
+    for i in 0..2000u64 {
+        let mut t = Transaction::new();
+        let oid = ObjectId::from(format!("big{i}").as_str());
+        t.write(C, &oid, 0, &pattern(i, 64 * 1024));
+        t.set_attr(C, &oid, "n", b"1");
+        match drive::commit(&mut s, t.clone()) {
+            Ok(()) => m.apply(&t).unwrap(),
+            Err(StoreError::NoSpace) => {
+                hit = true;
+                break;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(hit, "partition never filled");
+    compare(&mut s, &m).unwrap();
+    // Removes still work on a full store, and space comes back.
+    for i in 0..4u64 {
+        let mut t = Transaction::new();
+        t.remove(C, &ObjectId::from(format!("big{i}").as_str()));
+        drive::commit(&mut s, t.clone()).unwrap();
+        m.apply(&t).unwrap();
+    }
+    let mut t = Transaction::new();
+    t.write(C, &ObjectId::from("after"), 0, &pattern(9, 64 * 1024));
+    let mut ok = false;
+    for _ in 0..20 {
+        // The cleaner and a checkpoint may need a few rounds to free segments.
+        if drive::commit(&mut s, t.clone()).is_ok() {
+            ok = true;
+            m.apply(&t).unwrap();
+            break;
+        }
+        let mut out = Vec::new();
+        drive::drain(&mut s, &mut out).unwrap();
+    }
+    assert!(ok, "space did not come back after removes");
+    compare(&mut s, &m).unwrap();
+    drop(s);
+    let mut d = common::open_dev(&path);
+    assert!(fsck(&mut d, 0).unwrap().is_clean());
+    let mut s = BdevStore::mount(d, common::busy_opts(0)).unwrap();
+    compare(&mut s, &m).unwrap();
+}
+
+#[test]
+fn null_device_is_refused_for_durable_use() {
+    let dev = NullDevice::new(512, 1 << 16);
+    let r = BdevStore::mount(dev, MountOptions::default());
+    assert!(matches!(r, Err(StoreError::NotDurable)));
+}
+
+#[test]
+fn works_on_512_byte_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dev512");
+    let mut d = FileDevice::open(&path, 512, 8 * 2048).unwrap();
+    d.set_sync(false);
+    format(&mut d, &common::small_format()).unwrap();
+    let mut s = BdevStore::mount(d, MountOptions { shard: 1, ..MountOptions::default() }).unwrap();
+    let mut m = Model::default();
+    setup(&mut s, &mut m);
+    let mut t = Transaction::new();
+    t.write(C, &ObjectId::from("x"), 1000, &pattern(3, 10_000));
+    drive::commit(&mut s, t.clone()).unwrap();
+    m.apply(&t).unwrap();
+    let mut d = s.shutdown().unwrap();
+    assert!(fsck(&mut d, 1).unwrap().is_clean());
+    let mut s = BdevStore::mount(d, MountOptions { shard: 1, ..MountOptions::default() }).unwrap();
+    compare(&mut s, &m).unwrap();
+}
