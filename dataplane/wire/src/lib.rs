@@ -16,6 +16,8 @@
 //!   typestate machines ([`ClientHandshake`] …, [`ServerHandshake`] …).
 //! - [`op`]: object operations ([`OpRequest`], [`Op`]) and replies ([`OpReply`],
 //!   [`ReplyBody`], [`OpError`]).
+//! - [`server`]: [`ServerConn`], the server side of one connection without I/O (decoder +
+//!   handshake + op dispatch) for the OSD messenger: bytes in, events and frames out.
 //!
 //! ## Invariants
 //!
@@ -70,6 +72,7 @@ pub mod handshake;
 pub mod limits;
 pub mod message;
 pub mod op;
+pub mod server;
 
 pub use error::{DecodeError, EncodeError, FrameError, MessageError};
 pub use frame::{
@@ -87,3 +90,4 @@ pub use op::{
     Epoch, ListPage, NameIter, NameList, Op, OpError, OpKind, OpReply, OpRequest, PgId, PoolId,
     ReplyBody, ResultCode,
 };
+pub use server::{ConnError, Keyring, ServerConn, ServerError, ServerEvent};
