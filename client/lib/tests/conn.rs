@@ -1,6 +1,6 @@
 //! The connection layer against a scripted protocol peer on 127.0.0.1. The peer is test
-//! scaffolding, not an OSD: it runs the real server handshake of `carmine-wire` and then
-//! answers ops by a per-test script, so each test can make the server reorder, refuse, stall
+//! scaffolding, not an OSD: it runs `carmine_wire::ServerConn` (the server side of the protocol
+//! the OSD messenger uses, real handshake included) and answers ops by a per-test script, so each test can make the server reorder, refuse, stall
 //! or send garbage. Every test is bounded by a timeout; peers are aborted by a Drop guard.
 
 use std::collections::HashMap;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use carmine_client::*;
 use carmine_wire::{
     Encoder, FrameDecoder, HandshakeError, ListPage, Message, NameList, Nonce, OpKind, OpReply,
-    RejectReason, ReplyBody, ServerHandshake, VersionRange, VERSION_MIN,
+    RejectReason, ReplyBody, ServerConn, ServerEvent, ServerHandshake, VersionRange, VERSION_MIN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -94,93 +94,99 @@ struct Req {
     object: String,
 }
 
+/// The peer: `ServerConn` (the sans-I/O server side the OSD messenger uses) over a socket.
 async fn serve(s: &mut TcpStream, script: Script) {
-    let keys: HashMap<&str, AuthKey> = HashMap::from([(ID, AuthKey::new(KEY))]);
-    let mut dec = FrameDecoder::new(L);
-    let hs = ServerHandshake::new(Nonce::random().unwrap(), L);
-    let awaiting = read_msg(s, &mut dec, |_, m| hs.on_message(m))
-        .await
-        .unwrap();
-    let Ok(awaiting) = awaiting else { return };
-    let v = awaiting.version();
-    send(s, v, 0, &Message::Challenge(awaiting.challenge())).await;
-    let key = keys.get(awaiting.client_id()).cloned();
-    let verdict = read_msg(s, &mut dec, |_, m| awaiting.on_message(m, key.as_ref()))
-        .await
-        .unwrap();
-    match verdict {
-        Ok((_, ok)) => send(s, v, 0, &Message::AuthOk(ok)).await,
-        Err(e) => {
-            send(s, v, 0, &Message::AuthReject(e.reject().unwrap())).await;
-            return;
-        }
-    }
-    dec.set_negotiated_version(v);
-    if let Script::Hangup = script {
-        return;
-    }
+    let keys: HashMap<String, AuthKey> = HashMap::from([(ID.to_owned(), AuthKey::new(KEY))]);
+    let mut conn = ServerConn::new(Nonce::random().unwrap(), L);
+    let mut out = vec![0u8; 256];
     let mut held = Vec::new();
     loop {
-        let req = read_msg(s, &mut dec, |tid, m| match m {
-            Message::OpRequest(r) => Req {
-                tid,
-                kind: r.op.kind(),
-                object: r.op.object().unwrap_or("").to_owned(),
-            },
-            other => panic!("peer got {other:?}"),
-        })
-        .await;
-        let Some(req) = req else { return };
-        match script {
-            Script::Reverse(n) => {
-                held.push(req);
-                if held.len() == n {
-                    for r in held.drain(..).rev() {
-                        // A read answers with the object name, a stat with its length, so the
-                        // test can tell which reply went to which call.
-                        let reply = match r.kind {
-                            OpKind::Read => OpReply::ok(ReplyBody::Read {
-                                data: r.object.as_bytes(),
-                            }),
-                            OpKind::Stat => OpReply::ok(ReplyBody::Stat {
-                                size: r.object.len() as u64,
-                            }),
-                            OpKind::List => {
-                                let names = ["a", "b"];
-                                let reply = OpReply::ok(ReplyBody::List(ListPage {
-                                    names: NameList::from_slice(&names),
-                                    next_cursor: Some(b"b"),
-                                }));
-                                send(s, v, r.tid, &Message::OpReply(reply)).await;
-                                continue;
-                            }
-                            OpKind::Write => OpReply::ok(ReplyBody::Written),
-                            OpKind::WriteFull => OpReply::ok(ReplyBody::WrittenFull),
-                            OpKind::Remove => OpReply::ok(ReplyBody::Removed),
-                        };
-                        send(s, v, r.tid, &Message::OpReply(reply)).await;
+        loop {
+            let req = match conn.poll(&keys, &mut out) {
+                Ok(None) => break,
+                Ok(Some(ServerEvent::Send(n))) => {
+                    s.write_all(&out[..n]).await.unwrap();
+                    continue;
+                }
+                Ok(Some(ServerEvent::Authenticated(n))) => {
+                    s.write_all(&out[..n]).await.unwrap();
+                    if let Script::Hangup = script {
+                        return;
                     }
+                    continue;
                 }
-            }
-            Script::Fail(e) => send(s, v, req.tid, &Message::OpReply(OpReply::err(e))).await,
-            Script::Silent | Script::Hangup => {}
-            Script::Garbage => {
-                s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
-                    .await
-                    .unwrap();
-            }
-            Script::SlowFirst(delay) => {
-                if req.tid == 1 {
-                    tokio::time::sleep(delay).await;
+                Ok(Some(ServerEvent::Op { tid, request })) => Req {
+                    tid,
+                    kind: request.op.kind(),
+                    object: request.op.object().unwrap_or("").to_owned(),
+                },
+                Err(e) => {
+                    let _ = s.write_all(&out[..e.farewell]).await;
+                    return;
                 }
-                let size = req.object.len() as u64;
-                let reply = OpReply::ok(ReplyBody::Stat { size });
-                send(s, v, req.tid, &Message::OpReply(reply)).await;
+            };
+            act(s, &conn, script, req, &mut held).await;
+        }
+        let n = s.read(conn.decoder().read_buf()).await.unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        conn.decoder().advance(n);
+    }
+}
+
+async fn reply(s: &mut TcpStream, conn: &ServerConn, tid: u64, r: &OpReply<'_>) {
+    let mut buf = vec![0u8; 64 << 10];
+    let n = conn.encode_reply(tid, r, &mut buf).unwrap();
+    s.write_all(&buf[..n]).await.unwrap();
+}
+
+/// What the script does with one request.
+async fn act(s: &mut TcpStream, conn: &ServerConn, script: Script, req: Req, held: &mut Vec<Req>) {
+    match script {
+        Script::Reverse(n) => {
+            held.push(req);
+            if held.len() < n {
+                return;
             }
-            Script::WrongKind => {
-                let reply = OpReply::ok(ReplyBody::Stat { size: 1 });
-                send(s, v, req.tid, &Message::OpReply(reply)).await;
+            for r in held.drain(..).rev() {
+                // A read answers with the object name, a stat with its length, so the test
+                // can tell which reply went to which call.
+                let names = ["a", "b"];
+                let answer = match r.kind {
+                    OpKind::Read => OpReply::ok(ReplyBody::Read {
+                        data: r.object.as_bytes(),
+                    }),
+                    OpKind::Stat => OpReply::ok(ReplyBody::Stat {
+                        size: r.object.len() as u64,
+                    }),
+                    OpKind::List => OpReply::ok(ReplyBody::List(ListPage {
+                        names: NameList::from_slice(&names),
+                        next_cursor: Some(b"b"),
+                    })),
+                    OpKind::Write => OpReply::ok(ReplyBody::Written),
+                    OpKind::WriteFull => OpReply::ok(ReplyBody::WrittenFull),
+                    OpKind::Remove => OpReply::ok(ReplyBody::Removed),
+                };
+                reply(s, conn, r.tid, &answer).await;
             }
+        }
+        Script::Fail(e) => reply(s, conn, req.tid, &OpReply::err(e)).await,
+        Script::Silent | Script::Hangup => {}
+        Script::Garbage => {
+            s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                .await
+                .unwrap();
+        }
+        Script::SlowFirst(delay) => {
+            if req.tid == 1 {
+                tokio::time::sleep(delay).await;
+            }
+            let size = req.object.len() as u64;
+            reply(s, conn, req.tid, &OpReply::ok(ReplyBody::Stat { size })).await;
+        }
+        Script::WrongKind => {
+            reply(s, conn, req.tid, &OpReply::ok(ReplyBody::Stat { size: 1 })).await;
         }
     }
 }
