@@ -81,6 +81,22 @@ fn main() -> Result<(), BoxErr> {
         SmolStack::new(dev, cfg, Some(fd)).map_err(|e| e.to_string())
     })?;
 
+    if std::env::var_os("CARMINE_NETBENCH_DEBUG").is_some() {
+        for (ns, dev) in [(&veth.server_ns, SERVER_IF), (&veth.client_ns, "vc")] {
+            let out = std::process::Command::new("ip")
+                .args(["-n", ns, "-s", "link", "show", dev])
+                .output()?;
+            eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+        }
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &veth.client_ns, "nstat", "-az"])
+            .output()?;
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            if l.split_whitespace().nth(1).is_some_and(|v| v != "0") {
+                eprintln!("client {l}");
+            }
+        }
+    }
     veth.add_server_kernel_ip(KERNEL_IP)?;
     let ns = veth.server_ns.clone();
     let kernel = run_phase(&args, idle, &veth, KERNEL_IP, move || {
@@ -242,6 +258,9 @@ fn rr_phase(
 /// One connection streaming for `d` (server→client, or client→server when `upload`).
 fn bulk(addr: SocketAddr, d: Duration, upload: bool) -> Result<f64, String> {
     let mut s = connect(addr)?;
+    if let Some(b) = std::env::var("CARMINE_NETBENCH_RCVBUF").ok().and_then(|v| v.parse().ok()) {
+        let _ = socket2::SockRef::from(&s).set_recv_buffer_size(b);
+    }
     let mut hdr = vec![if upload { b'U' } else { b'D' }];
     hdr.extend_from_slice(&(1u64 << 50).to_le_bytes());
     if !upload {
