@@ -18,7 +18,9 @@ pub const FRAME_OVERHEAD: u64 = 16;
 const DECODE_LIMIT: u64 = 1 << 30;
 
 pub(crate) fn codec() -> impl Options {
-    bincode::DefaultOptions::new().with_fixint_encoding().with_little_endian()
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_little_endian()
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {

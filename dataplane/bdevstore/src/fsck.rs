@@ -50,16 +50,19 @@ pub fn fsck<D: BlockDevice>(dev: &mut D, shard: usize) -> Result<FsckReport, Sto
     for (cid, objs) in &idx.colls {
         for (oid, id) in objs {
             if !referenced.insert(*id) {
-                r.errors.push(format!("onode {id} referenced twice ({cid:?}/{oid:?})"));
+                r.errors
+                    .push(format!("onode {id} referenced twice ({cid:?}/{oid:?})"));
             }
             if !idx.onodes.contains_key(id) {
-                r.errors.push(format!("{cid:?}/{oid:?} points at missing onode {id}"));
+                r.errors
+                    .push(format!("{cid:?}/{oid:?} points at missing onode {id}"));
             }
         }
     }
     for id in idx.onodes.keys() {
         if !referenced.contains(id) {
-            r.errors.push(format!("onode {id} is not referenced by any collection"));
+            r.errors
+                .push(format!("onode {id} is not referenced by any collection"));
         }
     }
     r.objects = idx.onodes.len() as u64;
@@ -69,24 +72,36 @@ pub fn fsck<D: BlockDevice>(dev: &mut D, shard: usize) -> Result<FsckReport, Sto
         for (&off, e) in &o.extents {
             r.extents += 1;
             if off < prev_end {
-                r.errors.push(format!("onode {id}: extent at {off} overlaps the previous one"));
+                r.errors.push(format!(
+                    "onode {id}: extent at {off} overlaps the previous one"
+                ));
             }
             prev_end = off + e.len;
             if off + e.len > o.size {
-                r.errors.push(format!("onode {id}: extent at {off} ends past the size {}", o.size));
+                r.errors.push(format!(
+                    "onode {id}: extent at {off} ends past the size {}",
+                    o.size
+                ));
             }
             if e.skip as u64 + e.len > e.chunk.len as u64 || e.len == 0 {
-                r.errors.push(format!("onode {id}: extent at {off} outside its chunk"));
+                r.errors
+                    .push(format!("onode {id}: extent at {off} outside its chunk"));
             }
             let blocks = blocks_for(e.chunk.len as u64);
             let seg = geo.seg_of(e.chunk.lba);
             if seg.is_none() || seg != geo.seg_of(e.chunk.lba + blocks.max(1) - 1) {
-                r.errors.push(format!("onode {id}: chunk at block {} outside one segment", e.chunk.lba));
+                r.errors.push(format!(
+                    "onode {id}: chunk at block {} outside one segment",
+                    e.chunk.lba
+                ));
                 continue;
             }
             if let Some(s) = seg {
                 if !l.used[s as usize] {
-                    r.errors.push(format!("onode {id}: chunk at block {} in a free segment", e.chunk.lba));
+                    r.errors.push(format!(
+                        "onode {id}: chunk at block {} in a free segment",
+                        e.chunk.lba
+                    ));
                 }
             }
             let ok = match verified.get(&e.chunk.lba) {
@@ -97,7 +112,10 @@ pub fn fsck<D: BlockDevice>(dev: &mut D, shard: usize) -> Result<FsckReport, Sto
                     r.chunks_verified += 1;
                     verified.insert(e.chunk.lba, ok);
                     if !ok {
-                        r.errors.push(format!("data checksum mismatch in chunk at block {} (onode {id})", e.chunk.lba));
+                        r.errors.push(format!(
+                            "data checksum mismatch in chunk at block {} (onode {id})",
+                            e.chunk.lba
+                        ));
                     }
                     ok
                 }

@@ -44,14 +44,45 @@ pub enum LOp {
     RemoveColl(CollectionId),
     Touch(CollectionId, ObjectId),
     /// `chunk.len == 0`: a write of no bytes (only extends the size to `off`).
-    Write { cid: CollectionId, oid: ObjectId, off: u64, chunk: ChunkRef },
-    Zero { cid: CollectionId, oid: ObjectId, off: u64, len: u64 },
-    Truncate { cid: CollectionId, oid: ObjectId, size: u64 },
+    Write {
+        cid: CollectionId,
+        oid: ObjectId,
+        off: u64,
+        chunk: ChunkRef,
+    },
+    Zero {
+        cid: CollectionId,
+        oid: ObjectId,
+        off: u64,
+        len: u64,
+    },
+    Truncate {
+        cid: CollectionId,
+        oid: ObjectId,
+        size: u64,
+    },
     Remove(CollectionId, ObjectId),
-    SetAttr { cid: CollectionId, oid: ObjectId, name: String, value: Vec<u8> },
-    RmAttr { cid: CollectionId, oid: ObjectId, name: String },
-    OmapSet { cid: CollectionId, oid: ObjectId, entries: Vec<(Vec<u8>, Vec<u8>)> },
-    OmapRm { cid: CollectionId, oid: ObjectId, keys: Vec<Vec<u8>> },
+    SetAttr {
+        cid: CollectionId,
+        oid: ObjectId,
+        name: String,
+        value: Vec<u8>,
+    },
+    RmAttr {
+        cid: CollectionId,
+        oid: ObjectId,
+        name: String,
+    },
+    OmapSet {
+        cid: CollectionId,
+        oid: ObjectId,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    OmapRm {
+        cid: CollectionId,
+        oid: ObjectId,
+        keys: Vec<Vec<u8>>,
+    },
 }
 
 /// The cleaner moved an extent; applies only if the extent is still exactly `old`.
@@ -144,13 +175,19 @@ fn punch(o: &mut Onode, acct: &mut Accounting, id: u64, off: u64, len: u64) {
     }
     keys.extend(o.extents.range(off..end).map(|(k, _)| *k));
     for k in keys {
-        let Some(e) = remove_ext(o, acct, id, k) else { continue };
+        let Some(e) = remove_ext(o, acct, id, k) else {
+            continue;
+        };
         if k < off {
             insert_ext(o, acct, id, k, Extent { len: off - k, ..e });
         }
         if k + e.len > end {
             let cut = end - k;
-            let right = Extent { len: k + e.len - end, skip: e.skip + cut as u32, chunk: e.chunk };
+            let right = Extent {
+                len: k + e.len - end,
+                skip: e.skip + cut as u32,
+                chunk: e.chunk,
+            };
             insert_ext(o, acct, id, end, right);
         }
     }
@@ -214,35 +251,64 @@ impl Index {
             LOp::Touch(cid, oid) => {
                 self.onode_mut(*cid, oid);
             }
-            LOp::Write { cid, oid, off, chunk } => {
+            LOp::Write {
+                cid,
+                oid,
+                off,
+                chunk,
+            } => {
                 let (id, _) = self.onode_mut(*cid, oid);
                 let len = chunk.len as u64;
                 let acct = &mut self.acct;
-                let Some(o) = self.onodes.get_mut(&id) else { return };
+                let Some(o) = self.onodes.get_mut(&id) else {
+                    return;
+                };
                 if len > 0 {
                     punch(o, acct, id, *off, len);
-                    insert_ext(o, acct, id, *off, Extent { len, skip: 0, chunk: *chunk });
+                    insert_ext(
+                        o,
+                        acct,
+                        id,
+                        *off,
+                        Extent {
+                            len,
+                            skip: 0,
+                            chunk: *chunk,
+                        },
+                    );
                 }
                 o.size = o.size.max(off + len);
             }
             LOp::Zero { cid, oid, off, len } => {
                 let (id, _) = self.onode_mut(*cid, oid);
                 let acct = &mut self.acct;
-                let Some(o) = self.onodes.get_mut(&id) else { return };
+                let Some(o) = self.onodes.get_mut(&id) else {
+                    return;
+                };
                 punch(o, acct, id, *off, *len);
                 o.size = o.size.max(off + len);
             }
             LOp::Truncate { cid, oid, size } => {
                 let (id, _) = self.onode_mut(*cid, oid);
                 let acct = &mut self.acct;
-                let Some(o) = self.onodes.get_mut(&id) else { return };
+                let Some(o) = self.onodes.get_mut(&id) else {
+                    return;
+                };
                 if *size < o.size {
                     punch(o, acct, id, *size, u64::MAX - *size);
                 }
                 o.size = *size;
             }
-            LOp::SetAttr { cid, oid, name, value } => {
-                self.onode_mut(*cid, oid).1.attrs.insert(name.clone(), value.clone());
+            LOp::SetAttr {
+                cid,
+                oid,
+                name,
+                value,
+            } => {
+                self.onode_mut(*cid, oid)
+                    .1
+                    .attrs
+                    .insert(name.clone(), value.clone());
             }
             LOp::RmAttr { cid, oid, name } => {
                 self.onode_mut(*cid, oid).1.attrs.remove(name);
@@ -273,12 +339,24 @@ impl Index {
     /// Apply a relocation if the extent is unchanged since the cleaner read it.
     pub fn apply_reloc(&mut self, r: &Reloc) -> bool {
         let acct = &mut self.acct;
-        let Some(o) = self.onodes.get_mut(&r.onode) else { return false };
+        let Some(o) = self.onodes.get_mut(&r.onode) else {
+            return false;
+        };
         if o.extents.get(&r.off) != Some(&r.old) {
             return false;
         }
         remove_ext(o, acct, r.onode, r.off);
-        insert_ext(o, acct, r.onode, r.off, Extent { len: r.old.len, skip: 0, chunk: r.new });
+        insert_ext(
+            o,
+            acct,
+            r.onode,
+            r.off,
+            Extent {
+                len: r.old.len,
+                skip: 0,
+                chunk: r.new,
+            },
+        );
         true
     }
 

@@ -30,7 +30,11 @@ pub struct FormatOptions {
 
 impl Default for FormatOptions {
     fn default() -> Self {
-        FormatOptions { shards: 1, seg_blocks: 1024, slot_blocks: 4096 }
+        FormatOptions {
+            shards: 1,
+            seg_blocks: 1024,
+            slot_blocks: 4096,
+        }
     }
 }
 
@@ -51,11 +55,15 @@ fn wait_one<D: BlockDevice>(dev: &mut D) -> Result<Option<D::Buf>, StoreError> {
             return Ok(c.buf);
         }
         if !out.is_empty() {
-            return Err(StoreError::Failed("unexpected device completion during boot I/O".into()));
+            return Err(StoreError::Failed(
+                "unexpected device completion during boot I/O".into(),
+            ));
         }
         std::hint::spin_loop();
     }
-    Err(StoreError::Failed("device did not complete a boot I/O".into()))
+    Err(StoreError::Failed(
+        "device did not complete a boot I/O".into(),
+    ))
 }
 
 /// Read `blocks` store blocks at partition block `rel` (device-absolute if `geo` is `None`).
@@ -95,13 +103,28 @@ fn random_u64() -> u64 {
     // RandomState is seeded from the OS per process; good enough for a format uuid.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(std::process::id() as u64);
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     h.finish()
 }
 
 /// Encode a checkpoint (header block + body) into one byte vector.
-pub(crate) fn encode_checkpoint(uuid: u64, generation: u64, start: LogPos, body: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let hdr = CkptHeader { uuid, generation, body_len: body.len() as u64, body_crc: crc32c::crc32c(body), start };
+pub(crate) fn encode_checkpoint(
+    uuid: u64,
+    generation: u64,
+    start: LogPos,
+    body: &[u8],
+) -> (Vec<u8>, Vec<u8>) {
+    let hdr = CkptHeader {
+        uuid,
+        generation,
+        body_len: body.len() as u64,
+        body_crc: crc32c::crc32c(body),
+        start,
+    };
     let payload = encode(&hdr);
     let mut h = vec![0u8; BLOCK as usize];
     frame(CKPT_MAGIC, &payload, &mut h);
@@ -114,7 +137,9 @@ pub(crate) fn encode_checkpoint(uuid: u64, generation: u64, start: LogPos, body:
 pub fn format<D: BlockDevice>(dev: &mut D, opts: &FormatOptions) -> Result<Superblock, StoreError> {
     let bs = dev.block_size() as u64;
     if bs == 0 || BLOCK % bs != 0 {
-        return Err(StoreError::InvalidArgument(format!("device block size {bs} does not divide 4096")));
+        return Err(StoreError::InvalidArgument(format!(
+            "device block size {bs} does not divide 4096"
+        )));
     }
     let store_blocks = dev.block_count() * bs / BLOCK;
     let shards = opts.shards.max(1) as u64;
@@ -141,8 +166,17 @@ pub fn format<D: BlockDevice>(dev: &mut D, opts: &FormatOptions) -> Result<Super
             .ok_or_else(|| StoreError::Corrupt("bad partition table".into()))?;
         let mut index = Index::default();
         index.rebuild_accounting(&geo);
-        let body = encode(&CkptBody { index, seg_seqs: Vec::new() });
-        let start = LogPos { seg: 0, block: 0, seq: 1, seg_seq: 1, prev_crc: 0 };
+        let body = encode(&CkptBody {
+            index,
+            seg_seqs: Vec::new(),
+        });
+        let start = LogPos {
+            seg: 0,
+            block: 0,
+            seq: 1,
+            seg_seq: 1,
+            prev_crc: 0,
+        };
         let (h, b) = encode_checkpoint(sb.uuid, 1, start, &body);
         sync_write(dev, Some(&geo), 1, &b)?;
         sync_write(dev, Some(&geo), 0, &h)?;
@@ -153,13 +187,20 @@ pub fn format<D: BlockDevice>(dev: &mut D, opts: &FormatOptions) -> Result<Super
     Ok(sb)
 }
 
-pub(crate) fn read_superblock<D: BlockDevice>(dev: &mut D, shard: usize) -> Result<Geometry, StoreError> {
+pub(crate) fn read_superblock<D: BlockDevice>(
+    dev: &mut D,
+    shard: usize,
+) -> Result<Geometry, StoreError> {
     let buf = sync_read(dev, None, 0, 1)?;
     let (payload, _) = unframe(SB_MAGIC, buf.as_slice())
         .ok_or_else(|| StoreError::Corrupt("no valid superblock".into()))?;
-    let sb: Superblock = decode(payload).ok_or_else(|| StoreError::Corrupt("superblock undecodable".into()))?;
+    let sb: Superblock =
+        decode(payload).ok_or_else(|| StoreError::Corrupt("superblock undecodable".into()))?;
     if sb.version != FORMAT_VERSION {
-        return Err(StoreError::Corrupt(format!("format version {} unsupported", sb.version)));
+        return Err(StoreError::Corrupt(format!(
+            "format version {} unsupported",
+            sb.version
+        )));
     }
     Geometry::from_superblock(&sb, shard, dev.block_size())
         .ok_or_else(|| StoreError::NotFound(format!("shard {shard} has no partition")))
@@ -192,9 +233,17 @@ fn parse_record(
     rec_lba: u64,
     expect: &LogPos,
 ) -> Result<Option<(RecordHeader, u32)>, ()> {
-    let Some((payload, crc)) = unframe(REC_MAGIC, &buf[off..]) else { return Ok(None) };
-    let Some(h): Option<RecordHeader> = decode(payload) else { return Ok(None) };
-    if h.uuid != geo.uuid || h.seq != expect.seq || h.prev_crc != expect.prev_crc || h.seg_seq != expect.seg_seq {
+    let Some((payload, crc)) = unframe(REC_MAGIC, &buf[off..]) else {
+        return Ok(None);
+    };
+    let Some(h): Option<RecordHeader> = decode(payload) else {
+        return Ok(None);
+    };
+    if h.uuid != geo.uuid
+        || h.seq != expect.seq
+        || h.prev_crc != expect.prev_crc
+        || h.seg_seq != expect.seg_seq
+    {
         return Ok(None);
     }
     let total = (h.header_blocks as u64 + h.data_blocks as u64) * BLOCK;
@@ -217,7 +266,8 @@ fn parse_record(
         for c in chunks {
             let start = c.lba.checked_sub(base).map(|d| off as u64 + d * BLOCK);
             let ok = start.is_some_and(|s| {
-                buf.get(s as usize..s as usize + c.len as usize).is_some_and(|d| crc32c::crc32c(d) == c.crc)
+                buf.get(s as usize..s as usize + c.len as usize)
+                    .is_some_and(|d| crc32c::crc32c(d) == c.crc)
             });
             if !ok {
                 return Err(());
@@ -228,7 +278,10 @@ fn parse_record(
 }
 
 /// Read the first record header of every segment: the candidates for "the next segment".
-fn first_headers<D: BlockDevice>(dev: &mut D, geo: &Geometry) -> Result<HashMap<u64, Vec<u32>>, StoreError> {
+fn first_headers<D: BlockDevice>(
+    dev: &mut D,
+    geo: &Geometry,
+) -> Result<HashMap<u64, Vec<u32>>, StoreError> {
     let mut map: HashMap<u64, Vec<u32>> = HashMap::new();
     for s in 0..geo.nsegs {
         let buf = sync_read(dev, Some(geo), geo.seg_lba(s), 1)?;
@@ -238,7 +291,11 @@ fn first_headers<D: BlockDevice>(dev: &mut D, geo: &Geometry) -> Result<HashMap<
         }
         let len = u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as u64;
         let blocks = blocks_for(len + 16).min(geo.seg_blocks);
-        let full = if blocks > 1 { sync_read(dev, Some(geo), geo.seg_lba(s), blocks)? } else { buf };
+        let full = if blocks > 1 {
+            sync_read(dev, Some(geo), geo.seg_lba(s), blocks)?
+        } else {
+            buf
+        };
         if let Some((p, _)) = unframe(REC_MAGIC, full.as_slice()) {
             if let Some(h) = decode::<RecordHeader>(p) {
                 if h.uuid == geo.uuid {
@@ -260,24 +317,36 @@ pub(crate) fn load<D: BlockDevice>(dev: &mut D, shard: usize) -> Result<Loaded, 
         let buf = sync_read(dev, Some(&geo), slot * geo.slot_blocks, 1)?;
         if let Some((p, _)) = unframe(CKPT_MAGIC, buf.as_slice()) {
             if let Some(h) = decode::<CkptHeader>(p) {
-                if h.uuid == geo.uuid && best.as_ref().is_none_or(|(b, _)| h.generation > b.generation) {
+                if h.uuid == geo.uuid
+                    && best
+                        .as_ref()
+                        .map_or(true, |(b, _)| h.generation > b.generation)
+                {
                     best = Some((h, slot));
                 }
             }
         }
     }
-    let (hdr, slot) = best.ok_or_else(|| StoreError::Corrupt("no valid checkpoint header".into()))?;
+    let (hdr, slot) =
+        best.ok_or_else(|| StoreError::Corrupt("no valid checkpoint header".into()))?;
     let body_blocks = blocks_for(hdr.body_len);
     if 1 + body_blocks > geo.slot_blocks {
-        return Err(StoreError::Corrupt("checkpoint body larger than its slot".into()));
+        return Err(StoreError::Corrupt(
+            "checkpoint body larger than its slot".into(),
+        ));
     }
     let body = sync_read(dev, Some(&geo), slot * geo.slot_blocks + 1, body_blocks)?;
     let body = &body.as_slice()[..hdr.body_len as usize];
     let computed = crc32c::crc32c(body);
     if computed != hdr.body_crc {
-        return Err(StoreError::Checksum { block: slot * geo.slot_blocks + 1, stored: hdr.body_crc, computed });
+        return Err(StoreError::Checksum {
+            block: slot * geo.slot_blocks + 1,
+            stored: hdr.body_crc,
+            computed,
+        });
     }
-    let ck: CkptBody = decode(body).ok_or_else(|| StoreError::Corrupt("checkpoint body undecodable".into()))?;
+    let ck: CkptBody =
+        decode(body).ok_or_else(|| StoreError::Corrupt("checkpoint body undecodable".into()))?;
     let mut index = ck.index;
     index.rebuild_accounting(&geo);
     let n = geo.nsegs as usize;
@@ -289,7 +358,9 @@ pub(crate) fn load<D: BlockDevice>(dev: &mut D, shard: usize) -> Result<Loaded, 
         }
     }
     if hdr.start.seg >= geo.nsegs {
-        return Err(StoreError::Corrupt("checkpoint start outside the segment area".into()));
+        return Err(StoreError::Corrupt(
+            "checkpoint start outside the segment area".into(),
+        ));
     }
 
     let firsts = first_headers(dev, &geo)?;
@@ -340,7 +411,13 @@ pub(crate) fn load<D: BlockDevice>(dev: &mut D, shard: usize) -> Result<Loaded, 
             if s == pos.seg || in_chain[s as usize] {
                 continue;
             }
-            let expect = LogPos { seg: s, block: 0, seq: pos.seq, seg_seq: pos.seg_seq + 1, prev_crc: pos.prev_crc };
+            let expect = LogPos {
+                seg: s,
+                block: 0,
+                seq: pos.seq,
+                seg_seq: pos.seg_seq + 1,
+                prev_crc: pos.prev_crc,
+            };
             let buf = sync_read(dev, Some(&geo), geo.seg_lba(s), geo.seg_blocks)?;
             match parse_record(buf.as_slice(), 0, &geo, geo.seg_lba(s), &expect) {
                 Ok(Some(_)) => next = Some(expect),
@@ -385,7 +462,11 @@ fn check_log_end<D: BlockDevice>(
     firsts: &HashMap<u64, Vec<u32>>,
     wipe: &[u64],
 ) -> Result<(), StoreError> {
-    let later: BTreeMap<u64, &Vec<u32>> = firsts.iter().filter(|(q, _)| **q > end.seq).map(|(q, v)| (*q, v)).collect();
+    let later: BTreeMap<u64, &Vec<u32>> = firsts
+        .iter()
+        .filter(|(q, _)| **q > end.seq)
+        .map(|(q, v)| (*q, v))
+        .collect();
     if let Some((q, segs)) = later.iter().next() {
         return Err(StoreError::Corrupt(format!(
             "journal: record seq {q} in segment {:?} lies beyond the log end (seq {})",

@@ -6,11 +6,13 @@ use std::time::{Duration, Instant};
 
 use carmine_objectstore::device::{BlockDevice, IoBuf, IoCompletion};
 use carmine_objectstore::{
-    validate, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, ObjectStore, Op,
-    StoreError, Ticket, Transaction,
+    validate, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, ObjectStore,
+    OmapEntries, Op, StoreError, Ticket, Transaction,
 };
 
-use crate::format::{blocks_for, encode, encoded_len, frame, Geometry, LogPos, RecordHeader, BLOCK, REC_MAGIC};
+use crate::format::{
+    blocks_for, encode, encoded_len, frame, Geometry, LogPos, RecordHeader, BLOCK, REC_MAGIC,
+};
 use crate::index::{ChunkRef, Entry, Extent, Index, LOp, Reloc};
 use crate::mount::{encode_checkpoint, load, sync_flush, sync_write, CkptBody, Loaded};
 
@@ -40,7 +42,7 @@ impl Default for MountOptions {
             max_record_blocks: 0,
             clean_low_water: 0,
             reserve_segs: 2,
-            clean_batch_bytes: 256 * 1024,
+            clean_batch_bytes: 128 * 1024,
             ckpt_interval_blocks: 0,
         }
     }
@@ -67,8 +69,18 @@ enum Io {
     CkptBodyFlush,
     CkptHdr,
     CkptHdrFlush,
-    Read { op: u64, dest: usize, skip: usize, len: usize, chunk: ChunkRef },
-    Clean { onode: u64, off: u64, ext: Extent },
+    Read {
+        op: u64,
+        dest: usize,
+        skip: usize,
+        len: usize,
+        chunk: ChunkRef,
+    },
+    Clean {
+        onode: u64,
+        off: u64,
+        ext: Extent,
+    },
 }
 
 struct InFlight {
@@ -152,14 +164,20 @@ impl<D: BlockDevice> BdevStore<D> {
         if !l.wipe.is_empty() {
             sync_flush(&mut dev)?;
         }
-        tracing::info!(shard = opts.shard, records = l.records, seq = l.head.seq, "bdevstore mounted");
+        tracing::info!(
+            shard = opts.shard,
+            records = l.records,
+            seq = l.head.seq,
+            "bdevstore mounted"
+        );
         let n = l.geo.nsegs as usize;
         let mut opts = opts;
         if opts.clean_low_water == 0 {
             opts.clean_low_water = (l.geo.nsegs / 8).max(opts.reserve_segs + 2);
         }
         if opts.ckpt_interval_blocks == 0 {
-            opts.ckpt_interval_blocks = (l.geo.nsegs as u64 * l.geo.seg_blocks / 4).max(l.geo.seg_blocks);
+            opts.ckpt_interval_blocks =
+                (l.geo.nsegs as u64 * l.geo.seg_blocks / 4).max(l.geo.seg_blocks);
         }
         let mut used = l.used;
         used[l.head.seg as usize] = true;
@@ -279,7 +297,10 @@ impl<D: BlockDevice> BdevStore<D> {
                     let why = format!("{:?} I/O failed: {e}", c.kind);
                     if let Some(rec) = self.rec.take() {
                         for t in rec.tickets {
-                            self.done.push(Completion { ticket: t, result: Err(StoreError::Io(e.clone())) });
+                            self.done.push(Completion {
+                                ticket: t,
+                                result: Err(StoreError::Io(e.clone())),
+                            });
                         }
                     }
                     self.ckpt.phase = CkptPhase::Idle;
@@ -299,7 +320,10 @@ impl<D: BlockDevice> BdevStore<D> {
                     self.stats.txns_committed += rec.txns;
                     self.stats.user_bytes += rec.user_bytes;
                     for t in rec.tickets {
-                        self.done.push(Completion { ticket: t, result: Ok(Done::Committed) });
+                        self.done.push(Completion {
+                            ticket: t,
+                            result: Ok(Done::Committed),
+                        });
                     }
                 }
             }
@@ -334,12 +358,22 @@ impl<D: BlockDevice> BdevStore<D> {
                 }
                 self.ckpt.phase = CkptPhase::Idle;
             }
-            Io::Read { op, dest, skip, len, chunk } => {
+            Io::Read {
+                op,
+                dest,
+                skip,
+                len,
+                chunk,
+            } => {
                 if let (Some(buf), Some(r)) = (c.buf.as_ref(), self.reads.get_mut(&op)) {
                     let stored = &buf.as_slice()[..chunk.len as usize];
                     let computed = crc32c::crc32c(stored);
                     if computed != chunk.crc {
-                        r.err.get_or_insert(StoreError::Checksum { block: chunk.lba, stored: chunk.crc, computed });
+                        r.err.get_or_insert(StoreError::Checksum {
+                            block: chunk.lba,
+                            stored: chunk.crc,
+                            computed,
+                        });
                     } else {
                         r.out[dest..dest + len].copy_from_slice(&stored[skip..skip + len]);
                     }
@@ -351,7 +385,10 @@ impl<D: BlockDevice> BdevStore<D> {
                 if let Some(buf) = c.buf.as_ref() {
                     let stored = &buf.as_slice()[..ext.chunk.len as usize];
                     if crc32c::crc32c(stored) != ext.chunk.crc {
-                        tracing::error!(lba = ext.chunk.lba, "cleaner found a checksum mismatch; segment left in place");
+                        tracing::error!(
+                            lba = ext.chunk.lba,
+                            "cleaner found a checksum mismatch; segment left in place"
+                        );
                         if let Some(v) = self.victim.take() {
                             self.bad_segs[v as usize] = true;
                         }
@@ -366,7 +403,9 @@ impl<D: BlockDevice> BdevStore<D> {
     }
 
     fn finish_piece(&mut self, op: u64) {
-        let Some(r) = self.reads.get_mut(&op) else { return };
+        let Some(r) = self.reads.get_mut(&op) else {
+            return;
+        };
         r.pending -= 1;
         if r.pending == 0 {
             if let Some(r) = self.reads.remove(&op) {
@@ -374,7 +413,10 @@ impl<D: BlockDevice> BdevStore<D> {
                     Some(e) => Err(e),
                     None => Ok(Done::Data(r.out)),
                 };
-                self.done.push(Completion { ticket: r.ticket, result });
+                self.done.push(Completion {
+                    ticket: r.ticket,
+                    result,
+                });
             }
         }
     }
@@ -383,13 +425,23 @@ impl<D: BlockDevice> BdevStore<D> {
 
     fn start_read(&mut self, ticket: Ticket, cid: CollectionId, oid: ObjectId, off: u64, len: u64) {
         let Some((id, o)) = self.idx.onode(cid, &oid) else {
-            let what = if self.idx.colls.contains_key(&cid) { format!("object {oid:?}") } else { format!("collection {}", cid.0) };
-            self.done.push(Completion { ticket, result: Err(StoreError::NotFound(what)) });
+            let what = if self.idx.colls.contains_key(&cid) {
+                format!("object {oid:?}")
+            } else {
+                format!("collection {}", cid.0)
+            };
+            self.done.push(Completion {
+                ticket,
+                result: Err(StoreError::NotFound(what)),
+            });
             return;
         };
         let end = off.saturating_add(len).min(o.size);
         if off >= end {
-            self.done.push(Completion { ticket, result: Ok(Done::Data(Vec::new())) });
+            self.done.push(Completion {
+                ticket,
+                result: Ok(Done::Data(Vec::new())),
+            });
             return;
         }
         let mut pieces = Vec::new();
@@ -400,24 +452,46 @@ impl<D: BlockDevice> BdevStore<D> {
             if s >= t {
                 continue;
             }
-            pieces.push(((s - off) as usize, e.skip as usize + (s - k) as usize, (t - s) as usize, e.chunk));
+            pieces.push((
+                (s - off) as usize,
+                e.skip as usize + (s - k) as usize,
+                (t - s) as usize,
+                e.chunk,
+            ));
         }
         // Data of the record being written is not on the device yet: wait for it.
         if let Some(rec) = &self.rec {
-            if pieces.iter().any(|p| p.3.lba >= rec.start && p.3.lba < rec.end) {
+            if pieces
+                .iter()
+                .any(|p| p.3.lba >= rec.start && p.3.lba < rec.end)
+            {
                 self.deferred.push_back((ticket, cid, oid, off, len));
                 return;
             }
         }
         let _ = id;
         let op = ticket.0;
-        self.reads.insert(op, ReadOp { ticket, out: vec![0; (end - off) as usize], pending: pieces.len() + 1, err: None });
+        self.reads.insert(
+            op,
+            ReadOp {
+                ticket,
+                out: vec![0; (end - off) as usize],
+                pending: pieces.len() + 1,
+                err: None,
+            },
+        );
         for (dest, skip, len, chunk) in pieces {
             let blocks = blocks_for(chunk.len as u64);
             match self.dev.alloc_buf((blocks * BLOCK) as usize) {
                 Ok(buf) => {
                     let lba = self.geo.dev_lba(chunk.lba);
-                    let t = self.token(Io::Read { op, dest, skip, len, chunk });
+                    let t = self.token(Io::Read {
+                        op,
+                        dest,
+                        skip,
+                        len,
+                        chunk,
+                    });
                     self.dev.submit_read(lba, buf, t);
                 }
                 Err(e) => {
@@ -466,8 +540,11 @@ impl<D: BlockDevice> BdevStore<D> {
         let events = self.stats.cleaner_steps + self.stats.checkpoints;
         let mark = *self.wait_mark.get_or_insert(events);
         let head = self.head.seg as usize;
-        let pending_free = (0..self.geo.nsegs as usize).any(|s| self.used[s] && s != head && self.idx.acct.live[s] == 0);
-        let busy = self.clean_inflight > 0 || !self.clean_ready.is_empty() || self.ckpt.phase != CkptPhase::Idle;
+        let pending_free = (0..self.geo.nsegs as usize)
+            .any(|s| self.used[s] && s != head && self.idx.acct.live[s] == 0);
+        let busy = self.clean_inflight > 0
+            || !self.clean_ready.is_empty()
+            || self.ckpt.phase != CkptPhase::Idle;
         if !busy && !pending_free && self.cleaner_idle && events > mark {
             return false;
         }
@@ -479,10 +556,18 @@ impl<D: BlockDevice> BdevStore<D> {
         if self.free_count() <= min_free {
             return false;
         }
-        let Some(s) = (0..self.geo.nsegs).find(|&s| !self.used[s as usize]) else { return false };
+        let Some(s) = (0..self.geo.nsegs).find(|&s| !self.used[s as usize]) else {
+            return false;
+        };
         self.used[s as usize] = true;
         self.seg_seq[s as usize] = self.head.seg_seq + 1;
-        self.head = LogPos { seg: s, block: 0, seq: self.head.seq, seg_seq: self.head.seg_seq + 1, prev_crc: self.head.prev_crc };
+        self.head = LogPos {
+            seg: s,
+            block: 0,
+            seq: self.head.seq,
+            seg_seq: self.head.seg_seq + 1,
+            prev_crc: self.head.prev_crc,
+        };
         true
     }
 
@@ -495,18 +580,42 @@ impl<D: BlockDevice> BdevStore<D> {
                 Op::CreateCollection { cid } => LOp::CreateColl(cid),
                 Op::RemoveCollection { cid } => LOp::RemoveColl(cid),
                 Op::Touch { cid, oid } => LOp::Touch(cid, oid),
-                Op::Write { cid, oid, off, data } => {
+                Op::Write {
+                    cid,
+                    oid,
+                    off,
+                    data,
+                } => {
                     let crc = if crcs { crc32c::crc32c(&data) } else { 0 };
-                    let chunk = ChunkRef { lba, len: data.len() as u32, crc };
+                    let chunk = ChunkRef {
+                        lba,
+                        len: data.len() as u32,
+                        crc,
+                    };
                     let b = blocks_for(data.len() as u64);
                     lba += b;
                     blocks += b;
-                    LOp::Write { cid, oid, off, chunk }
+                    LOp::Write {
+                        cid,
+                        oid,
+                        off,
+                        chunk,
+                    }
                 }
                 Op::Zero { cid, oid, off, len } => LOp::Zero { cid, oid, off, len },
                 Op::Truncate { cid, oid, size } => LOp::Truncate { cid, oid, size },
                 Op::Remove { cid, oid } => LOp::Remove(cid, oid),
-                Op::SetAttr { cid, oid, name, value } => LOp::SetAttr { cid, oid, name, value },
+                Op::SetAttr {
+                    cid,
+                    oid,
+                    name,
+                    value,
+                } => LOp::SetAttr {
+                    cid,
+                    oid,
+                    name,
+                    value,
+                },
                 Op::RmAttr { cid, oid, name } => LOp::RmAttr { cid, oid, name },
                 Op::OmapSet { cid, oid, entries } => LOp::OmapSet { cid, oid, entries },
                 Op::OmapRm { cid, oid, keys } => LOp::OmapRm { cid, oid, keys },
@@ -528,7 +637,15 @@ impl<D: BlockDevice> BdevStore<D> {
             0 => self.geo.seg_blocks,
             n => n.min(self.geo.seg_blocks),
         };
-        let empty = RecordHeader { uuid: 0, seq: 0, seg_seq: 0, prev_crc: 0, header_blocks: 0, data_blocks: 0, entries: Vec::new() };
+        let empty = RecordHeader {
+            uuid: 0,
+            seq: 0,
+            seg_seq: 0,
+            prev_crc: 0,
+            header_blocks: 0,
+            data_blocks: 0,
+            entries: Vec::new(),
+        };
         let fixed = 16 + encoded_len(&empty);
         let mut hdr_bytes = fixed;
         let mut h_blocks = 0u64; // 0 until the first entry sizes the header
@@ -541,7 +658,11 @@ impl<D: BlockDevice> BdevStore<D> {
 
         // 1. Relocations from the cleaner (one entry).
         if !self.clean_ready.is_empty() {
-            let nblocks: u64 = self.clean_ready.iter().map(|r| blocks_for(r.3.len() as u64)).sum();
+            let nblocks: u64 = self
+                .clean_ready
+                .iter()
+                .map(|r| blocks_for(r.3.len() as u64))
+                .sum();
             if self.head.block + 1 + nblocks > self.geo.seg_blocks && self.free_count() == 0 {
                 tracing::warn!("cleaner has no segment to relocate into");
                 return;
@@ -549,12 +670,21 @@ impl<D: BlockDevice> BdevStore<D> {
             let ready = std::mem::take(&mut self.clean_ready);
             let live: Vec<_> = ready
                 .into_iter()
-                .filter(|(id, off, ext, _)| self.idx.onodes.get(id).and_then(|o| o.extents.get(off)) == Some(ext))
+                .filter(|(id, off, ext, _)| {
+                    self.idx.onodes.get(id).and_then(|o| o.extents.get(off)) == Some(ext)
+                })
                 .collect();
             if !live.is_empty() {
                 let nblocks: u64 = live.iter().map(|r| blocks_for(r.3.len() as u64)).sum();
                 let size = encoded_len(&Entry::Reloc(
-                    live.iter().map(|(id, off, ext, _)| Reloc { onode: *id, off: *off, old: *ext, new: ext.chunk }).collect(),
+                    live.iter()
+                        .map(|(id, off, ext, _)| Reloc {
+                            onode: *id,
+                            off: *off,
+                            old: *ext,
+                            new: ext.chunk,
+                        })
+                        .collect(),
                 ));
                 let h = blocks_for(fixed + size);
                 if self.head.block + h + nblocks > self.geo.seg_blocks && !self.open_segment(0) {
@@ -566,12 +696,21 @@ impl<D: BlockDevice> BdevStore<D> {
                 let mut lba = self.geo.seg_lba(self.head.seg) + self.head.block + h_blocks;
                 let mut relocs = Vec::new();
                 for (id, off, ext, bytes) in live {
-                    let new = ChunkRef { lba, len: bytes.len() as u32, crc: crc32c::crc32c(&bytes) };
+                    let new = ChunkRef {
+                        lba,
+                        len: bytes.len() as u32,
+                        crc: crc32c::crc32c(&bytes),
+                    };
                     let b = blocks_for(bytes.len() as u64);
                     data.push((data_blocks, bytes));
                     data_blocks += b;
                     lba += b;
-                    let r = Reloc { onode: id, off, old: ext, new };
+                    let r = Reloc {
+                        onode: id,
+                        off,
+                        old: ext,
+                        new,
+                    };
                     self.idx.apply_reloc(&r);
                     self.stats.relocated_bytes += r.old.len;
                     relocs.push(r);
@@ -584,7 +723,10 @@ impl<D: BlockDevice> BdevStore<D> {
         while let Some((ticket, txn)) = self.queue.front() {
             let ticket = *ticket;
             if let Err(e) = validate(&self.idx, txn) {
-                self.done.push(Completion { ticket, result: Err(e) });
+                self.done.push(Completion {
+                    ticket,
+                    result: Err(e),
+                });
                 self.queue.pop_front();
                 continue;
             }
@@ -593,13 +735,23 @@ impl<D: BlockDevice> BdevStore<D> {
             if h_blocks == 0 {
                 let h = blocks_for(fixed + size);
                 if h + nblocks > max_blocks {
-                    let e = StoreError::InvalidArgument(format!("transaction needs {} blocks, a record holds {max_blocks}", h + nblocks));
-                    self.done.push(Completion { ticket, result: Err(e) });
+                    let e = StoreError::InvalidArgument(format!(
+                        "transaction needs {} blocks, a record holds {max_blocks}",
+                        h + nblocks
+                    ));
+                    self.done.push(Completion {
+                        ticket,
+                        result: Err(e),
+                    });
                     self.queue.pop_front();
                     continue;
                 }
                 if self.head.block + h + nblocks > self.geo.seg_blocks {
-                    let min_free = if nblocks > 0 { self.opts.reserve_segs } else { 1 };
+                    let min_free = if nblocks > 0 {
+                        self.opts.reserve_segs
+                    } else {
+                        1
+                    };
                     if !self.open_segment(min_free) {
                         if self.worth_waiting((h + nblocks) * BLOCK) {
                             self.space_wait = true;
@@ -607,7 +759,10 @@ impl<D: BlockDevice> BdevStore<D> {
                         }
                         self.space_wait = false;
                         self.wait_mark = None;
-                        self.done.push(Completion { ticket, result: Err(StoreError::NoSpace) });
+                        self.done.push(Completion {
+                            ticket,
+                            result: Err(StoreError::NoSpace),
+                        });
                         self.queue.pop_front();
                         continue;
                     }
@@ -621,7 +776,9 @@ impl<D: BlockDevice> BdevStore<D> {
             }
             self.space_wait = false;
             self.wait_mark = None;
-            let Some((ticket, txn)) = self.queue.pop_front() else { break };
+            let Some((ticket, txn)) = self.queue.pop_front() else {
+                break;
+            };
             let base = self.geo.seg_lba(self.head.seg) + self.head.block + h_blocks + data_blocks;
             let (lops, nblocks) = Self::translate(&txn, base, true);
             hdr_bytes += size;
@@ -663,7 +820,10 @@ impl<D: BlockDevice> BdevStore<D> {
             Ok(b) => b,
             Err(e) => {
                 for t in tickets {
-                    self.done.push(Completion { ticket: t, result: Err(StoreError::Io(e.clone())) });
+                    self.done.push(Completion {
+                        ticket: t,
+                        result: Err(StoreError::Io(e.clone())),
+                    });
                 }
                 self.fail(format!("record buffer: {e}"));
                 return;
@@ -682,7 +842,13 @@ impl<D: BlockDevice> BdevStore<D> {
         let dev_lba = self.geo.dev_lba(start);
         let t = self.token(Io::RecWrite);
         self.dev.submit_write(dev_lba, buf, t);
-        self.rec = Some(InFlight { tickets, start, end: start + total, user_bytes, txns });
+        self.rec = Some(InFlight {
+            tickets,
+            start,
+            end: start + total,
+            user_bytes,
+            txns,
+        });
         self.head.block += total;
         self.head.seq += 1;
         self.head.prev_crc = crc;
@@ -703,7 +869,10 @@ impl<D: BlockDevice> BdevStore<D> {
         }
         let t0 = Instant::now();
         let cap = self.geo.seg_bytes();
-        if self.victim.is_some_and(|v| self.idx.acct.live[v as usize] == 0) {
+        if self
+            .victim
+            .is_some_and(|v| self.idx.acct.live[v as usize] == 0)
+        {
             self.victim = None;
         }
         if self.victim.is_none() {
@@ -720,16 +889,34 @@ impl<D: BlockDevice> BdevStore<D> {
         // Bounded batch: at most half a segment, so the relocation record always fits.
         let budget = self.opts.clean_batch_bytes.min(self.geo.seg_bytes() / 2);
         let mut taken = 0u64;
-        let items: Vec<(u64, u64)> = self.idx.acct.refs[v as usize].iter().take(4096).copied().collect();
+        let items: Vec<(u64, u64)> = self.idx.acct.refs[v as usize]
+            .iter()
+            .take(4096)
+            .copied()
+            .collect();
         for (id, off) in items {
-            let Some(ext) = self.idx.onodes.get(&id).and_then(|o| o.extents.get(&off)).copied() else { continue };
+            let Some(ext) = self
+                .idx
+                .onodes
+                .get(&id)
+                .and_then(|o| o.extents.get(&off))
+                .copied()
+            else {
+                continue;
+            };
             if taken > 0 && taken + ext.len > budget {
                 break;
             }
             let blocks = blocks_for(ext.chunk.len as u64);
-            let Ok(buf) = self.dev.alloc_buf((blocks * BLOCK) as usize) else { break };
+            let Ok(buf) = self.dev.alloc_buf((blocks * BLOCK) as usize) else {
+                break;
+            };
             let lba = self.geo.dev_lba(ext.chunk.lba);
-            let t = self.token(Io::Clean { onode: id, off, ext });
+            let t = self.token(Io::Clean {
+                onode: id,
+                off,
+                ext,
+            });
             self.dev.submit_read(lba, buf, t);
             self.clean_inflight += 1;
             taken += ext.len;
@@ -763,8 +950,12 @@ impl<D: BlockDevice> BdevStore<D> {
             return;
         }
         let head = self.head.seg as usize;
-        let pending_free = (0..self.geo.nsegs as usize)
-            .any(|s| self.used[s] && s != head && self.idx.acct.live[s] == 0 && self.seg_seq[s] >= self.ckpt.start.seg_seq);
+        let pending_free = (0..self.geo.nsegs as usize).any(|s| {
+            self.used[s]
+                && s != head
+                && self.idx.acct.live[s] == 0
+                && self.seg_seq[s] >= self.ckpt.start.seg_seq
+        });
         let low = self.free_count() < self.opts.clean_low_water || self.space_wait;
         if (pending_free && low) || self.blocks_since_ckpt >= self.opts.ckpt_interval_blocks {
             self.ckpt.phase = CkptPhase::Quiesce;
@@ -778,17 +969,26 @@ impl<D: BlockDevice> BdevStore<D> {
             return;
         }
         let t0 = Instant::now();
-        let seg_seqs: Vec<(u32, u64)> =
-            (0..self.geo.nsegs).filter(|&s| self.used[s as usize]).map(|s| (s, self.seg_seq[s as usize])).collect();
-        let body_struct = CkptBody { index: std::mem::take(&mut self.idx), seg_seqs };
+        let seg_seqs: Vec<(u32, u64)> = (0..self.geo.nsegs)
+            .filter(|&s| self.used[s as usize])
+            .map(|s| (s, self.seg_seq[s as usize]))
+            .collect();
+        let body_struct = CkptBody {
+            index: std::mem::take(&mut self.idx),
+            seg_seqs,
+        };
         let body = encode(&body_struct);
         self.idx = body_struct.index;
         let start = self.head;
-        let (hdr, body_blocks) = encode_checkpoint(self.geo.uuid, self.ckpt.generation + 1, start, &body);
+        let (hdr, body_blocks) =
+            encode_checkpoint(self.geo.uuid, self.ckpt.generation + 1, start, &body);
         let slot = 1 - self.ckpt.active_slot;
         if 1 + (body_blocks.len() as u64 / BLOCK) > self.geo.slot_blocks {
             if !self.ckpt.too_big {
-                tracing::error!(bytes = body.len(), "metadata exceeds the checkpoint slot; segments can no longer be freed");
+                tracing::error!(
+                    bytes = body.len(),
+                    "metadata exceeds the checkpoint slot; segments can no longer be freed"
+                );
             }
             self.ckpt.too_big = true;
             self.ckpt.phase = CkptPhase::Idle;
@@ -822,11 +1022,18 @@ impl<D: BlockDevice> BdevStore<D> {
         }
     }
 
-    fn object(&self, cid: CollectionId, oid: &ObjectId) -> Result<&crate::index::Onode, StoreError> {
+    fn object(
+        &self,
+        cid: CollectionId,
+        oid: &ObjectId,
+    ) -> Result<&crate::index::Onode, StoreError> {
         if !self.idx.colls.contains_key(&cid) {
             return Err(StoreError::NotFound(format!("collection {}", cid.0)));
         }
-        self.idx.onode(cid, oid).map(|(_, o)| o).ok_or_else(|| StoreError::NotFound(format!("object {oid:?}")))
+        self.idx
+            .onode(cid, oid)
+            .map(|(_, o)| o)
+            .ok_or_else(|| StoreError::NotFound(format!("object {oid:?}")))
     }
 }
 
@@ -835,7 +1042,10 @@ impl<D: BlockDevice> ObjectStore for BdevStore<D> {
         self.next_ticket += 1;
         let ticket = Ticket(self.next_ticket);
         if let Some(f) = &self.failed {
-            self.done.push(Completion { ticket, result: Err(StoreError::Failed(f.clone())) });
+            self.done.push(Completion {
+                ticket,
+                result: Err(StoreError::Failed(f.clone())),
+            });
         } else {
             self.queue.push_back((ticket, txn));
         }
@@ -854,7 +1064,10 @@ impl<D: BlockDevice> ObjectStore for BdevStore<D> {
         self.reap();
         if let Some(f) = self.failed.clone() {
             for (t, _) in self.queue.drain(..) {
-                self.done.push(Completion { ticket: t, result: Err(StoreError::Failed(f.clone())) });
+                self.done.push(Completion {
+                    ticket: t,
+                    result: Err(StoreError::Failed(f.clone())),
+                });
             }
         }
         self.take_checkpoint();
@@ -892,31 +1105,75 @@ impl<D: BlockDevice> ObjectStore for BdevStore<D> {
         self.object(cid, oid).map(|o| ObjectStat { size: o.size })
     }
 
-    fn get_attr(&self, cid: CollectionId, oid: &ObjectId, name: &str) -> Result<Vec<u8>, StoreError> {
-        self.object(cid, oid)?.attrs.get(name).cloned().ok_or_else(|| StoreError::NotFound(format!("attribute {name}")))
+    fn get_attr(
+        &self,
+        cid: CollectionId,
+        oid: &ObjectId,
+        name: &str,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.object(cid, oid)?
+            .attrs
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(format!("attribute {name}")))
     }
 
-    fn get_attrs(&self, cid: CollectionId, oid: &ObjectId) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+    fn get_attrs(
+        &self,
+        cid: CollectionId,
+        oid: &ObjectId,
+    ) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
         Ok(self.object(cid, oid)?.attrs.clone())
     }
 
-    fn omap_get(&self, cid: CollectionId, oid: &ObjectId, keys: &[Vec<u8>]) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
+    fn omap_get(
+        &self,
+        cid: CollectionId,
+        oid: &ObjectId,
+        keys: &[Vec<u8>],
+    ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
         let o = self.object(cid, oid)?;
-        Ok(keys.iter().filter_map(|k| o.omap.get(k).map(|v| (k.clone(), v.clone()))).collect())
+        Ok(keys
+            .iter()
+            .filter_map(|k| o.omap.get(k).map(|v| (k.clone(), v.clone())))
+            .collect())
     }
 
-    fn omap_range(&self, cid: CollectionId, oid: &ObjectId, after: Option<&[u8]>, max: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn omap_range(
+        &self,
+        cid: CollectionId,
+        oid: &ObjectId,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<OmapEntries, StoreError> {
         let o = self.object(cid, oid)?;
         let lo = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_vec()));
-        Ok(o.omap.range((lo, Bound::Unbounded)).take(max).map(|(k, v)| (k.clone(), v.clone())).collect())
+        Ok(o.omap
+            .range((lo, Bound::Unbounded))
+            .take(max)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 
-    fn list(&self, cid: CollectionId, after: Option<&ObjectId>, max: usize) -> Result<ListPage, StoreError> {
-        let c = self.idx.colls.get(&cid).ok_or_else(|| StoreError::NotFound(format!("collection {}", cid.0)))?;
+    fn list(
+        &self,
+        cid: CollectionId,
+        after: Option<&ObjectId>,
+        max: usize,
+    ) -> Result<ListPage, StoreError> {
+        let c = self
+            .idx
+            .colls
+            .get(&cid)
+            .ok_or_else(|| StoreError::NotFound(format!("collection {}", cid.0)))?;
         let lo = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.clone()));
         let mut it = c.range((lo, Bound::Unbounded)).map(|(k, _)| k.clone());
         let objects: Vec<ObjectId> = it.by_ref().take(max).collect();
-        let next = if it.next().is_some() { objects.last().cloned() } else { None };
+        let next = if it.next().is_some() {
+            objects.last().cloned()
+        } else {
+            None
+        };
         Ok(ListPage { objects, next })
     }
 

@@ -27,16 +27,34 @@ fn txn(r: u64, i: u64) -> Transaction {
     let a = ObjectId::from(format!("o{}", (i * 7 + r) % 11).as_str());
     let b = ObjectId::from(format!("o{}", (i * 3 + r + 5) % 11).as_str());
     let len = 1000 + (i % 5) as usize * 1500;
-    let data: Vec<u8> = (0..len).map(|j| (r * 131 + i * 17 + j as u64) as u8).collect();
+    let data: Vec<u8> = (0..len)
+        .map(|j| (r * 131 + i * 17 + j as u64) as u8)
+        .collect();
     let mut t = Transaction::new();
     t.write(C, &a, ((i * 13) % 16) * 1024, &data);
     t.set_attr(C, &b, "last", &[r as u8, i as u8, (i >> 8) as u8]);
-    t.push(Op::OmapSet { cid: C, oid: b.clone(), entries: vec![(format!("k{}", i % 20).into_bytes(), i.to_le_bytes().to_vec())] });
+    t.push(Op::OmapSet {
+        cid: C,
+        oid: b.clone(),
+        entries: vec![(
+            format!("k{}", i % 20).into_bytes(),
+            i.to_le_bytes().to_vec(),
+        )],
+    });
     if i % 9 == 4 {
-        t.push(Op::Truncate { cid: C, oid: a.clone(), size: 3000 + (i % 4) * 2000 });
+        t.push(Op::Truncate {
+            cid: C,
+            oid: a.clone(),
+            size: 3000 + (i % 4) * 2000,
+        });
     }
     if i % 13 == 6 {
-        t.push(Op::Zero { cid: C, oid: b, off: 512, len: 4096 });
+        t.push(Op::Zero {
+            cid: C,
+            oid: b,
+            off: 512,
+            len: 4096,
+        });
     }
     t
 }
@@ -44,7 +62,9 @@ fn txn(r: u64, i: u64) -> Transaction {
 /// The child: runs only when re-executed by `crash_consistency_under_sigkill`.
 #[test]
 fn crash_child() {
-    let (Ok(path), Ok(round)) = (std::env::var(ENV_DEV), std::env::var(ENV_ROUND)) else { return };
+    let (Ok(path), Ok(round)) = (std::env::var(ENV_DEV), std::env::var(ENV_ROUND)) else {
+        return;
+    };
     let round: u64 = round.parse().unwrap();
     let dev = common::open_dev(std::path::Path::new(&path));
     let mut s = BdevStore::mount(dev, common::busy_opts(0)).unwrap();
@@ -120,7 +140,9 @@ fn crash_consistency_under_sigkill() {
         let (mut acked, mut submitted): (Option<u64>, Option<u64>) = (None, None);
         let mut acks = 0u64;
         loop {
-            let line = rx.recv_timeout(Duration::from_secs(20)).expect("child stalled");
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("child stalled");
             let (kind, n) = line.split_once(' ').unwrap_or(("?", "0"));
             let n: u64 = n.trim().parse().unwrap_or(0);
             match kind {
@@ -154,7 +176,11 @@ fn crash_consistency_under_sigkill() {
 
         let mut d = common::open_dev(&path);
         let rep = fsck(&mut d, 0).unwrap();
-        assert!(rep.is_clean(), "round {round}: fsck before remount: {:?}", rep.errors);
+        assert!(
+            rep.is_clean(),
+            "round {round}: fsck before remount: {:?}",
+            rep.errors
+        );
         let mut s = BdevStore::mount(d, common::busy_opts(0)).unwrap();
         // The state must equal the model after n transactions, acked_count <= n <= submitted.
         let mut cand = model.clone();
@@ -188,7 +214,15 @@ fn crash_consistency_under_sigkill() {
             common::open_dev(&path)
         };
         let rep = fsck(&mut d, 0).unwrap();
-        assert!(rep.is_clean(), "round {round}: fsck after remount: {:?}", rep.errors);
+        assert!(
+            rep.is_clean(),
+            "round {round}: fsck after remount: {:?}",
+            rep.errors
+        );
     }
-    assert!(kill_points.len() >= 20, "only {} distinct kill points", kill_points.len());
+    assert!(
+        kill_points.len() >= 20,
+        "only {} distinct kill points",
+        kill_points.len()
+    );
 }

@@ -41,7 +41,12 @@ fn cleaner_reclaims_under_overwrites() {
         if i % 5 == 0 && i < 600 {
             // Cold objects, never overwritten: segments keep some live data, so the cleaner
             // must relocate it.
-            t.write(C, &ObjectId::from(format!("cold{i}").as_str()), 0, &pattern(i, 3000));
+            t.write(
+                C,
+                &ObjectId::from(format!("cold{i}").as_str()),
+                0,
+                &pattern(i, 3000),
+            );
         }
         let oid = ObjectId::from(format!("o{}", i % 16).as_str());
         t.write(C, &oid, (i * 4096 * 3) % (64 * 1024), &pattern(i, 8192));
@@ -70,13 +75,21 @@ fn populated(dir: &tempfile::TempDir, shutdown: bool) -> (std::path::PathBuf, Mo
     let path = dir.path().join("dev");
     let mut d = common::open_dev(&path);
     format(&mut d, &common::small_format()).unwrap();
-    let opts = MountOptions { shard: 0, ..MountOptions::default() };
+    let opts = MountOptions {
+        shard: 0,
+        ..MountOptions::default()
+    };
     let mut s = BdevStore::mount(d, opts).unwrap();
     let mut m = Model::default();
     setup(&mut s, &mut m);
     for i in 0..12u64 {
         let mut t = Transaction::new();
-        t.write(C, &ObjectId::from(format!("obj{i}").as_str()), 0, &pattern(i, 5000));
+        t.write(
+            C,
+            &ObjectId::from(format!("obj{i}").as_str()),
+            0,
+            &pattern(i, 5000),
+        );
         drive::commit(&mut s, t.clone()).unwrap();
         m.apply(&t).unwrap();
     }
@@ -87,7 +100,11 @@ fn populated(dir: &tempfile::TempDir, shutdown: bool) -> (std::path::PathBuf, Mo
 }
 
 fn flip(path: &std::path::Path, byte_off: u64) {
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, byte_off).unwrap();
     b[0] ^= 0x5a;
@@ -112,7 +129,14 @@ fn clean_remount_after_shutdown() {
     compare(&mut s, &m).unwrap();
     // The other shard is untouched and empty.
     let d = s.shutdown().unwrap();
-    let mut s1 = BdevStore::mount(d, MountOptions { shard: 1, ..MountOptions::default() }).unwrap();
+    let mut s1 = BdevStore::mount(
+        d,
+        MountOptions {
+            shard: 1,
+            ..MountOptions::default()
+        },
+    )
+    .unwrap();
     assert!(s1.list_collections().is_empty());
     drive::commit(&mut s1, Transaction::new().create_collection(C).clone()).unwrap();
 }
@@ -125,12 +149,19 @@ fn data_corruption_is_detected_by_read_and_fsck() {
     flip(&path, part0_seg_area_byte(2) + 100);
     let mut d = common::open_dev(&path);
     let r = fsck(&mut d, 0).unwrap();
-    assert!(r.errors.iter().any(|e| e.contains("data checksum")), "{:?}", r.errors);
+    assert!(
+        r.errors.iter().any(|e| e.contains("data checksum")),
+        "{:?}",
+        r.errors
+    );
     let mut s = BdevStore::mount(d, MountOptions::default()).unwrap();
     let got = drive::read(&mut s, C, &ObjectId::from("obj0"), 0, 5000);
     assert!(matches!(got, Err(StoreError::Checksum { .. })), "{got:?}");
     // Other objects still read fine.
-    assert_eq!(drive::read(&mut s, C, &ObjectId::from("obj5"), 0, 5000).unwrap(), pattern(5, 5000));
+    assert_eq!(
+        drive::read(&mut s, C, &ObjectId::from("obj5"), 0, 5000).unwrap(),
+        pattern(5, 5000)
+    );
 }
 
 #[test]
@@ -145,9 +176,16 @@ fn journal_corruption_is_detected() {
     flip(&path, part0_seg_area_byte(4) + 20);
     let mut d = common::open_dev(&path);
     let r = fsck(&mut d, 0).unwrap();
-    assert!(r.errors.iter().any(|e| e.contains("beyond the log end")), "{:?}", r.errors);
+    assert!(
+        r.errors.iter().any(|e| e.contains("beyond the log end")),
+        "{:?}",
+        r.errors
+    );
     let m = BdevStore::mount(d, MountOptions::default());
-    assert!(matches!(m, Err(StoreError::Corrupt(_))), "mount must refuse a cut log");
+    assert!(
+        matches!(m, Err(StoreError::Corrupt(_))),
+        "mount must refuse a cut log"
+    );
 }
 
 #[test]
@@ -158,7 +196,11 @@ fn checkpoint_corruption_is_detected() {
     flip(&path, (1 + 64 + 1) * 4096 + 10);
     let mut d = common::open_dev(&path);
     let r = fsck(&mut d, 0).unwrap();
-    assert!(r.errors.iter().any(|e| e.contains("checksum")), "{:?}", r.errors);
+    assert!(
+        r.errors.iter().any(|e| e.contains("checksum")),
+        "{:?}",
+        r.errors
+    );
     let m = BdevStore::mount(d, MountOptions::default());
     assert!(matches!(m, Err(StoreError::Checksum { .. })));
 }
@@ -230,7 +272,14 @@ fn works_on_512_byte_blocks() {
     let mut d = FileDevice::open(&path, 512, 8 * 2048).unwrap();
     d.set_sync(false);
     format(&mut d, &common::small_format()).unwrap();
-    let mut s = BdevStore::mount(d, MountOptions { shard: 1, ..MountOptions::default() }).unwrap();
+    let mut s = BdevStore::mount(
+        d,
+        MountOptions {
+            shard: 1,
+            ..MountOptions::default()
+        },
+    )
+    .unwrap();
     let mut m = Model::default();
     setup(&mut s, &mut m);
     let mut t = Transaction::new();
@@ -239,6 +288,13 @@ fn works_on_512_byte_blocks() {
     m.apply(&t).unwrap();
     let mut d = s.shutdown().unwrap();
     assert!(fsck(&mut d, 1).unwrap().is_clean());
-    let mut s = BdevStore::mount(d, MountOptions { shard: 1, ..MountOptions::default() }).unwrap();
+    let mut s = BdevStore::mount(
+        d,
+        MountOptions {
+            shard: 1,
+            ..MountOptions::default()
+        },
+    )
+    .unwrap();
     compare(&mut s, &m).unwrap();
 }

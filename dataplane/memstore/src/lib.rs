@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 
 use carmine_objectstore::{
-    validate, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, ObjectStore, Op,
-    StoreError, StoreView, Ticket, Transaction,
+    validate, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, ObjectStore,
+    OmapEntries, Op, StoreError, StoreView, Ticket, Transaction,
 };
 
 const PAGE: u64 = 4096;
@@ -52,7 +52,10 @@ impl Object {
             let page = abs / PAGE;
             let in_page = (abs % PAGE) as usize;
             let n = (PAGE as usize - in_page).min(data.len() - pos);
-            let p = self.pages.entry(page).or_insert_with(|| Box::new([0; PAGE as usize]));
+            let p = self
+                .pages
+                .entry(page)
+                .or_insert_with(|| Box::new([0; PAGE as usize]));
             p[in_page..in_page + n].copy_from_slice(&data[pos..pos + n]);
             pos += n;
         }
@@ -142,8 +145,18 @@ impl MemStore {
                 Op::Touch { cid, oid } => {
                     self.colls.entry(cid).or_default().entry(oid).or_default();
                 }
-                Op::Write { cid, oid, off, data } => {
-                    self.colls.entry(cid).or_default().entry(oid).or_default().write(off, &data);
+                Op::Write {
+                    cid,
+                    oid,
+                    off,
+                    data,
+                } => {
+                    self.colls
+                        .entry(cid)
+                        .or_default()
+                        .entry(oid)
+                        .or_default()
+                        .write(off, &data);
                 }
                 Op::Zero { cid, oid, off, len } => {
                     let o = self.colls.entry(cid).or_default().entry(oid).or_default();
@@ -151,9 +164,19 @@ impl MemStore {
                     o.size = o.size.max(off + len);
                 }
                 Op::Truncate { cid, oid, size } => {
-                    self.colls.entry(cid).or_default().entry(oid).or_default().truncate(size);
+                    self.colls
+                        .entry(cid)
+                        .or_default()
+                        .entry(oid)
+                        .or_default()
+                        .truncate(size);
                 }
-                Op::SetAttr { cid, oid, name, value } => {
+                Op::SetAttr {
+                    cid,
+                    oid,
+                    name,
+                    value,
+                } => {
                     let o = self.colls.entry(cid).or_default().entry(oid).or_default();
                     o.attrs.insert(name, value);
                 }
@@ -211,7 +234,12 @@ impl ObjectStore for MemStore {
         self.object(cid, oid).map(|o| ObjectStat { size: o.size })
     }
 
-    fn get_attr(&self, cid: CollectionId, oid: &ObjectId, name: &str) -> Result<Vec<u8>, StoreError> {
+    fn get_attr(
+        &self,
+        cid: CollectionId,
+        oid: &ObjectId,
+        name: &str,
+    ) -> Result<Vec<u8>, StoreError> {
         self.object(cid, oid)?
             .attrs
             .get(name)
@@ -219,7 +247,11 @@ impl ObjectStore for MemStore {
             .ok_or_else(|| StoreError::NotFound(format!("attribute {name}")))
     }
 
-    fn get_attrs(&self, cid: CollectionId, oid: &ObjectId) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+    fn get_attrs(
+        &self,
+        cid: CollectionId,
+        oid: &ObjectId,
+    ) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
         Ok(self.object(cid, oid)?.attrs.clone())
     }
 
@@ -230,7 +262,10 @@ impl ObjectStore for MemStore {
         keys: &[Vec<u8>],
     ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
         let o = self.object(cid, oid)?;
-        Ok(keys.iter().filter_map(|k| o.omap.get(k).map(|v| (k.clone(), v.clone()))).collect())
+        Ok(keys
+            .iter()
+            .filter_map(|k| o.omap.get(k).map(|v| (k.clone(), v.clone())))
+            .collect())
     }
 
     fn omap_range(
@@ -239,13 +274,22 @@ impl ObjectStore for MemStore {
         oid: &ObjectId,
         after: Option<&[u8]>,
         max: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<OmapEntries, StoreError> {
         let o = self.object(cid, oid)?;
         let lo = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_vec()));
-        Ok(o.omap.range((lo, Bound::Unbounded)).take(max).map(|(k, v)| (k.clone(), v.clone())).collect())
+        Ok(o.omap
+            .range((lo, Bound::Unbounded))
+            .take(max)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 
-    fn list(&self, cid: CollectionId, after: Option<&ObjectId>, max: usize) -> Result<ListPage, StoreError> {
+    fn list(
+        &self,
+        cid: CollectionId,
+        after: Option<&ObjectId>,
+        max: usize,
+    ) -> Result<ListPage, StoreError> {
         let c = self
             .colls
             .get(&cid)
@@ -253,7 +297,11 @@ impl ObjectStore for MemStore {
         let lo = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.clone()));
         let mut it = c.range((lo, Bound::Unbounded)).map(|(k, _)| k.clone());
         let objects: Vec<ObjectId> = it.by_ref().take(max).collect();
-        let next = if it.next().is_some() { objects.last().cloned() } else { None };
+        let next = if it.next().is_some() {
+            objects.last().cloned()
+        } else {
+            None
+        };
         Ok(ListPage { objects, next })
     }
 

@@ -29,8 +29,12 @@ fn failed_transaction_has_no_effect() {
     drive::commit(&mut s, t).unwrap();
     // Second op fails (removing a missing object): the first must not be applied.
     let mut t = Transaction::new();
-    t.write(c, &o, 0, b"HELLO").remove(c, &ObjectId::from("missing"));
-    assert!(matches!(drive::commit(&mut s, t), Err(StoreError::NotFound(_))));
+    t.write(c, &o, 0, b"HELLO")
+        .remove(c, &ObjectId::from("missing"));
+    assert!(matches!(
+        drive::commit(&mut s, t),
+        Err(StoreError::NotFound(_))
+    ));
     assert_eq!(drive::read(&mut s, c, &o, 0, 100).unwrap(), b"hello");
     assert!(s.is_idle());
 }

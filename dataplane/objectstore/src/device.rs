@@ -135,9 +135,13 @@ impl FileDevice {
             .open(path)
             .map_err(|e| DeviceError::Io(format!("open {}: {e}", path.display())))?;
         let want = blocks * block_size as u64;
-        let have = file.metadata().map_err(|e| DeviceError::Io(e.to_string()))?.len();
+        let have = file
+            .metadata()
+            .map_err(|e| DeviceError::Io(e.to_string()))?
+            .len();
         if have < want {
-            file.set_len(want).map_err(|e| DeviceError::Io(e.to_string()))?;
+            file.set_len(want)
+                .map_err(|e| DeviceError::Io(e.to_string()))?;
         }
         Ok(FileDevice {
             file,
@@ -162,7 +166,10 @@ impl FileDevice {
             return Err(DeviceError::Misaligned(len));
         }
         let blocks = (len / bs) as u64;
-        if lba.checked_add(blocks).is_none_or(|end| end > self.blocks) {
+        if lba
+            .checked_add(blocks)
+            .map_or(true, |end| end > self.blocks)
+        {
             return Err(DeviceError::OutOfRange { lba, blocks });
         }
         Ok(lba * self.block_size as u64)
@@ -198,7 +205,9 @@ impl BlockDevice for FileDevice {
     fn poll(&mut self, out: &mut Vec<IoCompletion<HeapBuf>>) -> usize {
         let n = self.queue.len();
         for _ in 0..n {
-            let Some(p) = self.queue.pop_front() else { break };
+            let Some(p) = self.queue.pop_front() else {
+                break;
+            };
             let c = match p {
                 Pending::Read(lba, mut buf, token) => {
                     let result = self.check(lba, buf.len()).and_then(|off| {
@@ -208,7 +217,12 @@ impl BlockDevice for FileDevice {
                     });
                     self.stats.reads += 1;
                     self.stats.bytes_read += buf.len() as u64;
-                    IoCompletion { token, kind: IoKind::Read, buf: Some(buf), result }
+                    IoCompletion {
+                        token,
+                        kind: IoKind::Read,
+                        buf: Some(buf),
+                        result,
+                    }
                 }
                 Pending::Write(lba, buf, token) => {
                     let result = self.check(lba, buf.len()).and_then(|off| {
@@ -218,16 +232,28 @@ impl BlockDevice for FileDevice {
                     });
                     self.stats.writes += 1;
                     self.stats.bytes_written += buf.len() as u64;
-                    IoCompletion { token, kind: IoKind::Write, buf: Some(buf), result }
+                    IoCompletion {
+                        token,
+                        kind: IoKind::Write,
+                        buf: Some(buf),
+                        result,
+                    }
                 }
                 Pending::Flush(token) => {
                     let result = if self.sync {
-                        self.file.sync_data().map_err(|e| DeviceError::Io(e.to_string()))
+                        self.file
+                            .sync_data()
+                            .map_err(|e| DeviceError::Io(e.to_string()))
                     } else {
                         Ok(())
                     };
                     self.stats.flushes += 1;
-                    IoCompletion { token, kind: IoKind::Flush, buf: None, result }
+                    IoCompletion {
+                        token,
+                        kind: IoKind::Flush,
+                        buf: None,
+                        result,
+                    }
                 }
             };
             out.push(c);
@@ -253,7 +279,12 @@ pub struct NullDevice {
 
 impl NullDevice {
     pub fn new(block_size: u32, blocks: u64) -> Self {
-        NullDevice { block_size, blocks, done: Vec::new(), stats: DeviceStats::default() }
+        NullDevice {
+            block_size,
+            blocks,
+            done: Vec::new(),
+            stats: DeviceStats::default(),
+        }
     }
 }
 
@@ -275,16 +306,31 @@ impl BlockDevice for NullDevice {
         buf.0.fill(0);
         self.stats.reads += 1;
         self.stats.bytes_read += buf.len() as u64;
-        self.done.push(IoCompletion { token, kind: IoKind::Read, buf: Some(buf), result: Ok(()) });
+        self.done.push(IoCompletion {
+            token,
+            kind: IoKind::Read,
+            buf: Some(buf),
+            result: Ok(()),
+        });
     }
     fn submit_write(&mut self, _lba: u64, buf: HeapBuf, token: u64) {
         self.stats.writes += 1;
         self.stats.bytes_written += buf.len() as u64;
-        self.done.push(IoCompletion { token, kind: IoKind::Write, buf: Some(buf), result: Ok(()) });
+        self.done.push(IoCompletion {
+            token,
+            kind: IoKind::Write,
+            buf: Some(buf),
+            result: Ok(()),
+        });
     }
     fn submit_flush(&mut self, token: u64) {
         self.stats.flushes += 1;
-        self.done.push(IoCompletion { token, kind: IoKind::Flush, buf: None, result: Ok(()) });
+        self.done.push(IoCompletion {
+            token,
+            kind: IoKind::Flush,
+            buf: None,
+            result: Ok(()),
+        });
     }
     fn poll(&mut self, out: &mut Vec<IoCompletion<HeapBuf>>) -> usize {
         let n = self.done.len();

@@ -27,7 +27,10 @@ pub fn wait<S: ObjectStore + ?Sized>(
             return r;
         }
     }
-    Err(StoreError::Failed(format!("ticket {} did not complete", ticket.0)))
+    Err(StoreError::Failed(format!(
+        "ticket {} did not complete",
+        ticket.0
+    )))
 }
 
 /// Submit a transaction and wait for its commit.
@@ -52,7 +55,10 @@ pub fn read<S: ObjectStore + ?Sized>(
 }
 
 /// Poll until the store is idle (bounded).
-pub fn drain<S: ObjectStore + ?Sized>(store: &mut S, out: &mut Vec<Completion>) -> Result<(), StoreError> {
+pub fn drain<S: ObjectStore + ?Sized>(
+    store: &mut S,
+    out: &mut Vec<Completion>,
+) -> Result<(), StoreError> {
     for _ in 0..MAX_POLLS {
         store.poll(out);
         if store.is_idle() {

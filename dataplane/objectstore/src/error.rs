@@ -15,8 +15,14 @@ pub enum StoreError {
     InvalidArgument(String),
     #[error("device I/O error: {0}")]
     Io(#[from] DeviceError),
-    #[error("checksum mismatch at block {block}: stored {stored:#010x}, computed {computed:#010x}")]
-    Checksum { block: u64, stored: u32, computed: u32 },
+    #[error(
+        "checksum mismatch at block {block}: stored {stored:#010x}, computed {computed:#010x}"
+    )]
+    Checksum {
+        block: u64,
+        stored: u32,
+        computed: u32,
+    },
     #[error("on-disk structure corrupt: {0}")]
     Corrupt(String),
     #[error("device keeps no data and cannot back a durable store")]

@@ -58,6 +58,9 @@ pub use validate::{validate, StoreView};
 
 use std::collections::BTreeMap;
 
+/// Omap entries in key order.
+pub type OmapEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One shard's object store. See the crate docs for the submit + poll contract.
 pub trait ObjectStore {
     /// Queue a transaction. Its outcome (`Done::Committed` once durable, or the error that
@@ -79,8 +82,12 @@ pub trait ObjectStore {
     fn stat(&self, cid: CollectionId, oid: &ObjectId) -> Result<ObjectStat, StoreError>;
 
     /// One attribute (`NotFound` if the object or the attribute is missing).
-    fn get_attr(&self, cid: CollectionId, oid: &ObjectId, name: &str)
-        -> Result<Vec<u8>, StoreError>;
+    fn get_attr(
+        &self,
+        cid: CollectionId,
+        oid: &ObjectId,
+        name: &str,
+    ) -> Result<Vec<u8>, StoreError>;
 
     /// All attributes of an object.
     fn get_attrs(
@@ -104,7 +111,7 @@ pub trait ObjectStore {
         oid: &ObjectId,
         after: Option<&[u8]>,
         max: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<OmapEntries, StoreError>;
 
     /// Up to `max` object ids of a collection in order, strictly after `after`.
     fn list(

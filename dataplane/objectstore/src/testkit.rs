@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
-use crate::{drive, validate, CollectionId, ObjectId, ObjectStore, Op, StoreError, StoreView, Transaction};
+use crate::{
+    drive, validate, CollectionId, ObjectId, ObjectStore, Op, StoreError, StoreView, Transaction,
+};
 
 /// One object of the model.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -60,7 +62,12 @@ impl Model {
                 | Op::RmAttr { cid, oid, .. }
                 | Op::OmapSet { cid, oid, .. }
                 | Op::OmapRm { cid, oid, .. } => {
-                    let o = self.colls.entry(*cid).or_default().entry(oid.clone()).or_default();
+                    let o = self
+                        .colls
+                        .entry(*cid)
+                        .or_default()
+                        .entry(oid.clone())
+                        .or_default();
                     match op {
                         Op::Write { off, data, .. } => {
                             let end = off + data.len() as u64;
@@ -119,7 +126,9 @@ pub fn compare<S: ObjectStore + ?Sized>(store: &mut S, model: &Model) -> Result<
         let mut listed = Vec::new();
         let mut after: Option<ObjectId> = None;
         loop {
-            let page = store.list(*cid, after.as_ref(), 2).map_err(|e| format!("list: {e}"))?;
+            let page = store
+                .list(*cid, after.as_ref(), 2)
+                .map_err(|e| format!("list: {e}"))?;
             listed.extend(page.objects);
             match page.next {
                 Some(n) => after = Some(n),
@@ -131,14 +140,20 @@ pub fn compare<S: ObjectStore + ?Sized>(store: &mut S, model: &Model) -> Result<
             return Err(format!("listing of {cid:?}: {listed:?} != {want:?}"));
         }
         for (oid, o) in objs {
-            let st = store.stat(*cid, oid).map_err(|e| format!("stat {oid:?}: {e}"))?;
+            let st = store
+                .stat(*cid, oid)
+                .map_err(|e| format!("stat {oid:?}: {e}"))?;
             if st.size != o.data.len() as u64 {
                 return Err(format!("size of {oid:?}: {} != {}", st.size, o.data.len()));
             }
             let d = drive::read(store, *cid, oid, 0, u64::MAX >> 8)
                 .map_err(|e| format!("read {oid:?}: {e}"))?;
             if d != o.data {
-                return Err(format!("data of {oid:?} differs (len {} vs {})", d.len(), o.data.len()));
+                return Err(format!(
+                    "data of {oid:?} differs (len {} vs {})",
+                    d.len(),
+                    o.data.len()
+                ));
             }
             let mid = o.data.len() as u64 / 3;
             let d = drive::read(store, *cid, oid, mid, 5000).map_err(|e| format!("read: {e}"))?;
@@ -146,7 +161,9 @@ pub fn compare<S: ObjectStore + ?Sized>(store: &mut S, model: &Model) -> Result<
             if d[..] != o.data[mid as usize..end] {
                 return Err(format!("sub-range read of {oid:?} at {mid} differs"));
             }
-            let attrs = store.get_attrs(*cid, oid).map_err(|e| format!("attrs: {e}"))?;
+            let attrs = store
+                .get_attrs(*cid, oid)
+                .map_err(|e| format!("attrs: {e}"))?;
             if attrs != o.attrs {
                 return Err(format!("attrs of {oid:?}: {attrs:?} != {:?}", o.attrs));
             }
@@ -171,10 +188,22 @@ pub fn compare<S: ObjectStore + ?Sized>(store: &mut S, model: &Model) -> Result<
             if omap != want {
                 return Err(format!("omap of {oid:?}: {omap:?} != {want:?}"));
             }
-            let keys: Vec<Vec<u8>> = o.omap.keys().take(2).cloned().chain([b"zz-missing".to_vec()]).collect();
-            let got = store.omap_get(*cid, oid, &keys).map_err(|e| format!("omap_get: {e}"))?;
-            let want: BTreeMap<_, _> =
-                o.omap.iter().take(2).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let keys: Vec<Vec<u8>> = o
+                .omap
+                .keys()
+                .take(2)
+                .cloned()
+                .chain([b"zz-missing".to_vec()])
+                .collect();
+            let got = store
+                .omap_get(*cid, oid, &keys)
+                .map_err(|e| format!("omap_get: {e}"))?;
+            let want: BTreeMap<_, _> = o
+                .omap
+                .iter()
+                .take(2)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             if got != want {
                 return Err(format!("omap_get of {oid:?}"));
             }
@@ -184,7 +213,11 @@ pub fn compare<S: ObjectStore + ?Sized>(store: &mut S, model: &Model) -> Result<
 }
 
 /// Submit `txn` to the store, apply it to the model, and check both agree on the outcome.
-pub fn step<S: ObjectStore + ?Sized>(store: &mut S, model: &mut Model, txn: &Transaction) -> Result<(), String> {
+pub fn step<S: ObjectStore + ?Sized>(
+    store: &mut S,
+    model: &mut Model,
+    txn: &Transaction,
+) -> Result<(), String> {
     let got = drive::commit(store, txn.clone());
     let want = model.apply(txn);
     match (&got, &want) {
@@ -203,11 +236,13 @@ fn arb_oid() -> impl Strategy<Value = ObjectId> {
 }
 
 fn arb_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
-    (any::<u8>(), 0..=max).prop_map(|(seed, n)| (0..n).map(|i| seed.wrapping_add((i % 251) as u8)).collect())
+    (any::<u8>(), 0..=max)
+        .prop_map(|(seed, n)| (0..n).map(|i| seed.wrapping_add((i % 251) as u8)).collect())
 }
 
 fn arb_key() -> impl Strategy<Value = Vec<u8>> {
-    prop::sample::select(vec!["k1", "k2", "k3", "k4", "k5", "k6"]).prop_map(|s| s.as_bytes().to_vec())
+    prop::sample::select(vec!["k1", "k2", "k3", "k4", "k5", "k6"])
+        .prop_map(|s| s.as_bytes().to_vec())
 }
 
 /// One random operation over a small universe (so ops collide often).

@@ -4,8 +4,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
 
-
-
 /// Largest object size any engine accepts (1 TiB); bounds offset arithmetic.
 pub const MAX_OBJECT_SIZE: u64 = 1 << 40;
 
@@ -39,21 +37,52 @@ pub enum Op {
     /// Creates the object if missing.
     Touch { cid: CollectionId, oid: ObjectId },
     /// Creates the object if missing; extends the size if needed.
-    Write { cid: CollectionId, oid: ObjectId, off: u64, data: Vec<u8> },
+    Write {
+        cid: CollectionId,
+        oid: ObjectId,
+        off: u64,
+        data: Vec<u8>,
+    },
     /// Makes `[off, off+len)` read as zeros; creates/extends like a write.
-    Zero { cid: CollectionId, oid: ObjectId, off: u64, len: u64 },
+    Zero {
+        cid: CollectionId,
+        oid: ObjectId,
+        off: u64,
+        len: u64,
+    },
     /// Sets the size (shrinking drops data, growing reads as zeros); creates if missing.
-    Truncate { cid: CollectionId, oid: ObjectId, size: u64 },
+    Truncate {
+        cid: CollectionId,
+        oid: ObjectId,
+        size: u64,
+    },
     /// Fails with `NotFound` if missing.
     Remove { cid: CollectionId, oid: ObjectId },
     /// Creates the object if missing.
-    SetAttr { cid: CollectionId, oid: ObjectId, name: String, value: Vec<u8> },
+    SetAttr {
+        cid: CollectionId,
+        oid: ObjectId,
+        name: String,
+        value: Vec<u8>,
+    },
     /// The object must exist; a missing attribute is not an error.
-    RmAttr { cid: CollectionId, oid: ObjectId, name: String },
+    RmAttr {
+        cid: CollectionId,
+        oid: ObjectId,
+        name: String,
+    },
     /// Creates the object if missing.
-    OmapSet { cid: CollectionId, oid: ObjectId, entries: Vec<(Vec<u8>, Vec<u8>)> },
+    OmapSet {
+        cid: CollectionId,
+        oid: ObjectId,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    },
     /// The object must exist; missing keys are not an error.
-    OmapRm { cid: CollectionId, oid: ObjectId, keys: Vec<Vec<u8>> },
+    OmapRm {
+        cid: CollectionId,
+        oid: ObjectId,
+        keys: Vec<Vec<u8>>,
+    },
 }
 
 impl Op {
@@ -92,13 +121,32 @@ impl Transaction {
         self.push(Op::CreateCollection { cid })
     }
     pub fn write(&mut self, cid: CollectionId, oid: &ObjectId, off: u64, data: &[u8]) -> &mut Self {
-        self.push(Op::Write { cid, oid: oid.clone(), off, data: data.to_vec() })
+        self.push(Op::Write {
+            cid,
+            oid: oid.clone(),
+            off,
+            data: data.to_vec(),
+        })
     }
-    pub fn set_attr(&mut self, cid: CollectionId, oid: &ObjectId, name: &str, v: &[u8]) -> &mut Self {
-        self.push(Op::SetAttr { cid, oid: oid.clone(), name: name.to_string(), value: v.to_vec() })
+    pub fn set_attr(
+        &mut self,
+        cid: CollectionId,
+        oid: &ObjectId,
+        name: &str,
+        v: &[u8],
+    ) -> &mut Self {
+        self.push(Op::SetAttr {
+            cid,
+            oid: oid.clone(),
+            name: name.to_string(),
+            value: v.to_vec(),
+        })
     }
     pub fn remove(&mut self, cid: CollectionId, oid: &ObjectId) -> &mut Self {
-        self.push(Op::Remove { cid, oid: oid.clone() })
+        self.push(Op::Remove {
+            cid,
+            oid: oid.clone(),
+        })
     }
     /// Bytes of object data the transaction carries (for accounting and benchmarks).
     pub fn data_bytes(&self) -> u64 {
@@ -145,4 +193,3 @@ pub struct ListPage {
     pub objects: Vec<ObjectId>,
     pub next: Option<ObjectId>,
 }
-

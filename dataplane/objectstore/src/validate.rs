@@ -29,7 +29,9 @@ pub fn validate(view: &dyn StoreView, txn: &Transaction) -> Result<(), StoreErro
     let mut delta: HashMap<CollectionId, isize> = HashMap::new();
     for op in &txn.ops {
         let cid = op.cid();
-        let coll_exists = *colls.entry(cid).or_insert_with(|| view.collection_exists(cid));
+        let coll_exists = *colls
+            .entry(cid)
+            .or_insert_with(|| view.collection_exists(cid));
         match op {
             Op::CreateCollection { .. } => {
                 if coll_exists {
@@ -105,4 +107,3 @@ pub fn validate(view: &dyn StoreView, txn: &Transaction) -> Result<(), StoreErro
     }
     Ok(())
 }
-

@@ -9,12 +9,21 @@ use carmine_objectstore::device::FileDevice;
 pub const DEV_BLOCKS_4K: u64 = 2048; // 8 MiB
 
 pub fn small_format() -> FormatOptions {
-    FormatOptions { shards: 2, seg_blocks: 32, slot_blocks: 64 }
+    FormatOptions {
+        shards: 2,
+        seg_blocks: 32,
+        slot_blocks: 64,
+    }
 }
 
 /// Aggressive background work so short tests exercise the cleaner and checkpoints.
 pub fn busy_opts(shard: usize) -> MountOptions {
-    MountOptions { shard, clean_low_water: 20, ckpt_interval_blocks: 96, ..MountOptions::default() }
+    MountOptions {
+        shard,
+        clean_low_water: 20,
+        ckpt_interval_blocks: 96,
+        ..MountOptions::default()
+    }
 }
 
 pub fn open_dev(path: &Path) -> FileDevice {
