@@ -1,7 +1,10 @@
-//! An AF_PACKET `phy::Device` for the CI topology and the bench: one raw socket bound to one
-//! interface, one preallocated receive and one transmit frame buffer (no allocation per frame,
-//! unlike smoltcp's `RawSocket`), frames this host sent itself filtered out, and send errors
-//! (link down, ENOBUFS) counted as drops instead of panicking — a NIC drops, it does not abort.
+//! An AF_PACKET [`NetDevice`] for the CI topology and the bench: one raw socket bound to one
+//! interface; frames move in batches — `recvmmsg` fills up to [`BATCH`] preallocated receive
+//! slots, transmitted frames are written into preallocated slots and sent with one `sendmmsg`
+//! per batch or at `flush` (the same shape as a DPDK rx/tx burst). No allocation per frame
+//! (unlike smoltcp's `RawSocket`); frames this host sent itself are filtered out; send errors
+//! (link down, ENOBUFS) are counted as drops instead of panicking: a NIC drops, it does not
+//! abort.
 //!
 //! All unsafe code of the device is in the `sys` submodule.
 
@@ -10,22 +13,71 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
-/// Frame counters of the raw socket itself.
+use crate::NetDevice;
+
+/// Frames per receive or transmit batch.
+pub const BATCH: usize = 32;
+
+/// Counters of the raw socket itself.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AfPacketStats {
-    pub tx_errors: u64,
+    pub rx_batches: u64,
+    pub tx_batches: u64,
+    /// Frames the kernel refused (link down, buffer full): dropped.
+    pub tx_dropped: u64,
     pub rx_errors: u64,
     /// Frames other sockets on this host transmitted (seen on a tap, ignored).
     pub rx_outgoing_skipped: u64,
+}
+
+/// `BATCH` frame slots in one buffer.
+struct Slots {
+    buf: Vec<u8>,
+    len: [usize; BATCH],
+    frame: usize,
+}
+
+impl Slots {
+    fn new(frame: usize) -> Self {
+        Self { buf: vec![0; frame * BATCH], len: [0; BATCH], frame }
+    }
+
+    fn slot(&self, i: usize) -> &[u8] {
+        &self.buf[i * self.frame..i * self.frame + self.len[i]]
+    }
+}
+
+/// Pending transmit frames.
+struct TxQueue {
+    fd: RawFd,
+    slots: Slots,
+    count: usize,
+    stats: AfPacketStats,
+}
+
+impl TxQueue {
+    fn flush(&mut self) -> usize {
+        if self.count == 0 {
+            return 0;
+        }
+        let n = self.count;
+        let sent = sys::send_batch(self.fd, &self.slots, n);
+        self.stats.tx_batches += 1;
+        self.stats.tx_dropped += (n - sent) as u64;
+        self.count = 0;
+        n
+    }
 }
 
 /// A raw Ethernet device on a Linux interface.
 pub struct AfPacket {
     fd: OwnedFd,
     mtu: usize,
-    rx: Vec<u8>,
-    tx: Vec<u8>,
-    stats: AfPacketStats,
+    rx: Slots,
+    rx_outgoing: [bool; BATCH],
+    rx_count: usize,
+    rx_next: usize,
+    tx: TxQueue,
 }
 
 impl AfPacket {
@@ -34,17 +86,47 @@ impl AfPacket {
     pub fn open(ifname: &str, mtu: usize) -> std::io::Result<Self> {
         let fd = sys::open_bound(ifname)?;
         let frame = mtu + 14;
+        let raw = fd.as_raw_fd();
         Ok(Self {
             fd,
             mtu,
-            rx: vec![0; frame],
-            tx: vec![0; frame],
-            stats: Default::default(),
+            rx: Slots::new(frame),
+            rx_outgoing: [false; BATCH],
+            rx_count: 0,
+            rx_next: 0,
+            tx: TxQueue { fd: raw, slots: Slots::new(frame), count: 0, stats: Default::default() },
         })
     }
 
     pub fn stats(&self) -> AfPacketStats {
-        self.stats
+        self.tx.stats
+    }
+
+    /// Index of the next received frame, refilling the batch when it is used up.
+    fn next_rx(&mut self) -> Option<usize> {
+        loop {
+            if self.rx_next < self.rx_count {
+                let i = self.rx_next;
+                self.rx_next += 1;
+                if self.rx_outgoing[i] {
+                    self.tx.stats.rx_outgoing_skipped += 1;
+                    continue;
+                }
+                return Some(i);
+            }
+            match sys::recv_batch(self.fd.as_raw_fd(), &mut self.rx, &mut self.rx_outgoing) {
+                Ok(0) => return None,
+                Ok(n) => {
+                    self.tx.stats.rx_batches += 1;
+                    self.rx_count = n;
+                    self.rx_next = 0;
+                }
+                Err(_) => {
+                    self.tx.stats.rx_errors += 1;
+                    return None;
+                }
+            }
+        }
     }
 }
 
@@ -59,9 +141,7 @@ pub struct RxToken<'a> {
 }
 
 pub struct TxToken<'a> {
-    fd: RawFd,
-    buf: &'a mut [u8],
-    errors: &'a mut u64,
+    q: &'a mut TxQueue,
 }
 
 impl phy::RxToken for RxToken<'_> {
@@ -72,10 +152,17 @@ impl phy::RxToken for RxToken<'_> {
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let len = len.min(self.buf.len());
-        let r = f(&mut self.buf[..len]);
-        if sys::send(self.fd, &self.buf[..len]).is_err() {
-            *self.errors += 1;
+        if self.q.count == BATCH {
+            self.q.flush();
+        }
+        let i = self.q.count;
+        let frame = self.q.slots.frame;
+        let len = len.min(frame);
+        let r = f(&mut self.q.slots.buf[i * frame..i * frame + len]);
+        self.q.slots.len[i] = len;
+        self.q.count += 1;
+        if self.q.count == BATCH {
+            self.q.flush();
         }
         r
     }
@@ -86,47 +173,26 @@ impl phy::Device for AfPacket {
     type TxToken<'a> = TxToken<'a>;
 
     fn receive(&mut self, _ts: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
-        let fd = self.fd.as_raw_fd();
-        loop {
-            match sys::recv(fd, &mut self.rx) {
-                Ok(Some((n, outgoing))) => {
-                    if outgoing {
-                        self.stats.rx_outgoing_skipped += 1;
-                        continue;
-                    }
-                    let rx = RxToken {
-                        frame: &self.rx[..n],
-                    };
-                    let tx = TxToken {
-                        fd,
-                        buf: &mut self.tx,
-                        errors: &mut self.stats.tx_errors,
-                    };
-                    return Some((rx, tx));
-                }
-                Ok(None) => return None,
-                Err(_) => {
-                    self.stats.rx_errors += 1;
-                    return None;
-                }
-            }
-        }
+        let i = self.next_rx()?;
+        Some((RxToken { frame: self.rx.slot(i) }, TxToken { q: &mut self.tx }))
     }
 
     fn transmit(&mut self, _ts: Instant) -> Option<TxToken<'_>> {
-        let fd = self.fd.as_raw_fd();
-        Some(TxToken {
-            fd,
-            buf: &mut self.tx,
-            errors: &mut self.stats.tx_errors,
-        })
+        Some(TxToken { q: &mut self.tx })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
         let mut c = DeviceCapabilities::default();
         c.medium = Medium::Ethernet;
         c.max_transmission_unit = self.mtu + 14;
+        c.max_burst_size = Some(BATCH);
         c
+    }
+}
+
+impl NetDevice for AfPacket {
+    fn flush(&mut self) -> usize {
+        self.tx.flush()
     }
 }
 
@@ -134,6 +200,8 @@ mod sys {
     use std::ffi::CString;
     use std::io;
     use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+    use super::{Slots, BATCH};
 
     fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
         if rc < 0 {
@@ -174,16 +242,22 @@ mod sys {
                 std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         })?;
-        // Big socket buffers: the shard drains in bursts. Failure only costs drops.
+        // Big socket buffers and no qdisc on transmit: the shard works in bursts.
+        // Failure of either only costs drops or speed.
         let size: libc::c_int = 4 << 20;
-        for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        let one: libc::c_int = 1;
+        for (level, opt, val) in [
+            (libc::SOL_SOCKET, libc::SO_RCVBUF, &size),
+            (libc::SOL_SOCKET, libc::SO_SNDBUF, &size),
+            (libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one),
+        ] {
             // SAFETY: passes a pointer to a live c_int and its size.
             let _ = unsafe {
                 libc::setsockopt(
                     fd,
-                    libc::SOL_SOCKET,
+                    level,
                     opt,
-                    (&size as *const libc::c_int).cast(),
+                    (val as *const libc::c_int).cast(),
                     std::mem::size_of::<libc::c_int>() as libc::socklen_t,
                 )
             };
@@ -191,43 +265,89 @@ mod sys {
         Ok(owned)
     }
 
-    /// One frame into `buf`: `Ok(None)` when none is queued; the flag says "sent by this host".
-    pub(super) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<(usize, bool)>> {
-        // SAFETY: sockaddr_ll is plain old data; the kernel fills it.
-        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        // SAFETY: `buf` is valid for writes of its length; `from`/`len` are live and sized.
+    /// Receives up to BATCH frames into `rx`; `outgoing[i]` = frame i was sent by this host.
+    pub(super) fn recv_batch(
+        fd: RawFd,
+        rx: &mut Slots,
+        outgoing: &mut [bool; BATCH],
+    ) -> io::Result<usize> {
+        // SAFETY: all-zero is valid for these plain C structs (null pointers, zero lengths).
+        let mut from: [libc::sockaddr_ll; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        let frame = rx.frame;
+        let base = rx.buf.as_mut_ptr();
+        for i in 0..BATCH {
+            // SAFETY: slot i lies inside `rx.buf` (BATCH * frame bytes).
+            iov[i].iov_base = unsafe { base.add(i * frame) }.cast();
+            iov[i].iov_len = frame;
+            msgs[i].msg_hdr.msg_iov = &mut iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_name = (&mut from[i] as *mut libc::sockaddr_ll).cast();
+            msgs[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        }
+        // SAFETY: every pointer in `msgs` points into live arrays/buffers of this frame, with
+        // matching lengths; MSG_DONTWAIT never blocks; a null timeout is allowed.
         let n = unsafe {
-            libc::recvfrom(
+            libc::recvmmsg(
                 fd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_TRUNC,
-                (&mut from as *mut libc::sockaddr_ll).cast(),
-                &mut len,
+                msgs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
             )
         };
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
                 _ => Err(e),
             };
         }
         let n = n as usize;
-        if n > buf.len() {
-            // Larger than our MTU (offloads left on?): drop it as a NIC would.
-            return Err(io::Error::other("oversized frame"));
+        for i in 0..n {
+            let truncated = msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            rx.len[i] = if truncated { 0 } else { msgs[i].msg_len as usize };
+            // A truncated (oversized) frame becomes an empty one smoltcp discards.
+            outgoing[i] = from[i].sll_pkttype == libc::PACKET_OUTGOING;
         }
-        Ok(Some((n, from.sll_pkttype == libc::PACKET_OUTGOING)))
+        Ok(n)
     }
 
-    pub(super) fn send(fd: RawFd, frame: &[u8]) -> io::Result<()> {
-        // SAFETY: `frame` is valid for reads of its length.
-        let n = unsafe { libc::send(fd, frame.as_ptr().cast(), frame.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+    /// Sends the first `n` frames of `tx`; returns how many the kernel took.
+    pub(super) fn send_batch(fd: RawFd, tx: &Slots, n: usize) -> usize {
+        // SAFETY: all-zero is valid for these plain C structs.
+        let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for i in 0..n {
+            let s = tx.slot(i);
+            iov[i].iov_base = s.as_ptr() as *mut libc::c_void;
+            iov[i].iov_len = s.len();
+            msgs[i].msg_hdr.msg_iov = &mut iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
         }
-        Ok(())
+        let (mut done, mut refused) = (0, 0);
+        while done < n {
+            // SAFETY: msgs[done..n] point at live iovecs over `tx.buf`; sendmmsg only reads them.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    msgs[done..].as_mut_ptr(),
+                    (n - done) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r <= 0 {
+                // The frame at `done` was refused (ENOBUFS, link down, ...): drop it, go on.
+                done += 1;
+                refused += 1;
+                continue;
+            }
+            done += r as usize;
+        }
+        n - refused
     }
 }

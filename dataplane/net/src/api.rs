@@ -94,3 +94,17 @@ pub trait NetStack {
     /// An fd that is readable when `poll` has work (for the adaptive shard's sleep).
     fn wait_fd(&self) -> Option<RawFd>;
 }
+
+/// A `smoltcp::phy::Device` that may hold transmitted frames back to send them in bursts.
+///
+/// The DPDK device implements `flush` as `rte_eth_tx_burst` of the mbufs its `TxToken`s
+/// filled; [`crate::SmolStack::poll`] calls it after every `Interface::poll`.
+pub trait NetDevice: smoltcp::phy::Device {
+    /// Sends every frame still held; returns how many were handed to the hardware/kernel.
+    fn flush(&mut self) -> usize {
+        0
+    }
+}
+
+/// smoltcp's in-memory loopback sends at once: nothing to flush.
+impl NetDevice for smoltcp::phy::Loopback {}

@@ -85,3 +85,9 @@ impl<D: Device> Device for Counted<D> {
         self.inner.capabilities()
     }
 }
+
+impl<D: crate::NetDevice> crate::NetDevice for Counted<D> {
+    fn flush(&mut self) -> usize {
+        self.inner.flush()
+    }
+}

@@ -18,15 +18,23 @@
 //! next timer or the device fd.
 //!
 //! ## Device contract (for the DPDK mbuf device)
-//! Implement `smoltcp::phy::Device` with `capabilities()` = `Medium::Ethernet`, MTU 1514
-//! (frame, not IP MTU), `max_burst_size` = the burst size; checksum capabilities as the port
-//! offloads. `receive()` pops one mbuf from a per-shard rx burst array (refilled by
-//! `rte_eth_rx_burst` when empty) and returns an `RxToken` whose `consume` calls `f` on the
-//! mbuf's data slice and frees the mbuf (no copy); the paired `TxToken` and `transmit()` allocate
-//! an mbuf from the shard's mempool (None when the pool or tx ring is full: smoltcp retries),
-//! and `consume(len, f)` appends `len` bytes and lets `f` write the frame in place, then queues
-//! the mbuf for the next `rte_eth_tx_burst` (flush the tx array at the end of every poll).
-//! Then: `SmolStack::new(device, SmolConfig { .. }, None)`.
+//! Implement `smoltcp::phy::Device` plus [`NetDevice`] (`flush`):
+//! - `capabilities()`: `Medium::Ethernet`, `max_transmission_unit` = 1514 (the *frame* size
+//!   for Ethernet), `max_burst_size = Some(burst)`, checksum capabilities as the port offloads
+//!   (default: smoltcp computes and verifies all).
+//! - `receive()`: pop the next mbuf from a per-shard rx array, refilled with
+//!   `rte_eth_rx_burst` when empty; return `(RxToken, TxToken)`. `RxToken::consume` calls `f`
+//!   on the mbuf's data slice (zero copy) and frees the mbuf afterwards.
+//! - `transmit()` / the paired `TxToken`: return None when the shard's mempool or tx array is
+//!   exhausted (smoltcp retries on the next poll). `TxToken::consume(len, f)` allocates an mbuf,
+//!   appends `len` bytes, lets `f` write the frame in place, and pushes the mbuf onto the tx
+//!   array (flushing it first when full).
+//! - `flush()`: `rte_eth_tx_burst` the tx array; free what the NIC refused (count as drops).
+//!   [`SmolStack::poll`] calls it after every `Interface::poll`.
+//!
+//! Then `SmolStack::new(device, SmolConfig { mac, ip, .. }, None)` on the shard thread, and
+//! register a poller that calls `poll()` (see below). [`afpacket::AfPacket`] is a working
+//! example of exactly this shape (recvmmsg batches in, sendmmsg batches out).
 //!
 //! ## Invariants
 //! - A stack is owned by one shard thread (`!Send` is fine) and never blocks.
@@ -47,7 +55,7 @@ pub mod netns;
 mod smol;
 pub mod testapp;
 
-pub use api::{ConnId, ConnState, ConnStats, IfaceStats, ListenerId, NetStack};
+pub use api::{ConnId, ConnState, ConnStats, IfaceStats, ListenerId, NetDevice, NetStack};
 pub use error::NetError;
 pub use kernel::{KernelConfig, KernelStack};
 pub use smol::{SmolConfig, SmolStack};

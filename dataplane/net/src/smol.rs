@@ -19,13 +19,12 @@ use std::os::fd::RawFd;
 use std::time::{Duration, Instant as StdInstant};
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::Device;
 use smoltcp::socket::tcp;
 use smoltcp::socket::Socket;
 use smoltcp::time::{Duration as SmolDuration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
-use crate::api::{ConnId, ConnState, ConnStats, IfaceStats, ListenerId, NetStack};
+use crate::api::{ConnId, ConnState, ConnStats, IfaceStats, ListenerId, NetDevice, NetStack};
 use crate::counted::{Counted, FrameCounters};
 use crate::NetError;
 
@@ -95,7 +94,8 @@ struct Conn {
 }
 
 /// A smoltcp TCP/IP stack over device `D` (AF_PACKET now, a DPDK mbuf device later).
-pub struct SmolStack<D: Device> {
+/// Frames `D` holds back are flushed at the end of every [`NetStack::poll`].
+pub struct SmolStack<D: NetDevice> {
     device: Counted<D>,
     iface: Interface,
     sockets: SocketSet<'static>,
@@ -124,7 +124,7 @@ fn smol_dur(d: Duration) -> SmolDuration {
     SmolDuration::from_micros(d.as_micros().min(u64::MAX as u128) as u64)
 }
 
-impl<D: Device> SmolStack<D> {
+impl<D: NetDevice> SmolStack<D> {
     /// Builds the interface and the socket pool. `wait_fd`: an fd readable when the device
     /// has frames (the AF_PACKET socket), or None (DPDK: the shard just polls).
     pub fn new(mut device: D, cfg: SmolConfig, wait_fd: Option<RawFd>) -> Result<Self, NetError> {
@@ -320,7 +320,7 @@ impl<D: Device> SmolStack<D> {
     }
 }
 
-impl<D: Device> NetStack for SmolStack<D> {
+impl<D: NetDevice> NetStack for SmolStack<D> {
     fn listen(&mut self, port: u16, backlog: usize) -> Result<ListenerId, NetError> {
         if port == 0 || backlog == 0 {
             return Err(NetError::Config("port and backlog must be > 0"));
@@ -445,6 +445,7 @@ impl<D: Device> NetStack for SmolStack<D> {
         let now = Instant::now();
         let before = self.device.counters.rx_frames.get() + self.device.counters.tx_frames.get();
         self.iface.poll(now, &mut self.device, &mut self.sockets);
+        self.device.flush();
         let frames =
             self.device.counters.rx_frames.get() + self.device.counters.tx_frames.get() - before;
         let mut work = frames as usize;
