@@ -136,6 +136,10 @@ pub struct BdevStore<D: BlockDevice> {
     clean_inflight: usize,
     clean_ready: Vec<(u64, u64, Extent, Vec<u8>)>,
     space_wait: bool,
+    /// Number of `false` entries in `used` (kept incrementally: polls must not scan segments).
+    nfree: u32,
+    /// A checkpoint completed or space is low: scan for segments to free.
+    reclaim_due: bool,
     /// Cleaner steps + checkpoints at the moment a transaction started waiting for space.
     wait_mark: Option<u64>,
     /// The last cleaner step found no victim.
@@ -181,7 +185,7 @@ impl<D: BlockDevice> BdevStore<D> {
         }
         let mut used = l.used;
         used[l.head.seg as usize] = true;
-        Ok(BdevStore {
+        let mut s = BdevStore {
             dev,
             geo: l.geo,
             idx: l.index,
@@ -200,6 +204,8 @@ impl<D: BlockDevice> BdevStore<D> {
             clean_inflight: 0,
             clean_ready: Vec::new(),
             space_wait: false,
+            nfree: 0,
+            reclaim_due: true,
             wait_mark: None,
             cleaner_idle: false,
             ckpt: Ckpt {
@@ -216,7 +222,9 @@ impl<D: BlockDevice> BdevStore<D> {
             next_ticket: 0,
             stats: StoreStats::default(),
             iobuf: Vec::new(),
-        })
+        };
+        s.nfree = s.used.iter().filter(|u| !**u).count() as u32;
+        Ok(s)
     }
 
     /// Finish all queued work, write a checkpoint (so the next mount replays nothing) and
@@ -242,7 +250,7 @@ impl<D: BlockDevice> BdevStore<D> {
 
     /// Free segments right now.
     pub fn free_segments(&self) -> u32 {
-        self.used.iter().filter(|u| !**u).count() as u32
+        self.nfree
     }
 
     pub fn geometry(&self) -> &Geometry {
@@ -355,6 +363,7 @@ impl<D: BlockDevice> BdevStore<D> {
                     self.ckpt.active_slot = slot;
                     self.ckpt.start = start;
                     self.stats.checkpoints += 1;
+                    self.reclaim_due = true;
                 }
                 self.ckpt.phase = CkptPhase::Idle;
             }
@@ -560,6 +569,7 @@ impl<D: BlockDevice> BdevStore<D> {
             return false;
         };
         self.used[s as usize] = true;
+        self.nfree -= 1;
         self.seg_seq[s as usize] = self.head.seg_seq + 1;
         self.head = LogPos {
             seg: s,
@@ -928,9 +938,10 @@ impl<D: BlockDevice> BdevStore<D> {
 
     /// Free segments with no live data that lie wholly before the checkpoint's replay start.
     fn reclaim(&mut self) {
-        if !self.reads.is_empty() || self.clean_inflight > 0 {
+        if !self.reclaim_due || !self.reads.is_empty() || self.clean_inflight > 0 {
             return; // a read might still target a segment we would hand out again
         }
+        self.reclaim_due = false;
         for s in 0..self.geo.nsegs as usize {
             if self.used[s]
                 && s != self.head.seg as usize
@@ -938,6 +949,7 @@ impl<D: BlockDevice> BdevStore<D> {
                 && self.seg_seq[s] < self.ckpt.start.seg_seq
             {
                 self.used[s] = false;
+                self.nfree += 1;
                 self.stats.segments_freed += 1;
             }
         }
@@ -950,14 +962,20 @@ impl<D: BlockDevice> BdevStore<D> {
             return;
         }
         let head = self.head.seg as usize;
-        let pending_free = (0..self.geo.nsegs as usize).any(|s| {
-            self.used[s]
-                && s != head
-                && self.idx.acct.live[s] == 0
-                && self.seg_seq[s] >= self.ckpt.start.seg_seq
-        });
         let low = self.free_count() < self.opts.clean_low_water || self.space_wait;
-        if (pending_free && low) || self.blocks_since_ckpt >= self.opts.ckpt_interval_blocks {
+        if low {
+            // Emptied segments already behind the checkpoint need no new one, only a scan.
+            self.reclaim_due = true;
+        }
+        // Scan segments only under space pressure, not on every poll.
+        let pending_free = low
+            && (0..self.geo.nsegs as usize).any(|s| {
+                self.used[s]
+                    && s != head
+                    && self.idx.acct.live[s] == 0
+                    && self.seg_seq[s] >= self.ckpt.start.seg_seq
+            });
+        if pending_free || self.blocks_since_ckpt >= self.opts.ckpt_interval_blocks {
             self.ckpt.phase = CkptPhase::Quiesce;
         }
     }

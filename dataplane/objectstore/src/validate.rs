@@ -107,3 +107,199 @@ pub fn validate(view: &dyn StoreView, txn: &Transaction) -> Result<(), StoreErro
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// A hand-built view: collections with object names.
+    struct View(BTreeMap<u64, BTreeSet<&'static str>>);
+    impl StoreView for View {
+        fn collection_exists(&self, cid: CollectionId) -> bool {
+            self.0.contains_key(&cid.0)
+        }
+        fn object_exists(&self, cid: CollectionId, oid: &ObjectId) -> bool {
+            self.0
+                .get(&cid.0)
+                .is_some_and(|c| c.iter().any(|o| o.as_bytes() == oid.0))
+        }
+        fn collection_len(&self, cid: CollectionId) -> usize {
+            self.0.get(&cid.0).map_or(0, |c| c.len())
+        }
+    }
+
+    fn view() -> View {
+        View(BTreeMap::from([
+            (1, BTreeSet::from(["a", "b"])),
+            (2, BTreeSet::new()),
+        ]))
+    }
+    fn oid(s: &str) -> ObjectId {
+        ObjectId::from(s)
+    }
+    fn txn(ops: Vec<Op>) -> Transaction {
+        Transaction { ops }
+    }
+    const C1: CollectionId = CollectionId(1);
+    const C2: CollectionId = CollectionId(2);
+    const C3: CollectionId = CollectionId(3);
+
+    #[test]
+    fn collection_rules() {
+        let v = view();
+        assert!(matches!(
+            validate(&v, &txn(vec![Op::CreateCollection { cid: C1 }])),
+            Err(StoreError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            validate(&v, &txn(vec![Op::RemoveCollection { cid: C3 }])),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            validate(&v, &txn(vec![Op::RemoveCollection { cid: C1 }])),
+            Err(StoreError::NotEmpty(_))
+        ));
+        assert_eq!(
+            validate(&v, &txn(vec![Op::RemoveCollection { cid: C2 }])),
+            Ok(())
+        );
+        // Emptying then removing in one transaction is fine; then recreating too.
+        let t = txn(vec![
+            Op::Remove {
+                cid: C1,
+                oid: oid("a"),
+            },
+            Op::Remove {
+                cid: C1,
+                oid: oid("b"),
+            },
+            Op::RemoveCollection { cid: C1 },
+            Op::CreateCollection { cid: C1 },
+            Op::Touch {
+                cid: C1,
+                oid: oid("c"),
+            },
+        ]);
+        assert_eq!(validate(&v, &t), Ok(()));
+        // After recreation the old objects are gone.
+        let t = txn(vec![
+            Op::Remove {
+                cid: C1,
+                oid: oid("a"),
+            },
+            Op::Remove {
+                cid: C1,
+                oid: oid("b"),
+            },
+            Op::RemoveCollection { cid: C1 },
+            Op::CreateCollection { cid: C1 },
+            Op::Remove {
+                cid: C1,
+                oid: oid("a"),
+            },
+        ]);
+        assert!(matches!(validate(&v, &t), Err(StoreError::NotFound(_))));
+    }
+
+    #[test]
+    fn object_rules() {
+        let v = view();
+        assert!(matches!(
+            validate(
+                &v,
+                &txn(vec![Op::Touch {
+                    cid: C3,
+                    oid: oid("a")
+                }])
+            ),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            validate(
+                &v,
+                &txn(vec![Op::Remove {
+                    cid: C2,
+                    oid: oid("a")
+                }])
+            ),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            validate(
+                &v,
+                &txn(vec![Op::RmAttr {
+                    cid: C2,
+                    oid: oid("x"),
+                    name: "n".into()
+                }])
+            ),
+            Err(StoreError::NotFound(_))
+        ));
+        // Create by write, then remove, then a second remove fails.
+        let w = Op::Write {
+            cid: C2,
+            oid: oid("x"),
+            off: 0,
+            data: vec![1],
+        };
+        assert_eq!(
+            validate(
+                &v,
+                &txn(vec![
+                    w.clone(),
+                    Op::Remove {
+                        cid: C2,
+                        oid: oid("x")
+                    }
+                ])
+            ),
+            Ok(())
+        );
+        let t = txn(vec![
+            w,
+            Op::Remove {
+                cid: C2,
+                oid: oid("x"),
+            },
+            Op::Remove {
+                cid: C2,
+                oid: oid("x"),
+            },
+        ]);
+        assert!(matches!(validate(&v, &t), Err(StoreError::NotFound(_))));
+        // A collection that gained an object in this transaction is not empty.
+        let t = txn(vec![
+            Op::Touch {
+                cid: C2,
+                oid: oid("y"),
+            },
+            Op::RemoveCollection { cid: C2 },
+        ]);
+        assert!(matches!(validate(&v, &t), Err(StoreError::NotEmpty(_))));
+    }
+
+    #[test]
+    fn ranges_are_bounded() {
+        let v = view();
+        let t = txn(vec![Op::Zero {
+            cid: C1,
+            oid: oid("a"),
+            off: u64::MAX - 1,
+            len: 5,
+        }]);
+        assert!(matches!(
+            validate(&v, &t),
+            Err(StoreError::InvalidArgument(_))
+        ));
+        let t = txn(vec![Op::Truncate {
+            cid: C1,
+            oid: oid("a"),
+            size: MAX_OBJECT_SIZE + 1,
+        }]);
+        assert!(matches!(
+            validate(&v, &t),
+            Err(StoreError::InvalidArgument(_))
+        ));
+    }
+}
