@@ -80,7 +80,12 @@ fn phase(h: &Histogram<u64>, ops: u64, t: std::time::Duration) -> Phase {
     }
 }
 
-fn raw_phase(dev: &mut FileDevice, blocks: u64, a: &Args, write: bool) -> Result<Phase, String> {
+fn raw_phase<D: BlockDevice>(
+    dev: &mut D,
+    blocks: u64,
+    a: &Args,
+    write: bool,
+) -> Result<Phase, String> {
     let ratio = BS / dev.block_size() as u64;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ write as u64);
     let mut h = hist();
@@ -137,7 +142,11 @@ fn obj(i: u64) -> ObjectId {
 
 const OBJ_BYTES: u64 = 1 << 20;
 
-fn store_phase(s: &mut BdevStore<FileDevice>, a: &Args, write: bool) -> Result<Phase, String> {
+fn store_phase<D: BlockDevice>(
+    s: &mut BdevStore<D>,
+    a: &Args,
+    write: bool,
+) -> Result<Phase, String> {
     let c = CollectionId(1);
     let nobj = (a.working_set_mib * (1 << 20) / OBJ_BYTES).max(1);
     let mut rng = Rng(0x1234_5678_9abc_def1 ^ write as u64);
@@ -175,13 +184,9 @@ fn store_phase(s: &mut BdevStore<FileDevice>, a: &Args, write: bool) -> Result<P
     Ok(phase(&h, a.ops, t0.elapsed()))
 }
 
-fn run(a: &Args) -> Result<serde_json::Value, String> {
-    let path = a.file.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("carmine-storebench-{}", std::process::id()))
-    });
-    let blocks = a.size_mib * (1 << 20) / BS;
-    let mut dev = FileDevice::open(&path, BS as u32, blocks).map_err(|e| e.to_string())?;
-    dev.set_sync(a.sync);
+/// The whole benchmark on any device (the OSD build passes an SPDK malloc bdev here).
+fn bench<D: BlockDevice>(mut dev: D, name: &str, a: &Args) -> Result<serde_json::Value, String> {
+    let blocks = dev.block_count() * dev.block_size() as u64 / BS;
     let ws_blocks = (a.working_set_mib * (1 << 20) / BS).min(blocks - 2);
 
     // Raw baseline on the same device: write first so the reads hit written blocks.
@@ -218,12 +223,8 @@ fn run(a: &Args) -> Result<serde_json::Value, String> {
         / (s.stats().user_bytes - user_before).max(1) as f64;
     let st_r = store_phase(&mut s, a, false)?;
     let stats = s.stats().clone();
-    drop(s);
-    if !a.keep {
-        let _ = std::fs::remove_file(&path);
-    }
     Ok(serde_json::json!({
-        "device": format!("file:{}", path.display()),
+        "device": name,
         "ops": a.ops,
         "qd": a.qd,
         "size_mib": a.size_mib,
@@ -248,6 +249,20 @@ fn run(a: &Args) -> Result<serde_json::Value, String> {
         "checkpoints": stats.checkpoints,
         "records": stats.records,
     }))
+}
+
+fn run(a: &Args) -> Result<serde_json::Value, String> {
+    let path = a.file.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("carmine-storebench-{}", std::process::id()))
+    });
+    let blocks = a.size_mib * (1 << 20) / BS;
+    let mut dev = FileDevice::open(&path, BS as u32, blocks).map_err(|e| e.to_string())?;
+    dev.set_sync(a.sync);
+    let r = bench(dev, &format!("file:{}", path.display()), a);
+    if !a.keep {
+        let _ = std::fs::remove_file(&path);
+    }
+    r
 }
 
 fn main() {
