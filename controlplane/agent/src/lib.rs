@@ -112,7 +112,8 @@ impl ConfigStore for MemConfig {
 /// What the agent needs to know.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The monitor, "host:port" or "http://host:port".
+    /// The monitor, "host:port" or "http://host:port"; several, comma-separated, when the
+    /// monitors run with etcd (only the leader answers: the agent rotates through the list).
     pub mon_addr: String,
     /// The OSD's persistent uuid.
     pub uuid: String,

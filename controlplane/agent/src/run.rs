@@ -102,15 +102,30 @@ pub(crate) async fn agent_main(
     };
     let session_loop = async {
         let mut backoff = Duration::from_millis(50);
+        // Several monitors (etcd HA): only the leader answers; rotate through the list.
+        let mons: Vec<String> = cfg
+            .mon_addr
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        let mut which = 0usize;
         loop {
-            match session(&cfg, &mut shards, stats.as_ref(), &status).await {
+            let addr = mons
+                .get(which % mons.len().max(1))
+                .cloned()
+                .unwrap_or_default();
+            match session(&cfg, &addr, &mut shards, stats.as_ref(), &status).await {
                 Ok(()) => {}
                 Err(SessionError::MustBoot) => {
                     tracing::warn!("monitor has this OSD down: booting again");
                     backoff = Duration::from_millis(50);
                     continue;
                 }
-                Err(e) => tracing::warn!(error = %e, "monitor session ended"),
+                Err(e) => {
+                    tracing::warn!(mon = %addr, error = %e, "monitor session ended");
+                    which = which.wrapping_add(1);
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -137,14 +152,15 @@ pub(crate) async fn agent_main(
 /// something fails.
 async fn session(
     cfg: &AgentConfig,
+    mon_addr: &str,
     shards: &mut Shards,
     stats: &dyn Stats,
     status: &AgentStatus,
 ) -> Result<(), SessionError> {
-    let uri = if cfg.mon_addr.contains("://") {
-        cfg.mon_addr.clone()
+    let uri = if mon_addr.contains("://") {
+        mon_addr.to_string()
     } else {
-        format!("http://{}", cfg.mon_addr)
+        format!("http://{mon_addr}")
     };
     let channel: Channel = Endpoint::from_shared(uri)?
         .connect_timeout(Duration::from_secs(2))

@@ -154,34 +154,57 @@ async fn connect(cli: &Cli) -> Result<Conn, CliError> {
         .unwrap_or_else(|| DEFAULT_MON.to_string());
     let token = cli.token.clone().or(file.token).ok_or(CliError::NoToken)?;
     let token = carmine_proto::bearer(&token).map_err(|e| CliError::Other(e.to_string()))?;
-    let uri = if addr.contains("://") {
-        addr.clone()
-    } else {
-        format!("http://{addr}")
-    };
-    let unreachable = |reason: String| CliError::Unreachable {
-        addr: addr.clone(),
-        reason,
-    };
-    let channel = Endpoint::from_shared(uri)
-        .map_err(|e| unreachable(format!("bad address: {e}")))?
-        .connect_timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .map_err(|e| {
-            // The transport error's source says why (connection refused, timeout...).
-            let mut reason = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                reason = format!("{reason}: {s}");
-                src = s.source();
+    // Several monitors (etcd HA), comma-separated: only the leader listens; use the first
+    // that answers.
+    let mut failures = Vec::new();
+    for one in addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        let uri = if one.contains("://") {
+            one.to_string()
+        } else {
+            format!("http://{one}")
+        };
+        let endpoint = match Endpoint::from_shared(uri) {
+            Ok(e) => e,
+            Err(e) => {
+                failures.push(format!("{one}: bad address: {e}"));
+                continue;
             }
-            unreachable(reason)
-        })?;
-    Ok(Conn {
+        };
+        match endpoint
+            .connect_timeout(Duration::from_secs(3))
+            .connect()
+            .await
+        {
+            Ok(channel) => {
+                return Ok(Conn {
+                    addr: one.to_string(),
+                    client: MonAdminClient::new(channel),
+                    token,
+                })
+            }
+            Err(e) => {
+                // The transport error's sources say why (connection refused, timeout...).
+                let mut reason = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    reason = format!("{reason}: {s}");
+                    src = s.source();
+                }
+                failures.push(if addr.contains(',') {
+                    format!("{one}: {reason}")
+                } else {
+                    reason
+                });
+            }
+        }
+    }
+    Err(CliError::Unreachable {
         addr: addr.clone(),
-        client: MonAdminClient::new(channel),
-        token,
+        reason: if failures.is_empty() {
+            "no address given".into()
+        } else {
+            failures.join("; ")
+        },
     })
 }
 

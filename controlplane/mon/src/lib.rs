@@ -12,11 +12,13 @@
 //!   the down-after-grace and out-after-interval rules;
 //! * [`health`]: HEALTH_OK/WARN/ERR with reasons, computed from the map with the placement
 //!   function;
-//! * [`store`]: the crash-safe map history.
+//! * [`store`]: the crash-safe map history (redb by default);
+//! * [`ha`]: the etcd backend for several monitors with one elected leader.
 //!
 //! Placement itself is not here: it is the `carmine-placement` library, which the OSDs and the
 //! clients run themselves, so nobody asks the monitor where an object lives.
 
+pub mod ha;
 pub mod health;
 pub mod service;
 pub mod state;
@@ -34,7 +36,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::service::{check_token, AdminSvc, ClusterSvc};
 use crate::state::{MonError, Monitor, Policy};
-use crate::store::MapStore;
+use crate::store::{Backend, MapStore};
 
 /// Monitor configuration (command line flags, each also settable by environment variable).
 #[derive(Debug, Clone, Parser)]
@@ -47,9 +49,9 @@ pub struct MonConfig {
     /// Address to listen on (loopback by default; port 0 picks a free port).
     #[arg(long, env = "CARMINE_MON_LISTEN", default_value = "127.0.0.1:6790")]
     pub listen: SocketAddr,
-    /// Directory of the map store (created if missing).
-    #[arg(long, env = "CARMINE_MON_DATA")]
-    pub data_dir: PathBuf,
+    /// Directory of the map store (created if missing); required unless `--etcd` is given.
+    #[arg(long, env = "CARMINE_MON_DATA", required_unless_present = "etcd")]
+    pub data_dir: Option<PathBuf>,
     /// Token that admin calls must present as `authorization: Bearer <token>`.
     #[arg(long, env = "CARMINE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: String,
@@ -78,6 +80,16 @@ pub struct MonConfig {
     /// Usage ratio that raises OSD_FULL.
     #[arg(long, default_value_t = 0.95)]
     pub full_ratio: f64,
+    /// etcd endpoints (comma-separated, e.g. `http://127.0.0.1:2379`): keep the map in etcd and
+    /// elect one leader among several monitors. Unset: a single monitor on the local store.
+    #[arg(long, env = "CARMINE_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Key prefix of this cluster in etcd.
+    #[arg(long, env = "CARMINE_ETCD_PREFIX", default_value = "/carmine")]
+    pub etcd_prefix: String,
+    /// TTL of the leader's etcd lease in seconds: a dead leader is replaced about this fast.
+    #[arg(long, env = "CARMINE_ETCD_LEASE_SECS", default_value_t = 5)]
+    pub etcd_lease_secs: i64,
 }
 
 impl MonConfig {
@@ -111,9 +123,24 @@ pub enum ServeError {
     Config(String),
 }
 
-/// Opens the store, then serves on `listener` until `shutdown` resolves.
+/// Opens the local store, then serves on `listener` until `shutdown` resolves.
 pub async fn serve(
     cfg: MonConfig,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let dir = cfg
+        .data_dir
+        .clone()
+        .ok_or_else(|| ServeError::Config("--data-dir is required".into()))?;
+    let store = MapStore::open(&dir)?;
+    serve_with(cfg, store.into(), listener, shutdown).await
+}
+
+/// Serves the map kept in `backend` on `listener` until `shutdown` resolves.
+pub async fn serve_with(
+    cfg: MonConfig,
+    backend: Backend,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -122,7 +149,7 @@ pub async fn serve(
             "the admin token must not be empty".into(),
         ));
     }
-    let mon = Monitor::open(MapStore::open(&cfg.data_dir)?, cfg.policy())?;
+    let mon = Monitor::open(backend, cfg.policy())?;
     let shared = Arc::new(Mutex::new(mon));
 
     // The liveness clock: marks OSDs down/out. A quarter of the grace keeps detection within

@@ -13,6 +13,30 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cfg = carmine_mon::MonConfig::parse();
+    // With etcd, wait to be elected before listening: followers do not answer, so clients
+    // holding the list of monitors fail over to the leader.
+    let mut lost = None;
+    let mut backend = None;
+    if !cfg.etcd.is_empty() {
+        let advertise = cfg.listen.to_string();
+        match carmine_mon::ha::campaign(
+            &cfg.etcd,
+            &cfg.etcd_prefix,
+            cfg.etcd_lease_secs,
+            &advertise,
+        )
+        .await
+        {
+            Ok(l) => {
+                lost = Some(l.lost);
+                backend = Some(carmine_mon::store::Backend::Etcd(Box::new(l.store)));
+            }
+            Err(e) => {
+                eprintln!("carmine-mon: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
     let listener = match TcpListener::bind(cfg.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -34,13 +58,41 @@ async fn main() -> std::process::ExitCode {
                 Err(_) => std::future::pending::<()>().await,
             }
         };
+        let deposed = async {
+            match lost.as_mut() {
+                Some(l) => {
+                    let _ = l.wait_for(|lost| *lost).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term => {},
+            _ = deposed => {
+                tracing::error!("lost the etcd lease: no longer the leader, stopping");
+                return true;
+            }
         }
         tracing::info!("shutting down");
+        false
     };
-    match carmine_mon::serve(cfg, listener, shutdown).await {
+    let deposed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = deposed.clone();
+    let shutdown = async move {
+        if shutdown.await {
+            flag.store(true, std::sync::atomic::Ordering::Release);
+        }
+    };
+    let res = match backend {
+        Some(b) => carmine_mon::serve_with(cfg, b, listener, shutdown).await,
+        None => carmine_mon::serve(cfg, listener, shutdown).await,
+    };
+    if deposed.load(std::sync::atomic::Ordering::Acquire) {
+        eprintln!("carmine-mon: lost leadership");
+        return std::process::ExitCode::FAILURE;
+    }
+    match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("carmine-mon: {e}");

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use carmine_placement::{ClusterMap, Incremental, Osd, Pool};
 use tokio::sync::broadcast;
 
-use crate::store::{MapStore, StoreError};
+use crate::store::{Backend, StoreError};
 
 /// Timing and policy knobs of the monitor.
 #[derive(Debug, Clone)]
@@ -102,7 +102,7 @@ pub struct BootInfo {
 /// The monitor.
 pub struct Monitor {
     policy: Policy,
-    store: MapStore,
+    store: Backend,
     map: Arc<ClusterMap>,
     /// Full maps of the last `history` epochs, oldest first (current one last).
     maps: VecDeque<Arc<ClusterMap>>,
@@ -115,7 +115,8 @@ pub struct Monitor {
 
 impl Monitor {
     /// Opens the monitor on `store`: loads the history, or creates epoch 1 (an empty map).
-    pub fn open(store: MapStore, policy: Policy) -> Result<Self, MonError> {
+    pub fn open(store: impl Into<Backend>, policy: Policy) -> Result<Self, MonError> {
+        let store = store.into();
         let now = Instant::now();
         let stored = store.load()?;
         let (updates, _) = broadcast::channel(1024);
@@ -587,6 +588,7 @@ fn validate_pool(pg_num: u32, size: u32, min_size: u32) -> Result<(), MonError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MapStore;
 
     fn policy() -> Policy {
         Policy {

@@ -22,6 +22,14 @@ pub enum StoreError {
     /// The database failed.
     #[error("map store: {0}")]
     Db(Box<redb::Error>),
+    /// The etcd backend failed.
+    #[error("map store (etcd): {0}")]
+    Etcd(String),
+    /// The etcd commit was refused: this monitor no longer leads (or the epoch moved on).
+    #[error(
+        "map store (etcd): commit of epoch {0} fenced off: this monitor is no longer the leader"
+    )]
+    Fenced(u64),
     /// A stored map does not decode.
     #[error("map store: epoch {epoch} is corrupt: {source}")]
     Decode {
@@ -88,5 +96,37 @@ impl MapStore {
         }
         tx.commit().map_err(dberr)?;
         Ok(())
+    }
+}
+
+/// Where the map history lives: the local redb file, or etcd (high availability).
+pub enum Backend {
+    /// Single monitor, embedded store.
+    Redb(MapStore),
+    /// One of several monitors; this one leads (see [`crate::ha`]).
+    Etcd(Box<crate::ha::EtcdStore>),
+}
+
+impl From<MapStore> for Backend {
+    fn from(s: MapStore) -> Self {
+        Backend::Redb(s)
+    }
+}
+
+impl Backend {
+    /// Every stored map, oldest first.
+    pub fn load(&self) -> Result<Vec<ClusterMap>, StoreError> {
+        match self {
+            Backend::Redb(s) => s.load(),
+            Backend::Etcd(s) => s.load(),
+        }
+    }
+
+    /// Durably stores `map`, keeping `keep` epochs.
+    pub fn commit(&self, map: &ClusterMap, keep: u64) -> Result<(), StoreError> {
+        match self {
+            Backend::Redb(s) => s.commit(map, keep),
+            Backend::Etcd(s) => s.commit(map, keep),
+        }
     }
 }

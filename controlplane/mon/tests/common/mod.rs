@@ -22,16 +22,22 @@ pub struct MonProc {
 impl MonProc {
     /// Starts `carmine-mon` on 127.0.0.1:0 with `data` and extra flags; waits for its address.
     pub fn start(data: &Path, extra: &[&str]) -> MonProc {
+        let mut args = vec!["--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let (mut proc, rx) = MonProc::spawn(data, &args);
+        proc.addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("carmine-mon did not print its address");
+        proc
+    }
+
+    /// Starts `carmine-mon` with these flags; the receiver gets its address once it listens
+    /// (with etcd: once it is elected leader).
+    pub fn spawn(data: &Path, args: &[&str]) -> (MonProc, mpsc::Receiver<String>) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_carmine-mon"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-token",
-                TOKEN,
-                "--data-dir",
-            ])
+            .args(["--admin-token", TOKEN, "--data-dir"])
             .arg(data)
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -47,14 +53,13 @@ impl MonProc {
                 }
             }
         });
-        let mut proc = MonProc {
-            child,
-            addr: String::new(),
-        };
-        proc.addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("carmine-mon did not print its address");
-        proc
+        (
+            MonProc {
+                child,
+                addr: String::new(),
+            },
+            rx,
+        )
     }
 
     /// SIGKILL: a crash, not a clean shutdown.

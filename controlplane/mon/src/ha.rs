@@ -1,0 +1,184 @@
+//! High availability through etcd: several monitors, one leader.
+//!
+//! Every monitor started with `--etcd` first campaigns for leadership of the election
+//! `<prefix>/leader` with a lease of `--etcd-lease-secs`, kept alive by a background task. Only
+//! the elected monitor loads the map history from etcd and starts listening; the others wait in
+//! the campaign and do not listen at all, so clients given the list of monitor addresses
+//! (`carmine --mon a,b`, the agent's `mon_addr`) fail over to whichever one answers. When the
+//! leader dies, its lease expires, the next campaigner wins, and it serves the same history.
+//!
+//! Map commits are fenced: each epoch is written in one etcd transaction that succeeds only if
+//! this monitor's election key still exists with the revision it won with (it is still the
+//! leader) and `<prefix>/epoch` still holds the previous epoch. A deposed leader therefore
+//! cannot write, and no epoch is ever written twice or skipped. Losing the lease or failing a
+//! fenced commit stops the monitor (it restarts as a follower).
+//!
+//! Keys: `<prefix>/epoch` (decimal), `<prefix>/maps/<epoch, 20 digits>` (protobuf ClusterMap,
+//! the same encoding as the redb store), `<prefix>/leader/...` (the election, value = the
+//! leader's address).
+//!
+//! The monitor's state machine is synchronous; an etcd commit runs the async call with
+//! `block_in_place` on the (multi-threaded) runtime. Map changes are a serial log anyway, and
+//! a change is acknowledged only once etcd has it.
+
+use std::time::Duration;
+
+use carmine_placement::ClusterMap;
+use carmine_proto::v1;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Txn, TxnOp,
+};
+use prost::Message;
+use tokio::sync::watch;
+
+use crate::store::StoreError;
+
+/// Errors of the etcd backend.
+#[derive(Debug, thiserror::Error)]
+pub enum HaError {
+    /// etcd call failed.
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    /// The campaign ended without a leader key.
+    #[error("etcd election returned no leader key")]
+    NoLeaderKey,
+}
+
+/// The map history in etcd, written only while this monitor leads.
+pub struct EtcdStore {
+    client: Client,
+    prefix: String,
+    leader_key: Vec<u8>,
+    leader_rev: i64,
+    handle: tokio::runtime::Handle,
+}
+
+fn etcd_err(e: etcd_client::Error) -> StoreError {
+    StoreError::Etcd(e.to_string())
+}
+
+impl EtcdStore {
+    fn epoch_key(&self) -> String {
+        format!("{}/epoch", self.prefix)
+    }
+
+    fn map_key(&self, epoch: u64) -> String {
+        format!("{}/maps/{epoch:020}", self.prefix)
+    }
+
+    fn block<F: std::future::Future>(&self, f: F) -> F::Output {
+        tokio::task::block_in_place(|| self.handle.block_on(f))
+    }
+
+    /// Every stored map, oldest first.
+    pub fn load(&self) -> Result<Vec<ClusterMap>, StoreError> {
+        let mut c = self.client.clone();
+        let prefix = format!("{}/maps/", self.prefix);
+        let r = self
+            .block(c.get(prefix, Some(GetOptions::new().with_prefix())))
+            .map_err(etcd_err)?;
+        let mut out = Vec::new();
+        for kv in r.kvs() {
+            let m = v1::ClusterMap::decode(kv.value())
+                .map_err(|source| StoreError::Decode { epoch: 0, source })?;
+            out.push(ClusterMap::from(m));
+        }
+        out.sort_by_key(|m| m.epoch);
+        Ok(out)
+    }
+
+    /// Writes `map` if this monitor still leads and the stored epoch is `map.epoch - 1`.
+    pub fn commit(&self, map: &ClusterMap, keep: u64) -> Result<(), StoreError> {
+        let bytes = v1::ClusterMap::from(map).encode_to_vec();
+        let prev = if map.epoch <= 1 {
+            Compare::version(self.epoch_key(), CompareOp::Equal, 0)
+        } else {
+            Compare::value(
+                self.epoch_key(),
+                CompareOp::Equal,
+                (map.epoch - 1).to_string(),
+            )
+        };
+        let oldest_kept = map.epoch.saturating_sub(keep.max(1) - 1);
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(
+                    self.leader_key.clone(),
+                    CompareOp::Equal,
+                    self.leader_rev,
+                ),
+                prev,
+            ])
+            .and_then([
+                TxnOp::put(self.map_key(map.epoch), bytes, None),
+                TxnOp::put(self.epoch_key(), map.epoch.to_string(), None),
+                TxnOp::delete(
+                    format!("{}/maps/", self.prefix),
+                    Some(DeleteOptions::new().with_range(self.map_key(oldest_kept))),
+                ),
+            ]);
+        let mut c = self.client.clone();
+        let r = self.block(c.txn(txn)).map_err(etcd_err)?;
+        if r.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced(map.epoch))
+        }
+    }
+}
+
+/// Leadership won: the store to use, and a receiver that flips to `true` if the lease is lost.
+pub struct Leadership {
+    /// The fenced store.
+    pub store: EtcdStore,
+    /// Becomes `true` when the lease could not be kept alive.
+    pub lost: watch::Receiver<bool>,
+}
+
+/// Connects to etcd and campaigns until this monitor leads. `advertise` is published as the
+/// leader's address.
+pub async fn campaign(
+    endpoints: &[String],
+    prefix: &str,
+    lease_secs: i64,
+    advertise: &str,
+) -> Result<Leadership, HaError> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(5));
+    let mut client = Client::connect(endpoints, Some(opts)).await?;
+    let lease = client.lease_grant(lease_secs.max(2), None).await?.id();
+    let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
+    let (lost_tx, lost) = watch::channel(false);
+    // Keep the lease alive at a third of its TTL, during the campaign and after it.
+    let period = Duration::from_millis((lease_secs.max(2) as u64) * 1000 / 3);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(period).await;
+            let alive = match keeper.keep_alive().await {
+                Ok(()) => matches!(responses.message().await, Ok(Some(r)) if r.ttl() > 0),
+                Err(_) => false,
+            };
+            if !alive {
+                tracing::error!("etcd lease lost");
+                let _ = lost_tx.send(true);
+                return;
+            }
+        }
+    });
+    let election = format!("{prefix}/leader");
+    tracing::info!(%election, "campaigning for monitor leadership");
+    let r = client.campaign(election, advertise, lease).await?;
+    let key = r.leader().ok_or(HaError::NoLeaderKey)?;
+    tracing::info!(rev = key.rev(), "elected monitor leader");
+    Ok(Leadership {
+        store: EtcdStore {
+            leader_key: key.key().to_vec(),
+            leader_rev: key.rev(),
+            client,
+            prefix: prefix.to_string(),
+            handle: tokio::runtime::Handle::current(),
+        },
+        lost,
+    })
+}

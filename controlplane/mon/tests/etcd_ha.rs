@@ -1,0 +1,230 @@
+//! High availability: a 3-member etcd cluster and 2 monitors on loopback. Kill the leader
+//! monitor; the other is elected and serves within a bounded time with every epoch intact, and
+//! the next change makes the next epoch (none lost, none duplicated).
+//!
+//! Needs Debian's `etcd-server` (`/usr/bin/etcd`, listed in ci/apt-packages).
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use carmine_proto::v1;
+use common::{admin, authed, runtime, wait_for, MonProc};
+use prost::Message;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The etcd members, killed on drop.
+struct Etcd {
+    members: Vec<Child>,
+    pub endpoints: Vec<String>,
+}
+
+impl Etcd {
+    fn start(dir: &Path) -> Etcd {
+        let bin = std::env::var("CARMINE_ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".into());
+        assert!(
+            Path::new(&bin).exists(),
+            "{bin} not found: install Debian's etcd-server (ci/apt-packages lists it)"
+        );
+        let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let clients: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let cluster: Vec<String> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect();
+        let cluster = cluster.join(",");
+        let mut members = Vec::new();
+        for i in 0..3 {
+            let child = Command::new(&bin)
+                .arg("--name")
+                .arg(format!("m{i}"))
+                .arg("--data-dir")
+                .arg(dir.join(format!("m{i}")))
+                .arg("--listen-peer-urls")
+                .arg(format!("http://127.0.0.1:{}", peers[i]))
+                .arg("--initial-advertise-peer-urls")
+                .arg(format!("http://127.0.0.1:{}", peers[i]))
+                .arg("--listen-client-urls")
+                .arg(format!("http://127.0.0.1:{}", clients[i]))
+                .arg("--advertise-client-urls")
+                .arg(format!("http://127.0.0.1:{}", clients[i]))
+                .arg("--initial-cluster")
+                .arg(&cluster)
+                .args([
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    "carmine-test",
+                ])
+                .args(["--logger", "zap", "--log-level", "error"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn etcd");
+            members.push(child);
+        }
+        Etcd {
+            members,
+            endpoints: clients
+                .iter()
+                .map(|p| format!("http://127.0.0.1:{p}"))
+                .collect(),
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for c in &mut self.members {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn leader_mon_killed_other_takes_over_without_losing_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let rt = runtime();
+    // The etcd cluster is up once a write through it succeeds.
+    let ready = rt.block_on(wait_for(Duration::from_secs(30), || {
+        let eps = etcd.endpoints.clone();
+        async move {
+            let mut c = etcd_client::Client::connect(eps, None).await.ok()?;
+            c.put("/carmine-test-probe", "1", None)
+                .await
+                .ok()
+                .map(|_| ())
+        }
+    }));
+    assert!(ready.is_some(), "etcd cluster did not come up");
+
+    let endpoints = etcd.endpoints.join(",");
+    let ports = [free_port(), free_port()];
+    let listen: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let flags = |i: usize| -> Vec<String> {
+        vec![
+            "--listen".into(),
+            listen[i].clone(),
+            "--etcd".into(),
+            endpoints.clone(),
+            "--etcd-prefix".into(),
+            "/carmine-ha-test".into(),
+            "--etcd-lease-secs".into(),
+            "2".into(),
+        ]
+    };
+    let f0 = flags(0);
+    let f0: Vec<&str> = f0.iter().map(String::as_str).collect();
+    let (mon0, rx0) = MonProc::spawn(&dir.path().join("mon0"), &f0);
+    let addr0 = rx0
+        .recv_timeout(Duration::from_secs(20))
+        .expect("first monitor never led");
+    assert_eq!(addr0, listen[0]);
+    let f1 = flags(1);
+    let f1: Vec<&str> = f1.iter().map(String::as_str).collect();
+    let (_mon1, rx1) = MonProc::spawn(&dir.path().join("mon1"), &f1);
+
+    // Changes through the leader; remember every epoch's map as encoded.
+    let url0 = format!("http://{addr0}");
+    let maps: Vec<Vec<u8>> = rt.block_on(async {
+        let mut a = admin(&url0).await;
+        for i in 0..3 {
+            a.pool_create(authed(v1::PoolCreateRequest {
+                name: format!("p{i}"),
+                pg_num: 8,
+                size: 1,
+                min_size: 1,
+            }))
+            .await
+            .unwrap();
+        }
+        let cur = a
+            .get_map(authed(v1::GetMapRequest { epoch: 0 }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(cur.epoch, 4);
+        let mut maps = Vec::new();
+        for e in 1..=cur.epoch {
+            let m = a
+                .get_map(authed(v1::GetMapRequest { epoch: e }))
+                .await
+                .unwrap()
+                .into_inner();
+            maps.push(m.encode_to_vec());
+        }
+        maps
+    });
+    // The follower does not serve while the leader lives.
+    assert!(
+        rx1.recv_timeout(Duration::from_millis(500)).is_err(),
+        "two leaders at once"
+    );
+
+    mon0.kill();
+    let t0 = Instant::now();
+    let addr1 = rx1
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the second monitor never took over");
+    let took = t0.elapsed();
+    println!("second monitor serving {took:?} after the leader was killed (lease 2 s)");
+    assert_eq!(addr1, listen[1]);
+    assert!(took < Duration::from_secs(15), "takeover took {took:?}");
+
+    let url1 = format!("http://{addr1}");
+    rt.block_on(async {
+        let mut a = admin(&url1).await;
+        let cur = a
+            .get_map(authed(v1::GetMapRequest { epoch: 0 }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            cur.epoch,
+            maps.len() as u64,
+            "an epoch was lost or invented"
+        );
+        for (i, want) in maps.iter().enumerate() {
+            let e = i as u64 + 1;
+            let m = a
+                .get_map(authed(v1::GetMapRequest { epoch: e }))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                &m.encode_to_vec(),
+                want,
+                "epoch {e} differs on the new leader"
+            );
+        }
+        let p = a
+            .pool_create(authed(v1::PoolCreateRequest {
+                name: "after".into(),
+                pg_num: 8,
+                size: 1,
+                min_size: 1,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            p.epoch,
+            cur.epoch + 1,
+            "the next change must make the next epoch"
+        );
+        assert_eq!(p.id, 3, "pool ids continue");
+    });
+}
