@@ -39,7 +39,11 @@ struct Slots {
 
 impl Slots {
     fn new(frame: usize) -> Self {
-        Self { buf: vec![0; frame * BATCH], len: [0; BATCH], frame }
+        Self {
+            buf: vec![0; frame * BATCH],
+            len: [0; BATCH],
+            frame,
+        }
     }
 
     fn slot(&self, i: usize) -> &[u8] {
@@ -94,7 +98,12 @@ impl AfPacket {
             rx_outgoing: [false; BATCH],
             rx_count: 0,
             rx_next: 0,
-            tx: TxQueue { fd: raw, slots: Slots::new(frame), count: 0, stats: Default::default() },
+            tx: TxQueue {
+                fd: raw,
+                slots: Slots::new(frame),
+                count: 0,
+                stats: Default::default(),
+            },
         })
     }
 
@@ -174,7 +183,12 @@ impl phy::Device for AfPacket {
 
     fn receive(&mut self, _ts: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
         let i = self.next_rx()?;
-        Some((RxToken { frame: self.rx.slot(i) }, TxToken { q: &mut self.tx }))
+        Some((
+            RxToken {
+                frame: self.rx.slot(i),
+            },
+            TxToken { q: &mut self.tx },
+        ))
     }
 
     fn transmit(&mut self, _ts: Instant) -> Option<TxToken<'_>> {
@@ -309,7 +323,11 @@ mod sys {
         let n = n as usize;
         for i in 0..n {
             let truncated = msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            rx.len[i] = if truncated { 0 } else { msgs[i].msg_len as usize };
+            rx.len[i] = if truncated {
+                0
+            } else {
+                msgs[i].msg_len as usize
+            };
             // A truncated (oversized) frame becomes an empty one smoltcp discards.
             outgoing[i] = from[i].sll_pkttype == libc::PACKET_OUTGOING;
         }

@@ -50,6 +50,9 @@ pub struct SmolConfig {
     pub time_wait: Duration,
     /// Disable Nagle (request/response traffic wants this).
     pub nodelay: bool,
+    /// Send TCP timestamps (RFC 7323): lets the peer's kernel measure RTT and grow its
+    /// receive window.
+    pub timestamps: bool,
     pub random_seed: u64,
 }
 
@@ -68,6 +71,7 @@ impl Default for SmolConfig {
             close_linger: Duration::from_secs(5),
             time_wait: Duration::ZERO,
             nodelay: true,
+            timestamps: true,
             random_seed: 0x5eed,
         }
     }
@@ -120,6 +124,12 @@ fn prefaulted(len: usize) -> Vec<u8> {
     v
 }
 
+/// TCP timestamp clock: milliseconds since the first call in this process.
+fn tsval() -> u32 {
+    static START: std::sync::OnceLock<StdInstant> = std::sync::OnceLock::new();
+    START.get_or_init(StdInstant::now).elapsed().as_millis() as u32
+}
+
 fn smol_dur(d: Duration) -> SmolDuration {
     SmolDuration::from_micros(d.as_micros().min(u64::MAX as u128) as u64)
 }
@@ -160,6 +170,9 @@ impl<D: NetDevice> SmolStack<D> {
                 s.set_nagle_enabled(!cfg.nodelay);
                 s.set_keep_alive(cfg.keep_alive.map(smol_dur));
                 s.set_timeout(cfg.timeout.map(smol_dur));
+                if cfg.timestamps {
+                    s.set_tsval_generator(Some(tsval));
+                }
                 s
             })
             .collect();

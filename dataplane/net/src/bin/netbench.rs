@@ -38,6 +38,9 @@ struct Args {
     /// Idle policy of the server shard: busy or adaptive.
     #[arg(long, default_value = "busy")]
     idle: String,
+    /// smoltcp per-socket rx/tx buffer, bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    smol_buf: usize,
     /// Link MTU of the veth pair.
     #[arg(long, default_value_t = 1500)]
     mtu: u32,
@@ -66,6 +69,7 @@ fn main() -> Result<(), BoxErr> {
     };
     let veth = VethPair::create("b", args.mtu)?;
     let mtu = args.mtu as usize;
+    let smol_buf = args.smol_buf;
 
     let ns = veth.server_ns.clone();
     let smol = run_phase(&args, idle, &veth, SMOL_IP, move || {
@@ -76,6 +80,8 @@ fn main() -> Result<(), BoxErr> {
             mac: [0x02, 0, 0, 0, 0x77, 0x02],
             ip: SMOL_IP,
             max_sockets: 64,
+            rx_buffer: smol_buf,
+            tx_buffer: smol_buf,
             ..SmolConfig::default()
         };
         SmolStack::new(dev, cfg, Some(fd)).map_err(|e| e.to_string())
@@ -258,7 +264,10 @@ fn rr_phase(
 /// One connection streaming for `d` (server→client, or client→server when `upload`).
 fn bulk(addr: SocketAddr, d: Duration, upload: bool) -> Result<f64, String> {
     let mut s = connect(addr)?;
-    if let Some(b) = std::env::var("CARMINE_NETBENCH_RCVBUF").ok().and_then(|v| v.parse().ok()) {
+    if let Some(b) = std::env::var("CARMINE_NETBENCH_RCVBUF")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         let _ = socket2::SockRef::from(&s).set_recv_buffer_size(b);
     }
     let mut hdr = vec![if upload { b'U' } else { b'D' }];
