@@ -586,17 +586,16 @@ impl<D: BlockDevice> BdevStore<D> {
         let ops = txn
             .ops
             .iter()
-            .map(|op| match op.clone() {
-                Op::CreateCollection { cid } => LOp::CreateColl(cid),
-                Op::RemoveCollection { cid } => LOp::RemoveColl(cid),
-                Op::Touch { cid, oid } => LOp::Touch(cid, oid),
+            .map(|op| match op {
+                // Writes: reference the data, never copy it (it is copied once, into the
+                // record buffer).
                 Op::Write {
                     cid,
                     oid,
                     off,
                     data,
                 } => {
-                    let crc = if crcs { crc32c::crc32c(&data) } else { 0 };
+                    let crc = if crcs { crc32c::crc32c(data) } else { 0 };
                     let chunk = ChunkRef {
                         lba,
                         len: data.len() as u32,
@@ -606,32 +605,51 @@ impl<D: BlockDevice> BdevStore<D> {
                     lba += b;
                     blocks += b;
                     LOp::Write {
-                        cid,
-                        oid,
-                        off,
+                        cid: *cid,
+                        oid: oid.clone(),
+                        off: *off,
                         chunk,
                     }
                 }
-                Op::Zero { cid, oid, off, len } => LOp::Zero { cid, oid, off, len },
-                Op::Truncate { cid, oid, size } => LOp::Truncate { cid, oid, size },
-                Op::Remove { cid, oid } => LOp::Remove(cid, oid),
-                Op::SetAttr {
-                    cid,
-                    oid,
-                    name,
-                    value,
-                } => LOp::SetAttr {
-                    cid,
-                    oid,
-                    name,
-                    value,
-                },
-                Op::RmAttr { cid, oid, name } => LOp::RmAttr { cid, oid, name },
-                Op::OmapSet { cid, oid, entries } => LOp::OmapSet { cid, oid, entries },
-                Op::OmapRm { cid, oid, keys } => LOp::OmapRm { cid, oid, keys },
+                other => Self::translate_meta(other.clone()),
             })
             .collect();
         (ops, blocks)
+    }
+
+    fn translate_meta(op: Op) -> LOp {
+        match op {
+            Op::Write { cid, oid, off, .. } => LOp::Write {
+                cid,
+                oid,
+                off,
+                chunk: ChunkRef {
+                    lba: 0,
+                    len: 0,
+                    crc: 0,
+                },
+            },
+            Op::CreateCollection { cid } => LOp::CreateColl(cid),
+            Op::RemoveCollection { cid } => LOp::RemoveColl(cid),
+            Op::Touch { cid, oid } => LOp::Touch(cid, oid),
+            Op::Zero { cid, oid, off, len } => LOp::Zero { cid, oid, off, len },
+            Op::Truncate { cid, oid, size } => LOp::Truncate { cid, oid, size },
+            Op::Remove { cid, oid } => LOp::Remove(cid, oid),
+            Op::SetAttr {
+                cid,
+                oid,
+                name,
+                value,
+            } => LOp::SetAttr {
+                cid,
+                oid,
+                name,
+                value,
+            },
+            Op::RmAttr { cid, oid, name } => LOp::RmAttr { cid, oid, name },
+            Op::OmapSet { cid, oid, entries } => LOp::OmapSet { cid, oid, entries },
+            Op::OmapRm { cid, oid, keys } => LOp::OmapRm { cid, oid, keys },
+        }
     }
 
     /// Group commit: pack ready relocations and queued transactions into one record, apply

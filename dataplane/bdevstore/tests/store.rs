@@ -341,3 +341,108 @@ fn pipelined_reads_see_consistent_data() {
         out.clear();
     }
 }
+
+/// Fault injection: a device whose writes start failing. The transactions of the failed record
+/// complete with `Io`, the store refuses further work, and a remount (on the healthy device)
+/// holds exactly the transactions acknowledged before the failure.
+mod faulty {
+    use carmine_objectstore::device::{
+        BlockDevice, DeviceError, DeviceStats, FileDevice, HeapBuf, IoCompletion, IoKind,
+    };
+
+    pub struct Faulty {
+        pub inner: FileDevice,
+        pub writes_left: u64,
+        failed: Vec<IoCompletion<HeapBuf>>,
+    }
+
+    impl Faulty {
+        pub fn new(inner: FileDevice, writes_left: u64) -> Self {
+            Faulty {
+                inner,
+                writes_left,
+                failed: Vec::new(),
+            }
+        }
+    }
+
+    impl BlockDevice for Faulty {
+        type Buf = HeapBuf;
+        fn block_size(&self) -> u32 {
+            self.inner.block_size()
+        }
+        fn block_count(&self) -> u64 {
+            self.inner.block_count()
+        }
+        fn keeps_data(&self) -> bool {
+            true
+        }
+        fn alloc_buf(&mut self, len: usize) -> Result<HeapBuf, DeviceError> {
+            self.inner.alloc_buf(len)
+        }
+        fn submit_read(&mut self, lba: u64, buf: HeapBuf, token: u64) {
+            self.inner.submit_read(lba, buf, token)
+        }
+        fn submit_write(&mut self, lba: u64, buf: HeapBuf, token: u64) {
+            if self.writes_left == 0 {
+                let result = Err(DeviceError::Io("injected write failure".into()));
+                self.failed.push(IoCompletion {
+                    token,
+                    kind: IoKind::Write,
+                    buf: Some(buf),
+                    result,
+                });
+            } else {
+                self.writes_left -= 1;
+                self.inner.submit_write(lba, buf, token)
+            }
+        }
+        fn submit_flush(&mut self, token: u64) {
+            self.inner.submit_flush(token)
+        }
+        fn poll(&mut self, out: &mut Vec<IoCompletion<HeapBuf>>) -> usize {
+            let n = self.failed.len();
+            out.append(&mut self.failed);
+            n + self.inner.poll(out)
+        }
+        fn inflight(&self) -> usize {
+            self.failed.len() + self.inner.inflight()
+        }
+        fn stats(&self) -> DeviceStats {
+            self.inner.stats()
+        }
+    }
+}
+
+#[test]
+fn write_error_fails_store_without_losing_acked_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dev");
+    let mut d = common::open_dev(&path);
+    format(&mut d, &common::small_format()).unwrap();
+    let mut s = BdevStore::mount(faulty::Faulty::new(d, 10), MountOptions::default()).unwrap();
+    let mut m = Model::default();
+    setup(&mut s, &mut m);
+    let mut saw_io = false;
+    for i in 0..20u64 {
+        let mut t = Transaction::new();
+        t.write(
+            C,
+            &ObjectId::from(format!("f{i}").as_str()),
+            0,
+            &pattern(i, 3000),
+        );
+        match drive::commit(&mut s, t.clone()) {
+            Ok(()) => m.apply(&t).unwrap(),
+            Err(StoreError::Io(_)) => saw_io = true,
+            Err(StoreError::Failed(_)) => assert!(saw_io, "Failed before any Io error"),
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(saw_io);
+    drop(s);
+    let mut d = common::open_dev(&path);
+    assert!(fsck(&mut d, 0).unwrap().is_clean());
+    let mut s = BdevStore::mount(d, MountOptions::default()).unwrap();
+    compare(&mut s, &m).unwrap();
+}
