@@ -53,6 +53,8 @@ pub struct IfaceStats {
 /// The connection's state as the application sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnState {
+    /// An outgoing connection still handshaking: reads and writes return `Ok(0)`.
+    Connecting,
     /// Data can flow both ways.
     Open,
     /// The peer sent FIN: reads drain what is buffered then return `Eof`; writes still work.
@@ -74,6 +76,9 @@ pub trait NetStack {
     fn listen(&mut self, port: u16, backlog: usize) -> Result<ListenerId, NetError>;
     /// The port a listener is bound to (useful after `listen(0, ..)` on the kernel backend).
     fn local_port(&self, l: ListenerId) -> Result<u16, NetError>;
+    /// Starts an outgoing connection (non-blocking: the handle is `Connecting` until the
+    /// handshake completes, `Closed` if it is refused or times out).
+    fn connect(&mut self, remote: std::net::SocketAddrV4) -> Result<ConnId, NetError>;
     /// Takes one established connection from the listener's queue.
     fn accept(&mut self, l: ListenerId) -> Result<Option<ConnId>, NetError>;
     /// Copies buffered received bytes into `buf`.

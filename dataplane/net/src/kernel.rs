@@ -218,6 +218,42 @@ impl NetStack for KernelStack {
             .ok_or(NetError::InvalidHandle)
     }
 
+    fn connect(&mut self, remote: std::net::SocketAddrV4) -> Result<ConnId, NetError> {
+        if self.in_use() >= self.cfg.max_sockets {
+            self.stats.socket_cap_hits += 1;
+            return Err(NetError::SocketCap(self.cfg.max_sockets));
+        }
+        let Some(slot) = self.conn_free.pop() else {
+            return Err(NetError::SocketCap(self.cfg.max_sockets));
+        };
+        let mut sock = match TcpStream::connect(SocketAddr::V4(remote)) {
+            Ok(s) => s,
+            Err(e) => {
+                self.conn_free.push(slot);
+                return Err(NetError::Io(e));
+            }
+        };
+        let _ = sock.set_nodelay(self.cfg.nodelay);
+        if let Err(e) = self.poll.registry().register(
+            &mut sock,
+            Token(slot as usize),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            self.conn_free.push(slot);
+            return Err(NetError::Io(e));
+        }
+        let gen = self.next_gen;
+        self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        self.conns[slot as usize] = Some(KConn {
+            sock,
+            gen,
+            stats: ConnStats::default(),
+            eof: false,
+            dead: false,
+        });
+        Ok(ConnId { slot, gen })
+    }
+
     fn accept(&mut self, l: ListenerId) -> Result<Option<ConnId>, NetError> {
         let li = l.0 as usize;
         if li >= self.listeners.len() {
@@ -317,12 +353,19 @@ impl NetStack for KernelStack {
 
     fn conn_state(&self, c: ConnId) -> Result<ConnState, NetError> {
         let k = self.conn(c)?;
-        Ok(if k.dead {
-            ConnState::Closed
-        } else if k.eof {
-            ConnState::PeerClosed
-        } else {
-            ConnState::Open
+        if k.dead {
+            return Ok(ConnState::Closed);
+        }
+        if k.eof {
+            return Ok(ConnState::PeerClosed);
+        }
+        if let Ok(Some(_)) | Err(_) = k.sock.take_error() {
+            return Ok(ConnState::Closed);
+        }
+        Ok(match k.sock.peer_addr() {
+            Ok(_) => ConnState::Open,
+            Err(e) if e.kind() == ErrorKind::NotConnected => ConnState::Connecting,
+            Err(_) => ConnState::Closed,
         })
     }
 

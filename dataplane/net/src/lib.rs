@@ -1,7 +1,7 @@
 //! # carmine-net: per-shard TCP byte streams
 //!
 //! The messenger talks to one [`NetStack`] per shard: `listen` (explicit backlog), `accept`,
-//! `read`/`write` (non-blocking, partial writes are the backpressure signal), `close`, and
+//! `connect` (non-blocking, ephemeral local port), `read`/`write` (non-blocking, partial writes are the backpressure signal), `close`, and
 //! per-connection / per-interface counters. Two backends implement it:
 //!
 //! - [`SmolStack<D>`]: smoltcp 0.14 (pinned) over any `smoltcp::phy::Device` `D`: one

@@ -112,7 +112,12 @@ pub struct SmolStack<D: NetDevice> {
     stats: IfaceStats,
     wait_fd: Option<RawFd>,
     deadline: Option<StdInstant>,
+    /// Next ephemeral port to try for `connect`.
+    next_port: u16,
 }
+
+/// Ephemeral port range for outgoing connections (IANA dynamic ports).
+const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
 
 /// A zero-filled buffer whose pages are touched now, not on the data path.
 fn prefaulted(len: usize) -> Vec<u8> {
@@ -128,6 +133,11 @@ fn prefaulted(len: usize) -> Vec<u8> {
 fn tsval() -> u32 {
     static START: std::sync::OnceLock<StdInstant> = std::sync::OnceLock::new();
     START.get_or_init(StdInstant::now).elapsed().as_millis() as u32
+}
+
+/// Spreads the first ephemeral port by the seed so shards/restarts do not collide at once.
+fn cfg_seed_port(cfg: &SmolConfig) -> u16 {
+    (cfg.random_seed % 16384) as u16
 }
 
 fn smol_dur(d: Duration) -> SmolDuration {
@@ -178,6 +188,7 @@ impl<D: NetDevice> SmolStack<D> {
             .collect();
         let mut conns = Vec::with_capacity(cfg.max_sockets);
         conns.resize_with(cfg.max_sockets, || None);
+        let next_port = *EPHEMERAL.start() + cfg_seed_port(&cfg);
         Ok(Self {
             device: Counted {
                 inner: device,
@@ -194,6 +205,7 @@ impl<D: NetDevice> SmolStack<D> {
             stats: IfaceStats::default(),
             wait_fd,
             deadline: None,
+            next_port,
         })
     }
 
@@ -361,6 +373,55 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
             .ok_or(NetError::InvalidHandle)
     }
 
+    fn connect(&mut self, remote: std::net::SocketAddrV4) -> Result<ConnId, NetError> {
+        if self.conn_free.is_empty() || self.free.is_empty() {
+            self.stats.socket_cap_hits += 1;
+            return Err(NetError::SocketCap(self.cfg.max_sockets));
+        }
+        // A local port no live socket uses (listeners included).
+        let span = (*EPHEMERAL.end() - *EPHEMERAL.start()) as u32 + 1;
+        let mut port = None;
+        for _ in 0..span {
+            let p = self.next_port;
+            self.next_port = if p == *EPHEMERAL.end() {
+                *EPHEMERAL.start()
+            } else {
+                p + 1
+            };
+            let used = self.sockets.iter().any(|(_, s)| {
+                #[allow(irrefutable_let_patterns)]
+                let Socket::Tcp(t) = s
+                else {
+                    return false;
+                };
+                t.listen_endpoint().port == p || t.local_endpoint().is_some_and(|e| e.port == p)
+            });
+            if !used {
+                port = Some(p);
+                break;
+            }
+        }
+        let port = port.ok_or(NetError::Config("no free ephemeral port"))?;
+        let mut sock = self
+            .free
+            .pop()
+            .ok_or(NetError::SocketCap(self.cfg.max_sockets))?;
+        let ip = smoltcp::wire::IpAddress::Ipv4(*remote.ip());
+        if let Err(e) = sock.connect(self.iface.context(), (ip, remote.port()), port) {
+            tracing::debug!(error = %e, "smoltcp connect refused");
+            self.free.push(sock);
+            return Err(NetError::Config("cannot connect to that address"));
+        }
+        let h = self.sockets.add(sock);
+        match self.new_conn(h) {
+            Some(c) => Ok(c),
+            None => {
+                self.release(h);
+                Err(NetError::SocketCap(self.cfg.max_sockets))
+            }
+        }
+    }
+
     fn accept(&mut self, l: ListenerId) -> Result<Option<ConnId>, NetError> {
         let lst = self
             .listeners
@@ -384,7 +445,7 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
             k.stats.reads += 1;
             return Ok(n);
         }
-        if s.may_recv() {
+        if s.may_recv() || s.state() == tcp::State::SynSent {
             return Ok(0);
         }
         match s.state() {
@@ -396,6 +457,9 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
     fn write(&mut self, c: ConnId, buf: &[u8]) -> Result<usize, NetError> {
         let h = self.conn(c)?.handle;
         let s = self.sockets.get_mut::<tcp::Socket>(h);
+        if s.state() == tcp::State::SynSent {
+            return Ok(0);
+        }
         if !s.may_send() {
             return Err(NetError::Closed);
         }
@@ -432,6 +496,7 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
         let s = self.sockets.get::<tcp::Socket>(self.conn(c)?.handle);
         Ok(match s.state() {
             tcp::State::Closed => ConnState::Closed,
+            tcp::State::SynSent => ConnState::Connecting,
             _ if !s.may_recv() && !s.can_recv() => ConnState::PeerClosed,
             _ => ConnState::Open,
         })

@@ -170,3 +170,24 @@ fn kernel_socket_cap_is_enforced() {
     assert_ne!(c, conns[0]);
     drop(peers);
 }
+
+#[test]
+fn kernel_outgoing_connection_echo_and_refusal() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let echo = match l.local_addr().expect("addr") {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(_) => unreachable!(),
+    };
+    let server = kernel_echo(l, 1);
+    // A port nobody listens on: bind, note, drop.
+    let refused = match std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+    {
+        Ok(SocketAddr::V4(a)) => a,
+        _ => unreachable!(),
+    };
+    let mut st = KernelStack::new(KernelConfig::default()).expect("stack");
+    outgoing_echo(&mut st, echo, refused, 300_000, 0);
+    server.join().expect("echo server");
+}

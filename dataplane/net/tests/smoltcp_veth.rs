@@ -221,3 +221,32 @@ fn two_shards_each_serve_their_own_connections() {
         assert_eq!(p.accepted.load(Ordering::Relaxed), 8);
     }
 }
+
+#[test]
+fn outgoing_connection_echo_and_refusal() {
+    if !is_root() {
+        return;
+    }
+    let veth = VethPair::create("o", 1500).expect("veth");
+    let echo_addr = std::net::SocketAddrV4::new(netns::CLIENT_IP, 9000);
+    let l = netns::run_in(&veth.client_ns, move || {
+        std::net::TcpListener::bind(echo_addr)
+    })
+    .expect("netns")
+    .expect("bind echo");
+    let server = kernel_echo(l, 1);
+    let ns = veth.server_ns.clone();
+    netns::run_in(&ns, move || {
+        let dev = AfPacket::open(SERVER_IF, 1500).expect("af_packet");
+        let fd = dev.as_raw_fd();
+        let cfg = SmolConfig {
+            ip: shard_ip(0),
+            ..SmolConfig::default()
+        };
+        let mut st = SmolStack::new(dev, cfg, Some(fd)).expect("stack");
+        let refused = std::net::SocketAddrV4::new(netns::CLIENT_IP, 9001);
+        outgoing_echo(&mut st, echo_addr, refused, 1_000_000, 0);
+    })
+    .expect("smoltcp side");
+    server.join().expect("echo server");
+}

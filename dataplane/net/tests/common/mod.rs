@@ -216,3 +216,104 @@ pub fn killed_client(ip: &str, port: u16, netns: Option<&str>, probe: Arc<Probe>
         },
     );
 }
+
+/// A kernel echo server on `listener` (one connection at a time, `conns` of them).
+pub fn kernel_echo(listener: std::net::TcpListener, conns: usize) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for _ in 0..conns {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match std::io::Read::read(&mut s, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if std::io::Write::write_all(&mut s, &buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Drives `stack` (on this thread) through an outgoing connection to an echo server: sends
+/// `len` patterned bytes, reads them back, verifies, closes, and checks the socket count
+/// returns to `baseline`. Then a connection to `refused` (no listener) must end `Closed`.
+pub fn outgoing_echo<S: carmine_net::NetStack>(
+    stack: &mut S,
+    echo: std::net::SocketAddrV4,
+    refused: std::net::SocketAddrV4,
+    len: usize,
+    baseline: u64,
+) {
+    use carmine_net::{ConnState, NetError};
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let c = stack.connect(echo).expect("connect");
+    let mut out: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
+    let mut sent = 0;
+    let mut back = Vec::with_capacity(len);
+    let mut buf = vec![0u8; 65536];
+    let mut saw_connecting = false;
+    while back.len() < len {
+        assert!(
+            Instant::now() < deadline,
+            "echo timed out ({} of {len})",
+            back.len()
+        );
+        stack.poll();
+        match stack.conn_state(c).expect("state") {
+            ConnState::Connecting => {
+                saw_connecting = true;
+                continue;
+            }
+            ConnState::Open => {}
+            other => panic!("connection ended early: {other:?}"),
+        }
+        if sent < len {
+            sent += stack.write(c, &out[sent..]).expect("write");
+        }
+        let n = stack.read(c, &mut buf).expect("read");
+        back.extend_from_slice(&buf[..n]);
+        if n == 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    assert!(saw_connecting || stack.conn_stats(c).expect("stats").bytes_out == len as u64);
+    assert_eq!(back, out);
+    let st = stack.conn_stats(c).expect("stats");
+    assert_eq!((st.bytes_out, st.bytes_in), (len as u64, len as u64));
+    stack.close(c).expect("close");
+    out.clear();
+    while stack.stats().sockets != baseline {
+        assert!(
+            Instant::now() < deadline,
+            "socket not reaped: {:?}",
+            stack.stats()
+        );
+        stack.poll();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(matches!(
+        stack.read(c, &mut buf),
+        Err(NetError::InvalidHandle)
+    ));
+
+    let r = stack.connect(refused).expect("connect starts");
+    loop {
+        assert!(Instant::now() < deadline, "refused connection never closed");
+        stack.poll();
+        match stack.conn_state(r).expect("state") {
+            ConnState::Closed => break,
+            ConnState::Connecting => std::thread::sleep(Duration::from_millis(1)),
+            other => panic!("refused connection is {other:?}"),
+        }
+    }
+    assert!(matches!(stack.write(r, b"x"), Err(NetError::Closed)));
+    stack.close(r).expect("close");
+    stack.poll();
+    assert_eq!(stack.stats().sockets, baseline);
+}
