@@ -110,6 +110,8 @@ pub struct Accounting {
     pub live: Vec<u64>,
     /// (onode, logical offset) of every extent in the segment: the cleaner's work list.
     pub refs: Vec<BTreeSet<(u64, u64)>>,
+    /// Segments with no live bytes (kept incrementally so polls never scan all segments).
+    pub empty: usize,
 }
 
 impl Accounting {
@@ -119,13 +121,20 @@ impl Accounting {
     }
     fn add(&mut self, id: u64, off: u64, e: &Extent) {
         if let Some(s) = self.seg(e.chunk.lba) {
+            if self.live[s] == 0 && e.len > 0 {
+                self.empty -= 1;
+            }
             self.live[s] += e.len;
             self.refs[s].insert((id, off));
         }
     }
     fn sub(&mut self, id: u64, off: u64, e: &Extent) {
         if let Some(s) = self.seg(e.chunk.lba) {
-            self.live[s] = self.live[s].saturating_sub(e.len);
+            let before = self.live[s];
+            self.live[s] = before.saturating_sub(e.len);
+            if before > 0 && self.live[s] == 0 {
+                self.empty += 1;
+            }
             self.refs[s].remove(&(id, off));
         }
     }
@@ -202,6 +211,7 @@ impl Index {
             seg_blocks: geo.seg_blocks,
             live: vec![0; n],
             refs: vec![BTreeSet::new(); n],
+            empty: n,
         };
         for (&id, o) in &self.onodes {
             for (&off, e) in &o.extents {

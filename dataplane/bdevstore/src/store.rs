@@ -1,6 +1,6 @@
 //! The running store: group commit, reads, cleaner and checkpoints, all driven by `poll`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::time::{Duration, Instant};
 
@@ -9,6 +9,7 @@ use carmine_objectstore::{
     validate, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, ObjectStore,
     OmapEntries, Op, StoreError, Ticket, Transaction,
 };
+use slab::Slab;
 
 use crate::format::{
     blocks_for, encode, encoded_len, frame, Geometry, LogPos, RecordHeader, BLOCK, REC_MAGIC,
@@ -70,7 +71,7 @@ enum Io {
     CkptHdr,
     CkptHdrFlush,
     Read {
-        op: u64,
+        op: usize,
         dest: usize,
         skip: usize,
         len: usize,
@@ -127,9 +128,9 @@ pub struct BdevStore<D: BlockDevice> {
     opts: MountOptions,
     queue: VecDeque<(Ticket, Transaction)>,
     rec: Option<InFlight>,
-    io: HashMap<u64, Io>,
-    next_token: u64,
-    reads: HashMap<u64, ReadOp>,
+    /// In-flight device operations; the slab key is the device token (no hashing per I/O).
+    io: Slab<Io>,
+    reads: Slab<ReadOp>,
     deferred: VecDeque<(Ticket, CollectionId, ObjectId, u64, u64)>,
     victim: Option<u32>,
     bad_segs: Vec<bool>,
@@ -195,9 +196,8 @@ impl<D: BlockDevice> BdevStore<D> {
             opts,
             queue: VecDeque::new(),
             rec: None,
-            io: HashMap::new(),
-            next_token: 1,
-            reads: HashMap::new(),
+            io: Slab::with_capacity(256),
+            reads: Slab::with_capacity(256),
             deferred: VecDeque::new(),
             victim: None,
             bad_segs: vec![false; n],
@@ -258,9 +258,7 @@ impl<D: BlockDevice> BdevStore<D> {
     }
 
     fn token(&mut self, io: Io) -> u64 {
-        self.next_token += 1;
-        self.io.insert(self.next_token, io);
-        self.next_token
+        self.io.insert(io) as u64
     }
 
     fn fail(&mut self, why: String) {
@@ -276,7 +274,7 @@ impl<D: BlockDevice> BdevStore<D> {
         let mut done = std::mem::take(&mut self.iobuf);
         self.dev.poll(&mut done);
         for c in done.drain(..) {
-            let Some(io) = self.io.remove(&c.token) else {
+            let Some(io) = self.io.try_remove(c.token as usize) else {
                 tracing::warn!(token = c.token, "completion for an unknown token");
                 continue;
             };
@@ -289,7 +287,7 @@ impl<D: BlockDevice> BdevStore<D> {
         if let Err(e) = &c.result {
             match io {
                 Io::Read { op, .. } => {
-                    if let Some(r) = self.reads.get_mut(&op) {
+                    if let Some(r) = self.reads.get_mut(op) {
                         r.err.get_or_insert(StoreError::Io(e.clone()));
                     }
                     self.finish_piece(op);
@@ -374,7 +372,7 @@ impl<D: BlockDevice> BdevStore<D> {
                 len,
                 chunk,
             } => {
-                if let (Some(buf), Some(r)) = (c.buf.as_ref(), self.reads.get_mut(&op)) {
+                if let (Some(buf), Some(r)) = (c.buf.as_ref(), self.reads.get_mut(op)) {
                     let stored = &buf.as_slice()[..chunk.len as usize];
                     let computed = crc32c::crc32c(stored);
                     if computed != chunk.crc {
@@ -411,13 +409,13 @@ impl<D: BlockDevice> BdevStore<D> {
         }
     }
 
-    fn finish_piece(&mut self, op: u64) {
-        let Some(r) = self.reads.get_mut(&op) else {
+    fn finish_piece(&mut self, op: usize) {
+        let Some(r) = self.reads.get_mut(op) else {
             return;
         };
         r.pending -= 1;
         if r.pending == 0 {
-            if let Some(r) = self.reads.remove(&op) {
+            if let Some(r) = self.reads.try_remove(op) {
                 let result = match r.err {
                     Some(e) => Err(e),
                     None => Ok(Done::Data(r.out)),
@@ -479,16 +477,12 @@ impl<D: BlockDevice> BdevStore<D> {
             }
         }
         let _ = id;
-        let op = ticket.0;
-        self.reads.insert(
-            op,
-            ReadOp {
-                ticket,
-                out: vec![0; (end - off) as usize],
-                pending: pieces.len() + 1,
-                err: None,
-            },
-        );
+        let op = self.reads.insert(ReadOp {
+            ticket,
+            out: vec![0; (end - off) as usize],
+            pending: pieces.len() + 1,
+            err: None,
+        });
         for (dest, skip, len, chunk) in pieces {
             let blocks = blocks_for(chunk.len as u64);
             match self.dev.alloc_buf((blocks * BLOCK) as usize) {
@@ -504,7 +498,7 @@ impl<D: BlockDevice> BdevStore<D> {
                     self.dev.submit_read(lba, buf, t);
                 }
                 Err(e) => {
-                    if let Some(r) = self.reads.get_mut(&op) {
+                    if let Some(r) = self.reads.get_mut(op) {
                         r.err.get_or_insert(StoreError::Io(e));
                     }
                     self.finish_piece(op);
@@ -979,20 +973,24 @@ impl<D: BlockDevice> BdevStore<D> {
         if self.ckpt.phase != CkptPhase::Idle || self.failed.is_some() {
             return;
         }
-        let head = self.head.seg as usize;
-        let low = self.free_count() < self.opts.clean_low_water || self.space_wait;
-        if low {
-            // Emptied segments already behind the checkpoint need no new one, only a scan.
+        let free = self.free_count();
+        let low = free < self.opts.clean_low_water || self.space_wait;
+        // Used segments without live data (O(1): counters, no scan): they need a checkpoint
+        // (or, if already behind one, just a reclaim scan) to become free.
+        let head_empty = usize::from(self.idx.acct.live[self.head.seg as usize] == 0);
+        let waiting = self
+            .idx
+            .acct
+            .empty
+            .saturating_sub(free as usize + head_empty);
+        if low && waiting > 0 {
             self.reclaim_due = true;
         }
-        // Scan segments only under space pressure, not on every poll.
-        let pending_free = low
-            && (0..self.geo.nsegs as usize).any(|s| {
-                self.used[s]
-                    && s != head
-                    && self.idx.acct.live[s] == 0
-                    && self.seg_seq[s] >= self.ckpt.start.seg_seq
-            });
+        // Batch them: a checkpoint rewrites all metadata, so take one per several freed
+        // segments unless space is nearly gone.
+        let urgent = free <= self.opts.reserve_segs + 1 || self.space_wait;
+        let batch = (self.opts.clean_low_water as usize / 4).max(1);
+        let pending_free = low && waiting > 0 && (urgent || waiting >= batch);
         if pending_free || self.blocks_since_ckpt >= self.opts.ckpt_interval_blocks {
             self.ckpt.phase = CkptPhase::Quiesce;
         }
