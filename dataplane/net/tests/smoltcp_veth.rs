@@ -250,3 +250,98 @@ fn outgoing_connection_echo_and_refusal() {
     .expect("smoltcp side");
     server.join().expect("echo server");
 }
+
+/// Commands for a stack driven on its own thread inside the server namespace.
+enum Cmd {
+    Accept(std::sync::mpsc::Sender<bool>),
+    Stats(std::sync::mpsc::Sender<carmine_net::IfaceStats>),
+    Stop,
+}
+
+#[test]
+fn explicit_backlog_is_honoured_and_cap_enforced() {
+    use carmine_net::{NetError, NetStack};
+    if !is_root() {
+        return;
+    }
+    let veth = VethPair::create("l", 1500).expect("veth");
+    let (tx, rx) = std::sync::mpsc::channel::<Cmd>();
+    let ns = veth.server_ns.clone();
+    let driver = std::thread::spawn(move || {
+        netns::enter(&ns).expect("netns");
+        let open = || {
+            let dev = AfPacket::open(SERVER_IF, 1500).expect("af_packet");
+            let fd = dev.as_raw_fd();
+            (dev, fd)
+        };
+        // The cap: 3 sockets cannot hold a backlog of 4.
+        let (dev, fd) = open();
+        let small = SmolConfig {
+            max_sockets: 3,
+            ip: shard_ip(0),
+            ..SmolConfig::default()
+        };
+        let mut st = SmolStack::new(dev, small, Some(fd)).expect("stack");
+        assert!(matches!(st.listen(PORT, 4), Err(NetError::SocketCap(3))));
+        drop(st);
+
+        let (dev, fd) = open();
+        let cfg = SmolConfig {
+            ip: shard_ip(0),
+            ..SmolConfig::default()
+        };
+        let mut st = SmolStack::new(dev, cfg, Some(fd)).expect("stack");
+        let l = st.listen(PORT, 2).expect("listen");
+        assert_eq!(st.stats().sockets, 2, "backlog sockets pre-created");
+        let mut held = Vec::new();
+        loop {
+            st.poll();
+            match rx.try_recv() {
+                Ok(Cmd::Accept(r)) => {
+                    let c = st.accept(l).expect("accept");
+                    held.extend(c);
+                    r.send(c.is_some()).expect("reply");
+                }
+                Ok(Cmd::Stats(r)) => r.send(st.stats()).expect("reply"),
+                Ok(Cmd::Stop) | Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    std::thread::sleep(Duration::from_micros(200))
+                }
+            }
+        }
+    });
+    let cns = veth.client_ns.clone();
+    let try_connect = move || {
+        netns::run_in(&cns, || {
+            std::net::TcpStream::connect_timeout(&addr(0), Duration::from_secs(3))
+        })
+        .expect("netns")
+    };
+    let c1 = try_connect().expect("1st fits the backlog");
+    let c2 = try_connect().expect("2nd fits the backlog");
+    let e = try_connect().expect_err("3rd is beyond the backlog");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    let (r, got) = std::sync::mpsc::channel();
+    tx.send(Cmd::Accept(r)).expect("driver");
+    assert!(got.recv_timeout(Duration::from_secs(5)).expect("reply"));
+    // The accepted connection freed a backlog place: one more fits, then none.
+    let mut c4 = None;
+    for _ in 0..50 {
+        match try_connect() {
+            Ok(s) => {
+                c4 = Some(s);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    assert!(c4.is_some(), "backlog place was not refilled");
+    assert!(try_connect().is_err(), "backlog exceeded after refill");
+    let (r, got) = std::sync::mpsc::channel();
+    tx.send(Cmd::Stats(r)).expect("driver");
+    let st = got.recv_timeout(Duration::from_secs(5)).expect("stats");
+    assert_eq!((st.connections, st.accepted), (3, 1), "{st:?}");
+    tx.send(Cmd::Stop).expect("driver");
+    driver.join().expect("driver thread");
+    drop((c1, c2, c4));
+}
