@@ -112,17 +112,8 @@ pub(crate) async fn serve(
         config,
         status,
     };
-    let expected = format!("Bearer {token}");
     let server = OsdAdminServer::with_interceptor(svc, move |r: Request<()>| {
-        let ok = r
-            .metadata()
-            .get(carmine_proto::AUTH_HEADER)
-            .is_some_and(|v| v.as_bytes() == expected.as_bytes());
-        if ok {
-            Ok(r)
-        } else {
-            Err(Status::unauthenticated("credential refused"))
-        }
+        carmine_proto::check_bearer(Some(&token), r.metadata()).map(|()| r)
     });
     tonic::transport::Server::builder()
         .add_service(server)

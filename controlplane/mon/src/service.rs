@@ -8,7 +8,6 @@ use std::time::Instant;
 use carmine_proto::v1::{
     self, map_update::Update, mon_admin_server::MonAdmin, mon_cluster_server::MonCluster,
 };
-use carmine_proto::AUTH_HEADER;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
@@ -36,25 +35,9 @@ impl From<MonError> for Status {
     }
 }
 
-/// Compares in time independent of where the strings first differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Checks `authorization: Bearer <token>` when `token` is set.
 pub fn check_token(token: Option<&str>, req: &Request<()>) -> Result<(), Status> {
-    let Some(token) = token else { return Ok(()) };
-    let Some(v) = req.metadata().get(AUTH_HEADER) else {
-        return Err(Status::unauthenticated(
-            "missing credential (authorization: Bearer <token>)",
-        ));
-    };
-    let given = v.as_bytes().strip_prefix(b"Bearer ").unwrap_or(b"");
-    if same_secret(given, token.as_bytes()) {
-        Ok(())
-    } else {
-        Err(Status::unauthenticated("credential refused"))
-    }
+    carmine_proto::check_bearer(token, req.metadata())
 }
 
 /// The OSD-facing service.
@@ -73,6 +56,7 @@ fn full(m: &carmine_placement::ClusterMap) -> v1::MapUpdate {
 impl MonCluster for ClusterSvc {
     async fn boot(&self, req: Request<v1::BootRequest>) -> Result<Response<v1::BootReply>, Status> {
         let r = req.into_inner();
+        let r_admin = r.admin_addr.clone();
         let mut m = lock(&self.0)?;
         let (id, epoch) = m.boot(
             BootInfo {
@@ -82,9 +66,11 @@ impl MonCluster for ClusterSvc {
                 cluster_addr: r.cluster_addr,
                 shard_ports: r.shard_ports,
                 weight: r.weight,
+                id: r.has_id.then_some(r.id),
             },
             Instant::now(),
         )?;
+        tracing::info!(osd = id, admin_addr = %r_admin, "osd admin service");
         Ok(Response::new(v1::BootReply {
             id,
             epoch,

@@ -97,6 +97,8 @@ pub struct BootInfo {
     pub shard_ports: Vec<u32>,
     /// Weight for a new OSD.
     pub weight: f64,
+    /// The id the OSD believes it has, if any.
+    pub id: Option<u32>,
 }
 
 /// The monitor.
@@ -257,6 +259,13 @@ impl Monitor {
             return Err(MonError::Invalid("boot needs a uuid and a host".into()));
         }
         let mut next = self.next_map();
+        if let Some(claimed) = b.id {
+            if next.osds.get(&claimed).is_some_and(|o| o.uuid != b.uuid) {
+                return Err(MonError::Precondition(format!(
+                    "osd.{claimed} belongs to another uuid"
+                )));
+            }
+        }
         let id = match next.osd_by_uuid(&b.uuid) {
             Some(o) => o.id,
             None => {

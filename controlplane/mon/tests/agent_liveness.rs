@@ -14,7 +14,7 @@ use carmine_placement::ClusterMap;
 use carmine_proto::v1;
 use common::{admin, authed, runtime, wait_for, MonProc, TOKEN};
 
-const GRACE_MS: u64 = 1000;
+const GRACE_MS: u64 = 1500;
 const OUT_MS: u64 = 2000;
 
 /// A shard's inbound queue, as seen by the agent: records the epochs it receives. Refuses the
@@ -164,7 +164,13 @@ fn agent_down_after_grace_up_on_return_out_after_interval() {
     // Both boot; the cluster is healthy and every shard of A has the current map.
     let h = rt.block_on(health(v1::HealthStatus::HealthOk));
     assert!(h.is_some(), "cluster never became healthy");
-    let id_b = agent_b.status().osd_id().unwrap();
+    // The monitor marks an OSD up before the agent has read the boot reply: wait for both.
+    let id_b = rt
+        .block_on(wait_for(limit, || async {
+            agent_a.status().osd_id()?;
+            agent_b.status().osd_id()
+        }))
+        .expect("agents never learned their ids");
     let (epoch, _) = rt.block_on(osd(id_b));
     let synced = rt.block_on(wait_for(limit, || async {
         (agent_a.status().map_epoch() == epoch).then_some(())
@@ -271,7 +277,8 @@ fn agent_down_after_grace_up_on_return_out_after_interval() {
         rt.block_on(health(v1::HealthStatus::HealthOk)).is_some(),
         "health never OK again"
     );
-    assert_eq!(agent_b.status().osd_id(), Some(id_b));
+    let id = rt.block_on(wait_for(limit, || async { agent_b.status().osd_id() }));
+    assert_eq!(id, Some(id_b));
     let (_, o) = rt.block_on(osd(id_b));
     assert!(o.up && o.r#in);
 

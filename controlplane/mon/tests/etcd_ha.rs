@@ -137,6 +137,30 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
     let f1: Vec<&str> = f1.iter().map(String::as_str).collect();
     let (_mon1, rx1) = MonProc::spawn(&dir.path().join("mon1"), &f1);
 
+    // An OSD agent that knows both monitors follows whichever leads.
+    let agent = carmine_agent::Agent::start(
+        carmine_agent::AgentConfig {
+            mon_addr: listen.join(","),
+            uuid: "uuid-ha".into(),
+            host: "hostA".into(),
+            public_addr: "127.0.0.1:6800".into(),
+            cluster_addr: "127.0.0.1:6801".into(),
+            shard_ports: vec![6800],
+            weight: 1.0,
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            admin_token: common::TOKEN.into(),
+            cluster_token: None,
+        },
+        Vec::new(),
+        std::sync::Arc::new(NoStats),
+        std::sync::Arc::new(carmine_agent::MemConfig::default()),
+    )
+    .unwrap();
+    let booted = rt.block_on(wait_for(Duration::from_secs(15), || async {
+        (agent.status().map_epoch() >= 2).then_some(())
+    }));
+    assert!(booted.is_some(), "agent never booted through the leader");
+
     // Changes through the leader; remember every epoch's map as encoded.
     let url0 = format!("http://{addr0}");
     let maps: Vec<Vec<u8>> = rt.block_on(async {
@@ -156,7 +180,8 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(cur.epoch, 4);
+        // 1: the empty map, 2: the agent's OSD boots, 3-5: the pools.
+        assert_eq!(cur.epoch, 5);
         let mut maps = Vec::new();
         for e in 1..=cur.epoch {
             let m = a
@@ -227,4 +252,22 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
         );
         assert_eq!(p.id, 3, "pool ids continue");
     });
+    // The agent found the new leader and has the newest map.
+    let followed = rt.block_on(wait_for(Duration::from_secs(15), || async {
+        (agent.status().map_epoch() == maps.len() as u64 + 1).then_some(())
+    }));
+    assert!(
+        followed.is_some(),
+        "agent at epoch {}",
+        agent.status().map_epoch()
+    );
+    drop(agent);
+}
+
+struct NoStats;
+
+impl carmine_agent::Stats for NoStats {
+    fn counters(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }

@@ -28,6 +28,32 @@ pub fn bearer(
         .map_err(|_| ProtoError::BadToken)
 }
 
+/// Checks `authorization: Bearer <token>` in `md` when `token` is set (`None` = open).
+/// The comparison takes the same time wherever the given token first differs.
+pub fn check_bearer(
+    token: Option<&str>,
+    md: &tonic::metadata::MetadataMap,
+) -> Result<(), tonic::Status> {
+    let Some(token) = token else { return Ok(()) };
+    let Some(v) = md.get(AUTH_HEADER) else {
+        return Err(tonic::Status::unauthenticated(
+            "missing credential (authorization: Bearer <token>)",
+        ));
+    };
+    let given = v.as_bytes().strip_prefix(b"Bearer ").unwrap_or(b"");
+    let same = given.len() == token.len()
+        && given
+            .iter()
+            .zip(token.as_bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(tonic::Status::unauthenticated("credential refused"))
+    }
+}
+
 /// Conversion errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
@@ -194,5 +220,12 @@ mod tests {
         assert_eq!(back, m);
         assert_eq!(bearer("s3cret").unwrap().to_str().unwrap(), "Bearer s3cret");
         assert!(bearer("bad\ntoken").is_err());
+        let mut md = tonic::metadata::MetadataMap::new();
+        assert!(check_bearer(None, &md).is_ok());
+        assert!(check_bearer(Some("s3cret"), &md).is_err());
+        md.insert(AUTH_HEADER, bearer("s3cre").unwrap());
+        assert!(check_bearer(Some("s3cret"), &md).is_err());
+        md.insert(AUTH_HEADER, bearer("s3cret").unwrap());
+        assert!(check_bearer(Some("s3cret"), &md).is_ok());
     }
 }
