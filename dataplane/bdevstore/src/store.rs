@@ -1,6 +1,6 @@
 //! The running store: group commit, reads, cleaner and checkpoints, all driven by `poll`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::time::{Duration, Instant};
 
@@ -152,7 +152,12 @@ pub struct BdevStore<D: BlockDevice> {
     next_ticket: u64,
     stats: StoreStats,
     iobuf: Vec<IoCompletion<D::Buf>>,
+    pool: HashMap<usize, Vec<D::Buf>>,
+    pooled: usize,
 }
+
+/// Bytes of idle I/O buffers kept for reuse.
+const POOL_BYTES: usize = 32 << 20;
 
 impl<D: BlockDevice> BdevStore<D> {
     /// Mount shard `opts.shard` of a formatted device: load the newest checkpoint, replay the
@@ -222,6 +227,8 @@ impl<D: BlockDevice> BdevStore<D> {
             next_ticket: 0,
             stats: StoreStats::default(),
             iobuf: Vec::new(),
+            pool: HashMap::new(),
+            pooled: 0,
         };
         s.nfree = s.used.iter().filter(|u| !**u).count() as u32;
         Ok(s)
@@ -278,12 +285,34 @@ impl<D: BlockDevice> BdevStore<D> {
                 tracing::warn!(token = c.token, "completion for an unknown token");
                 continue;
             };
-            self.complete_io(io, c);
+            self.complete_io(io, &c);
+            if let Some(b) = c.buf {
+                self.put_buf(b);
+            }
         }
         self.iobuf = done;
     }
 
-    fn complete_io(&mut self, io: Io, c: IoCompletion<D::Buf>) {
+    /// A device buffer of exactly `len` bytes, reused when possible: fresh memory costs page
+    /// faults on first touch (and DMA memory is precious), so buffers cycle through a pool.
+    /// Contents are arbitrary.
+    fn get_buf(&mut self, len: usize) -> Result<D::Buf, carmine_objectstore::device::DeviceError> {
+        if let Some(b) = self.pool.get_mut(&len).and_then(Vec::pop) {
+            self.pooled -= len;
+            return Ok(b);
+        }
+        self.dev.alloc_buf(len)
+    }
+
+    fn put_buf(&mut self, b: D::Buf) {
+        let len = b.len();
+        if self.pooled + len <= POOL_BYTES {
+            self.pooled += len;
+            self.pool.entry(len).or_default().push(b);
+        }
+    }
+
+    fn complete_io(&mut self, io: Io, c: &IoCompletion<D::Buf>) {
         if let Err(e) = &c.result {
             match io {
                 Io::Read { op, .. } => {
@@ -339,11 +368,13 @@ impl<D: BlockDevice> BdevStore<D> {
             }
             Io::CkptBodyFlush => {
                 // The body is durable: now the header may point at it.
-                if let Some((hdr, slot, _)) = &self.ckpt.pending {
+                if let Some(slot) = self.ckpt.pending.as_ref().map(|p| p.1) {
                     let lba = self.geo.dev_lba(slot * self.geo.slot_blocks);
-                    match self.dev.alloc_buf(BLOCK as usize) {
+                    match self.get_buf(BLOCK as usize) {
                         Ok(mut b) => {
-                            b.as_mut_slice().copy_from_slice(hdr);
+                            if let Some((hdr, _, _)) = &self.ckpt.pending {
+                                b.as_mut_slice().copy_from_slice(hdr);
+                            }
                             let t = self.token(Io::CkptHdr);
                             self.dev.submit_write(lba, b, t);
                         }
@@ -485,7 +516,7 @@ impl<D: BlockDevice> BdevStore<D> {
         });
         for (dest, skip, len, chunk) in pieces {
             let blocks = blocks_for(chunk.len as u64);
-            match self.dev.alloc_buf((blocks * BLOCK) as usize) {
+            match self.get_buf((blocks * BLOCK) as usize) {
                 Ok(buf) => {
                     let lba = self.geo.dev_lba(chunk.lba);
                     let t = self.token(Io::Read {
@@ -838,7 +869,7 @@ impl<D: BlockDevice> BdevStore<D> {
         };
         let payload = encode(&hdr);
         let total = h_blocks + data_blocks;
-        let mut buf = match self.dev.alloc_buf((total * BLOCK) as usize) {
+        let mut buf = match self.get_buf((total * BLOCK) as usize) {
             Ok(b) => b,
             Err(e) => {
                 for t in tickets {
@@ -853,6 +884,8 @@ impl<D: BlockDevice> BdevStore<D> {
         };
         let crc = {
             let b = buf.as_mut_slice();
+            // Pooled buffers hold old bytes: padding must not carry them to disk.
+            b.fill(0);
             let crc = frame(REC_MAGIC, &payload, b);
             for (off, bytes) in &data {
                 let s = ((h_blocks + off) * BLOCK) as usize;
@@ -930,7 +963,7 @@ impl<D: BlockDevice> BdevStore<D> {
                 break;
             }
             let blocks = blocks_for(ext.chunk.len as u64);
-            let Ok(buf) = self.dev.alloc_buf((blocks * BLOCK) as usize) else {
+            let Ok(buf) = self.get_buf((blocks * BLOCK) as usize) else {
                 break;
             };
             let lba = self.geo.dev_lba(ext.chunk.lba);
@@ -1029,7 +1062,7 @@ impl<D: BlockDevice> BdevStore<D> {
             self.blocks_since_ckpt = 0;
             return;
         }
-        let mut buf = match self.dev.alloc_buf(body_blocks.len()) {
+        let mut buf = match self.get_buf(body_blocks.len()) {
             Ok(b) => b,
             Err(e) => {
                 self.fail(format!("checkpoint buffer: {e}"));
