@@ -9,9 +9,9 @@ use carmine_objectstore::testkit::{arb_txn, compare, step, Model};
 use proptest::prelude::*;
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
     #[test]
-    fn bdevstore_matches_model(txns in prop::collection::vec(arb_txn(), 1..40), shard in 0usize..2) {
+    fn bdevstore_matches_model(txns in prop::collection::vec(arb_txn(), 1..60), shard in 0usize..2) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dev");
         let mut store = common::fresh(&path, shard);
