@@ -12,10 +12,14 @@
 //!   device plugs in with no change here (see "Device contract" below).
 //! - [`KernelStack`]: kernel sockets (non-blocking, mio/epoll), for laptops and unit tests.
 //!
-//! A stack is driven by its shard: wrap it in a [`carmine_reactor::Poller`] (see
-//! [`testapp::ServerPoller`] for a complete one) whose `poll` calls [`NetStack::poll`] and then
-//! runs the application; `next_deadline`/`wait_fd` let an adaptive shard sleep until smoltcp's
-//! next timer or the device fd.
+//! A stack is driven by its shard, in one of two ways:
+//! - poll style: a [`carmine_reactor::Poller`] whose `poll` calls [`NetStack::poll`] and then
+//!   runs the application ([`testapp::ServerPoller`] is a complete one);
+//! - async style: [`AsyncNet::new`] gives a handle for `!Send` tasks on the shard's executor
+//!   (`accept`/`connect`/`read`/`write_all` futures) and a [`NetPoller`] to register.
+//!
+//! Either way `next_deadline`/`wait_fd` let an adaptive shard sleep until smoltcp's next timer
+//! or the device fd.
 //!
 //! ## Device contract (for the DPDK mbuf device)
 //! Implement `smoltcp::phy::Device` plus [`NetDevice`] (`flush`):
@@ -48,6 +52,7 @@
 
 pub mod afpacket;
 mod api;
+mod asyncio;
 mod counted;
 mod error;
 mod kernel;
@@ -56,6 +61,7 @@ mod smol;
 pub mod testapp;
 
 pub use api::{ConnId, ConnState, ConnStats, IfaceStats, ListenerId, NetDevice, NetStack};
+pub use asyncio::{AsyncNet, NetPoller};
 pub use error::NetError;
 pub use kernel::{KernelConfig, KernelStack};
 pub use smol::{SmolConfig, SmolStack};
