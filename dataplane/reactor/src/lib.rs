@@ -17,6 +17,44 @@
 //! (ring pushes, task wakers) write the eventfd only when the consumer announced it is asleep
 //! (see `wake.rs` for the handshake that makes lost wake-ups impossible).
 //!
+//! ## Registering pollers (how the NIC queue and the SPDK thread plug in)
+//!
+//! ```
+//! use carmine_reactor::{Poller, Reactor, ReactorConfig, Source};
+//!
+//! /// Stand-in for the integrator's pollers, e.g. `spdk_thread_poll(thread, 0, 0)` (its return
+//! /// value is the work count) or a DPDK rx/tx burst + smoltcp `NetStack::poll`.
+//! struct Countdown(u32);
+//! impl Poller for Countdown {
+//!     fn poll(&mut self) -> usize {
+//!         if self.0 == 0 { return 0; }
+//!         self.0 -= 1;
+//!         1
+//!     }
+//! }
+//!
+//! let cfg = ReactorConfig { cores: vec![0, 1], pin: false, ..Default::default() };
+//! let (reactor, mut control) = Reactor::start::<u32, _>(cfg, |shard| {
+//!     // Runs on the shard thread: create shard-local (even !Send) state here.
+//!     shard.add_poller(Box::new(Countdown(10)));
+//!     let mailbox = shard.mailbox();
+//!     shard.on_message(move |src, epoch| {
+//!         if src == Source::Control && mailbox.shard() == 0 {
+//!             let _ = mailbox.send(1, epoch); // a counted cross-shard hop
+//!         }
+//!     });
+//!     Ok(())
+//! })?;
+//! control.send(0, 42).map_err(|_| "ring full")?;
+//! let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+//! while reactor.stats(1).map_or(0, |s| s.cross_shard_received.get()) == 0 {
+//!     assert!(std::time::Instant::now() < deadline);
+//!     std::thread::sleep(std::time::Duration::from_millis(1));
+//! }
+//! reactor.shutdown()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! ## Invariants
 //! - Shared-nothing: all shard state (pollers, handler, tasks, timers) is created by the init
 //!   closure *on the shard thread* and never leaves it; it need not be `Send`.
