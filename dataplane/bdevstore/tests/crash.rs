@@ -67,7 +67,13 @@ fn crash_child() {
     };
     let round: u64 = round.parse().unwrap();
     let dev = common::open_dev(std::path::Path::new(&path));
-    let mut s = BdevStore::mount(dev, common::busy_opts(0)).unwrap();
+    // Odd rounds: the cleaner never stops, so kills land mid-relocation too.
+    let opts = if round % 2 == 1 {
+        common::always_cleaning(0)
+    } else {
+        common::busy_opts(0)
+    };
+    let mut s = BdevStore::mount(dev, opts).unwrap();
     let mut out = std::io::stdout().lock();
     let mut inflight = std::collections::VecDeque::new();
     let mut done = Vec::new();

@@ -11,10 +11,18 @@ use proptest::prelude::*;
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
     #[test]
-    fn bdevstore_matches_model(txns in prop::collection::vec(arb_txn(), 1..60), shard in 0usize..2) {
+    fn bdevstore_matches_model(
+        txns in prop::collection::vec(arb_txn(), 1..60),
+        shard in 0usize..2,
+        always_clean in any::<bool>(),
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dev");
         let mut store = common::fresh(&path, shard);
+        if always_clean {
+            drop(store);
+            store = BdevStore::mount(common::open_dev(&path), common::always_cleaning(shard)).unwrap();
+        }
         let mut model = Model::default();
         for t in &txns {
             step(&mut store, &mut model, t).map_err(TestCaseError::fail)?;

@@ -26,6 +26,18 @@ pub fn busy_opts(shard: usize) -> MountOptions {
     }
 }
 
+/// The cleaner never stops (every used segment is a candidate) and checkpoints are frequent:
+/// relocation races with foreground writes on every step.
+pub fn always_cleaning(shard: usize) -> MountOptions {
+    MountOptions {
+        shard,
+        clean_low_water: 10_000,
+        ckpt_interval_blocks: 32,
+        clean_batch_bytes: 16 * 1024,
+        ..MountOptions::default()
+    }
+}
+
 pub fn open_dev(path: &Path) -> FileDevice {
     let mut d = FileDevice::open(path, 4096, DEV_BLOCKS_4K).unwrap();
     // tmp files: page cache durability is what a process crash test needs; skip fdatasync
