@@ -329,13 +329,8 @@ impl NetStack for KernelStack {
         let k = self.conn(c)?;
         let sr = socket2::SockRef::from(&k.sock);
         let cap = sr.send_buffer_size()?;
-        let mut queued: libc::c_int = 0;
-        // SAFETY: SIOCOUTQ writes one c_int (bytes queued, unsent or unacked) to `queued`.
-        let rc = unsafe { libc::ioctl(k.sock.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
-        if rc != 0 {
-            return Err(NetError::Io(std::io::Error::last_os_error()));
-        }
-        Ok(cap.saturating_sub(queued.max(0) as usize))
+        let queued = sys::unsent_and_unacked(k.sock.as_raw_fd()).map_err(NetError::Io)?;
+        Ok(cap.saturating_sub(queued))
     }
 
     fn close(&mut self, c: ConnId) -> Result<(), NetError> {
@@ -419,5 +414,20 @@ impl NetStack for KernelStack {
 
     fn wait_fd(&self) -> Option<RawFd> {
         Some(self.poll.as_raw_fd())
+    }
+}
+
+mod sys {
+    use std::os::fd::RawFd;
+
+    /// Bytes in the socket's send queue (not yet sent or not yet acknowledged): SIOCOUTQ.
+    pub(super) fn unsent_and_unacked(fd: RawFd) -> std::io::Result<usize> {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one c_int to the pointer we pass, which is live.
+        let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(queued.max(0) as usize)
     }
 }

@@ -96,6 +96,11 @@ fn kernel_backpressure_eof_and_stale_handles() {
         .expect("timeout");
     let c = drive(&mut st, |s| s.accept(l).expect("accept"));
     assert_eq!(st.conn_state(c).expect("state"), ConnState::Open);
+    let space = st.send_space(c).expect("space");
+    assert!(
+        space >= 64 * 1024,
+        "fresh socket reports {space} bytes of send space"
+    );
 
     // Nothing to read yet: Ok(0), not an error.
     let mut buf = [0u8; 16];
