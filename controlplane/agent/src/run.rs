@@ -31,6 +31,21 @@ enum SessionError {
     Stream(String),
     #[error("the monitor marked this OSD down")]
     MustBoot,
+    #[error("monitor did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Longest wait for one unary call: a monitor that stopped (not closed its connection) must not
+/// hold the agent forever; the session ends and the agent tries the next monitor.
+const RPC_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn timed<T>(
+    f: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, SessionError> {
+    match tokio::time::timeout(RPC_TIMEOUT, f).await {
+        Ok(r) => Ok(r?.into_inner()),
+        Err(_) => Err(SessionError::Timeout(RPC_TIMEOUT)),
+    }
 }
 
 /// Feeds the shards: remembers the newest map and which sinks still lack it.
@@ -171,24 +186,22 @@ async fn session(
         None => None,
     };
     let mut mon = MonClusterClient::new(channel);
-    let boot = mon
-        .boot(with_token(
-            v1::BootRequest {
-                uuid: cfg.uuid.clone(),
-                id: status.osd_id().unwrap_or(0),
-                has_id: status.osd_id().is_some(),
-                host: cfg.host.clone(),
-                public_addr: cfg.public_addr.clone(),
-                cluster_addr: cfg.cluster_addr.clone(),
-                shard_count: cfg.shard_ports.len() as u32,
-                shard_ports: cfg.shard_ports.clone(),
-                weight: cfg.weight,
-                admin_addr: cfg.admin_listen.to_string(),
-            },
-            &token,
-        ))
-        .await?
-        .into_inner();
+    let boot = timed(mon.boot(with_token(
+        v1::BootRequest {
+            uuid: cfg.uuid.clone(),
+            id: status.osd_id().unwrap_or(0),
+            has_id: status.osd_id().is_some(),
+            host: cfg.host.clone(),
+            public_addr: cfg.public_addr.clone(),
+            cluster_addr: cfg.cluster_addr.clone(),
+            shard_count: cfg.shard_ports.len() as u32,
+            shard_ports: cfg.shard_ports.clone(),
+            weight: cfg.weight,
+            admin_addr: cfg.admin_listen.to_string(),
+        },
+        &token,
+    )))
+    .await?;
     status.id.store(boot.id, Ordering::Release);
     status.booted.store(true, Ordering::Release);
     status.boots.fetch_add(1, Ordering::AcqRel);
@@ -196,13 +209,11 @@ async fn session(
     let hb_interval = Duration::from_millis(boot.heartbeat_interval_ms.clamp(10, 60_000));
 
     let have = shards.map.as_ref().map_or(0, |m| m.epoch);
-    let mut stream = mon
-        .subscribe(with_token(
-            v1::SubscribeRequest { have_epoch: have },
-            &token,
-        ))
-        .await?
-        .into_inner();
+    let mut stream = timed(mon.subscribe(with_token(
+        v1::SubscribeRequest { have_epoch: have },
+        &token,
+    )))
+    .await?;
     let mut hb = tokio::time::interval(hb_interval);
     hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry = tokio::time::interval(SINK_RETRY);
@@ -210,8 +221,7 @@ async fn session(
         tokio::select! {
             _ = hb.tick() => {
                 let (used, capacity) = stats.usage();
-                let r = mon
-                    .heartbeat(with_token(
+                let r = timed(mon.heartbeat(with_token(
                         v1::HeartbeatRequest {
                             id: boot.id,
                             uuid: cfg.uuid.clone(),
@@ -220,9 +230,8 @@ async fn session(
                             capacity_bytes: capacity,
                         },
                         &token,
-                    ))
-                    .await?
-                    .into_inner();
+                    )))
+                    .await?;
                 if r.must_boot {
                     return Err(SessionError::MustBoot);
                 }

@@ -124,6 +124,10 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
             "/carmine-ha-test".into(),
             "--etcd-lease-secs".into(),
             "2".into(),
+            // Long enough that the agent never misses it while monitors change hands, so the
+            // epoch counts below are exact.
+            "--down-grace-ms".into(),
+            "30000".into(),
         ]
     };
     let f0 = flags(0);
@@ -135,7 +139,7 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
     assert_eq!(addr0, listen[0]);
     let f1 = flags(1);
     let f1: Vec<&str> = f1.iter().map(String::as_str).collect();
-    let (_mon1, rx1) = MonProc::spawn(&dir.path().join("mon1"), &f1);
+    let (mut mon1, rx1) = MonProc::spawn(&dir.path().join("mon1"), &f1);
 
     // An OSD agent that knows both monitors follows whichever leads.
     let agent = carmine_agent::Agent::start(
@@ -261,7 +265,117 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
         "agent at epoch {}",
         agent.status().map_epoch()
     );
+
+    // A leader that stalls (SIGSTOP) loses its lease; a restarted monitor takes over. When the
+    // stalled one resumes, its writes are fenced off and it stops by itself.
+    let last = maps.len() as u64 + 1;
+    let (_mon0b, rx0b) = MonProc::spawn(&dir.path().join("mon0b"), &f0);
+    assert!(
+        rx0b.recv_timeout(Duration::from_millis(500)).is_err(),
+        "two leaders at once"
+    );
+    // A client already connected to the leader sends a write while it is stalled.
+    let mut stale_client = rt.block_on(admin(&url1));
+    mon1.signal("STOP");
+    let addr0b = rx0b
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the restarted monitor never took over from the stalled one");
+    let stale = rt.spawn(async move {
+        stale_client
+            .pool_create(authed(v1::PoolCreateRequest {
+                name: "stale".into(),
+                pg_num: 8,
+                size: 1,
+                min_size: 1,
+            }))
+            .await
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    mon1.signal("CONT");
+    // Either the fenced commit refuses it, or the monitor notices the lost lease first and
+    // stops: in both cases the write must not be acknowledged.
+    let stale = rt.block_on(stale).unwrap();
+    println!("write sent to the deposed leader: {stale:?}");
+    assert!(
+        stale.is_err(),
+        "a deposed leader accepted a write: {stale:?}"
+    );
+    let exit = mon1
+        .wait_exit(Duration::from_secs(15))
+        .expect("deposed monitor kept running");
+    assert!(!exit.success(), "a deposed monitor exits with an error");
+    rt.block_on(async {
+        let mut a = admin(&format!("http://{addr0b}")).await;
+        let cur = a
+            .get_map(authed(v1::GetMapRequest { epoch: 0 }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(cur.epoch, last, "the deposed leader changed the epoch");
+        assert!(cur.pools.iter().all(|p| p.name != "stale"));
+        let p = a
+            .pool_create(authed(v1::PoolCreateRequest {
+                name: "third-leader".into(),
+                pg_num: 8,
+                size: 1,
+                min_size: 1,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(p.epoch, last + 1);
+    });
     drop(agent);
+
+    // The fence itself, deterministically: a store that won an election under another prefix
+    // cannot commit over an epoch someone else wrote, nor once its election key is gone.
+    rt.block_on(async {
+        let eps = etcd.endpoints.clone();
+        tokio::spawn(async move {
+            let l = carmine_mon::ha::campaign(&eps, "/fence-test", 2, "127.0.0.1:1")
+                .await
+                .unwrap();
+            let first = carmine_placement::ClusterMap {
+                epoch: 1,
+                ..Default::default()
+            };
+            l.store.commit(&first, 10).unwrap();
+            let second = carmine_placement::ClusterMap {
+                epoch: 2,
+                next_pool_id: 1,
+                ..Default::default()
+            };
+            let mut c = etcd_client::Client::connect(eps, None).await.unwrap();
+            c.put("/fence-test/epoch", "2", None).await.unwrap(); // another writer moved on
+            let e = l.store.commit(&second, 10).unwrap_err();
+            assert!(
+                matches!(e, carmine_mon::store::StoreError::Fenced(2)),
+                "{e}"
+            );
+            c.put("/fence-test/epoch", "1", None).await.unwrap();
+            l.store.commit(&second, 10).unwrap();
+            // Leadership gone (its election key deleted, as when the lease expires).
+            c.delete(
+                "/fence-test/leader",
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+            let third = carmine_placement::ClusterMap {
+                epoch: 3,
+                ..Default::default()
+            };
+            let e = l.store.commit(&third, 10).unwrap_err();
+            assert!(
+                matches!(e, carmine_mon::store::StoreError::Fenced(3)),
+                "{e}"
+            );
+            let maps = l.store.load().unwrap();
+            assert_eq!(maps.iter().map(|m| m.epoch).collect::<Vec<_>>(), [1, 2]);
+        })
+        .await
+        .unwrap();
+    });
 }
 
 struct NoStats;
