@@ -191,6 +191,12 @@ pub(crate) fn read_superblock<D: BlockDevice>(
     dev: &mut D,
     shard: usize,
 ) -> Result<Geometry, StoreError> {
+    let bs = dev.block_size() as u64;
+    if bs == 0 || BLOCK % bs != 0 {
+        return Err(StoreError::InvalidArgument(format!(
+            "device block size {bs} does not divide 4096"
+        )));
+    }
     let buf = sync_read(dev, None, 0, 1)?;
     let (payload, _) = unframe(SB_MAGIC, buf.as_slice())
         .ok_or_else(|| StoreError::Corrupt("no valid superblock".into()))?;

@@ -28,6 +28,11 @@
 //!   An async facade can be layered on top later (a ticket -> waker table) without touching
 //!   engines.
 //!
+//! The native store's device contract is [`device::BlockDevice`]: submit aligned reads, writes
+//! and flushes with a completion token, reap completions with `poll()`, never block. A flush
+//! covers the writes completed before it. [`device::FileDevice`] implements it over a file
+//! (pread/pwrite/fdatasync, run inside `poll`), [`device::NullDevice`] discards data.
+//!
 //! Metadata reads ([`ObjectStore::stat`], attributes, omap, listing) are synchronous: both
 //! engines keep all metadata resident in memory (bdevstore rebuilds it on mount), so they never
 //! wait on the device. Only object *data* reads are ticketed.
