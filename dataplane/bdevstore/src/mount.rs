@@ -24,7 +24,9 @@ pub struct FormatOptions {
     pub shards: usize,
     /// Segment size in 4 KiB blocks (also the largest journal record).
     pub seg_blocks: u64,
-    /// Size of each of the two checkpoint slots in 4 KiB blocks (bounds the metadata size).
+    /// Size of each of the two checkpoint slots in 4 KiB blocks (bounds the metadata size);
+    /// 0 = 1/32 of the partition (at least 256 blocks): room for the extent map of a
+    /// partition full of 4 KiB random writes (about 1% of the data).
     pub slot_blocks: u64,
 }
 
@@ -33,7 +35,7 @@ impl Default for FormatOptions {
         FormatOptions {
             shards: 1,
             seg_blocks: 1024,
-            slot_blocks: 4096,
+            slot_blocks: 0,
         }
     }
 }
@@ -144,10 +146,14 @@ pub fn format<D: BlockDevice>(dev: &mut D, opts: &FormatOptions) -> Result<Super
     let store_blocks = dev.block_count() * bs / BLOCK;
     let shards = opts.shards.max(1) as u64;
     let per = store_blocks.saturating_sub(1) / shards;
-    if opts.seg_blocks < 4 || per < 2 * opts.slot_blocks + 4 * opts.seg_blocks {
+    let slot_blocks = match opts.slot_blocks {
+        0 => (per / 32).max(256),
+        n => n,
+    };
+    if opts.seg_blocks < 4 || per < 2 * slot_blocks + 4 * opts.seg_blocks {
         return Err(StoreError::InvalidArgument(format!(
             "device too small: {per} blocks per shard for 2x{} slot blocks + 4 segments of {}",
-            opts.slot_blocks, opts.seg_blocks
+            slot_blocks, opts.seg_blocks
         )));
     }
     let sb = Superblock {
@@ -155,7 +161,7 @@ pub fn format<D: BlockDevice>(dev: &mut D, opts: &FormatOptions) -> Result<Super
         uuid: random_u64(),
         store_blocks,
         seg_blocks: opts.seg_blocks,
-        slot_blocks: opts.slot_blocks,
+        slot_blocks,
         partitions: (0..shards).map(|i| (1 + i * per, per)).collect(),
     };
     let mut blk = vec![0u8; BLOCK as usize];

@@ -485,3 +485,26 @@ fn torn_tail_record_is_dropped() {
     let mut s = BdevStore::mount(d, MountOptions::default()).unwrap();
     compare(&mut s, &m).unwrap();
 }
+
+/// The default geometry (4 MiB segments, auto-sized checkpoint slots) on a sparse 64 MiB file.
+#[test]
+fn default_format_roundtrip() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dev");
+    let mut d = FileDevice::open(&path, 512, 64 * 2048).unwrap();
+    d.set_sync(false);
+    let sb = format(&mut d, &carmine_bdevstore::FormatOptions::default()).unwrap();
+    assert_eq!(sb.partitions.len(), 1);
+    assert!(sb.slot_blocks >= 256);
+    let mut s = BdevStore::mount(d, MountOptions::default()).unwrap();
+    let mut m = Model::default();
+    setup(&mut s, &mut m);
+    let mut t = Transaction::new();
+    t.write(C, &ObjectId::from("x"), 4096 * 5, &pattern(5, 70_000));
+    drive::commit(&mut s, t.clone()).unwrap();
+    m.apply(&t).unwrap();
+    let mut d = s.shutdown().unwrap();
+    assert!(fsck(&mut d, 0).unwrap().is_clean());
+    let mut s = BdevStore::mount(d, MountOptions::default()).unwrap();
+    compare(&mut s, &m).unwrap();
+}
