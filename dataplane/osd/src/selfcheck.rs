@@ -157,6 +157,11 @@ pub fn run(quiet: bool, io_seconds: f64) -> Result<Report, SelfcheckError> {
             block_size: 4096,
         },
     )?;
+    let names: Vec<String> = spdk.bdevs().into_iter().map(|b| b.name).collect();
+    for want in ["Malloc0", "Null0"] {
+        carmine_preflight::check_bdev_exists(want, &names)
+            .map_err(|e| SelfcheckError::Preflight(e.to_string()))?;
+    }
     for b in spdk.bdevs() {
         say(
             quiet,
