@@ -199,7 +199,8 @@ impl phy::Device for AfPacket {
         let mut c = DeviceCapabilities::default();
         c.medium = Medium::Ethernet;
         c.max_transmission_unit = self.mtu + 14;
-        c.max_burst_size = Some(BATCH);
+        // max_burst_size stays None: smoltcp clamps the advertised receive window to
+        // max_burst_size * MSS, which would throttle every sender to ~46 KB in flight.
         c
     }
 }

@@ -24,8 +24,9 @@
 //! ## Device contract (for the DPDK mbuf device)
 //! Implement `smoltcp::phy::Device` plus [`NetDevice`] (`flush`):
 //! - `capabilities()`: `Medium::Ethernet`, `max_transmission_unit` = 1514 (the *frame* size
-//!   for Ethernet), `max_burst_size = Some(burst)`, checksum capabilities as the port offloads
-//!   (default: smoltcp computes and verifies all).
+//!   for Ethernet), checksum capabilities as the port offloads (default: smoltcp computes and
+//!   verifies all). Leave `max_burst_size` at None: smoltcp 0.14 clamps the receive window it
+//!   advertises to `max_burst_size * MSS` (46 KB for a burst of 32), throttling every sender.
 //! - `receive()`: pop the next mbuf from a per-shard rx array, refilled with
 //!   `rte_eth_rx_burst` when empty; return `(RxToken, TxToken)`. `RxToken::consume` calls `f`
 //!   on the mbuf's data slice (zero copy) and frees the mbuf afterwards.
