@@ -43,9 +43,16 @@ use crate::store::{Backend, MapStore};
 #[command(
     name = "carmine-mon",
     version,
-    about = "The Carmine monitor: cluster map, health and admin service"
+    about = "The Carmine monitor: cluster map, health and admin service",
+    after_help = "Precedence: command-line flags, then the --config file, then environment \
+                  variables, then defaults.",
+    args_override_self = true
 )]
 pub struct MonConfig {
+    /// TOML file whose keys are flag names without dashes (`down-grace-ms = 3000`,
+    /// `etcd = ["http://..."]`); flags on the command line override it.
+    #[arg(long, env = "CARMINE_MON_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address to listen on (loopback by default; port 0 picks a free port).
     #[arg(long, env = "CARMINE_MON_LISTEN", default_value = "127.0.0.1:6790")]
     pub listen: SocketAddr,
@@ -104,6 +111,54 @@ impl MonConfig {
             full_ratio: self.full_ratio,
         }
     }
+}
+
+/// Expands `--config FILE` (or `CARMINE_MON_CONFIG`): every `key = value` of the TOML file
+/// becomes `--key value`, placed before the command-line arguments so that those win (the
+/// parser lets a later occurrence of a flag override an earlier one).
+pub fn args_with_config_file(
+    args: Vec<std::ffi::OsString>,
+) -> Result<Vec<std::ffi::OsString>, ServeError> {
+    let mut path: Option<PathBuf> = std::env::var_os("CARMINE_MON_CONFIG").map(PathBuf::from);
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        if s == "--config" {
+            path = it.next().map(PathBuf::from);
+        } else if let Some(p) = s.strip_prefix("--config=") {
+            path = Some(PathBuf::from(p));
+        }
+    }
+    let Some(path) = path else { return Ok(args) };
+    let bad = |e: String| ServeError::Config(format!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| bad(e.to_string()))?;
+    let mut out: Vec<std::ffi::OsString> = args.iter().take(1).cloned().collect();
+    for (key, value) in table {
+        if key == "config" {
+            continue;
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => Ok(s.clone()),
+                    _ => Err(bad(format!("{key}: list items must be strings"))),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .join(","),
+            other => return Err(bad(format!("{key}: unsupported value {other}"))),
+        };
+        out.push(format!("--{key}").into());
+        out.push(value.into());
+    }
+    out.extend(args.into_iter().skip(1));
+    Ok(out)
 }
 
 /// Errors that stop the monitor.

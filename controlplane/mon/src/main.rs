@@ -12,7 +12,14 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cfg = carmine_mon::MonConfig::parse();
+    let args = match carmine_mon::args_with_config_file(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("carmine-mon: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cfg = carmine_mon::MonConfig::parse_from(args);
     // With etcd, wait to be elected before listening: followers do not answer, so clients
     // holding the list of monitors fail over to the leader.
     let mut lost = None;

@@ -254,3 +254,57 @@ fn cluster_token_guards_the_osd_service_when_set() {
         );
     });
 }
+
+#[test]
+fn config_file_sets_flags_and_the_command_line_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mon.toml");
+    std::fs::write(
+        &file,
+        "admin-token = \"from-file\"\nmap-history = 3\nheartbeat-ms = 250\n",
+    )
+    .unwrap();
+    let rt = runtime();
+    // MonProc passes --admin-token on the command line: it overrides the file's.
+    let mon = MonProc::start(
+        &dir.path().join("data"),
+        &["--config", file.to_str().unwrap()],
+    );
+    rt.block_on(async {
+        let mut a = admin(&mon.url()).await;
+        let mut c = cluster(&mon.url()).await;
+        // The file's heartbeat interval is what OSDs are told.
+        let b = c
+            .boot(boot_req("uuid-a", "hostA"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(b.heartbeat_interval_ms, 250);
+        for i in 0..4 {
+            a.pool_create(authed(v1::PoolCreateRequest {
+                name: format!("p{i}"),
+                pg_num: 8,
+                size: 1,
+                min_size: 1,
+            }))
+            .await
+            .unwrap();
+        }
+        // map-history = 3 from the file: only the last 3 epochs are held.
+        let cur = a
+            .get_map(authed(v1::GetMapRequest { epoch: 0 }))
+            .await
+            .unwrap()
+            .into_inner()
+            .epoch;
+        assert!(a
+            .get_map(authed(v1::GetMapRequest { epoch: cur - 2 }))
+            .await
+            .is_ok());
+        let e = a
+            .get_map(authed(v1::GetMapRequest { epoch: cur - 3 }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+    });
+}
