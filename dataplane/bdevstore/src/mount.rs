@@ -16,7 +16,7 @@ use crate::format::{
 use crate::index::{Entry, Index, LOp};
 
 const SYNC_TOKEN: u64 = u64::MAX;
-const MAX_SYNC_POLLS: usize = 10_000_000;
+const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How to lay out a device.
 #[derive(Clone, Debug)]
@@ -49,7 +49,8 @@ pub(crate) struct CkptBody {
 
 fn wait_one<D: BlockDevice>(dev: &mut D) -> Result<Option<D::Buf>, StoreError> {
     let mut out: Vec<IoCompletion<D::Buf>> = Vec::new();
-    for _ in 0..MAX_SYNC_POLLS {
+    let deadline = std::time::Instant::now() + SYNC_TIMEOUT;
+    for i in 0u64.. {
         dev.poll(&mut out);
         if let Some(i) = out.iter().position(|c| c.token == SYNC_TOKEN) {
             let c = out.swap_remove(i);
@@ -61,10 +62,14 @@ fn wait_one<D: BlockDevice>(dev: &mut D) -> Result<Option<D::Buf>, StoreError> {
                 "unexpected device completion during boot I/O".into(),
             ));
         }
+        // Time-bounded rather than count-bounded: devices differ by orders of magnitude.
+        if i % 1024 == 1023 && std::time::Instant::now() > deadline {
+            break;
+        }
         std::hint::spin_loop();
     }
     Err(StoreError::Failed(
-        "device did not complete a boot I/O".into(),
+        "device did not complete a boot I/O in time".into(),
     ))
 }
 

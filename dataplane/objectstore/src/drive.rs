@@ -3,8 +3,13 @@
 
 use crate::{Completion, Done, ObjectStore, StoreError, Ticket, Transaction};
 
-/// Polls allowed before giving up on one operation.
-pub const MAX_POLLS: usize = 1_000_000;
+/// Time allowed for one operation (or for draining) before giving up.
+pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// True once `deadline` has passed (checked every 1024 polls to keep `Instant::now` cheap).
+fn expired(i: u64, deadline: std::time::Instant) -> bool {
+    i % 1024 == 1023 && std::time::Instant::now() > deadline
+}
 
 /// Poll `store` until `ticket` completes. Completions of other tickets are appended to `other`.
 pub fn wait<S: ObjectStore + ?Sized>(
@@ -13,7 +18,11 @@ pub fn wait<S: ObjectStore + ?Sized>(
     other: &mut Vec<Completion>,
 ) -> Result<Done, StoreError> {
     let mut buf = Vec::new();
-    for _ in 0..MAX_POLLS {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    for i in 0u64.. {
+        if expired(i, deadline) {
+            break;
+        }
         store.poll(&mut buf);
         let mut found = None;
         for c in buf.drain(..) {
@@ -59,7 +68,11 @@ pub fn drain<S: ObjectStore + ?Sized>(
     store: &mut S,
     out: &mut Vec<Completion>,
 ) -> Result<(), StoreError> {
-    for _ in 0..MAX_POLLS {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    for i in 0u64.. {
+        if expired(i, deadline) {
+            break;
+        }
         store.poll(out);
         if store.is_idle() {
             return Ok(());
