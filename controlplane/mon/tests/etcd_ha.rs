@@ -276,7 +276,7 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
     );
     // A client already connected to the leader sends a write while it is stalled.
     let mut stale_client = rt.block_on(admin(&url1));
-    mon1.signal("STOP");
+    mon1.pause(true);
     let addr0b = rx0b
         .recv_timeout(Duration::from_secs(20))
         .expect("the restarted monitor never took over from the stalled one");
@@ -291,7 +291,7 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
             .await
     });
     std::thread::sleep(Duration::from_millis(200));
-    mon1.signal("CONT");
+    mon1.pause(false);
     // Either the fenced commit refuses it, or the monitor notices the lost lease first and
     // stops: in both cases the write must not be acknowledged.
     let stale = rt.block_on(stale).unwrap();

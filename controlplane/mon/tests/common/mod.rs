@@ -68,15 +68,14 @@ impl MonProc {
         let _ = self.child.wait();
     }
 
-    /// Sends a signal by name (`STOP`, `CONT`...) with kill(1).
-    pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "kill -{sig} failed");
+    /// Stops (`true`) or continues (`false`) the process with SIGSTOP / SIGCONT.
+    pub fn pause(&self, stop: bool) {
+        let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) only sends a signal; `pid` is our own child, not yet reaped (we hold
+        // its `Child`), so the pid cannot have been reused by another process.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
     }
 
     /// Waits up to `limit` for the process to exit.
