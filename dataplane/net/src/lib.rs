@@ -1,8 +1,9 @@
 //! # carmine-net: per-shard TCP byte streams
 //!
 //! The messenger talks to one [`NetStack`] per shard: `listen` (explicit backlog), `accept`,
-//! `connect` (non-blocking, ephemeral local port), `read`/`write` (non-blocking, partial writes are the backpressure signal), `close`, and
-//! per-connection / per-interface counters. Two backends implement it:
+//! `connect` (non-blocking, ephemeral local port), `read`/`write` (non-blocking; a short write
+//! is the backpressure signal), `close`, and per-connection / per-interface counters. Two
+//! backends implement it:
 //!
 //! - [`SmolStack<D>`]: smoltcp 0.14 (pinned) over any `smoltcp::phy::Device` `D`: one
 //!   `Interface` and one socket set per shard, a preallocated pool of TCP sockets (cap per
@@ -45,9 +46,10 @@
 //! - A stack is owned by one shard thread (`!Send` is fine) and never blocks.
 //! - smoltcp backend: sockets in the set = listening + live connections; after every close the
 //!   socket returns to the pool, so `stats().sockets` returns to its baseline (the backlogs).
-//!   No allocation after `new` on the poll/read/write/accept/close paths (the pool, socket-set
-//!   `Vec`, conn table and listener queues are sized up front; the AF_PACKET device uses one
-//!   preallocated rx and tx frame buffer).
+//!   No allocation after `new` on the poll/read/write/accept/connect/close paths (the pool,
+//!   socket-set `Vec`, conn table and listener queues are sized up front; the AF_PACKET
+//!   device has preallocated batch slots) — checked by `tests/smoltcp_no_alloc.rs` with a
+//!   counting global allocator.
 //! - Handles are generation-checked: a stale `ConnId` gets `InvalidHandle`, never another
 //!   connection.
 
