@@ -96,6 +96,18 @@ pub enum OsdCmd {
         /// OSD id.
         id: u32,
     },
+    /// Set a cluster flag: noout (down OSDs stay in), nodown (OSDs are not marked down).
+    Set {
+        /// Flag.
+        #[arg(value_parser = ["noout", "nodown"])]
+        flag: String,
+    },
+    /// Clear a cluster flag.
+    Unset {
+        /// Flag.
+        #[arg(value_parser = ["noout", "nodown"])]
+        flag: String,
+    },
     /// Set an OSD's placement weight.
     Reweight {
         /// OSD id.

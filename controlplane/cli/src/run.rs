@@ -256,6 +256,20 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                 &format!("removed osd.{id}"),
                 call!(c, osd_rm, v1::OsdIdRequest { id: *id }).epoch,
             ),
+            OsdCmd::Set { flag } | OsdCmd::Unset { flag } => {
+                let set = matches!(cmd, OsdCmd::Set { .. });
+                let epoch = call!(
+                    c,
+                    set_flag,
+                    v1::FlagRequest {
+                        flag: flag.clone(),
+                        set
+                    }
+                )
+                .epoch;
+                let what = format!("{} {flag}", if set { "set" } else { "unset" });
+                output::changed(&out, &what, epoch)
+            }
             OsdCmd::Reweight { id, weight } => output::changed(
                 &out,
                 &format!("osd.{id} weight {weight}"),

@@ -228,6 +228,15 @@ fn commands_in_plain_and_json() {
         "{plain}"
     );
 
+    let r = json(&mon, &["osd", "set", "noout"]);
+    assert_eq!(r["result"], "set noout");
+    assert_eq!(
+        json(&mon, &["map", "get"])["flags"],
+        serde_json::json!(["noout"])
+    );
+    assert!(ok(&mon, &["map", "get"]).contains("flags noout"));
+    ok(&mon, &["osd", "unset", "noout"]);
+    assert_eq!(json(&mon, &["map", "get"])["flags"], serde_json::json!([]));
     ok(&mon, &["pool", "rm", "rbd"]);
     assert_eq!(json(&mon, &["pool", "ls"]), serde_json::json!([]));
 }

@@ -286,4 +286,12 @@ impl MonAdmin for AdminSvc {
         let r = req.into_inner();
         changed(lock(&self.0)?.pool_set(&r.name, &r.key, &r.value))
     }
+
+    async fn set_flag(
+        &self,
+        req: Request<v1::FlagRequest>,
+    ) -> Result<Response<v1::MapChangeReply>, Status> {
+        let r = req.into_inner();
+        changed(lock(&self.0)?.set_flag(&r.flag, r.set))
+    }
 }

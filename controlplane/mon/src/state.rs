@@ -17,6 +17,10 @@ use tokio::sync::broadcast;
 
 use crate::store::{Backend, StoreError};
 
+/// Cluster flags the monitor knows: `noout` (down OSDs are not marked out), `nodown` (missed
+/// heartbeats and failure reports do not mark OSDs down; an admin still can).
+pub const FLAGS: &[&str] = &["noout", "nodown"];
+
 /// Timing and policy knobs of the monitor.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -370,7 +374,9 @@ impl Monitor {
         l.failure_reports.insert(reporter, now);
         l.failure_reports
             .retain(|_, at| now.saturating_duration_since(*at) <= grace);
-        if l.failure_reports.len() >= self.policy.min_failure_reporters.max(1) {
+        if l.failure_reports.len() >= self.policy.min_failure_reporters.max(1)
+            && !self.map.flags.contains("nodown")
+        {
             tracing::warn!(
                 osd = target,
                 reporters = l.failure_reports.len(),
@@ -403,12 +409,16 @@ impl Monitor {
     pub fn tick(&mut self, now: Instant) -> Result<(), MonError> {
         let mut next = self.next_map();
         let noout = next.flags.contains("noout");
+        let nodown = next.flags.contains("nodown");
         for o in next.osds.values_mut() {
             let l = self
                 .live
                 .entry(o.id)
                 .or_insert_with(|| Liveness::new(now, o.up));
-            if o.up && now.saturating_duration_since(l.last_heartbeat) > self.policy.down_grace {
+            if o.up
+                && !nodown
+                && now.saturating_duration_since(l.last_heartbeat) > self.policy.down_grace
+            {
                 tracing::warn!(
                     osd = o.id,
                     "no heartbeat within the grace period: marking down"
@@ -495,6 +505,23 @@ impl Monitor {
         }
         next.osds.remove(&id);
         self.live.remove(&id);
+        self.commit(next)
+    }
+
+    /// Admin: set or clear a cluster flag (see [`FLAGS`]).
+    pub fn set_flag(&mut self, flag: &str, set: bool) -> Result<u64, MonError> {
+        if !FLAGS.contains(&flag) {
+            return Err(MonError::Invalid(format!(
+                "unknown flag {flag:?} (known: {})",
+                FLAGS.join(", ")
+            )));
+        }
+        let mut next = self.next_map();
+        if set {
+            next.flags.insert(flag.to_string());
+        } else {
+            next.flags.remove(flag);
+        }
         self.commit(next)
     }
 
@@ -701,6 +728,22 @@ mod tests {
         assert!(!m.map().osds[&b].in_);
         assert_eq!(boot(&mut m, "b", "h2", t2), b);
         assert!(m.map().osds[&b].up && m.map().osds[&b].in_);
+        // noout keeps a long-dead OSD in; nodown keeps a silent OSD up.
+        m.set_flag("noout", true).unwrap();
+        m.set_flag("nodown", true).unwrap();
+        m.osd_down(b, t2).unwrap();
+        let t3 = t2 + Duration::from_secs(200);
+        m.tick(t3).unwrap();
+        assert!(!m.map().osds[&b].up && m.map().osds[&b].in_, "noout");
+        assert!(m.map().osds[&a].up, "nodown: no heartbeat but still up");
+        assert!(matches!(
+            m.set_flag("bogus", true),
+            Err(MonError::Invalid(_))
+        ));
+        m.set_flag("nodown", false).unwrap();
+        m.set_flag("noout", false).unwrap();
+        assert!(m.map().flags.is_empty());
+        boot(&mut m, "b", "h2", t3);
         // An admin "out" survives a reboot.
         m.osd_out(b).unwrap();
         m.osd_down(b, t2).unwrap();
