@@ -70,7 +70,13 @@ fn cross_shard_ping_pong_is_counted() {
 
 #[test]
 fn full_ring_returns_the_message() {
+    const BLOCK: u32 = 1000;
     let (tx, rx) = mpsc::channel::<(usize, usize)>();
+    let (blocked_tx, blocked_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (got_tx, got_rx) = mpsc::channel::<u32>();
+    // Handed to shard 1's handler once (the init closure is shared by both shards).
+    let release_rx = std::sync::Mutex::new(Some(release_rx));
     let config = ReactorConfig {
         ring_capacity: 4,
         ..cfg(2)
@@ -80,24 +86,47 @@ fn full_ring_returns_the_message() {
         let tx = tx.clone();
         if s.shard() == 0 {
             s.on_message(move |_, _m: u32| {
-                // shard 1 never sleeps long, but we push 10 in one go: only 4 fit.
+                // Shard 1 is parked inside a handler: nothing drains its ring, only 4 fit.
                 let ok = (0..10).filter(|i| mb.send(1, *i).is_ok()).count();
                 tx.send((ok, mb.free_slots(1))).expect("test alive");
+            });
+        } else {
+            let (blocked_tx, got_tx) = (blocked_tx.clone(), got_tx.clone());
+            let release = release_rx
+                .lock()
+                .expect("lock")
+                .take()
+                .expect("one shard 1");
+            s.on_message(move |_, m: u32| {
+                if m == BLOCK {
+                    blocked_tx.send(()).expect("test alive");
+                    release.recv_timeout(T).expect("released");
+                } else {
+                    got_tx.send(m).expect("test alive");
+                }
             });
         }
         Ok(())
     })
     .expect("start");
+    control.send(1, BLOCK).expect("control");
+    blocked_rx.recv_timeout(T).expect("shard 1 parked");
     control.send(0, 0).expect("control");
-    let (ok, _) = rx.recv_timeout(T).expect("result");
-    assert_eq!(ok, 4);
+    let (ok, free) = rx.recv_timeout(T).expect("result");
+    assert_eq!(
+        (ok, free),
+        (4, 0),
+        "exactly the ring's capacity was accepted"
+    );
     assert_eq!(reactor.stats(0).expect("s0").snapshot().ring_full, 6);
-    // shard 1 had no handler: the 4 delivered messages are counted as unhandled.
-    let deadline = Instant::now() + T;
-    while reactor.stats(1).expect("s1").snapshot().unhandled < 4 {
-        assert!(Instant::now() < deadline, "shard 1 did not drain");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    release_tx.send(()).expect("shard 1 alive");
+    // The 4 accepted messages arrive, in order; the 6 refused ones never do.
+    let got: Vec<u32> = (0..4)
+        .map(|_| got_rx.recv_timeout(T).expect("delivered"))
+        .collect();
+    assert_eq!(got, vec![0, 1, 2, 3]);
+    assert!(got_rx.recv_timeout(Duration::from_millis(200)).is_err());
+    reactor.shutdown().expect("clean stop");
 }
 
 #[test]
