@@ -120,8 +120,21 @@ impl Eal {
             .map(|c| c.as_ptr() as *mut libc::c_char)
             .collect();
         tracing::info!(args = ?args, "starting DPDK EAL");
+        // rte_eal_init pins the calling thread to the main lcore, and every thread it spawns
+        // later would inherit that. Carmine pins its shards itself: give the caller its CPU set
+        // back afterwards.
+        // SAFETY: cpu_set_t is plain data; sched_getaffinity(0) fills it for this thread.
+        let mut cpus: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointer and size.
+        let saved = unsafe {
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut cpus)
+        } == 0;
         // SAFETY: argv holds argc valid NUL-terminated strings that live across the call.
         let rc = unsafe { dpdk_sys::rte_eal_init(argv.len() as i32, argv.as_mut_ptr()) };
+        if saved {
+            // SAFETY: restoring the set read above for this thread.
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &cpus) };
+        }
         if rc < 0 {
             // SAFETY: reading DPDK's per-thread errno right after the failing call.
             let errno = unsafe { dpdk_sys::carmine_rte_errno() };

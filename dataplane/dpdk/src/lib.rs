@@ -20,7 +20,7 @@ mod port;
 pub mod selftest;
 
 pub use eal::{Eal, EalConfig};
-pub use mbuf::{Mbuf, PktMbufPool};
+pub use mbuf::{Mbuf, PktMbufPool, PoolGauge};
 pub use port::{EthPort, PortStats, RxBatch, TxBatch, BURST};
 
 /// Errors from the DPDK layer.

@@ -14,7 +14,44 @@ pub struct PktMbufPool {
     raw: NonNull<rte_mempool>,
     name: String,
     size: u32,
+    /// Shared with every [`PoolGauge`]: the pool is not freed while a gauge can still read it.
+    gauges: std::sync::Arc<()>,
 }
+
+/// A read-only view of a pool's counters that other threads may hold (monitoring, tests): the
+/// counts DPDK keeps are safe to read concurrently with the owner's alloc/free.
+#[derive(Debug, Clone)]
+pub struct PoolGauge {
+    raw: NonNull<rte_mempool>,
+    _alive: std::sync::Arc<()>,
+}
+
+// SAFETY: the gauge only calls DPDK's count functions, which read the ring's head/tail indices
+// and per-lcore cache lengths and are documented as callable from any thread; the pool outlives
+// every gauge (PktMbufPool::drop leaks the pool while gauges exist).
+unsafe impl Send for PoolGauge {}
+// SAFETY: as above; the gauge has no interior state of its own.
+unsafe impl Sync for PoolGauge {}
+
+impl PoolGauge {
+    /// Mbufs currently taken from the pool.
+    pub fn in_use(&self) -> u32 {
+        // SAFETY: the pool is alive (see the Send note).
+        unsafe { dpdk_sys::carmine_mempool_in_use_count(self.raw.as_ptr()) }
+    }
+
+    /// Mbufs available in the pool.
+    pub fn available(&self) -> u32 {
+        // SAFETY: as above.
+        unsafe { dpdk_sys::carmine_mempool_avail_count(self.raw.as_ptr()) }
+    }
+}
+
+// SAFETY: an rte_mempool may be used from any thread: its ring is multi-producer/multi-consumer
+// and threads that are not EAL lcores bypass the per-lcore caches. The pool is created on the
+// main thread (ports need every queue's pool at configuration) and then moved to its shard,
+// which is its only user from then on; it is not `Sync`.
+unsafe impl Send for PktMbufPool {}
 
 impl PktMbufPool {
     /// Creates a pool of `n` mbufs with `data_room` bytes each (headroom included), on NUMA node
@@ -37,6 +74,7 @@ impl PktMbufPool {
                 raw,
                 name: name.into(),
                 size: n,
+                gauges: std::sync::Arc::new(()),
             }),
             None => Err(DpdkError::Mempool {
                 name: name.into(),
@@ -76,6 +114,14 @@ impl PktMbufPool {
         &self.name
     }
 
+    /// A counter view for another thread.
+    pub fn gauge(&self) -> PoolGauge {
+        PoolGauge {
+            raw: self.raw,
+            _alive: self.gauges.clone(),
+        }
+    }
+
     pub(crate) fn as_ptr(&self) -> *mut rte_mempool {
         self.raw.as_ptr()
     }
@@ -85,6 +131,10 @@ impl Drop for PktMbufPool {
     fn drop(&mut self) {
         // SAFETY: we own the pool. Mbufs still out are the caller's bug; DPDK tolerates freeing a
         // pool with objects outstanding only if they are never returned, so warn loudly.
+        if std::sync::Arc::strong_count(&self.gauges) > 1 {
+            tracing::warn!(pool = %self.name, "mbuf pool dropped while gauges exist: leaking it");
+            return;
+        }
         let out = self.in_use();
         if out != 0 {
             tracing::warn!(pool = %self.name, out, "freeing an mbuf pool with mbufs outstanding");

@@ -150,7 +150,7 @@ impl EthPort {
     /// Receives up to the batch's free room from RX queue `queue` into `batch`. Returns the
     /// number received. The queue must be used by one thread only.
     pub fn rx_burst(&self, queue: u16, batch: &mut RxBatch) -> usize {
-        let room = BURST - batch.len;
+        let room = batch.room();
         if room == 0 || queue >= self.rx_queues {
             return 0;
         }
@@ -200,8 +200,11 @@ impl Drop for EthPort {
 }
 
 /// Received mbufs, at most [`BURST`]: a fixed array, so receiving never allocates.
+///
+/// Invariant: `slots[head..len]` hold owned mbufs not yet taken.
 pub struct RxBatch {
     slots: [MaybeUninit<*mut rte_mbuf>; BURST],
+    head: usize,
     len: usize,
 }
 
@@ -209,28 +212,46 @@ impl Default for RxBatch {
     fn default() -> Self {
         Self {
             slots: [MaybeUninit::uninit(); BURST],
+            head: 0,
             len: 0,
         }
     }
 }
 
 impl RxBatch {
+    /// Mbufs received and not yet taken.
     pub fn len(&self) -> usize {
-        self.len
+        self.len - self.head
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.head == self.len
+    }
+
+    /// Free room for the next `rx_burst` (the array is compacted when it runs empty).
+    fn room(&mut self) -> usize {
+        if self.head == self.len {
+            self.head = 0;
+            self.len = 0;
+        }
+        BURST - self.len
+    }
+
+    /// Takes the oldest received mbuf.
+    pub fn pop(&mut self) -> Option<Mbuf> {
+        if self.head == self.len {
+            return None;
+        }
+        let p = self.slots[self.head];
+        self.head += 1;
+        // SAFETY: slots[head..len] were written by rx_burst with owned, non-null mbufs; head
+        // moved past this one so it is taken once.
+        Some(unsafe { Mbuf::from_raw(NonNull::new_unchecked(p.assume_init())) })
     }
 
     /// Takes the received mbufs out, in arrival order.
     pub fn drain(&mut self) -> impl Iterator<Item = Mbuf> + '_ {
-        let n = std::mem::take(&mut self.len);
-        self.slots[..n].iter().map(|s| {
-            // SAFETY: slots[..n] were written by rx_burst with owned, non-null mbufs, and `len`
-            // was reset so each is taken once.
-            unsafe { Mbuf::from_raw(NonNull::new_unchecked(s.assume_init())) }
-        })
+        std::iter::from_fn(move || self.pop())
     }
 }
 

@@ -57,6 +57,8 @@ pub mod afpacket;
 mod api;
 mod asyncio;
 mod counted;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 mod error;
 mod kernel;
 pub mod netns;

@@ -1,5 +1,7 @@
-//! carmine-netbench: one server shard over smoltcp+AF_PACKET vs the same server on kernel TCP,
-//! over the same veth pair, in the same run. Needs root (creates two network namespaces).
+//! carmine-netbench: one server shard over smoltcp on a DPDK port (`--device dpdk`, the default:
+//! `net_af_packet` on the veth, EAL on hugepages) or on our raw AF_PACKET socket
+//! (`--device af_packet`), vs the same server on kernel TCP, over the same veth pair, in the
+//! same run. Needs root (two network namespaces) and, for DPDK, hugepages.
 //!
 //! Phases (each `--secs` long, `--conns` kernel client threads in the client namespace):
 //! request/response 4 KiB → 64 B, then 64 B → 4 KiB, then bulk download and upload on one
@@ -21,7 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use carmine_dpdk::{Eal, EalConfig, EthPort, PktMbufPool};
 use carmine_net::afpacket::AfPacket;
+use carmine_net::dpdk::DpdkDevice;
 use carmine_net::netns::{self, VethPair, SERVER_IF};
 use carmine_net::testapp::{Probe, ServerPoller};
 use carmine_net::{KernelConfig, KernelStack, NetStack, SmolConfig, SmolStack};
@@ -57,6 +61,9 @@ struct Args {
     /// Link MTU of the veth pair.
     #[arg(long, default_value_t = 1500)]
     mtu: u32,
+    /// smoltcp's device: dpdk (DPDK net_af_packet port, mbufs) or af_packet (raw socket).
+    #[arg(long, default_value = "dpdk")]
+    device: String,
 }
 
 const SMOL_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
@@ -95,20 +102,38 @@ fn main() -> Result<(), BoxErr> {
     let smol_buf = args.smol_buf;
 
     let ns = veth.server_ns.clone();
-    let smol = run_phase(&args, idle, &veth, SMOL_IP, move || {
-        netns::enter(&ns).map_err(|e| e.to_string())?;
-        let dev = AfPacket::open(SERVER_IF, mtu).map_err(|e| e.to_string())?;
-        let fd = dev.as_raw_fd();
-        let cfg = SmolConfig {
-            mac: [0x02, 0, 0, 0, 0x77, 0x02],
-            ip: SMOL_IP,
-            max_sockets: 64,
-            rx_buffer: smol_buf,
-            tx_buffer: smol_buf,
-            ..SmolConfig::default()
-        };
-        SmolStack::new(dev, cfg, Some(fd)).map_err(|e| e.to_string())
-    })?;
+    let smol_cfg = move |mac: [u8; 6]| SmolConfig {
+        mac,
+        ip: SMOL_IP,
+        max_sockets: 64,
+        rx_buffer: smol_buf,
+        tx_buffer: smol_buf,
+        ..SmolConfig::default()
+    };
+    let smol = match args.device.as_str() {
+        "af_packet" => run_phase(&args, idle, &veth, SMOL_IP, move || {
+            netns::enter(&ns).map_err(|e| e.to_string())?;
+            let dev = AfPacket::open(SERVER_IF, mtu).map_err(|e| e.to_string())?;
+            let fd = dev.as_raw_fd();
+            SmolStack::new(dev, smol_cfg([0x02, 0, 0, 0, 0x77, 0x02]), Some(fd))
+                .map_err(|e| e.to_string())
+        })?,
+        "dpdk" => {
+            let (port, pool) = dpdk_port(&veth)?;
+            let mac = port.mac()?;
+            let pool = std::sync::Mutex::new(Some(pool));
+            run_phase(&args, idle, &veth, SMOL_IP, move || {
+                let pool = pool
+                    .lock()
+                    .map_err(|e| e.to_string())?
+                    .take()
+                    .ok_or("the DPDK phase runs once")?;
+                let dev = DpdkDevice::new(port.clone(), 0, pool, mtu);
+                SmolStack::new(dev, smol_cfg(mac), None).map_err(|e| e.to_string())
+            })?
+        }
+        other => return Err(format!("unknown device {other} (dpdk or af_packet)").into()),
+    };
 
     if std::env::var_os("CARMINE_NETBENCH_DEBUG").is_some() {
         for (ns, dev) in [(&veth.server_ns, SERVER_IF), (&veth.client_ns, "vc")] {
@@ -152,7 +177,7 @@ fn main() -> Result<(), BoxErr> {
             "rr_rev_ratio": ratio(smol.rr_rev, kernel.rr_rev),
             "bulk_ratio": ratio(smol.down_gbps, kernel.down_gbps),
             "upload_ratio": ratio(smol.up_gbps, kernel.up_gbps),
-            "device": "af_packet",
+            "device": args.device,
             "conns": args.conns,
             "secs": args.secs,
             "mtu": args.mtu,
@@ -162,7 +187,7 @@ fn main() -> Result<(), BoxErr> {
         });
         println!("{v}");
     } else {
-        println!("                    smoltcp/af_packet   kernel");
+        println!("                 smoltcp/{:<10} kernel", args.device);
         println!("rr 4K->64  /s     {:>16.0} {:>10.0}", smol.rr, kernel.rr);
         println!(
             "rr 64->4K  /s     {:>16.0} {:>10.0}",
@@ -183,6 +208,25 @@ fn main() -> Result<(), BoxErr> {
         );
     }
     Ok(())
+}
+
+/// Starts DPDK's EAL with a `net_af_packet` port on the server end of the veth (the socket is
+/// opened in the server namespace, entered by this thread first) and one mbuf pool.
+fn dpdk_port(veth: &VethPair) -> Result<(Arc<EthPort>, PktMbufPool), BoxErr> {
+    netns::enter(&veth.server_ns)?;
+    let eal = Eal::init(&EalConfig {
+        app: "carmine-netbench".into(),
+        no_pci: true,
+        in_memory: true,
+        mem_mb: Some(256),
+        vdevs: vec![format!("net_af_packet0,iface={SERVER_IF}")],
+        log_level: Some("*:warning".into()),
+        ..EalConfig::default()
+    })?;
+    let pool = PktMbufPool::new(eal, "netbench", 16383, 0, 2176, -1)?;
+    let id = EthPort::id_by_name(eal, "net_af_packet0")?;
+    let port = EthPort::start(eal, id, &[&pool], 2048, false)?;
+    Ok((Arc::new(port), pool))
 }
 
 /// Starts one server shard with the stack `make` builds, runs every client phase, stops it.
