@@ -10,6 +10,9 @@
 //!   shard that submitted them.
 //! - [`Bdev`]: an open bdev with an I/O channel of the current SPDK thread.
 //! - [`DmaBuf`]: hugepage-backed memory a device can DMA into.
+//! - [`SpdkBlockDevice`]: a [`Bdev`] behind the store's `BlockDevice` contract
+//!   (`carmine-objectstore`): polls its SPDK thread, routes completions by token, queues and
+//!   retries submissions SPDK refuses for lack of a `bdev_io`.
 //!
 //! Completions: an I/O is submitted with a caller token and its buffer (moved in, so it cannot be
 //! freed or touched while the device owns it). SPDK calls back on the submitting thread during
@@ -22,11 +25,13 @@
 //! All `unsafe` is in `env`, `bdev` and `dma` with `// SAFETY:` notes.
 
 mod bdev;
+mod blockdev;
 mod dma;
 mod env;
 pub mod selftest;
 
 pub use bdev::{reap, Bdev, BdevInfo, Completion, IoKind};
+pub use blockdev::{BlockDeviceError, SpdkBlockDevice};
 pub use dma::DmaBuf;
 pub use env::{BdevKind, Spdk, SpdkThread};
 
