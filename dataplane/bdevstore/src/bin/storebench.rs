@@ -1,13 +1,15 @@
 //! `carmine-storebench`: 4 KiB random write/read IOPS and p99 latency of one shard through
 //! bdevstore, and of raw device I/O with the same pattern on the same device in the same run.
 //!
-//! The device is a file (`FileDevice`) here; the OSD build swaps in an SPDK bdev behind the
-//! same `BlockDevice` trait. Both paths run with the same queue depth and the same durability
-//! rule: a batch of raw writes is followed by a flush, as every store record is.
+//! `--device malloc` (the default when running as root with free hugepages) runs both on one
+//! SPDK malloc bdev through `carmine_spdk::SpdkBlockDevice`; `--device file` on a file
+//! (`FileDevice`). Both paths run with the same queue depth and the same durability rule: a
+//! batch of raw writes is followed by a flush, as every store record is.
 //!
 //! Write amplification = device bytes written during the overwrite phase / caller bytes.
 
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -19,13 +21,24 @@ use carmine_objectstore::{
 use clap::Parser;
 use hdrhistogram::Histogram;
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DeviceKind {
+    /// An SPDK malloc bdev (needs root and hugepages).
+    Malloc,
+    /// A regular file through pread/pwrite.
+    File,
+}
+
 #[derive(Parser, Debug)]
 #[command(about = "bdevstore vs raw device: 4 KiB random I/O")]
 struct Args {
-    /// Backing file (created; removed at the end unless --keep).
+    /// Device to run on; default: malloc when root with free hugepages, else file.
+    #[arg(long, value_enum)]
+    device: Option<DeviceKind>,
+    /// Backing file for `--device file` (created; removed at the end unless --keep).
     #[arg(long)]
     file: Option<PathBuf>,
-    /// Device size in MiB.
+    /// Device (file or malloc bdev) size in MiB.
     #[arg(long, default_value_t = 128)]
     size_mib: u64,
     /// Data the random I/O touches, in MiB (store utilisation = this / device size).
@@ -251,7 +264,54 @@ fn bench<D: BlockDevice>(mut dev: D, name: &str, a: &Args) -> Result<serde_json:
     }))
 }
 
+/// Free 2 MiB hugepages (0 when unknown).
+fn free_hugepages() -> u64 {
+    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn run_malloc(a: &Args) -> Result<serde_json::Value, String> {
+    use carmine_spdk::{BdevKind, Spdk, SpdkBlockDevice};
+    // The malloc bdev's memory plus SPDK's bdev pools and the bench's DMA buffers.
+    let mem_mb = u32::try_from(a.size_mib + 256).map_err(|e| e.to_string())?;
+    let eal = carmine_dpdk::Eal::init(&carmine_dpdk::EalConfig {
+        app: "carmine-storebench".into(),
+        no_pci: true,
+        in_memory: true,
+        mem_mb: Some(mem_mb),
+        ..carmine_dpdk::EalConfig::default()
+    })
+    .map_err(|e| format!("EAL (root and {mem_mb} MiB of hugepages needed): {e}"))?;
+    let spdk = Spdk::start(eal).map_err(|e| e.to_string())?;
+    let name = "BenchMalloc0";
+    spdk.create_bdev(
+        name,
+        &BdevKind::Malloc {
+            blocks: a.size_mib * (1 << 20) / BS,
+            block_size: BS as u32,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let r = SpdkBlockDevice::open(spdk.thread(), name)
+        .map_err(|e| e.to_string())
+        .and_then(|dev| bench(dev, &format!("spdk-malloc:{name}"), a));
+    spdk.shutdown().map_err(|e| e.to_string())?;
+    r
+}
+
 fn run(a: &Args) -> Result<serde_json::Value, String> {
+    // The owner of /proc/self is the process's effective uid.
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    let kind = a.device.unwrap_or(if root && free_hugepages() > 0 {
+        DeviceKind::Malloc
+    } else {
+        DeviceKind::File
+    });
+    if kind == DeviceKind::Malloc {
+        return run_malloc(a);
+    }
     let path = a.file.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("carmine-storebench-{}", std::process::id()))
     });
