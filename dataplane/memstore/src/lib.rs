@@ -10,10 +10,9 @@
 //! Nothing here is durable.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::ops::Bound;
 
 use carmine_objectstore::{
-    validate, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, ObjectStore,
+    meta, validate, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, ObjectStore,
     OmapEntries, Op, StoreError, StoreView, Ticket, Transaction,
 };
 
@@ -240,11 +239,7 @@ impl ObjectStore for MemStore {
         oid: &ObjectId,
         name: &str,
     ) -> Result<Vec<u8>, StoreError> {
-        self.object(cid, oid)?
-            .attrs
-            .get(name)
-            .cloned()
-            .ok_or_else(|| StoreError::NotFound(format!("attribute {name}")))
+        meta::attr(&self.object(cid, oid)?.attrs, name)
     }
 
     fn get_attrs(
@@ -261,11 +256,7 @@ impl ObjectStore for MemStore {
         oid: &ObjectId,
         keys: &[Vec<u8>],
     ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
-        let o = self.object(cid, oid)?;
-        Ok(keys
-            .iter()
-            .filter_map(|k| o.omap.get(k).map(|v| (k.clone(), v.clone())))
-            .collect())
+        Ok(meta::omap_get(&self.object(cid, oid)?.omap, keys))
     }
 
     fn omap_range(
@@ -275,13 +266,7 @@ impl ObjectStore for MemStore {
         after: Option<&[u8]>,
         max: usize,
     ) -> Result<OmapEntries, StoreError> {
-        let o = self.object(cid, oid)?;
-        let lo = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_vec()));
-        Ok(o.omap
-            .range((lo, Bound::Unbounded))
-            .take(max)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(meta::omap_range(&self.object(cid, oid)?.omap, after, max))
     }
 
     fn list(
@@ -294,15 +279,7 @@ impl ObjectStore for MemStore {
             .colls
             .get(&cid)
             .ok_or_else(|| StoreError::NotFound(format!("collection {}", cid.0)))?;
-        let lo = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.clone()));
-        let mut it = c.range((lo, Bound::Unbounded)).map(|(k, _)| k.clone());
-        let objects: Vec<ObjectId> = it.by_ref().take(max).collect();
-        let next = if it.next().is_some() {
-            objects.last().cloned()
-        } else {
-            None
-        };
-        Ok(ListPage { objects, next })
+        Ok(meta::list_page(c, after, max))
     }
 
     fn list_collections(&self) -> Vec<CollectionId> {

@@ -49,6 +49,7 @@
 pub mod device;
 pub mod drive;
 mod error;
+pub mod meta;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod types;
