@@ -116,14 +116,18 @@ pub struct Spdk {
     main: Option<SpdkThread>,
 }
 
+// The flags the callbacks set are `Cell`s: the polling closure reads them through a shared
+// reference while SPDK writes through the pointer, which is only defined behaviour for interior
+// mutability (a plain `bool` read through `&` was folded to a constant in release builds, and
+// `shutdown` timed out).
 extern "C" fn init_done(rc: i32, arg: *mut libc::c_void) {
-    // SAFETY: arg is the &mut Option<i32> that `start` passed and keeps alive while polling.
-    unsafe { *(arg as *mut Option<i32>) = Some(rc) };
+    // SAFETY: arg is the Cell<Option<i32>> that `start` passed and keeps alive while polling.
+    unsafe { (*(arg as *const std::cell::Cell<Option<i32>>)).set(Some(rc)) };
 }
 
 extern "C" fn fini_done(arg: *mut libc::c_void) {
-    // SAFETY: arg is the &mut bool that `shutdown` passed and keeps alive while polling.
-    unsafe { *(arg as *mut bool) = true };
+    // SAFETY: arg is the Cell<bool> that `shutdown` passed and keeps alive while polling.
+    unsafe { (*(arg as *const std::cell::Cell<bool>)).set(true) };
 }
 
 impl Spdk {
@@ -150,16 +154,16 @@ impl Spdk {
             )));
         }
         let main = SpdkThread::create("carmine_main")?;
-        let mut result: Option<i32> = None;
+        let result = std::cell::Cell::new(None::<i32>);
         // SAFETY: init_done writes into `result`, which lives until the polling below ends.
         unsafe {
             spdk_sys::carmine_subsystem_init(
                 Some(init_done),
-                &mut result as *mut Option<i32> as *mut libc::c_void,
+                &result as *const std::cell::Cell<Option<i32>> as *mut libc::c_void,
             )
         };
-        main.poll_until(STEP_TIMEOUT, "subsystem init", || result.is_some())?;
-        match result {
+        main.poll_until(STEP_TIMEOUT, "subsystem init", || result.get().is_some())?;
+        match result.get() {
             Some(0) => Ok(Spdk { main: Some(main) }),
             Some(rc) => Err(SpdkError::SubsystemInit(rc)),
             None => Err(SpdkError::SubsystemInit(-1)),
@@ -264,12 +268,15 @@ impl Spdk {
                 break;
             }
         }
-        let mut done = false;
+        let done = std::cell::Cell::new(false);
         // SAFETY: fini_done writes into `done`, alive while we poll.
         unsafe {
-            spdk_sys::carmine_subsystem_fini(Some(fini_done), &mut done as *mut bool as *mut _)
+            spdk_sys::carmine_subsystem_fini(
+                Some(fini_done),
+                &done as *const std::cell::Cell<bool> as *mut _,
+            )
         };
-        let r = main.poll_until(STEP_TIMEOUT, "subsystem fini", || done);
+        let r = main.poll_until(STEP_TIMEOUT, "subsystem fini", || done.get());
         drop(main);
         if r.is_ok() {
             // SAFETY: every SPDK thread of ours has exited (the main one just did; shard threads
