@@ -109,6 +109,8 @@ pub struct SpdkBlockDevice<'t> {
     /// Error completions for submits SPDK refused for good.
     failed: Vec<IoCompletion<DmaBuf>>,
     stats: DeviceStats,
+    /// Submissions SPDK refused with `-ENOMEM` (each retried later).
+    refused: u64,
 }
 
 impl<'t> SpdkBlockDevice<'t> {
@@ -145,6 +147,7 @@ impl<'t> SpdkBlockDevice<'t> {
             pending: VecDeque::new(),
             failed: Vec::new(),
             stats: DeviceStats::default(),
+            refused: 0,
         })
     }
 
@@ -159,6 +162,11 @@ impl<'t> SpdkBlockDevice<'t> {
 
     pub fn info(&self) -> &BdevInfo {
         &self.info
+    }
+
+    /// How many submissions SPDK refused for lack of a `bdev_io` (queued and retried).
+    pub fn refused(&self) -> u64 {
+        self.refused
     }
 
     fn take_slot(&mut self, token: u64, kind: IoKind) -> u32 {
@@ -209,6 +217,7 @@ impl<'t> SpdkBlockDevice<'t> {
                 Ok(())
             }
             Err((SpdkError::Again, buf)) => {
+                self.refused += 1;
                 req.buf = buf;
                 Err(req)
             }
