@@ -8,6 +8,13 @@ use carmine_spdk::Spdk;
 /// Starts the EAL (in-memory, no PCI, `mem_mb` of hugepage memory) and SPDK. Needs root and
 /// reserved hugepages (`ci/test` reserves them).
 pub fn start(mem_mb: u32) -> Spdk {
+    start_with(mem_mb, None)
+}
+
+/// Like [`start`], but with hugepage files under `file_prefix` (one per memseg list) instead
+/// of in-memory: vhost-user (the virtio bdev) passes them to the backend. The caller removes
+/// them at the end (`Eal::hugepage_files`).
+pub fn start_with(mem_mb: u32, file_prefix: Option<String>) -> Spdk {
     assert_eq!(
         // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() },
@@ -17,7 +24,9 @@ pub fn start(mem_mb: u32) -> Spdk {
     let eal = Eal::init(&EalConfig {
         app: "carmine-store-test".into(),
         no_pci: true,
-        in_memory: true,
+        in_memory: file_prefix.is_none(),
+        single_file_segments: file_prefix.is_some(),
+        file_prefix,
         mem_mb: Some(mem_mb),
         ..EalConfig::default()
     })

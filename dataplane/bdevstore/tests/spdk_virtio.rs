@@ -1,0 +1,140 @@
+//! bdevstore on the SPDK virtio bdev attached to a vhost-user-blk socket that
+//! qemu-storage-daemon exports: transactions commit, survive a clean remount and a crash-style
+//! remount through SPDK, and the daemon's backing file then holds a store that fsck finds clean
+//! and that mounts (as a plain file) with the same contents. Needs root, hugepages and
+//! qemu-storage-daemon (Debian: qemu-system-common). One test per file.
+
+mod common;
+#[path = "common/spdk.rs"]
+mod spdk;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use carmine_bdevstore::{format, fsck, BdevStore};
+use carmine_dpdk::Eal;
+use carmine_objectstore::testkit::{compare, Model};
+use carmine_objectstore::{drive, CollectionId, ObjectId, Transaction};
+use carmine_spdk::{BdevKind, SpdkBlockDevice};
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_qsd(img: &Path, sock: &Path) -> Daemon {
+    let child = Command::new("qemu-storage-daemon")
+        .arg("--blockdev")
+        .arg(format!(
+            "driver=file,node-name=disk0,filename={}",
+            img.display()
+        ))
+        .arg("--export")
+        .arg(format!(
+            "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path={},writable=on",
+            sock.display()
+        ))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start qemu-storage-daemon (Debian package qemu-system-common)");
+    let d = Daemon(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "qemu-storage-daemon did not create its socket"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d
+}
+
+const BDEV: &str = "StoreVirtio0";
+
+fn txn(i: u64) -> Transaction {
+    let c = CollectionId(4);
+    let mut t = Transaction::new();
+    if i == 0 {
+        t.create_collection(c);
+    }
+    let o = ObjectId::from(format!("obj{}", i % 7).as_str());
+    let data: Vec<u8> = (0..3000 + (i as usize % 3) * 4096)
+        .map(|j| (i * 31 + j as u64) as u8)
+        .collect();
+    t.write(c, &o, (i % 5) * 2048, &data);
+    t.set_attr(c, &o, "gen", &i.to_le_bytes());
+    t
+}
+
+#[test]
+fn bdevstore_on_virtio_blk_over_qemu_storage_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    spdk::image(&img, common::DEV_BLOCKS_4K * 4096);
+    let sock = dir.path().join("vhost.sock");
+    let qsd = start_qsd(&img, &sock);
+
+    let prefix = format!("carmine-store-virtio-{}", std::process::id());
+    let spdk = spdk::start_with(256, Some(prefix));
+    spdk.create_bdev(
+        BDEV,
+        &BdevKind::VirtioBlk {
+            socket: sock.clone(),
+            queues: 1,
+            queue_size: 128,
+        },
+    )
+    .expect("attach the vhost-user-blk export");
+    let mut model = Model::default();
+    {
+        let open = || SpdkBlockDevice::open(spdk.thread(), BDEV).unwrap();
+        let mut d = open();
+        assert_eq!(d.info().size_bytes(), common::DEV_BLOCKS_4K * 4096);
+        format(&mut d, &common::small_format()).unwrap();
+        let mut s = BdevStore::mount(d, common::busy_opts(0)).unwrap();
+        for i in 0..40 {
+            let t = txn(i);
+            model.apply(&t).unwrap();
+            drive::commit(&mut s, t).unwrap();
+        }
+        compare(&mut s, &model).unwrap();
+        // Clean remount.
+        let d = s.shutdown().unwrap();
+        let mut s = BdevStore::mount(d, common::busy_opts(0)).unwrap();
+        compare(&mut s, &model).unwrap();
+        for i in 40..80 {
+            let t = txn(i);
+            model.apply(&t).unwrap();
+            drive::commit(&mut s, t).unwrap();
+        }
+        // Crash-style: drop without shutdown, reopen the bdev, replay.
+        drop(s);
+        let mut d = open();
+        let rep = fsck(&mut d, 0).unwrap();
+        assert!(rep.is_clean(), "fsck over virtio: {:?}", rep.errors);
+        let mut s = BdevStore::mount(d, common::busy_opts(0)).unwrap();
+        compare(&mut s, &model).unwrap();
+        s.shutdown().unwrap();
+    }
+    let files = Eal::get()
+        .unwrap()
+        .hugepage_files(Path::new("/dev/hugepages"));
+    spdk.shutdown().unwrap();
+    for f in files {
+        let _ = std::fs::remove_file(f);
+    }
+    drop(qsd);
+
+    // The daemon's backing file holds the same store.
+    let mut d = common::open_dev(&img);
+    let rep = fsck(&mut d, 0).unwrap();
+    assert!(rep.is_clean(), "fsck of the backing file: {:?}", rep.errors);
+    assert!(rep.objects >= 7, "{rep:?}");
+    let mut s = BdevStore::mount(d, common::busy_opts(0)).unwrap();
+    compare(&mut s, &model).unwrap();
+}
