@@ -7,6 +7,15 @@
 //! batch of raw writes is followed by a flush, as every store record is.
 //!
 //! Write amplification = device bytes written during the overwrite phase / caller bytes.
+//!
+//! Measured on the 2-core CI VM (loaded), release, defaults (128 MiB malloc bdev, 40 MiB working
+//! set, QD 32, 40,000 ops per phase), two runs: raw write 0.94-1.14 M IOPS (p99 43-66 µs), store
+//! write 245 K (p99 630-650 µs), write_ratio 0.22-0.26; raw read 0.94-1.16 M (p99 40-53 µs),
+//! store read 560-590 K (p99 66-67 µs), read_ratio 0.51-0.60; write_amplification 1.22 with the
+//! cleaner running (24 MB relocated, 144 segments freed, cleaner max pause 0.64-0.73 ms). On a
+//! malloc bdev the "device" is a memcpy on the same core, so the ratios compare the store's CPU
+//! cost per op (record packing, CRC-32C, index update, relocation) with ~1 µs of raw submit +
+//! memcpy; on a real NVMe device the raw side is bounded by the device instead.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
