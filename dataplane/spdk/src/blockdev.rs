@@ -88,7 +88,7 @@ struct Slot {
 /// Errors building a device.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockDeviceError {
-    #[error("bdev {name}: block size {block} does not divide 4096")]
+    #[error("bdev {name}: block size {block} is not a power of two")]
     BlockSize { name: String, block: u32 },
     #[error("too many SpdkBlockDevices on this thread (id {0} in use)")]
     Ids(u16),
@@ -118,7 +118,8 @@ impl<'t> SpdkBlockDevice<'t> {
     /// OS thread when the bdev was opened).
     pub fn new(thread: &'t SpdkThread, bdev: Bdev) -> Result<Self, BlockDeviceError> {
         let info = bdev.info().clone();
-        if info.block_size == 0 || 4096 % info.block_size != 0 {
+        // (Which sizes a store accepts is the store's rule: bdevstore wants divisors of 4 KiB.)
+        if !info.block_size.is_power_of_two() {
             return Err(BlockDeviceError::BlockSize {
                 name: info.name.clone(),
                 block: info.block_size,
