@@ -1,7 +1,8 @@
 //! `carmine-osd fsck`: runs bdevstore's read-only checker on an SPDK bdev.
 //!
 //! It starts the EAL (in-memory, no PCI) and SPDK, creates the bdev named on the command line
-//! (today: an aio bdev over a file or block device), opens it through
+//! (an aio bdev over a file or block device, or a virtio-blk bdev on a vhost-user socket),
+//! opens it through
 //! [`carmine_spdk::SpdkBlockDevice`] and checks each requested shard: superblock, checkpoint,
 //! every journal record and data-chunk CRC, the end of the log and the index invariants
 //! (`carmine_bdevstore::fsck`). The caller maps the outcome to the exit status: clean, problems
@@ -19,6 +20,9 @@ use serde::Serialize;
 pub enum FsckBdevKind {
     /// Linux AIO on a file or block device (`--path`).
     Aio,
+    /// virtio-blk over a vhost-user-blk socket (`--path`), e.g. exported by
+    /// qemu-storage-daemon.
+    VirtioBlk,
 }
 
 /// Why the check could not run (problems *found* are in the report, not here).
@@ -79,10 +83,15 @@ pub fn run(
     if !path.exists() {
         return Err(FsckError::Missing(path.into()));
     }
+    // vhost-user hands our hugepage files to the backend: they must exist (not in-memory), one
+    // per memseg list, under a prefix of our own, removed at the end.
+    let vhost = kind == FsckBdevKind::VirtioBlk;
     let eal = Eal::init(&EalConfig {
         app: "carmine-fsck".into(),
         no_pci: true,
-        in_memory: true,
+        in_memory: !vhost,
+        single_file_segments: vhost,
+        file_prefix: vhost.then(|| format!("carmine-fsck-{}", std::process::id())),
         mem_mb: Some(128),
         ..EalConfig::default()
     })?;
@@ -92,12 +101,27 @@ pub fn run(
             path: path.into(),
             block_size,
         },
+        FsckBdevKind::VirtioBlk => BdevKind::VirtioBlk {
+            socket: path.into(),
+            queues: 1,
+            queue_size: 128,
+        },
     };
-    spdk.create_bdev(BDEV, &bdev)?;
-    let out = check(&spdk, shards);
-    spdk.shutdown()?;
+    let out = spdk
+        .create_bdev(BDEV, &bdev)
+        .map_err(FsckError::from)
+        .and_then(|()| check(&spdk, shards));
+    let files = eal.hugepage_files(std::path::Path::new(HUGETLBFS));
+    let down = spdk.shutdown();
+    for f in files {
+        let _ = std::fs::remove_file(f);
+    }
+    down?;
     out
 }
+
+/// Where `hugepages/hugepages.sh` mounts hugetlbfs (the EAL's hugepage files live there).
+const HUGETLBFS: &str = "/dev/hugepages";
 
 fn check(spdk: &Spdk, shards: &[usize]) -> Result<Vec<ShardReport>, FsckError> {
     let mut dev = SpdkBlockDevice::open(spdk.thread(), BDEV)?;

@@ -37,7 +37,7 @@ enum Cmd {
         /// The kind of bdev holding the store.
         #[arg(long, value_enum, default_value = "aio")]
         bdev_kind: fsck::FsckBdevKind,
-        /// File or block device (aio).
+        /// File or block device (aio), or vhost-user socket (virtio-blk).
         #[arg(long)]
         path: std::path::PathBuf,
         /// Block size the bdev exposes.

@@ -1,11 +1,14 @@
 //! `carmine-osd fsck` end to end on an SPDK aio bdev: a store written through bdevstore on a file
 //! checks clean (exit 0, objects and chunks counted); one flipped byte in a data block is found
-//! (exit 1, a checksum error in the report); a missing device cannot be checked (exit 2).
+//! (exit 1, a checksum error in the report); a missing device cannot be checked (exit 2). The
+//! same store exported by qemu-storage-daemon as vhost-user-blk checks clean through the SPDK
+//! virtio bdev.
 //! Needs root and hugepages (each run starts its own EAL + SPDK).
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use carmine_bdevstore::{format, BdevStore, FormatOptions, MountOptions};
 use carmine_objectstore::device::FileDevice;
@@ -20,11 +23,15 @@ fn data() -> Vec<u8> {
 }
 
 fn fsck(path: &Path) -> (Output, serde_json::Value) {
+    fsck_kind("aio", path)
+}
+
+fn fsck_kind(kind: &str, path: &Path) -> (Output, serde_json::Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_carmine-osd"))
         .args([
             "fsck",
             "--bdev-kind",
-            "aio",
+            kind,
             "--shard",
             "0",
             "--shard",
@@ -43,6 +50,40 @@ fn fsck(path: &Path) -> (Output, serde_json::Value) {
         .and_then(|l| serde_json::from_str(l).ok())
         .unwrap_or(serde_json::Value::Null);
     (out, v)
+}
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// qemu-storage-daemon exporting `img` as vhost-user-blk on `sock`.
+fn start_qsd(img: &Path, sock: &Path) -> Daemon {
+    let child = Command::new("qemu-storage-daemon")
+        .arg("--blockdev")
+        .arg(format!(
+            "driver=file,node-name=disk0,filename={}",
+            img.display()
+        ))
+        .arg("--export")
+        .arg(format!(
+            "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path={},writable=on",
+            sock.display()
+        ))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start qemu-storage-daemon (Debian package qemu-system-common)");
+    let d = Daemon(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "no vhost-user socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d
 }
 
 #[test]
@@ -78,6 +119,17 @@ fn fsck_on_aio_bdev_clean_then_corrupt() {
     assert!(v[0]["chunks_verified"].as_u64().unwrap() >= 1, "{v}");
     assert_eq!(v[1]["clean"], true, "the empty second shard");
     assert_eq!(v[1]["objects"], 0);
+
+    // The same image through qemu-storage-daemon and the SPDK virtio bdev.
+    {
+        let sock = dir.path().join("vhost.sock");
+        let _qsd = start_qsd(&path, &sock);
+        let (out, v) = fsck_kind("virtio-blk", &sock);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "virtio: {v} {stderr}");
+        assert_eq!(v[0]["clean"], true);
+        assert_eq!(v[0]["objects"], 2);
+    }
 
     // Flip one byte inside the object's data on the device.
     let f = std::fs::OpenOptions::new()
