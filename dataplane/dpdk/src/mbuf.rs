@@ -150,6 +150,11 @@ pub struct Mbuf {
     raw: NonNull<rte_mbuf>,
 }
 
+// SAFETY: an mbuf is uniquely owned by this value; moving that ownership to another thread is
+// how DPDK hands packets between cores (software steering), and freeing it there returns it to
+// its pool through the pool's multi-producer ring. `Mbuf` is not `Sync`.
+unsafe impl Send for Mbuf {}
+
 impl Mbuf {
     /// Takes ownership of a raw mbuf (from `rx_burst`).
     ///

@@ -9,10 +9,15 @@
 //!   hands to `rte_eth_tx_burst`. When the pool is empty or the batch cannot be sent,
 //!   `transmit` says "not now" and smoltcp retries on a later poll: backpressure, not drops.
 //!
+//! - Several shards on one port: each owns one queue pair; a [`Steering`] end per shard passes
+//!   frames that arrived on the wrong queue to the shard owning their connection (TCP by local
+//!   port) through SPSC rings, and copies ARP to every shard, counting each hop.
+//!
 //! Invariant: one device per (port, queue), owned by one shard; the pool is that shard's. No
 //! allocation on either path. This module holds no `unsafe`: the mbuf handling is in
 //! `carmine-dpdk`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use carmine_dpdk::{EthPort, Mbuf, PktMbufPool, RxBatch, TxBatch};
@@ -43,6 +48,8 @@ pub struct DpdkDevice {
     stats: DpdkDeviceStats,
     /// Where a frame goes when no mbuf could hold it (kept so consume never fails).
     scratch: Vec<u8>,
+    /// Set when several shards share the port (see [`Steering`]).
+    steering: Option<Steering>,
 }
 
 impl DpdkDevice {
@@ -58,6 +65,7 @@ impl DpdkDevice {
             mtu,
             stats: DpdkDeviceStats::default(),
             scratch: vec![0; mtu + 14],
+            steering: None,
         }
     }
 
@@ -136,10 +144,7 @@ impl phy::Device for DpdkDevice {
     type TxToken<'a> = TxToken<'a>;
 
     fn receive(&mut self, _ts: Instant) -> Option<(RxToken, TxToken<'_>)> {
-        if self.rx.is_empty() {
-            self.port.rx_burst(self.queue, &mut self.rx);
-        }
-        let mbuf = self.rx.pop()?;
+        let mbuf = self.next_frame()?;
         self.stats.rx_frames += 1;
         Some((RxToken { mbuf }, TxToken { dev: self }))
     }
@@ -170,5 +175,241 @@ impl NetDevice for DpdkDevice {
             return 0;
         }
         self.send_batch()
+    }
+}
+
+/// Where a received frame belongs when several shards share one port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameOwner {
+    /// One shard (TCP by local port, everything else to shard 0).
+    Shard(usize),
+    /// Every shard (ARP: each shard's interface answers and learns neighbours itself).
+    All,
+}
+
+/// Which shard owns a frame: TCP segments by their destination (local) port — shard `k` listens
+/// on `base_port + k`, and other local ports belong to shard `port % shards` — ARP to all
+/// shards, anything else (ICMP, malformed) to shard 0.
+pub fn frame_owner(frame: &[u8], base_port: u16, shards: usize) -> FrameOwner {
+    const ARP: [u8; 2] = [0x08, 0x06];
+    const IPV4: [u8; 2] = [0x08, 0x00];
+    if shards <= 1 || frame.len() < 14 {
+        return FrameOwner::Shard(0);
+    }
+    match [frame[12], frame[13]] {
+        ARP => FrameOwner::All,
+        IPV4 => {
+            let ip = &frame[14..];
+            if ip.len() < 20 || ip[9] != 6 {
+                return FrameOwner::Shard(0);
+            }
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let Some(tcp) = ip.get(ihl..ihl + 4) else {
+                return FrameOwner::Shard(0);
+            };
+            let port = u16::from_be_bytes([tcp[2], tcp[3]]);
+            match port.checked_sub(base_port) {
+                Some(k) if usize::from(k) < shards => FrameOwner::Shard(usize::from(k)),
+                _ => FrameOwner::Shard(usize::from(port) % shards),
+            }
+        }
+        _ => FrameOwner::Shard(0),
+    }
+}
+
+/// Counters of software steering on one shard. Atomics (relaxed, written by the owning shard
+/// only) so that monitoring and tests can read them from another thread.
+#[derive(Debug, Default)]
+pub struct SteeringStats {
+    /// Frames this shard received for another shard and passed on (one cross-shard hop each).
+    pub steered_out: AtomicU64,
+    /// Frames other shards passed to this one.
+    pub steered_in: AtomicU64,
+    /// Broadcast frames (ARP) copied to the other shards.
+    pub copied_out: AtomicU64,
+    /// Frames dropped because a shard's inbox was full or no mbuf was free for a copy.
+    pub dropped: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One shard's end of the software-steering mesh: when the NIC cannot spread flows over the
+/// queues the way shards own connections (no RSS, or a different hash), every shard classifies
+/// what its queue receives and passes foreign frames, by mbuf (no copy), through a
+/// single-producer/single-consumer ring to their owner. Every hop is counted.
+///
+/// A push does not wake a shard that sleeps in the adaptive idle mode: the frame waits for the
+/// target's next timer or deadline (at most the policy's `max_sleep`). Busy-polling shards, the
+/// bare-metal default, see it on their next loop; NICs with RSS keyed to the shard's flows make
+/// steering rare.
+pub struct Steering {
+    shard: usize,
+    shards: usize,
+    base_port: u16,
+    /// One ring from each other shard (a handful of shards: scanning them is cheap).
+    inboxes: Vec<rtrb::Consumer<Mbuf>>,
+    next_inbox: usize,
+    /// outboxes[k]: the ring into shard k (None for this shard itself).
+    outboxes: Vec<Option<rtrb::Producer<Mbuf>>>,
+    stats: Arc<SteeringStats>,
+}
+
+impl Steering {
+    /// A full mesh of rings for `shards` shards, `capacity` mbufs each; element k is shard k's
+    /// end. Listeners of shard k use `base_port + k`.
+    pub fn mesh(shards: usize, base_port: u16, capacity: usize) -> Vec<Steering> {
+        let mut ends: Vec<Steering> = (0..shards)
+            .map(|shard| Steering {
+                shard,
+                shards,
+                base_port,
+                inboxes: Vec::with_capacity(shards.saturating_sub(1)),
+                next_inbox: 0,
+                outboxes: (0..shards).map(|_| None).collect(),
+                stats: Arc::default(),
+            })
+            .collect();
+        for from in 0..shards {
+            for to in 0..shards {
+                if from != to {
+                    let (p, c) = rtrb::RingBuffer::new(capacity);
+                    ends[from].outboxes[to] = Some(p);
+                    ends[to].inboxes.push(c);
+                }
+            }
+        }
+        ends
+    }
+
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
+    /// The shard's steering counters (shareable with other threads).
+    pub fn stats(&self) -> Arc<SteeringStats> {
+        self.stats.clone()
+    }
+
+    /// A frame another shard passed here, if any (round-robin over the inboxes).
+    fn next_steered(&mut self) -> Option<Mbuf> {
+        for _ in 0..self.inboxes.len() {
+            let i = self.next_inbox;
+            self.next_inbox = (i + 1) % self.inboxes.len();
+            if let Ok(m) = self.inboxes[i].pop() {
+                bump(&self.stats.steered_in);
+                return Some(m);
+            }
+        }
+        None
+    }
+
+    fn send_to(&mut self, shard: usize, m: Mbuf) {
+        match self.outboxes.get_mut(shard).and_then(Option::as_mut) {
+            Some(ring) => match ring.push(m) {
+                Ok(()) => bump(&self.stats.steered_out),
+                // A full ring drops the frame (a NIC queue overflowing does the same; TCP
+                // retransmits).
+                Err(_) => bump(&self.stats.dropped),
+            },
+            None => bump(&self.stats.dropped),
+        }
+    }
+}
+
+impl DpdkDevice {
+    /// A device whose shard shares the port with others through `steering` (see [`Steering`]).
+    pub fn with_steering(mut self, steering: Steering) -> Self {
+        self.steering = Some(steering);
+        self
+    }
+
+    /// Software-steering counters (None when the device is not steered).
+    pub fn steering_stats(&self) -> Option<Arc<SteeringStats>> {
+        self.steering.as_ref().map(Steering::stats)
+    }
+
+    /// The next frame for this shard: one passed by another shard, else one from the queue.
+    /// Frames of other shards are passed on; broadcast (ARP) frames are also copied to them.
+    fn next_frame(&mut self) -> Option<Mbuf> {
+        let Some(st) = self.steering.as_mut() else {
+            if self.rx.is_empty() {
+                self.port.rx_burst(self.queue, &mut self.rx);
+            }
+            return self.rx.pop();
+        };
+        if let Some(m) = st.next_steered() {
+            return Some(m);
+        }
+        loop {
+            if self.rx.is_empty() && self.port.rx_burst(self.queue, &mut self.rx) == 0 {
+                return None;
+            }
+            let m = self.rx.pop()?;
+            match frame_owner(m.data(), st.base_port, st.shards) {
+                FrameOwner::Shard(k) if k == st.shard => return Some(m),
+                FrameOwner::Shard(k) => st.send_to(k, m),
+                FrameOwner::All => {
+                    let (me, n) = (st.shard, st.shards);
+                    for k in (0..n).filter(|&k| k != me) {
+                        match self.pool.alloc() {
+                            Ok(mut copy) => match copy.append(m.data_len()) {
+                                Ok(buf) => {
+                                    buf.copy_from_slice(m.data());
+                                    bump(&st.stats.copied_out);
+                                    st.send_to(k, copy);
+                                }
+                                Err(_) => bump(&st.stats.dropped),
+                            },
+                            Err(_) => bump(&st.stats.dropped),
+                        }
+                    }
+                    return Some(m);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp_frame(dst_port: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 20];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45; // IPv4, 20-byte header
+        f[14 + 9] = 6; // TCP
+        f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+        f[36..38].copy_from_slice(&dst_port.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn frames_go_to_their_owner() {
+        assert_eq!(frame_owner(&tcp_frame(7001), 7000, 2), FrameOwner::Shard(1));
+        assert_eq!(frame_owner(&tcp_frame(7000), 7000, 2), FrameOwner::Shard(0));
+        // Not a listener port: by port modulo shards.
+        assert_eq!(
+            frame_owner(&tcp_frame(50003), 7000, 4),
+            FrameOwner::Shard(3)
+        );
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(frame_owner(&arp, 7000, 2), FrameOwner::All);
+        let mut udp = tcp_frame(7001);
+        udp[14 + 9] = 17;
+        assert_eq!(frame_owner(&udp, 7000, 2), FrameOwner::Shard(0));
+        // Truncated or odd headers never panic and go to shard 0.
+        assert_eq!(
+            frame_owner(&tcp_frame(7001)[..30], 7000, 2),
+            FrameOwner::Shard(0)
+        );
+        let mut long_ihl = tcp_frame(7001);
+        long_ihl[14] = 0x4f;
+        assert_eq!(frame_owner(&long_ihl[..40], 7000, 2), FrameOwner::Shard(0));
+        assert_eq!(frame_owner(&[], 7000, 2), FrameOwner::Shard(0));
+        assert_eq!(frame_owner(&tcp_frame(7001), 7000, 1), FrameOwner::Shard(0));
     }
 }
