@@ -22,7 +22,7 @@ use common::*;
 const PORT: u16 = 7000;
 const BACKLOG: usize = 8;
 const IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
-const STREAM: u64 = 64 << 20;
+const STREAM: u64 = 256 << 20;
 
 #[test]
 fn smoltcp_over_dpdk_af_packet() {
