@@ -176,17 +176,15 @@ fn remove_ext(o: &mut Onode, acct: &mut Accounting, id: u64, off: u64) -> Option
 /// Drop `[off, off+len)` from the extent map, splitting extents that straddle the edges.
 fn punch(o: &mut Onode, acct: &mut Accounting, id: u64, off: u64, len: u64) {
     let end = off.saturating_add(len);
-    let mut keys = Vec::new();
-    if let Some((&k, e)) = o.extents.range(..off).next_back() {
-        if k + e.len > off {
-            keys.push(k);
+    // Extents never overlap, so the last one starting before `end` is the only candidate:
+    // if it does not reach past `off`, none before it does. Each round removes one
+    // overlapping extent and re-inserts only pieces outside `[off, end)`, so this ends; no
+    // key list is collected (this runs for every write).
+    while let Some((&k, &e)) = o.extents.range(..end).next_back() {
+        if k + e.len <= off {
+            break;
         }
-    }
-    keys.extend(o.extents.range(off..end).map(|(k, _)| *k));
-    for k in keys {
-        let Some(e) = remove_ext(o, acct, id, k) else {
-            continue;
-        };
+        remove_ext(o, acct, id, k);
         if k < off {
             insert_ext(o, acct, id, k, Extent { len: off - k, ..e });
         }

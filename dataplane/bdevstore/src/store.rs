@@ -76,12 +76,17 @@ enum Io {
         len: usize,
         chunk: ChunkRef,
     },
+    /// One read of a chunk for every live extent of it in this cleaner batch: a large
+    /// chunk overwritten in small pieces is read (and its CRC checked) once, not once per
+    /// surviving piece.
     Clean {
-        onode: u64,
-        off: u64,
-        ext: Extent,
+        chunk: ChunkRef,
+        pieces: Vec<CleanPiece>,
     },
 }
+
+/// A live extent the cleaner moves: (onode, logical offset, extent).
+type CleanPiece = (u64, u64, Extent);
 
 struct InFlight {
     tickets: Vec<Ticket>,
@@ -417,22 +422,24 @@ impl<D: BlockDevice> BdevStore<D> {
                 }
                 self.finish_piece(op);
             }
-            Io::Clean { onode, off, ext } => {
+            Io::Clean { chunk, pieces } => {
                 self.clean_inflight -= 1;
                 if let Some(buf) = c.buf.as_ref() {
-                    let stored = &buf.as_slice()[..ext.chunk.len as usize];
-                    if crc32c::crc32c(stored) != ext.chunk.crc {
+                    let stored = &buf.as_slice()[..chunk.len as usize];
+                    if crc32c::crc32c(stored) != chunk.crc {
                         tracing::error!(
-                            lba = ext.chunk.lba,
+                            lba = chunk.lba,
                             "cleaner found a checksum mismatch; segment left in place"
                         );
                         if let Some(v) = self.victim.take() {
                             self.bad_segs[v as usize] = true;
                         }
                     } else {
-                        let s = ext.skip as usize;
-                        let data = stored[s..s + ext.len as usize].to_vec();
-                        self.clean_ready.push((onode, off, ext, data));
+                        for (onode, off, ext) in pieces {
+                            let s = ext.skip as usize;
+                            let data = stored[s..s + ext.len as usize].to_vec();
+                            self.clean_ready.push((onode, off, ext, data));
+                        }
                     }
                 }
             }
@@ -749,10 +756,16 @@ impl<D: BlockDevice> BdevStore<D> {
                 let mut lba = self.geo.seg_lba(self.head.seg) + self.head.block + h_blocks;
                 let mut relocs = Vec::new();
                 for (id, off, ext, bytes) in live {
+                    // A whole chunk moves unchanged: its CRC (verified when it was read) holds.
+                    let whole = ext.skip == 0 && bytes.len() == ext.chunk.len as usize;
                     let new = ChunkRef {
                         lba,
                         len: bytes.len() as u32,
-                        crc: crc32c::crc32c(&bytes),
+                        crc: if whole {
+                            ext.chunk.crc
+                        } else {
+                            crc32c::crc32c(&bytes)
+                        },
                     };
                     let b = blocks_for(bytes.len() as u64);
                     data.push((data_blocks, bytes));
@@ -885,13 +898,21 @@ impl<D: BlockDevice> BdevStore<D> {
         };
         let crc = {
             let b = buf.as_mut_slice();
-            // Pooled buffers hold old bytes: padding must not carry them to disk.
-            b.fill(0);
+            // Pooled buffers hold old bytes: padding must not carry them to disk. Every byte
+            // is written exactly once (header, data, or zero padding) instead of zero-filling
+            // the whole record first and then copying over it.
             let crc = frame(REC_MAGIC, &payload, b);
+            let hdr_end = (h_blocks * BLOCK) as usize;
+            b[(16 + payload.len()).min(hdr_end)..hdr_end].fill(0);
+            // Data runs are packed in order from the end of the header (block offsets ascend).
+            let mut at = hdr_end;
             for (off, bytes) in &data {
                 let s = ((h_blocks + off) * BLOCK) as usize;
+                b[at.min(s)..s].fill(0);
                 b[s..s + bytes.len()].copy_from_slice(bytes);
+                at = s + bytes.len();
             }
+            b[at..].fill(0);
             crc
         };
         let start = self.geo.seg_lba(self.head.seg) + self.head.block;
@@ -950,6 +971,9 @@ impl<D: BlockDevice> BdevStore<D> {
             .take(4096)
             .copied()
             .collect();
+        // Live extents grouped by the chunk they point into (chunk lba -> index in `reads`).
+        let mut reads: Vec<(ChunkRef, Vec<CleanPiece>)> = Vec::new();
+        let mut by_lba: HashMap<u64, usize> = HashMap::new();
         for (id, off) in items {
             let Some(ext) = self
                 .idx
@@ -963,19 +987,24 @@ impl<D: BlockDevice> BdevStore<D> {
             if taken > 0 && taken + ext.len > budget {
                 break;
             }
-            let blocks = blocks_for(ext.chunk.len as u64);
+            match by_lba.get(&ext.chunk.lba) {
+                Some(&i) if reads[i].0 == ext.chunk => reads[i].1.push((id, off, ext)),
+                _ => {
+                    by_lba.insert(ext.chunk.lba, reads.len());
+                    reads.push((ext.chunk, vec![(id, off, ext)]));
+                }
+            }
+            taken += ext.len;
+        }
+        for (chunk, pieces) in reads {
+            let blocks = blocks_for(chunk.len as u64);
             let Ok(buf) = self.get_buf((blocks * BLOCK) as usize) else {
                 break;
             };
-            let lba = self.geo.dev_lba(ext.chunk.lba);
-            let t = self.token(Io::Clean {
-                onode: id,
-                off,
-                ext,
-            });
+            let lba = self.geo.dev_lba(chunk.lba);
+            let t = self.token(Io::Clean { chunk, pieces });
             self.dev.submit_read(lba, buf, t);
             self.clean_inflight += 1;
-            taken += ext.len;
         }
         self.stats.cleaner_steps += 1;
         let p = t0.elapsed();
