@@ -113,7 +113,8 @@ impl ConfigStore for MemConfig {
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     /// The monitor, "host:port" or "http://host:port"; several, comma-separated, when the
-    /// monitors run with etcd (only the leader answers: the agent rotates through the list).
+    /// monitors run with etcd (a follower redirects to the leader, whom the agent follows; a
+    /// monitor that fails sends the agent on to the next one in the list).
     pub mon_addr: String,
     /// The OSD's persistent uuid.
     pub uuid: String,

@@ -35,6 +35,16 @@ enum SessionError {
     Timeout(Duration),
 }
 
+impl SessionError {
+    /// The leader's address when a follower monitor redirected us.
+    fn redirect(&self) -> Option<String> {
+        match self {
+            SessionError::Rpc(s) => carmine_proto::leader_redirect(s),
+            _ => None,
+        }
+    }
+}
+
 /// Longest wait for one unary call: a monitor that stopped (not closed its connection) must not
 /// hold the agent forever; the session ends and the agent tries the next monitor.
 const RPC_TIMEOUT: Duration = Duration::from_secs(3);
@@ -117,7 +127,9 @@ pub(crate) async fn agent_main(
     };
     let session_loop = async {
         let mut backoff = Duration::from_millis(50);
-        // Several monitors (etcd HA): only the leader answers; rotate through the list.
+        // Several monitors (etcd HA): a follower redirects to the leader, which the next
+        // session goes to straight away; a monitor that fails (or a follower that knows no
+        // leader) sends the agent on to the next one in the list.
         let mons: Vec<String> = cfg
             .mon_addr
             .split(',')
@@ -125,11 +137,16 @@ pub(crate) async fn agent_main(
             .filter(|a| !a.is_empty())
             .collect();
         let mut which = 0usize;
+        let mut redirect: Option<String> = None;
+        let mut redirects = 0u32;
         loop {
-            let addr = mons
-                .get(which % mons.len().max(1))
-                .cloned()
-                .unwrap_or_default();
+            let addr = match redirect.take() {
+                Some(leader) => leader,
+                None => mons
+                    .get(which % mons.len().max(1))
+                    .cloned()
+                    .unwrap_or_default(),
+            };
             match session(&cfg, &addr, &mut shards, stats.as_ref(), &status).await {
                 Ok(()) => {}
                 Err(SessionError::MustBoot) => {
@@ -137,10 +154,23 @@ pub(crate) async fn agent_main(
                     backoff = Duration::from_millis(50);
                     continue;
                 }
-                Err(e) => {
-                    tracing::warn!(mon = %addr, error = %e, "monitor session ended");
-                    which = which.wrapping_add(1);
-                }
+                Err(e) => match e.redirect() {
+                    Some(leader) => {
+                        tracing::info!(mon = %addr, %leader, "not the leader: redirected");
+                        // Follow at once, but a run of redirects (a stale leader address)
+                        // goes through the growing backoff.
+                        redirects += 1;
+                        if redirects <= 2 {
+                            backoff = Duration::from_millis(50);
+                        }
+                        redirect = Some(leader);
+                    }
+                    None => {
+                        tracing::warn!(mon = %addr, error = %e, "monitor session ended");
+                        redirects = 0;
+                        which = which.wrapping_add(1);
+                    }
+                },
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);

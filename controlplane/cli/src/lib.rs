@@ -5,6 +5,10 @@
 //! once and run the same `carmine-placement` function the OSDs and clients run, so the answer
 //! is exactly what the data path does.
 //!
+//! Several monitors (`--mon a,b`, etcd mode): the CLI uses the first that accepts a connection;
+//! a follower answers each call with a redirect to the leader (`carmine_proto::leader_redirect`),
+//! which the CLI follows, repeating the call there (a follower executed nothing).
+//!
 //! Where the monitor address and token come from, first match wins: the `--mon`/`--token`
 //! flags, the `CARMINE_MON`/`CARMINE_TOKEN` environment variables, the config file
 //! (`--config`, `CARMINE_CONFIG`, or `$XDG_CONFIG_HOME/carmine/config.toml`, or

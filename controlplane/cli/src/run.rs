@@ -117,10 +117,17 @@ fn load_file(cli: &Cli) -> Result<FileConfig, CliError> {
     })
 }
 
+/// Most redirects one command follows: a leader that changes hands mid-command may send us
+/// through one or two followers, but never round in circles.
+const MAX_REDIRECTS: usize = 3;
+
 struct Conn {
     addr: String,
     client: MonAdminClient<Channel>,
     token: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    /// Listed monitors not tried yet (fail-over when a follower knows no leader).
+    rest: Vec<String>,
+    redirects: usize,
 }
 
 impl Conn {
@@ -136,13 +143,66 @@ impl Conn {
         from_status(&self.addr, s)
     }
 
+    /// After a failed call: when `s` is a follower's redirect (or a follower that knows no
+    /// leader yet while other listed monitors are untried), connects to the leader (or the next
+    /// monitor) so the caller can repeat the call — a follower executes nothing, so repeating
+    /// is safe. Otherwise the error to report.
+    async fn follow(&mut self, s: tonic::Status) -> Result<(), CliError> {
+        if self.redirects >= MAX_REDIRECTS {
+            return Err(self.fail(s));
+        }
+        let next = match carmine_proto::leader_redirect(&s) {
+            Some(leader) => leader,
+            None if carmine_proto::is_not_leader(&s) && !self.rest.is_empty() => {
+                self.rest.remove(0)
+            }
+            None => return Err(self.fail(s)),
+        };
+        self.redirects += 1;
+        let channel = connect_one(&next)
+            .await
+            .map_err(|reason| CliError::Unreachable {
+                addr: next.clone(),
+                reason: format!("redirected by {} ({}): {reason}", self.addr, s.message()),
+            })?;
+        self.client = MonAdminClient::new(channel);
+        self.addr = next;
+        Ok(())
+    }
+
     async fn map(&mut self, epoch: u64) -> Result<ClusterMap, CliError> {
-        let r = self.req(v1::GetMapRequest { epoch });
-        match self.client.get_map(r).await {
-            Ok(m) => Ok(m.into_inner().into()),
-            Err(s) => Err(self.fail(s)),
+        loop {
+            let r = self.req(v1::GetMapRequest { epoch });
+            match self.client.get_map(r).await {
+                Ok(m) => return Ok(m.into_inner().into()),
+                Err(s) => self.follow(s).await?,
+            }
         }
     }
+}
+
+/// Connects to one monitor address (`host:port` or a URI); the error says why not.
+async fn connect_one(one: &str) -> Result<Channel, String> {
+    let uri = if one.contains("://") {
+        one.to_string()
+    } else {
+        format!("http://{one}")
+    };
+    let endpoint = Endpoint::from_shared(uri).map_err(|e| format!("bad address: {e}"))?;
+    endpoint
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| {
+            // The transport error's sources say why (connection refused, timeout...).
+            let mut reason = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                reason = format!("{reason}: {s}");
+                src = s.source();
+            }
+            reason
+        })
 }
 
 async fn connect(cli: &Cli) -> Result<Conn, CliError> {
@@ -154,48 +214,31 @@ async fn connect(cli: &Cli) -> Result<Conn, CliError> {
         .unwrap_or_else(|| DEFAULT_MON.to_string());
     let token = cli.token.clone().or(file.token).ok_or(CliError::NoToken)?;
     let token = carmine_proto::bearer(&token).map_err(|e| CliError::Other(e.to_string()))?;
-    // Several monitors (etcd HA), comma-separated: only the leader listens; use the first
-    // that answers.
+    // Several monitors (etcd HA), comma-separated: use the first that answers; a follower
+    // redirects each call to the leader (see `Conn::follow`).
     let mut failures = Vec::new();
-    for one in addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-        let uri = if one.contains("://") {
-            one.to_string()
-        } else {
-            format!("http://{one}")
-        };
-        let endpoint = match Endpoint::from_shared(uri) {
-            Ok(e) => e,
-            Err(e) => {
-                failures.push(format!("{one}: bad address: {e}"));
-                continue;
-            }
-        };
-        match endpoint
-            .connect_timeout(Duration::from_secs(3))
-            .connect()
-            .await
-        {
+    let list: Vec<String> = addr
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect();
+    for (i, one) in list.iter().enumerate() {
+        match connect_one(one).await {
             Ok(channel) => {
                 return Ok(Conn {
-                    addr: one.to_string(),
+                    addr: one.clone(),
                     client: MonAdminClient::new(channel),
                     token,
+                    rest: list[i + 1..].to_vec(),
+                    redirects: 0,
                 })
             }
-            Err(e) => {
-                // The transport error's sources say why (connection refused, timeout...).
-                let mut reason = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    reason = format!("{reason}: {s}");
-                    src = s.source();
-                }
-                failures.push(if addr.contains(',') {
-                    format!("{one}: {reason}")
-                } else {
-                    reason
-                });
-            }
+            Err(reason) => failures.push(if list.len() > 1 {
+                format!("{one}: {reason}")
+            } else {
+                reason
+            }),
         }
     }
     Err(CliError::Unreachable {
@@ -208,12 +251,16 @@ async fn connect(cli: &Cli) -> Result<Conn, CliError> {
     })
 }
 
+/// One call, following follower redirects.
 macro_rules! call {
     ($c:expr, $method:ident, $msg:expr) => {{
-        let r = $c.req($msg);
-        match $c.client.$method(r).await {
-            Ok(r) => r.into_inner(),
-            Err(s) => return Err($c.fail(s)),
+        let msg = $msg;
+        loop {
+            let r = $c.req(msg.clone());
+            match $c.client.$method(r).await {
+                Ok(r) => break r.into_inner(),
+                Err(s) => $c.follow(s).await?,
+            }
         }
     }};
 }

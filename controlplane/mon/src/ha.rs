@@ -1,10 +1,12 @@
 //! High availability through etcd: several monitors, one leader.
 //!
-//! Every monitor started with `--etcd` first campaigns for leadership of the election
-//! `<prefix>/leader` with a lease of `--etcd-lease-secs`, kept alive by a background task. Only
-//! the elected monitor loads the map history from etcd and starts listening; the others wait in
-//! the campaign and do not listen at all, so clients given the list of monitor addresses
-//! (`carmine --mon a,b`, the agent's `mon_addr`) fail over to whichever one answers. When the
+//! Every monitor started with `--etcd` listens at once and campaigns for leadership of the
+//! election `<prefix>/leader` with a lease of `--etcd-lease-secs`, kept alive by a background
+//! task; the election value is the monitor's advertised address. Only the elected monitor loads
+//! the map history from etcd and serves it. The others follow: they read the election's current
+//! value ([`watch_leader`]) and answer every call with a redirect naming the leader
+//! ([`carmine_proto::not_leader`]: code `Unavailable`, metadata `carmine-leader`), which the CLI
+//! and the agent follow; clients also keep failing over across their list of monitors. When the
 //! leader dies, its lease expires, the next campaigner wins, and it serves the same history.
 //!
 //! Map commits are fenced: each epoch is written in one etcd transaction that succeeds only if
@@ -18,8 +20,11 @@
 //! leader's address).
 //!
 //! The monitor's state machine is synchronous; an etcd commit runs the async call with
-//! `block_in_place` on the (multi-threaded) runtime. Map changes are a serial log anyway, and
-//! a change is acknowledged only once etcd has it.
+//! `block_in_place`, holding the state lock. Map changes are a serial log anyway, and a change
+//! is acknowledged only once etcd has it. The store's etcd client lives on its own one-worker
+//! runtime: while a commit holds the lock, the server's workers may all be parked waiting for
+//! that lock, and the client's connection tasks must still make progress (on the server's
+//! runtime they could not: a deadlock).
 
 use std::time::Duration;
 
@@ -42,6 +47,9 @@ pub enum HaError {
     /// The campaign ended without a leader key.
     #[error("etcd election returned no leader key")]
     NoLeaderKey,
+    /// The etcd store's runtime could not be started.
+    #[error("etcd store runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// The map history in etcd, written only while this monitor leads.
@@ -50,7 +58,17 @@ pub struct EtcdStore {
     prefix: String,
     leader_key: Vec<u8>,
     leader_rev: i64,
-    handle: tokio::runtime::Handle,
+    /// Runs the client's connection tasks; `None` only while dropping.
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which is not allowed inside an async context.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 fn etcd_err(e: etcd_client::Error) -> StoreError {
@@ -66,8 +84,12 @@ impl EtcdStore {
         format!("{}/maps/{epoch:020}", self.prefix)
     }
 
-    fn block<F: std::future::Future>(&self, f: F) -> F::Output {
-        tokio::task::block_in_place(|| self.handle.block_on(f))
+    fn block<F: std::future::Future>(&self, f: F) -> Result<F::Output, StoreError> {
+        let rt = self
+            .rt
+            .as_ref()
+            .ok_or_else(|| StoreError::Etcd("etcd store is shutting down".into()))?;
+        Ok(tokio::task::block_in_place(|| rt.handle().block_on(f)))
     }
 
     /// Every stored map, oldest first.
@@ -75,7 +97,7 @@ impl EtcdStore {
         let mut c = self.client.clone();
         let prefix = format!("{}/maps/", self.prefix);
         let r = self
-            .block(c.get(prefix, Some(GetOptions::new().with_prefix())))
+            .block(c.get(prefix, Some(GetOptions::new().with_prefix())))?
             .map_err(etcd_err)?;
         let mut out = Vec::new();
         for kv in r.kvs() {
@@ -118,7 +140,7 @@ impl EtcdStore {
                 ),
             ]);
         let mut c = self.client.clone();
-        let r = self.block(c.txn(txn)).map_err(etcd_err)?;
+        let r = self.block(c.txn(txn))?.map_err(etcd_err)?;
         if r.succeeded() {
             Ok(())
         } else {
@@ -135,6 +157,51 @@ pub struct Leadership {
     pub lost: watch::Receiver<bool>,
 }
 
+/// How often a follower re-reads who leads.
+const LEADER_POLL: Duration = Duration::from_millis(500);
+
+/// Keeps `tx` set to the address of the current leader of `<prefix>/leader` (`None` while
+/// nobody leads or etcd is unreachable), re-reading it every 500 ms until `tx` has no receiver.
+pub async fn watch_leader(
+    endpoints: Vec<String>,
+    prefix: String,
+    tx: watch::Sender<Option<String>>,
+) {
+    let election = format!("{prefix}/leader");
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(3));
+    let mut client = None;
+    while !tx.is_closed() {
+        if client.is_none() {
+            client = Client::connect(&endpoints, Some(opts.clone())).await.ok();
+        }
+        let leader = match client.as_mut() {
+            Some(c) => match c.leader(election.clone()).await {
+                Ok(r) => r
+                    .kv()
+                    .and_then(|kv| kv.value_str().ok())
+                    .map(str::to_string),
+                // etcd answers "no leader" with an error, as it does when unreachable.
+                Err(e) => {
+                    tracing::debug!(error = %e, "no monitor leader known");
+                    None
+                }
+            },
+            None => None,
+        };
+        tx.send_if_modified(|cur| {
+            let changed = *cur != leader;
+            if changed {
+                tracing::info!(leader = ?leader, "monitor leader");
+                *cur = leader;
+            }
+            changed
+        });
+        tokio::time::sleep(LEADER_POLL).await;
+    }
+}
+
 /// Connects to etcd and campaigns until this monitor leads. `advertise` is published as the
 /// leader's address.
 pub async fn campaign(
@@ -146,7 +213,7 @@ pub async fn campaign(
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(Duration::from_secs(5));
-    let mut client = Client::connect(endpoints, Some(opts)).await?;
+    let mut client = Client::connect(endpoints, Some(opts.clone())).await?;
     let lease = client.lease_grant(lease_secs.max(2), None).await?.id();
     let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
     let (lost_tx, lost) = watch::channel(false);
@@ -171,13 +238,25 @@ pub async fn campaign(
     let r = client.campaign(election, advertise, lease).await?;
     let key = r.leader().ok_or(HaError::NoLeaderKey)?;
     tracing::info!(rev = key.rev(), "elected monitor leader");
+    // The store's own client, connected from (so driven by) its own runtime.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("carmine-mon-etcd")
+        .enable_all()
+        .build()
+        .map_err(HaError::Runtime)?;
+    let eps = endpoints.to_vec();
+    let store_client = rt
+        .spawn(async move { Client::connect(eps, Some(opts)).await })
+        .await
+        .map_err(|e| HaError::Runtime(std::io::Error::other(e.to_string())))??;
     Ok(Leadership {
         store: EtcdStore {
             leader_key: key.key().to_vec(),
             leader_rev: key.rev(),
-            client,
+            client: store_client,
             prefix: prefix.to_string(),
-            handle: tokio::runtime::Handle::current(),
+            rt: Some(rt),
         },
         lost,
     })

@@ -13,7 +13,9 @@
 //! * [`health`]: HEALTH_OK/WARN/ERR with reasons, computed from the map with the placement
 //!   function;
 //! * [`store`]: the crash-safe map history (redb by default);
-//! * [`ha`]: the etcd backend for several monitors with one elected leader.
+//! * [`ha`]: the etcd backend for several monitors with one elected leader; the others listen
+//!   and redirect every call to it (an empty [`service::MonSlot`] answers with
+//!   [`carmine_proto::not_leader`]).
 //!
 //! Placement itself is not here: it is the `carmine-placement` library, which the OSDs and the
 //! clients run themselves, so nobody asks the monitor where an object lives.
@@ -26,7 +28,6 @@ pub mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use carmine_proto::v1::{mon_admin_server::MonAdminServer, mon_cluster_server::MonClusterServer};
@@ -34,7 +35,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::service::{check_token, AdminSvc, ClusterSvc};
+use crate::service::{check_token, AdminSvc, ClusterSvc, MonSlot, Shared};
 use crate::state::{MonError, Monitor, Policy};
 use crate::store::{Backend, MapStore};
 
@@ -56,6 +57,10 @@ pub struct MonConfig {
     /// Address to listen on (loopback by default; port 0 picks a free port).
     #[arg(long, env = "CARMINE_MON_LISTEN", default_value = "127.0.0.1:6790")]
     pub listen: SocketAddr,
+    /// Address clients should use for this monitor, published in etcd when it leads and sent
+    /// by the followers in their redirects (default: the bound listen address).
+    #[arg(long, env = "CARMINE_MON_ADVERTISE")]
+    pub advertise: Option<String>,
     /// Directory of the map store (created if missing); required unless `--etcd` is given.
     #[arg(long, env = "CARMINE_MON_DATA", required_unless_present = "etcd")]
     pub data_dir: Option<PathBuf>,
@@ -100,7 +105,8 @@ pub struct MonConfig {
 }
 
 impl MonConfig {
-    fn policy(&self) -> Policy {
+    /// The state machine's policy from these flags.
+    pub fn policy(&self) -> Policy {
         Policy {
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
             down_grace: Duration::from_millis(self.down_grace_ms),
@@ -176,6 +182,12 @@ pub enum ServeError {
     /// Bad configuration.
     #[error("config: {0}")]
     Config(String),
+    /// The etcd election failed.
+    #[error(transparent)]
+    Ha(#[from] ha::HaError),
+    /// The server task panicked or was cancelled.
+    #[error("server task: {0}")]
+    Task(String),
 }
 
 /// Opens the local store, then serves on `listener` until `shutdown` resolves.
@@ -205,10 +217,24 @@ pub async fn serve_with(
         ));
     }
     let mon = Monitor::open(backend, cfg.policy())?;
-    let shared = Arc::new(Mutex::new(mon));
+    serve_slot(cfg, MonSlot::leading(mon), listener, shutdown).await
+}
 
+/// Serves whatever `slot` holds on `listener` until `shutdown` resolves: redirects to the
+/// leader while the slot is empty (an etcd follower), the monitor once it is installed.
+pub async fn serve_slot(
+    cfg: MonConfig,
+    shared: Shared,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    if cfg.admin_token.is_empty() {
+        return Err(ServeError::Config(
+            "the admin token must not be empty".into(),
+        ));
+    }
     // The liveness clock: marks OSDs down/out. A quarter of the grace keeps detection within
-    // 1.25 x grace.
+    // 1.25 x grace. It idles while this monitor follows.
     let tick = Duration::from_millis((cfg.down_grace_ms / 4).clamp(10, 1000));
     let ticker = {
         let shared = shared.clone();
@@ -217,7 +243,8 @@ pub async fn serve_with(
             iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 iv.tick().await;
-                let r = match shared.lock() {
+                let Some(mon) = shared.get() else { continue };
+                let r = match mon.lock() {
                     Ok(mut m) => m.tick(Instant::now()),
                     Err(_) => return,
                 };

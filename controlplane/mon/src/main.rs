@@ -1,7 +1,44 @@
 //! The `carmine-mon` binary: parse flags, bind, serve until SIGINT/SIGTERM.
+//!
+//! With `--etcd` the monitor listens at once as a follower (every call is redirected to the
+//! leader), campaigns, and serves the map once elected; it exits if it loses its lease.
 
+use std::future::Future;
+
+use carmine_mon::service::MonSlot;
+use carmine_mon::store::Backend;
+use carmine_mon::MonConfig;
 use clap::Parser;
 use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+/// Resolves on SIGINT/SIGTERM (`false`) or when `deposed` fires (`true`).
+async fn shutdown_signal(deposed: oneshot::Receiver<()>) -> bool {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    let deposed = async {
+        if deposed.await.is_err() {
+            // Nobody can depose this monitor (no etcd): wait for a signal only.
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+        _ = deposed => {
+            tracing::error!("lost the etcd lease: no longer the leader, stopping");
+            return true;
+        }
+    }
+    tracing::info!("shutting down");
+    false
+}
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -19,31 +56,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let cfg = carmine_mon::MonConfig::parse_from(args);
-    // With etcd, wait to be elected before listening: followers do not answer, so clients
-    // holding the list of monitors fail over to the leader.
-    let mut lost = None;
-    let mut backend = None;
-    if !cfg.etcd.is_empty() {
-        let advertise = cfg.listen.to_string();
-        match carmine_mon::ha::campaign(
-            &cfg.etcd,
-            &cfg.etcd_prefix,
-            cfg.etcd_lease_secs,
-            &advertise,
-        )
-        .await
-        {
-            Ok(l) => {
-                lost = Some(l.lost);
-                backend = Some(carmine_mon::store::Backend::Etcd(Box::new(l.store)));
-            }
-            Err(e) => {
-                eprintln!("carmine-mon: {e}");
-                return std::process::ExitCode::FAILURE;
-            }
-        }
-    }
+    let cfg = MonConfig::parse_from(args);
     let listener = match TcpListener::bind(cfg.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -51,49 +64,29 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    match listener.local_addr() {
-        // Tests and scripts read this line to learn the port when --listen uses port 0.
-        Ok(a) => println!("carmine-mon listening on {a}"),
-        Err(e) => eprintln!("carmine-mon: {e}"),
-    }
-    let shutdown = async {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        let deposed = async {
-            match lost.as_mut() {
-                Some(l) => {
-                    let _ = l.wait_for(|lost| *lost).await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term => {},
-            _ = deposed => {
-                tracing::error!("lost the etcd lease: no longer the leader, stopping");
-                return true;
-            }
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("carmine-mon: {e}");
+            return std::process::ExitCode::FAILURE;
         }
-        tracing::info!("shutting down");
-        false
     };
+    let (depose_tx, depose_rx) = oneshot::channel();
     let deposed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = deposed.clone();
+    let signal = shutdown_signal(depose_rx);
     let shutdown = async move {
-        if shutdown.await {
+        if signal.await {
             flag.store(true, std::sync::atomic::Ordering::Release);
         }
     };
-    let res = match backend {
-        Some(b) => carmine_mon::serve_with(cfg, b, listener, shutdown).await,
-        None => carmine_mon::serve(cfg, listener, shutdown).await,
+    let res = if cfg.etcd.is_empty() {
+        drop(depose_tx);
+        // Tests and scripts read this line to learn the port when --listen uses port 0.
+        println!("carmine-mon listening on {local}");
+        carmine_mon::serve(cfg, listener, shutdown).await
+    } else {
+        serve_etcd(cfg, listener, local, shutdown, depose_tx).await
     };
     if deposed.load(std::sync::atomic::Ordering::Acquire) {
         eprintln!("carmine-mon: lost leadership");
@@ -106,4 +99,68 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// etcd mode: serve redirects while following, campaign, install the state once elected.
+async fn serve_etcd(
+    cfg: MonConfig,
+    listener: TcpListener,
+    local: std::net::SocketAddr,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    depose: oneshot::Sender<()>,
+) -> Result<(), carmine_mon::ServeError> {
+    let advertise = cfg.advertise.clone().unwrap_or_else(|| local.to_string());
+    let (leader_tx, leader_rx) = watch::channel(None);
+    let slot = MonSlot::following(leader_rx);
+    let watcher = tokio::spawn(carmine_mon::ha::watch_leader(
+        cfg.etcd.clone(),
+        cfg.etcd_prefix.clone(),
+        leader_tx,
+    ));
+    println!("carmine-mon following on {local}");
+    let mut server = tokio::spawn(carmine_mon::serve_slot(
+        cfg.clone(),
+        slot.clone(),
+        listener,
+        shutdown,
+    ));
+    let campaign =
+        carmine_mon::ha::campaign(&cfg.etcd, &cfg.etcd_prefix, cfg.etcd_lease_secs, &advertise);
+    let elected = tokio::select! {
+        r = campaign => r,
+        // Stopped by a signal (or the server failed) before being elected.
+        r = &mut server => {
+            watcher.abort();
+            return r.unwrap_or_else(|e| Err(carmine_mon::ServeError::Task(e.to_string())));
+        }
+    };
+    watcher.abort();
+    let leadership = match elected {
+        Ok(l) => l,
+        Err(e) => {
+            server.abort();
+            return Err(e.into());
+        }
+    };
+    let mut lost = leadership.lost;
+    tokio::spawn(async move {
+        let _ = lost.wait_for(|lost| *lost).await;
+        let _ = depose.send(());
+    });
+    let mon = match carmine_mon::state::Monitor::open(
+        Backend::Etcd(Box::new(leadership.store)),
+        cfg.policy(),
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            server.abort();
+            return Err(e.into());
+        }
+    };
+    slot.install(mon);
+    // Tests and scripts read this line: it means "serving as the leader".
+    println!("carmine-mon listening on {local}");
+    server
+        .await
+        .unwrap_or_else(|e| Err(carmine_mon::ServeError::Task(e.to_string())))
 }

@@ -1,25 +1,71 @@
 //! The gRPC services: `MonCluster` (OSDs) and `MonAdmin` (operators), and the bearer-token
 //! check in front of them.
+//!
+//! The services reach the monitor state through a [`MonSlot`]. In etcd mode a monitor listens
+//! before it is elected: its slot is empty and every call (after the credential check) is
+//! answered with [`carmine_proto::not_leader`], naming the current leader, without executing
+//! anything; once elected, the state is installed in the slot and the same server serves.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use carmine_proto::v1::{
     self, map_update::Update, mon_admin_server::MonAdmin, mon_cluster_server::MonCluster,
 };
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
 
 use crate::health::health;
 use crate::state::{BootInfo, MonError, Monitor};
 
-/// Shared handle on the monitor state.
-pub type Shared = Arc<Mutex<Monitor>>;
+/// The monitor state once this monitor leads; until then, who leads.
+pub struct MonSlot {
+    mon: OnceLock<Mutex<Monitor>>,
+    leader: watch::Receiver<Option<String>>,
+}
+
+/// Shared handle on the monitor slot.
+pub type Shared = Arc<MonSlot>;
+
+impl MonSlot {
+    /// A slot that serves `mon` from the start (single monitor, or already elected).
+    pub fn leading(mon: Monitor) -> Shared {
+        let slot = MonSlot::following(watch::channel(None).1);
+        // A fresh OnceLock is empty: this cannot fail.
+        let _ = slot.mon.set(Mutex::new(mon));
+        slot
+    }
+
+    /// An empty slot: calls are redirected to the address `leader` holds.
+    pub fn following(leader: watch::Receiver<Option<String>>) -> Shared {
+        Arc::new(MonSlot {
+            mon: OnceLock::new(),
+            leader,
+        })
+    }
+
+    /// Installs the state on election; `false` if a state was already installed.
+    pub fn install(&self, mon: Monitor) -> bool {
+        self.mon.set(Mutex::new(mon)).is_ok()
+    }
+
+    /// The state, once installed.
+    pub fn get(&self) -> Option<&Mutex<Monitor>> {
+        self.mon.get()
+    }
+
+    /// The redirect a follower answers with.
+    pub fn redirect(&self) -> Status {
+        carmine_proto::not_leader(self.leader.borrow().as_deref())
+    }
+}
 
 fn lock(m: &Shared) -> Result<MutexGuard<'_, Monitor>, Status> {
-    m.lock()
+    m.get()
+        .ok_or_else(|| m.redirect())?
+        .lock()
         .map_err(|_| Status::internal("monitor state poisoned by an earlier panic"))
 }
 
@@ -147,7 +193,7 @@ impl MonCluster for ClusterSvc {
                     }
                     // Fell behind the broadcast buffer (or a gap): resynchronise with a full map.
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let Ok(m) = shared.lock().map(|m| m.map()) else {
+                        let Ok(m) = lock(&shared).map(|m| m.map()) else {
                             return;
                         };
                         last = m.epoch;

@@ -1,6 +1,8 @@
-//! High availability: a 3-member etcd cluster and 2 monitors on loopback. Kill the leader
-//! monitor; the other is elected and serves within a bounded time with every epoch intact, and
-//! the next change makes the next epoch (none lost, none duplicated).
+//! High availability: a 3-member etcd cluster and 2 monitors on loopback. The follower answers
+//! every call (admin and OSD services, the map subscription included) with a redirect naming
+//! the leader, which the CLI follows. Kill the leader monitor; the other is elected and serves
+//! within a bounded time with every epoch intact, and the next change makes the next epoch
+//! (none lost, none duplicated).
 //!
 //! Needs Debian's `etcd-server` (`/usr/bin/etcd`, listed in ci/apt-packages).
 
@@ -12,7 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use carmine_proto::v1;
-use common::{admin, authed, runtime, wait_for, MonProc};
+use clap::Parser;
+use common::{admin, authed, cluster, runtime, wait_for, MonProc};
 use prost::Message;
 
 fn free_port() -> u16 {
@@ -165,6 +168,78 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
     }));
     assert!(booted.is_some(), "agent never booted through the leader");
 
+    // The follower listens too, and redirects every call to the leader without executing it.
+    let url1 = format!("http://{}", listen[1]);
+    let redirect = rt.block_on(wait_for(Duration::from_secs(15), || async {
+        let mut a = tonic::transport::Channel::from_shared(url1.clone())
+            .ok()?
+            .connect()
+            .await
+            .map(v1::mon_admin_client::MonAdminClient::new)
+            .ok()?;
+        let e = a.status(authed(v1::Empty {})).await.err()?;
+        carmine_proto::leader_redirect(&e).map(|leader| (e, leader))
+    }));
+    let (status, leader) = redirect.expect("the follower never answered with a redirect");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(leader, addr0, "the redirect must name the leader");
+    rt.block_on(async {
+        let mut a = admin(&url1).await;
+        // The credential is still checked first.
+        let e = a.status(v1::Empty {}).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+        // A write is redirected, not executed.
+        let e = a
+            .pool_create(authed(v1::PoolCreateRequest {
+                name: "on-follower".into(),
+                pg_num: 8,
+                size: 1,
+                min_size: 1,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(carmine_proto::leader_redirect(&e).as_deref(), Some(&*addr0));
+        // The OSD service too, the map subscription included.
+        let mut c = cluster(&url1).await;
+        let e = c
+            .subscribe(v1::SubscribeRequest { have_epoch: 0 })
+            .await
+            .expect_err("a follower must not stream maps");
+        assert_eq!(carmine_proto::leader_redirect(&e).as_deref(), Some(&*addr0));
+        let e = c
+            .heartbeat(v1::HeartbeatRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(carmine_proto::leader_redirect(&e).as_deref(), Some(&*addr0));
+    });
+    // The CLI given only the follower gets its answers through the redirect (a write and a
+    // read), each executed once by the leader.
+    let carmine = |args: &[&str]| -> Result<String, carmine_cli::CliError> {
+        let mut argv = vec!["carmine", "--token", common::TOKEN];
+        argv.extend_from_slice(args);
+        let cli = carmine_cli::Cli::try_parse_from(argv).expect("cli arguments");
+        rt.block_on(carmine_cli::run(cli))
+    };
+    let out = carmine(&[
+        "--mon",
+        &listen[1],
+        "pool",
+        "create",
+        "via-follower",
+        "--pg-num",
+        "8",
+        "--size",
+        "1",
+    ])
+    .expect("pool create through the follower");
+    println!("carmine --mon <follower> pool create: {out}");
+    let out = carmine(&["--mon", &listen[1], "--format", "json", "status"])
+        .expect("status through the follower");
+    let st: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    // 1: the empty map, 2: the agent's OSD boots, 3: the pool created through the follower.
+    assert_eq!(st["epoch"], 3, "{out}");
+    assert_eq!(st["pools"], 1, "{out}");
+
     // Changes through the leader; remember every epoch's map as encoded.
     let url0 = format!("http://{addr0}");
     let maps: Vec<Vec<u8>> = rt.block_on(async {
@@ -184,8 +259,8 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
             .await
             .unwrap()
             .into_inner();
-        // 1: the empty map, 2: the agent's OSD boots, 3-5: the pools.
-        assert_eq!(cur.epoch, 5);
+        // 1: the empty map, 2: the agent's OSD boots, 3: via-follower, 4-6: the pools.
+        assert_eq!(cur.epoch, 6);
         let mut maps = Vec::new();
         for e in 1..=cur.epoch {
             let m = a
@@ -213,7 +288,7 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
     assert_eq!(addr1, listen[1]);
     assert!(took < Duration::from_secs(15), "takeover took {took:?}");
 
-    let url1 = format!("http://{addr1}");
+    assert_eq!(format!("http://{addr1}"), url1);
     rt.block_on(async {
         let mut a = admin(&url1).await;
         let cur = a
@@ -254,8 +329,14 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
             cur.epoch + 1,
             "the next change must make the next epoch"
         );
-        assert_eq!(p.id, 3, "pool ids continue");
+        assert_eq!(p.id, 4, "pool ids continue");
     });
+    // The CLI given the whole list skips the dead monitor and reaches the new leader.
+    let both = listen.join(",");
+    let out = carmine(&["--mon", &both, "--format", "json", "status"])
+        .expect("status through the monitor list after the takeover");
+    let st: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    assert_eq!(st["epoch"], maps.len() as u64 + 1, "{out}");
     // The agent found the new leader and has the newest map.
     let followed = rt.block_on(wait_for(Duration::from_secs(15), || async {
         (agent.status().map_epoch() == maps.len() as u64 + 1).then_some(())

@@ -6,7 +6,8 @@
 //!
 //! This crate also converts between the wire messages and the in-memory map types of
 //! `carmine-placement` ([`ClusterMap`], [`Incremental`]), and defines the one metadata key
-//! used for credentials ([`AUTH_HEADER`], [`bearer`]).
+//! used for credentials ([`AUTH_HEADER`], [`bearer`]), and the leader redirect a follower
+//! monitor answers with ([`LEADER_HEADER`], [`not_leader`], [`leader_redirect`]).
 
 /// Generated code for package `carmine.v1`.
 #[allow(clippy::all, missing_docs)]
@@ -52,6 +53,44 @@ pub fn check_bearer(
     } else {
         Err(tonic::Status::unauthenticated("credential refused"))
     }
+}
+
+/// gRPC metadata key naming the leader monitor (`host:port`) in a follower's redirect.
+pub const LEADER_HEADER: &str = "carmine-leader";
+
+/// The status a follower monitor answers every call with: code `Unavailable` (the call was not
+/// executed, so repeating it elsewhere is safe) and the [`LEADER_HEADER`] metadata entry, holding
+/// the leader's address, or empty while no leader is known.
+pub fn not_leader(leader: Option<&str>) -> tonic::Status {
+    let value = leader.and_then(|l| {
+        l.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
+            .ok()
+    });
+    let message = match (leader, &value) {
+        (Some(l), Some(_)) => format!("this monitor is not the leader; the leader is {l}"),
+        _ => "this monitor is not the leader; no leader is elected yet".to_string(),
+    };
+    let mut md = tonic::metadata::MetadataMap::new();
+    md.insert(
+        LEADER_HEADER,
+        value.unwrap_or_else(|| tonic::metadata::MetadataValue::from_static("")),
+    );
+    tonic::Status::with_metadata(tonic::Code::Unavailable, message, md)
+}
+
+/// True if `status` comes from a follower monitor ([`not_leader`]), leader known or not.
+pub fn is_not_leader(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable && status.metadata().get(LEADER_HEADER).is_some()
+}
+
+/// The leader address carried by a follower's redirect ([`not_leader`]), if `status` is one
+/// and the follower knew the leader.
+pub fn leader_redirect(status: &tonic::Status) -> Option<String> {
+    if !is_not_leader(status) {
+        return None;
+    }
+    let v = status.metadata().get(LEADER_HEADER)?.to_str().ok()?.trim();
+    (!v.is_empty()).then(|| v.to_string())
 }
 
 /// Conversion errors.
@@ -180,6 +219,26 @@ impl From<v1::MapIncremental> for Incremental {
 mod tests {
     use super::*;
     use prost::Message;
+
+    #[test]
+    fn leader_redirect_roundtrips_and_only_names_a_leader_when_known() {
+        let s = not_leader(Some("127.0.0.1:6791"));
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert_eq!(leader_redirect(&s).as_deref(), Some("127.0.0.1:6791"));
+        assert!(is_not_leader(&s));
+        let none = not_leader(None);
+        assert_eq!(none.code(), tonic::Code::Unavailable);
+        assert!(is_not_leader(&none));
+        assert_eq!(leader_redirect(&none), None);
+        assert!(!is_not_leader(&tonic::Status::unavailable(
+            "connection refused"
+        )));
+        // Another code with the header is not a redirect.
+        let mut md = tonic::metadata::MetadataMap::new();
+        md.insert(LEADER_HEADER, "127.0.0.1:1".parse().unwrap());
+        let other = tonic::Status::with_metadata(tonic::Code::Internal, "x", md);
+        assert_eq!(leader_redirect(&other), None);
+    }
 
     #[test]
     fn map_roundtrips_through_the_wire_encoding() {
