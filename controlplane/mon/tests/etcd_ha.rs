@@ -144,25 +144,28 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
     let f1: Vec<&str> = f1.iter().map(String::as_str).collect();
     let (mut mon1, rx1) = MonProc::spawn(&dir.path().join("mon1"), &f1);
 
+    let start_agent = |mon_addr: String, uuid: &str, host: &str| {
+        carmine_agent::Agent::start(
+            carmine_agent::AgentConfig {
+                mon_addr,
+                uuid: uuid.into(),
+                host: host.into(),
+                public_addr: "127.0.0.1:6800".into(),
+                cluster_addr: "127.0.0.1:6801".into(),
+                shard_ports: vec![6800],
+                weight: 1.0,
+                admin_listen: "127.0.0.1:0".parse().unwrap(),
+                admin_token: common::TOKEN.into(),
+                cluster_token: None,
+            },
+            Vec::new(),
+            std::sync::Arc::new(NoStats),
+            std::sync::Arc::new(carmine_agent::MemConfig::default()),
+        )
+        .unwrap()
+    };
     // An OSD agent that knows both monitors follows whichever leads.
-    let agent = carmine_agent::Agent::start(
-        carmine_agent::AgentConfig {
-            mon_addr: listen.join(","),
-            uuid: "uuid-ha".into(),
-            host: "hostA".into(),
-            public_addr: "127.0.0.1:6800".into(),
-            cluster_addr: "127.0.0.1:6801".into(),
-            shard_ports: vec![6800],
-            weight: 1.0,
-            admin_listen: "127.0.0.1:0".parse().unwrap(),
-            admin_token: common::TOKEN.into(),
-            cluster_token: None,
-        },
-        Vec::new(),
-        std::sync::Arc::new(NoStats),
-        std::sync::Arc::new(carmine_agent::MemConfig::default()),
-    )
-    .unwrap();
+    let agent = start_agent(listen.join(","), "uuid-ha", "hostA");
     let booted = rt.block_on(wait_for(Duration::from_secs(15), || async {
         (agent.status().map_epoch() >= 2).then_some(())
     }));
@@ -239,6 +242,16 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
     // 1: the empty map, 2: the agent's OSD boots, 3: the pool created through the follower.
     assert_eq!(st["epoch"], 3, "{out}");
     assert_eq!(st["pools"], 1, "{out}");
+    // An agent given only the follower boots through the redirect.
+    let agent2 = start_agent(listen[1].clone(), "uuid-ha-2", "hostB");
+    let booted2 = rt.block_on(wait_for(Duration::from_secs(15), || async {
+        (agent2.status().map_epoch() >= 4).then_some(())
+    }));
+    assert!(
+        booted2.is_some(),
+        "an agent given only the follower never booted (epoch {})",
+        agent2.status().map_epoch()
+    );
 
     // Changes through the leader; remember every epoch's map as encoded.
     let url0 = format!("http://{addr0}");
@@ -259,8 +272,9 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
             .await
             .unwrap()
             .into_inner();
-        // 1: the empty map, 2: the agent's OSD boots, 3: via-follower, 4-6: the pools.
-        assert_eq!(cur.epoch, 6);
+        // 1: the empty map, 2: the agent's OSD boots, 3: via-follower, 4: the second agent's
+        // OSD boots (through the redirect), 5-7: the pools.
+        assert_eq!(cur.epoch, 7);
         let mut maps = Vec::new();
         for e in 1..=cur.epoch {
             let m = a
@@ -407,6 +421,7 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
         assert_eq!(p.epoch, last + 1);
     });
     drop(agent);
+    drop(agent2);
 
     // The fence itself, deterministically: a store that won an election under another prefix
     // cannot commit over an epoch someone else wrote, nor once its election key is gone.
