@@ -9,50 +9,12 @@ mod common;
 mod spdk;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use carmine_bdevstore::{format, fsck, BdevStore};
 use carmine_dpdk::Eal;
 use carmine_objectstore::testkit::{compare, Model};
 use carmine_objectstore::{drive, CollectionId, ObjectId, Transaction};
-use carmine_spdk::{BdevKind, SpdkBlockDevice};
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_qsd(img: &Path, sock: &Path) -> Daemon {
-    let child = Command::new("qemu-storage-daemon")
-        .arg("--blockdev")
-        .arg(format!(
-            "driver=file,node-name=disk0,filename={}",
-            img.display()
-        ))
-        .arg("--export")
-        .arg(format!(
-            "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path={},writable=on",
-            sock.display()
-        ))
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start qemu-storage-daemon (Debian package qemu-system-common)");
-    let d = Daemon(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "qemu-storage-daemon did not create its socket"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    d
-}
+use carmine_spdk::{BdevKind, SpdkBlockDevice, VhostBlkExport};
 
 const BDEV: &str = "StoreVirtio0";
 
@@ -77,7 +39,7 @@ fn bdevstore_on_virtio_blk_over_qemu_storage_daemon() {
     let img = dir.path().join("disk.img");
     spdk::image(&img, common::DEV_BLOCKS_4K * 4096);
     let sock = dir.path().join("vhost.sock");
-    let qsd = start_qsd(&img, &sock);
+    let qsd = VhostBlkExport::start(&img, &sock).expect("qemu-storage-daemon export");
 
     let prefix = format!("carmine-store-virtio-{}", std::process::id());
     let spdk = spdk::start_with(256, Some(prefix));

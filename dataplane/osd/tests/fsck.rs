@@ -7,12 +7,12 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use carmine_bdevstore::{format, BdevStore, FormatOptions, MountOptions};
 use carmine_objectstore::device::FileDevice;
 use carmine_objectstore::{drive, CollectionId, ObjectId, Transaction};
+use carmine_spdk::VhostBlkExport;
 
 const BLOCKS: u64 = 2048;
 
@@ -52,40 +52,6 @@ fn fsck_kind(kind: &str, path: &Path) -> (Output, serde_json::Value) {
     (out, v)
 }
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// qemu-storage-daemon exporting `img` as vhost-user-blk on `sock`.
-fn start_qsd(img: &Path, sock: &Path) -> Daemon {
-    let child = Command::new("qemu-storage-daemon")
-        .arg("--blockdev")
-        .arg(format!(
-            "driver=file,node-name=disk0,filename={}",
-            img.display()
-        ))
-        .arg("--export")
-        .arg(format!(
-            "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path={},writable=on",
-            sock.display()
-        ))
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start qemu-storage-daemon (Debian package qemu-system-common)");
-    let d = Daemon(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "no vhost-user socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    d
-}
-
 #[test]
 fn fsck_on_aio_bdev_clean_then_corrupt() {
     let dir = tempfile::tempdir().unwrap();
@@ -123,7 +89,7 @@ fn fsck_on_aio_bdev_clean_then_corrupt() {
     // The same image through qemu-storage-daemon and the SPDK virtio bdev.
     {
         let sock = dir.path().join("vhost.sock");
-        let _qsd = start_qsd(&path, &sock);
+        let _qsd = VhostBlkExport::start(&path, &sock).expect("qemu-storage-daemon export");
         let (out, v) = fsck_kind("virtio-blk", &sock);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "virtio: {v} {stderr}");

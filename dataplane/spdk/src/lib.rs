@@ -10,6 +10,7 @@
 //!   shard that submitted them.
 //! - [`Bdev`]: an open bdev with an I/O channel of the current SPDK thread.
 //! - [`DmaBuf`]: hugepage-backed memory a device can DMA into.
+//! - [`VhostBlkExport`]: a file exported by qemu-storage-daemon for the virtio bdev (CI mode).
 //! - [`SpdkBlockDevice`]: a [`Bdev`] behind the store's `BlockDevice` contract
 //!   (`carmine-objectstore`): polls its SPDK thread, routes completions by token, queues and
 //!   retries submissions SPDK refuses for lack of a `bdev_io`.
@@ -29,11 +30,13 @@ mod blockdev;
 mod dma;
 mod env;
 pub mod selftest;
+mod vhost_export;
 
 pub use bdev::{reap, Bdev, BdevInfo, Completion, IoKind};
 pub use blockdev::{BlockDeviceError, SpdkBlockDevice};
 pub use dma::DmaBuf;
 pub use env::{BdevKind, Spdk, SpdkThread};
+pub use vhost_export::{ExportError, VhostBlkExport};
 
 /// Errors from the SPDK layer.
 #[derive(Debug, thiserror::Error)]

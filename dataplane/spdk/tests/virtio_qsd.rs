@@ -10,47 +10,9 @@ mod common;
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use carmine_dpdk::Eal;
-use carmine_spdk::{Bdev, BdevKind, DmaBuf};
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_qsd(img: &Path, sock: &Path) -> Daemon {
-    let child = Command::new("qemu-storage-daemon")
-        .arg("--blockdev")
-        .arg(format!(
-            "driver=file,node-name=disk0,filename={}",
-            img.display()
-        ))
-        .arg("--export")
-        .arg(format!(
-            "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path={},writable=on",
-            sock.display()
-        ))
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start qemu-storage-daemon (Debian package qemu-system-common)");
-    let d = Daemon(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "qemu-storage-daemon did not create its socket"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    d
-}
+use carmine_spdk::{Bdev, BdevKind, DmaBuf, VhostBlkExport};
 
 const OFFSETS: [u64; 4] = [0, 12288, 1 << 20, (16 << 20) - 4096];
 
@@ -63,7 +25,7 @@ fn virtio_blk_bdev_over_qemu_storage_daemon() {
         .set_len(16 << 20)
         .unwrap();
     let sock = dir.path().join("vhost.sock");
-    let _qsd = start_qsd(&img, &sock);
+    let _qsd = VhostBlkExport::start(&img, &sock).expect("qemu-storage-daemon export");
 
     // vhost-user passes our hugepage files to the daemon: they must exist (no --in-memory),
     // one per memseg list (--single-file-segments), under a prefix of our own.
