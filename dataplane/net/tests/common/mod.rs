@@ -147,9 +147,12 @@ pub fn concurrent_64(addr: SocketAddr, probe: Arc<Probe>, spawn: &Spawner) {
             spawn(Box::new(move || {
                 let mut s = connect(addr);
                 let req = vec![k as u8; 100 + k];
-                client::request(&mut s, &req, 64 + k).expect("round trip");
+                // Reach the barriers even on failure, so a failed client fails the test instead
+                // of leaving the others waiting forever.
+                let first = client::request(&mut s, &req, 64 + k);
                 b.wait();
                 r.wait();
+                first.expect("round trip");
                 client::request(&mut s, &req, 4096).expect("round trip after all connected");
                 1
             }))
