@@ -93,6 +93,9 @@ pub struct RxToken {
 
 pub struct TxToken<'a> {
     dev: &'a mut DpdkDevice,
+    /// Taken by `transmit` up front (so "no mbuf" is a clean `None` there); the token paired
+    /// with a received frame takes one only if smoltcp answers through it.
+    mbuf: Option<Mbuf>,
 }
 
 impl phy::RxToken for RxToken {
@@ -105,10 +108,10 @@ impl phy::RxToken for RxToken {
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let dev = self.dev;
-        let mut m = match dev.pool.alloc() {
+        let mut m = match self.mbuf.map_or_else(|| dev.pool.alloc(), Ok) {
             Ok(m) => m,
-            // `transmit` checked that the pool had an mbuf; if it raced empty, the frame is
-            // built and dropped (TCP retransmits it).
+            // Only a reply to a received frame gets here without an mbuf: the frame is built
+            // and dropped (ARP and TCP retry).
             Err(_) => {
                 dev.stats.tx_deferred += 1;
                 let n = len.min(dev.scratch.len());
@@ -146,18 +149,33 @@ impl phy::Device for DpdkDevice {
     fn receive(&mut self, _ts: Instant) -> Option<(RxToken, TxToken<'_>)> {
         let mbuf = self.next_frame()?;
         self.stats.rx_frames += 1;
-        Some((RxToken { mbuf }, TxToken { dev: self }))
+        Some((
+            RxToken { mbuf },
+            TxToken {
+                dev: self,
+                mbuf: None,
+            },
+        ))
     }
 
     fn transmit(&mut self, _ts: Instant) -> Option<TxToken<'_>> {
         if self.tx.is_full() {
             self.send_batch();
         }
-        if self.tx.is_full() || self.pool.available() == 0 {
+        if self.tx.is_full() {
             self.stats.tx_deferred += 1;
             return None;
         }
-        Some(TxToken { dev: self })
+        match self.pool.alloc() {
+            Ok(m) => Some(TxToken {
+                dev: self,
+                mbuf: Some(m),
+            }),
+            Err(_) => {
+                self.stats.tx_deferred += 1;
+                None
+            }
+        }
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
