@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use carmine_proto::v1;
 use clap::Parser;
-use common::{admin, authed, cluster, runtime, wait_for, MonProc};
+use common::{admin, authed, cluster, create_pools, runtime, wait_for, MonProc};
 use prost::Message;
 
 fn free_port() -> u16 {
@@ -257,16 +257,7 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
     let url0 = format!("http://{addr0}");
     let maps: Vec<Vec<u8>> = rt.block_on(async {
         let mut a = admin(&url0).await;
-        for i in 0..3 {
-            a.pool_create(authed(v1::PoolCreateRequest {
-                name: format!("p{i}"),
-                pg_num: 8,
-                size: 1,
-                min_size: 1,
-            }))
-            .await
-            .unwrap();
-        }
+        create_pools(&mut a, "p", 0..3).await;
         let cur = a
             .get_map(authed(v1::GetMapRequest { epoch: 0 }))
             .await

@@ -3,7 +3,7 @@
 mod common;
 
 use carmine_proto::v1;
-use common::{admin, authed, cluster, runtime, MonProc};
+use common::{admin, authed, cluster, create_pools, runtime, MonProc};
 use tonic::Code;
 
 fn boot_req(uuid: &str, host: &str) -> v1::BootRequest {
@@ -168,16 +168,7 @@ fn subscription_sends_backlog_then_live_incrementals() {
         use tokio_stream::StreamExt;
         let mut a = admin(&mon.url()).await;
         let mut c = cluster(&mon.url()).await;
-        for i in 0..3 {
-            a.pool_create(authed(v1::PoolCreateRequest {
-                name: format!("p{i}"),
-                pg_num: 8,
-                size: 1,
-                min_size: 1,
-            }))
-            .await
-            .unwrap();
-        }
+        create_pools(&mut a, "p", 0..3).await;
         // Epochs: 1 (empty), 2, 3, 4. A subscriber at epoch 2 gets incrementals 3 and 4.
         let mut s = c
             .subscribe(v1::SubscribeRequest { have_epoch: 2 })
@@ -280,16 +271,7 @@ fn config_file_sets_flags_and_the_command_line_wins() {
             .unwrap()
             .into_inner();
         assert_eq!(b.heartbeat_interval_ms, 250);
-        for i in 0..4 {
-            a.pool_create(authed(v1::PoolCreateRequest {
-                name: format!("p{i}"),
-                pg_num: 8,
-                size: 1,
-                min_size: 1,
-            }))
-            .await
-            .unwrap();
-        }
+        create_pools(&mut a, "p", 0..4).await;
         // map-history = 3 from the file: only the last 3 epochs are held.
         let cur = a
             .get_map(authed(v1::GetMapRequest { epoch: 0 }))

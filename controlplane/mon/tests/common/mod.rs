@@ -152,3 +152,21 @@ where
     }
     None
 }
+
+/// Creates pools `{prefix}{i}` for every i in `range` (8 PGs, size 1), each a new epoch.
+pub async fn create_pools(
+    a: &mut MonAdminClient<Channel>,
+    prefix: &str,
+    range: std::ops::Range<u32>,
+) {
+    for i in range {
+        a.pool_create(authed(carmine_proto::v1::PoolCreateRequest {
+            name: format!("{prefix}{i}"),
+            pg_num: 8,
+            size: 1,
+            min_size: 1,
+        }))
+        .await
+        .unwrap();
+    }
+}
