@@ -22,4 +22,4 @@ pub mod map;
 pub mod placement;
 
 pub use map::{ClusterMap, Incremental, MapError, Osd, Pool};
-pub use placement::{object_to_pg, pg_to_osds, PlacementError, PLACEMENT_SEED};
+pub use placement::{object_to_pg, pg_to_osds, pg_to_shard, PlacementError, PLACEMENT_SEED};

@@ -83,6 +83,14 @@ fn draw(key: u64, item: u64, weight: f64) -> f64 {
     libm::log(u) / weight
 }
 
+/// The shard (polling core) of an OSD with `shard_count` shards that owns PG `pg`. Clients
+/// use it to send each op straight to the owning shard's port (`Osd::shard_ports`), so the data
+/// path makes no cross-shard hop; the OSD uses it to route ops that arrive elsewhere.
+/// A `shard_count` of 0 (an OSD that has not said) means one shard.
+pub fn pg_to_shard(pg: u32, shard_count: u32) -> u32 {
+    pg % shard_count.max(1)
+}
+
 /// Ordered OSD list (primary first) of PG `pg` of `pool`. Shorter than `pool.size` only when
 /// there are fewer candidate OSDs than that.
 pub fn pg_to_osds(map: &ClusterMap, pool: &Pool, pg: u32) -> Vec<u32> {
@@ -165,5 +173,21 @@ mod tests {
             .count();
         // Ideal is 1/11 of 10000 = 909; every moved key must go to the new bucket.
         assert!(moved > 700 && moved < 1100, "moved {moved}");
+    }
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::pg_to_shard;
+
+    #[test]
+    fn pg_to_shard_spreads_and_handles_zero() {
+        assert_eq!(pg_to_shard(7, 0), 0);
+        assert_eq!(pg_to_shard(7, 1), 0);
+        let mut per = [0u32; 3];
+        for pg in 0..300 {
+            per[pg_to_shard(pg, 3) as usize] += 1;
+        }
+        assert_eq!(per, [100, 100, 100]);
     }
 }
