@@ -11,9 +11,15 @@
 //!   SPSC ring). A sink that refuses (ring full) gets the newest map again shortly after: maps are
 //!   whole `Arc<ClusterMap>`s, so a shard that skips an epoch loses nothing;
 //! * serves the OSD's admin gRPC (`OsdAdmin`: status, perf counters from a [`Stats`] provider,
-//!   config get/set through a [`ConfigStore`]), behind the admin bearer token.
+//!   config get/set through a [`ConfigStore`]), behind the admin bearer token;
+//! * keeps the client keyring (the keys the monitor issued to data-path clients) in a
+//!   [`SharedKeyring`] the OSD's shards read at handshake time: fetched right after each boot,
+//!   then every [`KEYRING_REFRESH`] and whenever a heartbeat reply shows a keyring version
+//!   other than the one held.
 //!
-//! Invariant: epochs reach each sink in increasing order, never twice.
+//! Invariants: epochs reach each sink in increasing order, never twice. The keyring is replaced
+//! whole (readers see the old or the new set, never a mix), only when the monitor's keyring
+//! version changed.
 //!
 //! [`Agent::start`] returns once the admin listener is bound; dropping the [`Agent`] stops the
 //! thread and joins it.
@@ -21,14 +27,69 @@
 mod admin;
 mod run;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use carmine_placement::ClusterMap;
+use carmine_wire::AuthKey;
 use tokio::sync::oneshot;
+
+/// How often the agent fetches the keyring from the monitor even when no heartbeat reply
+/// showed a change.
+pub const KEYRING_REFRESH: Duration = Duration::from_secs(2);
+
+/// The client keys the monitor issued, shared by the agent (writer) and the OSD shards
+/// (readers, at handshake time only).
+#[derive(Debug, Default)]
+pub struct SharedKeyring {
+    keys: RwLock<HashMap<String, AuthKey>>,
+    version: AtomicU64,
+}
+
+impl SharedKeyring {
+    /// Empty, version 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// 0 until the first fetch; grows by one on every [`replace`](Self::replace).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Number of client keys held.
+    pub fn len(&self) -> usize {
+        self.keys.read().map(|k| k.len()).unwrap_or(0)
+    }
+
+    /// True when no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Replaces every key at once.
+    pub fn replace(&self, keys: impl IntoIterator<Item = (String, AuthKey)>) {
+        let next: HashMap<String, AuthKey> = keys.into_iter().collect();
+        // A writer that panicked left a whole map (we only ever assign): keep using it.
+        let mut k = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        *k = next;
+        self.version.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl carmine_wire::server::Keyring for SharedKeyring {
+    fn key(&self, client_id: &str) -> Option<AuthKey> {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(client_id)
+            .cloned()
+    }
+}
 
 /// Receives each new map for one shard. Called on the agent thread; must not block.
 pub trait MapSink: Send + 'static {
@@ -163,6 +224,7 @@ pub struct AgentStatus {
     epoch: AtomicU64,
     heartbeats_acked: AtomicU64,
     boots: AtomicU64,
+    keyring_version: AtomicU64,
 }
 
 impl AgentStatus {
@@ -184,6 +246,11 @@ impl AgentStatus {
     pub fn boots(&self) -> u64 {
         self.boots.load(Ordering::Acquire)
     }
+    /// The monitor's keyring version last installed in the [`SharedKeyring`] (0 before the
+    /// first fetch).
+    pub fn keyring_version(&self) -> u64 {
+        self.keyring_version.load(Ordering::Acquire)
+    }
 }
 
 /// A running agent. Dropping it stops the agent thread and waits for it.
@@ -196,12 +263,13 @@ pub struct Agent {
 
 impl Agent {
     /// Binds the admin listener, then starts the agent thread. `sinks` are the shards' map
-    /// sinks, in shard order.
+    /// sinks, in shard order; `keyring` receives the client keys from the monitor.
     pub fn start(
         cfg: AgentConfig,
         sinks: Vec<Box<dyn MapSink>>,
         stats: Arc<dyn Stats>,
         config: Arc<dyn ConfigStore>,
+        keyring: Arc<SharedKeyring>,
     ) -> Result<Agent, AgentError> {
         if cfg.uuid.is_empty() || cfg.host.is_empty() {
             return Err(AgentError::Config("uuid and host must be set".into()));
@@ -227,7 +295,7 @@ impl Agent {
             .name("carmine-agent".into())
             .spawn(move || {
                 rt.block_on(run::agent_main(
-                    cfg, listener, sinks, stats, config, st, stop_rx,
+                    cfg, listener, sinks, stats, config, keyring, st, stop_rx,
                 ))
             })
             .map_err(AgentError::Spawn)?;

@@ -13,7 +13,9 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 
-use crate::{admin, AgentConfig, AgentStatus, ConfigStore, MapSink, Stats};
+use crate::{
+    admin, AgentConfig, AgentStatus, ConfigStore, MapSink, SharedKeyring, Stats, KEYRING_REFRESH,
+};
 
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -97,12 +99,14 @@ fn with_token<T>(msg: T, token: &Option<MetadataValue<Ascii>>) -> Request<T> {
     r
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn agent_main(
     cfg: AgentConfig,
     listener: std::net::TcpListener,
     sinks: Vec<Box<dyn MapSink>>,
     stats: Arc<dyn Stats>,
     config: Arc<dyn ConfigStore>,
+    keyring: Arc<SharedKeyring>,
     status: Arc<AgentStatus>,
     stop: oneshot::Receiver<()>,
 ) {
@@ -147,7 +151,7 @@ pub(crate) async fn agent_main(
                     .cloned()
                     .unwrap_or_default(),
             };
-            match session(&cfg, &addr, &mut shards, stats.as_ref(), &status).await {
+            match session(&cfg, &addr, &mut shards, stats.as_ref(), &keyring, &status).await {
                 Ok(()) => {}
                 Err(SessionError::MustBoot) => {
                     tracing::warn!("monitor has this OSD down: booting again");
@@ -200,6 +204,7 @@ async fn session(
     mon_addr: &str,
     shards: &mut Shards,
     stats: &dyn Stats,
+    keyring: &SharedKeyring,
     status: &AgentStatus,
 ) -> Result<(), SessionError> {
     let uri = if mon_addr.contains("://") {
@@ -237,6 +242,9 @@ async fn session(
     status.boots.fetch_add(1, Ordering::AcqRel);
     tracing::info!(osd = boot.id, epoch = boot.epoch, "booted");
     let hb_interval = Duration::from_millis(boot.heartbeat_interval_ms.clamp(10, 60_000));
+    // The keyring right after boot: the shards cannot admit any client before it.
+    let kr = timed(mon.get_keyring(with_token(v1::Empty {}, &token))).await?;
+    install_keyring(kr, keyring, status);
 
     let have = shards.map.as_ref().map_or(0, |m| m.epoch);
     let mut stream = timed(mon.subscribe(with_token(
@@ -247,6 +255,9 @@ async fn session(
     let mut hb = tokio::time::interval(hb_interval);
     hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry = tokio::time::interval(SINK_RETRY);
+    let mut keys_tick = tokio::time::interval(KEYRING_REFRESH);
+    keys_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    keys_tick.reset(); // the first tick would fire now: the keyring was just fetched
     loop {
         tokio::select! {
             _ = hb.tick() => {
@@ -258,6 +269,7 @@ async fn session(
                             map_epoch: status.map_epoch(),
                             used_bytes: used,
                             capacity_bytes: capacity,
+                            admin_addr: cfg.admin_listen.to_string(),
                         },
                         &token,
                     )))
@@ -266,6 +278,17 @@ async fn session(
                     return Err(SessionError::MustBoot);
                 }
                 status.heartbeats_acked.fetch_add(1, Ordering::AcqRel);
+                // A heartbeat reply that names another keyring version: fetch it now rather
+                // than at the next periodic refresh.
+                if r.keyring_version != 0 && r.keyring_version != status.keyring_version() {
+                    let kr = timed(mon.get_keyring(with_token(v1::Empty {}, &token))).await?;
+                    install_keyring(kr, keyring, status);
+                    keys_tick.reset();
+                }
+            }
+            _ = keys_tick.tick() => {
+                let kr = timed(mon.get_keyring(with_token(v1::Empty {}, &token))).await?;
+                install_keyring(kr, keyring, status);
             }
             u = stream.next() => {
                 let u = match u {
@@ -296,4 +319,32 @@ async fn session(
             _ = retry.tick(), if shards.any_lagging() => shards.retry(),
         }
     }
+}
+
+/// Installs the monitor's keyring into the shards' [`SharedKeyring`] when its version differs
+/// from the one held. A key of the wrong length (a corrupt or newer monitor) is skipped with a
+/// warning: that client is refused, every other one still gets in.
+fn install_keyring(kr: v1::Keyring, keyring: &SharedKeyring, status: &AgentStatus) {
+    if kr.version == status.keyring_version() && keyring.version() != 0 {
+        return;
+    }
+    let keys: Vec<(String, carmine_wire::AuthKey)> = kr
+        .keys
+        .into_iter()
+        .filter_map(|ck| match <[u8; carmine_wire::SECRET_LEN]>::try_from(ck.key.as_slice()) {
+            Ok(k) => Some((ck.id, carmine_wire::AuthKey::new(k))),
+            Err(_) => {
+                tracing::warn!(client = %ck.id, len = ck.key.len(), "monitor sent a key of the wrong length: skipped");
+                None
+            }
+        })
+        .collect();
+    let n = keys.len();
+    keyring.replace(keys);
+    status.keyring_version.store(kr.version, Ordering::Release);
+    tracing::info!(
+        version = kr.version,
+        clients = n,
+        "client keyring installed"
+    );
 }

@@ -16,7 +16,8 @@
 //! fenced commit stops the monitor (it restarts as a follower).
 //!
 //! Keys: `<prefix>/epoch` (decimal), `<prefix>/maps/<epoch, 20 digits>` (protobuf ClusterMap,
-//! the same encoding as the redb store), `<prefix>/leader/...` (the election, value = the
+//! the same encoding as the redb store), `<prefix>/keyring` (protobuf Keyring, the client keys,
+//! written fenced on the leader key only), `<prefix>/leader/...` (the election, value = the
 //! leader's address).
 //!
 //! The monitor's state machine is synchronous; an etcd commit runs the async call with
@@ -80,6 +81,10 @@ impl EtcdStore {
         format!("{}/epoch", self.prefix)
     }
 
+    fn keyring_key(&self) -> String {
+        format!("{}/keyring", self.prefix)
+    }
+
     fn map_key(&self, epoch: u64) -> String {
         format!("{}/maps/{epoch:020}", self.prefix)
     }
@@ -107,6 +112,42 @@ impl EtcdStore {
         }
         out.sort_by_key(|m| m.epoch);
         Ok(out)
+    }
+
+    /// The stored client keyring, if any.
+    pub fn load_keyring(&self) -> Result<Option<v1::Keyring>, StoreError> {
+        let mut c = self.client.clone();
+        let r = self
+            .block(c.get(self.keyring_key(), None))?
+            .map_err(etcd_err)?;
+        match r.kvs().first() {
+            None => Ok(None),
+            Some(kv) => v1::Keyring::decode(kv.value())
+                .map(Some)
+                .map_err(StoreError::KeyringDecode),
+        }
+    }
+
+    /// Replaces the client keyring if this monitor still leads.
+    pub fn commit_keyring(&self, keyring: &v1::Keyring) -> Result<(), StoreError> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.leader_key.clone(),
+                CompareOp::Equal,
+                self.leader_rev,
+            )])
+            .and_then([TxnOp::put(
+                self.keyring_key(),
+                keyring.encode_to_vec(),
+                None,
+            )]);
+        let mut c = self.client.clone();
+        let r = self.block(c.txn(txn))?.map_err(etcd_err)?;
+        if r.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::FencedKeyring)
+        }
     }
 
     /// Writes `map` if this monitor still leads and the stored epoch is `map.epoch - 1`.

@@ -76,7 +76,7 @@ impl From<MonError> for Status {
             MonError::NotFound(_) => Status::not_found(e.to_string()),
             MonError::Exists(_) => Status::already_exists(e.to_string()),
             MonError::Precondition(_) => Status::failed_precondition(e.to_string()),
-            MonError::Store(_) => Status::internal(e.to_string()),
+            MonError::Store(_) | MonError::Random(_) => Status::internal(e.to_string()),
         }
     }
 }
@@ -117,6 +117,7 @@ impl MonCluster for ClusterSvc {
             Instant::now(),
         )?;
         tracing::info!(osd = id, admin_addr = %r_admin, "osd admin service");
+        m.set_admin_addr(id, &r_admin);
         Ok(Response::new(v1::BootReply {
             id,
             epoch,
@@ -137,9 +138,13 @@ impl MonCluster for ClusterSvc {
             r.capacity_bytes,
             Instant::now(),
         );
+        if !must_boot {
+            m.set_admin_addr(r.id, &r.admin_addr);
+        }
         Ok(Response::new(v1::HeartbeatReply {
             epoch: m.map().epoch,
             must_boot,
+            keyring_version: m.keyring_version(),
         }))
     }
 
@@ -214,6 +219,10 @@ impl MonCluster for ClusterSvc {
         req: Request<v1::GetMapRequest>,
     ) -> Result<Response<v1::ClusterMap>, Status> {
         get_map(&self.0, req.into_inner().epoch)
+    }
+
+    async fn get_keyring(&self, _: Request<v1::Empty>) -> Result<Response<v1::Keyring>, Status> {
+        Ok(Response::new(lock(&self.0)?.keyring()))
     }
 }
 
@@ -339,5 +348,61 @@ impl MonAdmin for AdminSvc {
     ) -> Result<Response<v1::MapChangeReply>, Status> {
         let r = req.into_inner();
         changed(lock(&self.0)?.set_flag(&r.flag, r.set))
+    }
+
+    async fn auth_add(
+        &self,
+        req: Request<v1::AuthIdRequest>,
+    ) -> Result<Response<v1::AuthKeyReply>, Status> {
+        let id = req.into_inner().id;
+        let (key, created, keyring_version) = lock(&self.0)?.auth_add(&id)?;
+        Ok(Response::new(v1::AuthKeyReply {
+            id,
+            key: key.to_vec(),
+            created,
+            keyring_version,
+        }))
+    }
+
+    async fn auth_get(
+        &self,
+        req: Request<v1::AuthIdRequest>,
+    ) -> Result<Response<v1::AuthKeyReply>, Status> {
+        let id = req.into_inner().id;
+        let (key, keyring_version) = lock(&self.0)?.auth_get(&id)?;
+        Ok(Response::new(v1::AuthKeyReply {
+            id,
+            key: key.to_vec(),
+            created: false,
+            keyring_version,
+        }))
+    }
+
+    async fn auth_rm(
+        &self,
+        req: Request<v1::AuthIdRequest>,
+    ) -> Result<Response<v1::AuthRmReply>, Status> {
+        let keyring_version = lock(&self.0)?.auth_rm(&req.into_inner().id)?;
+        Ok(Response::new(v1::AuthRmReply { keyring_version }))
+    }
+
+    async fn auth_list(
+        &self,
+        _: Request<v1::Empty>,
+    ) -> Result<Response<v1::AuthListReply>, Status> {
+        let m = lock(&self.0)?;
+        Ok(Response::new(v1::AuthListReply {
+            ids: m.auth_list(),
+            keyring_version: m.keyring_version(),
+        }))
+    }
+
+    async fn osd_admin_addr(
+        &self,
+        req: Request<v1::OsdIdRequest>,
+    ) -> Result<Response<v1::OsdAdminAddrReply>, Status> {
+        let id = req.into_inner().id;
+        let (admin_addr, up) = lock(&self.0)?.osd_admin_addr(id)?;
+        Ok(Response::new(v1::OsdAdminAddrReply { id, admin_addr, up }))
     }
 }

@@ -7,12 +7,18 @@
 //!
 //! The state is plain synchronous code behind one mutex held by the gRPC handlers; no lock is
 //! held across an `.await`.
+//!
+//! Client keys (the data path's handshake secrets) live beside the map, not in it: a keyring
+//! of (client id → 32 random bytes) with a version that grows by one on every change. Each
+//! change is committed to the store (whole keyring) before memory changes or anyone is told.
+//! Each OSD's admin address (from its boot and heartbeats) is soft state, like liveness.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use carmine_placement::{ClusterMap, Incremental, Osd, Pool};
+use carmine_proto::v1;
 use tokio::sync::broadcast;
 
 use crate::store::{Backend, StoreError};
@@ -20,6 +26,31 @@ use crate::store::{Backend, StoreError};
 /// Cluster flags the monitor knows: `noout` (down OSDs are not marked out), `nodown` (missed
 /// heartbeats and failure reports do not mark OSDs down; an admin still can).
 pub const FLAGS: &[&str] = &["noout", "nodown"];
+
+/// Length of a client key in bytes.
+pub const CLIENT_KEY_LEN: usize = 32;
+
+/// Longest client id, in bytes (the data-path handshake's limit too).
+pub const MAX_CLIENT_ID_LEN: usize = 256;
+
+/// Checks a client id: 1 to [`MAX_CLIENT_ID_LEN`] bytes of printable ASCII, no spaces.
+pub fn validate_client_id(id: &str) -> Result<(), MonError> {
+    if id.is_empty() {
+        return Err(MonError::Invalid("client id must not be empty".into()));
+    }
+    if id.len() > MAX_CLIENT_ID_LEN {
+        return Err(MonError::Invalid(format!(
+            "client id is {} bytes long; at most {MAX_CLIENT_ID_LEN} allowed",
+            id.len()
+        )));
+    }
+    if let Some(c) = id.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(MonError::Invalid(format!(
+            "client id {id:?} contains {c:?}: only printable ASCII without spaces is allowed"
+        )));
+    }
+    Ok(())
+}
 
 /// Timing and policy knobs of the monitor.
 #[derive(Debug, Clone)]
@@ -58,6 +89,9 @@ pub enum MonError {
     /// Persistence failed; the change was not made.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The OS random number generator failed; no key was issued.
+    #[error("cannot generate a key: {0}")]
+    Random(String),
 }
 
 /// Liveness of one OSD (soft state).
@@ -117,6 +151,11 @@ pub struct Monitor {
     live: BTreeMap<u32, Liveness>,
     updates: broadcast::Sender<Arc<Incremental>>,
     started: Instant,
+    /// Client id → key, and the keyring's version (as stored).
+    keys: BTreeMap<String, [u8; CLIENT_KEY_LEN]>,
+    keyring_version: u64,
+    /// OSD id → its admin service address (soft state: from boots and heartbeats).
+    admin_addrs: HashMap<u32, String>,
 }
 
 impl Monitor {
@@ -135,7 +174,24 @@ impl Monitor {
             live: BTreeMap::new(),
             updates,
             started: now,
+            keys: BTreeMap::new(),
+            // An empty keyring that was never stored is version 1; the first change stores 2.
+            keyring_version: 1,
+            admin_addrs: HashMap::new(),
         };
+        if let Some(k) = mon.store.load_keyring()? {
+            for ck in k.keys {
+                let key: [u8; CLIENT_KEY_LEN] = ck.key.as_slice().try_into().map_err(|_| {
+                    MonError::Invalid(format!(
+                        "stored key of client {:?} is {} bytes, not {CLIENT_KEY_LEN}",
+                        ck.id,
+                        ck.key.len()
+                    ))
+                })?;
+                mon.keys.insert(ck.id, key);
+            }
+            mon.keyring_version = k.version.max(1);
+        }
         if stored.is_empty() {
             let first = ClusterMap {
                 epoch: 1,
@@ -168,6 +224,7 @@ impl Monitor {
             epoch = mon.map.epoch,
             osds = mon.map.osds.len(),
             pools = mon.map.pools.len(),
+            clients = mon.keys.len(),
             "monitor state loaded"
         );
         Ok(mon)
@@ -225,6 +282,112 @@ impl Monitor {
         self.live
             .iter()
             .map(|(id, l)| (*id, l.used_bytes, l.capacity_bytes))
+    }
+
+    /// The keyring version (grows by one on every key change).
+    pub fn keyring_version(&self) -> u64 {
+        self.keyring_version
+    }
+
+    /// The whole keyring (ids sorted).
+    pub fn keyring(&self) -> v1::Keyring {
+        self.keyring_with(&self.keys, self.keyring_version)
+    }
+
+    fn keyring_with(
+        &self,
+        keys: &BTreeMap<String, [u8; CLIENT_KEY_LEN]>,
+        version: u64,
+    ) -> v1::Keyring {
+        v1::Keyring {
+            version,
+            keys: keys
+                .iter()
+                .map(|(id, k)| v1::ClientKey {
+                    id: id.clone(),
+                    key: k.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Stores `keys` as the next keyring version, then installs it.
+    fn commit_keys(
+        &mut self,
+        keys: BTreeMap<String, [u8; CLIENT_KEY_LEN]>,
+    ) -> Result<u64, MonError> {
+        let version = self.keyring_version + 1;
+        self.store
+            .commit_keyring(&self.keyring_with(&keys, version))?;
+        self.keys = keys;
+        self.keyring_version = version;
+        tracing::info!(version, clients = self.keys.len(), "new keyring version");
+        Ok(version)
+    }
+
+    /// Admin: the key of `id`, created (32 bytes from the OS RNG) if it has none.
+    /// Returns (key, created, keyring version).
+    pub fn auth_add(&mut self, id: &str) -> Result<([u8; CLIENT_KEY_LEN], bool, u64), MonError> {
+        validate_client_id(id)?;
+        if let Some(k) = self.keys.get(id) {
+            return Ok((*k, false, self.keyring_version));
+        }
+        let mut key = [0u8; CLIENT_KEY_LEN];
+        getrandom::fill(&mut key).map_err(|e| MonError::Random(e.to_string()))?;
+        let mut keys = self.keys.clone();
+        keys.insert(id.to_string(), key);
+        let version = self.commit_keys(keys)?;
+        tracing::info!(client = id, version, "client key issued");
+        Ok((key, true, version))
+    }
+
+    /// Admin: the key of `id`.
+    pub fn auth_get(&self, id: &str) -> Result<([u8; CLIENT_KEY_LEN], u64), MonError> {
+        validate_client_id(id)?;
+        self.keys
+            .get(id)
+            .map(|k| (*k, self.keyring_version))
+            .ok_or_else(|| MonError::NotFound(format!("no key for client {id:?}")))
+    }
+
+    /// Admin: removes the key of `id`. Returns the new keyring version.
+    pub fn auth_rm(&mut self, id: &str) -> Result<u64, MonError> {
+        validate_client_id(id)?;
+        if !self.keys.contains_key(id) {
+            return Err(MonError::NotFound(format!("no key for client {id:?}")));
+        }
+        let mut keys = self.keys.clone();
+        keys.remove(id);
+        let version = self.commit_keys(keys)?;
+        tracing::info!(client = id, version, "client key removed");
+        Ok(version)
+    }
+
+    /// Admin: every client id with a key, sorted.
+    pub fn auth_list(&self) -> Vec<String> {
+        self.keys.keys().cloned().collect()
+    }
+
+    /// Admin: where `id`'s admin service listens, and whether the OSD is up.
+    pub fn osd_admin_addr(&self, id: u32) -> Result<(String, bool), MonError> {
+        let o = self
+            .map
+            .osds
+            .get(&id)
+            .ok_or_else(|| MonError::NotFound(format!("osd.{id} does not exist")))?;
+        match self.admin_addrs.get(&id) {
+            Some(a) if !a.is_empty() => Ok((a.clone(), o.up)),
+            _ => Err(MonError::NotFound(format!(
+                "osd.{id} has not reported its admin address to this monitor (it does when it boots or heartbeats)"
+            ))),
+        }
+    }
+
+    /// Remembers an OSD's admin address (from a boot or heartbeat); empty = unchanged.
+    pub fn set_admin_addr(&mut self, id: u32, addr: &str) {
+        if !addr.is_empty() && self.map.osds.contains_key(&id) {
+            self.admin_addrs.insert(id, addr.to_string());
+        }
     }
 
     /// Persists `next` as the next epoch and publishes it. No-op if nothing changed.
@@ -505,6 +668,7 @@ impl Monitor {
         }
         next.osds.remove(&id);
         self.live.remove(&id);
+        self.admin_addrs.remove(&id);
         self.commit(next)
     }
 

@@ -6,6 +6,10 @@
 //! told about it, so a crash never loses an epoch that was announced. Epochs older than the
 //! history window are deleted in the same transaction. Incrementals are not stored: the
 //! monitor rebuilds them from consecutive full maps at start.
+//!
+//! A second table, `aux`, holds state that is not part of the map, one protobuf blob per key:
+//! `keyring` is the client keyring (`v1::Keyring`, keys and version), rewritten whole and
+//! committed before an `auth` change is acknowledged.
 
 use std::path::Path;
 
@@ -15,6 +19,8 @@ use prost::Message;
 use redb::{Database, ReadableTable, TableDefinition};
 
 const MAPS: TableDefinition<u64, &[u8]> = TableDefinition::new("maps");
+const AUX: TableDefinition<&str, &[u8]> = TableDefinition::new("aux");
+const KEYRING: &str = "keyring";
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +36,12 @@ pub enum StoreError {
         "map store (etcd): commit of epoch {0} fenced off: this monitor is no longer the leader"
     )]
     Fenced(u64),
+    /// The etcd keyring commit was refused: this monitor no longer leads.
+    #[error("map store (etcd): keyring commit fenced off: this monitor is no longer the leader")]
+    FencedKeyring,
+    /// The stored keyring does not decode.
+    #[error("map store: the stored keyring is corrupt: {0}")]
+    KeyringDecode(prost::DecodeError),
     /// A stored map does not decode.
     #[error("map store: epoch {epoch} is corrupt: {source}")]
     Decode {
@@ -57,6 +69,7 @@ impl MapStore {
         // Create the table so that readers never see "table does not exist".
         let tx = db.begin_write().map_err(dberr)?;
         tx.open_table(MAPS).map_err(dberr)?;
+        tx.open_table(AUX).map_err(dberr)?;
         tx.commit().map_err(dberr)?;
         Ok(MapStore { db })
     }
@@ -97,6 +110,30 @@ impl MapStore {
         tx.commit().map_err(dberr)?;
         Ok(())
     }
+
+    /// The stored client keyring, if one was ever committed.
+    pub fn load_keyring(&self) -> Result<Option<v1::Keyring>, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(AUX).map_err(dberr)?;
+        let Some(v) = t.get(KEYRING).map_err(dberr)? else {
+            return Ok(None);
+        };
+        v1::Keyring::decode(v.value())
+            .map(Some)
+            .map_err(StoreError::KeyringDecode)
+    }
+
+    /// Durably replaces the client keyring.
+    pub fn commit_keyring(&self, keyring: &v1::Keyring) -> Result<(), StoreError> {
+        let bytes = keyring.encode_to_vec();
+        let tx = self.db.begin_write().map_err(dberr)?;
+        tx.open_table(AUX)
+            .map_err(dberr)?
+            .insert(KEYRING, bytes.as_slice())
+            .map_err(dberr)?;
+        tx.commit().map_err(dberr)?;
+        Ok(())
+    }
 }
 
 /// Where the map history lives: the local redb file, or etcd (high availability).
@@ -127,6 +164,22 @@ impl Backend {
         match self {
             Backend::Redb(s) => s.commit(map, keep),
             Backend::Etcd(s) => s.commit(map, keep),
+        }
+    }
+
+    /// The stored client keyring, if any.
+    pub fn load_keyring(&self) -> Result<Option<v1::Keyring>, StoreError> {
+        match self {
+            Backend::Redb(s) => s.load_keyring(),
+            Backend::Etcd(s) => s.load_keyring(),
+        }
+    }
+
+    /// Durably replaces the client keyring.
+    pub fn commit_keyring(&self, keyring: &v1::Keyring) -> Result<(), StoreError> {
+        match self {
+            Backend::Redb(s) => s.commit_keyring(keyring),
+            Backend::Etcd(s) => s.commit_keyring(keyring),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use carmine_agent::{Agent, AgentConfig, MapSink, MemConfig, SinkFull, Stats};
+use carmine_agent::{Agent, AgentConfig, MapSink, MemConfig, SharedKeyring, SinkFull, Stats};
 use carmine_placement::ClusterMap;
 use carmine_proto::v1;
 use common::{admin, authed, runtime, wait_for, MonProc, TOKEN};
@@ -85,6 +85,7 @@ fn start_agent(mon: &MonProc, uuid: &str, host: &str) -> (Agent, Vec<mpsc::Recei
             ops: AtomicU64::new(0),
         }),
         Arc::new(MemConfig::new([("osd_op_threads", "2"), ("debug_ms", "0")])),
+        Arc::new(SharedKeyring::new()),
     )
     .unwrap();
     (agent, rxs)

@@ -161,6 +161,7 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
             Vec::new(),
             std::sync::Arc::new(NoStats),
             std::sync::Arc::new(carmine_agent::MemConfig::default()),
+            std::sync::Arc::new(carmine_agent::SharedKeyring::new()),
         )
         .unwrap()
     };
