@@ -62,6 +62,8 @@ pub enum Cmd {
     /// Cluster map commands.
     #[command(subcommand)]
     Map(MapCmd),
+    /// Load a pool like `rados bench`: write, then seq or rand reads, verified.
+    Bench(crate::bench::BenchArgs),
     /// Print a shell completion script.
     Completions {
         /// Shell to generate for.

@@ -19,6 +19,7 @@
 //! refused or missing, 5 the monitor rejected the request (not found, invalid...).
 
 pub mod args;
+pub mod bench;
 pub mod output;
 pub mod run;
 

@@ -273,9 +273,15 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
         clap_complete::generate(*shell, &mut Cli::command(), "carmine", &mut buf);
         return String::from_utf8(buf).map_err(|e| CliError::Other(e.to_string()));
     }
+    if let Cmd::Bench(args) = &cli.cmd {
+        // The data path: client credentials, no admin token (see `bench`).
+        let mon = cli.mon.clone().or(load_file(&cli)?.mon);
+        let mon = mon.unwrap_or_else(|| DEFAULT_MON.to_string());
+        return crate::bench::run(&mon, args, cli.format).await;
+    }
     let mut c = connect(&cli).await?;
     Ok(match &cli.cmd {
-        Cmd::Completions { .. } => String::new(),
+        Cmd::Completions { .. } | Cmd::Bench(_) => String::new(),
         Cmd::Status => output::status(&out, &call!(c, status, v1::Empty {})),
         Cmd::Health { detail } => {
             output::health(&out, &call!(c, health, v1::Empty {}), detail.is_some())

@@ -1,0 +1,690 @@
+//! [`Client`]: the cluster-level client. Map from the monitor, placement computed here, one
+//! lazily opened [`Connection`] per (OSD, shard), and the retry loop every op runs through.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use carmine_placement::{ClusterMap, Pool};
+use carmine_wire::{AuthKey, EncodeError, Epoch, HandshakeError, Limits, Op, OpError, OpRequest};
+use carmine_wire::{PgId, PoolId};
+use thiserror::Error;
+use tokio::sync::{watch, OnceCell};
+use tokio::task::JoinHandle;
+use tokio::time::{timeout_at, Instant};
+use tracing::debug;
+
+use crate::conn::{ConnectOptions, Connection};
+use crate::error::ClientError;
+use crate::keyfile::Credentials;
+use crate::mon::{self, MonClient, MonError};
+use crate::reply::Reply;
+use crate::route::{self, PoolRef, RouteError, Target};
+
+/// First pause after an `Again`, a failed connection or a map without a route; doubles up to
+/// [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(2);
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
+/// How long a stale-map retry waits for the subscription to deliver the OSD's epoch before
+/// asking the monitor directly (`GetMap`).
+const SUBSCRIPTION_GRACE: Duration = Duration::from_millis(500);
+
+/// How to reach the cluster and who we are.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Monitor address(es), comma-separated `host:port`.
+    pub mon: String,
+    /// Bearer token of the monitor's OSD-facing service (`--cluster-token` of carmine-mon),
+    /// if it requires one.
+    pub mon_token: Option<String>,
+    pub client_id: String,
+    pub key: AuthKey,
+    /// Deadline of one op, retries included.
+    pub op_timeout: Duration,
+    /// Most resends of one op (stale map, again, reconnect, no route yet).
+    pub retry_budget: u32,
+    /// TCP connect + handshake with one OSD shard.
+    pub connect_timeout: Duration,
+    /// One monitor call.
+    pub mon_timeout: Duration,
+    pub limits: Limits,
+}
+
+impl ClientConfig {
+    /// 30 s per op, 32 retries, 5 s to connect to an OSD shard or get an answer from a
+    /// monitor, default wire limits, no monitor token.
+    pub fn new(mon: impl Into<String>, creds: Credentials) -> Self {
+        ClientConfig {
+            mon: mon.into(),
+            mon_token: None,
+            client_id: creds.id,
+            key: creds.key,
+            op_timeout: Duration::from_secs(30),
+            retry_budget: 32,
+            connect_timeout: Duration::from_secs(5),
+            mon_timeout: Duration::from_secs(5),
+            limits: Limits::DEFAULT,
+        }
+    }
+}
+
+/// Errors of the cluster layer.
+#[derive(Debug, Clone, Error)]
+pub enum Error {
+    #[error("monitor: {0}")]
+    Mon(#[from] MonError),
+    #[error("no pool {pool} in the cluster map (epoch {epoch})")]
+    NoSuchPool { pool: String, epoch: u64 },
+    /// The OSD executed the op and answered with this (not found, invalid, I/O, no space).
+    #[error("{0}")]
+    Op(OpError),
+    #[error("osd.{osd} ({addr}) refused our credentials: {source}")]
+    Auth {
+        osd: u32,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: HandshakeError,
+    },
+    /// The request breaks a wire limit (object name or data too long...): never sent.
+    #[error("request refused before sending: {0}")]
+    Encode(#[from] EncodeError),
+    #[error("op did not complete within {after:?} ({attempts} attempts; last problem: {last})")]
+    Timeout {
+        after: Duration,
+        attempts: u32,
+        last: String,
+    },
+    #[error("gave up after {attempts} attempts (retry budget): {last}")]
+    RetriesExhausted { attempts: u32, last: String },
+    #[error("the server broke the protocol: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// The object (or PG) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Op(OpError::NotFound))
+    }
+}
+
+/// Counters of what the retry loop did, since the client started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Ops completed (successfully or with an OSD-reported error).
+    pub ops: u64,
+    /// Resends of any cause.
+    pub retries: u64,
+    /// Resends after `StaleMap`.
+    pub stale_map_retries: u64,
+    /// Full maps fetched with `GetMap` because the subscription was not fast enough.
+    pub map_fetches: u64,
+    /// Resends after `Again`.
+    pub again_retries: u64,
+    /// Connections opened.
+    pub connects: u64,
+    /// Connections opened to replace one that failed.
+    pub reconnects: u64,
+    /// The epoch of the client's map now.
+    pub map_epoch: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    ops: AtomicU64,
+    retries: AtomicU64,
+    stale_map: AtomicU64,
+    map_fetches: AtomicU64,
+    again: AtomicU64,
+    connects: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The connection of one (OSD, shard). Several ops may need it at once: the `OnceCell` makes
+/// them share one connect attempt. A failed connection is replaced by a new slot, never reset.
+struct Slot {
+    addr: std::net::SocketAddr,
+    /// How many connections this (OSD, shard) had before this slot: > 0 is a reconnect.
+    generation: u64,
+    cell: OnceCell<Arc<Connection>>,
+}
+
+impl Slot {
+    fn new(addr: std::net::SocketAddr, generation: u64) -> Arc<Self> {
+        Arc::new(Slot {
+            addr,
+            generation,
+            cell: OnceCell::new(),
+        })
+    }
+}
+
+struct Inner {
+    cfg: ClientConfig,
+    conn_opts: ConnectOptions,
+    mon: Arc<MonClient>,
+    map: watch::Sender<Arc<ClusterMap>>,
+    conns: Mutex<HashMap<(u32, u32), Arc<Slot>>>,
+    counters: Counters,
+}
+
+/// A client of one Carmine cluster. All methods take `&self`; share it (e.g. in an `Arc`) and
+/// run any number of ops at once. Dropping it stops the map subscription and closes every
+/// connection.
+pub struct Client {
+    inner: Arc<Inner>,
+    follower: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("client_id", &self.inner.cfg.client_id)
+            .field("mon", &self.inner.cfg.mon)
+            .field("epoch", &self.epoch())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+/// What an op addresses: an object (placed by name) or a whole PG (list).
+#[derive(Clone, Copy)]
+enum Place<'a> {
+    Object(&'a str),
+    Pg(u32),
+}
+
+/// One PG's list page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPage {
+    pub names: Vec<String>,
+    /// Pass to the next `list_pg`; `None` when the PG has no more.
+    pub next_cursor: Option<Vec<u8>>,
+}
+
+impl Client {
+    /// Fetches the map (must succeed) and starts following it. Connections to OSDs open on
+    /// first use.
+    pub async fn connect(cfg: ClientConfig) -> Result<Client, Error> {
+        let mon = Arc::new(MonClient::new(
+            &cfg.mon,
+            cfg.mon_token.as_deref(),
+            cfg.mon_timeout,
+        )?);
+        let map = mon.get_map().await?;
+        debug!(epoch = map.epoch, "client got the map");
+        let (tx, _) = watch::channel(Arc::new(map));
+        let mut conn_opts = ConnectOptions::new(cfg.client_id.clone(), cfg.key.clone());
+        conn_opts.limits = cfg.limits;
+        conn_opts.connect_timeout = cfg.connect_timeout;
+        conn_opts.op_timeout = cfg.op_timeout;
+        let inner = Arc::new(Inner {
+            cfg,
+            conn_opts,
+            mon: mon.clone(),
+            map: tx.clone(),
+            conns: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        });
+        let follower = tokio::spawn(mon::follow(mon, tx));
+        Ok(Client { inner, follower })
+    }
+
+    /// The map the client routes with now.
+    pub fn map(&self) -> Arc<ClusterMap> {
+        self.inner.map.borrow().clone()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.inner.map.borrow().epoch
+    }
+
+    /// What the retry loop did so far.
+    pub fn stats(&self) -> ClientStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ClientStats {
+            ops: get(&c.ops),
+            retries: get(&c.retries),
+            stale_map_retries: get(&c.stale_map),
+            map_fetches: get(&c.map_fetches),
+            again_retries: get(&c.again),
+            connects: get(&c.connects),
+            reconnects: get(&c.reconnects),
+            map_epoch: self.epoch(),
+        }
+    }
+
+    /// Fetches the monitor's current map now (normally the subscription keeps it current).
+    /// Returns the client's epoch afterwards.
+    pub async fn refresh_map(&self) -> Result<u64, Error> {
+        self.inner.fetch_map().await?;
+        Ok(self.epoch())
+    }
+
+    /// Waits until the client's map reaches `epoch` (through the subscription), up to `limit`.
+    /// True if it did.
+    pub async fn wait_for_epoch(&self, epoch: u64, limit: Duration) -> bool {
+        self.inner.wait_epoch(epoch, Instant::now() + limit).await
+    }
+
+    /// The pool, from the current map or, when that lacks it, a freshly fetched one.
+    pub async fn pool<'p>(&self, pool: impl Into<PoolRef<'p>>) -> Result<Pool, Error> {
+        let pool = pool.into();
+        let map = self.inner.pool_map(pool).await?;
+        pool.find(&map).cloned().ok_or_else(|| Error::NoSuchPool {
+            pool: pool.to_string(),
+            epoch: map.epoch,
+        })
+    }
+
+    /// Where `object` of `pool` goes with the current map.
+    pub fn locate<'p>(&self, pool: impl Into<PoolRef<'p>>, object: &str) -> Result<Target, Error> {
+        let pool = pool.into();
+        let map = self.map();
+        let p = pool.find(&map).ok_or_else(|| Error::NoSuchPool {
+            pool: pool.to_string(),
+            epoch: map.epoch,
+        })?;
+        route::route_object(&map, p, object).map_err(|e| Error::Protocol(e.to_string()))
+    }
+
+    /// Writes `data` at `offset` of `object`, creating or extending it.
+    pub async fn write<'p>(
+        &self,
+        pool: impl Into<PoolRef<'p>>,
+        object: &str,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Error> {
+        let op = Op::Write {
+            object,
+            offset,
+            data,
+        };
+        self.inner
+            .run(pool.into(), Place::Object(object), op)
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces the whole content of `object` with `data`.
+    pub async fn write_full<'p>(
+        &self,
+        pool: impl Into<PoolRef<'p>>,
+        object: &str,
+        data: &[u8],
+    ) -> Result<(), Error> {
+        let op = Op::WriteFull { object, data };
+        self.inner
+            .run(pool.into(), Place::Object(object), op)
+            .await?;
+        Ok(())
+    }
+
+    /// Reads up to `len` bytes at `offset` (fewer at the end of the object).
+    pub async fn read<'p>(
+        &self,
+        pool: impl Into<PoolRef<'p>>,
+        object: &str,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, Error> {
+        let op = Op::Read {
+            object,
+            offset,
+            len,
+        };
+        match self
+            .inner
+            .run(pool.into(), Place::Object(object), op)
+            .await?
+        {
+            Reply::Read(data) => Ok(data),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The object's size.
+    pub async fn stat<'p>(&self, pool: impl Into<PoolRef<'p>>, object: &str) -> Result<u64, Error> {
+        match self
+            .inner
+            .run(pool.into(), Place::Object(object), Op::Stat { object })
+            .await?
+        {
+            Reply::Stat { size } => Ok(size),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Removes the object.
+    pub async fn remove<'p>(
+        &self,
+        pool: impl Into<PoolRef<'p>>,
+        object: &str,
+    ) -> Result<(), Error> {
+        self.inner
+            .run(pool.into(), Place::Object(object), Op::Remove { object })
+            .await?;
+        Ok(())
+    }
+
+    /// One page (at most `max` names) of PG `pg`, after `cursor` (empty to start).
+    pub async fn list_pg<'p>(
+        &self,
+        pool: impl Into<PoolRef<'p>>,
+        pg: u32,
+        cursor: &[u8],
+        max: u32,
+    ) -> Result<ListPage, Error> {
+        let op = Op::List {
+            cursor,
+            max_entries: max,
+        };
+        match self.inner.run(pool.into(), Place::Pg(pg), op).await? {
+            Reply::List { names, next_cursor } => Ok(ListPage { names, next_cursor }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Every object name of the pool, PG by PG (in PG order, each PG in the OSD's order).
+    pub async fn list<'p>(&self, pool: impl Into<PoolRef<'p>>) -> Result<Vec<String>, Error> {
+        let pool = pool.into();
+        let pg_num = {
+            let map = self.inner.pool_map(pool).await?;
+            pool.find(&map).map_or(0, |p| p.pg_num)
+        };
+        let page = self.inner.cfg.limits.max_list_entries.max(1);
+        let mut out = Vec::new();
+        for pg in 0..pg_num {
+            let mut cursor = Vec::new();
+            loop {
+                let p = self.list_pg(pool, pg, &cursor, page).await?;
+                out.extend(p.names);
+                match p.next_cursor {
+                    Some(c) if !c.is_empty() => cursor = c,
+                    _ => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn unexpected(r: &Reply) -> Error {
+    Error::Protocol(format!("unexpected {:?} reply", r.kind()))
+}
+
+/// What to do after a failed attempt.
+enum Next {
+    /// Give this error to the caller.
+    Fail(Error),
+    /// Pause (growing backoff), then resend.
+    Backoff(String),
+    /// Wait for the map to reach this epoch, then resend.
+    AwaitEpoch(u64, String),
+}
+
+impl Inner {
+    fn lock_conns(&self) -> MutexGuard<'_, HashMap<(u32, u32), Arc<Slot>>> {
+        // Single inserts/removes under the lock: a poisoned map is still consistent.
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn fetch_map(&self) -> Result<(), Error> {
+        bump(&self.counters.map_fetches);
+        let m = self.mon.get_map().await?;
+        mon::publish(&self.map, m);
+        Ok(())
+    }
+
+    /// The current map if it has `pool`, else a freshly fetched one (a pool created after our
+    /// last update); [`Error::NoSuchPool`] if that one has not either.
+    async fn pool_map(&self, pool: PoolRef<'_>) -> Result<Arc<ClusterMap>, Error> {
+        let map = self.map.borrow().clone();
+        if pool.find(&map).is_some() {
+            return Ok(map);
+        }
+        self.fetch_map().await?;
+        let map = self.map.borrow().clone();
+        match pool.find(&map) {
+            Some(_) => Ok(map),
+            None => Err(Error::NoSuchPool {
+                pool: pool.to_string(),
+                epoch: map.epoch,
+            }),
+        }
+    }
+
+    async fn wait_epoch(&self, epoch: u64, deadline: Instant) -> bool {
+        let mut rx = self.map.subscribe();
+        timeout_at(deadline, rx.wait_for(|m| m.epoch >= epoch))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The connection to `t`, opened if needed (concurrent callers share one attempt).
+    async fn conn(&self, t: &Target) -> Result<Arc<Connection>, ClientError> {
+        let slot = {
+            let mut conns = self.lock_conns();
+            let key = (t.osd, t.shard);
+            match conns.get(&key) {
+                Some(s) if s.addr == t.addr && !s.cell.get().is_some_and(|c| c.is_closed()) => {
+                    s.clone()
+                }
+                old => {
+                    let generation =
+                        old.map_or(0, |s| s.generation + u64::from(s.cell.initialized()));
+                    let s = Slot::new(t.addr, generation);
+                    conns.insert(key, s.clone());
+                    s
+                }
+            }
+        };
+        let c = slot
+            .cell
+            .get_or_try_init(|| async {
+                let c = Connection::connect(slot.addr, &self.conn_opts).await?;
+                bump(&self.counters.connects);
+                if slot.generation > 0 {
+                    bump(&self.counters.reconnects);
+                }
+                debug!(osd = t.osd, shard = t.shard, addr = %slot.addr, "connected");
+                Ok::<_, ClientError>(Arc::new(c))
+            })
+            .await?;
+        Ok(c.clone())
+    }
+
+    /// Forgets `conn` (if it is still the one for `t`), so the next attempt reconnects.
+    fn drop_conn(&self, t: &Target, conn: &Arc<Connection>) {
+        let mut conns = self.lock_conns();
+        let key = (t.osd, t.shard);
+        if let Some(s) = conns.get(&key) {
+            if s.cell.get().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+                let next = Slot::new(s.addr, s.generation + 1);
+                conns.insert(key, next);
+            }
+        }
+    }
+
+    /// The route of `place` with `map`.
+    fn target(
+        &self,
+        map: &ClusterMap,
+        pool: PoolRef<'_>,
+        place: Place<'_>,
+    ) -> Result<Target, Next> {
+        // `run` made sure the pool existed: it was removed since.
+        let p = pool.find(map).ok_or_else(|| {
+            Next::Fail(Error::NoSuchPool {
+                pool: pool.to_string(),
+                epoch: map.epoch,
+            })
+        })?;
+        let r = match place {
+            Place::Object(o) => route::route_object(map, p, o),
+            Place::Pg(pg) => route::route_pg(map, p, pg),
+        };
+        r.map_err(|e| match e {
+            // Cannot get better with another map of the same pool.
+            RouteError::NoSuchPg { .. } | RouteError::NoPgs { .. } => {
+                Next::Fail(Error::Protocol(e.to_string()))
+            }
+            // A newer map may bring an OSD back, or a valid announcement.
+            e => Next::Backoff(format!("{e} (map epoch {})", map.epoch)),
+        })
+    }
+
+    /// One attempt: route with the current map, send, classify the outcome.
+    async fn attempt(
+        &self,
+        pool: PoolRef<'_>,
+        place: Place<'_>,
+        op: Op<'_>,
+        deadline: Instant,
+    ) -> Result<Reply, Next> {
+        let map = self.map.borrow().clone();
+        let t = self.target(&map, pool, place)?;
+        let conn = match timeout_at(deadline, self.conn(&t)).await {
+            Err(_) => {
+                return Err(Next::Backoff(format!(
+                    "connecting to {}: timed out",
+                    t.addr
+                )))
+            }
+            Ok(Err(ClientError::Handshake(source))) => {
+                return Err(Next::Fail(Error::Auth {
+                    osd: t.osd,
+                    addr: t.addr,
+                    source,
+                }))
+            }
+            Ok(Err(e)) => {
+                return Err(Next::Backoff(format!(
+                    "osd.{} shard {} ({}): {e}",
+                    t.osd, t.shard, t.addr
+                )))
+            }
+            Ok(Ok(c)) => c,
+        };
+        let req = OpRequest {
+            pool: PoolId(u64::from(t.pool)),
+            pg: PgId(t.pg),
+            epoch: Epoch(map.epoch),
+            op,
+        };
+        let result = match timeout_at(deadline, conn.call(&req)).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout(self.cfg.op_timeout)),
+        };
+        let e = match result {
+            Ok(reply) => return Ok(reply),
+            Err(e) => e,
+        };
+        let here = format!("osd.{} shard {} ({})", t.osd, t.shard, t.addr);
+        Err(match e {
+            ClientError::Op(OpError::StaleMap { osd_epoch }) => {
+                bump(&self.counters.stale_map);
+                // The OSD has a newer map: get there. An OSD behind us catches up by itself.
+                let why = format!(
+                    "{here}: stale map (ours {}, the OSD's {})",
+                    map.epoch, osd_epoch.0
+                );
+                if osd_epoch.0 > map.epoch {
+                    Next::AwaitEpoch(osd_epoch.0, why)
+                } else {
+                    Next::Backoff(why)
+                }
+            }
+            ClientError::Op(OpError::Again) => {
+                bump(&self.counters.again);
+                Next::Backoff(format!("{here}: again"))
+            }
+            ClientError::Op(e) => Next::Fail(Error::Op(e)),
+            ClientError::Encode(e) => Next::Fail(Error::Encode(e)),
+            ClientError::Protocol(p) => {
+                self.drop_conn(&t, &conn);
+                Next::Fail(Error::Protocol(format!("{here}: {p}")))
+            }
+            // Closed, I/O, bad frame, timeout: this connection is done; a new one may work.
+            e => {
+                self.drop_conn(&t, &conn);
+                Next::Backoff(format!("{here}: {e}"))
+            }
+        })
+    }
+
+    /// Runs `op` until it succeeds, fails for good, the deadline passes or the retry budget
+    /// is spent. Every attempt routes with the newest map.
+    async fn run(&self, pool: PoolRef<'_>, place: Place<'_>, op: Op<'_>) -> Result<Reply, Error> {
+        // A pool unknown to our map may be newer than it: one fetch, then NoSuchPool.
+        self.pool_map(pool).await?;
+        let start = Instant::now();
+        let deadline = start + self.cfg.op_timeout;
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempts: u32 = 0;
+        let result = loop {
+            attempts += 1;
+            let next = match self.attempt(pool, place, op, deadline).await {
+                Ok(r) => break Ok(r),
+                Err(Next::Fail(e)) => break Err(e),
+                Err(n) => n,
+            };
+            let last = match &next {
+                Next::Backoff(w) | Next::AwaitEpoch(_, w) => w.clone(),
+                Next::Fail(_) => String::new(),
+            };
+            if attempts > self.cfg.retry_budget {
+                break Err(Error::RetriesExhausted { attempts, last });
+            }
+            let timeout = || Error::Timeout {
+                after: self.cfg.op_timeout,
+                attempts,
+                last: last.clone(),
+            };
+            if Instant::now() >= deadline {
+                break Err(timeout());
+            }
+            debug!(attempts, reason = %last, "retrying op");
+            bump(&self.counters.retries);
+            match next {
+                Next::AwaitEpoch(epoch, _) => {
+                    let grace = (Instant::now() + SUBSCRIPTION_GRACE).min(deadline);
+                    if !self.wait_epoch(epoch, grace).await {
+                        // The subscription is slow or broken: ask the monitor.
+                        if let Err(e) = self.fetch_map().await {
+                            debug!(error = %e, "map refresh failed");
+                        }
+                    }
+                }
+                Next::Backoff(_) => {
+                    let now = Instant::now();
+                    if now + backoff >= deadline {
+                        break Err(timeout());
+                    }
+                    // A new map may end the wait early (e.g. the OSD we failed to reach was
+                    // marked out), so wait on the map, bounded by the backoff.
+                    let epoch = self.map.borrow().epoch;
+                    let _ = self.wait_epoch(epoch + 1, now + backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Next::Fail(_) => {}
+            }
+            if Instant::now() >= deadline {
+                break Err(timeout());
+            }
+        };
+        bump(&self.counters.ops);
+        result
+    }
+}
