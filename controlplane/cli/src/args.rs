@@ -62,6 +62,9 @@ pub enum Cmd {
     /// Cluster map commands.
     #[command(subcommand)]
     Map(MapCmd),
+    /// Client keys for the data path (issued by the monitor, checked by the OSDs).
+    #[command(subcommand)]
+    Auth(AuthCmd),
     /// Load a pool like `rados bench`: write, then seq or rand reads, verified.
     Bench(crate::bench::BenchArgs),
     /// Print a shell completion script.
@@ -116,6 +119,18 @@ pub enum OsdCmd {
         id: u32,
         /// New weight (>= 0).
         weight: f64,
+    },
+    /// An OSD's perf counters, one row per shard, from the OSD's own admin service.
+    Perf {
+        /// OSD id (its admin address is asked from the monitor).
+        #[arg(required_unless_present = "admin_addr", conflicts_with = "admin_addr")]
+        id: Option<u32>,
+        /// The OSD admin service's HOST:PORT: skips the monitor.
+        #[arg(long)]
+        admin_addr: Option<String>,
+        /// The OSD's admin token (default: the monitor admin token, --token).
+        #[arg(long, env = "CARMINE_OSD_TOKEN", hide_env_values = true)]
+        osd_token: Option<String>,
     },
 }
 
@@ -178,4 +193,32 @@ pub enum MapCmd {
         #[arg(long)]
         epoch: Option<u64>,
     },
+}
+
+/// `carmine auth ...`
+#[derive(Debug, Subcommand)]
+pub enum AuthCmd {
+    /// Get-or-create a client key: prints the existing key if the id has one.
+    Add {
+        /// Client id (printable ASCII without spaces, at most 256 bytes), e.g. client.bench.
+        id: String,
+        /// Also write the client key file (TOML `id` and `key`, mode 0600) here.
+        #[arg(long)]
+        keyfile: Option<PathBuf>,
+    },
+    /// Print a client's key.
+    Get {
+        /// Client id.
+        id: String,
+        /// Also write the client key file (TOML `id` and `key`, mode 0600) here.
+        #[arg(long)]
+        keyfile: Option<PathBuf>,
+    },
+    /// Remove a client's key: OSDs refuse the client from their next keyring refresh.
+    Rm {
+        /// Client id.
+        id: String,
+    },
+    /// List the client ids that have a key.
+    Ls,
 }

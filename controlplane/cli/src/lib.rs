@@ -19,8 +19,10 @@
 //! refused or missing, 5 the monitor rejected the request (not found, invalid...).
 
 pub mod args;
+pub mod auth;
 pub mod bench;
 pub mod output;
+pub mod perf;
 pub mod run;
 
 pub use args::Cli;

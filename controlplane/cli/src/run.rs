@@ -10,7 +10,7 @@ use serde::Deserialize;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
 
-use crate::args::{Cli, Cmd, MapCmd, OsdCmd, PgCmd, PoolCmd};
+use crate::args::{AuthCmd, Cli, Cmd, MapCmd, OsdCmd, PgCmd, PoolCmd};
 use crate::output::{self, Out};
 
 /// Default monitor address.
@@ -265,6 +265,14 @@ macro_rules! call {
     }};
 }
 
+/// The token for an OSD's admin service: `--osd-token`, else the monitor admin token.
+fn osd_token_of(cli: &Cli, explicit: &Option<String>) -> Result<String, CliError> {
+    match explicit.clone().or_else(|| cli.token.clone()) {
+        Some(t) => Ok(t),
+        None => load_file(cli)?.token.ok_or(CliError::NoToken),
+    }
+}
+
 /// Runs the parsed command; returns the text to print on stdout.
 pub async fn run(cli: Cli) -> Result<String, CliError> {
     let out = Out { format: cli.format };
@@ -278,6 +286,16 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
         let mon = cli.mon.clone().or(load_file(&cli)?.mon);
         let mon = mon.unwrap_or_else(|| DEFAULT_MON.to_string());
         return crate::bench::run(&mon, args, cli.format).await;
+    }
+    if let Cmd::Osd(OsdCmd::Perf {
+        admin_addr: Some(addr),
+        osd_token,
+        ..
+    }) = &cli.cmd
+    {
+        // Addressed directly: no monitor involved.
+        let t = crate::perf::fetch(addr, &osd_token_of(&cli, osd_token)?).await?;
+        return Ok(crate::perf::render(&out, None, addr, &t));
     }
     let mut c = connect(&cli).await?;
     Ok(match &cli.cmd {
@@ -336,6 +354,13 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                 )
                 .epoch,
             ),
+            OsdCmd::Perf { id, osd_token, .. } => {
+                // clap requires the id when --admin-addr is absent (handled above).
+                let id = id.ok_or_else(|| CliError::Other("osd perf needs an OSD id".into()))?;
+                let addr = call!(c, osd_admin_addr, v1::OsdIdRequest { id }).admin_addr;
+                let t = crate::perf::fetch(&addr, &osd_token_of(&cli, osd_token)?).await?;
+                crate::perf::render(&out, Some(id), &addr, &t)
+            }
         },
         Cmd::Pool(cmd) => match cmd {
             PoolCmd::Create {
@@ -388,5 +413,21 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
         }
         Cmd::Pg(PgCmd::Dump) => output::pg_dump(&out, &c.map(0).await?),
         Cmd::Map(MapCmd::Get { epoch }) => output::map(&out, &c.map(epoch.unwrap_or(0)).await?),
+        Cmd::Auth(cmd) => match cmd {
+            AuthCmd::Add { id, keyfile } => {
+                let r = call!(c, auth_add, v1::AuthIdRequest { id: id.clone() });
+                crate::auth::key(&out, &r, keyfile.as_deref())?
+            }
+            AuthCmd::Get { id, keyfile } => {
+                let r = call!(c, auth_get, v1::AuthIdRequest { id: id.clone() });
+                crate::auth::key(&out, &r, keyfile.as_deref())?
+            }
+            AuthCmd::Rm { id } => crate::auth::removed(
+                &out,
+                id,
+                &call!(c, auth_rm, v1::AuthIdRequest { id: id.clone() }),
+            ),
+            AuthCmd::Ls => crate::auth::ls(&out, &call!(c, auth_list, v1::Empty {})),
+        },
     })
 }

@@ -256,9 +256,17 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
 
     // Changes through the leader; remember every epoch's map as encoded.
     let url0 = format!("http://{addr0}");
-    let maps: Vec<Vec<u8>> = rt.block_on(async {
+    let (maps, client_key) = rt.block_on(async {
         let mut a = admin(&url0).await;
         create_pools(&mut a, "p", 0..3).await;
+        // A client key: the keyring lives in etcd beside the maps.
+        let key = a
+            .auth_add(authed(v1::AuthIdRequest {
+                id: "client.ha".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
         let cur = a
             .get_map(authed(v1::GetMapRequest { epoch: 0 }))
             .await
@@ -276,7 +284,7 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
                 .into_inner();
             maps.push(m.encode_to_vec());
         }
-        maps
+        (maps, key)
     });
     // The follower does not serve while the leader lives.
     assert!(
@@ -336,6 +344,16 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
             "the next change must make the next epoch"
         );
         assert_eq!(p.id, 4, "pool ids continue");
+        // The keyring came over too, version included.
+        let k = a
+            .auth_get(authed(v1::AuthIdRequest {
+                id: "client.ha".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(k.key, client_key.key);
+        assert_eq!(k.keyring_version, client_key.keyring_version);
     });
     // The CLI given the whole list skips the dead monitor and reaches the new leader.
     let both = listen.join(",");

@@ -1,0 +1,158 @@
+//! `carmine auth ...`: rendering of client keys and the client key file.
+//!
+//! The key file is the contract of `carmine-client` and `carmine bench --keyfile` (TOML, two
+//! keys: `id` and `key` as 64 lowercase hex digits). It is written with mode 0600 to a
+//! temporary file in the same directory and renamed over the target, so a reader never sees a
+//! half-written key and the secret is never readable by others, not even briefly.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+
+use carmine_proto::v1;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::args::Format;
+use crate::output::Out;
+use crate::run::CliError;
+
+/// The key as 64 lowercase hex digits.
+pub fn hex(key: &[u8]) -> String {
+    key.iter()
+        .fold(String::with_capacity(2 * key.len()), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// The client key file (see the module docs).
+#[derive(Debug, Serialize)]
+struct KeyFile<'a> {
+    id: &'a str,
+    key: String,
+}
+
+/// Writes the key file for `id` to `path` (mode 0600, replaced atomically).
+pub fn write_keyfile(path: &Path, id: &str, key: &[u8]) -> Result<(), CliError> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        CliError::Other(format!("key file {}: {what}: {e}", path.display()))
+    };
+    // toml quotes and escapes the id, whatever printable characters it holds.
+    let text =
+        toml::to_string(&KeyFile { id, key: hex(key) }).map_err(|e| fail("cannot encode", &e))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| fail("not a file name", &"the path ends in .. or /"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let write = || -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        fail("cannot write", &e)
+    })
+}
+
+/// `auth add` / `auth get`: the key (and the key file when asked).
+pub fn key(o: &Out, r: &v1::AuthKeyReply, keyfile: Option<&Path>) -> Result<String, CliError> {
+    if r.key.len() != 32 {
+        return Err(CliError::Other(format!(
+            "the monitor sent a {}-byte key for {:?}; expected 32",
+            r.key.len(),
+            r.id
+        )));
+    }
+    if let Some(path) = keyfile {
+        write_keyfile(path, &r.id, &r.key)?;
+    }
+    let key = hex(&r.key);
+    Ok(if o.format == Format::Json {
+        json_text(json!({
+            "id": r.id,
+            "key": key,
+            "created": r.created,
+            "keyring_version": r.keyring_version,
+            "keyfile": keyfile.map(|p| p.display().to_string()),
+        }))
+    } else {
+        format!("{key}\n")
+    })
+}
+
+/// `auth rm`
+pub fn removed(o: &Out, id: &str, r: &v1::AuthRmReply) -> String {
+    if o.format == Format::Json {
+        return json_text(json!({
+            "id": id,
+            "removed": true,
+            "keyring_version": r.keyring_version,
+        }));
+    }
+    format!(
+        "removed the key of {id} (keyring version {})\n",
+        r.keyring_version
+    )
+}
+
+/// `auth ls`
+pub fn ls(o: &Out, r: &v1::AuthListReply) -> String {
+    if o.format == Format::Json {
+        return json_text(json!({
+            "ids": r.ids,
+            "keyring_version": r.keyring_version,
+        }));
+    }
+    r.ids.iter().fold(String::new(), |mut s, id| {
+        s.push_str(id);
+        s.push('\n');
+        s
+    })
+}
+
+fn json_text(v: serde_json::Value) -> String {
+    // Serialising a Value cannot fail.
+    let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyfile_is_toml_with_mode_0600_and_escapes_the_id() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.toml");
+        // An existing, world-readable file is replaced by a private one.
+        std::fs::write(&p, "old").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let key: Vec<u8> = (0u8..32).collect();
+        write_keyfile(&p, "client.\"q\\", &key).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let t: toml::Table = std::fs::read_to_string(&p).unwrap().parse().unwrap();
+        assert_eq!(t["id"].as_str(), Some("client.\"q\\"));
+        assert_eq!(
+            t["key"].as_str(),
+            Some("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
+        );
+        assert_eq!(t.len(), 2);
+        // No temporary file left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
