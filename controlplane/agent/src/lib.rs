@@ -63,7 +63,7 @@ impl SharedKeyring {
 
     /// Number of client keys held.
     pub fn len(&self) -> usize {
-        self.keys.read().map(|k| k.len()).unwrap_or(0)
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// True when no key is held.

@@ -9,10 +9,11 @@
 //! * [`service`]: the tonic services `MonCluster` (OSDs) and `MonAdmin` (operators, behind a
 //!   bearer token);
 //! * [`state`]: the synchronous state machine ([`state::Monitor`]): map history, liveness,
-//!   the down-after-grace and out-after-interval rules;
+//!   the down-after-grace and out-after-interval rules, the client keyring (the data path's
+//!   handshake keys, issued here, fetched by the OSD agents) and each OSD's admin address;
 //! * [`health`]: HEALTH_OK/WARN/ERR with reasons, computed from the map with the placement
 //!   function;
-//! * [`store`]: the crash-safe map history (redb by default);
+//! * [`store`]: the crash-safe map history and client keyring (redb by default);
 //! * [`ha`]: the etcd backend for several monitors with one elected leader; the others listen
 //!   and redirect every call to it (an empty [`service::MonSlot`] answers with
 //!   [`carmine_proto::not_leader`]).
