@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use carmine_placement::{ClusterMap, Pool};
-use carmine_wire::{AuthKey, EncodeError, Epoch, HandshakeError, Limits, Op, OpError, OpRequest};
+use carmine_wire::{
+    AuthKey, EncodeError, Epoch, HandshakeError, Limits, Op, OpError, OpRequest, RejectReason,
+};
 use carmine_wire::{PgId, PoolId};
 use thiserror::Error;
 use tokio::sync::{watch, OnceCell};
@@ -29,6 +31,9 @@ const MAX_BACKOFF: Duration = Duration::from_millis(200);
 /// How long a stale-map retry waits for the subscription to deliver the OSD's epoch before
 /// asking the monitor directly (`GetMap`).
 const SUBSCRIPTION_GRACE: Duration = Duration::from_millis(500);
+/// How long after an op started an OSD's refusal of our key is still retried: a key the
+/// monitor just issued reaches the OSDs with their next keyring refresh (about 2 s).
+const AUTH_GRACE: Duration = Duration::from_secs(4);
 
 /// How to reach the cluster and who we are.
 #[derive(Debug, Clone)]
@@ -49,6 +54,9 @@ pub struct ClientConfig {
     /// One monitor call.
     pub mon_timeout: Duration,
     pub limits: Limits,
+    /// Follow the map with `MonCluster.Subscribe` (the default). Off: the map is refreshed
+    /// (`GetMap`) only when an OSD answers `StaleMap` or a route is missing.
+    pub follow_map: bool,
 }
 
 impl ClientConfig {
@@ -65,6 +73,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(5),
             mon_timeout: Duration::from_secs(5),
             limits: Limits::DEFAULT,
+            follow_map: true,
         }
     }
 }
@@ -177,7 +186,7 @@ struct Inner {
 /// connection.
 pub struct Client {
     inner: Arc<Inner>,
-    follower: JoinHandle<()>,
+    follower: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -192,7 +201,9 @@ impl std::fmt::Debug for Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        self.follower.abort();
+        if let Some(f) = &self.follower {
+            f.abort();
+        }
     }
 }
 
@@ -235,7 +246,10 @@ impl Client {
             conns: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         });
-        let follower = tokio::spawn(mon::follow(mon, tx));
+        let follower = inner
+            .cfg
+            .follow_map
+            .then(|| tokio::spawn(mon::follow(mon, tx)));
         Ok(Client { inner, follower })
     }
 
@@ -551,6 +565,7 @@ impl Inner {
         pool: PoolRef<'_>,
         place: Place<'_>,
         op: Op<'_>,
+        started: Instant,
         deadline: Instant,
     ) -> Result<Reply, Next> {
         let map = self.map.borrow().clone();
@@ -563,11 +578,25 @@ impl Inner {
                 )))
             }
             Ok(Err(ClientError::Handshake(source))) => {
-                return Err(Next::Fail(Error::Auth {
-                    osd: t.osd,
-                    addr: t.addr,
+                let why = format!("osd.{} ({}): {source}", t.osd, t.addr);
+                // A fresh key may not have reached the OSD yet: retried for a while.
+                let key_refused = matches!(
                     source,
-                }))
+                    HandshakeError::BadCredentials
+                        | HandshakeError::Rejected {
+                            reason: RejectReason::BadCredentials,
+                            ..
+                        }
+                );
+                return Err(if key_refused && started.elapsed() < AUTH_GRACE {
+                    Next::Backoff(why)
+                } else {
+                    Next::Fail(Error::Auth {
+                        osd: t.osd,
+                        addr: t.addr,
+                        source,
+                    })
+                });
             }
             Ok(Err(e)) => {
                 return Err(Next::Backoff(format!(
@@ -635,7 +664,7 @@ impl Inner {
         let mut attempts: u32 = 0;
         let result = loop {
             attempts += 1;
-            let next = match self.attempt(pool, place, op, deadline).await {
+            let next = match self.attempt(pool, place, op, start, deadline).await {
                 Ok(r) => break Ok(r),
                 Err(Next::Fail(e)) => break Err(e),
                 Err(n) => n,
@@ -660,7 +689,8 @@ impl Inner {
             match next {
                 Next::AwaitEpoch(epoch, _) => {
                     let grace = (Instant::now() + SUBSCRIPTION_GRACE).min(deadline);
-                    if !self.wait_epoch(epoch, grace).await {
+                    let followed = self.cfg.follow_map && self.wait_epoch(epoch, grace).await;
+                    if !followed {
                         // The subscription is slow or broken: ask the monitor.
                         if let Err(e) = self.fetch_map().await {
                             debug!(error = %e, "map refresh failed");

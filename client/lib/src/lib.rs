@@ -37,7 +37,8 @@
 //! | `StaleMap{osd_epoch}` not newer | the OSD lags: back off, resend |
 //! | `Again` | back off, resend |
 //! | connection closed / I/O error / bad frame / connect failure | drop that connection, back off, resend on a new one |
-//! | handshake refused | [`Error::Auth`], no retry |
+//! | key refused by the OSD | back off and resend for the first 4 s of the op (a key just issued reaches the OSDs with their next keyring refresh), then [`Error::Auth`] |
+//! | other handshake failure | [`Error::Auth`], no retry |
 //! | request over a wire limit | [`Error::Encode`], never sent |
 //! | no OSD up+in for the PG | back off (a new map may bring one), resend |
 //!

@@ -1,0 +1,373 @@
+//! Test cluster for the client tests (also used by the `carmine bench` test of carmine-cli):
+//! a real monitor served in this process (`carmine_mon::serve`, as the binary runs it) and real
+//! `carmine-osd run` processes (kernel sockets, memstore, 127.0.0.1, port 0), each killed by a
+//! Drop guard. Nothing here stands in for a part: the OSDs and the monitor are the real ones.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use carmine_client::{AuthKey, Credentials};
+use carmine_proto::v1::{self, mon_admin_client::MonAdminClient};
+use clap::Parser;
+use tonic::transport::Channel;
+
+pub const TOKEN: &str = "client-test-admin-token";
+pub const OSD_TOKEN: &str = "client-test-osd-token";
+
+/// A monitor on its own runtime thread; stopped and joined on drop.
+pub struct Mon {
+    pub addr: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Mon {
+    pub fn start() -> Mon {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = carmine_mon::MonConfig::parse_from([
+            "carmine-mon",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-token",
+            TOKEN,
+            "--heartbeat-ms",
+            "500",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ]);
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(l.local_addr().unwrap().to_string()).unwrap();
+                carmine_mon::serve(cfg, l, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        Mon {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    pub async fn admin(&self) -> MonAdminClient<Channel> {
+        let ch = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .unwrap();
+        MonAdminClient::new(ch)
+    }
+
+    pub async fn create_pool(&self, name: &str, pg_num: u32, size: u32) -> u32 {
+        self.admin()
+            .await
+            .pool_create(authed(v1::PoolCreateRequest {
+                name: name.into(),
+                pg_num,
+                size,
+                min_size: 1,
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .id
+    }
+
+    /// A client key issued by the monitor (`carmine auth add`).
+    pub async fn add_key(&self, id: &str) -> Credentials {
+        let r = self
+            .admin()
+            .await
+            .auth_add(authed(v1::AuthIdRequest { id: id.into() }))
+            .await
+            .unwrap()
+            .into_inner();
+        let key: [u8; 32] = r.key.as_slice().try_into().expect("32-byte key");
+        Credentials {
+            id: r.id,
+            key: AuthKey::new(key),
+        }
+    }
+
+    /// Marks `osd` out; the new epoch.
+    pub async fn osd_out(&self, osd: u32) -> u64 {
+        self.admin()
+            .await
+            .osd_out(authed(v1::OsdIdRequest { id: osd }))
+            .await
+            .unwrap()
+            .into_inner()
+            .epoch
+    }
+
+    pub async fn map(&self) -> carmine_placement::ClusterMap {
+        self.admin()
+            .await
+            .get_map(authed(v1::GetMapRequest { epoch: 0 }))
+            .await
+            .unwrap()
+            .into_inner()
+            .into()
+    }
+
+    /// The newest map epoch OSD `id` applied, from its own admin service (the address the
+    /// monitor learnt from its boot).
+    pub async fn osd_map_epoch(&self, id: u32) -> u64 {
+        let addr = self
+            .admin()
+            .await
+            .osd_admin_addr(authed(v1::OsdIdRequest { id }))
+            .await
+            .unwrap()
+            .into_inner()
+            .admin_addr;
+        let mut c =
+            carmine_proto::v1::osd_admin_client::OsdAdminClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+        let mut r = tonic::Request::new(v1::Empty {});
+        r.metadata_mut().insert(
+            carmine_proto::AUTH_HEADER,
+            carmine_proto::bearer(OSD_TOKEN).unwrap(),
+        );
+        c.status(r).await.unwrap().into_inner().map_epoch
+    }
+
+    /// Waits until every OSD of `ids` applied `epoch`.
+    pub async fn wait_osds_at(&self, ids: &[u32], epoch: u64) {
+        for &id in ids {
+            let mut n = 0;
+            while self.osd_map_epoch(id).await < epoch {
+                n += 1;
+                assert!(n < 300, "osd.{id} did not reach epoch {epoch}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// Waits until the monitor's map has `n` OSDs up.
+    pub async fn wait_up(&self, n: usize) {
+        for _ in 0..300 {
+            if self.map().await.osds.values().filter(|o| o.up).count() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{n} OSDs did not come up");
+    }
+}
+
+impl Drop for Mon {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A request carrying the admin token.
+pub fn authed<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        carmine_proto::AUTH_HEADER,
+        carmine_proto::bearer(TOKEN).unwrap(),
+    );
+    r
+}
+
+/// The workspace's `carmine-osd` binary: `CARMINE_OSD_BIN`, else next to this test's target
+/// dir (`cargo build -p carmine-osd`, or any workspace-wide build, puts it there).
+pub fn osd_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CARMINE_OSD_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/carmine-osd
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("carmine-osd"))
+        .unwrap();
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p carmine-osd) or set CARMINE_OSD_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// One `carmine-osd run` process.
+pub struct Osd {
+    child: Option<Child>,
+    pub id: u32,
+    pub ports: Vec<u16>,
+    pub uuid: String,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Osd {
+    /// Starts an OSD with `shards` shards (kernel sockets, memstore) and waits for its ready
+    /// line.
+    pub fn start(mon: &Mon, uuid: &str, host: &str, shards: usize) -> Osd {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("osd.toml");
+        let cores: Vec<String> = (0..shards).map(|i| (i % 2).to_string()).collect();
+        std::fs::write(
+            &config,
+            format!(
+                r#"[osd]
+uuid = "{uuid}"
+host = "{host}"
+[mon]
+addr = "{mon}"
+[admin]
+listen = "127.0.0.1:0"
+token = "{OSD_TOKEN}"
+[reactor]
+cores = [{cores}]
+idle = "adaptive"
+pin = false
+[net]
+backend = "kernel"
+ip = "127.0.0.1"
+base_port = 0
+[store]
+kind = "memstore"
+"#,
+                mon = mon.addr,
+                cores = cores.join(", "),
+            ),
+        )
+        .unwrap();
+        let mut osd = Osd {
+            child: None,
+            id: 0,
+            ports: Vec::new(),
+            uuid: uuid.into(),
+            config,
+            _dir: dir,
+        };
+        osd.spawn();
+        osd
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(osd_bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn carmine-osd");
+        let stdout = child.stdout.take().unwrap();
+        self.child = Some(child);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if line.starts_with("carmine-osd: ready") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("carmine-osd did not print its ready line within 30 s");
+        // carmine-osd: ready osd=<id> shards=<n> addr=<ip> ports=<p0,p1,..>
+        for field in line.split_whitespace() {
+            if let Some(v) = field.strip_prefix("osd=") {
+                self.id = v.parse().unwrap();
+            } else if let Some(v) = field.strip_prefix("ports=") {
+                self.ports = v.split(',').map(|p| p.parse().unwrap()).collect();
+            }
+        }
+        assert!(!self.ports.is_empty(), "no ports in {line:?}");
+    }
+
+    /// SIGKILL (a crash): every connection to it breaks.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the same OSD (same uuid, so the same id) again; memstore starts empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Osd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A 3-OSD cluster on distinct hosts, a pool and a client key.
+pub struct Cluster {
+    pub osds: Vec<Osd>,
+    pub creds: Credentials,
+    pub mon: Mon,
+}
+
+impl Cluster {
+    /// `shards`: shards of each OSD.
+    pub async fn start(pool: &str, pg_num: u32, shards: &[usize]) -> Cluster {
+        let mon = Mon::start();
+        // The key first: the OSDs fetch the keyring after they boot.
+        let creds = mon.add_key("client.test").await;
+        let osds: Vec<Osd> = shards
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Osd::start(&mon, &format!("osd-uuid-{i}"), &format!("host{i}"), n))
+            .collect();
+        mon.wait_up(osds.len()).await;
+        mon.create_pool(pool, pg_num, 1).await;
+        Cluster { osds, creds, mon }
+    }
+
+    pub fn config(&self) -> carmine_client::ClientConfig {
+        let mut c = carmine_client::ClientConfig::new(self.mon.addr.clone(), self.creds.clone());
+        c.op_timeout = Duration::from_secs(20);
+        c
+    }
+
+    pub fn osd_mut(&mut self, id: u32) -> &mut Osd {
+        self.osds.iter_mut().find(|o| o.id == id).unwrap()
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
