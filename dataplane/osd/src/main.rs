@@ -1,14 +1,25 @@
 //! `carmine-osd`: the Carmine object storage daemon.
 //!
-//! Today it carries the device self-check (`selfcheck`), which brings up the real poll-mode
-//! drivers (DPDK on af_packet, SPDK on malloc/null bdevs) and proves them with verified I/O, and
-//! the object-store checker (`fsck`), which runs bdevstore's fsck on an SPDK bdev. The
-//! shard reactor, the messenger and the op path are added by the issues that follow; see
-//! `../shared/DESIGN.md` for the path of one request.
+//! Subcommands:
+//! - `run --config osd.toml`: the daemon ([`daemon`]): shards ([`shard`]) that each own a TCP
+//!   stack (smoltcp on a DPDK queue, or kernel sockets), their connections, a partition of the
+//!   object store and a routing table ([`routing`]) built from the cluster map, plus the
+//!   control-plane agent. See `README.md` next to this crate for the config and
+//!   `../shared/DESIGN.md` for the path of one request.
+//! - `selfcheck`: brings up the real poll-mode drivers (DPDK on af_packet, SPDK on malloc/null
+//!   bdevs) and proves them with verified I/O.
+//! - `fsck`: bdevstore's checker on an SPDK bdev.
 
+mod config;
+mod daemon;
 mod fsck;
 mod netns;
+mod ops;
+mod perf;
+mod routing;
 mod selfcheck;
+mod shard;
+mod shard_store;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +32,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the OSD daemon until SIGTERM/SIGINT. Prints one `carmine-osd: ready ...` line on
+    /// stdout once it serves clients.
+    Run {
+        /// The TOML config file.
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
     /// Check this machine with the real drivers: preflight, DPDK af_packet frames over a veth
     /// pair (private network namespace), SPDK malloc/null bdev I/O. Needs root and hugepages.
     Selfcheck {
@@ -61,6 +79,12 @@ fn main() {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Run { config } => {
+            if let Err(e) = daemon::run(&config) {
+                eprintln!("carmine-osd: {e}");
+                std::process::exit(1);
+            }
+        }
         Cmd::Selfcheck { json, io_seconds } => match selfcheck::run(json, io_seconds) {
             Ok(report) => {
                 if json {

@@ -339,6 +339,12 @@ impl Reactor {
         self.stats.get(shard).map(|s| &**s)
     }
 
+    /// A shared handle on one shard's counters, for readers that outlive a borrow of the
+    /// reactor (e.g. the OSD's perf-counter provider on the agent thread).
+    pub fn stats_handle(&self, shard: usize) -> Option<Arc<ShardStats>> {
+        self.stats.get(shard).cloned()
+    }
+
     /// Asks every shard to stop after its current iteration and wakes the sleeping ones.
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);

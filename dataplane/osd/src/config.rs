@@ -1,0 +1,450 @@
+//! `carmine-osd run --config osd.toml`: the daemon's configuration.
+//!
+//! One TOML file, parsed with `serde` + `toml` (a well-kept parser: no hand-written config
+//! grammar), then checked as a whole by [`Config::validate`] so that a bad file is refused
+//! with a message naming the key, before anything is started. The format is documented in
+//! `dataplane/osd/README.md`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a config file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub osd: OsdSection,
+    pub mon: MonSection,
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub reactor: ReactorSection,
+    pub net: NetSection,
+    pub store: StoreSection,
+    #[serde(default)]
+    pub spdk: SpdkSection,
+}
+
+/// `[osd]`: identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OsdSection {
+    /// Persistent identity: the monitor maps it to the OSD id.
+    pub uuid: String,
+    /// Failure domain.
+    pub host: String,
+    /// Placement weight on first boot.
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// `[mon]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonSection {
+    /// "host:port", comma-separated for several monitors.
+    pub addr: String,
+    pub cluster_token: Option<String>,
+}
+
+/// `[admin]`: the OSD's own admin gRPC (perf counters, config).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub listen: SocketAddr,
+    pub token: String,
+}
+
+/// How an idle shard waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Idle {
+    /// Spin forever: bare metal, dedicated cores.
+    Busy,
+    /// Spin, yield, then sleep on the device fd / a timer: tests, shared machines.
+    Adaptive,
+}
+
+/// `[reactor]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReactorSection {
+    /// One shard per entry, pinned to that core.
+    #[serde(default = "core0")]
+    pub cores: Vec<usize>,
+    #[serde(default = "adaptive")]
+    pub idle: Idle,
+    #[serde(default = "yes")]
+    pub pin: bool,
+}
+
+fn core0() -> Vec<usize> {
+    vec![0]
+}
+fn adaptive() -> Idle {
+    Idle::Adaptive
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for ReactorSection {
+    fn default() -> Self {
+        ReactorSection {
+            cores: core0(),
+            idle: adaptive(),
+            pin: true,
+        }
+    }
+}
+
+/// Which TCP stack carries client traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetBackend {
+    /// Kernel sockets (laptops, unit tests, the benchmark's baseline).
+    Kernel,
+    /// A DPDK port and one smoltcp interface per shard.
+    Dpdk,
+}
+
+/// `[net]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetSection {
+    pub backend: NetBackend,
+    /// kernel: the address to bind ("127.0.0.1"); dpdk: the interface address with its
+    /// prefix ("10.77.0.21/24").
+    pub ip: String,
+    /// dpdk: default gateway.
+    pub gateway: Option<Ipv4Addr>,
+    /// dpdk: a vdev string ("net_af_packet0,iface=eth0") or a PCI address ("0000:03:00.0").
+    pub device: Option<String>,
+    /// Shard i listens on base_port + i; 0 picks free ports (kernel only).
+    #[serde(default = "default_port")]
+    pub base_port: u16,
+    /// Connections per shard.
+    #[serde(default = "default_conns")]
+    pub max_connections: usize,
+}
+
+fn default_port() -> u16 {
+    6800
+}
+fn default_conns() -> usize {
+    64
+}
+
+/// Which object store each shard runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Memstore,
+    Bdevstore,
+}
+
+/// The SPDK bdev under bdevstore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BdevType {
+    Malloc,
+    Aio,
+    VirtioBlk,
+    /// Keeps no data: refused for a durable store (benchmarks of the stack only).
+    Null,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    pub kind: StoreKind,
+    pub bdev: Option<BdevType>,
+    /// aio: file or block device; virtio-blk: vhost-user socket.
+    pub path: Option<PathBuf>,
+    /// malloc: bdev size; aio: size of the file when it has to be created.
+    pub size_mib: Option<u64>,
+}
+
+/// `[spdk]`: the DPDK EAL that both DPDK and SPDK run on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpdkSection {
+    #[serde(default = "default_mem")]
+    pub mem_mib: u32,
+    /// Hugepage file prefix, unique per process on one machine.
+    pub file_prefix: Option<String>,
+}
+
+fn default_mem() -> u32 {
+    512
+}
+
+impl Default for SpdkSection {
+    fn default() -> Self {
+        SpdkSection {
+            mem_mib: default_mem(),
+            file_prefix: None,
+        }
+    }
+}
+
+/// The dpdk backend's parsed interface address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IfaceAddr {
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source: Box::new(source),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the keys against each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.osd.uuid.trim().is_empty() {
+            return Err(invalid("osd.uuid", "must not be empty"));
+        }
+        if self.osd.host.trim().is_empty() {
+            return Err(invalid("osd.host", "must not be empty"));
+        }
+        if !(self.osd.weight.is_finite() && self.osd.weight >= 0.0) {
+            return Err(invalid("osd.weight", "must be a finite number >= 0"));
+        }
+        if self.mon.addr.trim().is_empty() {
+            return Err(invalid("mon.addr", "must not be empty"));
+        }
+        if self.admin.token.is_empty() {
+            return Err(invalid("admin.token", "must not be empty"));
+        }
+        let n = self.reactor.cores.len();
+        if n == 0 || n > 64 {
+            return Err(invalid("reactor.cores", "needs 1 to 64 entries"));
+        }
+        let mut seen = self.reactor.cores.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        if seen.len() != n {
+            return Err(invalid("reactor.cores", "a core is listed twice"));
+        }
+        if self.net.max_connections == 0 {
+            return Err(invalid("net.max_connections", "must be > 0"));
+        }
+        match self.net.backend {
+            NetBackend::Kernel => {
+                self.kernel_ip()?;
+            }
+            NetBackend::Dpdk => {
+                self.iface_addr()?;
+                if self.net.device.as_deref().is_none_or_empty() {
+                    return Err(invalid(
+                        "net.device",
+                        "the dpdk backend needs a vdev string or a PCI address",
+                    ));
+                }
+                if self.net.base_port == 0 {
+                    return Err(invalid(
+                        "net.base_port",
+                        "the dpdk backend needs fixed ports (steering is by port)",
+                    ));
+                }
+            }
+        }
+        if u32::from(self.net.base_port) + n as u32 > 65536 {
+            return Err(invalid("net.base_port", "base_port + shards exceeds 65535"));
+        }
+        if self.store.kind == StoreKind::Bdevstore {
+            let bdev = self
+                .store
+                .bdev
+                .ok_or_else(|| invalid("store.bdev", "bdevstore needs a bdev"))?;
+            match bdev {
+                BdevType::Null => {
+                    return Err(invalid(
+                        "store.bdev",
+                        "the null bdev keeps no data and cannot back a durable store",
+                    ))
+                }
+                BdevType::Malloc => {
+                    if self.store.size_mib.unwrap_or(0) == 0 {
+                        return Err(invalid("store.size_mib", "malloc needs a size"));
+                    }
+                }
+                BdevType::Aio | BdevType::VirtioBlk => {
+                    if self.store.path.is_none() {
+                        return Err(invalid("store.path", "aio and virtio-blk need a path"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the process needs the DPDK EAL (and hugepages).
+    pub fn needs_eal(&self) -> bool {
+        self.net.backend == NetBackend::Dpdk || self.store.kind == StoreKind::Bdevstore
+    }
+
+    /// The kernel backend's bind address.
+    pub fn kernel_ip(&self) -> Result<Ipv4Addr, ConfigError> {
+        self.net
+            .ip
+            .parse()
+            .map_err(|_| invalid("net.ip", "the kernel backend needs an IPv4 address"))
+    }
+
+    /// The dpdk backend's interface address ("a.b.c.d/len").
+    pub fn iface_addr(&self) -> Result<IfaceAddr, ConfigError> {
+        let (ip, len) = self
+            .net
+            .ip
+            .split_once('/')
+            .ok_or_else(|| invalid("net.ip", "the dpdk backend needs address/prefix"))?;
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| invalid("net.ip", format!("{ip:?} is not an IPv4 address")))?;
+        let prefix_len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| (1..=32).contains(l))
+            .ok_or_else(|| invalid("net.ip", format!("bad prefix length {len:?}")))?;
+        Ok(IfaceAddr { ip, prefix_len })
+    }
+
+    /// The address published in the map (clients connect here).
+    pub fn public_ip(&self) -> Result<Ipv4Addr, ConfigError> {
+        match self.net.backend {
+            NetBackend::Kernel => self.kernel_ip(),
+            NetBackend::Dpdk => Ok(self.iface_addr()?.ip),
+        }
+    }
+}
+
+trait NoneOrEmpty {
+    fn is_none_or_empty(&self) -> bool;
+}
+
+impl NoneOrEmpty for Option<&str> {
+    fn is_none_or_empty(&self) -> bool {
+        self.map(|s| s.trim().is_empty()).unwrap_or(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KERNEL: &str = r#"
+[osd]
+uuid = "u1"
+host = "h1"
+[mon]
+addr = "127.0.0.1:6789"
+[admin]
+listen = "127.0.0.1:0"
+token = "t"
+[net]
+backend = "kernel"
+ip = "127.0.0.1"
+base_port = 0
+[store]
+kind = "memstore"
+"#;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        let c: Config = toml::from_str(s).map_err(|e| ConfigError::Parse {
+            path: "x".into(),
+            source: Box::new(e),
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn minimal_kernel_config_has_defaults() {
+        let c = parse(KERNEL).unwrap();
+        assert_eq!(c.reactor.cores, vec![0]);
+        assert_eq!(c.reactor.idle, Idle::Adaptive);
+        assert!(!c.needs_eal());
+        assert_eq!(c.public_ip().unwrap(), Ipv4Addr::LOCALHOST);
+    }
+
+    #[test]
+    fn dpdk_config_parses_address_and_needs_device() {
+        let s = KERNEL
+            .replace("backend = \"kernel\"", "backend = \"dpdk\"")
+            .replace("ip = \"127.0.0.1\"", "ip = \"10.77.0.21/24\"")
+            .replace("base_port = 0", "base_port = 6800");
+        let e = parse(&s).unwrap_err().to_string();
+        assert!(e.contains("net.device"), "{e}");
+        let s = s.replace("[store]", "device = \"net_af_packet0,iface=eth0\"\n[store]");
+        let c = parse(&s).unwrap();
+        assert_eq!(
+            c.iface_addr().unwrap(),
+            IfaceAddr {
+                ip: Ipv4Addr::new(10, 77, 0, 21),
+                prefix_len: 24
+            }
+        );
+        assert!(c.needs_eal());
+        let bad = s.replace("/24", "/40");
+        assert!(parse(&bad).unwrap_err().to_string().contains("prefix"));
+    }
+
+    #[test]
+    fn refuses_null_bdev_unknown_keys_and_duplicate_cores() {
+        let s = KERNEL.replace(
+            "kind = \"memstore\"",
+            "kind = \"bdevstore\"\nbdev = \"null\"",
+        );
+        assert!(parse(&s).unwrap_err().to_string().contains("keeps no data"));
+        let s = KERNEL.replace("[store]", "[reactor]\ncores = [0, 0]\n[store]");
+        assert!(parse(&s).unwrap_err().to_string().contains("twice"));
+        let s = KERNEL.replace("[store]", "bogus = 1\n[store]");
+        assert!(parse(&s).unwrap_err().to_string().contains("bogus"));
+        let s = KERNEL.replace(
+            "kind = \"memstore\"",
+            "kind = \"bdevstore\"\nbdev = \"malloc\"",
+        );
+        assert!(parse(&s).unwrap_err().to_string().contains("size"));
+    }
+}

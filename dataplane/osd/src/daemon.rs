@@ -1,0 +1,583 @@
+//! `carmine-osd run`: bring-up, steady state and teardown of the daemon.
+//!
+//! Order of bring-up (each step refuses with a clear error before the next one starts):
+//! 1. the config ([`Config::load`]) and the preflight checks that apply to it;
+//! 2. the DPDK EAL, when the NIC or the store needs it (hugepages), then SPDK and the bdev
+//!    under bdevstore; a blank bdev is formatted with one partition per shard, a formatted one
+//!    is mounted as is (never reformatted), anything else is refused;
+//! 3. the DPDK port with one queue pair and one mbuf pool per shard (software steering by
+//!    destination port when there are several shards), or kernel sockets;
+//! 4. the shards ([`carmine_reactor::Reactor`]): each builds its TCP stack, listens on
+//!    `base_port + shard`, mounts its store partition on its own SPDK thread;
+//! 5. the control-plane agent (own thread, tokio): boot with the monitor announcing the
+//!    shards' ports, map subscription into every shard's control ring, the keyring, the admin
+//!    gRPC with the perf counters.
+//!
+//! When every shard has applied a map that holds this OSD, one line goes to stdout:
+//! `carmine-osd: ready osd=<id> shards=<n> addr=<ip> ports=<p0,..>`. SIGTERM or SIGINT stops
+//! the agent, then the shards (each store writes its checkpoint on its own thread), then SPDK.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use carmine_agent::{Agent, AgentConfig, MapSink, MemConfig, SharedKeyring, SinkFull};
+use carmine_dpdk::{Eal, EalConfig, EthPort, PktMbufPool};
+use carmine_net::dpdk::{DpdkDevice, Steering};
+use carmine_net::{KernelConfig, KernelStack, NetStack, SmolConfig, SmolStack};
+use carmine_objectstore::device::{BlockDevice, IoKind};
+use carmine_placement::ClusterMap;
+use carmine_reactor::{ControlSender, IdlePolicy, Reactor, ReactorConfig};
+use carmine_spdk::{BdevKind, Spdk, SpdkBlockDevice};
+
+use crate::config::{BdevType, Config, Idle, NetBackend, StoreKind};
+use crate::perf::{OsdStats, ShardCounters};
+use crate::shard::{ShardCore, ShardMsg, ShardParts, ShardPoller};
+use crate::shard_store::ShardStore;
+
+/// The bdev name bdevstore runs on.
+const BDEV: &str = "Osd0";
+/// Where `hugepages/hugepages.sh` mounts hugetlbfs.
+const HUGETLBFS: &str = "/dev/hugepages";
+/// mbufs per shard pool, descriptors per queue.
+const MBUFS: u32 = 8191;
+const DESC: u16 = 1024;
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("preflight: {0}")]
+    Preflight(String),
+    #[error("DPDK: {0}")]
+    Dpdk(#[from] carmine_dpdk::DpdkError),
+    #[error("SPDK: {0}")]
+    Spdk(#[from] carmine_spdk::SpdkError),
+    #[error("store: {0}")]
+    Store(String),
+    #[error("net: {0}")]
+    Net(#[from] carmine_net::NetError),
+    #[error("shards: {0}")]
+    Reactor(#[from] carmine_reactor::ReactorError),
+    #[error("agent: {0}")]
+    Agent(#[from] carmine_agent::AgentError),
+    #[error("signals: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub fn run(config_path: &Path) -> Result<(), DaemonError> {
+    let cfg = Config::load(config_path)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(DaemonError::Signal)?;
+    }
+    let shards = cfg.reactor.cores.len();
+    if cfg.needs_eal() {
+        preflight(&cfg)?;
+    }
+
+    // 1. EAL, SPDK, the bdev.
+    let vhost =
+        cfg.store.kind == StoreKind::Bdevstore && cfg.store.bdev == Some(BdevType::VirtioBlk);
+    let eal = if cfg.needs_eal() {
+        Some(Eal::init(&eal_config(&cfg, shards, vhost))?)
+    } else {
+        None
+    };
+    let spdk = match (eal, cfg.store.kind) {
+        (Some(eal), StoreKind::Bdevstore) => {
+            let spdk = Spdk::start(eal)?;
+            spdk.create_bdev(BDEV, &bdev_kind(&cfg)?)?;
+            prepare_bdev(&spdk, shards)?;
+            Some(spdk)
+        }
+        _ => None,
+    };
+
+    // 2. The NIC.
+    let nic = match (eal, cfg.net.backend) {
+        (Some(eal), NetBackend::Dpdk) => Some(Nic::start(eal, &cfg, shards)?),
+        _ => None,
+    };
+
+    // 3. The shards.
+    let keyring = Arc::new(SharedKeyring::new());
+    let counters: Vec<Arc<ShardCounters>> = (0..shards)
+        .map(|_| Arc::new(ShardCounters::default()))
+        .collect();
+    let usage: Vec<Arc<(AtomicU64, AtomicU64)>> = (0..shards)
+        .map(|_| Arc::new((AtomicU64::new(0), AtomicU64::new(0))))
+        .collect();
+    let (reactor, control, ports) = start_shards(&cfg, nic.as_ref(), &keyring, &counters, &usage)?;
+
+    // 4. The agent.
+    let public_ip = cfg.public_ip()?.to_string();
+    let stats = Arc::new(OsdStats {
+        shards: counters
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| reactor.stats_handle(i).map(|r| (c.clone(), r)))
+            .collect(),
+        usage: usage.clone(),
+    });
+    let control = Arc::new(Mutex::new(control));
+    let sinks: Vec<Box<dyn MapSink>> = (0..shards)
+        .map(|shard| {
+            Box::new(RingSink {
+                shard,
+                control: control.clone(),
+            }) as Box<dyn MapSink>
+        })
+        .collect();
+    let agent = Agent::start(
+        AgentConfig {
+            mon_addr: cfg.mon.addr.clone(),
+            uuid: cfg.osd.uuid.clone(),
+            host: cfg.osd.host.clone(),
+            public_addr: public_ip.clone(),
+            cluster_addr: public_ip.clone(),
+            shard_ports: ports.iter().map(|&p| u32::from(p)).collect(),
+            weight: cfg.osd.weight,
+            admin_listen: cfg.admin.listen,
+            admin_token: cfg.admin.token.clone(),
+            cluster_token: cfg.mon.cluster_token.clone(),
+        },
+        sinks,
+        stats,
+        Arc::new(MemConfig::new([
+            ("osd.uuid", cfg.osd.uuid.clone()),
+            ("osd.host", cfg.osd.host.clone()),
+            (
+                "net.backend",
+                format!("{:?}", cfg.net.backend).to_lowercase(),
+            ),
+            ("store.kind", format!("{:?}", cfg.store.kind).to_lowercase()),
+        ])),
+        keyring.clone(),
+    )?;
+    tracing::info!(admin = %agent.admin_addr(), "agent started");
+
+    // 5. Steady state: the main thread serves SPDK's main thread and waits for a signal.
+    let ports_s = ports
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut ready = false;
+    let started = Instant::now();
+    let mut last_warn = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(s) = &spdk {
+            s.poll();
+        }
+        if !ready {
+            let epochs_ok = counters
+                .iter()
+                .all(|c| c.map_epoch.load(Ordering::Relaxed) > 0);
+            if let (Some(id), true) = (agent.status().osd_id(), epochs_ok) {
+                ready = true;
+                println!(
+                    "carmine-osd: ready osd={id} shards={shards} addr={public_ip} ports={ports_s} admin={}",
+                    agent.admin_addr()
+                );
+                tracing::info!(osd = id, "ready");
+            } else if last_warn.elapsed() > Duration::from_secs(10) {
+                last_warn = Instant::now();
+                tracing::warn!(
+                    waited_s = started.elapsed().as_secs(),
+                    mon = %cfg.mon.addr,
+                    "not booted with the monitor yet"
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(if spdk.is_some() { 1 } else { 20 }));
+    }
+
+    // Teardown.
+    tracing::info!("stopping");
+    drop(agent);
+    let shards_down = reactor.shutdown();
+    drop(nic);
+    let spdk_down = match spdk {
+        Some(s) => s.shutdown(),
+        None => Ok(()),
+    };
+    if let Some(eal) = eal {
+        if vhost {
+            for f in eal.hugepage_files(Path::new(HUGETLBFS)) {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
+    shards_down?;
+    spdk_down?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn preflight(cfg: &Config) -> Result<(), DaemonError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(DaemonError::Preflight(
+            "the dpdk backend and bdevstore need root (hugepages, raw sockets)".into(),
+        ));
+    }
+    let hp = std::fs::read_to_string("/proc/sys/vm/nr_hugepages").unwrap_or_default();
+    let pages: u64 = hp.trim().parse().unwrap_or(0);
+    if pages * 2 < u64::from(cfg.spdk.mem_mib) {
+        return Err(DaemonError::Preflight(format!(
+            "spdk.mem_mib = {} needs {} 2 MiB hugepages, {} reserved: run hugepages/hugepages.sh reserve N",
+            cfg.spdk.mem_mib,
+            cfg.spdk.mem_mib.div_ceil(2),
+            pages
+        )));
+    }
+    Ok(())
+}
+
+fn eal_config(cfg: &Config, shards: usize, vhost: bool) -> EalConfig {
+    let mut vdevs = Vec::new();
+    let mut extra = Vec::new();
+    let mut no_pci = true;
+    if cfg.net.backend == NetBackend::Dpdk {
+        if let Some(dev) = cfg.net.device.as_deref() {
+            if is_pci(dev) {
+                no_pci = false;
+                extra.push("-w".to_string());
+                extra.push(dev.to_string());
+            } else if shards > 1 && dev.starts_with("net_af_packet") && !dev.contains("qpairs=") {
+                vdevs.push(format!("{dev},qpairs={shards}"));
+            } else {
+                vdevs.push(dev.to_string());
+            }
+        }
+    }
+    EalConfig {
+        app: "carmine-osd".into(),
+        no_pci,
+        // vhost-user hands our hugepage files to the backend: they must exist as files.
+        in_memory: !vhost,
+        single_file_segments: vhost,
+        file_prefix: Some(
+            cfg.spdk
+                .file_prefix
+                .clone()
+                .unwrap_or_else(|| format!("carmine-osd-{}", std::process::id())),
+        ),
+        mem_mb: Some(cfg.spdk.mem_mib),
+        vdevs,
+        extra,
+        log_level: Some("lib.eal:warning".into()),
+        ..EalConfig::default()
+    }
+}
+
+/// "0000:03:00.0"-shaped (domain:bus:device.function).
+fn is_pci(dev: &str) -> bool {
+    let parts: Vec<&str> = dev.split([':', '.']).collect();
+    parts.len() == 4
+        && parts
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+fn bdev_kind(cfg: &Config) -> Result<BdevKind, DaemonError> {
+    let path = |p: &Option<PathBuf>| {
+        p.clone()
+            .ok_or_else(|| DaemonError::Store("store.path is required".into()))
+    };
+    Ok(match cfg.store.bdev {
+        Some(BdevType::Malloc) => BdevKind::Malloc {
+            blocks: cfg.store.size_mib.unwrap_or(0) * 256,
+            block_size: 4096,
+        },
+        Some(BdevType::Aio) => {
+            let p = path(&cfg.store.path)?;
+            if !p.exists() {
+                let size = cfg.store.size_mib.ok_or_else(|| {
+                    DaemonError::Store(format!(
+                        "{} does not exist and store.size_mib is not set",
+                        p.display()
+                    ))
+                })?;
+                let f = std::fs::File::create(&p)
+                    .and_then(|f| f.set_len(size << 20).map(|()| f))
+                    .map_err(|e| DaemonError::Store(format!("creating {}: {e}", p.display())))?;
+                drop(f);
+            }
+            BdevKind::Aio {
+                path: p,
+                block_size: 4096,
+            }
+        }
+        Some(BdevType::VirtioBlk) => BdevKind::VirtioBlk {
+            socket: path(&cfg.store.path)?,
+            queues: cfg.reactor.cores.len() as u32,
+            queue_size: 256,
+        },
+        Some(BdevType::Null) | None => {
+            return Err(DaemonError::Store(
+                "bdevstore needs a bdev that keeps data".into(),
+            ))
+        }
+    })
+}
+
+/// Formats a blank bdev (one partition per shard); leaves a formatted one alone.
+fn prepare_bdev(spdk: &Spdk, shards: usize) -> Result<(), DaemonError> {
+    let mut dev = SpdkBlockDevice::open(spdk.thread(), BDEV)?;
+    let block0 = read_first_block(&mut dev)?;
+    if block0.iter().all(|&b| b == 0) {
+        tracing::info!(shards, "blank device: formatting");
+        carmine_bdevstore::format(
+            &mut dev,
+            &carmine_bdevstore::FormatOptions {
+                shards,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| DaemonError::Store(format!("format: {e}")))?;
+    } else {
+        tracing::info!("formatted device: mounting");
+    }
+    Ok(())
+}
+
+fn read_first_block<D: BlockDevice>(dev: &mut D) -> Result<Vec<u8>, DaemonError> {
+    use carmine_objectstore::device::IoBuf;
+    let bs = dev.block_size() as usize;
+    let len = bs.max(4096);
+    let buf = dev
+        .alloc_buf(len)
+        .map_err(|e| DaemonError::Store(format!("buffer: {e}")))?;
+    dev.submit_read(0, buf, 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut out = Vec::new();
+    loop {
+        dev.poll(&mut out);
+        if let Some(c) = out.pop() {
+            if c.kind != IoKind::Read {
+                continue;
+            }
+            c.result
+                .map_err(|e| DaemonError::Store(format!("reading block 0: {e}")))?;
+            return c
+                .buf
+                .map(|b| b.as_slice().to_vec())
+                .ok_or_else(|| DaemonError::Store("read without a buffer".into()));
+        }
+        if Instant::now() > deadline {
+            return Err(DaemonError::Store("reading block 0 timed out".into()));
+        }
+    }
+}
+
+/// One shard's mbuf pool and software-steering endpoint.
+type QueueParts = (PktMbufPool, Option<Steering>);
+
+/// The DPDK port and what each shard takes from it.
+struct Nic {
+    port: Arc<EthPort>,
+    mac: [u8; 6],
+    /// Per shard: its mbuf pool and steering endpoint, taken once by the shard's init.
+    parts: Mutex<Vec<Option<QueueParts>>>,
+}
+
+impl Nic {
+    fn start(eal: &'static Eal, cfg: &Config, shards: usize) -> Result<Nic, DaemonError> {
+        let dev = cfg.net.device.as_deref().unwrap_or_default();
+        let name = dev.split(',').next().unwrap_or(dev);
+        let pools = (0..shards)
+            .map(|k| PktMbufPool::new(eal, &format!("osd-shard{k}"), MBUFS, 256, 2176, -1))
+            .collect::<Result<Vec<_>, _>>()?;
+        let id = EthPort::id_by_name(eal, name)?;
+        let refs: Vec<&PktMbufPool> = pools.iter().collect();
+        let port = EthPort::start(eal, id, &refs, DESC, shards > 1)?;
+        let mac = port.mac()?;
+        let mut steering: Vec<Option<Steering>> = if shards > 1 {
+            Steering::mesh(shards, cfg.net.base_port, 4096)
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            vec![None]
+        };
+        let parts = pools
+            .into_iter()
+            .zip(steering.drain(..))
+            .map(Some)
+            .collect();
+        Ok(Nic {
+            port: Arc::new(port),
+            mac,
+            parts: Mutex::new(parts),
+        })
+    }
+}
+
+type Started = (Reactor, ControlSender<ShardMsg>, Vec<u16>);
+
+fn start_shards(
+    cfg: &Config,
+    nic: Option<&Nic>,
+    keyring: &Arc<SharedKeyring>,
+    counters: &[Arc<ShardCounters>],
+    usage: &[Arc<(AtomicU64, AtomicU64)>],
+) -> Result<Started, DaemonError> {
+    let shards = cfg.reactor.cores.len();
+    let idle = match (cfg.reactor.idle, cfg.net.backend) {
+        (Idle::Busy, _) => IdlePolicy::Busy,
+        // Kernel sockets wake the shard through epoll; a DPDK queue has no fd here, so an
+        // adaptive shard naps for short periods only.
+        (Idle::Adaptive, NetBackend::Kernel) => IdlePolicy::adaptive(),
+        (Idle::Adaptive, NetBackend::Dpdk) => IdlePolicy::Adaptive {
+            spin: 2048,
+            yields: 16,
+            max_sleep: Duration::from_micros(200),
+        },
+    };
+    let rcfg = ReactorConfig {
+        cores: cfg.reactor.cores.clone(),
+        pin: cfg.reactor.pin,
+        idle,
+        ring_capacity: 4096,
+        ..ReactorConfig::default()
+    };
+    let (port_tx, port_rx) = mpsc::channel::<(usize, u16)>();
+    let port_tx = Mutex::new(port_tx);
+    let kernel_ip = if cfg.net.backend == NetBackend::Kernel {
+        Some(cfg.kernel_ip()?)
+    } else {
+        None
+    };
+    let iface = if cfg.net.backend == NetBackend::Dpdk {
+        Some(cfg.iface_addr()?)
+    } else {
+        None
+    };
+    let nic_parts = nic.map(|n| (n.port.clone(), n.mac));
+    let nic_slots: Option<Arc<Mutex<Vec<_>>>> = nic.map(|n| {
+        let taken = n
+            .parts
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
+        Arc::new(Mutex::new(taken))
+    });
+    let bdev = cfg.store.kind == StoreKind::Bdevstore;
+    let uuid = cfg.osd.uuid.clone();
+    let base_port = cfg.net.base_port;
+    let gateway = cfg.net.gateway;
+    let max_conns = cfg.net.max_connections;
+    let keyring = keyring.clone();
+    let counters = counters.to_vec();
+    let usage = usage.to_vec();
+    let (reactor, control) = Reactor::start::<ShardMsg, _>(rcfg, move |setup| {
+        let shard = setup.shard();
+        let port = if base_port == 0 {
+            0
+        } else {
+            base_port + shard as u16
+        };
+        let net: Box<dyn NetStack> = match (&kernel_ip, &nic_parts, &iface, &nic_slots) {
+            (Some(ip), _, _, _) => Box::new(
+                KernelStack::new(KernelConfig {
+                    bind: *ip,
+                    max_sockets: max_conns + BACKLOG_SOCKETS,
+                    ..KernelConfig::default()
+                })
+                .map_err(|e| e.to_string())?,
+            ),
+            (None, Some((eth, mac)), Some(addr), Some(slots)) => {
+                let (pool, steering) = slots
+                    .lock()
+                    .map_err(|e| e.to_string())?
+                    .get_mut(shard)
+                    .and_then(Option::take)
+                    .ok_or("each shard takes its queue once")?;
+                let mut dev = DpdkDevice::new(eth.clone(), shard as u16, pool, 1500);
+                if let Some(s) = steering {
+                    dev = dev.with_steering(s);
+                }
+                let smol = SmolConfig {
+                    mac: *mac,
+                    ip: addr.ip,
+                    prefix_len: addr.prefix_len,
+                    gateway,
+                    max_sockets: max_conns + BACKLOG_SOCKETS,
+                    random_seed: u64::from(std::process::id()) << 8 | shard as u64,
+                    ..SmolConfig::default()
+                };
+                Box::new(SmolStack::new(dev, smol, None).map_err(|e| e.to_string())?)
+            }
+            _ => return Err("no network backend for this shard".into()),
+        };
+        let store = if bdev {
+            ShardStore::bdev(BDEV, shard).map_err(|e| e.to_string())?
+        } else {
+            ShardStore::Mem(carmine_memstore::MemStore::new())
+        };
+        let parts = ShardParts {
+            shard,
+            shards,
+            uuid: uuid.clone(),
+            net,
+            port,
+            max_connections: max_conns,
+            store,
+            keyring: keyring.clone(),
+            counters: counters[shard].clone(),
+            usage: usage[shard].clone(),
+        };
+        let (core, bound) = ShardCore::new(parts, setup.mailbox()).map_err(|e| e.to_string())?;
+        let core = std::rc::Rc::new(std::cell::RefCell::new(core));
+        let handler_core = core.clone();
+        setup.on_message(move |src, msg| handler_core.borrow_mut().on_message(src, msg));
+        setup.add_poller(Box::new(ShardPoller(core)));
+        port_tx
+            .lock()
+            .map_err(|e| e.to_string())?
+            .send((shard, bound))
+            .map_err(|e| e.to_string())?;
+        tracing::info!(shard, port = bound, "shard listening");
+        Ok(())
+    })?;
+    let mut ports = vec![0u16; shards];
+    for (shard, port) in port_rx.try_iter() {
+        if let Some(p) = ports.get_mut(shard) {
+            *p = port;
+        }
+    }
+    Ok((reactor, control, ports))
+}
+
+/// Sockets beyond the connection cap: the listener's pre-created LISTEN sockets.
+const BACKLOG_SOCKETS: usize = crate::shard::BACKLOG + 1;
+
+/// Delivers maps into one shard's control ring.
+struct RingSink {
+    shard: usize,
+    control: Arc<Mutex<ControlSender<ShardMsg>>>,
+}
+
+impl MapSink for RingSink {
+    fn deliver(&mut self, map: Arc<ClusterMap>) -> Result<(), SinkFull> {
+        let mut c = self.control.lock().map_err(|_| SinkFull)?;
+        c.send(self.shard, ShardMsg::Map(map)).map_err(|_| SinkFull)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_pci;
+
+    #[test]
+    fn pci_addresses_are_told_from_vdev_strings() {
+        assert!(is_pci("0000:03:00.0"));
+        assert!(!is_pci("net_af_packet0,iface=eth0"));
+        assert!(!is_pci("net_memif0"));
+    }
+}

@@ -1,0 +1,199 @@
+//! Which PGs this OSD serves, and on which shard: a table computed once per map epoch.
+//!
+//! Placement (`carmine_placement::pg_to_osds`) walks every OSD of the map and allocates, so
+//! the op path never calls it. When a map arrives each shard rebuilds this table (off the
+//! per-op path, a few microseconds per PG), and an op then costs one hash lookup and one index.
+//!
+//! The rule for an op addressed with the client's epoch `e` to PG `p` of pool `q`:
+//! - the shard has no map yet, or `e` is newer than the shard's map → `Again` (the map is on
+//!   its way through the control ring);
+//! - `q`/`p` unknown, or this OSD is not `p`'s primary: `StaleMap` if `e` is older than ours
+//!   (the client refreshes and recomputes), else `Invalid` (same map, so the client computed
+//!   placement wrongly);
+//! - otherwise the op belongs to shard `pg_to_shard(p, shards)` of this OSD.
+
+use std::collections::HashMap;
+
+use carmine_placement::{pg_to_osds, pg_to_shard, ClusterMap};
+use carmine_wire::{Epoch, OpError};
+
+use crate::ops::Target;
+
+/// One pool as this OSD sees it.
+#[derive(Debug, Clone)]
+struct PoolView {
+    /// Owning shard of each PG whose primary is this OSD; `None`: not ours.
+    owner: Vec<Option<u16>>,
+    /// Replication factor (only 1 is served for writes until replication lands).
+    size: u32,
+}
+
+/// The routing table of one epoch.
+#[derive(Debug, Clone, Default)]
+pub struct Routing {
+    epoch: u64,
+    osd: Option<u32>,
+    pools: HashMap<u64, PoolView>,
+}
+
+impl Routing {
+    /// The table for `map`, for the OSD with `uuid` and `shards` shards.
+    pub fn build(map: &ClusterMap, uuid: &str, shards: usize) -> Routing {
+        let osd = map.osd_by_uuid(uuid).map(|o| o.id);
+        let mut pools = HashMap::with_capacity(map.pools.len());
+        for pool in map.pools.values() {
+            let owner = (0..pool.pg_num)
+                .map(|pg| {
+                    let primary = pg_to_osds(map, pool, pg).first().copied();
+                    match (osd, primary) {
+                        (Some(me), Some(p)) if me == p => {
+                            Some(pg_to_shard(pg, shards as u32) as u16)
+                        }
+                        _ => None,
+                    }
+                })
+                .collect();
+            pools.insert(
+                u64::from(pool.id),
+                PoolView {
+                    owner,
+                    size: pool.size,
+                },
+            );
+        }
+        Routing {
+            epoch: map.epoch,
+            osd,
+            pools,
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// This OSD's id in the map, once it is there.
+    pub fn osd(&self) -> Option<u32> {
+        self.osd
+    }
+
+    /// PGs this OSD is primary for (all shards).
+    pub fn owned_pgs(&self) -> usize {
+        self.pools
+            .values()
+            .map(|p| p.owner.iter().filter(|o| o.is_some()).count())
+            .sum()
+    }
+
+    /// The shard that owns `t`, or the error to answer with.
+    pub fn route(&self, t: &Target) -> Result<usize, OpError> {
+        if self.epoch == 0 || t.epoch > self.epoch {
+            return Err(OpError::Again);
+        }
+        let not_here = || {
+            if t.epoch < self.epoch {
+                OpError::StaleMap {
+                    osd_epoch: Epoch(self.epoch),
+                }
+            } else {
+                OpError::Invalid
+            }
+        };
+        let pool = self.pools.get(&t.pool).ok_or_else(not_here)?;
+        match pool.owner.get(t.pg as usize) {
+            Some(Some(shard)) => Ok(*shard as usize),
+            _ => Err(not_here()),
+        }
+    }
+
+    /// Replication factor of a pool (None: unknown pool).
+    pub fn pool_size(&self, pool: u64) -> Option<u32> {
+        self.pools.get(&pool).map(|p| p.size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use carmine_placement::{Osd, Pool};
+
+    fn map(epoch: u64, osds: &[(u32, &str)]) -> ClusterMap {
+        let mut m = ClusterMap {
+            epoch,
+            ..Default::default()
+        };
+        for &(id, uuid) in osds {
+            m.osds.insert(
+                id,
+                Osd {
+                    id,
+                    uuid: uuid.into(),
+                    host: format!("h{id}"),
+                    public_addr: "127.0.0.1".into(),
+                    cluster_addr: "127.0.0.1".into(),
+                    shard_count: 2,
+                    shard_ports: vec![1, 2],
+                    up: true,
+                    in_: true,
+                    weight: 1.0,
+                },
+            );
+        }
+        m.pools.insert(
+            1,
+            Pool {
+                id: 1,
+                name: "p".into(),
+                size: 1,
+                min_size: 1,
+                pg_num: 64,
+            },
+        );
+        m
+    }
+
+    #[test]
+    fn routes_own_pgs_to_their_shard_and_others_to_errors() {
+        let m = map(5, &[(0, "a"), (1, "b")]);
+        let r = Routing::build(&m, "a", 2);
+        assert_eq!(r.osd(), Some(0));
+        let pool = &m.pools[&1];
+        let mut mine = 0;
+        for pg in 0..64 {
+            let t = |epoch| Target { pool: 1, pg, epoch };
+            let primary = pg_to_osds(&m, pool, pg)[0];
+            if primary == 0 {
+                mine += 1;
+                assert_eq!(r.route(&t(5)), Ok((pg % 2) as usize));
+                // An older client epoch still routes when the PG is ours.
+                assert_eq!(r.route(&t(4)), Ok((pg % 2) as usize));
+            } else {
+                assert_eq!(r.route(&t(5)), Err(OpError::Invalid));
+                assert_eq!(
+                    r.route(&t(4)),
+                    Err(OpError::StaleMap {
+                        osd_epoch: Epoch(5)
+                    })
+                );
+            }
+            assert_eq!(r.route(&t(6)), Err(OpError::Again));
+        }
+        assert_eq!(r.owned_pgs(), mine);
+        assert!(mine > 10 && mine < 54, "two OSDs share 64 PGs: {mine}");
+        let unknown = Target {
+            pool: 9,
+            pg: 0,
+            epoch: 4,
+        };
+        assert!(matches!(r.route(&unknown), Err(OpError::StaleMap { .. })));
+        assert_eq!(Routing::default().route(&unknown), Err(OpError::Again));
+    }
+
+    #[test]
+    fn an_osd_missing_from_the_map_owns_nothing() {
+        let m = map(3, &[(0, "a")]);
+        let r = Routing::build(&m, "zzz", 1);
+        assert_eq!(r.osd(), None);
+        assert_eq!(r.owned_pgs(), 0);
+    }
+}

@@ -1,0 +1,115 @@
+//! The object store a shard owns: memstore, or bdevstore on the shard's SPDK thread.
+//!
+//! bdevstore runs on an [`SpdkBlockDevice`], which borrows the shard's [`SpdkThread`] for as
+//! long as it lives (it polls that thread to reap completions). Both live in the same shard
+//! state for the life of the shard, which a plain borrow cannot express, so the thread is
+//! leaked into a `&'static` when the shard starts and taken back, in [`Drop`], only after the
+//! store and its device are gone. That reclaim is this module's one `unsafe` block.
+
+use carmine_bdevstore::{BdevStore, MountOptions};
+use carmine_memstore::MemStore;
+use carmine_objectstore::{ObjectStore, StoreError};
+use carmine_spdk::{SpdkBlockDevice, SpdkThread};
+
+/// A shard's store.
+pub enum ShardStore {
+    Mem(MemStore),
+    Bdev(Box<BdevShard>),
+}
+
+/// bdevstore with the SPDK thread its device polls.
+pub struct BdevShard {
+    store: Option<BdevStore<SpdkBlockDevice<'static>>>,
+    thread: Option<&'static SpdkThread>,
+}
+
+/// Why a shard's store could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardStoreError {
+    #[error("SPDK: {0}")]
+    Spdk(#[from] carmine_spdk::SpdkError),
+    #[error("mounting bdevstore shard {shard}: {source}")]
+    Mount { shard: usize, source: StoreError },
+}
+
+impl ShardStore {
+    /// Opens bdev `name` on a new SPDK thread of the calling (shard) thread and mounts the
+    /// shard's partition.
+    pub fn bdev(name: &str, shard: usize) -> Result<ShardStore, ShardStoreError> {
+        let thread: &'static SpdkThread =
+            Box::leak(Box::new(SpdkThread::new(&format!("osd-shard{shard}"))?));
+        let mut guard = BdevShard {
+            store: None,
+            thread: Some(thread),
+        };
+        let dev = SpdkBlockDevice::open(thread, name)?;
+        let store = BdevStore::mount(
+            dev,
+            MountOptions {
+                shard,
+                ..MountOptions::default()
+            },
+        )
+        .map_err(|source| ShardStoreError::Mount { shard, source })?;
+        guard.store = Some(store);
+        Ok(ShardStore::Bdev(Box::new(guard)))
+    }
+
+    pub fn get(&mut self) -> &mut dyn ObjectStore {
+        match self {
+            ShardStore::Mem(m) => m,
+            ShardStore::Bdev(b) => b
+                .store
+                .as_mut()
+                .map(|s| s as &mut dyn ObjectStore)
+                .unwrap_or_else(|| unreachable!("a BdevShard holds its store until dropped")),
+        }
+    }
+
+    pub fn get_ref(&self) -> &dyn ObjectStore {
+        match self {
+            ShardStore::Mem(m) => m,
+            ShardStore::Bdev(b) => b
+                .store
+                .as_ref()
+                .map(|s| s as &dyn ObjectStore)
+                .unwrap_or_else(|| unreachable!("a BdevShard holds its store until dropped")),
+        }
+    }
+
+    /// (used, capacity) bytes, when the store knows.
+    pub fn usage(&self) -> Option<(u64, u64)> {
+        match self {
+            ShardStore::Mem(_) => None,
+            ShardStore::Bdev(b) => b.store.as_ref().map(|s| {
+                let geo = s.geometry();
+                let seg = geo.seg_bytes();
+                let total = geo.nsegs as u64 * seg;
+                (total - s.free_segments() as u64 * seg, total)
+            }),
+        }
+    }
+}
+
+impl Drop for BdevShard {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.take() {
+            // A clean shutdown writes a checkpoint so the next mount replays nothing.
+            match store.shutdown() {
+                Ok(dev) => drop(dev),
+                Err(e) => tracing::error!(error = %e, "bdevstore shutdown failed"),
+            }
+        }
+        if let Some(thread) = self.thread.take() {
+            // SAFETY: `thread` came from `Box::leak` in `ShardStore::bdev`, and the only
+            // borrower of it, the store's `SpdkBlockDevice`, was dropped above (or never
+            // created). Rebuilding the box runs `SpdkThread`'s Drop (exit + destroy) on this,
+            // its own, OS thread.
+            unsafe {
+                drop(Box::from_raw(
+                    thread as *const SpdkThread as *mut SpdkThread,
+                ))
+            };
+        }
+    }
+}
