@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use carmine_client::{Client, Error};
 use carmine_placement::{object_to_pg, pg_to_osds, pg_to_shard};
 use carmine_proto::v1::{self, mon_cluster_client::MonClusterClient};
-use common::{runtime, Mon};
+use common::{runtime, Follower, Mon};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -195,5 +195,41 @@ fn an_unreachable_monitor_is_an_error() {
             Client::connect(cfg).await,
             Err(Error::Mon(carmine_client::MonError::NoAddress))
         ));
+    });
+}
+
+#[test]
+fn a_follower_monitor_redirects_the_client_to_the_leader() {
+    let rt = runtime();
+    rt.block_on(async {
+        tokio::time::timeout(LIMIT, async {
+            let mon = Mon::start();
+            boot(&mon, "a", "h0", "127.0.0.1", vec![7000]).await;
+            mon.create_pool("p", 8, 1).await;
+            let follower = Follower::start(Some(mon.addr.clone()));
+            // Only the follower is listed: GetMap and the subscription are redirected.
+            let client = Client::connect(carmine_client::ClientConfig::new(
+                follower.addr.clone(),
+                creds(),
+            ))
+            .await
+            .unwrap();
+            assert_eq!(client.epoch(), mon.map().await.epoch);
+            let epoch = mon.osd_out(0).await;
+            assert!(client.wait_for_epoch(epoch, Duration::from_secs(10)).await);
+
+            // A follower that knows no leader sends the client on to the next monitor listed.
+            let lost = Follower::start(None);
+            let client = Client::connect(carmine_client::ClientConfig::new(
+                format!("{},{}", lost.addr, mon.addr),
+                creds(),
+            ))
+            .await
+            .unwrap();
+            assert_eq!(client.pool("p").await.unwrap().pg_num, 8);
+            assert!(client.epoch() >= epoch);
+        })
+        .await
+        .expect("test timed out");
     });
 }

@@ -188,6 +188,65 @@ impl Drop for Mon {
     }
 }
 
+/// A follower monitor: the real monitor service in follower mode (what an etcd-mode monitor
+/// serves until elected), told the leader's address directly instead of through etcd. It
+/// answers every call with the `carmine-leader` redirect.
+pub struct Follower {
+    pub addr: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Follower {
+    pub fn start(leader: Option<String>) -> Follower {
+        let cfg = carmine_mon::MonConfig::parse_from([
+            "carmine-mon",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-token",
+            TOKEN,
+            "--etcd",
+            "http://127.0.0.1:1",
+        ]);
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (_leader_tx, leader_rx) = tokio::sync::watch::channel(leader);
+                let slot = carmine_mon::service::MonSlot::following(leader_rx);
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(l.local_addr().unwrap().to_string()).unwrap();
+                carmine_mon::serve_slot(cfg, slot, l, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        Follower {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A request carrying the admin token.
 pub fn authed<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
