@@ -21,17 +21,65 @@ fn end_of(off: u64, len: u64) -> Result<u64, StoreError> {
     }
 }
 
+/// A tiny map for what one transaction touches: a linear scan over a `Vec` while small (a
+/// typical transaction names one collection and a few objects, and this runs for every
+/// transaction on the write path: no hashing, and no allocation for a single entry beyond the
+/// Vec), a `HashMap` once it grows.
+struct Memo<K, V> {
+    small: Vec<(K, V)>,
+    big: HashMap<K, V>,
+}
+
+/// Entries kept in the linear part before switching to the hash map.
+const MEMO_SMALL: usize = 16;
+
+impl<K: Eq + std::hash::Hash + Copy, V: Copy> Memo<K, V> {
+    fn new() -> Self {
+        Memo {
+            small: Vec::new(),
+            big: HashMap::new(),
+        }
+    }
+    fn get(&self, k: &K) -> Option<V> {
+        if self.big.is_empty() {
+            self.small.iter().find(|(x, _)| x == k).map(|(_, v)| *v)
+        } else {
+            self.big.get(k).copied()
+        }
+    }
+    fn insert(&mut self, k: K, v: V) {
+        if !self.big.is_empty() {
+            self.big.insert(k, v);
+        } else if let Some(e) = self.small.iter_mut().find(|(x, _)| *x == k) {
+            e.1 = v;
+        } else if self.small.len() < MEMO_SMALL {
+            self.small.push((k, v));
+        } else {
+            self.big.extend(self.small.drain(..));
+            self.big.insert(k, v);
+        }
+    }
+    fn get_or_insert_with(&mut self, k: K, f: impl FnOnce() -> V) -> V {
+        match self.get(&k) {
+            Some(v) => v,
+            None => {
+                let v = f();
+                self.insert(k, v);
+                v
+            }
+        }
+    }
+}
+
 /// Check that `txn` applies cleanly to `view`, simulating the existence effects of earlier ops
 /// of the same transaction (create-then-write, remove-then-recreate, ...).
 pub fn validate(view: &dyn StoreView, txn: &Transaction) -> Result<(), StoreError> {
-    let mut colls: HashMap<CollectionId, bool> = HashMap::new();
-    let mut objs: HashMap<(CollectionId, &ObjectId), bool> = HashMap::new();
-    let mut delta: HashMap<CollectionId, isize> = HashMap::new();
+    let mut colls: Memo<CollectionId, bool> = Memo::new();
+    let mut objs: Memo<(CollectionId, &ObjectId), bool> = Memo::new();
+    let mut delta: Memo<CollectionId, isize> = Memo::new();
     for op in &txn.ops {
         let cid = op.cid();
-        let coll_exists = *colls
-            .entry(cid)
-            .or_insert_with(|| view.collection_exists(cid));
+        let coll_exists = colls.get_or_insert_with(cid, || view.collection_exists(cid));
         match op {
             Op::CreateCollection { .. } => {
                 if coll_exists {
@@ -50,7 +98,7 @@ pub fn validate(view: &dyn StoreView, txn: &Transaction) -> Result<(), StoreErro
                 } else {
                     0
                 };
-                if base + delta.get(&cid).copied().unwrap_or(0) > 0 {
+                if base + delta.get(&cid).unwrap_or(0) > 0 {
                     return Err(StoreError::NotEmpty(format!("collection {}", cid.0)));
                 }
                 colls.insert(cid, false);
@@ -71,9 +119,7 @@ pub fn validate(view: &dyn StoreView, txn: &Transaction) -> Result<(), StoreErro
                     | Op::OmapRm { oid, .. } => oid,
                     Op::CreateCollection { .. } | Op::RemoveCollection { .. } => continue,
                 };
-                let exists = *objs
-                    .entry((cid, oid))
-                    .or_insert_with(|| view.object_exists(cid, oid));
+                let exists = objs.get_or_insert_with((cid, oid), || view.object_exists(cid, oid));
                 match op {
                     Op::Write { off, data, .. } => {
                         end_of(*off, data.len() as u64)?;
@@ -92,13 +138,13 @@ pub fn validate(view: &dyn StoreView, txn: &Transaction) -> Result<(), StoreErro
                     }
                     Op::Remove { .. } => {
                         objs.insert((cid, oid), false);
-                        *delta.entry(cid).or_insert(0) -= 1;
+                        delta.insert(cid, delta.get(&cid).unwrap_or(0) - 1);
                     }
                     Op::RmAttr { .. } | Op::OmapRm { .. } => {}
                     _ => {
                         if !exists {
                             objs.insert((cid, oid), true);
-                            *delta.entry(cid).or_insert(0) += 1;
+                            delta.insert(cid, delta.get(&cid).unwrap_or(0) + 1);
                         }
                     }
                 }
@@ -300,6 +346,56 @@ mod tests {
         assert!(matches!(
             validate(&v, &t),
             Err(StoreError::InvalidArgument(_))
+        ));
+    }
+
+    /// More objects than the linear memo holds: the switch to the hash map keeps what was
+    /// simulated (created objects count, removed ones are gone).
+    #[test]
+    fn many_objects_in_one_transaction() {
+        let v = view();
+        let names: Vec<String> = (0..3 * MEMO_SMALL).map(|i| format!("o{i}")).collect();
+        let mut ops: Vec<Op> = names
+            .iter()
+            .map(|n| Op::Touch {
+                cid: C2,
+                oid: oid(n),
+            })
+            .collect();
+        // Remove every one of them again, then C2 is empty and may go.
+        ops.extend(names.iter().map(|n| Op::Remove {
+            cid: C2,
+            oid: oid(n),
+        }));
+        ops.push(Op::RemoveCollection { cid: C2 });
+        assert_eq!(validate(&v, &txn(ops.clone())), Ok(()));
+        // Leave the last one: not empty.
+        let keep = ops.len() - 2;
+        ops.remove(keep);
+        assert!(matches!(
+            validate(&v, &txn(ops)),
+            Err(StoreError::NotEmpty(_))
+        ));
+        // A removed object cannot lose an attribute after the memo switched.
+        let mut ops: Vec<Op> = names
+            .iter()
+            .map(|n| Op::Touch {
+                cid: C2,
+                oid: oid(n),
+            })
+            .collect();
+        ops.push(Op::Remove {
+            cid: C2,
+            oid: oid("o3"),
+        });
+        ops.push(Op::RmAttr {
+            cid: C2,
+            oid: oid("o3"),
+            name: "x".into(),
+        });
+        assert!(matches!(
+            validate(&v, &txn(ops)),
+            Err(StoreError::NotFound(_))
         ));
     }
 }
