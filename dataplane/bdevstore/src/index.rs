@@ -2,7 +2,7 @@
 //! records carry. The same `apply` runs when a record is built and when it is replayed, so
 //! replay reproduces the running state exactly (onode ids included).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use carmine_objectstore::{CollectionId, ObjectId, StoreView};
 use serde::{Deserialize, Serialize};
@@ -103,13 +103,26 @@ pub enum Entry {
 }
 
 /// Per-segment live bytes and back references (derived; rebuilt on load).
+///
+/// The back references are *candidates*: adding an extent appends `(onode, offset)` to its
+/// segment's list, removing one only decrements a count. Every 4 KiB overwrite changes several
+/// extents, so keeping an exact ordered set (two B-tree updates per change) cost more than the
+/// rest of the index update; a list with stale entries costs a push. Readers of the list (the
+/// cleaner) check each entry against the extent map. A list is compacted (stale and duplicate
+/// entries dropped) once it holds more than twice its live count, and emptied when its segment
+/// holds no extent, so its length stays within a constant factor of the live extents.
 #[derive(Default, Debug)]
 pub struct Accounting {
     seg_area: u64,
     seg_blocks: u64,
     pub live: Vec<u64>,
-    /// (onode, logical offset) of every extent in the segment: the cleaner's work list.
-    pub refs: Vec<BTreeSet<(u64, u64)>>,
+    /// Candidate (onode, logical offset) of every extent in the segment (a superset, may hold
+    /// duplicates): the cleaner's work list.
+    pub refs: Vec<Vec<(u64, u64)>>,
+    /// Extents really in the segment.
+    nrefs: Vec<u32>,
+    /// Segments whose candidate list outgrew its live count (compacted after the op).
+    compact: Vec<u32>,
     /// Segments with no live bytes (kept incrementally so polls never scan all segments).
     pub empty: usize,
 }
@@ -125,18 +138,32 @@ impl Accounting {
                 self.empty -= 1;
             }
             self.live[s] += e.len;
-            self.refs[s].insert((id, off));
+            self.nrefs[s] += 1;
+            let r = &mut self.refs[s];
+            r.push((id, off));
+            if r.len() >= 2 * self.nrefs[s] as usize + 64 {
+                self.compact.push(s as u32);
+            }
         }
     }
-    fn sub(&mut self, id: u64, off: u64, e: &Extent) {
+    fn sub(&mut self, e: &Extent) {
         if let Some(s) = self.seg(e.chunk.lba) {
             let before = self.live[s];
             self.live[s] = before.saturating_sub(e.len);
             if before > 0 && self.live[s] == 0 {
                 self.empty += 1;
             }
-            self.refs[s].remove(&(id, off));
+            self.nrefs[s] = self.nrefs[s].saturating_sub(1);
+            if self.nrefs[s] == 0 {
+                self.refs[s].clear();
+            } else if self.refs[s].len() >= 2 * self.nrefs[s] as usize + 64 {
+                self.compact.push(s as u32);
+            }
         }
+    }
+    /// Is extent `e` (at `id`, `off`) in segment `s`?
+    fn holds(&self, s: usize, e: &Extent) -> bool {
+        self.seg(e.chunk.lba) == Some(s)
     }
 }
 
@@ -167,9 +194,9 @@ fn insert_ext(o: &mut Onode, acct: &mut Accounting, id: u64, off: u64, e: Extent
     o.extents.insert(off, e);
 }
 
-fn remove_ext(o: &mut Onode, acct: &mut Accounting, id: u64, off: u64) -> Option<Extent> {
+fn remove_ext(o: &mut Onode, acct: &mut Accounting, off: u64) -> Option<Extent> {
     let e = o.extents.remove(&off)?;
-    acct.sub(id, off, &e);
+    acct.sub(&e);
     Some(e)
 }
 
@@ -184,7 +211,7 @@ fn punch(o: &mut Onode, acct: &mut Accounting, id: u64, off: u64, len: u64) {
         if k + e.len <= off {
             break;
         }
-        remove_ext(o, acct, id, k);
+        remove_ext(o, acct, k);
         if k < off {
             insert_ext(o, acct, id, k, Extent { len: off - k, ..e });
         }
@@ -208,13 +235,55 @@ impl Index {
             seg_area: geo.seg_area(),
             seg_blocks: geo.seg_blocks,
             live: vec![0; n],
-            refs: vec![BTreeSet::new(); n],
+            refs: vec![Vec::new(); n],
+            nrefs: vec![0; n],
+            compact: Vec::new(),
             empty: n,
         };
         for (&id, o) in &self.onodes {
             for (&off, e) in &o.extents {
                 self.acct.add(id, off, e);
             }
+        }
+        self.compact_refs();
+    }
+
+    /// The live extents of segment `s`, at most `max`, in no particular order: candidates
+    /// checked against the extent maps, duplicates skipped.
+    pub fn segment_extents(&self, s: usize, max: usize) -> Vec<(u64, u64, Extent)> {
+        let mut out: Vec<(u64, u64, Extent)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for &(id, off) in self.acct.refs.get(s).map_or(&[][..], |r| &r[..]) {
+            if out.len() >= max {
+                break;
+            }
+            let Some(e) = self.onodes.get(&id).and_then(|o| o.extents.get(&off)) else {
+                continue;
+            };
+            if self.acct.holds(s, e) && seen.insert((id, off)) {
+                out.push((id, off, *e));
+            }
+        }
+        out
+    }
+
+    /// Drop stale and duplicate candidates of the segments flagged by `Accounting::add`.
+    fn compact_refs(&mut self) {
+        self.acct.compact.sort_unstable();
+        self.acct.compact.dedup();
+        while let Some(s) = self.acct.compact.pop() {
+            let s = s as usize;
+            let mut r = std::mem::take(&mut self.acct.refs[s]);
+            r.sort_unstable();
+            r.dedup();
+            let acct = &self.acct;
+            r.retain(|(id, off)| {
+                self.onodes
+                    .get(id)
+                    .and_then(|o| o.extents.get(off))
+                    .is_some_and(|e| acct.holds(s, e))
+            });
+            self.acct.refs[s] = r;
         }
     }
 
@@ -239,6 +308,13 @@ impl Index {
 
     /// Apply one validated logical op. No failure paths.
     pub fn apply(&mut self, op: &LOp) {
+        self.apply_op(op);
+        if !self.acct.compact.is_empty() {
+            self.compact_refs();
+        }
+    }
+
+    fn apply_op(&mut self, op: &LOp) {
         match op {
             LOp::CreateColl(cid) => {
                 self.colls.insert(*cid, BTreeMap::new());
@@ -271,6 +347,20 @@ impl Index {
                 let Some(o) = self.onodes.get_mut(&id) else {
                     return;
                 };
+                // The steady state of small random overwrites: an extent of exactly this range
+                // exists. Replace it in place (one tree lookup instead of a range search, a
+                // removal and an insertion).
+                if let Some(e) = o.extents.get_mut(off).filter(|e| len > 0 && e.len == len) {
+                    acct.sub(e);
+                    *e = Extent {
+                        len,
+                        skip: 0,
+                        chunk: *chunk,
+                    };
+                    acct.add(id, *off, e);
+                    o.size = o.size.max(off + len);
+                    return;
+                }
                 if len > 0 {
                     punch(o, acct, id, *off, len);
                     insert_ext(
@@ -338,8 +428,8 @@ impl Index {
 
     fn drop_onode(&mut self, id: u64) {
         if let Some(o) = self.onodes.remove(&id) {
-            for (off, e) in &o.extents {
-                self.acct.sub(id, *off, e);
+            for e in o.extents.values() {
+                self.acct.sub(e);
             }
         }
     }
@@ -353,7 +443,7 @@ impl Index {
         if o.extents.get(&r.off) != Some(&r.old) {
             return false;
         }
-        remove_ext(o, acct, r.onode, r.off);
+        remove_ext(o, acct, r.off);
         insert_ext(
             o,
             acct,
@@ -365,6 +455,9 @@ impl Index {
                 chunk: r.new,
             },
         );
+        if !self.acct.compact.is_empty() {
+            self.compact_refs();
+        }
         true
     }
 
@@ -377,5 +470,98 @@ impl Index {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geo() -> Geometry {
+        Geometry {
+            uuid: 1,
+            ratio: 1,
+            part_start: 1,
+            part_blocks: 2 * 4 + 8 * 64,
+            slot_blocks: 4,
+            seg_blocks: 64,
+            nsegs: 8,
+        }
+    }
+
+    /// The exact set of (onode, offset, extent) in segment `s`, from the extent maps.
+    fn truth(idx: &Index, g: &Geometry, s: u32) -> Vec<(u64, u64, Extent)> {
+        let mut v: Vec<_> = idx
+            .onodes
+            .iter()
+            .flat_map(|(&id, o)| o.extents.iter().map(move |(&off, e)| (id, off, *e)))
+            .filter(|(_, _, e)| g.seg_of(e.chunk.lba) == Some(s))
+            .collect();
+        v.sort_by_key(|x| (x.0, x.1));
+        v
+    }
+
+    /// Back references stay a small superset of the segment's extents through splits,
+    /// in-place overwrites and removals, and the cleaner's view is exact.
+    #[test]
+    fn back_references_track_extents() {
+        let g = geo();
+        let mut idx = Index::default();
+        idx.rebuild_accounting(&g);
+        let c = CollectionId(1);
+        idx.apply(&LOp::CreateColl(c));
+        let big = |oid: &str, lba: u64| LOp::Write {
+            cid: c,
+            oid: ObjectId::from(oid),
+            off: 0,
+            chunk: ChunkRef {
+                lba,
+                len: 32 * 4096,
+                crc: 0,
+            },
+        };
+        // Two objects with one 128 KiB extent each in segment 0.
+        let s0 = g.seg_lba(0);
+        idx.apply(&big("a", s0));
+        idx.apply(&big("b", s0 + 32));
+        // Many small overwrites into segment 1 (and back over themselves), splitting the big
+        // extents piece by piece.
+        let s1 = g.seg_lba(1);
+        let mut x = 7u64;
+        for i in 0..2000u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let oid = if x >> 63 == 0 { "a" } else { "b" };
+            let block = (x >> 20) % 32;
+            let len = 1 + (x >> 40) % 3 * 2048;
+            idx.apply(&LOp::Write {
+                cid: c,
+                oid: ObjectId::from(oid),
+                off: block * 4096,
+                chunk: ChunkRef {
+                    lba: s1 + i % 64,
+                    len: len as u32,
+                    crc: 0,
+                },
+            });
+            if i % 97 == 0 {
+                for s in 0..2 {
+                    let mut got = idx.segment_extents(s as usize, usize::MAX);
+                    got.sort_by_key(|x| (x.0, x.1));
+                    assert_eq!(got, truth(&idx, &g, s));
+                    let n = truth(&idx, &g, s).len();
+                    assert!(idx.acct.refs[s as usize].len() <= 2 * n + 64);
+                }
+            }
+        }
+        idx.apply(&LOp::Remove(c, ObjectId::from("a")));
+        idx.apply(&LOp::Remove(c, ObjectId::from("b")));
+        for s in 0..2 {
+            assert_eq!(idx.acct.live[s], 0);
+            assert!(idx.acct.refs[s].is_empty());
+            assert!(idx.segment_extents(s, usize::MAX).is_empty());
+        }
+        assert_eq!(idx.acct.empty, g.nsegs as usize);
     }
 }

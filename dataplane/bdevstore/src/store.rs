@@ -99,6 +99,8 @@ struct InFlight {
 struct ReadOp {
     ticket: Ticket,
     out: Vec<u8>,
+    /// `out` starts empty and the single piece's bytes are appended (no zero fill).
+    append: bool,
     pending: usize,
     err: Option<StoreError>,
 }
@@ -416,6 +418,8 @@ impl<D: BlockDevice> BdevStore<D> {
                             stored: chunk.crc,
                             computed,
                         });
+                    } else if r.append {
+                        r.out.extend_from_slice(&stored[skip..skip + len]);
                     } else {
                         r.out[dest..dest + len].copy_from_slice(&stored[skip..skip + len]);
                     }
@@ -514,9 +518,19 @@ impl<D: BlockDevice> BdevStore<D> {
             }
         }
         let _ = id;
+        let total = (end - off) as usize;
+        // One piece covering the whole range (the common case): its completion appends the
+        // bytes to an empty buffer, so the buffer is never zero-filled first. Otherwise holes
+        // read as zeros and pieces land at their offsets.
+        let whole = pieces.len() == 1 && pieces[0].0 == 0 && pieces[0].2 == total;
         let op = self.reads.insert(ReadOp {
             ticket,
-            out: vec![0; (end - off) as usize],
+            out: if whole {
+                Vec::with_capacity(total)
+            } else {
+                vec![0; total]
+            },
+            append: whole,
             pending: pieces.len() + 1,
             err: None,
         });
@@ -613,6 +627,27 @@ impl<D: BlockDevice> BdevStore<D> {
     }
 
     fn translate(txn: &Transaction, mut lba: u64, crcs: bool) -> (Vec<LOp>, u64) {
+        if let [Op::Write {
+            cid,
+            oid,
+            off,
+            data,
+        }] = &txn.ops[..]
+        {
+            // The common case (one write) without the iterator and its generic collect.
+            let chunk = ChunkRef {
+                lba,
+                len: data.len() as u32,
+                crc: if crcs { crc32c::crc32c(data) } else { 0 },
+            };
+            let op = LOp::Write {
+                cid: *cid,
+                oid: oid.clone(),
+                off: *off,
+                chunk,
+            };
+            return (vec![op], blocks_for(data.len() as u64));
+        }
         let mut blocks = 0;
         let ops = txn
             .ops
@@ -797,8 +832,11 @@ impl<D: BlockDevice> BdevStore<D> {
                 self.queue.pop_front();
                 continue;
             }
-            let (probe, nblocks) = Self::translate(txn, 0, false);
-            let size = encoded_len(&Entry::Txn(probe));
+            // Translated once, with chunk addresses relative to this transaction's data; they
+            // are rebased below once the record position is known.
+            let (lops, nblocks) = Self::translate(txn, 0, true);
+            let entry = Entry::Txn(lops);
+            let size = encoded_len(&entry);
             if h_blocks == 0 {
                 let h = blocks_for(fixed + size);
                 if h + nblocks > max_blocks {
@@ -847,7 +885,14 @@ impl<D: BlockDevice> BdevStore<D> {
                 break;
             };
             let base = self.geo.seg_lba(self.head.seg) + self.head.block + h_blocks + data_blocks;
-            let (lops, nblocks) = Self::translate(&txn, base, true);
+            let mut entry = entry;
+            if let Entry::Txn(lops) = &mut entry {
+                for op in lops.iter_mut() {
+                    if let LOp::Write { chunk, .. } = op {
+                        chunk.lba += base;
+                    }
+                }
+            }
             hdr_bytes += size;
             for op in txn.ops {
                 if let Op::Write { data: bytes, .. } = op {
@@ -860,10 +905,8 @@ impl<D: BlockDevice> BdevStore<D> {
                 }
             }
             debug_assert!(nblocks <= data_blocks);
-            for op in &lops {
-                self.idx.apply(op);
-            }
-            entries.push(Entry::Txn(lops));
+            self.idx.apply_entry(&entry);
+            entries.push(entry);
             tickets.push(ticket);
             txns += 1;
         }
@@ -966,24 +1009,11 @@ impl<D: BlockDevice> BdevStore<D> {
         // Bounded batch: at most half a segment, so the relocation record always fits.
         let budget = self.opts.clean_batch_bytes.min(self.geo.seg_bytes() / 2);
         let mut taken = 0u64;
-        let items: Vec<(u64, u64)> = self.idx.acct.refs[v as usize]
-            .iter()
-            .take(4096)
-            .copied()
-            .collect();
+        let items = self.idx.segment_extents(v as usize, 4096);
         // Live extents grouped by the chunk they point into (chunk lba -> index in `reads`).
         let mut reads: Vec<(ChunkRef, Vec<CleanPiece>)> = Vec::new();
         let mut by_lba: HashMap<u64, usize> = HashMap::new();
-        for (id, off) in items {
-            let Some(ext) = self
-                .idx
-                .onodes
-                .get(&id)
-                .and_then(|o| o.extents.get(&off))
-                .copied()
-            else {
-                continue;
-            };
+        for (id, off, ext) in items {
             if taken > 0 && taken + ext.len > budget {
                 break;
             }
