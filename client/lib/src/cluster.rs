@@ -178,7 +178,15 @@ struct Inner {
     mon: Arc<MonClient>,
     map: watch::Sender<Arc<ClusterMap>>,
     conns: Mutex<HashMap<(u32, u32), Arc<Slot>>>,
+    routes: Mutex<RouteCache>,
     counters: Counters,
+}
+
+/// Routes computed with the map of `epoch`, by (pool, PG). Errors are not kept.
+#[derive(Default)]
+struct RouteCache {
+    epoch: u64,
+    routes: HashMap<(u32, u32), Target>,
 }
 
 /// A client of one Carmine cluster. All methods take `&self`; share it (e.g. in an `Arc`) and
@@ -244,6 +252,7 @@ impl Client {
             mon: mon.clone(),
             map: tx.clone(),
             conns: Mutex::new(HashMap::new()),
+            routes: Mutex::new(RouteCache::default()),
             counters: Counters::default(),
         });
         let follower = inner
@@ -531,6 +540,27 @@ impl Inner {
         }
     }
 
+    /// `route_pg`, memoised per map epoch: placement ranks every host and OSD, which is worth
+    /// doing once per PG and epoch rather than once per op.
+    fn route_cached(&self, map: &ClusterMap, pool: &Pool, pg: u32) -> Result<Target, RouteError> {
+        {
+            let mut c = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+            if c.epoch != map.epoch {
+                c.epoch = map.epoch;
+                c.routes.clear();
+            }
+            if let Some(t) = c.routes.get(&(pool.id, pg)) {
+                return Ok(*t);
+            }
+        }
+        let t = route::route_pg(map, pool, pg)?;
+        let mut c = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if c.epoch == map.epoch {
+            c.routes.insert((pool.id, pg), t);
+        }
+        Ok(t)
+    }
+
     /// The route of `place` with `map`.
     fn target(
         &self,
@@ -546,9 +576,10 @@ impl Inner {
             })
         })?;
         let r = match place {
-            Place::Object(o) => route::route_object(map, p, o),
-            Place::Pg(pg) => route::route_pg(map, p, pg),
-        };
+            Place::Object(o) => route::object_pg(p, o),
+            Place::Pg(pg) => Ok(pg),
+        }
+        .and_then(|pg| self.route_cached(map, p, pg));
         r.map_err(|e| match e {
             // Cannot get better with another map of the same pool.
             RouteError::NoSuchPg { .. } | RouteError::NoPgs { .. } => {
