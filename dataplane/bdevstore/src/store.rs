@@ -158,12 +158,19 @@ pub struct BdevStore<D: BlockDevice> {
     next_ticket: u64,
     stats: StoreStats,
     iobuf: Vec<IoCompletion<D::Buf>>,
-    pool: HashMap<usize, Vec<D::Buf>>,
+    /// Idle buffers by length in blocks (index); lengths past the end are not pooled. A Vec
+    /// index instead of a hash map: this runs for every device I/O.
+    pool: Vec<Vec<D::Buf>>,
     pooled: usize,
+    /// Scratch list of the pieces of one read.
+    read_pieces: Vec<(usize, usize, usize, ChunkRef)>,
 }
 
 /// Bytes of idle I/O buffers kept for reuse.
 const POOL_BYTES: usize = 32 << 20;
+/// Largest pooled buffer, in blocks (records are at most a segment; checkpoint bodies, larger
+/// and rare, are allocated each time).
+const POOL_MAX_BLOCKS: usize = 4096;
 
 impl<D: BlockDevice> BdevStore<D> {
     /// Mount shard `opts.shard` of a formatted device: load the newest checkpoint, replay the
@@ -233,8 +240,9 @@ impl<D: BlockDevice> BdevStore<D> {
             next_ticket: 0,
             stats: StoreStats::default(),
             iobuf: Vec::new(),
-            pool: HashMap::new(),
+            pool: Vec::new(),
             pooled: 0,
+            read_pieces: Vec::new(),
         };
         s.nfree = s.used.iter().filter(|u| !**u).count() as u32;
         Ok(s)
@@ -303,7 +311,8 @@ impl<D: BlockDevice> BdevStore<D> {
     /// faults on first touch (and DMA memory is precious), so buffers cycle through a pool.
     /// Contents are arbitrary.
     fn get_buf(&mut self, len: usize) -> Result<D::Buf, carmine_objectstore::device::DeviceError> {
-        if let Some(b) = self.pool.get_mut(&len).and_then(Vec::pop) {
+        let slot = len / BLOCK as usize;
+        if let Some(b) = self.pool.get_mut(slot).and_then(Vec::pop) {
             self.pooled -= len;
             return Ok(b);
         }
@@ -312,9 +321,13 @@ impl<D: BlockDevice> BdevStore<D> {
 
     fn put_buf(&mut self, b: D::Buf) {
         let len = b.len();
-        if self.pooled + len <= POOL_BYTES {
+        let slot = len / BLOCK as usize;
+        if self.pooled + len <= POOL_BYTES && len % BLOCK as usize == 0 && slot <= POOL_MAX_BLOCKS {
+            if self.pool.len() <= slot {
+                self.pool.resize_with(slot + 1, Vec::new);
+            }
             self.pooled += len;
-            self.pool.entry(len).or_default().push(b);
+            self.pool[slot].push(b);
         }
     }
 
@@ -471,8 +484,15 @@ impl<D: BlockDevice> BdevStore<D> {
 
     // ---------------------------------------------------------------- reads
 
-    fn start_read(&mut self, ticket: Ticket, cid: CollectionId, oid: ObjectId, off: u64, len: u64) {
-        let Some((id, o)) = self.idx.onode(cid, &oid) else {
+    fn start_read(
+        &mut self,
+        ticket: Ticket,
+        cid: CollectionId,
+        oid: &ObjectId,
+        off: u64,
+        len: u64,
+    ) {
+        let Some((id, o)) = self.idx.onode(cid, oid) else {
             let what = if self.idx.colls.contains_key(&cid) {
                 format!("object {oid:?}")
             } else {
@@ -492,7 +512,9 @@ impl<D: BlockDevice> BdevStore<D> {
             });
             return;
         }
-        let mut pieces = Vec::new();
+        // (dest offset, offset in chunk, length, chunk); a reused scratch list (no allocation).
+        let mut pieces = std::mem::take(&mut self.read_pieces);
+        pieces.clear();
         let first = o.extents.range(..=off).next_back().map_or(off, |(k, _)| *k);
         for (&k, e) in o.extents.range(first..end) {
             let s = k.max(off);
@@ -513,7 +535,9 @@ impl<D: BlockDevice> BdevStore<D> {
                 .iter()
                 .any(|p| p.3.lba >= rec.start && p.3.lba < rec.end)
             {
-                self.deferred.push_back((ticket, cid, oid, off, len));
+                self.deferred
+                    .push_back((ticket, cid, oid.clone(), off, len));
+                self.read_pieces = pieces;
                 return;
             }
         }
@@ -534,7 +558,7 @@ impl<D: BlockDevice> BdevStore<D> {
             pending: pieces.len() + 1,
             err: None,
         });
-        for (dest, skip, len, chunk) in pieces {
+        for &(dest, skip, len, chunk) in &pieces {
             let blocks = blocks_for(chunk.len as u64);
             match self.get_buf((blocks * BLOCK) as usize) {
                 Ok(buf) => {
@@ -556,6 +580,7 @@ impl<D: BlockDevice> BdevStore<D> {
                 }
             }
         }
+        self.read_pieces = pieces;
         // The extra pending count keeps the op alive while pieces are submitted.
         self.finish_piece(op);
     }
@@ -1009,7 +1034,7 @@ impl<D: BlockDevice> BdevStore<D> {
         // Bounded batch: at most half a segment, so the relocation record always fits.
         let budget = self.opts.clean_batch_bytes.min(self.geo.seg_bytes() / 2);
         let mut taken = 0u64;
-        let items = self.idx.segment_extents(v as usize, 4096);
+        let items = self.idx.segment_extents(v as usize, budget);
         // Live extents grouped by the chunk they point into (chunk lba -> index in `reads`).
         let mut reads: Vec<(ChunkRef, Vec<CleanPiece>)> = Vec::new();
         let mut by_lba: HashMap<u64, usize> = HashMap::new();
@@ -1145,7 +1170,7 @@ impl<D: BlockDevice> BdevStore<D> {
             return;
         }
         while let Some((t, cid, oid, off, len)) = self.deferred.pop_front() {
-            self.start_read(t, cid, oid, off, len);
+            self.start_read(t, cid, &oid, off, len);
         }
     }
 
@@ -1182,7 +1207,7 @@ impl<D: BlockDevice> ObjectStore for BdevStore<D> {
     fn read(&mut self, cid: CollectionId, oid: &ObjectId, off: u64, len: u64) -> Ticket {
         self.next_ticket += 1;
         let ticket = Ticket(self.next_ticket);
-        self.start_read(ticket, cid, oid.clone(), off, len);
+        self.start_read(ticket, cid, oid, off, len);
         ticket
     }
 
