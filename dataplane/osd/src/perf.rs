@@ -101,13 +101,14 @@ impl Latency {
         self.dirty = true;
     }
 
-    /// Publishes the quantiles into `c` if due.
-    pub fn maybe_publish(&mut self, c: &ShardCounters, now: Instant) {
+    /// Publishes the quantiles into `c` if due; true when it did.
+    pub fn maybe_publish(&mut self, c: &ShardCounters, now: Instant) -> bool {
         if !self.dirty || now.saturating_duration_since(self.last_publish) < PUBLISH_EVERY {
-            return;
+            return false;
         }
         self.publish(c);
         self.last_publish = now;
+        true
     }
 
     pub fn publish(&mut self, c: &ShardCounters) {

@@ -245,7 +245,9 @@ impl ShardCore {
             work += wrote + self.net.poll();
         }
         let now = Instant::now();
-        self.latency.maybe_publish(&self.counters, now);
+        if self.latency.maybe_publish(&self.counters, now) {
+            self.publish_usage();
+        }
         work
     }
 
@@ -292,6 +294,11 @@ impl ShardCore {
             primary_pgs = self.routing.owned_pgs(),
             "map applied"
         );
+        self.publish_usage();
+    }
+
+    /// Store usage for the heartbeats (the monitor's nearfull/full checks).
+    fn publish_usage(&self) {
         if let Some((used, cap)) = self.store.usage() {
             ShardCounters::set(&self.usage.0, used);
             ShardCounters::set(&self.usage.1, cap);
