@@ -143,6 +143,7 @@ impl carmine_agent::Stats for OsdStats {
             let s = r.snapshot();
             out.push((format!("shard{i}.busy_loops"), s.busy_loops));
             out.push((format!("shard{i}.idle_loops"), s.idle_loops));
+            out.push((format!("shard{i}.busy_us"), s.busy_ns / 1000));
             out.push((format!("shard{i}.sleeps"), s.sleeps));
             out.push((format!("shard{i}.ring_hops_in"), s.cross_shard_received));
             out.push((format!("shard{i}.ring_hops_out"), s.cross_shard_sent));

@@ -147,9 +147,15 @@ impl<M> ShardLoop<M> {
             .collect::<Vec<_>>();
         let mut idle_streak: u32 = 0;
         while !self.stop.load(Ordering::Relaxed) {
+            let started = std::time::Instant::now();
             let work = self.turn();
             if work > 0 {
                 self.stats.busy_loops.add(1);
+                // CPU time that did work: with busy polling the core is always at 100%, so
+                // this is what tells how much of it the requests cost.
+                self.stats
+                    .busy_ns
+                    .add(started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64);
                 idle_streak = 0;
                 continue;
             }

@@ -30,6 +30,8 @@ pub struct ShardStats {
     pub busy_loops: Counter,
     /// Loop iterations that found nothing to do.
     pub idle_loops: Counter,
+    /// Nanoseconds spent in iterations that did some work.
+    pub busy_ns: Counter,
     /// Times the shard blocked on its eventfd (adaptive idle policy only).
     pub sleeps: Counter,
     /// Messages this shard pushed into another shard's ring (cross-shard hops).
@@ -53,6 +55,7 @@ pub struct ShardStats {
 pub struct ShardStatsSnapshot {
     pub busy_loops: u64,
     pub idle_loops: u64,
+    pub busy_ns: u64,
     pub sleeps: u64,
     pub cross_shard_sent: u64,
     pub cross_shard_received: u64,
@@ -69,6 +72,7 @@ impl ShardStats {
         ShardStatsSnapshot {
             busy_loops: self.busy_loops.get(),
             idle_loops: self.idle_loops.get(),
+            busy_ns: self.busy_ns.get(),
             sleeps: self.sleeps.get(),
             cross_shard_sent: self.cross_shard_sent.get(),
             cross_shard_received: self.cross_shard_received.get(),
