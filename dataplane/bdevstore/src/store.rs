@@ -312,7 +312,13 @@ impl<D: BlockDevice> BdevStore<D> {
     /// Contents are arbitrary.
     fn get_buf(&mut self, len: usize) -> Result<D::Buf, carmine_objectstore::device::DeviceError> {
         let slot = len / BLOCK as usize;
-        if let Some(b) = self.pool.get_mut(slot).and_then(Vec::pop) {
+        let pooled = len % BLOCK as usize == 0 && len > 0;
+        if let Some(b) = self
+            .pool
+            .get_mut(slot)
+            .filter(|_| pooled)
+            .and_then(Vec::pop)
+        {
             self.pooled -= len;
             return Ok(b);
         }
@@ -322,7 +328,8 @@ impl<D: BlockDevice> BdevStore<D> {
     fn put_buf(&mut self, b: D::Buf) {
         let len = b.len();
         let slot = len / BLOCK as usize;
-        if self.pooled + len <= POOL_BYTES && len % BLOCK as usize == 0 && slot <= POOL_MAX_BLOCKS {
+        let whole_blocks = len % BLOCK as usize == 0 && len > 0;
+        if self.pooled + len <= POOL_BYTES && whole_blocks && slot <= POOL_MAX_BLOCKS {
             if self.pool.len() <= slot {
                 self.pool.resize_with(slot + 1, Vec::new);
             }
@@ -515,19 +522,27 @@ impl<D: BlockDevice> BdevStore<D> {
         // (dest offset, offset in chunk, length, chunk); a reused scratch list (no allocation).
         let mut pieces = std::mem::take(&mut self.read_pieces);
         pieces.clear();
-        let first = o.extents.range(..=off).next_back().map_or(off, |(k, _)| *k);
-        for (&k, e) in o.extents.range(first..end) {
+        let piece = |k: u64, e: &Extent| {
             let s = k.max(off);
             let t = (k + e.len).min(end);
-            if s >= t {
-                continue;
+            (s < t).then(|| {
+                (
+                    (s - off) as usize,
+                    e.skip as usize + (s - k) as usize,
+                    (t - s) as usize,
+                    e.chunk,
+                )
+            })
+        };
+        match o.extents.range(..end).next_back() {
+            // One extent covers the whole range (the common small read): one tree search.
+            Some((&k, e)) if k <= off && k + e.len >= end => pieces.extend(piece(k, e)),
+            _ => {
+                let first = o.extents.range(..=off).next_back().map_or(off, |(k, _)| *k);
+                for (&k, e) in o.extents.range(first..end) {
+                    pieces.extend(piece(k, e));
+                }
             }
-            pieces.push((
-                (s - off) as usize,
-                e.skip as usize + (s - k) as usize,
-                (t - s) as usize,
-                e.chunk,
-            ));
         }
         // Data of the record being written is not on the device yet: wait for it.
         if let Some(rec) = &self.rec {
