@@ -21,28 +21,32 @@ fn end_of(off: u64, len: u64) -> Result<u64, StoreError> {
     }
 }
 
-/// A tiny map for what one transaction touches: a linear scan over a `Vec` while small (a
-/// typical transaction names one collection and a few objects, and this runs for every
-/// transaction on the write path: no hashing, and no allocation for a single entry beyond the
-/// Vec), a `HashMap` once it grows.
+/// A tiny map for what one transaction touches: a linear scan over a few inline slots while
+/// small (a typical transaction names one collection and one or a few objects, and this runs
+/// for every transaction on the write path: no hashing and no heap allocation), a `HashMap`
+/// once it grows.
 struct Memo<K, V> {
-    small: Vec<(K, V)>,
+    small: [Option<(K, V)>; MEMO_SMALL],
     big: HashMap<K, V>,
 }
 
-/// Entries kept in the linear part before switching to the hash map.
-const MEMO_SMALL: usize = 16;
+/// Entries kept inline before switching to the hash map.
+const MEMO_SMALL: usize = 4;
 
 impl<K: Eq + std::hash::Hash + Copy, V: Copy> Memo<K, V> {
     fn new() -> Self {
         Memo {
-            small: Vec::new(),
+            small: [None; MEMO_SMALL],
             big: HashMap::new(),
         }
     }
     fn get(&self, k: &K) -> Option<V> {
         if self.big.is_empty() {
-            self.small.iter().find(|(x, _)| x == k).map(|(_, v)| *v)
+            self.small
+                .iter()
+                .flatten()
+                .find(|(x, _)| x == k)
+                .map(|(_, v)| *v)
         } else {
             self.big.get(k).copied()
         }
@@ -50,12 +54,13 @@ impl<K: Eq + std::hash::Hash + Copy, V: Copy> Memo<K, V> {
     fn insert(&mut self, k: K, v: V) {
         if !self.big.is_empty() {
             self.big.insert(k, v);
-        } else if let Some(e) = self.small.iter_mut().find(|(x, _)| *x == k) {
+        } else if let Some(e) = self.small.iter_mut().flatten().find(|(x, _)| *x == k) {
             e.1 = v;
-        } else if self.small.len() < MEMO_SMALL {
-            self.small.push((k, v));
+        } else if let Some(slot) = self.small.iter_mut().find(|e| e.is_none()) {
+            *slot = Some((k, v));
         } else {
-            self.big.extend(self.small.drain(..));
+            self.big
+                .extend(self.small.iter_mut().filter_map(Option::take));
             self.big.insert(k, v);
         }
     }
