@@ -124,6 +124,9 @@ pub struct Accounting {
     nrefs: Vec<u32>,
     /// Segments whose candidate list outgrew its live count (compacted after the op).
     compact: Vec<u32>,
+    /// Bumped whenever a list is compacted or emptied (positions in it change), so a reader
+    /// can keep a cursor into a list between steps.
+    gen: Vec<u32>,
     /// Segments with no live bytes (kept incrementally so polls never scan all segments).
     pub empty: usize,
 }
@@ -159,6 +162,7 @@ impl Accounting {
             // count falls cost a tree lookup per entry for every few removals.
             if self.nrefs[s] == 0 {
                 self.refs[s].clear();
+                self.gen[s] = self.gen[s].wrapping_add(1);
             }
         }
     }
@@ -166,6 +170,15 @@ impl Accounting {
     fn holds(&self, s: usize, e: &Extent) -> bool {
         self.seg(e.chunk.lba) == Some(s)
     }
+}
+
+/// Where the cleaner stopped in a segment's candidate list (see
+/// [`Index::segment_extents_from`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefCursor {
+    seg: usize,
+    gen: u32,
+    pos: usize,
 }
 
 /// The whole metadata of one partition; serialized as the checkpoint body.
@@ -239,6 +252,7 @@ impl Index {
             refs: vec![Vec::new(); n],
             nrefs: vec![0; n],
             compact: Vec::new(),
+            gen: vec![0; n],
             empty: n,
         };
         for (&id, o) in &self.onodes {
@@ -253,10 +267,34 @@ impl Index {
     /// skipped), in no particular order, adding up to at most `budget` bytes, except that the
     /// first one is always taken.
     pub fn segment_extents(&self, s: usize, budget: u64) -> Vec<(u64, u64, Extent)> {
+        self.segment_extents_from(s, &mut RefCursor::default(), budget)
+    }
+
+    /// Like [`Index::segment_extents`], resuming at `cursor` (a position in segment `s`'s
+    /// candidate list) and leaving it after the last entry examined. The cleaner relocates
+    /// what it takes, so entries before the cursor are dead: resuming there saves rescanning
+    /// them on every step. A cursor of another segment or list generation restarts at 0.
+    pub fn segment_extents_from(
+        &self,
+        s: usize,
+        cursor: &mut RefCursor,
+        budget: u64,
+    ) -> Vec<(u64, u64, Extent)> {
+        let gen = self.acct.gen.get(s).copied().unwrap_or(0);
+        let list = self.acct.refs.get(s).map_or(&[][..], |r| &r[..]);
+        if cursor.seg != s || cursor.gen != gen || cursor.pos > list.len() {
+            *cursor = RefCursor {
+                seg: s,
+                gen,
+                pos: 0,
+            };
+        }
+        let start = cursor.pos;
         let mut out: Vec<(u64, u64, Extent)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let mut taken = 0u64;
-        for &(id, off) in self.acct.refs.get(s).map_or(&[][..], |r| &r[..]) {
+        for &(id, off) in &list[start..] {
+            cursor.pos += 1;
             let Some(e) = self.onodes.get(&id).and_then(|o| o.extents.get(&off)) else {
                 continue;
             };
@@ -264,12 +302,20 @@ impl Index {
                 continue;
             }
             if !out.is_empty() && taken.saturating_add(e.len) > budget {
+                // Not taken: the next step starts here.
+                cursor.pos -= 1;
                 break;
             }
             if seen.insert((id, off)) {
                 taken = taken.saturating_add(e.len);
                 out.push((id, off, *e));
             }
+        }
+        if out.is_empty() && start > 0 {
+            // Nothing live past the cursor (should not happen while the segment holds data,
+            // but never miss live extents): rescan from the start once.
+            cursor.pos = 0;
+            return self.segment_extents_from(s, cursor, budget);
         }
         out
     }
@@ -291,6 +337,7 @@ impl Index {
                     .is_some_and(|e| acct.holds(s, e))
             });
             self.acct.refs[s] = r;
+            self.acct.gen[s] = self.acct.gen[s].wrapping_add(1);
         }
     }
 
@@ -564,9 +611,45 @@ mod tests {
                 }
             }
         }
+        // Drain segment 0 the way the cleaner does: budgeted steps from a cursor, each taken
+        // extent relocated to segment 2, interleaved with more overwrites. It must empty.
+        let mut cursor = RefCursor::default();
+        let mut to = g.seg_lba(2);
+        for step in 0..10_000 {
+            if idx.acct.live[0] == 0 {
+                break;
+            }
+            assert!(step < 9_999, "segment 0 never drained");
+            let batch = idx.segment_extents_from(0, &mut cursor, 3 * 4096);
+            assert!(!batch.is_empty(), "live data but nothing found");
+            for (id, off, old) in batch {
+                assert!(idx.apply_reloc(&Reloc {
+                    onode: id,
+                    off,
+                    old,
+                    new: ChunkRef {
+                        lba: to,
+                        len: old.len as u32,
+                        crc: 0,
+                    },
+                }));
+                to += 1;
+            }
+            idx.apply(&LOp::Write {
+                cid: c,
+                oid: ObjectId::from("a"),
+                off: (step % 32) * 4096,
+                chunk: ChunkRef {
+                    lba: g.seg_lba(3) + step % 64,
+                    len: 4096,
+                    crc: 0,
+                },
+            });
+        }
+        assert!(truth(&idx, &g, 0).is_empty());
         idx.apply(&LOp::Remove(c, ObjectId::from("a")));
         idx.apply(&LOp::Remove(c, ObjectId::from("b")));
-        for s in 0..2 {
+        for s in 0..4 {
             assert_eq!(idx.acct.live[s], 0);
             assert!(idx.acct.refs[s].is_empty());
             assert!(idx.segment_extents(s, u64::MAX).is_empty());

@@ -13,7 +13,7 @@ use slab::Slab;
 use crate::format::{
     blocks_for, encode, encoded_len, frame, Geometry, LogPos, RecordHeader, BLOCK, REC_MAGIC,
 };
-use crate::index::{ChunkRef, Entry, Extent, Index, LOp, Reloc};
+use crate::index::{ChunkRef, Entry, Extent, Index, LOp, RefCursor, Reloc};
 use crate::mount::{encode_checkpoint, load, sync_flush, sync_write, CkptBody, Loaded};
 
 /// Knobs of a mounted store.
@@ -139,6 +139,8 @@ pub struct BdevStore<D: BlockDevice> {
     reads: Slab<ReadOp>,
     deferred: VecDeque<(Ticket, CollectionId, ObjectId, u64, u64)>,
     victim: Option<u32>,
+    /// Where the cleaner stopped in the victim's back-reference list.
+    clean_cursor: RefCursor,
     bad_segs: Vec<bool>,
     clean_inflight: usize,
     clean_ready: Vec<(u64, u64, Extent, Vec<u8>)>,
@@ -218,6 +220,7 @@ impl<D: BlockDevice> BdevStore<D> {
             reads: Slab::with_capacity(256),
             deferred: VecDeque::new(),
             victim: None,
+            clean_cursor: RefCursor::default(),
             bad_segs: vec![false; n],
             clean_inflight: 0,
             clean_ready: Vec::new(),
@@ -1049,7 +1052,9 @@ impl<D: BlockDevice> BdevStore<D> {
         // Bounded batch: at most half a segment, so the relocation record always fits.
         let budget = self.opts.clean_batch_bytes.min(self.geo.seg_bytes() / 2);
         let mut taken = 0u64;
-        let items = self.idx.segment_extents(v as usize, budget);
+        let items = self
+            .idx
+            .segment_extents_from(v as usize, &mut self.clean_cursor, budget);
         // Live extents grouped by the chunk they point into (chunk lba -> index in `reads`).
         let mut reads: Vec<(ChunkRef, Vec<CleanPiece>)> = Vec::new();
         let mut by_lba: HashMap<u64, usize> = HashMap::new();
