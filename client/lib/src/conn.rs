@@ -13,7 +13,7 @@ use carmine_wire::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, Mutex};
+use tokio::sync::{oneshot, Mutex, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 use tracing::{debug, warn};
@@ -63,6 +63,10 @@ struct Pending {
 #[derive(Default)]
 struct Shared {
     pending: StdMutex<Pending>,
+    /// Encoded small frames waiting for the writer task (see [`write_loop`]).
+    outbox: StdMutex<Vec<u8>>,
+    /// Wakes the writer task; a permit is kept when it is busy, so no frame is left behind.
+    flush: Notify,
 }
 
 impl Shared {
@@ -88,6 +92,12 @@ impl Shared {
         for w in waiters {
             let _ = w.send(Err(ClientError::Closed(reason.clone())));
         }
+    }
+
+    fn outbox(&self) -> MutexGuard<'_, Vec<u8>> {
+        // Only whole frames are ever appended under this lock (a failed encode truncates its
+        // partial bytes), so a poisoned buffer is still frame-aligned.
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn forget(&self, tid: u64) {
@@ -126,13 +136,14 @@ struct WriteState {
 /// in an `Arc`): any number of calls may be in flight at once.
 pub struct Connection {
     shared: Arc<Shared>,
-    writer: Mutex<WriteState>,
+    writer: Arc<Mutex<WriteState>>,
     next_tid: AtomicU64,
     encoder: Encoder,
     session: Session,
     peer: SocketAddr,
     op_timeout: Duration,
     reader: JoinHandle<()>,
+    writer_task: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -147,8 +158,9 @@ impl std::fmt::Debug for Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        // Stops the reader; the socket closes with the last half.
+        // Stops both tasks; the socket closes with the last half.
         self.reader.abort();
+        self.writer_task.abort();
     }
 }
 
@@ -176,18 +188,21 @@ impl Connection {
         let (read_half, write_half) = stream.into_split();
         let shared = Arc::new(Shared::default());
         let reader = tokio::spawn(read_loop(read_half, dec, Arc::clone(&shared)));
+        let writer = Arc::new(Mutex::new(WriteState {
+            half: write_half,
+            buf: Vec::new(),
+        }));
+        let writer_task = tokio::spawn(write_loop(Arc::clone(&writer), Arc::clone(&shared)));
         Ok(Connection {
             shared,
-            writer: Mutex::new(WriteState {
-                half: write_half,
-                buf: Vec::new(),
-            }),
+            writer,
             next_tid: AtomicU64::new(1),
             encoder: Encoder::new(session.version, opts.limits),
             session,
             peer: addr,
             op_timeout: opts.op_timeout,
             reader,
+            writer_task,
         })
     }
 
@@ -253,20 +268,30 @@ impl Connection {
 
     async fn send(&self, tid: u64, req: &OpRequest<'_>) -> Result<(), ClientError> {
         let msg = Message::OpRequest(*req);
-        let mut w = self.writer.lock().await;
-        let WriteState { half, buf } = &mut *w;
         let bulk = msg.bulk().map_or(0, <[u8]>::len);
         if bulk <= COPY_BULK_MAX {
-            // One buffer, one write: with TCP_NODELAY a separate small head would go out as
-            // its own segment.
+            // Queued for the writer task: the frames of every op issued before it runs go out
+            // in one write (one syscall, and with TCP_NODELAY as few segments as the bytes
+            // need), instead of one write per op.
             let len = self.encoder.frame_len(&msg);
-            if buf.len() < len {
-                buf.resize(len, 0);
+            {
+                let mut out = self.shared.outbox();
+                let start = out.len();
+                out.resize(start + len, 0);
+                match self.encoder.encode(tid, &msg, &mut out[start..]) {
+                    Ok(n) => out.truncate(start + n),
+                    Err(e) => {
+                        out.truncate(start);
+                        return Err(e.into());
+                    }
+                }
             }
-            let n = self.encoder.encode(tid, &msg, buf)?;
-            half.write_all(&buf[..n]).await?;
+            self.shared.flush.notify_one();
         } else {
-            // Large data goes to the socket from the caller's buffer, uncopied.
+            // Large data goes to the socket from the caller's buffer, uncopied, between two
+            // flushes of the writer task (same lock).
+            let mut w = self.writer.lock().await;
+            let WriteState { half, buf } = &mut *w;
             let head = self.encoder.frame_len(&msg) - bulk;
             if buf.len() < head {
                 buf.resize(head, 0);
@@ -281,6 +306,7 @@ impl Connection {
     fn fail(&self, reason: String) {
         self.shared.close(reason.into());
         self.reader.abort();
+        self.writer_task.abort();
     }
 }
 
@@ -344,6 +370,34 @@ async fn recv_one<T>(
             ));
         }
         dec.advance(n);
+    }
+}
+
+/// Largest outbox buffer kept between flushes; a bigger one (a burst of 64 KiB writes) is
+/// freed after it is written.
+const OUTBOX_KEEP: usize = 1 << 20;
+
+/// The writer task: whenever woken, writes everything queued in the outbox, in as few writes
+/// as possible, until it is empty. A write error closes the connection.
+async fn write_loop(writer: Arc<Mutex<WriteState>>, shared: Arc<Shared>) {
+    let mut chunk = Vec::new();
+    loop {
+        shared.flush.notified().await;
+        let mut w = writer.lock().await;
+        loop {
+            std::mem::swap(&mut *shared.outbox(), &mut chunk);
+            if chunk.is_empty() {
+                break;
+            }
+            if let Err(e) = w.half.write_all(&chunk).await {
+                shared.close(format!("write failed: {e}").into());
+                return;
+            }
+            chunk.clear();
+            if chunk.capacity() > OUTBOX_KEEP {
+                chunk = Vec::new();
+            }
+        }
     }
 }
 

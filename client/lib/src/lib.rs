@@ -8,8 +8,11 @@
 //! - [`Connection`] (`conn`): one authenticated, pipelined TCP connection to one OSD shard.
 //!   [`Connection::connect`] runs the `carmine-wire` handshake (version negotiation, HMAC
 //!   challenge, server proof) before handing out a connection, so an unauthenticated
-//!   connection cannot exist. [`Connection::call`] takes a fresh tid, registers a oneshot,
-//!   writes the frame; one reader task completes replies by tid in whatever order the OSD
+//!   connection cannot exist. [`Connection::call`] takes a fresh tid, registers a oneshot and
+//!   queues the encoded frame (≤ 64 KiB of data) for the connection's writer task, which
+//!   sends everything queued in one write: ops issued together (e.g. the workers woken by one
+//!   batch of replies) share a syscall and TCP segments. Larger data is written straight from
+//!   the caller's buffer. One reader task completes replies by tid in whatever order the OSD
 //!   answers. A malformed frame, an unexpected message or EOF closes the connection: the
 //!   reason goes to every pending and later call as [`ClientError::Closed`].
 //! - [`route`]: pure functions from (map, pool, object or PG) to a [`Target`] (pool, PG,
