@@ -130,8 +130,8 @@ impl Mon {
             .into()
     }
 
-    /// The newest map epoch OSD `id` applied, from its own admin service (the address the
-    /// monitor learnt from its boot).
+    /// The oldest map epoch the shards of OSD `id` applied (`shard<i>.map_epoch` perf
+    /// counters from its own admin service, at the address the monitor learnt from its boot).
     pub async fn osd_map_epoch(&self, id: u32) -> u64 {
         let addr = self
             .admin()
@@ -150,7 +150,17 @@ impl Mon {
             carmine_proto::AUTH_HEADER,
             carmine_proto::bearer(OSD_TOKEN).unwrap(),
         );
-        c.status(r).await.unwrap().into_inner().map_epoch
+        let counters = c.perf_counters(r).await.unwrap().into_inner().counters;
+        let epochs: Vec<u64> = counters
+            .iter()
+            .filter(|c| c.name.starts_with("shard") && c.name.ends_with(".map_epoch"))
+            .map(|c| c.value)
+            .collect();
+        assert!(
+            !epochs.is_empty(),
+            "no shard<i>.map_epoch counters: {counters:?}"
+        );
+        epochs.into_iter().min().unwrap_or(0)
     }
 
     /// Waits until every OSD of `ids` applied `epoch`.
