@@ -166,10 +166,16 @@ pub struct BdevStore<D: BlockDevice> {
     pooled: usize,
     /// Scratch list of the pieces of one read.
     read_pieces: Vec<(usize, usize, usize, ChunkRef)>,
+    /// Heap buffers of consumed write data (and recycled read results), reused for read
+    /// results and handed out by `data_buf`: a 4 KiB malloc/free pair per op otherwise.
+    spare: Vec<Vec<u8>>,
 }
 
 /// Bytes of idle I/O buffers kept for reuse.
 const POOL_BYTES: usize = 32 << 20;
+/// Spare heap data buffers kept (each at most `SPARE_MAX_BYTES` of capacity).
+const SPARE_BUFS: usize = 1024;
+const SPARE_MAX_BYTES: usize = 64 << 10;
 /// Largest pooled buffer, in blocks (records are at most a segment; checkpoint bodies, larger
 /// and rare, are allocated each time).
 const POOL_MAX_BLOCKS: usize = 4096;
@@ -246,6 +252,7 @@ impl<D: BlockDevice> BdevStore<D> {
             pool: Vec::new(),
             pooled: 0,
             read_pieces: Vec::new(),
+            spare: Vec::new(),
         };
         s.nfree = s.used.iter().filter(|u| !**u).count() as u32;
         Ok(s)
@@ -270,6 +277,18 @@ impl<D: BlockDevice> BdevStore<D> {
 
     pub fn device(&self) -> &D {
         &self.dev
+    }
+
+    /// The device itself, only while the store is idle (nothing queued or in flight), for
+    /// tools that interleave their own I/O with the store's (storebench's raw baseline on
+    /// another partition of the same device). Whoever submits through it must reap every one
+    /// of its completions before polling the store again: the store ignores unknown tokens.
+    pub fn device_mut_when_idle(&mut self) -> Option<&mut D> {
+        if self.is_idle() {
+            Some(&mut self.dev)
+        } else {
+            None
+        }
     }
 
     /// Free segments right now.
@@ -326,6 +345,24 @@ impl<D: BlockDevice> BdevStore<D> {
             return Ok(b);
         }
         self.dev.alloc_buf(len)
+    }
+
+    /// An empty heap buffer with room for `len` bytes, reused when possible.
+    fn take_spare(&mut self, len: usize) -> Vec<u8> {
+        match self.spare.pop() {
+            Some(mut v) => {
+                v.reserve(len);
+                v
+            }
+            None => Vec::with_capacity(len),
+        }
+    }
+
+    fn put_spare(&mut self, mut v: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFS && v.capacity() > 0 && v.capacity() <= SPARE_MAX_BYTES {
+            v.clear();
+            self.spare.push(v);
+        }
     }
 
     fn put_buf(&mut self, b: D::Buf) {
@@ -464,7 +501,8 @@ impl<D: BlockDevice> BdevStore<D> {
                     } else {
                         for (onode, off, ext) in pieces {
                             let s = ext.skip as usize;
-                            let data = stored[s..s + ext.len as usize].to_vec();
+                            let mut data = self.take_spare(ext.len as usize);
+                            data.extend_from_slice(&stored[s..s + ext.len as usize]);
                             self.clean_ready.push((onode, off, ext, data));
                         }
                     }
@@ -565,13 +603,14 @@ impl<D: BlockDevice> BdevStore<D> {
         // bytes to an empty buffer, so the buffer is never zero-filled first. Otherwise holes
         // read as zeros and pieces land at their offsets.
         let whole = pieces.len() == 1 && pieces[0].0 == 0 && pieces[0].2 == total;
+        let out = if whole {
+            self.take_spare(total)
+        } else {
+            vec![0; total]
+        };
         let op = self.reads.insert(ReadOp {
             ticket,
-            out: if whole {
-                Vec::with_capacity(total)
-            } else {
-                vec![0; total]
-            },
+            out,
             append: whole,
             pending: pieces.len() + 1,
             err: None,
@@ -1001,6 +1040,9 @@ impl<D: BlockDevice> BdevStore<D> {
             b[at..].fill(0);
             crc
         };
+        for (_, bytes) in data {
+            self.put_spare(bytes);
+        }
         let start = self.geo.seg_lba(self.head.seg) + self.head.block;
         let dev_lba = self.geo.dev_lba(start);
         let t = self.token(Io::RecWrite);
@@ -1323,5 +1365,13 @@ impl<D: BlockDevice> ObjectStore for BdevStore<D> {
 
     fn list_collections(&self) -> Vec<CollectionId> {
         self.idx.colls.keys().copied().collect()
+    }
+
+    fn data_buf(&mut self, len: usize) -> Vec<u8> {
+        self.take_spare(len)
+    }
+
+    fn recycle(&mut self, buf: Vec<u8>) {
+        self.put_spare(buf);
     }
 }

@@ -129,4 +129,19 @@ pub trait ObjectStore {
 
     /// All collections, in order.
     fn list_collections(&self) -> Vec<CollectionId>;
+
+    /// An empty buffer with room for at least `len` bytes, to fill with the data of the
+    /// caller's next write (`Op::Write::data`). An engine that consumes write data (copies it
+    /// into its own I/O buffers) hands such buffers out again here, and read results come from
+    /// the same pool, so a steady stream of 4 KiB writes and reads need not allocate (a 4 KiB
+    /// heap allocation and free cost more than a 4 KiB copy). Default: allocates.
+    fn data_buf(&mut self, len: usize) -> Vec<u8> {
+        Vec::with_capacity(len)
+    }
+
+    /// Gives back a buffer the caller no longer needs (read data once sent, say), for the
+    /// engine to reuse. Default: dropped.
+    fn recycle(&mut self, buf: Vec<u8>) {
+        drop(buf);
+    }
 }
