@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use carmine_wire::{AuthKey, KeyError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// A client identity: id plus key.
@@ -36,12 +36,20 @@ pub enum KeyFileError {
     Parse { path: PathBuf, reason: String },
     #[error("key file {path}: `id` is empty")]
     EmptyId { path: PathBuf },
+    #[error("cannot encode a key file: {0}")]
+    Encode(String),
     #[error("key file {path}: `key`: {source}")]
     Key {
         path: PathBuf,
         #[source]
         source: KeyError,
     },
+}
+
+#[derive(Serialize)]
+struct RawOut<'a> {
+    id: &'a str,
+    key: String,
 }
 
 #[derive(Deserialize)]
@@ -81,8 +89,13 @@ impl Credentials {
     }
 
     /// The key file text for these credentials (what `carmine auth add --keyfile` writes).
-    pub fn to_toml(&self) -> String {
-        format!("id = {:?}\nkey = \"{}\"\n", self.id, self.key.to_hex())
+    pub fn to_toml(&self) -> Result<String, KeyFileError> {
+        // toml quotes and escapes the id, whatever characters it holds.
+        toml::to_string(&RawOut {
+            id: &self.id,
+            key: self.key.to_hex(),
+        })
+        .map_err(|e| KeyFileError::Encode(e.to_string()))
     }
 }
 
@@ -102,9 +115,18 @@ mod tests {
             Credentials::parse(&format!("id = \"client.bench\"\nkey = \"{HEX}\"\n"), p()).unwrap();
         assert_eq!(c.id, "client.bench");
         assert_eq!(c.key.to_hex(), HEX);
-        let again = Credentials::parse(&c.to_toml(), p()).unwrap();
+        let again = Credentials::parse(&c.to_toml().unwrap(), p()).unwrap();
         assert_eq!(again.id, c.id);
         assert_eq!(again.key.to_hex(), HEX);
+        // An id with characters TOML must escape survives the round trip.
+        let odd = Credentials {
+            id: "client.\"q\\é".into(),
+            key: c.key.clone(),
+        };
+        assert_eq!(
+            Credentials::parse(&odd.to_toml().unwrap(), p()).unwrap().id,
+            odd.id
+        );
     }
 
     #[test]

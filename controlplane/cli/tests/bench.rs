@@ -69,7 +69,7 @@ fn bench_write_then_rand_reports_verified_figures() {
     let cluster = rt.block_on(common::Cluster::start("bench", 32, &[1, 1, 1]));
     let dir = tempfile::tempdir().unwrap();
     let keyfile = dir.path().join("client.key");
-    std::fs::write(&keyfile, cluster.creds.to_toml()).unwrap();
+    std::fs::write(&keyfile, cluster.creds.to_toml().unwrap()).unwrap();
     let mon = cluster.mon.addr.clone();
 
     let out = bench(
