@@ -19,7 +19,7 @@ use crate::run::CliError;
 /// What `carmine bench` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchMode {
-    /// write_full `--block-size` objects `<prefix>_<n>`, n cycling over `--objects`.
+    /// Write (write_full) `--block-size` objects `<prefix>_<n>`, n cycling over `--objects`.
     Write,
     /// Read those objects in order.
     Seq,
