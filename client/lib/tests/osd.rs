@@ -202,3 +202,36 @@ fn a_killed_osd_connection_is_reestablished() {
         .expect("test timed out");
     });
 }
+
+#[test]
+fn a_wrong_key_is_refused_after_the_keyring_grace() {
+    let rt = runtime();
+    rt.block_on(async {
+        tokio::time::timeout(LIMIT, async {
+            let cluster = Cluster::start("data", 8, &[1, 1, 1]).await;
+            let mut creds = cluster.creds.clone();
+            let mut key = [0u8; 32];
+            key[0] = 1;
+            creds.key = carmine_client::AuthKey::new(key);
+            let client = Client::connect(ClientConfig::new(cluster.mon.addr.clone(), creds))
+                .await
+                .unwrap();
+            let t0 = std::time::Instant::now();
+            match client.write_full("data", "x", b"never").await {
+                Err(Error::Auth { osd, .. }) => {
+                    assert_eq!(osd, client.locate("data", "x").unwrap().osd)
+                }
+                other => panic!("expected an authentication refusal, got {other:?}"),
+            }
+            // Retried while a fresh key could still be on its way, then given up.
+            assert!(t0.elapsed() < Duration::from_secs(20));
+            assert!(client.stats().retries >= 1);
+            assert_eq!(client.stats().connects, 0);
+            // The right key still works on the same cluster.
+            let good = Client::connect(cluster.config()).await.unwrap();
+            good.write_full("data", "x", b"ok").await.unwrap();
+        })
+        .await
+        .expect("test timed out");
+    });
+}
