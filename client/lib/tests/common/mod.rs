@@ -29,6 +29,13 @@ pub struct Mon {
 
 impl Mon {
     pub fn start() -> Mon {
+        Self::start_on("127.0.0.1:0")
+    }
+
+    /// A monitor listening on `listen` (e.g. a veth address in a test's network namespace;
+    /// the monitor's thread inherits the calling thread's namespace).
+    pub fn start_on(listen: &str) -> Mon {
+        let listen = listen.to_string();
         let dir = tempfile::tempdir().unwrap();
         let cfg = carmine_mon::MonConfig::parse_from([
             "carmine-mon",
@@ -50,7 +57,9 @@ impl Mon {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let l = tokio::net::TcpListener::bind(listen.as_str())
+                    .await
+                    .unwrap();
                 addr_tx.send(l.local_addr().unwrap().to_string()).unwrap();
                 carmine_mon::serve(cfg, l, async {
                     let _ = stop_rx.await;

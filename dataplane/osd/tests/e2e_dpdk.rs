@@ -1,0 +1,223 @@
+//! The OSD on its real data path, in the CI mode: DPDK `net_af_packet` on one end of a veth
+//! pair in a private network namespace, smoltcp per shard, two shards on a two-queue port
+//! (software steering), memstore. The monitor and the client run in the other namespace (this
+//! test's thread enters it; the threads it starts inherit it), kernel TCP, as a real client
+//! would. Needs root and hugepages (ci/test reserves them).
+
+#[path = "../../../client/lib/tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use carmine_client::{Client, ConnectOptions, Connection, Epoch, Op, OpRequest, PgId, PoolId};
+use carmine_net::netns::{self, VethPair, CLIENT_IP, SERVER_IF};
+use carmine_proto::v1;
+use common::{authed, Mon, OSD_TOKEN};
+
+const SMOLTCP_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+const AGENT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
+
+fn content(i: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|k| (k * 7 + i * 13 + (k >> 10)) as u8)
+        .collect()
+}
+
+/// Kills the OSD (and its `ip netns exec` parent) on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid. SIGTERM first: the OSD stops cleanly.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn two_shard_osd_on_dpdk_af_packet_serves_a_shard_aware_client() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "needs root: run through ci/test"
+    );
+    let veth = VethPair::create("o", 1500).expect("veth pair");
+    veth.add_server_kernel_ip(AGENT_IP).expect("agent address");
+    netns::enter(&veth.client_ns).expect("enter the client namespace");
+    let mon = Mon::start_on(&format!("{CLIENT_IP}:0"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("osd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[osd]
+uuid = "dpdk-osd"
+host = "dpdk-host"
+[mon]
+addr = "{mon}"
+[admin]
+listen = "{AGENT_IP}:0"
+token = "{OSD_TOKEN}"
+[reactor]
+cores = [0, 1]
+idle = "adaptive"
+pin = false
+[net]
+backend = "dpdk"
+ip = "{SMOLTCP_IP}/24"
+device = "net_af_packet0,iface={SERVER_IF}"
+base_port = 6800
+[store]
+kind = "memstore"
+[spdk]
+mem_mib = 256
+file_prefix = "carmine-e2e-dpdk-{pid}"
+"#,
+            mon = mon.addr,
+            pid = std::process::id(),
+        ),
+    )
+    .unwrap();
+
+    let rt = common::runtime();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(120), async {
+            let creds = mon.add_key("client.dpdk").await;
+            mon.create_pool("data", 32, 1).await;
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", &veth.server_ns])
+                .arg(env!("CARGO_BIN_EXE_carmine-osd"))
+                .args(["run", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap();
+            let out = child.stdout.take().unwrap();
+            let _osd = Child(child);
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if line.starts_with("carmine-osd: ready") {
+                        let _ = tx.send(line);
+                    }
+                }
+            });
+            let line =
+                tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+                    .await
+                    .unwrap()
+                    .expect("the DPDK OSD's ready line");
+            assert!(
+                line.contains("shards=2") && line.contains("ports=6800,6801"),
+                "{line}"
+            );
+            mon.wait_up(1).await;
+
+            let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds.clone());
+            cfg.op_timeout = Duration::from_secs(20);
+            let client = Arc::new(Client::connect(cfg).await.unwrap());
+            const SIZES: [usize; 5] = [1, 4096, 60_000, 300_000, 1 << 20];
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..400 {
+                let client = client.clone();
+                set.spawn(async move {
+                    let name = format!("d{i}");
+                    let data = content(i, SIZES[i % SIZES.len()]);
+                    client.write_full("data", &name, &data).await.unwrap();
+                    let got = client
+                        .read("data", &name, 0, data.len() as u32)
+                        .await
+                        .unwrap();
+                    assert!(got == data, "{name} read back differs");
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                r.unwrap();
+            }
+
+            // Both shards served, and the shard-aware client caused no forward.
+            let counters = perf(&mon).await;
+            assert!(
+                counters["shard0.ops"] > 0 && counters["shard1.ops"] > 0,
+                "{counters:?}"
+            );
+            assert_eq!(counters["forwards"], 0, "{counters:?}");
+
+            // An op sent to the other shard's port crosses the ring and is still served.
+            let name = (0..)
+                .map(|i| format!("f{i}"))
+                .find(|n| client.locate("data", n).unwrap().shard == 1)
+                .unwrap();
+            let t = client.locate("data", &name).unwrap();
+            let pool = client.pool("data").await.unwrap();
+            let conn = Connection::connect(
+                SocketAddr::from((SMOLTCP_IP, 6800)),
+                &ConnectOptions::new(creds.id.clone(), creds.key.clone()),
+            )
+            .await
+            .unwrap();
+            conn.call(&OpRequest {
+                pool: PoolId(u64::from(pool.id)),
+                pg: PgId(t.pg),
+                epoch: Epoch(client.epoch()),
+                op: Op::WriteFull {
+                    object: &name,
+                    data: b"via shard 0",
+                },
+            })
+            .await
+            .unwrap();
+            assert_eq!(
+                client.read("data", &name, 0, 64).await.unwrap(),
+                b"via shard 0"
+            );
+            let counters = perf(&mon).await;
+            assert_eq!(counters["shard0.forwards_sent"], 1, "{counters:?}");
+            assert_eq!(counters["shard1.forwards_received"], 1, "{counters:?}");
+        })
+        .await
+        .expect("test time limit");
+    });
+}
+
+async fn perf(mon: &Mon) -> BTreeMap<String, u64> {
+    let addr = mon
+        .admin()
+        .await
+        .osd_admin_addr(authed(v1::OsdIdRequest { id: 0 }))
+        .await
+        .unwrap()
+        .into_inner()
+        .admin_addr;
+    let mut c = v1::osd_admin_client::OsdAdminClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let mut r = tonic::Request::new(v1::Empty {});
+    r.metadata_mut().insert(
+        carmine_proto::AUTH_HEADER,
+        carmine_proto::bearer(OSD_TOKEN).unwrap(),
+    );
+    c.perf_counters(r)
+        .await
+        .unwrap()
+        .into_inner()
+        .counters
+        .into_iter()
+        .map(|c| (c.name, c.value))
+        .collect()
+}
