@@ -1097,6 +1097,13 @@ impl<D: BlockDevice> BdevStore<D> {
         let items = self
             .idx
             .segment_extents_from(v as usize, &mut self.clean_cursor, budget);
+        if items.is_empty() {
+            // Only dead candidates within this step's scan bound: continue next poll. (Still
+            // a step: waiting for space is bounded in steps.)
+            self.stats.cleaner_steps += 1;
+            self.stats.cleaner_max_pause = self.stats.cleaner_max_pause.max(t0.elapsed());
+            return;
+        }
         // Live extents grouped by the chunk they point into (chunk lba -> index in `reads`).
         let mut reads: Vec<(ChunkRef, Vec<CleanPiece>)> = Vec::new();
         let mut by_lba: HashMap<u64, usize> = HashMap::new();
