@@ -11,7 +11,7 @@ fn bench(device: &str) -> serde_json::Value {
             "--device",
             device,
             "--size-mib",
-            "48",
+            "96",
             "--working-set-mib",
             "8",
             "--seg-blocks",
