@@ -33,6 +33,10 @@
 //! covers the writes completed before it. [`device::FileDevice`] implements it over a file
 //! (pread/pwrite/fdatasync, run inside `poll`), [`device::NullDevice`] discards data.
 //!
+//! Data buffers can cycle instead of being allocated per op: [`ObjectStore::data_buf`] hands
+//! out an empty buffer for the next write's data and [`ObjectStore::recycle`] takes back read
+//! results the caller is done with (both have allocating/dropping defaults).
+//!
 //! Metadata reads ([`ObjectStore::stat`], attributes, omap, listing) are synchronous: both
 //! engines keep all metadata resident in memory (bdevstore rebuilds it on mount), so they never
 //! wait on the device. Only object *data* reads are ticketed.
