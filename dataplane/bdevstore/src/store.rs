@@ -575,10 +575,12 @@ impl<D: BlockDevice> BdevStore<D> {
                 )
             })
         };
-        match o.extents.range(..end).next_back() {
-            // One extent covers the whole range (the common small read): one tree search.
-            Some((&k, e)) if k <= off && k + e.len >= end => pieces.extend(piece(k, e)),
-            _ => {
+        let starts_here = o.extents.get(&off).filter(|e| off + e.len >= end);
+        match starts_here {
+            // An extent starting at `off` covers the whole range (aligned small reads): one
+            // point lookup (a range search descends the tree for both of its bounds).
+            Some(e) => pieces.extend(piece(off, e)),
+            None => {
                 let first = o.extents.range(..=off).next_back().map_or(off, |(k, _)| *k);
                 for (&k, e) in o.extents.range(first..end) {
                     pieces.extend(piece(k, e));
