@@ -26,18 +26,21 @@
 //!   bytes (the cleaner runs: the working set is 40 MiB of a 128 MiB partition).
 //!
 //! ## Figures (release, defaults: 256 MiB malloc bdev, 40 MiB working set, QD 32, 40,000 ops
-//! per phase, 3 rounds; 2-core VM shared with other engineers' builds and pollers), 3 runs:
-//! raw write 1.27-1.84 M IOPS, store write 340-435 K, write_ratio 0.22-0.27; raw read
-//! 1.64-1.92 M, store read 600-785 K, read_ratio 0.36-0.42; write_amplification 1.27. CPU per
-//! op: store write 2.3-2.9 us vs raw 0.55-0.79, store read 1.27-1.34 us vs raw 0.52-0.61.
-//! Cleaner max pause 88 us when not preempted (the scheduler's 4 ms tick shows up as 4.1 ms
-//! when another process takes the core; under `chrt -f` runs it stays 95-120 us, mostly the
+//! per phase, 3 rounds; 2-core VM shared with other engineers' builds and pollers), 6 runs at
+//! different load: raw write 1.27-2.02 M IOPS, store write 340-435 K, write_ratio 0.19-0.27;
+//! raw read 1.64-2.11 M, store read 600-836 K, read_ratio 0.36-0.45; write_amplification 1.27.
+//! CPU per op: store write 2.3-2.9 us vs raw 0.50-0.79, store read 1.20-1.34 us vs raw
+//! 0.47-0.61 (a quiet machine speeds raw up more than the store: the ratios are lowest then).
+//! Cleaner max pause 88-111 us when not preempted (the scheduler's 4 ms tick shows up as 4.1 ms
+//! when another process takes the core; under `chrt -f` it stays 95-150 us, mostly the
 //! malloc bdev copying the 256 KiB chunks a step reads, inside submit). Against the code before
 //! this round of work (honest raw baseline, sequential phases), run alternately under `chrt -f`
 //! at the same moment, 3 runs each: store write 305-321 K -> 420-439 K IOPS, store read
 //! 532-583 K -> 770-788 K; write_ratio 0.19-0.21 -> 0.23-0.26, read_ratio 0.32-0.35 ->
 //! 0.40-0.41 (part of the gain is the bench loop's own per-op cost, no longer billed to the
 //! store: object names, ticket hashing, cloning each read result, allocating write data).
+//! Checkpoint max pause 0.6-1.1 ms: serializing the whole index (~370 KB) in one step, ~half
+//! bincode encoding, half framing/CRC/copy (the documented O(metadata) limit in FORMAT.md).
 //!
 //! ## What limits the ratios on a malloc bdev
 //! The "device" is a memcpy on the same core, so the ratios compare the store's CPU per op with
