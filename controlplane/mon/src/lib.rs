@@ -34,11 +34,16 @@ use std::time::{Duration, Instant};
 use carmine_proto::v1::{mon_admin_server::MonAdminServer, mon_cluster_server::MonClusterServer};
 use clap::Parser;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::service::{check_token, AdminSvc, ClusterSvc, MonSlot, Shared};
 use crate::state::{MonError, Monitor, Policy};
 use crate::store::{Backend, MapStore};
+
+/// How long a stopping monitor waits for open calls (other than map streams, which end at
+/// once) before it exits anyway.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
 /// Monitor configuration (command line flags, each also settable by environment variable).
 #[derive(Debug, Clone, Parser)]
@@ -261,14 +266,32 @@ pub async fn serve_slot(
     let admin = MonAdminServer::with_interceptor(AdminSvc(shared.clone()), move |r| {
         check_token(Some(&admin_token), &r).map(|()| r)
     });
-    let cluster = MonClusterServer::with_interceptor(ClusterSvc(shared), move |r| {
-        check_token(cluster_token.as_deref(), &r).map(|()| r)
-    });
-    let res = tonic::transport::Server::builder()
+    let (stop_tx, stopping) = watch::channel(false);
+    let cluster =
+        MonClusterServer::with_interceptor(ClusterSvc::new(shared, stopping.clone()), move |r| {
+            check_token(cluster_token.as_deref(), &r).map(|()| r)
+        });
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let server = tonic::transport::Server::builder()
         .add_service(admin)
         .add_service(cluster)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    // Graceful shutdown waits for every open call. Map streams end by themselves once
+    // `stopping` is set; anything else still open after SHUTDOWN_DRAIN is cut off.
+    let mut stopped = stopping;
+    let res = tokio::select! {
+        r = server => r,
+        _ = async {
+            let _ = stopped.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_DRAIN).await;
+        } => {
+            tracing::warn!(?SHUTDOWN_DRAIN, "calls still open at shutdown, cut off");
+            Ok(())
+        }
+    };
     ticker.abort();
     res?;
     Ok(())

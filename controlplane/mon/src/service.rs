@@ -88,7 +88,18 @@ pub fn check_token(token: Option<&str>, req: &Request<()>) -> Result<(), Status>
 
 /// The OSD-facing service.
 #[derive(Clone)]
-pub struct ClusterSvc(pub Shared);
+pub struct ClusterSvc {
+    shared: Shared,
+    /// Turns `true` when the monitor begins to stop: map subscriptions end then, so the
+    /// server's graceful shutdown does not wait on streams that never finish by themselves.
+    stopping: watch::Receiver<bool>,
+}
+
+impl ClusterSvc {
+    pub fn new(shared: Shared, stopping: watch::Receiver<bool>) -> Self {
+        ClusterSvc { shared, stopping }
+    }
+}
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<v1::MapUpdate, Status>> + Send>>;
 
@@ -103,7 +114,7 @@ impl MonCluster for ClusterSvc {
     async fn boot(&self, req: Request<v1::BootRequest>) -> Result<Response<v1::BootReply>, Status> {
         let r = req.into_inner();
         let r_admin = r.admin_addr.clone();
-        let mut m = lock(&self.0)?;
+        let mut m = lock(&self.shared)?;
         let (id, epoch) = m.boot(
             BootInfo {
                 uuid: r.uuid,
@@ -130,7 +141,7 @@ impl MonCluster for ClusterSvc {
         req: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatReply>, Status> {
         let r = req.into_inner();
-        let mut m = lock(&self.0)?;
+        let mut m = lock(&self.shared)?;
         let must_boot = m.heartbeat(
             r.id,
             &r.uuid,
@@ -153,7 +164,8 @@ impl MonCluster for ClusterSvc {
         req: Request<v1::FailureReport>,
     ) -> Result<Response<v1::FailureReply>, Status> {
         let r = req.into_inner();
-        let marked_down = lock(&self.0)?.report_failure(r.reporter, r.target, Instant::now())?;
+        let marked_down =
+            lock(&self.shared)?.report_failure(r.reporter, r.target, Instant::now())?;
         Ok(Response::new(v1::FailureReply { marked_down }))
     }
 
@@ -166,7 +178,7 @@ impl MonCluster for ClusterSvc {
         let have = req.into_inner().have_epoch;
         // Take the backlog and the live receiver under one lock: no epoch can slip between.
         let (backlog, mut rx, mut last) = {
-            let m = lock(&self.0)?;
+            let m = lock(&self.shared)?;
             let map = m.map();
             let backlog: Vec<v1::MapUpdate> = match m.incrementals_since(have) {
                 Some(incs) => incs
@@ -180,7 +192,8 @@ impl MonCluster for ClusterSvc {
             (backlog, m.subscribe(), map.epoch)
         };
         let (tx, out) = mpsc::channel(64);
-        let shared = self.0.clone();
+        let shared = self.shared.clone();
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             for u in backlog {
                 if tx.send(Ok(u)).await.is_err() {
@@ -188,7 +201,12 @@ impl MonCluster for ClusterSvc {
                 }
             }
             loop {
-                let update = match rx.recv().await {
+                let next = tokio::select! {
+                    r = rx.recv() => r,
+                    // The monitor is stopping (or gone): end the stream; subscribers reconnect.
+                    _ = stopping.wait_for(|s| *s) => return,
+                };
+                let update = match next {
                     Ok(inc) if inc.epoch <= last => continue,
                     Ok(inc) if inc.epoch == last + 1 => {
                         last = inc.epoch;
@@ -218,11 +236,11 @@ impl MonCluster for ClusterSvc {
         &self,
         req: Request<v1::GetMapRequest>,
     ) -> Result<Response<v1::ClusterMap>, Status> {
-        get_map(&self.0, req.into_inner().epoch)
+        get_map(&self.shared, req.into_inner().epoch)
     }
 
     async fn get_keyring(&self, _: Request<v1::Empty>) -> Result<Response<v1::Keyring>, Status> {
-        Ok(Response::new(lock(&self.0)?.keyring()))
+        Ok(Response::new(lock(&self.shared)?.keyring()))
     }
 }
 

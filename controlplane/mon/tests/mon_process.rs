@@ -210,6 +210,42 @@ fn subscription_sends_backlog_then_live_incrementals() {
 }
 
 #[test]
+fn sigterm_ends_open_subscriptions_and_exits_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let mut mon = MonProc::start(dir.path(), &[]);
+    let mut s = rt.block_on(async {
+        use tokio_stream::StreamExt;
+        let mut c = cluster(&mon.url()).await;
+        let mut s = c
+            .subscribe(v1::SubscribeRequest { have_epoch: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(matches!(
+            s.next().await.unwrap().unwrap().update,
+            Some(v1::map_update::Update::Full(_))
+        ));
+        s
+    });
+    // The subscription stays open (an OSD agent's would): shutdown must not wait on it.
+    mon.terminate();
+    let status = mon
+        .wait_exit(std::time::Duration::from_secs(10))
+        .expect("carmine-mon still running 10 s after SIGTERM");
+    assert!(status.success(), "carmine-mon exited with {status}");
+    rt.block_on(async {
+        use tokio_stream::StreamExt;
+        // The monitor ended the stream itself (status OK, no more items). Had it been cut off
+        // by the shutdown drain instead, the client would see a transport error here.
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), s.next())
+            .await
+            .expect("the subscription neither ended nor failed");
+        assert!(end.is_none(), "expected a clean end of stream, got {end:?}");
+    });
+}
+
+#[test]
 fn cluster_token_guards_the_osd_service_when_set() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();

@@ -68,6 +68,14 @@ impl MonProc {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM: asks for a clean shutdown.
+    pub fn terminate(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: as in `pause`: a signal to our own unreaped child.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill({pid}, SIGTERM) failed");
+    }
+
     /// Stops (`true`) or continues (`false`) the process with SIGSTOP / SIGCONT.
     pub fn pause(&self, stop: bool) {
         let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
