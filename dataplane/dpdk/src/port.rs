@@ -119,6 +119,37 @@ impl EthPort {
         Ok(mac)
     }
 
+    /// Accepts frames for any destination MAC: needed when the user-space stack answers on
+    /// an address other than the port's own.
+    pub fn enable_promiscuous(&self) -> Result<(), DpdkError> {
+        // SAFETY: plain control call on a valid, started port.
+        let rc = unsafe { dpdk_sys::rte_eth_promiscuous_enable(self.id) };
+        if rc != 0 {
+            return Err(DpdkError::Port {
+                port: self.id,
+                op: "promiscuous_enable",
+                reason: strerror(rc),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sets the port's IP MTU (frames of `mtu` + 14 bytes). On an af_packet port this sets
+    /// the kernel interface's MTU and needs ring frames that big (the `framesz` devarg). Some
+    /// hardware PMDs accept it only on a stopped port: they fail here with their reason.
+    pub fn set_mtu(&self, mtu: u16) -> Result<(), DpdkError> {
+        // SAFETY: plain control call on a valid port.
+        let rc = unsafe { dpdk_sys::rte_eth_dev_set_mtu(self.id, mtu) };
+        if rc != 0 {
+            return Err(DpdkError::Port {
+                port: self.id,
+                op: "set_mtu",
+                reason: strerror(rc),
+            });
+        }
+        Ok(())
+    }
+
     pub fn link_up(&self) -> bool {
         // SAFETY: plain query on a valid port.
         unsafe { dpdk_sys::carmine_eth_link_up(self.id) == 1 }

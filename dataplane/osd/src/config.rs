@@ -154,10 +154,54 @@ pub struct NetSection {
     /// Connections per shard.
     #[serde(default = "default_conns")]
     pub max_connections: usize,
+    /// dpdk: the IP MTU of the port (576 to 9000; default 1500). Jumbo frames carry a 4 KiB
+    /// op in one frame instead of three. An af_packet port needs ring frames that big: add
+    /// `framesz=` (and `blocksz=`, a multiple of it) to the vdev string (e.g. 9216 and 36864 for 9000). The kernel backend uses the
+    /// interface's own MTU.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// dpdk: the user-space stack's MAC address: "port" (the port's own), "auto" (the
+    /// default), or "xx:xx:xx:xx:xx:xx". See [`Config::stack_mac`].
+    pub mac: Option<String>,
+}
+
+/// Which MAC the user-space stack uses, from `net.mac`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacChoice {
+    /// The port's own address.
+    Port,
+    /// A locally administered address derived from the port's (see [`derived_mac`]).
+    Derived,
+    Fixed([u8; 6]),
+}
+
+/// A locally administered unicast address that differs from `port` (bit 1 of the first byte
+/// set, multicast bit clear, the top bit of the fourth byte flipped).
+pub fn derived_mac(port: [u8; 6]) -> [u8; 6] {
+    let mut m = port;
+    m[0] = (m[0] | 0x02) & !0x01;
+    m[3] ^= 0x80;
+    m
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
 }
 
 fn default_port() -> u16 {
     6800
+}
+fn default_mtu() -> u16 {
+    1500
 }
 fn default_conns() -> usize {
     64
@@ -275,6 +319,10 @@ impl Config {
             }
             NetBackend::Dpdk => {
                 self.iface_addr()?;
+                self.stack_mac()?;
+                if !(576..=9000).contains(&self.net.mtu) {
+                    return Err(invalid("net.mtu", "must be 576 to 9000"));
+                }
                 if self.net.device.as_deref().is_none_or_empty() {
                     return Err(invalid(
                         "net.device",
@@ -348,6 +396,36 @@ impl Config {
             .filter(|l| (1..=32).contains(l))
             .ok_or_else(|| invalid("net.ip", format!("bad prefix length {len:?}")))?;
         Ok(IfaceAddr { ip, prefix_len })
+    }
+
+    /// The user-space stack's MAC. "auto" derives its own address when the device is an
+    /// af_packet port: the kernel shares that interface, and with the kernel's MAC on every
+    /// data frame the kernel's IP layer takes each one through a (slow, uncached) route
+    /// lookup before dropping it; with another MAC the promiscuous port hands it to the
+    /// kernel as "other host", dropped before routing. Any other device: the port's MAC.
+    pub fn stack_mac(&self) -> Result<MacChoice, ConfigError> {
+        match self.net.mac.as_deref() {
+            None | Some("auto") => {
+                let dev = self.net.device.as_deref().unwrap_or_default();
+                let af_packet = ["net_af_packet", "eth_af_packet"]
+                    .iter()
+                    .any(|p| dev.starts_with(p));
+                Ok(if af_packet {
+                    MacChoice::Derived
+                } else {
+                    MacChoice::Port
+                })
+            }
+            Some("port") => Ok(MacChoice::Port),
+            Some(s) => match parse_mac(s) {
+                Some(m) if m[0] & 0x01 == 0 && m != [0; 6] => Ok(MacChoice::Fixed(m)),
+                Some(_) => Err(invalid("net.mac", format!("{s} is not a unicast address"))),
+                None => Err(invalid(
+                    "net.mac",
+                    format!("{s:?}: expected \"auto\", \"port\" or xx:xx:xx:xx:xx:xx"),
+                )),
+            },
+        }
     }
 
     /// The address published in the map (clients connect here).
@@ -428,6 +506,43 @@ kind = "memstore"
         assert!(c.needs_eal());
         let bad = s.replace("/24", "/40");
         assert!(parse(&bad).unwrap_err().to_string().contains("prefix"));
+    }
+
+    #[test]
+    fn stack_mac_auto_derives_on_af_packet_only_and_checks_fixed_ones() {
+        let s = KERNEL
+            .replace("backend = \"kernel\"", "backend = \"dpdk\"")
+            .replace("ip = \"127.0.0.1\"", "ip = \"10.77.0.21/24\"")
+            .replace(
+                "base_port = 0",
+                "base_port = 6800\ndevice = \"net_af_packet0,iface=eth0\"",
+            );
+        assert_eq!(parse(&s).unwrap().stack_mac().unwrap(), MacChoice::Derived);
+        let pci = s.replace("net_af_packet0,iface=eth0", "0000:03:00.0");
+        assert_eq!(parse(&pci).unwrap().stack_mac().unwrap(), MacChoice::Port);
+        let port = s.replace("[store]", "mac = \"port\"\n[store]");
+        assert_eq!(parse(&port).unwrap().stack_mac().unwrap(), MacChoice::Port);
+        let fixed = s.replace("[store]", "mac = \"02:00:0a:4d:00:15\"\n[store]");
+        assert_eq!(
+            parse(&fixed).unwrap().stack_mac().unwrap(),
+            MacChoice::Fixed([0x02, 0, 0x0a, 0x4d, 0, 0x15])
+        );
+        for bad in [
+            "03:00:00:00:00:01",
+            "00:00:00:00:00:00",
+            "02:00:00:00:00",
+            "zz:00:00:00:00:01",
+        ] {
+            let b = s.replace("[store]", &format!("mac = \"{bad}\"\n[store]"));
+            let e = parse(&b).unwrap_err().to_string();
+            assert!(e.contains("net.mac"), "{bad}: {e}");
+        }
+        // Derived: unicast, locally administered, never the port's own address.
+        for port in [[0u8; 6], [0x02, 0x11, 0x22, 0x33, 0x44, 0x55], [0xff; 6]] {
+            let d = derived_mac(port);
+            assert_ne!(d, port);
+            assert_eq!(d[0] & 0x03, 0x02);
+        }
     }
 
     #[test]

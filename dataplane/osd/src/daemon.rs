@@ -31,7 +31,7 @@ use carmine_placement::ClusterMap;
 use carmine_reactor::{ControlSender, IdlePolicy, Reactor, ReactorConfig};
 use carmine_spdk::{BdevKind, Spdk, SpdkBlockDevice};
 
-use crate::config::{BdevType, Config, Idle, NetBackend, StoreKind};
+use crate::config::{derived_mac, BdevType, Config, Idle, MacChoice, NetBackend, StoreKind};
 use crate::perf::{OsdStats, ShardCounters};
 use crate::shard::{ShardCore, ShardMsg, ShardParts, ShardPoller};
 use crate::shard_store::ShardStore;
@@ -375,12 +375,28 @@ fn read_first_block<D: BlockDevice>(dev: &mut D) -> Result<Vec<u8>, DaemonError>
     }
 }
 
+fn format_mac(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// Mbufs per shard pool and their data room (bytes, headroom included) for an IP MTU: one
+/// frame per mbuf (MTU + Ethernet header + a VLAN tag + 128 B headroom, in whole KiB, at least
+/// the standard 2 KiB + headroom). Jumbo pools hold half as many (about 38 MiB at 9000).
+fn mbuf_sizing(mtu: u16) -> (u32, u16) {
+    let frame = u32::from(mtu) + 14 + 4;
+    let room = frame.div_ceil(1024).max(2) * 1024 + 128;
+    let n = if room > 2176 { MBUFS / 2 } else { MBUFS };
+    // MTU <= 9000 (validated): room <= 9344, fits u16.
+    (n, u16::try_from(room).unwrap_or(u16::MAX))
+}
+
 /// One shard's mbuf pool and software-steering endpoint.
 type QueueParts = (PktMbufPool, Option<Steering>);
 
 /// The DPDK port and what each shard takes from it.
 struct Nic {
     port: Arc<EthPort>,
+    /// The user-space stack's address (`net.mac`).
     mac: [u8; 6],
     /// Per shard: its mbuf pool and steering endpoint, taken once by the shard's init.
     parts: Mutex<Vec<Option<QueueParts>>>,
@@ -390,13 +406,40 @@ impl Nic {
     fn start(eal: &'static Eal, cfg: &Config, shards: usize) -> Result<Nic, DaemonError> {
         let dev = cfg.net.device.as_deref().unwrap_or_default();
         let name = dev.split(',').next().unwrap_or(dev);
+        let (mbufs, room) = mbuf_sizing(cfg.net.mtu);
         let pools = (0..shards)
-            .map(|k| PktMbufPool::new(eal, &format!("osd-shard{k}"), MBUFS, 256, 2176, -1))
+            .map(|k| PktMbufPool::new(eal, &format!("osd-shard{k}"), mbufs, 256, room, -1))
             .collect::<Result<Vec<_>, _>>()?;
         let id = EthPort::id_by_name(eal, name)?;
         let refs: Vec<&PktMbufPool> = pools.iter().collect();
         let port = EthPort::start(eal, id, &refs, DESC, shards > 1)?;
-        let mac = port.mac()?;
+        // Every received frame must fit one mbuf (the af_packet PMD copies a frame into one
+        // mbuf unchecked), so the port's MTU is set to ours even at the default.
+        match port.set_mtu(cfg.net.mtu) {
+            Ok(()) => {}
+            Err(e) if cfg.net.mtu == 1500 => {
+                tracing::warn!(error = %e, "cannot set the port's MTU to 1500; using it as it is")
+            }
+            Err(e) => {
+                return Err(DaemonError::Config(crate::config::ConfigError::Invalid {
+                    key: "net.mtu",
+                    reason: format!(
+                        "the port refused MTU {} ({e}); an af_packet port needs framesz= in \
+                         net.device of at least the MTU + 80, e.g. 9216 for 9000",
+                        cfg.net.mtu
+                    ),
+                }))
+            }
+        }
+        let mac = match cfg.stack_mac()? {
+            MacChoice::Port => port.mac()?,
+            MacChoice::Derived => derived_mac(port.mac()?),
+            MacChoice::Fixed(m) => m,
+        };
+        if mac != port.mac()? {
+            port.enable_promiscuous()?;
+        }
+        tracing::info!(mac = %format_mac(mac), "user-space stack MAC");
         let mut steering: Vec<Option<Steering>> = if shards > 1 {
             Steering::mesh(shards, cfg.net.base_port, 4096)
                 .into_iter()
@@ -472,6 +515,7 @@ fn start_shards(
     let base_port = cfg.net.base_port;
     let gateway = cfg.net.gateway;
     let max_conns = cfg.net.max_connections;
+    let mtu = cfg.net.mtu;
     let keyring = keyring.clone();
     let counters = counters.to_vec();
     let usage = usage.to_vec();
@@ -498,7 +542,7 @@ fn start_shards(
                     .get_mut(shard)
                     .and_then(Option::take)
                     .ok_or("each shard takes its queue once")?;
-                let mut dev = DpdkDevice::new(eth.clone(), shard as u16, pool, 1500);
+                let mut dev = DpdkDevice::new(eth.clone(), shard as u16, pool, usize::from(mtu));
                 if let Some(s) = steering {
                     dev = dev.with_steering(s);
                 }
