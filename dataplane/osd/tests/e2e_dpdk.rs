@@ -59,69 +59,14 @@ fn two_shard_osd_on_dpdk_af_packet_serves_a_shard_aware_client() {
     netns::enter(&veth.client_ns).expect("enter the client namespace");
     let mon = Mon::start_on(&format!("{CLIENT_IP}:0"));
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("osd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[osd]
-uuid = "dpdk-osd"
-host = "dpdk-host"
-[mon]
-addr = "{mon}"
-[admin]
-listen = "{AGENT_IP}:0"
-token = "{OSD_TOKEN}"
-[reactor]
-cores = [0, 1]
-idle = "adaptive"
-pin = false
-[net]
-backend = "dpdk"
-ip = "{SMOLTCP_IP}/24"
-device = "net_af_packet0,iface={SERVER_IF}"
-base_port = 6800
-[store]
-kind = "memstore"
-[spdk]
-mem_mib = 256
-file_prefix = "carmine-e2e-dpdk-{pid}"
-"#,
-            mon = mon.addr,
-            pid = std::process::id(),
-        ),
-    )
-    .unwrap();
-
+    let config = write_config(dir.path(), &mon, 2, "", 1500);
     let rt = common::runtime();
     rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(120), async {
             let creds = mon.add_key("client.dpdk").await;
             mon.create_pool("data", 32, 1).await;
-            let mut child = Command::new("ip")
-                .args(["netns", "exec", &veth.server_ns])
-                .arg(env!("CARGO_BIN_EXE_carmine-osd"))
-                .args(["run", "--config"])
-                .arg(&config)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap();
-            let out = child.stdout.take().unwrap();
-            let _osd = Child(child);
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    if line.starts_with("carmine-osd: ready") {
-                        let _ = tx.send(line);
-                    }
-                }
-            });
-            let line =
-                tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
-                    .await
-                    .unwrap()
-                    .expect("the DPDK OSD's ready line");
+            let (_osd, line) = start_osd(&veth, &config).await;
+            let line = line.expect("the DPDK OSD's ready line");
             assert!(
                 line.contains("shards=2") && line.contains("ports=6800,6801"),
                 "{line}"
@@ -189,6 +134,175 @@ file_prefix = "carmine-e2e-dpdk-{pid}"
             let counters = perf(&mon).await;
             assert_eq!(counters["shard0.forwards_sent"], 1, "{counters:?}");
             assert_eq!(counters["shard1.forwards_received"], 1, "{counters:?}");
+        })
+        .await
+        .expect("test time limit");
+    });
+}
+
+/// Writes an OSD config for `shards` shards on the af_packet port (`devargs` appended to the
+/// vdev string) with IP MTU `mtu`.
+fn write_config(
+    dir: &std::path::Path,
+    mon: &Mon,
+    shards: usize,
+    devargs: &str,
+    mtu: u32,
+) -> std::path::PathBuf {
+    let config = dir.join(format!("osd-{mtu}{}.toml", devargs.len()));
+    let cores: Vec<String> = (0..shards).map(|c| c.to_string()).collect();
+    std::fs::write(
+        &config,
+        format!(
+            r#"[osd]
+uuid = "dpdk-osd"
+host = "dpdk-host"
+[mon]
+addr = "{mon}"
+[admin]
+listen = "{AGENT_IP}:0"
+token = "{OSD_TOKEN}"
+[reactor]
+cores = [{cores}]
+idle = "adaptive"
+pin = false
+[net]
+backend = "dpdk"
+ip = "{SMOLTCP_IP}/24"
+device = "net_af_packet0,iface={SERVER_IF}{devargs}"
+base_port = 6800
+mtu = {mtu}
+[store]
+kind = "memstore"
+[spdk]
+mem_mib = 256
+file_prefix = "carmine-e2e-dpdk-{pid}-{mtu}"
+"#,
+            mon = mon.addr,
+            cores = cores.join(", "),
+            pid = std::process::id(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Starts the OSD in the server namespace. Returns it (killed on drop) and its ready line, or
+/// what it wrote to stderr if it exited first.
+async fn start_osd(veth: &VethPair, config: &std::path::Path) -> (Child, Result<String, String>) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &veth.server_ns])
+        .arg(env!("CARGO_BIN_EXE_carmine-osd"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx_err = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.starts_with("carmine-osd: ready") {
+                let _ = tx.send(Ok(line));
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            text.push_str(&line);
+            text.push('\n');
+        }
+        // stderr closes when the OSD exits: report what it said (ignored after a ready line).
+        let _ = tx_err.send(Err(text));
+    });
+    let line = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .expect("the OSD neither became ready nor exited within 60 s");
+    (Child(child), line)
+}
+
+#[test]
+fn jumbo_frames_carry_ops_and_a_too_small_ring_is_refused() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "needs root: run through ci/test"
+    );
+    let veth = VethPair::create("j", 9000).expect("veth pair");
+    veth.add_server_kernel_ip(AGENT_IP).expect("agent address");
+    netns::enter(&veth.client_ns).expect("enter the client namespace");
+    let mon = Mon::start_on(&format!("{CLIENT_IP}:0"));
+    let dir = tempfile::tempdir().unwrap();
+    let rt = common::runtime();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(120), async {
+            let creds = mon.add_key("client.jumbo").await;
+            mon.create_pool("data", 16, 1).await;
+
+            // MTU 9000 with the PMD's default 2 KiB ring frames: refused, with the remedy.
+            let (mut osd, r) = start_osd(&veth, &write_config(dir.path(), &mon, 1, "", 9000)).await;
+            let err = r.expect_err("an OSD with MTU 9000 on 2 KiB ring frames started");
+            assert!(err.contains("net.mtu") && err.contains("framesz"), "{err}");
+            let status = osd.0.wait().unwrap();
+            assert!(!status.success());
+
+            let devargs = ",framesz=9216,blocksz=36864";
+            let (_osd, r) =
+                start_osd(&veth, &write_config(dir.path(), &mon, 1, devargs, 9000)).await;
+            r.expect("the jumbo OSD's ready line");
+            mon.wait_up(1).await;
+
+            // smoltcp advertises the jumbo MSS: the client's kernel sends 9000-byte frames.
+            let mss = tokio::task::spawn_blocking(|| {
+                let s = std::net::TcpStream::connect((SMOLTCP_IP, 6800)).unwrap();
+                let mut mss: libc::c_int = 0;
+                let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                // SAFETY: getsockopt writes at most `len` bytes into `mss`, a c_int we own.
+                let rc = unsafe {
+                    libc::getsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&s),
+                        libc::IPPROTO_TCP,
+                        libc::TCP_MAXSEG,
+                        (&mut mss as *mut libc::c_int).cast(),
+                        &mut len,
+                    )
+                };
+                assert_eq!(rc, 0);
+                mss
+            })
+            .await
+            .unwrap();
+            assert!(mss > 8000, "MSS {mss}: the link MTU is 9000");
+
+            let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds.clone());
+            cfg.op_timeout = Duration::from_secs(20);
+            let client = Arc::new(Client::connect(cfg).await.unwrap());
+            const SIZES: [usize; 5] = [1, 4096, 8960, 100_000, 1 << 20];
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..100 {
+                let client = client.clone();
+                set.spawn(async move {
+                    let name = format!("j{i}");
+                    let data = content(i, SIZES[i % SIZES.len()]);
+                    client.write_full("data", &name, &data).await.unwrap();
+                    let got = client
+                        .read("data", &name, 0, data.len() as u32)
+                        .await
+                        .unwrap();
+                    assert!(got == data, "{name} read back differs");
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                r.unwrap();
+            }
         })
         .await
         .expect("test time limit");
