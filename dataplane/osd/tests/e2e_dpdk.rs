@@ -73,27 +73,8 @@ fn two_shard_osd_on_dpdk_af_packet_serves_a_shard_aware_client() {
             );
             mon.wait_up(1).await;
 
-            let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds.clone());
-            cfg.op_timeout = Duration::from_secs(20);
-            let client = Arc::new(Client::connect(cfg).await.unwrap());
-            const SIZES: [usize; 5] = [1, 4096, 60_000, 300_000, 1 << 20];
-            let mut set = tokio::task::JoinSet::new();
-            for i in 0..400 {
-                let client = client.clone();
-                set.spawn(async move {
-                    let name = format!("d{i}");
-                    let data = content(i, SIZES[i % SIZES.len()]);
-                    client.write_full("data", &name, &data).await.unwrap();
-                    let got = client
-                        .read("data", &name, 0, data.len() as u32)
-                        .await
-                        .unwrap();
-                    assert!(got == data, "{name} read back differs");
-                });
-            }
-            while let Some(r) = set.join_next().await {
-                r.unwrap();
-            }
+            let client = connect_client(&mon, &creds).await;
+            write_and_verify(&client, "d", 400, &[1, 4096, 60_000, 300_000, 1 << 20]).await;
 
             // Both shards served, and the shard-aware client caused no forward.
             let counters = perf(&mon).await;
@@ -138,6 +119,34 @@ fn two_shard_osd_on_dpdk_af_packet_serves_a_shard_aware_client() {
         .await
         .expect("test time limit");
     });
+}
+
+/// A cluster client with a generous op timeout (2 cores, debug build, DPDK in adaptive idle).
+async fn connect_client(mon: &Mon, creds: &carmine_client::Credentials) -> Arc<Client> {
+    let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds.clone());
+    cfg.op_timeout = Duration::from_secs(20);
+    Arc::new(Client::connect(cfg).await.unwrap())
+}
+
+/// Writes `n` objects `<prefix><i>` of the sizes in turn, all at once, and reads each back.
+async fn write_and_verify(client: &Arc<Client>, prefix: &str, n: usize, sizes: &[usize]) {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let client = client.clone();
+        let name = format!("{prefix}{i}");
+        let data = content(i, sizes[i % sizes.len()]);
+        set.spawn(async move {
+            client.write_full("data", &name, &data).await.unwrap();
+            let got = client
+                .read("data", &name, 0, data.len() as u32)
+                .await
+                .unwrap();
+            assert!(got == data, "{name} read back differs");
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
 }
 
 /// Writes an OSD config for `shards` shards on the af_packet port (`devargs` appended to the
@@ -282,27 +291,8 @@ fn jumbo_frames_carry_ops_and_a_too_small_ring_is_refused() {
             .unwrap();
             assert!(mss > 8000, "MSS {mss}: the link MTU is 9000");
 
-            let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds.clone());
-            cfg.op_timeout = Duration::from_secs(20);
-            let client = Arc::new(Client::connect(cfg).await.unwrap());
-            const SIZES: [usize; 5] = [1, 4096, 8960, 100_000, 1 << 20];
-            let mut set = tokio::task::JoinSet::new();
-            for i in 0..100 {
-                let client = client.clone();
-                set.spawn(async move {
-                    let name = format!("j{i}");
-                    let data = content(i, SIZES[i % SIZES.len()]);
-                    client.write_full("data", &name, &data).await.unwrap();
-                    let got = client
-                        .read("data", &name, 0, data.len() as u32)
-                        .await
-                        .unwrap();
-                    assert!(got == data, "{name} read back differs");
-                });
-            }
-            while let Some(r) = set.join_next().await {
-                r.unwrap();
-            }
+            let client = connect_client(&mon, &creds).await;
+            write_and_verify(&client, "j", 100, &[1, 4096, 8960, 100_000, 1 << 20]).await;
         })
         .await
         .expect("test time limit");
