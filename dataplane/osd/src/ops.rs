@@ -58,13 +58,24 @@ pub enum Job {
 }
 
 impl Job {
-    pub fn from_request(req: &OpRequest<'_>) -> (Target, Job) {
+    /// The owned job for a decoded request. Write data is copied into a buffer from
+    /// `data_buf` (the store's [`ObjectStore::data_buf`](carmine_objectstore::ObjectStore::data_buf):
+    /// an engine that recycles buffers makes a steady write stream allocation-free).
+    pub fn from_request(
+        req: &OpRequest<'_>,
+        data_buf: &mut dyn FnMut(usize) -> Vec<u8>,
+    ) -> (Target, Job) {
         let target = Target {
             pool: req.pool.0,
             pg: req.pg.0,
             epoch: req.epoch.0,
         };
         let oid = |s: &str| ObjectId(s.as_bytes().to_vec());
+        let mut owned = |d: &[u8]| {
+            let mut v = data_buf(d.len());
+            v.extend_from_slice(d);
+            v
+        };
         let job = match req.op {
             Op::Write {
                 object,
@@ -73,11 +84,11 @@ impl Job {
             } => Job::Write {
                 oid: oid(object),
                 off: offset,
-                data: data.to_vec(),
+                data: owned(data),
             },
             Op::WriteFull { object, data } => Job::WriteFull {
                 oid: oid(object),
-                data: data.to_vec(),
+                data: owned(data),
             },
             Op::Read {
                 object,
@@ -226,7 +237,12 @@ mod tests {
                 data: b"abc",
             },
         };
-        let (t, j) = Job::from_request(&req);
+        let mut handed = 0;
+        let (t, j) = Job::from_request(&req, &mut |n| {
+            handed += 1;
+            Vec::with_capacity(n)
+        });
+        assert_eq!(handed, 1, "write data comes from the store's buffer");
         assert_eq!(
             t,
             Target {

@@ -383,7 +383,9 @@ impl ShardCore {
                         c.out.extend_from_slice(&self.hs_buf[..n]);
                     }
                     Ok(Some(ServerEvent::Op { tid, request })) => {
-                        let (target, job) = Job::from_request(&request);
+                        let store = &mut self.store;
+                        let (target, job) =
+                            Job::from_request(&request, &mut |n| store.get().data_buf(n));
                         self.jobs.push((conn, tid, target, job, Instant::now()));
                         work += 1;
                     }
@@ -740,24 +742,32 @@ impl ShardCore {
             Err(_) => ShardCounters::add(&ctr.errors, 1),
         }
         self.latency.record(started, Instant::now());
-        let Some(Some(c)) = self.conns.get_mut(conn.slot as usize) else {
-            return;
-        };
-        if c.gen != conn.gen || c.closing {
-            return;
-        }
-        let bound = result.as_ref().map_or(128, Answer::encoded_bound);
-        let old = c.out.len();
-        c.out.resize(old + bound, 0);
-        let sc = &c.sc;
-        let out = &mut c.out[old..];
-        match with_reply(&result, |r| sc.encode_reply(tid, r, out)) {
-            Ok(n) => c.out.truncate(old + n),
-            Err(e) => {
-                c.out.truncate(old);
-                tracing::error!(shard = self.shard, error = %e, "cannot encode a reply: closing");
-                c.closing = true;
+        // A reply for a connection that has gone (or was replaced in its slot) is dropped.
+        if let Some(Some(c)) = self.conns.get_mut(conn.slot as usize) {
+            if c.gen == conn.gen && !c.closing {
+                let bound = result.as_ref().map_or(128, Answer::encoded_bound);
+                let old = c.out.len();
+                c.out.resize(old + bound, 0);
+                let sc = &c.sc;
+                let out = &mut c.out[old..];
+                match with_reply(&result, |r| sc.encode_reply(tid, r, out)) {
+                    Ok(n) => c.out.truncate(old + n),
+                    Err(e) => {
+                        c.out.truncate(old);
+                        tracing::error!(
+                            shard = self.shard,
+                            error = %e,
+                            "cannot encode a reply: closing"
+                        );
+                        c.closing = true;
+                    }
+                }
             }
+        }
+        // The read data is in the reply bytes now (or not wanted): its buffer goes back to the
+        // store's pool.
+        if let Ok(Answer::Read(data)) = result {
+            self.store.get().recycle(data);
         }
     }
 
