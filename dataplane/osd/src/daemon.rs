@@ -616,12 +616,26 @@ impl MapSink for RingSink {
 
 #[cfg(test)]
 mod tests {
-    use super::is_pci;
+    use super::{is_pci, mbuf_sizing, MBUFS};
 
     #[test]
     fn pci_addresses_are_told_from_vdev_strings() {
         assert!(is_pci("0000:03:00.0"));
         assert!(!is_pci("net_af_packet0,iface=eth0"));
         assert!(!is_pci("net_memif0"));
+    }
+
+    #[test]
+    fn an_mbuf_holds_a_whole_frame_at_every_mtu() {
+        assert_eq!(mbuf_sizing(1500), (MBUFS, 2176));
+        assert_eq!(mbuf_sizing(9000), (MBUFS / 2, 9344));
+        for mtu in [576u16, 1500, 1501, 2030, 2031, 4000, 8999, 9000] {
+            let (_, room) = mbuf_sizing(mtu);
+            // 128 B of headroom, then the frame with a VLAN tag.
+            assert!(
+                usize::from(room) - 128 >= usize::from(mtu) + 18,
+                "mtu {mtu}: room {room}"
+            );
+        }
     }
 }
