@@ -430,4 +430,38 @@ mod tests {
         assert_eq!(frame_owner(&[], 7000, 2), FrameOwner::Shard(0));
         assert_eq!(frame_owner(&tcp_frame(7001), 7000, 1), FrameOwner::Shard(0));
     }
+
+    proptest::proptest! {
+        /// Any bytes off the wire: no panic, and always a shard that exists.
+        #[test]
+        fn any_frame_has_an_existing_owner(
+            frame in proptest::collection::vec(proptest::num::u8::ANY, 0..128),
+            base_port in proptest::num::u16::ANY,
+            shards in 1usize..64,
+        ) {
+            match frame_owner(&frame, base_port, shards) {
+                FrameOwner::Shard(k) => proptest::prop_assert!(k < shards),
+                FrameOwner::All => proptest::prop_assert!(frame.len() >= 14 && shards > 1),
+            }
+        }
+
+        /// A TCP segment with any IP options goes to the shard listening on its port.
+        #[test]
+        fn tcp_segments_go_to_their_listener_whatever_the_ip_options(
+            options in 0usize..=10,
+            shard in 0u16..8,
+            base_port in 1024u16..60_000,
+        ) {
+            let mut f = vec![0u8; 14 + 20 + options * 4 + 20];
+            f[12..14].copy_from_slice(&[0x08, 0x00]);
+            f[14] = 0x40 | (5 + options as u8);
+            f[14 + 9] = 6;
+            let tcp = 14 + 20 + options * 4;
+            f[tcp + 2..tcp + 4].copy_from_slice(&(base_port + shard).to_be_bytes());
+            proptest::prop_assert_eq!(
+                frame_owner(&f, base_port, 8),
+                FrameOwner::Shard(usize::from(shard))
+            );
+        }
+    }
 }
