@@ -197,6 +197,13 @@ fn a_killed_osd_connection_is_reestablished() {
             assert!(s.reconnects >= 1, "{s:?}");
             let t2 = client.locate("data", "k").unwrap();
             assert_eq!(t2.osd, t.osd);
+
+            // write_full replaces the whole object: shorter, empty, then longer again.
+            for data in [&b"x"[..], b"", b"a longer object than before"] {
+                client.write_full("data", "k", data).await.unwrap();
+                assert_eq!(client.stat("data", "k").await.unwrap(), data.len() as u64);
+                assert_eq!(client.read("data", "k", 0, 100).await.unwrap(), data);
+            }
         })
         .await
         .expect("test timed out");

@@ -511,26 +511,22 @@ impl ShardCore {
             }
             Job::WriteFull { oid, data } => {
                 let mut txn = Transaction {
-                    ops: Vec::with_capacity(4),
+                    ops: Vec::with_capacity(3),
                 };
                 let created = self.create_if_new(cid, &mut txn);
-                txn.ops.push(Op::Touch {
-                    cid,
-                    oid: oid.clone(),
-                });
-                txn.ops.push(Op::Truncate {
-                    cid,
-                    oid: oid.clone(),
-                    size: 0,
-                });
-                if !data.is_empty() {
+                // Both ops create a missing object. Write, then cut to the new length: an
+                // overwrite of the same size reuses what the object has (a store may write in
+                // place), where truncating to 0 first would drop it and build it anew.
+                let size = data.len() as u64;
+                if size > 0 {
                     txn.ops.push(Op::Write {
                         cid,
-                        oid,
+                        oid: oid.clone(),
                         off: 0,
                         data,
                     });
                 }
+                txn.ops.push(Op::Truncate { cid, oid, size });
                 self.submit(conn, tid, kind, started, key, created, txn);
             }
             Job::Remove { oid } => {
