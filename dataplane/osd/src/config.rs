@@ -156,8 +156,8 @@ pub struct NetSection {
     pub max_connections: usize,
     /// dpdk: the IP MTU of the port (576 to 9000; default 1500). Jumbo frames carry a 4 KiB
     /// op in one frame instead of three. An af_packet port needs ring frames that big: add
-    /// `framesz=` (and `blocksz=`, a multiple of it) to the vdev string (e.g. 9216 and 36864 for 9000). The kernel backend uses the
-    /// interface's own MTU.
+    /// `framesz=` (and `blocksz=`, a multiple of it) to the vdev string (e.g. 9216 and 36864
+    /// for 9000). The kernel backend uses the interface's own MTU.
     #[serde(default = "default_mtu")]
     pub mtu: u16,
     /// dpdk: the user-space stack's MAC address: "port" (the port's own), "auto" (the
@@ -189,7 +189,7 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut parts = s.split(':');
     for b in &mut out {
         let p = parts.next()?;
-        if p.len() != 2 {
+        if p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         *b = u8::from_str_radix(p, 16).ok()?;
