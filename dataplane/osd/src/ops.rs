@@ -9,6 +9,7 @@ use carmine_objectstore::{CollectionId, ObjectId, StoreError};
 use carmine_wire::op::NameList;
 use carmine_wire::op::{ListPage, OpKind, ReplyBody};
 use carmine_wire::{Op, OpError, OpReply, OpRequest};
+use smallvec::SmallVec;
 
 /// An op's target: pool, PG and the client's map epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +29,11 @@ impl Target {
     }
 }
 
+/// The object name of a read or stat, inline up to 64 bytes (longer names spill to the heap):
+/// reads and stats take no allocation on the shard (the store is given a reused `ObjectId`,
+/// see `ShardCore::execute`). Writes own an [`ObjectId`]: their transaction keeps it.
+pub type Name = SmallVec<[u8; 64]>;
+
 /// An owned op.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Job {
@@ -41,12 +47,12 @@ pub enum Job {
         data: Vec<u8>,
     },
     Read {
-        oid: ObjectId,
+        name: Name,
         off: u64,
         len: u32,
     },
     Stat {
-        oid: ObjectId,
+        name: Name,
     },
     Remove {
         oid: ObjectId,
@@ -95,11 +101,13 @@ impl Job {
                 offset,
                 len,
             } => Job::Read {
-                oid: oid(object),
+                name: Name::from_slice(object.as_bytes()),
                 off: offset,
                 len,
             },
-            Op::Stat { object } => Job::Stat { oid: oid(object) },
+            Op::Stat { object } => Job::Stat {
+                name: Name::from_slice(object.as_bytes()),
+            },
             Op::Remove { object } => Job::Remove { oid: oid(object) },
             Op::List {
                 cursor,
@@ -123,14 +131,13 @@ impl Job {
         }
     }
 
-    /// The object, for per-object ordering (`None`: a PG-wide list).
-    pub fn oid(&self) -> Option<&ObjectId> {
+    /// The object's name, for per-object ordering (`None`: a PG-wide list).
+    pub fn object(&self) -> Option<&[u8]> {
         match self {
-            Job::Write { oid, .. }
-            | Job::WriteFull { oid, .. }
-            | Job::Read { oid, .. }
-            | Job::Stat { oid }
-            | Job::Remove { oid } => Some(oid),
+            Job::Write { oid, .. } | Job::WriteFull { oid, .. } | Job::Remove { oid } => {
+                Some(&oid.0)
+            }
+            Job::Read { name, .. } | Job::Stat { name } => Some(name),
             Job::List { .. } => None,
         }
     }
@@ -253,7 +260,7 @@ mod tests {
         );
         assert_eq!(t.cid(), Some(CollectionId((3 << 32) | 7)));
         assert!(j.mutates());
-        assert_eq!(j.oid(), Some(&ObjectId(b"obj".to_vec())));
+        assert_eq!(j.object(), Some(&b"obj"[..]));
         let big = Target {
             pool: u64::from(u32::MAX) + 1,
             pg: 0,

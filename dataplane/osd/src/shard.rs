@@ -163,6 +163,9 @@ pub struct ShardCore {
     outbox: VecDeque<(usize, ShardMsg)>,
     jobs: Vec<(ConnRef, u64, Target, Job, Instant)>,
     hs_buf: Vec<u8>,
+    /// The `ObjectId` reads and stats hand the store: refilled from the job's inline name, so
+    /// they allocate nothing.
+    lookup: ObjectId,
     counters: Arc<ShardCounters>,
     usage: Arc<(AtomicU64, AtomicU64)>,
     latency: Latency,
@@ -223,6 +226,7 @@ impl ShardCore {
             outbox: VecDeque::with_capacity(64),
             jobs: Vec::with_capacity(256),
             hs_buf: vec![0u8; 256],
+            lookup: ObjectId(Vec::with_capacity(256)),
             counters: p.counters,
             usage: p.usage,
             latency: Latency::new(),
@@ -458,8 +462,8 @@ impl ShardCore {
         n
     }
 
-    fn order_key(cid: CollectionId, oid: &ObjectId) -> u64 {
-        xxhash_rust::xxh64::xxh64(&oid.0, cid.0)
+    fn order_key(cid: CollectionId, object: &[u8]) -> u64 {
+        xxhash_rust::xxh64::xxh64(object, cid.0)
     }
 
     /// Runs a job on this (the owning) shard.
@@ -468,7 +472,7 @@ impl ShardCore {
         let Some(cid) = target.cid() else {
             return self.reply(conn, tid, kind, Err(OpError::Invalid), started);
         };
-        let key = job.oid().map(|o| Self::order_key(cid, o));
+        let key = job.object().map(|o| Self::order_key(cid, o));
         if !job.mutates() {
             if let Some(k) = key {
                 if self.inflight_mutations.contains_key(&k) {
@@ -538,11 +542,16 @@ impl ShardCore {
                 };
                 self.submit(conn, tid, kind, started, key, None, txn);
             }
-            Job::Read { oid, off, len } => {
+            Job::Read { name, off, len } => {
                 if !exists {
                     return self.reply(conn, tid, kind, Err(OpError::NotFound), started);
                 }
-                let ticket = self.store.get().read(cid, &oid, off, u64::from(len));
+                self.lookup.0.clear();
+                self.lookup.0.extend_from_slice(&name);
+                let ticket = self
+                    .store
+                    .get()
+                    .read(cid, &self.lookup, off, u64::from(len));
                 self.pending.insert(
                     ticket,
                     Pending {
@@ -555,11 +564,13 @@ impl ShardCore {
                     },
                 );
             }
-            Job::Stat { oid } => {
+            Job::Stat { name } => {
                 let r = if exists {
+                    self.lookup.0.clear();
+                    self.lookup.0.extend_from_slice(&name);
                     self.store
                         .get_ref()
-                        .stat(cid, &oid)
+                        .stat(cid, &self.lookup)
                         .map(|s| Answer::Stat(s.size))
                         .map_err(|e| op_error(&e))
                 } else {
