@@ -137,3 +137,14 @@ int carmine_eth_stats(uint16_t port, struct carmine_eth_stats *out)
 	out->rx_nombuf = s.rx_nombuf;
 	return 0;
 }
+
+/* Weak: resolves to NULL when the DPDK linked in does not carry our af_packet patch. */
+__attribute__((weak)) int rte_pmd_af_packet_rx_fd(uint16_t port_id, uint16_t queue_id);
+
+int carmine_af_packet_rx_fd(uint16_t port, uint16_t queue)
+{
+	if (rte_pmd_af_packet_rx_fd == NULL) {
+		return -ENOTSUP;
+	}
+	return rte_pmd_af_packet_rx_fd(port, queue);
+}

@@ -53,5 +53,9 @@ int carmine_eth_macaddr(uint16_t port, uint8_t mac[6]);
 /* 1 if the link is up, 0 if down, negative errno on error. */
 int carmine_eth_link_up(uint16_t port);
 int carmine_eth_stats(uint16_t port, struct carmine_eth_stats *out);
+/* The AF_PACKET socket behind RX queue `queue` of an af_packet port (readable when a frame is
+ * in its ring), from sys/patches/0002-af-packet-rx-fd.patch. -ENOTSUP for another PMD, or when
+ * the DPDK linked in lacks the patch (an installed DPDK_DIR). */
+int carmine_af_packet_rx_fd(uint16_t port, uint16_t queue);
 
 #endif

@@ -150,6 +150,15 @@ impl EthPort {
         Ok(())
     }
 
+    /// The kernel socket behind RX queue `queue` when this is an af_packet port: it turns
+    /// readable when a frame lands in the queue's ring, so an idle shard can sleep in poll(2)
+    /// on it. `None` for other PMDs (their RX has no fd; hardware would use RX interrupts).
+    pub fn af_packet_rx_fd(&self, queue: u16) -> Option<std::os::fd::RawFd> {
+        // SAFETY: plain query on a valid port; the PMD checks the port's kind and the queue.
+        let fd = unsafe { dpdk_sys::carmine_af_packet_rx_fd(self.id, queue) };
+        (fd >= 0).then_some(fd)
+    }
+
     pub fn link_up(&self) -> bool {
         // SAFETY: plain query on a valid port.
         unsafe { dpdk_sys::carmine_eth_link_up(self.id) == 1 }

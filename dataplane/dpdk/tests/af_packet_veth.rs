@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use carmine_dpdk::selftest::{frame_exchange, ExchangeError};
-use carmine_dpdk::{Eal, EalConfig, EthPort, PktMbufPool};
+use carmine_dpdk::{Eal, EalConfig, EthPort, PktMbufPool, RxBatch, TxBatch};
 
 #[test]
 fn frames_cross_a_veth_pair_between_two_af_packet_ports() {
@@ -44,6 +44,53 @@ fn frames_cross_a_veth_pair_between_two_af_packet_ports() {
     )
     .unwrap();
     assert_ne!(p0.mac().unwrap(), p1.mac().unwrap());
+
+    // The RX queue's socket (our af_packet patch) turns readable when a frame lands in the
+    // ring: what an adaptive-idle shard sleeps on.
+    let fd = p1
+        .af_packet_rx_fd(0)
+        .expect("an af_packet port has an RX socket");
+    assert_eq!(p1.af_packet_rx_fd(1), None, "no such queue");
+    let readable = |ms| {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, owned by this frame.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        n == 1 && pfd.revents & libc::POLLIN != 0
+    };
+    let mut rx = RxBatch::default();
+    // Not readable once the ring is drained (the kernel's own IPv6 chatter may land in between:
+    // drain and look again, a few times).
+    let idle = (0..20).any(|_| {
+        while p1.rx_burst(0, &mut rx) > 0 {
+            rx.drain().for_each(drop);
+        }
+        let empty = !readable(0);
+        if !empty {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        empty
+    });
+    assert!(idle, "the socket stays readable with an empty ring");
+    let mut m = pool.alloc().unwrap();
+    let frame = m.append(60).unwrap();
+    frame.fill(0);
+    frame[..6].copy_from_slice(&[0xff; 6]);
+    frame[6..12].copy_from_slice(&p0.mac().unwrap());
+    frame[12..14].copy_from_slice(&[0x88, 0xb5]); // local experimental ethertype
+    let mut tx = TxBatch::default();
+    tx.push(m).unwrap();
+    assert_eq!(p0.tx_burst(0, &mut tx), 1);
+    assert!(
+        readable(2000),
+        "a frame arrived but the socket did not wake"
+    );
+    let got = p1.rx_burst(0, &mut rx);
+    assert!(got >= 1);
+    rx.drain().for_each(drop);
 
     let r = frame_exchange(&p0, &p1, &pool, 2000, Duration::from_secs(20)).unwrap();
     assert_eq!(r.frames, 2000);

@@ -473,8 +473,9 @@ fn start_shards(
     let shards = cfg.reactor.cores.len();
     let idle = match (cfg.reactor.idle, cfg.net.backend) {
         (Idle::Busy, _) => IdlePolicy::Busy,
-        // Kernel sockets wake the shard through epoll; a DPDK queue has no fd here, so an
-        // adaptive shard naps for short periods only.
+        // Kernel sockets wake the shard through epoll. On DPDK an af_packet queue wakes it
+        // through its socket too, but frames steered from another shard, other PMDs and SPDK
+        // completions have no fd: an adaptive shard naps for short periods only.
         (Idle::Adaptive, NetBackend::Kernel) => IdlePolicy::adaptive(),
         (Idle::Adaptive, NetBackend::Dpdk) => IdlePolicy::Adaptive {
             spin: 2048,
@@ -555,7 +556,10 @@ fn start_shards(
                     random_seed: u64::from(std::process::id()) << 8 | shard as u64,
                     ..SmolConfig::default()
                 };
-                Box::new(SmolStack::new(dev, smol, None).map_err(|e| e.to_string())?)
+                // On an af_packet port an adaptive shard sleeps in poll(2) on its queue's
+                // socket and wakes when a frame arrives (other PMDs: timer sleeps only).
+                let wake = eth.af_packet_rx_fd(shard as u16);
+                Box::new(SmolStack::new(dev, smol, wake).map_err(|e| e.to_string())?)
             }
             _ => return Err("no network backend for this shard".into()),
         };
