@@ -101,9 +101,7 @@ fn main() {
         .allowlist_function("rte_strerror|rte_lcore_count|rte_socket_id")
         .allowlist_function("rte_eth_dev_count_avail|rte_eth_dev_get_port_by_name")
         .allowlist_function("rte_eth_dev_stop|rte_eth_dev_close|rte_eth_dev_socket_id")
-        .allowlist_function(
-            "rte_eth_promiscuous_enable|rte_eth_promiscuous_get|rte_eth_dev_set_mtu",
-        )
+        .allowlist_function("rte_eth_promiscuous_enable|rte_eth_dev_set_mtu")
         .allowlist_function("rte_pktmbuf_pool_create|rte_mempool_free|rte_mempool_lookup")
         .allowlist_function("rte_vdev_init|rte_vdev_uninit")
         .allowlist_var("RTE_MAX_ETHPORTS|RTE_PKTMBUF_HEADROOM|RTE_MBUF_DEFAULT_BUF_SIZE")

@@ -323,6 +323,7 @@ impl Config {
                 if !(576..=9000).contains(&self.net.mtu) {
                     return Err(invalid("net.mtu", "must be 576 to 9000"));
                 }
+                self.check_af_packet_ring()?;
                 if self.net.device.as_deref().is_none_or_empty() {
                     return Err(invalid(
                         "net.device",
@@ -398,6 +399,49 @@ impl Config {
         Ok(IfaceAddr { ip, prefix_len })
     }
 
+    /// The devargs of `net.device` when it is an af_packet vdev ("iface=eth0,framesz=9216"),
+    /// `None` for any other device.
+    pub fn af_packet_devargs(&self) -> Option<&str> {
+        let dev = self.net.device.as_deref()?;
+        let (name, args) = dev.split_once(',').unwrap_or((dev, ""));
+        // DPDK still registers the driver's old name as an alias.
+        ["net_af_packet", "eth_af_packet"]
+            .iter()
+            .any(|p| name.starts_with(p))
+            .then_some(args)
+    }
+
+    /// An af_packet port copies each frame into one ring frame of `framesz` bytes (the PMD's
+    /// default: 2048), after an 80-byte header: a smaller ring frame than MTU + 80 would cut
+    /// the longest frames short, silently. Checked here, before anything starts.
+    fn check_af_packet_ring(&self) -> Result<(), ConfigError> {
+        let Some(args) = self.af_packet_devargs() else {
+            return Ok(());
+        };
+        let framesz = match args.split(',').find_map(|kv| kv.strip_prefix("framesz=")) {
+            None => 2048,
+            Some(v) => v.parse::<u32>().map_err(|_| {
+                invalid(
+                    "net.device",
+                    format!("framesz={v:?} is not a number of bytes"),
+                )
+            })?,
+        };
+        let need = u32::from(self.net.mtu) + 80;
+        if framesz < need {
+            return Err(invalid(
+                "net.device",
+                format!(
+                    "af_packet ring frames of {framesz} B are too small for net.mtu = {}: \
+                     add framesz= of at least {need} (and blocksz=, a multiple of it and of \
+                     4096), e.g. framesz=9216,blocksz=36864 for 9000",
+                    self.net.mtu
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The user-space stack's MAC. "auto" derives its own address when the device is an
     /// af_packet port: the kernel shares that interface, and with the kernel's MAC on every
     /// data frame the kernel's IP layer takes each one through a (slow, uncached) route
@@ -405,17 +449,11 @@ impl Config {
     /// kernel as "other host", dropped before routing. Any other device: the port's MAC.
     pub fn stack_mac(&self) -> Result<MacChoice, ConfigError> {
         match self.net.mac.as_deref() {
-            None | Some("auto") => {
-                let dev = self.net.device.as_deref().unwrap_or_default();
-                let af_packet = ["net_af_packet", "eth_af_packet"]
-                    .iter()
-                    .any(|p| dev.starts_with(p));
-                Ok(if af_packet {
-                    MacChoice::Derived
-                } else {
-                    MacChoice::Port
-                })
-            }
+            None | Some("auto") => Ok(if self.af_packet_devargs().is_some() {
+                MacChoice::Derived
+            } else {
+                MacChoice::Port
+            }),
             Some("port") => Ok(MacChoice::Port),
             Some(s) => match parse_mac(s) {
                 Some(m) if m[0] & 0x01 == 0 && m != [0; 6] => Ok(MacChoice::Fixed(m)),
@@ -537,6 +575,31 @@ kind = "memstore"
             let e = parse(&b).unwrap_err().to_string();
             assert!(e.contains("net.mac"), "{bad}: {e}");
         }
+        // The ring frames of an af_packet port must hold the MTU's frames.
+        let jumbo = s.replace("[store]", "mtu = 9000\n[store]");
+        let e = parse(&jumbo).unwrap_err().to_string();
+        assert!(e.contains("net.mtu = 9000") && e.contains("framesz"), "{e}");
+        let small = jumbo.replace("iface=eth0", "iface=eth0,framesz=9040,blocksz=36160");
+        assert!(parse(&small)
+            .unwrap_err()
+            .to_string()
+            .contains("at least 9080"));
+        let fits = jumbo.replace("iface=eth0", "iface=eth0,framesz=9216,blocksz=36864");
+        assert_eq!(
+            parse(&fits).unwrap().af_packet_devargs(),
+            Some("iface=eth0,framesz=9216,blocksz=36864")
+        );
+        let junk = jumbo.replace("iface=eth0", "iface=eth0,framesz=big");
+        assert!(parse(&junk)
+            .unwrap_err()
+            .to_string()
+            .contains("not a number"));
+        assert_eq!(
+            parse(&pci.replace("[store]", "mtu = 9000\n[store]"))
+                .unwrap()
+                .af_packet_devargs(),
+            None
+        );
         // Derived: unicast, locally administered, never the port's own address.
         for port in [[0u8; 6], [0x02, 0x11, 0x22, 0x33, 0x44, 0x55], [0xff; 6]] {
             let d = derived_mac(port);

@@ -248,7 +248,11 @@ fn eal_config(cfg: &Config, shards: usize, vhost: bool) -> EalConfig {
                 no_pci = false;
                 extra.push("-w".to_string());
                 extra.push(dev.to_string());
-            } else if shards > 1 && dev.starts_with("net_af_packet") && !dev.contains("qpairs=") {
+            } else if shards > 1
+                && cfg
+                    .af_packet_devargs()
+                    .is_some_and(|a| !a.contains("qpairs="))
+            {
                 vdevs.push(format!("{dev},qpairs={shards}"));
             } else {
                 vdevs.push(dev.to_string());
@@ -423,20 +427,17 @@ impl Nic {
             Err(e) => {
                 return Err(DaemonError::Config(crate::config::ConfigError::Invalid {
                     key: "net.mtu",
-                    reason: format!(
-                        "the port refused MTU {} ({e}); an af_packet port needs framesz= in \
-                         net.device of at least the MTU + 80, e.g. 9216 for 9000",
-                        cfg.net.mtu
-                    ),
+                    reason: format!("the port refused MTU {}: {e}", cfg.net.mtu),
                 }))
             }
         }
+        let port_mac = port.mac()?;
         let mac = match cfg.stack_mac()? {
-            MacChoice::Port => port.mac()?,
-            MacChoice::Derived => derived_mac(port.mac()?),
+            MacChoice::Port => port_mac,
+            MacChoice::Derived => derived_mac(port_mac),
             MacChoice::Fixed(m) => m,
         };
-        if mac != port.mac()? {
+        if mac != port_mac {
             port.enable_promiscuous()?;
         }
         tracing::info!(mac = %format_mac(mac), "user-space stack MAC");
