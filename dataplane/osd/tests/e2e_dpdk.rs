@@ -46,18 +46,25 @@ impl Drop for Child {
     }
 }
 
-#[test]
-fn two_shard_osd_on_dpdk_af_packet_serves_a_shard_aware_client() {
+/// The test's network: a veth pair of this MTU between a private server namespace (the OSD's
+/// agent address on it) and a client namespace that this thread enters, and a monitor there.
+fn link_and_monitor(tag: &str, mtu: u32) -> (VethPair, Mon) {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
         0,
         "needs root: run through ci/test"
     );
-    let veth = VethPair::create("o", 1500).expect("veth pair");
+    let veth = VethPair::create(tag, mtu).expect("veth pair");
     veth.add_server_kernel_ip(AGENT_IP).expect("agent address");
     netns::enter(&veth.client_ns).expect("enter the client namespace");
     let mon = Mon::start_on(&format!("{CLIENT_IP}:0"));
+    (veth, mon)
+}
+
+#[test]
+fn two_shard_osd_on_dpdk_af_packet_serves_a_shard_aware_client() {
+    let (veth, mon) = link_and_monitor("o", 1500);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &mon, 2, "", 1500);
     let rt = common::runtime();
@@ -239,16 +246,7 @@ async fn start_osd(veth: &VethPair, config: &std::path::Path) -> (Child, Result<
 
 #[test]
 fn jumbo_frames_carry_ops_and_a_too_small_ring_is_refused() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "needs root: run through ci/test"
-    );
-    let veth = VethPair::create("j", 9000).expect("veth pair");
-    veth.add_server_kernel_ip(AGENT_IP).expect("agent address");
-    netns::enter(&veth.client_ns).expect("enter the client namespace");
-    let mon = Mon::start_on(&format!("{CLIENT_IP}:0"));
+    let (veth, mon) = link_and_monitor("j", 9000);
     let dir = tempfile::tempdir().unwrap();
     let rt = common::runtime();
     rt.block_on(async {
