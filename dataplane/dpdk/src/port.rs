@@ -33,6 +33,18 @@ pub struct EthPort {
     rss: bool,
 }
 
+/// A DPDK port call's return code (0 or a negative errno) as a result naming the call.
+fn port_result(port: u16, op: &'static str, rc: i32) -> Result<(), DpdkError> {
+    if rc == 0 {
+        return Ok(());
+    }
+    Err(DpdkError::Port {
+        port,
+        op,
+        reason: strerror(rc),
+    })
+}
+
 impl EthPort {
     /// Looks up a probed port by its device name (e.g. "net_af_packet0" or "0000:01:00.0").
     pub fn id_by_name(_eal: &'static Eal, name: &str) -> Result<u16, DpdkError> {
@@ -77,13 +89,7 @@ impl EthPort {
                 &mut rss_on,
             )
         };
-        if rc != 0 {
-            return Err(DpdkError::Port {
-                port: id,
-                op: "setup",
-                reason: strerror(rc),
-            });
-        }
+        port_result(id, "setup", rc)?;
         Ok(Self {
             id,
             rx_queues: n,
@@ -109,13 +115,7 @@ impl EthPort {
         let mut mac = [0u8; 6];
         // SAFETY: mac has room for 6 bytes.
         let rc = unsafe { dpdk_sys::carmine_eth_macaddr(self.id, mac.as_mut_ptr()) };
-        if rc != 0 {
-            return Err(DpdkError::Port {
-                port: self.id,
-                op: "macaddr",
-                reason: strerror(rc),
-            });
-        }
+        port_result(self.id, "macaddr", rc)?;
         Ok(mac)
     }
 
@@ -124,14 +124,7 @@ impl EthPort {
     pub fn enable_promiscuous(&self) -> Result<(), DpdkError> {
         // SAFETY: plain control call on a valid, started port.
         let rc = unsafe { dpdk_sys::rte_eth_promiscuous_enable(self.id) };
-        if rc != 0 {
-            return Err(DpdkError::Port {
-                port: self.id,
-                op: "promiscuous_enable",
-                reason: strerror(rc),
-            });
-        }
-        Ok(())
+        port_result(self.id, "promiscuous_enable", rc)
     }
 
     /// Sets the port's IP MTU (frames of `mtu` + 14 bytes). On an af_packet port this sets
@@ -140,14 +133,7 @@ impl EthPort {
     pub fn set_mtu(&self, mtu: u16) -> Result<(), DpdkError> {
         // SAFETY: plain control call on a valid port.
         let rc = unsafe { dpdk_sys::rte_eth_dev_set_mtu(self.id, mtu) };
-        if rc != 0 {
-            return Err(DpdkError::Port {
-                port: self.id,
-                op: "set_mtu",
-                reason: strerror(rc),
-            });
-        }
-        Ok(())
+        port_result(self.id, "set_mtu", rc)
     }
 
     /// The kernel socket behind RX queue `queue` when this is an af_packet port: it turns
@@ -168,13 +154,7 @@ impl EthPort {
         let mut s = dpdk_sys::carmine_eth_stats::default();
         // SAFETY: valid out-pointer.
         let rc = unsafe { dpdk_sys::carmine_eth_stats(self.id, &mut s) };
-        if rc != 0 {
-            return Err(DpdkError::Port {
-                port: self.id,
-                op: "stats",
-                reason: strerror(rc),
-            });
-        }
+        port_result(self.id, "stats", rc)?;
         Ok(PortStats {
             rx_packets: s.ipackets,
             tx_packets: s.opackets,
