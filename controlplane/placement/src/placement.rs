@@ -151,16 +151,140 @@ pub fn pg_to_osds(map: &ClusterMap, pool: &Pool, pg: u32) -> Vec<u32> {
 mod tests {
     use super::*;
 
+    use crate::map::Osd;
+
     #[test]
-    fn object_to_pg_is_stable_and_in_range() {
-        // Pinned values: these are part of the wire protocol. If this fails, placement changed.
-        let a = object_to_pg(b"rbd_data.1", 128).unwrap();
-        assert_eq!(a, object_to_pg(b"rbd_data.1", 128).unwrap());
-        assert!(a < 128);
+    fn object_to_pg_is_in_range() {
         assert_eq!(object_to_pg(b"x", 0), Err(PlacementError::NoPgs));
         for n in 1..50u32 {
             assert!(object_to_pg(b"obj", n).unwrap() < n);
         }
+    }
+
+    /// Pinned values: object → PG is part of the wire protocol (clients and OSDs must agree,
+    /// across versions). The literals were computed once from this code; if this test fails,
+    /// placement changed and existing data would move: never "fix" it by updating the numbers.
+    #[test]
+    fn object_to_pg_pinned_values() {
+        const PG_NUMS: [u32; 6] = [1, 7, 64, 128, 1000, 65536];
+        let pinned: [(&[u8], [u32; 6]); 6] = [
+            (b"", [0, 4, 26, 26, 713, 35392]),
+            (b"a", [0, 6, 6, 6, 196, 23644]),
+            (b"rbd_data.1", [0, 2, 56, 103, 779, 6779]),
+            (b"obj0", [0, 1, 47, 79, 79, 17490]),
+            (
+                b"object-with-a-long-name-0123456789",
+                [0, 4, 9, 9, 988, 42115],
+            ),
+            (b"\x00\xff", [0, 5, 35, 35, 179, 59981]),
+        ];
+        for (name, want) in pinned {
+            let got = PG_NUMS.map(|n| object_to_pg(name, n).unwrap());
+            assert_eq!(got, want, "object {name:?} over pg_num {PG_NUMS:?}");
+        }
+    }
+
+    /// A fixed map for the pinned PG → OSDs values: 5 hosts, mixed weights, one OSD down, one
+    /// out, one of weight 0 (those three are never chosen). Candidates: 0, 1, 2, 3, 5, 8.
+    fn pinned_map() -> ClusterMap {
+        let mut m = ClusterMap {
+            epoch: 42,
+            ..Default::default()
+        };
+        // (id, host, weight, up, in)
+        let spec: [(u32, &str, f64, bool, bool); 9] = [
+            (0, "hostA", 1.0, true, true),
+            (1, "hostA", 2.0, true, true),
+            (2, "hostB", 1.0, true, true),
+            (3, "hostB", 0.5, true, true),
+            (4, "hostC", 1.0, false, true),
+            (5, "hostC", 1.0, true, true),
+            (6, "hostD", 1.0, true, false),
+            (7, "hostD", 0.0, true, true),
+            (8, "hostE", 1.5, true, true),
+        ];
+        for (id, host, weight, up, in_) in spec {
+            m.osds.insert(
+                id,
+                Osd {
+                    id,
+                    uuid: format!("uuid-{id}"),
+                    host: host.into(),
+                    public_addr: String::new(),
+                    cluster_addr: String::new(),
+                    shard_count: 1,
+                    shard_ports: vec![1],
+                    up,
+                    in_,
+                    weight,
+                },
+            );
+        }
+        m
+    }
+
+    fn pool(id: u32, size: u32, pg_num: u32) -> Pool {
+        Pool {
+            id,
+            name: format!("p{id}"),
+            size,
+            min_size: 1,
+            pg_num,
+        }
+    }
+
+    /// Pinned values: (pool, PG) → ordered OSD list is part of the wire protocol (the first
+    /// entry is the primary every client sends to). Computed once from this code; a failure
+    /// means placement changed.
+    #[test]
+    fn pg_to_osds_pinned_values() {
+        let m = pinned_map();
+        let got = |p: &Pool, pgs: u32| -> Vec<Vec<u32>> {
+            (0..pgs).map(|pg| pg_to_osds(&m, p, pg)).collect()
+        };
+        // Size 1: the primary alone.
+        assert_eq!(
+            got(&pool(0, 1, 8), 8),
+            [[8], [1], [1], [1], [5], [5], [1], [5]]
+        );
+        // Size 3: three distinct hosts.
+        assert_eq!(
+            got(&pool(3, 3, 32), 12),
+            [
+                [2, 1, 8],
+                [1, 2, 5],
+                [2, 0, 8],
+                [8, 2, 0],
+                [0, 5, 8],
+                [0, 5, 2],
+                [5, 1, 2],
+                [8, 1, 2],
+                [5, 1, 8],
+                [8, 1, 2],
+                [1, 8, 2],
+                [1, 2, 8]
+            ]
+        );
+        // Size 6 over 4 candidate hosts: every candidate OSD, second round in host order.
+        assert_eq!(
+            got(&pool(7, 6, 100), 12),
+            [
+                [5, 2, 1, 8, 3, 0],
+                [1, 8, 5, 2, 0, 3],
+                [2, 1, 5, 8, 3, 0],
+                [1, 5, 2, 8, 0, 3],
+                [1, 2, 5, 8, 0, 3],
+                [8, 2, 1, 5, 3, 0],
+                [3, 5, 1, 8, 2, 0],
+                [8, 5, 2, 1, 3, 0],
+                [1, 2, 5, 8, 0, 3],
+                [5, 2, 1, 8, 3, 0],
+                [5, 0, 2, 8, 1, 3],
+                [3, 0, 8, 5, 2, 1]
+            ]
+        );
+        // Larger than the candidates: all six, never the down, out or weight-0 ones.
+        assert_eq!(pg_to_osds(&m, &pool(7, 8, 100), 0), [5, 2, 1, 8, 3, 0]);
     }
 
     #[test]
