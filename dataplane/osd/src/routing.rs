@@ -152,34 +152,59 @@ mod tests {
         m
     }
 
+    /// Pinned: the PGs of pool 1 (64 PGs, size 1) whose primary is osd.0 in `map(_, [0, 1])`,
+    /// each with the shard (of 2) that owns it. Literals computed once from the placement code:
+    /// the OSD must agree with what clients compute, so a change here is a protocol change.
+    #[rustfmt::skip]
+    const OSD0_PGS_AND_SHARDS: [(u32, usize); 43] = [
+        (0, 0), (1, 1), (2, 0), (4, 0), (6, 0), (7, 1), (8, 0), (9, 1), (10, 0), (13, 1),
+        (14, 0), (16, 0), (17, 1), (18, 0), (22, 0), (24, 0), (27, 1), (28, 0), (29, 1),
+        (33, 1), (34, 0), (37, 1), (38, 0), (39, 1), (40, 0), (41, 1), (43, 1), (44, 0),
+        (46, 0), (47, 1), (48, 0), (49, 1), (52, 0), (53, 1), (54, 0), (56, 0), (57, 1),
+        (58, 0), (59, 1), (60, 0), (61, 1), (62, 0), (63, 1),
+    ];
+
     #[test]
     fn routes_own_pgs_to_their_shard_and_others_to_errors() {
         let m = map(5, &[(0, "a"), (1, "b")]);
         let r = Routing::build(&m, "a", 2);
         assert_eq!(r.osd(), Some(0));
-        let pool = &m.pools[&1];
-        let mut mine = 0;
+        let mine: std::collections::BTreeMap<u32, usize> =
+            OSD0_PGS_AND_SHARDS.into_iter().collect();
         for pg in 0..64 {
             let t = |epoch| Target { pool: 1, pg, epoch };
-            let primary = pg_to_osds(&m, pool, pg)[0];
-            if primary == 0 {
-                mine += 1;
-                assert_eq!(r.route(&t(5)), Ok((pg % 2) as usize));
+            if let Some(&shard) = mine.get(&pg) {
+                assert_eq!(r.route(&t(5)), Ok(shard), "pg {pg}");
                 // An older client epoch still routes when the PG is ours.
-                assert_eq!(r.route(&t(4)), Ok((pg % 2) as usize));
+                assert_eq!(r.route(&t(4)), Ok(shard), "pg {pg}");
             } else {
-                assert_eq!(r.route(&t(5)), Err(OpError::Invalid));
+                assert_eq!(r.route(&t(5)), Err(OpError::Invalid), "pg {pg}");
                 assert_eq!(
                     r.route(&t(4)),
                     Err(OpError::StaleMap {
                         osd_epoch: Epoch(5)
-                    })
+                    }),
+                    "pg {pg}"
                 );
             }
             assert_eq!(r.route(&t(6)), Err(OpError::Again));
         }
-        assert_eq!(r.owned_pgs(), mine);
-        assert!(mine > 10 && mine < 54, "two OSDs share 64 PGs: {mine}");
+        // osd.1 owns exactly the others, on the same shards (pg mod 2).
+        let r1 = Routing::build(&m, "b", 2);
+        for pg in 0..64u32 {
+            let t = Target {
+                pool: 1,
+                pg,
+                epoch: 5,
+            };
+            if mine.contains_key(&pg) {
+                assert_eq!(r1.route(&t), Err(OpError::Invalid), "pg {pg}");
+            } else {
+                assert_eq!(r1.route(&t), Ok((pg % 2) as usize), "pg {pg}");
+            }
+        }
+        assert_eq!(r1.owned_pgs(), 64 - 43);
+        assert_eq!(r.owned_pgs(), 43);
         let unknown = Target {
             pool: 9,
             pg: 0,
