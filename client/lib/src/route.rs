@@ -196,33 +196,67 @@ mod tests {
         assert_eq!(public_ip("host.example:1"), None);
     }
 
-    /// Every object's route is exactly what the placement functions say, and every OSD and
-    /// every shard of the multi-shard OSDs gets some PGs.
+    /// Pinned: (primary OSD, shard) of each of pool 5's 32 PGs in `map()`. Literals computed
+    /// once from the placement code: the client must send where the OSD expects the op, so a
+    /// change here is a protocol change.
+    #[rustfmt::skip]
+    const PG_ROUTES: [(u32, u32); 32] = [
+        (2, 0), (1, 0), (0, 2), (2, 1), (2, 0), (0, 2), (0, 0), (2, 1),
+        (1, 0), (1, 0), (1, 0), (0, 2), (0, 0), (2, 1), (0, 2), (2, 1),
+        (2, 0), (0, 2), (0, 0), (0, 1), (2, 0), (0, 0), (0, 1), (1, 0),
+        (2, 0), (0, 1), (2, 0), (0, 0), (0, 1), (0, 2), (0, 0), (0, 1),
+    ];
+
+    /// Pinned: the PG (of 32) of objects `obj0`..`obj11`.
+    const OBJECT_PGS: [u32; 12] = [1, 21, 11, 18, 10, 1, 14, 14, 11, 4, 5, 28];
+
+    /// The address of (osd, shard) in `map()`, written out.
+    fn shard_addr(osd: u32, shard: u32) -> SocketAddr {
+        let s = match (osd, shard) {
+            (0, 0) => "127.0.0.1:7000",
+            (0, 1) => "127.0.0.1:7001",
+            (0, 2) => "127.0.0.1:7002",
+            (1, 0) => "127.0.0.2:7100",
+            (2, 0) => "[::1]:7200",
+            (2, 1) => "[::1]:7201",
+            _ => panic!("no shard {shard} on osd.{osd}"),
+        };
+        s.parse().unwrap()
+    }
+
+    /// Every PG's and object's route is the pinned one, and every OSD and every shard of the
+    /// multi-shard OSDs gets some PGs.
     #[test]
     fn routes_follow_placement_to_the_owning_shard() {
         let m = map();
         let pool = PoolRef::Name("data").find(&m).unwrap().clone();
         assert_eq!(PoolRef::Id(5).find(&m), Some(&pool));
         assert_eq!(PoolRef::Id(6).find(&m), None);
-        let mut seen = std::collections::BTreeSet::new();
-        for i in 0..500 {
-            let name = format!("obj{i}");
-            let t = route_object(&m, &pool, &name).unwrap();
-            let pg = object_to_pg(name.as_bytes(), 32).unwrap();
-            let primary = pg_to_osds(&m, &pool, pg)[0];
-            let o = &m.osds[&primary];
-            let shard = pg_to_shard(pg, o.shard_count);
-            let port = o.shard_ports[shard as usize] as u16;
+        for (pg, &(osd, shard)) in PG_ROUTES.iter().enumerate() {
+            let pg = pg as u32;
             assert_eq!(
-                t,
-                Target {
+                route_pg(&m, &pool, pg),
+                Ok(Target {
                     pool: 5,
                     pg,
-                    osd: primary,
+                    osd,
                     shard,
-                    addr: SocketAddr::new(public_ip(&o.public_addr).unwrap(), port),
-                }
+                    addr: shard_addr(osd, shard),
+                }),
+                "pg {pg}"
             );
+        }
+        for (i, &pg) in OBJECT_PGS.iter().enumerate() {
+            let name = format!("obj{i}");
+            assert_eq!(object_pg(&pool, &name), Ok(pg), "{name}");
+            let (osd, shard) = PG_ROUTES[pg as usize];
+            let t = route_object(&m, &pool, &name).unwrap();
+            assert_eq!((t.pg, t.osd, t.shard), (pg, osd, shard), "{name}");
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..500 {
+            let t = route_object(&m, &pool, &format!("obj{i}")).unwrap();
+            assert_eq!(t.addr, shard_addr(t.osd, t.shard));
             seen.insert((t.osd, t.shard));
         }
         let want: std::collections::BTreeSet<_> =
@@ -234,13 +268,22 @@ mod tests {
     fn an_out_osd_is_never_a_target_and_the_route_moves() {
         let mut m = map();
         let pool = m.pools[&5].clone();
-        let moved: Vec<u32> = (0..32)
+        let on_1: Vec<u32> = (0..32)
             .filter(|&pg| route_pg(&m, &pool, pg).unwrap().osd == 1)
             .collect();
-        assert!(!moved.is_empty());
+        assert_eq!(on_1, [1, 8, 9, 10, 23]);
         m.osds.get_mut(&1).unwrap().in_ = false;
-        for pg in 0..32 {
-            assert_ne!(route_pg(&m, &pool, pg).unwrap().osd, 1);
+        // osd.1's PGs move (pinned: to 0, 0, 2, 2, 0); no other PG moves.
+        let after: Vec<u32> = (0..32)
+            .map(|pg| route_pg(&m, &pool, pg).unwrap().osd)
+            .collect();
+        for (pg, &(before, _)) in PG_ROUTES.iter().enumerate() {
+            let want = match pg {
+                1 | 8 | 23 => 0,
+                9 | 10 => 2,
+                _ => before,
+            };
+            assert_eq!(after[pg], want, "pg {pg}");
         }
         m.osds.get_mut(&0).unwrap().up = false;
         m.osds.get_mut(&2).unwrap().weight = 0.0;

@@ -8,7 +8,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use carmine_client::{Client, Error};
-use carmine_placement::{object_to_pg, pg_to_osds, pg_to_shard};
 use carmine_proto::v1::{self, mon_cluster_client::MonClusterClient};
 use common::{runtime, Follower, Mon};
 
@@ -61,16 +60,37 @@ fn routes_follow_placement_and_the_subscription() {
             assert_eq!(map.epoch, mon.map().await.epoch);
             let pool = client.pool("data").await.unwrap();
             assert_eq!(client.pool(pool.id).await.unwrap(), pool);
+            assert_eq!((pool.id, pool.pg_num), (0, 32));
+            // Pinned routes (computed once from the placement code; a change is a protocol
+            // change): object -> (pg, osd, shard, address). osd.2 has two shards.
+            let pinned: [(&str, u32, u32, u32, &str); 12] = [
+                ("o0", 4, 0, 0, "127.0.0.1:7000"),
+                ("o1", 7, 0, 0, "127.0.0.1:7000"),
+                ("o2", 15, 1, 0, "127.0.0.2:7100"),
+                ("o3", 13, 2, 1, "127.0.0.3:7201"),
+                ("o4", 29, 1, 0, "127.0.0.2:7100"),
+                ("o5", 26, 1, 0, "127.0.0.2:7100"),
+                ("o6", 22, 2, 0, "127.0.0.3:7200"),
+                ("o7", 25, 1, 0, "127.0.0.2:7100"),
+                ("o8", 18, 0, 0, "127.0.0.1:7000"),
+                ("o9", 16, 1, 0, "127.0.0.2:7100"),
+                ("o10", 13, 2, 1, "127.0.0.3:7201"),
+                ("o11", 7, 0, 0, "127.0.0.1:7000"),
+            ];
+            for (name, pg, osd, shard, addr) in pinned {
+                let t = client.locate("data", name).unwrap();
+                assert_eq!(
+                    (t.pg, t.osd, t.shard, t.addr.to_string().as_str()),
+                    (pg, osd, shard, addr),
+                    "{name}"
+                );
+            }
             let mut osds_seen = std::collections::BTreeSet::new();
             for i in 0..200 {
                 let name = format!("o{i}");
                 let t = client.locate("data", &name).unwrap();
-                let pg = object_to_pg(name.as_bytes(), 32).unwrap();
-                let primary = pg_to_osds(&map, &pool, pg)[0];
-                let osd = &map.osds[&primary];
-                let shard = pg_to_shard(pg, osd.shard_count);
-                assert_eq!((t.pg, t.osd, t.shard), (pg, primary, shard));
-                assert_eq!(t.addr.port() as u32, osd.shard_ports[shard as usize]);
+                let osd = &map.osds[&t.osd];
+                assert_eq!(t.addr.port() as u32, osd.shard_ports[t.shard as usize]);
                 assert_eq!(
                     t.addr.ip().to_string(),
                     osd.public_addr.split(':').next().unwrap()
