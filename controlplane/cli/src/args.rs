@@ -144,8 +144,9 @@ pub enum PoolCmd {
         /// Number of placement groups.
         #[arg(long)]
         pg_num: u32,
-        /// Replicas per object.
-        #[arg(long, default_value_t = 3)]
+        /// Replicas per object. Only 1 until replication exists: the monitor refuses more
+        /// (`MAX_POOL_SIZE_SUPPORTED` in carmine-mon).
+        #[arg(long, default_value_t = 1)]
         size: u32,
         /// Replicas needed for I/O (default: size - size/2).
         #[arg(long)]

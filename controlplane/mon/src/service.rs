@@ -75,7 +75,9 @@ impl From<MonError> for Status {
             MonError::Invalid(_) => Status::invalid_argument(e.to_string()),
             MonError::NotFound(_) => Status::not_found(e.to_string()),
             MonError::Exists(_) => Status::already_exists(e.to_string()),
-            MonError::Precondition(_) => Status::failed_precondition(e.to_string()),
+            MonError::Precondition(_) | MonError::ReplicationUnsupported { .. } => {
+                Status::failed_precondition(e.to_string())
+            }
             MonError::Store(_) | MonError::Random(_) => Status::internal(e.to_string()),
         }
     }

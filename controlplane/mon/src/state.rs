@@ -27,6 +27,12 @@ use crate::store::{Backend, StoreError};
 /// heartbeats and failure reports do not mark OSDs down; an admin still can).
 pub const FLAGS: &[&str] = &["noout", "nodown"];
 
+/// Largest pool `size` the cluster can serve today. The OSDs have no replication yet (issue
+/// #7): a write to a PG of a pool with `size` > 1 would be refused by its primary, so the
+/// monitor refuses to create such a pool (or to raise a pool's size past this) instead. When
+/// replication lands, raise this to the highest supported size; nothing else needs to change.
+pub const MAX_POOL_SIZE_SUPPORTED: u32 = 1;
+
 /// Length of a client key in bytes.
 pub const CLIENT_KEY_LEN: usize = 32;
 
@@ -86,6 +92,18 @@ pub enum MonError {
     /// Not allowed in the current state.
     #[error("precondition failed: {0}")]
     Precondition(String),
+    /// A pool size above [`MAX_POOL_SIZE_SUPPORTED`]: valid in principle, but nothing can
+    /// serve it until replication exists.
+    #[error(
+        "pool size {size} is not supported: replication is not implemented yet, so a pool's \
+         size must be at most {max}"
+    )]
+    ReplicationUnsupported {
+        /// The size asked for.
+        size: u32,
+        /// [`MAX_POOL_SIZE_SUPPORTED`].
+        max: u32,
+    },
     /// Persistence failed; the change was not made.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -709,6 +727,7 @@ impl Monitor {
             min_size
         };
         validate_pool(pg_num, size, min_size)?;
+        check_size_supported(size)?;
         let mut next = self.next_map();
         if next.pool_by_name(name).is_some() {
             return Err(MonError::Exists(format!("pool {name}")));
@@ -764,8 +783,24 @@ impl Monitor {
             }
         }
         validate_pool(p.pg_num, p.size, p.min_size)?;
+        if key == "size" {
+            // Only a change of size is checked: a pool stored before this limit keeps working
+            // for its other properties.
+            check_size_supported(v)?;
+        }
         self.commit(next)
     }
+}
+
+/// Refuses a pool size no OSD can serve yet (see [`MAX_POOL_SIZE_SUPPORTED`]).
+fn check_size_supported(size: u32) -> Result<(), MonError> {
+    if size > MAX_POOL_SIZE_SUPPORTED {
+        return Err(MonError::ReplicationUnsupported {
+            size,
+            max: MAX_POOL_SIZE_SUPPORTED,
+        });
+    }
+    Ok(())
 }
 
 fn validate_pool(pg_num: u32, size: u32, min_size: u32) -> Result<(), MonError> {
@@ -872,6 +907,47 @@ mod tests {
         assert!(m.map_at(cur - 3).is_some());
         assert!(m.map_at(cur - 4).is_none());
         assert_eq!(m.incrementals_since(cur - 2).unwrap().len(), 2);
+    }
+
+    /// Replication does not exist yet: a pool of size > 1 is refused at creation and by
+    /// `pool set size`, with nothing committed, and size 1 still works.
+    #[test]
+    fn pools_larger_than_the_supported_size_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Monitor::open(MapStore::open(dir.path()).unwrap(), policy()).unwrap();
+        let e = m.map().epoch;
+        for size in [2, 3, 16] {
+            let err = m.pool_create("big", 8, size, 1).unwrap_err();
+            assert!(
+                matches!(err, MonError::ReplicationUnsupported { size: s, max: 1 } if s == size),
+                "{err:?}"
+            );
+            let msg = err.to_string();
+            assert!(msg.contains("replication is not implemented"), "{msg}");
+            assert!(msg.contains("at most 1"), "{msg}");
+        }
+        // min_size 0 means "default" (size - size/2): refused for the size, not min_size.
+        assert!(matches!(
+            m.pool_create("big", 8, 3, 0),
+            Err(MonError::ReplicationUnsupported { size: 3, max: 1 })
+        ));
+        // Out-of-range sizes are still plain invalid arguments.
+        assert!(matches!(
+            m.pool_create("big", 8, 17, 1),
+            Err(MonError::Invalid(_))
+        ));
+        assert_eq!(m.map().epoch, e, "a refused pool makes no epoch");
+        assert!(m.map().pools.is_empty());
+        m.pool_create("ok", 8, MAX_POOL_SIZE_SUPPORTED, 1).unwrap();
+        assert!(matches!(
+            m.pool_set("ok", "size", "2"),
+            Err(MonError::ReplicationUnsupported { size: 2, max: 1 })
+        ));
+        assert_eq!(m.map().pool_by_name("ok").unwrap().size, 1);
+        m.pool_set("ok", "pg_num", "16").unwrap();
+        // The gRPC code the CLI and clients see.
+        let st = tonic::Status::from(MonError::ReplicationUnsupported { size: 2, max: 1 });
+        assert_eq!(st.code(), tonic::Code::FailedPrecondition);
     }
 
     #[test]

@@ -42,7 +42,7 @@ fn restarted_mon_keeps_epoch_osds_and_pools() {
             .pool_create(authed(v1::PoolCreateRequest {
                 name: "rbd".into(),
                 pg_num: 32,
-                size: 2,
+                size: 1,
                 min_size: 1,
             }))
             .await
@@ -151,6 +151,28 @@ fn admin_calls_need_the_token() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
+        // No replication yet: a pool of size > 1 is refused, saying why.
+        let e = a
+            .pool_create(authed(v1::PoolCreateRequest {
+                name: "replicated".into(),
+                pg_num: 8,
+                size: 3,
+                min_size: 2,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+        assert!(
+            e.message().contains("replication is not implemented")
+                && e.message().contains("at most 1"),
+            "{e}"
+        );
+        let pools = a
+            .pool_list(authed(v1::Empty {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(pools.pools.is_empty());
         let e = a
             .osd_out(authed(v1::OsdIdRequest { id: 99 }))
             .await
