@@ -5,17 +5,24 @@
 //!
 //! - 10,000 objects of mixed sizes (1 B to 4 MiB) over 3 OSDs, read back verified, a PG listed
 //!   page by page, the pool listed whole;
-//! - a wrong key is refused; garbage, truncated and oversized frames from raw sockets close
-//!   only that connection, are counted, and the OSD keeps serving;
+//! - a wrong key and an unknown id are refused with `AuthReject(BadCredentials)`; garbage,
+//!   truncated, oversized and corrupt frames from raw sockets are each closed by the OSD (EOF or
+//!   reset within a bound), counted exactly, and an authenticated connection opened before
+//!   them keeps working;
 //! - an op sent to the wrong shard is forwarded through the rings, served, and counted;
-//! - (root + hugepages) bdevstore on an aio file: data survives a clean restart and a SIGKILL.
+//! - ops held across two map changes meet the new epoch (`StaleMap`, exactly where the PG
+//!   moved), are retried, and everything written reads back;
+//! - (root + hugepages) bdevstore on an aio file: data survives a clean restart, and a SIGKILL
+//!   under concurrent writes keeps every acknowledged write (fsck clean before the restart).
+//!
+//! `CARMINE_OSD_BIN` runs another `carmine-osd` (e.g. a deliberately broken build).
 
 #[path = "../../../client/lib/tests/common/mod.rs"]
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -23,9 +30,10 @@ use std::time::{Duration, Instant};
 
 use carmine_client::{
     AuthKey, Client, ClientError, ConnectOptions, Connection, Epoch, Op, OpError, OpRequest, PgId,
-    PoolId,
+    PoolId, Reply,
 };
 use carmine_proto::v1;
+use carmine_wire::{HandshakeError, RejectReason, VersionRange};
 use common::{authed, runtime, Cluster, Mon, OSD_TOKEN};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -157,19 +165,53 @@ fn ten_thousand_mixed_objects_over_three_osds() {
     });
 }
 
-/// A raw socket that expects the OSD to close it (EOF or reset) within 10 s.
-fn expect_closed(mut s: TcpStream) {
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut buf = [0u8; 4096];
+/// Reads a raw socket until the OSD closes it: EOF or a reset, within 10 s. Still open after
+/// 10 s (the read times out) fails the test: an OSD that ignores bad input and keeps the
+/// socket open must not pass.
+fn expect_closed(mut s: TcpStream, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
     loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "{what}: the OSD kept the connection open for 10 s (sent {} bytes)",
+            got.len()
+        );
+        s.set_read_timeout(Some(left)).unwrap();
         match s.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => assert!(
-                Instant::now() < deadline,
-                "the OSD kept the connection open"
-            ),
+            Ok(0) => return,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("{what}: the OSD kept the connection open for 10 s ({e})")
+            }
+            Err(e) => panic!("{what}: reading the socket failed: {e}"),
         }
+    }
+}
+
+/// The change of a perf counter between two snapshots.
+fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, name: &str) -> u64 {
+    let (Some(b), Some(a)) = (before.get(name), after.get(name)) else {
+        panic!("no counter {name}: {after:?}");
+    };
+    a.checked_sub(*b)
+        .unwrap_or_else(|| panic!("{name} went down: {b} -> {a}"))
+}
+
+/// A handshake refused as a wrong key is: the OSD's `AuthReject { BadCredentials }` (the
+/// same for an unknown id, by design), nothing else (a timeout, a reset, a closed socket).
+fn assert_refused(r: Result<Connection, ClientError>, what: &str) {
+    match r {
+        Err(ClientError::Handshake(HandshakeError::Rejected {
+            reason: RejectReason::BadCredentials,
+            server_versions,
+        })) => assert_eq!(server_versions, VersionRange::SUPPORTED, "{what}"),
+        Err(e) => panic!("{what}: refused, but not with AuthReject(BadCredentials): {e:?}"),
+        Ok(_) => panic!("{what}: accepted"),
     }
 }
 
@@ -181,25 +223,50 @@ fn wrong_key_and_malformed_frames_close_only_that_connection() {
             let cluster = Cluster::start("data", 8, &[1]).await;
             let osd = &cluster.osds[0];
             let addr = SocketAddr::from(([127, 0, 0, 1], osd.ports[0]));
+            // Placement only (the client opens no OSD connection for it).
+            let client = Client::connect(cluster.config()).await.unwrap();
+            cluster.mon.wait_osds_at(&[osd.id], client.epoch()).await;
 
-            // A wrong key is refused during the handshake.
+            // A healthy authenticated connection, opened before any bad one: it must keep
+            // working through all of them.
+            let opts = ConnectOptions::new(cluster.creds.id.clone(), cluster.creds.key.clone());
+            let healthy = Connection::connect(addr, &opts).await.unwrap();
+            let t = client.locate("data", "healthy").unwrap();
+            let req = |op| OpRequest {
+                pool: PoolId(u64::from(t.pool)),
+                pg: PgId(t.pg),
+                epoch: Epoch(client.epoch()),
+                op,
+            };
+            let read = Op::Read {
+                object: "healthy",
+                offset: 0,
+                len: 100,
+            };
+            let write = |data: &'static [u8]| Op::WriteFull {
+                object: "healthy",
+                data,
+            };
+            healthy.call(&req(write(b"before"))).await.unwrap();
+
+            let before = perf(&cluster.mon, osd.id).await;
+
+            // A wrong key is refused during the handshake; an unknown client id too.
             let wrong = ConnectOptions::new(cluster.creds.id.clone(), AuthKey::new([9; 32]));
-            match Connection::connect(addr, &wrong).await {
-                Err(e) => assert!(!matches!(e, ClientError::Op(_)), "{e}"),
-                Ok(_) => panic!("a wrong key was accepted"),
-            }
-            // An unknown client id too.
+            assert_refused(Connection::connect(addr, &wrong).await, "a wrong key");
             let unknown = ConnectOptions::new("client.nobody", cluster.creds.key.clone());
-            assert!(Connection::connect(addr, &unknown).await.is_err());
+            assert_refused(Connection::connect(addr, &unknown).await, "an unknown id");
 
-            // Garbage; a truncated frame (the peer goes away mid-frame); a header announcing
-            // more than the frame limit; a valid magic with a corrupt header CRC.
+            // Garbage (no magic).
             let garbage = TcpStream::connect(addr).unwrap();
             (&garbage).write_all(&[0xAB; 512]).unwrap();
-            expect_closed(garbage);
+            expect_closed(garbage, "garbage");
+            // A truncated frame: the magic, then the peer stops sending (half close). The OSD
+            // sees the end of the stream mid-frame and closes its side.
             let truncated = TcpStream::connect(addr).unwrap();
             (&truncated).write_all(&carmine_wire::MAGIC).unwrap();
-            drop(truncated);
+            truncated.shutdown(Shutdown::Write).unwrap();
+            expect_closed(truncated, "a truncated frame");
             // A well-formed header (valid CRC) announcing a payload beyond the frame limit.
             let mut huge = [0u8; carmine_wire::HEADER_LEN];
             carmine_wire::FrameHeader {
@@ -212,7 +279,7 @@ fn wrong_key_and_malformed_frames_close_only_that_connection() {
             .write(&mut huge);
             let s = TcpStream::connect(addr).unwrap();
             (&s).write_all(&huge).unwrap();
-            expect_closed(s);
+            expect_closed(s, "an oversized frame");
             // A valid header CRC followed by a payload whose CRC is wrong.
             let mut bad = [0u8; carmine_wire::HEADER_LEN + 8];
             let mut head = [0u8; carmine_wire::HEADER_LEN];
@@ -227,10 +294,36 @@ fn wrong_key_and_malformed_frames_close_only_that_connection() {
             bad[..carmine_wire::HEADER_LEN].copy_from_slice(&head);
             let s = TcpStream::connect(addr).unwrap();
             (&s).write_all(&bad).unwrap();
-            expect_closed(s);
+            expect_closed(s, "a payload CRC mismatch");
 
-            // The OSD still serves a proper client.
-            let client = Client::connect(cluster.config()).await.unwrap();
+            // The connection opened before all that still works: it reads what it wrote
+            // before, and writes and reads again.
+            assert!(!healthy.is_closed(), "{:?}", healthy.closed_reason());
+            match healthy.call(&req(read)).await.unwrap() {
+                Reply::Read(d) => assert_eq!(d, b"before"),
+                other => panic!("{other:?}"),
+            }
+            healthy.call(&req(write(b"after"))).await.unwrap();
+            match healthy.call(&req(read)).await.unwrap() {
+                Reply::Read(d) => assert_eq!(d, b"after"),
+                other => panic!("{other:?}"),
+            }
+
+            // Exactly what happened since `before`: six bad connections accepted, and each
+            // closed by the OSD (the shard closes them before it served the healthy
+            // connection's next op); two refused handshakes; three broken frames (the
+            // truncated one is an end of stream, not a protocol error); the healthy
+            // connection's three ops, none failed.
+            let after = perf(&cluster.mon, osd.id).await;
+            let d = |name| delta(&before, &after, name);
+            assert_eq!(d("shard0.conns_accepted"), 6, "{after:?}");
+            assert_eq!(d("shard0.conns_closed"), 6, "{after:?}");
+            assert_eq!(d("shard0.auth_failures"), 2, "{after:?}");
+            assert_eq!(d("shard0.protocol_errors"), 3, "{after:?}");
+            assert_eq!(d("shard0.ops"), 3, "{after:?}");
+            assert_eq!(d("shard0.errors"), 0, "{after:?}");
+
+            // And a new client is served.
             client
                 .write_full("data", "still-here", b"yes")
                 .await
@@ -239,10 +332,6 @@ fn wrong_key_and_malformed_frames_close_only_that_connection() {
                 client.read("data", "still-here", 0, 10).await.unwrap(),
                 b"yes"
             );
-
-            let p = perf(&cluster.mon, osd.id).await;
-            assert!(p["shard0.auth_failures"] >= 2, "{p:?}");
-            assert!(p["shard0.protocol_errors"] >= 2, "{p:?}");
         })
         .await
         .expect("test time limit");
@@ -303,10 +392,11 @@ fn an_op_sent_to_the_wrong_shard_is_forwarded_and_counted() {
             })
             .await
             .unwrap();
-            assert!(
-                format!("{r:?}").contains("forwarded") || format!("{r:?}").contains("Read"),
-                "{r:?}"
-            );
+            // The forwarded read carries the data back through the rings, byte for byte.
+            match r {
+                Reply::Read(d) => assert_eq!(d, b"forwarded"),
+                other => panic!("a read answered with {other:?}"),
+            }
             // The data is where the owner keeps it: the shard-aware path reads it back.
             assert_eq!(
                 client.read("data", &name, 0, 100).await.unwrap(),
@@ -320,6 +410,14 @@ fn an_op_sent_to_the_wrong_shard_is_forwarded_and_counted() {
         .await
         .expect("test time limit");
     });
+}
+
+/// The `carmine-osd` under test: this package's, or `CARMINE_OSD_BIN` (as for the memstore
+/// OSDs of the harness: e.g. a deliberately broken build, to see a test fail).
+fn bdev_osd_bin() -> PathBuf {
+    std::env::var_os("CARMINE_OSD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_carmine-osd").into())
 }
 
 /// An OSD on bdevstore over an aio file (needs root and hugepages, as in CI).
@@ -377,7 +475,7 @@ file_prefix = "carmine-e2e-{pid}"
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_carmine-osd"))
+        let mut child = Command::new(bdev_osd_bin())
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "warn")
@@ -433,6 +531,52 @@ impl Drop for BdevOsd {
     }
 }
 
+/// Keys of the bdevstore test.
+const BDEV_KEYS: usize = 200;
+
+/// Generation `gen` of bdevstore key `i`; its length changes with the generation too (1 B to
+/// 3 MiB, mostly small), so a torn or mixed object does not pass for either generation.
+///
+/// At most 3 MiB: a bdevstore formatted by the OSD (4 MiB segments, a journal record at most
+/// one segment) refuses a 4 MiB write, the wire's largest, as invalid (the data blocks plus
+/// the record header do not fit). Known, reported; not what this test is about.
+fn bdev_data(i: usize, gen: usize) -> Vec<u8> {
+    content(i * 1000 + gen, size_of(i * 7 + 3 + gen * 13).min(3 << 20))
+}
+
+/// What a writer knows of one key: the last generation acknowledged, and the one sent but not
+/// acknowledged (in flight at the kill: it may or may not be there after it).
+#[derive(Debug, Clone, Copy, Default)]
+struct KeyState {
+    acked: usize,
+    unsure: Option<usize>,
+}
+
+/// `carmine-osd fsck` on the image, which must be clean; the shard-0 report (JSON).
+fn fsck(img: &Path) -> serde_json::Value {
+    let out = Command::new(bdev_osd_bin())
+        .args(["fsck", "--json", "--bdev-kind", "aio", "--path"])
+        .arg(img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fsck: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // SPDK prints its notices to stdout too: the report is the line that parses.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let reports = stdout
+        .lines()
+        .find_map(|l| serde_json::from_str::<Vec<serde_json::Value>>(l).ok())
+        .unwrap_or_else(|| panic!("no JSON report from fsck: {stdout}"));
+    let r = reports.into_iter().next().expect("a report for shard 0");
+    assert_eq!(r["clean"], true, "{r}");
+    r
+}
+
 #[test]
 fn bdevstore_osd_keeps_its_data_over_restart_and_sigkill() {
     // SAFETY: geteuid has no preconditions.
@@ -442,9 +586,10 @@ fn bdevstore_osd_keeps_its_data_over_restart_and_sigkill() {
         "needs root: run through ci/test"
     );
     let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("osd.img");
     let rt = runtime();
     rt.block_on(async {
-        tokio::time::timeout(LIMIT, async {
+        tokio::time::timeout(Duration::from_secs(240), async {
             let mon = Mon::start();
             let creds = mon.add_key("client.bdev").await;
             let mut osd = BdevOsd::start(&mon, dir.path());
@@ -452,57 +597,283 @@ fn bdevstore_osd_keeps_its_data_over_restart_and_sigkill() {
             mon.create_pool("data", 16, 1).await;
             let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds.clone());
             cfg.op_timeout = Duration::from_secs(20);
-            let write_all = |client: Arc<Client>, gen: usize| async move {
-                for i in 0..200 {
-                    let data = content(i + gen, size_of(i * 7 + 3));
-                    client
-                        .write_full("data", &format!("k{i}"), &data)
-                        .await
-                        .unwrap();
-                }
-            };
-            let check_all = |client: Arc<Client>, gen: usize| async move {
-                for i in 0..200 {
-                    let len = size_of(i * 7 + 3);
-                    let got = client
-                        .read("data", &format!("k{i}"), 0, len as u32)
-                        .await
-                        .unwrap();
-                    assert!(got == content(i + gen, len), "k{i} after restart");
+            let name = |i: usize| format!("k{i}");
+            // `state[i]`: what must be in key i.
+            let check_all = |client: Arc<Client>, state: Vec<KeyState>| async move {
+                for (i, s) in state.iter().enumerate() {
+                    let got = client.read("data", &name(i), 0, 4 << 20).await.unwrap();
+                    let acked = bdev_data(i, s.acked);
+                    let unsure = s.unsure.map(|g| bdev_data(i, g));
+                    assert!(
+                        got == acked || Some(&got) == unsure.as_ref(),
+                        "k{i}: {} bytes, neither the acknowledged generation {} ({} bytes) \
+                         nor the one in flight {:?}",
+                        got.len(),
+                        s.acked,
+                        acked.len(),
+                        s.unsure
+                    );
                 }
             };
             let client = Arc::new(Client::connect(cfg.clone()).await.unwrap());
-            write_all(client.clone(), 0).await;
+            for i in 0..BDEV_KEYS {
+                client
+                    .write_full("data", &name(i), &bdev_data(i, 0))
+                    .await
+                    .unwrap();
+            }
             drop(client);
 
             // Clean restart: same uuid, same id, data back.
             osd.stop(true);
             osd.spawn();
             let client = Arc::new(Client::connect(cfg.clone()).await.unwrap());
-            check_all(client.clone(), 0).await;
-            // Overwrite everything, then crash: every acknowledged write must be there.
-            write_all(client.clone(), 1).await;
-            drop(client);
+            check_all(client.clone(), vec![KeyState::default(); BDEV_KEYS]).await;
+
+            // SIGKILL under load: writers keep overwriting their own keys (one op in flight
+            // each), noting every acknowledgement.
+            const WRITERS: usize = 16;
+            let state = Arc::new(std::sync::Mutex::new(vec![KeyState::default(); BDEV_KEYS]));
+            let acks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let mut writers = tokio::task::JoinSet::new();
+            for w in 0..WRITERS {
+                let (client, state, acks) = (client.clone(), state.clone(), acks.clone());
+                writers.spawn(async move {
+                    for gen in 1.. {
+                        for i in (w..BDEV_KEYS).step_by(WRITERS) {
+                            state.lock().unwrap()[i].unsure = Some(gen);
+                            if let Err(e) = client
+                                .write_full("data", &name(i), &bdev_data(i, gen))
+                                .await
+                            {
+                                return format!("k{i} generation {gen}: {e}");
+                            }
+                            state.lock().unwrap()[i] = KeyState {
+                                acked: gen,
+                                unsure: None,
+                            };
+                            acks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    unreachable!()
+                });
+            }
+            let load_until = Instant::now() + Duration::from_secs(60);
+            while acks.load(std::sync::atomic::Ordering::Relaxed) < 3 * BDEV_KEYS {
+                assert!(Instant::now() < load_until, "the writers did not get going");
+                if let Some(r) = writers.try_join_next() {
+                    panic!("a writer stopped before the kill: {}", r.unwrap());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             osd.stop(false);
+            let at_kill = acks.load(std::sync::atomic::Ordering::Relaxed);
+            // The writers' ops now fail or retry against a dead OSD: stop them, and the client,
+            // before the OSD comes back. What each had in flight stays `unsure`.
+            writers.abort_all();
+            while writers.join_next().await.is_some() {}
+            drop(client);
+            let state = state.lock().unwrap().clone();
+            let unsure = state.iter().filter(|s| s.unsure.is_some()).count();
+            assert_eq!(unsure, WRITERS, "one op in flight per writer at the end");
+
+            // The unclean image checks clean before anything mounts it again (the journal
+            // replays; a torn tail record is allowed, it was never acknowledged).
+            let r = fsck(&img);
+            assert_eq!(r["objects"], BDEV_KEYS as u64, "{r}");
+            eprintln!("after SIGKILL ({at_kill} writes acknowledged under load): fsck {r}");
+
             osd.spawn();
             let client = Arc::new(Client::connect(cfg).await.unwrap());
-            check_all(client, 1).await;
+            check_all(client, state).await;
             osd.stop(true);
         })
         .await
         .expect("test time limit");
     });
     // The store is consistent after the clean stop.
-    let out = Command::new(env!("CARGO_BIN_EXE_carmine-osd"))
-        .args(["fsck", "--bdev-kind", "aio", "--path"])
-        .arg(dir.path().join("osd.img"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fsck: {}",
-        String::from_utf8_lossy(&out.stdout)
+    let r = fsck(&img);
+    assert_eq!(r["objects"], BDEV_KEYS as u64, "{r}");
+}
+
+/// Objects of the map-change test.
+const MAPCHANGE_OBJECTS: usize = 300;
+
+/// Generation `gen` of map-change object `i` (its length changes with the generation too).
+fn mapchange_data(i: usize, gen: usize) -> Vec<u8> {
+    content(i * 10 + gen, 100 + (i * 37 + gen * 1000) % 4000)
+}
+
+/// Sum of a per-OSD perf counter's change.
+fn total_delta(
+    before: &[BTreeMap<String, u64>],
+    after: &[BTreeMap<String, u64>],
+    name: &str,
+) -> u64 {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| delta(b, a, name))
+        .sum()
+}
+
+/// Writes generation `gen` of every object across one map change, deterministically:
+///
+/// 1. hold: with the map the lagging client has (`follow_map` off, so it keeps it), each
+///    object's write is addressed to its primary at that epoch, over raw connections opened
+///    now;
+/// 2. change the map (`change`) and wait until every OSD applied the new epoch;
+/// 3. release every held op at once: an op whose PG stayed where it was is served (an older
+///    epoch is fine where the PG did not move), an op whose PG moved gets exactly
+///    `StaleMap { osd_epoch: new }`, nothing else;
+/// 4. the lagging client writes the refused ones: its first attempt meets the new epoch too
+///    (`StaleMap`), it fetches the map and retries; every write succeeds;
+/// 5. every object reads back as generation `gen` at the new epoch.
+///
+/// The OSDs' `stale_map` counters account for every refusal, exactly. Returns the new epoch.
+async fn write_across_a_map_change(
+    cluster: &Cluster,
+    following: &Client,
+    lagging: &Arc<Client>,
+    gen: usize,
+    change: impl std::future::Future<Output = u64>,
+) -> u64 {
+    let ids: Vec<u32> = cluster.osds.iter().map(|o| o.id).collect();
+    let name = |i: usize| format!("m{i}");
+    let old = lagging.epoch();
+    let pool = lagging.pool("data").await.unwrap();
+    let held: Vec<_> = (0..MAPCHANGE_OBJECTS)
+        .map(|i| lagging.locate("data", &name(i)).unwrap())
+        .collect();
+    let opts = ConnectOptions::new(cluster.creds.id.clone(), cluster.creds.key.clone());
+    let mut conns = BTreeMap::new();
+    for t in &held {
+        if let std::collections::btree_map::Entry::Vacant(e) = conns.entry(t.addr) {
+            e.insert(Connection::connect(t.addr, &opts).await.unwrap());
+        }
+    }
+    let conns = Arc::new(conns);
+    let mut perf_before = Vec::new();
+    for &id in &ids {
+        perf_before.push(perf(&cluster.mon, id).await);
+    }
+    let stats_before = lagging.stats();
+
+    let new = change.await;
+    assert!(new > old, "the change made epoch {new}, after {old}");
+    cluster.mon.wait_osds_at(&ids, new).await;
+    assert!(following.wait_for_epoch(new, Duration::from_secs(10)).await);
+    assert_eq!(following.epoch(), new, "one change, one epoch");
+    assert_eq!(
+        lagging.epoch(),
+        old,
+        "the lagging client still has the old map"
     );
+    let moved: BTreeSet<usize> = (0..MAPCHANGE_OBJECTS)
+        .filter(|&i| following.locate("data", &name(i)).unwrap().osd != held[i].osd)
+        .collect();
+    assert!(
+        !moved.is_empty() && moved.len() < MAPCHANGE_OBJECTS,
+        "the change moved {} of {MAPCHANGE_OBJECTS} objects",
+        moved.len()
+    );
+
+    // Release.
+    let mut set = tokio::task::JoinSet::new();
+    for (i, t) in held.iter().enumerate() {
+        let (conns, t) = (conns.clone(), *t);
+        set.spawn(async move {
+            let (object, data) = (format!("m{i}"), mapchange_data(i, gen));
+            let req = OpRequest {
+                pool: PoolId(u64::from(pool.id)),
+                pg: PgId(t.pg),
+                epoch: Epoch(old),
+                op: Op::WriteFull {
+                    object: &object,
+                    data: &data,
+                },
+            };
+            (i, conns[&t.addr].call(&req).await)
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        let (i, r) = r.unwrap();
+        match r {
+            Ok(Reply::WrittenFull) if !moved.contains(&i) => {}
+            Err(ClientError::Op(OpError::StaleMap { osd_epoch })) if moved.contains(&i) => {
+                assert_eq!(osd_epoch, Epoch(new), "m{i}")
+            }
+            r => panic!(
+                "m{i} (PG moved: {}) at epoch {old} after the change to {new}: {r:?}",
+                moved.contains(&i)
+            ),
+        }
+    }
+    drop(conns);
+
+    // The refused ones through the lagging client, all at once.
+    let mut set = tokio::task::JoinSet::new();
+    for &i in &moved {
+        let lagging = lagging.clone();
+        set.spawn(async move {
+            lagging
+                .write_full("data", &format!("m{i}"), &mapchange_data(i, gen))
+                .await
+                .map_err(|e| format!("m{i}: {e}"))
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let stats = lagging.stats();
+    assert_eq!(lagging.epoch(), new, "{stats:?}");
+    let stale = stats.stale_map_retries - stats_before.stale_map_retries;
+    assert!(
+        (1..=moved.len() as u64).contains(&stale),
+        "the lagging client met StaleMap {stale} times for {} moved objects: {stats:?}",
+        moved.len()
+    );
+    assert!(
+        stats.map_fetches > stats_before.map_fetches,
+        "it fetched the new map: {stats:?}"
+    );
+    assert_eq!(stats.again_retries, stats_before.again_retries, "{stats:?}");
+
+    // Every refusal is on the OSDs' books, and nothing else went wrong there.
+    let mut perf_after = Vec::new();
+    for &id in &ids {
+        perf_after.push(perf(&cluster.mon, id).await);
+    }
+    let d = |name| total_delta(&perf_before, &perf_after, name);
+    assert_eq!(
+        d("shard0.stale_map"),
+        moved.len() as u64 + stale,
+        "{perf_after:?}"
+    );
+    assert_eq!(d("shard0.again"), 0, "{perf_after:?}");
+    assert_eq!(d("shard0.errors"), 0, "{perf_after:?}");
+    assert_eq!(
+        d("shard0.ops_write"),
+        (MAPCHANGE_OBJECTS + moved.len()) as u64 + stale,
+        "{perf_after:?}"
+    );
+
+    // Everything reads back as this generation at the new epoch.
+    for i in 0..MAPCHANGE_OBJECTS {
+        let want = mapchange_data(i, gen);
+        let got = lagging.read("data", &name(i), 0, 1 << 20).await.unwrap();
+        assert!(
+            got == want,
+            "m{i}: {} bytes, generation {gen} has {}",
+            got.len(),
+            want.len()
+        );
+    }
+    eprintln!(
+        "epoch {old} -> {new}: {} of {MAPCHANGE_OBJECTS} objects moved; client {stats:?}",
+        moved.len()
+    );
+    new
 }
 
 #[test]
@@ -511,64 +882,45 @@ fn ops_in_flight_across_map_changes_all_complete() {
     rt.block_on(async {
         tokio::time::timeout(LIMIT, async {
             let cluster = Cluster::start("data", 32, &[1, 1, 1]).await;
-            let client = Arc::new(Client::connect(cluster.config()).await.unwrap());
-            let victim = cluster.osds[2].id;
-            let writer = {
-                let client = client.clone();
-                tokio::spawn(async move {
-                    let sem = Arc::new(tokio::sync::Semaphore::new(16));
-                    let mut set = tokio::task::JoinSet::new();
-                    for i in 0..3000 {
-                        let (client, sem) = (client.clone(), sem.clone());
-                        set.spawn(async move {
-                            let _p = sem.acquire_owned().await.unwrap();
-                            client
-                                .write_full("data", &format!("m{i}"), &content(i, 4096))
-                                .await
-                                .map_err(|e| format!("m{i}: {e}"))
-                        });
-                    }
-                    let mut ok = 0;
-                    while let Some(r) = set.join_next().await {
-                        r.unwrap().unwrap();
-                        ok += 1;
-                    }
-                    ok
-                })
-            };
-            // Two map changes while the writes are in flight: out, then in again.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let e1 = cluster.mon.osd_out(victim).await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let e2 = cluster
-                .mon
-                .admin()
-                .await
-                .osd_in(authed(v1::OsdIdRequest { id: victim }))
-                .await
-                .unwrap()
-                .into_inner()
-                .epoch;
-            assert!(e2 > e1);
-            assert_eq!(writer.await.unwrap(), 3000, "every write acknowledged");
-            // (Whether some op met a StaleMap or Again depends on timing: shown, not asserted.)
-            eprintln!("client across the map changes: {:?}", client.stats());
-            // Every OSD applied the last epoch; the client followed it.
             let ids: Vec<u32> = cluster.osds.iter().map(|o| o.id).collect();
-            cluster.mon.wait_osds_at(&ids, e2).await;
-            assert!(client.wait_for_epoch(e2, Duration::from_secs(10)).await);
-            // Placement is back where it started: what is written now reads back everywhere.
-            for i in 0..300 {
-                let name = format!("m{i}");
-                client
-                    .write_full("data", &name, &content(i, 100))
+            let victim = cluster.osds[2].id;
+            // Follows the map: where each object is at each epoch.
+            let following = Client::connect(cluster.config()).await.unwrap();
+            // Keeps its map until an OSD tells it that it is stale.
+            let mut cfg = cluster.config();
+            cfg.follow_map = false;
+            let lagging = Arc::new(Client::connect(cfg).await.unwrap());
+            assert_eq!(lagging.epoch(), following.epoch());
+            cluster.mon.wait_osds_at(&ids, lagging.epoch()).await;
+            for i in 0..MAPCHANGE_OBJECTS {
+                lagging
+                    .write_full("data", &format!("m{i}"), &mapchange_data(i, 0))
                     .await
                     .unwrap();
-                assert_eq!(
-                    client.read("data", &name, 0, 200).await.unwrap(),
-                    content(i, 100)
-                );
             }
+
+            // Out, then in again: two changes, each met by held ops.
+            let e1 = write_across_a_map_change(
+                &cluster,
+                &following,
+                &lagging,
+                1,
+                cluster.mon.osd_out(victim),
+            )
+            .await;
+            let back_in = async {
+                cluster
+                    .mon
+                    .admin()
+                    .await
+                    .osd_in(authed(v1::OsdIdRequest { id: victim }))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .epoch
+            };
+            let e2 = write_across_a_map_change(&cluster, &following, &lagging, 2, back_in).await;
+            assert!(e2 > e1);
         })
         .await
         .expect("test time limit");
