@@ -4,9 +4,13 @@
 //! hugepages. One test per file: the child is this same test, re-executed with the crash
 //! environment variables set.
 
+use std::process::Command;
+
 mod common;
 #[path = "common/crashkit.rs"]
 mod crashkit;
+#[path = "common/crashload.rs"]
+mod crashload;
 #[path = "common/spdk.rs"]
 mod spdk;
 
@@ -17,7 +21,7 @@ const BDEV: &str = "CrashAio0";
 
 #[test]
 fn spdk_aio_crash_consistency() {
-    if let Some((path, round)) = crashkit::child_request() {
+    if let Some((path, round)) = crashload::child_request() {
         let spdk = spdk::start(128);
         spdk.create_bdev(
             BDEV,
@@ -28,7 +32,7 @@ fn spdk_aio_crash_consistency() {
         )
         .unwrap();
         let dev = SpdkBlockDevice::open(spdk.thread(), BDEV).unwrap();
-        crashkit::child_loop(dev, round);
+        crashload::child_loop(dev, round);
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -43,7 +47,19 @@ fn spdk_aio_crash_consistency() {
         },
     )
     .unwrap();
-    crashkit::run_rounds("spdk_aio_crash_consistency", &path, ROUNDS, 20, || {
+    // The child: this test binary re-executed on this one test (one test per file, so the
+    // count of tests run is unchanged).
+    let child = || {
+        let mut c = Command::new(std::env::current_exe().unwrap());
+        c.args([
+            "--exact",
+            "spdk_aio_crash_consistency",
+            "--nocapture",
+            "--test-threads=1",
+        ]);
+        c
+    };
+    crashkit::run_rounds(child, &path, ROUNDS, 20, || {
         SpdkBlockDevice::open(spdk.thread(), BDEV).unwrap()
     });
     spdk.shutdown().unwrap();
