@@ -3,8 +3,9 @@
 //! ("A i") on stdout; this parent SIGKILLs it at a different point each round, then checks with
 //! fsck and a remount that every acknowledged transaction is fully present, that the state
 //! equals the model after exactly some prefix of the submitted transactions (so nothing is
-//! half-applied). Used with a file (`crash.rs`, child: the `carmine-bdevstore-crash-child`
-//! helper binary) and an SPDK aio bdev (`spdk_crash.rs`, child: that test re-executed).
+//! half-applied), and that every object removed in that prefix stays removed. Used with a file
+//! (`crash.rs`, child: the `carmine-bdevstore-crash-child` helper binary) and an SPDK aio
+//! bdev (`spdk_crash.rs`, child: that test re-executed).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -14,10 +15,10 @@ use std::time::Duration;
 use carmine_bdevstore::{format, fsck, BdevStore};
 use carmine_objectstore::device::BlockDevice;
 use carmine_objectstore::testkit::{compare, Model};
-use carmine_objectstore::{drive, Transaction};
+use carmine_objectstore::{drive, ObjectStore, StoreError, Transaction};
 
 use super::common::{busy_opts, small_format};
-use super::crashload::{txn, C, ENV_DEV, ENV_ROUND};
+use super::crashload::{short_lived, txn, C, ENV_DEV, ENV_ROUND};
 
 struct KillOnDrop(Child);
 impl Drop for KillOnDrop {
@@ -136,6 +137,15 @@ pub fn run_rounds<D: BlockDevice>(
         let n = matched.unwrap_or_else(|| {
             panic!("round {round}: state matches no prefix in {acked_count}..={submitted_count}: {last_err}")
         });
+        // Removed objects stay removed: transaction i removed the object of i - 2. (The listing
+        // in `compare` shows it too; this asks the index by name.)
+        for i in 0..n.saturating_sub(2) {
+            let oid = short_lived(round, i);
+            match s.stat(C, &oid) {
+                Err(StoreError::NotFound(_)) => {}
+                other => panic!("round {round}: removed {oid:?} is back after recovery: {other:?}"),
+            }
+        }
         println!("round {round}: acked {acked_count}, submitted {submitted_count}, recovered {n}");
         model = cand;
         // Alternate clean shutdown and crash-style drop between rounds.

@@ -16,8 +16,9 @@ pub const C: CollectionId = CollectionId(9);
 pub const ENV_DEV: &str = "CARMINE_CRASH_DEV";
 pub const ENV_ROUND: &str = "CARMINE_CRASH_ROUND";
 
-/// Transaction `i` of round `r`: deterministic, never fails validation, touches two objects
-/// (so a half-applied transaction would show).
+/// Transaction `i` of round `r`: deterministic, never fails validation (when applied after
+/// transactions `0..i` of the round), touches several objects (so a half-applied transaction
+/// would show) and removes one or two.
 pub fn txn(r: u64, i: u64) -> Transaction {
     let a = ObjectId::from(format!("o{}", (i * 7 + r) % 11).as_str());
     let b = ObjectId::from(format!("o{}", (i * 3 + r + 5) % 11).as_str());
@@ -46,12 +47,35 @@ pub fn txn(r: u64, i: u64) -> Transaction {
     if i % 13 == 6 {
         t.push(Op::Zero {
             cid: C,
-            oid: b,
+            oid: b.clone(),
             off: 512,
             len: 4096,
         });
     }
+    if i % 11 == 8 {
+        // `b` exists (set_attr above created it if needed). Later transactions recreate it with
+        // a new attribute and omap key only: its old data, attributes and omap must not return.
+        t.push(Op::Remove { cid: C, oid: b });
+    }
+    // Every transaction creates a short-lived object and removes the one created two
+    // transactions before (which exists then: transactions apply in submission order), so a
+    // recovery that loses a remove, or brings an object back (replay, checkpoint, cleaner),
+    // shows as an object too many.
+    let data: Vec<u8> = (0..600).map(|j| (r + i + j) as u8).collect();
+    t.write(C, &short_lived(r, i), 0, &data);
+    t.set_attr(C, &short_lived(r, i), "born", &i.to_le_bytes());
+    if i >= 2 {
+        t.push(Op::Remove {
+            cid: C,
+            oid: short_lived(r, i - 2),
+        });
+    }
     t
+}
+
+/// The object that transaction `i` of round `r` creates and transaction `i + 2` removes.
+pub fn short_lived(r: u64, i: u64) -> ObjectId {
+    ObjectId::from(format!("x{r}.{i}").as_str())
 }
 
 /// The child's request, when this process was started as one: (device path, round).
