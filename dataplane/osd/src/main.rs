@@ -1,10 +1,10 @@
 //! `carmine-osd`: the Carmine object storage daemon.
 //!
 //! Subcommands:
-//! - `run --config osd.toml`: the daemon ([`daemon`]): shards ([`shard`]) that each own a TCP
-//!   stack (smoltcp on a DPDK queue, or kernel sockets), their connections, a partition of the
-//!   object store and a routing table ([`routing`]) built from the cluster map, plus the
-//!   control-plane agent. See `README.md` next to this crate for the config and
+//! - `run --config osd.toml`: the daemon ([`daemon`]): shards ([`shard`]) that each own a
+//!   messenger ([`messenger`]: a TCP stack, smoltcp on a DPDK queue or kernel sockets, and its
+//!   connections), the PGs they serve ([`pg`]), a partition of the object store and a routing
+//!   table ([`routing`]) built from the cluster map, plus the control-plane agent. See `README.md` next to this crate for the config and
 //!   `../shared/DESIGN.md` for the path of one request.
 //! - `selfcheck`: brings up the real poll-mode drivers (DPDK on af_packet, SPDK on malloc/null
 //!   bdevs) and proves them with verified I/O.
@@ -13,9 +13,11 @@
 mod config;
 mod daemon;
 mod fsck;
+mod messenger;
 mod netns;
 mod ops;
 mod perf;
+mod pg;
 mod routing;
 mod selfcheck;
 mod shard;

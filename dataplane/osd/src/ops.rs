@@ -5,7 +5,7 @@
 //! so that the buffer can take the next frame, the job can wait behind a write to the same
 //! object, or travel through a ring to the shard that owns its PG.
 
-use carmine_objectstore::{CollectionId, ObjectId, StoreError};
+use carmine_objectstore::{ObjectId, StoreError};
 use carmine_wire::op::NameList;
 use carmine_wire::op::{ListPage, OpKind, ReplyBody};
 use carmine_wire::{Op, OpError, OpReply, OpRequest};
@@ -17,16 +17,6 @@ pub struct Target {
     pub pool: u64,
     pub pg: u32,
     pub epoch: u64,
-}
-
-impl Target {
-    /// The store collection of this PG: pool in the high 32 bits, PG in the low ones.
-    /// `None` for a pool id the map can never hold (they are u32 there).
-    pub fn cid(&self) -> Option<CollectionId> {
-        u32::try_from(self.pool)
-            .ok()
-            .map(|p| CollectionId((u64::from(p) << 32) | u64::from(self.pg)))
-    }
 }
 
 /// The object name of a read or stat, inline up to 64 bytes (longer names spill to the heap):
@@ -233,7 +223,7 @@ mod tests {
     use carmine_wire::{Epoch, PgId, PoolId};
 
     #[test]
-    fn request_becomes_an_owned_job_and_collection() {
+    fn request_becomes_an_owned_job() {
         let req = OpRequest {
             pool: PoolId(3),
             pg: PgId(7),
@@ -258,15 +248,8 @@ mod tests {
                 epoch: 9
             }
         );
-        assert_eq!(t.cid(), Some(CollectionId((3 << 32) | 7)));
         assert!(j.mutates());
         assert_eq!(j.object(), Some(&b"obj"[..]));
-        let big = Target {
-            pool: u64::from(u32::MAX) + 1,
-            pg: 0,
-            epoch: 1,
-        };
-        assert_eq!(big.cid(), None);
     }
 
     #[test]

@@ -106,6 +106,17 @@ impl Routing {
         }
     }
 
+    /// The shard of this OSD that serves PG `pg` of pool `pool` (None: not this OSD's).
+    pub fn owner(&self, pool: u32, pg: u32) -> Option<usize> {
+        self.pools
+            .get(&u64::from(pool))?
+            .owner
+            .get(pg as usize)
+            .copied()
+            .flatten()
+            .map(usize::from)
+    }
+
     /// Replication factor of a pool (None: unknown pool).
     pub fn pool_size(&self, pool: u64) -> Option<u32> {
         self.pools.get(&pool).map(|p| p.size)

@@ -1,39 +1,31 @@
-//! One OSD shard: messenger, op path and object store, run to completion in one poller.
+//! One OSD shard: messenger, PGs and object store, run to completion in one poller.
 //!
-//! Each shard owns a TCP stack ([`NetStack`]: smoltcp on its DPDK queue, or kernel sockets), a
-//! listener on its own port (published in the map, so shard-aware clients connect to the shard
-//! that owns their PG), its connections, its object store partition and its routing table.
+//! A shard owns three things, each in its own module, and this one wires them together:
+//! - its [`Messenger`]: a TCP stack (smoltcp on its DPDK queue, or kernel sockets), a listener
+//!   on its own port (published in the map, so shard-aware clients connect to the shard that
+//!   owns their PG) and its connections;
+//! - its [`PgTable`]: the PGs it serves, with their acting sets, intervals and per-object
+//!   ordering;
+//! - its object store partition ([`ShardStore`]).
+//!
 //! Every loop iteration ([`ShardCore::poll`]):
 //!
-//! 1. polls the stack, accepts connections, reads bytes into each connection's
-//!    [`ServerConn`] (handshake, frame checks, auth) and collects decoded ops as owned
-//!    [`Job`]s;
-//! 2. routes each job ([`Routing::route`]): answered at once (`Again`, `StaleMap`, `Invalid`),
-//!    executed here, or forwarded through the SPSC ring to the shard that owns the PG (counted:
-//!    a shard-aware client causes none). The owner answers through the ring in the other
-//!    direction, and the connection's shard encodes the reply;
-//! 3. executes: mutations become one store transaction each (creating the PG's collection on
-//!    first use), reads are ticketed store reads, stat and list are answered from the store's
-//!    resident metadata;
-//! 4. polls the store and turns completions into reply frames;
-//! 5. writes pending reply bytes (a short write is backpressure: the connection is not read
-//!    again until its backlog drains below [`OUT_HIGH_WATER`]).
-//!
-//! ## Ordering
-//! Mutations of one object are submitted in arrival order and the store commits in submission
-//! order. A read or stat of an object with a mutation in flight waits ("parked") until that
-//! mutation has completed, so a client never reads around its own acknowledged write. Objects
-//! are tracked by a 64-bit hash of (collection, name): a collision only serialises two objects.
+//! 1. the messenger polls the stack, accepts connections and decodes ops into owned
+//!    [`Inbound`] jobs (handshake, frame checks and auth happen there);
+//! 2. each job is routed ([`Routing::route`]): answered at once (`Again`, `StaleMap`,
+//!    `Invalid`), executed here, or forwarded through the SPSC ring to the shard that owns the
+//!    PG (counted: a shard-aware client causes none). The owner answers through the ring in the
+//!    other direction, and the connection's shard encodes the reply;
+//! 3. executes in the op's PG: mutations become one store transaction each (creating the PG's
+//!    collection on first use), reads are ticketed store reads, stat and list are answered from
+//!    the store's resident metadata; reads of an object being written wait in the PG;
+//! 4. polls the store and turns completions into replies;
+//! 5. the messenger writes pending reply bytes.
 //!
 //! ## Map changes
-//! A new map arrives as a control message and replaces the routing table between two
-//! iterations. Ops already submitted to the store complete and are answered (they were valid
-//! when they were routed); ops decoded afterwards are routed by the new table.
-//!
-//! ## Malformed input
-//! Any decode, checksum, handshake or protocol error closes that connection after sending the
-//! farewell frame the wire layer prepared; the reason is logged at `warn` and counted. Nothing
-//! on this path panics on input.
+//! A new map arrives as a control message and replaces the routing table and updates the PG
+//! table between two iterations. Ops already submitted to the store complete and are answered
+//! (they were valid when they were routed); ops decoded afterwards are routed by the new table.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -43,23 +35,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use carmine_agent::SharedKeyring;
-use carmine_net::{ConnId, ListenerId, NetError, NetStack};
-use carmine_objectstore::{CollectionId, Completion, Done, ObjectId, Op, Ticket, Transaction};
+use carmine_net::NetStack;
+use carmine_objectstore::{Completion, Done, ObjectId, Op, Ticket, Transaction};
 use carmine_placement::ClusterMap;
 use carmine_reactor::{Mailbox, Poller, Source};
 use carmine_wire::op::OpKind;
-use carmine_wire::server::{ServerConn, ServerEvent};
-use carmine_wire::{Limits, Nonce, OpError};
+use carmine_wire::OpError;
 
-use crate::ops::{op_error, with_reply, Answer, Job, Target};
+pub use crate::messenger::BACKLOG;
+use crate::messenger::{ConnRef, Inbound, ListenError, Messenger};
+use crate::ops::{op_error, Answer, Job};
 use crate::perf::{Latency, ShardCounters};
+use crate::pg::{PgKey, PgTable};
 use crate::routing::Routing;
 use crate::shard_store::ShardStore;
-
-/// Reply bytes queued on one connection above which it is not read until they drain.
-pub const OUT_HIGH_WATER: usize = 16 << 20;
-/// Listen backlog per shard.
-pub const BACKLOG: usize = 64;
 
 /// Messages between shards and from the control plane.
 #[derive(Debug)]
@@ -67,28 +56,12 @@ pub enum ShardMsg {
     /// A new cluster map (from the agent, through the control ring).
     Map(Arc<ClusterMap>),
     /// An op that arrived at another shard's connection.
-    Forward(Box<Forwarded>),
+    Forward(Box<Inbound>),
     /// The answer to an op this shard forwarded.
     Reply(Box<Returned>),
 }
 
-/// Identifies one connection of one shard (slot + generation: a reused slot is another conn).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnRef {
-    shard: u16,
-    slot: u32,
-    gen: u32,
-}
-
-#[derive(Debug)]
-pub struct Forwarded {
-    conn: ConnRef,
-    tid: u64,
-    target: Target,
-    job: Job,
-    started: Instant,
-}
-
+/// An answer on its way back to the shard of the op's connection.
 #[derive(Debug)]
 pub struct Returned {
     conn: ConnRef,
@@ -98,33 +71,17 @@ pub struct Returned {
     started: Instant,
 }
 
-struct Conn {
-    id: ConnId,
-    gen: u32,
-    sc: ServerConn,
-    out: Vec<u8>,
-    out_off: usize,
-    /// Close once `out` is written (a farewell frame, or the peer went away).
-    closing: bool,
-}
-
+/// An op the store is working on.
 struct Pending {
     conn: ConnRef,
     tid: u64,
     kind: OpKind,
     started: Instant,
-    /// Object key of a mutation (released on completion).
+    pg: PgKey,
+    /// Object key of a mutation (released in its PG on completion).
     order_key: Option<u64>,
-    /// Collection created by this transaction (forgotten again if it fails).
-    created: Option<u64>,
-}
-
-struct Parked {
-    conn: ConnRef,
-    tid: u64,
-    target: Target,
-    job: Job,
-    started: Instant,
+    /// Whether this transaction creates the PG's collection (forgotten again if it fails).
+    creates: bool,
 }
 
 /// What the daemon hands each shard at start.
@@ -146,23 +103,19 @@ pub struct ShardCore {
     shard: usize,
     shards: usize,
     uuid: String,
-    net: Box<dyn NetStack>,
-    listener: ListenerId,
-    conns: Vec<Option<Conn>>,
-    next_gen: u32,
-    keyring: Arc<SharedKeyring>,
-    limits: Limits,
+    messenger: Messenger,
+    routing: Routing,
+    pgs: PgTable,
     store: ShardStore,
+    /// Store tickets in flight, and the scratch their completions are reaped into.
     pending: HashMap<Ticket, Pending>,
     completions: Vec<Completion>,
-    inflight_mutations: HashMap<u64, u32>,
-    parked: VecDeque<Parked>,
-    cids: HashSet<u64>,
-    routing: Routing,
     mailbox: Rc<Mailbox<ShardMsg>>,
+    /// Messages a full ring did not take yet, in order.
     outbox: VecDeque<(usize, ShardMsg)>,
-    jobs: Vec<(ConnRef, u64, Target, Job, Instant)>,
-    hs_buf: Vec<u8>,
+    /// Scratch: ops decoded this iteration, and parked ops being tried again.
+    inbound: Vec<Inbound>,
+    retry: Vec<Inbound>,
     /// The `ObjectId` reads and stats hand the store: refilled from the job's inline name, so
     /// they allocate nothing.
     lookup: ObjectId,
@@ -175,57 +128,33 @@ pub struct ShardCore {
 /// Why a shard could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
-    #[error("shard {shard}: cannot listen on port {port}: {source}")]
-    Listen {
-        shard: usize,
-        port: u16,
-        source: NetError,
-    },
+    #[error(transparent)]
+    Listen(#[from] ListenError),
 }
 
 impl ShardCore {
     /// Listens and returns the core and the port it listens on.
     pub fn new(
-        mut p: ShardParts,
+        p: ShardParts,
         mailbox: Rc<Mailbox<ShardMsg>>,
     ) -> Result<(ShardCore, u16), ShardError> {
-        let err = |source| ShardError::Listen {
-            shard: p.shard,
-            port: p.port,
-            source,
-        };
-        let listener = p.net.listen(p.port, BACKLOG).map_err(err)?;
-        let port = p.net.local_port(listener).map_err(err)?;
-        let cids = p
-            .store
-            .get_ref()
-            .list_collections()
-            .into_iter()
-            .map(|c| c.0)
-            .collect();
-        let mut conns = Vec::with_capacity(p.max_connections);
-        conns.resize_with(p.max_connections, || None);
+        let (messenger, port) =
+            Messenger::listen(p.shard, p.net, p.port, p.max_connections, p.keyring)?;
+        let pgs = PgTable::new(p.store.get_ref().list_collections());
         let core = ShardCore {
             shard: p.shard,
             shards: p.shards,
             uuid: p.uuid,
-            net: p.net,
-            listener,
-            conns,
-            next_gen: 1,
-            keyring: p.keyring,
-            limits: Limits::DEFAULT,
+            messenger,
+            routing: Routing::default(),
+            pgs,
             store: p.store,
             pending: HashMap::with_capacity(1024),
             completions: Vec::with_capacity(256),
-            inflight_mutations: HashMap::with_capacity(1024),
-            parked: VecDeque::with_capacity(64),
-            cids,
-            routing: Routing::default(),
             mailbox,
             outbox: VecDeque::with_capacity(64),
-            jobs: Vec::with_capacity(256),
-            hs_buf: vec![0u8; 256],
+            inbound: Vec::with_capacity(256),
+            retry: Vec::with_capacity(64),
             lookup: ObjectId(Vec::with_capacity(256)),
             counters: p.counters,
             usage: p.usage,
@@ -237,16 +166,21 @@ impl ShardCore {
 
     /// One loop iteration; returns the work done (0: idle).
     pub fn poll(&mut self) -> usize {
-        let mut work = self.net.poll();
-        work += self.accept();
-        work += self.read_conns();
-        work += self.route_jobs();
+        let mut work = self.messenger.poll_net();
+        work += self.messenger.accept(&self.counters);
+        let store = &mut self.store;
+        work += self.messenger.read(
+            &self.counters,
+            &mut |n| store.get().data_buf(n),
+            &mut self.inbound,
+        );
+        work += self.route_inbound();
         work += self.poll_store();
         work += self.flush_outbox();
-        let wrote = self.write_conns();
+        let wrote = self.messenger.write(&self.counters);
         if wrote > 0 {
             // Push the replies out now rather than on the next iteration.
-            work += wrote + self.net.poll();
+            work += wrote + self.messenger.poll_net();
         }
         let now = Instant::now();
         if self.latency.maybe_publish(&self.counters, now) {
@@ -261,11 +195,11 @@ impl ShardCore {
         let busy = !self.pending.is_empty()
             || !self.outbox.is_empty()
             || !self.store.get_ref().is_idle()
-            || self.conns.iter().flatten().any(|c| c.out_off < c.out.len());
+            || self.messenger.has_backlog();
         if busy {
             Some(Instant::now())
         } else {
-            self.net.next_deadline()
+            self.messenger.net_deadline()
         }
     }
 
@@ -273,10 +207,9 @@ impl ShardCore {
     pub fn on_message(&mut self, _src: Source, msg: ShardMsg) {
         match msg {
             ShardMsg::Map(map) => self.apply_map(&map),
-            ShardMsg::Forward(f) => {
+            ShardMsg::Forward(op) => {
                 ShardCounters::add(&self.counters.forwards_received, 1);
-                let f = *f;
-                self.execute(f.conn, f.tid, f.target, f.job, f.started);
+                self.execute(*op);
             }
             ShardMsg::Reply(r) => {
                 let r = *r;
@@ -290,12 +223,18 @@ impl ShardCore {
             return;
         }
         self.routing = Routing::build(map, &self.uuid, self.shards);
+        let (routing, shard) = (&self.routing, self.shard);
+        let new_intervals = self
+            .pgs
+            .apply_map(map, |k| routing.owner(k.pool, k.pg) == Some(shard));
         ShardCounters::set(&self.counters.map_epoch, map.epoch);
         tracing::info!(
             shard = self.shard,
             epoch = map.epoch,
             osd = ?self.routing.osd(),
             primary_pgs = self.routing.owned_pgs(),
+            shard_pgs = self.pgs.served(),
+            new_intervals,
             "map applied"
         );
         self.publish_usage();
@@ -309,133 +248,20 @@ impl ShardCore {
         }
     }
 
-    fn accept(&mut self) -> usize {
-        let mut work = 0;
-        while let Ok(Some(id)) = self.net.accept(self.listener) {
-            work += 1;
-            let Some(slot) = self.conns.iter().position(Option::is_none) else {
-                tracing::warn!(shard = self.shard, "connection limit reached: refusing one");
-                let _ = self.net.close(id);
-                continue;
-            };
-            let nonce = match Nonce::random() {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::error!(error = %e, "no randomness for a handshake nonce: refusing");
-                    let _ = self.net.close(id);
-                    continue;
-                }
-            };
-            ShardCounters::add(&self.counters.conns_accepted, 1);
-            let gen = self.next_gen;
-            self.next_gen = self.next_gen.wrapping_add(1).max(1);
-            self.conns[slot] = Some(Conn {
-                id,
-                gen,
-                sc: ServerConn::new(nonce, self.limits),
-                out: Vec::with_capacity(64 << 10),
-                out_off: 0,
-                closing: false,
-            });
-        }
-        work
-    }
-
-    /// Reads every connection and decodes its frames; ops go to `self.jobs`.
-    fn read_conns(&mut self) -> usize {
-        let mut work = 0;
-        for slot in 0..self.conns.len() {
-            let Some(c) = self.conns[slot].as_mut() else {
-                continue;
-            };
-            if c.closing || c.out.len() - c.out_off > OUT_HIGH_WATER {
-                continue;
-            }
-            // Bytes in.
-            loop {
-                let buf = c.sc.decoder().read_buf();
-                if buf.is_empty() {
-                    break;
-                }
-                match self.net.read(c.id, buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        c.sc.decoder().advance(n);
-                        ShardCounters::add(&self.counters.bytes_in, n as u64);
-                        work += 1;
-                    }
-                    Err(e) => {
-                        if !matches!(e, NetError::Eof) {
-                            tracing::debug!(shard = self.shard, error = %e, "connection read");
-                        }
-                        c.closing = true;
-                        break;
-                    }
-                }
-            }
-            // Frames out of them.
-            let conn = ConnRef {
-                shard: self.shard as u16,
-                slot: slot as u32,
-                gen: c.gen,
-            };
-            loop {
-                match c.sc.poll(&*self.keyring, &mut self.hs_buf) {
-                    Ok(None) => break,
-                    Ok(Some(ServerEvent::Send(n))) => c.out.extend_from_slice(&self.hs_buf[..n]),
-                    Ok(Some(ServerEvent::Authenticated(n))) => {
-                        c.out.extend_from_slice(&self.hs_buf[..n]);
-                    }
-                    Ok(Some(ServerEvent::Op { tid, request })) => {
-                        let store = &mut self.store;
-                        let (target, job) =
-                            Job::from_request(&request, &mut |n| store.get().data_buf(n));
-                        self.jobs.push((conn, tid, target, job, Instant::now()));
-                        work += 1;
-                    }
-                    Err(e) => {
-                        let handshake =
-                            matches!(e.error, carmine_wire::server::ConnError::Handshake(_));
-                        ShardCounters::add(
-                            if handshake {
-                                &self.counters.auth_failures
-                            } else {
-                                &self.counters.protocol_errors
-                            },
-                            1,
-                        );
-                        tracing::warn!(shard = self.shard, reason = %e.error, "closing connection");
-                        c.out.extend_from_slice(&self.hs_buf[..e.farewell]);
-                        c.closing = true;
-                        break;
-                    }
-                }
-            }
-        }
-        work
-    }
-
-    fn route_jobs(&mut self) -> usize {
-        let mut jobs = std::mem::take(&mut self.jobs);
-        let n = jobs.len();
-        for (conn, tid, target, job, started) in jobs.drain(..) {
-            match self.routing.route(&target) {
-                Err(e) => self.reply(conn, tid, job.kind(), Err(e), started),
-                Ok(owner) if owner == self.shard => self.execute(conn, tid, target, job, started),
+    fn route_inbound(&mut self) -> usize {
+        let mut ops = std::mem::take(&mut self.inbound);
+        let n = ops.len();
+        for op in ops.drain(..) {
+            match self.routing.route(&op.target) {
+                Err(e) => self.reply(op.conn, op.tid, op.job.kind(), Err(e), op.started),
+                Ok(owner) if owner == self.shard => self.execute(op),
                 Ok(owner) => {
                     ShardCounters::add(&self.counters.forwards_sent, 1);
-                    let msg = ShardMsg::Forward(Box::new(Forwarded {
-                        conn,
-                        tid,
-                        target,
-                        job,
-                        started,
-                    }));
-                    self.send_to(owner, msg);
+                    self.send_to(owner, ShardMsg::Forward(Box::new(op)));
                 }
             }
         }
-        self.jobs = jobs;
+        self.inbound = ops;
         n
     }
 
@@ -462,33 +288,40 @@ impl ShardCore {
         n
     }
 
-    fn order_key(cid: CollectionId, object: &[u8]) -> u64 {
-        xxhash_rust::xxh64::xxh64(object, cid.0)
-    }
-
-    /// Runs a job on this (the owning) shard.
-    fn execute(&mut self, conn: ConnRef, tid: u64, target: Target, job: Job, started: Instant) {
-        let kind = job.kind();
-        let Some(cid) = target.cid() else {
-            return self.reply(conn, tid, kind, Err(OpError::Invalid), started);
+    /// Runs an op in its PG on this (the owning) shard.
+    fn execute(&mut self, op: Inbound) {
+        let kind = op.job.kind();
+        let Some(key) = PgKey::of(&op.target) else {
+            return self.reply(op.conn, op.tid, kind, Err(OpError::Invalid), op.started);
         };
-        let key = job.object().map(|o| Self::order_key(cid, o));
-        if !job.mutates() {
-            if let Some(k) = key {
-                if self.inflight_mutations.contains_key(&k) {
+        let cid = key.cid();
+        let pg = self.pgs.pg_mut(key);
+        if !pg.active() {
+            // Fewer than min_size OSDs hold the PG: no I/O until a map brings enough back
+            // (the client retries on Again; health shows the PG as unavailable).
+            return self.reply(op.conn, op.tid, kind, Err(OpError::Again), op.started);
+        }
+        let replicated = pg.size() > 1;
+        let order_key = op.job.object().map(|o| pg.object_key(o));
+        if !op.job.mutates() {
+            if let Some(k) = order_key {
+                if pg.writing(k) {
                     ShardCounters::add(&self.counters.parked, 1);
-                    self.parked.push_back(Parked {
-                        conn,
-                        tid,
-                        target,
-                        job,
-                        started,
-                    });
+                    pg.park(op);
                     return;
                 }
             }
         }
-        if job.mutates() && self.routing.pool_size(target.pool).unwrap_or(1) > 1 {
+        let Inbound {
+            conn,
+            tid,
+            target,
+            job,
+            started,
+        } = op;
+        // A PG held only for its ops in flight has no pool view of its own: ask the routing.
+        let replicated = replicated || self.routing.pool_size(target.pool).unwrap_or(1) > 1;
+        if job.mutates() && replicated {
             if self.warned_pools.insert(target.pool) {
                 tracing::warn!(
                     pool = target.pool,
@@ -498,26 +331,35 @@ impl ShardCore {
             }
             return self.reply(conn, tid, kind, Err(OpError::Invalid), started);
         }
-        let exists = self.cids.contains(&cid.0);
+        let exists = self.pgs.on_store(key);
+        let pending = |order_key, creates| Pending {
+            conn,
+            tid,
+            kind,
+            started,
+            pg: key,
+            order_key,
+            creates,
+        };
         match job {
             Job::Write { oid, off, data } => {
                 let mut txn = Transaction {
                     ops: Vec::with_capacity(2),
                 };
-                let created = self.create_if_new(cid, &mut txn);
+                let creates = self.create_if_new(key, &mut txn);
                 txn.ops.push(Op::Write {
                     cid,
                     oid,
                     off,
                     data,
                 });
-                self.submit(conn, tid, kind, started, key, created, txn);
+                self.submit(pending(order_key, creates), txn);
             }
             Job::WriteFull { oid, data } => {
                 let mut txn = Transaction {
                     ops: Vec::with_capacity(3),
                 };
-                let created = self.create_if_new(cid, &mut txn);
+                let creates = self.create_if_new(key, &mut txn);
                 // Both ops create a missing object. Write, then cut to the new length: an
                 // overwrite of the same size reuses what the object has (a store may write in
                 // place), where truncating to 0 first would drop it and build it anew.
@@ -531,7 +373,7 @@ impl ShardCore {
                     });
                 }
                 txn.ops.push(Op::Truncate { cid, oid, size });
-                self.submit(conn, tid, kind, started, key, created, txn);
+                self.submit(pending(order_key, creates), txn);
             }
             Job::Remove { oid } => {
                 if !exists {
@@ -540,7 +382,7 @@ impl ShardCore {
                 let txn = Transaction {
                     ops: vec![Op::Remove { cid, oid }],
                 };
-                self.submit(conn, tid, kind, started, key, None, txn);
+                self.submit(pending(order_key, false), txn);
             }
             Job::Read { name, off, len } => {
                 if !exists {
@@ -552,17 +394,7 @@ impl ShardCore {
                     .store
                     .get()
                     .read(cid, &self.lookup, off, u64::from(len));
-                self.pending.insert(
-                    ticket,
-                    Pending {
-                        conn,
-                        tid,
-                        kind,
-                        started,
-                        order_key: None,
-                        created: None,
-                    },
-                );
+                self.pending.insert(ticket, pending(None, false));
             }
             Job::Stat { name } => {
                 let r = if exists {
@@ -581,7 +413,7 @@ impl ShardCore {
             Job::List { cursor, max } => {
                 let r = if exists {
                     let after = (!cursor.is_empty()).then_some(ObjectId(cursor));
-                    let max = max.clamp(1, self.limits.max_list_entries) as usize;
+                    let max = max.clamp(1, self.messenger.limits().max_list_entries) as usize;
                     self.store
                         .get_ref()
                         .list(cid, after.as_ref(), max)
@@ -605,48 +437,27 @@ impl ShardCore {
         }
     }
 
-    fn create_if_new(&mut self, cid: CollectionId, txn: &mut Transaction) -> Option<u64> {
-        if self.cids.insert(cid.0) {
-            txn.ops.push(Op::CreateCollection { cid });
-            Some(cid.0)
-        } else {
-            None
+    /// Adds the creation of the PG's collection to `txn` if the store does not have it yet.
+    fn create_if_new(&mut self, key: PgKey, txn: &mut Transaction) -> bool {
+        let creates = self.pgs.create_on_store(key);
+        if creates {
+            txn.ops.push(Op::CreateCollection { cid: key.cid() });
         }
+        creates
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn submit(
-        &mut self,
-        conn: ConnRef,
-        tid: u64,
-        kind: OpKind,
-        started: Instant,
-        order_key: Option<u64>,
-        created: Option<u64>,
-        txn: Transaction,
-    ) {
-        if let Some(k) = order_key {
-            *self.inflight_mutations.entry(k).or_insert(0) += 1;
+    fn submit(&mut self, p: Pending, txn: Transaction) {
+        if let Some(k) = p.order_key {
+            self.pgs.pg_mut(p.pg).begin_mutation(k);
         }
         let ticket = self.store.get().submit(txn);
-        self.pending.insert(
-            ticket,
-            Pending {
-                conn,
-                tid,
-                kind,
-                started,
-                order_key,
-                created,
-            },
-        );
+        self.pending.insert(ticket, p);
         ShardCounters::set(&self.counters.inflight, self.pending.len() as u64);
     }
 
     fn poll_store(&mut self) -> usize {
         let mut done = std::mem::take(&mut self.completions);
         let n = self.store.get().poll(&mut done);
-        let mut released = false;
         for c in done.drain(..) {
             let Some(p) = self.pending.remove(&c.ticket) else {
                 tracing::error!(
@@ -655,15 +466,6 @@ impl ShardCore {
                 );
                 continue;
             };
-            if let Some(k) = p.order_key {
-                if let Some(cnt) = self.inflight_mutations.get_mut(&k) {
-                    *cnt -= 1;
-                    if *cnt == 0 {
-                        self.inflight_mutations.remove(&k);
-                        released = true;
-                    }
-                }
-            }
             let result = match c.result {
                 Ok(Done::Data(data)) => Ok(Answer::Read(data)),
                 Ok(Done::Committed) => Ok(match p.kind {
@@ -672,8 +474,8 @@ impl ShardCore {
                     _ => Answer::Written,
                 }),
                 Err(e) => {
-                    if let Some(cid) = p.created {
-                        self.cids.remove(&cid);
+                    if p.creates {
+                        self.pgs.creation_failed(p.pg);
                     }
                     let wire = op_error(&e);
                     if wire == OpError::Io {
@@ -683,20 +485,32 @@ impl ShardCore {
                 }
             };
             self.reply(p.conn, p.tid, p.kind, result, p.started);
+            if let Some(k) = p.order_key {
+                self.end_mutation(p.pg, k);
+            }
         }
         self.completions = done;
         if n > 0 {
             ShardCounters::set(&self.counters.inflight, self.pending.len() as u64);
         }
-        if released && !self.parked.is_empty() {
-            for _ in 0..self.parked.len() {
-                if let Some(p) = self.parked.pop_front() {
-                    // Re-parks itself if its object is still being written.
-                    self.execute(p.conn, p.tid, p.target, p.job, p.started);
-                }
-            }
-        }
         n
+    }
+
+    /// A mutation of object `k` of PG `key` completed: when it was the object's last one in
+    /// flight, the PG's parked ops get another try (those still blocked park again).
+    fn end_mutation(&mut self, key: PgKey, k: u64) {
+        let Some(pg) = self.pgs.get_mut(key) else {
+            return;
+        };
+        if pg.end_mutation(k) {
+            let mut retry = std::mem::take(&mut self.retry);
+            pg.take_parked(&mut retry);
+            for op in retry.drain(..) {
+                self.execute(op);
+            }
+            self.retry = retry;
+        }
+        self.pgs.forget_if_done(key);
     }
 
     fn reply(
@@ -721,7 +535,7 @@ impl ShardCore {
         }
     }
 
-    /// Encodes a reply onto one of this shard's connections (dropped if it has gone).
+    /// Counts an answer and encodes it onto one of this shard's connections.
     fn deliver_local(
         &mut self,
         conn: ConnRef,
@@ -749,67 +563,12 @@ impl ShardCore {
             Err(_) => ShardCounters::add(&ctr.errors, 1),
         }
         self.latency.record(started, Instant::now());
-        // A reply for a connection that has gone (or was replaced in its slot) is dropped.
-        if let Some(Some(c)) = self.conns.get_mut(conn.slot as usize) {
-            if c.gen == conn.gen && !c.closing {
-                let bound = result.as_ref().map_or(128, Answer::encoded_bound);
-                let old = c.out.len();
-                c.out.resize(old + bound, 0);
-                let sc = &c.sc;
-                let out = &mut c.out[old..];
-                match with_reply(&result, |r| sc.encode_reply(tid, r, out)) {
-                    Ok(n) => c.out.truncate(old + n),
-                    Err(e) => {
-                        c.out.truncate(old);
-                        tracing::error!(
-                            shard = self.shard,
-                            error = %e,
-                            "cannot encode a reply: closing"
-                        );
-                        c.closing = true;
-                    }
-                }
-            }
-        }
+        self.messenger.deliver(conn, tid, &result);
         // The read data is in the reply bytes now (or not wanted): its buffer goes back to the
         // store's pool.
         if let Ok(Answer::Read(data)) = result {
             self.store.get().recycle(data);
         }
-    }
-
-    /// Writes queued reply bytes; closes connections that are done. Returns bytes written.
-    fn write_conns(&mut self) -> usize {
-        let mut written = 0;
-        for slot in 0..self.conns.len() {
-            let Some(c) = self.conns[slot].as_mut() else {
-                continue;
-            };
-            let mut failed = false;
-            while c.out_off < c.out.len() {
-                match self.net.write(c.id, &c.out[c.out_off..]) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        c.out_off += n;
-                        written += n;
-                    }
-                    Err(_) => {
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-            if c.out_off == c.out.len() {
-                c.out.clear();
-                c.out_off = 0;
-            }
-            if failed || (c.closing && c.out.is_empty()) {
-                let _ = self.net.close(c.id);
-                self.conns[slot] = None;
-                ShardCounters::add(&self.counters.conns_closed, 1);
-            }
-        }
-        written
     }
 }
 
@@ -826,6 +585,6 @@ impl Poller for ShardPoller {
     }
 
     fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.0.borrow().net.wait_fd()
+        self.0.borrow().messenger.wait_fd()
     }
 }

@@ -1,0 +1,427 @@
+//! Placement groups as their owning shard holds them.
+//!
+//! A PG is served by exactly one shard of its primary OSD (`pg_to_shard`): that shard owns its
+//! [`Pg`] — acting set, interval, per-object ordering — and only that shard's poll loop touches
+//! it, so none of this state is shared or locked. The [`PgTable`] of a shard holds its PGs,
+//! and which PG collections its store partition already has.
+//!
+//! ## Intervals
+//! An interval is a run of map epochs over which a PG's acting set does not change. The table
+//! keeps, per PG, the epoch its current interval started (`interval_since`): a map whose
+//! acting set for the PG equals the previous one keeps the interval, any change starts a new
+//! one at the map's epoch. Replication fences on this number (replica ops of an older interval
+//! are refused).
+//!
+//! ## Per-object ordering
+//! Mutations of one object are submitted to the store in arrival order, and the store commits
+//! in submission order. A read or stat of an object with a mutation in flight waits ("parked"
+//! in its PG) until that mutation has completed, so a client never reads around an acknowledged
+//! write. Objects are tracked by a 64-bit hash of their name seeded with the PG's collection id:
+//! a collision only serialises two objects.
+//!
+//! ## Invariants
+//! - A PG stays in the table while it has mutations in flight or parked ops, even after a map
+//!   moved it away (its ops were valid when routed and are answered); an idle PG this shard no
+//!   longer serves is dropped at the next map.
+//! - `parked` only holds reads and stats of objects with a mutation in flight in the same PG;
+//!   every completion of a mutation of the PG gives its parked ops another try.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use carmine_objectstore::CollectionId;
+use carmine_placement::{pg_to_osds, ClusterMap};
+
+use crate::messenger::Inbound;
+use crate::ops::Target;
+
+/// A PG's identity: pool and PG number (pool ids are 32-bit in the map).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PgKey {
+    pub pool: u32,
+    pub pg: u32,
+}
+
+impl PgKey {
+    /// The PG an op addresses; `None` for a pool id the map can never hold.
+    pub fn of(t: &Target) -> Option<PgKey> {
+        u32::try_from(t.pool)
+            .ok()
+            .map(|pool| PgKey { pool, pg: t.pg })
+    }
+
+    /// The store collection of this PG: pool in the high 32 bits, PG in the low ones.
+    pub fn cid(self) -> CollectionId {
+        CollectionId((u64::from(self.pool) << 32) | u64::from(self.pg))
+    }
+
+    /// The PG of a collection id (the inverse of [`PgKey::cid`]).
+    pub fn of_cid(cid: CollectionId) -> PgKey {
+        PgKey {
+            pool: (cid.0 >> 32) as u32,
+            pg: cid.0 as u32,
+        }
+    }
+}
+
+/// One PG on its owning shard.
+#[derive(Debug)]
+pub struct Pg {
+    key: PgKey,
+    /// Acting set of the current map, primary (this OSD) first; empty for a PG held only
+    /// because it still has ops in flight after a map moved it away.
+    acting: Vec<u32>,
+    /// The pool's replication factor and minimum.
+    size: u32,
+    min_size: u32,
+    /// Map epoch at which the current acting set took over.
+    interval_since: u64,
+    /// Whether this shard serves the PG in the current map.
+    served: bool,
+    /// Mutations in flight per object key.
+    inflight: HashMap<u64, u32>,
+    /// Reads and stats waiting behind a mutation of their object.
+    parked: VecDeque<Inbound>,
+}
+
+impl Pg {
+    fn new(key: PgKey) -> Pg {
+        Pg {
+            key,
+            acting: Vec::new(),
+            size: 1,
+            min_size: 1,
+            interval_since: 0,
+            served: false,
+            inflight: HashMap::new(),
+            parked: VecDeque::new(),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn acting(&self) -> &[u32] {
+        &self.acting
+    }
+
+    /// The pool's replication factor.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// Whether the PG may serve I/O in this map: this shard serves it and its acting set has
+    /// at least `min_size` members. (A PG held only for its ops in flight counts as active:
+    /// those ops were routed while it was.)
+    pub fn active(&self) -> bool {
+        !self.served || self.acting.len() >= self.min_size as usize
+    }
+
+    /// The epoch at which the current interval began.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "replica ops will carry and fence on it (issue #11)"
+        )
+    )]
+    pub fn interval_since(&self) -> u64 {
+        self.interval_since
+    }
+
+    /// The ordering key of an object of this PG.
+    pub fn object_key(&self, object: &[u8]) -> u64 {
+        xxhash_rust::xxh64::xxh64(object, self.key.cid().0)
+    }
+
+    /// Whether a mutation of the object with `key` is in flight.
+    pub fn writing(&self, key: u64) -> bool {
+        self.inflight.contains_key(&key)
+    }
+
+    /// A mutation of `key` goes to the store.
+    pub fn begin_mutation(&mut self, key: u64) {
+        *self.inflight.entry(key).or_insert(0) += 1;
+    }
+
+    /// A mutation of `key` completed; true when it was the object's last one in flight.
+    pub fn end_mutation(&mut self, key: u64) -> bool {
+        match self.inflight.get_mut(&key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.inflight.remove(&key);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Parks a read or stat until the mutation it waits for has completed.
+    pub fn park(&mut self, p: Inbound) {
+        self.parked.push_back(p);
+    }
+
+    /// Takes every parked op, to be tried again (those still blocked park themselves again).
+    pub fn take_parked(&mut self, into: &mut Vec<Inbound>) {
+        into.extend(self.parked.drain(..));
+    }
+
+    fn idle(&self) -> bool {
+        self.inflight.is_empty() && self.parked.is_empty()
+    }
+}
+
+/// A shard's PGs, and which PG collections its store partition holds.
+#[derive(Debug, Default)]
+pub struct PgTable {
+    pgs: HashMap<PgKey, Pg>,
+    /// PGs whose collection exists in the store (created by a PG's first write).
+    on_store: HashSet<PgKey>,
+    epoch: u64,
+}
+
+impl PgTable {
+    /// A table for a store that holds `collections`.
+    pub fn new(collections: impl IntoIterator<Item = CollectionId>) -> PgTable {
+        PgTable {
+            pgs: HashMap::new(),
+            on_store: collections.into_iter().map(PgKey::of_cid).collect(),
+            epoch: 0,
+        }
+    }
+
+    /// Takes in a new map: `serves(key)` says which PGs this shard serves in it (from the
+    /// routing table). Their acting sets and intervals are updated; PGs that left are dropped
+    /// once idle. Returns how many PGs started a new interval.
+    pub fn apply_map(&mut self, map: &ClusterMap, serves: impl Fn(PgKey) -> bool) -> usize {
+        if map.epoch <= self.epoch {
+            return 0;
+        }
+        self.epoch = map.epoch;
+        for pg in self.pgs.values_mut() {
+            pg.served = false;
+        }
+        let mut new_intervals = 0;
+        for pool in map.pools.values() {
+            for n in 0..pool.pg_num {
+                let key = PgKey {
+                    pool: pool.id,
+                    pg: n,
+                };
+                if !serves(key) {
+                    continue;
+                }
+                let acting = pg_to_osds(map, pool, n);
+                let pg = self.pgs.entry(key).or_insert_with(|| Pg::new(key));
+                if pg.acting != acting || pg.interval_since == 0 {
+                    pg.acting = acting;
+                    pg.interval_since = map.epoch;
+                    new_intervals += 1;
+                }
+                pg.size = pool.size;
+                pg.min_size = pool.min_size;
+                pg.served = true;
+            }
+        }
+        self.pgs.retain(|_, pg| {
+            if !pg.served {
+                // Held only for its ops in flight: it has no acting set in this map.
+                pg.acting.clear();
+                pg.interval_since = 0;
+            }
+            pg.served || !pg.idle()
+        });
+        new_intervals
+    }
+
+    /// The PG, kept in the table for as long as it has work. An op forwarded across a map
+    /// change may address a PG this shard no longer (or not yet) serves: it gets an entry for
+    /// its ordering, dropped again at the next map once idle.
+    pub fn pg_mut(&mut self, key: PgKey) -> &mut Pg {
+        self.pgs.entry(key).or_insert_with(|| Pg::new(key))
+    }
+
+    pub fn get_mut(&mut self, key: PgKey) -> Option<&mut Pg> {
+        self.pgs.get_mut(&key)
+    }
+
+    #[cfg(test)]
+    pub fn get(&self, key: PgKey) -> Option<&Pg> {
+        self.pgs.get(&key)
+    }
+
+    /// PGs this shard serves in the current map.
+    pub fn served(&self) -> usize {
+        self.pgs.values().filter(|p| p.served).count()
+    }
+
+    /// Whether the store holds the PG's collection.
+    pub fn on_store(&self, key: PgKey) -> bool {
+        self.on_store.contains(&key)
+    }
+
+    /// Records that a transaction creates the PG's collection; false if it already existed.
+    pub fn create_on_store(&mut self, key: PgKey) -> bool {
+        self.on_store.insert(key)
+    }
+
+    /// A transaction that created the collection failed: it does not exist after all.
+    pub fn creation_failed(&mut self, key: PgKey) {
+        self.on_store.remove(&key);
+    }
+
+    /// Drops a PG whose map moved it away, once it has become idle.
+    pub fn forget_if_done(&mut self, key: PgKey) {
+        if let Entry::Occupied(e) = self.pgs.entry(key) {
+            if !e.get().served && e.get().idle() {
+                e.remove();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use carmine_placement::{Osd, Pool};
+
+    fn osd(id: u32, up: bool) -> Osd {
+        Osd {
+            id,
+            uuid: format!("u{id}"),
+            host: format!("h{id}"),
+            public_addr: "127.0.0.1".into(),
+            cluster_addr: "127.0.0.1".into(),
+            shard_count: 1,
+            shard_ports: vec![1],
+            up,
+            in_: true,
+            weight: 1.0,
+        }
+    }
+
+    fn map(epoch: u64, up: &[bool], size: u32) -> ClusterMap {
+        map_min(epoch, up, size, 1)
+    }
+
+    fn map_min(epoch: u64, up: &[bool], size: u32, min_size: u32) -> ClusterMap {
+        let mut m = ClusterMap {
+            epoch,
+            ..Default::default()
+        };
+        for (i, &u) in up.iter().enumerate() {
+            m.osds.insert(i as u32, osd(i as u32, u));
+        }
+        m.pools.insert(
+            1,
+            Pool {
+                id: 1,
+                name: "p".into(),
+                size,
+                min_size,
+                pg_num: 8,
+            },
+        );
+        m
+    }
+
+    #[test]
+    fn pg_keys_and_collections_map_both_ways() {
+        let k = PgKey { pool: 3, pg: 7 };
+        assert_eq!(k.cid(), CollectionId((3 << 32) | 7));
+        assert_eq!(PgKey::of_cid(k.cid()), k);
+        let t = Target {
+            pool: 3,
+            pg: 7,
+            epoch: 1,
+        };
+        assert_eq!(PgKey::of(&t), Some(k));
+        let big = Target {
+            pool: u64::from(u32::MAX) + 1,
+            ..t
+        };
+        assert_eq!(PgKey::of(&big), None);
+    }
+
+    #[test]
+    fn an_interval_lasts_while_the_acting_set_does() {
+        let mut t = PgTable::new([]);
+        let all = |_: PgKey| true;
+        assert_eq!(t.apply_map(&map(5, &[true, true, true], 2), all), 8);
+        let k = PgKey { pool: 1, pg: 0 };
+        let first = t.get(k).unwrap().acting().to_vec();
+        assert_eq!(first.len(), 2);
+        assert_eq!(t.get(k).unwrap().interval_since(), 5);
+        // Same acting sets: every interval goes on.
+        assert_eq!(t.apply_map(&map(6, &[true, true, true], 2), all), 0);
+        assert_eq!(t.get(k).unwrap().interval_since(), 5);
+        // An older or equal map changes nothing.
+        assert_eq!(t.apply_map(&map(6, &[false, false, false], 2), all), 0);
+        // One of PG 0's OSDs goes down: its interval starts again, at the new epoch.
+        let mut up = [true; 3];
+        up[first[1] as usize] = false;
+        let changed = t.apply_map(&map(9, &up, 2), all);
+        assert!(changed >= 1);
+        let pg = t.get(k).unwrap();
+        assert_eq!(pg.interval_since(), 9);
+        assert!(!pg.acting().contains(&first[1]));
+        assert_eq!(t.served(), 8);
+    }
+
+    #[test]
+    fn a_pg_that_left_stays_while_it_has_work() {
+        let mut t = PgTable::new([]);
+        t.apply_map(&map(1, &[true], 1), |_| true);
+        let k = PgKey { pool: 1, pg: 2 };
+        let key = t.get(k).unwrap().object_key(b"obj");
+        t.pg_mut(k).begin_mutation(key);
+        t.pg_mut(k).begin_mutation(key);
+        // The next map gives this shard no PG at all.
+        t.apply_map(&map(2, &[true], 1), |_| false);
+        assert_eq!(t.served(), 0);
+        let pg = t.get_mut(k).expect("kept for its mutations in flight");
+        assert!(pg.acting().is_empty());
+        assert!(pg.writing(key));
+        assert!(!pg.end_mutation(key), "one more in flight");
+        assert!(pg.end_mutation(key), "the last one");
+        assert!(!pg.writing(key));
+        t.forget_if_done(k);
+        assert!(t.get(k).is_none());
+        // Idle PGs that left are dropped at the map itself.
+        t.apply_map(&map(3, &[true], 1), |_| true);
+        t.apply_map(&map(4, &[true], 1), |_| false);
+        assert!(t.get(PgKey { pool: 1, pg: 5 }).is_none());
+    }
+
+    #[test]
+    fn a_pg_below_min_size_is_not_active() {
+        let mut t = PgTable::new([]);
+        let k = PgKey { pool: 1, pg: 4 };
+        t.apply_map(&map_min(1, &[true, true], 2, 2), |_| true);
+        assert!(t.pg_mut(k).active());
+        // One of two OSDs down: one acting member, min_size 2.
+        t.apply_map(&map_min(2, &[true, false], 2, 2), |_| true);
+        let pg = t.pg_mut(k);
+        assert_eq!(pg.acting(), &[0]);
+        assert!(!pg.active());
+        // min_size 1 makes the same acting set enough.
+        t.apply_map(&map_min(3, &[true, false], 2, 1), |_| true);
+        assert!(t.pg_mut(k).active());
+        // A PG held only for its ops in flight stays active for them.
+        t.apply_map(&map_min(4, &[true, false], 2, 2), |_| false);
+        assert!(t.pg_mut(k).active());
+    }
+
+    #[test]
+    fn collections_on_store_are_tracked_per_pg() {
+        let k = PgKey { pool: 2, pg: 1 };
+        let mut t = PgTable::new([k.cid()]);
+        assert!(t.on_store(k));
+        assert!(!t.create_on_store(k));
+        let n = PgKey { pool: 2, pg: 3 };
+        assert!(t.create_on_store(n));
+        t.creation_failed(n);
+        assert!(!t.on_store(n));
+    }
+}
