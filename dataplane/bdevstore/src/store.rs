@@ -153,6 +153,11 @@ pub struct BdevStore<D: BlockDevice> {
     wait_mark: Option<u64>,
     /// The last cleaner step found no victim.
     cleaner_idle: bool,
+    /// The cleaner's last relocation found no segment to write into (the store is full of
+    /// live data it cannot pack tighter). Waiting for space is pointless then: waiting
+    /// transactions fail with `NoSpace`, and the cleaner rests until a record commits
+    /// (e.g. removes) or a segment is freed.
+    cleaner_stuck: bool,
     ckpt: Ckpt,
     blocks_since_ckpt: u64,
     done: Vec<Completion>,
@@ -235,6 +240,7 @@ impl<D: BlockDevice> BdevStore<D> {
             reclaim_due: true,
             wait_mark: None,
             cleaner_idle: false,
+            cleaner_stuck: false,
             ckpt: Ckpt {
                 phase: CkptPhase::Idle,
                 generation: l.generation,
@@ -672,7 +678,7 @@ impl<D: BlockDevice> BdevStore<D> {
     /// reclaimable space exists and background work is still making moves; give up after a
     /// bounded number of cleaner steps without success (fragmentation the cleaner cannot fix).
     fn worth_waiting(&mut self, need_bytes: u64) -> bool {
-        if !self.can_reclaim(need_bytes) {
+        if self.cleaner_stuck || !self.can_reclaim(need_bytes) {
             return false;
         }
         let events = self.stats.cleaner_steps + self.stats.checkpoints;
@@ -842,12 +848,17 @@ impl<D: BlockDevice> BdevStore<D> {
                 .iter()
                 .map(|r| blocks_for(r.3.len() as u64))
                 .sum();
-            if self.head.block + 1 + nblocks > self.geo.seg_blocks && self.free_count() == 0 {
-                tracing::warn!("cleaner has no segment to relocate into");
-                return;
-            }
             let ready = std::mem::take(&mut self.clean_ready);
-            let live: Vec<_> = ready
+            // The cleaner leaves the last free segment to transactions without data (removes
+            // must work on a full store: they are what makes room).
+            let ready =
+                if self.head.block + 1 + nblocks > self.geo.seg_blocks && self.free_count() <= 1 {
+                    self.cleaner_stuck();
+                    Vec::new()
+                } else {
+                    ready
+                };
+            let mut live: Vec<_> = ready
                 .into_iter()
                 .filter(|(id, off, ext, _)| {
                     self.idx.onodes.get(id).and_then(|o| o.extents.get(off)) == Some(ext)
@@ -866,12 +877,15 @@ impl<D: BlockDevice> BdevStore<D> {
                         .collect(),
                 ));
                 let h = blocks_for(fixed + size);
-                if self.head.block + h + nblocks > self.geo.seg_blocks && !self.open_segment(0) {
-                    tracing::warn!("cleaner has no segment to relocate into");
-                    return;
+                if self.head.block + h + nblocks > self.geo.seg_blocks && !self.open_segment(1) {
+                    self.cleaner_stuck();
+                    live = Vec::new();
+                } else {
+                    h_blocks = h;
+                    hdr_bytes += size;
                 }
-                h_blocks = h;
-                hdr_bytes += size;
+            }
+            if !live.is_empty() {
                 let mut lba = self.geo.seg_lba(self.head.seg) + self.head.block + h_blocks;
                 let mut relocs = Vec::new();
                 for (id, off, ext, bytes) in live {
@@ -939,7 +953,7 @@ impl<D: BlockDevice> BdevStore<D> {
                     let min_free = if nblocks > 0 {
                         self.opts.reserve_segs
                     } else {
-                        1
+                        0
                     };
                     if !self.open_segment(min_free) {
                         if self.worth_waiting((h + nblocks) * BLOCK) {
@@ -993,6 +1007,8 @@ impl<D: BlockDevice> BdevStore<D> {
             entries.push(entry);
             tickets.push(ticket);
             txns += 1;
+            // The live data changed (a remove, an overwrite): the cleaner may find room now.
+            self.cleaner_stuck = false;
         }
         if entries.is_empty() {
             return;
@@ -1064,11 +1080,32 @@ impl<D: BlockDevice> BdevStore<D> {
 
     // ---------------------------------------------------------------- cleaner
 
+    /// The relocation read by the last cleaner step has nowhere to go: drop it (the extents
+    /// stay where they are, nothing changed) and stop cleaning until something changes, so
+    /// that waiting transactions get `NoSpace` rather than wait for a cleaner that cannot
+    /// move (and the shard does not re-read the same victim on every poll).
+    fn cleaner_stuck(&mut self) {
+        if !self.cleaner_stuck {
+            tracing::warn!(
+                free = self.free_count(),
+                "cleaner has no segment to relocate into: writes needing space fail with \
+                 NoSpace until data is removed"
+            );
+        }
+        self.cleaner_stuck = true;
+        self.victim = None;
+        self.clean_cursor = RefCursor::default();
+    }
+
     /// One bounded cleaner step: pick a victim segment and start reading up to
     /// `clean_batch_bytes` of its live extents. The relocation record is built later by
     /// `build_record`, in the same poll loop, so foreground I/O interleaves.
     fn cleaner_step(&mut self) {
-        if self.failed.is_some() || self.clean_inflight > 0 || !self.clean_ready.is_empty() {
+        if self.failed.is_some()
+            || self.cleaner_stuck
+            || self.clean_inflight > 0
+            || !self.clean_ready.is_empty()
+        {
             return;
         }
         if self.free_count() >= self.opts.clean_low_water && !self.space_wait {
@@ -1152,6 +1189,7 @@ impl<D: BlockDevice> BdevStore<D> {
                 self.used[s] = false;
                 self.nfree += 1;
                 self.stats.segments_freed += 1;
+                self.cleaner_stuck = false;
             }
         }
     }
