@@ -21,6 +21,8 @@ pub enum ShardStore {
 pub struct BdevShard {
     store: Option<BdevStore<SpdkBlockDevice<'static>>>,
     thread: Option<&'static SpdkThread>,
+    /// Segments only the store's cleaner may open (`MountOptions::reserve_segs`).
+    reserve_segs: u32,
 }
 
 /// Why a shard's store could not start.
@@ -38,19 +40,18 @@ impl ShardStore {
     pub fn bdev(name: &str, shard: usize) -> Result<ShardStore, ShardStoreError> {
         let thread: &'static SpdkThread =
             Box::leak(Box::new(SpdkThread::new(&format!("osd-shard{shard}"))?));
+        let opts = MountOptions {
+            shard,
+            ..MountOptions::default()
+        };
         let mut guard = BdevShard {
             store: None,
             thread: Some(thread),
+            reserve_segs: opts.reserve_segs,
         };
         let dev = SpdkBlockDevice::open(thread, name)?;
-        let store = BdevStore::mount(
-            dev,
-            MountOptions {
-                shard,
-                ..MountOptions::default()
-            },
-        )
-        .map_err(|source| ShardStoreError::Mount { shard, source })?;
+        let store = BdevStore::mount(dev, opts)
+            .map_err(|source| ShardStoreError::Mount { shard, source })?;
         guard.store = Some(store);
         Ok(ShardStore::Bdev(Box::new(guard)))
     }
@@ -77,15 +78,22 @@ impl ShardStore {
         }
     }
 
-    /// (used, capacity) bytes, when the store knows.
+    /// (used, capacity) bytes, when the store knows. The capacity is what client writes can
+    /// fill: bdevstore answers `NoSpace` once only its reserve segments (kept for the
+    /// cleaner) are free, so they are left out, and a store that refuses writes reports
+    /// itself 100% used (the monitor's `OSD_FULL`), whatever its size.
     pub fn usage(&self) -> Option<(u64, u64)> {
         match self {
             ShardStore::Mem(_) => None,
             ShardStore::Bdev(b) => b.store.as_ref().map(|s| {
                 let geo = s.geometry();
                 let seg = geo.seg_bytes();
-                let total = geo.nsegs as u64 * seg;
-                (total - s.free_segments() as u64 * seg, total)
+                let nsegs = u64::from(geo.nsegs);
+                let usable = nsegs.saturating_sub(u64::from(b.reserve_segs));
+                let used = nsegs
+                    .saturating_sub(u64::from(s.free_segments()))
+                    .min(usable);
+                (used * seg, usable * seg)
             }),
         }
     }
