@@ -449,3 +449,80 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// A monitor restart: the same monitor stopped and served again on the same address from the
+/// same data dir (what restarting the `carmine-mon` process does).
+impl Mon {
+    /// Stops the monitor (its map streams end, its connections close) and keeps its address
+    /// and data dir for [`Mon::start_again`].
+    pub fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().expect("monitor thread panicked");
+        }
+    }
+
+    /// Serves the monitor again on its old address, from its old data dir.
+    pub fn start_again(&mut self) {
+        assert!(self.thread.is_none(), "the monitor is still running");
+        let cfg = carmine_mon::MonConfig::parse_from([
+            "carmine-mon",
+            "--listen",
+            self.addr.as_str(),
+            "--admin-token",
+            TOKEN,
+            "--heartbeat-ms",
+            "500",
+            "--data-dir",
+            self._dir.path().to_str().unwrap(),
+        ]);
+        let listen = self.addr.clone();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                // The old listener is closed once the old thread is joined; the port may
+                // still be held for a moment by the kernel: retry the bind, bounded.
+                let mut tries = 0;
+                let l = loop {
+                    match tokio::net::TcpListener::bind(listen.as_str()).await {
+                        Ok(l) => break l,
+                        Err(e) => {
+                            tries += 1;
+                            assert!(tries < 100, "cannot bind {listen} again: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                };
+                ready_tx.send(()).unwrap();
+                carmine_mon::serve(cfg, l, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the restarted monitor did not bind its address");
+        self.stop = Some(stop);
+        self.thread = Some(thread);
+    }
+
+    /// `carmine health`: the monitor's health checks.
+    pub async fn health(&self) -> v1::HealthReply {
+        self.admin()
+            .await
+            .health(authed(v1::Empty {}))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
