@@ -14,6 +14,21 @@ pub const SB_MAGIC: u64 = u64::from_le_bytes(*b"CRMN-SB1");
 pub const CKPT_MAGIC: u64 = u64::from_le_bytes(*b"CRMN-CP1");
 pub const REC_MAGIC: u64 = u64::from_le_bytes(*b"CRMN-RC1");
 pub const FRAME_OVERHEAD: u64 = 16;
+/// Largest data of one transaction that a store of the default geometry always takes, counted
+/// as the record stores it: every non-empty `Write` in whole 4 KiB blocks (a write of 4 MiB at
+/// any offset is 1024 blocks; many small writes take a block each). The OSD asserts that the
+/// wire's largest op data (`carmine_wire::Limits::DEFAULT.max_io_size`) is within it.
+pub const MAX_TXN_DATA: u64 = 4 << 20;
+/// Largest record header such a transaction may have: frame, fixed fields and its encoded ops
+/// (names, attributes, omap entries). An OSD write_full with a 1024-byte name in a new
+/// collection measures about 2.2 KiB; the rest is room for metadata written with the data.
+pub const MAX_TXN_HEADER: u64 = 64 << 10;
+/// Default segment size in blocks (`FormatOptions::default()`): a record of one transaction
+/// within `MAX_TXN_DATA` and `MAX_TXN_HEADER` fits one segment (1024 data + 16 header blocks).
+/// Stores formatted before this default (1024-block segments) keep their geometry and refuse
+/// larger transactions with `InvalidArgument`.
+pub const DEFAULT_SEG_BLOCKS: u64 = (MAX_TXN_DATA + MAX_TXN_HEADER) / BLOCK;
+const _: () = assert!(MAX_TXN_DATA % BLOCK == 0 && MAX_TXN_HEADER % BLOCK == 0);
 /// Cap on any decoded payload (a corrupt length must not allocate wildly).
 const DECODE_LIMIT: u64 = 1 << 30;
 

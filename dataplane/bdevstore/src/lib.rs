@@ -51,7 +51,11 @@
 //! without data may use reserve segments, so removes keep working on a full store.
 //!
 //! ## Limits (by design, documented in FORMAT.md)
-//! Metadata must fit a checkpoint slot and memory; a transaction must fit one segment.
+//! Metadata must fit a checkpoint slot and memory; a transaction must fit one segment
+//! ([`TxnFootprint`]). The default segment (`DEFAULT_SEG_BLOCKS`) holds any transaction of up
+//! to [`MAX_TXN_DATA`] (4 MiB, the wire's largest op) with a header of up to
+//! [`MAX_TXN_HEADER`]; a store formatted with smaller segments refuses larger transactions
+//! with `InvalidArgument` naming its limit.
 //! The null bdev keeps no data: `MountOptions::durable` refuses it.
 
 pub mod format;
@@ -60,6 +64,7 @@ pub mod index;
 mod mount;
 mod store;
 
+pub use format::{DEFAULT_SEG_BLOCKS, MAX_TXN_DATA, MAX_TXN_HEADER};
 pub use fsck::{fsck, FsckReport};
 pub use mount::{format, FormatOptions};
-pub use store::{BdevStore, MountOptions, StoreStats};
+pub use store::{BdevStore, MountOptions, StoreStats, TxnFootprint};

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::format::{
     blocks_for, decode, encode, frame, unframe, CkptHeader, Geometry, LogPos, RecordHeader,
-    Superblock, BLOCK, CKPT_MAGIC, FORMAT_VERSION, REC_MAGIC, SB_MAGIC,
+    Superblock, BLOCK, CKPT_MAGIC, DEFAULT_SEG_BLOCKS, FORMAT_VERSION, REC_MAGIC, SB_MAGIC,
 };
 use crate::index::{Entry, Index, LOp};
 
@@ -22,7 +22,10 @@ const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct FormatOptions {
     pub shards: usize,
-    /// Segment size in 4 KiB blocks (also the largest journal record).
+    /// Segment size in 4 KiB blocks (also the largest journal record). Default
+    /// [`DEFAULT_SEG_BLOCKS`]: any transaction within [`MAX_TXN_DATA`](crate::MAX_TXN_DATA)
+    /// and [`MAX_TXN_HEADER`](crate::MAX_TXN_HEADER) fits (see
+    /// [`TxnFootprint`](crate::TxnFootprint)).
     pub seg_blocks: u64,
     /// Size of each of the two checkpoint slots in 4 KiB blocks (bounds the metadata size);
     /// 0 = 1/32 of the partition (at least 256 blocks): room for the extent map of a
@@ -34,7 +37,7 @@ impl Default for FormatOptions {
     fn default() -> Self {
         FormatOptions {
             shards: 1,
-            seg_blocks: 1024,
+            seg_blocks: DEFAULT_SEG_BLOCKS,
             slot_blocks: 0,
         }
     }

@@ -11,7 +11,8 @@ use carmine_objectstore::{
 use slab::Slab;
 
 use crate::format::{
-    blocks_for, encode, encoded_len, frame, Geometry, LogPos, RecordHeader, BLOCK, REC_MAGIC,
+    blocks_for, encode, encoded_len, frame, Geometry, LogPos, RecordHeader, BLOCK,
+    DEFAULT_SEG_BLOCKS, FRAME_OVERHEAD, MAX_TXN_DATA, MAX_TXN_HEADER, REC_MAGIC,
 };
 use crate::index::{ChunkRef, Entry, Extent, Index, LOp, RefCursor, Reloc};
 use crate::mount::{encode_checkpoint, load, sync_flush, sync_write, CkptBody, Loaded};
@@ -176,6 +177,149 @@ pub struct BdevStore<D: BlockDevice> {
     spare: Vec<Vec<u8>>,
 }
 
+/// What one transaction takes in a journal record of its own: a record never spans segments,
+/// so a transaction fits a store iff `blocks()` is at most its segment (and
+/// `MountOptions::max_record_blocks`). Within [`MAX_TXN_DATA`] and [`MAX_TXN_HEADER`]
+/// (`within_limits`) it fits the default geometry ([`DEFAULT_SEG_BLOCKS`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnFootprint {
+    /// Bytes of the record header: frame, fixed fields and the encoded ops. Exact: integers
+    /// are fixed-size, so the value of a chunk address or CRC does not change it.
+    pub header_bytes: u64,
+    /// Data blocks: every non-empty write rounded up to whole blocks.
+    pub data_blocks: u64,
+}
+
+impl TxnFootprint {
+    /// Measure `txn` (encodes its ops once: not for the data path).
+    pub fn of(txn: &Transaction) -> Self {
+        let (lops, data_blocks) = translate(txn, 0, false);
+        TxnFootprint {
+            header_bytes: record_fixed_bytes() + encoded_len(&Entry::Txn(lops)),
+            data_blocks,
+        }
+    }
+    pub fn header_blocks(&self) -> u64 {
+        blocks_for(self.header_bytes)
+    }
+    /// Blocks of a record holding only this transaction.
+    pub fn blocks(&self) -> u64 {
+        self.header_blocks() + self.data_blocks
+    }
+    /// Within the bounds every store of the default geometry takes.
+    pub fn within_limits(&self) -> bool {
+        self.data_blocks * BLOCK <= MAX_TXN_DATA && self.header_bytes <= MAX_TXN_HEADER
+    }
+}
+
+/// Bytes of a record header with no entries: frame overhead plus the fixed fields.
+fn record_fixed_bytes() -> u64 {
+    let empty = RecordHeader {
+        uuid: 0,
+        seq: 0,
+        seg_seq: 0,
+        prev_crc: 0,
+        header_blocks: 0,
+        data_blocks: 0,
+        entries: Vec::new(),
+    };
+    FRAME_OVERHEAD + encoded_len(&empty)
+}
+
+/// A transaction's journal ops, its writes' chunks placed from block `lba` on in op order (CRCs
+/// computed if `crcs`), and the data blocks they take.
+fn translate(txn: &Transaction, mut lba: u64, crcs: bool) -> (Vec<LOp>, u64) {
+    if let [Op::Write {
+        cid,
+        oid,
+        off,
+        data,
+    }] = &txn.ops[..]
+    {
+        // The common case (one write) without the iterator and its generic collect.
+        let chunk = ChunkRef {
+            lba,
+            len: data.len() as u32,
+            crc: if crcs { crc32c::crc32c(data) } else { 0 },
+        };
+        let op = LOp::Write {
+            cid: *cid,
+            oid: oid.clone(),
+            off: *off,
+            chunk,
+        };
+        return (vec![op], blocks_for(data.len() as u64));
+    }
+    let mut blocks = 0;
+    let ops = txn
+        .ops
+        .iter()
+        .map(|op| match op {
+            // Writes: reference the data, never copy it (it is copied once, into the
+            // record buffer).
+            Op::Write {
+                cid,
+                oid,
+                off,
+                data,
+            } => {
+                let crc = if crcs { crc32c::crc32c(data) } else { 0 };
+                let chunk = ChunkRef {
+                    lba,
+                    len: data.len() as u32,
+                    crc,
+                };
+                let b = blocks_for(data.len() as u64);
+                lba += b;
+                blocks += b;
+                LOp::Write {
+                    cid: *cid,
+                    oid: oid.clone(),
+                    off: *off,
+                    chunk,
+                }
+            }
+            other => translate_meta(other.clone()),
+        })
+        .collect();
+    (ops, blocks)
+}
+
+fn translate_meta(op: Op) -> LOp {
+    match op {
+        Op::Write { cid, oid, off, .. } => LOp::Write {
+            cid,
+            oid,
+            off,
+            chunk: ChunkRef {
+                lba: 0,
+                len: 0,
+                crc: 0,
+            },
+        },
+        Op::CreateCollection { cid } => LOp::CreateColl(cid),
+        Op::RemoveCollection { cid } => LOp::RemoveColl(cid),
+        Op::Touch { cid, oid } => LOp::Touch(cid, oid),
+        Op::Zero { cid, oid, off, len } => LOp::Zero { cid, oid, off, len },
+        Op::Truncate { cid, oid, size } => LOp::Truncate { cid, oid, size },
+        Op::Remove { cid, oid } => LOp::Remove(cid, oid),
+        Op::SetAttr {
+            cid,
+            oid,
+            name,
+            value,
+        } => LOp::SetAttr {
+            cid,
+            oid,
+            name,
+            value,
+        },
+        Op::RmAttr { cid, oid, name } => LOp::RmAttr { cid, oid, name },
+        Op::OmapSet { cid, oid, entries } => LOp::OmapSet { cid, oid, entries },
+        Op::OmapRm { cid, oid, keys } => LOp::OmapRm { cid, oid, keys },
+    }
+}
+
 /// Bytes of idle I/O buffers kept for reuse.
 const POOL_BYTES: usize = 32 << 20;
 /// Spare heap data buffers kept (each at most `SPARE_MAX_BYTES` of capacity).
@@ -206,6 +350,15 @@ impl<D: BlockDevice> BdevStore<D> {
             seq = l.head.seq,
             "bdevstore mounted"
         );
+        if l.geo.seg_blocks < DEFAULT_SEG_BLOCKS {
+            tracing::warn!(
+                shard = opts.shard,
+                seg_blocks = l.geo.seg_blocks,
+                default = DEFAULT_SEG_BLOCKS,
+                "segments smaller than the default (an older format?): a transaction whose \
+                 record exceeds a segment is refused with InvalidArgument, e.g. a 4 MiB write"
+            );
+        }
         let n = l.geo.nsegs as usize;
         let mut opts = opts;
         if opts.clean_low_water == 0 {
@@ -716,98 +869,6 @@ impl<D: BlockDevice> BdevStore<D> {
         true
     }
 
-    fn translate(txn: &Transaction, mut lba: u64, crcs: bool) -> (Vec<LOp>, u64) {
-        if let [Op::Write {
-            cid,
-            oid,
-            off,
-            data,
-        }] = &txn.ops[..]
-        {
-            // The common case (one write) without the iterator and its generic collect.
-            let chunk = ChunkRef {
-                lba,
-                len: data.len() as u32,
-                crc: if crcs { crc32c::crc32c(data) } else { 0 },
-            };
-            let op = LOp::Write {
-                cid: *cid,
-                oid: oid.clone(),
-                off: *off,
-                chunk,
-            };
-            return (vec![op], blocks_for(data.len() as u64));
-        }
-        let mut blocks = 0;
-        let ops = txn
-            .ops
-            .iter()
-            .map(|op| match op {
-                // Writes: reference the data, never copy it (it is copied once, into the
-                // record buffer).
-                Op::Write {
-                    cid,
-                    oid,
-                    off,
-                    data,
-                } => {
-                    let crc = if crcs { crc32c::crc32c(data) } else { 0 };
-                    let chunk = ChunkRef {
-                        lba,
-                        len: data.len() as u32,
-                        crc,
-                    };
-                    let b = blocks_for(data.len() as u64);
-                    lba += b;
-                    blocks += b;
-                    LOp::Write {
-                        cid: *cid,
-                        oid: oid.clone(),
-                        off: *off,
-                        chunk,
-                    }
-                }
-                other => Self::translate_meta(other.clone()),
-            })
-            .collect();
-        (ops, blocks)
-    }
-
-    fn translate_meta(op: Op) -> LOp {
-        match op {
-            Op::Write { cid, oid, off, .. } => LOp::Write {
-                cid,
-                oid,
-                off,
-                chunk: ChunkRef {
-                    lba: 0,
-                    len: 0,
-                    crc: 0,
-                },
-            },
-            Op::CreateCollection { cid } => LOp::CreateColl(cid),
-            Op::RemoveCollection { cid } => LOp::RemoveColl(cid),
-            Op::Touch { cid, oid } => LOp::Touch(cid, oid),
-            Op::Zero { cid, oid, off, len } => LOp::Zero { cid, oid, off, len },
-            Op::Truncate { cid, oid, size } => LOp::Truncate { cid, oid, size },
-            Op::Remove { cid, oid } => LOp::Remove(cid, oid),
-            Op::SetAttr {
-                cid,
-                oid,
-                name,
-                value,
-            } => LOp::SetAttr {
-                cid,
-                oid,
-                name,
-                value,
-            },
-            Op::RmAttr { cid, oid, name } => LOp::RmAttr { cid, oid, name },
-            Op::OmapSet { cid, oid, entries } => LOp::OmapSet { cid, oid, entries },
-            Op::OmapRm { cid, oid, keys } => LOp::OmapRm { cid, oid, keys },
-        }
-    }
-
     /// Group commit: pack ready relocations and queued transactions into one record, apply
     /// them to the index, and submit one device write.
     fn build_record(&mut self) {
@@ -821,16 +882,7 @@ impl<D: BlockDevice> BdevStore<D> {
             0 => self.geo.seg_blocks,
             n => n.min(self.geo.seg_blocks),
         };
-        let empty = RecordHeader {
-            uuid: 0,
-            seq: 0,
-            seg_seq: 0,
-            prev_crc: 0,
-            header_blocks: 0,
-            data_blocks: 0,
-            entries: Vec::new(),
-        };
-        let fixed = 16 + encoded_len(&empty);
+        let fixed = record_fixed_bytes();
         let mut hdr_bytes = fixed;
         let mut h_blocks = 0u64; // 0 until the first entry sizes the header
         let mut data_blocks = 0u64;
@@ -932,16 +984,26 @@ impl<D: BlockDevice> BdevStore<D> {
             }
             // Translated once, with chunk addresses relative to this transaction's data; they
             // are rebased below once the record position is known.
-            let (lops, nblocks) = Self::translate(txn, 0, true);
+            let (lops, nblocks) = translate(txn, 0, true);
             let entry = Entry::Txn(lops);
             let size = encoded_len(&entry);
             if h_blocks == 0 {
                 let h = blocks_for(fixed + size);
                 if h + nblocks > max_blocks {
                     let e = StoreError::InvalidArgument(format!(
-                        "transaction needs {} blocks, a record holds {max_blocks}",
-                        h + nblocks
+                        "transaction too large for one journal record: it needs {h} header + \
+                         {nblocks} data blocks, a record of this store holds at most \
+                         {max_blocks} blocks of 4 KiB (segments of {} blocks{}); the default \
+                         geometry ({DEFAULT_SEG_BLOCKS}-block segments) takes up to \
+                         {MAX_TXN_DATA} bytes of data with {MAX_TXN_HEADER} bytes of header",
+                        self.geo.seg_blocks,
+                        if max_blocks < self.geo.seg_blocks {
+                            ", max_record_blocks"
+                        } else {
+                            ""
+                        }
                     ));
+                    tracing::warn!(%e, "transaction refused");
                     self.done.push(Completion {
                         ticket,
                         result: Err(e),

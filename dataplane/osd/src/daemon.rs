@@ -331,6 +331,14 @@ fn bdev_kind(cfg: &Config) -> Result<BdevKind, DaemonError> {
 }
 
 /// Formats a blank bdev (one partition per shard); leaves a formatted one alone.
+/// A blank bdev is formatted with bdevstore's default geometry, whose segments hold a journal
+/// record of any transaction with up to `MAX_TXN_DATA` bytes of data (and a header within
+/// `MAX_TXN_HEADER`): the largest op data the wire carries must be within it, or the largest
+/// write_full would be refused as invalid. (A bdev formatted with smaller segments keeps them;
+/// bdevstore then refuses too large a transaction with `InvalidArgument` and logs why.)
+const _: () =
+    assert!(carmine_wire::Limits::DEFAULT.max_io_size as u64 <= carmine_bdevstore::MAX_TXN_DATA);
+
 fn prepare_bdev(spdk: &Spdk, shards: usize) -> Result<(), DaemonError> {
     let mut dev = SpdkBlockDevice::open(spdk.thread(), BDEV)?;
     let block0 = read_first_block(&mut dev)?;
@@ -622,6 +630,56 @@ impl MapSink for RingSink {
 #[cfg(test)]
 mod tests {
     use super::{is_pci, mbuf_sizing, MBUFS};
+    use carmine_bdevstore::{FormatOptions, TxnFootprint};
+    use carmine_objectstore::{CollectionId, ObjectId, Op, Transaction};
+    use carmine_wire::Limits;
+
+    /// The largest transactions a shard builds (write_full or write of the wire's largest data,
+    /// with the longest name, creating the PG's collection; see `ShardCore::execute`) fit one
+    /// journal record of the geometry `prepare_bdev` formats with.
+    #[test]
+    fn the_largest_op_fits_one_record_of_the_formatted_store() {
+        let l = Limits::DEFAULT;
+        let cid = CollectionId(u64::MAX);
+        let oid = ObjectId(vec![b'x'; usize::from(l.max_name_len)]);
+        let data = vec![0u8; l.max_io_size as usize];
+        let write_full = Transaction {
+            ops: vec![
+                Op::CreateCollection { cid },
+                Op::Write {
+                    cid,
+                    oid: oid.clone(),
+                    off: 0,
+                    data: data.clone(),
+                },
+                Op::Truncate {
+                    cid,
+                    oid: oid.clone(),
+                    size: u64::from(l.max_io_size),
+                },
+            ],
+        };
+        let write = Transaction {
+            ops: vec![
+                Op::CreateCollection { cid },
+                Op::Write {
+                    cid,
+                    oid,
+                    off: l.max_object_size - u64::from(l.max_io_size) - 1,
+                    data,
+                },
+            ],
+        };
+        let seg_blocks = FormatOptions::default().seg_blocks;
+        for t in [write_full, write] {
+            let f = TxnFootprint::of(&t);
+            assert!(f.within_limits(), "{f:?}");
+            assert!(
+                f.blocks() <= seg_blocks,
+                "{f:?} vs {seg_blocks}-block segments"
+            );
+        }
+    }
 
     #[test]
     fn pci_addresses_are_told_from_vdev_strings() {
