@@ -535,13 +535,10 @@ impl Drop for BdevOsd {
 const BDEV_KEYS: usize = 200;
 
 /// Generation `gen` of bdevstore key `i`; its length changes with the generation too (1 B to
-/// 3 MiB, mostly small), so a torn or mixed object does not pass for either generation.
-///
-/// At most 3 MiB: a bdevstore formatted by the OSD (4 MiB segments, a journal record at most
-/// one segment) refuses a 4 MiB write, the wire's largest, as invalid (the data blocks plus
-/// the record header do not fit). Known, reported; not what this test is about.
+/// 4 MiB, the wire's largest write, mostly small), so a torn or mixed object does not pass for
+/// either generation.
 fn bdev_data(i: usize, gen: usize) -> Vec<u8> {
-    content(i * 1000 + gen, size_of(i * 7 + 3 + gen * 13).min(3 << 20))
+    content(i * 1000 + gen, size_of(i * 7 + 3 + gen * 13))
 }
 
 /// What a writer knows of one key: the last generation acknowledged, and the one sent but not

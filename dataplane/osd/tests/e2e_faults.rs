@@ -428,7 +428,7 @@ fn bdev_full_store_answers_no_space_reports_osd_full_and_loses_nothing() {
     let rt = runtime();
     rt.block_on(async {
         tokio::time::timeout(LIMIT, async {
-            // 64 MiB: 15 segments of 4 MiB on one shard.
+            // 64 MiB on one shard: 14 segments of 1040 blocks (bdevstore's default geometry).
             let (mon, creds, mut osd) = bdev_cluster(dir.path(), "full", 64, 1, 8).await;
             let client = Arc::new(
                 Client::connect(client_config(&mon, &creds, Duration::from_secs(30)))
