@@ -71,6 +71,13 @@ pub enum MessageError {
     UnknownRejectReason(u8),
     #[error("{field} has the invalid value {value:#04x}")]
     InvalidValue { field: &'static str, value: u8 },
+    /// An epoch field that names a map newer than the one the message was sent with.
+    #[error("{field} is epoch {value}, newer than the map epoch {epoch}")]
+    NewerThanMap {
+        field: &'static str,
+        value: u64,
+        epoch: u64,
+    },
     #[error("version range {min}..={max} is empty or starts at zero")]
     BadVersionRange { min: u8, max: u8 },
 }

@@ -42,6 +42,10 @@ pub enum FrameType {
     AuthReject = 0x05,
     OpRequest = 0x10,
     OpReply = 0x11,
+    /// Primary OSD → replica OSD: one replicated mutation ([`RepOp`](crate::RepOp)).
+    RepOp = 0x20,
+    /// Replica OSD → primary: the answer to a `RepOp` ([`RepReply`](crate::RepReply)).
+    RepReply = 0x21,
 }
 
 impl FrameType {
@@ -54,6 +58,8 @@ impl FrameType {
             0x05 => Self::AuthReject,
             0x10 => Self::OpRequest,
             0x11 => Self::OpReply,
+            0x20 => Self::RepOp,
+            0x21 => Self::RepReply,
             other => return Err(FrameError::UnknownFrameType(other)),
         })
     }

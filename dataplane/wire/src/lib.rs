@@ -16,8 +16,13 @@
 //!   typestate machines ([`ClientHandshake`] …, [`ServerHandshake`] …).
 //! - [`op`]: object operations ([`OpRequest`], [`Op`]) and replies ([`OpReply`],
 //!   [`ReplyBody`], [`OpError`]).
+//! - [`rep`]: replica operations, primary OSD → replica OSD ([`RepOp`] with its [`Version`]
+//!   and client [`ReqId`], [`RepMutation`]) and their answers ([`RepReply`], [`RepError`]).
 //! - [`server`]: [`ServerConn`], the server side of one connection without I/O (decoder +
-//!   handshake + op dispatch) for the OSD messenger: bytes in, events and frames out.
+//!   handshake + op and replica-op dispatch) for the OSD messenger: bytes in, events and
+//!   frames out.
+//! - [`client`]: [`ClientConn`], its mirror for an OSD's outbound (replica) connections from
+//!   a polling shard: handshake out, replies in, requests encoded only once authenticated.
 //!
 //! ## Invariants
 //!
@@ -65,6 +70,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
+pub mod client;
 mod codec;
 pub mod error;
 pub mod frame;
@@ -72,8 +78,10 @@ pub mod handshake;
 pub mod limits;
 pub mod message;
 pub mod op;
+pub mod rep;
 pub mod server;
 
+pub use client::{ClientConn, ClientEvent};
 pub use error::{DecodeError, EncodeError, FrameError, MessageError};
 pub use frame::{
     decode_frame, Decoded, Encoder, Frame, FrameDecoder, FrameHeader, FrameType, HEADER_LEN, MAGIC,
@@ -90,4 +98,5 @@ pub use op::{
     Epoch, ListPage, NameIter, NameList, Op, OpError, OpKind, OpReply, OpRequest, PgId, PoolId,
     ReplyBody, ResultCode,
 };
+pub use rep::{RepError, RepMutation, RepOp, RepReply, RepResultCode, ReqId, Version};
 pub use server::{ConnError, Keyring, ServerConn, ServerError, ServerEvent};

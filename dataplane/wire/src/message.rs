@@ -6,6 +6,7 @@ use crate::frame::FrameType;
 use crate::handshake::{Auth, AuthOk, AuthReject, Challenge, Hello, SECRET_LEN};
 use crate::limits::Limits;
 use crate::op::{Op, OpReply, OpRequest, ReplyBody};
+use crate::rep::{RepOp, RepReply};
 
 /// A decoded (or to-be-encoded) message. Borrows strings and data from the frame payload, or
 /// from the caller when encoding.
@@ -18,6 +19,8 @@ pub enum Message<'a> {
     AuthReject(AuthReject),
     OpRequest(OpRequest<'a>),
     OpReply(OpReply<'a>),
+    RepOp(RepOp<'a>),
+    RepReply(RepReply),
 }
 
 impl<'a> Message<'a> {
@@ -30,6 +33,8 @@ impl<'a> Message<'a> {
             Message::AuthReject(_) => FrameType::AuthReject,
             Message::OpRequest(_) => FrameType::OpRequest,
             Message::OpReply(_) => FrameType::OpReply,
+            Message::RepOp(_) => FrameType::RepOp,
+            Message::RepReply(_) => FrameType::RepReply,
         }
     }
 
@@ -43,6 +48,8 @@ impl<'a> Message<'a> {
             FrameType::AuthReject => Message::AuthReject(AuthReject::parse(payload)?),
             FrameType::OpRequest => Message::OpRequest(OpRequest::parse(payload, limits)?),
             FrameType::OpReply => Message::OpReply(OpReply::parse(payload, limits)?),
+            FrameType::RepOp => Message::RepOp(RepOp::parse(payload, limits)?),
+            FrameType::RepReply => Message::RepReply(RepReply::parse(payload)?),
         })
     }
 
@@ -55,11 +62,13 @@ impl<'a> Message<'a> {
             Message::AuthReject(_) => AuthReject::LEN,
             Message::OpRequest(r) => r.payload_len(),
             Message::OpReply(r) => r.payload_len(),
+            Message::RepOp(r) => r.payload_len(),
+            Message::RepReply(r) => r.payload_len(),
         }
     }
 
-    /// The bulk data a message carries as its last field (write and write_full data, read
-    /// reply data), if any.
+    /// The bulk data a message carries as its last field (write and write_full data of client
+    /// and replica ops, read reply data), if any.
     pub fn bulk(&self) -> Option<&'a [u8]> {
         match *self {
             Message::OpRequest(OpRequest {
@@ -69,6 +78,7 @@ impl<'a> Message<'a> {
             Message::OpReply(OpReply {
                 result: Ok(ReplyBody::Read { data }),
             }) => Some(data),
+            Message::RepOp(r) => r.op.data(),
             _ => None,
         }
     }
@@ -94,6 +104,8 @@ impl<'a> Message<'a> {
             Message::AuthReject(r) => r.write(&mut w)?,
             Message::OpRequest(r) => r.write(&mut w, limits)?,
             Message::OpReply(r) => r.write(&mut w, limits)?,
+            Message::RepOp(r) => r.write(&mut w, limits)?,
+            Message::RepReply(r) => r.write(&mut w)?,
         }
         Ok(w.position())
     }

@@ -141,7 +141,7 @@ impl<'a> Op<'a> {
     }
 }
 
-fn check_name(name: &str, field: &'static str, max: u16) -> Result<(), MessageError> {
+pub(crate) fn check_name(name: &str, field: &'static str, max: u16) -> Result<(), MessageError> {
     if name.is_empty() {
         return Err(MessageError::Empty { field });
     }
@@ -155,7 +155,7 @@ fn check_name(name: &str, field: &'static str, max: u16) -> Result<(), MessageEr
     Ok(())
 }
 
-fn check_io(len: usize, limits: &Limits) -> Result<(), MessageError> {
+pub(crate) fn check_io(len: usize, limits: &Limits) -> Result<(), MessageError> {
     if len > limits.max_io_size as usize {
         return Err(MessageError::TooLong {
             field: "op data",
@@ -166,7 +166,7 @@ fn check_io(len: usize, limits: &Limits) -> Result<(), MessageError> {
     Ok(())
 }
 
-fn check_range(offset: u64, len: u64, limits: &Limits) -> Result<(), MessageError> {
+pub(crate) fn check_range(offset: u64, len: u64, limits: &Limits) -> Result<(), MessageError> {
     let end = offset.saturating_add(len);
     if end > limits.max_object_size {
         return Err(MessageError::ObjectTooLarge {
@@ -199,7 +199,7 @@ fn check_list_count(count: u32, limits: &Limits) -> Result<(), MessageError> {
     Ok(())
 }
 
-const OBJECT: &str = "object name";
+pub(crate) const OBJECT: &str = "object name";
 
 impl<'a> OpRequest<'a> {
     /// Checks every limit; run on decode and before encode.

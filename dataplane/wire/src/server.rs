@@ -7,17 +7,22 @@
 //!
 //! - during the handshake it writes the answer (challenge, auth ok) into the caller's `out`
 //!   buffer and says how many bytes to send;
-//! - once authenticated it returns each [`OpRequest`], borrowed from the receive buffer (no
-//!   copy, no allocation), with its tid; the messenger answers with
-//!   [`ServerConn::encode_reply`] (or [`ServerConn::encode_reply_head`] to send read data from
-//!   where it lies).
+//! - once authenticated it returns each [`OpRequest`] and each [`RepOp`] (replica op, from a
+//!   primary OSD), borrowed from the receive buffer (no copy, no allocation), with its tid; the
+//!   messenger answers with [`ServerConn::encode_reply`] (or [`ServerConn::encode_reply_head`]
+//!   to send read data from where it lies) and [`ServerConn::encode_rep_reply`].
+//!
+//! The wire crate does not decide who may send what: any authenticated peer's ops and replica
+//! ops are returned. The messenger checks the role of [`ServerConn::peer_id`] (only an OSD
+//! identity may send replica ops) before acting on one. Replies (`OpReply`, `RepReply`) and
+//! handshake frames arriving at a server are protocol errors.
 //!
 //! Any error is final: it comes with the bytes of a farewell frame already written to `out`
 //! (an `AuthReject` during the handshake; nothing after it), the connection state is `Closed`,
 //! and the messenger logs the error's reason, sends the farewell and closes the socket.
 //!
 //! States: `AwaitHello → AwaitAuth → Open`, or `Closed` from anywhere. Ops are only ever
-//! returned in `Open`, so an unauthenticated client cannot reach the op path.
+//! returned in `Open`, so an unauthenticated peer cannot reach the op path.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -32,6 +37,7 @@ use crate::handshake::{
 use crate::limits::Limits;
 use crate::message::Message;
 use crate::op::{OpReply, OpRequest};
+use crate::rep::{RepOp, RepReply};
 
 /// Where the server finds a client's key (the keyring the monitor distributes).
 pub trait Keyring {
@@ -53,19 +59,29 @@ pub enum ServerEvent<'a> {
     Authenticated(usize),
     /// An op from the authenticated client. Answer with the same `tid`.
     Op { tid: u64, request: OpRequest<'a> },
+    /// A replica op from the authenticated peer (check that [`ServerConn::peer_id`] is an OSD
+    /// before applying it). Answer with [`ServerConn::encode_rep_reply`] and the same `tid`.
+    RepOp { tid: u64, op: RepOp<'a> },
 }
 
-/// Why a connection must close.
+/// The connection layer's error, for both ends ([`ServerConn`], [`ClientConn`](crate::ClientConn)).
+/// From `poll`: why the connection must close (it is `Closed` from then on). From a
+/// `ClientConn`'s `encode_*`: why nothing was encoded (`NotAuthenticated`, `Closed`, `Encode`),
+/// the connection state is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConnError {
     #[error("{0}")]
     Decode(#[from] DecodeError),
     #[error("handshake: {0}")]
     Handshake(#[from] HandshakeError),
-    #[error("cannot encode the answer: {0}")]
+    #[error("cannot encode a frame: {0}")]
     Encode(#[from] EncodeError),
-    #[error("a client must not send {0:?} frames on an open connection")]
+    #[error("the peer must not send {0:?} frames on an open connection")]
     Unexpected(FrameType),
+    /// A caller bug, not an input condition: nothing but the handshake may be sent before it
+    /// completes ([`ClientConn`](crate::ClientConn)).
+    #[error("the connection is not authenticated yet")]
+    NotAuthenticated,
     #[error("the connection is already closed")]
     Closed,
 }
@@ -114,6 +130,12 @@ impl ServerConn {
     /// [`FrameDecoder::feed`]).
     pub fn decoder(&mut self) -> &mut FrameDecoder {
         &mut self.dec
+    }
+
+    /// The authenticated peer's id (a client id, or an OSD's id for replica connections), once
+    /// the handshake has succeeded.
+    pub fn peer_id(&self) -> Option<&str> {
+        self.session().map(|s| s.client_id.as_str())
     }
 
     /// The authenticated session, once there is one.
@@ -190,6 +212,10 @@ impl ServerConn {
                     self.state = State::Open(session);
                     Ok(Some(ServerEvent::Op { tid, request }))
                 }
+                Message::RepOp(op) => {
+                    self.state = State::Open(session);
+                    Ok(Some(ServerEvent::RepOp { tid, op }))
+                }
                 other => Err(fail(ConnError::Unexpected(other.frame_type()))),
             },
             State::Closed => Err(fail(ConnError::Closed)),
@@ -216,6 +242,17 @@ impl ServerConn {
     ) -> Result<(usize, &'m [u8]), EncodeError> {
         self.encoder
             .encode_head(tid, &Message::OpReply(*reply), out)
+    }
+
+    /// Encodes the reply to replica op `tid` into `out`; returns the frame length (at most
+    /// 49 bytes).
+    pub fn encode_rep_reply(
+        &self,
+        tid: u64,
+        reply: &RepReply,
+        out: &mut [u8],
+    ) -> Result<usize, EncodeError> {
+        self.encoder.encode(tid, &Message::RepReply(*reply), out)
     }
 }
 

@@ -38,8 +38,23 @@ fn decode_type_index(ty: FrameType) -> u8 {
         FrameType::AuthReject => 4,
         FrameType::OpRequest => 5,
         FrameType::OpReply => 6,
+        FrameType::RepOp => 7,
+        FrameType::RepReply => 8,
     }
 }
+
+/// The `decode` target's TYPES table, in order.
+const DECODE_TYPES: [FrameType; 9] = [
+    FrameType::Hello,
+    FrameType::Challenge,
+    FrameType::Auth,
+    FrameType::AuthOk,
+    FrameType::AuthReject,
+    FrameType::OpRequest,
+    FrameType::OpReply,
+    FrameType::RepOp,
+    FrameType::RepReply,
+];
 
 fn frame(tid: u64, msg: &Message<'_>) -> Vec<u8> {
     let enc = Encoder::new(VERSION_MIN, L);
@@ -135,6 +150,100 @@ fn replies(data: &[u8]) -> Vec<(&'static str, Message<'_>)> {
     ]
 }
 
+fn rep_op(op: RepMutation<'_>, seq: u64) -> Message<'_> {
+    Message::RepOp(RepOp {
+        pool: PoolId(1),
+        pg: PgId(7),
+        epoch: Epoch(5),
+        interval_since: Epoch(4),
+        version: Version {
+            epoch: Epoch(5),
+            seq,
+        },
+        reqid: ReqId {
+            client: "client.1",
+            tid: 40 + seq,
+        },
+        op,
+    })
+}
+
+fn rep_ops(data: &[u8]) -> Vec<(&'static str, Message<'_>)> {
+    vec![
+        (
+            "rep-write",
+            rep_op(
+                RepMutation::Write {
+                    object: "obj-a",
+                    offset: 4096,
+                    data,
+                },
+                1,
+            ),
+        ),
+        (
+            "rep-write-full",
+            rep_op(
+                RepMutation::WriteFull {
+                    object: "obj-b",
+                    data,
+                },
+                2,
+            ),
+        ),
+        (
+            "rep-remove",
+            rep_op(RepMutation::Remove { object: "obj-b" }, 3),
+        ),
+    ]
+}
+
+fn rep_replies() -> Vec<(&'static str, Message<'static>)> {
+    let reply = |r| Message::RepReply(r);
+    vec![
+        ("rep-reply-ok", reply(RepReply::OK)),
+        (
+            "rep-reply-stale-interval",
+            reply(RepReply::err(RepError::StaleInterval {
+                replica_epoch: Epoch(9),
+                interval_since: Epoch(8),
+            })),
+        ),
+        (
+            "rep-reply-not-member",
+            reply(RepReply::err(RepError::NotMember)),
+        ),
+        ("rep-reply-io", reply(RepReply::err(RepError::Io))),
+        (
+            "rep-reply-no-space",
+            reply(RepReply::err(RepError::NoSpace)),
+        ),
+        ("rep-reply-invalid", reply(RepReply::err(RepError::Invalid))),
+    ]
+}
+
+/// Challenge and AuthOk of the `client` harness's server, answering its fixed client (same
+/// id, key and nonces as the `server` harness, roles swapped).
+fn client_handshake() -> Vec<u8> {
+    let key = AuthKey::new(SERVER_KEY);
+    let client =
+        ClientHandshake::new(SERVER_CLIENT_ID, key.clone(), Nonce(CLIENT_NONCE), &L).unwrap();
+    let awaiting = ServerHandshake::new(Nonce(SERVER_NONCE), L)
+        .on_message(&Message::Hello(client.hello()))
+        .unwrap();
+    let challenge = awaiting.challenge();
+    let verdict = client
+        .sent_hello()
+        .on_message(&Message::Challenge(challenge))
+        .unwrap();
+    let (_, ok) = awaiting
+        .on_message(&Message::Auth(verdict.auth()), Some(&key))
+        .unwrap();
+    let mut out = frame(0, &Message::Challenge(challenge));
+    out.extend(frame(0, &Message::AuthOk(ok)));
+    out
+}
+
 /// Hello and Auth of the `server` harness's client, as it would send them.
 fn server_handshake() -> Vec<u8> {
     let key = AuthKey::new(SERVER_KEY);
@@ -182,17 +291,33 @@ fn generate() -> Seeds {
     ];
     let reqs = requests(&bulk);
     let reps = replies(&bulk);
+    let rops = rep_ops(&bulk);
+    let rreps = rep_replies();
 
     // decode: mode 0 (raw frame) for every message; mode 2 (type index + bare payload) for a
     // few with nested fields. Mode 1 (re-sealed) starts from the same frames after mutation.
     let decode = seeds.entry("decode").or_default();
-    for (tid, (name, msg)) in handshake.iter().chain(&reqs).chain(&reps).enumerate() {
+    let all = handshake
+        .iter()
+        .chain(&reqs)
+        .chain(&reps)
+        .chain(&rops)
+        .chain(&rreps);
+    for (tid, (name, msg)) in all.enumerate() {
         let mut seed = vec![0u8];
         seed.extend(frame(tid as u64, msg));
         decode.insert(format!("frame-{name}"), seed);
     }
-    for (name, msg) in reqs.iter().chain(&reps) {
-        if ["write", "list", "reply-list", "reply-stale-map"].contains(name) {
+    for (name, msg) in reqs.iter().chain(&reps).chain(&rops).chain(&rreps) {
+        let nested = [
+            "write",
+            "list",
+            "reply-list",
+            "reply-stale-map",
+            "rep-write",
+            "rep-reply-stale-interval",
+        ];
+        if nested.contains(name) {
             let mut seed = vec![2u8, decode_type_index(msg.frame_type())];
             seed.extend(payload(msg));
             decode.insert(format!("payload-{name}"), seed);
@@ -216,6 +341,11 @@ fn generate() -> Seeds {
     big_steps.extend(frame(1, &reqs[0].1));
     big_steps.extend(frame(2, &reps[1].1));
     stream.insert("write-read-step200".to_owned(), big_steps);
+    let mut replication = vec![13u8];
+    for (tid, (_, msg)) in rops.iter().chain(&rreps).enumerate() {
+        replication.extend(frame(tid as u64, msg));
+    }
+    stream.insert("replication-step13".to_owned(), replication);
 
     // server: mode bit 0 = the harness prepends a valid handshake, bit 1 = re-seal the rest,
     // bits 2.. = feed step.
@@ -242,6 +372,44 @@ fn generate() -> Seeds {
     let mut early = vec![0u8];
     early.extend(frame(1, &reqs[0].1));
     server.insert("op-before-auth".to_owned(), early);
+    let rep: Vec<u8> = rops
+        .iter()
+        .enumerate()
+        .flat_map(|(tid, (_, msg))| frame(tid as u64 + 1, msg))
+        .collect();
+    let mut authed_rep = vec![1u8 | (5 << 2)];
+    authed_rep.extend(&rep);
+    server.insert("authed-rep-ops-step5".to_owned(), authed_rep);
+    let mut early_rep = vec![0u8];
+    early_rep.extend(frame(1, &rops[0].1));
+    server.insert("rep-op-before-auth".to_owned(), early_rep);
+
+    // client: the same mode bits as `server`; the harness's handshake is the server's
+    // Challenge and AuthOk, then replies follow.
+    let client = seeds.entry("client").or_default();
+    let answers: Vec<u8> = rreps
+        .iter()
+        .chain(&reps)
+        .enumerate()
+        .flat_map(|(tid, (_, msg))| frame(tid as u64 + 1, msg))
+        .collect();
+    let mut authed = vec![1u8 | (1 << 2)];
+    authed.extend(&answers);
+    client.insert("authed-replies-step1".to_owned(), authed);
+    let mut sealed = vec![1u8 | 2 | (16 << 2)];
+    sealed.extend(&answers);
+    client.insert("authed-replies-sealed-step16".to_owned(), sealed);
+    let mut own_handshake = vec![32u8 << 2];
+    own_handshake.extend(client_handshake());
+    own_handshake.extend(frame(9, &rreps[1].1));
+    client.insert("handshake-then-stale-interval".to_owned(), own_handshake);
+    let mut rejected = vec![3u8 << 2];
+    rejected.extend(frame(0, &handshake[1].1));
+    rejected.extend(frame(0, &handshake[4].1));
+    client.insert("rejected".to_owned(), rejected);
+    let mut early = vec![0u8];
+    early.extend(frame(1, &rreps[0].1));
+    client.insert("reply-before-auth".to_owned(), early);
     seeds
 }
 
@@ -306,15 +474,8 @@ fn fuzz_seeds_are_valid_inputs() {
                 frame.message(&L).unwrap();
             }
             2 => {
-                let ty = [
-                    FrameType::Hello,
-                    FrameType::Challenge,
-                    FrameType::Auth,
-                    FrameType::AuthOk,
-                    FrameType::AuthReject,
-                    FrameType::OpRequest,
-                    FrameType::OpReply,
-                ][usize::from(seed[1])];
+                let ty = DECODE_TYPES[usize::from(seed[1])];
+                assert_eq!(decode_type_index(ty), seed[1]);
                 Message::parse(ty, &seed[2..], &L).unwrap();
             }
             m => panic!("decode/{name}: mode {m}"),
@@ -346,15 +507,49 @@ fn fuzz_seeds_are_valid_inputs() {
         let closed = loop {
             match conn.poll(&keys, &mut out) {
                 Ok(Some(ServerEvent::Authenticated(_))) => authenticated = true,
-                Ok(Some(ServerEvent::Op { .. })) => ops += 1,
+                Ok(Some(ServerEvent::Op { .. } | ServerEvent::RepOp { .. })) => ops += 1,
                 Ok(Some(ServerEvent::Send(_))) => {}
                 Ok(None) => break false,
                 Err(_) => break true,
             }
         };
         match name.as_str() {
-            "unknown-client" | "op-before-auth" => assert!(closed, "server/{name}"),
+            "unknown-client" | "op-before-auth" | "rep-op-before-auth" => {
+                assert!(closed, "server/{name}")
+            }
             _ => assert!(authenticated && ops >= 1 && !closed, "server/{name}"),
+        }
+    }
+    for (name, seed) in &seeds["client"] {
+        let mut stream = Vec::new();
+        if seed[0] & 1 == 1 {
+            stream.extend(client_handshake());
+        }
+        stream.extend(&seed[1..]);
+        let mut conn = ClientConn::new(
+            SERVER_CLIENT_ID,
+            AuthKey::new(SERVER_KEY),
+            Nonce(CLIENT_NONCE),
+            L,
+        )
+        .unwrap();
+        conn.decoder().feed(&stream);
+        let mut out = [0u8; 512];
+        let (mut authenticated, mut replies) = (false, 0);
+        let closed = loop {
+            match conn.poll(&mut out) {
+                Ok(Some(ClientEvent::Authenticated)) => authenticated = true,
+                Ok(Some(ClientEvent::RepReply { .. } | ClientEvent::OpReply { .. })) => {
+                    replies += 1
+                }
+                Ok(Some(ClientEvent::Send(_))) => {}
+                Ok(None) => break false,
+                Err(_) => break true,
+            }
+        };
+        match name.as_str() {
+            "rejected" | "reply-before-auth" => assert!(closed, "client/{name}"),
+            _ => assert!(authenticated && replies >= 1 && !closed, "client/{name}"),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Property tests: every message type survives encode → decode unchanged, through both the
+//! Property tests: every message type (replica ops and replies included) survives encode → decode unchanged, through both the
 //! stateless decoder and a `FrameDecoder` fed in arbitrary pieces; arbitrary bytes never panic;
 //! every single-bit corruption of a frame is detected.
 
@@ -26,6 +26,28 @@ enum Owned {
     AuthReject(RejectReason, u8, u8),
     Request(u64, u32, u64, OwnedOp),
     Reply(OwnedReply),
+    RepOp(OwnedRepOp),
+    RepReply(RepReply),
+}
+
+/// A replica op's fields: pool, pg, epoch, interval since (≤ epoch), version (epoch ≤ epoch,
+/// seq), reqid (client, tid), mutation.
+#[derive(Debug, Clone)]
+struct OwnedRepOp {
+    pool: u64,
+    pg: u32,
+    epoch: u64,
+    interval_since: u64,
+    version: (u64, u64),
+    reqid: (String, u64),
+    op: OwnedMutation,
+}
+
+#[derive(Debug, Clone)]
+enum OwnedMutation {
+    Write(String, u64, Vec<u8>),
+    WriteFull(String, Vec<u8>),
+    Remove(String),
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +137,30 @@ impl Owned {
                 })),
                 OwnedReply::Err(e) => OpReply::err(*e),
             }),
+            Owned::RepOp(r) => Message::RepOp(RepOp {
+                pool: PoolId(r.pool),
+                pg: PgId(r.pg),
+                epoch: Epoch(r.epoch),
+                interval_since: Epoch(r.interval_since),
+                version: Version {
+                    epoch: Epoch(r.version.0),
+                    seq: r.version.1,
+                },
+                reqid: ReqId {
+                    client: &r.reqid.0,
+                    tid: r.reqid.1,
+                },
+                op: match &r.op {
+                    OwnedMutation::Write(o, off, d) => RepMutation::Write {
+                        object: o,
+                        offset: *off,
+                        data: d,
+                    },
+                    OwnedMutation::WriteFull(o, d) => RepMutation::WriteFull { object: o, data: d },
+                    OwnedMutation::Remove(o) => RepMutation::Remove { object: o },
+                },
+            }),
+            Owned::RepReply(r) => Message::RepReply(*r),
         }
     }
 }
@@ -174,6 +220,48 @@ fn reply() -> impl Strategy<Value = OwnedReply> {
     ]
 }
 
+fn mutation() -> impl Strategy<Value = OwnedMutation> {
+    let io = L.max_io_size as usize;
+    prop_oneof![
+        (name(), 0u64..(1 << 19), bytes(io)).prop_map(|(n, o, d)| OwnedMutation::Write(n, o, d)),
+        (name(), bytes(io)).prop_map(|(n, d)| OwnedMutation::WriteFull(n, d)),
+        name().prop_map(OwnedMutation::Remove),
+    ]
+}
+
+/// Any valid replica op: the interval and the version's epoch are never after the map epoch.
+fn rep_op() -> impl Strategy<Value = OwnedRepOp> {
+    (
+        (any::<u64>(), any::<u32>(), any::<u64>()),
+        (any::<u64>(), any::<u64>(), any::<u64>()),
+        ("\\PC{1,8}", any::<u64>()),
+        mutation(),
+    )
+        .prop_map(|((pool, pg, epoch), (a, b, seq), reqid, op)| OwnedRepOp {
+            pool,
+            pg,
+            epoch,
+            interval_since: a % epoch.saturating_add(1),
+            version: (b % epoch.saturating_add(1), seq),
+            reqid,
+            op,
+        })
+}
+
+fn rep_reply() -> impl Strategy<Value = RepReply> {
+    prop_oneof![
+        Just(RepReply::OK),
+        (any::<u64>(), any::<u64>()).prop_map(|(e, i)| RepReply::err(RepError::StaleInterval {
+            replica_epoch: Epoch(e),
+            interval_since: Epoch(i % e.saturating_add(1)),
+        })),
+        Just(RepReply::err(RepError::NotMember)),
+        Just(RepReply::err(RepError::Io)),
+        Just(RepReply::err(RepError::NoSpace)),
+        Just(RepReply::err(RepError::Invalid)),
+    ]
+}
+
 fn reason() -> impl Strategy<Value = RejectReason> {
     prop_oneof![
         Just(RejectReason::NoCommonVersion),
@@ -193,6 +281,8 @@ fn message() -> impl Strategy<Value = Owned> {
         (any::<u64>(), any::<u32>(), any::<u64>(), op())
             .prop_map(|(p, g, e, o)| Owned::Request(p, g, e, o)),
         reply().prop_map(Owned::Reply),
+        rep_op().prop_map(Owned::RepOp),
+        rep_reply().prop_map(Owned::RepReply),
     ]
 }
 
@@ -225,6 +315,28 @@ proptest! {
                 prop_assert_eq!(encode(&back, tid), buf);
             }
             Decoded::NeedMore { .. } => prop_assert!(false, "whole frame reported incomplete"),
+        }
+    }
+
+    /// Replica ops and replies alone, with more cases than the mixed test above: decoded
+    /// through a `FrameDecoder` as a replica's `ServerConn` / a primary's `ClientConn` would.
+    #[test]
+    fn every_rep_op_and_rep_reply_round_trips(
+        op in rep_op(),
+        reply in rep_reply(),
+        tid in any::<u64>(),
+    ) {
+        let op = Owned::RepOp(op);
+        let h = op.holder();
+        let mut dec = FrameDecoder::new(L);
+        for msg in [op.msg(&h), Message::RepReply(reply)] {
+            let buf = encode(&msg, tid);
+            prop_assert_eq!(dec.feed(&buf), buf.len());
+            let frame = dec.next_frame().unwrap().expect("a whole frame");
+            prop_assert_eq!(frame.header.tid, tid);
+            let back = frame.message(&L).unwrap();
+            prop_assert_eq!(back, msg);
+            prop_assert_eq!(encode(&back, tid), buf);
         }
     }
 
@@ -301,10 +413,11 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_payloads_of_each_type_never_panic(ty in 0usize..7, payload in bytes(512)) {
+    fn arbitrary_payloads_of_each_type_never_panic(ty in 0usize..9, payload in bytes(512)) {
         let types = [
             FrameType::Hello, FrameType::Challenge, FrameType::Auth, FrameType::AuthOk,
-            FrameType::AuthReject, FrameType::OpRequest, FrameType::OpReply,
+            FrameType::AuthReject, FrameType::OpRequest, FrameType::OpReply, FrameType::RepOp,
+            FrameType::RepReply,
         ];
         if let Ok(m) = Message::parse(types[ty], &payload, &L) {
             // Whatever parses must re-encode to exactly the same payload.

@@ -11,7 +11,7 @@
 use carmine_wire::{decode_frame, Decoded, Encoder, FrameType, Limits, Message, HEADER_LEN};
 use libfuzzer_sys::fuzz_target;
 
-const TYPES: [FrameType; 7] = [
+const TYPES: [FrameType; 9] = [
     FrameType::Hello,
     FrameType::Challenge,
     FrameType::Auth,
@@ -19,6 +19,8 @@ const TYPES: [FrameType; 7] = [
     FrameType::AuthReject,
     FrameType::OpRequest,
     FrameType::OpReply,
+    FrameType::RepOp,
+    FrameType::RepReply,
 ];
 
 fn check_frame(data: &[u8], limits: &Limits) {

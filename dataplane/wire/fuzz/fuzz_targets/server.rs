@@ -1,7 +1,7 @@
 //! `ServerConn` (the OSD side of a connection) on an arbitrary byte stream. The stream starts
 //! with a valid Hello and Auth for a known client when the first input byte is odd, so the
-//! fuzzer also reaches the op dispatch of an open connection. Must never panic, and must never
-//! return an op before authentication.
+//! fuzzer also reaches the op dispatch of an open connection (client ops and replica ops). Must
+//! never panic, and must never return an op or a replica op before authentication.
 #![no_main]
 
 use std::collections::HashMap;
@@ -79,6 +79,11 @@ fuzz_target!(|data: &[u8]| {
             match conn.poll(&keys, &mut out) {
                 Ok(Some(ServerEvent::Authenticated(_))) => authenticated = true,
                 Ok(Some(ServerEvent::Op { .. })) => assert!(authenticated, "op before auth"),
+                Ok(Some(ServerEvent::RepOp { op, .. })) => {
+                    assert!(authenticated, "replica op before auth");
+                    assert!(op.interval_since <= op.epoch && op.version.epoch <= op.epoch);
+                    assert!(conn.peer_id().is_some());
+                }
                 Ok(Some(ServerEvent::Send(_))) => {}
                 Ok(None) => break,
                 Err(_) => {
