@@ -1,4 +1,5 @@
-//! Encode/decode throughput of a 4 KiB write op: `cargo bench -p carmine-wire`.
+//! Encode/decode throughput of a 4 KiB write op (client → primary) and of a 4 KiB replica
+//! write (primary → replica): `cargo bench -p carmine-wire`.
 //!
 //! A plain timing loop (no criterion: it would double this crate's build time for one number).
 //! Prints ops/s and GB/s for encode (copying, and head-only with the data crc'd in place),
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use carmine_wire::{
     decode_frame, Decoded, Encoder, Epoch, Limits, Message, Op, OpRequest, PgId, PoolId,
-    VERSION_MAX,
+    RepMutation, RepOp, ReqId, Version, VERSION_MAX,
 };
 
 const ITERS: u32 = 200_000;
@@ -28,33 +29,60 @@ fn report(name: &str, elapsed: Duration, bytes_per_op: usize) {
 
 fn main() {
     let limits = Limits::DEFAULT;
-    let enc = Encoder::new(VERSION_MAX, limits);
     let data = vec![0xa5u8; 4096];
-    let msg = Message::OpRequest(OpRequest {
+    let object = "rbd_data.1234.0000000000000001";
+    let op = Message::OpRequest(OpRequest {
         pool: PoolId(1),
         pg: PgId(42),
         epoch: Epoch(7),
         op: Op::Write {
-            object: "rbd_data.1234.0000000000000001",
+            object,
             offset: 8192,
             data: &data,
         },
     });
-    let mut buf = vec![0u8; enc.frame_len(&msg)];
-    let len = enc.encode(1, &msg, &mut buf).expect("encode");
-    println!("4 KiB write op: frame of {len} bytes, {ITERS} iterations each");
+    run("4 KiB write op", &op, limits);
+    let rep = Message::RepOp(RepOp {
+        pool: PoolId(1),
+        pg: PgId(42),
+        epoch: Epoch(7),
+        interval_since: Epoch(5),
+        version: Version {
+            epoch: Epoch(7),
+            seq: 123_456,
+        },
+        reqid: ReqId {
+            client: "client.admin",
+            tid: 987_654,
+        },
+        op: RepMutation::Write {
+            object,
+            offset: 8192,
+            data: &data,
+        },
+    });
+    println!();
+    run("4 KiB replica write (RepOp)", &rep, limits);
+}
+
+/// Encode (copying and head-only), frame decode and full decode of `msg`, `ITERS` times each.
+fn run(what: &str, msg: &Message<'_>, limits: Limits) {
+    let enc = Encoder::new(VERSION_MAX, limits);
+    let mut buf = vec![0u8; enc.frame_len(msg)];
+    let len = enc.encode(1, msg, &mut buf).expect("encode");
+    println!("{what}: frame of {len} bytes, {ITERS} iterations each");
 
     let t = Instant::now();
     for tid in 0..u64::from(ITERS) {
-        black_box(enc.encode(tid, black_box(&msg), &mut buf).expect("encode"));
+        black_box(enc.encode(tid, black_box(msg), &mut buf).expect("encode"));
     }
     report("encode", t.elapsed(), len);
 
-    let mut head = [0u8; 128];
+    let mut head = [0u8; 256];
     let t = Instant::now();
     for tid in 0..u64::from(ITERS) {
         black_box(
-            enc.encode_head(tid, black_box(&msg), &mut head)
+            enc.encode_head(tid, black_box(msg), &mut head)
                 .expect("encode"),
         );
     }
