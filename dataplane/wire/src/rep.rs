@@ -41,9 +41,10 @@ use crate::error::{EncodeError, MessageError};
 use crate::limits::Limits;
 use crate::op::{check_io, check_name, check_range, Epoch, OpKind, PgId, PoolId, OBJECT};
 
-/// An object version: the map epoch in which the primary assigned it (within the PG's current
-/// interval) and a per-PG sequence number. Ordered by `(epoch, seq)`: a later interval always
-/// wins over a longer history in an older one.
+/// An object version: the epoch of the PG interval in which the primary assigned it (the OSD
+/// uses the interval's first epoch) and a per-PG sequence number. Ordered by `(epoch, seq)`: a
+/// later interval always wins over a longer history in an older one. On the wire its epoch may
+/// not be newer than the map epoch of the [`RepOp`] carrying it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Version {
     // Field order is the order `derive(Ord)` compares in: epoch first.
