@@ -180,6 +180,27 @@ struct Inner {
     conns: Mutex<HashMap<(u32, u32), Arc<Slot>>>,
     routes: Mutex<RouteCache>,
     counters: Counters,
+    /// The next op's tid. An op keeps its tid over all its attempts (the OSDs recognise a
+    /// retried mutation by client id and tid); the counter starts at a random value so that
+    /// a restarted client with the same id does not reuse its predecessor's tids.
+    next_tid: AtomicU64,
+}
+
+/// A random start for a client's tids (time and pid if the OS has no randomness to give).
+pub(crate) fn first_tid() -> u64 {
+    match carmine_wire::Nonce::random() {
+        Ok(n) => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&n.0[..8]);
+            u64::from_le_bytes(b)
+        }
+        Err(_) => {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            t ^ (u64::from(std::process::id()) << 32)
+        }
+    }
 }
 
 /// Routes computed with the map of `epoch`, by (pool, PG). Errors are not kept.
@@ -254,6 +275,7 @@ impl Client {
             conns: Mutex::new(HashMap::new()),
             routes: Mutex::new(RouteCache::default()),
             counters: Counters::default(),
+            next_tid: AtomicU64::new(first_tid()),
         });
         let follower = inner
             .cfg
@@ -596,6 +618,7 @@ impl Inner {
         pool: PoolRef<'_>,
         place: Place<'_>,
         op: Op<'_>,
+        tid: u64,
         started: Instant,
         deadline: Instant,
     ) -> Result<Reply, Next> {
@@ -643,7 +666,7 @@ impl Inner {
             epoch: Epoch(map.epoch),
             op,
         };
-        let result = match timeout_at(deadline, conn.call(&req)).await {
+        let result = match timeout_at(deadline, conn.call_as(tid, &req)).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Timeout(self.cfg.op_timeout)),
         };
@@ -691,11 +714,13 @@ impl Inner {
         self.pool_map(pool).await?;
         let start = Instant::now();
         let deadline = start + self.cfg.op_timeout;
+        // One tid for every attempt: a retried mutation is recognised, not applied twice.
+        let tid = self.next_tid.fetch_add(1, Ordering::Relaxed);
         let mut backoff = FIRST_BACKOFF;
         let mut attempts: u32 = 0;
         let result = loop {
             attempts += 1;
-            let next = match self.attempt(pool, place, op, start, deadline).await {
+            let next = match self.attempt(pool, place, op, tid, start, deadline).await {
                 Ok(r) => break Ok(r),
                 Err(Next::Fail(e)) => break Err(e),
                 Err(n) => n,

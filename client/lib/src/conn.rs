@@ -196,7 +196,8 @@ impl Connection {
         Ok(Connection {
             shared,
             writer,
-            next_tid: AtomicU64::new(1),
+            // A random start: tids name requests per client id, over all its connections.
+            next_tid: AtomicU64::new(crate::cluster::first_tid()),
             encoder: Encoder::new(session.version, opts.limits),
             session,
             peer: addr,
@@ -226,8 +227,18 @@ impl Connection {
     /// Sends one op and waits for its reply (or the op timeout). OSD-reported failures are
     /// [`ClientError::Op`].
     pub async fn call(&self, req: &OpRequest<'_>) -> Result<Reply, ClientError> {
+        self.call_as(self.next_tid.fetch_add(1, Ordering::Relaxed), req)
+            .await
+    }
+
+    /// [`Connection::call`] with the caller's tid. A tid names the request to the OSD (with
+    /// the client id): the OSD answers a mutation whose (client, tid) it already applied with
+    /// the first result instead of applying it again, so a caller keeps an op's tid over all
+    /// its retries, on any connection, and never reuses it for another op of the same client
+    /// id (on any connection). It must not be in flight on this connection already.
+    /// [`Connection::call`] numbers from a random start, so its tids do not meet a caller's.
+    pub async fn call_as(&self, tid: u64, req: &OpRequest<'_>) -> Result<Reply, ClientError> {
         let deadline = Instant::now() + self.op_timeout;
-        let tid = self.next_tid.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
             let mut p = self.shared.lock();

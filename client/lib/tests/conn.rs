@@ -179,7 +179,8 @@ async fn act(s: &mut TcpStream, conn: &ServerConn, script: Script, req: Req, hel
                 .unwrap();
         }
         Script::SlowFirst(delay) => {
-            if req.tid == 1 {
+            // The first call stats "first" (tids start at a random value).
+            if req.object == "first" {
                 tokio::time::sleep(delay).await;
             }
             let size = req.object.len() as u64;

@@ -18,6 +18,7 @@ mod netns;
 mod ops;
 mod perf;
 mod pg;
+mod pglog;
 mod routing;
 mod selfcheck;
 mod shard;

@@ -46,6 +46,9 @@ pub struct ConnRef {
 #[derive(Debug)]
 pub struct Inbound {
     pub conn: ConnRef,
+    /// The client's authenticated id: with `tid`, the request's identity (clients keep an
+    /// op's tid over its retries, so the PG log can recognise one already applied).
+    pub client: Arc<str>,
     pub tid: u64,
     pub target: Target,
     pub job: Job,
@@ -56,6 +59,8 @@ struct Conn {
     id: ConnId,
     gen: u32,
     sc: ServerConn,
+    /// The authenticated client id (shared by every op of the connection: no copy per op).
+    peer: Arc<str>,
     out: Vec<u8>,
     out_off: usize,
     /// Close once `out` is written (a farewell frame, or the peer went away).
@@ -88,6 +93,8 @@ pub struct Messenger {
     limits: Limits,
     /// Scratch for handshake frames and farewells.
     hs_buf: Vec<u8>,
+    /// The peer id of a connection before it authenticates (it sends no ops then).
+    anonymous: Arc<str>,
 }
 
 impl Messenger {
@@ -117,6 +124,7 @@ impl Messenger {
             keyring,
             limits: Limits::DEFAULT,
             hs_buf: vec![0u8; 256],
+            anonymous: Arc::from(""),
         };
         Ok((m, bound))
     }
@@ -171,6 +179,7 @@ impl Messenger {
                 id,
                 gen,
                 sc: ServerConn::new(nonce, self.limits),
+                peer: self.anonymous.clone(),
                 out: Vec::with_capacity(64 << 10),
                 out_off: 0,
                 closing: false,
@@ -229,11 +238,15 @@ impl Messenger {
                     Ok(Some(ServerEvent::Send(n))) => c.out.extend_from_slice(&self.hs_buf[..n]),
                     Ok(Some(ServerEvent::Authenticated(n))) => {
                         c.out.extend_from_slice(&self.hs_buf[..n]);
+                        if let Some(s) = c.sc.session() {
+                            c.peer = Arc::from(s.client_id.as_str());
+                        }
                     }
                     Ok(Some(ServerEvent::Op { tid, request })) => {
                         let (target, job) = Job::from_request(&request, data_buf);
                         jobs.push(Inbound {
                             conn,
+                            client: c.peer.clone(),
                             tid,
                             target,
                             job,

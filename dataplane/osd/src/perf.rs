@@ -49,6 +49,7 @@ counters!(
     forwards_sent,
     forwards_received,
     parked,
+    dup_replies,
     conns_accepted,
     conns_closed,
     protocol_errors,

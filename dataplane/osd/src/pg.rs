@@ -29,11 +29,12 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use carmine_objectstore::CollectionId;
+use carmine_objectstore::{CollectionId, ObjectStore};
 use carmine_placement::{pg_to_osds, ClusterMap};
 
 use crate::messenger::Inbound;
 use crate::ops::Target;
+use crate::pglog::{log_object, PgLog};
 
 /// A PG's identity: pool and PG number (pool ids are 32-bit in the map).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -55,14 +56,32 @@ impl PgKey {
         CollectionId((u64::from(self.pool) << 32) | u64::from(self.pg))
     }
 
-    /// The PG of a collection id (the inverse of [`PgKey::cid`]).
-    pub fn of_cid(cid: CollectionId) -> PgKey {
-        PgKey {
+    /// The PG's meta collection (its log): the data collection's id with [`META_BIT`] set.
+    pub fn meta_cid(self) -> CollectionId {
+        CollectionId(self.cid().0 | META_BIT)
+    }
+
+    /// The PG a collection belongs to, and whether it is the PG's meta collection (the
+    /// inverse of [`PgKey::cid`] and [`PgKey::meta_cid`]).
+    pub fn split_cid(cid: CollectionId) -> (PgKey, bool) {
+        let key = PgKey {
             pool: (cid.0 >> 32) as u32,
-            pg: cid.0 as u32,
-        }
+            pg: (cid.0 & !META_BIT) as u32,
+        };
+        (key, cid.0 & META_BIT != 0)
     }
 }
+
+/// Which collections of a PG a transaction creates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Creates {
+    pub data: bool,
+    pub meta: bool,
+}
+
+/// Marks a PG's meta collection. PG numbers stay below 2^16 (the map's `pg_num` limit), so
+/// the bit is never part of a data collection id.
+pub const META_BIT: u64 = 1 << 31;
 
 /// One PG on its owning shard.
 #[derive(Debug)]
@@ -80,12 +99,29 @@ pub struct Pg {
     served: bool,
     /// Mutations in flight per object key.
     inflight: HashMap<u64, u32>,
-    /// Reads and stats waiting behind a mutation of their object.
+    /// Reads and stats waiting behind a mutation of their object, and retries waiting for
+    /// their first attempt to commit.
     parked: VecDeque<Inbound>,
+    /// Versions, the log and its duplicate table.
+    pub log: PgLog,
 }
 
 impl Pg {
-    fn new(key: PgKey) -> Pg {
+    /// A PG entry, with its log as the store holds it.
+    fn new(key: PgKey, store: &dyn ObjectStore) -> Pg {
+        let stored = match store.omap_range(key.meta_cid(), &log_object(), None, usize::MAX) {
+            Ok(entries) => entries,
+            // No meta collection yet: the PG has never been written (or predates the log).
+            Err(carmine_objectstore::StoreError::NotFound(_)) => Vec::new(),
+            Err(e) => {
+                tracing::error!(pg = ?key, error = %e, "cannot read the PG log: starting empty");
+                Vec::new()
+            }
+        };
+        let (log, errors) = PgLog::load(stored);
+        for e in errors {
+            tracing::error!(pg = ?key, error = %e, "PG log entry skipped");
+        }
         Pg {
             key,
             acting: Vec::new(),
@@ -95,6 +131,7 @@ impl Pg {
             served: false,
             inflight: HashMap::new(),
             parked: VecDeque::new(),
+            log,
         }
     }
 
@@ -115,14 +152,8 @@ impl Pg {
         !self.served || self.acting.len() >= self.min_size as usize
     }
 
-    /// The epoch at which the current interval began.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "replica ops will carry and fence on it (issue #11)"
-        )
-    )]
+    /// The epoch at which the current interval began (0: a PG held only for its ops in
+    /// flight).
     pub fn interval_since(&self) -> u64 {
         self.interval_since
     }
@@ -176,25 +207,38 @@ impl Pg {
 #[derive(Debug, Default)]
 pub struct PgTable {
     pgs: HashMap<PgKey, Pg>,
-    /// PGs whose collection exists in the store (created by a PG's first write).
+    /// PGs whose data collection exists in the store (created by a PG's first write).
     on_store: HashSet<PgKey>,
+    /// PGs whose meta collection (the log) exists in the store. A store written before the PG
+    /// log existed has data collections without one: the next write creates it.
+    meta_on_store: HashSet<PgKey>,
     epoch: u64,
 }
 
 impl PgTable {
     /// A table for a store that holds `collections`.
     pub fn new(collections: impl IntoIterator<Item = CollectionId>) -> PgTable {
-        PgTable {
-            pgs: HashMap::new(),
-            on_store: collections.into_iter().map(PgKey::of_cid).collect(),
-            epoch: 0,
+        let mut t = PgTable::default();
+        for cid in collections {
+            let (key, meta) = PgKey::split_cid(cid);
+            if meta {
+                t.meta_on_store.insert(key);
+            } else {
+                t.on_store.insert(key);
+            }
         }
+        t
     }
 
     /// Takes in a new map: `serves(key)` says which PGs this shard serves in it (from the
     /// routing table). Their acting sets and intervals are updated; PGs that left are dropped
     /// once idle. Returns how many PGs started a new interval.
-    pub fn apply_map(&mut self, map: &ClusterMap, serves: impl Fn(PgKey) -> bool) -> usize {
+    pub fn apply_map(
+        &mut self,
+        map: &ClusterMap,
+        serves: impl Fn(PgKey) -> bool,
+        store: &dyn ObjectStore,
+    ) -> usize {
         if map.epoch <= self.epoch {
             return 0;
         }
@@ -213,7 +257,7 @@ impl PgTable {
                     continue;
                 }
                 let acting = pg_to_osds(map, pool, n);
-                let pg = self.pgs.entry(key).or_insert_with(|| Pg::new(key));
+                let pg = self.pgs.entry(key).or_insert_with(|| Pg::new(key, store));
                 if pg.acting != acting || pg.interval_since == 0 {
                     pg.acting = acting;
                     pg.interval_since = map.epoch;
@@ -238,8 +282,8 @@ impl PgTable {
     /// The PG, kept in the table for as long as it has work. An op forwarded across a map
     /// change may address a PG this shard no longer (or not yet) serves: it gets an entry for
     /// its ordering, dropped again at the next map once idle.
-    pub fn pg_mut(&mut self, key: PgKey) -> &mut Pg {
-        self.pgs.entry(key).or_insert_with(|| Pg::new(key))
+    pub fn pg_mut(&mut self, key: PgKey, store: &dyn ObjectStore) -> &mut Pg {
+        self.pgs.entry(key).or_insert_with(|| Pg::new(key, store))
     }
 
     pub fn get_mut(&mut self, key: PgKey) -> Option<&mut Pg> {
@@ -261,14 +305,23 @@ impl PgTable {
         self.on_store.contains(&key)
     }
 
-    /// Records that a transaction creates the PG's collection; false if it already existed.
-    pub fn create_on_store(&mut self, key: PgKey) -> bool {
-        self.on_store.insert(key)
+    /// Records that a transaction creates the PG's collections: which of (data, meta) it must
+    /// create, those the store does not have yet.
+    pub fn create_on_store(&mut self, key: PgKey) -> Creates {
+        Creates {
+            data: self.on_store.insert(key),
+            meta: self.meta_on_store.insert(key),
+        }
     }
 
-    /// A transaction that created the collection failed: it does not exist after all.
-    pub fn creation_failed(&mut self, key: PgKey) {
-        self.on_store.remove(&key);
+    /// A transaction that created collections failed: they do not exist after all.
+    pub fn creation_failed(&mut self, key: PgKey, c: Creates) {
+        if c.data {
+            self.on_store.remove(&key);
+        }
+        if c.meta {
+            self.meta_on_store.remove(&key);
+        }
     }
 
     /// Drops a PG whose map moved it away, once it has become idle.
@@ -284,6 +337,7 @@ impl PgTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use carmine_memstore::MemStore;
     use carmine_placement::{Osd, Pool};
 
     fn osd(id: u32, up: bool) -> Osd {
@@ -330,7 +384,9 @@ mod tests {
     fn pg_keys_and_collections_map_both_ways() {
         let k = PgKey { pool: 3, pg: 7 };
         assert_eq!(k.cid(), CollectionId((3 << 32) | 7));
-        assert_eq!(PgKey::of_cid(k.cid()), k);
+        assert_eq!(PgKey::split_cid(k.cid()), (k, false));
+        assert_eq!(k.meta_cid(), CollectionId((3 << 32) | (1 << 31) | 7));
+        assert_eq!(PgKey::split_cid(k.meta_cid()), (k, true));
         let t = Target {
             pool: 3,
             pg: 7,
@@ -346,22 +402,23 @@ mod tests {
 
     #[test]
     fn an_interval_lasts_while_the_acting_set_does() {
+        let st = MemStore::new();
         let mut t = PgTable::new([]);
         let all = |_: PgKey| true;
-        assert_eq!(t.apply_map(&map(5, &[true, true, true], 2), all), 8);
+        assert_eq!(t.apply_map(&map(5, &[true, true, true], 2), all, &st), 8);
         let k = PgKey { pool: 1, pg: 0 };
         let first = t.get(k).unwrap().acting().to_vec();
         assert_eq!(first.len(), 2);
         assert_eq!(t.get(k).unwrap().interval_since(), 5);
         // Same acting sets: every interval goes on.
-        assert_eq!(t.apply_map(&map(6, &[true, true, true], 2), all), 0);
+        assert_eq!(t.apply_map(&map(6, &[true, true, true], 2), all, &st), 0);
         assert_eq!(t.get(k).unwrap().interval_since(), 5);
         // An older or equal map changes nothing.
-        assert_eq!(t.apply_map(&map(6, &[false, false, false], 2), all), 0);
+        assert_eq!(t.apply_map(&map(6, &[false, false, false], 2), all, &st), 0);
         // One of PG 0's OSDs goes down: its interval starts again, at the new epoch.
         let mut up = [true; 3];
         up[first[1] as usize] = false;
-        let changed = t.apply_map(&map(9, &up, 2), all);
+        let changed = t.apply_map(&map(9, &up, 2), all, &st);
         assert!(changed >= 1);
         let pg = t.get(k).unwrap();
         assert_eq!(pg.interval_since(), 9);
@@ -371,14 +428,15 @@ mod tests {
 
     #[test]
     fn a_pg_that_left_stays_while_it_has_work() {
+        let st = MemStore::new();
         let mut t = PgTable::new([]);
-        t.apply_map(&map(1, &[true], 1), |_| true);
+        t.apply_map(&map(1, &[true], 1), |_| true, &st);
         let k = PgKey { pool: 1, pg: 2 };
         let key = t.get(k).unwrap().object_key(b"obj");
-        t.pg_mut(k).begin_mutation(key);
-        t.pg_mut(k).begin_mutation(key);
+        t.pg_mut(k, &st).begin_mutation(key);
+        t.pg_mut(k, &st).begin_mutation(key);
         // The next map gives this shard no PG at all.
-        t.apply_map(&map(2, &[true], 1), |_| false);
+        t.apply_map(&map(2, &[true], 1), |_| false, &st);
         assert_eq!(t.served(), 0);
         let pg = t.get_mut(k).expect("kept for its mutations in flight");
         assert!(pg.acting().is_empty());
@@ -389,39 +447,60 @@ mod tests {
         t.forget_if_done(k);
         assert!(t.get(k).is_none());
         // Idle PGs that left are dropped at the map itself.
-        t.apply_map(&map(3, &[true], 1), |_| true);
-        t.apply_map(&map(4, &[true], 1), |_| false);
+        t.apply_map(&map(3, &[true], 1), |_| true, &st);
+        t.apply_map(&map(4, &[true], 1), |_| false, &st);
         assert!(t.get(PgKey { pool: 1, pg: 5 }).is_none());
     }
 
     #[test]
     fn a_pg_below_min_size_is_not_active() {
+        let st = MemStore::new();
         let mut t = PgTable::new([]);
         let k = PgKey { pool: 1, pg: 4 };
-        t.apply_map(&map_min(1, &[true, true], 2, 2), |_| true);
-        assert!(t.pg_mut(k).active());
+        t.apply_map(&map_min(1, &[true, true], 2, 2), |_| true, &st);
+        assert!(t.pg_mut(k, &st).active());
         // One of two OSDs down: one acting member, min_size 2.
-        t.apply_map(&map_min(2, &[true, false], 2, 2), |_| true);
-        let pg = t.pg_mut(k);
+        t.apply_map(&map_min(2, &[true, false], 2, 2), |_| true, &st);
+        let pg = t.pg_mut(k, &st);
         assert_eq!(pg.acting(), &[0]);
         assert!(!pg.active());
         // min_size 1 makes the same acting set enough.
-        t.apply_map(&map_min(3, &[true, false], 2, 1), |_| true);
-        assert!(t.pg_mut(k).active());
+        t.apply_map(&map_min(3, &[true, false], 2, 1), |_| true, &st);
+        assert!(t.pg_mut(k, &st).active());
         // A PG held only for its ops in flight stays active for them.
-        t.apply_map(&map_min(4, &[true, false], 2, 2), |_| false);
-        assert!(t.pg_mut(k).active());
+        t.apply_map(&map_min(4, &[true, false], 2, 2), |_| false, &st);
+        assert!(t.pg_mut(k, &st).active());
     }
 
     #[test]
     fn collections_on_store_are_tracked_per_pg() {
         let k = PgKey { pool: 2, pg: 1 };
-        let mut t = PgTable::new([k.cid()]);
+        let mut t = PgTable::new([k.cid(), k.meta_cid()]);
         assert!(t.on_store(k));
-        assert!(!t.create_on_store(k));
+        assert_eq!(t.on_store.len(), 1, "a meta collection is no PG of its own");
+        assert_eq!(t.create_on_store(k), Creates::default(), "both exist");
+        // A PG written before the log existed has only its data collection.
+        let old = PgKey { pool: 2, pg: 2 };
+        let mut t = PgTable::new([k.cid(), k.meta_cid(), old.cid()]);
+        assert_eq!(
+            t.create_on_store(old),
+            Creates {
+                data: false,
+                meta: true
+            }
+        );
         let n = PgKey { pool: 2, pg: 3 };
-        assert!(t.create_on_store(n));
-        t.creation_failed(n);
+        let both = Creates {
+            data: true,
+            meta: true,
+        };
+        assert_eq!(t.create_on_store(n), both);
+        t.creation_failed(n, both);
         assert!(!t.on_store(n));
+        assert_eq!(
+            t.create_on_store(n),
+            both,
+            "created again after the failure"
+        );
     }
 }

@@ -46,7 +46,8 @@ pub use crate::messenger::BACKLOG;
 use crate::messenger::{ConnRef, Inbound, ListenError, Messenger};
 use crate::ops::{op_error, Answer, Job};
 use crate::perf::{Latency, ShardCounters};
-use crate::pg::{PgKey, PgTable};
+use crate::pg::{Creates, PgKey, PgTable};
+use crate::pglog::{log_object, ReqId, VERSION_ATTR};
 use crate::routing::Routing;
 use crate::shard_store::ShardStore;
 
@@ -80,8 +81,10 @@ struct Pending {
     pg: PgKey,
     /// Object key of a mutation (released in its PG on completion).
     order_key: Option<u64>,
-    /// Whether this transaction creates the PG's collection (forgotten again if it fails).
-    creates: bool,
+    /// The request id of a mutation (committed to, or aborted in, the PG log on completion).
+    req: Option<ReqId>,
+    /// Which of the PG's collections this transaction creates (forgotten if it fails).
+    creates: Creates,
 }
 
 /// What the daemon hands each shard at start.
@@ -224,9 +227,11 @@ impl ShardCore {
         }
         self.routing = Routing::build(map, &self.uuid, self.shards);
         let (routing, shard) = (&self.routing, self.shard);
-        let new_intervals = self
-            .pgs
-            .apply_map(map, |k| routing.owner(k.pool, k.pg) == Some(shard));
+        let new_intervals = self.pgs.apply_map(
+            map,
+            |k| routing.owner(k.pool, k.pg) == Some(shard),
+            self.store.get_ref(),
+        );
         ShardCounters::set(&self.counters.map_epoch, map.epoch);
         tracing::info!(
             shard = self.shard,
@@ -295,7 +300,7 @@ impl ShardCore {
             return self.reply(op.conn, op.tid, kind, Err(OpError::Invalid), op.started);
         };
         let cid = key.cid();
-        let pg = self.pgs.pg_mut(key);
+        let pg = self.pgs.pg_mut(key, self.store.get_ref());
         if !pg.active() {
             // Fewer than min_size OSDs hold the PG: no I/O until a map brings enough back
             // (the client retries on Again; health shows the PG as unavailable).
@@ -303,13 +308,32 @@ impl ShardCore {
         }
         let replicated = pg.size() > 1;
         let order_key = op.job.object().map(|o| pg.object_key(o));
-        if !op.job.mutates() {
-            if let Some(k) = order_key {
-                if pg.writing(k) {
-                    ShardCounters::add(&self.counters.parked, 1);
-                    pg.park(op);
-                    return;
-                }
+        let req = op.job.mutates().then(|| ReqId {
+            client: op.client.clone(),
+            tid: op.tid,
+        });
+        if let (Some(r), Some(object)) = (&req, op.job.object()) {
+            // A retry of a mutation this PG already applied gets the first result; one whose
+            // first attempt is still in flight waits for it.
+            if let Some(first) = pg.log.duplicate(r, kind, object) {
+                ShardCounters::add(&self.counters.dup_replies, 1);
+                let answer = match first.kind {
+                    OpKind::WriteFull => Answer::WrittenFull,
+                    OpKind::Remove => Answer::Removed,
+                    _ => Answer::Written,
+                };
+                return self.reply(op.conn, op.tid, kind, Ok(answer), op.started);
+            }
+            if pg.log.in_flight(r, object) {
+                ShardCounters::add(&self.counters.parked, 1);
+                pg.park(op);
+                return;
+            }
+        } else if let Some(k) = order_key {
+            if pg.writing(k) {
+                ShardCounters::add(&self.counters.parked, 1);
+                pg.park(op);
+                return;
             }
         }
         let Inbound {
@@ -318,6 +342,7 @@ impl ShardCore {
             target,
             job,
             started,
+            ..
         } = op;
         // A PG held only for its ops in flight has no pool view of its own: ask the routing.
         let replicated = replicated || self.routing.pool_size(target.pool).unwrap_or(1) > 1;
@@ -332,19 +357,20 @@ impl ShardCore {
             return self.reply(conn, tid, kind, Err(OpError::Invalid), started);
         }
         let exists = self.pgs.on_store(key);
-        let pending = |order_key, creates| Pending {
+        let pending = |order_key, req, creates| Pending {
             conn,
             tid,
             kind,
             started,
             pg: key,
             order_key,
+            req,
             creates,
         };
         match job {
             Job::Write { oid, off, data } => {
                 let mut txn = Transaction {
-                    ops: Vec::with_capacity(2),
+                    ops: Vec::with_capacity(6),
                 };
                 let creates = self.create_if_new(key, &mut txn);
                 txn.ops.push(Op::Write {
@@ -353,11 +379,12 @@ impl ShardCore {
                     off,
                     data,
                 });
-                self.submit(pending(order_key, creates), txn);
+                self.log_mutation(key, kind, req.clone(), &mut txn);
+                self.submit(pending(order_key, req, creates), txn);
             }
             Job::WriteFull { oid, data } => {
                 let mut txn = Transaction {
-                    ops: Vec::with_capacity(3),
+                    ops: Vec::with_capacity(7),
                 };
                 let creates = self.create_if_new(key, &mut txn);
                 // Both ops create a missing object. Write, then cut to the new length: an
@@ -373,16 +400,21 @@ impl ShardCore {
                     });
                 }
                 txn.ops.push(Op::Truncate { cid, oid, size });
-                self.submit(pending(order_key, creates), txn);
+                self.log_mutation(key, kind, req.clone(), &mut txn);
+                self.submit(pending(order_key, req, creates), txn);
             }
             Job::Remove { oid } => {
                 if !exists {
                     return self.reply(conn, tid, kind, Err(OpError::NotFound), started);
                 }
-                let txn = Transaction {
-                    ops: vec![Op::Remove { cid, oid }],
+                let mut txn = Transaction {
+                    ops: Vec::with_capacity(4),
                 };
-                self.submit(pending(order_key, false), txn);
+                // A store written before the PG log has no meta collection yet.
+                let creates = self.create_if_new(key, &mut txn);
+                txn.ops.push(Op::Remove { cid, oid });
+                self.log_mutation(key, kind, req.clone(), &mut txn);
+                self.submit(pending(order_key, req, creates), txn);
             }
             Job::Read { name, off, len } => {
                 if !exists {
@@ -394,7 +426,8 @@ impl ShardCore {
                     .store
                     .get()
                     .read(cid, &self.lookup, off, u64::from(len));
-                self.pending.insert(ticket, pending(None, false));
+                self.pending
+                    .insert(ticket, pending(None, None, Creates::default()));
             }
             Job::Stat { name } => {
                 let r = if exists {
@@ -437,18 +470,70 @@ impl ShardCore {
         }
     }
 
-    /// Adds the creation of the PG's collection to `txn` if the store does not have it yet.
-    fn create_if_new(&mut self, key: PgKey, txn: &mut Transaction) -> bool {
+    /// Adds the creation of the PG's collections (data, and meta for its log) to `txn` where
+    /// the store does not have them yet.
+    fn create_if_new(&mut self, key: PgKey, txn: &mut Transaction) -> Creates {
         let creates = self.pgs.create_on_store(key);
-        if creates {
+        if creates.data {
             txn.ops.push(Op::CreateCollection { cid: key.cid() });
+        }
+        if creates.meta {
+            txn.ops.push(Op::CreateCollection {
+                cid: key.meta_cid(),
+            });
         }
         creates
     }
 
+    /// Gives the mutation in `txn` its version and adds, to the same transaction, the version
+    /// attribute of the object (unless it is removed) and the PG log entry (with the trim of
+    /// the oldest entries). `txn`'s last op is the mutation's own.
+    fn log_mutation(
+        &mut self,
+        key: PgKey,
+        kind: OpKind,
+        req: Option<ReqId>,
+        txn: &mut Transaction,
+    ) {
+        let Some(req) = req else {
+            return;
+        };
+        let (oid, removes) = match txn.ops.last() {
+            Some(Op::Remove { oid, .. }) => (oid.clone(), true),
+            Some(Op::Write { oid, .. } | Op::Truncate { oid, .. }) => (oid.clone(), false),
+            _ => return,
+        };
+        let pg = self.pgs.pg_mut(key, self.store.get_ref());
+        let since = pg.interval_since();
+        let w = pg.log.begin(since, kind, req, &oid.0);
+        if !removes {
+            txn.ops.push(Op::SetAttr {
+                cid: key.cid(),
+                oid,
+                name: VERSION_ATTR.to_owned(),
+                value: w.version.to_bytes().to_vec(),
+            });
+        }
+        let meta = key.meta_cid();
+        if !w.trim.is_empty() {
+            txn.ops.push(Op::OmapRm {
+                cid: meta,
+                oid: log_object(),
+                keys: w.trim,
+            });
+        }
+        txn.ops.push(Op::OmapSet {
+            cid: meta,
+            oid: log_object(),
+            entries: vec![(w.version.to_bytes().to_vec(), w.value)],
+        });
+    }
+
     fn submit(&mut self, p: Pending, txn: Transaction) {
         if let Some(k) = p.order_key {
-            self.pgs.pg_mut(p.pg).begin_mutation(k);
+            self.pgs
+                .pg_mut(p.pg, self.store.get_ref())
+                .begin_mutation(k);
         }
         let ticket = self.store.get().submit(txn);
         self.pending.insert(ticket, p);
@@ -459,13 +544,23 @@ impl ShardCore {
         let mut done = std::mem::take(&mut self.completions);
         let n = self.store.get().poll(&mut done);
         for c in done.drain(..) {
-            let Some(p) = self.pending.remove(&c.ticket) else {
+            let Some(mut p) = self.pending.remove(&c.ticket) else {
                 tracing::error!(
                     ticket = c.ticket.0,
                     "store completion for an unknown ticket"
                 );
                 continue;
             };
+            let committed = c.result.is_ok();
+            if let Some(req) = p.req.take() {
+                if let Some(pg) = self.pgs.get_mut(p.pg) {
+                    if committed {
+                        pg.log.commit(req);
+                    } else {
+                        pg.log.abort(&req);
+                    }
+                }
+            }
             let result = match c.result {
                 Ok(Done::Data(data)) => Ok(Answer::Read(data)),
                 Ok(Done::Committed) => Ok(match p.kind {
@@ -474,9 +569,7 @@ impl ShardCore {
                     _ => Answer::Written,
                 }),
                 Err(e) => {
-                    if p.creates {
-                        self.pgs.creation_failed(p.pg);
-                    }
+                    self.pgs.creation_failed(p.pg, p.creates);
                     let wire = op_error(&e);
                     if wire == OpError::Io {
                         tracing::error!(shard = self.shard, error = %e, "store error");

@@ -677,7 +677,7 @@ fn bdevstore_osd_keeps_its_data_over_restart_and_sigkill() {
             // The unclean image checks clean before anything mounts it again (the journal
             // replays; a torn tail record is allowed, it was never acknowledged).
             let r = fsck(&img);
-            assert_eq!(r["objects"], BDEV_KEYS as u64, "{r}");
+            assert_eq!(r["objects"], data_objects(&r, BDEV_KEYS), "{r}");
             eprintln!("after SIGKILL ({at_kill} writes acknowledged under load): fsck {r}");
 
             osd.spawn();
@@ -690,7 +690,159 @@ fn bdevstore_osd_keeps_its_data_over_restart_and_sigkill() {
     });
     // The store is consistent after the clean stop.
     let r = fsck(&img);
-    assert_eq!(r["objects"], BDEV_KEYS as u64, "{r}");
+    assert_eq!(r["objects"], data_objects(&r, BDEV_KEYS), "{r}");
+}
+
+/// The object count fsck must report for `n` client objects: every PG written has a data
+/// and a meta collection, and the meta collection holds one object, the PG log.
+fn data_objects(fsck: &serde_json::Value, n: usize) -> serde_json::Value {
+    let colls = fsck["collections"]
+        .as_u64()
+        .expect("fsck reports collections");
+    assert_eq!(
+        colls % 2,
+        0,
+        "a meta collection for each data collection: {fsck}"
+    );
+    serde_json::Value::from(n as u64 + colls / 2)
+}
+
+/// `conn.call_as(tid, req)`, again while the OSD answers Again (a shard that has not applied
+/// the client's map epoch yet), as the client library would.
+async fn call_as_until_mapped(
+    conn: &Connection,
+    tid: u64,
+    req: &OpRequest<'_>,
+) -> Result<carmine_client::Reply, ClientError> {
+    for _ in 0..200 {
+        match conn.call_as(tid, req).await {
+            Err(ClientError::Op(OpError::Again)) => {
+                tokio::time::sleep(Duration::from_millis(25)).await
+            }
+            r => return r,
+        }
+    }
+    conn.call_as(tid, req).await
+}
+
+#[test]
+fn bdev_a_retried_mutation_is_applied_once_also_after_a_restart() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "needs root: run through ci/test"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        tokio::time::timeout(LIMIT, async {
+            let mon = Mon::start();
+            let creds = mon.add_key("client.retry").await;
+            let other = mon.add_key("client.other").await;
+            let mut osd = BdevOsd::start(&mon, dir.path());
+            mon.wait_up(1).await;
+            mon.create_pool("data", 8, 1).await;
+            let cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds.clone());
+            let client = Client::connect(cfg.clone()).await.unwrap();
+            let pool = client.pool("data").await.unwrap();
+            // The OSD's port (a restart binds a new one).
+            let connect = |port: u16, c: &carmine_client::Credentials| {
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                let opts = ConnectOptions::new(c.id.clone(), c.key.clone());
+                async move { Connection::connect(addr, &opts).await.unwrap() }
+            };
+            let req = |object: &'static str, op| {
+                let t = client.locate("data", object).unwrap();
+                OpRequest {
+                    pool: PoolId(u64::from(pool.id)),
+                    pg: PgId(t.pg),
+                    epoch: Epoch(client.epoch()),
+                    op,
+                }
+            };
+            let read = |object: &'static str| client.read("data", object, 0, 100);
+            let wf = |object, data| Op::WriteFull { object, data };
+            let dups = |p: &BTreeMap<String, u64>| p["shard0.dup_replies"];
+
+            // tid 7: "first"; tid 8 overwrites it with "second". A retry of tid 7, on another
+            // connection, is answered as before and does not write "first" again.
+            let c1 = connect(osd.port, &creds).await;
+            call_as_until_mapped(&c1, 7, &req("obj", wf("obj", b"first")))
+                .await
+                .unwrap();
+            call_as_until_mapped(&c1, 8, &req("obj", wf("obj", b"second")))
+                .await
+                .unwrap();
+            let before = perf(&mon, osd.id).await;
+            let c2 = connect(osd.port, &creds).await;
+            let r = call_as_until_mapped(&c2, 7, &req("obj", wf("obj", b"first"))).await;
+            assert!(matches!(r, Ok(carmine_client::Reply::WrittenFull)), "{r:?}");
+            assert_eq!(
+                read("obj").await.unwrap(),
+                b"second",
+                "the retry was applied again"
+            );
+            assert_eq!(dups(&perf(&mon, osd.id).await) - dups(&before), 1);
+            // A remove retried gets its first result (Removed), not NotFound.
+            call_as_until_mapped(&c1, 9, &req("gone", wf("gone", b"x")))
+                .await
+                .unwrap();
+            let rm = || req("gone", Op::Remove { object: "gone" });
+            call_as_until_mapped(&c1, 10, &rm()).await.unwrap();
+            let r = call_as_until_mapped(&c2, 10, &rm()).await;
+            assert!(matches!(r, Ok(carmine_client::Reply::Removed)), "{r:?}");
+            // The same tid from another client is another request: applied.
+            let c3 = connect(osd.port, &other).await;
+            call_as_until_mapped(&c3, 7, &req("obj", wf("obj", b"third")))
+                .await
+                .unwrap();
+            assert_eq!(read("obj").await.unwrap(), b"third");
+            drop((c1, c2, c3, client));
+
+            // The log is durable: after a crash, a retry of tid 8 of client.retry is still
+            // recognised (it would write "second" over "third" otherwise).
+            osd.stop(false);
+            osd.spawn();
+            let client = Client::connect(cfg).await.unwrap();
+            let c4 = connect(osd.port, &creds).await;
+            let t = client.locate("data", "obj").unwrap();
+            let retry = OpRequest {
+                pool: PoolId(u64::from(pool.id)),
+                pg: PgId(t.pg),
+                epoch: Epoch(client.epoch()),
+                op: Op::WriteFull {
+                    object: "obj",
+                    data: b"second",
+                },
+            };
+            let r = call_as_until_mapped(&c4, 8, &retry).await;
+            assert!(matches!(r, Ok(carmine_client::Reply::WrittenFull)), "{r:?}");
+            assert_eq!(
+                client.read("data", "obj", 0, 100).await.unwrap(),
+                b"third",
+                "a retry after the restart was applied again"
+            );
+            // New tids still apply.
+            call_as_until_mapped(
+                &c4,
+                11,
+                &OpRequest {
+                    op: Op::WriteFull {
+                        object: "obj",
+                        data: b"fourth",
+                    },
+                    ..retry
+                },
+            )
+            .await
+            .unwrap();
+            assert_eq!(client.read("data", "obj", 0, 100).await.unwrap(), b"fourth");
+            osd.stop(true);
+        })
+        .await
+        .expect("test time limit");
+    });
 }
 
 /// Objects of the map-change test.

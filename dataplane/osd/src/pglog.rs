@@ -1,0 +1,472 @@
+//! Object versions and the PG log: what a PG remembers of its recent mutations.
+//!
+//! Every mutation a PG applies gets a [`Version`]: the epoch its interval began and a per-PG
+//! sequence. The version is stored with the object (attribute [`VERSION_ATTR`]) and a log entry
+//! (version, op, object, the client's request id) is written to the PG's log, both in the same
+//! store transaction as the data, so data, version and log entry are durable together or not
+//! at all.
+//!
+//! ## On the store
+//! The log lives in the omap of one object, [`LOG_OBJECT`], in the PG's *meta collection*
+//! ([`crate::pg::PgKey::meta_cid`]), apart from the PG's data collection so that it never shows
+//! in a listing and no client name can collide with it. Keys are the version in big-endian
+//! (`epoch`, `seq`), so omap order is version order; the value is a [`LogEntry`]:
+//!
+//! ```text
+//! u8 op kind | u16 client id length | client id | u64 tid | u16 object length | object
+//! ```
+//!
+//! ## Bounds and duplicates
+//! A PG keeps its last [`LOG_KEEP`] entries (trimmed [`TRIM_BATCH`] at a time, in the same
+//! transaction as a new entry). The request ids of the kept entries form the PG's duplicate
+//! table: a client that retries a mutation it already had applied (same client id and tid, on
+//! any connection) gets the first result back instead of a second application. This holds for
+//! a retry that arrives within the last `LOG_KEEP` mutations of the PG, across restarts, since
+//! the table is rebuilt from the log when the shard starts.
+//!
+//! ## Invariants
+//! - Versions of a PG only grow: `(epoch, seq)` with `seq` strictly increasing (a failed
+//!   transaction leaves a gap, never a repeat) and `epoch` never below the last one.
+//! - An entry is in the duplicate table only once its transaction committed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use carmine_objectstore::ObjectId;
+use carmine_wire::op::OpKind;
+
+/// Attribute holding an object's version (16 bytes, see [`Version::to_bytes`]).
+pub const VERSION_ATTR: &str = "v";
+/// The object of a PG's meta collection whose omap is the PG log.
+pub const LOG_OBJECT: &[u8] = b"log";
+/// Entries a PG keeps in its log (and so the reach of duplicate detection).
+pub const LOG_KEEP: usize = 256;
+/// Entries trimmed at once, when the log holds `LOG_KEEP + TRIM_BATCH`.
+pub const TRIM_BATCH: usize = 32;
+
+/// An object version: the first epoch of the interval that wrote it, then a per-PG sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Version {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl Version {
+    /// Big-endian (epoch, seq): byte order is version order.
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.epoch.to_be_bytes());
+        b[8..].copy_from_slice(&self.seq.to_be_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Option<Version> {
+        let b: &[u8; 16] = b.try_into().ok()?;
+        let (e, s) = b.split_at(8);
+        Some(Version {
+            epoch: u64::from_be_bytes(e.try_into().ok()?),
+            seq: u64::from_be_bytes(s.try_into().ok()?),
+        })
+    }
+}
+
+/// A client's request identity: its authenticated id and the op's tid. A client keeps the tid
+/// of an op over all its attempts, on any connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReqId {
+    pub client: Arc<str>,
+    pub tid: u64,
+}
+
+/// One mutation in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub version: Version,
+    pub kind: OpKind,
+    pub req: ReqId,
+    pub object: Vec<u8>,
+}
+
+/// Why a stored log entry could not be read back.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LogDecodeError {
+    #[error("log key is {0} bytes, not 16")]
+    Key(usize),
+    #[error("log entry truncated")]
+    Truncated,
+    #[error("log entry has unknown op kind {0}")]
+    Kind(u8),
+    #[error("log entry's client id is not UTF-8")]
+    Client,
+    #[error("log entry has {0} trailing bytes")]
+    Trailing(usize),
+}
+
+fn kind_code(k: OpKind) -> u8 {
+    k as u8
+}
+
+fn kind_of(c: u8) -> Result<OpKind, LogDecodeError> {
+    Ok(match c {
+        1 => OpKind::Write,
+        2 => OpKind::WriteFull,
+        5 => OpKind::Remove,
+        other => return Err(LogDecodeError::Kind(other)),
+    })
+}
+
+impl LogEntry {
+    /// The omap value of this entry (the key is `version.to_bytes()`).
+    pub fn encode_value(&self) -> Vec<u8> {
+        let client = self.req.client.as_bytes();
+        let mut v = Vec::with_capacity(1 + 2 + client.len() + 8 + 2 + self.object.len());
+        v.push(kind_code(self.kind));
+        // Client ids and object names are bounded by the wire limits (u16 lengths there).
+        v.extend_from_slice(&(client.len() as u16).to_le_bytes());
+        v.extend_from_slice(client);
+        v.extend_from_slice(&self.req.tid.to_le_bytes());
+        v.extend_from_slice(&(self.object.len() as u16).to_le_bytes());
+        v.extend_from_slice(&self.object);
+        v
+    }
+
+    /// The entry stored under `key` with `value`.
+    pub fn decode(key: &[u8], value: &[u8]) -> Result<LogEntry, LogDecodeError> {
+        let version = Version::from_bytes(key).ok_or(LogDecodeError::Key(key.len()))?;
+        let mut r = value;
+        let mut take = |n: usize| -> Result<&[u8], LogDecodeError> {
+            if r.len() < n {
+                return Err(LogDecodeError::Truncated);
+            }
+            let (a, b) = r.split_at(n);
+            r = b;
+            Ok(a)
+        };
+        let kind = kind_of(take(1)?[0])?;
+        let clen = u16::from_le_bytes([take(1)?[0], take(1)?[0]]) as usize;
+        let client = std::str::from_utf8(take(clen)?).map_err(|_| LogDecodeError::Client)?;
+        let client: Arc<str> = Arc::from(client);
+        let mut tid = [0u8; 8];
+        tid.copy_from_slice(take(8)?);
+        let olen = u16::from_le_bytes([take(1)?[0], take(1)?[0]]) as usize;
+        let object = take(olen)?.to_vec();
+        if !r.is_empty() {
+            return Err(LogDecodeError::Trailing(r.len()));
+        }
+        Ok(LogEntry {
+            version,
+            kind,
+            req: ReqId {
+                client,
+                tid: u64::from_le_bytes(tid),
+            },
+            object,
+        })
+    }
+}
+
+/// A PG's log as its shard keeps it in memory: the last version handed out, the committed
+/// entries still in the log (oldest first) and their request ids.
+#[derive(Debug, Default)]
+pub struct PgLog {
+    /// The last version assigned (committed or in flight).
+    head: Version,
+    /// Versions of the committed entries in the log, oldest first, with their request ids.
+    entries: VecDeque<(Version, ReqId)>,
+    /// Committed request id -> its entry: the duplicate table.
+    dups: HashMap<ReqId, Applied>,
+    /// Request ids of mutations in flight (a retry of one waits for it).
+    inflight: HashMap<ReqId, Applied>,
+}
+
+/// What the log knows of an applied request: enough to answer a retry, and to tell a retry
+/// from a client reusing a tid for another op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub version: Version,
+    pub kind: OpKind,
+    /// xxh64 of the object name.
+    object: u64,
+}
+
+fn object_hash(object: &[u8]) -> u64 {
+    xxhash_rust::xxh64::xxh64(object, 0)
+}
+
+/// What a mutation must add to its transaction for the log: the entry, and the keys of the
+/// oldest entries to trim.
+#[derive(Debug)]
+pub struct LogWrite {
+    /// The mutation's version (the entry's key is `version.to_bytes()`).
+    pub version: Version,
+    pub value: Vec<u8>,
+    pub trim: Vec<Vec<u8>>,
+}
+
+impl PgLog {
+    /// The log of a PG as stored: its entries in key order. Entries that cannot be read are
+    /// skipped and returned as errors, so one bad entry does not take a PG down.
+    pub fn load(
+        stored: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> (PgLog, Vec<LogDecodeError>) {
+        let mut log = PgLog::default();
+        let mut errors = Vec::new();
+        for (k, v) in stored {
+            match LogEntry::decode(&k, &v) {
+                Ok(e) => {
+                    let a = Applied {
+                        version: e.version,
+                        kind: e.kind,
+                        object: object_hash(&e.object),
+                    };
+                    log.committed_entry(e.req, a)
+                }
+                Err(err) => errors.push(err),
+            }
+        }
+        (log, errors)
+    }
+
+    /// The newest version handed out.
+    #[cfg(test)]
+    pub fn head(&self) -> Version {
+        self.head
+    }
+
+    /// Entries in the log (committed).
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The first result of `req` on `object` with `kind`, if it committed and is still in the
+    /// log. The same request id on another object or op is no retry (a client that reused a
+    /// tid): it is applied as the new request it is.
+    pub fn duplicate(&self, req: &ReqId, kind: OpKind, object: &[u8]) -> Option<Applied> {
+        self.dups
+            .get(req)
+            .filter(|a| a.kind == kind && a.object == object_hash(object))
+            .copied()
+    }
+
+    /// Whether a mutation with `req` on `object` is in flight.
+    pub fn in_flight(&self, req: &ReqId, object: &[u8]) -> bool {
+        self.inflight
+            .get(req)
+            .is_some_and(|a| a.object == object_hash(object))
+    }
+
+    /// Starts a mutation in an interval that began at `interval_since`: assigns its version
+    /// and returns what the transaction must write to the log.
+    pub fn begin(
+        &mut self,
+        interval_since: u64,
+        kind: OpKind,
+        req: ReqId,
+        object: &[u8],
+    ) -> LogWrite {
+        let version = Version {
+            epoch: interval_since.max(self.head.epoch),
+            seq: self.head.seq + 1,
+        };
+        self.head = version;
+        let entry = LogEntry {
+            version,
+            kind,
+            req,
+            object: object.to_vec(),
+        };
+        let value = entry.encode_value();
+        // Trim what will be past LOG_KEEP once this entry and those in flight commit.
+        let mut trim = Vec::new();
+        let held = self.entries.len() + self.inflight.len() + 1;
+        if held >= LOG_KEEP + TRIM_BATCH {
+            let n = (held - LOG_KEEP).min(self.entries.len());
+            trim.extend(
+                self.entries
+                    .iter()
+                    .take(n)
+                    .map(|(v, _)| v.to_bytes().to_vec()),
+            );
+            for (_, r) in self.entries.drain(..n) {
+                self.dups.remove(&r);
+            }
+        }
+        let applied = Applied {
+            version,
+            kind,
+            object: object_hash(object),
+        };
+        self.inflight.insert(entry.req, applied);
+        LogWrite {
+            version,
+            value,
+            trim,
+        }
+    }
+
+    /// The mutation with `req` committed: it joins the log and the duplicate table.
+    pub fn commit(&mut self, req: ReqId) {
+        if let Some(a) = self.inflight.remove(&req) {
+            self.committed_entry(req, a);
+        }
+    }
+
+    /// The mutation with `req` failed: nothing of it was written (its version stays unused).
+    pub fn abort(&mut self, req: &ReqId) {
+        self.inflight.remove(req);
+    }
+
+    fn committed_entry(&mut self, req: ReqId, a: Applied) {
+        if a.version > self.head {
+            self.head = a.version;
+        }
+        self.dups.insert(req.clone(), a);
+        // Commits arrive in submission order, which is version order.
+        self.entries.push_back((a.version, req));
+    }
+}
+
+/// The object id of the log object.
+pub fn log_object() -> ObjectId {
+    ObjectId(LOG_OBJECT.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn req(c: &str, tid: u64) -> ReqId {
+        ReqId {
+            client: Arc::from(c),
+            tid,
+        }
+    }
+
+    #[test]
+    fn versions_order_as_their_bytes() {
+        let a = Version { epoch: 3, seq: 9 };
+        let b = Version { epoch: 4, seq: 1 };
+        assert!(a < b);
+        assert!(a.to_bytes() < b.to_bytes());
+        assert_eq!(Version::from_bytes(&a.to_bytes()), Some(a));
+        assert_eq!(Version::from_bytes(&[0; 15]), None);
+    }
+
+    #[test]
+    fn versions_grow_across_intervals_and_failures() {
+        let mut log = PgLog::default();
+        let w1 = log.begin(5, OpKind::Write, req("client.a", 1), b"o");
+        assert_eq!(w1.version, Version { epoch: 5, seq: 1 });
+        log.abort(&req("client.a", 1));
+        let w2 = log.begin(5, OpKind::Write, req("client.a", 2), b"o");
+        assert_eq!(w2.version, Version { epoch: 5, seq: 2 }, "a gap, no repeat");
+        log.commit(req("client.a", 2));
+        // A new interval raises the epoch; an older interval number cannot lower it.
+        let w3 = log.begin(9, OpKind::Remove, req("client.b", 7), b"o");
+        assert_eq!(w3.version, Version { epoch: 9, seq: 3 });
+        let w4 = log.begin(2, OpKind::Write, req("client.b", 8), b"o");
+        assert_eq!(w4.version, Version { epoch: 9, seq: 4 });
+        assert!(w1.version < w2.version && w2.version < w3.version && w3.version < w4.version);
+    }
+
+    #[test]
+    fn a_committed_request_is_a_duplicate_and_one_in_flight_is_not_yet() {
+        let mut log = PgLog::default();
+        let r = req("client.x", 42);
+        let wf = OpKind::WriteFull;
+        let w = log.begin(1, wf, r.clone(), b"obj");
+        assert!(log.in_flight(&r, b"obj"));
+        assert_eq!(log.duplicate(&r, wf, b"obj"), None, "not durable yet");
+        log.commit(r.clone());
+        assert!(!log.in_flight(&r, b"obj"));
+        let d = log.duplicate(&r, wf, b"obj").expect("a duplicate");
+        assert_eq!((d.version, d.kind), (w.version, wf));
+        // Same tid from another client is another request.
+        assert_eq!(log.duplicate(&req("client.y", 42), wf, b"obj"), None);
+        // So is the same request id on another object or op (a client reusing a tid).
+        assert_eq!(log.duplicate(&r, wf, b"other"), None);
+        assert_eq!(log.duplicate(&r, OpKind::Remove, b"obj"), None);
+        // A failed one is no duplicate.
+        let f = req("client.x", 43);
+        log.begin(1, OpKind::Write, f.clone(), b"obj");
+        assert!(!log.in_flight(&f, b"other"));
+        log.abort(&f);
+        assert_eq!(log.duplicate(&f, OpKind::Write, b"obj"), None);
+    }
+
+    #[test]
+    fn the_log_is_trimmed_to_its_bound_in_batches() {
+        let mut log = PgLog::default();
+        let mut trimmed = 0;
+        for tid in 0..(LOG_KEEP + 3 * TRIM_BATCH) as u64 {
+            let w = log.begin(1, OpKind::Write, req("c", tid), b"o");
+            trimmed += w.trim.len();
+            // Trimmed keys are the oldest versions, in order.
+            if let Some(first) = w.trim.first() {
+                assert_eq!(
+                    Version::from_bytes(first).unwrap().seq,
+                    trimmed as u64 - w.trim.len() as u64 + 1
+                );
+            }
+            log.commit(req("c", tid));
+            assert!(log.len() < LOG_KEEP + TRIM_BATCH, "{}", log.len());
+        }
+        assert!(log.len() >= LOG_KEEP);
+        assert_eq!(trimmed + log.len(), LOG_KEEP + 3 * TRIM_BATCH);
+        // Trimmed requests are no longer known; recent ones are.
+        let w = OpKind::Write;
+        assert_eq!(log.duplicate(&req("c", 0), w, b"o"), None);
+        let last = (LOG_KEEP + 3 * TRIM_BATCH - 1) as u64;
+        assert!(log.duplicate(&req("c", last), w, b"o").is_some());
+    }
+
+    #[test]
+    fn a_stored_log_loads_back_with_its_duplicates_and_head() {
+        let mut log = PgLog::default();
+        let mut stored = Vec::new();
+        for tid in 1..=5u64 {
+            let kind = if tid == 3 {
+                OpKind::Remove
+            } else {
+                OpKind::WriteFull
+            };
+            let w = log.begin(7, kind, req("client.z", tid), format!("o{tid}").as_bytes());
+            stored.push((w.version.to_bytes().to_vec(), w.value));
+            log.commit(req("client.z", tid));
+        }
+        stored.push((vec![1, 2, 3], vec![]));
+        let (loaded, errors) = PgLog::load(stored);
+        assert_eq!(errors, vec![LogDecodeError::Key(3)]);
+        assert_eq!(loaded.head(), Version { epoch: 7, seq: 5 });
+        assert_eq!(loaded.len(), 5);
+        let d = loaded
+            .duplicate(&req("client.z", 3), OpKind::Remove, b"o3")
+            .expect("loaded with its object and kind");
+        assert_eq!(d.version, Version { epoch: 7, seq: 3 });
+    }
+
+    proptest! {
+        #[test]
+        fn entries_roundtrip_and_garbage_never_panics(
+            client in "[a-z.]{1,40}",
+            tid in any::<u64>(),
+            object in proptest::collection::vec(any::<u8>(), 0..300),
+            epoch in any::<u64>(),
+            seq in any::<u64>(),
+            kind in prop_oneof![Just(OpKind::Write), Just(OpKind::WriteFull), Just(OpKind::Remove)],
+            garbage in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let e = LogEntry {
+                version: Version { epoch, seq },
+                kind,
+                req: req(&client, tid),
+                object,
+            };
+            let got = LogEntry::decode(&e.version.to_bytes(), &e.encode_value()).unwrap();
+            prop_assert_eq!(got, e);
+            let _ = LogEntry::decode(&[0; 16], &garbage);
+        }
+    }
+}
