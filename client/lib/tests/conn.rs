@@ -120,6 +120,10 @@ async fn serve(s: &mut TcpStream, script: Script) {
                     kind: request.op.kind(),
                     object: request.op.object().unwrap_or("").to_owned(),
                 },
+                // The client library sends no replica ops.
+                Ok(Some(ServerEvent::RepOp { .. })) => {
+                    panic!("a client sent a replica op")
+                }
                 Err(e) => {
                     let _ = s.write_all(&out[..e.farewell]).await;
                     return;

@@ -254,6 +254,19 @@ impl Messenger {
                         });
                         work += 1;
                     }
+                    Ok(Some(ServerEvent::RepOp { .. })) => {
+                        // No replica ops are served yet (replication is being built, issue
+                        // 11): the connection is closed and counted, as it was before the
+                        // frame type existed.
+                        ShardCounters::add(&counters.protocol_errors, 1);
+                        tracing::warn!(
+                            shard = self.shard,
+                            peer = %c.peer,
+                            "replica op on a data connection: closing"
+                        );
+                        c.closing = true;
+                        break;
+                    }
                     Err(e) => {
                         let handshake = matches!(e.error, ConnError::Handshake(_));
                         ShardCounters::add(
