@@ -34,8 +34,9 @@ use std::sync::Arc;
 
 use carmine_objectstore::ObjectId;
 use carmine_wire::op::OpKind;
+use carmine_wire::Epoch;
 
-/// Attribute holding an object's version (16 bytes, see [`Version::to_bytes`]).
+/// Attribute holding an object's version (16 bytes, [`version_key`]).
 pub const VERSION_ATTR: &str = "v";
 /// The object of a PG's meta collection whose omap is the PG log.
 pub const LOG_OBJECT: &[u8] = b"log";
@@ -44,34 +45,36 @@ pub const LOG_KEEP: usize = 256;
 /// Entries trimmed at once, when the log holds `LOG_KEEP + TRIM_BATCH`.
 pub const TRIM_BATCH: usize = 32;
 
-/// An object version: the first epoch of the interval that wrote it, then a per-PG sequence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Version {
-    pub epoch: u64,
-    pub seq: u64,
+/// An object version (the wire's type): the first epoch of the interval that wrote it, then a
+/// per-PG sequence.
+pub use carmine_wire::Version;
+
+/// The version as a store key: big-endian (epoch, seq), so byte order is version order.
+pub fn version_key(v: Version) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&v.epoch.0.to_be_bytes());
+    b[8..].copy_from_slice(&v.seq.to_be_bytes());
+    b
 }
 
-impl Version {
-    /// Big-endian (epoch, seq): byte order is version order.
-    pub fn to_bytes(self) -> [u8; 16] {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&self.epoch.to_be_bytes());
-        b[8..].copy_from_slice(&self.seq.to_be_bytes());
-        b
-    }
-
-    pub fn from_bytes(b: &[u8]) -> Option<Version> {
-        let b: &[u8; 16] = b.try_into().ok()?;
-        let (e, s) = b.split_at(8);
-        Some(Version {
-            epoch: u64::from_be_bytes(e.try_into().ok()?),
-            seq: u64::from_be_bytes(s.try_into().ok()?),
-        })
-    }
+/// The version of a store key ([`version_key`]).
+pub fn version_of_key(b: &[u8]) -> Option<Version> {
+    let b: &[u8; 16] = b.try_into().ok()?;
+    let (e, s) = b.split_at(8);
+    Some(Version {
+        epoch: Epoch(u64::from_be_bytes(e.try_into().ok()?)),
+        seq: u64::from_be_bytes(s.try_into().ok()?),
+    })
 }
 
-/// A client's request identity: its authenticated id and the op's tid. A client keeps the tid
-/// of an op over all its attempts, on any connection.
+const VERSION_ZERO: Version = Version {
+    epoch: Epoch(0),
+    seq: 0,
+};
+
+/// A client's request identity, owned (the wire's [`carmine_wire::ReqId`] borrows): its
+/// authenticated id and the op's tid. A client keeps an op's tid over all its attempts, on any
+/// connection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ReqId {
     pub client: Arc<str>,
@@ -116,7 +119,7 @@ fn kind_of(c: u8) -> Result<OpKind, LogDecodeError> {
 }
 
 impl LogEntry {
-    /// The omap value of this entry (the key is `version.to_bytes()`).
+    /// The omap value of this entry (the key is [`version_key`] of its version).
     pub fn encode_value(&self) -> Vec<u8> {
         let client = self.req.client.as_bytes();
         let mut v = Vec::with_capacity(1 + 2 + client.len() + 8 + 2 + self.object.len());
@@ -132,7 +135,7 @@ impl LogEntry {
 
     /// The entry stored under `key` with `value`.
     pub fn decode(key: &[u8], value: &[u8]) -> Result<LogEntry, LogDecodeError> {
-        let version = Version::from_bytes(key).ok_or(LogDecodeError::Key(key.len()))?;
+        let version = version_of_key(key).ok_or(LogDecodeError::Key(key.len()))?;
         let mut r = value;
         let mut take = |n: usize| -> Result<&[u8], LogDecodeError> {
             if r.len() < n {
@@ -167,7 +170,7 @@ impl LogEntry {
 
 /// A PG's log as its shard keeps it in memory: the last version handed out, the committed
 /// entries still in the log (oldest first) and their request ids.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PgLog {
     /// The last version assigned (committed or in flight).
     head: Version,
@@ -193,11 +196,22 @@ fn object_hash(object: &[u8]) -> u64 {
     xxhash_rust::xxh64::xxh64(object, 0)
 }
 
+impl Default for PgLog {
+    fn default() -> Self {
+        PgLog {
+            head: VERSION_ZERO,
+            entries: VecDeque::new(),
+            dups: HashMap::new(),
+            inflight: HashMap::new(),
+        }
+    }
+}
+
 /// What a mutation must add to its transaction for the log: the entry, and the keys of the
 /// oldest entries to trim.
 #[derive(Debug)]
 pub struct LogWrite {
-    /// The mutation's version (the entry's key is `version.to_bytes()`).
+    /// The mutation's version (the entry's key is [`version_key`] of it).
     pub version: Version,
     pub value: Vec<u8>,
     pub trim: Vec<Vec<u8>>,
@@ -266,7 +280,7 @@ impl PgLog {
         object: &[u8],
     ) -> LogWrite {
         let version = Version {
-            epoch: interval_since.max(self.head.epoch),
+            epoch: Epoch(interval_since).max(self.head.epoch),
             seq: self.head.seq + 1,
         };
         self.head = version;
@@ -286,7 +300,7 @@ impl PgLog {
                 self.entries
                     .iter()
                     .take(n)
-                    .map(|(v, _)| v.to_bytes().to_vec()),
+                    .map(|(v, _)| version_key(*v).to_vec()),
             );
             for (_, r) in self.entries.drain(..n) {
                 self.dups.remove(&r);
@@ -344,30 +358,36 @@ mod tests {
         }
     }
 
+    fn v(epoch: u64, seq: u64) -> Version {
+        Version {
+            epoch: Epoch(epoch),
+            seq,
+        }
+    }
+
     #[test]
-    fn versions_order_as_their_bytes() {
-        let a = Version { epoch: 3, seq: 9 };
-        let b = Version { epoch: 4, seq: 1 };
-        assert!(a < b);
-        assert!(a.to_bytes() < b.to_bytes());
-        assert_eq!(Version::from_bytes(&a.to_bytes()), Some(a));
-        assert_eq!(Version::from_bytes(&[0; 15]), None);
+    fn versions_order_as_their_keys() {
+        let (a, b, c) = (v(3, 9), v(4, 1), v(4, 1 << 40));
+        assert!(a < b && b < c);
+        assert!(version_key(a) < version_key(b) && version_key(b) < version_key(c));
+        assert_eq!(version_of_key(&version_key(a)), Some(a));
+        assert_eq!(version_of_key(&[0; 15]), None);
     }
 
     #[test]
     fn versions_grow_across_intervals_and_failures() {
         let mut log = PgLog::default();
         let w1 = log.begin(5, OpKind::Write, req("client.a", 1), b"o");
-        assert_eq!(w1.version, Version { epoch: 5, seq: 1 });
+        assert_eq!(w1.version, v(5, 1));
         log.abort(&req("client.a", 1));
         let w2 = log.begin(5, OpKind::Write, req("client.a", 2), b"o");
-        assert_eq!(w2.version, Version { epoch: 5, seq: 2 }, "a gap, no repeat");
+        assert_eq!(w2.version, v(5, 2), "a gap, no repeat");
         log.commit(req("client.a", 2));
         // A new interval raises the epoch; an older interval number cannot lower it.
         let w3 = log.begin(9, OpKind::Remove, req("client.b", 7), b"o");
-        assert_eq!(w3.version, Version { epoch: 9, seq: 3 });
+        assert_eq!(w3.version, v(9, 3));
         let w4 = log.begin(2, OpKind::Write, req("client.b", 8), b"o");
-        assert_eq!(w4.version, Version { epoch: 9, seq: 4 });
+        assert_eq!(w4.version, v(9, 4));
         assert!(w1.version < w2.version && w2.version < w3.version && w3.version < w4.version);
     }
 
@@ -406,7 +426,7 @@ mod tests {
             // Trimmed keys are the oldest versions, in order.
             if let Some(first) = w.trim.first() {
                 assert_eq!(
-                    Version::from_bytes(first).unwrap().seq,
+                    version_of_key(first).unwrap().seq,
                     trimmed as u64 - w.trim.len() as u64 + 1
                 );
             }
@@ -433,18 +453,18 @@ mod tests {
                 OpKind::WriteFull
             };
             let w = log.begin(7, kind, req("client.z", tid), format!("o{tid}").as_bytes());
-            stored.push((w.version.to_bytes().to_vec(), w.value));
+            stored.push((version_key(w.version).to_vec(), w.value));
             log.commit(req("client.z", tid));
         }
         stored.push((vec![1, 2, 3], vec![]));
         let (loaded, errors) = PgLog::load(stored);
         assert_eq!(errors, vec![LogDecodeError::Key(3)]);
-        assert_eq!(loaded.head(), Version { epoch: 7, seq: 5 });
+        assert_eq!(loaded.head(), v(7, 5));
         assert_eq!(loaded.len(), 5);
         let d = loaded
             .duplicate(&req("client.z", 3), OpKind::Remove, b"o3")
             .expect("loaded with its object and kind");
-        assert_eq!(d.version, Version { epoch: 7, seq: 3 });
+        assert_eq!(d.version, v(7, 3));
     }
 
     proptest! {
@@ -459,12 +479,12 @@ mod tests {
             garbage in proptest::collection::vec(any::<u8>(), 0..64),
         ) {
             let e = LogEntry {
-                version: Version { epoch, seq },
+                version: v(epoch, seq),
                 kind,
                 req: req(&client, tid),
                 object,
             };
-            let got = LogEntry::decode(&e.version.to_bytes(), &e.encode_value()).unwrap();
+            let got = LogEntry::decode(&version_key(e.version), &e.encode_value()).unwrap();
             prop_assert_eq!(got, e);
             let _ = LogEntry::decode(&[0; 16], &garbage);
         }

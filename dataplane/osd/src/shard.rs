@@ -47,7 +47,7 @@ use crate::messenger::{ConnRef, Inbound, ListenError, Messenger};
 use crate::ops::{op_error, Answer, Job};
 use crate::perf::{Latency, ShardCounters};
 use crate::pg::{Creates, PgKey, PgTable};
-use crate::pglog::{log_object, ReqId, VERSION_ATTR};
+use crate::pglog::{log_object, version_key, ReqId, VERSION_ATTR};
 use crate::routing::Routing;
 use crate::shard_store::ShardStore;
 
@@ -511,7 +511,7 @@ impl ShardCore {
                 cid: key.cid(),
                 oid,
                 name: VERSION_ATTR.to_owned(),
-                value: w.version.to_bytes().to_vec(),
+                value: version_key(w.version).to_vec(),
             });
         }
         let meta = key.meta_cid();
@@ -525,7 +525,7 @@ impl ShardCore {
         txn.ops.push(Op::OmapSet {
             cid: meta,
             oid: log_object(),
-            entries: vec![(w.version.to_bytes().to_vec(), w.value)],
+            entries: vec![(version_key(w.version).to_vec(), w.value)],
         });
     }
 
