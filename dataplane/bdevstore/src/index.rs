@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use carmine_objectstore::{CollectionId, ObjectId, StoreView};
 use serde::{Deserialize, Serialize};
 
-use crate::format::Geometry;
+use crate::format::{blocks_for, Geometry};
 
 /// A checksummed run of bytes stored contiguously in the log (block aligned).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +117,13 @@ pub struct Accounting {
     seg_area: u64,
     seg_blocks: u64,
     pub live: Vec<u64>,
+    /// Blocks the segment's extents would take if the cleaner relocated them (each extent
+    /// becomes its own chunk, rounded up to whole blocks): the cleaner's cost, where `live`
+    /// (bytes) understates it for small or fragmented extents.
+    pub blocks: Vec<u64>,
+    /// Sum of `blocks` (O(1) to read: the store measures the garbage a record's transactions
+    /// made from its change).
+    pub total_blocks: u64,
     /// Candidate (onode, logical offset) of every extent in the segment (a superset, may hold
     /// duplicates): the cleaner's work list.
     pub refs: Vec<Vec<(u64, u64)>>,
@@ -142,6 +149,8 @@ impl Accounting {
                 self.empty -= 1;
             }
             self.live[s] += e.len;
+            self.blocks[s] += blocks_for(e.len);
+            self.total_blocks += blocks_for(e.len);
             self.nrefs[s] += 1;
             let r = &mut self.refs[s];
             r.push((id, off));
@@ -154,6 +163,9 @@ impl Accounting {
         if let Some(s) = self.seg(e.chunk.lba) {
             let before = self.live[s];
             self.live[s] = before.saturating_sub(e.len);
+            let b = self.blocks[s].min(blocks_for(e.len));
+            self.blocks[s] -= b;
+            self.total_blocks -= b;
             if before > 0 && self.live[s] == 0 {
                 self.empty += 1;
             }
@@ -165,6 +177,10 @@ impl Accounting {
                 self.gen[s] = self.gen[s].wrapping_add(1);
             }
         }
+    }
+    /// Extents really in segment `s` (its relocation record carries one `Reloc` each).
+    pub fn extents(&self, s: usize) -> u32 {
+        self.nrefs.get(s).copied().unwrap_or(0)
     }
     /// Is extent `e` (at `id`, `off`) in segment `s`?
     fn holds(&self, s: usize, e: &Extent) -> bool {
@@ -253,6 +269,8 @@ impl Index {
             seg_area: geo.seg_area(),
             seg_blocks: geo.seg_blocks,
             live: vec![0; n],
+            blocks: vec![0; n],
+            total_blocks: 0,
             refs: vec![Vec::new(); n],
             nrefs: vec![0; n],
             compact: Vec::new(),

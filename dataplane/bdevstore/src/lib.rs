@@ -42,13 +42,35 @@
 //! references as append-only *candidate* lists (a push per new extent, nothing on removal;
 //! compacted when they outgrow twice the live count): the cleaner checks each candidate
 //! against the extent map and keeps a cursor into its victim's list between steps.
-//! When free segments run low, the cleaner picks the used segment with the fewest live bytes and
-//! relocates at most `clean_batch_bytes` per step (read chunks, verify, write a relocation entry
-//! into the next record; a relocation applies only if the extent did not change meanwhile).
-//! Emptied segments become free once a checkpoint's replay start lies past them. The pause is
-//! bounded by the batch size and measured (`StoreStats::cleaner_max_pause`). A transaction that
-//! needs space the cleaner cannot produce fails with `NoSpace` and has no effect; transactions
-//! without data may use reserve segments, so removes keep working on a full store.
+//! When free segments run low, the cleaner picks the used segment cheapest to relocate, counted
+//! in the whole blocks its extents take once moved (not bytes: a segment of small objects is
+//! mostly free by bytes yet refills a segment when moved), and relocates at most
+//! `clean_batch_bytes` per step (read chunks, verify, write a relocation entry into the next
+//! record; a relocation applies only if the extent did not change meanwhile). Batches are also
+//! bounded to half a segment of blocks. Emptied segments become free once a checkpoint's replay
+//! start lies past them. The pause is bounded by the batch size and measured
+//! (`StoreStats::cleaner_max_pause`).
+//!
+//! The cleaner is in one of three rest states (`CleanerRest` in store.rs); both ways it can
+//! rest exist so that it always stops when cleaning cannot help:
+//! - *Active*: cleans while free segments are below the low-water mark or a transaction
+//!   waits for space.
+//! - *Stalled* (progress guard, for packing losses block accounting cannot see): after
+//!   `CLEAN_FUTILE_LIMIT` victims emptied without the net gain in blocks (`clean_net`: a
+//!   segment per victim, minus relocation records and head tails skipped) reaching a new high,
+//!   it picks no victim until the foreground has written records and dropped live blocks
+//!   (overwrites, removes: new garbage) worth a segment together (`StoreStats::cleaner_stalls`). A transaction waiting for space overrides the stall, for
+//!   at most the bounded wait of `worth_waiting`. Without foreground writes cleaning ends.
+//! - *Stuck* (a full store): a relocation found no segment to write into (the cleaner leaves
+//!   the last free segment to transactions without data). The batch is dropped (nothing
+//!   moved), the cleaner does nothing (no override), transactions needing a new segment fail
+//!   with `NoSpace` at once, and a warning is logged once. A committed transaction (e.g. a
+//!   remove) or a freed segment wakes it, back into the stall it interrupted if any (only a
+//!   waiting transaction makes a stalled cleaner relocate), else Active.
+//!
+//! A transaction that needs space the cleaner cannot produce fails with `NoSpace` and has no
+//! effect; transactions with data may not take the last `reserve_segs` free segments, those
+//! without data may take all, so removes keep working on a full store.
 //!
 //! ## Limits (by design, documented in FORMAT.md)
 //! Metadata must fit a checkpoint slot and memory; a transaction must fit one segment

@@ -59,6 +59,11 @@ pub struct StoreStats {
     pub cleaner_steps: u64,
     pub cleaner_max_pause: Duration,
     pub segments_freed: u64,
+    /// Times the cleaner stalled because relocating wrote as many blocks as it freed.
+    pub cleaner_stalls: u64,
+    /// Times a relocation found no segment to write into (the cleaner rested until a
+    /// transaction committed or a segment was freed; writes needing space got `NoSpace`).
+    pub cleaner_stuck: u64,
     pub checkpoints: u64,
     pub checkpoint_max_pause: Duration,
 }
@@ -152,13 +157,24 @@ pub struct BdevStore<D: BlockDevice> {
     reclaim_due: bool,
     /// Cleaner steps + checkpoints at the moment a transaction started waiting for space.
     wait_mark: Option<u64>,
-    /// The last cleaner step found no victim.
+    /// The last cleaner step found no victim (or the cleaner is stalled).
     cleaner_idle: bool,
-    /// The cleaner's last relocation found no segment to write into (the store is full of
-    /// live data it cannot pack tighter). Waiting for space is pointless then: waiting
-    /// transactions fail with `NoSpace`, and the cleaner rests until a record commits
-    /// (e.g. removes) or a segment is freed.
-    cleaner_stuck: bool,
+    /// Cleaner progress in blocks since a stall last ended (or mount): a segment
+    /// for each victim emptied, minus the blocks of relocation records and the head tails they
+    /// left unused (opening a new segment). Without foreground writes it only rises as used
+    /// segments give blocks back, so it is bounded and the cleaner stops. `clean_best` is its
+    /// high-water mark, `clean_futile` counts victims emptied since it last rose. See
+    /// `CLEAN_FUTILE_LIMIT`.
+    clean_net: i64,
+    clean_best: i64,
+    clean_futile: u32,
+    /// Whether the cleaner may pick victims, and what wakes it (see `CleanerRest` and the
+    /// module docs, "Cleaner and space").
+    rest: CleanerRest,
+    /// Encoded bytes of one `Reloc`, and of a relocation record's header without any (fixed-int
+    /// encoding: sizes do not depend on values): the cleaner's header cost estimate.
+    reloc_bytes: u64,
+    reloc_hdr_fixed: u64,
     ckpt: Ckpt,
     blocks_since_ckpt: u64,
     done: Vec<Completion>,
@@ -328,6 +344,31 @@ const SPARE_MAX_BYTES: usize = 64 << 10;
 /// Largest pooled buffer, in blocks (records are at most a segment; checkpoint bodies, larger
 /// and rare, are allocated each time).
 const POOL_MAX_BLOCKS: usize = 4096;
+/// Victims the cleaner may empty without its net gain in blocks (`clean_net`) reaching a new
+/// high before it stalls. Block accounting keeps futile victims out in the common case; this
+/// bounds what it cannot see (extents too big to pack into the head's remainder), so cleaning
+/// always ends once the foreground stops.
+const CLEAN_FUTILE_LIMIT: u32 = 4;
+
+/// The cleaner's rest state: whether it may pick victims and what wakes it. One state, so the
+/// two reasons to rest cannot disagree (module docs, "Cleaner and space").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CleanerRest {
+    /// Cleans while free segments are below the low-water mark or a transaction waits for space.
+    Active,
+    /// Emptying victims stopped gaining blocks (`CLEAN_FUTILE_LIMIT`): no new victim until the
+    /// foreground has written records and dropped live blocks (overwrites, removes) worth a
+    /// segment together (`fg_blocks` so far): new garbage the cleaner may gain from. A transaction waiting for space overrides it (`worth_waiting` bounds
+    /// that wait).
+    Stalled { fg_blocks: u64 },
+    /// The last relocation found no segment to write into (the store is full of live data it
+    /// cannot pack tighter): no cleaning at all, even for a waiting transaction, and
+    /// transactions needing space fail with `NoSpace` at once. Woken by a committed
+    /// transaction (e.g. a remove) or a freed segment; it then resumes the stall it
+    /// interrupted (`stalled`: that stall's `fg_blocks`; only a waiting transaction makes a
+    /// stalled cleaner relocate, so it can get stuck), else `Active`.
+    Stuck { stalled: Option<u64> },
+}
 
 impl<D: BlockDevice> BdevStore<D> {
     /// Mount shard `opts.shard` of a formatted device: load the newest checkpoint, replay the
@@ -370,6 +411,22 @@ impl<D: BlockDevice> BdevStore<D> {
         }
         let mut used = l.used;
         used[l.head.seg as usize] = true;
+        let reloc_hdr_fixed = record_fixed_bytes() + encoded_len(&Entry::Reloc(Vec::new()));
+        let zero_chunk = ChunkRef {
+            lba: 0,
+            len: 0,
+            crc: 0,
+        };
+        let reloc_bytes = encoded_len(&Reloc {
+            onode: 0,
+            off: 0,
+            old: Extent {
+                len: 0,
+                skip: 0,
+                chunk: zero_chunk,
+            },
+            new: zero_chunk,
+        });
         let mut s = BdevStore {
             dev,
             geo: l.geo,
@@ -393,7 +450,12 @@ impl<D: BlockDevice> BdevStore<D> {
             reclaim_due: true,
             wait_mark: None,
             cleaner_idle: false,
-            cleaner_stuck: false,
+            clean_net: 0,
+            clean_best: 0,
+            clean_futile: 0,
+            rest: CleanerRest::Active,
+            reloc_bytes,
+            reloc_hdr_fixed,
             ckpt: Ckpt {
                 phase: CkptPhase::Idle,
                 generation: l.generation,
@@ -818,20 +880,36 @@ impl<D: BlockDevice> BdevStore<D> {
             if !self.used[s] || s == self.head.seg as usize || self.bad_segs[s] {
                 continue;
             }
-            let live = self.idx.acct.live[s];
-            garbage += cap.saturating_sub(live);
-            if live + 2 * BLOCK < cap {
-                candidate = true;
-            }
+            garbage += self.geo.seg_blocks.saturating_sub(self.clean_cost(s)) * BLOCK;
+            candidate |= self.worth_cleaning(s);
         }
         candidate && !self.ckpt.too_big && garbage >= need_bytes + cap
+    }
+
+    /// Blocks relocating all of segment `s` would write: each extent becomes its own chunk
+    /// (whole blocks), plus a header with one `Reloc` per extent.
+    fn clean_cost(&self, s: usize) -> u64 {
+        let a = &self.idx.acct;
+        if a.live[s] == 0 {
+            return 0;
+        }
+        a.blocks[s] + blocks_for(self.reloc_hdr_fixed + u64::from(a.extents(s)) * self.reloc_bytes)
+    }
+
+    /// Does cleaning segment `s` free space? It must hold live data (else it only needs a
+    /// checkpoint) and its relocation must take at least two blocks less than the segment.
+    /// In blocks, not bytes: a segment of 600-byte objects is 15% live by bytes, yet moving
+    /// it fills a whole segment again (the cleaner then moved the same data round forever).
+    fn worth_cleaning(&self, s: usize) -> bool {
+        self.idx.acct.live[s] > 0 && self.clean_cost(s) + 2 <= self.geo.seg_blocks
     }
 
     /// Keep a transaction waiting for the cleaner, or fail it with `NoSpace`? Wait only while
     /// reclaimable space exists and background work is still making moves; give up after a
     /// bounded number of cleaner steps without success (fragmentation the cleaner cannot fix).
     fn worth_waiting(&mut self, need_bytes: u64) -> bool {
-        if self.cleaner_stuck || !self.can_reclaim(need_bytes) {
+        let stuck = matches!(self.rest, CleanerRest::Stuck { .. });
+        if stuck || !self.can_reclaim(need_bytes) {
             return false;
         }
         let events = self.stats.cleaner_steps + self.stats.checkpoints;
@@ -894,6 +972,7 @@ impl<D: BlockDevice> BdevStore<D> {
 
         // 1. Relocations from the cleaner (one entry). Timed as cleaner pause.
         let t0 = Instant::now();
+        let mut reloc_blocks = 0u64;
         if !self.clean_ready.is_empty() {
             let nblocks: u64 = self
                 .clean_ready
@@ -929,12 +1008,18 @@ impl<D: BlockDevice> BdevStore<D> {
                         .collect(),
                 ));
                 let h = blocks_for(fixed + size);
-                if self.head.block + h + nblocks > self.geo.seg_blocks && !self.open_segment(1) {
-                    self.cleaner_stuck();
-                    live = Vec::new();
-                } else {
+                // The cleaner leaves the last free segment to transactions without data.
+                let fits = self.head.block + h + nblocks <= self.geo.seg_blocks;
+                let tail = self.geo.seg_blocks.saturating_sub(self.head.block);
+                if fits || self.open_segment(1) {
+                    if !fits {
+                        self.clean_net -= tail as i64;
+                    }
                     h_blocks = h;
                     hdr_bytes += size;
+                } else {
+                    self.cleaner_stuck();
+                    live = Vec::new();
                 }
             }
             if !live.is_empty() {
@@ -967,11 +1052,15 @@ impl<D: BlockDevice> BdevStore<D> {
                     relocs.push(r);
                 }
                 entries.push(Entry::Reloc(relocs));
+                reloc_blocks = h_blocks + data_blocks;
+                self.clean_net -= reloc_blocks as i64;
             }
             self.stats.cleaner_max_pause = self.stats.cleaner_max_pause.max(t0.elapsed());
         }
 
-        // 2. Transactions, in submission order.
+        // 2. Transactions, in submission order. What they add to the relocation cost of all
+        // segments, less the blocks of their own writes, is the garbage they made (negative).
+        let (txn_data_from, blocks_from) = (data_blocks, self.idx.acct.total_blocks);
         while let Some((ticket, txn)) = self.queue.front() {
             let ticket = *ticket;
             if let Err(e) = validate(&self.idx, txn) {
@@ -1069,8 +1158,6 @@ impl<D: BlockDevice> BdevStore<D> {
             entries.push(entry);
             tickets.push(ticket);
             txns += 1;
-            // The live data changed (a remove, an overwrite): the cleaner may find room now.
-            self.cleaner_stuck = false;
         }
         if entries.is_empty() {
             return;
@@ -1123,6 +1210,13 @@ impl<D: BlockDevice> BdevStore<D> {
         for (_, bytes) in data {
             self.put_spare(bytes);
         }
+        if txns > 0 {
+            // The blocks the transactions added (relocations may share the record), and the
+            // live blocks they dropped (overwrites, removes).
+            let garbage = (blocks_from + data_blocks - txn_data_from)
+                .saturating_sub(self.idx.acct.total_blocks);
+            self.foreground_wrote(total - reloc_blocks, garbage);
+        }
         let start = self.geo.seg_lba(self.head.seg) + self.head.block;
         let dev_lba = self.geo.dev_lba(start);
         let t = self.token(Io::RecWrite);
@@ -1143,20 +1237,55 @@ impl<D: BlockDevice> BdevStore<D> {
     // ---------------------------------------------------------------- cleaner
 
     /// The relocation read by the last cleaner step has nowhere to go: drop it (the extents
-    /// stay where they are, nothing changed) and stop cleaning until something changes, so
+    /// stay where they are, nothing changed) and rest `Stuck` until something changes, so
     /// that waiting transactions get `NoSpace` rather than wait for a cleaner that cannot
     /// move (and the shard does not re-read the same victim on every poll).
     fn cleaner_stuck(&mut self) {
-        if !self.cleaner_stuck {
+        let stalled = match self.rest {
+            CleanerRest::Active => None,
+            CleanerRest::Stalled { fg_blocks } => Some(fg_blocks),
+            CleanerRest::Stuck { stalled } => stalled,
+        };
+        if !matches!(self.rest, CleanerRest::Stuck { .. }) {
+            self.stats.cleaner_stuck += 1;
             tracing::warn!(
                 free = self.free_count(),
                 "cleaner has no segment to relocate into: writes needing space fail with \
                  NoSpace until data is removed"
             );
         }
-        self.cleaner_stuck = true;
+        self.rest = CleanerRest::Stuck { stalled };
         self.victim = None;
         self.clean_cursor = RefCursor::default();
+    }
+
+    /// A `Stuck` cleaner may find room again (a transaction committed or a segment was
+    /// freed). It resumes the stall it interrupted, if any: a freed segment alone does not
+    /// restart a cleaner that was gaining nothing.
+    fn cleaner_wake(&mut self) {
+        if let CleanerRest::Stuck { stalled } = self.rest {
+            self.rest = match stalled {
+                Some(fg_blocks) => CleanerRest::Stalled { fg_blocks },
+                None => CleanerRest::Active,
+            };
+        }
+    }
+
+    /// Transactions committed `blocks` of records and dropped `garbage` blocks of live data
+    /// (removes, overwrites): the live data changed, which wakes a `Stuck` cleaner, and a
+    /// segment's worth of both together ends a stall and restarts the progress guard. Garbage
+    /// counts because removes make room for the cleaner while writing almost nothing: a full
+    /// store that removed half its data must clean again before writes need to wait.
+    fn foreground_wrote(&mut self, blocks: u64, garbage: u64) {
+        self.cleaner_wake();
+        if let CleanerRest::Stalled { fg_blocks } = &mut self.rest {
+            *fg_blocks += blocks + garbage;
+            if *fg_blocks >= self.geo.seg_blocks {
+                self.rest = CleanerRest::Active;
+                self.clean_futile = 0;
+                self.clean_best = self.clean_net;
+            }
+        }
     }
 
     /// One bounded cleaner step: pick a victim segment and start reading up to
@@ -1164,7 +1293,7 @@ impl<D: BlockDevice> BdevStore<D> {
     /// `build_record`, in the same poll loop, so foreground I/O interleaves.
     fn cleaner_step(&mut self) {
         if self.failed.is_some()
-            || self.cleaner_stuck
+            || matches!(self.rest, CleanerRest::Stuck { .. })
             || self.clean_inflight > 0
             || !self.clean_ready.is_empty()
         {
@@ -1174,27 +1303,34 @@ impl<D: BlockDevice> BdevStore<D> {
             return;
         }
         let t0 = Instant::now();
-        let cap = self.geo.seg_bytes();
         if self
             .victim
             .is_some_and(|v| self.idx.acct.live[v as usize] == 0)
         {
             self.victim = None;
+            self.victim_emptied();
+        }
+        if matches!(self.rest, CleanerRest::Stalled { .. }) && !self.space_wait {
+            self.cleaner_idle = true;
+            return;
         }
         if self.victim.is_none() {
             let head = self.head.seg as usize;
             self.victim = (0..self.geo.nsegs as usize)
                 .filter(|&s| self.used[s] && s != head && !self.bad_segs[s])
-                .map(|s| (self.idx.acct.live[s], s))
-                .filter(|&(live, _)| live > 0 && live + 2 * BLOCK < cap)
+                .filter(|&s| self.worth_cleaning(s))
+                .map(|s| (self.clean_cost(s), s))
                 .min()
                 .map(|(_, s)| s as u32);
         }
         self.cleaner_idle = self.victim.is_none();
         let Some(v) = self.victim else { return };
-        // Bounded batch: at most half a segment, so the relocation record always fits.
+        // Bounded batch: at most half a segment (in bytes and in the whole blocks each extent
+        // takes once moved), so the relocation record always fits.
         let budget = self.opts.clean_batch_bytes.min(self.geo.seg_bytes() / 2);
+        let max_blocks = self.geo.seg_blocks / 2;
         let mut taken = 0u64;
+        let mut taken_blocks = 0u64;
         let items = self
             .idx
             .segment_extents_from(v as usize, &mut self.clean_cursor, budget);
@@ -1209,9 +1345,11 @@ impl<D: BlockDevice> BdevStore<D> {
         let mut reads: Vec<(ChunkRef, Vec<CleanPiece>)> = Vec::new();
         let mut by_lba: HashMap<u64, usize> = HashMap::new();
         for (id, off, ext) in items {
-            if taken > 0 && taken + ext.len > budget {
+            let b = blocks_for(ext.len);
+            if taken > 0 && (taken + ext.len > budget || taken_blocks + b > max_blocks) {
                 break;
             }
+            taken_blocks += b;
             match by_lba.get(&ext.chunk.lba) {
                 Some(&i) if reads[i].0 == ext.chunk => reads[i].1.push((id, off, ext)),
                 _ => {
@@ -1236,6 +1374,25 @@ impl<D: BlockDevice> BdevStore<D> {
         self.stats.cleaner_max_pause = self.stats.cleaner_max_pause.max(p);
     }
 
+    /// The victim holds no live data any more: did the cleaner gain, or stall it.
+    fn victim_emptied(&mut self) {
+        self.clean_net += self.geo.seg_blocks as i64;
+        if self.clean_net > self.clean_best {
+            self.clean_best = self.clean_net;
+            self.clean_futile = 0;
+            return;
+        }
+        self.clean_futile += 1;
+        if self.clean_futile >= CLEAN_FUTILE_LIMIT && self.rest == CleanerRest::Active {
+            tracing::debug!(
+                free = self.nfree,
+                "cleaner stalled: relocation wrote as many blocks as it freed"
+            );
+            self.rest = CleanerRest::Stalled { fg_blocks: 0 };
+            self.stats.cleaner_stalls += 1;
+        }
+    }
+
     /// Free segments with no live data that lie wholly before the checkpoint's replay start.
     fn reclaim(&mut self) {
         if !self.reclaim_due || !self.reads.is_empty() || self.clean_inflight > 0 {
@@ -1251,7 +1408,7 @@ impl<D: BlockDevice> BdevStore<D> {
                 self.used[s] = false;
                 self.nfree += 1;
                 self.stats.segments_freed += 1;
-                self.cleaner_stuck = false;
+                self.cleaner_wake();
             }
         }
     }
