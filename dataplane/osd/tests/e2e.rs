@@ -2,6 +2,7 @@
 //! `carmine_mon::serve` the binary runs) and `carmine-osd run` processes on 127.0.0.1 (kernel
 //! sockets), driven by the real `carmine-client`. The harness (monitor, OSD launcher, cluster)
 //! is the client crate's test harness, shared by path so both crates test against one launcher.
+//! The bdevstore OSD launcher and fsck are `common_bdev` (shared with e2e_faults.rs).
 //!
 //! - 10,000 objects of mixed sizes (1 B to 4 MiB) over 3 OSDs, read back verified, a PG listed
 //!   page by page, the pool listed whole;
@@ -19,12 +20,11 @@
 
 #[path = "../../../client/lib/tests/common/mod.rs"]
 mod common;
+mod common_bdev;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,7 @@ use carmine_client::{
 use carmine_proto::v1;
 use carmine_wire::{HandshakeError, RejectReason, VersionRange};
 use common::{authed, runtime, Cluster, Mon, OSD_TOKEN};
+use common_bdev::{bdev_image, fsck_clean, BdevOsd};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -412,125 +413,6 @@ fn an_op_sent_to_the_wrong_shard_is_forwarded_and_counted() {
     });
 }
 
-/// The `carmine-osd` under test: this package's, or `CARMINE_OSD_BIN` (as for the memstore
-/// OSDs of the harness: e.g. a deliberately broken build, to see a test fail).
-fn bdev_osd_bin() -> PathBuf {
-    std::env::var_os("CARMINE_OSD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_carmine-osd").into())
-}
-
-/// An OSD on bdevstore over an aio file (needs root and hugepages, as in CI).
-struct BdevOsd {
-    child: Option<Child>,
-    config: PathBuf,
-    id: u32,
-    port: u16,
-}
-
-impl BdevOsd {
-    fn start(mon: &Mon, dir: &Path) -> BdevOsd {
-        let config = dir.join("osd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"[osd]
-uuid = "bdev-osd"
-host = "bdevhost"
-[mon]
-addr = "{mon}"
-[admin]
-listen = "127.0.0.1:0"
-token = "{OSD_TOKEN}"
-[reactor]
-cores = [1]
-pin = false
-[net]
-backend = "kernel"
-ip = "127.0.0.1"
-base_port = 0
-[store]
-kind = "bdevstore"
-bdev = "aio"
-path = "{img}"
-size_mib = 256
-[spdk]
-mem_mib = 128
-file_prefix = "carmine-e2e-{pid}"
-"#,
-                mon = mon.addr,
-                img = dir.join("osd.img").display(),
-                pid = std::process::id(),
-            ),
-        )
-        .unwrap();
-        let mut o = BdevOsd {
-            child: None,
-            config,
-            id: 0,
-            port: 0,
-        };
-        o.spawn();
-        o
-    }
-
-    fn spawn(&mut self) {
-        let mut child = Command::new(bdev_osd_bin())
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        self.child = Some(child);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if line.starts_with("carmine-osd: ready") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("bdevstore OSD ready line (root and hugepages?)");
-        for f in line.split_whitespace() {
-            if let Some(v) = f.strip_prefix("osd=") {
-                self.id = v.parse().unwrap();
-            } else if let Some(v) = f.strip_prefix("ports=") {
-                self.port = v.parse().unwrap();
-            }
-        }
-    }
-
-    /// SIGTERM (clean: the store checkpoints) or SIGKILL, then wait.
-    fn stop(&mut self, clean: bool) {
-        if let Some(mut c) = self.child.take() {
-            if clean {
-                // SAFETY: kill(2) on our own child's pid.
-                unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while c.try_wait().unwrap().is_none() {
-                    assert!(Instant::now() < deadline, "OSD did not stop on SIGTERM");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                assert!(c.wait().unwrap().success(), "clean stop exits 0");
-            } else {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
-impl Drop for BdevOsd {
-    fn drop(&mut self) {
-        self.stop(false);
-    }
-}
-
 /// Keys of the bdevstore test.
 const BDEV_KEYS: usize = 200;
 
@@ -549,31 +431,6 @@ struct KeyState {
     unsure: Option<usize>,
 }
 
-/// `carmine-osd fsck` on the image, which must be clean; the shard-0 report (JSON).
-fn fsck(img: &Path) -> serde_json::Value {
-    let out = Command::new(bdev_osd_bin())
-        .args(["fsck", "--json", "--bdev-kind", "aio", "--path"])
-        .arg(img)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fsck: {}\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // SPDK prints its notices to stdout too: the report is the line that parses.
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let reports = stdout
-        .lines()
-        .find_map(|l| serde_json::from_str::<Vec<serde_json::Value>>(l).ok())
-        .unwrap_or_else(|| panic!("no JSON report from fsck: {stdout}"));
-    let r = reports.into_iter().next().expect("a report for shard 0");
-    assert_eq!(r["clean"], true, "{r}");
-    r
-}
-
 #[test]
 fn bdevstore_osd_keeps_its_data_over_restart_and_sigkill() {
     // SAFETY: geteuid has no preconditions.
@@ -583,13 +440,13 @@ fn bdevstore_osd_keeps_its_data_over_restart_and_sigkill() {
         "needs root: run through ci/test"
     );
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("osd.img");
+    let img = bdev_image(dir.path(), "osd");
     let rt = runtime();
     rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(240), async {
             let mon = Mon::start();
             let creds = mon.add_key("client.bdev").await;
-            let mut osd = BdevOsd::start(&mon, dir.path());
+            let mut osd = BdevOsd::start(&mon, dir.path(), "osd", 256, 1);
             mon.wait_up(1).await;
             mon.create_pool("data", 16, 1).await;
             let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds.clone());
@@ -676,7 +533,7 @@ fn bdevstore_osd_keeps_its_data_over_restart_and_sigkill() {
 
             // The unclean image checks clean before anything mounts it again (the journal
             // replays; a torn tail record is allowed, it was never acknowledged).
-            let r = fsck(&img);
+            let r = fsck_clean(&img, 1).remove(0);
             assert_eq!(r["objects"], data_objects(&r, BDEV_KEYS), "{r}");
             eprintln!("after SIGKILL ({at_kill} writes acknowledged under load): fsck {r}");
 
@@ -689,7 +546,7 @@ fn bdevstore_osd_keeps_its_data_over_restart_and_sigkill() {
         .expect("test time limit");
     });
     // The store is consistent after the clean stop.
-    let r = fsck(&img);
+    let r = fsck_clean(&img, 1).remove(0);
     assert_eq!(r["objects"], data_objects(&r, BDEV_KEYS), "{r}");
 }
 
@@ -740,7 +597,7 @@ fn bdev_a_retried_mutation_is_applied_once_also_after_a_restart() {
             let mon = Mon::start();
             let creds = mon.add_key("client.retry").await;
             let other = mon.add_key("client.other").await;
-            let mut osd = BdevOsd::start(&mon, dir.path());
+            let mut osd = BdevOsd::start(&mon, dir.path(), "osd", 256, 1);
             mon.wait_up(1).await;
             mon.create_pool("data", 8, 1).await;
             let cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds.clone());
@@ -767,7 +624,7 @@ fn bdev_a_retried_mutation_is_applied_once_also_after_a_restart() {
 
             // tid 7: "first"; tid 8 overwrites it with "second". A retry of tid 7, on another
             // connection, is answered as before and does not write "first" again.
-            let c1 = connect(osd.port, &creds).await;
+            let c1 = connect(osd.ports[0], &creds).await;
             call_as_until_mapped(&c1, 7, &req("obj", wf("obj", b"first")))
                 .await
                 .unwrap();
@@ -775,7 +632,7 @@ fn bdev_a_retried_mutation_is_applied_once_also_after_a_restart() {
                 .await
                 .unwrap();
             let before = perf(&mon, osd.id).await;
-            let c2 = connect(osd.port, &creds).await;
+            let c2 = connect(osd.ports[0], &creds).await;
             let r = call_as_until_mapped(&c2, 7, &req("obj", wf("obj", b"first"))).await;
             assert!(matches!(r, Ok(carmine_client::Reply::WrittenFull)), "{r:?}");
             assert_eq!(
@@ -793,7 +650,7 @@ fn bdev_a_retried_mutation_is_applied_once_also_after_a_restart() {
             let r = call_as_until_mapped(&c2, 10, &rm()).await;
             assert!(matches!(r, Ok(carmine_client::Reply::Removed)), "{r:?}");
             // The same tid from another client is another request: applied.
-            let c3 = connect(osd.port, &other).await;
+            let c3 = connect(osd.ports[0], &other).await;
             call_as_until_mapped(&c3, 7, &req("obj", wf("obj", b"third")))
                 .await
                 .unwrap();
@@ -805,7 +662,7 @@ fn bdev_a_retried_mutation_is_applied_once_also_after_a_restart() {
             osd.stop(false);
             osd.spawn();
             let client = Client::connect(cfg).await.unwrap();
-            let c4 = connect(osd.port, &creds).await;
+            let c4 = connect(osd.ports[0], &creds).await;
             let t = client.locate("data", "obj").unwrap();
             let retry = OpRequest {
                 pool: PoolId(u64::from(pool.id)),

@@ -1,7 +1,8 @@
 //! The OSD under faults and contention, end to end as real processes: a monitor (in this
 //! process, the same `carmine_mon::serve` the binary runs) and `carmine-osd run` processes on
 //! 127.0.0.1 (kernel sockets), driven by the real `carmine-client`. The harness is the client
-//! crate's test harness, shared by path.
+//! crate's test harness, shared by path; the bdevstore OSD launcher and fsck are `common_bdev`
+//! (shared with e2e.rs).
 //!
 //! - (bdevstore) per-object ordering: writers and readers on several connections hammer one
 //!   object; no read returns a value older than one acknowledged before it was issued;
@@ -18,18 +19,18 @@
 
 #[path = "../../../client/lib/tests/common/mod.rs"]
 mod common;
+mod common_bdev;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use carmine_client::{Client, ClientConfig, Credentials, Error, OpError};
 use carmine_proto::v1;
-use common::{authed, runtime, Cluster, Mon, OSD_TOKEN};
+use common::{authed, runtime, Cluster, Mon};
+use common_bdev::BdevOsd;
 
 const LIMIT: Duration = Duration::from_secs(150);
 
@@ -62,143 +63,6 @@ where
         }
         assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// An OSD on bdevstore over an aio file in `dir` (needs root and hugepages).
-struct BdevOsd {
-    child: Option<Child>,
-    config: PathBuf,
-    img: PathBuf,
-    shards: usize,
-    id: u32,
-}
-
-impl BdevOsd {
-    fn start(mon: &Mon, dir: &Path, name: &str, size_mib: u64, shards: usize) -> BdevOsd {
-        let config = dir.join(format!("{name}.toml"));
-        let img = dir.join(format!("{name}.img"));
-        let cores: Vec<String> = (0..shards).map(|i| i.to_string()).collect();
-        std::fs::write(
-            &config,
-            format!(
-                r#"[osd]
-uuid = "faults-{name}"
-host = "host-{name}"
-[mon]
-addr = "{mon}"
-[admin]
-listen = "127.0.0.1:0"
-token = "{OSD_TOKEN}"
-[reactor]
-cores = [{cores}]
-pin = false
-[net]
-backend = "kernel"
-ip = "127.0.0.1"
-base_port = 0
-[store]
-kind = "bdevstore"
-bdev = "aio"
-path = "{img}"
-size_mib = {size_mib}
-[spdk]
-mem_mib = 128
-file_prefix = "carmine-faults-{pid}-{name}"
-"#,
-                mon = mon.addr,
-                cores = cores.join(", "),
-                img = img.display(),
-                pid = std::process::id(),
-            ),
-        )
-        .unwrap();
-        let mut o = BdevOsd {
-            child: None,
-            config,
-            img,
-            shards,
-            id: 0,
-        };
-        o.spawn();
-        o
-    }
-
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "the OSD is still running");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_carmine-osd"))
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        self.child = Some(child);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if line.starts_with("carmine-osd: ready") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("bdevstore OSD ready line (root and hugepages?)");
-        for f in line.split_whitespace() {
-            if let Some(v) = f.strip_prefix("osd=") {
-                self.id = v.parse().unwrap();
-            }
-        }
-    }
-
-    /// SIGTERM (clean: the store checkpoints) or SIGKILL (a crash), then wait.
-    fn stop(&mut self, clean: bool) {
-        if let Some(mut c) = self.child.take() {
-            if clean {
-                // SAFETY: kill(2) on our own child's pid.
-                unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while c.try_wait().unwrap().is_none() {
-                    if Instant::now() >= deadline {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                        panic!("OSD did not stop on SIGTERM within 30 s");
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                assert!(c.wait().unwrap().success(), "clean stop exits 0");
-            } else {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-
-    /// `carmine-osd fsck` of every shard; the OSD must not be running.
-    fn fsck(&self) {
-        assert!(self.child.is_none(), "fsck of a running OSD's store");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_carmine-osd"));
-        cmd.args(["fsck", "--bdev-kind", "aio", "--path"])
-            .arg(&self.img);
-        for s in 0..self.shards {
-            cmd.args(["--shard", &s.to_string()]);
-        }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "fsck: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for BdevOsd {
-    fn drop(&mut self) {
-        self.stop(false);
     }
 }
 

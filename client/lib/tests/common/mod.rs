@@ -2,11 +2,13 @@
 //! a real monitor served in this process (`carmine_mon::serve`, as the binary runs it) and real
 //! `carmine-osd run` processes (kernel sockets, memstore, 127.0.0.1, port 0), each killed by a
 //! Drop guard. Nothing here stands in for a part: the OSDs and the monitor are the real ones.
+//! The OSD crate's end-to-end tests include it too (by path), and start their bdevstore OSDs
+//! (`dataplane/osd/tests/common_bdev`) with its config, spawn and kill functions.
 
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -297,6 +299,105 @@ pub fn osd_bin() -> PathBuf {
     bin
 }
 
+/// The config of an OSD of these tests: `uuid` on `host`, booting with `mon`, its admin
+/// service on 127.0.0.1 (port 0, [`OSD_TOKEN`]), one unpinned shard per entry of `cores`
+/// (adaptive idle), kernel sockets on 127.0.0.1 (ports chosen by the kernel); `store`: the
+/// `[store]` table and whatever follows it (e.g. `[spdk]`).
+pub fn osd_config(uuid: &str, host: &str, mon: &Mon, cores: &[usize], store: &str) -> String {
+    let cores: Vec<String> = cores.iter().map(|c| c.to_string()).collect();
+    format!(
+        r#"[osd]
+uuid = "{uuid}"
+host = "{host}"
+[mon]
+addr = "{mon}"
+[admin]
+listen = "127.0.0.1:0"
+token = "{OSD_TOKEN}"
+[reactor]
+cores = [{cores}]
+idle = "adaptive"
+pin = false
+[net]
+backend = "kernel"
+ip = "127.0.0.1"
+base_port = 0
+{store}"#,
+        mon = mon.addr,
+        cores = cores.join(", "),
+    )
+}
+
+/// What a `carmine-osd run` prints once it serves:
+/// `carmine-osd: ready osd=<id> shards=<n> addr=<ip> ports=<p0,p1,..>`.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The id the monitor gave the OSD.
+    pub id: u32,
+    /// Each shard's data port.
+    pub ports: Vec<u16>,
+}
+
+/// Runs `bin run --config <config>` (any store: memstore here, bdevstore in the OSD crate's
+/// tests) and waits up to `ready_within` for its ready line; its stdout is drained for its whole
+/// life. Killed, then a panic, if the line does not come.
+pub fn spawn_osd(bin: &Path, config: &Path, ready_within: Duration) -> (Child, Ready) {
+    let mut child = Command::new(bin)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("carmine-osd: ready") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = match rx.recv_timeout(ready_within) {
+        Ok(line) => line,
+        Err(e) => {
+            let why = match e {
+                mpsc::RecvTimeoutError::Timeout => format!("within {ready_within:?}"),
+                mpsc::RecvTimeoutError::Disconnected => "before its stdout closed".into(),
+            };
+            kill_osd(&mut Some(child));
+            panic!(
+                "{} ({}) did not print its ready line {why} (a bdevstore OSD needs root and \
+                 hugepages)",
+                bin.display(),
+                config.display()
+            );
+        }
+    };
+    let mut ready = Ready {
+        id: 0,
+        ports: Vec::new(),
+    };
+    for field in line.split_whitespace() {
+        if let Some(v) = field.strip_prefix("osd=") {
+            ready.id = v.parse().unwrap();
+        } else if let Some(v) = field.strip_prefix("ports=") {
+            ready.ports = v.split(',').map(|p| p.parse().unwrap()).collect();
+        }
+    }
+    assert!(!ready.ports.is_empty(), "no ports in {line:?}");
+    (child, ready)
+}
+
+/// SIGKILL (a crash) of an OSD process, if it runs, and waits for it.
+pub fn kill_osd(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 /// One `carmine-osd run` process.
 pub struct Osd {
     child: Option<Child>,
@@ -313,34 +414,9 @@ impl Osd {
     pub fn start(mon: &Mon, uuid: &str, host: &str, shards: usize) -> Osd {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("osd.toml");
-        let cores: Vec<String> = (0..shards).map(|i| (i % 2).to_string()).collect();
-        std::fs::write(
-            &config,
-            format!(
-                r#"[osd]
-uuid = "{uuid}"
-host = "{host}"
-[mon]
-addr = "{mon}"
-[admin]
-listen = "127.0.0.1:0"
-token = "{OSD_TOKEN}"
-[reactor]
-cores = [{cores}]
-idle = "adaptive"
-pin = false
-[net]
-backend = "kernel"
-ip = "127.0.0.1"
-base_port = 0
-[store]
-kind = "memstore"
-"#,
-                mon = mon.addr,
-                cores = cores.join(", "),
-            ),
-        )
-        .unwrap();
+        let cores: Vec<usize> = (0..shards).map(|i| i % 2).collect();
+        let store = "[store]\nkind = \"memstore\"\n";
+        std::fs::write(&config, osd_config(uuid, host, mon, &cores, store)).unwrap();
         let mut osd = Osd {
             child: None,
             id: 0,
@@ -354,45 +430,15 @@ kind = "memstore"
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(osd_bin())
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn carmine-osd");
-        let stdout = child.stdout.take().unwrap();
+        let (child, ready) = spawn_osd(&osd_bin(), &self.config, Duration::from_secs(30));
         self.child = Some(child);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if line.starts_with("carmine-osd: ready") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("carmine-osd did not print its ready line within 30 s");
-        // carmine-osd: ready osd=<id> shards=<n> addr=<ip> ports=<p0,p1,..>
-        for field in line.split_whitespace() {
-            if let Some(v) = field.strip_prefix("osd=") {
-                self.id = v.parse().unwrap();
-            } else if let Some(v) = field.strip_prefix("ports=") {
-                self.ports = v.split(',').map(|p| p.parse().unwrap()).collect();
-            }
-        }
-        assert!(!self.ports.is_empty(), "no ports in {line:?}");
+        self.id = ready.id;
+        self.ports = ready.ports;
     }
 
     /// SIGKILL (a crash): every connection to it breaks.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_osd(&mut self.child);
     }
 
     /// Starts the same OSD (same uuid, so the same id) again; memstore starts empty.
