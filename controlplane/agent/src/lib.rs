@@ -12,14 +12,21 @@
 //!   whole `Arc<ClusterMap>`s, so a shard that skips an epoch loses nothing;
 //! * serves the OSD's admin gRPC (`OsdAdmin`: status, perf counters from a [`Stats`] provider,
 //!   config get/set through a [`ConfigStore`]), behind the admin bearer token;
-//! * keeps the client keyring (the keys the monitor issued to data-path clients) in a
-//!   [`SharedKeyring`] the OSD's shards read at handshake time: fetched right after each boot,
-//!   then every [`KEYRING_REFRESH`] and whenever a heartbeat reply shows a keyring version
-//!   other than the one held.
+//! * keeps the keyring (the keys the monitor issued: data-path clients' and OSDs', each with
+//!   its [`Role`]) in a [`SharedKeyring`] the OSD's shards read at handshake time: fetched
+//!   right after each boot, then every [`KEYRING_REFRESH`] and whenever a heartbeat reply shows
+//!   a keyring version other than the one held;
+//! * keeps this OSD's own identity (key id `osd.<id>` and its key, from each boot reply) in the
+//!   same [`SharedKeyring`] ([`SharedKeyring::identity`], also [`Agent::identity`]): what the
+//!   OSD presents when it opens a replica connection to a peer.
 //!
 //! Invariants: epochs reach each sink in increasing order, never twice. The keyring is replaced
 //! whole (readers see the old or the new set, never a mix), only when the monitor's keyring
-//! version changed.
+//! version changed. A key's role is the monitor's: a key the monitor sent as an OSD's is held
+//! only under that OSD's id (`osd.<n>` with [`Role::Osd`]`(n)`), and a client key is never
+//! held under an id starting with `osd.` (both are skipped with a warning), so
+//! `role(id) == Some(Role::Osd(n))` implies `id == "osd.<n>"`. The identity is set before
+//! [`AgentStatus::osd_id`] reports the boot.
 //!
 //! [`Agent::start`] returns once the admin listener is bound; dropping the [`Agent`] stops the
 //! thread and joins it.
@@ -35,19 +42,40 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use carmine_placement::ClusterMap;
-use carmine_wire::AuthKey;
+/// The key type of [`SharedKeyring`] and [`Agent::identity`] (the data path's handshake key).
+pub use carmine_wire::AuthKey;
 use tokio::sync::oneshot;
 
 /// How often the agent fetches the keyring from the monitor even when no heartbeat reply
 /// showed a change.
 pub const KEYRING_REFRESH: Duration = Duration::from_secs(2);
 
-/// The client keys the monitor issued, shared by the agent (writer) and the OSD shards
-/// (readers, at handshake time only).
+/// What a key lets its holder be on the data path (the monitor's `KeyRole`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A data-path client: client ops only.
+    Client,
+    /// OSD number `.0`, whose key id is `osd.<n>`: may send replica ops as that OSD.
+    Osd(u32),
+}
+
+/// Key ids starting with this are OSD keys (the monitor refuses them to clients).
+pub const OSD_KEY_PREFIX: &str = "osd.";
+
+/// The key id of OSD `id` (`osd.<id>`), as the monitor names OSD keys.
+pub fn osd_key_id(id: u32) -> String {
+    format!("{OSD_KEY_PREFIX}{id}")
+}
+
+/// The keys the monitor issued (each with its [`Role`]), shared by the agent (writer) and the
+/// OSD shards (readers, at handshake time only), and this OSD's own identity.
 #[derive(Debug, Default)]
 pub struct SharedKeyring {
-    keys: RwLock<HashMap<String, AuthKey>>,
+    /// One map lookup gives both the key and the role.
+    keys: RwLock<HashMap<String, (AuthKey, Role)>>,
     version: AtomicU64,
+    /// This OSD's key id and key, from its last boot.
+    identity: RwLock<Option<(String, AuthKey)>>,
 }
 
 impl SharedKeyring {
@@ -61,7 +89,7 @@ impl SharedKeyring {
         self.version.load(Ordering::Acquire)
     }
 
-    /// Number of client keys held.
+    /// Number of keys held (clients' and OSDs').
     pub fn len(&self) -> usize {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -71,13 +99,56 @@ impl SharedKeyring {
         self.len() == 0
     }
 
-    /// Replaces every key at once.
+    /// Replaces every key at once; each is a client's ([`Role::Client`]).
     pub fn replace(&self, keys: impl IntoIterator<Item = (String, AuthKey)>) {
-        let next: HashMap<String, AuthKey> = keys.into_iter().collect();
+        self.replace_with_roles(keys.into_iter().map(|(id, k)| (id, k, Role::Client)));
+    }
+
+    /// Replaces every key at once, each with its role. The caller keeps the naming rule
+    /// (`Role::Osd(n)` under `osd.<n>` only); the agent checks what the monitor sends.
+    pub fn replace_with_roles(&self, keys: impl IntoIterator<Item = (String, AuthKey, Role)>) {
+        let next: HashMap<String, (AuthKey, Role)> = keys
+            .into_iter()
+            .map(|(id, key, role)| (id, (key, role)))
+            .collect();
         // A writer that panicked left a whole map (we only ever assign): keep using it.
         let mut k = self.keys.write().unwrap_or_else(|p| p.into_inner());
         *k = next;
         self.version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The role of the key `id`, if one is held. After a handshake authenticated `id`, a
+    /// replica op is allowed only when this is `Some(Role::Osd(primary))`.
+    pub fn role(&self, id: &str) -> Option<Role> {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|(_, role)| *role)
+    }
+
+    /// The key and role of `id` in one lookup.
+    pub fn key_and_role(&self, id: &str) -> Option<(AuthKey, Role)> {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// This OSD's own data-path identity: its key id (`osd.<id>`) and key, as the monitor
+    /// gave them at its last boot. `None` before the first boot, or when the monitor issues no
+    /// OSD keys (an older monitor).
+    pub fn identity(&self) -> Option<(String, AuthKey)> {
+        self.identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Sets (or clears) this OSD's identity. The agent calls it at every boot.
+    pub fn set_identity(&self, identity: Option<(String, AuthKey)>) {
+        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = identity;
     }
 }
 
@@ -87,7 +158,7 @@ impl carmine_wire::server::Keyring for SharedKeyring {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(client_id)
-            .cloned()
+            .map(|(key, _)| key.clone())
     }
 }
 
@@ -256,6 +327,7 @@ impl AgentStatus {
 /// A running agent. Dropping it stops the agent thread and waits for it.
 pub struct Agent {
     status: Arc<AgentStatus>,
+    keyring: Arc<SharedKeyring>,
     admin_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -291,16 +363,18 @@ impl Agent {
         let status = Arc::new(AgentStatus::default());
         let (stop, stop_rx) = oneshot::channel();
         let st = status.clone();
+        let kr = keyring.clone();
         let thread = std::thread::Builder::new()
             .name("carmine-agent".into())
             .spawn(move || {
                 rt.block_on(run::agent_main(
-                    cfg, listener, sinks, stats, config, keyring, st, stop_rx,
+                    cfg, listener, sinks, stats, config, kr, st, stop_rx,
                 ))
             })
             .map_err(AgentError::Spawn)?;
         Ok(Agent {
             status,
+            keyring,
             admin_addr,
             stop: Some(stop),
             thread: Some(thread),
@@ -316,6 +390,12 @@ impl Agent {
     pub fn status(&self) -> &AgentStatus {
         &self.status
     }
+
+    /// This OSD's data-path identity from its last boot: key id `osd.<id>` and its key (see
+    /// [`SharedKeyring::identity`], the same value).
+    pub fn identity(&self) -> Option<(String, AuthKey)> {
+        self.keyring.identity()
+    }
 }
 
 impl Drop for Agent {
@@ -326,5 +406,48 @@ impl Drop for Agent {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use carmine_wire::server::Keyring;
+
+    fn k(b: u8) -> AuthKey {
+        AuthKey::new([b; carmine_wire::SECRET_LEN])
+    }
+
+    #[test]
+    fn shared_keyring_reports_roles_and_the_identity() {
+        let kr = SharedKeyring::new();
+        assert_eq!(kr.role("osd.1"), None);
+        assert_eq!(kr.identity(), None);
+        kr.replace_with_roles([
+            ("client.a".to_string(), k(1), Role::Client),
+            ("osd.1".to_string(), k(2), Role::Osd(1)),
+            ("osd.7".to_string(), k(3), Role::Osd(7)),
+        ]);
+        assert_eq!(kr.version(), 1);
+        assert_eq!(kr.len(), 3);
+        assert_eq!(kr.role("client.a"), Some(Role::Client));
+        assert_eq!(kr.role("osd.1"), Some(Role::Osd(1)));
+        assert_eq!(kr.role("osd.7"), Some(Role::Osd(7)));
+        assert_eq!(kr.role("osd.2"), None);
+        // The handshake's lookup: the key, whatever the role.
+        assert_eq!(kr.key("osd.7"), Some(k(3)));
+        assert_eq!(kr.key("client.a"), Some(k(1)));
+        assert_eq!(kr.key_and_role("osd.1"), Some((k(2), Role::Osd(1))));
+        // `replace` (client keys only) drops every role with the old set.
+        kr.replace([("client.b".to_string(), k(4))]);
+        assert_eq!(kr.version(), 2);
+        assert_eq!(kr.role("client.b"), Some(Role::Client));
+        assert_eq!(kr.role("osd.1"), None);
+        // The identity is apart from the keyring and survives its replacement.
+        kr.set_identity(Some((osd_key_id(7), k(3))));
+        kr.replace([]);
+        assert_eq!(kr.identity(), Some(("osd.7".to_string(), k(3))));
+        kr.set_identity(None);
+        assert_eq!(kr.identity(), None);
     }
 }

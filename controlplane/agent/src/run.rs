@@ -14,7 +14,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 
 use crate::{
-    admin, AgentConfig, AgentStatus, ConfigStore, MapSink, SharedKeyring, Stats, KEYRING_REFRESH,
+    admin, osd_key_id, AgentConfig, AgentStatus, ConfigStore, MapSink, Role, SharedKeyring, Stats,
+    KEYRING_REFRESH, OSD_KEY_PREFIX,
 };
 
 /// Longest wait between reconnection attempts.
@@ -237,6 +238,7 @@ async fn session(
         &token,
     )))
     .await?;
+    install_identity(&boot, keyring);
     status.id.store(boot.id, Ordering::Release);
     status.booted.store(true, Ordering::Release);
     status.boots.fetch_add(1, Ordering::AcqRel);
@@ -321,30 +323,169 @@ async fn session(
     }
 }
 
+/// Keeps this OSD's identity from a boot reply: its key id must be `osd.<id>` and its key 32
+/// bytes, or the identity is cleared (with a warning: replica connections cannot authenticate).
+fn install_identity(boot: &v1::BootReply, keyring: &SharedKeyring) {
+    let want = osd_key_id(boot.id);
+    let identity = if boot.key_id.is_empty() && boot.key.is_empty() {
+        tracing::warn!(
+            osd = boot.id,
+            "the monitor issued no OSD key (an older monitor?): replica connections cannot authenticate"
+        );
+        None
+    } else if boot.key_id != want {
+        tracing::warn!(osd = boot.id, key_id = %boot.key_id, "the monitor named this OSD's key wrongly: ignored");
+        None
+    } else {
+        match <[u8; carmine_wire::SECRET_LEN]>::try_from(boot.key.as_slice()) {
+            Ok(k) => Some((want, carmine_wire::AuthKey::new(k))),
+            Err(_) => {
+                tracing::warn!(
+                    osd = boot.id,
+                    len = boot.key.len(),
+                    "the monitor sent an OSD key of the wrong length: ignored"
+                );
+                None
+            }
+        }
+    };
+    if let Some((id, _)) = &identity {
+        tracing::info!(key_id = %id, "data-path identity from the monitor");
+    }
+    keyring.set_identity(identity);
+}
+
+/// The role of one key the monitor sent, or `None` when it must not be held: an OSD key under
+/// another id than `osd.<n>`, or a client key under an id reserved for OSDs.
+fn role_of(ck: &v1::ClientKey) -> Option<Role> {
+    match ck.role() {
+        v1::KeyRole::Osd if ck.id == osd_key_id(ck.osd_id) => Some(Role::Osd(ck.osd_id)),
+        v1::KeyRole::Osd => None,
+        // Unspecified: a monitor from before roles, or a role this agent does not know; either
+        // way the least privilege.
+        v1::KeyRole::Client | v1::KeyRole::Unspecified if ck.id.starts_with(OSD_KEY_PREFIX) => None,
+        v1::KeyRole::Client | v1::KeyRole::Unspecified => Some(Role::Client),
+    }
+}
+
 /// Installs the monitor's keyring into the shards' [`SharedKeyring`] when its version differs
-/// from the one held. A key of the wrong length (a corrupt or newer monitor) is skipped with a
-/// warning: that client is refused, every other one still gets in.
+/// from the one held. A key of the wrong length (a corrupt or newer monitor), or whose id does
+/// not fit its role, is skipped with a warning: that peer is refused, every other one still
+/// gets in.
 fn install_keyring(kr: v1::Keyring, keyring: &SharedKeyring, status: &AgentStatus) {
     if kr.version == status.keyring_version() && keyring.version() != 0 {
         return;
     }
-    let keys: Vec<(String, carmine_wire::AuthKey)> = kr
+    let keys: Vec<(String, carmine_wire::AuthKey, Role)> = kr
         .keys
         .into_iter()
-        .filter_map(|ck| match <[u8; carmine_wire::SECRET_LEN]>::try_from(ck.key.as_slice()) {
-            Ok(k) => Some((ck.id, carmine_wire::AuthKey::new(k))),
-            Err(_) => {
-                tracing::warn!(client = %ck.id, len = ck.key.len(), "monitor sent a key of the wrong length: skipped");
-                None
+        .filter_map(|ck| {
+            let Some(role) = role_of(&ck) else {
+                tracing::warn!(id = %ck.id, role = ck.role, osd_id = ck.osd_id, "monitor sent a key whose id does not fit its role: skipped");
+                return None;
+            };
+            match <[u8; carmine_wire::SECRET_LEN]>::try_from(ck.key.as_slice()) {
+                Ok(k) => Some((ck.id, carmine_wire::AuthKey::new(k), role)),
+                Err(_) => {
+                    tracing::warn!(id = %ck.id, len = ck.key.len(), "monitor sent a key of the wrong length: skipped");
+                    None
+                }
             }
         })
         .collect();
     let n = keys.len();
-    keyring.replace(keys);
+    let osds = keys
+        .iter()
+        .filter(|(_, _, r)| matches!(r, Role::Osd(_)))
+        .count();
+    keyring.replace_with_roles(keys);
     status.keyring_version.store(kr.version, Ordering::Release);
     tracing::info!(
         version = kr.version,
-        clients = n,
-        "client keyring installed"
+        clients = n - osds,
+        osds,
+        "keyring installed"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use carmine_wire::server::Keyring;
+    use carmine_wire::AuthKey;
+
+    fn ck(id: &str, b: u8, role: v1::KeyRole, osd_id: u32) -> v1::ClientKey {
+        v1::ClientKey {
+            id: id.into(),
+            key: vec![b; 32],
+            role: role.into(),
+            osd_id,
+        }
+    }
+
+    /// What the monitor sends becomes roles in the shared keyring; keys whose id does not fit
+    /// their role are not held at all.
+    #[test]
+    fn installed_keyring_carries_the_monitors_roles() {
+        let kr = SharedKeyring::new();
+        let status = AgentStatus::default();
+        let mut legacy = ck("client.old", 6, v1::KeyRole::Client, 0);
+        legacy.role = 0; // a monitor from before roles
+        let mut future = ck("client.new", 7, v1::KeyRole::Client, 0);
+        future.role = 99; // a role this agent does not know
+        install_keyring(
+            v1::Keyring {
+                version: 5,
+                keys: vec![
+                    ck("client.a", 1, v1::KeyRole::Client, 0),
+                    ck("osd.0", 2, v1::KeyRole::Osd, 0),
+                    ck("osd.3", 3, v1::KeyRole::Osd, 3),
+                    // An OSD key under another OSD's id, and a client key named like an OSD.
+                    ck("osd.4", 4, v1::KeyRole::Osd, 5),
+                    ck("osd.9", 5, v1::KeyRole::Client, 0),
+                    legacy,
+                    future,
+                ],
+            },
+            &kr,
+            &status,
+        );
+        assert_eq!(status.keyring_version(), 5);
+        assert_eq!(kr.role("client.a"), Some(Role::Client));
+        assert_eq!(kr.role("osd.0"), Some(Role::Osd(0)));
+        assert_eq!(kr.role("osd.3"), Some(Role::Osd(3)));
+        assert_eq!(kr.key("osd.3"), Some(AuthKey::new([3; 32])));
+        assert_eq!(kr.role("osd.4"), None);
+        assert_eq!(kr.key("osd.4"), None);
+        assert_eq!(kr.role("osd.9"), None);
+        assert_eq!(kr.role("client.old"), Some(Role::Client));
+        assert_eq!(kr.role("client.new"), Some(Role::Client));
+        assert_eq!(kr.len(), 5);
+    }
+
+    #[test]
+    fn boot_reply_sets_the_identity_only_when_it_names_this_osd() {
+        let kr = SharedKeyring::new();
+        let reply = |key_id: &str, key: Vec<u8>| v1::BootReply {
+            id: 4,
+            epoch: 2,
+            heartbeat_interval_ms: 100,
+            key_id: key_id.into(),
+            key,
+        };
+        install_identity(&reply("osd.4", vec![9; 32]), &kr);
+        assert_eq!(
+            kr.identity(),
+            Some(("osd.4".to_string(), AuthKey::new([9; 32])))
+        );
+        for bad in [
+            reply("osd.5", vec![9; 32]),
+            reply("osd.4", vec![9; 31]),
+            reply("", Vec::new()),
+        ] {
+            kr.set_identity(Some(("osd.4".into(), AuthKey::new([9; 32]))));
+            install_identity(&bad, &kr);
+            assert_eq!(kr.identity(), None, "{bad:?}");
+        }
+    }
 }

@@ -66,6 +66,14 @@ pub fn write_keyfile(path: &Path, id: &str, key: &[u8]) -> Result<(), CliError> 
     })
 }
 
+/// A key's role as the CLI shows it: `"client"` or `"osd"` (with the OSD id).
+fn role_name(role: i32) -> &'static str {
+    match v1::KeyRole::try_from(role) {
+        Ok(v1::KeyRole::Osd) => "osd",
+        _ => "client",
+    }
+}
+
 /// `auth add` / `auth get`: the key (and the key file when asked).
 pub fn key(o: &Out, r: &v1::AuthKeyReply, keyfile: Option<&Path>) -> Result<String, CliError> {
     if r.key.len() != 32 {
@@ -86,6 +94,8 @@ pub fn key(o: &Out, r: &v1::AuthKeyReply, keyfile: Option<&Path>) -> Result<Stri
             "created": r.created,
             "keyring_version": r.keyring_version,
             "keyfile": keyfile.map(|p| p.display().to_string()),
+            "role": role_name(r.role),
+            "osd": (role_name(r.role) == "osd").then_some(r.osd_id),
         }))
     } else {
         format!("{key}\n")
@@ -107,16 +117,35 @@ pub fn removed(o: &Out, id: &str, r: &v1::AuthRmReply) -> String {
     )
 }
 
-/// `auth ls`
+/// `auth ls`: one id per line, OSD keys marked `(osd)` (JSON: `ids`, and `keys` with roles).
 pub fn ls(o: &Out, r: &v1::AuthListReply) -> String {
     if o.format == Format::Json {
+        let keys: Vec<serde_json::Value> = r
+            .entries
+            .iter()
+            .map(|e| {
+                let role = role_name(e.role);
+                json!({"id": e.id, "role": role, "osd": (role == "osd").then_some(e.osd_id)})
+            })
+            .collect();
         return json_text(json!({
             "ids": r.ids,
+            "keys": keys,
             "keyring_version": r.keyring_version,
         }));
     }
+    // A monitor without roles sends ids only: every one is a client's.
+    let osd_ids: std::collections::HashSet<&str> = r
+        .entries
+        .iter()
+        .filter(|e| role_name(e.role) == "osd")
+        .map(|e| e.id.as_str())
+        .collect();
     r.ids.iter().fold(String::new(), |mut s, id| {
         s.push_str(id);
+        if osd_ids.contains(id.as_str()) {
+            s.push_str("  (osd)");
+        }
         s.push('\n');
         s
     })
@@ -132,6 +161,48 @@ fn json_text(v: serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ls_marks_osd_keys_with_their_role() {
+        let entry = |id: &str, role: v1::KeyRole, osd_id: u32| v1::AuthEntry {
+            id: id.into(),
+            role: role.into(),
+            osd_id,
+        };
+        let r = v1::AuthListReply {
+            ids: vec!["client.a".into(), "osd.3".into()],
+            keyring_version: 4,
+            entries: vec![
+                entry("client.a", v1::KeyRole::Client, 0),
+                entry("osd.3", v1::KeyRole::Osd, 3),
+            ],
+        };
+        let plain = Out {
+            format: Format::Plain,
+        };
+        assert_eq!(ls(&plain, &r), "client.a\nosd.3  (osd)\n");
+        let json: serde_json::Value = serde_json::from_str(&ls(
+            &Out {
+                format: Format::Json,
+            },
+            &r,
+        ))
+        .unwrap();
+        assert_eq!(json["ids"], json!(["client.a", "osd.3"]));
+        assert_eq!(
+            json["keys"],
+            json!([
+                {"id": "client.a", "role": "client", "osd": null},
+                {"id": "osd.3", "role": "osd", "osd": 3},
+            ])
+        );
+        // A monitor from before roles: ids only, all shown plain.
+        let old = v1::AuthListReply {
+            entries: Vec::new(),
+            ..r
+        };
+        assert_eq!(ls(&plain, &old), "client.a\nosd.3\n");
+    }
 
     #[test]
     fn keyfile_is_toml_with_mode_0600_and_escapes_the_id() {

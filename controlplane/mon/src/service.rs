@@ -18,7 +18,7 @@ use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
 
 use crate::health::health;
-use crate::state::{BootInfo, MonError, Monitor};
+use crate::state::{osd_key_id, BootInfo, MonError, Monitor};
 
 /// The monitor state once this monitor leads; until then, who leads.
 pub struct MonSlot {
@@ -117,7 +117,7 @@ impl MonCluster for ClusterSvc {
         let r = req.into_inner();
         let r_admin = r.admin_addr.clone();
         let mut m = lock(&self.shared)?;
-        let (id, epoch) = m.boot(
+        let booted = m.boot(
             BootInfo {
                 uuid: r.uuid,
                 host: r.host,
@@ -129,12 +129,15 @@ impl MonCluster for ClusterSvc {
             },
             Instant::now(),
         )?;
+        let id = booted.id;
         tracing::info!(osd = id, admin_addr = %r_admin, "osd admin service");
         m.set_admin_addr(id, &r_admin);
         Ok(Response::new(v1::BootReply {
             id,
-            epoch,
+            epoch: booted.epoch,
             heartbeat_interval_ms: m.policy().heartbeat_interval.as_millis() as u64,
+            key_id: osd_key_id(id),
+            key: booted.key.to_vec(),
         }))
     }
 
@@ -381,6 +384,8 @@ impl MonAdmin for AdminSvc {
             key: key.to_vec(),
             created,
             keyring_version,
+            role: v1::KeyRole::Client.into(),
+            osd_id: 0,
         }))
     }
 
@@ -389,12 +394,15 @@ impl MonAdmin for AdminSvc {
         req: Request<v1::AuthIdRequest>,
     ) -> Result<Response<v1::AuthKeyReply>, Status> {
         let id = req.into_inner().id;
-        let (key, keyring_version) = lock(&self.0)?.auth_get(&id)?;
+        let (key, role, keyring_version) = lock(&self.0)?.auth_get(&id)?;
+        let (role, osd_id) = role.to_proto();
         Ok(Response::new(v1::AuthKeyReply {
             id,
             key: key.to_vec(),
             created: false,
             keyring_version,
+            role: role.into(),
+            osd_id,
         }))
     }
 
@@ -411,9 +419,23 @@ impl MonAdmin for AdminSvc {
         _: Request<v1::Empty>,
     ) -> Result<Response<v1::AuthListReply>, Status> {
         let m = lock(&self.0)?;
+        let (ids, entries) = m
+            .auth_list()
+            .into_iter()
+            .map(|(id, role)| {
+                let (role, osd_id) = role.to_proto();
+                let entry = v1::AuthEntry {
+                    id: id.clone(),
+                    role: role.into(),
+                    osd_id,
+                };
+                (id, entry)
+            })
+            .unzip();
         Ok(Response::new(v1::AuthListReply {
-            ids: m.auth_list(),
+            ids,
             keyring_version: m.keyring_version(),
+            entries,
         }))
     }
 

@@ -8,9 +8,14 @@
 //! The state is plain synchronous code behind one mutex held by the gRPC handlers; no lock is
 //! held across an `.await`.
 //!
-//! Client keys (the data path's handshake secrets) live beside the map, not in it: a keyring
-//! of (client id → 32 random bytes) with a version that grows by one on every change. Each
-//! change is committed to the store (whole keyring) before memory changes or anyone is told.
+//! Keys (the data path's handshake secrets) live beside the map, not in it: a keyring of
+//! (key id → 32 random bytes and a role) with a version that grows by one on every change.
+//! Each change is committed to the store (whole keyring) before memory changes or anyone is
+//! told. Two roles: clients' keys (`auth add`), and each OSD's own key, id `osd.<id>`
+//! ([`osd_key_id`]), created at the OSD's first boot, returned to that OSD in every boot reply
+//! (the same key for every boot of the same uuid), and removed with the OSD (`osd rm`). Ids
+//! starting with [`OSD_KEY_PREFIX`] are reserved: `auth add` and `auth rm` refuse them, so a
+//! client can never hold a key that names an OSD.
 //! Each OSD's admin address (from its boot and heartbeats) is soft state, like liveness.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -33,8 +38,63 @@ pub const FLAGS: &[&str] = &["noout", "nodown"];
 /// replication lands, raise this to the highest supported size; nothing else needs to change.
 pub const MAX_POOL_SIZE_SUPPORTED: u32 = 1;
 
-/// Length of a client key in bytes.
+/// Length of a key (client's or OSD's) in bytes.
 pub const CLIENT_KEY_LEN: usize = 32;
+
+/// Key ids starting with this are OSD keys, issued by the monitor at boot; refused to clients.
+pub const OSD_KEY_PREFIX: &str = "osd.";
+
+/// The key id of OSD `id`: `osd.<id>`.
+pub fn osd_key_id(id: u32) -> String {
+    format!("{OSD_KEY_PREFIX}{id}")
+}
+
+/// What a key lets its holder be on the data path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRole {
+    /// A data-path client (`auth add`).
+    Client,
+    /// OSD number `.0` (key id `osd.<n>`).
+    Osd(u32),
+}
+
+impl KeyRole {
+    /// The wire form: (role, osd_id).
+    pub fn to_proto(self) -> (v1::KeyRole, u32) {
+        match self {
+            KeyRole::Client => (v1::KeyRole::Client, 0),
+            KeyRole::Osd(id) => (v1::KeyRole::Osd, id),
+        }
+    }
+}
+
+/// One issued key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeyEntry {
+    key: [u8; CLIENT_KEY_LEN],
+    role: KeyRole,
+}
+
+fn random_key() -> Result<[u8; CLIENT_KEY_LEN], MonError> {
+    let mut key = [0u8; CLIENT_KEY_LEN];
+    getrandom::fill(&mut key).map_err(|e| MonError::Random(e.to_string()))?;
+    Ok(key)
+}
+
+/// Refuses an id reserved for OSD keys in a client key call (`what`: "add", "remove").
+fn refuse_osd_id(id: &str, what: &str) -> Result<(), MonError> {
+    if !id.starts_with(OSD_KEY_PREFIX) {
+        return Ok(());
+    }
+    let how = if what == "add" {
+        "the monitor issues an OSD's key when the OSD first boots"
+    } else {
+        "an OSD's key is removed with the OSD (`carmine osd rm <id>`)"
+    };
+    Err(MonError::Invalid(format!(
+        "cannot {what} client key {id:?}: ids starting with {OSD_KEY_PREFIX:?} are reserved for          OSD keys ({how})"
+    )))
+}
 
 /// Longest client id, in bytes (the data-path handshake's limit too).
 pub const MAX_CLIENT_ID_LEN: usize = 256;
@@ -157,6 +217,17 @@ pub struct BootInfo {
     pub id: Option<u32>,
 }
 
+/// What a boot gave the OSD.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Booted {
+    /// The OSD's id.
+    pub id: u32,
+    /// The epoch in which it is up.
+    pub epoch: u64,
+    /// Its own key (id [`osd_key_id`]`(id)`).
+    pub key: [u8; CLIENT_KEY_LEN],
+}
+
 /// The monitor.
 pub struct Monitor {
     policy: Policy,
@@ -169,8 +240,8 @@ pub struct Monitor {
     live: BTreeMap<u32, Liveness>,
     updates: broadcast::Sender<Arc<Incremental>>,
     started: Instant,
-    /// Client id → key, and the keyring's version (as stored).
-    keys: BTreeMap<String, [u8; CLIENT_KEY_LEN]>,
+    /// Key id → key and role, and the keyring's version (as stored).
+    keys: BTreeMap<String, KeyEntry>,
     keyring_version: u64,
     /// OSD id → its admin service address (soft state: from boots and heartbeats).
     admin_addrs: HashMap<u32, String>,
@@ -197,18 +268,43 @@ impl Monitor {
             keyring_version: 1,
             admin_addrs: HashMap::new(),
         };
+        let mut legacy_osd_ids = Vec::new();
         if let Some(k) = mon.store.load_keyring()? {
             for ck in k.keys {
                 let key: [u8; CLIENT_KEY_LEN] = ck.key.as_slice().try_into().map_err(|_| {
                     MonError::Invalid(format!(
-                        "stored key of client {:?} is {} bytes, not {CLIENT_KEY_LEN}",
+                        "stored key {:?} is {} bytes, not {CLIENT_KEY_LEN}",
                         ck.id,
                         ck.key.len()
                     ))
                 })?;
-                mon.keys.insert(ck.id, key);
+                let role = match ck.role() {
+                    v1::KeyRole::Osd if ck.id == osd_key_id(ck.osd_id) => KeyRole::Osd(ck.osd_id),
+                    v1::KeyRole::Osd => {
+                        return Err(MonError::Invalid(format!(
+                            "stored OSD key {:?} names osd.{}: the keyring is corrupt",
+                            ck.id, ck.osd_id
+                        )))
+                    }
+                    v1::KeyRole::Client | v1::KeyRole::Unspecified => KeyRole::Client,
+                };
+                if role == KeyRole::Client && ck.id.starts_with(OSD_KEY_PREFIX) {
+                    // A client key from before the prefix was reserved: it would pass for an
+                    // OSD by name. Dropped below (the OSD gets a key of its own at its boot).
+                    legacy_osd_ids.push(ck.id);
+                    continue;
+                }
+                mon.keys.insert(ck.id, KeyEntry { key, role });
             }
             mon.keyring_version = k.version.max(1);
+        }
+        if !legacy_osd_ids.is_empty() {
+            tracing::warn!(
+                ids = ?legacy_osd_ids,
+                "client keys named like OSD keys removed: ids starting with \"osd.\" are reserved"
+            );
+            let keys = mon.keys.clone();
+            mon.commit_keys(keys)?;
         }
         if stored.is_empty() {
             let first = ClusterMap {
@@ -312,65 +408,78 @@ impl Monitor {
         self.keyring_with(&self.keys, self.keyring_version)
     }
 
-    fn keyring_with(
-        &self,
-        keys: &BTreeMap<String, [u8; CLIENT_KEY_LEN]>,
-        version: u64,
-    ) -> v1::Keyring {
+    fn keyring_with(&self, keys: &BTreeMap<String, KeyEntry>, version: u64) -> v1::Keyring {
         v1::Keyring {
             version,
             keys: keys
                 .iter()
-                .map(|(id, k)| v1::ClientKey {
-                    id: id.clone(),
-                    key: k.to_vec(),
+                .map(|(id, e)| {
+                    let (role, osd_id) = e.role.to_proto();
+                    v1::ClientKey {
+                        id: id.clone(),
+                        key: e.key.to_vec(),
+                        role: role.into(),
+                        osd_id,
+                    }
                 })
                 .collect(),
         }
     }
 
     /// Stores `keys` as the next keyring version, then installs it.
-    fn commit_keys(
-        &mut self,
-        keys: BTreeMap<String, [u8; CLIENT_KEY_LEN]>,
-    ) -> Result<u64, MonError> {
+    fn commit_keys(&mut self, keys: BTreeMap<String, KeyEntry>) -> Result<u64, MonError> {
         let version = self.keyring_version + 1;
         self.store
             .commit_keyring(&self.keyring_with(&keys, version))?;
         self.keys = keys;
         self.keyring_version = version;
-        tracing::info!(version, clients = self.keys.len(), "new keyring version");
+        tracing::info!(version, keys = self.keys.len(), "new keyring version");
         Ok(version)
     }
 
     /// Admin: the key of `id`, created (32 bytes from the OS RNG) if it has none.
     /// Returns (key, created, keyring version).
+    /// Ids starting with [`OSD_KEY_PREFIX`] are refused: OSD keys are issued at boot.
     pub fn auth_add(&mut self, id: &str) -> Result<([u8; CLIENT_KEY_LEN], bool, u64), MonError> {
         validate_client_id(id)?;
-        if let Some(k) = self.keys.get(id) {
-            return Ok((*k, false, self.keyring_version));
+        refuse_osd_id(id, "add")?;
+        if let Some(e) = self.keys.get(id) {
+            return Ok((e.key, false, self.keyring_version));
         }
-        let mut key = [0u8; CLIENT_KEY_LEN];
-        getrandom::fill(&mut key).map_err(|e| MonError::Random(e.to_string()))?;
+        let key = random_key()?;
         let mut keys = self.keys.clone();
-        keys.insert(id.to_string(), key);
+        keys.insert(
+            id.to_string(),
+            KeyEntry {
+                key,
+                role: KeyRole::Client,
+            },
+        );
         let version = self.commit_keys(keys)?;
         tracing::info!(client = id, version, "client key issued");
         Ok((key, true, version))
     }
 
-    /// Admin: the key of `id`.
-    pub fn auth_get(&self, id: &str) -> Result<([u8; CLIENT_KEY_LEN], u64), MonError> {
+    /// Admin: the key of `id` (a client's or an OSD's), its role and the keyring version.
+    pub fn auth_get(&self, id: &str) -> Result<([u8; CLIENT_KEY_LEN], KeyRole, u64), MonError> {
         validate_client_id(id)?;
         self.keys
             .get(id)
-            .map(|k| (*k, self.keyring_version))
-            .ok_or_else(|| MonError::NotFound(format!("no key for client {id:?}")))
+            .map(|e| (e.key, e.role, self.keyring_version))
+            .ok_or_else(|| {
+                MonError::NotFound(if id.starts_with(OSD_KEY_PREFIX) {
+                    format!("no key for {id:?} (an OSD has a key from its first boot to `osd rm`)")
+                } else {
+                    format!("no key for client {id:?}")
+                })
+            })
     }
 
-    /// Admin: removes the key of `id`. Returns the new keyring version.
+    /// Admin: removes the key of client `id`. Returns the new keyring version. OSD keys are
+    /// refused: they go with the OSD ([`Monitor::osd_rm`]).
     pub fn auth_rm(&mut self, id: &str) -> Result<u64, MonError> {
         validate_client_id(id)?;
+        refuse_osd_id(id, "remove")?;
         if !self.keys.contains_key(id) {
             return Err(MonError::NotFound(format!("no key for client {id:?}")));
         }
@@ -381,9 +490,47 @@ impl Monitor {
         Ok(version)
     }
 
-    /// Admin: every client id with a key, sorted.
-    pub fn auth_list(&self) -> Vec<String> {
-        self.keys.keys().cloned().collect()
+    /// Admin: every key id with its role, sorted by id.
+    pub fn auth_list(&self) -> Vec<(String, KeyRole)> {
+        self.keys
+            .iter()
+            .map(|(id, e)| (id.clone(), e.role))
+            .collect()
+    }
+
+    /// The key of OSD `id`, created (and committed) if it has none.
+    fn ensure_osd_key(&mut self, id: u32) -> Result<[u8; CLIENT_KEY_LEN], MonError> {
+        let kid = osd_key_id(id);
+        if let Some(e) = self.keys.get(&kid) {
+            if e.role == KeyRole::Osd(id) {
+                return Ok(e.key);
+            }
+        }
+        let key = random_key()?;
+        let mut keys = self.keys.clone();
+        keys.insert(
+            kid.clone(),
+            KeyEntry {
+                key,
+                role: KeyRole::Osd(id),
+            },
+        );
+        let version = self.commit_keys(keys)?;
+        tracing::info!(osd = id, key_id = %kid, version, "osd key issued");
+        Ok(key)
+    }
+
+    /// Removes the key of OSD `id`, if it has one.
+    fn remove_osd_key(&mut self, id: u32) -> Result<(), MonError> {
+        let kid = osd_key_id(id);
+        if !self.keys.contains_key(&kid) {
+            return Ok(());
+        }
+        let mut keys = self.keys.clone();
+        keys.remove(&kid);
+        let version = self.commit_keys(keys)?;
+        tracing::info!(osd = id, key_id = %kid, version, "osd key removed");
+        Ok(())
     }
 
     /// Admin: where `id`'s admin service listens, and whether the OSD is up.
@@ -438,8 +585,10 @@ impl Monitor {
     }
 
     /// An OSD boots: registered if new, marked up, marked in again if the monitor had marked
-    /// it out. Returns (id, epoch).
-    pub fn boot(&mut self, b: BootInfo, now: Instant) -> Result<(u32, u64), MonError> {
+    /// it out; its key is created at its first boot. The key is committed before the map, so
+    /// an OSD is never announced up without one (a map commit that fails after it leaves a key
+    /// for the id the retried boot gets again).
+    pub fn boot(&mut self, b: BootInfo, now: Instant) -> Result<Booted, MonError> {
         if b.uuid.is_empty() || b.host.is_empty() {
             return Err(MonError::Invalid("boot needs a uuid and a host".into()));
         }
@@ -479,6 +628,7 @@ impl Monitor {
                 id
             }
         };
+        let key = self.ensure_osd_key(id)?;
         let live = self
             .live
             .entry(id)
@@ -500,7 +650,7 @@ impl Monitor {
         live.failure_reports.clear();
         let epoch = self.commit(next)?;
         tracing::info!(osd = id, epoch, "osd booted");
-        Ok((id, epoch))
+        Ok(Booted { id, epoch, key })
     }
 
     /// A heartbeat. Returns `true` when the OSD must boot again (down or unknown to us).
@@ -672,7 +822,9 @@ impl Monitor {
         })
     }
 
-    /// Admin: remove a down OSD.
+    /// Admin: remove a down OSD and its key. The key goes first: if the map commit then
+    /// fails, the OSD is still in the map without a key (refused by its peers; its next boot
+    /// issues a new one), never out of the map with a key.
     pub fn osd_rm(&mut self, id: u32) -> Result<u64, MonError> {
         let mut next = self.next_map();
         match next.osds.get(&id) {
@@ -684,6 +836,7 @@ impl Monitor {
             }
             Some(_) => {}
         }
+        self.remove_osd_key(id)?;
         next.osds.remove(&id);
         self.live.remove(&id);
         self.admin_addrs.remove(&id);
@@ -845,7 +998,53 @@ mod tests {
             weight: 1.0,
             ..Default::default()
         };
-        m.boot(b, now).unwrap().0
+        m.boot(b, now).unwrap().id
+    }
+
+    /// A store from before OSD keys may hold a client key named like one (`auth add osd.0`
+    /// was allowed then): it is dropped at open (committed), so no client passes for an OSD,
+    /// and OSD 0's first boot issues a key of its own with role OSD.
+    #[test]
+    fn legacy_client_keys_named_like_osd_keys_are_dropped_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MapStore::open(dir.path()).unwrap();
+        let old = |id: &str, b: u8| v1::ClientKey {
+            id: id.into(),
+            key: vec![b; CLIENT_KEY_LEN],
+            role: 0, // written before roles existed
+            osd_id: 0,
+        };
+        store
+            .commit_keyring(&v1::Keyring {
+                version: 7,
+                keys: vec![old("client.a", 1), old("osd.0", 2)],
+            })
+            .unwrap();
+        let mut m = Monitor::open(store, policy()).unwrap();
+        assert_eq!(
+            m.keyring_version(),
+            8,
+            "the cleaned keyring is a new version"
+        );
+        assert_eq!(
+            m.auth_list(),
+            [("client.a".to_string(), KeyRole::Client)],
+            "the client key named osd.0 is still there"
+        );
+        let now = Instant::now();
+        let id = boot(&mut m, "a", "h1", now);
+        assert_eq!(id, 0);
+        let (key, role, _) = m.auth_get("osd.0").unwrap();
+        assert_eq!(role, KeyRole::Osd(0));
+        assert_ne!(
+            key, [2; CLIENT_KEY_LEN],
+            "the old client key became the OSD's"
+        );
+        drop(m);
+        // Stored: a reopen finds the same keyring.
+        let m = Monitor::open(MapStore::open(dir.path()).unwrap(), policy()).unwrap();
+        assert_eq!(m.auth_get("osd.0").unwrap(), (key, KeyRole::Osd(0), 9));
+        assert_eq!(m.keyring().keys[1].role(), v1::KeyRole::Osd);
     }
 
     #[test]

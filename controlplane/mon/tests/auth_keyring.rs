@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use carmine_agent::{Agent, AgentConfig, MemConfig, SharedKeyring, Stats};
+use carmine_agent::{Agent, AgentConfig, MemConfig, Role, SharedKeyring, Stats};
 use carmine_proto::v1;
 use carmine_wire::server::Keyring;
 use carmine_wire::AuthKey;
@@ -247,11 +247,12 @@ fn agent_follows_the_keyring_and_mon_knows_its_admin_addr() {
     )
     .unwrap();
 
-    // Right after boot: the key issued before.
+    // Right after boot: the key issued before, and this OSD's own key (its first boot made
+    // it: one keyring version more).
     let got = rt.block_on(wait_for(limit, || async { keyring.key("client.early") }));
     assert_eq!(got, Some(key_of(&early.key)));
-    assert_eq!(keyring.len(), 1);
-    assert_eq!(agent.status().keyring_version(), early.keyring_version);
+    assert_eq!(keyring.len(), 2);
+    assert_eq!(agent.status().keyring_version(), early.keyring_version + 1);
     let v1_local = keyring.version();
     assert!(v1_local >= 1);
 
@@ -336,4 +337,129 @@ fn agent_follows_the_keyring_and_mon_knows_its_admin_addr() {
     assert_eq!(keyring.key("client.late"), Some(key_of(&late.key)));
     assert_eq!(agent.status().keyring_version(), late.keyring_version + 1);
     drop(agent);
+}
+
+fn start_agent(mon_addr: &str, uuid: &str, keyring: Arc<SharedKeyring>) -> Agent {
+    Agent::start(
+        AgentConfig {
+            mon_addr: mon_addr.into(),
+            uuid: uuid.into(),
+            host: format!("host-{uuid}"),
+            public_addr: "127.0.0.1".into(),
+            cluster_addr: "127.0.0.1".into(),
+            shard_ports: vec![6800],
+            weight: 1.0,
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            admin_token: TOKEN.into(),
+            cluster_token: None,
+        },
+        Vec::new(),
+        Arc::new(NoStats),
+        Arc::new(MemConfig::default()),
+        keyring,
+    )
+    .unwrap()
+}
+
+/// Two OSD agents against a real monitor: each booted agent holds its own identity
+/// (`osd.<its id>` and a key of its own), the keyring the other agent fetches holds that key
+/// with role `Osd(id)`, the admin sees the same key (`auth get osd.N`); a reboot keeps it, and
+/// `osd rm` takes it out of every keyring.
+#[test]
+fn booted_agents_get_their_own_osd_identity_and_see_each_others_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let mon = MonProc::start(dir.path(), &["--heartbeat-ms", "100"]);
+    let url = mon.url();
+    let limit = Duration::from_secs(15);
+    let kr_a = Arc::new(SharedKeyring::new());
+    let kr_b = Arc::new(SharedKeyring::new());
+    let agent_a = start_agent(&mon.addr, "uuid-id-a", kr_a.clone());
+    let agent_b = start_agent(&mon.addr, "uuid-id-b", kr_b.clone());
+    let booted = rt.block_on(wait_for(limit, || async {
+        agent_a.status().osd_id().zip(agent_b.status().osd_id())
+    }));
+    let (a, b) = booted.expect("both agents boot");
+    assert_ne!(a, b);
+
+    // Each agent knows who it is: `osd.<its id>`, set by the time the boot shows.
+    let (name_a, key_a) = agent_a.identity().expect("agent a has an identity");
+    let (name_b, key_b) = agent_b.identity().expect("agent b has an identity");
+    assert_eq!(name_a, format!("osd.{a}"));
+    assert_eq!(name_b, format!("osd.{b}"));
+    assert_ne!(key_a, key_b, "two OSDs hold the same key");
+    assert_eq!(kr_a.identity(), Some((name_a.clone(), key_a.clone())));
+
+    // The keyring each fetches holds the other's key with its role (b booted after a, or the
+    // other way round: wait until both keys are in both keyrings).
+    let both = rt.block_on(wait_for(limit, || async {
+        (kr_a.role(&name_b).is_some() && kr_b.role(&name_a).is_some()).then_some(())
+    }));
+    assert!(both.is_some(), "the keyrings never held both OSD keys");
+    assert_eq!(kr_b.role(&name_a), Some(Role::Osd(a)));
+    assert_eq!(kr_b.key(&name_a), Some(key_a.clone()));
+    assert_eq!(kr_a.role(&name_b), Some(Role::Osd(b)));
+    assert_eq!(kr_a.key(&name_b), Some(key_b.clone()));
+    assert_eq!(kr_a.role(&name_a), Some(Role::Osd(a)));
+
+    rt.block_on(async {
+        let mut adm = admin(&url).await;
+        // The admin sees the same key, with its role.
+        let got = adm
+            .auth_get(authed(v1::AuthIdRequest { id: name_a.clone() }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(key_of(&got.key), key_a);
+        assert_eq!(got.role(), v1::KeyRole::Osd);
+        assert_eq!(got.osd_id, a);
+        let ls = adm
+            .auth_list(authed(v1::Empty {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(ls
+            .entries
+            .iter()
+            .any(|e| e.id == name_b && e.role() == v1::KeyRole::Osd && e.osd_id == b));
+        // A client cannot take an OSD's id.
+        let e = adm
+            .auth_add(authed(v1::AuthIdRequest { id: name_a.clone() }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("reserved"), "{}", e.message());
+        // A's monitor-side reboot (marked down; it boots again): the same key.
+        adm.osd_down(authed(v1::OsdIdRequest { id: a }))
+            .await
+            .unwrap();
+    });
+    let rebooted = rt.block_on(wait_for(limit, || async {
+        (agent_a.status().boots() >= 2).then_some(())
+    }));
+    assert!(rebooted.is_some(), "agent a did not boot again");
+    assert_eq!(agent_a.identity(), Some((name_a.clone(), key_a.clone())));
+
+    // B stops and is removed: its key leaves A's keyring.
+    drop(agent_b);
+    rt.block_on(async {
+        let mut adm = admin(&url).await;
+        adm.osd_down(authed(v1::OsdIdRequest { id: b }))
+            .await
+            .unwrap();
+        adm.osd_rm(authed(v1::OsdIdRequest { id: b }))
+            .await
+            .unwrap();
+        let e = adm
+            .auth_get(authed(v1::AuthIdRequest { id: name_b.clone() }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+    });
+    let gone = rt.block_on(wait_for(limit, || async {
+        kr_a.role(&name_b).is_none().then_some(())
+    }));
+    assert!(gone.is_some(), "a removed OSD's key is still held");
+    assert_eq!(kr_a.role(&name_a), Some(Role::Osd(a)));
+    drop(agent_a);
 }

@@ -253,6 +253,12 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
         "an agent given only the follower never booted (epoch {})",
         agent2.status().map_epoch()
     );
+    // Each OSD got a key of its own from the leader (the keyring in etcd).
+    let (osd_name, osd_key) = agent.identity().expect("the first agent has an identity");
+    let id1 = agent.status().osd_id().expect("booted");
+    assert_eq!(osd_name, format!("osd.{id1}"));
+    let (_, osd2_key) = agent2.identity().expect("the second agent has an identity");
+    assert_ne!(osd_key, osd2_key, "two OSDs hold the same key");
 
     // Changes through the leader; remember every epoch's map as encoded.
     let url0 = format!("http://{addr0}");
@@ -354,6 +360,19 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
             .into_inner();
         assert_eq!(k.key, client_key.key);
         assert_eq!(k.keyring_version, client_key.keyring_version);
+        // The OSD keys came over too, with their role.
+        let k = a
+            .auth_get(authed(v1::AuthIdRequest {
+                id: osd_name.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            carmine_wire::AuthKey::new(k.key.as_slice().try_into().unwrap()),
+            osd_key
+        );
+        assert_eq!((k.role(), k.osd_id), (v1::KeyRole::Osd, id1));
     });
     // The CLI given the whole list skips the dead monitor and reaches the new leader.
     let both = listen.join(",");
@@ -370,6 +389,9 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
         "agent at epoch {}",
         agent.status().map_epoch()
     );
+    // It booted again at the new leader, which gave it the same key.
+    assert!(agent.status().boots() >= 2, "{}", agent.status().boots());
+    assert_eq!(agent.identity(), Some((osd_name.clone(), osd_key.clone())));
 
     // A leader that stalls (SIGSTOP) loses its lease; a restarted monitor takes over. When the
     // stalled one resumes, its writes are fenced off and it stops by itself.
@@ -478,6 +500,44 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
             );
             let maps = l.store.load().unwrap();
             assert_eq!(maps.iter().map(|m| m.epoch).collect::<Vec<_>>(), [1, 2]);
+        })
+        .await
+        .unwrap();
+    });
+
+    // OSD keys on the etcd store: the scenario the redb store runs (tests/osd_keys.rs), then a
+    // new leader (the first one's election key deleted, as when its lease expires) loads them.
+    rt.block_on(async {
+        let eps = etcd.endpoints.clone();
+        tokio::spawn(async move {
+            let prefix = "/osd-keys-test";
+            let open = |l: carmine_mon::ha::Leadership| {
+                carmine_mon::state::Monitor::open(
+                    carmine_mon::store::Backend::Etcd(Box::new(l.store)),
+                    common::test_policy(),
+                )
+                .unwrap()
+            };
+            let l = carmine_mon::ha::campaign(&eps, prefix, 2, "127.0.0.1:1")
+                .await
+                .unwrap();
+            let mut m = open(l);
+            let (id, key) = common::osd_keys_scenario(&mut m);
+            drop(m);
+            let mut c = etcd_client::Client::connect(eps.clone(), None)
+                .await
+                .unwrap();
+            c.delete(
+                format!("{prefix}/leader"),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+            let l = carmine_mon::ha::campaign(&eps, prefix, 2, "127.0.0.1:2")
+                .await
+                .unwrap();
+            let mut m = open(l);
+            common::osd_key_kept_after_reopen(&mut m, id, key);
         })
         .await
         .unwrap();

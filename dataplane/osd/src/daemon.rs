@@ -184,6 +184,14 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
                     agent.admin_addr()
                 );
                 tracing::info!(osd = id, "ready");
+                // The identity replica connections authenticate as (`keyring.identity()`, the
+                // same value, is what the shards read).
+                match agent.identity() {
+                    Some((entity, _)) => tracing::info!(%entity, "osd key from the monitor"),
+                    None => tracing::warn!(
+                        "the monitor issued no osd key: replica connections cannot authenticate"
+                    ),
+                }
             } else if last_warn.elapsed() > Duration::from_secs(10) {
                 last_warn = Instant::now();
                 tracing::warn!(

@@ -178,3 +178,149 @@ pub async fn create_pools(
         .unwrap();
     }
 }
+
+/// A policy for monitors driven directly (no process): nothing expires during a test.
+pub fn test_policy() -> carmine_mon::state::Policy {
+    carmine_mon::state::Policy {
+        heartbeat_interval: Duration::from_millis(100),
+        down_grace: Duration::from_secs(600),
+        out_interval: Duration::from_secs(6000),
+        history: 50,
+        min_failure_reporters: 2,
+        nearfull_ratio: 0.85,
+        full_ratio: 0.95,
+    }
+}
+
+fn boot_info(uuid: &str, host: &str) -> carmine_mon::state::BootInfo {
+    carmine_mon::state::BootInfo {
+        uuid: uuid.into(),
+        host: host.into(),
+        shard_ports: vec![6800],
+        weight: 1.0,
+        ..Default::default()
+    }
+}
+
+/// The key the monitor's keyring holds under `id`, with its role and OSD id.
+fn stored_key(m: &carmine_mon::state::Monitor, id: &str) -> Option<(Vec<u8>, i32, u32)> {
+    m.keyring()
+        .keys
+        .into_iter()
+        .find(|k| k.id == id)
+        .map(|k| (k.key, k.role, k.osd_id))
+}
+
+/// OSD keys on a monitor, whatever its store: created at an OSD's first boot, the same key at
+/// every later boot of the same uuid, another key for another OSD, `osd.` ids refused to
+/// clients, the keyring carrying each key's role, `osd rm` removing the key. Leaves OSD
+/// `uuid-keys-a` booted; returns its id and key (for a check after a reopen:
+/// [`osd_key_kept_after_reopen`]).
+pub fn osd_keys_scenario(m: &mut carmine_mon::state::Monitor) -> (u32, [u8; 32]) {
+    use carmine_mon::state::{KeyRole, MonError};
+    use carmine_proto::v1::KeyRole as Wire;
+    let now = Instant::now();
+    let client = m.auth_add("client.k").unwrap().0;
+    let v0 = m.keyring_version();
+
+    // First boot: a key of its own, in the keyring with role OSD, a new keyring version.
+    let a = m.boot(boot_info("uuid-keys-a", "hostA"), now).unwrap();
+    assert_ne!(a.key, [0u8; 32]);
+    assert_ne!(a.key, client, "the OSD got a client's key");
+    assert_eq!(
+        m.keyring_version(),
+        v0 + 1,
+        "an OSD's first boot changes the keyring"
+    );
+    let osd_a = format!("osd.{}", a.id);
+    assert_eq!(
+        stored_key(m, &osd_a),
+        Some((a.key.to_vec(), Wire::Osd as i32, a.id))
+    );
+    assert_eq!(
+        stored_key(m, "client.k"),
+        Some((client.to_vec(), Wire::Client as i32, 0))
+    );
+
+    // A reboot of the same uuid (after being marked down): same id, same key, same keyring.
+    m.osd_down(a.id, now).unwrap();
+    let a2 = m.boot(boot_info("uuid-keys-a", "hostA"), now).unwrap();
+    assert_eq!(
+        (a2.id, a2.key),
+        (a.id, a.key),
+        "a reboot changed the OSD's key"
+    );
+    assert_eq!(m.keyring_version(), v0 + 1, "a reboot changed the keyring");
+
+    // Another OSD: another key.
+    let b = m.boot(boot_info("uuid-keys-b", "hostB"), now).unwrap();
+    assert_ne!(b.id, a.id);
+    assert_ne!(b.key, a.key, "two OSDs got the same key");
+    let osd_b = format!("osd.{}", b.id);
+    assert_eq!(m.auth_get(&osd_b).unwrap().0, b.key);
+    assert_eq!(m.auth_get(&osd_b).unwrap().1, KeyRole::Osd(b.id));
+    assert_eq!(m.auth_get("client.k").unwrap().1, KeyRole::Client);
+    let listed = m.auth_list();
+    assert!(
+        listed.contains(&(osd_a.clone(), KeyRole::Osd(a.id))),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(&(osd_b.clone(), KeyRole::Osd(b.id))),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(&("client.k".into(), KeyRole::Client)),
+        "{listed:?}"
+    );
+
+    // Ids of OSD keys are reserved: a client cannot get (nor remove) one.
+    let v = m.keyring_version();
+    for id in ["osd.3", osd_a.as_str(), "osd.", "osd.x"] {
+        let e = m.auth_add(id).unwrap_err();
+        assert!(matches!(e, MonError::Invalid(_)), "{id}: {e:?}");
+        assert!(e.to_string().contains("reserved"), "{id}: {e}");
+        let st = tonic::Status::from(e);
+        assert_eq!(st.code(), tonic::Code::InvalidArgument);
+    }
+    let e = m.auth_rm(&osd_a).unwrap_err();
+    assert!(e.to_string().contains("osd rm"), "{e}");
+    assert_eq!(m.keyring_version(), v, "a refused call changed the keyring");
+    assert_eq!(m.auth_get(&osd_a).unwrap().0, a.key);
+    assert!(stored_key(m, "osd.3").is_none());
+
+    // `osd rm` removes the OSD's key (refused while up: the key stays).
+    assert!(matches!(m.osd_rm(b.id), Err(MonError::Precondition(_))));
+    assert!(stored_key(m, &osd_b).is_some());
+    m.osd_down(b.id, now).unwrap();
+    m.osd_rm(b.id).unwrap();
+    assert!(stored_key(m, &osd_b).is_none(), "osd rm left the key");
+    assert!(matches!(m.auth_get(&osd_b), Err(MonError::NotFound(_))));
+    assert_eq!(m.keyring_version(), v + 1);
+    // The same uuid boots again: a new id, and a new key.
+    let b2 = m.boot(boot_info("uuid-keys-b", "hostB"), now).unwrap();
+    assert_ne!(b2.id, b.id);
+    assert_ne!(b2.key, b.key, "a removed OSD's key came back");
+    assert_ne!(b2.key, a.key);
+    (a.id, a.key)
+}
+
+/// After [`osd_keys_scenario`] and a reopen of the same store: OSD `id`'s key is still
+/// `key`, with its role, and a reboot of the same uuid gets it back.
+pub fn osd_key_kept_after_reopen(m: &mut carmine_mon::state::Monitor, id: u32, key: [u8; 32]) {
+    use carmine_mon::state::KeyRole;
+    assert_eq!(
+        m.auth_get(&format!("osd.{id}")).unwrap(),
+        (key, KeyRole::Osd(id), m.keyring_version())
+    );
+    let v = m.keyring_version();
+    let again = m
+        .boot(boot_info("uuid-keys-a", "hostA"), Instant::now())
+        .unwrap();
+    assert_eq!(
+        (again.id, again.key),
+        (id, key),
+        "the key changed across a reopen"
+    );
+    assert_eq!(m.keyring_version(), v);
+}
