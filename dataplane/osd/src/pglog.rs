@@ -105,6 +105,20 @@ pub enum LogDecodeError {
     Trailing(usize),
 }
 
+/// The omap value of a log entry (see the module docs), written without building the entry.
+fn encode_value(kind: OpKind, req: &ReqId, object: &[u8]) -> Vec<u8> {
+    let client = req.client.as_bytes();
+    let mut v = Vec::with_capacity(1 + 2 + client.len() + 8 + 2 + object.len());
+    v.push(kind_code(kind));
+    // Client ids and object names are bounded by the wire limits (u16 lengths there).
+    v.extend_from_slice(&(client.len() as u16).to_le_bytes());
+    v.extend_from_slice(client);
+    v.extend_from_slice(&req.tid.to_le_bytes());
+    v.extend_from_slice(&(object.len() as u16).to_le_bytes());
+    v.extend_from_slice(object);
+    v
+}
+
 fn kind_code(k: OpKind) -> u8 {
     k as u8
 }
@@ -120,17 +134,9 @@ fn kind_of(c: u8) -> Result<OpKind, LogDecodeError> {
 
 impl LogEntry {
     /// The omap value of this entry (the key is [`version_key`] of its version).
+    #[cfg(test)]
     pub fn encode_value(&self) -> Vec<u8> {
-        let client = self.req.client.as_bytes();
-        let mut v = Vec::with_capacity(1 + 2 + client.len() + 8 + 2 + self.object.len());
-        v.push(kind_code(self.kind));
-        // Client ids and object names are bounded by the wire limits (u16 lengths there).
-        v.extend_from_slice(&(client.len() as u16).to_le_bytes());
-        v.extend_from_slice(client);
-        v.extend_from_slice(&self.req.tid.to_le_bytes());
-        v.extend_from_slice(&(self.object.len() as u16).to_le_bytes());
-        v.extend_from_slice(&self.object);
-        v
+        encode_value(self.kind, &self.req, &self.object)
     }
 
     /// The entry stored under `key` with `value`.
@@ -284,13 +290,7 @@ impl PgLog {
             seq: self.head.seq + 1,
         };
         self.head = version;
-        let entry = LogEntry {
-            version,
-            kind,
-            req,
-            object: object.to_vec(),
-        };
-        let value = entry.encode_value();
+        let value = encode_value(kind, &req, object);
         // Trim what will be past LOG_KEEP once this entry and those in flight commit.
         let mut trim = Vec::new();
         let held = self.entries.len() + self.inflight.len() + 1;
@@ -311,7 +311,7 @@ impl PgLog {
             kind,
             object: object_hash(object),
         };
-        self.inflight.insert(entry.req, applied);
+        self.inflight.insert(req, applied);
         LogWrite {
             version,
             value,
