@@ -6,33 +6,14 @@
 #![no_main]
 
 use carmine_wire::{
-    AuthKey, ClientConn, ClientEvent, ClientHandshake, ConnError, Encoder, Epoch, Limits, Message,
-    Nonce, PgId, PoolId, RepMutation, RepOp, ReqId, ServerHandshake, Version, HEADER_LEN,
+    AuthKey, ClientConn, ClientEvent, ClientHandshake, ConnError, Epoch, Limits, Message, Nonce,
+    PgId, PoolId, RepMutation, RepOp, ReqId, ServerHandshake, Version,
 };
 use libfuzzer_sys::fuzz_target;
 
-fn frame(version: u8, msg: &Message<'_>) -> Vec<u8> {
-    let enc = Encoder::new(version, Limits::DEFAULT);
-    let mut buf = vec![0u8; enc.frame_len(msg)];
-    let n = enc.encode(0, msg, &mut buf).expect("encode");
-    buf.truncate(n);
-    buf
-}
-
-/// Recomputes the crcs of frames in `stream` front to back (see the stream target).
-fn seal_all(stream: &mut [u8]) {
-    let mut pos = 0;
-    while stream.len() - pos >= HEADER_LEN {
-        let f = &mut stream[pos..];
-        let len = u32::from_le_bytes([f[16], f[17], f[18], f[19]]) as usize;
-        let end = HEADER_LEN.saturating_add(len).min(f.len());
-        let pcrc = crc32c::crc32c(&f[HEADER_LEN..end]);
-        f[20..24].copy_from_slice(&pcrc.to_le_bytes());
-        let hcrc = crc32c::crc32c(&f[..28]);
-        f[28..32].copy_from_slice(&hcrc.to_le_bytes());
-        pos += end;
-    }
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::{frame, seal_all};
 
 const PROBE: RepOp<'static> = RepOp {
     pool: PoolId(1),

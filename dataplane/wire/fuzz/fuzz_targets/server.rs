@@ -7,33 +7,13 @@
 use std::collections::HashMap;
 
 use carmine_wire::{
-    AuthKey, ClientHandshake, Encoder, Limits, Message, Nonce, ServerConn, ServerEvent, HEADER_LEN,
-    VERSION_MIN,
+    AuthKey, ClientHandshake, Limits, Message, Nonce, ServerConn, ServerEvent, VERSION_MIN,
 };
 use libfuzzer_sys::fuzz_target;
 
-fn frame(version: u8, msg: &Message<'_>) -> Vec<u8> {
-    let enc = Encoder::new(version, Limits::DEFAULT);
-    let mut buf = vec![0u8; enc.frame_len(msg)];
-    let n = enc.encode(0, msg, &mut buf).expect("encode");
-    buf.truncate(n);
-    buf
-}
-
-/// Recomputes the crcs of frames in `stream` front to back (see the stream target).
-fn seal_all(stream: &mut [u8]) {
-    let mut pos = 0;
-    while stream.len() - pos >= HEADER_LEN {
-        let f = &mut stream[pos..];
-        let len = u32::from_le_bytes([f[16], f[17], f[18], f[19]]) as usize;
-        let end = HEADER_LEN.saturating_add(len).min(f.len());
-        let pcrc = crc32c::crc32c(&f[HEADER_LEN..end]);
-        f[20..24].copy_from_slice(&pcrc.to_le_bytes());
-        let hcrc = crc32c::crc32c(&f[..28]);
-        f[28..32].copy_from_slice(&hcrc.to_le_bytes());
-        pos += end;
-    }
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::{frame, seal_all};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {

@@ -4,22 +4,12 @@
 //! get past the checksums and exercise reassembly, not just the first crc check.
 #![no_main]
 
-use carmine_wire::{FrameDecoder, Limits, HEADER_LEN};
+use carmine_wire::{FrameDecoder, Limits};
 use libfuzzer_sys::fuzz_target;
 
-fn seal_all(stream: &mut [u8]) {
-    let mut pos = 0;
-    while stream.len() - pos >= HEADER_LEN {
-        let f = &mut stream[pos..];
-        let len = u32::from_le_bytes([f[16], f[17], f[18], f[19]]) as usize;
-        let end = HEADER_LEN.saturating_add(len).min(f.len());
-        let pcrc = crc32c::crc32c(&f[HEADER_LEN..end]);
-        f[20..24].copy_from_slice(&pcrc.to_le_bytes());
-        let hcrc = crc32c::crc32c(&f[..28]);
-        f[28..32].copy_from_slice(&hcrc.to_le_bytes());
-        pos += end;
-    }
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::seal_all;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&step, stream)) = data.split_first() else {
