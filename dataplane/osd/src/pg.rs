@@ -56,6 +56,13 @@ impl PgKey {
         CollectionId((u64::from(self.pool) << 32) | u64::from(self.pg))
     }
 
+    /// The key of an object of this PG, for ordering and the log's duplicate table: a 64-bit
+    /// hash of its name seeded with the collection id (a collision only serialises two
+    /// objects, or makes a reused tid on another object look like a retry of it).
+    pub fn object_key(self, object: &[u8]) -> u64 {
+        xxhash_rust::xxh64::xxh64(object, self.cid().0)
+    }
+
     /// The PG's meta collection (its log): the data collection's id with [`META_BIT`] set.
     pub fn meta_cid(self) -> CollectionId {
         CollectionId(self.cid().0 | META_BIT)
@@ -118,7 +125,7 @@ impl Pg {
                 Vec::new()
             }
         };
-        let (log, errors) = PgLog::load(stored);
+        let (log, errors) = PgLog::load(stored, |o| key.object_key(o));
         for e in errors {
             tracing::error!(pg = ?key, error = %e, "PG log entry skipped");
         }
@@ -160,7 +167,7 @@ impl Pg {
 
     /// The ordering key of an object of this PG.
     pub fn object_key(&self, object: &[u8]) -> u64 {
-        xxhash_rust::xxh64::xxh64(object, self.key.cid().0)
+        self.key.object_key(object)
     }
 
     /// Whether a mutation of the object with `key` is in flight.

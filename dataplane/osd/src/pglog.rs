@@ -194,12 +194,8 @@ pub struct PgLog {
 pub struct Applied {
     pub version: Version,
     pub kind: OpKind,
-    /// xxh64 of the object name.
+    /// The object's key in its PG (`Pg::object_key`: a hash of its name).
     object: u64,
-}
-
-fn object_hash(object: &[u8]) -> u64 {
-    xxhash_rust::xxh64::xxh64(object, 0)
 }
 
 impl Default for PgLog {
@@ -224,10 +220,12 @@ pub struct LogWrite {
 }
 
 impl PgLog {
-    /// The log of a PG as stored: its entries in key order. Entries that cannot be read are
-    /// skipped and returned as errors, so one bad entry does not take a PG down.
+    /// The log of a PG as stored: its entries in key order; `object_key` is the PG's key of an
+    /// object name (`Pg::object_key`). Entries that cannot be read are skipped and returned as
+    /// errors, so one bad entry does not take a PG down.
     pub fn load(
         stored: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+        object_key: impl Fn(&[u8]) -> u64,
     ) -> (PgLog, Vec<LogDecodeError>) {
         let mut log = PgLog::default();
         let mut errors = Vec::new();
@@ -237,7 +235,7 @@ impl PgLog {
                     let a = Applied {
                         version: e.version,
                         kind: e.kind,
-                        object: object_hash(&e.object),
+                        object: object_key(&e.object),
                     };
                     log.committed_entry(e.req, a)
                 }
@@ -259,31 +257,31 @@ impl PgLog {
         self.entries.len()
     }
 
-    /// The first result of `req` on `object` with `kind`, if it committed and is still in the
-    /// log. The same request id on another object or op is no retry (a client that reused a
-    /// tid): it is applied as the new request it is.
-    pub fn duplicate(&self, req: &ReqId, kind: OpKind, object: &[u8]) -> Option<Applied> {
+    /// The first result of `req` on the object with key `object` (`Pg::object_key`) with
+    /// `kind`, if it committed and is still in the log. The same request id on another object
+    /// or op is no retry (a client that reused a tid): it is applied as the new request it is.
+    pub fn duplicate(&self, req: &ReqId, kind: OpKind, object: u64) -> Option<Applied> {
         self.dups
             .get(req)
-            .filter(|a| a.kind == kind && a.object == object_hash(object))
+            .filter(|a| a.kind == kind && a.object == object)
             .copied()
     }
 
-    /// Whether a mutation with `req` on `object` is in flight.
-    pub fn in_flight(&self, req: &ReqId, object: &[u8]) -> bool {
-        self.inflight
-            .get(req)
-            .is_some_and(|a| a.object == object_hash(object))
+    /// Whether a mutation with `req` on the object with key `object` is in flight.
+    pub fn in_flight(&self, req: &ReqId, object: u64) -> bool {
+        self.inflight.get(req).is_some_and(|a| a.object == object)
     }
 
-    /// Starts a mutation in an interval that began at `interval_since`: assigns its version
-    /// and returns what the transaction must write to the log.
+    /// Starts a mutation of `object` (whose key in the PG is `object_key`) in an interval that
+    /// began at `interval_since`: assigns its version and returns what the transaction must
+    /// write to the log.
     pub fn begin(
         &mut self,
         interval_since: u64,
         kind: OpKind,
         req: ReqId,
         object: &[u8],
+        object_key: u64,
     ) -> LogWrite {
         let version = Version {
             epoch: Epoch(interval_since).max(self.head.epoch),
@@ -309,7 +307,7 @@ impl PgLog {
         let applied = Applied {
             version,
             kind,
-            object: object_hash(object),
+            object: object_key,
         };
         self.inflight.insert(req, applied);
         LogWrite {
@@ -351,6 +349,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// An object key as the PG makes it (any hash does here).
+    fn k(object: &[u8]) -> u64 {
+        xxhash_rust::xxh64::xxh64(object, 7)
+    }
+
     fn req(c: &str, tid: u64) -> ReqId {
         ReqId {
             client: Arc::from(c),
@@ -377,16 +380,16 @@ mod tests {
     #[test]
     fn versions_grow_across_intervals_and_failures() {
         let mut log = PgLog::default();
-        let w1 = log.begin(5, OpKind::Write, req("client.a", 1), b"o");
+        let w1 = log.begin(5, OpKind::Write, req("client.a", 1), b"o", k(b"o"));
         assert_eq!(w1.version, v(5, 1));
         log.abort(&req("client.a", 1));
-        let w2 = log.begin(5, OpKind::Write, req("client.a", 2), b"o");
+        let w2 = log.begin(5, OpKind::Write, req("client.a", 2), b"o", k(b"o"));
         assert_eq!(w2.version, v(5, 2), "a gap, no repeat");
         log.commit(req("client.a", 2));
         // A new interval raises the epoch; an older interval number cannot lower it.
-        let w3 = log.begin(9, OpKind::Remove, req("client.b", 7), b"o");
+        let w3 = log.begin(9, OpKind::Remove, req("client.b", 7), b"o", k(b"o"));
         assert_eq!(w3.version, v(9, 3));
-        let w4 = log.begin(2, OpKind::Write, req("client.b", 8), b"o");
+        let w4 = log.begin(2, OpKind::Write, req("client.b", 8), b"o", k(b"o"));
         assert_eq!(w4.version, v(9, 4));
         assert!(w1.version < w2.version && w2.version < w3.version && w3.version < w4.version);
     }
@@ -396,24 +399,24 @@ mod tests {
         let mut log = PgLog::default();
         let r = req("client.x", 42);
         let wf = OpKind::WriteFull;
-        let w = log.begin(1, wf, r.clone(), b"obj");
-        assert!(log.in_flight(&r, b"obj"));
-        assert_eq!(log.duplicate(&r, wf, b"obj"), None, "not durable yet");
+        let w = log.begin(1, wf, r.clone(), b"obj", k(b"obj"));
+        assert!(log.in_flight(&r, k(b"obj")));
+        assert_eq!(log.duplicate(&r, wf, k(b"obj")), None, "not durable yet");
         log.commit(r.clone());
-        assert!(!log.in_flight(&r, b"obj"));
-        let d = log.duplicate(&r, wf, b"obj").expect("a duplicate");
+        assert!(!log.in_flight(&r, k(b"obj")));
+        let d = log.duplicate(&r, wf, k(b"obj")).expect("a duplicate");
         assert_eq!((d.version, d.kind), (w.version, wf));
         // Same tid from another client is another request.
-        assert_eq!(log.duplicate(&req("client.y", 42), wf, b"obj"), None);
+        assert_eq!(log.duplicate(&req("client.y", 42), wf, k(b"obj")), None);
         // So is the same request id on another object or op (a client reusing a tid).
-        assert_eq!(log.duplicate(&r, wf, b"other"), None);
-        assert_eq!(log.duplicate(&r, OpKind::Remove, b"obj"), None);
+        assert_eq!(log.duplicate(&r, wf, k(b"other")), None);
+        assert_eq!(log.duplicate(&r, OpKind::Remove, k(b"obj")), None);
         // A failed one is no duplicate.
         let f = req("client.x", 43);
-        log.begin(1, OpKind::Write, f.clone(), b"obj");
-        assert!(!log.in_flight(&f, b"other"));
+        log.begin(1, OpKind::Write, f.clone(), b"obj", k(b"obj"));
+        assert!(!log.in_flight(&f, k(b"other")));
         log.abort(&f);
-        assert_eq!(log.duplicate(&f, OpKind::Write, b"obj"), None);
+        assert_eq!(log.duplicate(&f, OpKind::Write, k(b"obj")), None);
     }
 
     #[test]
@@ -421,7 +424,7 @@ mod tests {
         let mut log = PgLog::default();
         let mut trimmed = 0;
         for tid in 0..(LOG_KEEP + 3 * TRIM_BATCH) as u64 {
-            let w = log.begin(1, OpKind::Write, req("c", tid), b"o");
+            let w = log.begin(1, OpKind::Write, req("c", tid), b"o", k(b"o"));
             trimmed += w.trim.len();
             // Trimmed keys are the oldest versions, in order.
             if let Some(first) = w.trim.first() {
@@ -437,9 +440,9 @@ mod tests {
         assert_eq!(trimmed + log.len(), LOG_KEEP + 3 * TRIM_BATCH);
         // Trimmed requests are no longer known; recent ones are.
         let w = OpKind::Write;
-        assert_eq!(log.duplicate(&req("c", 0), w, b"o"), None);
+        assert_eq!(log.duplicate(&req("c", 0), w, k(b"o")), None);
         let last = (LOG_KEEP + 3 * TRIM_BATCH - 1) as u64;
-        assert!(log.duplicate(&req("c", last), w, b"o").is_some());
+        assert!(log.duplicate(&req("c", last), w, k(b"o")).is_some());
     }
 
     #[test]
@@ -452,17 +455,23 @@ mod tests {
             } else {
                 OpKind::WriteFull
             };
-            let w = log.begin(7, kind, req("client.z", tid), format!("o{tid}").as_bytes());
+            let w = log.begin(
+                7,
+                kind,
+                req("client.z", tid),
+                format!("o{tid}").as_bytes(),
+                k(format!("o{tid}").as_bytes()),
+            );
             stored.push((version_key(w.version).to_vec(), w.value));
             log.commit(req("client.z", tid));
         }
         stored.push((vec![1, 2, 3], vec![]));
-        let (loaded, errors) = PgLog::load(stored);
+        let (loaded, errors) = PgLog::load(stored, k);
         assert_eq!(errors, vec![LogDecodeError::Key(3)]);
         assert_eq!(loaded.head(), v(7, 5));
         assert_eq!(loaded.len(), 5);
         let d = loaded
-            .duplicate(&req("client.z", 3), OpKind::Remove, b"o3")
+            .duplicate(&req("client.z", 3), OpKind::Remove, k(b"o3"))
             .expect("loaded with its object and kind");
         assert_eq!(d.version, v(7, 3));
     }

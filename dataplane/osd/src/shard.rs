@@ -312,7 +312,7 @@ impl ShardCore {
             client: op.client.clone(),
             tid: op.tid,
         });
-        if let (Some(r), Some(object)) = (&req, op.job.object()) {
+        if let (Some(r), Some(object)) = (&req, order_key) {
             // A retry of a mutation this PG already applied gets the first result; one whose
             // first attempt is still in flight waits for it.
             if let Some(first) = pg.log.duplicate(r, kind, object) {
@@ -379,7 +379,7 @@ impl ShardCore {
                     off,
                     data,
                 });
-                self.log_mutation(key, kind, req.clone(), &mut txn);
+                self.log_mutation(key, kind, req.clone(), order_key, &mut txn);
                 self.submit(pending(order_key, req, creates), txn);
             }
             Job::WriteFull { oid, data } => {
@@ -400,7 +400,7 @@ impl ShardCore {
                     });
                 }
                 txn.ops.push(Op::Truncate { cid, oid, size });
-                self.log_mutation(key, kind, req.clone(), &mut txn);
+                self.log_mutation(key, kind, req.clone(), order_key, &mut txn);
                 self.submit(pending(order_key, req, creates), txn);
             }
             Job::Remove { oid } => {
@@ -413,7 +413,7 @@ impl ShardCore {
                 // A store written before the PG log has no meta collection yet.
                 let creates = self.create_if_new(key, &mut txn);
                 txn.ops.push(Op::Remove { cid, oid });
-                self.log_mutation(key, kind, req.clone(), &mut txn);
+                self.log_mutation(key, kind, req.clone(), order_key, &mut txn);
                 self.submit(pending(order_key, req, creates), txn);
             }
             Job::Read { name, off, len } => {
@@ -493,9 +493,10 @@ impl ShardCore {
         key: PgKey,
         kind: OpKind,
         req: Option<ReqId>,
+        object_key: Option<u64>,
         txn: &mut Transaction,
     ) {
-        let Some(req) = req else {
+        let (Some(req), Some(object_key)) = (req, object_key) else {
             return;
         };
         let (oid, removes) = match txn.ops.last() {
@@ -505,7 +506,7 @@ impl ShardCore {
         };
         let pg = self.pgs.pg_mut(key, self.store.get_ref());
         let since = pg.interval_since();
-        let w = pg.log.begin(since, kind, req, &oid.0);
+        let w = pg.log.begin(since, kind, req, &oid.0, object_key);
         if !removes {
             txn.ops.push(Op::SetAttr {
                 cid: key.cid(),
