@@ -1,4 +1,6 @@
-//! The OSD admin gRPC service (`OsdAdmin`) served by the agent.
+//! The OSD admin gRPC service (`OsdAdmin`) served by the agent: status, perf counters,
+//! config, and scrubbing (`PgDigest`: this OSD's digest of a PG; `ScrubPg`: a scrub of a PG
+//! this OSD is primary for, see [`crate::scrubber`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,6 +12,8 @@ use carmine_proto::v1::{
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
+use crate::scrub::PgId;
+use crate::scrubber::{ScrubError, Scrubs, MAX_DIGEST_MESSAGE};
 use crate::{AgentStatus, ConfigStore, Stats};
 
 struct AdminSvc {
@@ -18,6 +22,23 @@ struct AdminSvc {
     stats: Arc<dyn Stats>,
     config: Arc<dyn ConfigStore>,
     status: Arc<AgentStatus>,
+    scrubs: Arc<Scrubs>,
+}
+
+impl From<ScrubError> for Status {
+    fn from(e: ScrubError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ScrubError::NoDigests => Status::unimplemented(msg),
+            ScrubError::NotBooted | ScrubError::NoMap => Status::unavailable(msg),
+            ScrubError::NoSuchPg { .. } => Status::not_found(msg),
+            ScrubError::NotPrimary { .. } => Status::failed_precondition(msg),
+            ScrubError::ActingChanged { .. } => Status::aborted(msg),
+            ScrubError::Local(crate::scrub::DigestError::Busy) => Status::resource_exhausted(msg),
+            ScrubError::Local(_) | ScrubError::Peer { .. } => Status::unavailable(msg),
+            ScrubError::Token(_) => Status::internal(msg),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -84,6 +105,36 @@ impl OsdAdmin for AdminSvc {
             value: r.value,
         }))
     }
+
+    async fn pg_digest(
+        &self,
+        req: Request<v1::PgDigestRequest>,
+    ) -> Result<Response<v1::PgDigestReply>, Status> {
+        let r = req.into_inner();
+        let pg = PgId {
+            pool: r.pool,
+            pg: r.pg,
+        };
+        let objects = self.scrubs.digest(pg, r.objects).await?;
+        Ok(Response::new(v1::PgDigestReply {
+            osd: self.status.osd_id().unwrap_or(0),
+            map_epoch: self.status.map_epoch(),
+            objects: objects.iter().map(|d| d.to_proto()).collect(),
+        }))
+    }
+
+    async fn scrub_pg(
+        &self,
+        req: Request<v1::ScrubPgRequest>,
+    ) -> Result<Response<v1::ScrubPgReply>, Status> {
+        let r = req.into_inner();
+        let pg = PgId {
+            pool: r.pool,
+            pg: r.pg,
+        };
+        let rec = self.scrubs.scrub(pg).await?;
+        Ok(Response::new(rec.to_proto(pg)))
+    }
 }
 
 /// Serves `OsdAdmin` on `listener` until `shutdown`.
@@ -96,6 +147,7 @@ pub(crate) async fn serve(
     stats: Arc<dyn Stats>,
     config: Arc<dyn ConfigStore>,
     status: Arc<AgentStatus>,
+    scrubs: Arc<Scrubs>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -111,10 +163,13 @@ pub(crate) async fn serve(
         stats,
         config,
         status,
+        scrubs,
     };
-    let server = OsdAdminServer::with_interceptor(svc, move |r: Request<()>| {
-        carmine_proto::check_bearer(Some(&token), r.metadata()).map(|()| r)
-    });
+    // A digest request names at most MAX_RECHECK objects (each up to the wire's name limit).
+    let server = tonic::service::interceptor::InterceptedService::new(
+        OsdAdminServer::new(svc).max_decoding_message_size(MAX_DIGEST_MESSAGE),
+        move |r: Request<()>| carmine_proto::check_bearer(Some(&token), r.metadata()).map(|()| r),
+    );
     tonic::transport::Server::builder()
         .add_service(server)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

@@ -18,7 +18,11 @@
 //!   a keyring version other than the one held;
 //! * keeps this OSD's own identity (key id `osd.<id>` and its key, from each boot reply) in the
 //!   same [`SharedKeyring`] ([`SharedKeyring::identity`], also [`Agent::identity`]): what the
-//!   OSD presents when it opens a replica connection to a peer.
+//!   OSD presents when it opens a replica connection to a peer;
+//! * scrubs (module [`scrub`]): serves this OSD's digest of a PG (`OsdAdmin.PgDigest`, from
+//!   the shards through a caller-provided [`scrub::PgDigests`]), scrubs the PGs it is primary
+//!   for on request (`OsdAdmin.ScrubPg`) and every `scrub_interval` in the background
+//!   ([`ScrubSetup`]), and reports the inconsistent ones to the monitor with its heartbeats.
 //!
 //! Invariants: epochs reach each sink in increasing order, never twice. The keyring is replaced
 //! whole (readers see the old or the new set, never a mix), only when the monitor's keyring
@@ -33,6 +37,10 @@
 
 mod admin;
 mod run;
+pub mod scrub;
+mod scrubber;
+
+pub use scrubber::{PeerError, ScrubError};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -287,6 +295,13 @@ pub enum AgentError {
     Config(String),
 }
 
+/// How an OSD scrubs: where its PG digests come from, and how often each PG it is primary for
+/// is scrubbed in the background (`None` or zero: only on request).
+pub struct ScrubSetup {
+    pub digests: Arc<dyn scrub::PgDigests>,
+    pub interval: Option<Duration>,
+}
+
 /// Live status shared between the agent thread and its owner.
 #[derive(Debug, Default)]
 pub struct AgentStatus {
@@ -335,13 +350,26 @@ pub struct Agent {
 
 impl Agent {
     /// Binds the admin listener, then starts the agent thread. `sinks` are the shards' map
-    /// sinks, in shard order; `keyring` receives the client keys from the monitor.
+    /// sinks, in shard order; `keyring` receives the client keys from the monitor. This agent
+    /// serves no PG digests and does not scrub (see [`Agent::start_with_scrub`]).
     pub fn start(
         cfg: AgentConfig,
         sinks: Vec<Box<dyn MapSink>>,
         stats: Arc<dyn Stats>,
         config: Arc<dyn ConfigStore>,
         keyring: Arc<SharedKeyring>,
+    ) -> Result<Agent, AgentError> {
+        Self::start_with_scrub(cfg, sinks, stats, config, keyring, None)
+    }
+
+    /// [`Agent::start`], with the OSD's PG digests and background scrub interval.
+    pub fn start_with_scrub(
+        cfg: AgentConfig,
+        sinks: Vec<Box<dyn MapSink>>,
+        stats: Arc<dyn Stats>,
+        config: Arc<dyn ConfigStore>,
+        keyring: Arc<SharedKeyring>,
+        scrub: Option<ScrubSetup>,
     ) -> Result<Agent, AgentError> {
         if cfg.uuid.is_empty() || cfg.host.is_empty() {
             return Err(AgentError::Config("uuid and host must be set".into()));
@@ -368,7 +396,7 @@ impl Agent {
             .name("carmine-agent".into())
             .spawn(move || {
                 rt.block_on(run::agent_main(
-                    cfg, listener, sinks, stats, config, kr, st, stop_rx,
+                    cfg, listener, sinks, stats, config, kr, st, scrub, stop_rx,
                 ))
             })
             .map_err(AgentError::Spawn)?;

@@ -13,9 +13,10 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 
+use crate::scrubber::{MonLink, Scrubs};
 use crate::{
-    admin, osd_key_id, AgentConfig, AgentStatus, ConfigStore, MapSink, Role, SharedKeyring, Stats,
-    KEYRING_REFRESH, OSD_KEY_PREFIX,
+    admin, osd_key_id, AgentConfig, AgentStatus, ConfigStore, MapSink, Role, ScrubSetup,
+    SharedKeyring, Stats, KEYRING_REFRESH, OSD_KEY_PREFIX,
 };
 
 /// Longest wait between reconnection attempts.
@@ -66,11 +67,14 @@ struct Shards {
     sinks: Vec<Box<dyn MapSink>>,
     lagging: Vec<bool>,
     map: Option<Arc<ClusterMap>>,
+    /// Scrubs read the newest map too.
+    scrubs: Arc<Scrubs>,
 }
 
 impl Shards {
     fn publish(&mut self, map: Arc<ClusterMap>, status: &AgentStatus) {
         status.epoch.store(map.epoch, Ordering::Release);
+        self.scrubs.set_map(&map);
         self.map = Some(map);
         self.lagging.iter_mut().for_each(|l| *l = true);
         self.retry();
@@ -109,8 +113,18 @@ pub(crate) async fn agent_main(
     config: Arc<dyn ConfigStore>,
     keyring: Arc<SharedKeyring>,
     status: Arc<AgentStatus>,
+    scrub: Option<ScrubSetup>,
     stop: oneshot::Receiver<()>,
 ) {
+    let (digests, scrub_interval) = match scrub {
+        Some(s) => (Some(s.digests), s.interval),
+        None => (None, None),
+    };
+    let scrubs = Arc::new(Scrubs::new(
+        digests,
+        status.clone(),
+        cfg.admin_token.clone(),
+    ));
     let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
     let admin = admin::serve(
         listener,
@@ -120,6 +134,7 @@ pub(crate) async fn agent_main(
         stats.clone(),
         config,
         status.clone(),
+        scrubs.clone(),
         async {
             let _ = admin_stop_rx.await;
         },
@@ -129,7 +144,9 @@ pub(crate) async fn agent_main(
         sinks,
         lagging,
         map: None,
+        scrubs: scrubs.clone(),
     };
+    let background_scrub = scrubs.background(scrub_interval);
     let session_loop = async {
         let mut backoff = Duration::from_millis(50);
         // Several monitors (etcd HA): a follower redirects to the leader, which the next
@@ -185,6 +202,7 @@ pub(crate) async fn agent_main(
     tokio::select! {
         _ = stop => {}
         _ = session_loop => {}
+        _ = background_scrub => {}
         r = &mut admin => {
             if let Err(e) = r {
                 tracing::error!(error = %e, "osd admin server failed");
@@ -222,6 +240,10 @@ async fn session(
         None => None,
     };
     let mut mon = MonClusterClient::new(channel);
+    shards.scrubs.set_mon(MonLink {
+        client: mon.clone(),
+        token: token.clone(),
+    });
     let boot = timed(mon.boot(with_token(
         v1::BootRequest {
             uuid: cfg.uuid.clone(),
@@ -272,6 +294,7 @@ async fn session(
                             used_bytes: used,
                             capacity_bytes: capacity,
                             admin_addr: cfg.admin_listen.to_string(),
+                            inconsistent_pgs: shards.scrubs.report(),
                         },
                         &token,
                     )))

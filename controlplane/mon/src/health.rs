@@ -4,13 +4,16 @@
 //! * `OSD_DOWN` (WARN): OSDs that are down but still in (their data has not moved yet);
 //! * `PG_DEGRADED` (WARN): PGs placed on fewer than `size` OSDs;
 //! * `PG_UNAVAILABLE` (ERR): PGs placed on fewer than `min_size` OSDs (no I/O);
-//! * `OSD_NEARFULL` (WARN) / `OSD_FULL` (ERR): OSDs above the usage ratios.
+//! * `OSD_NEARFULL` (WARN) / `OSD_FULL` (ERR): OSDs above the usage ratios;
+//! * `PG_INCONSISTENT` (ERR, Ceph's `PG_DAMAGED`/`OSD_SCRUB_ERRORS`): PGs whose last scrub
+//!   found objects that differ between their copies, as their primaries report them (one
+//!   detail line per PG, naming its objects). A clean scrub of the PG clears it.
 //!
 //! PG checks run the placement function over every PG of every pool: cheap for the pg counts
 //! a monitor serves (it is pure arithmetic), and it keeps the monitor free of a PG table.
 
 use carmine_placement::{pg_to_osds, ClusterMap};
-use carmine_proto::v1::{HealthCheck, HealthReply, HealthStatus};
+use carmine_proto::v1::{HealthCheck, HealthReply, HealthStatus, InconsistentPg};
 
 /// At most this many detail lines per check.
 const MAX_DETAIL: usize = 50;
@@ -24,12 +27,14 @@ fn check(code: &str, severity: HealthStatus, summary: String, detail: Vec<String
     }
 }
 
-/// Health of `map`; `usage` gives (osd, used, capacity).
+/// Health of `map`; `usage` gives (osd, used, capacity); `inconsistent`: the PGs scrubs found
+/// inconsistent (one entry per PG).
 pub fn health(
     map: &ClusterMap,
     usage: impl Iterator<Item = (u32, u64, u64)>,
     nearfull: f64,
     full: f64,
+    inconsistent: &[InconsistentPg],
 ) -> HealthReply {
     let mut checks = Vec::new();
     let down: Vec<String> = map
@@ -66,6 +71,38 @@ pub fn health(
             HealthStatus::HealthErr,
             format!("{} pgs below min_size", unavailable.len()),
             unavailable,
+        ));
+    }
+    if !inconsistent.is_empty() {
+        let objects: u64 = inconsistent.iter().map(|p| u64::from(p.num_objects)).sum();
+        let detail = inconsistent
+            .iter()
+            .map(|p| {
+                let more = (p.num_objects as usize).saturating_sub(p.objects.len());
+                let more = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "pg {}.{:x} is inconsistent: {} objects ({}{more}), scrubbed by osd.{} in epoch {}",
+                    p.pool,
+                    p.pg,
+                    p.num_objects,
+                    p.objects.join(", "),
+                    p.osd,
+                    p.epoch
+                )
+            })
+            .collect();
+        checks.push(check(
+            "PG_INCONSISTENT",
+            HealthStatus::HealthErr,
+            format!(
+                "{} pgs inconsistent: {objects} scrub errors (possible data damage)",
+                inconsistent.len()
+            ),
+            detail,
         ));
     }
     if !degraded.is_empty() {
@@ -153,23 +190,93 @@ mod tests {
 
     #[test]
     fn levels_follow_the_worst_check() {
-        let h = health(&map(&[true, true, true]), std::iter::empty(), 0.85, 0.95);
+        let h = health(
+            &map(&[true, true, true]),
+            std::iter::empty(),
+            0.85,
+            0.95,
+            &[],
+        );
         assert_eq!(h.status, HealthStatus::HealthOk as i32);
         assert!(h.checks.is_empty());
 
-        let h = health(&map(&[true, true, false]), std::iter::empty(), 0.85, 0.95);
+        let h = health(
+            &map(&[true, true, false]),
+            std::iter::empty(),
+            0.85,
+            0.95,
+            &[],
+        );
         assert_eq!(h.status, HealthStatus::HealthWarn as i32);
         let codes: Vec<&str> = h.checks.iter().map(|c| c.code.as_str()).collect();
         assert_eq!(codes, ["OSD_DOWN", "PG_DEGRADED"]);
 
-        let h = health(&map(&[true, false, false]), std::iter::empty(), 0.85, 0.95);
+        let h = health(
+            &map(&[true, false, false]),
+            std::iter::empty(),
+            0.85,
+            0.95,
+            &[],
+        );
         assert_eq!(h.status, HealthStatus::HealthErr as i32);
         assert!(h.checks.iter().any(|c| c.code == "PG_UNAVAILABLE"));
 
         let usage = [(0u32, 90u64, 100u64), (1, 96, 100)];
-        let h = health(&map(&[true, true, true]), usage.into_iter(), 0.85, 0.95);
+        let h = health(
+            &map(&[true, true, true]),
+            usage.into_iter(),
+            0.85,
+            0.95,
+            &[],
+        );
         assert_eq!(h.status, HealthStatus::HealthErr as i32);
         let codes: Vec<&str> = h.checks.iter().map(|c| c.code.as_str()).collect();
         assert_eq!(codes, ["OSD_FULL", "OSD_NEARFULL"]);
+    }
+
+    #[test]
+    fn an_inconsistent_pg_is_an_error_naming_its_objects() {
+        let m = map(&[true, true, true]);
+        let pg = InconsistentPg {
+            pool: 0,
+            pg: 10,
+            objects: vec!["obj-a".into(), "obj-b".into()],
+            num_objects: 3,
+            osd: 2,
+            epoch: 9,
+        };
+        let h = health(
+            &m,
+            std::iter::empty(),
+            0.85,
+            0.95,
+            std::slice::from_ref(&pg),
+        );
+        assert_eq!(h.status, HealthStatus::HealthErr as i32);
+        assert_eq!(h.checks.len(), 1);
+        let c = &h.checks[0];
+        assert_eq!(c.code, "PG_INCONSISTENT");
+        assert_eq!(c.severity, HealthStatus::HealthErr as i32);
+        assert!(
+            c.summary.starts_with("1 pgs inconsistent: 3 scrub errors"),
+            "{}",
+            c.summary
+        );
+        assert_eq!(
+            c.detail,
+            ["pg 0.a is inconsistent: 3 objects (obj-a, obj-b and 1 more), scrubbed by osd.2 in epoch 9"]
+        );
+        // It comes before the warnings of a degraded cluster, and goes with the report.
+        let h = health(
+            &map(&[true, true, false]),
+            std::iter::empty(),
+            0.85,
+            0.95,
+            &[pg],
+        );
+        let codes: Vec<&str> = h.checks.iter().map(|c| c.code.as_str()).collect();
+        assert_eq!(codes, ["OSD_DOWN", "PG_INCONSISTENT", "PG_DEGRADED"]);
+        let h = health(&m, std::iter::empty(), 0.85, 0.95, &[]);
+        assert!(h.checks.is_empty());
     }
 }

@@ -156,6 +156,7 @@ impl MonCluster for ClusterSvc {
         );
         if !must_boot {
             m.set_admin_addr(r.id, &r.admin_addr);
+            m.set_scrub_report(r.id, r.inconsistent_pgs);
         }
         Ok(Response::new(v1::HeartbeatReply {
             epoch: m.map().epoch,
@@ -247,6 +248,15 @@ impl MonCluster for ClusterSvc {
     async fn get_keyring(&self, _: Request<v1::Empty>) -> Result<Response<v1::Keyring>, Status> {
         Ok(Response::new(lock(&self.shared)?.keyring()))
     }
+
+    async fn peer_admin_addr(
+        &self,
+        req: Request<v1::OsdIdRequest>,
+    ) -> Result<Response<v1::OsdAdminAddrReply>, Status> {
+        let id = req.into_inner().id;
+        let (admin_addr, up) = lock(&self.shared)?.osd_admin_addr(id)?;
+        Ok(Response::new(v1::OsdAdminAddrReply { id, admin_addr, up }))
+    }
 }
 
 fn get_map(m: &Shared, epoch: u64) -> Result<Response<v1::ClusterMap>, Status> {
@@ -266,7 +276,13 @@ fn changed(epoch: Result<u64, MonError>) -> Result<Response<v1::MapChangeReply>,
 
 fn health_of(m: &Monitor) -> v1::HealthReply {
     let p = m.policy();
-    health(&m.map(), m.usage(), p.nearfull_ratio, p.full_ratio)
+    health(
+        &m.map(),
+        m.usage(),
+        p.nearfull_ratio,
+        p.full_ratio,
+        &m.inconsistent_pgs(),
+    )
 }
 
 #[tonic::async_trait]
@@ -446,5 +462,14 @@ impl MonAdmin for AdminSvc {
         let id = req.into_inner().id;
         let (admin_addr, up) = lock(&self.0)?.osd_admin_addr(id)?;
         Ok(Response::new(v1::OsdAdminAddrReply { id, admin_addr, up }))
+    }
+
+    async fn list_inconsistent_pgs(
+        &self,
+        _: Request<v1::Empty>,
+    ) -> Result<Response<v1::InconsistentPgList>, Status> {
+        Ok(Response::new(v1::InconsistentPgList {
+            pgs: lock(&self.0)?.inconsistent_pgs(),
+        }))
     }
 }

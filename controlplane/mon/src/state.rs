@@ -17,6 +17,11 @@
 //! starting with [`OSD_KEY_PREFIX`] are reserved: `auth add` and `auth rm` refuse them, so a
 //! client can never hold a key that names an OSD.
 //! Each OSD's admin address (from its boot and heartbeats) is soft state, like liveness.
+//!
+//! Scrub results are soft state too: each OSD's heartbeat carries the PGs it is primary for
+//! whose last scrub found inconsistent objects (the whole set each time, bounded), kept per
+//! OSD until its next heartbeat replaces it or the OSD is removed. [`Monitor::inconsistent_pgs`]
+//! merges them per PG, for health (`PG_INCONSISTENT`) and `carmine pg ls`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -37,6 +42,12 @@ pub const FLAGS: &[&str] = &["noout", "nodown"];
 /// monitor refuses to create such a pool (or to raise a pool's size past this) instead. When
 /// replication lands, raise this to the highest supported size; nothing else needs to change.
 pub const MAX_POOL_SIZE_SUPPORTED: u32 = 1;
+
+/// At most this many inconsistent PGs are kept per OSD report, with at most
+/// [`MAX_INCONSISTENT_NAMES`] object names each (the agent sends no more than that either).
+pub const MAX_INCONSISTENT_PGS: usize = 64;
+/// See [`MAX_INCONSISTENT_PGS`].
+pub const MAX_INCONSISTENT_NAMES: usize = 16;
 
 /// Length of a key (client's or OSD's) in bytes.
 pub const CLIENT_KEY_LEN: usize = 32;
@@ -245,6 +256,8 @@ pub struct Monitor {
     keyring_version: u64,
     /// OSD id → its admin service address (soft state: from boots and heartbeats).
     admin_addrs: HashMap<u32, String>,
+    /// OSD id → the inconsistent PGs its last heartbeat reported (soft state).
+    scrub_reports: HashMap<u32, Vec<v1::InconsistentPg>>,
 }
 
 impl Monitor {
@@ -267,6 +280,7 @@ impl Monitor {
             // An empty keyring that was never stored is version 1; the first change stores 2.
             keyring_version: 1,
             admin_addrs: HashMap::new(),
+            scrub_reports: HashMap::new(),
         };
         let mut legacy_osd_ids = Vec::new();
         if let Some(k) = mon.store.load_keyring()? {
@@ -678,6 +692,69 @@ impl Monitor {
         false
     }
 
+    /// The inconsistent PGs OSD `id` reported with a heartbeat (its whole set: an empty one
+    /// clears what it reported before). Bounded by [`MAX_INCONSISTENT_PGS`] and
+    /// [`MAX_INCONSISTENT_NAMES`]; an OSD not in the map is ignored.
+    pub fn set_scrub_report(&mut self, id: u32, mut pgs: Vec<v1::InconsistentPg>) {
+        if !self.map.osds.contains_key(&id) {
+            return;
+        }
+        pgs.truncate(MAX_INCONSISTENT_PGS);
+        for p in &mut pgs {
+            p.objects.truncate(MAX_INCONSISTENT_NAMES);
+            p.num_objects = p.num_objects.max(p.objects.len() as u32);
+            p.osd = id;
+        }
+        if pgs.is_empty() {
+            if self.scrub_reports.remove(&id).is_some() {
+                tracing::info!(osd = id, "scrub: no inconsistent pgs reported any more");
+            }
+            return;
+        }
+        let old = self.scrub_reports.insert(id, pgs);
+        let new = &self.scrub_reports[&id];
+        if old.as_ref() != Some(new) {
+            let ids: Vec<String> = new
+                .iter()
+                .map(|p| format!("{}.{:x}", p.pool, p.pg))
+                .collect();
+            tracing::warn!(osd = id, pgs = ?ids, "scrub: inconsistent pgs reported");
+        }
+    }
+
+    /// Every PG some OSD reported inconsistent, merged per PG (object names of all reports,
+    /// at most [`MAX_INCONSISTENT_NAMES`]; the newest scrub's OSD and epoch), PGs of pools
+    /// that no longer exist left out; sorted by (pool, pg).
+    pub fn inconsistent_pgs(&self) -> Vec<v1::InconsistentPg> {
+        let mut by_pg: BTreeMap<(u32, u32), v1::InconsistentPg> = BTreeMap::new();
+        for reports in self.scrub_reports.values() {
+            for r in reports {
+                let exists = self.map.pools.get(&r.pool).is_some_and(|p| r.pg < p.pg_num);
+                if !exists {
+                    continue;
+                }
+                let e = by_pg
+                    .entry((r.pool, r.pg))
+                    .or_insert_with(|| v1::InconsistentPg {
+                        pool: r.pool,
+                        pg: r.pg,
+                        ..Default::default()
+                    });
+                if r.epoch >= e.epoch {
+                    e.epoch = r.epoch;
+                    e.osd = r.osd;
+                }
+                e.num_objects = e.num_objects.max(r.num_objects);
+                for o in &r.objects {
+                    if e.objects.len() < MAX_INCONSISTENT_NAMES && !e.objects.contains(o) {
+                        e.objects.push(o.clone());
+                    }
+                }
+            }
+        }
+        by_pg.into_values().collect()
+    }
+
     /// A failure report. Returns whether it marked the target down.
     pub fn report_failure(
         &mut self,
@@ -840,6 +917,7 @@ impl Monitor {
         next.osds.remove(&id);
         self.live.remove(&id);
         self.admin_addrs.remove(&id);
+        self.scrub_reports.remove(&id);
         self.commit(next)
     }
 
@@ -1045,6 +1123,84 @@ mod tests {
         let m = Monitor::open(MapStore::open(dir.path()).unwrap(), policy()).unwrap();
         assert_eq!(m.auth_get("osd.0").unwrap(), (key, KeyRole::Osd(0), 9));
         assert_eq!(m.keyring().keys[1].role(), v1::KeyRole::Osd);
+    }
+
+    /// Heartbeats' scrub reports: merged per PG over OSDs, bounded, replaced whole by the next
+    /// report of the same OSD (a clean scrub clears), dropped with their pool or OSD.
+    #[test]
+    fn scrub_reports_merge_per_pg_and_clear_with_the_next_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Monitor::open(MapStore::open(dir.path()).unwrap(), policy()).unwrap();
+        let now = Instant::now();
+        let a = boot(&mut m, "a", "h1", now);
+        let b = boot(&mut m, "b", "h2", now);
+        m.pool_create("p", 16, 1, 1).unwrap();
+        let pool = m.map().pool_by_name("p").unwrap().id;
+        let rep = |pg: u32, names: &[&str], epoch: u64| v1::InconsistentPg {
+            pool,
+            pg,
+            objects: names.iter().map(|n| n.to_string()).collect(),
+            num_objects: names.len() as u32,
+            osd: 99, // the monitor puts the reporter's id here
+            epoch,
+        };
+        m.set_scrub_report(a, vec![rep(3, &["x", "y"], 5), rep(99, &["gone"], 5)]);
+        m.set_scrub_report(b, vec![rep(3, &["y", "z"], 7)]);
+        m.set_scrub_report(42, vec![rep(4, &["unknown osd"], 7)]);
+        let got = m.inconsistent_pgs();
+        assert_eq!(
+            got.len(),
+            1,
+            "pg 99 is beyond pg_num, osd.42 unknown: {got:?}"
+        );
+        assert_eq!((got[0].pg, got[0].osd, got[0].epoch), (3, b, 7));
+        assert_eq!(got[0].objects, ["x", "y", "z"]);
+        assert_eq!(got[0].num_objects, 2);
+        // Bounded: pgs and names per pg.
+        let many: Vec<v1::InconsistentPg> = (0..200)
+            .map(|i| v1::InconsistentPg {
+                pg: i % 16,
+                objects: (0..40).map(|k| format!("o{k}")).collect(),
+                num_objects: 40,
+                ..rep(0, &[], 8)
+            })
+            .collect();
+        m.set_scrub_report(a, many);
+        assert_eq!(m.scrub_reports[&a].len(), MAX_INCONSISTENT_PGS);
+        assert!(m.scrub_reports[&a]
+            .iter()
+            .all(|p| p.objects.len() == MAX_INCONSISTENT_NAMES && p.osd == a));
+        assert_eq!(m.inconsistent_pgs().len(), 16);
+        // The next reports replace the old ones: clean scrubs clear.
+        m.set_scrub_report(a, Vec::new());
+        assert_eq!(
+            m.inconsistent_pgs(),
+            [rep(3, &["y", "z"], 7)].map(|mut r| {
+                r.osd = b;
+                r
+            })
+        );
+        m.set_scrub_report(b, Vec::new());
+        assert!(m.inconsistent_pgs().is_empty());
+        // A report goes with its pool, and with its OSD.
+        m.set_scrub_report(a, vec![rep(1, &["q"], 9)]);
+        assert_eq!(m.inconsistent_pgs().len(), 1);
+        m.pool_rm("p").unwrap();
+        assert!(m.inconsistent_pgs().is_empty());
+        m.pool_create("p2", 16, 1, 1).unwrap();
+        let pool2 = m.map().pool_by_name("p2").unwrap().id;
+        m.set_scrub_report(
+            a,
+            vec![v1::InconsistentPg {
+                pool: pool2,
+                ..rep(1, &["q"], 9)
+            }],
+        );
+        assert_eq!(m.inconsistent_pgs().len(), 1);
+        m.osd_down(a, now).unwrap();
+        assert_eq!(m.inconsistent_pgs().len(), 1, "a down OSD's report stands");
+        m.osd_rm(a).unwrap();
+        assert!(m.inconsistent_pgs().is_empty());
     }
 
     #[test]
