@@ -60,10 +60,19 @@ pub struct OsdSection {
     /// Placement weight on first boot.
     #[serde(default = "one")]
     pub weight: f64,
+    /// Seconds between background scrubs of each PG this OSD is primary for (0: none, only
+    /// `carmine pg scrub`).
+    #[serde(default = "day")]
+    pub scrub_interval_s: u64,
 }
 
 fn one() -> f64 {
     1.0
+}
+
+/// The default scrub interval: a day, in seconds.
+fn day() -> u64 {
+    24 * 3600
 }
 
 /// `[mon]`.
@@ -473,6 +482,12 @@ impl Config {
             NetBackend::Dpdk => Ok(self.iface_addr()?.ip),
         }
     }
+
+    /// How often each PG is scrubbed in the background (`None`: never).
+    pub fn scrub_interval(&self) -> Option<std::time::Duration> {
+        (self.osd.scrub_interval_s > 0)
+            .then(|| std::time::Duration::from_secs(self.osd.scrub_interval_s))
+    }
 }
 
 trait NoneOrEmpty {
@@ -522,6 +537,17 @@ kind = "memstore"
         assert_eq!(c.reactor.idle, Idle::Adaptive);
         assert!(!c.needs_eal());
         assert_eq!(c.public_ip().unwrap(), Ipv4Addr::LOCALHOST);
+        assert_eq!(
+            c.scrub_interval(),
+            Some(std::time::Duration::from_secs(86400))
+        );
+        let off = parse(&KERNEL.replace("[mon]", "scrub_interval_s = 0\n[mon]")).unwrap();
+        assert_eq!(off.scrub_interval(), None);
+        let short = parse(&KERNEL.replace("[mon]", "scrub_interval_s = 2\n[mon]")).unwrap();
+        assert_eq!(
+            short.scrub_interval(),
+            Some(std::time::Duration::from_secs(2))
+        );
     }
 
     #[test]

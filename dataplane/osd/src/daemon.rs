@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use carmine_agent::{Agent, AgentConfig, MapSink, MemConfig, SharedKeyring, SinkFull};
+use carmine_agent::scrub::{DigestRequest, PgDigests};
+use carmine_agent::{Agent, AgentConfig, MapSink, MemConfig, ScrubSetup, SharedKeyring, SinkFull};
 use carmine_dpdk::{Eal, EalConfig, EthPort, PktMbufPool};
 use carmine_net::dpdk::{DpdkDevice, Steering};
 use carmine_net::{KernelConfig, KernelStack, NetStack, SmolConfig, SmolStack};
@@ -132,7 +133,11 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
             }) as Box<dyn MapSink>
         })
         .collect();
-    let agent = Agent::start(
+    let digests = Arc::new(ShardDigests {
+        shards,
+        control: control.clone(),
+    });
+    let agent = Agent::start_with_scrub(
         AgentConfig {
             mon_addr: cfg.mon.addr.clone(),
             uuid: cfg.osd.uuid.clone(),
@@ -157,6 +162,10 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
             ("store.kind", format!("{:?}", cfg.store.kind).to_lowercase()),
         ])),
         keyring.clone(),
+        Some(ScrubSetup {
+            digests,
+            interval: cfg.scrub_interval(),
+        }),
     )?;
     tracing::info!(admin = %agent.admin_addr(), "agent started");
 
@@ -632,6 +641,26 @@ impl MapSink for RingSink {
     fn deliver(&mut self, map: Arc<ClusterMap>) -> Result<(), SinkFull> {
         let mut c = self.control.lock().map_err(|_| SinkFull)?;
         c.send(self.shard, ShardMsg::Map(map)).map_err(|_| SinkFull)
+    }
+}
+
+/// Hands scrub digest requests to the shard that holds the PG, through its control ring.
+struct ShardDigests {
+    shards: usize,
+    control: Arc<Mutex<ControlSender<ShardMsg>>>,
+}
+
+impl PgDigests for ShardDigests {
+    fn submit(&self, req: DigestRequest) -> Result<(), DigestRequest> {
+        let shard = carmine_placement::pg_to_shard(req.pg.pg, self.shards as u32) as usize;
+        let Ok(mut c) = self.control.lock() else {
+            return Err(req);
+        };
+        c.send(shard, ShardMsg::Scrub(Box::new(req)))
+            .map_err(|m| match m {
+                ShardMsg::Scrub(req) => *req,
+                _ => unreachable!("the ring gives back the message it was given"),
+            })
     }
 }
 

@@ -20,6 +20,7 @@ mod perf;
 mod pg;
 mod pglog;
 mod routing;
+mod scrub;
 mod selfcheck;
 mod shard;
 mod shard_store;

@@ -49,6 +49,7 @@ use crate::perf::{Latency, ShardCounters};
 use crate::pg::{Creates, PgKey, PgTable};
 use crate::pglog::{log_object, version_key, ReqId, VERSION_ATTR};
 use crate::routing::Routing;
+use crate::scrub::Scrubber;
 use crate::shard_store::ShardStore;
 
 /// Messages between shards and from the control plane.
@@ -60,6 +61,8 @@ pub enum ShardMsg {
     Forward(Box<Inbound>),
     /// The answer to an op this shard forwarded.
     Reply(Box<Returned>),
+    /// A request for the digest of a PG this shard holds (scrub, from the agent).
+    Scrub(Box<carmine_agent::scrub::DigestRequest>),
 }
 
 /// An answer on its way back to the shard of the op's connection.
@@ -126,6 +129,8 @@ pub struct ShardCore {
     usage: Arc<(AtomicU64, AtomicU64)>,
     latency: Latency,
     warned_pools: HashSet<u64>,
+    /// Background digests of PGs for scrub (src/scrub.rs).
+    scrub: Scrubber,
 }
 
 /// Why a shard could not start.
@@ -163,6 +168,7 @@ impl ShardCore {
             usage: p.usage,
             latency: Latency::new(),
             warned_pools: HashSet::new(),
+            scrub: Scrubber::new(),
         };
         Ok((core, port))
     }
@@ -179,6 +185,7 @@ impl ShardCore {
         );
         work += self.route_inbound();
         work += self.poll_store();
+        work += self.scrub.poll(self.store.get());
         work += self.flush_outbox();
         let wrote = self.messenger.write(&self.counters);
         if wrote > 0 {
@@ -198,7 +205,8 @@ impl ShardCore {
         let busy = !self.pending.is_empty()
             || !self.outbox.is_empty()
             || !self.store.get_ref().is_idle()
-            || self.messenger.has_backlog();
+            || self.messenger.has_backlog()
+            || self.scrub.busy();
         if busy {
             Some(Instant::now())
         } else {
@@ -218,6 +226,7 @@ impl ShardCore {
                 let r = *r;
                 self.deliver_local(r.conn, r.tid, r.kind, r.result, r.started);
             }
+            ShardMsg::Scrub(req) => self.scrub.request(*req),
         }
     }
 
@@ -546,10 +555,13 @@ impl ShardCore {
         let n = self.store.get().poll(&mut done);
         for c in done.drain(..) {
             let Some(mut p) = self.pending.remove(&c.ticket) else {
-                tracing::error!(
-                    ticket = c.ticket.0,
-                    "store completion for an unknown ticket"
-                );
+                // Not an op's: a scrub read's, or unknown.
+                if let Err(c) = self.scrub.on_completion(c, self.store.get()) {
+                    tracing::error!(
+                        ticket = c.ticket.0,
+                        "store completion for an unknown ticket"
+                    );
+                }
                 continue;
             };
             let committed = c.result.is_ok();
