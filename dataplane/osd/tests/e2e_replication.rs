@@ -7,7 +7,8 @@
 //! - a client key cannot send replica ops: the OSD closes the connection and counts it;
 //! - (bdevstore) three copies with equal versions and bytes, read from each OSD's own store
 //!   with the OSD stopped (`carmine-osd list-objects`);
-//! - a replica whose store fails: the write is not acknowledged as done;
+//! - (bdevstore) a replica whose store is full: writes it cannot store are not acknowledged
+//!   as done, though their primary has room, and every acknowledged write reads back;
 //! - a primary paused (SIGSTOP) while the map moves its PGs: after SIGCONT, its writes are
 //!   refused by the replicas and never acknowledged. Two mechanisms fence it, each enough
 //!   alone: the replicas refuse its replica ops (older interval, or no longer its primary), and
@@ -17,6 +18,7 @@
 
 #[path = "../../../client/lib/tests/common/mod.rs"]
 mod common;
+mod common_bdev;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -31,6 +33,7 @@ use carmine_wire::{
     OpRequest, PgId, PoolId, RepError, RepMutation, RepOp, RepReply, ReqId, Version,
 };
 use common::{authed, runtime, Cluster, Mon, OSD_TOKEN};
+use common_bdev::BdevOsd;
 
 /// The OSD's perf counters summed over its shards, by counter name (`shard<i>.<name>`).
 async fn shard_totals(mon: &Mon, osd: u32) -> BTreeMap<String, u64> {
@@ -98,6 +101,25 @@ fn a_size_3_pool_writes_every_copy_before_it_acknowledges() {
             let e = client.stat("rep", &format!("obj-{i}")).await.unwrap_err();
             assert!(e.is_not_found(), "{e}");
         }
+        // A mutation sent twice with the same request id (a client's retry, here on two
+        // connections) is applied once on every copy: the second gets the first's answer.
+        let t = client.locate("rep", "retried").unwrap();
+        let opts = ConnectOptions::new(cluster.creds.id.clone(), cluster.creds.key.clone());
+        let req = OpRequest {
+            pool: PoolId(u64::from(t.pool)),
+            pg: PgId(t.pg),
+            epoch: Epoch(client.epoch()),
+            op: Op::Write {
+                object: "retried",
+                offset: 0,
+                data: b"once",
+            },
+        };
+        for _ in 0..2 {
+            let conn = Connection::connect(t.addr, &opts).await.unwrap();
+            conn.call_as(77, &req).await.unwrap();
+        }
+        assert_eq!(client.read("rep", "retried", 0, 64).await.unwrap(), b"once");
         let after: Vec<_> = futures_util_join(&cluster.mon, &ids).await;
         let delta = |name: &str| -> u64 {
             before
@@ -106,10 +128,11 @@ fn a_size_3_pool_writes_every_copy_before_it_acknowledges() {
                 .map(|(b, a)| a[name] - b.get(name).copied().unwrap_or(0))
                 .sum()
         };
-        // Every mutation (N writes + 10 removes) was applied by exactly two replicas, and
-        // nothing was refused.
-        assert_eq!(delta("rep_sent"), 2 * (N as u64 + 10));
-        assert_eq!(delta("rep_applied"), 2 * (N as u64 + 10));
+        // Every mutation (N writes, 10 removes and the retried write once) was applied by
+        // exactly two replicas, and nothing was refused.
+        assert_eq!(delta("rep_sent"), 2 * (N as u64 + 11));
+        assert_eq!(delta("rep_applied"), 2 * (N as u64 + 11));
+        assert_eq!(delta("dup_replies"), 1);
         assert_eq!(delta("rep_refused"), 0);
         assert_eq!(delta("rep_write_failures"), 0);
     });
@@ -406,5 +429,88 @@ fn a_paused_primary_gets_no_write_acknowledged_after_its_pgs_moved() {
             after.iter().map(|a| a["rep_refused"]).sum::<u64>()
                 - before.iter().map(|b| b["rep_refused"]).sum::<u64>()
         );
+    });
+}
+
+// ------------------------------------------------------------------ a replica that fails
+
+#[test]
+fn bdev_a_write_a_replica_cannot_store_is_not_acknowledged() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "needs root and hugepages: run through ci/test"
+    );
+    // 128 KiB objects: 31 to a segment, so a full store has nothing the cleaner could win back
+    // (see the full-store test in e2e_faults.rs).
+    const OBJ_LEN: usize = 128 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(240), async {
+            let mon = Mon::start();
+            let creds = mon.add_key("client.full").await;
+            // Two roomy OSDs and one with 64 MiB: as a member of every PG it fills first.
+            let mut big1 = BdevOsd::start(&mon, dir.path(), "big1", 256, 1);
+            let mut big2 = BdevOsd::start(&mon, dir.path(), "big2", 256, 1);
+            let mut tiny = BdevOsd::start(&mon, dir.path(), "tiny", 64, 1);
+            mon.wait_up(3).await;
+            mon.create_pool("rep", 8, 3).await;
+            let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds);
+            cfg.op_timeout = Duration::from_secs(30);
+            let client = Client::connect(cfg).await.unwrap();
+            let before: Vec<_> = futures_util_join(&mon, &[big1.id, big2.id]).await;
+
+            // Fill until a write led by a roomy OSD is refused: its replica on `tiny` could
+            // not store it.
+            let mut stored = Vec::new();
+            let mut refused_by_replica = Vec::new();
+            for i in 0..1200 {
+                let name = format!("f{i:04}");
+                let primary = client.locate("rep", &name).unwrap().osd;
+                match client
+                    .write_full("rep", &name, &content(i, 1, OBJ_LEN))
+                    .await
+                {
+                    Ok(()) => stored.push((name, i)),
+                    Err(carmine_client::Error::Op(OpError::NoSpace)) if primary != tiny.id => {
+                        refused_by_replica.push(name)
+                    }
+                    Err(carmine_client::Error::Op(OpError::NoSpace)) => {}
+                    Err(e) => panic!("{name}: {e:?} (expected NoSpace)"),
+                }
+                if refused_by_replica.len() >= 4 {
+                    break;
+                }
+            }
+            assert!(
+                refused_by_replica.len() >= 4,
+                "no write led by a roomy OSD was refused ({} stored)",
+                stored.len()
+            );
+            eprintln!(
+                "{} objects stored, {} refused by the full replica",
+                stored.len(),
+                refused_by_replica.len()
+            );
+            // The roomy primaries counted the failed replicated writes.
+            let after: Vec<_> = futures_util_join(&mon, &[big1.id, big2.id]).await;
+            let failures: u64 = before
+                .iter()
+                .zip(&after)
+                .map(|(b, a)| a["rep_write_failures"] - b.get("rep_write_failures").unwrap_or(&0))
+                .sum();
+            assert!(failures >= refused_by_replica.len() as u64, "{failures}");
+            // Every acknowledged write reads back.
+            for (name, i) in &stored {
+                let got = client.read("rep", name, 0, OBJ_LEN as u32).await.unwrap();
+                assert!(got == content(*i, 1, OBJ_LEN), "{name} differs");
+            }
+            for o in [&mut big1, &mut big2, &mut tiny] {
+                o.stop(true);
+            }
+        })
+        .await
+        .expect("test time limit");
     });
 }
