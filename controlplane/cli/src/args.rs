@@ -144,8 +144,8 @@ pub enum PoolCmd {
         /// Number of placement groups.
         #[arg(long)]
         pg_num: u32,
-        /// Replicas per object. Only 1 until replication exists: the monitor refuses more
-        /// (`MAX_POOL_SIZE_SUPPORTED` in carmine-mon).
+        /// Copies of each object (1 to 5): every write is acknowledged once all the PG's
+        /// acting OSDs have it.
         #[arg(long, default_value_t = 1)]
         size: u32,
         /// Replicas needed for I/O (default: size - size/2).

@@ -37,11 +37,10 @@ use crate::store::{Backend, StoreError};
 /// heartbeats and failure reports do not mark OSDs down; an admin still can).
 pub const FLAGS: &[&str] = &["noout", "nodown"];
 
-/// Largest pool `size` the cluster can serve today. The OSDs have no replication yet (issue
-/// #7): a write to a PG of a pool with `size` > 1 would be refused by its primary, so the
-/// monitor refuses to create such a pool (or to raise a pool's size past this) instead. When
-/// replication lands, raise this to the highest supported size; nothing else needs to change.
-pub const MAX_POOL_SIZE_SUPPORTED: u32 = 1;
+/// Largest pool `size` the OSDs replicate: a primary sends each mutation to every other member
+/// of the acting set (at most 4 peers, `carmine-osd`'s `replication::MAX_PEERS`), so the
+/// monitor refuses a pool (or a change of size) beyond this.
+pub const MAX_POOL_SIZE_SUPPORTED: u32 = 5;
 
 /// At most this many inconsistent PGs are kept per OSD report, with at most
 /// [`MAX_INCONSISTENT_NAMES`] object names each (the agent sends no more than that either).
@@ -163,12 +162,9 @@ pub enum MonError {
     /// Not allowed in the current state.
     #[error("precondition failed: {0}")]
     Precondition(String),
-    /// A pool size above [`MAX_POOL_SIZE_SUPPORTED`]: valid in principle, but nothing can
-    /// serve it until replication exists.
-    #[error(
-        "pool size {size} is not supported: replication is not implemented yet, so a pool's \
-         size must be at most {max}"
-    )]
+    /// A pool size above [`MAX_POOL_SIZE_SUPPORTED`]: valid in principle, but the OSDs
+    /// replicate to at most that many copies.
+    #[error("pool size {size} is not supported: the OSDs keep at most {max} copies of an object")]
     ReplicationUnsupported {
         /// The size asked for.
         size: u32,
@@ -1264,27 +1260,26 @@ mod tests {
         assert_eq!(m.incrementals_since(cur - 2).unwrap().len(), 2);
     }
 
-    /// Replication does not exist yet: a pool of size > 1 is refused at creation and by
-    /// `pool set size`, with nothing committed, and size 1 still works.
+    /// Pools of more than 5 copies are refused at creation and by `pool set size`, with
+    /// nothing committed; 1 to 5 work.
     #[test]
     fn pools_larger_than_the_supported_size_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut m = Monitor::open(MapStore::open(dir.path()).unwrap(), policy()).unwrap();
         let e = m.map().epoch;
-        for size in [2, 3, 16] {
+        for size in [6, 7, 16] {
             let err = m.pool_create("big", 8, size, 1).unwrap_err();
             assert!(
-                matches!(err, MonError::ReplicationUnsupported { size: s, max: 1 } if s == size),
+                matches!(err, MonError::ReplicationUnsupported { size: s, max: 5 } if s == size),
                 "{err:?}"
             );
             let msg = err.to_string();
-            assert!(msg.contains("replication is not implemented"), "{msg}");
-            assert!(msg.contains("at most 1"), "{msg}");
+            assert!(msg.contains("at most 5 copies"), "{msg}");
         }
         // min_size 0 means "default" (size - size/2): refused for the size, not min_size.
         assert!(matches!(
-            m.pool_create("big", 8, 3, 0),
-            Err(MonError::ReplicationUnsupported { size: 3, max: 1 })
+            m.pool_create("big", 8, 6, 0),
+            Err(MonError::ReplicationUnsupported { size: 6, max: 5 })
         ));
         // Out-of-range sizes are still plain invalid arguments.
         assert!(matches!(
@@ -1294,14 +1289,16 @@ mod tests {
         assert_eq!(m.map().epoch, e, "a refused pool makes no epoch");
         assert!(m.map().pools.is_empty());
         m.pool_create("ok", 8, MAX_POOL_SIZE_SUPPORTED, 1).unwrap();
+        m.pool_create("three", 8, 3, 2).unwrap();
         assert!(matches!(
-            m.pool_set("ok", "size", "2"),
-            Err(MonError::ReplicationUnsupported { size: 2, max: 1 })
+            m.pool_set("ok", "size", "6"),
+            Err(MonError::ReplicationUnsupported { size: 6, max: 5 })
         ));
-        assert_eq!(m.map().pool_by_name("ok").unwrap().size, 1);
+        assert_eq!(m.map().pool_by_name("ok").unwrap().size, 5);
+        m.pool_set("ok", "size", "2").unwrap();
         m.pool_set("ok", "pg_num", "16").unwrap();
         // The gRPC code the CLI and clients see.
-        let st = tonic::Status::from(MonError::ReplicationUnsupported { size: 2, max: 1 });
+        let st = tonic::Status::from(MonError::ReplicationUnsupported { size: 6, max: 5 });
         assert_eq!(st.code(), tonic::Code::FailedPrecondition);
     }
 

@@ -151,22 +151,18 @@ fn admin_calls_need_the_token() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
-        // No replication yet: a pool of size > 1 is refused, saying why.
+        // More copies than the OSDs keep: refused, saying why.
         let e = a
             .pool_create(authed(v1::PoolCreateRequest {
                 name: "replicated".into(),
                 pg_num: 8,
-                size: 3,
+                size: 6,
                 min_size: 2,
             }))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
-        assert!(
-            e.message().contains("replication is not implemented")
-                && e.message().contains("at most 1"),
-            "{e}"
-        );
+        assert!(e.message().contains("at most 5 copies"), "{e}");
         let pools = a
             .pool_list(authed(v1::Empty {}))
             .await

@@ -1,5 +1,11 @@
-//! A shard's messenger: its listener and client connections, from bytes to owned ops and from
-//! answers back to bytes. It knows nothing of PGs or stores.
+//! A shard's messenger: its listener and connections, from bytes to owned ops and from
+//! answers back to bytes; and its outbound links to peer OSDs ([`PeerLinks`]), on the same
+//! TCP stack. It knows nothing of PGs or stores.
+//!
+//! An inbound connection carries client ops, and replica ops when its peer authenticated with
+//! an OSD's key (`osd.<n>`, [`Role::Osd`]): the role is looked up once, at authentication, and
+//! a replica op from any other identity closes the connection (counted as an auth failure), so
+//! a client key can never write as a replica.
 //!
 //! Each connection sits in a slot of a fixed table (sized by `max_connections` at start: no
 //! allocation per accept). A [`ConnRef`] names a connection as (shard, slot, generation): a slot
@@ -21,13 +27,17 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use carmine_agent::SharedKeyring;
+use std::net::SocketAddrV4;
+
+use carmine_agent::{Role, SharedKeyring};
 use carmine_net::{ConnId, ListenerId, NetError, NetStack};
 use carmine_wire::server::{ConnError, ServerConn, ServerEvent};
-use carmine_wire::{Limits, Nonce, OpError};
+use carmine_wire::{Limits, Nonce, OpError, RepOp, RepReply, Version};
 
 use crate::ops::{with_reply, Answer, Job, Target};
+use crate::peers::{LinkId, PeerEvent, PeerLinks, SendError};
 use crate::perf::ShardCounters;
+use crate::pglog::ReqId;
 
 /// Reply bytes queued on one connection above which it is not read until they drain.
 pub const OUT_HIGH_WATER: usize = 16 << 20;
@@ -40,6 +50,37 @@ pub struct ConnRef {
     pub shard: u16,
     slot: u32,
     gen: u32,
+}
+
+impl ConnRef {
+    #[cfg(test)]
+    pub fn test(slot: u32) -> ConnRef {
+        ConnRef {
+            shard: 0,
+            slot,
+            gen: 1,
+        }
+    }
+}
+
+/// A replica op from a peer OSD, owned, with where its answer goes.
+#[derive(Debug)]
+pub struct RepInbound {
+    pub conn: ConnRef,
+    /// The OSD that sent it (its key's role: the connection authenticated as `osd.<from>`).
+    pub from: u32,
+    pub tid: u64,
+    pub pool: u64,
+    pub pg: u32,
+    /// The primary's map epoch and the PG's interval as the primary sees it.
+    pub epoch: u64,
+    pub interval_since: u64,
+    /// The version the primary assigned.
+    pub version: Version,
+    /// The client request it applies.
+    pub req: ReqId,
+    /// The mutation (write, write_full or remove).
+    pub job: Job,
 }
 
 /// An op decoded from a connection, owned, with where its answer goes.
@@ -61,6 +102,11 @@ struct Conn {
     sc: ServerConn,
     /// The authenticated client id (shared by every op of the connection: no copy per op).
     peer: Arc<str>,
+    /// The peer's role, looked up once at authentication.
+    role: Option<Role>,
+    /// The last client id seen in a replica op's request id: replica ops of one client share
+    /// it instead of allocating one each.
+    last_req_client: Arc<str>,
     out: Vec<u8>,
     out_off: usize,
     /// Close once `out` is written (a farewell frame, or the peer went away).
@@ -95,6 +141,8 @@ pub struct Messenger {
     hs_buf: Vec<u8>,
     /// The peer id of a connection before it authenticates (it sends no ops then).
     anonymous: Arc<str>,
+    /// Outbound links to peer OSDs.
+    peers: PeerLinks,
 }
 
 impl Messenger {
@@ -125,6 +173,7 @@ impl Messenger {
             limits: Limits::DEFAULT,
             hs_buf: vec![0u8; 256],
             anonymous: Arc::from(""),
+            peers: PeerLinks::new(shard, Limits::DEFAULT),
         };
         Ok((m, bound))
     }
@@ -149,9 +198,25 @@ impl Messenger {
         self.net.wait_fd()
     }
 
-    /// Whether any connection has reply bytes the stack has not taken yet.
+    /// Whether any connection or link has bytes the stack has not taken yet.
     pub fn has_backlog(&self) -> bool {
-        self.conns.iter().flatten().any(|c| c.backlog() > 0)
+        self.conns.iter().flatten().any(|c| c.backlog() > 0) || self.peers.has_backlog()
+    }
+
+    /// The link to peer `osd` listening at `addr`, when it is open (otherwise it is being set
+    /// up: see [`PeerLinks::ready`]).
+    pub fn peer_link(&mut self, osd: u32, addr: SocketAddrV4) -> Option<LinkId> {
+        self.peers.ready(&mut *self.net, &self.keyring, osd, addr)
+    }
+
+    /// Sends replica op `tid` on link `l`.
+    pub fn send_rep(&mut self, l: LinkId, tid: u64, op: &RepOp<'_>) -> Result<(), SendError> {
+        self.peers.send(l, tid, op)
+    }
+
+    /// Drives the peer links: replies and lost links come out in `events`.
+    pub fn read_peers(&mut self, events: &mut Vec<PeerEvent>) -> usize {
+        self.peers.read(&mut *self.net, events)
     }
 
     /// Accepts what the listener holds, into free slots (the rest are refused).
@@ -180,6 +245,8 @@ impl Messenger {
                 gen,
                 sc: ServerConn::new(nonce, self.limits),
                 peer: self.anonymous.clone(),
+                role: None,
+                last_req_client: self.anonymous.clone(),
                 out: Vec::with_capacity(64 << 10),
                 out_off: 0,
                 closing: false,
@@ -188,13 +255,15 @@ impl Messenger {
         work
     }
 
-    /// Reads every connection and decodes its frames; ops are pushed onto `jobs`, their write
-    /// data copied into buffers from `data_buf` (the store's recycled buffers).
+    /// Reads every connection and decodes its frames; ops are pushed onto `jobs` and replica
+    /// ops onto `reps`, their write data copied into buffers from `data_buf` (the store's
+    /// recycled buffers).
     pub fn read(
         &mut self,
         counters: &ShardCounters,
         data_buf: &mut dyn FnMut(usize) -> Vec<u8>,
         jobs: &mut Vec<Inbound>,
+        reps: &mut Vec<RepInbound>,
     ) -> usize {
         let mut work = 0;
         for slot in 0..self.conns.len() {
@@ -240,6 +309,7 @@ impl Messenger {
                         c.out.extend_from_slice(&self.hs_buf[..n]);
                         if let Some(s) = c.sc.session() {
                             c.peer = Arc::from(s.client_id.as_str());
+                            c.role = self.keyring.role(&c.peer);
                         }
                     }
                     Ok(Some(ServerEvent::Op { tid, request })) => {
@@ -254,18 +324,37 @@ impl Messenger {
                         });
                         work += 1;
                     }
-                    Ok(Some(ServerEvent::RepOp { .. })) => {
-                        // No replica ops are served yet (replication is being built, issue
-                        // 11): the connection is closed and counted, as it was before the
-                        // frame type existed.
-                        ShardCounters::add(&counters.protocol_errors, 1);
-                        tracing::warn!(
-                            shard = self.shard,
-                            peer = %c.peer,
-                            "replica op on a data connection: closing"
-                        );
-                        c.closing = true;
-                        break;
+                    Ok(Some(ServerEvent::RepOp { tid, op })) => {
+                        let Some(Role::Osd(from)) = c.role else {
+                            // Only an OSD's key may write as a replica.
+                            ShardCounters::add(&counters.auth_failures, 1);
+                            tracing::warn!(
+                                shard = self.shard,
+                                peer = %c.peer,
+                                "replica op from a peer without an OSD key: closing"
+                            );
+                            c.closing = true;
+                            break;
+                        };
+                        if *c.last_req_client != *op.reqid.client {
+                            c.last_req_client = Arc::from(op.reqid.client);
+                        }
+                        reps.push(RepInbound {
+                            conn,
+                            from,
+                            tid,
+                            pool: op.pool.0,
+                            pg: op.pg.0,
+                            epoch: op.epoch.0,
+                            interval_since: op.interval_since.0,
+                            version: op.version,
+                            req: ReqId {
+                                client: c.last_req_client.clone(),
+                                tid: op.reqid.tid,
+                            },
+                            job: Job::from_rep(&op.op, data_buf),
+                        });
+                        work += 1;
                     }
                     Err(e) => {
                         let handshake = matches!(e.error, ConnError::Handshake(_));
@@ -312,9 +401,30 @@ impl Messenger {
         }
     }
 
-    /// Writes queued reply bytes; closes connections that are done. Returns bytes written.
-    pub fn write(&mut self, counters: &ShardCounters) -> usize {
-        let mut written = 0;
+    /// Encodes the answer to replica op `tid` onto `conn`, if that connection is still there.
+    pub fn deliver_rep(&mut self, conn: ConnRef, tid: u64, reply: &RepReply) {
+        let Some(Some(c)) = self.conns.get_mut(conn.slot as usize) else {
+            return;
+        };
+        if c.gen != conn.gen || c.closing {
+            return;
+        }
+        let old = c.out.len();
+        c.out.resize(old + 64, 0);
+        match c.sc.encode_rep_reply(tid, reply, &mut c.out[old..]) {
+            Ok(n) => c.out.truncate(old + n),
+            Err(e) => {
+                c.out.truncate(old);
+                tracing::error!(shard = self.shard, error = %e, "cannot encode a replica reply: closing");
+                c.closing = true;
+            }
+        }
+    }
+
+    /// Writes queued bytes (replies, and replica ops on the peer links); closes connections
+    /// that are done; lost links come out in `events`. Returns bytes written.
+    pub fn write(&mut self, counters: &ShardCounters, events: &mut Vec<PeerEvent>) -> usize {
+        let mut written = self.peers.write(&mut *self.net, events);
         for slot in 0..self.conns.len() {
             let Some(c) = self.conns[slot].as_mut() else {
                 continue;

@@ -8,7 +8,7 @@
 use carmine_objectstore::{ObjectId, StoreError};
 use carmine_wire::op::NameList;
 use carmine_wire::op::{ListPage, OpKind, ReplyBody};
-use carmine_wire::{Op, OpError, OpReply, OpRequest};
+use carmine_wire::{Op, OpError, OpReply, OpRequest, RepMutation};
 use smallvec::SmallVec;
 
 /// An op's target: pool, PG and the client's map epoch.
@@ -108,6 +108,54 @@ impl Job {
             },
         };
         (target, job)
+    }
+
+    /// The owned job for a replica op's mutation (write data copied as in
+    /// [`from_request`](Self::from_request)).
+    pub fn from_rep(m: &RepMutation<'_>, data_buf: &mut dyn FnMut(usize) -> Vec<u8>) -> Job {
+        let oid = |s: &str| ObjectId(s.as_bytes().to_vec());
+        let mut owned = |d: &[u8]| {
+            let mut v = data_buf(d.len());
+            v.extend_from_slice(d);
+            v
+        };
+        match *m {
+            RepMutation::Write {
+                object,
+                offset,
+                data,
+            } => Job::Write {
+                oid: oid(object),
+                off: offset,
+                data: owned(data),
+            },
+            RepMutation::WriteFull { object, data } => Job::WriteFull {
+                oid: oid(object),
+                data: owned(data),
+            },
+            RepMutation::Remove { object } => Job::Remove { oid: oid(object) },
+        }
+    }
+
+    /// The replica op's mutation for this job, borrowing its name and data (`None`: not a
+    /// mutation, or a name that is not UTF-8, which no client op can carry).
+    pub fn as_rep(&self) -> Option<RepMutation<'_>> {
+        fn name(oid: &ObjectId) -> Option<&str> {
+            std::str::from_utf8(&oid.0).ok()
+        }
+        Some(match self {
+            Job::Write { oid, off, data } => RepMutation::Write {
+                object: name(oid)?,
+                offset: *off,
+                data,
+            },
+            Job::WriteFull { oid, data } => RepMutation::WriteFull {
+                object: name(oid)?,
+                data,
+            },
+            Job::Remove { oid } => RepMutation::Remove { object: name(oid)? },
+            _ => return None,
+        })
     }
 
     pub fn kind(&self) -> OpKind {

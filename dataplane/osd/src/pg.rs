@@ -1,9 +1,11 @@
 //! Placement groups as their owning shard holds them.
 //!
-//! A PG is served by exactly one shard of its primary OSD (`pg_to_shard`): that shard owns its
-//! [`Pg`] — acting set, interval, per-object ordering — and only that shard's poll loop touches
-//! it, so none of this state is shared or locked. The [`PgTable`] of a shard holds its PGs,
-//! and which PG collections its store partition already has.
+//! A PG is served by exactly one shard of each OSD of its acting set (`pg_to_shard`): that
+//! shard owns its [`Pg`] — acting set, interval, role (primary or replica), per-object
+//! ordering, log — and only that shard's poll loop touches it, so none of this state is shared
+//! or locked. The primary's shard executes client ops and sends each mutation to the other
+//! members; a replica's shard applies what the primary sends. The [`PgTable`] of a shard holds
+//! its PGs, and which PG collections its store partition already has.
 //!
 //! ## Intervals
 //! An interval is a run of map epochs over which a PG's acting set does not change. The table
@@ -94,9 +96,11 @@ pub const META_BIT: u64 = 1 << 31;
 #[derive(Debug)]
 pub struct Pg {
     key: PgKey,
-    /// Acting set of the current map, primary (this OSD) first; empty for a PG held only
-    /// because it still has ops in flight after a map moved it away.
+    /// Acting set of the current map, primary first; empty for a PG held only because it
+    /// still has ops in flight after a map moved it away.
     acting: Vec<u32>,
+    /// Whether this OSD is the primary (`acting[0]`) in the current map.
+    primary: bool,
     /// The pool's replication factor and minimum.
     size: u32,
     min_size: u32,
@@ -132,6 +136,7 @@ impl Pg {
         Pg {
             key,
             acting: Vec::new(),
+            primary: false,
             size: 1,
             min_size: 1,
             interval_since: 0,
@@ -142,14 +147,19 @@ impl Pg {
         }
     }
 
-    #[cfg(test)]
+    /// The acting set, primary first (empty: not served in the current map).
     pub fn acting(&self) -> &[u32] {
         &self.acting
     }
 
-    /// The pool's replication factor.
-    pub fn size(&self) -> u32 {
-        self.size
+    /// Whether this shard serves the PG in the current map, and as its primary.
+    pub fn is_primary(&self) -> bool {
+        self.served && self.primary
+    }
+
+    /// Whether this shard serves the PG in the current map (as primary or replica).
+    pub fn served(&self) -> bool {
+        self.served
     }
 
     /// Whether the PG may serve I/O in this map: this shard serves it and its acting set has
@@ -238,11 +248,13 @@ impl PgTable {
     }
 
     /// Takes in a new map: `serves(key)` says which PGs this shard serves in it (from the
-    /// routing table). Their acting sets and intervals are updated; PGs that left are dropped
-    /// once idle. Returns how many PGs started a new interval.
+    /// routing table), `me` is this OSD's id. Their acting sets, roles and intervals are
+    /// updated; PGs that left are dropped once idle. Returns how many PGs started a new
+    /// interval.
     pub fn apply_map(
         &mut self,
         map: &ClusterMap,
+        me: Option<u32>,
         serves: impl Fn(PgKey) -> bool,
         store: &dyn ObjectStore,
     ) -> usize {
@@ -270,6 +282,7 @@ impl PgTable {
                     pg.interval_since = map.epoch;
                     new_intervals += 1;
                 }
+                pg.primary = me.is_some() && pg.acting.first().copied() == me;
                 pg.size = pool.size;
                 pg.min_size = pool.min_size;
                 pg.served = true;
@@ -279,6 +292,7 @@ impl PgTable {
             if !pg.served {
                 // Held only for its ops in flight: it has no acting set in this map.
                 pg.acting.clear();
+                pg.primary = false;
                 pg.interval_since = 0;
             }
             pg.served || !pg.idle()
@@ -289,6 +303,7 @@ impl PgTable {
     /// The PG, kept in the table for as long as it has work. An op forwarded across a map
     /// change may address a PG this shard no longer (or not yet) serves: it gets an entry for
     /// its ordering, dropped again at the next map once idle.
+    #[cfg(test)]
     pub fn pg_mut(&mut self, key: PgKey, store: &dyn ObjectStore) -> &mut Pg {
         self.pgs.entry(key).or_insert_with(|| Pg::new(key, store))
     }
@@ -297,7 +312,6 @@ impl PgTable {
         self.pgs.get_mut(&key)
     }
 
-    #[cfg(test)]
     pub fn get(&self, key: PgKey) -> Option<&Pg> {
         self.pgs.get(&key)
     }
@@ -412,20 +426,29 @@ mod tests {
         let st = MemStore::new();
         let mut t = PgTable::new([]);
         let all = |_: PgKey| true;
-        assert_eq!(t.apply_map(&map(5, &[true, true, true], 2), all, &st), 8);
+        assert_eq!(
+            t.apply_map(&map(5, &[true, true, true], 2), Some(0), all, &st),
+            8
+        );
         let k = PgKey { pool: 1, pg: 0 };
         let first = t.get(k).unwrap().acting().to_vec();
         assert_eq!(first.len(), 2);
         assert_eq!(t.get(k).unwrap().interval_since(), 5);
         // Same acting sets: every interval goes on.
-        assert_eq!(t.apply_map(&map(6, &[true, true, true], 2), all, &st), 0);
+        assert_eq!(
+            t.apply_map(&map(6, &[true, true, true], 2), Some(0), all, &st),
+            0
+        );
         assert_eq!(t.get(k).unwrap().interval_since(), 5);
         // An older or equal map changes nothing.
-        assert_eq!(t.apply_map(&map(6, &[false, false, false], 2), all, &st), 0);
+        assert_eq!(
+            t.apply_map(&map(6, &[false, false, false], 2), Some(0), all, &st),
+            0
+        );
         // One of PG 0's OSDs goes down: its interval starts again, at the new epoch.
         let mut up = [true; 3];
         up[first[1] as usize] = false;
-        let changed = t.apply_map(&map(9, &up, 2), all, &st);
+        let changed = t.apply_map(&map(9, &up, 2), Some(0), all, &st);
         assert!(changed >= 1);
         let pg = t.get(k).unwrap();
         assert_eq!(pg.interval_since(), 9);
@@ -437,13 +460,13 @@ mod tests {
     fn a_pg_that_left_stays_while_it_has_work() {
         let st = MemStore::new();
         let mut t = PgTable::new([]);
-        t.apply_map(&map(1, &[true], 1), |_| true, &st);
+        t.apply_map(&map(1, &[true], 1), Some(0), |_| true, &st);
         let k = PgKey { pool: 1, pg: 2 };
         let key = t.get(k).unwrap().object_key(b"obj");
         t.pg_mut(k, &st).begin_mutation(key);
         t.pg_mut(k, &st).begin_mutation(key);
         // The next map gives this shard no PG at all.
-        t.apply_map(&map(2, &[true], 1), |_| false, &st);
+        t.apply_map(&map(2, &[true], 1), Some(0), |_| false, &st);
         assert_eq!(t.served(), 0);
         let pg = t.get_mut(k).expect("kept for its mutations in flight");
         assert!(pg.acting().is_empty());
@@ -454,8 +477,8 @@ mod tests {
         t.forget_if_done(k);
         assert!(t.get(k).is_none());
         // Idle PGs that left are dropped at the map itself.
-        t.apply_map(&map(3, &[true], 1), |_| true, &st);
-        t.apply_map(&map(4, &[true], 1), |_| false, &st);
+        t.apply_map(&map(3, &[true], 1), Some(0), |_| true, &st);
+        t.apply_map(&map(4, &[true], 1), Some(0), |_| false, &st);
         assert!(t.get(PgKey { pool: 1, pg: 5 }).is_none());
     }
 
@@ -464,18 +487,18 @@ mod tests {
         let st = MemStore::new();
         let mut t = PgTable::new([]);
         let k = PgKey { pool: 1, pg: 4 };
-        t.apply_map(&map_min(1, &[true, true], 2, 2), |_| true, &st);
+        t.apply_map(&map_min(1, &[true, true], 2, 2), Some(0), |_| true, &st);
         assert!(t.pg_mut(k, &st).active());
         // One of two OSDs down: one acting member, min_size 2.
-        t.apply_map(&map_min(2, &[true, false], 2, 2), |_| true, &st);
+        t.apply_map(&map_min(2, &[true, false], 2, 2), Some(0), |_| true, &st);
         let pg = t.pg_mut(k, &st);
         assert_eq!(pg.acting(), &[0]);
         assert!(!pg.active());
         // min_size 1 makes the same acting set enough.
-        t.apply_map(&map_min(3, &[true, false], 2, 1), |_| true, &st);
+        t.apply_map(&map_min(3, &[true, false], 2, 1), Some(0), |_| true, &st);
         assert!(t.pg_mut(k, &st).active());
         // A PG held only for its ops in flight stays active for them.
-        t.apply_map(&map_min(4, &[true, false], 2, 2), |_| false, &st);
+        t.apply_map(&map_min(4, &[true, false], 2, 2), Some(0), |_| false, &st);
         assert!(t.pg_mut(k, &st).active());
     }
 

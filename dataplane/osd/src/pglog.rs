@@ -237,18 +237,12 @@ impl PgLog {
                         kind: e.kind,
                         object: object_key(&e.object),
                     };
-                    log.committed_entry(e.req, a)
+                    log.committed_entry(e.req, a, true)
                 }
                 Err(err) => errors.push(err),
             }
         }
         (log, errors)
-    }
-
-    /// The newest version handed out.
-    #[cfg(test)]
-    pub fn head(&self) -> Version {
-        self.head
     }
 
     /// Entries in the log (committed).
@@ -273,8 +267,8 @@ impl PgLog {
     }
 
     /// Starts a mutation of `object` (whose key in the PG is `object_key`) in an interval that
-    /// began at `interval_since`: assigns its version and returns what the transaction must
-    /// write to the log.
+    /// began at `interval_since`, on the primary: assigns its version and returns what the
+    /// transaction must write to the log.
     pub fn begin(
         &mut self,
         interval_since: u64,
@@ -287,7 +281,21 @@ impl PgLog {
             epoch: Epoch(interval_since).max(self.head.epoch),
             seq: self.head.seq + 1,
         };
-        self.head = version;
+        self.begin_at(version, kind, req, object, object_key)
+    }
+
+    /// Starts a mutation with the `version` its primary assigned (on a replica; the primary's
+    /// [`begin`](Self::begin) comes here too). The caller has checked that `version` is newer
+    /// than [`head`](Self::head).
+    pub fn begin_at(
+        &mut self,
+        version: Version,
+        kind: OpKind,
+        req: ReqId,
+        object: &[u8],
+        object_key: u64,
+    ) -> LogWrite {
+        self.head = self.head.max(version);
         let value = encode_value(kind, &req, object);
         // Trim what will be past LOG_KEEP once this entry and those in flight commit.
         let mut trim = Vec::new();
@@ -300,8 +308,12 @@ impl PgLog {
                     .take(n)
                     .map(|(v, _)| version_key(*v).to_vec()),
             );
-            for (_, r) in self.entries.drain(..n) {
-                self.dups.remove(&r);
+            for (v, r) in self.entries.drain(..n) {
+                // A request applied twice (its first attempt was not acknowledged everywhere)
+                // is in the log twice: only its own entry's trim forgets it.
+                if self.dups.get(&r).is_some_and(|a| a.version == v) {
+                    self.dups.remove(&r);
+                }
             }
         }
         let applied = Applied {
@@ -317,10 +329,34 @@ impl PgLog {
         }
     }
 
-    /// The mutation with `req` committed: it joins the log and the duplicate table.
+    /// The newest version handed out or applied.
+    pub fn head(&self) -> Version {
+        self.head
+    }
+
+    /// Whether the committed entry with `version` is in the log (a replica op sent again).
+    pub fn has_committed(&self, version: Version) -> bool {
+        self.entries
+            .iter()
+            .rev()
+            .take_while(|(v, _)| *v >= version)
+            .any(|(v, _)| *v == version)
+    }
+
+    /// The mutation with `req` committed (on every member of the acting set): it joins the
+    /// log and the duplicate table.
     pub fn commit(&mut self, req: ReqId) {
         if let Some(a) = self.inflight.remove(&req) {
-            self.committed_entry(req, a);
+            self.committed_entry(req, a, true);
+        }
+    }
+
+    /// The mutation with `req` committed here, but the client was not told it is done (a
+    /// replica did not confirm it): its entry is in the stored log (and is trimmed with it),
+    /// but it is no duplicate, so the client's retry is applied again.
+    pub fn commit_unacknowledged(&mut self, req: ReqId) {
+        if let Some(a) = self.inflight.remove(&req) {
+            self.committed_entry(req, a, false);
         }
     }
 
@@ -329,11 +365,13 @@ impl PgLog {
         self.inflight.remove(req);
     }
 
-    fn committed_entry(&mut self, req: ReqId, a: Applied) {
+    fn committed_entry(&mut self, req: ReqId, a: Applied, acknowledged: bool) {
         if a.version > self.head {
             self.head = a.version;
         }
-        self.dups.insert(req.clone(), a);
+        if acknowledged {
+            self.dups.insert(req.clone(), a);
+        }
         // Commits arrive in submission order, which is version order.
         self.entries.push_back((a.version, req));
     }

@@ -11,21 +11,42 @@
 //!   (the client refreshes and recomputes), else `Invalid` (same map, so the client computed
 //!   placement wrongly);
 //! - otherwise the op belongs to shard `pg_to_shard(p, shards)` of this OSD.
+//!
+//! The table also holds the PGs where this OSD is a non-primary member of the acting set
+//! (their replica ops arrive on the same shard, `pg_to_shard`), and, for the primary's
+//! fan-out, where each other OSD's shard for a PG listens (its cluster address and the port
+//! of shard `pg_to_shard(p, its shard count)`).
 
 use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use carmine_placement::{pg_to_osds, pg_to_shard, ClusterMap};
 use carmine_wire::{Epoch, OpError};
 
 use crate::ops::Target;
 
+/// This OSD's part in one PG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Member {
+    /// The shard that serves the PG.
+    shard: u16,
+    /// Whether this OSD is the PG's primary (client ops) or a replica (replica ops only).
+    primary: bool,
+}
+
 /// One pool as this OSD sees it.
 #[derive(Debug, Clone)]
 struct PoolView {
-    /// Owning shard of each PG whose primary is this OSD; `None`: not ours.
-    owner: Vec<Option<u16>>,
-    /// Replication factor (only 1 is served for writes until replication lands).
-    size: u32,
+    /// This OSD's part in each PG; `None`: not in its acting set.
+    member: Vec<Option<Member>>,
+}
+
+/// Where another OSD's shards listen.
+#[derive(Debug, Clone)]
+struct PeerView {
+    ip: Ipv4Addr,
+    shard_count: u32,
+    shard_ports: Vec<u16>,
 }
 
 /// The routing table of one epoch.
@@ -34,6 +55,8 @@ pub struct Routing {
     epoch: u64,
     osd: Option<u32>,
     pools: HashMap<u64, PoolView>,
+    /// Other up OSDs with a usable cluster address.
+    peers: HashMap<u32, PeerView>,
 }
 
 impl Routing {
@@ -42,29 +65,55 @@ impl Routing {
         let osd = map.osd_by_uuid(uuid).map(|o| o.id);
         let mut pools = HashMap::with_capacity(map.pools.len());
         for pool in map.pools.values() {
-            let owner = (0..pool.pg_num)
+            let member = (0..pool.pg_num)
                 .map(|pg| {
-                    let primary = pg_to_osds(map, pool, pg).first().copied();
-                    match (osd, primary) {
-                        (Some(me), Some(p)) if me == p => {
-                            Some(pg_to_shard(pg, shards as u32) as u16)
-                        }
-                        _ => None,
-                    }
+                    let me = osd?;
+                    let acting = pg_to_osds(map, pool, pg);
+                    let at = acting.iter().position(|&o| o == me)?;
+                    Some(Member {
+                        shard: pg_to_shard(pg, shards as u32) as u16,
+                        primary: at == 0,
+                    })
                 })
                 .collect();
-            pools.insert(
-                u64::from(pool.id),
-                PoolView {
-                    owner,
-                    size: pool.size,
-                },
-            );
+            pools.insert(u64::from(pool.id), PoolView { member });
         }
+        let peers = map
+            .osds
+            .values()
+            .filter(|o| o.up && Some(o.id) != osd)
+            .filter_map(|o| {
+                let ip = match o.cluster_addr.parse::<Ipv4Addr>() {
+                    Ok(ip) => ip,
+                    Err(_) => {
+                        tracing::warn!(
+                            osd = o.id,
+                            addr = %o.cluster_addr,
+                            "peer's cluster address is not IPv4: no replica ops to it"
+                        );
+                        return None;
+                    }
+                };
+                let shard_ports = o
+                    .shard_ports
+                    .iter()
+                    .map(|&p| u16::try_from(p).unwrap_or(0))
+                    .collect();
+                Some((
+                    o.id,
+                    PeerView {
+                        ip,
+                        shard_count: o.shard_count,
+                        shard_ports,
+                    },
+                ))
+            })
+            .collect();
         Routing {
             epoch: map.epoch,
             osd,
             pools,
+            peers,
         }
     }
 
@@ -81,7 +130,15 @@ impl Routing {
     pub fn owned_pgs(&self) -> usize {
         self.pools
             .values()
-            .map(|p| p.owner.iter().filter(|o| o.is_some()).count())
+            .map(|p| p.member.iter().flatten().filter(|m| m.primary).count())
+            .sum()
+    }
+
+    /// PGs where this OSD is a non-primary member of the acting set (all shards).
+    pub fn replica_pgs(&self) -> usize {
+        self.pools
+            .values()
+            .map(|p| p.member.iter().flatten().filter(|m| !m.primary).count())
             .sum()
     }
 
@@ -100,26 +157,31 @@ impl Routing {
             }
         };
         let pool = self.pools.get(&t.pool).ok_or_else(not_here)?;
-        match pool.owner.get(t.pg as usize) {
-            Some(Some(shard)) => Ok(*shard as usize),
+        match pool.member.get(t.pg as usize) {
+            Some(Some(m)) if m.primary => Ok(usize::from(m.shard)),
             _ => Err(not_here()),
         }
     }
 
-    /// The shard of this OSD that serves PG `pg` of pool `pool` (None: not this OSD's).
+    /// The shard of this OSD that serves PG `pg` of pool `pool`, as its primary or as a
+    /// replica (None: this OSD is not in the PG's acting set).
     pub fn owner(&self, pool: u32, pg: u32) -> Option<usize> {
         self.pools
             .get(&u64::from(pool))?
-            .owner
+            .member
             .get(pg as usize)
             .copied()
             .flatten()
-            .map(usize::from)
+            .map(|m| usize::from(m.shard))
     }
 
-    /// Replication factor of a pool (None: unknown pool).
-    pub fn pool_size(&self, pool: u64) -> Option<u32> {
-        self.pools.get(&pool).map(|p| p.size)
+    /// Where OSD `osd`'s shard for PG `pg` listens (None: down, unknown, or without a usable
+    /// address or port in this map).
+    pub fn peer_addr(&self, osd: u32, pg: u32) -> Option<SocketAddrV4> {
+        let p = self.peers.get(&osd)?;
+        let shard = pg_to_shard(pg, p.shard_count) as usize;
+        let port = *p.shard_ports.get(shard)?;
+        (port != 0).then_some(SocketAddrV4::new(p.ip, port))
     }
 }
 

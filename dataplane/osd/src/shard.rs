@@ -17,18 +17,26 @@
 //!    PG (counted: a shard-aware client causes none). The owner answers through the ring in the
 //!    other direction, and the connection's shard encodes the reply;
 //! 3. executes in the op's PG: mutations become one store transaction each (creating the PG's
-//!    collection on first use), reads are ticketed store reads, stat and list are answered from
-//!    the store's resident metadata; reads of an object being written wait in the PG;
-//! 4. polls the store and turns completions into replies;
-//! 5. the messenger writes pending reply bytes.
+//!    collection on first use) and, in a PG of several copies, one replica op to each other
+//!    member of its acting set ([`crate::replication`]); reads are ticketed store reads, stat
+//!    and list are answered from the store's resident metadata; reads of an object being
+//!    written wait in the PG;
+//! 4. applies the replica ops its peers sent for the PGs where this OSD is a replica: checked
+//!    against the PG's interval and primary, then the same transaction with the primary's
+//!    version, answered once durable;
+//! 5. polls the store and turns completions into replies; a mutation is answered once its
+//!    local transaction and every replica have made it durable;
+//! 6. the messenger writes pending reply bytes and replica ops.
 //!
 //! ## Map changes
 //! A new map arrives as a control message and replaces the routing table and updates the PG
-//! table between two iterations. Ops already submitted to the store complete and are answered
-//! (they were valid when they were routed); ops decoded afterwards are routed by the new table.
+//! table between two iterations. Reads already submitted to the store complete and are
+//! answered (they were valid when they were routed); mutations of a PG whose interval changed
+//! fail with `Again` (a replica of the new interval may not have them; the client's retry, same
+//! request id, is applied once); ops decoded afterwards are routed by the new table.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -36,18 +44,22 @@ use std::time::Instant;
 
 use carmine_agent::SharedKeyring;
 use carmine_net::NetStack;
+use carmine_objectstore::StoreError;
 use carmine_objectstore::{Completion, Done, ObjectId, Op, Ticket, Transaction};
 use carmine_placement::ClusterMap;
 use carmine_reactor::{Mailbox, Poller, Source};
 use carmine_wire::op::OpKind;
-use carmine_wire::OpError;
+use carmine_wire::{Epoch, OpError, PgId, PoolId, RepError, RepOp, RepReply};
+use smallvec::SmallVec;
 
 pub use crate::messenger::BACKLOG;
-use crate::messenger::{ConnRef, Inbound, ListenError, Messenger};
+use crate::messenger::{ConnRef, Inbound, ListenError, Messenger, RepInbound};
 use crate::ops::{op_error, Answer, Job};
+use crate::peers::{LinkId, PeerEvent};
 use crate::perf::{Latency, ShardCounters};
 use crate::pg::{Creates, PgKey, PgTable};
-use crate::pglog::{log_object, version_key, ReqId, VERSION_ATTR};
+use crate::pglog::{log_object, version_key, LogWrite, ReqId, VERSION_ATTR};
+use crate::replication::{Finished, Mutation, ReplyTo, WriteTracker, MAX_PEERS};
 use crate::routing::Routing;
 use crate::scrub::Scrubber;
 use crate::shard_store::ShardStore;
@@ -75,18 +87,23 @@ pub struct Returned {
     started: Instant,
 }
 
-/// An op the store is working on.
-struct Pending {
+/// What a store ticket in flight is for.
+enum Pending {
+    /// A client's read.
+    Read(ReplyTo),
+    /// The local transaction of a mutation this shard leads (in the [`WriteTracker`]).
+    Write(u64),
+    /// A replica op's transaction.
+    Replica(ReplicaApply),
+}
+
+/// A replica op being applied: where its answer goes and what completes in its PG.
+struct ReplicaApply {
     conn: ConnRef,
     tid: u64,
-    kind: OpKind,
-    started: Instant,
     pg: PgKey,
-    /// Object key of a mutation (released in its PG on completion).
-    order_key: Option<u64>,
-    /// The request id of a mutation (committed to, or aborted in, the PG log on completion).
-    req: Option<ReqId>,
-    /// Which of the PG's collections this transaction creates (forgotten if it fails).
+    order_key: u64,
+    req: ReqId,
     creates: Creates,
 }
 
@@ -115,20 +132,25 @@ pub struct ShardCore {
     store: ShardStore,
     /// Store tickets in flight, and the scratch their completions are reaped into.
     pending: HashMap<Ticket, Pending>,
+    /// Mutations this shard leads, until every copy is durable.
+    writes: WriteTracker,
     completions: Vec<Completion>,
     mailbox: Rc<Mailbox<ShardMsg>>,
     /// Messages a full ring did not take yet, in order.
     outbox: VecDeque<(usize, ShardMsg)>,
-    /// Scratch: ops decoded this iteration, and parked ops being tried again.
+    /// Scratch: ops and replica ops decoded this iteration, parked ops being tried again, what
+    /// the peer links reported and the mutations that finished.
     inbound: Vec<Inbound>,
+    reps: Vec<RepInbound>,
     retry: Vec<Inbound>,
+    peer_events: Vec<PeerEvent>,
+    finished: Vec<Finished>,
     /// The `ObjectId` reads and stats hand the store: refilled from the job's inline name, so
     /// they allocate nothing.
     lookup: ObjectId,
     counters: Arc<ShardCounters>,
     usage: Arc<(AtomicU64, AtomicU64)>,
     latency: Latency,
-    warned_pools: HashSet<u64>,
     /// Background digests of PGs for scrub (src/scrub.rs).
     scrub: Scrubber,
 }
@@ -158,16 +180,19 @@ impl ShardCore {
             pgs,
             store: p.store,
             pending: HashMap::with_capacity(1024),
+            writes: WriteTracker::with_capacity(1024),
             completions: Vec::with_capacity(256),
             mailbox,
             outbox: VecDeque::with_capacity(64),
             inbound: Vec::with_capacity(256),
+            reps: Vec::with_capacity(256),
             retry: Vec::with_capacity(64),
+            peer_events: Vec::with_capacity(64),
+            finished: Vec::with_capacity(64),
             lookup: ObjectId(Vec::with_capacity(256)),
             counters: p.counters,
             usage: p.usage,
             latency: Latency::new(),
-            warned_pools: HashSet::new(),
             scrub: Scrubber::new(),
         };
         Ok((core, port))
@@ -182,12 +207,17 @@ impl ShardCore {
             &self.counters,
             &mut |n| store.get().data_buf(n),
             &mut self.inbound,
+            &mut self.reps,
         );
+        work += self.messenger.read_peers(&mut self.peer_events);
         work += self.route_inbound();
+        work += self.apply_replica_ops();
+        work += self.on_peer_events();
         work += self.poll_store();
         work += self.scrub.poll(self.store.get());
         work += self.flush_outbox();
-        let wrote = self.messenger.write(&self.counters);
+        let wrote = self.messenger.write(&self.counters, &mut self.peer_events);
+        work += self.on_peer_events();
         if wrote > 0 {
             // Push the replies out now rather than on the next iteration.
             work += wrote + self.messenger.poll_net();
@@ -202,7 +232,10 @@ impl ShardCore {
     /// The latest instant the shard must poll again: now while the store or a connection has
     /// work in flight (SPDK completions and blocked writes have no fd to wake on).
     pub fn next_deadline(&self) -> Option<Instant> {
+        // Mutations waiting only for replicas keep it polling too: their answers come in on
+        // the peer links.
         let busy = !self.pending.is_empty()
+            || self.writes.len() > 0
             || !self.outbox.is_empty()
             || !self.store.get_ref().is_idle()
             || self.messenger.has_backlog()
@@ -238,15 +271,31 @@ impl ShardCore {
         let (routing, shard) = (&self.routing, self.shard);
         let new_intervals = self.pgs.apply_map(
             map,
+            routing.osd(),
             |k| routing.owner(k.pool, k.pg) == Some(shard),
             self.store.get_ref(),
         );
+        // Mutations sent in an interval that ended fail (retryable): a member of the new
+        // interval may not have them.
+        let mut finished = std::mem::take(&mut self.finished);
+        let pgs = &self.pgs;
+        self.writes.fence(
+            |k| {
+                pgs.get(k)
+                    .filter(|p| p.is_primary())
+                    .map(|p| p.interval_since())
+            },
+            &mut finished,
+        );
+        self.finish_writes(&mut finished);
+        self.finished = finished;
         ShardCounters::set(&self.counters.map_epoch, map.epoch);
         tracing::info!(
             shard = self.shard,
             epoch = map.epoch,
             osd = ?self.routing.osd(),
             primary_pgs = self.routing.owned_pgs(),
+            replica_pgs = self.routing.replica_pgs(),
             shard_pgs = self.pgs.served(),
             new_intervals,
             "map applied"
@@ -309,13 +358,21 @@ impl ShardCore {
             return self.reply(op.conn, op.tid, kind, Err(OpError::Invalid), op.started);
         };
         let cid = key.cid();
-        let pg = self.pgs.pg_mut(key, self.store.get_ref());
+        let epoch = self.routing.epoch();
+        let Some(pg) = self.pgs.get_mut(key).filter(|p| p.is_primary()) else {
+            // Routed by the connection's shard with a map under which this shard led the PG;
+            // this shard's map says otherwise (it moved, or this shard is behind): the client
+            // refreshes its map and tries again.
+            let e = OpError::StaleMap {
+                osd_epoch: Epoch(epoch),
+            };
+            return self.reply(op.conn, op.tid, kind, Err(e), op.started);
+        };
         if !pg.active() {
             // Fewer than min_size OSDs hold the PG: no I/O until a map brings enough back
             // (the client retries on Again; health shows the PG as unavailable).
             return self.reply(op.conn, op.tid, kind, Err(OpError::Again), op.started);
         }
-        let replicated = pg.size() > 1;
         let order_key = op.job.object().map(|o| pg.object_key(o));
         let req = op.job.mutates().then(|| ReqId {
             client: op.client.clone(),
@@ -326,11 +383,7 @@ impl ShardCore {
             // first attempt is still in flight waits for it.
             if let Some(first) = pg.log.duplicate(r, kind, object) {
                 ShardCounters::add(&self.counters.dup_replies, 1);
-                let answer = match first.kind {
-                    OpKind::WriteFull => Answer::WrittenFull,
-                    OpKind::Remove => Answer::Removed,
-                    _ => Answer::Written,
-                };
+                let answer = written(first.kind);
                 return self.reply(op.conn, op.tid, kind, Ok(answer), op.started);
             }
             if pg.log.in_flight(r, object) {
@@ -348,83 +401,21 @@ impl ShardCore {
         let Inbound {
             conn,
             tid,
-            target,
             job,
             started,
             ..
         } = op;
-        // A PG held only for its ops in flight has no pool view of its own: ask the routing.
-        let replicated = replicated || self.routing.pool_size(target.pool).unwrap_or(1) > 1;
-        if job.mutates() && replicated {
-            if self.warned_pools.insert(target.pool) {
-                tracing::warn!(
-                    pool = target.pool,
-                    "pool has size > 1 but this OSD does not replicate yet: writes refused \
-                     (create the pool with --size 1)"
-                );
-            }
-            return self.reply(conn, tid, kind, Err(OpError::Invalid), started);
-        }
-        let exists = self.pgs.on_store(key);
-        let pending = |order_key, req, creates| Pending {
+        let reply_to = ReplyTo {
             conn,
             tid,
             kind,
             started,
-            pg: key,
-            order_key,
-            req,
-            creates,
         };
+        if let (Some(req), Some(order_key)) = (req, order_key) {
+            return self.execute_mutation(key, reply_to, req, order_key, job);
+        }
+        let exists = self.pgs.on_store(key);
         match job {
-            Job::Write { oid, off, data } => {
-                let mut txn = Transaction {
-                    ops: Vec::with_capacity(6),
-                };
-                let creates = self.create_if_new(key, &mut txn);
-                txn.ops.push(Op::Write {
-                    cid,
-                    oid,
-                    off,
-                    data,
-                });
-                self.log_mutation(key, kind, req.clone(), order_key, &mut txn);
-                self.submit(pending(order_key, req, creates), txn);
-            }
-            Job::WriteFull { oid, data } => {
-                let mut txn = Transaction {
-                    ops: Vec::with_capacity(7),
-                };
-                let creates = self.create_if_new(key, &mut txn);
-                // Both ops create a missing object. Write, then cut to the new length: an
-                // overwrite of the same size reuses what the object has (a store may write in
-                // place), where truncating to 0 first would drop it and build it anew.
-                let size = data.len() as u64;
-                if size > 0 {
-                    txn.ops.push(Op::Write {
-                        cid,
-                        oid: oid.clone(),
-                        off: 0,
-                        data,
-                    });
-                }
-                txn.ops.push(Op::Truncate { cid, oid, size });
-                self.log_mutation(key, kind, req.clone(), order_key, &mut txn);
-                self.submit(pending(order_key, req, creates), txn);
-            }
-            Job::Remove { oid } => {
-                if !exists {
-                    return self.reply(conn, tid, kind, Err(OpError::NotFound), started);
-                }
-                let mut txn = Transaction {
-                    ops: Vec::with_capacity(4),
-                };
-                // A store written before the PG log has no meta collection yet.
-                let creates = self.create_if_new(key, &mut txn);
-                txn.ops.push(Op::Remove { cid, oid });
-                self.log_mutation(key, kind, req.clone(), order_key, &mut txn);
-                self.submit(pending(order_key, req, creates), txn);
-            }
             Job::Read { name, off, len } => {
                 if !exists {
                     return self.reply(conn, tid, kind, Err(OpError::NotFound), started);
@@ -435,8 +426,7 @@ impl ShardCore {
                     .store
                     .get()
                     .read(cid, &self.lookup, off, u64::from(len));
-                self.pending
-                    .insert(ticket, pending(None, None, Creates::default()));
+                self.pending.insert(ticket, Pending::Read(reply_to));
             }
             Job::Stat { name } => {
                 let r = if exists {
@@ -476,49 +466,302 @@ impl ShardCore {
                 };
                 self.reply(conn, tid, kind, r, started);
             }
+            // Mutations went to `execute_mutation` above.
+            Job::Write { .. } | Job::WriteFull { .. } | Job::Remove { .. } => {
+                self.reply(conn, tid, kind, Err(OpError::Invalid), started)
+            }
         }
     }
 
-    /// Adds the creation of the PG's collections (data, and meta for its log) to `txn` where
-    /// the store does not have them yet.
-    fn create_if_new(&mut self, key: PgKey, txn: &mut Transaction) -> Creates {
-        let creates = self.pgs.create_on_store(key);
-        if creates.data {
-            txn.ops.push(Op::CreateCollection { cid: key.cid() });
-        }
-        if creates.meta {
-            txn.ops.push(Op::CreateCollection {
-                cid: key.meta_cid(),
-            });
-        }
-        creates
-    }
-
-    /// Gives the mutation in `txn` its version and adds, to the same transaction, the version
-    /// attribute of the object (unless it is removed) and the PG log entry (with the trim of
-    /// the oldest entries). `txn`'s last op is the mutation's own.
-    fn log_mutation(
+    /// A client mutation in a PG this shard leads: its version, a replica op to every other
+    /// member of the acting set, the local transaction; answered when all are durable.
+    fn execute_mutation(
         &mut self,
         key: PgKey,
-        kind: OpKind,
-        req: Option<ReqId>,
-        object_key: Option<u64>,
-        txn: &mut Transaction,
+        reply: ReplyTo,
+        req: ReqId,
+        order_key: u64,
+        job: Job,
     ) {
-        let (Some(req), Some(object_key)) = (req, object_key) else {
-            return;
+        if matches!(job, Job::Remove { .. }) && !self.pgs.on_store(key) {
+            return self.reply_to(reply, Err(OpError::NotFound));
+        }
+        let Some(pg) = self.pgs.get_mut(key) else {
+            return self.reply_to(reply, Err(OpError::Again));
         };
-        let (oid, removes) = match txn.ops.last() {
-            Some(Op::Remove { oid, .. }) => (oid.clone(), true),
-            Some(Op::Write { oid, .. } | Op::Truncate { oid, .. }) => (oid.clone(), false),
-            _ => return,
-        };
-        let pg = self.pgs.pg_mut(key, self.store.get_ref());
+        // Every other member must be reachable before anything is written: a write that
+        // cannot reach one is refused (`Again`) rather than half done.
+        let mut links: SmallVec<[(u32, LinkId); MAX_PEERS]> = SmallVec::new();
+        let peers: SmallVec<[u32; MAX_PEERS]> = pg.acting().iter().skip(1).copied().collect();
         let since = pg.interval_since();
-        let w = pg.log.begin(since, kind, req, &oid.0, object_key);
+        for osd in peers {
+            let link = self
+                .routing
+                .peer_addr(osd, key.pg)
+                .and_then(|addr| self.messenger.peer_link(osd, addr));
+            match link {
+                Some(l) if links.len() < MAX_PEERS => links.push((osd, l)),
+                _ => return self.reply_to(reply, Err(OpError::Again)),
+            }
+        }
+        let Some(pg) = self.pgs.get_mut(key) else {
+            return self.reply_to(reply, Err(OpError::Again));
+        };
+        let Some(object) = job.object() else {
+            return self.reply_to(reply, Err(OpError::Invalid));
+        };
+        let w = pg
+            .log
+            .begin(since, reply.kind, req.clone(), object, order_key);
+        let id = self.writes.next_id();
+        let mut failed = None;
+        if !links.is_empty() {
+            match job.as_rep() {
+                Some(m) => {
+                    let op = RepOp {
+                        pool: PoolId(u64::from(key.pool)),
+                        pg: PgId(key.pg),
+                        epoch: Epoch(self.routing.epoch()),
+                        interval_since: Epoch(since),
+                        version: w.version,
+                        reqid: carmine_wire::ReqId {
+                            client: &req.client,
+                            tid: req.tid,
+                        },
+                        op: m,
+                    };
+                    for &(osd, l) in &links {
+                        match self.messenger.send_rep(l, id, &op) {
+                            Ok(()) => ShardCounters::add(&self.counters.rep_sent, 1),
+                            Err(e) => {
+                                tracing::warn!(shard = self.shard, osd, error = %e, "replica op not sent");
+                                failed = Some(OpError::Again);
+                            }
+                        }
+                    }
+                }
+                None => failed = Some(OpError::Invalid),
+            }
+        }
+        let (txn, creates) = self.mutation_txn(key, job, w);
+        let peers: SmallVec<[u32; MAX_PEERS]> = links.iter().map(|&(osd, _)| osd).collect();
+        let m = Mutation {
+            reply,
+            pg: key,
+            interval_since: since,
+            order_key,
+            req,
+            creates,
+        };
+        let id = self.writes.insert(m, &peers, failed);
+        if let Some(pg) = self.pgs.get_mut(key) {
+            pg.begin_mutation(order_key);
+        }
+        let ticket = self.store.get().submit(txn);
+        self.pending.insert(ticket, Pending::Write(id));
+        ShardCounters::set(&self.counters.inflight, self.pending.len() as u64);
+    }
+
+    /// Applies the replica ops the peers sent.
+    fn apply_replica_ops(&mut self) -> usize {
+        let mut reps = std::mem::take(&mut self.reps);
+        let n = reps.len();
+        for r in reps.drain(..) {
+            self.apply_replica_op(r);
+        }
+        self.reps = reps;
+        n
+    }
+
+    /// One replica op: refused unless this shard is a replica of the PG in the op's interval
+    /// and the sender is the PG's primary; a version this PG already has is answered OK again;
+    /// otherwise the mutation, its version and its log entry go into one transaction.
+    fn apply_replica_op(&mut self, r: RepInbound) {
+        let refuse = |me: &mut ShardCore, e: RepError| {
+            ShardCounters::add(&me.counters.rep_refused, 1);
+            tracing::debug!(
+                shard = me.shard,
+                from = r.from,
+                pool = r.pool,
+                pg = r.pg,
+                primary_epoch = r.epoch,
+                epoch = me.routing.epoch(),
+                error = %e,
+                "replica op refused"
+            );
+            me.messenger.deliver_rep(r.conn, r.tid, &RepReply::err(e));
+        };
+        let Ok(pool) = u32::try_from(r.pool) else {
+            return refuse(self, RepError::Invalid);
+        };
+        let key = PgKey { pool, pg: r.pg };
+        let epoch = self.routing.epoch();
+        let Some(pg) = self
+            .pgs
+            .get_mut(key)
+            .filter(|p| p.served() && !p.is_primary())
+        else {
+            return refuse(self, RepError::NotMember);
+        };
+        if r.interval_since < pg.interval_since() {
+            // Sent in an interval that has ended: a primary that was paused or partitioned
+            // while the map moved on. Fenced.
+            let e = RepError::StaleInterval {
+                replica_epoch: Epoch(epoch),
+                interval_since: Epoch(pg.interval_since()),
+            };
+            return refuse(self, e);
+        }
+        if r.interval_since > pg.interval_since() || pg.acting().first() != Some(&r.from) {
+            // Not this PG's primary in our map (or our map is behind: the primary's client
+            // retries once we have caught up).
+            return refuse(self, RepError::NotMember);
+        }
+        if r.version <= pg.log.head() {
+            if pg.log.has_committed(r.version) {
+                ShardCounters::add(&self.counters.dup_replies, 1);
+                return self.messenger.deliver_rep(r.conn, r.tid, &RepReply::OK);
+            }
+            return refuse(self, RepError::Invalid);
+        }
+        let Some(object) = r.job.object() else {
+            return refuse(self, RepError::Invalid);
+        };
+        let order_key = pg.object_key(object);
+        let kind = r.job.kind();
+        let w = pg
+            .log
+            .begin_at(r.version, kind, r.req.clone(), object, order_key);
+        pg.begin_mutation(order_key);
+        let RepInbound {
+            conn,
+            tid,
+            req,
+            job,
+            ..
+        } = r;
+        let (txn, creates) = self.mutation_txn(key, job, w);
+        let ticket = self.store.get().submit(txn);
+        self.pending.insert(
+            ticket,
+            Pending::Replica(ReplicaApply {
+                conn,
+                tid,
+                pg: key,
+                order_key,
+                req,
+                creates,
+            }),
+        );
+        ShardCounters::set(&self.counters.inflight, self.pending.len() as u64);
+    }
+
+    /// Replies from peers and lost links.
+    fn on_peer_events(&mut self) -> usize {
+        if self.peer_events.is_empty() {
+            return 0;
+        }
+        let mut events = std::mem::take(&mut self.peer_events);
+        let mut finished = std::mem::take(&mut self.finished);
+        let n = events.len();
+        for e in events.drain(..) {
+            match e {
+                PeerEvent::Reply { osd, tid, result } => {
+                    if let Some(f) = self.writes.peer_done(tid, osd, result) {
+                        finished.push(f);
+                    }
+                }
+                PeerEvent::Lost { osd } => self.writes.peer_lost(osd, &mut finished),
+            }
+        }
+        self.finish_writes(&mut finished);
+        self.peer_events = events;
+        self.finished = finished;
+        n
+    }
+
+    /// Answers mutations that have nothing left to wait for and releases their objects.
+    fn finish_writes(&mut self, finished: &mut Vec<Finished>) {
+        for f in finished.drain(..) {
+            let Finished {
+                m,
+                result,
+                committed_here,
+            } = f;
+            if let Some(pg) = self.pgs.get_mut(m.pg) {
+                match (&result, committed_here) {
+                    (Ok(()), _) => pg.log.commit(m.req),
+                    (Err(_), true) => pg.log.commit_unacknowledged(m.req),
+                    (Err(_), false) => pg.log.abort(&m.req),
+                }
+            }
+            if !committed_here {
+                self.pgs.creation_failed(m.pg, m.creates);
+            }
+            if let Err(e) = result {
+                if committed_here {
+                    // Written here, not confirmed by every replica: the client retries.
+                    ShardCounters::add(&self.counters.rep_write_failures, 1);
+                    tracing::debug!(shard = self.shard, pg = ?m.pg, error = %e, "replicated write failed");
+                }
+            }
+            let kind = m.reply.kind;
+            self.reply_to(m.reply, result.map(|()| written(kind)));
+            self.end_mutation(m.pg, m.order_key);
+        }
+    }
+
+    /// The store transaction of a mutation: the PG's collections where the store lacks them,
+    /// the mutation, the object's version attribute (unless it is removed) and the PG log
+    /// entry with its trim.
+    fn mutation_txn(&mut self, key: PgKey, job: Job, w: LogWrite) -> (Transaction, Creates) {
+        let cid = key.cid();
+        let mut txn = Transaction {
+            ops: Vec::with_capacity(7),
+        };
+        let creates = self.create_if_new(key, &mut txn);
+        let (oid, removes) = match job {
+            Job::Write { oid, off, data } => {
+                txn.ops.push(Op::Write {
+                    cid,
+                    oid: oid.clone(),
+                    off,
+                    data,
+                });
+                (oid, false)
+            }
+            Job::WriteFull { oid, data } => {
+                // Both ops create a missing object. Write, then cut to the new length: an
+                // overwrite of the same size reuses what the object has (a store may write in
+                // place), where truncating to 0 first would drop it and build it anew.
+                let size = data.len() as u64;
+                if size > 0 {
+                    txn.ops.push(Op::Write {
+                        cid,
+                        oid: oid.clone(),
+                        off: 0,
+                        data,
+                    });
+                }
+                txn.ops.push(Op::Truncate {
+                    cid,
+                    oid: oid.clone(),
+                    size,
+                });
+                (oid, false)
+            }
+            Job::Remove { oid } => {
+                txn.ops.push(Op::Remove {
+                    cid,
+                    oid: oid.clone(),
+                });
+                (oid, true)
+            }
+            Job::Read { .. } | Job::Stat { .. } | Job::List { .. } => return (txn, creates),
+        };
         if !removes {
             txn.ops.push(Op::SetAttr {
-                cid: key.cid(),
+                cid,
                 oid,
                 name: VERSION_ATTR.to_owned(),
                 value: version_key(w.version).to_vec(),
@@ -537,24 +780,30 @@ impl ShardCore {
             oid: log_object(),
             entries: vec![(version_key(w.version).to_vec(), w.value)],
         });
+        (txn, creates)
     }
 
-    fn submit(&mut self, p: Pending, txn: Transaction) {
-        if let Some(k) = p.order_key {
-            self.pgs
-                .pg_mut(p.pg, self.store.get_ref())
-                .begin_mutation(k);
+    /// Adds the creation of the PG's collections (data, and meta for its log) to `txn` where
+    /// the store does not have them yet.
+    fn create_if_new(&mut self, key: PgKey, txn: &mut Transaction) -> Creates {
+        let creates = self.pgs.create_on_store(key);
+        if creates.data {
+            txn.ops.push(Op::CreateCollection { cid: key.cid() });
         }
-        let ticket = self.store.get().submit(txn);
-        self.pending.insert(ticket, p);
-        ShardCounters::set(&self.counters.inflight, self.pending.len() as u64);
+        if creates.meta {
+            txn.ops.push(Op::CreateCollection {
+                cid: key.meta_cid(),
+            });
+        }
+        creates
     }
 
     fn poll_store(&mut self) -> usize {
         let mut done = std::mem::take(&mut self.completions);
+        let mut finished = std::mem::take(&mut self.finished);
         let n = self.store.get().poll(&mut done);
         for c in done.drain(..) {
-            let Some(mut p) = self.pending.remove(&c.ticket) else {
+            let Some(p) = self.pending.remove(&c.ticket) else {
                 // Not an op's: a scrub read's, or unknown.
                 if let Err(c) = self.scrub.on_completion(c, self.store.get()) {
                     tracing::error!(
@@ -564,42 +813,67 @@ impl ShardCore {
                 }
                 continue;
             };
-            let committed = c.result.is_ok();
-            if let Some(req) = p.req.take() {
-                if let Some(pg) = self.pgs.get_mut(p.pg) {
-                    if committed {
-                        pg.log.commit(req);
-                    } else {
-                        pg.log.abort(&req);
+            match p {
+                Pending::Read(r) => {
+                    let result = match c.result {
+                        Ok(Done::Data(data)) => Ok(Answer::Read(data)),
+                        Ok(Done::Committed) => Err(OpError::Io),
+                        Err(e) => Err(self.store_error(&e)),
+                    };
+                    self.reply_to(r, result);
+                }
+                Pending::Write(id) => {
+                    let local = c.result.map(|_| ()).map_err(|e| self.store_error(&e));
+                    if let Some(f) = self.writes.local_done(id, local) {
+                        finished.push(f);
                     }
                 }
-            }
-            let result = match c.result {
-                Ok(Done::Data(data)) => Ok(Answer::Read(data)),
-                Ok(Done::Committed) => Ok(match p.kind {
-                    OpKind::WriteFull => Answer::WrittenFull,
-                    OpKind::Remove => Answer::Removed,
-                    _ => Answer::Written,
-                }),
-                Err(e) => {
-                    self.pgs.creation_failed(p.pg, p.creates);
-                    let wire = op_error(&e);
-                    if wire == OpError::Io {
-                        tracing::error!(shard = self.shard, error = %e, "store error");
-                    }
-                    Err(wire)
-                }
-            };
-            self.reply(p.conn, p.tid, p.kind, result, p.started);
-            if let Some(k) = p.order_key {
-                self.end_mutation(p.pg, k);
+                Pending::Replica(a) => self.replica_applied(a, c.result.map(|_| ())),
             }
         }
+        self.finish_writes(&mut finished);
         self.completions = done;
+        self.finished = finished;
         if n > 0 {
             ShardCounters::set(&self.counters.inflight, self.pending.len() as u64);
         }
         n
+    }
+
+    /// The wire error for a store error (logged when it means the store is failing).
+    fn store_error(&self, e: &StoreError) -> OpError {
+        let wire = op_error(e);
+        if wire == OpError::Io {
+            tracing::error!(shard = self.shard, error = %e, "store error");
+        }
+        wire
+    }
+
+    /// A replica op's transaction completed: its log entry joins the PG's log and the primary
+    /// is answered.
+    fn replica_applied(&mut self, a: ReplicaApply, result: Result<(), StoreError>) {
+        let reply = match &result {
+            Ok(()) => RepReply::OK,
+            Err(e) => RepReply::err(match self.store_error(e) {
+                OpError::NoSpace => RepError::NoSpace,
+                OpError::Io => RepError::Io,
+                _ => RepError::Invalid,
+            }),
+        };
+        if let Some(pg) = self.pgs.get_mut(a.pg) {
+            if result.is_ok() {
+                pg.log.commit(a.req);
+            } else {
+                pg.log.abort(&a.req);
+            }
+        }
+        if result.is_ok() {
+            ShardCounters::add(&self.counters.rep_applied, 1);
+        } else {
+            self.pgs.creation_failed(a.pg, a.creates);
+        }
+        self.messenger.deliver_rep(a.conn, a.tid, &reply);
+        self.end_mutation(a.pg, a.order_key);
     }
 
     /// A mutation of object `k` of PG `key` completed: when it was the object's last one in
@@ -617,6 +891,10 @@ impl ShardCore {
             self.retry = retry;
         }
         self.pgs.forget_if_done(key);
+    }
+
+    fn reply_to(&mut self, r: ReplyTo, result: Result<Answer, OpError>) {
+        self.reply(r.conn, r.tid, r.kind, result, r.started)
     }
 
     fn reply(
@@ -675,6 +953,15 @@ impl ShardCore {
         if let Ok(Answer::Read(data)) = result {
             self.store.get().recycle(data);
         }
+    }
+}
+
+/// The answer to a mutation of `kind` that is done.
+fn written(kind: OpKind) -> Answer {
+    match kind {
+        OpKind::WriteFull => Answer::WrittenFull,
+        OpKind::Remove => Answer::Removed,
+        _ => Answer::Written,
     }
 }
 
