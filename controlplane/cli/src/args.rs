@@ -183,6 +183,23 @@ pub enum PgCmd {
     },
     /// Every PG of every pool with its OSDs.
     Dump,
+    /// PGs with their acting set and state: active, active+undersized (fewer OSDs than the
+    /// pool's size), inactive (below min_size), +inconsistent when the PG's last scrub found
+    /// objects whose copies differ.
+    Ls {
+        /// Only this pool (name).
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Scrub a PG now: its primary compares every copy of every object (version, size, data
+    /// CRC-32C) across the acting set. Exits with 6 when objects are inconsistent.
+    Scrub {
+        /// The PG as `pg dump` prints it: <pool id or name>.<pg in hex>, e.g. 1.1a.
+        pgid: String,
+        /// The OSDs' admin token (default: the monitor admin token, --token).
+        #[arg(long, env = "CARMINE_OSD_TOKEN", hide_env_values = true)]
+        osd_token: Option<String>,
+    },
 }
 
 /// `carmine map ...`

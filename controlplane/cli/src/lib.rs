@@ -16,7 +16,8 @@
 //! address. There is no default token.
 //!
 //! Exit codes: 0 ok, 1 other failure, 2 bad arguments, 3 monitor unreachable, 4 credential
-//! refused or missing, 5 the monitor rejected the request (not found, invalid...).
+//! refused or missing, 5 the monitor rejected the request (not found, invalid...), 6 a scrub
+//! found inconsistent objects (its report is on stdout).
 
 pub mod args;
 pub mod auth;
@@ -24,6 +25,7 @@ pub mod bench;
 pub mod output;
 pub mod perf;
 pub mod run;
+pub mod scrub;
 
 pub use args::Cli;
 pub use run::{run, CliError};

@@ -26,6 +26,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            if let Some(text) = e.stdout() {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
             eprintln!("carmine: error: {e}");
             ExitCode::from(e.exit_code())
         }

@@ -12,6 +12,7 @@ use tonic::{Code, Request};
 
 use crate::args::{AuthCmd, Cli, Cmd, MapCmd, OsdCmd, PgCmd, PoolCmd};
 use crate::output::{self, Out};
+use crate::scrub;
 
 /// Default monitor address.
 pub const DEFAULT_MON: &str = "127.0.0.1:6790";
@@ -47,6 +48,16 @@ pub enum CliError {
     /// Something else failed.
     #[error("{0}")]
     Other(String),
+    /// A scrub found inconsistent objects (`output` is its report, printed on stdout).
+    #[error("scrub of pg {pg} found {objects} inconsistent objects")]
+    Inconsistent {
+        /// The PG.
+        pg: String,
+        /// How many objects.
+        objects: usize,
+        /// The report.
+        output: String,
+    },
 }
 
 impl CliError {
@@ -57,6 +68,15 @@ impl CliError {
             CliError::Unreachable { .. } => 3,
             CliError::NoToken | CliError::Refused(_) => 4,
             CliError::Rejected(_) => 5,
+            CliError::Inconsistent { .. } => 6,
+        }
+    }
+
+    /// What goes to stdout even though the command failed (a scrub's report).
+    pub fn stdout(&self) -> Option<&str> {
+        match self {
+            CliError::Inconsistent { output, .. } => Some(output),
+            _ => None,
         }
     }
 }
@@ -412,6 +432,30 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
             output::pg_map(&out, &map, p, object, pg)
         }
         Cmd::Pg(PgCmd::Dump) => output::pg_dump(&out, &c.map(0).await?),
+        Cmd::Pg(PgCmd::Ls { pool }) => {
+            let map = c.map(0).await?;
+            let pools: Vec<&carmine_placement::Pool> = match pool {
+                Some(name) => vec![map
+                    .pool_by_name(name)
+                    .ok_or_else(|| CliError::Rejected(format!("no pool named {name:?}")))?],
+                None => map.pools.values().collect(),
+            };
+            let bad = call!(c, list_inconsistent_pgs, v1::Empty {}).pgs;
+            scrub::pg_ls(&out, &map, &pools, &bad)
+        }
+        Cmd::Pg(PgCmd::Scrub { pgid, osd_token }) => {
+            let map = c.map(0).await?;
+            let (pool, pg) = scrub::parse_pgid(&map, pgid)?;
+            let primary = carmine_placement::pg_to_osds(&map, pool, pg)
+                .first()
+                .copied()
+                .ok_or_else(|| {
+                    CliError::Rejected(format!("pg {pgid} has no OSD up in epoch {}", map.epoch))
+                })?;
+            let addr = call!(c, osd_admin_addr, v1::OsdIdRequest { id: primary }).admin_addr;
+            let r = scrub::scrub(&addr, &osd_token_of(&cli, osd_token)?, pool.id, pg).await?;
+            scrub::render(&out, primary, &r)?
+        }
         Cmd::Map(MapCmd::Get { epoch }) => output::map(&out, &c.map(epoch.unwrap_or(0)).await?),
         Cmd::Auth(cmd) => match cmd {
             AuthCmd::Add { id, keyfile } => {

@@ -1,0 +1,408 @@
+//! `carmine pg scrub <pgid>` and `carmine pg ls`: PG ids, the scrub call to the PG's primary
+//! (its own admin service, `OsdAdmin.ScrubPg`) and the rendering of both.
+//!
+//! A PG id is `<pool>.<pg>` as `pg dump` prints it: the pool's id (or name) and the PG number
+//! in hex. `pg scrub` finds the primary in the current map and its admin address from the
+//! monitor; the primary compares every acting member's copy of every object and answers with
+//! the inconsistent ones. Inconsistent objects make the command exit with
+//! [`CliError::Inconsistent`] (code 6), its report still on stdout.
+//!
+//! `pg ls` states: `active` (every copy placed), `active+undersized` (fewer OSDs than the
+//! pool's size), `inactive` (fewer than min_size: no I/O), each with `+inconsistent` when the
+//! PG's last scrub found objects that differ (from the monitor's `ListInconsistentPgs`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use carmine_placement::{pg_to_osds, ClusterMap, Pool};
+use carmine_proto::v1::{self, osd_admin_client::OsdAdminClient};
+use serde_json::{json, Value};
+use tonic::transport::Endpoint;
+use tonic::{Code, Request};
+
+use crate::args::Format;
+use crate::output::Out;
+use crate::run::CliError;
+
+/// How long a scrub may take (a big PG on busy OSDs is read in full on every member).
+pub const SCRUB_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Parses `<pool>.<pg hex>` against `map`: the pool by id, else by name; the PG must exist.
+pub fn parse_pgid<'m>(map: &'m ClusterMap, s: &str) -> Result<(&'m Pool, u32), CliError> {
+    let bad = |why: &str| CliError::Rejected(format!("bad pg id {s:?}: {why} (e.g. 1.1a)"));
+    let (pool, pg) = s
+        .rsplit_once('.')
+        .ok_or_else(|| bad("expected <pool>.<pg in hex>"))?;
+    let pg = u32::from_str_radix(pg, 16).map_err(|_| bad("the pg number is not hex"))?;
+    let p = pool
+        .parse::<u32>()
+        .ok()
+        .and_then(|id| map.pools.get(&id))
+        .or_else(|| map.pool_by_name(pool))
+        .ok_or_else(|| CliError::Rejected(format!("no pool with id or name {pool:?}")))?;
+    if pg >= p.pg_num {
+        return Err(CliError::Rejected(format!(
+            "pool {} ({}) has {} pgs: no pg {pg:x}",
+            p.name, p.id, p.pg_num
+        )));
+    }
+    Ok((p, pg))
+}
+
+fn pgid(pool: u32, pg: u32) -> String {
+    format!("{pool}.{pg:x}")
+}
+
+/// Asks the OSD admin service at `addr` to scrub `pool`.`pg` (it must be the PG's primary).
+pub async fn scrub(
+    addr: &str,
+    token: &str,
+    pool: u32,
+    pg: u32,
+) -> Result<v1::ScrubPgReply, CliError> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let unreachable = |reason: String| CliError::Unreachable {
+        addr: format!("{addr} (OSD admin service)"),
+        reason,
+    };
+    let channel = Endpoint::from_shared(uri)
+        .map_err(|e| unreachable(format!("bad address: {e}")))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let mut req = Request::new(v1::ScrubPgRequest { pool, pg });
+    req.metadata_mut().insert(
+        carmine_proto::AUTH_HEADER,
+        carmine_proto::bearer(token).map_err(|e| CliError::Other(e.to_string()))?,
+    );
+    req.set_timeout(SCRUB_TIMEOUT);
+    let r = OsdAdminClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .scrub_pg(req)
+        .await
+        .map_err(|s| {
+            let what = format!("OSD admin service at {addr}: {}", s.message());
+            match s.code() {
+                Code::Unauthenticated | Code::PermissionDenied => CliError::Refused(format!(
+                    "{what}; pass --osd-token if it differs from the monitor's"
+                )),
+                Code::Unavailable => unreachable(s.message().to_string()),
+                Code::NotFound | Code::FailedPrecondition | Code::InvalidArgument => {
+                    CliError::Rejected(what)
+                }
+                _ => CliError::Other(format!("{what} ({:?})", s.code())),
+            }
+        })?;
+    Ok(r.into_inner())
+}
+
+fn problem_name(p: i32) -> &'static str {
+    match v1::ScrubProblem::try_from(p).unwrap_or(v1::ScrubProblem::Unspecified) {
+        v1::ScrubProblem::Missing => "missing",
+        v1::ScrubProblem::Extra => "extra",
+        v1::ScrubProblem::ReadError => "read_error",
+        v1::ScrubProblem::Mismatch => "mismatch",
+        v1::ScrubProblem::Unspecified => "unknown",
+    }
+}
+
+fn osds(ids: &[u32]) -> String {
+    ids.iter()
+        .map(|i| format!("osd.{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Renders a scrub's result; `Err(CliError::Inconsistent)` (with the same text) when it found
+/// inconsistent objects.
+pub fn render(o: &Out, primary: u32, r: &v1::ScrubPgReply) -> Result<String, CliError> {
+    let id = pgid(r.pool, r.pg);
+    let text = if o.format == Format::Json {
+        let v = json!({
+            "pgid": id,
+            "primary": primary,
+            "epoch": r.epoch,
+            "acting": r.acting,
+            "objects": r.objects,
+            "consistent": r.inconsistent.is_empty(),
+            "inconsistent": r.inconsistent.iter().map(|i| json!({
+                "name": i.name,
+                "auth_osds": i.auth_osds,
+                "problems": i.problems.iter().map(|p| json!({
+                    "osd": p.osd,
+                    "problem": problem_name(p.problem),
+                    "detail": p.detail,
+                })).collect::<Vec<Value>>(),
+            })).collect::<Vec<Value>>(),
+        });
+        let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
+        s.push('\n');
+        s
+    } else {
+        let mut t = format!(
+            "pg {id} scrubbed by osd.{primary} (epoch {}, acting [{}]): {} objects, ",
+            r.epoch,
+            osds(&r.acting),
+            r.objects
+        );
+        if r.inconsistent.is_empty() {
+            t.push_str("consistent\n");
+        } else {
+            let _ = writeln!(t, "{} inconsistent", r.inconsistent.len());
+            for i in &r.inconsistent {
+                let auth = if i.auth_osds.is_empty() {
+                    "no readable copy".to_string()
+                } else {
+                    format!("authoritative: {}", osds(&i.auth_osds))
+                };
+                let _ = writeln!(t, "  {} ({auth})", i.name);
+                for p in &i.problems {
+                    let _ = writeln!(t, "    osd.{}: {}", p.osd, p.detail);
+                }
+            }
+        }
+        t
+    };
+    if r.inconsistent.is_empty() {
+        Ok(text)
+    } else {
+        Err(CliError::Inconsistent {
+            pg: id,
+            objects: r.inconsistent.len(),
+            output: text,
+        })
+    }
+}
+
+/// The state of a PG with `n` acting OSDs in pool `p`, `+inconsistent` when `inconsistent`.
+pub fn state(n: usize, p: &Pool, inconsistent: bool) -> String {
+    let base = if (n as u32) < p.min_size {
+        "inactive"
+    } else if (n as u32) < p.size {
+        "active+undersized"
+    } else {
+        "active"
+    };
+    if inconsistent {
+        format!("{base}+inconsistent")
+    } else {
+        base.to_string()
+    }
+}
+
+/// `pg ls [--pool P]`: every PG of `pools` with its acting set and state.
+pub fn pg_ls(o: &Out, m: &ClusterMap, pools: &[&Pool], bad: &[v1::InconsistentPg]) -> String {
+    let bad: BTreeMap<(u32, u32), &v1::InconsistentPg> =
+        bad.iter().map(|b| ((b.pool, b.pg), b)).collect();
+    let rows: Vec<(String, Vec<u32>, String, Option<&v1::InconsistentPg>)> = pools
+        .iter()
+        .flat_map(|p| {
+            let bad = &bad;
+            (0..p.pg_num).map(move |pg| {
+                let acting = pg_to_osds(m, p, pg);
+                let b = bad.get(&(p.id, pg)).copied();
+                let st = state(acting.len(), p, b.is_some());
+                (pgid(p.id, pg), acting, st, b)
+            })
+        })
+        .collect();
+    if o.format == Format::Json {
+        let v = json!({
+            "epoch": m.epoch,
+            "pgs": rows.iter().map(|(id, acting, st, b)| json!({
+                "pgid": id,
+                "acting": acting,
+                "primary": acting.first(),
+                "state": st,
+                "inconsistent_objects": b.map(|b| b.objects.clone()).unwrap_or_default(),
+            })).collect::<Vec<Value>>(),
+        });
+        let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
+        s.push('\n');
+        return s;
+    }
+    let mut t = format!(
+        "{:<10} {:<32} {:<20} {:<8} {}\n",
+        "PG", "STATE", "ACTING", "PRIMARY", "INCONSISTENT"
+    );
+    for (id, acting, st, b) in &rows {
+        let primary = acting
+            .first()
+            .map_or("-".to_string(), |x| format!("osd.{x}"));
+        let objects = b.map_or(String::new(), |b| {
+            let more = (b.num_objects as usize).saturating_sub(b.objects.len());
+            let mut s = b.objects.join(",");
+            if more > 0 {
+                let _ = write!(s, " (+{more})");
+            }
+            s
+        });
+        let _ = writeln!(
+            t,
+            "{:<10} {:<32} {:<20} {:<8} {}",
+            id,
+            st,
+            format!("{acting:?}"),
+            primary,
+            objects
+        );
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use carmine_placement::Osd;
+
+    fn map() -> ClusterMap {
+        let mut m = ClusterMap {
+            epoch: 4,
+            ..Default::default()
+        };
+        for id in 0..2 {
+            m.osds.insert(
+                id,
+                Osd {
+                    id,
+                    uuid: format!("u{id}"),
+                    host: format!("h{id}"),
+                    public_addr: String::new(),
+                    cluster_addr: String::new(),
+                    shard_count: 1,
+                    shard_ports: vec![1],
+                    up: true,
+                    in_: true,
+                    weight: 1.0,
+                },
+            );
+        }
+        for (id, name, size, min_size) in [(1, "rbd", 3, 2), (7, "data", 2, 1), (8, "one", 3, 3)] {
+            m.pools.insert(
+                id,
+                Pool {
+                    id,
+                    name: name.into(),
+                    size,
+                    min_size,
+                    pg_num: 32,
+                },
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn pg_ids_parse_by_pool_id_or_name_with_a_hex_pg() {
+        let m = map();
+        let (p, pg) = parse_pgid(&m, "1.1a").unwrap();
+        assert_eq!((p.id, pg), (1, 26));
+        let (p, pg) = parse_pgid(&m, "data.f").unwrap();
+        assert_eq!((p.id, pg), (7, 15));
+        for bad in ["1", "1.zz", "9.1", "nope.1", "1.20", ".1", "1."] {
+            assert!(
+                matches!(parse_pgid(&m, bad), Err(CliError::Rejected(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn pg_states_follow_the_acting_set_and_the_last_scrub() {
+        let m = map();
+        // Two OSDs: size 3 / min 2 is undersized, size 2 is whole, min 3 is inactive.
+        let out = Out {
+            format: Format::Plain,
+        };
+        let bad = [v1::InconsistentPg {
+            pool: 7,
+            pg: 3,
+            objects: vec!["a".into(), "b".into()],
+            num_objects: 5,
+            osd: 0,
+            epoch: 4,
+        }];
+        let pools: Vec<&Pool> = m.pools.values().collect();
+        let t = pg_ls(&out, &m, &pools, &bad);
+        let line = |id: &str| {
+            t.lines()
+                .find(|l| l.split_whitespace().next() == Some(id))
+                .unwrap_or_else(|| panic!("{id} in\n{t}"))
+                .to_string()
+        };
+        assert!(line("1.0").contains(" active+undersized "), "{t}");
+        assert!(line("7.2").contains(" active "), "{t}");
+        assert!(line("7.3").contains(" active+inconsistent "), "{t}");
+        assert!(line("7.3").ends_with("a,b (+3)"), "{t}");
+        assert!(line("8.1f").contains(" inactive "), "{t}");
+        assert_eq!(t.lines().count(), 1 + 3 * 32);
+        let json = Out {
+            format: Format::Json,
+        };
+        let v: Value = serde_json::from_str(&pg_ls(&json, &m, &[&m.pools[&7]], &bad)).unwrap();
+        assert_eq!(v["pgs"].as_array().unwrap().len(), 32);
+        assert_eq!(v["pgs"][3]["state"], "active+inconsistent");
+        assert_eq!(v["pgs"][3]["inconsistent_objects"], json!(["a", "b"]));
+        assert_eq!(v["pgs"][2]["inconsistent_objects"], json!([]));
+    }
+
+    #[test]
+    fn an_inconsistent_scrub_is_an_error_that_keeps_its_report() {
+        let out = Out {
+            format: Format::Plain,
+        };
+        let mut r = v1::ScrubPgReply {
+            pool: 1,
+            pg: 26,
+            epoch: 9,
+            acting: vec![0, 2, 1],
+            objects: 12,
+            inconsistent: vec![],
+        };
+        let t = render(&out, 0, &r).unwrap();
+        assert_eq!(
+            t,
+            "pg 1.1a scrubbed by osd.0 (epoch 9, acting [osd.0, osd.2, osd.1]): 12 objects, consistent\n"
+        );
+        r.inconsistent.push(v1::InconsistentObject {
+            name: "victim".into(),
+            auth_osds: vec![0, 1],
+            problems: vec![v1::ScrubObjectProblem {
+                osd: 2,
+                problem: v1::ScrubProblem::ReadError.into(),
+                detail: "read error: checksum mismatch".into(),
+            }],
+        });
+        match render(&out, 0, &r) {
+            Err(e @ CliError::Inconsistent { .. }) => {
+                assert_eq!(e.exit_code(), 6);
+                let text = e.stdout().unwrap();
+                assert!(text.contains("12 objects, 1 inconsistent"), "{text}");
+                assert!(
+                    text.contains("  victim (authoritative: osd.0, osd.1)"),
+                    "{text}"
+                );
+                assert!(
+                    text.contains("    osd.2: read error: checksum mismatch"),
+                    "{text}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let json = Out {
+            format: Format::Json,
+        };
+        let Err(e) = render(&json, 0, &r) else {
+            panic!("inconsistent")
+        };
+        let v: Value = serde_json::from_str(e.stdout().unwrap()).unwrap();
+        assert_eq!(v["consistent"], false);
+        assert_eq!(v["inconsistent"][0]["problems"][0]["problem"], "read_error");
+    }
+}
