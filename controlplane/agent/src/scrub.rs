@@ -109,6 +109,9 @@ pub enum DigestError {
     /// The shard stopped (or dropped the request) before answering.
     #[error("the shard went away before answering")]
     Gone,
+    /// The shard did not answer in time.
+    #[error("the shard did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
     /// Listing the PG's objects failed.
     #[error("listing the PG's objects failed: {0}")]
     List(ReadErrorKind),

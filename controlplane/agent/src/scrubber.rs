@@ -150,7 +150,10 @@ pub async fn local_digest(
             Err(_) => return Err(DigestError::Busy),
         }
     }
-    let mut d = rx.await.map_err(|_| DigestError::Gone)??;
+    let mut d = match tokio::time::timeout(DIGEST_TIMEOUT, rx).await {
+        Ok(r) => r.map_err(|_| DigestError::Gone)??,
+        Err(_) => return Err(DigestError::TimedOut(DIGEST_TIMEOUT)),
+    };
     normalise(&mut d);
     Ok(d)
 }
