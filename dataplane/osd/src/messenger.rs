@@ -205,9 +205,8 @@ impl Messenger {
 
     /// The link to peer `osd` listening at `addr`, when it is open (otherwise it is being set
     /// up: see [`PeerLinks::ready`]).
-    pub fn peer_link(&mut self, osd: u32, shard: u32, addr: SocketAddrV4) -> Option<LinkId> {
-        self.peers
-            .ready(&mut *self.net, &self.keyring, osd, shard, addr)
+    pub fn peer_link(&mut self, osd: u32, addr: SocketAddrV4) -> Option<LinkId> {
+        self.peers.ready(&mut *self.net, &self.keyring, osd, addr)
     }
 
     /// Sends replica op `tid` on link `l`.

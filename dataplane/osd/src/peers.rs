@@ -7,8 +7,7 @@
 //! wire protocol as a client ([`ClientConn`], sans I/O), authenticated with this OSD's own key
 //! (`osd.<id>`, issued by the monitor): a replica accepts replica ops only from that identity.
 //!
-//! A link is known by its peer OSD and the peer's shard, and keeps its place (its [`LinkId`])
-//! for the shard's life. A link is set up on first use ([`PeerLinks::ready`] starts it and answers `None` until it is
+//! A link is set up on first use ([`PeerLinks::ready`] starts it and answers `None` until it is
 //! authenticated: the caller fails that op with `Again` and the client retries). A link that
 //! fails is closed and reported once ([`PeerEvent::Lost`]): the writes waiting on it fail;
 //! the next use connects again, at most every [`RECONNECT_PAUSE`].
@@ -16,10 +15,7 @@
 //! ## Invariants
 //! - Nothing but the handshake is sent before the peer proved it holds our key
 //!   ([`ClientConn`] refuses to encode ops before then).
-//! - A link whose peer shard moved (another address or port in a newer map) is closed and
-//!   starts over at the new address; what was sent on it is reported lost
-//!   ([`PeerEvent::Lost`]) at the next [`PeerLinks::read`], so no write waits on it forever.
-//!   Links to other shards of the same OSD are not touched.
+//! - A link whose peer moved (another address or port in a newer map) is closed and replaced.
 //! - Reply bytes are decoded in place: no allocation per reply. A link's send buffer beyond
 //!   [`LINK_HIGH_WATER`] makes `ready` answer `None` (backpressure onto the clients).
 
@@ -63,8 +59,6 @@ pub enum SendError {
 
 struct Link {
     osd: u32,
-    /// The peer's shard this link reaches.
-    shard: u32,
     addr: SocketAddrV4,
     conn: Option<ConnId>,
     cc: Option<ClientConn>,
@@ -72,9 +66,6 @@ struct Link {
     out_off: usize,
     /// When it may connect again after a failure.
     retry_at: Option<Instant>,
-    /// Closed by [`PeerLinks::ready`] (the peer moved) with replica ops possibly unanswered:
-    /// the next [`PeerLinks::read`] reports it lost.
-    report_lost: bool,
 }
 
 impl Link {
@@ -106,46 +97,34 @@ impl PeerLinks {
         }
     }
 
-    /// The link to shard `shard` of `osd` at `addr`, if it is open and not backed up;
-    /// otherwise starts it (when it is not already connecting and its reconnect pause is over)
-    /// and answers `None`.
+    /// The link to `osd` at `addr`, if it is open and not backed up; otherwise starts it (when
+    /// it is not already connecting and its reconnect pause is over) and answers `None`.
     pub fn ready(
         &mut self,
         net: &mut dyn NetStack,
         keyring: &SharedKeyring,
         osd: u32,
-        shard: u32,
         addr: SocketAddrV4,
     ) -> Option<LinkId> {
         let i = match self
             .links
             .iter()
-            .position(|l| l.osd == osd && l.shard == shard)
+            .position(|l| l.osd == osd && l.addr == addr)
         {
-            Some(i) => {
-                if self.links[i].addr != addr {
-                    // The peer moved (restarted on another port): the link starts over there,
-                    // and what it carried is reported lost.
-                    let sent = self.links[i].conn.is_some();
-                    self.close_link(net, i);
-                    let l = &mut self.links[i];
-                    l.addr = addr;
-                    l.retry_at = None;
-                    l.report_lost |= sent;
-                }
-                i
-            }
+            Some(i) => i,
             None => {
+                // The peer moved (restarted on another port): the old link goes.
+                if let Some(old) = self.links.iter().position(|l| l.osd == osd) {
+                    self.drop_link(net, old);
+                }
                 self.links.push(Link {
                     osd,
-                    shard,
                     addr,
                     conn: None,
                     cc: None,
                     out: Vec::with_capacity(64 << 10),
                     out_off: 0,
                     retry_at: None,
-                    report_lost: false,
                 });
                 self.links.len() - 1
             }
@@ -220,12 +199,6 @@ impl PeerLinks {
     pub fn read(&mut self, net: &mut dyn NetStack, events: &mut Vec<PeerEvent>) -> usize {
         let mut work = 0;
         for i in 0..self.links.len() {
-            if std::mem::take(&mut self.links[i].report_lost) {
-                events.push(PeerEvent::Lost {
-                    osd: self.links[i].osd,
-                });
-                work += 1;
-            }
             match self.read_link(net, i, events) {
                 Ok(n) => work += n,
                 Err(why) => {
@@ -336,6 +309,11 @@ impl PeerLinks {
         l.cc = None;
         l.out.clear();
         l.out_off = 0;
+    }
+
+    fn drop_link(&mut self, net: &mut dyn NetStack, i: usize) {
+        self.close_link(net, i);
+        self.links.swap_remove(i);
     }
 }
 

@@ -175,13 +175,13 @@ impl Routing {
             .map(|m| usize::from(m.shard))
     }
 
-    /// Which shard of OSD `osd` serves PG `pg`, and where it listens (None: down, unknown, or
-    /// without a usable address or port in this map).
-    pub fn peer_addr(&self, osd: u32, pg: u32) -> Option<(u32, SocketAddrV4)> {
+    /// Where OSD `osd`'s shard for PG `pg` listens (None: down, unknown, or without a usable
+    /// address or port in this map).
+    pub fn peer_addr(&self, osd: u32, pg: u32) -> Option<SocketAddrV4> {
         let p = self.peers.get(&osd)?;
-        let shard = pg_to_shard(pg, p.shard_count);
-        let port = *p.shard_ports.get(shard as usize)?;
-        (port != 0).then_some((shard, SocketAddrV4::new(p.ip, port)))
+        let shard = pg_to_shard(pg, p.shard_count) as usize;
+        let port = *p.shard_ports.get(shard)?;
+        (port != 0).then_some(SocketAddrV4::new(p.ip, port))
     }
 }
 

@@ -489,7 +489,7 @@ impl ShardCore {
             let link = self
                 .routing
                 .peer_addr(osd, key.pg)
-                .and_then(|(shard, addr)| self.messenger.peer_link(osd, shard, addr));
+                .and_then(|addr| self.messenger.peer_link(osd, addr));
             match link {
                 Some(l) if links.len() < MAX_PEERS => links.push((osd, l)),
                 _ => return self.reply_to(reply, Err(OpError::Again)),
