@@ -594,19 +594,8 @@ impl ShardCore {
         else {
             return refuse(self, RepError::NotMember);
         };
-        if r.interval_since < pg.interval_since() {
-            // Sent in an interval that has ended: a primary that was paused or partitioned
-            // while the map moved on. Fenced.
-            let e = RepError::StaleInterval {
-                replica_epoch: Epoch(epoch),
-                interval_since: Epoch(pg.interval_since()),
-            };
+        if let Err(e) = pg.admit_replica_op(epoch, r.from, r.epoch, r.interval_since) {
             return refuse(self, e);
-        }
-        if r.interval_since > pg.interval_since() || pg.acting().first() != Some(&r.from) {
-            // Not this PG's primary in our map (or our map is behind: the primary's client
-            // retries once we have caught up).
-            return refuse(self, RepError::NotMember);
         }
         if r.version <= pg.log.head() {
             if pg.log.has_committed(r.version) {

@@ -251,10 +251,10 @@ fn replica_ops_are_taken_only_from_the_pgs_primary_in_its_interval() {
             r.cluster_addr.parse().unwrap(),
             r.shard_ports[pg_to_shard(0, r.shard_count) as usize] as u16,
         );
-        let op = |since: u64, seq: u64, data: &'static [u8]| RepOp {
+        let op_at = |epoch: u64, since: u64, seq: u64, data: &'static [u8]| RepOp {
             pool: PoolId(u64::from(pool)),
             pg: PgId(0),
-            epoch: Epoch(map.epoch),
+            epoch: Epoch(epoch),
             interval_since: Epoch(since),
             version: Version {
                 epoch: Epoch(since),
@@ -269,6 +269,7 @@ fn replica_ops_are_taken_only_from_the_pgs_primary_in_its_interval() {
                 data,
             },
         };
+        let op = |since: u64, seq: u64, data: &'static [u8]| op_at(map.epoch, since, seq, data);
         let before = shard_totals(&cluster.mon, replica).await;
 
         // A client key: the connection is closed, nothing applied.
@@ -288,13 +289,14 @@ fn replica_ops_are_taken_only_from_the_pgs_primary_in_its_interval() {
         o.send(2, &op(map.epoch, 1, b"as a replica"));
         assert_eq!(o.reply().unwrap(), (2, RepReply::err(RepError::NotMember)));
 
-        // The primary's key with an interval that ended: fenced, and told the current one.
+        // The primary's key, sent under a map older than the one that began the replica's
+        // interval (a primary paused while the map moved on): fenced, and told the interval.
         let mut pk = RawPeer::connect(
             addr,
             &format!("osd.{primary}"),
             key_of(&cluster.mon, &format!("osd.{primary}")).await,
         );
-        pk.send(3, &op(0, 1, b"stale"));
+        pk.send(3, &op_at(1, 1, 1, b"stale"));
         let (tid, reply) = pk.reply().unwrap();
         assert_eq!(tid, 3);
         let Err(RepError::StaleInterval {
@@ -316,11 +318,17 @@ fn replica_ops_are_taken_only_from_the_pgs_primary_in_its_interval() {
         assert_eq!(pk.reply().unwrap(), (5, RepReply::OK));
         pk.send(6, &op(interval_since.0, seq - 1, b"older"));
         assert_eq!(pk.reply().unwrap(), (6, RepReply::err(RepError::Invalid)));
+        // A primary that saw the interval begin before the replica did (the replica joined
+        // later, or skipped maps) is in the same interval: applied.
+        let mut earlier = op(1, seq + 1, b"earlier start");
+        earlier.version.epoch = interval_since;
+        pk.send(7, &earlier);
+        assert_eq!(pk.reply().unwrap(), (7, RepReply::OK));
 
         let after = shard_totals(&cluster.mon, replica).await;
         let d = |n: &str| after[n] - before.get(n).copied().unwrap_or(0);
         assert_eq!(d("auth_failures"), 1);
-        assert_eq!(d("rep_applied"), 1);
+        assert_eq!(d("rep_applied"), 2);
         assert_eq!(d("dup_replies"), 1);
         assert_eq!(d("rep_refused"), 3);
         drop(client);
