@@ -554,7 +554,7 @@ mod tests {
             ((9, primary, 9, 3), Ok(())),
             ((9, primary, 7, 7), Ok(())),
             // Sent under a map older than the one that began our interval: fenced.
-            ((9, primary, 6, 3), stale.clone()),
+            ((9, primary, 6, 3), stale),
             // Its interval began after our map: we are behind, the client retries.
             ((9, primary, 12, 10), Err(RepError::NotMember)),
             // Not the primary.
