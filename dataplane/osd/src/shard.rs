@@ -229,6 +229,8 @@ impl ShardCore {
         // the peer links.
         let busy = !self.pending.is_empty()
             || self.writes.len() > 0
+            || !self.peer_events.is_empty()
+            || self.messenger.peers_setting_up()
             || !self.outbox.is_empty()
             || !self.store.get_ref().is_idle()
             || self.messenger.has_backlog();
@@ -265,6 +267,12 @@ impl ShardCore {
             routing.osd(),
             |k| routing.owner(k.pool, k.pg) == Some(shard),
             self.store.get_ref(),
+        );
+        // Links to peers that moved or left go (their writes fail below, or with the link).
+        let routing = &self.routing;
+        self.messenger.prune_peer_links(
+            |osd, addr| routing.is_peer_addr(osd, addr),
+            &mut self.peer_events,
         );
         // Mutations sent in an interval that ended fail (retryable): a member of the new
         // interval may not have them.

@@ -270,10 +270,22 @@ fn replica_ops_are_taken_only_from_the_pgs_primary_in_its_interval() {
             },
         };
         let op = |since: u64, seq: u64, data: &'static [u8]| op_at(map.epoch, since, seq, data);
+        // Connected first: a key the replica does not hold yet (its keyring refresh) is
+        // refused and counted, and the connections retry until it does.
+        let mut c = RawPeer::connect(addr, &cluster.creds.id, cluster.creds.key.clone());
+        let mut o = RawPeer::connect(
+            addr,
+            &format!("osd.{other}"),
+            key_of(&cluster.mon, &format!("osd.{other}")).await,
+        );
+        let mut pk = RawPeer::connect(
+            addr,
+            &format!("osd.{primary}"),
+            key_of(&cluster.mon, &format!("osd.{primary}")).await,
+        );
         let before = shard_totals(&cluster.mon, replica).await;
 
         // A client key: the connection is closed, nothing applied.
-        let mut c = RawPeer::connect(addr, &cluster.creds.id, cluster.creds.key.clone());
         c.send(1, &op(map.epoch, 1, b"as a client"));
         assert!(
             c.reply().is_err(),
@@ -281,21 +293,11 @@ fn replica_ops_are_taken_only_from_the_pgs_primary_in_its_interval() {
         );
 
         // Another member's OSD key: not the PG's primary.
-        let mut o = RawPeer::connect(
-            addr,
-            &format!("osd.{other}"),
-            key_of(&cluster.mon, &format!("osd.{other}")).await,
-        );
         o.send(2, &op(map.epoch, 1, b"as a replica"));
         assert_eq!(o.reply().unwrap(), (2, RepReply::err(RepError::NotMember)));
 
         // The primary's key, sent under a map older than the one that began the replica's
         // interval (a primary paused while the map moved on): fenced, and told the interval.
-        let mut pk = RawPeer::connect(
-            addr,
-            &format!("osd.{primary}"),
-            key_of(&cluster.mon, &format!("osd.{primary}")).await,
-        );
         pk.send(3, &op_at(1, 1, 1, b"stale"));
         let (tid, reply) = pk.reply().unwrap();
         assert_eq!(tid, 3);
