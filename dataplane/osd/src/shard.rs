@@ -229,6 +229,8 @@ impl ShardCore {
         // the peer links.
         let busy = !self.pending.is_empty()
             || self.writes.len() > 0
+            || !self.peer_events.is_empty()
+            || self.messenger.peers_setting_up()
             || !self.outbox.is_empty()
             || !self.store.get_ref().is_idle()
             || self.messenger.has_backlog();
@@ -265,6 +267,12 @@ impl ShardCore {
             routing.osd(),
             |k| routing.owner(k.pool, k.pg) == Some(shard),
             self.store.get_ref(),
+        );
+        // Links to peers that moved or left go (their writes fail below, or with the link).
+        let routing = &self.routing;
+        self.messenger.prune_peer_links(
+            |osd, addr| routing.is_peer_addr(osd, addr),
+            &mut self.peer_events,
         );
         // Mutations sent in an interval that ended fail (retryable): a member of the new
         // interval may not have them.
@@ -594,19 +602,8 @@ impl ShardCore {
         else {
             return refuse(self, RepError::NotMember);
         };
-        if r.interval_since < pg.interval_since() {
-            // Sent in an interval that has ended: a primary that was paused or partitioned
-            // while the map moved on. Fenced.
-            let e = RepError::StaleInterval {
-                replica_epoch: Epoch(epoch),
-                interval_since: Epoch(pg.interval_since()),
-            };
+        if let Err(e) = pg.admit_replica_op(epoch, r.from, r.epoch, r.interval_since) {
             return refuse(self, e);
-        }
-        if r.interval_since > pg.interval_since() || pg.acting().first() != Some(&r.from) {
-            // Not this PG's primary in our map (or our map is behind: the primary's client
-            // retries once we have caught up).
-            return refuse(self, RepError::NotMember);
         }
         if r.version <= pg.log.head() {
             if pg.log.has_committed(r.version) {

@@ -436,6 +436,11 @@ impl Osd {
         self.ports = ready.ports;
     }
 
+    /// The process id (while it runs).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the OSD runs").id()
+    }
+
     /// SIGKILL (a crash): every connection to it breaks.
     pub fn kill(&mut self) {
         kill_osd(&mut self.child);
