@@ -114,7 +114,8 @@ impl From<Version> for ListedVersion {
     }
 }
 
-/// One object of the listing. Fields an error left unknown are `None` (`null` in JSON).
+/// One object of the listing. Fields an error left unknown are `None` (`null` in JSON): the
+/// hashes are set only when every byte was read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ObjectEntry {
     /// The store partition (OSD shard) holding it.
@@ -323,10 +324,9 @@ impl Reader {
             }
             off += want;
         }
-        if e.error.is_none() {
-            e.crc32c = Some(crc);
-            e.xxh64 = Some(xxh.digest());
-        }
+        // Every byte was read: the hashes stand, even next to a bad version attribute.
+        e.crc32c = Some(crc);
+        e.xxh64 = Some(xxh.digest());
         Ok(e)
     }
 
@@ -644,6 +644,11 @@ mod tests {
         assert_eq!(out[1].version, Some(ListedVersion { epoch: 2, seq: 2 }));
         assert_eq!(out[2].error, Some(ObjectError::BadVersion(5)));
         assert_eq!(out[2].version, None);
+        assert_eq!(
+            out[2].crc32c,
+            Some(crc32c::crc32c(b"ccc")),
+            "its bytes were read"
+        );
         let j = serde_json::to_value(&out).unwrap();
         let msg = j[1]["error"].as_str().unwrap();
         assert!(msg.contains("checksum mismatch at block 7"), "{msg}");
