@@ -274,6 +274,23 @@ impl ShardCore {
             |osd, addr| routing.is_peer_addr(osd, addr),
             &mut self.peer_events,
         );
+        // Links to the peers of the PGs this shard leads are set up now rather than by the
+        // first write of each (which would get `Again` while its link comes up).
+        let mut peers: Vec<(u32, std::net::SocketAddrV4)> = self
+            .pgs
+            .primaries()
+            .flat_map(|(k, acting)| {
+                acting
+                    .iter()
+                    .skip(1)
+                    .filter_map(move |&osd| routing.peer_addr(osd, k.pg).map(|a| (osd, a)))
+            })
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        for (osd, addr) in peers {
+            self.messenger.peer_link(osd, addr);
+        }
         // Mutations sent in an interval that ended fail (retryable): a member of the new
         // interval may not have them.
         let mut finished = std::mem::take(&mut self.finished);
