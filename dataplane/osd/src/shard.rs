@@ -633,6 +633,16 @@ impl ShardCore {
             return refuse(self, RepError::Invalid);
         };
         let order_key = pg.object_key(object);
+        // A remove of an object this replica does not hold (it missed the write that made
+        // it) leaves the state the primary asked for: logged, with nothing to remove. (With a
+        // mutation of it in flight the store decides: that one may create it.)
+        let absent = matches!(r.job, Job::Remove { .. })
+            && !pg.writing(order_key)
+            && !self.store_has(key, object);
+        let pg = match self.pgs.get_mut(key) {
+            Some(pg) => pg,
+            None => return refuse(self, RepError::NotMember),
+        };
         let kind = r.job.kind();
         let w = pg
             .log
@@ -645,7 +655,10 @@ impl ShardCore {
             job,
             ..
         } = r;
-        let (txn, creates) = self.mutation_txn(key, job, w);
+        let (mut txn, creates) = self.mutation_txn(key, job, w);
+        if absent {
+            txn.ops.retain(|op| !matches!(op, Op::Remove { .. }));
+        }
         let ticket = self.store.get().submit(txn);
         self.pending.insert(
             ticket,
@@ -659,6 +672,20 @@ impl ShardCore {
             }),
         );
         ShardCounters::set(&self.counters.inflight, self.pending.len() as u64);
+    }
+
+    /// Whether the store holds object `name` of PG `key` (resident metadata: no I/O). Only a
+    /// definite "not found" says no.
+    fn store_has(&mut self, key: PgKey, name: &[u8]) -> bool {
+        if !self.pgs.on_store(key) {
+            return false;
+        }
+        self.lookup.0.clear();
+        self.lookup.0.extend_from_slice(name);
+        !matches!(
+            self.store.get_ref().stat(key.cid(), &self.lookup),
+            Err(StoreError::NotFound(_))
+        )
     }
 
     /// Replies from peers and lost links.
