@@ -531,6 +531,9 @@ impl ShardCore {
             .begin(since, reply.kind, req.clone(), object, order_key);
         let id = self.writes.next_id();
         let mut failed = None;
+        // The peers the replica op went to: the write waits for each of them (one it could
+        // not be sent to already failed it).
+        let mut sent: SmallVec<[u32; MAX_PEERS]> = SmallVec::new();
         if !links.is_empty() {
             match job.as_rep() {
                 Some(m) => {
@@ -548,7 +551,10 @@ impl ShardCore {
                     };
                     for &(osd, l) in &links {
                         match self.messenger.send_rep(l, id, &op) {
-                            Ok(()) => ShardCounters::add(&self.counters.rep_sent, 1),
+                            Ok(()) => {
+                                ShardCounters::add(&self.counters.rep_sent, 1);
+                                sent.push(osd);
+                            }
                             Err(e) => {
                                 tracing::warn!(shard = self.shard, osd, error = %e, "replica op not sent");
                                 failed = Some(OpError::Again);
@@ -560,7 +566,6 @@ impl ShardCore {
             }
         }
         let (txn, creates) = self.mutation_txn(key, job, w);
-        let peers: SmallVec<[u32; MAX_PEERS]> = links.iter().map(|&(osd, _)| osd).collect();
         let m = Mutation {
             reply,
             pg: key,
@@ -569,7 +574,7 @@ impl ShardCore {
             req,
             creates,
         };
-        let id = self.writes.insert(m, &peers, failed);
+        let id = self.writes.insert(m, &sent, failed);
         if let Some(pg) = self.pgs.get_mut(key) {
             pg.begin_mutation(order_key);
         }
