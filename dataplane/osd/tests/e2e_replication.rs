@@ -328,11 +328,20 @@ fn replica_ops_are_taken_only_from_the_pgs_primary_in_its_interval() {
         earlier.version.epoch = interval_since;
         pk.send(7, &earlier);
         assert_eq!(pk.reply().unwrap(), (7, RepReply::OK));
+        // A remove of an object the replica never got (it missed the write): the state the
+        // primary asked for, so OK (logged, nothing to remove).
+        let mut rm = op(interval_since.0, seq + 2, b"");
+        rm.version.epoch = interval_since;
+        rm.op = RepMutation::Remove {
+            object: "never-written",
+        };
+        pk.send(8, &rm);
+        assert_eq!(pk.reply().unwrap(), (8, RepReply::OK));
 
         let after = shard_totals(&cluster.mon, replica).await;
         let d = |n: &str| after[n] - before.get(n).copied().unwrap_or(0);
         assert_eq!(d("auth_failures"), 1);
-        assert_eq!(d("rep_applied"), 2);
+        assert_eq!(d("rep_applied"), 3);
         assert_eq!(d("dup_replies"), 1);
         assert_eq!(d("rep_refused"), 3);
         drop(client);
