@@ -329,19 +329,18 @@ fn clear_errors() {
     );
     assert_eq!(o.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&o.stderr).contains("min_size 3 must be in 1..=size (1)"));
-    // No replication yet: size > 1 is refused by the monitor, and the CLI says why.
+    // More copies than the OSDs keep: refused by the monitor, and the CLI says why.
     let o = carmine(
         &[
             "--mon", &mon.addr, "--token", TOKEN, "pool", "create", "x", "--pg-num", "8", "--size",
-            "3",
+            "6",
         ],
         &[],
     );
     assert_eq!(o.status.code(), Some(5));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("pool size 3 is not supported: replication is not implemented yet")
-            && err.contains("at most 1"),
+        err.contains("pool size 6 is not supported: the OSDs keep at most 5 copies"),
         "{err}"
     );
     // Without --size the pool gets the supported size.

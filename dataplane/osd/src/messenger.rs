@@ -214,6 +214,20 @@ impl Messenger {
         self.peers.send(l, tid, op)
     }
 
+    /// Drops the links to addresses `current(osd, addr)` no longer gives (after a new map).
+    pub fn prune_peer_links(
+        &mut self,
+        current: impl Fn(u32, SocketAddrV4) -> bool,
+        events: &mut Vec<PeerEvent>,
+    ) {
+        self.peers.prune(&mut *self.net, current, events);
+    }
+
+    /// Whether a peer link is still being set up.
+    pub fn peers_setting_up(&self) -> bool {
+        self.peers.setting_up()
+    }
+
     /// Drives the peer links: replies and lost links come out in `events`.
     pub fn read_peers(&mut self, events: &mut Vec<PeerEvent>) -> usize {
         self.peers.read(&mut *self.net, events)

@@ -9,13 +9,15 @@
 //!
 //! A link is set up on first use ([`PeerLinks::ready`] starts it and answers `None` until it is
 //! authenticated: the caller fails that op with `Again` and the client retries). A link that
-//! fails is closed and reported once ([`PeerEvent::Lost`]): the writes waiting on it fail;
-//! the next use connects again, at most every [`RECONNECT_PAUSE`].
+//! fails, or is not authenticated within [`LINK_SETUP_TIMEOUT`], is closed and reported once
+//! ([`PeerEvent::Lost`]): the writes waiting on it fail; the next use connects again, at most
+//! every [`RECONNECT_PAUSE`].
 //!
 //! ## Invariants
 //! - Nothing but the handshake is sent before the peer proved it holds our key
 //!   ([`ClientConn`] refuses to encode ops before then).
-//! - A link whose peer moved (another address or port in a newer map) is closed and replaced.
+//! - A link to an address a newer map no longer gives its OSD (it restarted elsewhere) is
+//!   closed and reported lost ([`PeerLinks::prune`]).
 //! - Reply bytes are decoded in place: no allocation per reply. A link's send buffer beyond
 //!   [`LINK_HIGH_WATER`] makes `ready` answer `None` (backpressure onto the clients).
 
@@ -30,6 +32,8 @@ use carmine_wire::{ClientConn, ClientEvent, Limits, Nonce, RepError, RepOp};
 pub const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 /// Bytes queued on a link above which it takes no new replica ops until they drain.
 pub const LINK_HIGH_WATER: usize = 32 << 20;
+/// Longest a link may take from connect to authenticated before it is given up.
+pub const LINK_SETUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A link, as [`PeerLinks::ready`] hands it out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +70,8 @@ struct Link {
     out_off: usize,
     /// When it may connect again after a failure.
     retry_at: Option<Instant>,
+    /// When the current connection attempt started.
+    started: Instant,
 }
 
 impl Link {
@@ -113,10 +119,6 @@ impl PeerLinks {
         {
             Some(i) => i,
             None => {
-                // The peer moved (restarted on another port): the old link goes.
-                if let Some(old) = self.links.iter().position(|l| l.osd == osd) {
-                    self.drop_link(net, old);
-                }
                 self.links.push(Link {
                     osd,
                     addr,
@@ -125,6 +127,7 @@ impl PeerLinks {
                     out: Vec::with_capacity(64 << 10),
                     out_off: 0,
                     retry_at: None,
+                    started: Instant::now(),
                 });
                 self.links.len() - 1
             }
@@ -163,6 +166,7 @@ impl PeerLinks {
                 tracing::debug!(shard = self.shard, osd, %addr, "connecting to peer");
                 l.conn = Some(c);
                 l.cc = Some(cc);
+                l.started = Instant::now();
                 l.out.clear();
                 l.out_off = 0;
             }
@@ -230,6 +234,9 @@ impl PeerLinks {
             return Ok(0);
         };
         let mut work = 0;
+        if !cc.is_open() && l.started.elapsed() > LINK_SETUP_TIMEOUT {
+            return Err(LinkFailure::SetupTimeout);
+        }
         match net.conn_state(conn)? {
             ConnState::Connecting => return Ok(0),
             ConnState::Closed => return Err(LinkFailure::Closed),
@@ -311,9 +318,36 @@ impl PeerLinks {
         l.out_off = 0;
     }
 
-    fn drop_link(&mut self, net: &mut dyn NetStack, i: usize) {
-        self.close_link(net, i);
-        self.links.swap_remove(i);
+    /// Closes the links to addresses `current(osd, addr)` no longer gives (a newer map moved
+    /// or removed the peer); those that were connected are reported lost.
+    pub fn prune(
+        &mut self,
+        net: &mut dyn NetStack,
+        current: impl Fn(u32, SocketAddrV4) -> bool,
+        events: &mut Vec<PeerEvent>,
+    ) {
+        let mut i = 0;
+        while i < self.links.len() {
+            let l = &self.links[i];
+            if current(l.osd, l.addr) {
+                i += 1;
+                continue;
+            }
+            if l.conn.is_some() {
+                events.push(PeerEvent::Lost { osd: l.osd });
+            }
+            tracing::debug!(shard = self.shard, osd = l.osd, addr = %l.addr, "peer link dropped");
+            self.close_link(net, i);
+            self.links.swap_remove(i);
+        }
+    }
+
+    /// Whether a link is still connecting or authenticating (the shard keeps polling: a
+    /// handshake has no fd to wake it on every backend).
+    pub fn setting_up(&self) -> bool {
+        self.links
+            .iter()
+            .any(|l| l.conn.is_some() && !l.cc.as_ref().is_some_and(ClientConn::is_open))
     }
 }
 
@@ -328,4 +362,6 @@ enum LinkFailure {
     Conn(#[from] carmine_wire::ConnError),
     #[error("the peer sent an op reply on a replica link")]
     Unexpected,
+    #[error("not authenticated within {LINK_SETUP_TIMEOUT:?}")]
+    SetupTimeout,
 }

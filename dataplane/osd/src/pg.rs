@@ -14,6 +14,16 @@
 //! one at the map's epoch. Replication fences on this number (replica ops of an older interval
 //! are refused).
 //!
+//! ## Fencing replica ops
+//! Members do not agree on the epoch an interval began at: an OSD that (re)joined, or skipped
+//! maps, starts its interval at the first map it saw. So a replica does not compare interval
+//! numbers; it checks what each side has seen (Ceph's rule, `same_interval_since` against the
+//! op's map epoch): an op sent under a map older than the one that began the replica's
+//! interval is from an interval that has ended (a primary that was paused or partitioned while
+//! the map moved on) and is refused as stale; an op whose interval began after the replica's
+//! map waits for the replica to catch up (refused, retried by the client); otherwise both have
+//! seen a map of the same interval, whose acting set must name the sender as primary.
+//!
 //! ## Per-object ordering
 //! Mutations of one object are submitted to the store in arrival order, and the store commits
 //! in submission order. A read or stat of an object with a mutation in flight waits ("parked"
@@ -33,6 +43,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use carmine_objectstore::{CollectionId, ObjectStore};
 use carmine_placement::{pg_to_osds, ClusterMap};
+use carmine_wire::{Epoch, RepError};
 
 use crate::messenger::Inbound;
 use crate::ops::Target;
@@ -175,6 +186,28 @@ impl Pg {
         self.interval_since
     }
 
+    /// Whether this (replica) PG takes a replica op from OSD `from`, sent under map epoch
+    /// `op_epoch` in the interval the primary saw begin at `op_since`; `my_epoch` is this
+    /// shard's map epoch. See the module docs.
+    pub fn admit_replica_op(
+        &self,
+        my_epoch: u64,
+        from: u32,
+        op_epoch: u64,
+        op_since: u64,
+    ) -> Result<(), RepError> {
+        if op_epoch < self.interval_since {
+            return Err(RepError::StaleInterval {
+                replica_epoch: Epoch(my_epoch),
+                interval_since: Epoch(self.interval_since),
+            });
+        }
+        if my_epoch < op_since || self.acting.first() != Some(&from) {
+            return Err(RepError::NotMember);
+        }
+        Ok(())
+    }
+
     /// The ordering key of an object of this PG.
     pub fn object_key(&self, object: &[u8]) -> u64 {
         self.key.object_key(object)
@@ -314,6 +347,14 @@ impl PgTable {
 
     pub fn get(&self, key: PgKey) -> Option<&Pg> {
         self.pgs.get(&key)
+    }
+
+    /// The PGs this shard leads in the current map, with their acting sets.
+    pub fn primaries(&self) -> impl Iterator<Item = (PgKey, &[u32])> {
+        self.pgs
+            .values()
+            .filter(|p| p.is_primary())
+            .map(|p| (p.key, p.acting.as_slice()))
     }
 
     /// PGs this shard serves in the current map.
@@ -500,6 +541,41 @@ mod tests {
         // A PG held only for its ops in flight stays active for them.
         t.apply_map(&map_min(4, &[true, false], 2, 2), Some(0), |_| false, &st);
         assert!(t.pg_mut(k, &st).active());
+    }
+
+    #[test]
+    fn a_replica_admits_ops_by_what_each_side_has_seen() {
+        let st = MemStore::new();
+        let mut t = PgTable::new([]);
+        // osd.1's view: its interval for PG 0 began at epoch 7 (the first map it saw).
+        t.apply_map(&map(7, &[true, true, true], 3), Some(1), |_| true, &st);
+        let pg = t.get(PgKey { pool: 1, pg: 0 }).unwrap();
+        let primary = pg.acting()[0];
+        let other = *pg.acting().iter().find(|&&o| o != primary).unwrap();
+        let stale = Err(RepError::StaleInterval {
+            replica_epoch: Epoch(9),
+            interval_since: Epoch(7),
+        });
+        // (my epoch, from, op epoch, op since) -> verdict
+        let cases = [
+            // The primary saw the interval begin earlier (it was there before us): same acting.
+            ((9, primary, 9, 3), Ok(())),
+            ((9, primary, 7, 7), Ok(())),
+            // Sent under a map older than the one that began our interval: fenced.
+            ((9, primary, 6, 3), stale),
+            // Its interval began after our map: we are behind, the client retries.
+            ((9, primary, 12, 10), Err(RepError::NotMember)),
+            // Not the primary.
+            ((9, other, 9, 7), Err(RepError::NotMember)),
+        ];
+        for ((mine, from, ep, since), want) in cases {
+            assert_eq!(
+                pg.admit_replica_op(mine, from, ep, since),
+                want,
+                "{:?}",
+                (mine, from, ep, since)
+            );
+        }
     }
 
     #[test]

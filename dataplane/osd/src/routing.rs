@@ -175,6 +175,13 @@ impl Routing {
             .map(|m| usize::from(m.shard))
     }
 
+    /// Whether `addr` is one of up OSD `osd`'s shard addresses in this map.
+    pub fn is_peer_addr(&self, osd: u32, addr: SocketAddrV4) -> bool {
+        self.peers
+            .get(&osd)
+            .is_some_and(|p| p.ip == *addr.ip() && p.shard_ports.contains(&addr.port()))
+    }
+
     /// Where OSD `osd`'s shard for PG `pg` listens (None: down, unknown, or without a usable
     /// address or port in this map).
     pub fn peer_addr(&self, osd: u32, pg: u32) -> Option<SocketAddrV4> {

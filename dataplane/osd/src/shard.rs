@@ -236,6 +236,8 @@ impl ShardCore {
         // the peer links.
         let busy = !self.pending.is_empty()
             || self.writes.len() > 0
+            || !self.peer_events.is_empty()
+            || self.messenger.peers_setting_up()
             || !self.outbox.is_empty()
             || !self.store.get_ref().is_idle()
             || self.messenger.has_backlog()
@@ -275,6 +277,29 @@ impl ShardCore {
             |k| routing.owner(k.pool, k.pg) == Some(shard),
             self.store.get_ref(),
         );
+        // Links to peers that moved or left go (their writes fail below, or with the link).
+        let routing = &self.routing;
+        self.messenger.prune_peer_links(
+            |osd, addr| routing.is_peer_addr(osd, addr),
+            &mut self.peer_events,
+        );
+        // Links to the peers of the PGs this shard leads are set up now rather than by the
+        // first write of each (which would get `Again` while its link comes up).
+        let mut peers: Vec<(u32, std::net::SocketAddrV4)> = self
+            .pgs
+            .primaries()
+            .flat_map(|(k, acting)| {
+                acting
+                    .iter()
+                    .skip(1)
+                    .filter_map(move |&osd| routing.peer_addr(osd, k.pg).map(|a| (osd, a)))
+            })
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        for (osd, addr) in peers {
+            self.messenger.peer_link(osd, addr);
+        }
         // Mutations sent in an interval that ended fail (retryable): a member of the new
         // interval may not have them.
         let mut finished = std::mem::take(&mut self.finished);
@@ -515,6 +540,9 @@ impl ShardCore {
             .begin(since, reply.kind, req.clone(), object, order_key);
         let id = self.writes.next_id();
         let mut failed = None;
+        // The peers the replica op went to: the write waits for each of them (one it could
+        // not be sent to already failed it).
+        let mut sent: SmallVec<[u32; MAX_PEERS]> = SmallVec::new();
         if !links.is_empty() {
             match job.as_rep() {
                 Some(m) => {
@@ -532,7 +560,10 @@ impl ShardCore {
                     };
                     for &(osd, l) in &links {
                         match self.messenger.send_rep(l, id, &op) {
-                            Ok(()) => ShardCounters::add(&self.counters.rep_sent, 1),
+                            Ok(()) => {
+                                ShardCounters::add(&self.counters.rep_sent, 1);
+                                sent.push(osd);
+                            }
                             Err(e) => {
                                 tracing::warn!(shard = self.shard, osd, error = %e, "replica op not sent");
                                 failed = Some(OpError::Again);
@@ -544,7 +575,6 @@ impl ShardCore {
             }
         }
         let (txn, creates) = self.mutation_txn(key, job, w);
-        let peers: SmallVec<[u32; MAX_PEERS]> = links.iter().map(|&(osd, _)| osd).collect();
         let m = Mutation {
             reply,
             pg: key,
@@ -553,7 +583,7 @@ impl ShardCore {
             req,
             creates,
         };
-        let id = self.writes.insert(m, &peers, failed);
+        let id = self.writes.insert(m, &sent, failed);
         if let Some(pg) = self.pgs.get_mut(key) {
             pg.begin_mutation(order_key);
         }
@@ -603,19 +633,8 @@ impl ShardCore {
         else {
             return refuse(self, RepError::NotMember);
         };
-        if r.interval_since < pg.interval_since() {
-            // Sent in an interval that has ended: a primary that was paused or partitioned
-            // while the map moved on. Fenced.
-            let e = RepError::StaleInterval {
-                replica_epoch: Epoch(epoch),
-                interval_since: Epoch(pg.interval_since()),
-            };
+        if let Err(e) = pg.admit_replica_op(epoch, r.from, r.epoch, r.interval_since) {
             return refuse(self, e);
-        }
-        if r.interval_since > pg.interval_since() || pg.acting().first() != Some(&r.from) {
-            // Not this PG's primary in our map (or our map is behind: the primary's client
-            // retries once we have caught up).
-            return refuse(self, RepError::NotMember);
         }
         if r.version <= pg.log.head() {
             if pg.log.has_committed(r.version) {
@@ -628,6 +647,16 @@ impl ShardCore {
             return refuse(self, RepError::Invalid);
         };
         let order_key = pg.object_key(object);
+        // A remove of an object this replica does not hold (it missed the write that made
+        // it) leaves the state the primary asked for: logged, with nothing to remove. (With a
+        // mutation of it in flight the store decides: that one may create it.)
+        let absent = matches!(r.job, Job::Remove { .. })
+            && !pg.writing(order_key)
+            && !self.store_has(key, object);
+        let pg = match self.pgs.get_mut(key) {
+            Some(pg) => pg,
+            None => return refuse(self, RepError::NotMember),
+        };
         let kind = r.job.kind();
         let w = pg
             .log
@@ -640,7 +669,10 @@ impl ShardCore {
             job,
             ..
         } = r;
-        let (txn, creates) = self.mutation_txn(key, job, w);
+        let (mut txn, creates) = self.mutation_txn(key, job, w);
+        if absent {
+            txn.ops.retain(|op| !matches!(op, Op::Remove { .. }));
+        }
         let ticket = self.store.get().submit(txn);
         self.pending.insert(
             ticket,
@@ -654,6 +686,20 @@ impl ShardCore {
             }),
         );
         ShardCounters::set(&self.counters.inflight, self.pending.len() as u64);
+    }
+
+    /// Whether the store holds object `name` of PG `key` (resident metadata: no I/O). Only a
+    /// definite "not found" says no.
+    fn store_has(&mut self, key: PgKey, name: &[u8]) -> bool {
+        if !self.pgs.on_store(key) {
+            return false;
+        }
+        self.lookup.0.clear();
+        self.lookup.0.extend_from_slice(name);
+        !matches!(
+            self.store.get_ref().stat(key.cid(), &self.lookup),
+            Err(StoreError::NotFound(_))
+        )
     }
 
     /// Replies from peers and lost links.
