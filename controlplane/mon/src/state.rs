@@ -253,7 +253,7 @@ pub struct Monitor {
     /// OSD id → its admin service address (soft state: from boots and heartbeats).
     admin_addrs: HashMap<u32, String>,
     /// OSD id → the inconsistent PGs its last heartbeat reported (soft state).
-    scrub_reports: HashMap<u32, Vec<v1::InconsistentPg>>,
+    scrub_reports: BTreeMap<u32, Vec<v1::InconsistentPg>>,
 }
 
 impl Monitor {
@@ -276,7 +276,7 @@ impl Monitor {
             // An empty keyring that was never stored is version 1; the first change stores 2.
             keyring_version: 1,
             admin_addrs: HashMap::new(),
-            scrub_reports: HashMap::new(),
+            scrub_reports: BTreeMap::new(),
         };
         let mut legacy_osd_ids = Vec::new();
         if let Some(k) = mon.store.load_keyring()? {
@@ -718,11 +718,13 @@ impl Monitor {
         }
     }
 
-    /// Every PG some OSD reported inconsistent, merged per PG (object names of all reports,
-    /// at most [`MAX_INCONSISTENT_NAMES`]; the newest scrub's OSD and epoch), PGs of pools
-    /// that no longer exist left out; sorted by (pool, pg).
+    /// Every PG some OSD reported inconsistent, merged per PG (the first
+    /// [`MAX_INCONSISTENT_NAMES`] object names of all reports in name order; the newest
+    /// scrub's OSD and epoch), PGs of pools that no longer exist left out; sorted by
+    /// (pool, pg).
     pub fn inconsistent_pgs(&self) -> Vec<v1::InconsistentPg> {
         let mut by_pg: BTreeMap<(u32, u32), v1::InconsistentPg> = BTreeMap::new();
+        let mut names: BTreeMap<(u32, u32), std::collections::BTreeSet<&str>> = BTreeMap::new();
         for reports in self.scrub_reports.values() {
             for r in reports {
                 let exists = self.map.pools.get(&r.pool).is_some_and(|p| r.pg < p.pg_num);
@@ -741,12 +743,20 @@ impl Monitor {
                     e.osd = r.osd;
                 }
                 e.num_objects = e.num_objects.max(r.num_objects);
-                for o in &r.objects {
-                    if e.objects.len() < MAX_INCONSISTENT_NAMES && !e.objects.contains(o) {
-                        e.objects.push(o.clone());
-                    }
-                }
+                names
+                    .entry((r.pool, r.pg))
+                    .or_default()
+                    .extend(r.objects.iter().map(String::as_str));
             }
+        }
+        for (k, e) in &mut by_pg {
+            let n = names.remove(k).unwrap_or_default();
+            e.objects = n
+                .into_iter()
+                .take(MAX_INCONSISTENT_NAMES)
+                .map(str::to_string)
+                .collect();
+            e.num_objects = e.num_objects.max(e.objects.len() as u32);
         }
         by_pg.into_values().collect()
     }
@@ -1151,7 +1161,7 @@ mod tests {
         );
         assert_eq!((got[0].pg, got[0].osd, got[0].epoch), (3, b, 7));
         assert_eq!(got[0].objects, ["x", "y", "z"]);
-        assert_eq!(got[0].num_objects, 2);
+        assert_eq!(got[0].num_objects, 3, "at least the names known");
         // Bounded: pgs and names per pg.
         let many: Vec<v1::InconsistentPg> = (0..200)
             .map(|i| v1::InconsistentPg {
