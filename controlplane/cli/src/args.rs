@@ -194,7 +194,8 @@ pub enum PgCmd {
     /// Scrub a PG now: its primary compares every copy of every object (version, size, data
     /// CRC-32C) across the acting set. Exits with 6 when objects are inconsistent.
     Scrub {
-        /// The PG as `pg dump` prints it: <pool id or name>.<pg in hex>, e.g. 1.1a.
+        /// The PG as `pg dump` prints it: the pool's id (or name), a dot and the PG number in
+        /// hex, e.g. 1.1a.
         pgid: String,
         /// The OSDs' admin token (default: the monitor admin token, --token).
         #[arg(long, env = "CARMINE_OSD_TOKEN", hide_env_values = true)]
