@@ -349,6 +349,14 @@ impl PgTable {
         self.pgs.get(&key)
     }
 
+    /// The PGs this shard leads in the current map, with their acting sets.
+    pub fn primaries(&self) -> impl Iterator<Item = (PgKey, &[u32])> {
+        self.pgs
+            .values()
+            .filter(|p| p.is_primary())
+            .map(|p| (p.key, p.acting.as_slice()))
+    }
+
     /// PGs this shard serves in the current map.
     pub fn served(&self) -> usize {
         self.pgs.values().filter(|p| p.served).count()

@@ -274,6 +274,23 @@ impl ShardCore {
             |osd, addr| routing.is_peer_addr(osd, addr),
             &mut self.peer_events,
         );
+        // Links to the peers of the PGs this shard leads are set up now rather than by the
+        // first write of each (which would get `Again` while its link comes up).
+        let mut peers: Vec<(u32, std::net::SocketAddrV4)> = self
+            .pgs
+            .primaries()
+            .flat_map(|(k, acting)| {
+                acting
+                    .iter()
+                    .skip(1)
+                    .filter_map(move |&osd| routing.peer_addr(osd, k.pg).map(|a| (osd, a)))
+            })
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        for (osd, addr) in peers {
+            self.messenger.peer_link(osd, addr);
+        }
         // Mutations sent in an interval that ended fail (retryable): a member of the new
         // interval may not have them.
         let mut finished = std::mem::take(&mut self.finished);
@@ -514,6 +531,9 @@ impl ShardCore {
             .begin(since, reply.kind, req.clone(), object, order_key);
         let id = self.writes.next_id();
         let mut failed = None;
+        // The peers the replica op went to: the write waits for each of them (one it could
+        // not be sent to already failed it).
+        let mut sent: SmallVec<[u32; MAX_PEERS]> = SmallVec::new();
         if !links.is_empty() {
             match job.as_rep() {
                 Some(m) => {
@@ -531,7 +551,10 @@ impl ShardCore {
                     };
                     for &(osd, l) in &links {
                         match self.messenger.send_rep(l, id, &op) {
-                            Ok(()) => ShardCounters::add(&self.counters.rep_sent, 1),
+                            Ok(()) => {
+                                ShardCounters::add(&self.counters.rep_sent, 1);
+                                sent.push(osd);
+                            }
                             Err(e) => {
                                 tracing::warn!(shard = self.shard, osd, error = %e, "replica op not sent");
                                 failed = Some(OpError::Again);
@@ -543,7 +566,6 @@ impl ShardCore {
             }
         }
         let (txn, creates) = self.mutation_txn(key, job, w);
-        let peers: SmallVec<[u32; MAX_PEERS]> = links.iter().map(|&(osd, _)| osd).collect();
         let m = Mutation {
             reply,
             pg: key,
@@ -552,7 +574,7 @@ impl ShardCore {
             req,
             creates,
         };
-        let id = self.writes.insert(m, &peers, failed);
+        let id = self.writes.insert(m, &sent, failed);
         if let Some(pg) = self.pgs.get_mut(key) {
             pg.begin_mutation(order_key);
         }
@@ -616,6 +638,16 @@ impl ShardCore {
             return refuse(self, RepError::Invalid);
         };
         let order_key = pg.object_key(object);
+        // A remove of an object this replica does not hold (it missed the write that made
+        // it) leaves the state the primary asked for: logged, with nothing to remove. (With a
+        // mutation of it in flight the store decides: that one may create it.)
+        let absent = matches!(r.job, Job::Remove { .. })
+            && !pg.writing(order_key)
+            && !self.store_has(key, object);
+        let pg = match self.pgs.get_mut(key) {
+            Some(pg) => pg,
+            None => return refuse(self, RepError::NotMember),
+        };
         let kind = r.job.kind();
         let w = pg
             .log
@@ -628,7 +660,10 @@ impl ShardCore {
             job,
             ..
         } = r;
-        let (txn, creates) = self.mutation_txn(key, job, w);
+        let (mut txn, creates) = self.mutation_txn(key, job, w);
+        if absent {
+            txn.ops.retain(|op| !matches!(op, Op::Remove { .. }));
+        }
         let ticket = self.store.get().submit(txn);
         self.pending.insert(
             ticket,
@@ -642,6 +677,20 @@ impl ShardCore {
             }),
         );
         ShardCounters::set(&self.counters.inflight, self.pending.len() as u64);
+    }
+
+    /// Whether the store holds object `name` of PG `key` (resident metadata: no I/O). Only a
+    /// definite "not found" says no.
+    fn store_has(&mut self, key: PgKey, name: &[u8]) -> bool {
+        if !self.pgs.on_store(key) {
+            return false;
+        }
+        self.lookup.0.clear();
+        self.lookup.0.extend_from_slice(name);
+        !matches!(
+            self.store.get_ref().stat(key.cid(), &self.lookup),
+            Err(StoreError::NotFound(_))
+        )
     }
 
     /// Replies from peers and lost links.

@@ -1,6 +1,6 @@
-//! The bdevstore OSD launcher of the OSD crate's end-to-end tests (e2e.rs, e2e_faults.rs): a
-//! `carmine-osd run` on bdevstore over an SPDK aio file (needs root and hugepages, as in CI),
-//! and `carmine-osd fsck` of its image. Process start, ready line and SIGKILL are the shared
+//! The bdevstore OSD launcher of the OSD crate's end-to-end tests (e2e.rs, e2e_faults.rs,
+//! e2e_replication.rs): a `carmine-osd run` on bdevstore over an SPDK aio file (needs root and
+//! hugepages, as in CI), and `carmine-osd fsck` and `carmine-osd list-objects` of its image. Process start, ready line and SIGKILL are the shared
 //! harness's (`common::spawn_osd`, `common::kill_osd`, also behind its memstore `Osd`).
 //!
 //! It lives here, not in the shared harness, because it needs what only this crate's tests
@@ -10,8 +10,9 @@
 
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{kill_osd, osd_config, spawn_osd, Mon};
@@ -157,4 +158,52 @@ pub fn fsck_clean(img: &Path, shards: usize) -> Vec<serde_json::Value> {
         assert_eq!(r["clean"], true, "{r}");
     }
     reports
+}
+
+/// `carmine-osd list-objects --json` of shards `0..shards` of the aio image `img` (the OSD must
+/// be stopped), within `limit` (killed, then a panic, past it): its exit status and the
+/// listing, one JSON value per object. Panics if no listing was printed.
+pub fn list_objects(
+    img: &Path,
+    shards: usize,
+    limit: Duration,
+) -> (std::process::ExitStatus, Vec<serde_json::Value>) {
+    let mut cmd = Command::new(bdev_osd_bin());
+    cmd.args(["list-objects", "--json", "--bdev-kind", "aio", "--path"])
+        .arg(img)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for s in 0..shards {
+        cmd.args(["--shard", &s.to_string()]);
+    }
+    let mut child = cmd.spawn().unwrap();
+    // Drained while it runs: a listing of thousands of objects is more than a pipe holds.
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = r.read_to_end(&mut b);
+            b
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            kill_osd(&mut Some(child));
+            panic!("list-objects of {} took more than {limit:?}", img.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = String::from_utf8_lossy(&stdout.join().unwrap()).into_owned();
+    let stderr = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
+    // SPDK prints its notices to stdout too: the listing is the line that parses.
+    let objects = stdout
+        .lines()
+        .find_map(|l| serde_json::from_str::<Vec<serde_json::Value>>(l).ok())
+        .unwrap_or_else(|| panic!("no listing from list-objects: {status}\n{stdout}\n{stderr}"));
+    (status, objects)
 }
