@@ -389,7 +389,7 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
             } else {
                 p + 1
             };
-            if !self.device.inner.owns_local_port(p) {
+            if !self.device.owns_local_port(p) {
                 continue;
             }
             let used = self.sockets.iter().any(|(_, s)| {
