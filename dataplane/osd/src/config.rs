@@ -104,6 +104,12 @@ pub struct ReactorSection {
     pub idle: Idle,
     #[serde(default = "yes")]
     pub pin: bool,
+    /// Adaptive idle: empty loop iterations a shard spins before it yields and sleeps
+    /// (default 2048 on DPDK, 64 on kernel sockets). Lower it where several OSDs share a core:
+    /// a shard spinning for milliseconds holds the core the next hop of a replicated write
+    /// waits for.
+    #[serde(default)]
+    pub spin: Option<u32>,
 }
 
 fn core0() -> Vec<usize> {
@@ -122,6 +128,7 @@ impl Default for ReactorSection {
             cores: core0(),
             idle: adaptive(),
             pin: true,
+            spin: None,
         }
     }
 }
@@ -520,8 +527,15 @@ kind = "memstore"
         let c = parse(KERNEL).unwrap();
         assert_eq!(c.reactor.cores, vec![0]);
         assert_eq!(c.reactor.idle, Idle::Adaptive);
+        assert_eq!(c.reactor.spin, None);
         assert!(!c.needs_eal());
         assert_eq!(c.public_ip().unwrap(), Ipv4Addr::LOCALHOST);
+    }
+
+    #[test]
+    fn the_adaptive_spin_is_configurable() {
+        let s = format!("{KERNEL}[reactor]\nspin = 16\n");
+        assert_eq!(parse(&s).unwrap().reactor.spin, Some(16));
     }
 
     #[test]

@@ -488,7 +488,7 @@ fn start_shards(
     usage: &[Arc<(AtomicU64, AtomicU64)>],
 ) -> Result<Started, DaemonError> {
     let shards = cfg.reactor.cores.len();
-    let idle = match (cfg.reactor.idle, cfg.net.backend) {
+    let mut idle = match (cfg.reactor.idle, cfg.net.backend) {
         (Idle::Busy, _) => IdlePolicy::Busy,
         // Kernel sockets wake the shard through epoll. On DPDK an af_packet queue wakes it
         // through its socket too, but frames steered from another shard, other PMDs and SPDK
@@ -500,6 +500,9 @@ fn start_shards(
             max_sleep: Duration::from_micros(200),
         },
     };
+    if let (IdlePolicy::Adaptive { spin, .. }, Some(n)) = (&mut idle, cfg.reactor.spin) {
+        *spin = n;
+    }
     let rcfg = ReactorConfig {
         cores: cfg.reactor.cores.clone(),
         pin: cfg.reactor.pin,

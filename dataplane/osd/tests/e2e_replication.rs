@@ -356,6 +356,34 @@ fn signal(pid: u32, sig: libc::c_int) {
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
 }
 
+/// Waits until every thread of `pid` is stopped. kill(SIGSTOP) returns at once, and a group
+/// stop reaches the other threads only once the thread that took the signal runs: on a busy
+/// machine the shard thread can go on serving for milliseconds.
+fn wait_stopped(pid: u32) {
+    let all_stopped = || -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|s| {
+                    // The state follows the parenthesised command name.
+                    s.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned))
+                })
+                .is_some_and(|state| state == "T" || state == "t")
+        })
+    };
+    for _ in 0..500 {
+        if all_stopped() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("osd (pid {pid}) did not stop within 5 s of SIGSTOP");
+}
+
 #[test]
 fn a_paused_primary_gets_no_write_acknowledged_after_its_pgs_moved() {
     runtime().block_on(async {
@@ -393,6 +421,7 @@ fn a_paused_primary_gets_no_write_acknowledged_after_its_pgs_moved() {
         let pid = cluster.osd_mut(victim).pid();
         let epoch = client.epoch();
         signal(pid, libc::SIGSTOP);
+        wait_stopped(pid);
         // Late writes, sent while it is paused: they wait in its socket buffers.
         let mut late = tokio::task::JoinSet::new();
         for (i, (n, t, conn)) in conns.into_iter().enumerate() {

@@ -345,7 +345,11 @@ pub fn spawn_osd(bin: &Path, config: &Path, ready_within: Duration) -> (Child, R
     let mut child = Command::new(bin)
         .args(["run", "--config"])
         .arg(config)
-        .env("RUST_LOG", "warn")
+        // CARMINE_TEST_OSD_LOG=<filter> for more than warnings when a test needs a closer look.
+        .env(
+            "RUST_LOG",
+            std::env::var("CARMINE_TEST_OSD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
