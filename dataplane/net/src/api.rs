@@ -109,6 +109,14 @@ pub trait NetDevice: smoltcp::phy::Device {
     fn flush(&mut self) -> usize {
         0
     }
+
+    /// Whether segments addressed to local TCP port `port` are delivered to this device. A
+    /// device that shares its NIC port with other shards (software steering) receives only the
+    /// ports its shard owns: [`crate::SmolStack`]'s outgoing connections take their local port
+    /// among those, or the peer's answers would go to another shard. Default: every port.
+    fn owns_local_port(&self, _port: u16) -> bool {
+        true
+    }
 }
 
 /// smoltcp's in-memory loopback sends at once: nothing to flush.

@@ -90,4 +90,8 @@ impl<D: crate::NetDevice> crate::NetDevice for Counted<D> {
     fn flush(&mut self) -> usize {
         self.inner.flush()
     }
+
+    fn owns_local_port(&self, port: u16) -> bool {
+        self.inner.owns_local_port(port)
+    }
 }

@@ -194,6 +194,13 @@ impl NetDevice for DpdkDevice {
         }
         self.send_batch()
     }
+
+    /// With steering, the ports [`port_owner`] gives this shard; alone on the port, all.
+    fn owns_local_port(&self, port: u16) -> bool {
+        self.steering.as_ref().map_or(true, |st| {
+            port_owner(port, st.base_port, st.shards) == st.shard
+        })
+    }
 }
 
 /// Where a received frame belongs when several shards share one port.
@@ -205,9 +212,19 @@ pub enum FrameOwner {
     All,
 }
 
-/// Which shard owns a frame: TCP segments by their destination (local) port — shard `k` listens
-/// on `base_port + k`, and other local ports belong to shard `port % shards` — ARP to all
-/// shards, anything else (ICMP, malformed) to shard 0.
+/// The shard that owns local TCP port `port` when `shards` shards share a port: shard `k`
+/// listens on `base_port + k`; any other port (the local end of an outgoing connection)
+/// belongs to shard `port % shards`, so a shard must connect from a port it owns
+/// ([`crate::NetDevice::owns_local_port`]).
+pub fn port_owner(port: u16, base_port: u16, shards: usize) -> usize {
+    match port.checked_sub(base_port) {
+        Some(k) if usize::from(k) < shards => usize::from(k),
+        _ => usize::from(port) % shards.max(1),
+    }
+}
+
+/// Which shard owns a frame: TCP segments by their destination (local) port ([`port_owner`]),
+/// ARP to all shards, anything else (ICMP, malformed) to shard 0.
 pub fn frame_owner(frame: &[u8], base_port: u16, shards: usize) -> FrameOwner {
     const ARP: [u8; 2] = [0x08, 0x06];
     const IPV4: [u8; 2] = [0x08, 0x00];
@@ -226,10 +243,7 @@ pub fn frame_owner(frame: &[u8], base_port: u16, shards: usize) -> FrameOwner {
                 return FrameOwner::Shard(0);
             };
             let port = u16::from_be_bytes([tcp[2], tcp[3]]);
-            match port.checked_sub(base_port) {
-                Some(k) if usize::from(k) < shards => FrameOwner::Shard(usize::from(k)),
-                _ => FrameOwner::Shard(usize::from(port) % shards),
-            }
+            FrameOwner::Shard(port_owner(port, base_port, shards))
         }
         _ => FrameOwner::Shard(0),
     }
@@ -429,6 +443,23 @@ mod tests {
         assert_eq!(frame_owner(&long_ihl[..40], 7000, 2), FrameOwner::Shard(0));
         assert_eq!(frame_owner(&[], 7000, 2), FrameOwner::Shard(0));
         assert_eq!(frame_owner(&tcp_frame(7001), 7000, 1), FrameOwner::Shard(0));
+    }
+
+    /// The local port an outgoing connection of shard k may use ([`port_owner`], what
+    /// `owns_local_port` answers) is one whose segments the classifier gives shard k.
+    #[test]
+    fn every_local_port_is_steered_to_its_owner() {
+        for shards in 1..=4 {
+            for port in (1..=u16::MAX).step_by(7).chain([6800, 6801, 6802, 6803]) {
+                let owner = port_owner(port, 6800, shards);
+                assert!(owner < shards);
+                assert_eq!(
+                    frame_owner(&tcp_frame(port), 6800, shards),
+                    FrameOwner::Shard(owner),
+                    "port {port}, {shards} shards"
+                );
+            }
+        }
     }
 
     proptest::proptest! {

@@ -378,7 +378,8 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
             self.stats.socket_cap_hits += 1;
             return Err(NetError::SocketCap(self.cfg.max_sockets));
         }
-        // A local port no live socket uses (listeners included).
+        // A local port the device receives (a shard sharing its NIC port gets only its own)
+        // that no live socket uses (listeners included).
         let span = (*EPHEMERAL.end() - *EPHEMERAL.start()) as u32 + 1;
         let mut port = None;
         for _ in 0..span {
@@ -388,6 +389,9 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
             } else {
                 p + 1
             };
+            if !self.device.owns_local_port(p) {
+                continue;
+            }
             let used = self.sockets.iter().any(|(_, s)| {
                 #[allow(irrefutable_let_patterns)]
                 let Socket::Tcp(t) = s
@@ -542,5 +546,70 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
 
     fn wait_fd(&self) -> Option<RawFd> {
         self.wait_fd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::phy::{self, DeviceCapabilities, Loopback, Medium};
+
+    /// A loopback device that, like a shard's queue under software steering, receives only
+    /// the local ports of one shard of two: the odd ones.
+    struct OddPorts(Loopback);
+
+    impl phy::Device for OddPorts {
+        type RxToken<'a> = <Loopback as phy::Device>::RxToken<'a>;
+        type TxToken<'a> = <Loopback as phy::Device>::TxToken<'a>;
+
+        fn receive(&mut self, ts: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+            self.0.receive(ts)
+        }
+
+        fn transmit(&mut self, ts: Instant) -> Option<Self::TxToken<'_>> {
+            self.0.transmit(ts)
+        }
+
+        fn capabilities(&self) -> DeviceCapabilities {
+            self.0.capabilities()
+        }
+    }
+
+    impl NetDevice for OddPorts {
+        fn owns_local_port(&self, port: u16) -> bool {
+            port % 2 == 1
+        }
+    }
+
+    /// Outgoing connections take their local port among those the device receives: from any
+    /// starting point (the seed), every connection, and whatever ports earlier ones took.
+    #[test]
+    fn outgoing_connections_use_local_ports_the_device_receives() {
+        for seed in [0u64, 1, 2, 16_383, 16_384, 0x5eed] {
+            let cfg = SmolConfig {
+                random_seed: seed,
+                max_sockets: 8,
+                rx_buffer: 4096,
+                tx_buffer: 4096,
+                ..SmolConfig::default()
+            };
+            let dev = OddPorts(Loopback::new(Medium::Ethernet));
+            let mut stack = SmolStack::new(dev, cfg, None).unwrap();
+            let remote = std::net::SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 9), 6800);
+            for _ in 0..8 {
+                let c = stack.connect(remote).unwrap();
+                let h = stack.conn(c).unwrap().handle;
+                let port = stack
+                    .sockets
+                    .get::<tcp::Socket>(h)
+                    .local_endpoint()
+                    .unwrap()
+                    .port;
+                assert!(
+                    port % 2 == 1 && EPHEMERAL.contains(&port),
+                    "seed {seed}: local port {port}"
+                );
+            }
+        }
     }
 }

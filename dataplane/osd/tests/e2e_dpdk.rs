@@ -1,10 +1,13 @@
 //! The OSD on its real data path, in the CI mode: DPDK `net_af_packet` on one end of a veth
 //! pair in a private network namespace, smoltcp per shard, two shards on a two-queue port
 //! (software steering), memstore, and the production combination with bdevstore on an SPDK aio
-//! bdev over a file, killed under write load. The monitor and the client run in the other
-//! namespace (this test's thread enters it; the threads it starts inherit it), kernel TCP, as a
-//! real client would. Needs root and hugepages (ci/test reserves them); nextest runs these tests
-//! one at a time (the `eal-spdk` group of `.config/nextest.toml`).
+//! bdev over a file, killed under write load; and replication on that path: three such OSDs,
+//! each in its own namespace behind a bridge (`netns::Hub`), a pool of size 3 whose replica ops
+//! go over the primaries' own smoltcp connections, and a replica SIGKILLed. The monitor and the
+//! client run in the other namespace (this test's thread enters it; the threads it starts
+//! inherit it), kernel TCP, as a real client would. Needs root and hugepages (ci/test reserves
+//! them); nextest runs these tests one at a time (the `eal-spdk` group of
+//! `.config/nextest.toml`).
 
 #[path = "../../../client/lib/tests/common/mod.rs"]
 mod common;
@@ -18,7 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use carmine_client::{Client, ConnectOptions, Connection, Epoch, Op, OpRequest, PgId, PoolId};
-use carmine_net::netns::{self, VethPair, CLIENT_IP, SERVER_IF};
+use carmine_net::netns::{self, Hub, VethPair, CLIENT_IP, SERVER_IF};
+use carmine_placement::{pg_to_osds, pg_to_shard};
 use carmine_proto::v1;
 use common::{authed, Mon, OSD_TOKEN};
 
@@ -74,13 +78,21 @@ fn link_and_monitor(tag: &str, mtu: u32) -> (VethPair, Mon) {
 fn two_shard_osd_on_dpdk_af_packet_serves_a_shard_aware_client() {
     let (veth, mon) = link_and_monitor("o", 1500);
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &mon, 2, "", 1500, MEMSTORE);
+    let config = write_config(
+        dir.path(),
+        &Node::single(&veth),
+        &mon,
+        2,
+        "",
+        1500,
+        MEMSTORE,
+    );
     let rt = common::runtime();
     rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(120), async {
             let creds = mon.add_key("client.dpdk").await;
             mon.create_pool("data", 32, 1).await;
-            let (_osd, line) = start_osd(&veth, &config).await;
+            let (_osd, line) = start_osd(&veth.server_ns, &config).await;
             let line = line.expect("the DPDK OSD's ready line");
             assert!(
                 line.contains("shards=2") && line.contains("ports=6800,6801"),
@@ -167,28 +179,67 @@ async fn write_and_verify(client: &Arc<Client>, prefix: &str, n: usize, sizes: &
 /// The `[store]` table of the memstore OSDs.
 const MEMSTORE: &str = "kind = \"memstore\"";
 
-/// Writes an OSD config for `shards` shards on the af_packet port (`devargs` appended to the
-/// vdev string) with IP MTU `mtu`, and `store` as the `[store]` table.
+/// Where one DPDK OSD runs: its namespace, its name (uuid; host `<name>-host`), the kernel
+/// address of its agent (gRPC to the monitor, admin service) and its smoltcp address (the
+/// data path, published in the map).
+struct Node {
+    ns: String,
+    name: String,
+    agent: Ipv4Addr,
+    smoltcp: Ipv4Addr,
+}
+
+impl Node {
+    /// The one OSD of the single-OSD tests, behind `veth`.
+    fn single(veth: &VethPair) -> Node {
+        Node {
+            ns: veth.server_ns.clone(),
+            name: "dpdk-osd".into(),
+            agent: AGENT_IP,
+            smoltcp: SMOLTCP_IP,
+        }
+    }
+}
+
+/// Writes `node`'s OSD config for `shards` shards on the af_packet port (`devargs` appended to
+/// the vdev string) with IP MTU `mtu`, and `store` as the `[store]` table.
 fn write_config(
     dir: &std::path::Path,
+    node: &Node,
     mon: &Mon,
     shards: usize,
     devargs: &str,
     mtu: u32,
     store: &str,
 ) -> std::path::PathBuf {
-    let config = dir.join(format!("osd-{mtu}{}.toml", devargs.len()));
+    write_config_mem(dir, node, mon, shards, devargs, mtu, store, 256)
+}
+
+/// [`write_config`] with the EAL's hugepage memory (MiB).
+#[allow(clippy::too_many_arguments)]
+fn write_config_mem(
+    dir: &std::path::Path,
+    node: &Node,
+    mon: &Mon,
+    shards: usize,
+    devargs: &str,
+    mtu: u32,
+    store: &str,
+    mem_mib: u32,
+) -> std::path::PathBuf {
+    let name = &node.name;
+    let config = dir.join(format!("{name}-{mtu}{}.toml", devargs.len()));
     let cores: Vec<String> = (0..shards).map(|c| c.to_string()).collect();
     std::fs::write(
         &config,
         format!(
             r#"[osd]
-uuid = "dpdk-osd"
-host = "dpdk-host"
+uuid = "{name}"
+host = "{name}-host"
 [mon]
 addr = "{mon}"
 [admin]
-listen = "{AGENT_IP}:0"
+listen = "{agent}:0"
 token = "{OSD_TOKEN}"
 [reactor]
 cores = [{cores}]
@@ -196,17 +247,20 @@ idle = "adaptive"
 pin = false
 [net]
 backend = "dpdk"
-ip = "{SMOLTCP_IP}/24"
+ip = "{smoltcp}/24"
+mac = "auto"
 device = "net_af_packet0,iface={SERVER_IF}{devargs}"
 base_port = 6800
 mtu = {mtu}
 [store]
 {store}
 [spdk]
-mem_mib = 256
-file_prefix = "carmine-e2e-dpdk-{pid}-{mtu}"
+mem_mib = {mem_mib}
+file_prefix = "carmine-e2e-dpdk-{pid}-{name}-{mtu}"
 "#,
             mon = mon.addr,
+            agent = node.agent,
+            smoltcp = node.smoltcp,
             cores = cores.join(", "),
             pid = std::process::id(),
         ),
@@ -215,11 +269,11 @@ file_prefix = "carmine-e2e-dpdk-{pid}-{mtu}"
     config
 }
 
-/// Starts the OSD in the server namespace. Returns it (killed on drop) and its ready line, or
+/// Starts an OSD in network namespace `ns`. Returns it (killed on drop) and its ready line, or
 /// what it wrote to stderr if it exited first.
-async fn start_osd(veth: &VethPair, config: &std::path::Path) -> (Child, Result<String, String>) {
+async fn start_osd(ns: &str, config: &std::path::Path) -> (Child, Result<String, String>) {
     let mut child = Command::new("ip")
-        .args(["netns", "exec", &veth.server_ns])
+        .args(["netns", "exec", ns])
         .arg(env!("CARGO_BIN_EXE_carmine-osd"))
         .args(["run", "--config"])
         .arg(config)
@@ -267,9 +321,10 @@ fn jumbo_frames_carry_ops_and_a_too_small_ring_is_refused() {
             mon.create_pool("data", 16, 1).await;
 
             // MTU 9000 with the PMD's default 2 KiB ring frames: refused, with the remedy.
+            let node = Node::single(&veth);
             let (mut osd, r) = start_osd(
-                &veth,
-                &write_config(dir.path(), &mon, 1, "", 9000, MEMSTORE),
+                &node.ns,
+                &write_config(dir.path(), &node, &mon, 1, "", 9000, MEMSTORE),
             )
             .await;
             let err = r.expect_err("an OSD with MTU 9000 on 2 KiB ring frames started");
@@ -279,8 +334,8 @@ fn jumbo_frames_carry_ops_and_a_too_small_ring_is_refused() {
 
             let devargs = ",framesz=9216,blocksz=36864";
             let (_osd, r) = start_osd(
-                &veth,
-                &write_config(dir.path(), &mon, 1, devargs, 9000, MEMSTORE),
+                &node.ns,
+                &write_config(dir.path(), &node, &mon, 1, devargs, 9000, MEMSTORE),
             )
             .await;
             r.expect("the jumbo OSD's ready line");
@@ -332,13 +387,13 @@ fn bdevstore_on_dpdk_af_packet_keeps_acknowledged_writes_over_sigkill_under_load
         "kind = \"bdevstore\"\nbdev = \"aio\"\npath = \"{}\"\nsize_mib = 256",
         img.display()
     );
-    let config = write_config(dir.path(), &mon, 2, "", 1500, &store);
+    let config = write_config(dir.path(), &Node::single(&veth), &mon, 2, "", 1500, &store);
     let rt = common::runtime();
     rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(240), async {
             let creds = mon.add_key("client.prod").await;
             mon.create_pool("data", 32, 1).await;
-            let (mut osd, line) = start_osd(&veth, &config).await;
+            let (mut osd, line) = start_osd(&veth.server_ns, &config).await;
             let line = line.expect("the DPDK + bdevstore OSD's ready line");
             assert!(line.contains("shards=2"), "{line}");
             mon.wait_up(1).await;
@@ -376,7 +431,7 @@ fn bdevstore_on_dpdk_af_packet_keeps_acknowledged_writes_over_sigkill_under_load
                 assert!(report["objects"].as_u64().unwrap() >= 60, "{report}");
 
                 // Same config, same file: every acknowledged write is back.
-                let (restarted, line) = start_osd(&veth, &config).await;
+                let (restarted, line) = start_osd(&veth.server_ns, &config).await;
                 line.expect("the restarted OSD's ready line");
                 osd = restarted;
                 mon.wait_up(1).await;
@@ -642,10 +697,15 @@ async fn fsck(img: &std::path::Path) -> serde_json::Value {
 }
 
 async fn perf(mon: &Mon) -> BTreeMap<String, u64> {
+    perf_of(mon, 0).await
+}
+
+/// OSD `id`'s perf counters, from its own admin service at the address the monitor knows.
+async fn perf_of(mon: &Mon, id: u32) -> BTreeMap<String, u64> {
     let addr = mon
         .admin()
         .await
-        .osd_admin_addr(authed(v1::OsdIdRequest { id: 0 }))
+        .osd_admin_addr(authed(v1::OsdIdRequest { id }))
         .await
         .unwrap()
         .into_inner()
@@ -666,4 +726,374 @@ async fn perf(mon: &Mon) -> BTreeMap<String, u64> {
         .into_iter()
         .map(|c| (c.name, c.value))
         .collect()
+}
+
+// ------------------------------------------------------------------ replication on DPDK
+
+/// The replicated OSDs: osd `i` runs in the hub's member namespace `i`, its agent on
+/// 10.77.0.1<i>, smoltcp on 10.77.0.2<i> (the layout of `ci/cluster-net`).
+const REP_OSDS: usize = 3;
+/// Shards of each replicated OSD: the first has two (one queue each, software steering), so
+/// its links to its peers are per shard, and its peers' links reach either of its shards.
+const REP_SHARDS: [usize; REP_OSDS] = [2, 1, 1];
+/// The OSD that is SIGKILLed (a one-shard OSD: the two-shard one stays in the acting sets).
+const REP_VICTIM: usize = 2;
+const REP_PGS: u32 = 32;
+/// Objects written (and read back) while all three OSDs run, and after the kill.
+const REP_OBJECTS: usize = 3000;
+const REP_OBJECTS_AFTER_KILL: usize = 600;
+/// Client ops in flight.
+const REP_CONCURRENCY: usize = 32;
+/// How long a peer link may take to authenticate before the OSD gives it up and dials again
+/// (`carmine_osd::peers::LINK_SETUP_TIMEOUT`).
+const LINK_SETUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Every PG takes a write this soon after the last OSD is ready, or some link needed a second
+/// connection. The links to the last OSD cannot start before it is in a map, so one that fails
+/// its first setup is up LINK_SETUP_TIMEOUT later at the earliest; healthy ones take well
+/// under a second, plus up to one keyring refresh (2 s) for the last OSD's key to reach the
+/// others.
+const LINKS_UP_WITHIN: Duration = Duration::from_secs(4);
+
+fn rep_agent_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 0, 10 + i as u8)
+}
+
+fn rep_smoltcp_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 0, 20 + i as u8)
+}
+
+/// Object `i`'s size: one to a few frames and more (MTU 1500: 1460 B of TCP payload), and a
+/// 1 MiB object every 700.
+fn rep_size(i: usize) -> usize {
+    const SIZES: [usize; 8] = [1, 777, 1460, 1461, 4096, 8999, 30_000, 100_000];
+    if i % 700 == 699 {
+        1 << 20
+    } else {
+        SIZES[i % SIZES.len()]
+    }
+}
+
+/// Replication on its production path. Three memstore OSDs, each in its own network namespace
+/// with a DPDK `net_af_packet` port on a veth end and smoltcp on it (its own IP and MAC, the
+/// smoltcp IP its cluster address in the map); the veth peers are ports of a bridge in the
+/// namespace of the monitor and the client (`netns::Hub`). A pool of size 3, min_size 2: every
+/// write crosses the bridge three times, client to primary and primary to each replica over
+/// the primary shard's own smoltcp connections (active opens, ARP between the namespaces).
+///
+/// Asserted: every object reads back; per OSD and per shard, `rep_sent` and `rep_applied`
+/// match what placement says each one leads and holds as a replica (so every mutation was
+/// applied by exactly two replicas), nothing refused or failed once the links were up, and
+/// the replica bytes left each primary through its bridge port. Then a replica OSD is
+/// SIGKILLed: once the monitor marks it down, the objects it led read back from a former
+/// replica (the copy it had applied), and new writes succeed, each applied by the one
+/// remaining replica.
+#[test]
+fn three_dpdk_osds_replicate_over_smoltcp_links_and_survive_a_replica_kill() {
+    let test_time = std::time::Instant::now();
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "needs root: run through ci/test"
+    );
+    let hub = Hub::create("r", REP_OSDS, 1500).expect("hub and member namespaces");
+    for i in 0..REP_OSDS {
+        hub.add_member_kernel_ip(i, rep_agent_ip(i))
+            .expect("agent address");
+    }
+    netns::enter(&hub.hub_ns).expect("enter the hub namespace");
+    let mon = Mon::start_on(&format!("{CLIENT_IP}:0"));
+    let dir = tempfile::tempdir().unwrap();
+    let rt = common::runtime();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(120), async {
+            let creds = mon.add_key("client.rep").await;
+            // The pool first: the OSDs boot into a map that has it.
+            mon.admin()
+                .await
+                .pool_create(authed(v1::PoolCreateRequest {
+                    name: "data".into(),
+                    pg_num: REP_PGS,
+                    size: 3,
+                    min_size: 2,
+                }))
+                .await
+                .unwrap();
+            // One after the other: an EAL maps its hugepages while it initialises.
+            let mut osds: Vec<Option<Child>> = Vec::new();
+            let mut ids = Vec::new();
+            for (i, &shards) in REP_SHARDS.iter().enumerate() {
+                let node = Node {
+                    ns: hub.member_ns[i].clone(),
+                    name: format!("rep-osd{i}"),
+                    agent: rep_agent_ip(i),
+                    smoltcp: rep_smoltcp_ip(i),
+                };
+                let config =
+                    write_config_mem(dir.path(), &node, &mon, shards, "", 1500, MEMSTORE, 128);
+                let (osd, line) = start_osd(&node.ns, &config).await;
+                let line = line.unwrap_or_else(|e| panic!("rep-osd{i} exited: {e}"));
+                let id: u32 = line
+                    .split_whitespace()
+                    .find_map(|f| f.strip_prefix("osd="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("no osd id in {line:?}"));
+                assert!(
+                    line.contains(&format!("addr={}", node.smoltcp)),
+                    "the map must carry the smoltcp address: {line}"
+                );
+                osds.push(Some(osd));
+                ids.push(id);
+            }
+            let last_ready = std::time::Instant::now();
+            mon.wait_up(REP_OSDS).await;
+            let map = mon.map().await;
+            for (i, id) in ids.iter().enumerate() {
+                let o = &map.osds[id];
+                assert_eq!(o.cluster_addr, rep_smoltcp_ip(i).to_string(), "osd.{id}");
+                assert_eq!(o.shard_count as usize, REP_SHARDS[i], "osd.{id}");
+            }
+            mon.wait_osds_at(&ids, map.epoch).await;
+            eprintln!(
+                "three OSDs up at epoch {} after {:?}",
+                map.epoch,
+                test_time.elapsed()
+            );
+
+            let client = connect_client(&mon, &creds).await;
+            // Warm-up: one write to every PG, so that every primary shard has its links to its
+            // replicas' shards (a write whose link is not up yet gets Again; the client
+            // retries). Bounded: links that never come up fail the test here.
+            let warm = std::time::Instant::now();
+            let mut warm_names = BTreeMap::new();
+            for k in 0.. {
+                let name = format!("warm{k}");
+                warm_names
+                    .entry(client.locate("data", &name).unwrap().pg)
+                    .or_insert(name);
+                if warm_names.len() == REP_PGS as usize {
+                    break;
+                }
+            }
+            let mut set = tokio::task::JoinSet::new();
+            for (pg, name) in warm_names {
+                let client = client.clone();
+                set.spawn(async move {
+                    let t = std::time::Instant::now();
+                    loop {
+                        match client.write_full("data", &name, b"warm").await {
+                            Ok(()) => break,
+                            Err(e) if t.elapsed() < Duration::from_secs(30) => {
+                                eprintln!("warm-up write to pg {pg} failed, again: {e}");
+                            }
+                            Err(e) => panic!("pg {pg}: no write within 30 s: {e}"),
+                        }
+                    }
+                    t.elapsed()
+                });
+            }
+            let mut slowest = Duration::ZERO;
+            while let Some(r) = set.join_next().await {
+                slowest = slowest.max(r.unwrap());
+            }
+            let links_up = last_ready.elapsed();
+            eprintln!(
+                "links up: a write to each of {REP_PGS} PGs {links_up:?} after the last OSD was \
+                 ready (warm-up {:?}, slowest write {slowest:?}), client {:?}",
+                warm.elapsed(),
+                client.stats()
+            );
+            // Every link came up on its first connection.
+            assert!(
+                links_up < LINKS_UP_WITHIN && slowest < LINK_SETUP_TIMEOUT,
+                "every PG took a write only {links_up:?} after the last OSD was ready (slowest \
+                 write {slowest:?}): a peer link failed its first setup"
+            );
+
+            // The load: REP_OBJECTS objects written and read back, verified.
+            let before = all_perf(&mon, &ids).await;
+            let bytes_before: Vec<(u64, u64)> = (0..REP_OSDS)
+                .map(|i| hub.member_port_bytes(i).unwrap())
+                .collect();
+            let load = std::time::Instant::now();
+            let names: Vec<String> = (0..REP_OBJECTS).map(|i| format!("r{i}")).collect();
+            write_read_bounded(&client, &names, 0).await;
+            let load_time = load.elapsed();
+            let after = all_perf(&mon, &ids).await;
+            let bytes: u64 = (0..REP_OBJECTS).map(|i| rep_size(i) as u64).sum();
+            eprintln!(
+                "{REP_OBJECTS} objects ({} MB) written to 3 copies and read back in {load_time:?}",
+                bytes / 1_000_000
+            );
+
+            // What each OSD and shard should have done, from placement under this map.
+            let map = mon.map().await;
+            let pool = map.pool_by_name("data").unwrap().clone();
+            let mut want_sent: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+            let mut want_applied: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+            let mut led_bytes: BTreeMap<u32, u64> = BTreeMap::new();
+            for (i, name) in names.iter().enumerate() {
+                let pg = client.locate("data", name).unwrap().pg;
+                let acting = pg_to_osds(&map, &pool, pg);
+                assert_eq!(acting.len(), 3, "pg {pg}: {acting:?}");
+                let shard = |osd: u32| pg_to_shard(pg, map.osds[&osd].shard_count);
+                *want_sent.entry((acting[0], shard(acting[0]))).or_default() += 2;
+                *led_bytes.entry(acting[0]).or_default() += rep_size(i) as u64;
+                for &r in &acting[1..] {
+                    *want_applied.entry((r, shard(r))).or_default() += 1;
+                }
+            }
+            let delta = |osd: usize, name: &str| {
+                after[osd].get(name).copied().unwrap_or(0)
+                    - before[osd].get(name).copied().unwrap_or(0)
+            };
+            let mut total_applied = 0;
+            for (i, &id) in ids.iter().enumerate() {
+                for shard in 0..REP_SHARDS[i] as u32 {
+                    let c = |n: &str| delta(i, &format!("shard{shard}.{n}"));
+                    let (sent, applied) = (c("rep_sent"), c("rep_applied"));
+                    eprintln!(
+                        "osd.{id} shard {shard}: rep_sent {sent}, rep_applied {applied}, \
+                         ops {}, again {}",
+                        c("ops"),
+                        c("again")
+                    );
+                    let want_s = want_sent.get(&(id, shard)).copied().unwrap_or(0);
+                    let want_a = want_applied.get(&(id, shard)).copied().unwrap_or(0);
+                    assert!(want_s > 0 && want_a > 0, "osd.{id} shard {shard}: no work");
+                    assert_eq!(sent, want_s, "osd.{id} shard {shard}: replica ops sent");
+                    assert_eq!(
+                        applied, want_a,
+                        "osd.{id} shard {shard}: replica ops applied"
+                    );
+                    assert_eq!(c("rep_refused"), 0, "osd.{id} shard {shard}");
+                    assert_eq!(c("rep_write_failures"), 0, "osd.{id} shard {shard}");
+                    total_applied += applied;
+                }
+                // The replica bytes went out through the OSD's bridge port.
+                let (rx, _) = hub.member_port_bytes(i).unwrap();
+                let out = rx - bytes_before[i].0;
+                let replicated = 2 * led_bytes.get(&id).copied().unwrap_or(0);
+                eprintln!("osd.{id}: {out} B into the hub, {replicated} B of replica data");
+                assert!(out >= replicated, "osd.{id}: {out} B into the hub");
+            }
+            assert_eq!(total_applied, 2 * REP_OBJECTS as u64);
+
+            // SIGKILL a replica; once the monitor marks it down, the two others serve.
+            let victim = ids[REP_VICTIM];
+            let led_by_victim: Vec<usize> = (0..REP_OBJECTS)
+                .filter(|&i| client.locate("data", &names[i]).unwrap().osd == victim)
+                .collect();
+            assert!(!led_by_victim.is_empty());
+            {
+                let mut osd = osds[REP_VICTIM].take().unwrap();
+                osd.0.kill().unwrap();
+                osd.0.wait().unwrap();
+            }
+            let killed = std::time::Instant::now();
+            let down_epoch = loop {
+                let map = mon.map().await;
+                if !map.osds[&victim].up {
+                    break map.epoch;
+                }
+                assert!(
+                    killed.elapsed() < Duration::from_secs(30),
+                    "osd.{victim} not marked down within 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let survivors: Vec<usize> = (0..REP_OSDS).filter(|&i| i != REP_VICTIM).collect();
+            let survivor_ids: Vec<u32> = survivors.iter().map(|&i| ids[i]).collect();
+            mon.wait_osds_at(&survivor_ids, down_epoch).await;
+            assert!(
+                client
+                    .wait_for_epoch(down_epoch, Duration::from_secs(10))
+                    .await
+            );
+            eprintln!(
+                "osd.{victim} SIGKILLed, marked down at epoch {down_epoch} after {:?}",
+                killed.elapsed()
+            );
+
+            // What the victim led now comes from a former replica: the copy it applied.
+            for &i in &led_by_victim {
+                let t = client.locate("data", &names[i]).unwrap();
+                assert_ne!(t.osd, victim);
+                let data = content(i, rep_size(i));
+                let got = client
+                    .read("data", &names[i], 0, data.len() as u32)
+                    .await
+                    .unwrap_or_else(|e| panic!("{} after the kill: {e}", names[i]));
+                assert!(got == data, "{}: the surviving copy differs", names[i]);
+            }
+
+            // New writes, each applied by the one replica left.
+            let before = all_perf(&mon, &survivor_ids).await;
+            let more: Vec<String> = (0..REP_OBJECTS_AFTER_KILL)
+                .map(|i| format!("k{i}"))
+                .collect();
+            write_read_bounded(&client, &more, 7).await;
+            let after = all_perf(&mon, &survivor_ids).await;
+            let sum = |m: &[BTreeMap<String, u64>], n: &str| -> u64 {
+                m.iter()
+                    .flat_map(|c| c.iter())
+                    .filter(|(k, _)| k.starts_with("shard") && k.ends_with(&format!(".{n}")))
+                    .map(|(_, v)| v)
+                    .sum()
+            };
+            let d = |n: &str| sum(&after, n) - sum(&before, n);
+            assert_eq!(d("rep_sent"), REP_OBJECTS_AFTER_KILL as u64);
+            assert_eq!(d("rep_applied"), REP_OBJECTS_AFTER_KILL as u64);
+            assert_eq!(d("rep_refused"), 0);
+            assert_eq!(d("rep_write_failures"), 0);
+            eprintln!(
+                "{REP_OBJECTS_AFTER_KILL} more objects on two copies; {} objects led by \
+                 osd.{victim} read from their former replicas; client {:?}; test {:?}",
+                led_by_victim.len(),
+                client.stats(),
+                test_time.elapsed()
+            );
+        })
+        .await
+        .expect("test time limit");
+    });
+}
+
+/// Writes `names[i]` (content and size by `i + salt`) with `REP_CONCURRENCY` ops in flight,
+/// then reads each back and compares.
+async fn write_read_bounded(client: &Arc<Client>, names: &[String], salt: usize) {
+    let names: Arc<Vec<String>> = Arc::new(names.to_vec());
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..REP_CONCURRENCY {
+        let (client, names, next) = (client.clone(), names.clone(), next.clone());
+        set.spawn(async move {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(name) = names.get(k) else { break };
+                let data = content(k + salt, rep_size(k + salt));
+                client
+                    .write_full("data", name, &data)
+                    .await
+                    .unwrap_or_else(|e| panic!("write {name}: {e}"));
+                let got = client
+                    .read("data", name, 0, data.len() as u32)
+                    .await
+                    .unwrap_or_else(|e| panic!("read {name}: {e}"));
+                assert!(got == data, "{name} read back differs");
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+}
+
+/// The perf counters of each of `ids`, in that order.
+async fn all_perf(mon: &Mon, ids: &[u32]) -> Vec<BTreeMap<String, u64>> {
+    let mut v = Vec::with_capacity(ids.len());
+    for &id in ids {
+        v.push(perf_of(mon, id).await);
+    }
+    v
 }
