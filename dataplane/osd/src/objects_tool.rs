@@ -97,7 +97,7 @@ pub enum ObjectError {
     NoData { off: u64 },
 }
 
-/// An object's version as listed: the first epoch of the interval that wrote it and its
+/// An object's version as listed: the primary's map epoch when it wrote it and its
 /// sequence in the PG.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ListedVersion {

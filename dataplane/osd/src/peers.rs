@@ -32,6 +32,12 @@ use carmine_wire::{ClientConn, ClientEvent, Limits, Nonce, RepError, RepOp};
 pub const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 /// Bytes queued on a link above which it takes no new replica ops until they drain.
 pub const LINK_HIGH_WATER: usize = 32 << 20;
+/// Bytes of a replica op's frame besides its client id, object name and data (frame header,
+/// fixed fields, lengths, checksum and MAC), with room to spare.
+const REP_HEAD_BOUND: usize = 256;
+/// A drained send buffer larger than this is shrunk back (a burst does not pin its peak).
+const LINK_BUF_KEEP: usize = 1 << 20;
+
 /// Longest a link may take from connect to authenticated before it is given up.
 pub const LINK_SETUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -179,12 +185,15 @@ impl PeerLinks {
     pub fn send(&mut self, l: LinkId, tid: u64, op: &RepOp<'_>) -> Result<(), SendError> {
         let link = self.links.get_mut(l.0).ok_or(SendError::NotOpen)?;
         let cc = link.cc.as_ref().ok_or(SendError::NotOpen)?;
+        // The frame up to its data, then the data appended as it is: the data is copied once
+        // and nothing is zero-filled first.
         let old = link.out.len();
-        let bound = 256 + op.op.data().map_or(0, <[u8]>::len) + op.reqid.client.len() + 256;
-        link.out.resize(old + bound, 0);
-        match cc.encode_rep_op(tid, op, &mut link.out[old..]) {
-            Ok(n) => {
+        let head_bound = REP_HEAD_BOUND + op.reqid.client.len() + op.op.object().len();
+        link.out.resize(old + head_bound, 0);
+        match cc.encode_rep_op_head(tid, op, &mut link.out[old..]) {
+            Ok((n, data)) => {
                 link.out.truncate(old + n);
+                link.out.extend_from_slice(data);
                 Ok(())
             }
             Err(e) => {
@@ -299,6 +308,9 @@ impl PeerLinks {
             if l.out_off == l.out.len() {
                 l.out.clear();
                 l.out_off = 0;
+                if l.out.capacity() > LINK_BUF_KEEP {
+                    l.out.shrink_to(64 << 10);
+                }
             }
             if failed {
                 events.push(PeerEvent::Lost { osd: l.osd });

@@ -168,6 +168,11 @@ impl Pg {
         self.served && self.primary
     }
 
+    /// Whether the PG's pool keeps more than one copy.
+    pub fn replicated(&self) -> bool {
+        self.size > 1
+    }
+
     /// Whether this shard serves the PG in the current map (as primary or replica).
     pub fn served(&self) -> bool {
         self.served

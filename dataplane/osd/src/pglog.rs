@@ -1,6 +1,6 @@
 //! Object versions and the PG log: what a PG remembers of its recent mutations.
 //!
-//! Every mutation a PG applies gets a [`Version`]: the epoch its interval began and a per-PG
+//! Every mutation a PG applies gets a [`Version`]: the primary's map epoch and a per-PG
 //! sequence. The version is stored with the object (attribute [`VERSION_ATTR`]) and a log entry
 //! (version, op, object, the client's request id) is written to the PG's log, both in the same
 //! store transaction as the data, so data, version and log entry are durable together or not
@@ -24,9 +24,21 @@
 //! a retry that arrives within the last `LOG_KEEP` mutations of the PG, across restarts, since
 //! the table is rebuilt from the log when the shard starts.
 //!
+//! ## Replicated PGs
+//! In a PG of several copies the log alone cannot tell whether an entry was acknowledged to its
+//! client: a replica commits entries whose write may still fail on another member, and a
+//! primary that restarts reloads entries whose write failed on a replica. Until peering
+//! reconciles the members' logs (issue 12), a replicated PG answers a retry from the duplicate
+//! table only for entries this process committed as acknowledged in the PG's current interval
+//! ([`DupScope::Interval`]); an older or reloaded one is applied again (re-applying a write is
+//! safe, answering OK for one a member lacks is not). A PG of one copy trusts every entry.
+//!
 //! ## Invariants
 //! - Versions of a PG only grow: `(epoch, seq)` with `seq` strictly increasing (a failed
-//!   transaction leaves a gap, never a repeat) and `epoch` never below the last one.
+//!   transaction leaves a gap, never a repeat) and `epoch` never below the last one. The epoch
+//!   is the map epoch at assignment (at least the interval's first), so a primary whose head
+//!   lags a member's (it skipped maps, or crashed before its own commit) still gets ahead with
+//!   the next map.
 //! - An entry is in the duplicate table only once its transaction committed.
 
 use std::collections::{HashMap, VecDeque};
@@ -45,7 +57,7 @@ pub const LOG_KEEP: usize = 256;
 /// Entries trimmed at once, when the log holds `LOG_KEEP + TRIM_BATCH`.
 pub const TRIM_BATCH: usize = 32;
 
-/// An object version (the wire's type): the first epoch of the interval that wrote it, then a
+/// An object version (the wire's type): the primary's map epoch when it assigned it, then a
 /// per-PG sequence.
 pub use carmine_wire::Version;
 
@@ -196,6 +208,19 @@ pub struct Applied {
     pub kind: OpKind,
     /// The object's key in its PG (`Pg::object_key`: a hash of its name).
     object: u64,
+    /// Loaded from the store at start, not committed by this process: whether its write was
+    /// acknowledged is unknown.
+    loaded: bool,
+}
+
+/// Which entries of the duplicate table a PG trusts to answer a retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DupScope {
+    /// Every entry (a PG of one copy: its only commit is the acknowledgment).
+    All,
+    /// Entries this process committed as acknowledged, with a version from the interval that
+    /// began at this epoch or later (a replicated PG; see the module docs).
+    Interval(u64),
 }
 
 impl Default for PgLog {
@@ -236,6 +261,7 @@ impl PgLog {
                         version: e.version,
                         kind: e.kind,
                         object: object_key(&e.object),
+                        loaded: true,
                     };
                     log.committed_entry(e.req, a, true)
                 }
@@ -254,10 +280,20 @@ impl PgLog {
     /// The first result of `req` on the object with key `object` (`Pg::object_key`) with
     /// `kind`, if it committed and is still in the log. The same request id on another object
     /// or op is no retry (a client that reused a tid): it is applied as the new request it is.
-    pub fn duplicate(&self, req: &ReqId, kind: OpKind, object: u64) -> Option<Applied> {
+    pub fn duplicate(
+        &self,
+        req: &ReqId,
+        kind: OpKind,
+        object: u64,
+        scope: DupScope,
+    ) -> Option<Applied> {
         self.dups
             .get(req)
             .filter(|a| a.kind == kind && a.object == object)
+            .filter(|a| match scope {
+                DupScope::All => true,
+                DupScope::Interval(since) => !a.loaded && a.version.epoch.0 >= since,
+            })
             .copied()
     }
 
@@ -266,19 +302,19 @@ impl PgLog {
         self.inflight.get(req).is_some_and(|a| a.object == object)
     }
 
-    /// Starts a mutation of `object` (whose key in the PG is `object_key`) in an interval that
-    /// began at `interval_since`, on the primary: assigns its version and returns what the
-    /// transaction must write to the log.
+    /// Starts a mutation of `object` (whose key in the PG is `object_key`) on the primary,
+    /// whose map is at `epoch`: assigns its version and returns what the transaction must
+    /// write to the log.
     pub fn begin(
         &mut self,
-        interval_since: u64,
+        epoch: u64,
         kind: OpKind,
         req: ReqId,
         object: &[u8],
         object_key: u64,
     ) -> LogWrite {
         let version = Version {
-            epoch: Epoch(interval_since).max(self.head.epoch),
+            epoch: Epoch(epoch).max(self.head.epoch),
             seq: self.head.seq + 1,
         };
         self.begin_at(version, kind, req, object, object_key)
@@ -320,6 +356,7 @@ impl PgLog {
             version,
             kind,
             object: object_key,
+            loaded: false,
         };
         self.inflight.insert(req, applied);
         LogWrite {
@@ -334,13 +371,14 @@ impl PgLog {
         self.head
     }
 
-    /// Whether the committed entry with `version` is in the log (a replica op sent again).
-    pub fn has_committed(&self, version: Version) -> bool {
+    /// Whether the committed entry with `version` is in the log and is request `req` (a
+    /// replica op sent again). The same version for another request is a primary that handed
+    /// it out twice (it crashed before its own commit): no duplicate.
+    pub fn has_committed(&self, version: Version, req: &ReqId) -> bool {
         self.entries
             .iter()
             .rev()
-            .take_while(|(v, _)| *v >= version)
-            .any(|(v, _)| *v == version)
+            .any(|(v, r)| *v == version && r == req)
     }
 
     /// The mutation with `req` committed (on every member of the acting set): it joins the
@@ -439,22 +477,37 @@ mod tests {
         let wf = OpKind::WriteFull;
         let w = log.begin(1, wf, r.clone(), b"obj", k(b"obj"));
         assert!(log.in_flight(&r, k(b"obj")));
-        assert_eq!(log.duplicate(&r, wf, k(b"obj")), None, "not durable yet");
+        assert_eq!(
+            log.duplicate(&r, wf, k(b"obj"), DupScope::All),
+            None,
+            "not durable yet"
+        );
         log.commit(r.clone());
         assert!(!log.in_flight(&r, k(b"obj")));
-        let d = log.duplicate(&r, wf, k(b"obj")).expect("a duplicate");
+        let d = log
+            .duplicate(&r, wf, k(b"obj"), DupScope::All)
+            .expect("a duplicate");
         assert_eq!((d.version, d.kind), (w.version, wf));
         // Same tid from another client is another request.
-        assert_eq!(log.duplicate(&req("client.y", 42), wf, k(b"obj")), None);
+        assert_eq!(
+            log.duplicate(&req("client.y", 42), wf, k(b"obj"), DupScope::All),
+            None
+        );
         // So is the same request id on another object or op (a client reusing a tid).
-        assert_eq!(log.duplicate(&r, wf, k(b"other")), None);
-        assert_eq!(log.duplicate(&r, OpKind::Remove, k(b"obj")), None);
+        assert_eq!(log.duplicate(&r, wf, k(b"other"), DupScope::All), None);
+        assert_eq!(
+            log.duplicate(&r, OpKind::Remove, k(b"obj"), DupScope::All),
+            None
+        );
         // A failed one is no duplicate.
         let f = req("client.x", 43);
         log.begin(1, OpKind::Write, f.clone(), b"obj", k(b"obj"));
         assert!(!log.in_flight(&f, k(b"other")));
         log.abort(&f);
-        assert_eq!(log.duplicate(&f, OpKind::Write, k(b"obj")), None);
+        assert_eq!(
+            log.duplicate(&f, OpKind::Write, k(b"obj"), DupScope::All),
+            None
+        );
     }
 
     #[test]
@@ -478,9 +531,11 @@ mod tests {
         assert_eq!(trimmed + log.len(), LOG_KEEP + 3 * TRIM_BATCH);
         // Trimmed requests are no longer known; recent ones are.
         let w = OpKind::Write;
-        assert_eq!(log.duplicate(&req("c", 0), w, k(b"o")), None);
+        assert_eq!(log.duplicate(&req("c", 0), w, k(b"o"), DupScope::All), None);
         let last = (LOG_KEEP + 3 * TRIM_BATCH - 1) as u64;
-        assert!(log.duplicate(&req("c", last), w, k(b"o")).is_some());
+        assert!(log
+            .duplicate(&req("c", last), w, k(b"o"), DupScope::All)
+            .is_some());
     }
 
     #[test]
@@ -509,9 +564,82 @@ mod tests {
         assert_eq!(loaded.head(), v(7, 5));
         assert_eq!(loaded.len(), 5);
         let d = loaded
-            .duplicate(&req("client.z", 3), OpKind::Remove, k(b"o3"))
+            .duplicate(&req("client.z", 3), OpKind::Remove, k(b"o3"), DupScope::All)
             .expect("loaded with its object and kind");
         assert_eq!(d.version, v(7, 3));
+    }
+
+    #[test]
+    fn a_replicated_pg_trusts_only_entries_acknowledged_in_its_interval() {
+        let mut log = PgLog::default();
+        let w = OpKind::WriteFull;
+        // Acknowledged at epoch 7, in an interval that began at 5.
+        log.begin(7, w, req("c", 1), b"o", k(b"o"));
+        log.commit(req("c", 1));
+        assert!(log
+            .duplicate(&req("c", 1), w, k(b"o"), DupScope::Interval(5))
+            .is_some());
+        // The next interval (from 9) cannot tell whether every member has it: applied again.
+        assert_eq!(
+            log.duplicate(&req("c", 1), w, k(b"o"), DupScope::Interval(9)),
+            None
+        );
+        // One copy trusts it whatever the interval.
+        assert!(log
+            .duplicate(&req("c", 1), w, k(b"o"), DupScope::All)
+            .is_some());
+        // Committed here but not acknowledged (a replica failed): never a duplicate.
+        log.begin(7, w, req("c", 2), b"o", k(b"o"));
+        log.commit_unacknowledged(req("c", 2));
+        assert_eq!(log.duplicate(&req("c", 2), w, k(b"o"), DupScope::All), None);
+        // Reloaded from the store: trusted by one copy only.
+        let stored: Vec<_> = [1u64, 2]
+            .iter()
+            .map(|&t| {
+                let e = LogEntry {
+                    version: v(7, t),
+                    kind: w,
+                    req: req("c", t),
+                    object: b"o".to_vec(),
+                };
+                (version_key(e.version).to_vec(), e.encode_value())
+            })
+            .collect();
+        let (loaded, errors) = PgLog::load(stored, k);
+        assert!(errors.is_empty());
+        assert!(loaded
+            .duplicate(&req("c", 2), w, k(b"o"), DupScope::All)
+            .is_some());
+        assert_eq!(
+            loaded.duplicate(&req("c", 2), w, k(b"o"), DupScope::Interval(5)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_resent_version_is_a_duplicate_only_for_its_own_request() {
+        let mut log = PgLog::default();
+        let wv = log
+            .begin_at(v(7, 41), OpKind::Write, req("c", 1), b"o", k(b"o"))
+            .version;
+        log.commit(req("c", 1));
+        assert!(log.has_committed(wv, &req("c", 1)));
+        // A primary that handed (7, 41) out again for another write: no duplicate.
+        assert!(!log.has_committed(wv, &req("c", 2)));
+        assert!(!log.has_committed(v(7, 40), &req("c", 1)));
+    }
+
+    #[test]
+    fn versions_take_the_primarys_map_epoch() {
+        let mut log = PgLog::default();
+        // A member led at epoch 11 up to seq 50; this primary's interval began at 5, but its
+        // map is at 12: its next version is above what the member holds.
+        log.begin_at(v(11, 50), OpKind::Write, req("c", 1), b"o", k(b"o"));
+        log.commit(req("c", 1));
+        let mut lagging = PgLog::default();
+        lagging.begin_at(v(5, 40), OpKind::Write, req("c", 0), b"o", k(b"o"));
+        let w = lagging.begin(12, OpKind::Write, req("c", 2), b"o", k(b"o"));
+        assert!(w.version > log.head(), "{:?}", w.version);
     }
 
     proptest! {

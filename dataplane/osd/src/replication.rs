@@ -22,7 +22,7 @@
 //!   capacity are in flight (peers are held inline, at most [`MAX_PEERS`]).
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use carmine_wire::op::OpKind;
 use carmine_wire::{OpError, RepError};
@@ -33,6 +33,9 @@ use crate::pglog::ReqId;
 
 /// Most peers a mutation waits for: pools have at most 5 copies.
 pub const MAX_PEERS: usize = 4;
+
+/// Longest a mutation waits for its replicas before it fails with `Again`.
+pub const REPLICA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a mutation's answer goes, and what the client asked.
 #[derive(Debug, Clone)]
@@ -105,8 +108,11 @@ pub fn client_error(e: RepError) -> OpError {
         // The primary's map or interval is out of date, or the replica's is: the client
         // tries again, by then with a map both agree on.
         RepError::StaleInterval { .. } | RepError::NotMember => OpError::Again,
+        // A version the replica cannot take (this primary handed it out before a crash, or
+        // its head lags): the next attempt gets a newer one.
+        RepError::Invalid => OpError::Again,
         RepError::NoSpace => OpError::NoSpace,
-        RepError::Io | RepError::Invalid => OpError::Io,
+        RepError::Io => OpError::Io,
     }
 }
 
@@ -196,6 +202,18 @@ impl WriteTracker {
     pub fn fence(&mut self, interval: impl Fn(PgKey) -> Option<u64>, out: &mut Vec<Finished>) {
         self.fail_where(out, |w| {
             if interval(w.m.pg) == Some(w.m.interval_since) {
+                return false;
+            }
+            w.n_waiting = 0;
+            true
+        });
+    }
+
+    /// Mutations started before `deadline` that still wait for a peer fail with `Again`
+    /// (called about once a second with now − [`REPLICA_TIMEOUT`]).
+    pub fn expire(&mut self, deadline: Instant, out: &mut Vec<Finished>) {
+        self.fail_where(out, |w| {
+            if w.n_waiting == 0 || w.m.reply.started >= deadline {
                 return false;
             }
             w.n_waiting = 0;
@@ -348,6 +366,25 @@ mod tests {
         t.fence(|_| None, &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn a_peer_that_never_answers_fails_the_write_after_the_timeout() {
+        let mut t = WriteTracker::with_capacity(4);
+        let id = t.insert(mutation(0, 3), &[1, 2], None);
+        t.local_done(id, Ok(()));
+        let mut out = Vec::new();
+        let started = Instant::now();
+        // Not yet due: nothing happens.
+        t.expire(started - Duration::from_secs(1), &mut out);
+        assert!(out.is_empty());
+        assert!(t.peer_done(id, 1, Ok(())).is_none());
+        t.expire(started + REPLICA_TIMEOUT, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].result, Err(OpError::Again));
+        assert_eq!(t.len(), 0);
+        // Its late answer is dropped.
+        assert!(t.peer_done(id, 2, Ok(())).is_none());
     }
 
     #[test]

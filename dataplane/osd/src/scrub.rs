@@ -306,7 +306,11 @@ impl Scrubber {
                 let got = data.len() as u64;
                 store.recycle(data);
                 r.off += got;
-                if got < r.want || r.off >= r.size || job.failed.is_some() {
+                if got < r.want
+                    || r.off >= r.size
+                    || job.failed.is_some()
+                    || job.req.reply.is_closed()
+                {
                     // The end of the object (a short read: it shrank meanwhile).
                     Some(Ok(r.crc))
                 } else {

@@ -58,8 +58,8 @@ use crate::ops::{op_error, Answer, Job};
 use crate::peers::{LinkId, PeerEvent};
 use crate::perf::{Latency, ShardCounters};
 use crate::pg::{Creates, PgKey, PgTable};
-use crate::pglog::{log_object, version_key, LogWrite, ReqId, VERSION_ATTR};
-use crate::replication::{Finished, Mutation, ReplyTo, WriteTracker, MAX_PEERS};
+use crate::pglog::{log_object, version_key, DupScope, LogWrite, ReqId, VERSION_ATTR};
+use crate::replication::{Finished, Mutation, ReplyTo, WriteTracker, MAX_PEERS, REPLICA_TIMEOUT};
 use crate::routing::Routing;
 use crate::scrub::Scrubber;
 use crate::shard_store::ShardStore;
@@ -225,6 +225,7 @@ impl ShardCore {
         let now = Instant::now();
         if self.latency.maybe_publish(&self.counters, now) {
             self.publish_usage();
+            self.expire_writes(now);
         }
         work
     }
@@ -406,7 +407,12 @@ impl ShardCore {
         if let (Some(r), Some(object)) = (&req, order_key) {
             // A retry of a mutation this PG already applied gets the first result; one whose
             // first attempt is still in flight waits for it.
-            if let Some(first) = pg.log.duplicate(r, kind, object) {
+            let scope = if pg.replicated() {
+                DupScope::Interval(pg.interval_since())
+            } else {
+                DupScope::All
+            };
+            if let Some(first) = pg.log.duplicate(r, kind, object, scope) {
                 ShardCounters::add(&self.counters.dup_replies, 1);
                 let answer = written(first.kind);
                 return self.reply(op.conn, op.tid, kind, Ok(answer), op.started);
@@ -535,9 +541,10 @@ impl ShardCore {
         let Some(object) = job.object() else {
             return self.reply_to(reply, Err(OpError::Invalid));
         };
+        let epoch = self.routing.epoch().max(since);
         let w = pg
             .log
-            .begin(since, reply.kind, req.clone(), object, order_key);
+            .begin(epoch, reply.kind, req.clone(), object, order_key);
         let id = self.writes.next_id();
         let mut failed = None;
         // The peers the replica op went to: the write waits for each of them (one it could
@@ -637,7 +644,7 @@ impl ShardCore {
             return refuse(self, e);
         }
         if r.version <= pg.log.head() {
-            if pg.log.has_committed(r.version) {
+            if pg.log.has_committed(r.version, &r.req) {
                 ShardCounters::add(&self.counters.dup_replies, 1);
                 return self.messenger.deliver_rep(r.conn, r.tid, &RepReply::OK);
             }
@@ -724,6 +731,24 @@ impl ShardCore {
         self.peer_events = events;
         self.finished = finished;
         n
+    }
+
+    /// Fails the mutations whose replicas have not answered within [`REPLICA_TIMEOUT`].
+    fn expire_writes(&mut self, now: Instant) {
+        let Some(deadline) = now.checked_sub(REPLICA_TIMEOUT) else {
+            return;
+        };
+        let mut finished = std::mem::take(&mut self.finished);
+        self.writes.expire(deadline, &mut finished);
+        if !finished.is_empty() {
+            tracing::warn!(
+                shard = self.shard,
+                writes = finished.len(),
+                "replicas did not answer within {REPLICA_TIMEOUT:?}: writes failed"
+            );
+        }
+        self.finish_writes(&mut finished);
+        self.finished = finished;
     }
 
     /// Answers mutations that have nothing left to wait for and releases their objects.
