@@ -8,68 +8,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use carmine_agent::{Agent, AgentConfig, MemConfig, SharedKeyring, Stats};
-use clap::Parser;
 use serde_json::{json, Value};
+
+mod test_mon;
+use test_mon::TestMon;
 
 const TOKEN: &str = "cli-test-token";
 const OSD_TOKEN: &str = "osd-admin-token";
 
-/// A monitor on its own runtime thread over `dir`; stopped and joined on drop.
-struct Mon {
-    addr: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Mon {
-    fn start(dir: &Path) -> Mon {
-        let cfg = carmine_mon::MonConfig::parse_from([
-            "carmine-mon",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-token",
-            TOKEN,
-            "--heartbeat-ms",
-            "100",
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ]);
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(l.local_addr().unwrap().to_string()).unwrap();
-                carmine_mon::serve(cfg, l, async {
-                    let _ = stop_rx.await;
-                })
-                .await
-                .unwrap();
-            });
-        });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        Mon {
-            addr,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Mon {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// The test's monitor (heartbeats every 100 ms).
+fn start_mon(dir: &Path) -> TestMon {
+    TestMon::start(TOKEN, dir, &["--heartbeat-ms", "100"])
 }
 
 fn carmine(args: &[&str]) -> Output {
@@ -85,7 +34,7 @@ fn carmine(args: &[&str]) -> Output {
 }
 
 /// Runs against `mon` with the admin token.
-fn at(mon: &Mon, args: &[&str]) -> Output {
+fn at(mon: &TestMon, args: &[&str]) -> Output {
     let mut all = vec!["--mon", &mon.addr, "--token", TOKEN];
     all.extend_from_slice(args);
     carmine(&all)
@@ -121,7 +70,7 @@ fn auth_add_get_rm_ls_keyfile_and_restart() {
     let files = tempfile::tempdir().unwrap();
     let keyfile = files.path().join("bench.key");
     let kf = keyfile.to_str().unwrap();
-    let mon = Mon::start(data.path());
+    let mon = start_mon(data.path());
 
     let key = ok(
         at(&mon, &["auth", "add", "client.bench", "--keyfile", kf]),
@@ -200,7 +149,7 @@ fn auth_add_get_rm_ls_keyfile_and_restart() {
     // the same file again.
     drop(mon);
     std::fs::remove_file(&keyfile).unwrap();
-    let mon = Mon::start(data.path());
+    let mon = start_mon(data.path());
     assert_eq!(
         ok(
             at(&mon, &["auth", "get", "client.bench", "--keyfile", kf]),
@@ -242,7 +191,7 @@ impl Stats for ShardStats {
 #[test]
 fn osd_perf_plain_json_direct_and_errors() {
     let data = tempfile::tempdir().unwrap();
-    let mon = Mon::start(data.path());
+    let mon = start_mon(data.path());
     let agent = Agent::start(
         AgentConfig {
             mon_addr: mon.addr.clone(),

@@ -2,57 +2,33 @@
 //! (the same `carmine_mon::serve` the `carmine-mon` binary runs) on a free loopback port.
 
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use carmine_proto::v1;
-use clap::Parser;
 use serde_json::Value;
+
+mod test_mon;
+use test_mon::TestMon;
 
 const TOKEN: &str = "cli-test-token";
 
-/// A monitor on its own runtime thread; stopped and joined on drop.
+/// The test's monitor over a data dir of its own.
 struct Mon {
-    addr: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    inner: TestMon,
     _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Mon {
+    type Target = TestMon;
+    fn deref(&self) -> &TestMon {
+        &self.inner
+    }
 }
 
 impl Mon {
     fn start() -> Mon {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = carmine_mon::MonConfig::parse_from([
-            "carmine-mon",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-token",
-            TOKEN,
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ]);
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(l.local_addr().unwrap().to_string()).unwrap();
-                carmine_mon::serve(cfg, l, async {
-                    let _ = stop_rx.await;
-                })
-                .await
-                .unwrap();
-            });
-        });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
         Mon {
-            addr,
-            stop: Some(stop),
-            thread: Some(thread),
+            inner: TestMon::start(TOKEN, dir.path(), &[]),
             _dir: dir,
         }
     }
@@ -83,17 +59,6 @@ impl Mon {
             .into_inner()
             .id
         })
-    }
-}
-
-impl Drop for Mon {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -16,68 +16,17 @@ use carmine_agent::scrub::{DigestRequest, ObjectDigest, ObjectVersion, PgDigests
 use carmine_agent::{Agent, AgentConfig, MemConfig, ScrubSetup, SharedKeyring, Stats};
 use carmine_placement::{pg_to_osds, ClusterMap};
 use carmine_proto::v1;
-use clap::Parser;
 use serde_json::Value;
+
+mod test_mon;
+use test_mon::TestMon;
 
 const TOKEN: &str = "scrub-test-token";
 const OSD_TOKEN: &str = "scrub-osd-token";
 
-/// A monitor on its own runtime thread; stopped and joined on drop.
-struct Mon {
-    addr: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Mon {
-    fn start(dir: &Path) -> Mon {
-        let cfg = carmine_mon::MonConfig::parse_from([
-            "carmine-mon",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-token",
-            TOKEN,
-            "--heartbeat-ms",
-            "100",
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ]);
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(l.local_addr().unwrap().to_string()).unwrap();
-                carmine_mon::serve(cfg, l, async {
-                    let _ = stop_rx.await;
-                })
-                .await
-                .unwrap();
-            });
-        });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        Mon {
-            addr,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Mon {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// The test's monitor (heartbeats every 100 ms).
+fn start_mon(dir: &Path) -> TestMon {
+    TestMon::start(TOKEN, dir, &["--heartbeat-ms", "100"])
 }
 
 /// What one OSD's shards would read from its store: PG -> digest. Answers at once.
@@ -120,7 +69,7 @@ impl Stats for NoStats {
     }
 }
 
-fn start_agent(mon: &Mon, i: usize, table: Arc<Table>, interval: Option<Duration>) -> Agent {
+fn start_agent(mon: &TestMon, i: usize, table: Arc<Table>, interval: Option<Duration>) -> Agent {
     Agent::start_with_scrub(
         AgentConfig {
             mon_addr: mon.addr.clone(),
@@ -146,7 +95,7 @@ fn start_agent(mon: &Mon, i: usize, table: Arc<Table>, interval: Option<Duration
     .unwrap()
 }
 
-fn carmine(mon: &Mon, args: &[&str]) -> Output {
+fn carmine(mon: &TestMon, args: &[&str]) -> Output {
     let mut all = vec!["--mon", &mon.addr, "--token", TOKEN];
     all.extend_from_slice(args);
     Command::new(env!("CARGO_BIN_EXE_carmine"))
@@ -177,7 +126,7 @@ fn obj(name: &str, seq: u64, crc: u32) -> ObjectDigest {
     }
 }
 
-fn map(mon: &Mon) -> ClusterMap {
+fn map(mon: &TestMon) -> ClusterMap {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -196,7 +145,7 @@ fn map(mon: &Mon) -> ClusterMap {
 }
 
 /// Polls `carmine health detail` until `pred` holds for its output.
-fn health_until(mon: &Mon, what: &str, pred: impl Fn(&str) -> bool) -> String {
+fn health_until(mon: &TestMon, what: &str, pred: impl Fn(&str) -> bool) -> String {
     let start = Instant::now();
     loop {
         let (_, out, _) = text(&carmine(mon, &["health", "detail"]));
@@ -237,7 +186,7 @@ fn scrub_at(agent: &Agent, pg: PgId) -> Result<v1::ScrubPgReply, tonic::Status> 
 /// A monitor, three agents on three hosts (background scrub every `interval`) and a pool
 /// "rbd" (id 0) of size 3 with 8 PGs, every OSD holding objects a, b, c in every PG.
 struct Cluster {
-    mon: Mon,
+    mon: TestMon,
     agents: Vec<Agent>,
     tables: Vec<Arc<Table>>,
     ids: Vec<u32>,
@@ -249,7 +198,7 @@ struct Cluster {
 impl Cluster {
     fn start(interval: Option<Duration>) -> Cluster {
         let data = tempfile::tempdir().unwrap();
-        let mon = Mon::start(data.path());
+        let mon = start_mon(data.path());
         let tables: Vec<Arc<Table>> = (0..3).map(|_| Arc::new(Table::default())).collect();
         // The same three objects in every PG, before the pool exists (so no scrub sees less).
         for t in &tables {

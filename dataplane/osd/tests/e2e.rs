@@ -34,7 +34,7 @@ use carmine_client::{
 };
 use carmine_proto::v1;
 use carmine_wire::{HandshakeError, RejectReason, VersionRange};
-use common::{authed, runtime, Cluster, Mon, OSD_TOKEN};
+use common::{authed, runtime, Cluster, Mon};
 use common_bdev::{bdev_image, fsck_clean, BdevOsd};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -59,30 +59,7 @@ fn size_of(i: usize) -> usize {
 
 /// The OSD's perf counters, by name, from its admin service (what `carmine osd perf` shows).
 async fn perf(mon: &Mon, osd: u32) -> BTreeMap<String, u64> {
-    let addr = mon
-        .admin()
-        .await
-        .osd_admin_addr(authed(v1::OsdIdRequest { id: osd }))
-        .await
-        .unwrap()
-        .into_inner()
-        .admin_addr;
-    let mut c = v1::osd_admin_client::OsdAdminClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let mut r = tonic::Request::new(v1::Empty {});
-    r.metadata_mut().insert(
-        carmine_proto::AUTH_HEADER,
-        carmine_proto::bearer(OSD_TOKEN).unwrap(),
-    );
-    c.perf_counters(r)
-        .await
-        .unwrap()
-        .into_inner()
-        .counters
-        .into_iter()
-        .map(|c| (c.name, c.value))
-        .collect()
+    mon.osd_perf(osd).await
 }
 
 #[test]

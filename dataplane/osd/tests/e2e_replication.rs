@@ -34,32 +34,16 @@ use carmine_wire::{
     ClientConn, ClientEvent, ConnError, Epoch, HandshakeError, Limits, Nonce, Op, OpError,
     OpRequest, PgId, PoolId, RepError, RepMutation, RepOp, RepReply, ReqId, Version,
 };
-use common::{authed, runtime, Cluster, Mon, OSD_TOKEN};
+use common::{authed, runtime, Cluster, Mon};
 use common_bdev::{list_objects, BdevOsd};
 
 /// The OSD's perf counters summed over its shards, by counter name (`shard<i>.<name>`).
 async fn shard_totals(mon: &Mon, osd: u32) -> BTreeMap<String, u64> {
-    let addr = mon
-        .admin()
-        .await
-        .osd_admin_addr(authed(v1::OsdIdRequest { id: osd }))
-        .await
-        .unwrap()
-        .into_inner()
-        .admin_addr;
-    let mut c = v1::osd_admin_client::OsdAdminClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let mut r = tonic::Request::new(v1::Empty {});
-    r.metadata_mut().insert(
-        carmine_proto::AUTH_HEADER,
-        carmine_proto::bearer(OSD_TOKEN).unwrap(),
-    );
     let mut out = BTreeMap::new();
-    for c in c.perf_counters(r).await.unwrap().into_inner().counters {
-        if let Some((shard, name)) = c.name.split_once('.') {
+    for (name, value) in mon.osd_perf(osd).await {
+        if let Some((shard, name)) = name.split_once('.') {
             if shard.starts_with("shard") {
-                *out.entry(name.to_string()).or_insert(0) += c.value;
+                *out.entry(name.to_string()).or_insert(0) += value;
             }
         }
     }

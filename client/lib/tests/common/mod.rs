@@ -141,9 +141,9 @@ impl Mon {
             .into()
     }
 
-    /// The oldest map epoch the shards of OSD `id` applied (`shard<i>.map_epoch` perf
-    /// counters from its own admin service, at the address the monitor learnt from its boot).
-    pub async fn osd_map_epoch(&self, id: u32) -> u64 {
+    /// The perf counters of OSD `id` by name (`shard<i>.<counter>`, what `carmine osd perf`
+    /// shows), from its own admin service at the address the monitor learnt from its boot.
+    pub async fn osd_perf(&self, id: u32) -> std::collections::BTreeMap<String, u64> {
         let addr = self
             .admin()
             .await
@@ -161,11 +161,23 @@ impl Mon {
             carmine_proto::AUTH_HEADER,
             carmine_proto::bearer(OSD_TOKEN).unwrap(),
         );
-        let counters = c.perf_counters(r).await.unwrap().into_inner().counters;
+        c.perf_counters(r)
+            .await
+            .unwrap()
+            .into_inner()
+            .counters
+            .into_iter()
+            .map(|c| (c.name, c.value))
+            .collect()
+    }
+
+    /// The oldest map epoch the shards of OSD `id` applied (`shard<i>.map_epoch`).
+    pub async fn osd_map_epoch(&self, id: u32) -> u64 {
+        let counters = self.osd_perf(id).await;
         let epochs: Vec<u64> = counters
             .iter()
-            .filter(|c| c.name.starts_with("shard") && c.name.ends_with(".map_epoch"))
-            .map(|c| c.value)
+            .filter(|(name, _)| name.starts_with("shard") && name.ends_with(".map_epoch"))
+            .map(|(_, &v)| v)
             .collect();
         assert!(
             !epochs.is_empty(),
