@@ -135,6 +135,28 @@ impl OsdAdmin for AdminSvc {
         let rec = self.scrubs.scrub(pg).await?;
         Ok(Response::new(rec.to_proto(pg)))
     }
+
+    // In progress (issue 12): peering lands next.
+    async fn pg_listing(
+        &self,
+        _: Request<v1::PgListingRequest>,
+    ) -> Result<Response<v1::PgListingReply>, Status> {
+        Err(Status::unimplemented("pg_listing"))
+    }
+
+    async fn pg_prepare(
+        &self,
+        _: Request<v1::PgPrepareRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        Err(Status::unimplemented("pg_prepare"))
+    }
+
+    async fn pg_push(
+        &self,
+        _: Request<v1::PgPushRequest>,
+    ) -> Result<Response<v1::PgPushReply>, Status> {
+        Err(Status::unimplemented("pg_push"))
+    }
 }
 
 /// Serves `OsdAdmin` on `listener` until `shutdown`.

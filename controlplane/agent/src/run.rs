@@ -295,6 +295,7 @@ async fn session(
                             capacity_bytes: capacity,
                             admin_addr: cfg.admin_listen.to_string(),
                             inconsistent_pgs: shards.scrubs.report(),
+                            pg_stats: Vec::new(),
                         },
                         &token,
                     )))
@@ -495,6 +496,7 @@ mod tests {
             heartbeat_interval_ms: 100,
             key_id: key_id.into(),
             key,
+            lease_ms: 0,
         };
         install_identity(&reply("osd.4", vec![9; 32]), &kr);
         assert_eq!(

@@ -138,6 +138,7 @@ impl MonCluster for ClusterSvc {
             heartbeat_interval_ms: m.policy().heartbeat_interval.as_millis() as u64,
             key_id: osd_key_id(id),
             key: booted.key.to_vec(),
+            lease_ms: 0,
         }))
     }
 
@@ -257,6 +258,35 @@ impl MonCluster for ClusterSvc {
         let (admin_addr, up) = lock(&self.shared)?.osd_admin_addr(id)?;
         Ok(Response::new(v1::OsdAdminAddrReply { id, admin_addr, up }))
     }
+
+    // In progress (issue 12): the PG history store lands next.
+    async fn record_intervals(
+        &self,
+        _: Request<v1::RecordIntervalsRequest>,
+    ) -> Result<Response<v1::RecordIntervalsReply>, Status> {
+        Err(Status::unimplemented("record_intervals"))
+    }
+
+    async fn get_pg_history(
+        &self,
+        _: Request<v1::PgHistoryRequest>,
+    ) -> Result<Response<v1::PgHistory>, Status> {
+        Err(Status::unimplemented("get_pg_history"))
+    }
+
+    async fn trim_pg_history(
+        &self,
+        _: Request<v1::PgInterval>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        Err(Status::unimplemented("trim_pg_history"))
+    }
+
+    async fn lease_wait(
+        &self,
+        _: Request<v1::LeaseWaitRequest>,
+    ) -> Result<Response<v1::LeaseWaitReply>, Status> {
+        Err(Status::unimplemented("lease_wait"))
+    }
 }
 
 fn get_map(m: &Shared, epoch: u64) -> Result<Response<v1::ClusterMap>, Status> {
@@ -299,6 +329,7 @@ impl MonAdmin for AdminSvc {
             num_pools: map.pools.len() as u32,
             num_pgs: map.pools.values().map(|p| p.pg_num).sum(),
             uptime_secs: m.uptime().as_secs(),
+            ..Default::default()
         }))
     }
 
@@ -471,5 +502,17 @@ impl MonAdmin for AdminSvc {
         Ok(Response::new(v1::InconsistentPgList {
             pgs: lock(&self.0)?.inconsistent_pgs(),
         }))
+    }
+
+    // In progress (issue 12).
+    async fn pg_list(&self, _: Request<v1::Empty>) -> Result<Response<v1::PgStatList>, Status> {
+        Err(Status::unimplemented("pg_list"))
+    }
+
+    async fn pg_query(
+        &self,
+        _: Request<v1::PgHistoryRequest>,
+    ) -> Result<Response<v1::PgQueryReply>, Status> {
+        Err(Status::unimplemented("pg_query"))
     }
 }
