@@ -36,6 +36,7 @@
 //! thread and joins it.
 
 mod admin;
+pub mod peering_plan;
 mod run;
 pub mod scrub;
 mod scrubber;
