@@ -12,6 +12,8 @@ use carmine_proto::v1::{
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
+use crate::peering::driver::{copy_to_proto, local};
+use crate::peering::{Peering, PeeringError, ShardRequest};
 use crate::scrub::PgId;
 use crate::scrubber::{ScrubError, Scrubs, MAX_DIGEST_MESSAGE};
 use crate::{AgentStatus, ConfigStore, Stats};
@@ -23,6 +25,28 @@ struct AdminSvc {
     config: Arc<dyn ConfigStore>,
     status: Arc<AgentStatus>,
     scrubs: Arc<Scrubs>,
+    peering: Option<Arc<Peering>>,
+}
+
+impl From<PeeringError> for Status {
+    fn from(e: PeeringError) -> Self {
+        let msg = e.to_string();
+        match e {
+            PeeringError::Behind { .. }
+            | PeeringError::IntervalChanged { .. }
+            | PeeringError::NotPrimary => Status::failed_precondition(msg),
+            PeeringError::Busy => Status::resource_exhausted(msg),
+            _ => Status::unavailable(msg),
+        }
+    }
+}
+
+impl AdminSvc {
+    fn peering(&self) -> Result<&Arc<Peering>, Status> {
+        self.peering
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this OSD does not peer"))
+    }
 }
 
 impl From<ScrubError> for Status {
@@ -136,26 +160,78 @@ impl OsdAdmin for AdminSvc {
         Ok(Response::new(rec.to_proto(pg)))
     }
 
-    // In progress (issue 12): peering lands next.
     async fn pg_listing(
         &self,
-        _: Request<v1::PgListingRequest>,
+        req: Request<v1::PgListingRequest>,
     ) -> Result<Response<v1::PgListingReply>, Status> {
-        Err(Status::unimplemented("pg_listing"))
+        let p = self.peering()?;
+        let r = req.into_inner();
+        let pg = PgId {
+            pool: r.pool,
+            pg: r.pg,
+        };
+        let epoch = r.epoch;
+        let copy = local(p.shards(), |reply| ShardRequest::List { pg, epoch, reply }).await?;
+        let me = self.status.osd_id().unwrap_or(0);
+        Ok(Response::new(copy_to_proto(
+            me,
+            self.status.map_epoch(),
+            copy,
+        )))
     }
 
     async fn pg_prepare(
         &self,
-        _: Request<v1::PgPrepareRequest>,
+        req: Request<v1::PgPrepareRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
-        Err(Status::unimplemented("pg_prepare"))
+        let p = self.peering()?;
+        let r = req.into_inner();
+        let pg = PgId {
+            pool: r.pool,
+            pg: r.pg,
+        };
+        if r.remove.len() > crate::peering::MAX_PREPARE_REMOVES {
+            return Err(Status::invalid_argument(format!(
+                "{} removes (at most {})",
+                r.remove.len(),
+                crate::peering::MAX_PREPARE_REMOVES
+            )));
+        }
+        let set_since = r.set_since.then_some(r.since);
+        local(p.shards(), |reply| ShardRequest::Prepare {
+            pg,
+            epoch: r.epoch,
+            remove: r.remove.clone(),
+            set_since,
+            reply,
+        })
+        .await?;
+        Ok(Response::new(v1::Empty {}))
     }
 
     async fn pg_push(
         &self,
-        _: Request<v1::PgPushRequest>,
+        req: Request<v1::PgPushRequest>,
     ) -> Result<Response<v1::PgPushReply>, Status> {
-        Err(Status::unimplemented("pg_push"))
+        let p = self.peering()?;
+        let r = req.into_inner();
+        let pg = PgId {
+            pool: r.pool,
+            pg: r.pg,
+        };
+        let t = local(p.shards(), |reply| ShardRequest::Push {
+            pg,
+            epoch: r.epoch,
+            since: r.since,
+            target: r.target,
+            objects: r.objects.clone(),
+            reply,
+        })
+        .await?;
+        Ok(Response::new(v1::PgPushReply {
+            pushed_objects: t.objects,
+            pushed_bytes: t.bytes,
+        }))
     }
 }
 
@@ -170,6 +246,7 @@ pub(crate) async fn serve(
     config: Arc<dyn ConfigStore>,
     status: Arc<AgentStatus>,
     scrubs: Arc<Scrubs>,
+    peering: Option<Arc<Peering>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -186,10 +263,13 @@ pub(crate) async fn serve(
         config,
         status,
         scrubs,
+        peering,
     };
     // A digest request names at most MAX_RECHECK objects (each up to the wire's name limit).
     let server = tonic::service::interceptor::InterceptedService::new(
-        OsdAdminServer::new(svc).max_decoding_message_size(MAX_DIGEST_MESSAGE),
+        OsdAdminServer::new(svc)
+            .max_decoding_message_size(MAX_DIGEST_MESSAGE)
+            .max_encoding_message_size(MAX_DIGEST_MESSAGE),
         move |r: Request<()>| carmine_proto::check_bearer(Some(&token), r.metadata()).map(|()| r),
     );
     tonic::transport::Server::builder()

@@ -36,6 +36,7 @@
 //! thread and joins it.
 
 mod admin;
+pub mod peering;
 pub mod peering_plan;
 mod run;
 pub mod scrub;
@@ -303,6 +304,14 @@ pub struct ScrubSetup {
     pub interval: Option<Duration>,
 }
 
+/// How an OSD peers: its shards' side of peering, the events they send, and the read lease
+/// they check (see [`peering`]).
+pub struct PeeringSetup {
+    pub shards: Arc<dyn peering::PeeringShards>,
+    pub events: peering::EventReceiver,
+    pub lease: Arc<peering::Lease>,
+}
+
 /// Live status shared between the agent thread and its owner.
 #[derive(Debug, Default)]
 pub struct AgentStatus {
@@ -372,6 +381,19 @@ impl Agent {
         keyring: Arc<SharedKeyring>,
         scrub: Option<ScrubSetup>,
     ) -> Result<Agent, AgentError> {
+        Self::start_osd(cfg, sinks, stats, config, keyring, scrub, None)
+    }
+
+    /// [`Agent::start_with_scrub`], with peering (a whole OSD's agent).
+    pub fn start_osd(
+        cfg: AgentConfig,
+        sinks: Vec<Box<dyn MapSink>>,
+        stats: Arc<dyn Stats>,
+        config: Arc<dyn ConfigStore>,
+        keyring: Arc<SharedKeyring>,
+        scrub: Option<ScrubSetup>,
+        peering: Option<PeeringSetup>,
+    ) -> Result<Agent, AgentError> {
         if cfg.uuid.is_empty() || cfg.host.is_empty() {
             return Err(AgentError::Config("uuid and host must be set".into()));
         }
@@ -397,7 +419,7 @@ impl Agent {
             .name("carmine-agent".into())
             .spawn(move || {
                 rt.block_on(run::agent_main(
-                    cfg, listener, sinks, stats, config, kr, st, scrub, stop_rx,
+                    cfg, listener, sinks, stats, config, kr, st, scrub, peering, stop_rx,
                 ))
             })
             .map_err(AgentError::Spawn)?;

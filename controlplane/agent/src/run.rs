@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use carmine_placement::{ClusterMap, Incremental};
 use carmine_proto::v1::{self, map_update::Update, mon_cluster_client::MonClusterClient};
@@ -13,10 +13,11 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 
+use crate::peering::{Lease, Peering};
 use crate::scrubber::{MonLink, Scrubs};
 use crate::{
-    admin, osd_key_id, AgentConfig, AgentStatus, ConfigStore, MapSink, Role, ScrubSetup,
-    SharedKeyring, Stats, KEYRING_REFRESH, OSD_KEY_PREFIX,
+    admin, osd_key_id, AgentConfig, AgentStatus, ConfigStore, MapSink, PeeringSetup, Role,
+    ScrubSetup, SharedKeyring, Stats, KEYRING_REFRESH, OSD_KEY_PREFIX,
 };
 
 /// Longest wait between reconnection attempts.
@@ -69,6 +70,9 @@ struct Shards {
     map: Option<Arc<ClusterMap>>,
     /// Scrubs read the newest map too.
     scrubs: Arc<Scrubs>,
+    /// Peering (the PG states the heartbeats report) and the lease they renew.
+    peering: Option<Arc<Peering>>,
+    lease: Option<Arc<Lease>>,
 }
 
 impl Shards {
@@ -114,6 +118,7 @@ pub(crate) async fn agent_main(
     keyring: Arc<SharedKeyring>,
     status: Arc<AgentStatus>,
     scrub: Option<ScrubSetup>,
+    peering: Option<PeeringSetup>,
     stop: oneshot::Receiver<()>,
 ) {
     let (digests, scrub_interval) = match scrub {
@@ -125,6 +130,22 @@ pub(crate) async fn agent_main(
         status.clone(),
         cfg.admin_token.clone(),
     ));
+    let (peering, events, lease) = match peering {
+        Some(p) => (
+            Some(Peering::new(
+                p.shards,
+                status.clone(),
+                scrubs.clone(),
+                cfg.admin_token.clone(),
+            )),
+            Some(p.events),
+            Some(p.lease),
+        ),
+        None => (None, None, None),
+    };
+    if let (Some(p), Some(events)) = (&peering, events) {
+        tokio::spawn(p.clone().run(events));
+    }
     let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
     let admin = admin::serve(
         listener,
@@ -135,6 +156,7 @@ pub(crate) async fn agent_main(
         config,
         status.clone(),
         scrubs.clone(),
+        peering.clone(),
         async {
             let _ = admin_stop_rx.await;
         },
@@ -145,6 +167,8 @@ pub(crate) async fn agent_main(
         lagging,
         map: None,
         scrubs: scrubs.clone(),
+        peering,
+        lease,
     };
     let background_scrub = scrubs.background(scrub_interval);
     let session_loop = async {
@@ -266,6 +290,12 @@ async fn session(
     status.boots.fetch_add(1, Ordering::AcqRel);
     tracing::info!(osd = boot.id, epoch = boot.epoch, "booted");
     let hb_interval = Duration::from_millis(boot.heartbeat_interval_ms.clamp(10, 60_000));
+    // The read lease a heartbeat answer grants (a tenth kept as margin for clock rates).
+    let lease_for = Duration::from_millis(boot.lease_ms - boot.lease_ms / 10);
+    if let (Some(l), 0) = (&shards.lease, boot.lease_ms) {
+        tracing::warn!("the monitor grants no read lease: PGs are served unfenced");
+        l.unfenced();
+    }
     // The keyring right after boot: the shards cannot admit any client before it.
     let kr = timed(mon.get_keyring(with_token(v1::Empty {}, &token))).await?;
     install_keyring(kr, keyring, status);
@@ -286,6 +316,7 @@ async fn session(
         tokio::select! {
             _ = hb.tick() => {
                 let (used, capacity) = stats.usage();
+                let sent = Instant::now();
                 let r = timed(mon.heartbeat(with_token(
                         v1::HeartbeatRequest {
                             id: boot.id,
@@ -295,7 +326,7 @@ async fn session(
                             capacity_bytes: capacity,
                             admin_addr: cfg.admin_listen.to_string(),
                             inconsistent_pgs: shards.scrubs.report(),
-                            pg_stats: Vec::new(),
+                            pg_stats: shards.peering.as_ref().map(|p| p.report()).unwrap_or_default(),
                         },
                         &token,
                     )))
@@ -304,6 +335,13 @@ async fn session(
                     return Err(SessionError::MustBoot);
                 }
                 status.heartbeats_acked.fetch_add(1, Ordering::AcqRel);
+                // The lease runs from when the heartbeat left, and only an OSD that has the
+                // monitor's map renews it: one behind may lead PGs that moved.
+                if let Some(l) = shards.lease.as_ref().filter(|_| boot.lease_ms > 0) {
+                    if r.epoch <= status.map_epoch() {
+                        l.renew(sent, lease_for);
+                    }
+                }
                 // A heartbeat reply that names another keyring version: fetch it now rather
                 // than at the next periodic refresh.
                 if r.keyring_version != 0 && r.keyring_version != status.keyring_version() {

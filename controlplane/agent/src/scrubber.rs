@@ -275,7 +275,13 @@ impl Scrubs {
         Ok(local_digest(digests, pg, objects).await?)
     }
 
-    async fn peer_addr(&self, osd: u32) -> Result<String, PeerError> {
+    /// The monitor session (peering asks it for PG histories too).
+    pub(crate) fn mon_link(&self) -> Option<MonLink> {
+        self.mon.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Where `osd`'s admin service listens, as the monitor knows it.
+    pub(crate) async fn peer_addr(&self, osd: u32) -> Result<String, PeerError> {
         let link = self
             .mon
             .lock()

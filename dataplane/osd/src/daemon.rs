@@ -22,8 +22,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use carmine_agent::peering::{Lease, PeeringShards, ShardRequest};
 use carmine_agent::scrub::{DigestRequest, PgDigests};
-use carmine_agent::{Agent, AgentConfig, MapSink, MemConfig, ScrubSetup, SharedKeyring, SinkFull};
+use carmine_agent::{
+    Agent, AgentConfig, MapSink, MemConfig, PeeringSetup, ScrubSetup, SharedKeyring, SinkFull,
+};
 use carmine_dpdk::{Eal, EalConfig, EthPort, PktMbufPool};
 use carmine_net::dpdk::{DpdkDevice, Steering};
 use carmine_net::{KernelConfig, KernelStack, NetStack, SmolConfig, SmolStack};
@@ -112,7 +115,14 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     let usage: Vec<Arc<(AtomicU64, AtomicU64)>> = (0..shards)
         .map(|_| Arc::new((AtomicU64::new(0), AtomicU64::new(0))))
         .collect();
-    let (reactor, control, ports) = start_shards(&cfg, nic.as_ref(), &keyring, &counters, &usage)?;
+    let lease = Arc::new(Lease::new());
+    let (events_tx, events_rx) = carmine_agent::peering::event_channel();
+    let peer_parts = PeerParts {
+        lease: lease.clone(),
+        events: events_tx,
+    };
+    let (reactor, control, ports) =
+        start_shards(&cfg, nic.as_ref(), &keyring, &counters, &usage, peer_parts)?;
 
     // 4. The agent.
     let public_ip = cfg.public_ip()?.to_string();
@@ -137,7 +147,11 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         shards,
         control: control.clone(),
     });
-    let agent = Agent::start_with_scrub(
+    let peering_shards = Arc::new(ShardPeering {
+        shards,
+        control: control.clone(),
+    });
+    let agent = Agent::start_osd(
         AgentConfig {
             mon_addr: cfg.mon.addr.clone(),
             uuid: cfg.osd.uuid.clone(),
@@ -165,6 +179,11 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         Some(ScrubSetup {
             digests,
             interval: cfg.scrub_interval(),
+        }),
+        Some(PeeringSetup {
+            shards: peering_shards,
+            events: events_rx,
+            lease,
         }),
     )?;
     tracing::info!(admin = %agent.admin_addr(), "agent started");
@@ -495,6 +514,7 @@ fn start_shards(
     keyring: &Arc<SharedKeyring>,
     counters: &[Arc<ShardCounters>],
     usage: &[Arc<(AtomicU64, AtomicU64)>],
+    peer_parts: PeerParts,
 ) -> Result<Started, DaemonError> {
     let shards = cfg.reactor.cores.len();
     let mut idle = match (cfg.reactor.idle, cfg.net.backend) {
@@ -608,6 +628,8 @@ fn start_shards(
             keyring: keyring.clone(),
             counters: counters[shard].clone(),
             usage: usage[shard].clone(),
+            lease: peer_parts.lease.clone(),
+            events: Some(peer_parts.events.clone()),
         };
         let (core, bound) = ShardCore::new(parts, setup.mailbox()).map_err(|e| e.to_string())?;
         let core = std::rc::Rc::new(std::cell::RefCell::new(core));
@@ -645,6 +667,33 @@ impl MapSink for RingSink {
         let mut c = self.control.lock().map_err(|_| SinkFull)?;
         c.send(self.shard, ShardMsg::Map(map)).map_err(|_| SinkFull)
     }
+}
+
+/// Hands peering requests to the shard that holds the PG, through its control ring.
+struct ShardPeering {
+    shards: usize,
+    control: Arc<Mutex<ControlSender<ShardMsg>>>,
+}
+
+impl PeeringShards for ShardPeering {
+    fn submit(&self, req: ShardRequest) -> Result<(), ShardRequest> {
+        let shard = carmine_placement::pg_to_shard(req.pg().pg, self.shards as u32) as usize;
+        let Ok(mut c) = self.control.lock() else {
+            return Err(req);
+        };
+        c.send(shard, ShardMsg::Peering(Box::new(req)))
+            .map_err(|m| match m {
+                ShardMsg::Peering(req) => *req,
+                _ => unreachable!("the ring gives back the message it was given"),
+            })
+    }
+}
+
+/// What every shard gets for peering: the lease to check and where events go.
+#[derive(Clone)]
+struct PeerParts {
+    lease: Arc<Lease>,
+    events: carmine_agent::peering::EventSender,
 }
 
 /// Hands scrub digest requests to the shard that holds the PG, through its control ring.

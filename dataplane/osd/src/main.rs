@@ -24,6 +24,8 @@ mod peers;
 mod perf;
 mod pg;
 mod pglog;
+mod pgmeta;
+mod recovery;
 mod replication;
 mod routing;
 mod scrub;

@@ -81,6 +81,9 @@ pub struct RepInbound {
     pub req: ReqId,
     /// The mutation (write, write_full or remove).
     pub job: Job,
+    /// Recovery (a push: `job` is the whole object or its removal, at `version`), not a
+    /// client's mutation.
+    pub push: bool,
 }
 
 /// An op decoded from a connection, owned, with where its answer goes.
@@ -367,6 +370,7 @@ impl Messenger {
                                 tid: op.reqid.tid,
                             },
                             job: Job::from_rep(&op.op, data_buf),
+                            push: op.op.is_push(),
                         });
                         work += 1;
                     }

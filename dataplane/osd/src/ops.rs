@@ -129,11 +129,15 @@ impl Job {
                 off: offset,
                 data: owned(data),
             },
-            RepMutation::WriteFull { object, data } => Job::WriteFull {
-                oid: oid(object),
-                data: owned(data),
-            },
-            RepMutation::Remove { object } => Job::Remove { oid: oid(object) },
+            RepMutation::WriteFull { object, data } | RepMutation::Push { object, data } => {
+                Job::WriteFull {
+                    oid: oid(object),
+                    data: owned(data),
+                }
+            }
+            RepMutation::Remove { object } | RepMutation::PushTombstone { object } => {
+                Job::Remove { oid: oid(object) }
+            }
         }
     }
 

@@ -48,6 +48,7 @@ use carmine_wire::{Epoch, RepError};
 use crate::messenger::Inbound;
 use crate::ops::Target;
 use crate::pglog::{log_object, PgLog};
+use crate::recovery::PgRecovery;
 
 /// A PG's identity: pool and PG number (pool ids are 32-bit in the map).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -103,6 +104,29 @@ pub struct Creates {
 /// the bit is never part of a data collection id.
 pub const META_BIT: u64 = 1 << 31;
 
+/// Where a PG this shard leads stands in its interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Serving I/O (replicas, PGs of one copy, and replicated PGs once peered).
+    Active,
+    /// A replicated PG this shard leads in a new interval, not yet peered: no client I/O.
+    Peering,
+}
+
+/// A replicated PG this shard leads whose interval began (peer it), or one it stopped
+/// leading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntervalChange {
+    Began {
+        key: PgKey,
+        since: u64,
+        acting: Vec<u32>,
+        size: u32,
+        min_size: u32,
+    },
+    Left(PgKey),
+}
+
 /// One PG on its owning shard.
 #[derive(Debug)]
 pub struct Pg {
@@ -126,6 +150,10 @@ pub struct Pg {
     parked: VecDeque<Inbound>,
     /// Versions, the log and its duplicate table.
     pub log: PgLog,
+    /// Peering state of a replicated PG this shard leads (always `Active` otherwise).
+    phase: Phase,
+    /// What the other members still miss, while the primary recovers them.
+    pub recovery: Option<PgRecovery>,
 }
 
 impl Pg {
@@ -155,7 +183,19 @@ impl Pg {
             inflight: HashMap::new(),
             parked: VecDeque::new(),
             log,
+            phase: Phase::Active,
+            recovery: None,
         }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Peering is done: the PG serves I/O in its interval.
+    pub fn activate(&mut self, recovery: Option<PgRecovery>) {
+        self.phase = Phase::Active;
+        self.recovery = recovery;
     }
 
     /// The acting set, primary first (empty: not served in the current map).
@@ -182,7 +222,7 @@ impl Pg {
     /// at least `min_size` members. (A PG held only for its ops in flight counts as active:
     /// those ops were routed while it was.)
     pub fn active(&self) -> bool {
-        !self.served || self.acting.len() >= self.min_size as usize
+        !self.served || (self.acting.len() >= self.min_size as usize && self.phase == Phase::Active)
     }
 
     /// The epoch at which the current interval began (0: a PG held only for its ops in
@@ -256,6 +296,11 @@ impl Pg {
     fn idle(&self) -> bool {
         self.inflight.is_empty() && self.parked.is_empty()
     }
+
+    /// Whether no mutation of the PG is in flight (a peering listing waits for that).
+    pub fn quiet(&self) -> bool {
+        self.inflight.is_empty()
+    }
 }
 
 /// A shard's PGs, and which PG collections its store partition holds.
@@ -295,11 +340,18 @@ impl PgTable {
         me: Option<u32>,
         serves: impl Fn(PgKey) -> bool,
         store: &dyn ObjectStore,
+        changes: &mut Vec<IntervalChange>,
     ) -> usize {
         if map.epoch <= self.epoch {
             return 0;
         }
         self.epoch = map.epoch;
+        let led_before: Vec<PgKey> = self
+            .pgs
+            .values()
+            .filter(|p| p.is_primary() && p.replicated())
+            .map(|p| p.key)
+            .collect();
         for pg in self.pgs.values_mut() {
             pg.served = false;
         }
@@ -315,7 +367,8 @@ impl PgTable {
                 }
                 let acting = pg_to_osds(map, pool, n);
                 let pg = self.pgs.entry(key).or_insert_with(|| Pg::new(key, store));
-                if pg.acting != acting || pg.interval_since == 0 {
+                let began = pg.acting != acting || pg.interval_since == 0;
+                if began {
                     pg.acting = acting;
                     pg.interval_since = map.epoch;
                     new_intervals += 1;
@@ -324,6 +377,34 @@ impl PgTable {
                 pg.size = pool.size;
                 pg.min_size = pool.min_size;
                 pg.served = true;
+                if began {
+                    // A new interval: whatever was being recovered belongs to the old one.
+                    pg.recovery = None;
+                    pg.phase = Phase::Active;
+                    if pg.primary && pg.replicated() {
+                        pg.phase = Phase::Peering;
+                        changes.push(IntervalChange::Began {
+                            key,
+                            since: pg.interval_since,
+                            acting: pg.acting.clone(),
+                            size: pg.size,
+                            min_size: pg.min_size,
+                        });
+                    }
+                }
+            }
+        }
+        for key in led_before {
+            if !self
+                .pgs
+                .get(&key)
+                .is_some_and(|p| p.is_primary() && p.replicated())
+            {
+                if let Some(pg) = self.pgs.get_mut(&key) {
+                    pg.recovery = None;
+                    pg.phase = Phase::Active;
+                }
+                changes.push(IntervalChange::Left(key));
             }
         }
         self.pgs.retain(|_, pg| {
@@ -473,7 +554,13 @@ mod tests {
         let mut t = PgTable::new([]);
         let all = |_: PgKey| true;
         assert_eq!(
-            t.apply_map(&map(5, &[true, true, true], 2), Some(0), all, &st),
+            t.apply_map(
+                &map(5, &[true, true, true], 2),
+                Some(0),
+                all,
+                &st,
+                &mut Vec::new()
+            ),
             8
         );
         let k = PgKey { pool: 1, pg: 0 };
@@ -482,19 +569,31 @@ mod tests {
         assert_eq!(t.get(k).unwrap().interval_since(), 5);
         // Same acting sets: every interval goes on.
         assert_eq!(
-            t.apply_map(&map(6, &[true, true, true], 2), Some(0), all, &st),
+            t.apply_map(
+                &map(6, &[true, true, true], 2),
+                Some(0),
+                all,
+                &st,
+                &mut Vec::new()
+            ),
             0
         );
         assert_eq!(t.get(k).unwrap().interval_since(), 5);
         // An older or equal map changes nothing.
         assert_eq!(
-            t.apply_map(&map(6, &[false, false, false], 2), Some(0), all, &st),
+            t.apply_map(
+                &map(6, &[false, false, false], 2),
+                Some(0),
+                all,
+                &st,
+                &mut Vec::new()
+            ),
             0
         );
         // One of PG 0's OSDs goes down: its interval starts again, at the new epoch.
         let mut up = [true; 3];
         up[first[1] as usize] = false;
-        let changed = t.apply_map(&map(9, &up, 2), Some(0), all, &st);
+        let changed = t.apply_map(&map(9, &up, 2), Some(0), all, &st, &mut Vec::new());
         assert!(changed >= 1);
         let pg = t.get(k).unwrap();
         assert_eq!(pg.interval_since(), 9);
@@ -506,13 +605,19 @@ mod tests {
     fn a_pg_that_left_stays_while_it_has_work() {
         let st = MemStore::new();
         let mut t = PgTable::new([]);
-        t.apply_map(&map(1, &[true], 1), Some(0), |_| true, &st);
+        t.apply_map(&map(1, &[true], 1), Some(0), |_| true, &st, &mut Vec::new());
         let k = PgKey { pool: 1, pg: 2 };
         let key = t.get(k).unwrap().object_key(b"obj");
         t.pg_mut(k, &st).begin_mutation(key);
         t.pg_mut(k, &st).begin_mutation(key);
         // The next map gives this shard no PG at all.
-        t.apply_map(&map(2, &[true], 1), Some(0), |_| false, &st);
+        t.apply_map(
+            &map(2, &[true], 1),
+            Some(0),
+            |_| false,
+            &st,
+            &mut Vec::new(),
+        );
         assert_eq!(t.served(), 0);
         let pg = t.get_mut(k).expect("kept for its mutations in flight");
         assert!(pg.acting().is_empty());
@@ -523,8 +628,14 @@ mod tests {
         t.forget_if_done(k);
         assert!(t.get(k).is_none());
         // Idle PGs that left are dropped at the map itself.
-        t.apply_map(&map(3, &[true], 1), Some(0), |_| true, &st);
-        t.apply_map(&map(4, &[true], 1), Some(0), |_| false, &st);
+        t.apply_map(&map(3, &[true], 1), Some(0), |_| true, &st, &mut Vec::new());
+        t.apply_map(
+            &map(4, &[true], 1),
+            Some(0),
+            |_| false,
+            &st,
+            &mut Vec::new(),
+        );
         assert!(t.get(PgKey { pool: 1, pg: 5 }).is_none());
     }
 
@@ -533,19 +644,98 @@ mod tests {
         let st = MemStore::new();
         let mut t = PgTable::new([]);
         let k = PgKey { pool: 1, pg: 4 };
-        t.apply_map(&map_min(1, &[true, true], 2, 2), Some(0), |_| true, &st);
-        assert!(t.pg_mut(k, &st).active());
+        let mut apply = |t: &mut PgTable, m: &ClusterMap, serves: bool| {
+            t.apply_map(m, Some(0), |_| serves, &st, &mut Vec::new());
+            // Peering is done (what the agent's activation does).
+            if let Some(pg) = t.get_mut(k) {
+                pg.activate(None);
+            }
+        };
+        apply(&mut t, &map_min(1, &[true, true], 2, 2), true);
+        assert!(t.get(k).unwrap().active());
         // One of two OSDs down: one acting member, min_size 2.
-        t.apply_map(&map_min(2, &[true, false], 2, 2), Some(0), |_| true, &st);
-        let pg = t.pg_mut(k, &st);
+        apply(&mut t, &map_min(2, &[true, false], 2, 2), true);
+        let pg = t.get(k).unwrap();
         assert_eq!(pg.acting(), &[0]);
         assert!(!pg.active());
         // min_size 1 makes the same acting set enough.
-        t.apply_map(&map_min(3, &[true, false], 2, 1), Some(0), |_| true, &st);
-        assert!(t.pg_mut(k, &st).active());
+        apply(&mut t, &map_min(3, &[true, false], 2, 1), true);
+        assert!(t.get(k).unwrap().active());
         // A PG held only for its ops in flight stays active for them.
-        t.apply_map(&map_min(4, &[true, false], 2, 2), Some(0), |_| false, &st);
-        assert!(t.pg_mut(k, &st).active());
+        t.get_mut(k).unwrap().begin_mutation(1);
+        apply(&mut t, &map_min(4, &[true, false], 2, 2), false);
+        assert!(t.get(k).unwrap().active());
+    }
+
+    #[test]
+    fn a_replicated_pg_its_primary_leads_peers_in_every_new_interval() {
+        let st = MemStore::new();
+        let mut t = PgTable::new([]);
+        let mut changes = Vec::new();
+        t.apply_map(
+            &map(3, &[true, true, true], 2),
+            Some(0),
+            |_| true,
+            &st,
+            &mut changes,
+        );
+        let led: Vec<PgKey> = t.primaries().map(|(k, _)| k).collect();
+        assert!(!led.is_empty());
+        // Every PG it leads began an interval and waits for peering; none it replicates does.
+        assert_eq!(changes.len(), led.len());
+        for c in &changes {
+            let IntervalChange::Began {
+                key,
+                since,
+                acting,
+                size,
+                ..
+            } = c
+            else {
+                panic!("{c:?}");
+            };
+            assert!(led.contains(key));
+            assert_eq!((*since, *size, acting[0]), (3, 2, 0));
+            let pg = t.get(*key).unwrap();
+            assert_eq!(pg.phase(), Phase::Peering);
+            assert!(!pg.active());
+        }
+        let k = led[0];
+        t.get_mut(k).unwrap().activate(None);
+        assert!(t.get(k).unwrap().active());
+        // Same acting sets: no new interval, the PG stays active.
+        changes.clear();
+        t.apply_map(
+            &map(4, &[true, true, true], 2),
+            Some(0),
+            |_| true,
+            &st,
+            &mut changes,
+        );
+        assert!(changes.is_empty());
+        assert!(t.get(k).unwrap().active());
+        // osd.0 goes down in the map: it leads nothing, and says so for each PG it led.
+        t.apply_map(
+            &map(5, &[false, true, true], 2),
+            Some(0),
+            |_| true,
+            &st,
+            &mut changes,
+        );
+        let left: Vec<PgKey> = changes
+            .iter()
+            .filter_map(|c| match c {
+                IntervalChange::Left(k) => Some(*k),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(left.len(), led.len(), "{changes:?}");
+        // A pool of one copy never peers.
+        let mut single = PgTable::new([]);
+        changes.clear();
+        single.apply_map(&map(3, &[true], 1), Some(0), |_| true, &st, &mut changes);
+        assert!(changes.is_empty());
+        assert!(single.get(k).unwrap().active());
     }
 
     #[test]
@@ -553,7 +743,13 @@ mod tests {
         let st = MemStore::new();
         let mut t = PgTable::new([]);
         // osd.1's view: its interval for PG 0 began at epoch 7 (the first map it saw).
-        t.apply_map(&map(7, &[true, true, true], 3), Some(1), |_| true, &st);
+        t.apply_map(
+            &map(7, &[true, true, true], 3),
+            Some(1),
+            |_| true,
+            &st,
+            &mut Vec::new(),
+        );
         let pg = t.get(PgKey { pool: 1, pg: 0 }).unwrap();
         let primary = pg.acting()[0];
         let other = *pg.acting().iter().find(|&&o| o != primary).unwrap();

@@ -12,11 +12,15 @@
 //!   Write      (1): str16 object | u64 offset | bytes32 data
 //!   WriteFull  (2): str16 object | bytes32 data
 //!   Remove     (5): str16 object
+//!   Push    (0x21): str16 object | bytes32 data
+//!   PushTombstone (0x22): str16 object
 //! ```
 //!
-//! The op kinds are [`OpKind`]'s codes and the fields are encoded as in an
-//! [`OpRequest`](crate::OpRequest); any other kind (read, stat, list, unknown) is refused as an
-//! unknown op code. Same limits as client ops: object names 1..=`max_name_len` bytes, data
+//! Kinds 1, 2 and 5 are [`OpKind`]'s codes and their fields are encoded as in an
+//! [`OpRequest`](crate::OpRequest). The push kinds are recovery: a whole object (or its
+//! removal) at the version it already has, sent by an OSD that holds it to one that lacks it;
+//! their reqid is the pusher's and is not logged. Any other kind (read, stat, list, unknown)
+//! is refused as an unknown op code. Same limits as client ops: object names 1..=`max_name_len` bytes, data
 //! ≤ `max_io_size`, `offset + len` ≤ `max_object_size`; the reqid's client id is
 //! 1..=`max_client_id_len` bytes. Neither the interval start nor the version's epoch may be
 //! newer than the map epoch the op was sent with.
@@ -91,15 +95,41 @@ pub enum RepMutation<'a> {
     WriteFull { object: &'a str, data: &'a [u8] },
     /// Remove the object; the replica keeps a tombstone with the op's version.
     Remove { object: &'a str },
+    /// Recovery: the whole object as the pusher holds it, at the op's (older) version.
+    Push { object: &'a str, data: &'a [u8] },
+    /// Recovery: the object was removed at the op's version (a tombstone).
+    PushTombstone { object: &'a str },
 }
 
+/// Codes of the push kinds on the wire (apart from [`OpKind`]'s).
+const PUSH: u8 = 0x21;
+const PUSH_TOMBSTONE: u8 = 0x22;
+
 impl<'a> RepMutation<'a> {
-    /// The op code on the wire (shared with client ops).
+    /// The client op kind this mutation logs as (a push, which is not logged, as the op it
+    /// stands for: a whole-object write or a remove).
     pub fn kind(&self) -> OpKind {
         match self {
             RepMutation::Write { .. } => OpKind::Write,
-            RepMutation::WriteFull { .. } => OpKind::WriteFull,
-            RepMutation::Remove { .. } => OpKind::Remove,
+            RepMutation::WriteFull { .. } | RepMutation::Push { .. } => OpKind::WriteFull,
+            RepMutation::Remove { .. } | RepMutation::PushTombstone { .. } => OpKind::Remove,
+        }
+    }
+
+    /// Whether this is recovery (a push) rather than a client's mutation.
+    pub fn is_push(&self) -> bool {
+        matches!(
+            self,
+            RepMutation::Push { .. } | RepMutation::PushTombstone { .. }
+        )
+    }
+
+    /// The kind's code on the wire.
+    fn code(&self) -> u8 {
+        match self {
+            RepMutation::Push { .. } => PUSH,
+            RepMutation::PushTombstone { .. } => PUSH_TOMBSTONE,
+            other => other.kind() as u8,
         }
     }
 
@@ -107,15 +137,19 @@ impl<'a> RepMutation<'a> {
         match *self {
             RepMutation::Write { object, .. }
             | RepMutation::WriteFull { object, .. }
-            | RepMutation::Remove { object } => object,
+            | RepMutation::Remove { object }
+            | RepMutation::Push { object, .. }
+            | RepMutation::PushTombstone { object } => object,
         }
     }
 
     /// The data written, if any: the frame's bulk (last) field.
     pub fn data(&self) -> Option<&'a [u8]> {
         match *self {
-            RepMutation::Write { data, .. } | RepMutation::WriteFull { data, .. } => Some(data),
-            RepMutation::Remove { .. } => None,
+            RepMutation::Write { data, .. }
+            | RepMutation::WriteFull { data, .. }
+            | RepMutation::Push { data, .. } => Some(data),
+            RepMutation::Remove { .. } | RepMutation::PushTombstone { .. } => None,
         }
     }
 }
@@ -150,11 +184,11 @@ impl<'a> RepOp<'a> {
                 check_io(data.len(), limits)?;
                 check_range(offset, data.len() as u64, limits)
             }
-            RepMutation::WriteFull { data, .. } => {
+            RepMutation::WriteFull { data, .. } | RepMutation::Push { data, .. } => {
                 check_io(data.len(), limits)?;
                 check_range(0, data.len() as u64, limits)
             }
-            RepMutation::Remove { .. } => Ok(()),
+            RepMutation::Remove { .. } | RepMutation::PushTombstone { .. } => Ok(()),
         }
     }
 
@@ -165,8 +199,10 @@ impl<'a> RepOp<'a> {
             + name
             + match self.op {
                 RepMutation::Write { data, .. } => 8 + 4 + data.len(),
-                RepMutation::WriteFull { data, .. } => 4 + data.len(),
-                RepMutation::Remove { .. } => 0,
+                RepMutation::WriteFull { data, .. } | RepMutation::Push { data, .. } => {
+                    4 + data.len()
+                }
+                RepMutation::Remove { .. } | RepMutation::PushTombstone { .. } => 0,
             }
     }
 
@@ -180,15 +216,17 @@ impl<'a> RepOp<'a> {
         w.u64(self.version.seq)?;
         w.bytes16(self.reqid.client.as_bytes(), CLIENT)?;
         w.u64(self.reqid.tid)?;
-        w.u8(self.op.kind() as u8)?;
+        w.u8(self.op.code())?;
         w.bytes16(self.op.object().as_bytes(), OBJECT)?;
         match self.op {
             RepMutation::Write { offset, data, .. } => {
                 w.u64(offset)?;
                 w.bulk32(data, DATA)
             }
-            RepMutation::WriteFull { data, .. } => w.bulk32(data, DATA),
-            RepMutation::Remove { .. } => Ok(()),
+            RepMutation::WriteFull { data, .. } | RepMutation::Push { data, .. } => {
+                w.bulk32(data, DATA)
+            }
+            RepMutation::Remove { .. } | RepMutation::PushTombstone { .. } => Ok(()),
         }
     }
 
@@ -219,6 +257,11 @@ impl<'a> RepOp<'a> {
                 data: r.bytes32(DATA)?,
             },
             k if k == OpKind::Remove as u8 => RepMutation::Remove { object },
+            PUSH => RepMutation::Push {
+                object,
+                data: r.bytes32(DATA)?,
+            },
+            PUSH_TOMBSTONE => RepMutation::PushTombstone { object },
             other => return Err(MessageError::UnknownOpCode(other)),
         };
         r.finish()?;

@@ -133,6 +133,27 @@ fn every_rep_op_kind_round_trips_with_the_documented_layout() {
             str16(&mut p, b"obj");
             p
         }),
+        // Recovery pushes: a whole object, or a tombstone.
+        (
+            rep_op(RepMutation::Push {
+                object: "obj",
+                data: b"xyz",
+            }),
+            {
+                let mut p = good_prefix();
+                p.push(0x21);
+                str16(&mut p, b"obj");
+                p.extend_from_slice(&3u32.to_le_bytes());
+                p.extend_from_slice(b"xyz");
+                p
+            },
+        ),
+        (rep_op(RepMutation::PushTombstone { object: "obj" }), {
+            let mut p = good_prefix();
+            p.push(0x22);
+            str16(&mut p, b"obj");
+            p
+        }),
         // Empty data is a valid write (creates the object / truncates it to 0).
         (
             rep_op(RepMutation::WriteFull {

@@ -35,6 +35,9 @@
 //! fail with `Again` (a replica of the new interval may not have them; the client's retry, same
 //! request id, is applied once); ops decoded afterwards are routed by the new table.
 
+mod peering;
+mod push;
+
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -42,6 +45,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
+use carmine_agent::peering::{EventSender, Lease, PeeringError, ShardRequest};
 use carmine_agent::SharedKeyring;
 use carmine_net::NetStack;
 use carmine_objectstore::StoreError;
@@ -57,12 +61,14 @@ use crate::messenger::{ConnRef, Inbound, ListenError, Messenger, RepInbound};
 use crate::ops::{op_error, Answer, Job};
 use crate::peers::{LinkId, PeerEvent};
 use crate::perf::{Latency, ShardCounters};
-use crate::pg::{Creates, PgKey, PgTable};
+use crate::pg::{Creates, IntervalChange, PgKey, PgTable};
 use crate::pglog::{log_object, version_key, DupScope, LogWrite, ReqId, VERSION_ATTR};
+use crate::pgmeta;
 use crate::replication::{Finished, Mutation, ReplyTo, WriteTracker, MAX_PEERS, REPLICA_TIMEOUT};
 use crate::routing::Routing;
 use crate::scrub::Scrubber;
 use crate::shard_store::ShardStore;
+use push::{Origin, PushTask, Pushes, PUSH_TID};
 
 /// Messages between shards and from the control plane.
 #[derive(Debug)]
@@ -75,6 +81,8 @@ pub enum ShardMsg {
     Reply(Box<Returned>),
     /// A request for the digest of a PG this shard holds (scrub, from the agent).
     Scrub(Box<carmine_agent::scrub::DigestRequest>),
+    /// A peering request for a PG this shard holds (from the agent).
+    Peering(Box<ShardRequest>),
 }
 
 /// An answer on its way back to the shard of the op's connection.
@@ -93,8 +101,16 @@ enum Pending {
     Read(ReplyTo),
     /// The local transaction of a mutation this shard leads (in the [`WriteTracker`]).
     Write(u64),
-    /// A replica op's transaction.
+    /// A replica op's (or a received push's) transaction.
     Replica(ReplicaApply),
+    /// The read of an object to push.
+    PushRead(u64),
+    /// A peering prepare's transaction.
+    Prepare {
+        reply: carmine_agent::peering::Reply<()>,
+        key: PgKey,
+        creates: Creates,
+    },
 }
 
 /// A replica op being applied: where its answer goes and what completes in its PG.
@@ -105,6 +121,8 @@ struct ReplicaApply {
     order_key: u64,
     req: ReqId,
     creates: Creates,
+    /// Whether it wrote a log entry (a push does not).
+    logged: bool,
 }
 
 /// What the daemon hands each shard at start.
@@ -119,6 +137,10 @@ pub struct ShardParts {
     pub keyring: Arc<SharedKeyring>,
     pub counters: Arc<ShardCounters>,
     pub usage: Arc<(AtomicU64, AtomicU64)>,
+    /// This OSD's read lease as a primary (the agent renews it).
+    pub lease: Arc<Lease>,
+    /// Where peering events go (the agent); `None`: no agent listens.
+    pub events: Option<EventSender>,
 }
 
 /// A shard's state (owned by the shard thread; shared by its poller and message handler).
@@ -153,6 +175,14 @@ pub struct ShardCore {
     latency: Latency,
     /// Background digests of PGs for scrub (src/scrub.rs).
     scrub: Scrubber,
+    lease: Arc<Lease>,
+    events: Option<EventSender>,
+    /// Pushes to other OSDs (recovery, backfill, filling a primary).
+    pushes: Pushes,
+    /// Peering listings waiting for their PG's mutations to land.
+    deferred: Vec<ShardRequest>,
+    /// Scratch: interval changes of the last map.
+    changes: Vec<IntervalChange>,
 }
 
 /// Why a shard could not start.
@@ -194,6 +224,11 @@ impl ShardCore {
             usage: p.usage,
             latency: Latency::new(),
             scrub: Scrubber::new(),
+            lease: p.lease,
+            events: p.events,
+            pushes: Pushes::default(),
+            deferred: Vec::new(),
+            changes: Vec::new(),
         };
         Ok((core, port))
     }
@@ -214,6 +249,11 @@ impl ShardCore {
         work += self.apply_replica_ops();
         work += self.on_peer_events();
         work += self.poll_store();
+        work += self.retry_deferred();
+        let now = Instant::now();
+        if self.pushes.busy() {
+            work += self.feed_pushes(now);
+        }
         work += self.scrub.poll(self.store.get());
         work += self.flush_outbox();
         let wrote = self.messenger.write(&self.counters, &mut self.peer_events);
@@ -222,10 +262,10 @@ impl ShardCore {
             // Push the replies out now rather than on the next iteration.
             work += wrote + self.messenger.poll_net();
         }
-        let now = Instant::now();
         if self.latency.maybe_publish(&self.counters, now) {
             self.publish_usage();
             self.expire_writes(now);
+            self.peering_tick(now);
         }
         work
     }
@@ -242,7 +282,9 @@ impl ShardCore {
             || !self.outbox.is_empty()
             || !self.store.get_ref().is_idle()
             || self.messenger.has_backlog()
-            || self.scrub.busy();
+            || self.scrub.busy()
+            || self.pushes.busy()
+            || !self.deferred.is_empty();
         if busy {
             Some(Instant::now())
         } else {
@@ -263,6 +305,7 @@ impl ShardCore {
                 self.deliver_local(r.conn, r.tid, r.kind, r.result, r.started);
             }
             ShardMsg::Scrub(req) => self.scrub.request(*req),
+            ShardMsg::Peering(req) => self.on_peering(*req),
         }
     }
 
@@ -277,7 +320,9 @@ impl ShardCore {
             routing.osd(),
             |k| routing.owner(k.pool, k.pg) == Some(shard),
             self.store.get_ref(),
+            &mut self.changes,
         );
+        self.emit_interval_changes(map.epoch);
         // Links to peers that moved or left go (their writes fail below, or with the link).
         let routing = &self.routing;
         self.messenger.prune_peer_links(
@@ -395,9 +440,33 @@ impl ShardCore {
             return self.reply(op.conn, op.tid, kind, Err(e), op.started);
         };
         if !pg.active() {
-            // Fewer than min_size OSDs hold the PG: no I/O until a map brings enough back
-            // (the client retries on Again; health shows the PG as unavailable).
+            // Fewer than min_size OSDs hold the PG, or it has not peered in this interval: no
+            // I/O until it is (the client retries on Again; health shows the PG's state).
             return self.reply(op.conn, op.tid, kind, Err(OpError::Again), op.started);
+        }
+        if pg.replicated() && !self.lease.valid_at(op.started) {
+            // This OSD's lease ran out (it was paused, or lost the monitor): another OSD may
+            // lead the PG by now, so it serves nothing until a heartbeat renews the lease.
+            ShardCounters::add(&self.counters.lease_refused, 1);
+            return self.reply(op.conn, op.tid, kind, Err(OpError::Again), op.started);
+        }
+        if op.job.mutates() {
+            if let (Some(rec), Some(name)) = (pg.recovery.as_mut(), op.job.object()) {
+                if rec.blocks(name) {
+                    // A member lacks the object: it gets the whole object first, then this
+                    // write (which waits, parked, for the push).
+                    let urgent = rec.take_urgent(name);
+                    let (since, name) = (pg.interval_since(), name.to_vec());
+                    ShardCounters::add(&self.counters.parked, 1);
+                    pg.park(op);
+                    for osd in urgent {
+                        let t =
+                            PushTask::new(key, osd, name.clone(), epoch, since, Origin::Recovery);
+                        self.start_push(t);
+                    }
+                    return;
+                }
+            }
         }
         let order_key = op.job.object().map(|o| pg.object_key(o));
         let req = op.job.mutates().then(|| ReqId {
@@ -614,6 +683,9 @@ impl ShardCore {
     /// and the sender is the PG's primary; a version this PG already has is answered OK again;
     /// otherwise the mutation, its version and its log entry go into one transaction.
     fn apply_replica_op(&mut self, r: RepInbound) {
+        if r.push {
+            return self.apply_push(r);
+        }
         let refuse = |me: &mut ShardCore, e: RepError| {
             ShardCounters::add(&me.counters.rep_refused, 1);
             tracing::debug!(
@@ -690,6 +762,7 @@ impl ShardCore {
                 order_key,
                 req,
                 creates,
+                logged: true,
             }),
         );
         ShardCounters::set(&self.counters.inflight, self.pending.len() as u64);
@@ -719,12 +792,22 @@ impl ShardCore {
         let n = events.len();
         for e in events.drain(..) {
             match e {
+                PeerEvent::Reply { osd, tid, result } if tid & PUSH_TID != 0 => {
+                    let result = result.map_err(|e| PeeringError::PushRefused {
+                        osd,
+                        reason: e.to_string(),
+                    });
+                    self.push_done(tid & !PUSH_TID, result);
+                }
                 PeerEvent::Reply { osd, tid, result } => {
                     if let Some(f) = self.writes.peer_done(tid, osd, result) {
                         finished.push(f);
                     }
                 }
-                PeerEvent::Lost { osd } => self.writes.peer_lost(osd, &mut finished),
+                PeerEvent::Lost { osd } => {
+                    self.writes.peer_lost(osd, &mut finished);
+                    self.pushes_lost(osd);
+                }
             }
         }
         self.finish_writes(&mut finished);
@@ -826,6 +909,8 @@ impl ShardCore {
                     cid,
                     oid: oid.clone(),
                 });
+                // The tombstone: peering tells a removal from a copy that never had it.
+                txn.ops.push(pgmeta::set_tombstone(key, &oid.0, w.version));
                 (oid, true)
             }
             Job::Read { .. } | Job::Stat { .. } | Job::List { .. } => return (txn, creates),
@@ -900,6 +985,25 @@ impl ShardCore {
                     }
                 }
                 Pending::Replica(a) => self.replica_applied(a, c.result.map(|_| ())),
+                Pending::PushRead(id) => match c.result {
+                    Ok(Done::Data(data)) => self.send_push(id, Some(data)),
+                    Ok(Done::Committed) => self.push_done(
+                        id,
+                        Err(PeeringError::Store("a read completed without data".into())),
+                    ),
+                    Err(e) => self.push_done(id, Err(PeeringError::Store(e.to_string()))),
+                },
+                Pending::Prepare {
+                    reply,
+                    key,
+                    creates,
+                } => {
+                    let r = c.result.map(|_| ()).map_err(|e| {
+                        self.pgs.creation_failed(key, creates);
+                        PeeringError::Store(e.to_string())
+                    });
+                    let _ = reply.send(r);
+                }
             }
         }
         self.finish_writes(&mut finished);
@@ -931,7 +1035,7 @@ impl ShardCore {
                 _ => RepError::Invalid,
             }),
         };
-        if let Some(pg) = self.pgs.get_mut(a.pg) {
+        if let Some(pg) = self.pgs.get_mut(a.pg).filter(|_| a.logged) {
             if result.is_ok() {
                 pg.log.commit(a.req);
             } else {
@@ -954,14 +1058,22 @@ impl ShardCore {
             return;
         };
         if pg.end_mutation(k) {
-            let mut retry = std::mem::take(&mut self.retry);
-            pg.take_parked(&mut retry);
-            for op in retry.drain(..) {
-                self.execute(op);
-            }
-            self.retry = retry;
+            self.retry_parked(key);
         }
         self.pgs.forget_if_done(key);
+    }
+
+    /// Gives the PG's parked ops another try (those still blocked park again).
+    fn retry_parked(&mut self, key: PgKey) {
+        let Some(pg) = self.pgs.get_mut(key) else {
+            return;
+        };
+        let mut retry = std::mem::take(&mut self.retry);
+        pg.take_parked(&mut retry);
+        for op in retry.drain(..) {
+            self.execute(op);
+        }
+        self.retry = retry;
     }
 
     fn reply_to(&mut self, r: ReplyTo, result: Result<Answer, OpError>) {
