@@ -17,8 +17,17 @@
 //!
 //! Keys: `<prefix>/epoch` (decimal), `<prefix>/maps/<epoch, 20 digits>` (protobuf ClusterMap,
 //! the same encoding as the redb store), `<prefix>/keyring` (protobuf Keyring, the client keys,
-//! written fenced on the leader key only), `<prefix>/leader/...` (the election, value = the
-//! leader's address).
+//! written fenced on the leader key only), `<prefix>/pg_history/<pool, 10 digits>.<pg, 10
+//! digits>` (protobuf PgHistory, a PG's recorded intervals; fenced on the leader key, absent
+//! for a PG without intervals), `<prefix>/leader/...` (the election, value = the leader's
+//! address).
+//!
+//! A batch of PG history changes is written in transactions of at most
+//! [`HISTORY_OPS_PER_TXN`] keys (etcd refuses transactions of more than 128 operations by
+//! default). A batch is therefore not atomic across PGs; each PG's record is. The caller
+//! answers only once every transaction succeeded, and a failed batch may leave some of its
+//! records stored: that only adds intervals nobody acknowledged, which makes later peering
+//! more careful, never less.
 //!
 //! The monitor's state machine is synchronous; an etcd commit runs the async call with
 //! `block_in_place`, holding the state lock. Map changes are a serial log anyway, and a change
@@ -37,7 +46,7 @@ use etcd_client::{
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::store::StoreError;
+use crate::store::{PgHistoryChange, PgKey, StoreError};
 
 /// Errors of the etcd backend.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +81,9 @@ impl Drop for EtcdStore {
     }
 }
 
+/// Most PG records written in one etcd transaction.
+pub const HISTORY_OPS_PER_TXN: usize = 64;
+
 fn etcd_err(e: etcd_client::Error) -> StoreError {
     StoreError::Etcd(e.to_string())
 }
@@ -83,6 +95,14 @@ impl EtcdStore {
 
     fn keyring_key(&self) -> String {
         format!("{}/keyring", self.prefix)
+    }
+
+    fn history_prefix(&self) -> String {
+        format!("{}/pg_history/", self.prefix)
+    }
+
+    fn history_key(&self, (pool, pg): PgKey) -> String {
+        format!("{}{pool:010}.{pg:010}", self.history_prefix())
     }
 
     fn map_key(&self, epoch: u64) -> String {
@@ -148,6 +168,68 @@ impl EtcdStore {
         } else {
             Err(StoreError::FencedKeyring)
         }
+    }
+
+    /// Every stored PG history, sorted by PG.
+    pub fn load_pg_history(&self) -> Result<Vec<PgHistoryChange>, StoreError> {
+        let mut c = self.client.clone();
+        let r = self
+            .block(c.get(self.history_prefix(), Some(GetOptions::new().with_prefix())))?
+            .map_err(etcd_err)?;
+        let mut out = Vec::new();
+        for kv in r.kvs() {
+            let pg = kv
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(&self.history_prefix()))
+                .and_then(|k| k.split_once('.'))
+                .and_then(|(p, g)| Some((p.parse().ok()?, g.parse().ok()?)))
+                .ok_or_else(|| {
+                    StoreError::Etcd(format!(
+                        "unexpected pg history key {:?}",
+                        String::from_utf8_lossy(kv.key())
+                    ))
+                })?;
+            let h = v1::PgHistory::decode(kv.value())
+                .map_err(|source| StoreError::HistoryDecode { pg, source })?;
+            out.push((pg, h.intervals));
+        }
+        out.sort_by_key(|(pg, _)| *pg);
+        Ok(out)
+    }
+
+    /// Writes PG history changes if this monitor still leads, [`HISTORY_OPS_PER_TXN`] PGs per
+    /// transaction.
+    pub fn commit_pg_history(&self, changes: &[PgHistoryChange]) -> Result<(), StoreError> {
+        for chunk in changes.chunks(HISTORY_OPS_PER_TXN) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|(pg, intervals)| {
+                    let key = self.history_key(*pg);
+                    if intervals.is_empty() {
+                        TxnOp::delete(key, None)
+                    } else {
+                        let h = v1::PgHistory {
+                            intervals: intervals.clone(),
+                        };
+                        TxnOp::put(key, h.encode_to_vec(), None)
+                    }
+                })
+                .collect();
+            let txn = Txn::new()
+                .when([Compare::create_revision(
+                    self.leader_key.clone(),
+                    CompareOp::Equal,
+                    self.leader_rev,
+                )])
+                .and_then(ops);
+            let mut c = self.client.clone();
+            let r = self.block(c.txn(txn))?.map_err(etcd_err)?;
+            if !r.succeeded() {
+                return Err(StoreError::FencedHistory);
+            }
+        }
+        Ok(())
     }
 
     /// Writes `map` if this monitor still leads and the stored epoch is `map.epoch - 1`.

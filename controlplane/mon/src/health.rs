@@ -2,18 +2,29 @@
 //!
 //! Checks (the worst severity wins):
 //! * `OSD_DOWN` (WARN): OSDs that are down but still in (their data has not moved yet);
-//! * `PG_DEGRADED` (WARN): PGs placed on fewer than `size` OSDs;
-//! * `PG_UNAVAILABLE` (ERR): PGs placed on fewer than `min_size` OSDs (no I/O);
+//! * `PG_DEGRADED` (WARN): PGs placed on fewer than `size` OSDs, and PGs whose primary reports
+//!   them degraded (copies missing on members), with the number of missing copies;
+//! * `PG_UNAVAILABLE` (ERR): PGs placed on fewer than `min_size` OSDs (no I/O; `down` in
+//!   `pg ls`);
+//! * `PG_INCOMPLETE` (ERR): PGs whose primary found a recorded interval no reachable member
+//!   speaks for (no I/O until one returns), each with the intervals that block it;
+//! * `PG_STALE` (WARN): PGs whose current primary has not reported them recently (a PG never
+//!   reported since the monitor started is `unknown`, not stale, and raises nothing);
 //! * `OSD_NEARFULL` (WARN) / `OSD_FULL` (ERR): OSDs above the usage ratios;
 //! * `PG_INCONSISTENT` (ERR, Ceph's `PG_DAMAGED`/`OSD_SCRUB_ERRORS`): PGs whose last scrub
 //!   found objects that differ between their copies, as their primaries report them (one
 //!   detail line per PG, naming its objects). A clean scrub of the PG clears it.
 //!
 //! PG checks run the placement function over every PG of every pool: cheap for the pg counts
-//! a monitor serves (it is pure arithmetic), and it keeps the monitor free of a PG table.
+//! a monitor serves (it is pure arithmetic). The reported states come from
+//! [`crate::pgstats`] (one entry per PG, as `PgList` gives them).
 
 use carmine_placement::{pg_to_osds, ClusterMap};
-use carmine_proto::v1::{HealthCheck, HealthReply, HealthStatus, InconsistentPg};
+use carmine_proto::v1::{
+    HealthCheck, HealthReply, HealthStatus, InconsistentPg, PgStat, PgStateBit,
+};
+
+use crate::pgstats::state_string;
 
 /// At most this many detail lines per check.
 const MAX_DETAIL: usize = 50;
@@ -28,13 +39,14 @@ fn check(code: &str, severity: HealthStatus, summary: String, detail: Vec<String
 }
 
 /// Health of `map`; `usage` gives (osd, used, capacity); `inconsistent`: the PGs scrubs found
-/// inconsistent (one entry per PG).
+/// inconsistent (one entry per PG); `pgs`: every PG's state ([`crate::pgstats`]).
 pub fn health(
     map: &ClusterMap,
     usage: impl Iterator<Item = (u32, u64, u64)>,
     nearfull: f64,
     full: f64,
     inconsistent: &[InconsistentPg],
+    pgs: &[PgStat],
 ) -> HealthReply {
     let mut checks = Vec::new();
     let down: Vec<String> = map
@@ -51,17 +63,32 @@ pub fn health(
             down,
         ));
     }
+    let reported: std::collections::BTreeMap<(u32, u32), &PgStat> =
+        pgs.iter().map(|s| ((s.pool, s.pg), s)).collect();
+    let has = |s: &PgStat, b: PgStateBit| s.state & b as u32 != 0;
     let (mut degraded, mut unavailable) = (Vec::new(), Vec::new());
+    let mut degraded_objects = 0u64;
     for p in map.pools.values() {
         for pg in 0..p.pg_num {
             let n = pg_to_osds(map, p, pg).len() as u32;
+            let stat = reported.get(&(p.id, pg)).copied();
+            let missing = stat.map_or(0, |s| s.degraded_objects);
+            let reported_degraded = stat.is_some_and(|s| has(s, PgStateBit::PgStateDegraded));
             if n < p.min_size {
                 unavailable.push(format!(
                     "pg {}.{pg:x} has {n} of {} osds (min_size {})",
                     p.id, p.size, p.min_size
                 ));
             } else if n < p.size {
+                degraded_objects += missing;
                 degraded.push(format!("pg {}.{pg:x} has {n} of {} osds", p.id, p.size));
+            } else if reported_degraded {
+                degraded_objects += missing;
+                degraded.push(format!(
+                    "pg {}.{pg:x} is {}: {missing} objects degraded",
+                    p.id,
+                    stat.map_or_else(String::new, |s| state_string(s.state))
+                ));
             }
         }
     }
@@ -71,6 +98,29 @@ pub fn health(
             HealthStatus::HealthErr,
             format!("{} pgs below min_size", unavailable.len()),
             unavailable,
+        ));
+    }
+    let incomplete: Vec<String> = pgs
+        .iter()
+        .filter(|s| has(s, PgStateBit::PgStateIncomplete))
+        .map(|s| {
+            let by = if s.blocked_by.is_empty() {
+                String::new()
+            } else {
+                format!(": blocked by {}", s.blocked_by.join("; "))
+            };
+            format!("pg {}.{:x} is {}{by}", s.pool, s.pg, state_string(s.state))
+        })
+        .collect();
+    if !incomplete.is_empty() {
+        checks.push(check(
+            "PG_INCOMPLETE",
+            HealthStatus::HealthErr,
+            format!(
+                "{} pgs incomplete: no reachable member of a past interval, no I/O",
+                incomplete.len()
+            ),
+            incomplete,
         ));
     }
     if !inconsistent.is_empty() {
@@ -109,8 +159,35 @@ pub fn health(
         checks.push(check(
             "PG_DEGRADED",
             HealthStatus::HealthWarn,
-            format!("{} pgs degraded", degraded.len()),
+            format!(
+                "{} pgs degraded, {degraded_objects} objects degraded",
+                degraded.len()
+            ),
             degraded,
+        ));
+    }
+    let stale: Vec<String> = pgs
+        .iter()
+        .filter(|s| has(s, PgStateBit::PgStateStale))
+        .map(|s| {
+            let primary = s
+                .acting
+                .first()
+                .map_or("no primary".to_string(), |p| format!("primary osd.{p}"));
+            format!(
+                "pg {}.{:x} is {}: not reported by its {primary}",
+                s.pool,
+                s.pg,
+                state_string(s.state)
+            )
+        })
+        .collect();
+    if !stale.is_empty() {
+        checks.push(check(
+            "PG_STALE",
+            HealthStatus::HealthWarn,
+            format!("{} pgs stale", stale.len()),
+            stale,
         ));
     }
     let (mut nf, mut fl) = (Vec::new(), Vec::new());
@@ -196,6 +273,7 @@ mod tests {
             0.85,
             0.95,
             &[],
+            &[],
         );
         assert_eq!(h.status, HealthStatus::HealthOk as i32);
         assert!(h.checks.is_empty());
@@ -205,6 +283,7 @@ mod tests {
             std::iter::empty(),
             0.85,
             0.95,
+            &[],
             &[],
         );
         assert_eq!(h.status, HealthStatus::HealthWarn as i32);
@@ -217,6 +296,7 @@ mod tests {
             0.85,
             0.95,
             &[],
+            &[],
         );
         assert_eq!(h.status, HealthStatus::HealthErr as i32);
         assert!(h.checks.iter().any(|c| c.code == "PG_UNAVAILABLE"));
@@ -227,6 +307,7 @@ mod tests {
             usage.into_iter(),
             0.85,
             0.95,
+            &[],
             &[],
         );
         assert_eq!(h.status, HealthStatus::HealthErr as i32);
@@ -251,6 +332,7 @@ mod tests {
             0.85,
             0.95,
             std::slice::from_ref(&pg),
+            &[],
         );
         assert_eq!(h.status, HealthStatus::HealthErr as i32);
         assert_eq!(h.checks.len(), 1);
@@ -273,10 +355,67 @@ mod tests {
             0.85,
             0.95,
             &[pg],
+            &[],
         );
         let codes: Vec<&str> = h.checks.iter().map(|c| c.code.as_str()).collect();
         assert_eq!(codes, ["OSD_DOWN", "PG_INCONSISTENT", "PG_DEGRADED"]);
-        let h = health(&m, std::iter::empty(), 0.85, 0.95, &[]);
+        let h = health(&m, std::iter::empty(), 0.85, 0.95, &[], &[]);
         assert!(h.checks.is_empty());
+    }
+
+    fn reported(m: &ClusterMap, pg: u32, state: u32) -> PgStat {
+        PgStat {
+            pool: 0,
+            pg,
+            state,
+            acting: pg_to_osds(m, &m.pools[&0], pg),
+            ..Default::default()
+        }
+    }
+
+    /// Reported states: degraded is a warning counting the missing copies, incomplete an error
+    /// naming what blocks it, stale a warning; unknown (never reported) raises nothing.
+    #[test]
+    fn reported_pg_states_raise_degraded_incomplete_and_stale() {
+        use PgStateBit as B;
+        let m = map(&[true, true, true]);
+        let active = B::PgStateActive as u32;
+        let mut d = reported(&m, 1, active | B::PgStateDegraded as u32);
+        d.degraded_objects = 12;
+        let mut d2 = reported(&m, 2, active | B::PgStateDegraded as u32);
+        d2.degraded_objects = 3;
+        let mut inc = reported(&m, 3, B::PgStateIncomplete as u32);
+        inc.blocked_by = vec!["since 12 [1,4,2]".into()];
+        let stale = reported(
+            &m,
+            4,
+            active | B::PgStateClean as u32 | B::PgStateStale as u32,
+        );
+        let unknown = reported(&m, 5, 0);
+        let run = |pgs: &[PgStat]| health(&m, std::iter::empty(), 0.85, 0.95, &[], pgs);
+
+        let h = run(std::slice::from_ref(&unknown));
+        assert_eq!(h.status, HealthStatus::HealthOk as i32, "{h:?}");
+
+        let h = run(&[d.clone(), d2.clone(), unknown.clone()]);
+        assert_eq!(h.status, HealthStatus::HealthWarn as i32);
+        assert_eq!(h.checks.len(), 1);
+        assert_eq!(h.checks[0].code, "PG_DEGRADED");
+        assert_eq!(h.checks[0].summary, "2 pgs degraded, 15 objects degraded");
+        assert_eq!(
+            h.checks[0].detail[0],
+            "pg 0.1 is active+degraded: 12 objects degraded"
+        );
+
+        let h = run(&[d, inc, stale]);
+        assert_eq!(h.status, HealthStatus::HealthErr as i32);
+        let codes: Vec<&str> = h.checks.iter().map(|c| c.code.as_str()).collect();
+        assert_eq!(codes, ["PG_INCOMPLETE", "PG_DEGRADED", "PG_STALE"]);
+        assert_eq!(
+            h.checks[0].detail,
+            ["pg 0.3 is incomplete: blocked by since 12 [1,4,2]"]
+        );
+        assert_eq!(h.checks[2].summary, "1 pgs stale");
+        assert!(h.checks[2].detail[0].starts_with("pg 0.4 is active+clean+stale"));
     }
 }

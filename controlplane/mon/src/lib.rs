@@ -12,8 +12,11 @@
 //!   the down-after-grace and out-after-interval rules, the client keyring (the data path's
 //!   handshake keys, issued here, fetched by the OSD agents) and each OSD's admin address;
 //! * [`health`]: HEALTH_OK/WARN/ERR with reasons, computed from the map with the placement
-//!   function;
-//! * [`store`]: the crash-safe map history and client keyring (redb by default);
+//!   function and from the primaries' PG reports;
+//! * [`history`]: the rules of a PG's recorded intervals (durable, in the store);
+//! * [`lease`]: how long an earlier primary's read lease may still run (`LeaseWait`);
+//! * [`pgstats`]: PG states from the primaries' heartbeats, stale and down marking, sums;
+//! * [`store`]: the crash-safe map history, client keyring and PG histories (redb by default);
 //! * [`ha`]: the etcd backend for several monitors with one elected leader; the others listen
 //!   and redirect every call to it (an empty [`service::MonSlot`] answers with
 //!   [`carmine_proto::not_leader`]).
@@ -23,6 +26,9 @@
 
 pub mod ha;
 pub mod health;
+pub mod history;
+pub mod lease;
+pub mod pgstats;
 pub mod service;
 pub mod state;
 pub mod store;

@@ -18,6 +18,7 @@ use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
 
 use crate::health::health;
+use crate::pgstats::summarize;
 use crate::state::{osd_key_id, BootInfo, MonError, Monitor};
 
 /// The monitor state once this monitor leads; until then, who leads.
@@ -138,7 +139,7 @@ impl MonCluster for ClusterSvc {
             heartbeat_interval_ms: m.policy().heartbeat_interval.as_millis() as u64,
             key_id: osd_key_id(id),
             key: booted.key.to_vec(),
-            lease_ms: 0,
+            lease_ms: m.lease().as_millis() as u64,
         }))
     }
 
@@ -147,17 +148,13 @@ impl MonCluster for ClusterSvc {
         req: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatReply>, Status> {
         let r = req.into_inner();
+        let now = Instant::now();
         let mut m = lock(&self.shared)?;
-        let must_boot = m.heartbeat(
-            r.id,
-            &r.uuid,
-            r.used_bytes,
-            r.capacity_bytes,
-            Instant::now(),
-        );
+        let must_boot = m.heartbeat(r.id, &r.uuid, r.used_bytes, r.capacity_bytes, now);
         if !must_boot {
             m.set_admin_addr(r.id, &r.admin_addr);
             m.set_scrub_report(r.id, r.inconsistent_pgs);
+            m.set_pg_stats(r.id, r.pg_stats, now);
         }
         Ok(Response::new(v1::HeartbeatReply {
             epoch: m.map().epoch,
@@ -259,33 +256,42 @@ impl MonCluster for ClusterSvc {
         Ok(Response::new(v1::OsdAdminAddrReply { id, admin_addr, up }))
     }
 
-    // In progress (issue 12): the PG history store lands next.
     async fn record_intervals(
         &self,
-        _: Request<v1::RecordIntervalsRequest>,
+        req: Request<v1::RecordIntervalsRequest>,
     ) -> Result<Response<v1::RecordIntervalsReply>, Status> {
-        Err(Status::unimplemented("record_intervals"))
+        let r = req.into_inner();
+        let epoch = lock(&self.shared)?.record_intervals(r.osd, &r.intervals)?;
+        Ok(Response::new(v1::RecordIntervalsReply { epoch }))
     }
 
     async fn get_pg_history(
         &self,
-        _: Request<v1::PgHistoryRequest>,
+        req: Request<v1::PgHistoryRequest>,
     ) -> Result<Response<v1::PgHistory>, Status> {
-        Err(Status::unimplemented("get_pg_history"))
+        let r = req.into_inner();
+        let intervals = lock(&self.shared)?.pg_history(r.pool, r.pg)?;
+        Ok(Response::new(v1::PgHistory { intervals }))
     }
 
     async fn trim_pg_history(
         &self,
-        _: Request<v1::PgInterval>,
+        req: Request<v1::PgInterval>,
     ) -> Result<Response<v1::Empty>, Status> {
-        Err(Status::unimplemented("trim_pg_history"))
+        lock(&self.shared)?.trim_pg_history(&req.into_inner())?;
+        Ok(Response::new(v1::Empty {}))
     }
 
     async fn lease_wait(
         &self,
-        _: Request<v1::LeaseWaitRequest>,
+        req: Request<v1::LeaseWaitRequest>,
     ) -> Result<Response<v1::LeaseWaitReply>, Status> {
-        Err(Status::unimplemented("lease_wait"))
+        let r = req.into_inner();
+        let wait = lock(&self.shared)?.lease_wait(&r.osds, r.epoch, Instant::now());
+        Ok(Response::new(v1::LeaseWaitReply {
+            // Rounded up: waiting a little longer is safe, a little less is not.
+            wait_ms: wait.as_micros().div_ceil(1000) as u64,
+        }))
     }
 }
 
@@ -304,7 +310,7 @@ fn changed(epoch: Result<u64, MonError>) -> Result<Response<v1::MapChangeReply>,
     Ok(Response::new(v1::MapChangeReply { epoch: epoch? }))
 }
 
-fn health_of(m: &Monitor) -> v1::HealthReply {
+fn health_of(m: &Monitor, pgs: &[v1::PgStat]) -> v1::HealthReply {
     let p = m.policy();
     health(
         &m.map(),
@@ -312,6 +318,7 @@ fn health_of(m: &Monitor) -> v1::HealthReply {
         p.nearfull_ratio,
         p.full_ratio,
         &m.inconsistent_pgs(),
+        pgs,
     )
 }
 
@@ -320,22 +327,32 @@ impl MonAdmin for AdminSvc {
     async fn status(&self, _: Request<v1::Empty>) -> Result<Response<v1::StatusReply>, Status> {
         let m = lock(&self.0)?;
         let map = m.map();
+        let now = Instant::now();
+        let pgs = m.pg_list(now);
+        let sum = summarize(&pgs);
+        let (recovery_bytes_per_sec, recovery_objects_per_sec) = m.recovery_rate(now);
         Ok(Response::new(v1::StatusReply {
             epoch: map.epoch,
-            health: Some(health_of(&m)),
+            health: Some(health_of(&m, &pgs)),
             num_osds: map.osds.len() as u32,
             num_up: map.osds.values().filter(|o| o.up).count() as u32,
             num_in: map.osds.values().filter(|o| o.in_).count() as u32,
             num_pools: map.pools.len() as u32,
             num_pgs: map.pools.values().map(|p| p.pg_num).sum(),
             uptime_secs: m.uptime().as_secs(),
-            ..Default::default()
+            pgs_by_state: sum.by_state.into_iter().collect(),
+            degraded_objects: sum.degraded_objects,
+            misplaced_objects: sum.misplaced_objects,
+            objects: sum.objects,
+            recovery_bytes_per_sec,
+            recovery_objects_per_sec,
         }))
     }
 
     async fn health(&self, _: Request<v1::Empty>) -> Result<Response<v1::HealthReply>, Status> {
         let m = lock(&self.0)?;
-        Ok(Response::new(health_of(&m)))
+        let pgs = m.pg_list(Instant::now());
+        Ok(Response::new(health_of(&m, &pgs)))
     }
 
     async fn get_map(
@@ -504,15 +521,20 @@ impl MonAdmin for AdminSvc {
         }))
     }
 
-    // In progress (issue 12).
     async fn pg_list(&self, _: Request<v1::Empty>) -> Result<Response<v1::PgStatList>, Status> {
-        Err(Status::unimplemented("pg_list"))
+        let pgs = lock(&self.0)?.pg_list(Instant::now());
+        Ok(Response::new(v1::PgStatList { pgs }))
     }
 
     async fn pg_query(
         &self,
-        _: Request<v1::PgHistoryRequest>,
+        req: Request<v1::PgHistoryRequest>,
     ) -> Result<Response<v1::PgQueryReply>, Status> {
-        Err(Status::unimplemented("pg_query"))
+        let r = req.into_inner();
+        Ok(Response::new(lock(&self.0)?.pg_query(
+            r.pool,
+            r.pg,
+            Instant::now(),
+        )?))
     }
 }

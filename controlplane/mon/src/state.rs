@@ -22,6 +22,15 @@
 //! whose last scrub found inconsistent objects (the whole set each time, bounded), kept per
 //! OSD until its next heartbeat replaces it or the OSD is removed. [`Monitor::inconsistent_pgs`]
 //! merges them per PG, for health (`PG_INCONSISTENT`) and `carmine pg ls`.
+//!
+//! PG history ([`crate::history`]) is durable: each `RecordIntervals`/`TrimPgHistory` change
+//! is committed to the store before memory changes or the caller is answered, and loaded at
+//! open. A PG's history goes with its PG (pool removed, pg_num lowered): dropped after the map
+//! commit that removed the PG (a failure then leaves rows of a PG that no longer exists, which
+//! the next open drops; pool ids are never reused).
+//!
+//! PG stats ([`crate::pgstats`]) and the lease clock ([`crate::lease`]: commit instants of
+//! recent epochs, each OSD's last heartbeat) are soft state.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -31,7 +40,9 @@ use carmine_placement::{ClusterMap, Incremental, Osd, Pool};
 use carmine_proto::v1;
 use tokio::sync::broadcast;
 
-use crate::store::{Backend, StoreError};
+use crate::lease::EpochClock;
+use crate::pgstats::PgStats;
+use crate::store::{Backend, PgHistoryChange, PgKey, StoreError};
 
 /// Cluster flags the monitor knows: `noout` (down OSDs are not marked out), `nodown` (missed
 /// heartbeats and failure reports do not mark OSDs down; an admin still can).
@@ -183,6 +194,9 @@ pub enum MonError {
 #[derive(Debug, Clone)]
 struct Liveness {
     last_heartbeat: Instant,
+    /// The last heartbeat or boot received from this id, answered whatever the answer (the
+    /// lease bound of [`crate::lease`]); `last_heartbeat` counts only the accepted ones.
+    last_reply: Instant,
     down_since: Option<Instant>,
     /// Marked out by the monitor (not by an admin): a boot marks it in again.
     auto_out: bool,
@@ -196,6 +210,7 @@ impl Liveness {
     fn new(now: Instant, up: bool) -> Self {
         Liveness {
             last_heartbeat: now,
+            last_reply: now,
             down_since: (!up).then_some(now),
             auto_out: false,
             used_bytes: 0,
@@ -254,6 +269,12 @@ pub struct Monitor {
     admin_addrs: HashMap<u32, String>,
     /// OSD id → the inconsistent PGs its last heartbeat reported (soft state).
     scrub_reports: BTreeMap<u32, Vec<v1::InconsistentPg>>,
+    /// PG → its recorded intervals, oldest first (as stored; no entry = none).
+    pg_history: BTreeMap<PgKey, Vec<v1::PgInterval>>,
+    /// Commit instants of recent epochs (soft state, for leases).
+    epochs: EpochClock,
+    /// The primaries' PG reports (soft state).
+    pg_stats: PgStats,
 }
 
 impl Monitor {
@@ -277,6 +298,9 @@ impl Monitor {
             keyring_version: 1,
             admin_addrs: HashMap::new(),
             scrub_reports: BTreeMap::new(),
+            pg_history: BTreeMap::new(),
+            epochs: EpochClock::new(now, 0),
+            pg_stats: PgStats::default(),
         };
         let mut legacy_osd_ids = Vec::new();
         if let Some(k) = mon.store.load_keyring()? {
@@ -344,6 +368,10 @@ impl Monitor {
             .values()
             .map(|o| (o.id, Liveness::new(now, o.up)))
             .collect();
+        // Every epoch loaded was committed before this start (see `lease`).
+        mon.epochs = EpochClock::new(now, mon.map.epoch);
+        mon.pg_history = mon.store.load_pg_history()?.into_iter().collect();
+        mon.prune_pg_history();
         tracing::info!(
             epoch = mon.map.epoch,
             osds = mon.map.osds.len(),
@@ -584,6 +612,8 @@ impl Monitor {
             self.incs.pop_front();
         }
         self.map = next;
+        self.epochs.committed(self.map.epoch, Instant::now());
+        self.pg_stats.prune(&self.map);
         tracing::info!(epoch = self.map.epoch, "new map epoch");
         // No receivers is fine: nobody subscribed yet.
         let _ = self.updates.send(inc);
@@ -655,6 +685,7 @@ impl Monitor {
             }
         }
         live.last_heartbeat = now;
+        live.last_reply = live.last_reply.max(now);
         live.down_since = None;
         live.auto_out = false;
         live.failure_reports.clear();
@@ -677,6 +708,10 @@ impl Monitor {
             .osds
             .get(&id)
             .is_some_and(|o| o.uuid == uuid && o.up);
+        if let Some(l) = self.live.get_mut(&id) {
+            // Answered either way: counts for the lease bound.
+            l.last_reply = l.last_reply.max(now);
+        }
         if !known_up {
             return true;
         }
@@ -924,6 +959,7 @@ impl Monitor {
         self.live.remove(&id);
         self.admin_addrs.remove(&id);
         self.scrub_reports.remove(&id);
+        self.pg_stats.forget_osd(id);
         self.commit(next)
     }
 
@@ -992,7 +1028,9 @@ impl Monitor {
             .map(|p| p.id)
             .ok_or_else(|| MonError::NotFound(format!("pool {name}")))?;
         next.pools.remove(&id);
-        self.commit(next)
+        let epoch = self.commit(next)?;
+        self.prune_pg_history();
+        Ok(epoch)
     }
 
     /// Admin: change `size`, `min_size` or `pg_num` of a pool.
@@ -1025,7 +1063,186 @@ impl Monitor {
             // for its other properties.
             check_size_supported(v)?;
         }
-        self.commit(next)
+        let epoch = self.commit(next)?;
+        if key == "pg_num" {
+            self.prune_pg_history();
+        }
+        Ok(epoch)
+    }
+}
+
+/// PG history, leases and PG stats.
+impl Monitor {
+    /// Whether the map has PG `pg` of pool `pool`.
+    fn check_pg(&self, pool: u32, pg: u32) -> Result<(), MonError> {
+        match self.map.pools.get(&pool) {
+            Some(p) if pg < p.pg_num => Ok(()),
+            Some(p) => Err(MonError::NotFound(format!(
+                "pool {} ({pool}) has {} pgs: no pg {pg:x}",
+                p.name, p.pg_num
+            ))),
+            None => Err(MonError::NotFound(format!("pool {pool}"))),
+        }
+    }
+
+    /// Drops the history of PGs the map no longer has (committed first; see the module doc).
+    fn prune_pg_history(&mut self) {
+        let gone: Vec<PgHistoryChange> = self
+            .pg_history
+            .keys()
+            .filter(|(pool, pg)| self.check_pg(*pool, *pg).is_err())
+            .map(|k| (*k, Vec::new()))
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        match self.store.commit_pg_history(&gone) {
+            Ok(()) => {
+                for (k, _) in &gone {
+                    self.pg_history.remove(k);
+                }
+                tracing::info!(pgs = gone.len(), "history of removed pgs dropped");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot drop the history of removed pgs (retried at the next open)")
+            }
+        }
+    }
+
+    /// Commits `changes` and installs them.
+    fn commit_history(&mut self, changes: Vec<PgHistoryChange>) -> Result<(), MonError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.store.commit_pg_history(&changes)?;
+        for (k, h) in changes {
+            if h.is_empty() {
+                self.pg_history.remove(&k);
+            } else {
+                self.pg_history.insert(k, h);
+            }
+        }
+        Ok(())
+    }
+
+    /// `RecordIntervals` from OSD `osd`: every interval recorded (see [`crate::history`]),
+    /// committed before this returns. All or nothing: one refused interval refuses the call.
+    /// Returns the current epoch.
+    pub fn record_intervals(
+        &mut self,
+        osd: u32,
+        intervals: &[v1::PgInterval],
+    ) -> Result<u64, MonError> {
+        if !self.map.osds.contains_key(&osd) {
+            return Err(MonError::NotFound(format!("osd.{osd}")));
+        }
+        let mut next: BTreeMap<PgKey, Vec<v1::PgInterval>> = BTreeMap::new();
+        for iv in intervals {
+            self.check_pg(iv.pool, iv.pg)?;
+            if iv.since > self.map.epoch {
+                return Err(MonError::Invalid(format!(
+                    "pg {}.{:x}: interval since {} is newer than epoch {}",
+                    iv.pool, iv.pg, iv.since, self.map.epoch
+                )));
+            }
+            let key = (iv.pool, iv.pg);
+            let cur = next
+                .get(&key)
+                .or_else(|| self.pg_history.get(&key))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if let Some(h) = crate::history::record(cur, iv)? {
+                next.insert(key, h);
+            }
+        }
+        let n = next.len();
+        self.commit_history(next.into_iter().collect())?;
+        if n > 0 {
+            tracing::info!(osd, pgs = n, "pg intervals recorded");
+        }
+        Ok(self.map.epoch)
+    }
+
+    /// The recorded intervals of a PG, oldest first.
+    pub fn pg_history(&self, pool: u32, pg: u32) -> Result<Vec<v1::PgInterval>, MonError> {
+        self.check_pg(pool, pg)?;
+        Ok(self
+            .pg_history
+            .get(&(pool, pg))
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// `TrimPgHistory`: drop the PG's intervals older than `iv.since` (committed first).
+    pub fn trim_pg_history(&mut self, iv: &v1::PgInterval) -> Result<(), MonError> {
+        self.check_pg(iv.pool, iv.pg)?;
+        let key = (iv.pool, iv.pg);
+        let cur = self
+            .pg_history
+            .get(&key)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if let Some(h) = crate::history::trim(cur, iv)? {
+            self.commit_history(vec![(key, h)])?;
+            tracing::info!(pg = %format!("{}.{:x}", iv.pool, iv.pg), since = iv.since, "pg history trimmed");
+        }
+        Ok(())
+    }
+
+    /// The read lease OSDs get (`BootReply.lease_ms`): the down grace.
+    pub fn lease(&self) -> Duration {
+        self.policy.down_grace
+    }
+
+    /// `LeaseWait`: how long the leases of `osds` may still run for an interval that began at
+    /// `epoch` (the largest over `osds`; see [`crate::lease`]).
+    pub fn lease_wait(&self, osds: &[u32], epoch: u64, now: Instant) -> Duration {
+        let committed = self.epochs.commit_bound(epoch);
+        osds.iter()
+            .map(|id| {
+                let hb = self.live.get(id).map(|l| l.last_reply);
+                crate::lease::wait(now, self.lease(), committed, hb)
+            })
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// A PG's report is stale after this long (see [`crate::pgstats`]).
+    pub fn pg_stale_after(&self) -> Duration {
+        self.policy.heartbeat_interval * crate::pgstats::STALE_HEARTBEATS
+    }
+
+    /// The PG stats OSD `id` reported with a heartbeat at `now` (every PG it leads).
+    pub fn set_pg_stats(&mut self, id: u32, stats: Vec<v1::PgStat>, now: Instant) {
+        if !self.map.osds.contains_key(&id) {
+            return;
+        }
+        self.pg_stats.report(&self.map, id, stats, now);
+    }
+
+    /// Every PG of every pool with its state (see [`crate::pgstats`]).
+    pub fn pg_list(&self, now: Instant) -> Vec<v1::PgStat> {
+        self.pg_stats.list(&self.map, now, self.pg_stale_after())
+    }
+
+    /// One PG: its state, recorded history and seconds since its report (0 = never).
+    pub fn pg_query(&self, pool: u32, pg: u32, now: Instant) -> Result<v1::PgQueryReply, MonError> {
+        self.check_pg(pool, pg)?;
+        let (stat, ago) = self
+            .pg_stats
+            .query(&self.map, pool, pg, now, self.pg_stale_after())
+            .ok_or_else(|| MonError::NotFound(format!("pg {pool}.{pg:x}")))?;
+        Ok(v1::PgQueryReply {
+            stat: Some(stat),
+            history: self.pg_history(pool, pg)?,
+            // A report of this very second still says "reported": at least 1.
+            reported_secs_ago: ago.map_or(0, |d| d.as_secs().max(1)),
+        })
+    }
+
+    /// Recovery throughput (bytes, objects per second) over the last reports.
+    pub fn recovery_rate(&self, now: Instant) -> (u64, u64) {
+        self.pg_stats.recovery_rate(now, self.pg_stale_after())
     }
 }
 
@@ -1207,6 +1424,34 @@ mod tests {
         assert_eq!(m.inconsistent_pgs().len(), 1, "a down OSD's report stands");
         m.osd_rm(a).unwrap();
         assert!(m.inconsistent_pgs().is_empty());
+    }
+
+    /// LeaseWait through the monitor: the commit of the epoch bounds the wait even when
+    /// heartbeats kept coming; a future epoch is bounded by the last heartbeat, which counts
+    /// even when answered with "boot again"; an unknown OSD with an unknown epoch waits a lease.
+    #[test]
+    fn lease_wait_takes_the_earlier_of_commit_and_last_heartbeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Monitor::open(MapStore::open(dir.path()).unwrap(), policy()).unwrap();
+        let lease = m.lease();
+        assert_eq!(lease, Duration::from_secs(10));
+        let t0 = Instant::now();
+        let a = boot(&mut m, "a", "h1", t0);
+        let (_, e) = m.pool_create("p", 8, 1, 1).unwrap();
+        let s = Duration::from_secs(1);
+        // Heartbeats after the commit do not extend it.
+        assert!(!m.heartbeat(a, "a", 0, 0, t0 + 5 * s));
+        let now = Instant::now();
+        let w = m.lease_wait(&[a], e, now);
+        assert!(w <= lease && w > lease - s, "{w:?}");
+        // A future epoch: the last heartbeat bounds it.
+        assert_eq!(m.lease_wait(&[a], e + 1, t0 + 6 * s), 9 * s);
+        // A heartbeat answered "boot again" (wrong uuid) still renews as far as we know.
+        assert!(m.heartbeat(a, "not-a", 0, 0, t0 + 7 * s));
+        assert_eq!(m.lease_wait(&[a], e + 1, t0 + 8 * s), 9 * s);
+        assert_eq!(m.lease_wait(&[a, 99], e + 1, t0 + 8 * s), lease, "the max");
+        assert_eq!(m.lease_wait(&[a], e, now + lease), Duration::ZERO);
+        assert_eq!(m.lease_wait(&[], e, now), Duration::ZERO);
     }
 
     #[test]

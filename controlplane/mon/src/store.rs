@@ -10,6 +10,10 @@
 //! A second table, `aux`, holds state that is not part of the map, one protobuf blob per key:
 //! `keyring` is the client keyring (`v1::Keyring`, keys and version), rewritten whole and
 //! committed before an `auth` change is acknowledged.
+//!
+//! A third table, `pg_history`: (pool, pg) → the PG's recorded intervals (`v1::PgHistory`,
+//! oldest first; see [`crate::history`]). A PG without intervals has no row. A batch of
+//! changes (one `RecordIntervals` call) is one transaction, committed before the reply.
 
 use std::path::Path;
 
@@ -21,6 +25,13 @@ use redb::{Database, ReadableTable, TableDefinition};
 const MAPS: TableDefinition<u64, &[u8]> = TableDefinition::new("maps");
 const AUX: TableDefinition<&str, &[u8]> = TableDefinition::new("aux");
 const KEYRING: &str = "keyring";
+const PG_HISTORY: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("pg_history");
+
+/// A PG's key in the history tables: (pool id, PG number).
+pub type PgKey = (u32, u32);
+
+/// One PG's new recorded history; an empty list removes the PG's record.
+pub type PgHistoryChange = (PgKey, Vec<v1::PgInterval>);
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +53,19 @@ pub enum StoreError {
     /// The stored keyring does not decode.
     #[error("map store: the stored keyring is corrupt: {0}")]
     KeyringDecode(prost::DecodeError),
+    /// A stored PG history does not decode.
+    #[error("map store: the stored history of pg {}.{:x} is corrupt: {source}", pg.0, pg.1)]
+    HistoryDecode {
+        /// The PG.
+        pg: PgKey,
+        /// Why.
+        source: prost::DecodeError,
+    },
+    /// The etcd history commit was refused: this monitor no longer leads.
+    #[error(
+        "map store (etcd): pg history commit fenced off: this monitor is no longer the leader"
+    )]
+    FencedHistory,
     /// A stored map does not decode.
     #[error("map store: epoch {epoch} is corrupt: {source}")]
     Decode {
@@ -70,6 +94,7 @@ impl MapStore {
         let tx = db.begin_write().map_err(dberr)?;
         tx.open_table(MAPS).map_err(dberr)?;
         tx.open_table(AUX).map_err(dberr)?;
+        tx.open_table(PG_HISTORY).map_err(dberr)?;
         tx.commit().map_err(dberr)?;
         Ok(MapStore { db })
     }
@@ -136,6 +161,44 @@ impl MapStore {
     }
 }
 
+impl MapStore {
+    /// Every stored PG history (PGs with at least one interval), sorted by PG.
+    pub fn load_pg_history(&self) -> Result<Vec<PgHistoryChange>, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(PG_HISTORY).map_err(dberr)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(dberr)? {
+            let (k, v) = row.map_err(dberr)?;
+            let pg = k.value();
+            let h = v1::PgHistory::decode(v.value())
+                .map_err(|source| StoreError::HistoryDecode { pg, source })?;
+            out.push((pg, h.intervals));
+        }
+        Ok(out)
+    }
+
+    /// Durably applies `changes` in one transaction (an empty list deletes the PG's row).
+    pub fn commit_pg_history(&self, changes: &[PgHistoryChange]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut t = tx.open_table(PG_HISTORY).map_err(dberr)?;
+            for (pg, intervals) in changes {
+                if intervals.is_empty() {
+                    t.remove(*pg).map_err(dberr)?;
+                } else {
+                    let bytes = v1::PgHistory {
+                        intervals: intervals.clone(),
+                    }
+                    .encode_to_vec();
+                    t.insert(*pg, bytes.as_slice()).map_err(dberr)?;
+                }
+            }
+        }
+        tx.commit().map_err(dberr)?;
+        Ok(())
+    }
+}
+
 /// Where the map history lives: the local redb file, or etcd (high availability).
 pub enum Backend {
     /// Single monitor, embedded store.
@@ -180,6 +243,22 @@ impl Backend {
         match self {
             Backend::Redb(s) => s.commit_keyring(keyring),
             Backend::Etcd(s) => s.commit_keyring(keyring),
+        }
+    }
+
+    /// Every stored PG history, sorted by PG.
+    pub fn load_pg_history(&self) -> Result<Vec<PgHistoryChange>, StoreError> {
+        match self {
+            Backend::Redb(s) => s.load_pg_history(),
+            Backend::Etcd(s) => s.load_pg_history(),
+        }
+    }
+
+    /// Durably applies PG history changes (an empty list deletes the PG's record).
+    pub fn commit_pg_history(&self, changes: &[PgHistoryChange]) -> Result<(), StoreError> {
+        match self {
+            Backend::Redb(s) => s.commit_pg_history(changes),
+            Backend::Etcd(s) => s.commit_pg_history(changes),
         }
     }
 }

@@ -542,6 +542,73 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
         .await
         .unwrap();
     });
+
+    // PG history on the etcd store: the redb scenario (tests/pg_history.rs), a new leader
+    // loads it, the pool's removal deletes its keys, and a deposed leader cannot write it.
+    rt.block_on(async {
+        let eps = etcd.endpoints.clone();
+        tokio::spawn(async move {
+            let prefix = "/pg-history-test";
+            let open = |l: carmine_mon::ha::Leadership| {
+                carmine_mon::state::Monitor::open(
+                    carmine_mon::store::Backend::Etcd(Box::new(l.store)),
+                    common::test_policy(),
+                )
+                .unwrap()
+            };
+            let mut c = etcd_client::Client::connect(eps.clone(), None)
+                .await
+                .unwrap();
+            let depose = |mut c: etcd_client::Client| async move {
+                c.delete(
+                    format!("{prefix}/leader"),
+                    Some(etcd_client::DeleteOptions::new().with_prefix()),
+                )
+                .await
+                .unwrap();
+            };
+            let l = carmine_mon::ha::campaign(&eps, prefix, 2, "127.0.0.1:1")
+                .await
+                .unwrap();
+            let mut m = open(l);
+            let s = common::pg_history_scenario(&mut m);
+            drop(m);
+            depose(c.clone()).await;
+            let l = carmine_mon::ha::campaign(&eps, prefix, 2, "127.0.0.1:2")
+                .await
+                .unwrap();
+            let mut m = open(l);
+            common::pg_history_kept_after_reopen(&mut m, s);
+            let keys = c
+                .get(
+                    format!("{prefix}/pg_history/"),
+                    Some(
+                        etcd_client::GetOptions::new()
+                            .with_prefix()
+                            .with_count_only(),
+                    ),
+                )
+                .await
+                .unwrap()
+                .count();
+            assert_eq!(keys, 0, "pool rm left pg history keys in etcd");
+            // Deposed: a history write is refused, and memory is unchanged.
+            let (pool, epoch) = m.pool_create("after", 8, 1, 1).unwrap();
+            let osd = m.map().osds.keys().next().copied().unwrap();
+            depose(c.clone()).await;
+            let iv = v1::PgInterval {
+                pool,
+                pg: 0,
+                since: epoch,
+                acting: vec![osd],
+            };
+            let e = m.record_intervals(osd, &[iv]).unwrap_err();
+            assert!(e.to_string().contains("no longer the leader"), "{e}");
+            assert_eq!(m.pg_history(pool, 0).unwrap(), []);
+        })
+        .await
+        .unwrap();
+    });
 }
 
 struct NoStats;

@@ -324,3 +324,99 @@ pub fn osd_key_kept_after_reopen(m: &mut carmine_mon::state::Monitor, id: u32, k
     );
     assert_eq!(m.keyring_version(), v);
 }
+
+fn interval(pool: u32, pg: u32, since: u64, acting: &[u32]) -> carmine_proto::v1::PgInterval {
+    carmine_proto::v1::PgInterval {
+        pool,
+        pg,
+        since,
+        acting: acting.to_vec(),
+    }
+}
+
+/// The PG history on a monitor, whatever its store: record (repeat and older = no-op, a
+/// conflict refuses the whole call), get, trim, refusals, and one call of 100 PGs (more than
+/// one etcd transaction). Leaves pool "hist" with pg 1 = [since e2 [b,a]], pg 2 = [e1 [a,b]],
+/// pgs 10..110 = [e2 [a]]; returns (pool, e1, e2, a, b) for [`pg_history_kept_after_reopen`].
+pub fn pg_history_scenario(m: &mut carmine_mon::state::Monitor) -> (u32, u64, u64, u32, u32) {
+    use carmine_mon::state::MonError;
+    let now = Instant::now();
+    let a = m.boot(boot_info("uuid-hist-a", "hostA"), now).unwrap().id;
+    let b = m.boot(boot_info("uuid-hist-b", "hostB"), now).unwrap().id;
+    let (pool, e1) = m.pool_create("hist", 128, 2, 1).unwrap();
+    let (_, e2) = m.pool_create("hist-other", 8, 1, 1).unwrap();
+    let iv = |pg, since, acting: &[u32]| interval(pool, pg, since, acting);
+
+    let r = m
+        .record_intervals(a, &[iv(1, e1, &[a, b]), iv(2, e1, &[a, b])])
+        .unwrap();
+    assert_eq!(r, e2, "the reply carries the current epoch");
+    assert_eq!(m.pg_history(pool, 1).unwrap(), [iv(1, e1, &[a, b])]);
+    assert_eq!(m.pg_history(pool, 0).unwrap(), [], "never recorded");
+    // A repeat is a no-op.
+    m.record_intervals(a, &[iv(1, e1, &[a, b])]).unwrap();
+    assert_eq!(m.pg_history(pool, 1).unwrap(), [iv(1, e1, &[a, b])]);
+    // A conflicting interval refuses the whole call: pg 3 is not recorded either.
+    let e = m
+        .record_intervals(a, &[iv(3, e1, &[a, b]), iv(1, e1, &[b, a])])
+        .unwrap_err();
+    assert!(matches!(e, MonError::Precondition(_)), "{e:?}");
+    assert_eq!(m.pg_history(pool, 3).unwrap(), []);
+    // Newer appends; older is ignored.
+    m.record_intervals(b, &[iv(1, e2, &[b, a])]).unwrap();
+    m.record_intervals(a, &[iv(1, e1 - 1, &[a])]).unwrap();
+    assert_eq!(
+        m.pg_history(pool, 1).unwrap(),
+        [iv(1, e1, &[a, b]), iv(1, e2, &[b, a])]
+    );
+    // Refusals.
+    let bad = [
+        (a, iv(1, e2 + 1, &[a])),
+        (a, iv(128, e1, &[a])),
+        (a, interval(pool + 99, 0, e1, &[a])),
+        (999, iv(1, e2, &[b, a])),
+    ];
+    for (osd, i) in bad {
+        let e = m
+            .record_intervals(osd, std::slice::from_ref(&i))
+            .unwrap_err();
+        assert!(
+            matches!(e, MonError::Invalid(_) | MonError::NotFound(_)),
+            "{i:?}: {e:?}"
+        );
+    }
+    assert!(matches!(
+        m.pg_history(pool, 128),
+        Err(MonError::NotFound(_))
+    ));
+    // Trim to e2 keeps e2; trimming to a dropped interval is refused.
+    m.trim_pg_history(&iv(1, e2, &[])).unwrap();
+    assert_eq!(m.pg_history(pool, 1).unwrap(), [iv(1, e2, &[b, a])]);
+    m.trim_pg_history(&iv(1, e2, &[b, a])).unwrap();
+    assert!(matches!(
+        m.trim_pg_history(&iv(1, e1, &[])),
+        Err(MonError::Precondition(_))
+    ));
+    // Many PGs in one call.
+    let many: Vec<_> = (10..110).map(|pg| iv(pg, e2, &[a])).collect();
+    m.record_intervals(a, &many).unwrap();
+    assert_eq!(m.pg_history(pool, 109).unwrap(), [iv(109, e2, &[a])]);
+    (pool, e1, e2, a, b)
+}
+
+/// After [`pg_history_scenario`] and a reopen of the same store: the history is all there;
+/// then the pool is removed, and its history with it.
+pub fn pg_history_kept_after_reopen(
+    m: &mut carmine_mon::state::Monitor,
+    (pool, e1, e2, a, b): (u32, u64, u64, u32, u32),
+) {
+    let iv = |pg, since, acting: &[u32]| interval(pool, pg, since, acting);
+    assert_eq!(m.pg_history(pool, 1).unwrap(), [iv(1, e2, &[b, a])]);
+    assert_eq!(m.pg_history(pool, 2).unwrap(), [iv(2, e1, &[a, b])]);
+    assert_eq!(m.pg_history(pool, 3).unwrap(), []);
+    for pg in 10..110 {
+        assert_eq!(m.pg_history(pool, pg).unwrap(), [iv(pg, e2, &[a])]);
+    }
+    m.pool_rm("hist").unwrap();
+    assert!(m.pg_history(pool, 1).is_err(), "the pool is gone");
+}
