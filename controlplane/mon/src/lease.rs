@@ -1,7 +1,7 @@
 //! Read leases: how long an earlier primary of a PG may still serve it.
 //!
 //! An OSD serves as primary only until `heartbeat send time + lease` (the lease is
-//! `BootReply.lease_ms`, the monitor's down grace), renewed by a heartbeat reply only when the
+//! `BootReply.lease_ms`: four heartbeat intervals, at most the monitor's down grace), renewed by a heartbeat reply only when the
 //! OSD has applied the epoch that reply carries. A new primary that could not reach an earlier
 //! one while peering asks `LeaseWait(osds, epoch)` (epoch: the first of its new interval) and
 //! waits that long before it accepts writes, so no client reads from the old primary a value

@@ -1189,9 +1189,12 @@ impl Monitor {
         Ok(())
     }
 
-    /// The read lease OSDs get (`BootReply.lease_ms`): the down grace.
+    /// The read lease OSDs get (`BootReply.lease_ms`): four heartbeat intervals, at most the
+    /// down grace. Shorter than the grace so that a new primary that could not reach the old
+    /// one waits less (an OSD out-ed while paused); long enough that a heartbeat or two
+    /// delayed by load does not lapse it.
     pub fn lease(&self) -> Duration {
-        self.policy.down_grace
+        (self.policy.heartbeat_interval * 4).min(self.policy.down_grace)
     }
 
     /// `LeaseWait`: how long the leases of `osds` may still run for an interval that began at
@@ -1432,9 +1435,21 @@ mod tests {
     #[test]
     fn lease_wait_takes_the_earlier_of_commit_and_last_heartbeat() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = Monitor::open(MapStore::open(dir.path()).unwrap(), policy()).unwrap();
+        // Four heartbeats would be 12 s: the grace (10 s) caps the lease.
+        let slow = Policy {
+            heartbeat_interval: Duration::from_secs(3),
+            ..policy()
+        };
+        let mut m = Monitor::open(MapStore::open(dir.path()).unwrap(), slow).unwrap();
         let lease = m.lease();
         assert_eq!(lease, Duration::from_secs(10));
+        assert_eq!(
+            Monitor::open(MapStore::open(tempfile::tempdir().unwrap().path()).unwrap(), policy())
+                .unwrap()
+                .lease(),
+            Duration::from_millis(400),
+            "four heartbeat intervals"
+        );
         let t0 = Instant::now();
         let a = boot(&mut m, "a", "h1", t0);
         let (_, e) = m.pool_create("p", 8, 1, 1).unwrap();

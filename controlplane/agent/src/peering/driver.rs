@@ -31,6 +31,10 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between attempts of a task that could not finish.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// How long peering still waits for other members' listings once it could decide.
+const STRAGGLER_GRACE: Duration = Duration::from_millis(300);
+/// Longest wait for one member's listing.
+const LISTING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Objects per push job asked of one holder.
 const PUSH_CHUNK: usize = 1024;
 /// How long a local request waits for room in a full shard ring.
@@ -402,14 +406,37 @@ impl Peering {
             let this = self.clone();
             gather.spawn(async move { (osd, this.listing(me, osd, pg, epoch).await) });
         }
-        while let Some(done) = gather.join_next().await {
+        // Every answer is awaited (up to its timeout), except that once the acting set and a
+        // source of every recorded interval have answered, stragglers (a paused OSD still up
+        // in the map) get only a short grace.
+        let mut straggler_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match straggler_deadline {
+                Some(d) => match tokio::time::timeout_at(d, gather.join_next()).await {
+                    Ok(n) => n,
+                    Err(_) => break,
+                },
+                None => gather.join_next().await,
+            };
+            let Some(done) = next else {
+                break;
+            };
             match done {
                 Ok((osd, Ok(c))) => listings.push(to_listing(osd, c)),
                 Ok((osd, Err(e))) => tracing::debug!(%pg, osd, error = %e, "no listing"),
                 Err(e) => tracing::warn!(%pg, error = %e, "listing task failed"),
             }
+            listings.sort_by_key(|l| l.osd);
+            if straggler_deadline.is_none()
+                && matches!(
+                    peering_plan::plan(&history, &current, &listings),
+                    Ok(Decision::Active(_))
+                )
+            {
+                straggler_deadline = Some(tokio::time::Instant::now() + STRAGGLER_GRACE);
+            }
         }
-        listings.sort_by_key(|l| l.osd);
+        gather.abort_all();
         let plan = match peering_plan::plan(&history, &current, &listings)? {
             Decision::Incomplete { blocked } => {
                 let blocked_by: Vec<String> = blocked
@@ -637,9 +664,9 @@ impl Peering {
             pg: pg.pg,
             epoch,
         })?;
-        let reply = tokio::time::timeout(STEP_TIMEOUT, c.pg_listing(r))
+        let reply = tokio::time::timeout(LISTING_TIMEOUT, c.pg_listing(r))
             .await
-            .map_err(|_| StepError::Timeout(STEP_TIMEOUT))?
+            .map_err(|_| StepError::Timeout(LISTING_TIMEOUT))?
             .map_err(|status| StepError::Peer { osd, status })?;
         Ok(copy_from_proto(reply.into_inner()))
     }
