@@ -1,0 +1,254 @@
+//! Peering, recovery and backfill end to end, as real processes: a monitor (in this process)
+//! and `carmine-osd run` processes (kernel sockets, memstore: a restarted OSD comes back
+//! empty, i.e. wiped, under its old id), driven by the real client.
+//!
+//! - an OSD killed while clients write: its PGs fail over, keep taking writes, and when it
+//!   comes back wiped it is backfilled; every PG goes active+clean, every acknowledged write
+//!   reads back, every removed object stays removed, and a scrub of every PG finds its copies
+//!   equal;
+//! - the split brain of Vitastor's test_splitbrain: the only OSD that had the last writes is
+//!   gone and the one that comes back cannot speak for that interval (it was wiped), so the
+//!   PG stays incomplete, takes no write, and health is ERR naming it.
+
+#[path = "../../../client/lib/tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use carmine_cli::{Cli, CliError};
+use carmine_client::Client;
+use carmine_proto::v1::{self, PgStateBit};
+use carmine_wire::OpError;
+use clap::Parser;
+use common::{authed, runtime, Cluster, Mon, OSD_TOKEN, TOKEN};
+
+const ACTIVE: u32 = PgStateBit::PgStateActive as u32;
+const CLEAN: u32 = PgStateBit::PgStateClean as u32;
+const INCOMPLETE: u32 = PgStateBit::PgStateIncomplete as u32;
+
+fn content(name: &str, round: usize) -> Vec<u8> {
+    let seed = name.bytes().map(u64::from).sum::<u64>() + round as u64 * 7919;
+    (0..4096u64).map(|k| (k * 131 + seed) as u8).collect()
+}
+
+async fn carmine(mon: &Mon, args: &[&str]) -> Result<String, CliError> {
+    let mut all = vec![
+        "carmine", "--mon", &mon.addr, "--token", TOKEN, "--format", "plain",
+    ];
+    all.extend_from_slice(args);
+    carmine_cli::run(Cli::parse_from(all)).await
+}
+
+async fn pg_states(mon: &Mon) -> Vec<v1::PgStat> {
+    mon.admin()
+        .await
+        .pg_list(authed(v1::Empty {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .pgs
+}
+
+/// Waits (bounded) until every PG of `pool` is reported, for its acting set in the current
+/// map, in a state with all the `want` bits.
+async fn wait_pgs(mon: &Mon, pool: u32, want: u32, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let map = mon.map().await;
+        let pgs: Vec<v1::PgStat> = pg_states(mon)
+            .await
+            .into_iter()
+            .filter(|p| p.pool == pool)
+            .collect();
+        let current = |p: &v1::PgStat| {
+            map.pools
+                .get(&pool)
+                .is_some_and(|pl| carmine_placement::pg_to_osds(&map, pl, p.pg) == p.acting)
+        };
+        if !pgs.is_empty() && pgs.iter().all(|p| p.state & want == want && current(p)) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("PGs not {want:#x} within {within:?}: {pgs:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn mark_down(mon: &Mon, osd: u32) -> u64 {
+    mon.admin()
+        .await
+        .osd_down(authed(v1::OsdIdRequest { id: osd }))
+        .await
+        .unwrap()
+        .into_inner()
+        .epoch
+}
+
+#[test]
+fn a_killed_osd_fails_over_and_comes_back_wiped_to_be_backfilled() {
+    runtime().block_on(async {
+        let mut cluster = Cluster::start("unused", 8, &[1, 1, 1, 1]).await;
+        let pool = cluster.mon.create_pool("rep", 16, 3).await;
+        let client = Client::connect(cluster.config()).await.unwrap();
+        // The model: name -> Some(round) written last, None removed.
+        let mut model: BTreeMap<String, Option<usize>> = BTreeMap::new();
+        for i in 0..200 {
+            let n = format!("obj-{i}");
+            client.write_full("rep", &n, &content(&n, 0)).await.unwrap();
+            model.insert(n, Some(0));
+        }
+        for i in (0..200).step_by(10) {
+            let n = format!("obj-{i}");
+            client.remove("rep", &n).await.unwrap();
+            model.insert(n, None);
+        }
+        wait_pgs(&cluster.mon, pool, ACTIVE | CLEAN, Duration::from_secs(30)).await;
+        // Kill the primary of obj-1's PG.
+        let victim = client.locate("rep", "obj-1").unwrap().osd;
+        cluster.osd_mut(victim).kill();
+        let down = mark_down(&cluster.mon, victim).await;
+        client.wait_for_epoch(down, Duration::from_secs(10)).await;
+        // Writes go on while it is gone: overwrites, new objects, removes, a rewrite of a
+        // removed one.
+        let t0 = Instant::now();
+        for i in (1..200).step_by(4) {
+            let n = format!("obj-{i}");
+            client.write_full("rep", &n, &content(&n, 1)).await.unwrap();
+            model.insert(n, Some(1));
+        }
+        let failover = t0.elapsed();
+        for i in 200..260 {
+            let n = format!("obj-{i}");
+            client.write_full("rep", &n, &content(&n, 1)).await.unwrap();
+            model.insert(n, Some(1));
+        }
+        for i in (3..200).step_by(20) {
+            let n = format!("obj-{i}");
+            client.remove("rep", &n).await.unwrap();
+            model.insert(n, None);
+        }
+        client
+            .write_full("rep", "obj-0", &content("obj-0", 2))
+            .await
+            .unwrap();
+        model.insert("obj-0".into(), Some(2));
+        eprintln!("first write after the failover took {failover:?}");
+        // It comes back with an empty store: backfilled from the others.
+        cluster.osd_mut(victim).restart();
+        cluster.mon.wait_up(4).await;
+        let clean_from = Instant::now();
+        wait_pgs(&cluster.mon, pool, ACTIVE | CLEAN, Duration::from_secs(60)).await;
+        eprintln!("clean {:?} after the restart", clean_from.elapsed());
+        let pushed: u64 = cluster
+            .mon
+            .osd_perf(victim)
+            .await
+            .iter()
+            .filter(|(k, _)| k.ends_with(".push_applied"))
+            .map(|(_, v)| v)
+            .sum();
+        assert!(pushed > 0, "the wiped OSD received no push");
+        // Every acknowledged write reads back; removed objects stay removed.
+        for (n, round) in &model {
+            match round {
+                Some(r) => assert_eq!(
+                    client.read("rep", n, 0, 8192).await.unwrap(),
+                    content(n, *r),
+                    "{n}"
+                ),
+                None => assert!(
+                    matches!(
+                        client.read("rep", n, 0, 8192).await,
+                        Err(carmine_client::Error::Op(OpError::NotFound))
+                    ),
+                    "{n} came back"
+                ),
+            }
+        }
+        // Every PG's copies are equal (versions, sizes and CRCs).
+        for pg in 0..16 {
+            let pgid = format!("{pool}.{pg:x}");
+            carmine(
+                &cluster.mon,
+                &["pg", "scrub", &pgid, "--osd-token", OSD_TOKEN],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("scrub of {pgid}: {e}"));
+        }
+    });
+}
+
+#[test]
+fn a_pg_whose_last_writer_is_gone_stays_incomplete_and_takes_no_write() {
+    runtime().block_on(async {
+        let mut cluster = Cluster::start("unused", 8, &[1, 1]).await;
+        let pool = cluster.mon.create_pool("sb", 4, 2).await;
+        let mut cfg = cluster.config();
+        cfg.op_timeout = Duration::from_secs(3);
+        let client = Client::connect(cfg).await.unwrap();
+        client.write_full("sb", "x", b"one").await.unwrap();
+        wait_pgs(&cluster.mon, pool, ACTIVE | CLEAN, Duration::from_secs(30)).await;
+        let t = client.locate("sb", "x").unwrap();
+        let (a, b) = {
+            let map = cluster.mon.map().await;
+            let acting = carmine_placement::pg_to_osds(&map, &map.pools[&pool], t.pg);
+            (acting[0], acting[1])
+        };
+        // a goes: b alone takes the next write (acknowledged by b only).
+        cluster.osd_mut(a).kill();
+        let e = mark_down(&cluster.mon, a).await;
+        client.wait_for_epoch(e, Duration::from_secs(10)).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match client.write_full("sb", "x", b"two").await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => eprintln!("write on b alone: {e}"),
+                Err(e) => panic!("b never took the write: {e}"),
+            }
+        }
+        // b goes, a comes back without the write (wiped: memstore).
+        cluster.osd_mut(b).kill();
+        mark_down(&cluster.mon, b).await;
+        cluster.osd_mut(a).restart();
+        // The PG must not go active: the interval where only b wrote has nobody to speak
+        // for it.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let st = pg_states(&cluster.mon)
+                .await
+                .into_iter()
+                .find(|p| p.pool == pool && p.pg == t.pg)
+                .unwrap();
+            assert_eq!(st.state & ACTIVE, 0, "the PG went active: {st:?}");
+            if st.state & INCOMPLETE != 0 {
+                assert!(!st.blocked_by.is_empty(), "{st:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "never incomplete: {st:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            client.write_full("sb", "x", b"three").await.is_err(),
+            "a write to an incomplete PG was acknowledged"
+        );
+        let health = cluster
+            .mon
+            .admin()
+            .await
+            .health(authed(v1::Empty {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            health.status,
+            v1::HealthStatus::HealthErr as i32,
+            "{health:?}"
+        );
+        assert!(
+            health.checks.iter().any(|c| c.code == "PG_INCOMPLETE"),
+            "{health:?}"
+        );
+    });
+}
