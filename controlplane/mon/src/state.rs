@@ -1444,9 +1444,12 @@ mod tests {
         let lease = m.lease();
         assert_eq!(lease, Duration::from_secs(10));
         assert_eq!(
-            Monitor::open(MapStore::open(tempfile::tempdir().unwrap().path()).unwrap(), policy())
-                .unwrap()
-                .lease(),
+            Monitor::open(
+                MapStore::open(tempfile::tempdir().unwrap().path()).unwrap(),
+                policy()
+            )
+            .unwrap()
+            .lease(),
             Duration::from_millis(400),
             "four heartbeat intervals"
         );

@@ -54,7 +54,10 @@ fn pg_history_leases_and_pg_stats_over_grpc() {
         let mut ids = Vec::new();
         for i in 0..3 {
             let b = c.boot(ct(boot_req(i))).await.unwrap().into_inner();
-            assert_eq!(b.lease_ms, 800, "the lease: four heartbeats (within the grace)");
+            assert_eq!(
+                b.lease_ms, 800,
+                "the lease: four heartbeats (within the grace)"
+            );
             ids.push(b.id);
         }
         let p = a

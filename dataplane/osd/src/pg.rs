@@ -644,7 +644,7 @@ mod tests {
         let st = MemStore::new();
         let mut t = PgTable::new([]);
         let k = PgKey { pool: 1, pg: 4 };
-        let mut apply = |t: &mut PgTable, m: &ClusterMap, serves: bool| {
+        let apply = |t: &mut PgTable, m: &ClusterMap, serves: bool| {
             t.apply_map(m, Some(0), |_| serves, &st, &mut Vec::new());
             // Peering is done (what the agent's activation does).
             if let Some(pg) = t.get_mut(k) {

@@ -114,6 +114,12 @@ impl PgRecovery {
             .any(|m| m.pending.contains_key(name) || m.in_flight.contains_key(name))
     }
 
+    /// Whether recovery is paused after a failed push (a write that needs a push waits for
+    /// the client's retry instead of pushing at once).
+    pub fn paused(&self, now: Instant) -> bool {
+        self.paused_until.is_some_and(|t| now < t)
+    }
+
     /// The members `name` is still pending on, moved to in flight (a client write waits for
     /// them), whatever the budget.
     pub fn take_urgent(&mut self, name: &[u8]) -> SmallVec<[u32; MAX_PEERS]> {
@@ -215,6 +221,7 @@ mod tests {
         assert_eq!(r.counts(), (1, 0));
         // A failed push goes back and the PG pauses.
         r.failed(1, b"b", now);
+        assert!(r.paused(now));
         assert_eq!(r.next(now), None, "paused");
         assert_eq!(r.next(now + RETRY_PAUSE), Some((1, b"b".to_vec())));
         assert!(!r.is_clean());

@@ -452,6 +452,11 @@ impl ShardCore {
         }
         if op.job.mutates() {
             if let (Some(rec), Some(name)) = (pg.recovery.as_mut(), op.job.object()) {
+                if rec.blocks(name) && rec.paused(op.started) {
+                    // A push just failed (a member's link is down): the client tries again
+                    // rather than this write pushing at once, and failing, in a loop.
+                    return self.reply(op.conn, op.tid, kind, Err(OpError::Again), op.started);
+                }
                 if rec.blocks(name) {
                     // A member lacks the object: it gets the whole object first, then this
                     // write (which waits, parked, for the push).
