@@ -183,4 +183,62 @@ mod tests {
         assert_eq!(record(&t, &iv(5, &[1, 2])).unwrap(), None);
         assert_eq!(describe(&iv(12, &[1, 4, 2])), "since 12 [1,4,2]");
     }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Record(u64, Vec<u32>),
+        Trim(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (1u64..40, proptest::collection::vec(0u32..4, 1..3))
+                .prop_map(|(s, a)| Op::Record(s, a)),
+            (1u64..40).prop_map(Op::Trim),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the calls: the history stays sorted by a strictly increasing `since`; an
+        /// interval recorded (answered Ok) stays until a trim to a newer one; nothing older than
+        /// a trim comes back; the newest `since` never goes backwards.
+        #[test]
+        fn history_rules_hold_for_any_call_sequence(ops in proptest::collection::vec(op(), 1..60)) {
+            let mut h: Vec<v1::PgInterval> = Vec::new();
+            let mut floor = 0u64;
+            let mut recorded: Vec<v1::PgInterval> = Vec::new();
+            for o in ops {
+                let newest = h.last().map(|i| i.since);
+                match o {
+                    Op::Record(s, a) => {
+                        if let Ok(next) = record(&h, &iv(s, &a)) {
+                            if let Some(n) = next {
+                                h = n;
+                            }
+                            if s >= newest.unwrap_or(0) {
+                                recorded.push(iv(s, &a));
+                            }
+                        }
+                    }
+                    Op::Trim(s) => {
+                        if let Ok(next) = trim(&h, &iv(s, &[])) {
+                            if let Some(n) = next {
+                                h = n;
+                            }
+                            floor = floor.max(s);
+                        }
+                    }
+                }
+                proptest::prop_assert!(h.windows(2).all(|w| w[0].since < w[1].since), "{h:?}");
+                proptest::prop_assert!(h.iter().all(|i| i.since >= floor), "{h:?} floor {floor}");
+                proptest::prop_assert!(h.last().map(|i| i.since) >= newest);
+                for r in &recorded {
+                    if r.since >= floor {
+                        proptest::prop_assert!(h.contains(r), "{r:?} lost from {h:?}");
+                    }
+                }
+            }
+        }
+    }
 }
