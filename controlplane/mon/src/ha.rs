@@ -281,9 +281,10 @@ pub struct Leadership {
     /// Until when this monitor certainly still holds its etcd lease: the instant the last
     /// granted keep-alive (or the grant) was sent plus the TTL etcd granted with it. etcd counts
     /// the TTL from when it handled the request, later, so the real expiry is no earlier, and
-    /// the next leader is elected only after it. The leader answers no heartbeat past this
-    /// instant: a heartbeat reply renews an OSD's read lease, and the next leader assumes no
-    /// reply was sent before its own start (see [`crate::lease`]).
+    /// the next leader is elected only after it. The leader answers no heartbeat, `LeaseWait`
+    /// or `GetPgHistory` past this instant: a heartbeat reply renews an OSD's read lease, and
+    /// the next leader assumes no reply was sent before its own start (see [`crate::lease`]);
+    /// the other two could miss what the next leader recorded or renewed.
     pub valid_until: watch::Receiver<Instant>,
 }
 

@@ -108,12 +108,6 @@ pub fn trim(
     Ok(Some(history[at..].to_vec()))
 }
 
-/// "since 12 [1,4,2]": an interval for people (health, `pg query`).
-pub fn describe(iv: &v1::PgInterval) -> String {
-    let acting: Vec<String> = iv.acting.iter().map(u32::to_string).collect();
-    format!("since {} [{}]", iv.since, acting.join(","))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,7 +175,6 @@ mod tests {
         // After a trim, the dropped intervals cannot come back: they are older than the newest.
         let t = trim(&h, &iv(9, &[])).unwrap().unwrap();
         assert_eq!(record(&t, &iv(5, &[1, 2])).unwrap(), None);
-        assert_eq!(describe(&iv(12, &[1, 4, 2])), "since 12 [1,4,2]");
     }
 
     #[derive(Debug, Clone)]

@@ -31,7 +31,8 @@
 //!
 //! Neither known: the whole lease, from now.
 //!
-//! etcd mode: a deposed leader must not answer heartbeats after the next leader started. The
+//! etcd mode: a deposed leader must not answer heartbeats (nor `LeaseWait`: it would not know
+//! the heartbeats the next leader answered) after the next leader started. The
 //! election makes the next one start only after the old leader's etcd lease expired; the old
 //! leader answers no heartbeat past `keep-alive sent + TTL granted`, which is no later than that
 //! expiry (see [`crate::ha::Leadership::valid_until`]), even if it was paused and resumed.

@@ -118,6 +118,17 @@ impl ClusterSvc {
     pub fn new(shared: Shared, stopping: watch::Receiver<bool>) -> Self {
         ClusterSvc { shared, stopping }
     }
+
+    /// Refuses (as a follower would) a call whose answer is only right from the one leader:
+    /// a heartbeat reply renews a read lease; a PG history or a lease wait from a leader that
+    /// was already replaced could miss what the next one recorded or answered.
+    fn certainly_leading(&self, call: &str, now: Instant) -> Result<(), Status> {
+        if self.shared.may_renew_leases(now) {
+            return Ok(());
+        }
+        tracing::warn!(call, "refused: this monitor's etcd lease may have expired");
+        Err(carmine_proto::not_leader(None))
+    }
 }
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<v1::MapUpdate, Status>> + Send>>;
@@ -165,13 +176,7 @@ impl MonCluster for ClusterSvc {
     ) -> Result<Response<v1::HeartbeatReply>, Status> {
         let r = req.into_inner();
         let now = Instant::now();
-        if !self.shared.may_renew_leases(now) {
-            tracing::warn!(
-                osd = r.id,
-                "heartbeat refused: this monitor's etcd lease may have expired"
-            );
-            return Err(carmine_proto::not_leader(None));
-        }
+        self.certainly_leading("heartbeat", now)?;
         let mut m = lock(&self.shared)?;
         let must_boot = m.heartbeat(r.id, &r.uuid, r.used_bytes, r.capacity_bytes, now);
         if !must_boot {
@@ -293,6 +298,7 @@ impl MonCluster for ClusterSvc {
         req: Request<v1::PgHistoryRequest>,
     ) -> Result<Response<v1::PgHistory>, Status> {
         let r = req.into_inner();
+        self.certainly_leading("get_pg_history", Instant::now())?;
         let intervals = lock(&self.shared)?.pg_history(r.pool, r.pg)?;
         Ok(Response::new(v1::PgHistory { intervals }))
     }
@@ -310,7 +316,9 @@ impl MonCluster for ClusterSvc {
         req: Request<v1::LeaseWaitRequest>,
     ) -> Result<Response<v1::LeaseWaitReply>, Status> {
         let r = req.into_inner();
-        let wait = lock(&self.shared)?.lease_wait(&r.osds, r.epoch, Instant::now());
+        let now = Instant::now();
+        self.certainly_leading("lease_wait", now)?;
+        let wait = lock(&self.shared)?.lease_wait(&r.osds, r.epoch, now);
         Ok(Response::new(v1::LeaseWaitReply {
             // Rounded up: waiting a little longer is safe, a little less is not.
             wait_ms: wait.as_micros().div_ceil(1000) as u64,
@@ -570,7 +578,8 @@ mod tests {
     use std::time::Duration;
 
     /// A leader whose etcd lease may have run out answers no heartbeat (its reply would renew
-    /// an OSD's read lease past the next leader's start); a fresh deadline lets it answer.
+    /// an OSD's read lease past the next leader's start), lease wait or PG history (the next
+    /// leader may know more); a fresh deadline lets it answer.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn no_heartbeat_is_answered_past_the_leadership_deadline() {
         let dir = tempfile::tempdir().unwrap();
@@ -609,6 +618,19 @@ mod tests {
         assert!(!svc.heartbeat(hb()).await.unwrap().into_inner().must_boot);
         tx.send_replace(Instant::now() - Duration::from_millis(1));
         let e = svc.heartbeat(hb()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        let e = svc
+            .lease_wait(Request::new(v1::LeaseWaitRequest {
+                osds: vec![b.id],
+                epoch: 1,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        let e = svc
+            .get_pg_history(Request::new(v1::PgHistoryRequest { pool: 0, pg: 0 }))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
         tx.send_replace(Instant::now() + Duration::from_secs(60));
         assert!(svc.heartbeat(hb()).await.is_ok());
