@@ -289,8 +289,11 @@ impl MonCluster for ClusterSvc {
         req: Request<v1::RecordIntervalsRequest>,
     ) -> Result<Response<v1::RecordIntervalsReply>, Status> {
         let r = req.into_inner();
-        let epoch = lock(&self.shared)?.record_intervals(r.osd, &r.intervals)?;
-        Ok(Response::new(v1::RecordIntervalsReply { epoch }))
+        let (epoch, superseded) = lock(&self.shared)?.record_intervals(r.osd, &r.intervals)?;
+        Ok(Response::new(v1::RecordIntervalsReply {
+            epoch,
+            superseded,
+        }))
     }
 
     async fn get_pg_history(
