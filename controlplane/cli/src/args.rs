@@ -42,7 +42,8 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
-    /// Cluster summary: epoch, health, OSD and pool counts.
+    /// Cluster summary: epoch, health, OSD and pool counts, PGs by state, degraded and
+    /// misplaced objects, recovery throughput.
     Status,
     /// Cluster health; `health detail` lists every OSD/PG concerned.
     Health {
@@ -183,13 +184,25 @@ pub enum PgCmd {
     },
     /// Every PG of every pool with its OSDs.
     Dump,
-    /// PGs with their acting set and state: active, active+undersized (fewer OSDs than the
-    /// pool's size), inactive (below min_size), +inconsistent when the PG's last scrub found
-    /// objects whose copies differ.
+    /// PGs with their state as their primaries report it (active+clean, degraded, peering,
+    /// incomplete...; stale when the primary has not reported it lately, down below min_size,
+    /// unknown before any report), acting set and object counts; +inconsistent when the PG's
+    /// last scrub found objects whose copies differ.
     Ls {
         /// Only this pool (name).
         #[arg(long)]
         pool: Option<String>,
+        /// Only PGs whose state has every one of these names, joined with '+' (e.g.
+        /// active+clean, degraded, stale, inconsistent, unknown).
+        #[arg(long, value_parser = crate::pg::parse_state_filter)]
+        state: Option<crate::pg::StateFilter>,
+    },
+    /// One PG: its state, acting set, interval, object counts, the intervals recorded since it
+    /// was last clean, and what blocks it when it is incomplete.
+    Query {
+        /// The PG as `pg ls` prints it: the pool's id (or name), a dot and the PG number in hex,
+        /// e.g. 1.1a.
+        pgid: String,
     },
     /// Scrub a PG now: its primary compares every copy of every object (version, size, data
     /// CRC-32C) across the acting set. Exits with 6 when objects are inconsistent.

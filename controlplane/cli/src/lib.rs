@@ -24,6 +24,7 @@ pub mod auth;
 pub mod bench;
 pub mod output;
 pub mod perf;
+pub mod pg;
 pub mod run;
 pub mod scrub;
 

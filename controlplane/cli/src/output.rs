@@ -51,6 +51,16 @@ pub fn status(o: &Out, s: &v1::StatusReply) -> String {
             "pools": s.num_pools,
             "pgs": s.num_pgs,
             "mon_uptime_secs": s.uptime_secs,
+            "pgs_by_state": s.pgs_by_state.iter().collect::<BTreeMap<_, _>>(),
+            "objects": {
+                "total": s.objects,
+                "degraded": s.degraded_objects,
+                "misplaced": s.misplaced_objects,
+            },
+            "recovery": {
+                "bytes_per_sec": s.recovery_bytes_per_sec,
+                "objects_per_sec": s.recovery_objects_per_sec,
+            },
         }));
     }
     let mut t = String::new();
@@ -65,7 +75,45 @@ pub fn status(o: &Out, s: &v1::StatusReply) -> String {
         s.num_osds, s.num_up, s.num_in
     );
     let _ = writeln!(t, "pools:  {} pools, {} pgs", s.num_pools, s.num_pgs);
+    if !s.pgs_by_state.is_empty() {
+        // Most PGs first, then by name.
+        let mut states: Vec<(&String, &u32)> = s.pgs_by_state.iter().collect();
+        states.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let states: Vec<String> = states.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let _ = writeln!(t, "pgs:    {}", states.join(", "));
+    }
+    let _ = writeln!(
+        t,
+        "objects: {} objects, {} degraded, {} misplaced",
+        s.objects, s.degraded_objects, s.misplaced_objects
+    );
+    if s.recovery_bytes_per_sec > 0 || s.recovery_objects_per_sec > 0 {
+        let _ = writeln!(
+            t,
+            "recovery: {}/s, {} objects/s",
+            bytes(s.recovery_bytes_per_sec),
+            s.recovery_objects_per_sec
+        );
+    }
     t
+}
+
+/// `n` bytes for people: B, KiB, MiB, GiB with one decimal.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
 }
 
 /// `health [detail]`

@@ -432,7 +432,7 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
             output::pg_map(&out, &map, p, object, pg)
         }
         Cmd::Pg(PgCmd::Dump) => output::pg_dump(&out, &c.map(0).await?),
-        Cmd::Pg(PgCmd::Ls { pool }) => {
+        Cmd::Pg(PgCmd::Ls { pool, state }) => {
             let map = c.map(0).await?;
             let pools: Vec<&carmine_placement::Pool> = match pool {
                 Some(name) => vec![map
@@ -440,8 +440,17 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                     .ok_or_else(|| CliError::Rejected(format!("no pool named {name:?}")))?],
                 None => map.pools.values().collect(),
             };
+            let pgs = call!(c, pg_list, v1::Empty {}).pgs;
             let bad = call!(c, list_inconsistent_pgs, v1::Empty {}).pgs;
-            scrub::pg_ls(&out, &map, &pools, &bad)
+            crate::pg::pg_ls(&out, &map, &pools, &pgs, &bad, state.as_ref())
+        }
+        Cmd::Pg(PgCmd::Query { pgid }) => {
+            let map = c.map(0).await?;
+            let (pool, pg) = scrub::parse_pgid(&map, pgid)?;
+            let r = call!(c, pg_query, v1::PgHistoryRequest { pool: pool.id, pg });
+            let bad = call!(c, list_inconsistent_pgs, v1::Empty {}).pgs;
+            let bad = bad.iter().find(|b| b.pool == pool.id && b.pg == pg);
+            crate::pg::pg_query(&out, pool, pg, &r, bad)
         }
         Cmd::Pg(PgCmd::Scrub { pgid, osd_token }) => {
             let map = c.map(0).await?;

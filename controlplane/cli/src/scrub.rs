@@ -1,5 +1,5 @@
-//! `carmine pg scrub <pgid>` and `carmine pg ls`: PG ids, the scrub call to the PG's primary
-//! (its own admin service, `OsdAdmin.ScrubPg`) and the rendering of both.
+//! `carmine pg scrub <pgid>`: PG ids, the scrub call to the PG's primary (its own admin
+//! service, `OsdAdmin.ScrubPg`) and the rendering of its result.
 //!
 //! A PG id is `<pool>.<pg>` as `pg dump` prints it: the pool's id (or name) and the PG number
 //! in hex. `pg scrub` finds the primary in the current map and its admin address from the
@@ -7,15 +7,12 @@
 //! the inconsistent ones. Inconsistent objects make the command exit with
 //! [`CliError::Inconsistent`] (code 6), its report still on stdout.
 //!
-//! `pg ls` states: `active` (every copy placed), `active+undersized` (fewer OSDs than the
-//! pool's size), `inactive` (fewer than min_size: no I/O), each with `+inconsistent` when the
-//! PG's last scrub found objects that differ (from the monitor's `ListInconsistentPgs`).
+//! `pg ls` (in [`crate::pg`]) marks the PGs whose last scrub found objects that differ.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use carmine_placement::{pg_to_osds, ClusterMap, Pool};
+use carmine_placement::{ClusterMap, Pool};
 use carmine_proto::v1::{self, osd_admin_client::OsdAdminClient};
 use serde_json::{json, Value};
 use tonic::transport::Endpoint;
@@ -180,82 +177,6 @@ pub fn render(o: &Out, primary: u32, r: &v1::ScrubPgReply) -> Result<String, Cli
     }
 }
 
-/// The state of a PG with `n` acting OSDs in pool `p`, `+inconsistent` when `inconsistent`.
-pub fn state(n: usize, p: &Pool, inconsistent: bool) -> String {
-    let base = if (n as u32) < p.min_size {
-        "inactive"
-    } else if (n as u32) < p.size {
-        "active+undersized"
-    } else {
-        "active"
-    };
-    if inconsistent {
-        format!("{base}+inconsistent")
-    } else {
-        base.to_string()
-    }
-}
-
-/// `pg ls [--pool P]`: every PG of `pools` with its acting set and state.
-pub fn pg_ls(o: &Out, m: &ClusterMap, pools: &[&Pool], bad: &[v1::InconsistentPg]) -> String {
-    let bad: BTreeMap<(u32, u32), &v1::InconsistentPg> =
-        bad.iter().map(|b| ((b.pool, b.pg), b)).collect();
-    let rows: Vec<(String, Vec<u32>, String, Option<&v1::InconsistentPg>)> = pools
-        .iter()
-        .flat_map(|p| {
-            let bad = &bad;
-            (0..p.pg_num).map(move |pg| {
-                let acting = pg_to_osds(m, p, pg);
-                let b = bad.get(&(p.id, pg)).copied();
-                let st = state(acting.len(), p, b.is_some());
-                (pgid(p.id, pg), acting, st, b)
-            })
-        })
-        .collect();
-    if o.format == Format::Json {
-        let v = json!({
-            "epoch": m.epoch,
-            "pgs": rows.iter().map(|(id, acting, st, b)| json!({
-                "pgid": id,
-                "acting": acting,
-                "primary": acting.first(),
-                "state": st,
-                "inconsistent_objects": b.map(|b| b.objects.clone()).unwrap_or_default(),
-            })).collect::<Vec<Value>>(),
-        });
-        let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
-        s.push('\n');
-        return s;
-    }
-    let mut t = format!(
-        "{:<10} {:<32} {:<20} {:<8} {}\n",
-        "PG", "STATE", "ACTING", "PRIMARY", "INCONSISTENT"
-    );
-    for (id, acting, st, b) in &rows {
-        let primary = acting
-            .first()
-            .map_or("-".to_string(), |x| format!("osd.{x}"));
-        let objects = b.map_or(String::new(), |b| {
-            let more = (b.num_objects as usize).saturating_sub(b.objects.len());
-            let mut s = b.objects.join(",");
-            if more > 0 {
-                let _ = write!(s, " (+{more})");
-            }
-            s
-        });
-        let _ = writeln!(
-            t,
-            "{:<10} {:<32} {:<20} {:<8} {}",
-            id,
-            st,
-            format!("{acting:?}"),
-            primary,
-            objects
-        );
-    }
-    t
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,45 +232,6 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn pg_states_follow_the_acting_set_and_the_last_scrub() {
-        let m = map();
-        // Two OSDs: size 3 / min 2 is undersized, size 2 is whole, min 3 is inactive.
-        let out = Out {
-            format: Format::Plain,
-        };
-        let bad = [v1::InconsistentPg {
-            pool: 7,
-            pg: 3,
-            objects: vec!["a".into(), "b".into()],
-            num_objects: 5,
-            osd: 0,
-            epoch: 4,
-        }];
-        let pools: Vec<&Pool> = m.pools.values().collect();
-        let t = pg_ls(&out, &m, &pools, &bad);
-        let line = |id: &str| {
-            t.lines()
-                .find(|l| l.split_whitespace().next() == Some(id))
-                .unwrap_or_else(|| panic!("{id} in\n{t}"))
-                .to_string()
-        };
-        assert!(line("1.0").contains(" active+undersized "), "{t}");
-        assert!(line("7.2").contains(" active "), "{t}");
-        assert!(line("7.3").contains(" active+inconsistent "), "{t}");
-        assert!(line("7.3").ends_with("a,b (+3)"), "{t}");
-        assert!(line("8.1f").contains(" inactive "), "{t}");
-        assert_eq!(t.lines().count(), 1 + 3 * 32);
-        let json = Out {
-            format: Format::Json,
-        };
-        let v: Value = serde_json::from_str(&pg_ls(&json, &m, &[&m.pools[&7]], &bad)).unwrap();
-        assert_eq!(v["pgs"].as_array().unwrap().len(), 32);
-        assert_eq!(v["pgs"][3]["state"], "active+inconsistent");
-        assert_eq!(v["pgs"][3]["inconsistent_objects"], json!(["a", "b"]));
-        assert_eq!(v["pgs"][2]["inconsistent_objects"], json!([]));
     }
 
     #[test]

@@ -36,7 +36,7 @@
 //! that lock, and the client's connection tasks must still make progress (on the server's
 //! runtime they could not: a deadlock).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use carmine_placement::ClusterMap;
 use carmine_proto::v1;
@@ -278,6 +278,19 @@ pub struct Leadership {
     pub store: EtcdStore,
     /// Becomes `true` when the lease could not be kept alive.
     pub lost: watch::Receiver<bool>,
+    /// Until when this monitor certainly still holds its etcd lease: the instant the last
+    /// granted keep-alive (or the grant) was sent plus the TTL etcd granted with it. etcd counts
+    /// the TTL from when it handled the request, later, so the real expiry is no earlier, and
+    /// the next leader is elected only after it. The leader answers no heartbeat, `LeaseWait`
+    /// or `GetPgHistory` past this instant: a heartbeat reply renews an OSD's read lease, and
+    /// the next leader assumes no reply was sent before its own start (see [`crate::lease`]);
+    /// the other two could miss what the next leader recorded or renewed.
+    pub valid_until: watch::Receiver<Instant>,
+}
+
+/// An etcd TTL (seconds, negative = none) as a duration.
+fn ttl(secs: i64) -> Duration {
+    Duration::from_secs(secs.max(0) as u64)
 }
 
 /// How often a follower re-reads who leads.
@@ -337,7 +350,10 @@ pub async fn campaign(
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(Duration::from_secs(5));
     let mut client = Client::connect(endpoints, Some(opts.clone())).await?;
-    let lease = client.lease_grant(lease_secs.max(2), None).await?.id();
+    let granted_at = Instant::now();
+    let grant = client.lease_grant(lease_secs.max(2), None).await?;
+    let lease = grant.id();
+    let (valid_tx, valid_until) = watch::channel(granted_at + ttl(grant.ttl()));
     let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
     let (lost_tx, lost) = watch::channel(false);
     // Keep the lease alive at a third of its TTL, during the campaign and after it.
@@ -345,8 +361,15 @@ pub async fn campaign(
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(period).await;
+            let sent = Instant::now();
             let alive = match keeper.keep_alive().await {
-                Ok(()) => matches!(responses.message().await, Ok(Some(r)) if r.ttl() > 0),
+                Ok(()) => match responses.message().await {
+                    Ok(Some(r)) if r.ttl() > 0 => {
+                        valid_tx.send_replace(sent + ttl(r.ttl()));
+                        true
+                    }
+                    _ => false,
+                },
                 Err(_) => false,
             };
             if !alive {
@@ -374,6 +397,7 @@ pub async fn campaign(
         .await
         .map_err(|e| HaError::Runtime(std::io::Error::other(e.to_string())))??;
     Ok(Leadership {
+        valid_until,
         store: EtcdStore {
             leader_key: key.key().to_vec(),
             leader_rev: key.rev(),

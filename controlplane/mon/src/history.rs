@@ -11,7 +11,8 @@
 //!   primary may repeat a call whose reply it lost;
 //! * recording an interval older than the newest one changes nothing: a newer interval was
 //!   recorded (so a newer peering happened, which already accounted for the old primary), and
-//!   appending it out of order would break the sort;
+//!   appending it out of order would break the sort. The caller is told
+//!   (`RecordIntervalsReply.superseded`): it must not activate the PG in that interval;
 //! * the same `since` with another acting set is refused: an interval's acting set follows from
 //!   the map at its first epoch, so two of them mean a confused caller;
 //! * trimming to `since` drops every interval older than it and keeps it and newer ones; it needs
@@ -30,11 +31,19 @@ use crate::state::MonError;
 /// Most intervals recorded for one PG (see the module doc).
 pub const MAX_INTERVALS_PER_PG: usize = 1024;
 
-/// The PG's history after recording `(since, acting)`, or `None` when nothing changes.
-pub fn record(
-    history: &[v1::PgInterval],
-    iv: &v1::PgInterval,
-) -> Result<Option<Vec<v1::PgInterval>>, MonError> {
+/// What recording an interval does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// The PG's new history (the interval appended).
+    Appended(Vec<v1::PgInterval>),
+    /// It is already the newest recorded interval: nothing changes.
+    Already,
+    /// A newer interval is recorded: nothing changes, and the interval must not go active.
+    Superseded,
+}
+
+/// What recording `(since, acting)` does to the PG's history.
+pub fn record(history: &[v1::PgInterval], iv: &v1::PgInterval) -> Result<Recorded, MonError> {
     if iv.since == 0 {
         return Err(MonError::Invalid(format!(
             "pg {}.{:x}: interval epoch 0 is not a valid epoch",
@@ -48,10 +57,10 @@ pub fn record(
         )));
     }
     match history.last() {
-        Some(last) if iv.since < last.since => Ok(None),
+        Some(last) if iv.since < last.since => Ok(Recorded::Superseded),
         Some(last) if iv.since == last.since => {
             if last.acting == iv.acting {
-                Ok(None)
+                Ok(Recorded::Already)
             } else {
                 Err(MonError::Precondition(format!(
                     "pg {}.{:x}: interval since {} is recorded with acting {:?}, not {:?}",
@@ -76,7 +85,7 @@ pub fn record(
                 since: iv.since,
                 acting: iv.acting.clone(),
             });
-            Ok(Some(next))
+            Ok(Recorded::Appended(next))
         }
     }
 }
@@ -108,12 +117,6 @@ pub fn trim(
     Ok(Some(history[at..].to_vec()))
 }
 
-/// "since 12 [1,4,2]": an interval for people (health, `pg query`).
-pub fn describe(iv: &v1::PgInterval) -> String {
-    let acting: Vec<String> = iv.acting.iter().map(u32::to_string).collect();
-    format!("since {} [{}]", iv.since, acting.join(","))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,15 +132,23 @@ mod tests {
 
     #[test]
     fn record_appends_newer_ignores_older_and_repeats_and_refuses_conflicts() {
-        let h = record(&[], &iv(5, &[1, 2])).unwrap().unwrap();
+        let appended = |r: Result<Recorded, MonError>| match r {
+            Ok(Recorded::Appended(h)) => h,
+            other => panic!("{other:?}"),
+        };
+        let h = appended(record(&[], &iv(5, &[1, 2])));
         assert_eq!(h, [iv(5, &[1, 2])]);
-        assert_eq!(record(&h, &iv(5, &[1, 2])).unwrap(), None, "a repeat");
-        assert_eq!(record(&h, &iv(4, &[3, 2])).unwrap(), None, "older");
+        assert_eq!(
+            record(&h, &iv(5, &[1, 2])).unwrap(),
+            Recorded::Already,
+            "a repeat"
+        );
+        assert_eq!(record(&h, &iv(4, &[3, 2])).unwrap(), Recorded::Superseded);
         assert!(matches!(
             record(&h, &iv(5, &[2, 1])),
             Err(MonError::Precondition(_))
         ));
-        let h = record(&h, &iv(9, &[2, 3])).unwrap().unwrap();
+        let h = appended(record(&h, &iv(9, &[2, 3])));
         assert_eq!(h, [iv(5, &[1, 2]), iv(9, &[2, 3])]);
         assert!(matches!(
             record(&h, &iv(0, &[1])),
@@ -155,7 +166,7 @@ mod tests {
             record(&full, &iv(5000, &[1])),
             Err(MonError::Precondition(_))
         ));
-        assert_eq!(record(&full, &iv(3, &[1])).unwrap(), None);
+        assert_eq!(record(&full, &iv(3, &[1])).unwrap(), Recorded::Superseded);
     }
 
     #[test]
@@ -180,7 +191,69 @@ mod tests {
         ));
         // After a trim, the dropped intervals cannot come back: they are older than the newest.
         let t = trim(&h, &iv(9, &[])).unwrap().unwrap();
-        assert_eq!(record(&t, &iv(5, &[1, 2])).unwrap(), None);
-        assert_eq!(describe(&iv(12, &[1, 4, 2])), "since 12 [1,4,2]");
+        assert_eq!(record(&t, &iv(5, &[1, 2])).unwrap(), Recorded::Superseded);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Record(u64, Vec<u32>),
+        Trim(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (1u64..40, proptest::collection::vec(0u32..4, 1..3))
+                .prop_map(|(s, a)| Op::Record(s, a)),
+            (1u64..40).prop_map(Op::Trim),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the calls: the history stays sorted by a strictly increasing `since`; an
+        /// interval recorded (answered Ok) stays until a trim to a newer one; nothing older than
+        /// a trim comes back; the newest `since` never goes backwards.
+        #[test]
+        fn history_rules_hold_for_any_call_sequence(ops in proptest::collection::vec(op(), 1..60)) {
+            let mut h: Vec<v1::PgInterval> = Vec::new();
+            let mut floor = 0u64;
+            let mut recorded: Vec<v1::PgInterval> = Vec::new();
+            for o in ops {
+                let newest = h.last().map(|i| i.since);
+                match o {
+                    Op::Record(s, a) => {
+                        match record(&h, &iv(s, &a)) {
+                            Ok(Recorded::Appended(n)) => {
+                                h = n;
+                                recorded.push(iv(s, &a));
+                            }
+                            Ok(Recorded::Already) => {
+                                proptest::prop_assert_eq!(h.last(), Some(&iv(s, &a)));
+                            }
+                            Ok(Recorded::Superseded) => {
+                                proptest::prop_assert!(newest.is_some_and(|n| n > s));
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                    Op::Trim(s) => {
+                        if let Ok(next) = trim(&h, &iv(s, &[])) {
+                            if let Some(n) = next {
+                                h = n;
+                            }
+                            floor = floor.max(s);
+                        }
+                    }
+                }
+                proptest::prop_assert!(h.windows(2).all(|w| w[0].since < w[1].since), "{h:?}");
+                proptest::prop_assert!(h.iter().all(|i| i.since >= floor), "{h:?} floor {floor}");
+                proptest::prop_assert!(h.last().map(|i| i.since) >= newest);
+                for r in &recorded {
+                    if r.since >= floor {
+                        proptest::prop_assert!(h.contains(r), "{r:?} lost from {h:?}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -31,10 +31,12 @@
 //!
 //! Neither known: the whole lease, from now.
 //!
-//! Assumption (etcd mode): a deposed leader stops answering heartbeats before the next leader
-//! starts. The election guarantees the next one starts only after the old leader's etcd lease
-//! expired; an old leader paused past that and answering one more heartbeat on resume is not
-//! covered here.
+//! etcd mode: a deposed leader must not answer heartbeats (nor `LeaseWait`: it would not know
+//! the heartbeats the next leader answered) after the next leader started. The
+//! election makes the next one start only after the old leader's etcd lease expired; the old
+//! leader answers no heartbeat past `keep-alive sent + TTL granted`, which is no later than that
+//! expiry (see [`crate::ha::Leadership::valid_until`]), even if it was paused and resumed.
+//! This assumes monotonic clocks that run at about the same rate on the monitors and etcd.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

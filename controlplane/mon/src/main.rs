@@ -143,6 +143,8 @@ async fn serve_etcd(
         }
     };
     let mut lost = leadership.lost;
+    // Before the state is installed: no heartbeat is answered without the check.
+    slot.set_leads_until(leadership.valid_until);
     tokio::spawn(async move {
         let _ = lost.wait_for(|lost| *lost).await;
         let _ = depose.send(());

@@ -25,6 +25,9 @@ use crate::state::{osd_key_id, BootInfo, MonError, Monitor};
 pub struct MonSlot {
     mon: OnceLock<Mutex<Monitor>>,
     leader: watch::Receiver<Option<String>>,
+    /// etcd mode: until when this monitor certainly leads ([`crate::ha::Leadership`]); no
+    /// heartbeat is answered past it. Unset: a single monitor, always.
+    leads_until: OnceLock<watch::Receiver<Instant>>,
 }
 
 /// Shared handle on the monitor slot.
@@ -44,7 +47,20 @@ impl MonSlot {
         Arc::new(MonSlot {
             mon: OnceLock::new(),
             leader,
+            leads_until: OnceLock::new(),
         })
+    }
+
+    /// etcd mode: set before [`MonSlot::install`], the instant (kept up to date) until which
+    /// this monitor certainly holds its leadership; `false` if one was already set.
+    pub fn set_leads_until(&self, until: watch::Receiver<Instant>) -> bool {
+        self.leads_until.set(until).is_ok()
+    }
+
+    /// Whether this monitor may answer a heartbeat at `now` (a reply renews an OSD's read
+    /// lease): always with one monitor; in etcd mode, while its leadership is certain.
+    pub fn may_renew_leases(&self, now: Instant) -> bool {
+        self.leads_until.get().is_none_or(|u| now < *u.borrow())
     }
 
     /// Installs the state on election; `false` if a state was already installed.
@@ -102,6 +118,17 @@ impl ClusterSvc {
     pub fn new(shared: Shared, stopping: watch::Receiver<bool>) -> Self {
         ClusterSvc { shared, stopping }
     }
+
+    /// Refuses (as a follower would) a call whose answer is only right from the one leader:
+    /// a heartbeat reply renews a read lease; a PG history or a lease wait from a leader that
+    /// was already replaced could miss what the next one recorded or answered.
+    fn certainly_leading(&self, call: &str, now: Instant) -> Result<(), Status> {
+        if self.shared.may_renew_leases(now) {
+            return Ok(());
+        }
+        tracing::warn!(call, "refused: this monitor's etcd lease may have expired");
+        Err(carmine_proto::not_leader(None))
+    }
 }
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<v1::MapUpdate, Status>> + Send>>;
@@ -149,6 +176,7 @@ impl MonCluster for ClusterSvc {
     ) -> Result<Response<v1::HeartbeatReply>, Status> {
         let r = req.into_inner();
         let now = Instant::now();
+        self.certainly_leading("heartbeat", now)?;
         let mut m = lock(&self.shared)?;
         let must_boot = m.heartbeat(r.id, &r.uuid, r.used_bytes, r.capacity_bytes, now);
         if !must_boot {
@@ -261,8 +289,11 @@ impl MonCluster for ClusterSvc {
         req: Request<v1::RecordIntervalsRequest>,
     ) -> Result<Response<v1::RecordIntervalsReply>, Status> {
         let r = req.into_inner();
-        let epoch = lock(&self.shared)?.record_intervals(r.osd, &r.intervals)?;
-        Ok(Response::new(v1::RecordIntervalsReply { epoch }))
+        let (epoch, superseded) = lock(&self.shared)?.record_intervals(r.osd, &r.intervals)?;
+        Ok(Response::new(v1::RecordIntervalsReply {
+            epoch,
+            superseded,
+        }))
     }
 
     async fn get_pg_history(
@@ -270,6 +301,7 @@ impl MonCluster for ClusterSvc {
         req: Request<v1::PgHistoryRequest>,
     ) -> Result<Response<v1::PgHistory>, Status> {
         let r = req.into_inner();
+        self.certainly_leading("get_pg_history", Instant::now())?;
         let intervals = lock(&self.shared)?.pg_history(r.pool, r.pg)?;
         Ok(Response::new(v1::PgHistory { intervals }))
     }
@@ -287,7 +319,9 @@ impl MonCluster for ClusterSvc {
         req: Request<v1::LeaseWaitRequest>,
     ) -> Result<Response<v1::LeaseWaitReply>, Status> {
         let r = req.into_inner();
-        let wait = lock(&self.shared)?.lease_wait(&r.osds, r.epoch, Instant::now());
+        let now = Instant::now();
+        self.certainly_leading("lease_wait", now)?;
+        let wait = lock(&self.shared)?.lease_wait(&r.osds, r.epoch, now);
         Ok(Response::new(v1::LeaseWaitReply {
             // Rounded up: waiting a little longer is safe, a little less is not.
             wait_ms: wait.as_micros().div_ceil(1000) as u64,
@@ -536,5 +570,72 @@ impl MonAdmin for AdminSvc {
             r.pg,
             Instant::now(),
         )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Policy;
+    use crate::store::MapStore;
+    use std::time::Duration;
+
+    /// A leader whose etcd lease may have run out answers no heartbeat (its reply would renew
+    /// an OSD's read lease past the next leader's start), lease wait or PG history (the next
+    /// leader may know more); a fresh deadline lets it answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn no_heartbeat_is_answered_past_the_leadership_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy {
+            heartbeat_interval: Duration::from_millis(100),
+            down_grace: Duration::from_secs(10),
+            out_interval: Duration::from_secs(60),
+            history: 4,
+            min_failure_reporters: 2,
+            nearfull_ratio: 0.85,
+            full_ratio: 0.95,
+        };
+        let mon = Monitor::open(MapStore::open(dir.path()).unwrap(), policy).unwrap();
+        let slot = MonSlot::leading(mon);
+        let (tx, rx) = watch::channel(Instant::now() + Duration::from_secs(60));
+        assert!(slot.set_leads_until(rx));
+        let svc = ClusterSvc::new(slot.clone(), watch::channel(false).1);
+        let b = svc
+            .boot(Request::new(v1::BootRequest {
+                uuid: "u".into(),
+                host: "h".into(),
+                shard_ports: vec![1],
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(b.lease_ms, 10_000);
+        let hb = || {
+            Request::new(v1::HeartbeatRequest {
+                id: b.id,
+                uuid: "u".into(),
+                ..Default::default()
+            })
+        };
+        assert!(!svc.heartbeat(hb()).await.unwrap().into_inner().must_boot);
+        tx.send_replace(Instant::now() - Duration::from_millis(1));
+        let e = svc.heartbeat(hb()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        let e = svc
+            .lease_wait(Request::new(v1::LeaseWaitRequest {
+                osds: vec![b.id],
+                epoch: 1,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        let e = svc
+            .get_pg_history(Request::new(v1::PgHistoryRequest { pool: 0, pg: 0 }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        tx.send_replace(Instant::now() + Duration::from_secs(60));
+        assert!(svc.heartbeat(hb()).await.is_ok());
     }
 }

@@ -1127,16 +1127,18 @@ impl Monitor {
 
     /// `RecordIntervals` from OSD `osd`: every interval recorded (see [`crate::history`]),
     /// committed before this returns. All or nothing: one refused interval refuses the call.
-    /// Returns the current epoch.
+    /// Returns the current epoch and the intervals not recorded because their PG has a newer
+    /// one (which must not go active).
     pub fn record_intervals(
         &mut self,
         osd: u32,
         intervals: &[v1::PgInterval],
-    ) -> Result<u64, MonError> {
+    ) -> Result<(u64, Vec<v1::PgInterval>), MonError> {
         if !self.map.osds.contains_key(&osd) {
             return Err(MonError::NotFound(format!("osd.{osd}")));
         }
         let mut next: BTreeMap<PgKey, Vec<v1::PgInterval>> = BTreeMap::new();
+        let mut superseded = Vec::new();
         for iv in intervals {
             self.check_pg(iv.pool, iv.pg)?;
             if iv.since > self.map.epoch {
@@ -1151,8 +1153,12 @@ impl Monitor {
                 .or_else(|| self.pg_history.get(&key))
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            if let Some(h) = crate::history::record(cur, iv)? {
-                next.insert(key, h);
+            match crate::history::record(cur, iv)? {
+                crate::history::Recorded::Appended(h) => {
+                    next.insert(key, h);
+                }
+                crate::history::Recorded::Already => {}
+                crate::history::Recorded::Superseded => superseded.push(iv.clone()),
             }
         }
         let n = next.len();
@@ -1160,7 +1166,10 @@ impl Monitor {
         if n > 0 {
             tracing::info!(osd, pgs = n, "pg intervals recorded");
         }
-        Ok(self.map.epoch)
+        if !superseded.is_empty() {
+            tracing::warn!(osd, intervals = ?superseded, "intervals superseded by newer ones: not recorded");
+        }
+        Ok((self.map.epoch, superseded))
     }
 
     /// The recorded intervals of a PG, oldest first.

@@ -99,6 +99,7 @@ fn pg_history_leases_and_pg_stats_over_grpc() {
             .unwrap()
             .into_inner();
         assert_eq!(r.epoch, p.epoch);
+        assert!(r.superseded.is_empty());
         // Twice: a no-op.
         c.record_intervals(ct(rec)).await.unwrap();
         let get = v1::PgHistoryRequest { pool: p.id, pg: 0 };

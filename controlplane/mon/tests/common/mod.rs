@@ -350,7 +350,7 @@ pub fn pg_history_scenario(m: &mut carmine_mon::state::Monitor) -> (u32, u64, u6
     let r = m
         .record_intervals(a, &[iv(1, e1, &[a, b]), iv(2, e1, &[a, b])])
         .unwrap();
-    assert_eq!(r, e2, "the reply carries the current epoch");
+    assert_eq!(r, (e2, vec![]), "the reply carries the current epoch");
     assert_eq!(m.pg_history(pool, 1).unwrap(), [iv(1, e1, &[a, b])]);
     assert_eq!(m.pg_history(pool, 0).unwrap(), [], "never recorded");
     // A repeat is a no-op.
@@ -364,7 +364,13 @@ pub fn pg_history_scenario(m: &mut carmine_mon::state::Monitor) -> (u32, u64, u6
     assert_eq!(m.pg_history(pool, 3).unwrap(), []);
     // Newer appends; older is ignored.
     m.record_intervals(b, &[iv(1, e2, &[b, a])]).unwrap();
-    m.record_intervals(a, &[iv(1, e1 - 1, &[a])]).unwrap();
+    let older = iv(1, e1 - 1, &[a]);
+    let r = m.record_intervals(a, std::slice::from_ref(&older)).unwrap();
+    assert_eq!(
+        r.1,
+        [older],
+        "an older interval is not recorded, and the caller is told"
+    );
     assert_eq!(
         m.pg_history(pool, 1).unwrap(),
         [iv(1, e1, &[a, b]), iv(1, e2, &[b, a])]
