@@ -113,7 +113,7 @@ pub enum Phase {
     Peering,
 }
 
-/// A replicated PG this shard leads whose interval began (peer it), or one it stopped
+/// A PG this shard leads whose interval began (a replicated one peers it), or one it stopped
 /// leading.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IntervalChange {
@@ -349,7 +349,7 @@ impl PgTable {
         let led_before: Vec<PgKey> = self
             .pgs
             .values()
-            .filter(|p| p.is_primary() && p.replicated())
+            .filter(|p| p.is_primary())
             .map(|p| p.key)
             .collect();
         for pg in self.pgs.values_mut() {
@@ -383,6 +383,9 @@ impl PgTable {
                     pg.phase = Phase::Active;
                     if pg.primary && pg.replicated() {
                         pg.phase = Phase::Peering;
+                    }
+                    if pg.primary {
+                        // (The agent reports a PG of one copy active at once.)
                         changes.push(IntervalChange::Began {
                             key,
                             since: pg.interval_since,
@@ -395,11 +398,7 @@ impl PgTable {
             }
         }
         for key in led_before {
-            if !self
-                .pgs
-                .get(&key)
-                .is_some_and(|p| p.is_primary() && p.replicated())
-            {
+            if !self.pgs.get(&key).is_some_and(|p| p.is_primary()) {
                 if let Some(pg) = self.pgs.get_mut(&key) {
                     pg.recovery = None;
                     pg.phase = Phase::Active;
@@ -730,11 +729,11 @@ mod tests {
             })
             .collect();
         assert_eq!(left.len(), led.len(), "{changes:?}");
-        // A pool of one copy never peers.
+        // A pool of one copy never peers (its new intervals are reported all the same).
         let mut single = PgTable::new([]);
         changes.clear();
         single.apply_map(&map(3, &[true], 1), Some(0), |_| true, &st, &mut changes);
-        assert!(changes.is_empty());
+        assert_eq!(changes.len(), 8);
         assert!(single.get(k).unwrap().active());
     }
 

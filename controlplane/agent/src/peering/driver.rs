@@ -60,6 +60,8 @@ pub enum StepError {
     Timeout(Duration),
     #[error("plan: {0}")]
     Plan(#[from] peering_plan::PlanError),
+    #[error("the monitor holds a newer interval than the one since epoch {since}")]
+    Superseded { since: u64 },
 }
 
 /// One PG this OSD leads, as the heartbeats report it.
@@ -321,12 +323,15 @@ impl Peering {
         };
         if below_min {
             entry.state = PgStateBit::PgStateDown as u32 | PgStateBit::PgStateUndersized as u32;
+        } else if size <= 1 {
+            // One copy: nothing to peer, nothing to recover.
+            entry.active_state();
         }
         lock(&self.pgs).insert(pg, entry);
         if let Some((_, t)) = lock(&self.tasks).remove(&pg) {
             t.abort();
         }
-        if below_min {
+        if below_min || size <= 1 {
             return;
         }
         let me = self.clone();
@@ -551,7 +556,19 @@ impl Peering {
         if let Some(t) = link.token {
             r.metadata_mut().insert(carmine_proto::AUTH_HEADER, t);
         }
-        client.record_intervals(r).await.map_err(StepError::Mon)?;
+        let reply = client
+            .record_intervals(r)
+            .await
+            .map_err(StepError::Mon)?
+            .into_inner();
+        if reply
+            .superseded
+            .iter()
+            .any(|i| i.pool == pg.pool && i.pg == pg.pg)
+        {
+            // A newer interval of the PG peered meanwhile: this one must not take writes.
+            return Err(StepError::Superseded { since });
+        }
         Ok(())
     }
 

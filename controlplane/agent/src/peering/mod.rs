@@ -154,8 +154,9 @@ pub trait PeeringShards: Send + Sync + 'static {
 /// What a shard tells the agent about the PGs it leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShardEvent {
-    /// This OSD leads a replicated PG in a new interval (its first epoch `since`, seen at map
-    /// `epoch`): peer it. Client I/O waits until it is activated.
+    /// This OSD leads a PG in a new interval (its first epoch `since`, seen at map `epoch`):
+    /// peer it if it is replicated (client I/O waits until it is activated); a PG of one copy
+    /// is only reported.
     NewInterval {
         pg: PgId,
         since: u64,
