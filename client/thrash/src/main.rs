@@ -62,10 +62,11 @@ struct Args {
     #[arg(long)]
     json: bool,
     /// Keep the run's directory (images, logs, configs); otherwise it is removed, except the
-    /// logs of a run that found a violation.
+    /// logs and configs of a run that found a violation or could not be carried out.
     #[arg(long)]
     keep: bool,
-    /// No nemesis (the workload and the final checks only).
+    /// No faults at all: no nemesis and no split-brain phase (the workload and the final
+    /// checks only).
     #[arg(long)]
     no_faults: bool,
     /// Skip the split-brain phase.
@@ -191,7 +192,7 @@ fn main() -> ExitCode {
     let report = match outcome {
         None => {
             eprintln!("thrash: interrupted (seed {seed}); every process it started is stopped");
-            finish_dir(&dir, args.keep, true);
+            finish_dir(&dir, args.keep, false);
             return ExitCode::from(130);
         }
         Some(Err(e)) => {
@@ -587,7 +588,7 @@ async fn run(args: &Args, seed: u64, dir: &Path) -> Result<Report, RunError> {
     // Split brain on a cluster of its own.
     let mut splitbrain_refused = None;
     let mut examples_sb = Vec::new();
-    if !args.no_splitbrain {
+    if !args.no_splitbrain && !args.no_faults {
         let sb_dir = dir.join("splitbrain");
         std::fs::create_dir_all(&sb_dir).map_err(|source| RunError::Io {
             what: format!("mkdir {}", sb_dir.display()),

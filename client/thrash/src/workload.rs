@@ -23,8 +23,8 @@ use crate::model::{self, Mutation, ObjectModel, Observed, Verdict};
 
 /// Biggest payload read back (payloads are far smaller).
 const READ_LEN: u32 = 64 << 10;
-/// Most violation examples kept (all are counted).
-const MAX_EXAMPLES: usize = 40;
+/// Most violation examples kept per kind (all are counted).
+const MAX_EXAMPLES: usize = 12;
 
 #[derive(Debug, Default)]
 pub struct Counts {
@@ -42,15 +42,19 @@ pub struct Findings {
     pub stale_reads: u64,
     pub corrupt: u64,
     pub lost: u64,
-    /// One line per (kind, object) with a violation, the first [`MAX_EXAMPLES`].
+    /// One line per (kind, object) with a violation, the first [`MAX_EXAMPLES`] of each kind.
     pub examples: Vec<String>,
-    noted: std::collections::HashSet<(String, String)>,
+    noted: std::collections::HashSet<(&'static str, String)>,
+    per_kind: std::collections::HashMap<&'static str, usize>,
 }
 
 impl Findings {
-    /// Keeps `line` as the example of `kind` for `object` unless it already has one.
-    pub fn note(&mut self, kind: &str, object: &str, line: String) {
-        if self.examples.len() < MAX_EXAMPLES && self.noted.insert((kind.into(), object.into())) {
+    /// Keeps `line` as the example of `kind` for `object` unless it already has one or `kind`
+    /// has [`MAX_EXAMPLES`].
+    pub fn note(&mut self, kind: &'static str, object: &str, line: String) {
+        let n = self.per_kind.entry(kind).or_default();
+        if *n < MAX_EXAMPLES && self.noted.insert((kind, object.into())) {
+            *n += 1;
             self.examples.push(line);
         }
     }
@@ -134,7 +138,7 @@ impl Writer {
     /// Writes every object once, then runs ops until `shared.stop`.
     ///
     /// The first half of the objects is hot (80% of the ops: half writes, 40% reads, 10%
-    /// removes); the other half is cold (mostly read, rarely written), so that acknowledged
+    /// removes); the other half is cold (3% writes, 96% reads, 1% removes), so that acknowledged
     /// writes also sit through several faults before the final read-back rather than being
     /// overwritten within seconds.
     pub async fn run(mut self, client: Arc<Client>, pool: u32, shared: Arc<Shared>) -> Writer {
@@ -150,7 +154,7 @@ impl Writer {
             let (k, write, read) = if hot == n || self.rng.random_range(0..100u32) < 80 {
                 (self.rng.random_range(0..hot), 50, 90)
             } else {
-                (self.rng.random_range(hot..n), 8, 98)
+                (self.rng.random_range(hot..n), 3, 99)
             };
             let roll = self.rng.random_range(0..100u32);
             if roll < write {
