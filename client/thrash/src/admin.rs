@@ -149,6 +149,24 @@ pub async fn scrub(addr: &str, pool: u32, pg: u32) -> Result<v1::ScrubPgReply, A
     .into_inner())
 }
 
+/// [`scrub`], again every 500 ms for up to 10 s while the primary compares fewer than `size`
+/// members (a member that just came back may not be in the map the primary scrubs with yet).
+pub async fn scrub_full(
+    addr: &str,
+    pool: u32,
+    pg: u32,
+    size: usize,
+) -> Result<v1::ScrubPgReply, AdminError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = scrub(addr, pool, pg).await?;
+        if r.acting.len() >= size || tokio::time::Instant::now() >= deadline {
+            return Ok(r);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// `a+b+c` names of a PgStat state.
 pub fn state_name(state: u32) -> String {
     const NAMES: [(v1::PgStateBit, &str); 10] = [

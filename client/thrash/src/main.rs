@@ -545,7 +545,11 @@ async fn run(args: &Args, seed: u64, dir: &Path) -> Result<Report, RunError> {
                 violations.push(format!("scrub {pool}.{pg:x}: no primary in the map"));
                 continue;
             };
-            match admin::scrub(&addr, pool, pg).await {
+            match admin::scrub_full(&addr, pool, pg, p.size as usize).await {
+                Ok(r) if r.acting.len() < p.size as usize => violations.push(format!(
+                    "scrub {pool}.{pg:x}: compared only {:?} with every OSD up",
+                    r.acting
+                )),
                 Ok(r) if r.inconsistent.is_empty() => {}
                 Ok(r) => {
                     inconsistent_pgs += 1;

@@ -215,5 +215,66 @@ async fn scenario(
              on osd.{b} alone (seq 2)"
         ));
     }
+
+    // Both members back: once the PG is clean (if the monitor reports states), its copies
+    // must agree (osd.{a} was brought up to date, the probe resolved one way on both).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match c.admin.pg_list().await? {
+            Some(pgs)
+                if !pgs
+                    .iter()
+                    .any(|s| s.pool == pool && s.pg == pg && admin::is_active_clean(s.state)) =>
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            _ => break,
+        }
+    }
+    let map = c.map().await?;
+    let primary = map
+        .pools
+        .get(&pool)
+        .and_then(|p| carmine_placement::pg_to_osds(&map, p, pg).first().copied());
+    let addr = primary
+        .and_then(|id| c.by_id(id))
+        .map(|i| c.osds[i].ready.admin.clone());
+    match addr {
+        None => res.violations.push(format!(
+            "split brain: PG {pool}.{pg:x} has no primary with both OSDs up"
+        )),
+        Some(addr) => match admin::scrub_full(&addr, pool, pg, 2).await {
+            Ok(r) if r.acting.len() < 2 => res.violations.push(format!(
+                "split brain: scrub of PG {pool}.{pg:x} compared only {:?} with both OSDs up",
+                r.acting
+            )),
+            Ok(r) if r.inconsistent.is_empty() => res.notes.push(format!(
+                "split brain: scrub of PG {pool}.{pg:x} after both returned: {} objects on {:?}, \
+                 consistent",
+                r.objects, r.acting
+            )),
+            Ok(r) => {
+                let objs: Vec<String> = r
+                    .inconsistent
+                    .iter()
+                    .map(|o| {
+                        let why: Vec<String> = o
+                            .problems
+                            .iter()
+                            .map(|p| format!("osd.{} {}", p.osd, p.detail))
+                            .collect();
+                        format!("{} [{}]", o.name, why.join("; "))
+                    })
+                    .collect();
+                res.violations.push(format!(
+                    "split brain: after both returned, scrub of PG {pool}.{pg:x} finds {}",
+                    objs.join(", ")
+                ));
+            }
+            Err(e) => res
+                .violations
+                .push(format!("split brain: scrub of PG {pool}.{pg:x}: {e}")),
+        },
+    }
     Ok(())
 }
