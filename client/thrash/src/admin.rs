@@ -167,6 +167,23 @@ pub async fn scrub_full(
     }
 }
 
+/// The first `n` inconsistent objects of a scrub, each with what differs on which OSD.
+pub fn describe_inconsistent(r: &v1::ScrubPgReply, n: usize) -> String {
+    r.inconsistent
+        .iter()
+        .take(n)
+        .map(|o| {
+            let why: Vec<String> = o
+                .problems
+                .iter()
+                .map(|p| format!("osd.{} {}", p.osd, p.detail))
+                .collect();
+            format!("{} [{}]", o.name, why.join("; "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `a+b+c` names of a PgStat state.
 pub fn state_name(state: u32) -> String {
     const NAMES: [(v1::PgStateBit, &str); 10] = [

@@ -459,58 +459,10 @@ async fn run(args: &Args, seed: u64, dir: &Path) -> Result<Report, RunError> {
     for e in c.revive_all().await {
         violations.push(format!("revive: {e}"));
     }
-    let last_fault = nem.last_fault_end.unwrap_or_else(Instant::now);
 
-    // Every PG active+clean, bounded.
     say(t0, "waiting for every PG to be active+clean");
-    let mut clean_seconds = None;
-    let clean_deadline = Instant::now() + Duration::from_secs(args.clean_timeout);
-    loop {
-        match c.admin.pg_list().await {
-            Ok(None) => {
-                violations.push(
-                    "pg states unavailable (MonAdmin.PgList answers UNIMPLEMENTED): \
-                     active+clean not checked"
-                        .into(),
-                );
-                break;
-            }
-            Ok(Some(pgs)) => {
-                let mine: Vec<_> = pgs.iter().filter(|s| s.pool == pool).collect();
-                let unclean: Vec<String> = mine
-                    .iter()
-                    .filter(|s| !admin::is_active_clean(s.state))
-                    .map(|s| format!("{}.{:x} {}", s.pool, s.pg, admin::state_name(s.state)))
-                    .collect();
-                if unclean.is_empty() && mine.len() as u32 == args.pg_num {
-                    clean_seconds = Some(last_fault.elapsed().as_secs_f64());
-                    break;
-                }
-                if Instant::now() >= clean_deadline {
-                    violations.push(format!(
-                        "{} of {} PGs not active+clean {} s after the faults ended: {}",
-                        unclean.len() + (args.pg_num as usize).saturating_sub(mine.len()),
-                        args.pg_num,
-                        args.clean_timeout,
-                        unclean
-                            .iter()
-                            .take(8)
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                    break;
-                }
-            }
-            Err(e) => {
-                if Instant::now() >= clean_deadline {
-                    violations.push(format!("pg states: {e}"));
-                    break;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let last_fault = nem.last_fault_end.unwrap_or_else(Instant::now);
+    let clean_seconds = wait_clean(&c, pool, args, last_fault, &mut violations).await;
 
     // Read everything back with a fresh client.
     say(t0, "reading every object back");
@@ -529,56 +481,8 @@ async fn run(args: &Args, seed: u64, dir: &Path) -> Result<Report, RunError> {
     }
     while set.join_next().await.is_some() {}
 
-    // Scrub every PG on its primary.
     say(t0, "scrubbing every PG");
-    let mut inconsistent_pgs = 0u64;
-    let map = c.map().await?;
-    let mut examples_scrub = Vec::new();
-    if let Some(p) = map.pools.get(&pool) {
-        for pg in 0..p.pg_num {
-            let acting = carmine_placement::pg_to_osds(&map, p, pg);
-            let Some(addr) = acting
-                .first()
-                .and_then(|&id| c.by_id(id))
-                .map(|i| c.osds[i].ready.admin.clone())
-            else {
-                violations.push(format!("scrub {pool}.{pg:x}: no primary in the map"));
-                continue;
-            };
-            match admin::scrub_full(&addr, pool, pg, p.size as usize).await {
-                Ok(r) if r.acting.len() < p.size as usize => violations.push(format!(
-                    "scrub {pool}.{pg:x}: compared only {:?} with every OSD up",
-                    r.acting
-                )),
-                Ok(r) if r.inconsistent.is_empty() => {}
-                Ok(r) => {
-                    inconsistent_pgs += 1;
-                    if examples_scrub.len() < 10 {
-                        let objs: Vec<String> = r
-                            .inconsistent
-                            .iter()
-                            .take(3)
-                            .map(|o| {
-                                let why: Vec<String> = o
-                                    .problems
-                                    .iter()
-                                    .map(|p| format!("osd.{} {}", p.osd, p.detail))
-                                    .collect();
-                                format!("{} [{}]", o.name, why.join("; "))
-                            })
-                            .collect();
-                        examples_scrub.push(format!(
-                            "inconsistent PG {pool}.{pg:x} acting {:?}: {} objects, e.g. {}",
-                            r.acting,
-                            r.inconsistent.len(),
-                            objs.join(", ")
-                        ));
-                    }
-                }
-                Err(e) => violations.push(format!("scrub {pool}.{pg:x}: {e}")),
-            }
-        }
-    }
+    let (inconsistent_pgs, examples_scrub) = scrub_all(&c, pool, &mut violations).await?;
     watch_stop.store(true, Ordering::Relaxed);
     let failovers = failovers.await.unwrap_or(0);
     let pgw = pg_watch.await.unwrap_or_default();
@@ -677,6 +581,110 @@ async fn run(args: &Args, seed: u64, dir: &Path) -> Result<Report, RunError> {
         elapsed_seconds: t0.elapsed().as_secs_f64(),
         dir: None,
     })
+}
+
+/// Waits (bounded by `--clean-timeout`) until every PG of `pool` is active+clean; the seconds
+/// since `last_fault` it took, `None` if it did not happen or cannot be known (violations say
+/// which).
+async fn wait_clean(
+    c: &Cluster,
+    pool: u32,
+    args: &Args,
+    last_fault: Instant,
+    violations: &mut Vec<String>,
+) -> Option<f64> {
+    let clean_deadline = Instant::now() + Duration::from_secs(args.clean_timeout);
+    loop {
+        match c.admin.pg_list().await {
+            Ok(None) => {
+                violations.push(
+                    "pg states unavailable (MonAdmin.PgList answers UNIMPLEMENTED): \
+                     active+clean not checked"
+                        .into(),
+                );
+                return None;
+            }
+            Ok(Some(pgs)) => {
+                let mine: Vec<_> = pgs.iter().filter(|s| s.pool == pool).collect();
+                let unclean: Vec<String> = mine
+                    .iter()
+                    .filter(|s| !admin::is_active_clean(s.state))
+                    .map(|s| format!("{}.{:x} {}", s.pool, s.pg, admin::state_name(s.state)))
+                    .collect();
+                if unclean.is_empty() && mine.len() as u32 == args.pg_num {
+                    return Some(last_fault.elapsed().as_secs_f64());
+                }
+                if Instant::now() >= clean_deadline {
+                    violations.push(format!(
+                        "{} of {} PGs not active+clean {} s after the faults ended: {}",
+                        unclean.len() + (args.pg_num as usize).saturating_sub(mine.len()),
+                        args.pg_num,
+                        args.clean_timeout,
+                        unclean
+                            .iter()
+                            .take(8)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    return None;
+                }
+            }
+            Err(e) => {
+                if Instant::now() >= clean_deadline {
+                    violations.push(format!("pg states: {e}"));
+                    return None;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Scrubs every PG of `pool` on its primary: the number of inconsistent PGs and examples.
+async fn scrub_all(
+    c: &Cluster,
+    pool: u32,
+    violations: &mut Vec<String>,
+) -> Result<(u64, Vec<String>), RunError> {
+    let mut inconsistent_pgs = 0u64;
+    let mut examples = Vec::new();
+    let map = c.map().await?;
+    let Some(p) = map.pools.get(&pool) else {
+        violations.push(format!("scrub: pool {pool} is not in the map"));
+        return Ok((0, examples));
+    };
+    for pg in 0..p.pg_num {
+        let acting = carmine_placement::pg_to_osds(&map, p, pg);
+        let Some(addr) = acting
+            .first()
+            .and_then(|&id| c.by_id(id))
+            .map(|i| c.osds[i].ready.admin.clone())
+        else {
+            violations.push(format!("scrub {pool}.{pg:x}: no primary in the map"));
+            continue;
+        };
+        match admin::scrub_full(&addr, pool, pg, p.size as usize).await {
+            Ok(r) if r.acting.len() < p.size as usize => violations.push(format!(
+                "scrub {pool}.{pg:x}: compared only {:?} with every OSD up",
+                r.acting
+            )),
+            Ok(r) if r.inconsistent.is_empty() => {}
+            Ok(r) => {
+                inconsistent_pgs += 1;
+                if examples.len() < 10 {
+                    examples.push(format!(
+                        "inconsistent PG {pool}.{pg:x} acting {:?}: {} objects, e.g. {}",
+                        r.acting,
+                        r.inconsistent.len(),
+                        admin::describe_inconsistent(&r, 3)
+                    ));
+                }
+            }
+            Err(e) => violations.push(format!("scrub {pool}.{pg:x}: {e}")),
+        }
+    }
+    Ok((inconsistent_pgs, examples))
 }
 
 impl Shared {

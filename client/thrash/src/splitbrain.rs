@@ -253,24 +253,10 @@ async fn scenario(
                  consistent",
                 r.objects, r.acting
             )),
-            Ok(r) => {
-                let objs: Vec<String> = r
-                    .inconsistent
-                    .iter()
-                    .map(|o| {
-                        let why: Vec<String> = o
-                            .problems
-                            .iter()
-                            .map(|p| format!("osd.{} {}", p.osd, p.detail))
-                            .collect();
-                        format!("{} [{}]", o.name, why.join("; "))
-                    })
-                    .collect();
-                res.violations.push(format!(
-                    "split brain: after both returned, scrub of PG {pool}.{pg:x} finds {}",
-                    objs.join(", ")
-                ));
-            }
+            Ok(r) => res.violations.push(format!(
+                "split brain: after both returned, scrub of PG {pool}.{pg:x} finds {}",
+                admin::describe_inconsistent(&r, 8)
+            )),
             Err(e) => res
                 .violations
                 .push(format!("split brain: scrub of PG {pool}.{pg:x}: {e}")),
