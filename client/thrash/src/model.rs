@@ -339,4 +339,95 @@ mod tests {
         m.unknown(5, Mutation::Remove);
         assert_eq!(m.check(&Observed::Value(5)), Verdict::Phantom { got: 5 });
     }
+
+    use proptest::prelude::*;
+
+    /// One mutation of a history: what it was, how the client saw it end, and (for an
+    /// unknown outcome) whether the store applied it.
+    #[derive(Debug, Clone, Copy)]
+    struct Step {
+        remove: bool,
+        /// 0 ok, 1 unknown, 2 failed for sure.
+        outcome: u8,
+        applied_if_unknown: bool,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        (any::<bool>(), 0u8..3, any::<bool>()).prop_map(|(remove, outcome, applied)| Step {
+            remove,
+            outcome,
+            applied_if_unknown: applied,
+        })
+    }
+
+    fn kind(s: &Step) -> Mutation {
+        if s.remove {
+            Mutation::Remove
+        } else {
+            Mutation::Write
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A store that applies every acknowledged mutation and any subset of the unknown ones,
+        /// in order, is never blamed; the same store showing the state before the last
+        /// acknowledged mutation (or, when that was a write, any older state) always is.
+        #[test]
+        fn a_correct_store_passes_and_an_older_state_is_caught(
+            steps in prop::collection::vec(step(), 1..40)
+        ) {
+            let mut m = ObjectModel::default();
+            // The store: the last applied mutation, and the one before the last acknowledged.
+            let mut state: Option<(u64, Mutation)> = None;
+            let mut before_ack: Option<Option<(u64, Mutation)>> = None;
+            for (i, st) in steps.iter().enumerate() {
+                let seq = i as u64 + 1;
+                let applied = match st.outcome {
+                    0 => {
+                        before_ack = Some(state);
+                        m.acked(seq, kind(st));
+                        true
+                    }
+                    1 => {
+                        m.unknown(seq, kind(st));
+                        st.applied_if_unknown
+                    }
+                    _ => false,
+                };
+                if applied {
+                    state = Some((seq, kind(st)));
+                }
+                let seen = match state {
+                    Some((s, Mutation::Write)) => Observed::Value(s),
+                    _ => Observed::NotFound,
+                };
+                prop_assert_eq!(m.check(&seen), Verdict::Ok, "after step {}: {:?}", seq, state);
+
+                // The state before the last acknowledged mutation, where it differs.
+                if let (Some(old), Some((acked_seq, acked_kind))) = (before_ack, m.last_acked()) {
+                    let old_seen = match old {
+                        Some((s, Mutation::Write)) => Observed::Value(s),
+                        _ => Observed::NotFound,
+                    };
+                    let later_unknown_remove = steps[acked_seq as usize..=i]
+                        .iter()
+                        .any(|s| s.outcome == 1 && s.remove);
+                    let differs = match (&old_seen, acked_kind) {
+                        (Observed::Value(_), _) => true,
+                        (Observed::NotFound, Mutation::Write) => !later_unknown_remove,
+                        (Observed::NotFound, Mutation::Remove) => false,
+                        (Observed::Corrupt(_), _) => unreachable!(),
+                    };
+                    if differs {
+                        prop_assert!(
+                            matches!(m.check(&old_seen), Verdict::Stale { .. }),
+                            "after step {}: {:?} should be stale", seq, old_seen
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
