@@ -201,6 +201,7 @@ mod tests {
                     up: true,
                     in_: true,
                     weight: 1.0,
+                    up_from: 0,
                 },
             );
         }

@@ -249,6 +249,7 @@ mod tests {
                     up: u,
                     in_: true,
                     weight: 1.0,
+                    up_from: 0,
                 },
             );
         }

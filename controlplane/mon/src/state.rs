@@ -663,6 +663,7 @@ impl Monitor {
                         up: false,
                         in_: true,
                         weight,
+                        up_from: 0,
                     },
                 );
                 id
@@ -680,6 +681,9 @@ impl Monitor {
             o.shard_count = b.shard_ports.len() as u32;
             o.shard_ports = b.shard_ports;
             o.up = true;
+            // Every boot is a new epoch: a restarted OSD must start new intervals for its PGs
+            // even with the same addresses (it may have come back without its data).
+            o.up_from = self.map.epoch + 1;
             if live.auto_out {
                 o.in_ = true;
             }

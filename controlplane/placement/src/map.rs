@@ -28,6 +28,9 @@ pub struct Osd {
     pub in_: bool,
     /// Placement weight; 0 keeps the OSD out of placement.
     pub weight: f64,
+    /// The epoch of its latest boot: a restart makes it a new member of its PGs.
+    #[serde(default)]
+    pub up_from: u64,
 }
 
 /// A replicated pool.
@@ -189,6 +192,7 @@ mod tests {
             up: true,
             in_: true,
             weight: 1.0,
+            up_from: 0,
         }
     }
 

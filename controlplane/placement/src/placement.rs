@@ -217,6 +217,7 @@ mod tests {
                     up,
                     in_,
                     weight,
+                    up_from: 0,
                 },
             );
         }

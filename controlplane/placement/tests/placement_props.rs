@@ -17,6 +17,7 @@ fn osd(id: u32, host: u32, weight: f64) -> Osd {
         up: true,
         in_: true,
         weight,
+        up_from: 0,
     }
 }
 

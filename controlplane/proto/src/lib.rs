@@ -114,6 +114,7 @@ impl From<&Osd> for v1::OsdInfo {
             up: o.up,
             r#in: o.in_,
             weight: o.weight,
+            up_from: o.up_from,
         }
     }
 }
@@ -131,6 +132,7 @@ impl From<v1::OsdInfo> for Osd {
             up: o.up,
             in_: o.r#in,
             weight: o.weight,
+            up_from: o.up_from,
         }
     }
 }
@@ -261,6 +263,7 @@ mod tests {
                 up: true,
                 in_: false,
                 weight: 1.5,
+                up_from: 0,
             },
         );
         m.pools.insert(

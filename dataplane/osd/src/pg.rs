@@ -8,10 +8,11 @@
 //! its PGs, and which PG collections its store partition already has.
 //!
 //! ## Intervals
-//! An interval is a run of map epochs over which a PG's acting set does not change. The table
-//! keeps, per PG, the epoch its current interval started (`interval_since`): a map whose
-//! acting set for the PG equals the previous one keeps the interval, any change starts a new
-//! one at the map's epoch. Replication fences on this number (replica ops of an older interval
+//! An interval is a run of map epochs over which a PG's acting set does not change, nor any of
+//! its members restart (each member's `up_from`, the epoch of its latest boot, is part of it:
+//! Ceph's rule). The table keeps, per PG, the epoch its current interval started
+//! (`interval_since`): a map whose acting set and boots for the PG equal the previous ones
+//! keeps the interval, any change starts a new one at the map's epoch. Replication fences on this number (replica ops of an older interval
 //! are refused).
 //!
 //! ## Fencing replica ops
@@ -134,6 +135,8 @@ pub struct Pg {
     /// Acting set of the current map, primary first; empty for a PG held only because it
     /// still has ops in flight after a map moved it away.
     acting: Vec<u32>,
+    /// The boot epoch (`up_from`) of each acting member: part of what makes the interval.
+    boots: Vec<u64>,
     /// Whether this OSD is the primary (`acting[0]`) in the current map.
     primary: bool,
     /// The pool's replication factor and minimum.
@@ -175,6 +178,7 @@ impl Pg {
         Pg {
             key,
             acting: Vec::new(),
+            boots: Vec::new(),
             primary: false,
             size: 1,
             min_size: 1,
@@ -366,10 +370,17 @@ impl PgTable {
                     continue;
                 }
                 let acting = pg_to_osds(map, pool, n);
+                let boots: Vec<u64> = acting
+                    .iter()
+                    .map(|o| map.osds.get(o).map_or(0, |o| o.up_from))
+                    .collect();
                 let pg = self.pgs.entry(key).or_insert_with(|| Pg::new(key, store));
-                let began = pg.acting != acting || pg.interval_since == 0;
+                // A member that booted again is a new member (it may have lost its data): the
+                // interval changes as if the acting set had.
+                let began = pg.acting != acting || pg.boots != boots || pg.interval_since == 0;
                 if began {
                     pg.acting = acting;
+                    pg.boots = boots;
                     pg.interval_since = map.epoch;
                     new_intervals += 1;
                 }
@@ -499,6 +510,7 @@ mod tests {
             up,
             in_: true,
             weight: 1.0,
+            up_from: 0,
         }
     }
 
@@ -598,6 +610,20 @@ mod tests {
         assert_eq!(pg.interval_since(), 9);
         assert!(!pg.acting().contains(&first[1]));
         assert_eq!(t.served(), 8);
+        // A member restarts (same id, same acting set, a new boot epoch): a new interval.
+        let member = t.get(k).unwrap().acting()[0];
+        let mut m = map(10, &up, 2);
+        m.osds.get_mut(&member).unwrap().up_from = 10;
+        t.apply_map(&m, Some(0), all, &st, &mut Vec::new());
+        assert_eq!(t.get(k).unwrap().interval_since(), 10);
+        let mut m = map(11, &up, 2);
+        m.osds.get_mut(&member).unwrap().up_from = 10;
+        t.apply_map(&m, Some(0), all, &st, &mut Vec::new());
+        assert_eq!(
+            t.get(k).unwrap().interval_since(),
+            10,
+            "same boot: same interval"
+        );
     }
 
     #[test]
