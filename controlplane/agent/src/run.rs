@@ -280,6 +280,7 @@ async fn session(
             shard_ports: cfg.shard_ports.clone(),
             weight: cfg.weight,
             admin_addr: cfg.admin_listen.to_string(),
+            new_process: status.boots() == 0,
         },
         &token,
     )))

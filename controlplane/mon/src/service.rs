@@ -154,6 +154,7 @@ impl MonCluster for ClusterSvc {
                 shard_ports: r.shard_ports,
                 weight: r.weight,
                 id: r.has_id.then_some(r.id),
+                new_process: r.new_process,
             },
             Instant::now(),
         )?;
@@ -610,7 +611,7 @@ mod tests {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(b.lease_ms, 10_000);
+        assert_eq!(b.lease_ms, 400, "four heartbeat intervals");
         let hb = || {
             Request::new(v1::HeartbeatRequest {
                 id: b.id,

@@ -237,6 +237,8 @@ pub struct BootInfo {
     pub weight: f64,
     /// The id the OSD believes it has, if any.
     pub id: Option<u32>,
+    /// The first boot of this OSD process (see `BootRequest.new_process`).
+    pub new_process: bool,
 }
 
 /// What a boot gave the OSD.
@@ -680,10 +682,13 @@ impl Monitor {
             o.cluster_addr = b.cluster_addr;
             o.shard_count = b.shard_ports.len() as u32;
             o.shard_ports = b.shard_ports;
+            // A new process (or one that was down) is a new member of its PGs: their intervals
+            // change even with the same addresses, since it may have come back without its
+            // data. The same process booting again with another monitor is not.
+            if b.new_process || !o.up {
+                o.up_from = self.map.epoch + 1;
+            }
             o.up = true;
-            // Every boot is a new epoch: a restarted OSD must start new intervals for its PGs
-            // even with the same addresses (it may have come back without its data).
-            o.up_from = self.map.epoch + 1;
             if live.auto_out {
                 o.in_ = true;
             }
@@ -1316,6 +1321,33 @@ mod tests {
             ..Default::default()
         };
         m.boot(b, now).unwrap().id
+    }
+
+    #[test]
+    fn a_new_process_is_a_new_member_and_a_session_reboot_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Monitor::open(MapStore::open(dir.path()).unwrap(), policy()).unwrap();
+        let now = Instant::now();
+        let b = |new_process| BootInfo {
+            uuid: "a".into(),
+            host: "h".into(),
+            shard_ports: vec![1],
+            weight: 1.0,
+            new_process,
+            ..Default::default()
+        };
+        let id = m.boot(b(true), now).unwrap().id;
+        let first = m.map().osds[&id].up_from;
+        assert_eq!(first, m.map().epoch);
+        // The same process again (another monitor session): nothing changes.
+        let e = m.map().epoch;
+        m.boot(b(false), now).unwrap();
+        assert_eq!(m.map().epoch, e);
+        assert_eq!(m.map().osds[&id].up_from, first);
+        // A restarted process at the same addresses: a new epoch and a new up_from.
+        m.boot(b(true), now).unwrap();
+        assert_eq!(m.map().epoch, e + 1);
+        assert_eq!(m.map().osds[&id].up_from, e + 1);
     }
 
     /// A store from before OSD keys may hold a client key named like one (`auth add osd.0`
