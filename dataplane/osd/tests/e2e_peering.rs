@@ -6,22 +6,30 @@
 //!   comes back wiped it is backfilled; every PG goes active+clean, every acknowledged write
 //!   reads back, every removed object stays removed, and a scrub of every PG finds its copies
 //!   equal;
+//! - `osd out` moves an OSD's PGs to the others (backfilled there) and `osd in` brings them
+//!   back (the OSD's copies, stale by then, are made current); every acknowledged write reads
+//!   back and every PG scrubs clean at each step;
+//! - a paused primary whose PGs failed over serves no read once it resumes (its read lease ran
+//!   out while it was paused), so no client reads a value older than one it was told was
+//!   written;
 //! - the split brain of Vitastor's test_splitbrain: the only OSD that had the last writes is
 //!   gone and the one that comes back cannot speak for that interval (it was wiped), so the
 //!   PG stays incomplete, takes no write, and health is ERR naming it.
 
 #[path = "../../../client/lib/tests/common/mod.rs"]
 mod common;
+mod common_signal;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use carmine_cli::{Cli, CliError};
-use carmine_client::Client;
+use carmine_client::{Client, ConnectOptions, Connection};
 use carmine_proto::v1::{self, PgStateBit};
-use carmine_wire::OpError;
+use carmine_wire::{Epoch, Op, OpError, OpRequest, PgId, PoolId};
 use clap::Parser;
 use common::{authed, runtime, Cluster, Mon, OSD_TOKEN, TOKEN};
+use common_signal::{signal, wait_stopped};
 
 const ACTIVE: u32 = PgStateBit::PgStateActive as u32;
 const CLEAN: u32 = PgStateBit::PgStateClean as u32;
@@ -255,5 +263,132 @@ fn a_pg_whose_last_writer_is_gone_stays_incomplete_and_takes_no_write() {
             health.checks.iter().any(|c| c.code == "PG_INCOMPLETE"),
             "{health:?}"
         );
+    });
+}
+
+async fn osd_in(mon: &Mon, osd: u32) -> u64 {
+    mon.admin()
+        .await
+        .osd_in(authed(v1::OsdIdRequest { id: osd }))
+        .await
+        .unwrap()
+        .into_inner()
+        .epoch
+}
+
+async fn scrub_all(mon: &Mon, pool: u32, pg_num: u32) {
+    for pg in 0..pg_num {
+        let pgid = format!("{pool}.{pg:x}");
+        carmine(mon, &["pg", "scrub", &pgid, "--osd-token", OSD_TOKEN])
+            .await
+            .unwrap_or_else(|e| panic!("scrub of {pgid}: {e}"));
+    }
+}
+
+#[test]
+fn out_moves_an_osds_pgs_away_and_in_brings_them_back() {
+    runtime().block_on(async {
+        let cluster = Cluster::start("unused", 8, &[1, 1, 1, 1]).await;
+        let pool = cluster.mon.create_pool("mv", 16, 3).await;
+        let client = Client::connect(cluster.config()).await.unwrap();
+        let mut model: BTreeMap<String, usize> = BTreeMap::new();
+        for i in 0..150 {
+            let n = format!("m-{i}");
+            client.write_full("mv", &n, &content(&n, 0)).await.unwrap();
+            model.insert(n, 0);
+        }
+        wait_pgs(&cluster.mon, pool, ACTIVE | CLEAN, Duration::from_secs(30)).await;
+        let moved = client.locate("mv", "m-0").unwrap().osd;
+        // Out: its PGs go to the other three, which backfill the one that joins each.
+        let e = cluster.mon.osd_out(moved).await;
+        client.wait_for_epoch(e, Duration::from_secs(10)).await;
+        for i in (0..150).step_by(3) {
+            let n = format!("m-{i}");
+            client.write_full("mv", &n, &content(&n, 1)).await.unwrap();
+            model.insert(n, 1);
+        }
+        wait_pgs(&cluster.mon, pool, ACTIVE | CLEAN, Duration::from_secs(60)).await;
+        let map = cluster.mon.map().await;
+        for pg in 0..16 {
+            let acting = carmine_placement::pg_to_osds(&map, &map.pools[&pool], pg);
+            assert!(
+                !acting.contains(&moved),
+                "pg {pg} still on osd.{moved}: {acting:?}"
+            );
+        }
+        scrub_all(&cluster.mon, pool, 16).await;
+        // In again: its PGs come back to it, its stale copies made current.
+        let e = osd_in(&cluster.mon, moved).await;
+        client.wait_for_epoch(e, Duration::from_secs(10)).await;
+        for i in (1..150).step_by(3) {
+            let n = format!("m-{i}");
+            client.write_full("mv", &n, &content(&n, 2)).await.unwrap();
+            model.insert(n, 2);
+        }
+        wait_pgs(&cluster.mon, pool, ACTIVE | CLEAN, Duration::from_secs(60)).await;
+        assert_eq!(
+            client.locate("mv", "m-0").unwrap().osd,
+            moved,
+            "placement moved back"
+        );
+        for (n, r) in &model {
+            assert_eq!(
+                client.read("mv", n, 0, 8192).await.unwrap(),
+                content(n, *r),
+                "{n}"
+            );
+        }
+        scrub_all(&cluster.mon, pool, 16).await;
+    });
+}
+
+#[test]
+fn a_paused_primary_serves_no_stale_read_after_its_pgs_failed_over() {
+    runtime().block_on(async {
+        let mut cluster = Cluster::start("unused", 8, &[1, 1, 1]).await;
+        let pool = cluster.mon.create_pool("lease", 8, 3).await;
+        let client = Client::connect(cluster.config()).await.unwrap();
+        client.write_full("lease", "x", b"old").await.unwrap();
+        wait_pgs(&cluster.mon, pool, ACTIVE | CLEAN, Duration::from_secs(30)).await;
+        let t = client.locate("lease", "x").unwrap();
+        let victim = t.osd;
+        // A connection to the primary, opened while it runs.
+        let opts = ConnectOptions::new(cluster.creds.id.clone(), cluster.creds.key.clone());
+        let conn = Connection::connect(t.addr, &opts).await.unwrap();
+        let epoch = client.epoch();
+        let pid = cluster.osd_mut(victim).pid();
+        signal(pid, libc::SIGSTOP);
+        wait_stopped(pid);
+        // It is marked down; a new primary takes a new value (acknowledged).
+        let e = mark_down(&cluster.mon, victim).await;
+        client.wait_for_epoch(e, Duration::from_secs(10)).await;
+        client.write_full("lease", "x", b"new").await.unwrap();
+        // The old primary resumes and is asked at once, before its map can catch up.
+        signal(pid, libc::SIGCONT);
+        let req = OpRequest {
+            pool: PoolId(u64::from(t.pool)),
+            pg: PgId(t.pg),
+            epoch: Epoch(epoch),
+            op: Op::Read {
+                object: "x",
+                offset: 0,
+                len: 16,
+            },
+        };
+        match conn.call_as(4242, &req).await {
+            Err(carmine_client::ClientError::Op(OpError::Again | OpError::StaleMap { .. })) => {}
+            Ok(r) => panic!("the resumed ex-primary served a read: {r:?}"),
+            Err(e) => panic!("unexpected answer: {e}"),
+        }
+        let refused: u64 = cluster
+            .mon
+            .osd_perf(victim)
+            .await
+            .iter()
+            .filter(|(k, _)| k.ends_with(".lease_refused") || k.ends_with(".stale_map"))
+            .map(|(_, v)| v)
+            .sum();
+        assert!(refused > 0, "neither the lease nor the map refused it");
+        assert_eq!(client.read("lease", "x", 0, 16).await.unwrap(), b"new");
     });
 }

@@ -19,6 +19,7 @@
 #[path = "../../../client/lib/tests/common/mod.rs"]
 mod common;
 mod common_bdev;
+mod common_signal;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
@@ -36,6 +37,7 @@ use carmine_wire::{
 };
 use common::{authed, runtime, Cluster, Mon};
 use common_bdev::{list_objects, BdevOsd};
+use common_signal::{signal, wait_stopped};
 
 /// The OSD's perf counters summed over its shards, by counter name (`shard<i>.<name>`).
 async fn shard_totals(mon: &Mon, osd: u32) -> BTreeMap<String, u64> {
@@ -333,40 +335,6 @@ fn replica_ops_are_taken_only_from_the_pgs_primary_in_its_interval() {
 }
 
 // ------------------------------------------------------------------ a paused primary
-
-/// SIGSTOP / SIGCONT of a process.
-fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill(2) on a child process of this test.
-    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
-}
-
-/// Waits until every thread of `pid` is stopped. kill(SIGSTOP) returns at once, and a group
-/// stop reaches the other threads only once the thread that took the signal runs: on a busy
-/// machine the shard thread can go on serving for milliseconds.
-fn wait_stopped(pid: u32) {
-    let all_stopped = || -> bool {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return false;
-        };
-        tasks.flatten().all(|t| {
-            std::fs::read_to_string(t.path().join("stat"))
-                .ok()
-                .and_then(|s| {
-                    // The state follows the parenthesised command name.
-                    s.rsplit_once(')')
-                        .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned))
-                })
-                .is_some_and(|state| state == "T" || state == "t")
-        })
-    };
-    for _ in 0..500 {
-        if all_stopped() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("osd (pid {pid}) did not stop within 5 s of SIGSTOP");
-}
 
 #[test]
 fn a_paused_primary_gets_no_write_acknowledged_after_its_pgs_moved() {
