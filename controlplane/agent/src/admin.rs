@@ -200,7 +200,11 @@ impl OsdAdmin for AdminSvc {
         let set_since = r.set_since.then_some(r.since);
         local(p.shards(), |reply| ShardRequest::Prepare {
             pg,
+            primary: r.primary,
             epoch: r.epoch,
+            since: r.since,
+            acting: r.acting.clone(),
+            boots: r.boots.clone(),
             remove: r.remove.clone(),
             set_since,
             reply,

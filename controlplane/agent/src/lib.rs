@@ -191,6 +191,11 @@ pub trait Stats: Send + Sync + 'static {
     fn usage(&self) -> (u64, u64) {
         (0, 0)
     }
+    /// The oldest map epoch any shard has applied (`None`: not known; the agent then goes by
+    /// the epoch it handed them). Read leases are renewed only up to it.
+    fn applied_epoch(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The OSD's runtime configuration as the admin service sees it.

@@ -336,10 +336,12 @@ async fn session(
                     return Err(SessionError::MustBoot);
                 }
                 status.heartbeats_acked.fetch_add(1, Ordering::AcqRel);
-                // The lease runs from when the heartbeat left, and only an OSD that has the
-                // monitor's map renews it: one behind may lead PGs that moved.
+                // The lease runs from when the heartbeat left, and only an OSD whose shards
+                // have all applied the monitor's map renews it: one behind may lead PGs that
+                // moved (the monitor's LeaseWait counts on this).
                 if let Some(l) = shards.lease.as_ref().filter(|_| boot.lease_ms > 0) {
-                    if r.epoch <= status.map_epoch() {
+                    let applied = stats.applied_epoch().unwrap_or_else(|| status.map_epoch());
+                    if r.epoch <= applied {
                         l.renew(sent, lease_for);
                     }
                 }

@@ -169,6 +169,13 @@ impl carmine_agent::Stats for OsdStats {
         out
     }
 
+    fn applied_epoch(&self) -> Option<u64> {
+        self.shards
+            .iter()
+            .map(|(c, _)| c.map_epoch.load(Ordering::Acquire))
+            .min()
+    }
+
     fn usage(&self) -> (u64, u64) {
         self.usage.iter().fold((0, 0), |(u, c), x| {
             (

@@ -122,6 +122,7 @@ pub enum IntervalChange {
         key: PgKey,
         since: u64,
         acting: Vec<u32>,
+        boots: Vec<u64>,
         size: u32,
         min_size: u32,
     },
@@ -200,6 +201,13 @@ impl Pg {
     pub fn activate(&mut self, recovery: Option<PgRecovery>) {
         self.phase = Phase::Active;
         self.recovery = recovery;
+    }
+
+    /// Whether this is the interval (acting set and members' boot epochs) another member
+    /// describes: members number an interval by the first map each saw of it, so the
+    /// numbers may differ, the identity does not.
+    pub fn same_interval(&self, acting: &[u32], boots: &[u64]) -> bool {
+        self.served && self.acting == acting && self.boots == boots
     }
 
     /// The acting set, primary first (empty: not served in the current map).
@@ -401,6 +409,7 @@ impl PgTable {
                             key,
                             since: pg.interval_since,
                             acting: pg.acting.clone(),
+                            boots: pg.boots.clone(),
                             size: pg.size,
                             min_size: pg.min_size,
                         });

@@ -64,6 +64,18 @@ pub enum StepError {
     Superseded { since: u64 },
 }
 
+/// The interval a peering task works for, as the primary's shard saw it begin.
+#[derive(Debug, Clone)]
+struct Interval0 {
+    pg: PgId,
+    since: u64,
+    /// The map epoch it was seen at (requests to members carry it).
+    epoch: u64,
+    acting: Vec<u32>,
+    /// The members' boot epochs: with `acting`, the interval's identity on every member.
+    boots: Vec<u64>,
+}
+
 /// One PG this OSD leads, as the heartbeats report it.
 #[derive(Debug, Clone)]
 struct PgEntry {
@@ -76,6 +88,9 @@ struct PgEntry {
     misplaced: u64,
     recovered: PushTotals,
     blocked_by: Vec<String>,
+    /// The shard reported progress (or clean) in this interval: its counts are newer than
+    /// the plan's (the events can overtake the task that activated the PG).
+    progress_seen: bool,
 }
 
 impl PgEntry {
@@ -254,9 +269,20 @@ impl Peering {
                     since,
                     epoch,
                     acting,
+                    boots,
                     size,
                     min_size,
-                } => self.begin(pg, since, epoch, acting, size, min_size),
+                } => self.begin(
+                    Interval0 {
+                        pg,
+                        since,
+                        epoch,
+                        acting,
+                        boots,
+                    },
+                    size,
+                    min_size,
+                ),
                 ShardEvent::Left { pg } => {
                     if let Some((_, t)) = lock(&self.tasks).remove(&pg) {
                         t.abort();
@@ -274,6 +300,7 @@ impl Peering {
                         e.degraded = degraded;
                         e.misplaced = misplaced;
                         e.recovered = recovered;
+                        e.progress_seen = true;
                         if e.state & PgStateBit::PgStateActive as u32 != 0 {
                             e.active_state();
                         }
@@ -285,6 +312,7 @@ impl Peering {
                         pgs.get_mut(&pg).filter(|e| e.since == since).map(|e| {
                             e.degraded = 0;
                             e.misplaced = 0;
+                            e.progress_seen = true;
                             e.active_state();
                             e.acting.clone()
                         })
@@ -300,15 +328,8 @@ impl Peering {
         }
     }
 
-    fn begin(
-        self: &Arc<Self>,
-        pg: PgId,
-        since: u64,
-        epoch: u64,
-        acting: Vec<u32>,
-        size: u32,
-        min_size: u32,
-    ) {
+    fn begin(self: &Arc<Self>, iv: Interval0, size: u32, min_size: u32) {
+        let (pg, since, acting) = (iv.pg, iv.since, iv.acting.clone());
         let below_min = (acting.len() as u32) < min_size;
         let mut entry = PgEntry {
             since,
@@ -320,6 +341,7 @@ impl Peering {
             misplaced: 0,
             recovered: PushTotals::default(),
             blocked_by: Vec::new(),
+            progress_seen: false,
         };
         if below_min {
             entry.state = PgStateBit::PgStateDown as u32 | PgStateBit::PgStateUndersized as u32;
@@ -336,7 +358,7 @@ impl Peering {
         }
         let me = self.clone();
         let task = tokio::spawn(async move {
-            me.peer_task(pg, since, epoch, acting).await;
+            me.peer_task(iv).await;
         });
         lock(&self.tasks).insert(pg, (since, task.abort_handle()));
     }
@@ -348,13 +370,14 @@ impl Peering {
     }
 
     /// The peering task of `pg` in the interval that began at `since`.
-    async fn peer_task(self: Arc<Self>, pg: PgId, since: u64, epoch: u64, acting: Vec<u32>) {
+    async fn peer_task(self: Arc<Self>, iv: Interval0) {
+        let (pg, since) = (iv.pg, iv.since);
         let mut backoff = RETRY_MIN;
         let started = Instant::now();
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            match self.try_peer(pg, since, epoch, &acting).await {
+            match self.try_peer(&iv).await {
                 Ok(true) => {
                     tracing::info!(%pg, since, attempts, ms = started.elapsed().as_millis() as u64, "peered");
                     return;
@@ -378,13 +401,8 @@ impl Peering {
     }
 
     /// One attempt: `Ok(true)` once active, `Ok(false)` while incomplete.
-    async fn try_peer(
-        self: &Arc<Self>,
-        pg: PgId,
-        since: u64,
-        epoch: u64,
-        acting: &[u32],
-    ) -> Result<bool, StepError> {
+    async fn try_peer(self: &Arc<Self>, iv: &Interval0) -> Result<bool, StepError> {
+        let (pg, since, epoch, acting) = (iv.pg, iv.since, iv.epoch, iv.acting.as_slice());
         let me = self.status.osd_id().ok_or(StepError::NotBooted)?;
         let history = self.history(pg).await?;
         let current = Interval {
@@ -457,7 +475,7 @@ impl Peering {
             }
             Decision::Active(plan) => plan,
         };
-        self.prepare(me, pg, epoch, since, &plan, &listings).await?;
+        self.prepare(me, iv, &plan, &listings).await?;
         self.pull(me, pg, epoch, since, &plan).await?;
         // An earlier primary this task did not hear from may still serve reads under its
         // lease: wait it out before the first write.
@@ -499,12 +517,6 @@ impl Peering {
             }
         });
         let objects = plan.live_objects;
-        self.set_state(pg, since, |e| {
-            e.objects = objects;
-            e.degraded = degraded;
-            e.misplaced = misplaced;
-            e.active_state();
-        });
         local(self.shards(), |reply| ShardRequest::Activate {
             pg,
             since,
@@ -513,6 +525,14 @@ impl Peering {
             reply,
         })
         .await?;
+        self.set_state(pg, since, |e| {
+            e.objects = objects;
+            if !e.progress_seen {
+                e.degraded = degraded;
+                e.misplaced = misplaced;
+            }
+            e.active_state();
+        });
         Ok(true)
     }
 
@@ -692,12 +712,12 @@ impl Peering {
     async fn prepare(
         &self,
         me: u32,
-        pg: PgId,
-        epoch: u64,
-        since: u64,
+        iv: &Interval0,
         plan: &Plan,
         listings: &[Listing],
     ) -> Result<(), StepError> {
+        let (pg, epoch, since) = (iv.pg, iv.epoch, iv.since);
+        let (acting, boots) = (iv.acting.as_slice(), iv.boots.as_slice());
         for m in &plan.members {
             // A member outside the history also drops every live object whose version is not
             // the authoritative one: recovery brings it back, and until then the copy cannot
@@ -705,11 +725,13 @@ impl Peering {
             let mut remove = m.remove.clone();
             if !m.source {
                 if let Some(l) = listings.iter().find(|l| l.osd == m.osd) {
-                    for o in l.objects.iter().filter(|o| !o.tombstone) {
+                    for o in &l.objects {
+                        // (A tombstone with no authoritative entry at all stays: it stands for
+                        // a removal, like the absence it would otherwise be.)
                         let stale = plan
                             .authoritative
                             .get(&o.name)
-                            .is_some_and(|a| a.version != o.version || a.tombstone);
+                            .is_some_and(|a| a.version != o.version || a.tombstone != o.tombstone);
                         if stale && !remove.contains(&o.name) {
                             remove.push(o.name.clone());
                         }
@@ -732,7 +754,11 @@ impl Peering {
                 if m.osd == me {
                     local(self.shards(), |reply| ShardRequest::Prepare {
                         pg,
+                        primary: me,
                         epoch,
+                        since,
+                        acting: acting.to_vec(),
+                        boots: boots.to_vec(),
                         remove: chunk.to_vec(),
                         set_since,
                         reply,
@@ -747,6 +773,9 @@ impl Peering {
                         remove: chunk.to_vec(),
                         set_since: set_since.is_some(),
                         since,
+                        primary: me,
+                        acting: acting.to_vec(),
+                        boots: boots.to_vec(),
                     })?;
                     c.pg_prepare(r)
                         .await

@@ -108,7 +108,15 @@ pub enum ShardRequest {
     /// that this copy has every write from that interval on.
     Prepare {
         pg: PgId,
+        /// The asking primary, its map epoch, and its interval: first epoch, acting set and
+        /// the members' boot epochs. A member takes it only in that same interval (see the
+        /// shard's `Prepare` admission).
+        primary: u32,
         epoch: u64,
+        since: u64,
+        acting: Vec<u32>,
+        boots: Vec<u64>,
+        /// Names whose object and tombstone this copy drops.
         remove: Vec<Vec<u8>>,
         set_since: Option<u64>,
         reply: Reply<()>,
@@ -162,6 +170,9 @@ pub enum ShardEvent {
         since: u64,
         epoch: u64,
         acting: Vec<u32>,
+        /// The acting members' boot epochs (`up_from`): with `acting`, what identifies the
+        /// interval on every member.
+        boots: Vec<u64>,
         size: u32,
         min_size: u32,
     },

@@ -183,7 +183,11 @@ pub struct ShardCore {
     deferred: Vec<ShardRequest>,
     /// Scratch: interval changes of the last map.
     changes: Vec<IntervalChange>,
+    last_peering_tick: Instant,
 }
+
+/// How often push timeouts are checked and recovery progress goes to the agent.
+const PEERING_TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Why a shard could not start.
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +233,7 @@ impl ShardCore {
             pushes: Pushes::default(),
             deferred: Vec::new(),
             changes: Vec::new(),
+            last_peering_tick: Instant::now(),
         };
         Ok((core, port))
     }
@@ -251,8 +256,13 @@ impl ShardCore {
         work += self.poll_store();
         work += self.retry_deferred();
         let now = Instant::now();
-        if self.pushes.busy() {
+        if self.pushes.busy() || self.pushes.recovering() {
             work += self.feed_pushes(now);
+        }
+        if now.saturating_duration_since(self.last_peering_tick) >= PEERING_TICK {
+            // Its own timer: push timeouts and progress must go on with no client op.
+            self.last_peering_tick = now;
+            self.peering_tick(now);
         }
         work += self.scrub.poll(self.store.get());
         work += self.flush_outbox();
@@ -265,7 +275,6 @@ impl ShardCore {
         if self.latency.maybe_publish(&self.counters, now) {
             self.publish_usage();
             self.expire_writes(now);
-            self.peering_tick(now);
         }
         work
     }
@@ -287,6 +296,10 @@ impl ShardCore {
             || !self.deferred.is_empty();
         if busy {
             Some(Instant::now())
+        } else if self.pushes.recovering() {
+            // Recovery paused after a failed push: back soon, without spinning.
+            let soon = Instant::now() + PEERING_TICK / 4;
+            Some(self.messenger.net_deadline().map_or(soon, |d| d.min(soon)))
         } else {
             self.messenger.net_deadline()
         }

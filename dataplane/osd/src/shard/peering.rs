@@ -57,6 +57,7 @@ impl ShardCore {
                     key,
                     since,
                     acting,
+                    boots,
                     size,
                     min_size,
                 } => self.emit(ShardEvent::NewInterval {
@@ -64,6 +65,7 @@ impl ShardCore {
                     since: *since,
                     epoch,
                     acting: acting.clone(),
+                    boots: boots.clone(),
                     size: *size,
                     min_size: *min_size,
                 }),
@@ -119,13 +121,27 @@ impl ShardCore {
             }
             ShardRequest::Prepare {
                 pg,
+                primary,
                 epoch,
+                since: _,
+                acting,
+                boots,
                 remove,
                 set_since,
                 reply,
             } => {
                 if have < epoch {
                     let _ = reply.send(Err(PeeringError::Behind { have, need: epoch }));
+                    return;
+                }
+                // Only from the PG's primary, in the interval this member is in now: a
+                // primary that was paused while the PG moved on must not change this copy.
+                let same = self.pgs.get(key_of(pg)).is_some_and(|p| {
+                    p.same_interval(&acting, &boots) && acting.first() == Some(&primary)
+                });
+                if !same {
+                    let now = self.pgs.get(key_of(pg)).map_or(0, |p| p.interval_since());
+                    let _ = reply.send(Err(PeeringError::IntervalChanged { now }));
                     return;
                 }
                 if remove.len() > MAX_PREPARE_REMOVES {
@@ -141,13 +157,24 @@ impl ShardCore {
                     ops: Vec::with_capacity(remove.len() + 3),
                 };
                 let creates = self.create_if_new(key, &mut txn);
+                let mut tombs = Vec::new();
                 for name in remove {
+                    if pgmeta::tombstone(self.store.get_ref(), key, &name).is_some() {
+                        tombs.push(name.clone());
+                    }
                     if pgmeta::object_exists(self.store.get_ref(), key, &name) {
                         txn.ops.push(Op::Remove {
                             cid,
                             oid: ObjectId(name),
                         });
                     }
+                }
+                if !tombs.is_empty() {
+                    txn.ops.push(Op::OmapRm {
+                        cid: key.meta_cid(),
+                        oid: pgmeta::tomb_object(),
+                        keys: tombs,
+                    });
                 }
                 if let Some(since) = set_since {
                     txn.ops.push(pgmeta::set_since(key, since));
@@ -205,7 +232,9 @@ impl ShardCore {
                     p.activate(rec);
                     tracing::info!(shard = self.shard, pg = ?key, since, recovering, "pg active");
                     if recovering {
-                        self.pushes.recovering.push_back(key);
+                        if !self.pushes.recovering.contains(&key) {
+                            self.pushes.recovering.push_back(key);
+                        }
                         self.report_progress();
                     } else {
                         self.emit(ShardEvent::Clean { pg, since });

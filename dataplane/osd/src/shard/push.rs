@@ -99,8 +99,14 @@ pub(super) struct Pushes {
 }
 
 impl Pushes {
+    /// Pushes in flight or waiting for the budget (the shard keeps polling for them).
     pub fn busy(&self) -> bool {
-        !self.tasks.is_empty() || !self.queue.is_empty() || !self.recovering.is_empty()
+        !self.tasks.is_empty() || !self.queue.is_empty()
+    }
+
+    /// PGs with recovery to do (their next push may be due after a pause).
+    pub fn recovering(&self) -> bool {
+        !self.recovering.is_empty()
     }
 
     /// A new job of `objects` pushes; its reply goes out once every push is done.
@@ -190,15 +196,25 @@ impl ShardCore {
     pub(super) fn start_push(&mut self, mut t: PushTask) {
         self.pushes.next += 1;
         let id = self.pushes.next;
+        // The reply timeout runs from now, not from when the task was queued.
+        t.started = Instant::now();
         let store = self.store.get_ref();
         match pgmeta::held_version(store, t.pg, &t.name) {
             None => {
                 // Nothing here to push (removed without a trace, or never held): the target
-                // cannot get it from this OSD.
-                tracing::warn!(shard = self.shard, pg = ?t.pg, osd = t.target, "push of an object this OSD does not hold");
+                // cannot get it from this OSD. A pull fails (the primary's agent decides
+                // again); recovery has nothing better to push and moves on.
+                tracing::error!(shard = self.shard, pg = ?t.pg, osd = t.target, "push of an object this OSD does not hold");
                 t.version = None;
+                let origin = t.origin;
                 self.pushes.tasks.insert(id, t);
-                self.push_done(id, Ok(()));
+                let r = match origin {
+                    Origin::Recovery => Ok(()),
+                    Origin::Job(_) => Err(PeeringError::Store(
+                        "this OSD does not hold the object".into(),
+                    )),
+                };
+                self.push_done(id, r);
             }
             Some((v, true)) => {
                 t.version = Some(v);
