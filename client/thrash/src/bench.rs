@@ -12,9 +12,12 @@
 //!    began at or after its boot (`up_from`), so a report from before the wipe cannot end it.
 //! 5. Figures: recovered bytes (the primaries' `PgStat.recovered_bytes` of those intervals,
 //!    [`RecoveredTally`]) / window = `recovery_mb_per_s`; beside it `expected_bytes`, the bytes
-//!    of every object placed on the wiped OSD (what it must be given back, whoever counts it),
-//!    and the client's IOPS during the window against before. The CPU each OSD used during the
-//!    window (from /proc) hints at what bounds the figure.
+//!    of every object placed on the wiped OSD (what it must be given back, whoever counts it:
+//!    `recovered_bytes` counts only the data-plane pushes of an active primary, not what a
+//!    primary pulls for itself (`OsdAdmin.PgPush`) before it activates, so for PGs the wiped
+//!    OSD leads it falls short), `expected_mb_per_s` over the same window, the time until
+//!    every PG was active, and the client's IOPS during the window against before. The CPU
+//!    each OSD used during the window (from /proc) hints at what bounds the figure.
 //!
 //! PG states come from the primaries' heartbeats (every `--heartbeat-ms`) and are polled every
 //! 200 ms, so the window's end is late by up to about one heartbeat plus a poll.
@@ -65,6 +68,9 @@ pub struct BenchReport {
     /// Bytes of every object placed on the wiped OSD when it was wiped.
     pub expected_bytes: u64,
     pub recovery_seconds: f64,
+    /// From the OSD's return until every PG was active (serving I/O) again: a PG the wiped OSD
+    /// leads pulls its own missing objects before it goes active.
+    pub all_active_seconds: Option<f64>,
     pub recovery_mb_per_s: Option<f64>,
     /// `expected_bytes` over the same window.
     pub expected_mb_per_s: Option<f64>,
@@ -195,6 +201,7 @@ pub async fn run(
         0,
         u32::MAX,
         &mut RecoveredTally::default(),
+        &mut None,
     )
     .await
     {
@@ -285,7 +292,18 @@ pub async fn run(
         ),
     );
     let mut tally = RecoveredTally::default();
-    let clean = wait_all_clean(&c, pool, args.pg_num, up_from, id, &mut tally).await;
+    let mut active_at = None;
+    let clean = wait_all_clean(
+        &c,
+        pool,
+        args.pg_num,
+        up_from,
+        id,
+        &mut tally,
+        &mut active_at,
+    )
+    .await;
+    r.all_active_seconds = active_at.map(|t: Instant| t.duration_since(up).as_secs_f64());
     let window = up.elapsed();
     let o1 = ops.load(Ordering::Relaxed);
     let cpu1 = cpu_of(&c);
@@ -341,7 +359,8 @@ fn cpu_of(c: &Cluster) -> (HashMap<u32, f64>, Option<f64>) {
 }
 
 /// Polls `PgList` every 200 ms (up to [`LIMIT`]) until every PG of `pool` is active+clean and
-/// every PG with `osd` in its acting set is in an interval since `from_epoch`; feeds `tally`.
+/// every PG with `osd` in its acting set is in an interval since `from_epoch`; feeds `tally`
+/// and sets `active_at` when every PG is first seen active in such an interval.
 async fn wait_all_clean(
     c: &Cluster,
     pool: u32,
@@ -349,6 +368,7 @@ async fn wait_all_clean(
     from_epoch: u64,
     osd: u32,
     tally: &mut RecoveredTally,
+    active_at: &mut Option<Instant>,
 ) -> bool {
     let deadline = Instant::now() + LIMIT;
     while Instant::now() < deadline {
@@ -358,6 +378,14 @@ async fn wait_all_clean(
                 .iter()
                 .filter(|s| s.pool == pool && s.acting.contains(&osd))
                 .all(|s| s.interval_since >= from_epoch);
+            let mine = pgs.iter().filter(|s| s.pool == pool);
+            if fresh
+                && active_at.is_none()
+                && mine.clone().count() as u32 == pg_num
+                && mine.clone().all(|s| crate::admin::is_active(s.state))
+            {
+                *active_at = Some(Instant::now());
+            }
             if fresh && measure::all_active_clean(&pgs, pool, pg_num) {
                 return true;
             }
@@ -395,9 +423,10 @@ pub fn print(r: &BenchReport, json: bool) {
     );
     let _ = writeln!(
         s,
-        "bench: wiped osd.{} (up again {:.1} s after the kill); active+clean {:.1} s later: recovered {} bytes / {} objects -> recovery_mb_per_s {} (target {:.0}: {}); expected on the OSD {} bytes -> {} MB/s",
+        "bench: wiped osd.{} (up again {:.1} s after the kill); every PG active {} s later, active+clean {:.1} s later: recovered {} bytes / {} objects -> recovery_mb_per_s {} (target {:.0}: {}); expected on the OSD {} bytes -> {} MB/s",
         r.wiped_osd,
         r.restart_seconds,
+        fmt(r.all_active_seconds),
         r.recovery_seconds,
         r.recovered_bytes,
         r.recovered_objects,
