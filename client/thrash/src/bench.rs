@@ -77,6 +77,9 @@ pub struct BenchReport {
     pub client_iops_before: Option<f64>,
     pub client_iops_during: Option<f64>,
     pub client_iops_ratio: Option<f64>,
+    /// The client's IOPS over the part of the window after every PG was active again (the
+    /// rest of recovery and backfill, with no PG blocked in peering).
+    pub client_iops_after_active: Option<f64>,
     pub client_errors: u64,
     /// CPU used during the recovery window, in % of one core, per OSD id (and the monitor).
     pub osd_cpu_percent: HashMap<u32, f64>,
@@ -198,10 +201,10 @@ pub async fn run(
         &c,
         pool,
         args.pg_num,
-        0,
-        u32::MAX,
+        (0, u32::MAX),
         &mut RecoveredTally::default(),
         &mut None,
+        &AtomicU64::new(0),
     )
     .await
     {
@@ -297,13 +300,15 @@ pub async fn run(
         &c,
         pool,
         args.pg_num,
-        up_from,
-        id,
+        (up_from, id),
         &mut tally,
         &mut active_at,
+        &ops,
     )
     .await;
-    r.all_active_seconds = active_at.map(|t: Instant| t.duration_since(up).as_secs_f64());
+    let clean_at = Instant::now();
+    r.all_active_seconds =
+        active_at.map(|(t, _): (Instant, u64)| t.duration_since(up).as_secs_f64());
     let window = up.elapsed();
     let o1 = ops.load(Ordering::Relaxed);
     let cpu1 = cpu_of(&c);
@@ -326,6 +331,8 @@ pub async fn run(
         .client_iops_during
         .zip(r.client_iops_before)
         .and_then(|(d, b)| measure::ratio(d, b));
+    r.client_iops_after_active =
+        active_at.and_then(|(t, n)| measure::per_second(o1 - n, clean_at.duration_since(t)));
     r.client_errors = errors.load(Ordering::Relaxed);
     let secs = window.as_secs_f64();
     for (osd, before) in &cpu0.0 {
@@ -360,15 +367,16 @@ fn cpu_of(c: &Cluster) -> (HashMap<u32, f64>, Option<f64>) {
 
 /// Polls `PgList` every 200 ms (up to [`LIMIT`]) until every PG of `pool` is active+clean and
 /// every PG with `osd` in its acting set is in an interval since `from_epoch`; feeds `tally`
-/// and sets `active_at` when every PG is first seen active in such an interval.
+/// and sets `active_at` (with the client ops then, from `ops`) when every PG is first seen
+/// active in such an interval.
 async fn wait_all_clean(
     c: &Cluster,
     pool: u32,
     pg_num: u32,
-    from_epoch: u64,
-    osd: u32,
+    (from_epoch, osd): (u64, u32),
     tally: &mut RecoveredTally,
-    active_at: &mut Option<Instant>,
+    active_at: &mut Option<(Instant, u64)>,
+    ops: &AtomicU64,
 ) -> bool {
     let deadline = Instant::now() + LIMIT;
     while Instant::now() < deadline {
@@ -384,7 +392,7 @@ async fn wait_all_clean(
                 && mine.clone().count() as u32 == pg_num
                 && mine.clone().all(|s| crate::admin::is_active(s.state))
             {
-                *active_at = Some(Instant::now());
+                *active_at = Some((Instant::now(), ops.load(Ordering::Relaxed)));
             }
             if fresh && measure::all_active_clean(&pgs, pool, pg_num) {
                 return true;
@@ -444,10 +452,11 @@ pub fn print(r: &BenchReport, json: bool) {
         .collect();
     let _ = writeln!(
         s,
-        "bench: client 4 KiB writes: {} IOPS before, {} during (ratio {}), {} errors | CPU during recovery: {}, mon {}%",
+        "bench: client 4 KiB writes: {} IOPS before, {} during (ratio {}; {} once every PG was active), {} errors | CPU during recovery: {}, mon {}%",
         fmt(r.client_iops_before),
         fmt(r.client_iops_during),
         r.client_iops_ratio.map_or("n/a".into(), |x| format!("{x:.2}")),
+        fmt(r.client_iops_after_active),
         r.client_errors,
         cpu.join(", "),
         fmt(r.mon_cpu_percent)
