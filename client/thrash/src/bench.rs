@@ -4,8 +4,10 @@
 //! 1. A mon and `--osds` OSDs (images sized for the fill), a pool of size 3 / min_size 2.
 //! 2. Fill: `--bench-mib` of `--bench-object-kib` objects (`fill.<i>`), `--bench-fill-depth`
 //!    writes in flight. Then wait for every PG to be active+clean.
-//! 3. A client keeps writing 4 KiB objects (`small.<k>`, 256 per writer task, overwritten in
-//!    turn) from here to the end; its IOPS over 5 s is the "before" figure.
+//! 3. A client keeps writing 4 KiB objects (`small.<w>.<k>`, `--bench-small-objects` per writer
+//!    task, overwritten in turn) from here to the end; its IOPS over 5 s is the "before"
+//!    figure. With many objects the writes during recovery go to objects no OSD misses, with
+//!    few (the default 256) to objects the wiped OSD misses.
 //! 4. Wipe the last OSD: SIGKILL, image deleted, started again (same id, blank store). The
 //!    recovery window runs from when the map has it up again until `PgList` shows every PG
 //!    active+clean with every PG that has the wiped OSD in its acting set in an interval that
@@ -40,8 +42,6 @@ use crate::{Args, RunError};
 
 /// Size of the objects the client keeps writing during the bench.
 const SMALL: usize = 4096;
-/// Objects per small-writer task (overwritten in turn).
-const SMALL_OBJECTS: u64 = 256;
 /// How long the "before" IOPS is measured.
 const BEFORE: Duration = Duration::from_secs(5);
 /// The longest a fill or a recovery may take.
@@ -217,6 +217,7 @@ pub async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let small_objects = args.bench_small_objects.max(1);
     let mut writers = tokio::task::JoinSet::new();
     for w in 0..args.bench_writers.max(1) {
         let (client, stop, ops, errors) =
@@ -225,7 +226,7 @@ pub async fn run(
             let data = vec![w as u8; SMALL];
             let mut k = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let name = format!("small.{w}.{}", k % SMALL_OBJECTS);
+                let name = format!("small.{w}.{}", k % small_objects);
                 match client.write_full(pool, &name, &data).await {
                     Ok(()) => ops.fetch_add(1, Ordering::Relaxed),
                     Err(_) => errors.fetch_add(1, Ordering::Relaxed),
@@ -241,7 +242,9 @@ pub async fn run(
     tokio::time::sleep(BEFORE).await;
     r.client_iops_before = measure::per_second(ops.load(Ordering::Relaxed) - b0, tb.elapsed());
 
-    // What the victim holds: every object placed in a PG it is a member of.
+    // What the victim holds: every object placed in a PG it is a member of (a writer has
+    // written at most all the ops so far).
+    let written = ops.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed) + 1;
     let victim = args.osds - 1;
     let id = c.osds[victim].ready.id;
     r.wiped_osd = id;
@@ -255,7 +258,7 @@ pub async fn run(
             .filter(|&i| on_victim(&fill_name(i)))
             .count() as u64;
         let smalls = (0..args.bench_writers.max(1))
-            .flat_map(|w| (0..SMALL_OBJECTS).map(move |k| format!("small.{w}.{k}")))
+            .flat_map(|w| (0..written.min(small_objects)).map(move |k| format!("small.{w}.{k}")))
             .filter(|n| on_victim(n))
             .count() as u64;
         r.expected_bytes = fills * object_bytes + smalls * SMALL as u64;

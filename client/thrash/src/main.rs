@@ -125,6 +125,10 @@ struct Args {
     /// Bench: concurrent writes of the fill.
     #[arg(long, default_value_t = 8)]
     bench_fill_depth: usize,
+    /// Bench: objects each small writer overwrites in turn (a large number: every write during
+    /// recovery goes to an object nobody misses).
+    #[arg(long, default_value_t = 256)]
+    bench_small_objects: u64,
     /// Bench: writer tasks of the client that keeps writing small (4 KiB) objects.
     #[arg(long, default_value_t = 2)]
     bench_writers: u32,
