@@ -519,8 +519,11 @@ async fn run(args: &Args, seed: u64, dir: &Path) -> Result<Report, RunError> {
         })
     };
     let clean_clock = Arc::new(std::sync::Mutex::new(measure::CleanClock::default()));
+    // (the last fault's OSD, its latest boot epoch), once the faults are over.
+    let fresh: Arc<std::sync::Mutex<Option<(u32, u64)>>> = Arc::default();
     let pg_watch = {
         let (a, stop, clock) = (c.admin.clone(), watch_stop.clone(), clean_clock.clone());
+        let fresh = fresh.clone();
         let pg_num = args.pg_num;
         tokio::spawn(async move {
             let mut w = PgWatch::default();
@@ -528,7 +531,8 @@ async fn run(args: &Args, seed: u64, dir: &Path) -> Result<Report, RunError> {
                 match a.pg_list().await {
                     Ok(Some(pgs)) => {
                         w.absorb(&pgs);
-                        let clean = measure::all_active_clean(&pgs, pool, pg_num);
+                        let f = *lock(&fresh);
+                        let clean = measure::all_active_clean_since(&pgs, pool, pg_num, f);
                         lock(&clock).observe(clean, Instant::now());
                     }
                     Ok(None) => break,
@@ -554,6 +558,14 @@ async fn run(args: &Args, seed: u64, dir: &Path) -> Result<Report, RunError> {
     } else {
         nemesis::run(&mut c, pool, seed, deadline, t0, Some(&mut prober)).await
     };
+    if let Some(id) = nem.last_victim {
+        let up_from = c
+            .map()
+            .await
+            .ok()
+            .and_then(|m| m.osds.get(&id).map(|o| o.up_from));
+        *lock(&fresh) = up_from.map(|e| (id, e));
+    }
     let failover_faults = prober.finish().await;
     drop(probe_client);
     let mut violations: Vec<String> = nem.errors.clone();
@@ -579,7 +591,16 @@ async fn run(args: &Args, seed: u64, dir: &Path) -> Result<Report, RunError> {
 
     say(t0, "waiting for every PG to be active+clean");
     let last_fault = nem.last_fault_end.unwrap_or_else(Instant::now);
-    let clean_seconds = wait_clean(&c, pool, args, last_fault, &clean_clock, &mut violations).await;
+    let last_fresh = *lock(&fresh);
+    let clean_seconds = wait_clean(
+        &c,
+        pool,
+        args,
+        (last_fault, last_fresh),
+        &clean_clock,
+        &mut violations,
+    )
+    .await;
 
     // Read everything back with a fresh client.
     say(t0, "reading every object back");
@@ -748,7 +769,7 @@ async fn wait_clean(
     c: &Cluster,
     pool: u32,
     args: &Args,
-    last_fault: Instant,
+    (last_fault, fresh): (Instant, Option<(u32, u64)>),
     clock: &std::sync::Mutex<measure::CleanClock>,
     violations: &mut Vec<String>,
 ) -> Option<f64> {
@@ -770,7 +791,8 @@ async fn wait_clean(
                     .filter(|s| !admin::is_active_clean(s.state))
                     .map(|s| format!("{}.{:x} {}", s.pool, s.pg, admin::state_name(s.state)))
                     .collect();
-                let clean = unclean.is_empty() && mine.len() as u32 == args.pg_num;
+                let clean = unclean.is_empty()
+                    && measure::all_active_clean_since(&pgs, pool, args.pg_num, fresh);
                 let mut clk = lock(clock);
                 clk.observe(clean, Instant::now());
                 if clean {

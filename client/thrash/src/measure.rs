@@ -74,6 +74,23 @@ pub fn all_active_clean(pgs: &[PgStat], pool: u32, pg_num: u32) -> bool {
     mine.len() as u32 == pg_num && mine.iter().all(|s| admin::is_active_clean(s.state))
 }
 
+/// [`all_active_clean`], counting a PG with OSD `osd` in its acting set only in an interval
+/// that began at or after `from_epoch` (`fresh`: the OSD's latest boot), so that a state its
+/// primary reported before that OSD came back does not pass for the state after.
+pub fn all_active_clean_since(
+    pgs: &[PgStat],
+    pool: u32,
+    pg_num: u32,
+    fresh: Option<(u32, u64)>,
+) -> bool {
+    all_active_clean(pgs, pool, pg_num)
+        && fresh.is_none_or(|(osd, from_epoch)| {
+            pgs.iter()
+                .filter(|s| s.pool == pool && s.acting.contains(&osd))
+                .all(|s| s.interval_since >= from_epoch)
+        })
+}
+
 /// When the pool became active+clean and stayed so, from samples of its state (several
 /// pollers may feed it: the earliest sample of an unbroken clean run counts).
 #[derive(Debug, Default, Clone, Copy)]
@@ -213,6 +230,18 @@ mod tests {
         assert!(all_active_clean(&pgs, 1, 2), "other pools do not count");
         pgs[1].state |= PgStateBit::PgStateDegraded as u32;
         assert!(!all_active_clean(&pgs, 1, 2));
+    }
+
+    #[test]
+    fn clean_since_ignores_states_from_before_the_osd_came_back() {
+        let mut pgs = vec![stat(1, 0, CLEAN, 5, 0), stat(1, 1, CLEAN, 5, 0)];
+        pgs[0].acting = vec![2, 0, 1];
+        pgs[1].acting = vec![0, 1, 3];
+        assert!(all_active_clean_since(&pgs, 1, 2, None));
+        assert!(!all_active_clean_since(&pgs, 1, 2, Some((2, 7))));
+        assert!(all_active_clean_since(&pgs, 1, 2, Some((2, 5))));
+        pgs[0].interval_since = 8;
+        assert!(all_active_clean_since(&pgs, 1, 2, Some((2, 7))));
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct NemesisStats {
     pub errors: Vec<String>,
     /// When the last fault ended (its OSD up again).
     pub last_fault_end: Option<Instant>,
+    /// The OSD of the last fault.
+    pub last_victim: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +199,7 @@ pub async fn run(
             }
         };
         st.last_fault_end = Some(Instant::now());
+        st.last_victim = Some(id);
         match revived {
             Ok(()) => say(t0, &format!("nemesis: osd.{id} up again")),
             Err(e) => {
