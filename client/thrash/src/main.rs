@@ -21,7 +21,10 @@
 //! killed or paused OSD is marked down about 3 s after it went silent.
 
 mod admin;
+mod bench;
 mod cluster;
+mod failover;
+mod measure;
 mod model;
 mod nemesis;
 mod procs;
@@ -105,6 +108,39 @@ struct Args {
     /// Hugepage memory of each OSD's DPDK/SPDK (MiB).
     #[arg(long, default_value_t = 128)]
     mem_mib: u32,
+    /// Make a failover slower than this (seconds from the signal until every PG the victim led
+    /// is served again) a violation; by default it is only reported against the target.
+    #[arg(long)]
+    max_failover_seconds: Option<f64>,
+    /// Instead of the thrash run: the recovery throughput bench (fill the pool, wipe one OSD
+    /// while a client keeps writing, time recovery and backfill until active+clean).
+    #[arg(long)]
+    recovery_bench: bool,
+    /// Bench: data written before the wipe (MiB).
+    #[arg(long, default_value_t = 768)]
+    bench_mib: u64,
+    /// Bench: size of each object of the fill (KiB; at most 4096, a push's limit).
+    #[arg(long, default_value_t = 1024)]
+    bench_object_kib: u64,
+    /// Bench: concurrent writes of the fill.
+    #[arg(long, default_value_t = 8)]
+    bench_fill_depth: usize,
+    /// Bench: objects each small writer overwrites in turn (a large number: every write during
+    /// recovery goes to an object nobody misses).
+    #[arg(long, default_value_t = 256)]
+    bench_small_objects: u64,
+    /// Bench: writer tasks of the client that keeps writing small (4 KiB) objects.
+    #[arg(long, default_value_t = 2)]
+    bench_writers: u32,
+}
+
+/// "debug" or "release": how this binary (and, through scripts/thrash, the daemons) was built.
+pub fn build_name() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -116,6 +152,9 @@ struct Ops {
     failed: u64,
     unknown: u64,
 }
+
+/// The target for `clean_after_last_fault_seconds`.
+const CLEAN_TARGET_SECONDS: f64 = 60.0;
 
 #[derive(Debug, Default, Serialize)]
 struct Report {
@@ -144,6 +183,23 @@ struct Report {
     panics: u64,
     /// Seconds from the end of the last fault until every PG was active+clean.
     clean_seconds: Option<f64>,
+    /// The same figure under the target's name (target: 60 s), and whether it was met.
+    clean_after_last_fault_seconds: Option<f64>,
+    clean_target_met: bool,
+    /// "debug" or "release".
+    build: &'static str,
+    /// The monitor's down grace (s) and the failover target (grace + 2 s).
+    down_grace_seconds: f64,
+    failover_target_seconds: f64,
+    /// Per SIGKILL / SIGSTOP / wipe fault: seconds until every PG the victim led was served
+    /// again (a probe write acknowledged).
+    failover_faults: Vec<failover::FailoverSample>,
+    /// Over the faults whose victim led PGs; `None` without any.
+    failover_seconds_max: Option<f64>,
+    failover_seconds_p50: Option<f64>,
+    /// Faults with a PG not served again within the probe cap (30 s).
+    failover_unserved: u64,
+    failover_target_met: bool,
     violations: Vec<String>,
     /// The first examples behind the counts.
     examples: Vec<String>,
@@ -182,6 +238,9 @@ fn main() -> ExitCode {
     let dir = args
         .base_dir
         .join(format!("carmine-thrash-{seed}-{}", std::process::id()));
+    if args.recovery_bench {
+        return bench_main(&args, &rt, seed, &dir);
+    }
     let outcome = rt.block_on(async {
         tokio::select! {
             r = run(&args, seed, &dir) => Some(r),
@@ -216,6 +275,59 @@ fn main() -> ExitCode {
     } else {
         eprintln!("thrash FAILED (seed {seed}): replay with scripts/thrash --seed {seed}");
         ExitCode::from(1)
+    }
+}
+
+/// `--recovery-bench`: runs the bench instead of the thrash run.
+fn bench_main(args: &Args, rt: &tokio::runtime::Runtime, seed: u64, dir: &Path) -> ExitCode {
+    let t0 = Instant::now();
+    let bins = bins(args);
+    let outcome = rt.block_on(async {
+        tokio::select! {
+            r = bench::run(args, &bins, dir, t0) => Some(r),
+            _ = interrupted() => None,
+        }
+    });
+    match outcome {
+        None => {
+            eprintln!("thrash: interrupted; every process it started is stopped");
+            finish_dir(dir, args.keep, false);
+            ExitCode::from(130)
+        }
+        Some(Err(e)) => {
+            eprintln!("thrash: recovery bench error (seed {seed}): {e}");
+            if let Some(k) = finish_dir(dir, args.keep, true) {
+                eprintln!("thrash: logs kept in {}", k.display());
+            }
+            ExitCode::from(2)
+        }
+        Some(Ok(r)) => {
+            let failed = !r.violations.is_empty();
+            if let Some(k) = finish_dir(dir, args.keep, failed) {
+                eprintln!("thrash: files kept in {}", k.display());
+            }
+            bench::print(&r, args.json);
+            if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}
+
+/// The daemons' binaries: `--bin-dir`, else this binary's directory.
+fn bins(args: &Args) -> Bins {
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+            .unwrap_or_default(),
+    };
+    Bins {
+        mon: bin_dir.join("carmine-mon"),
+        osd: bin_dir.join("carmine-osd"),
     }
 }
 
@@ -328,17 +440,7 @@ async fn run(args: &Args, seed: u64, dir: &Path) -> Result<Report, RunError> {
         return Err(RunError::TooFewOsds(args.osds));
     }
     let t0 = Instant::now();
-    let bin_dir = match &args.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(Path::to_path_buf))
-            .unwrap_or_default(),
-    };
-    let bins = Bins {
-        mon: bin_dir.join("carmine-mon"),
-        osd: bin_dir.join("carmine-osd"),
-    };
+    let bins = bins(args);
     let main_dir = dir.join("main");
     std::fs::create_dir_all(&main_dir).map_err(|source| RunError::Io {
         what: format!("mkdir {}", main_dir.display()),
@@ -416,29 +518,56 @@ async fn run(args: &Args, seed: u64, dir: &Path) -> Result<Report, RunError> {
             n
         })
     };
+    let clean_clock = Arc::new(std::sync::Mutex::new(measure::CleanClock::default()));
+    // (the last fault's OSD, its latest boot epoch), once the faults are over.
+    let fresh: Arc<std::sync::Mutex<Option<(u32, u64)>>> = Arc::default();
     let pg_watch = {
-        let (a, stop) = (c.admin.clone(), watch_stop.clone());
+        let (a, stop, clock) = (c.admin.clone(), watch_stop.clone(), clean_clock.clone());
+        let fresh = fresh.clone();
+        let pg_num = args.pg_num;
         tokio::spawn(async move {
             let mut w = PgWatch::default();
             while !stop.load(Ordering::Relaxed) {
                 match a.pg_list().await {
-                    Ok(Some(pgs)) => w.absorb(&pgs),
+                    Ok(Some(pgs)) => {
+                        w.absorb(&pgs);
+                        let f = *lock(&fresh);
+                        let clean = measure::all_active_clean_since(&pgs, pool, pg_num, f);
+                        lock(&clock).observe(clean, Instant::now());
+                    }
                     Ok(None) => break,
                     Err(_) => {}
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
             w
         })
     };
 
+    // Failover probes go through a client of their own with a short op deadline (a probe to a
+    // paused primary is superseded by the next one on a new map anyway).
+    let mut pcfg = ClientConfig::new(c.mon.addr.clone(), creds.clone());
+    pcfg.op_timeout = Duration::from_secs(5);
+    pcfg.retry_budget = 100_000;
+    let probe_client = Arc::new(Client::connect(pcfg).await?);
+    let mut prober = failover::Prober::new(probe_client.clone(), pool, args.pg_num, t0);
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let nem = if args.no_faults {
         tokio::time::sleep_until(deadline.into()).await;
         nemesis::NemesisStats::default()
     } else {
-        nemesis::run(&mut c, pool, seed, deadline, t0).await
+        nemesis::run(&mut c, pool, seed, deadline, t0, Some(&mut prober)).await
     };
+    if let Some(id) = nem.last_victim {
+        let up_from = c
+            .map()
+            .await
+            .ok()
+            .and_then(|m| m.osds.get(&id).map(|o| o.up_from));
+        *lock(&fresh) = up_from.map(|e| (id, e));
+    }
+    let failover_faults = prober.finish().await;
+    drop(probe_client);
     let mut violations: Vec<String> = nem.errors.clone();
 
     say(t0, "stopping the workload");
@@ -462,7 +591,16 @@ async fn run(args: &Args, seed: u64, dir: &Path) -> Result<Report, RunError> {
 
     say(t0, "waiting for every PG to be active+clean");
     let last_fault = nem.last_fault_end.unwrap_or_else(Instant::now);
-    let clean_seconds = wait_clean(&c, pool, args, last_fault, &mut violations).await;
+    let last_fresh = *lock(&fresh);
+    let clean_seconds = wait_clean(
+        &c,
+        pool,
+        args,
+        (last_fault, last_fresh),
+        &clean_clock,
+        &mut violations,
+    )
+    .await;
 
     // Read everything back with a fresh client.
     say(t0, "reading every object back");
@@ -550,6 +688,35 @@ async fn run(args: &Args, seed: u64, dir: &Path) -> Result<Report, RunError> {
     let mut examples = f.examples;
     examples.extend(examples_scrub);
     examples.extend(examples_sb);
+    let grace = args.down_grace_ms as f64 / 1000.0;
+    let target = grace + 2.0;
+    let measured: Vec<f64> = failover_faults.iter().filter_map(|f| f.seconds).collect();
+    let failover_unserved = failover_faults.iter().filter(|f| f.unserved > 0).count() as u64;
+    let failover_seconds_max = measure::percentile(&measured, 1.0);
+    let failover_seconds_p50 = measure::percentile(&measured, 0.5);
+    let failover_target_met =
+        failover_unserved == 0 && failover_seconds_max.is_none_or(|m| m <= target);
+    if let Some(limit) = args.max_failover_seconds {
+        for f in &failover_faults {
+            if f.unserved > 0 || f.seconds.is_some_and(|s| s > limit) {
+                head.push(format!(
+                    "failover of {} osd.{} at {:.1}s: {} (limit {limit} s)",
+                    f.kind,
+                    f.osd,
+                    f.at_seconds,
+                    f.seconds.map_or_else(
+                        || format!(
+                            "{} of {} PGs not served within {} s",
+                            f.unserved,
+                            f.pgs,
+                            failover::CAP.as_secs()
+                        ),
+                        |s| format!("{s:.2} s")
+                    )
+                ));
+            }
+        }
+    }
     let recovered = pgw.available.then(|| {
         pgw.recovered
             .values()
@@ -576,6 +743,16 @@ async fn run(args: &Args, seed: u64, dir: &Path) -> Result<Report, RunError> {
         inconsistent_pgs,
         panics,
         clean_seconds,
+        clean_after_last_fault_seconds: clean_seconds,
+        clean_target_met: clean_seconds.is_some_and(|s| s <= CLEAN_TARGET_SECONDS),
+        build: build_name(),
+        down_grace_seconds: grace,
+        failover_target_seconds: target,
+        failover_faults,
+        failover_seconds_max,
+        failover_seconds_p50,
+        failover_unserved,
+        failover_target_met,
         violations: head,
         examples,
         elapsed_seconds: t0.elapsed().as_secs_f64(),
@@ -586,11 +763,14 @@ async fn run(args: &Args, seed: u64, dir: &Path) -> Result<Report, RunError> {
 /// Waits (bounded by `--clean-timeout`) until every PG of `pool` is active+clean; the seconds
 /// since `last_fault` it took, `None` if it did not happen or cannot be known (violations say
 /// which).
+/// The clock is fed by the run's PG poller too, so a pool that was clean before this wait
+/// began counts from when the poller first saw it so.
 async fn wait_clean(
     c: &Cluster,
     pool: u32,
     args: &Args,
-    last_fault: Instant,
+    (last_fault, fresh): (Instant, Option<(u32, u64)>),
+    clock: &std::sync::Mutex<measure::CleanClock>,
     violations: &mut Vec<String>,
 ) -> Option<f64> {
     let clean_deadline = Instant::now() + Duration::from_secs(args.clean_timeout);
@@ -611,9 +791,14 @@ async fn wait_clean(
                     .filter(|s| !admin::is_active_clean(s.state))
                     .map(|s| format!("{}.{:x} {}", s.pool, s.pg, admin::state_name(s.state)))
                     .collect();
-                if unclean.is_empty() && mine.len() as u32 == args.pg_num {
-                    return Some(last_fault.elapsed().as_secs_f64());
+                let clean = unclean.is_empty()
+                    && measure::all_active_clean_since(&pgs, pool, args.pg_num, fresh);
+                let mut clk = lock(clock);
+                clk.observe(clean, Instant::now());
+                if clean {
+                    return clk.seconds_after(last_fault);
                 }
+                drop(clk);
                 if Instant::now() >= clean_deadline {
                     violations.push(format!(
                         "{} of {} PGs not active+clean {} s after the faults ended: {}",
@@ -709,6 +894,11 @@ impl Shared {
     }
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain values: still consistent after a panic elsewhere.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or("n/a".into(), |v| v.to_string())
 }
@@ -751,6 +941,43 @@ fn print_report(args: &Args, r: &Report) {
         r.panics,
         opt(r.clean_seconds.map(|c| format!("{c:.1}"))),
         r.elapsed_seconds
+    );
+    for f in &r.failover_faults {
+        let _ = writeln!(
+            s,
+            "thrash: failover {} osd.{} at {:.1}s: {} PGs served again in {}{}",
+            f.kind,
+            f.osd,
+            f.at_seconds,
+            f.pgs,
+            f.seconds.map_or_else(
+                || format!(
+                    "- ({} not within {} s)",
+                    f.unserved,
+                    failover::CAP.as_secs()
+                ),
+                |x| format!("{x:.2} s")
+            ),
+            if f.served_by_victim > 0 {
+                format!(" ({} by the restarted victim)", f.served_by_victim)
+            } else {
+                String::new()
+            }
+        );
+    }
+    let met = |m: bool| if m { "met" } else { "NOT met" };
+    let _ = writeln!(
+        s,
+        "thrash: failover max {} s, p50 {} s over {} faults; down grace {:.1} s, target grace + 2 = {:.1} s: {} | clean after last fault {} s, target {CLEAN_TARGET_SECONDS:.0} s: {} | {} build",
+        opt(r.failover_seconds_max.map(|x| format!("{x:.2}"))),
+        opt(r.failover_seconds_p50.map(|x| format!("{x:.2}"))),
+        r.failover_faults.iter().filter(|f| f.pgs > 0).count(),
+        r.down_grace_seconds,
+        r.failover_target_seconds,
+        met(r.failover_target_met),
+        opt(r.clean_after_last_fault_seconds.map(|c| format!("{c:.1}"))),
+        met(r.clean_target_met),
+        r.build
     );
     for v in &r.violations {
         let _ = writeln!(s, "thrash: VIOLATION {v}");

@@ -25,6 +25,7 @@ use carmine_placement::pg_to_osds;
 use rand::RngExt;
 
 use crate::cluster::Cluster;
+use crate::failover::Prober;
 use crate::procs::OsdState;
 use crate::workload::rng_for;
 
@@ -38,6 +39,8 @@ pub struct NemesisStats {
     pub errors: Vec<String>,
     /// When the last fault ended (its OSD up again).
     pub last_fault_end: Option<Instant>,
+    /// The OSD of the last fault.
+    pub last_victim: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,12 +58,15 @@ pub fn say(t0: Instant, msg: &str) {
 
 /// Injects faults into `cluster` until `deadline`. `pool`: the pool whose primaries are
 /// favoured.
+/// `prober`: measures the failover time of every kill, pause and wipe (as tasks beside the
+/// nemesis: the schedule does not wait for them).
 pub async fn run(
     cluster: &mut Cluster,
     pool: u32,
     seed: u64,
     deadline: Instant,
     t0: Instant,
+    mut prober: Option<&mut Prober>,
 ) -> NemesisStats {
     let mut rng = rng_for(seed, 1);
     let mut st = NemesisStats::default();
@@ -118,6 +124,16 @@ pub async fn run(
         };
         let id = cluster.osds[i].ready.id;
         let led = w as u64 - 1;
+        let led_pgs: Vec<u32> = map.pools.get(&pool).map_or_else(Vec::new, |p| {
+            (0..p.pg_num)
+                .filter(|&pg| pg_to_osds(&map, p, pg).first() == Some(&id))
+                .collect()
+        });
+        let mut measure = |kind: &'static str, signalled: Instant| {
+            if let Some(p) = prober.as_deref_mut() {
+                p.start(kind, id, led_pgs.clone(), signalled);
+            }
+        };
         let revived = match fault {
             Fault::Kill => {
                 say(
@@ -128,7 +144,9 @@ pub async fn run(
                     ),
                 );
                 st.kills += 1;
+                let signalled = Instant::now();
                 cluster.osds[i].kill().await;
+                measure("kill", signalled);
                 tokio::time::sleep(down).await;
                 cluster.start_osd(i).await
             }
@@ -141,7 +159,10 @@ pub async fn run(
                     ),
                 );
                 st.stops += 1;
-                if !cluster.osds[i].pause().await {
+                let signalled = Instant::now();
+                let stopped = cluster.osds[i].pause().await;
+                measure("pause", signalled);
+                if !stopped {
                     say(
                         t0,
                         &format!("nemesis: osd.{id}: not every thread stopped within 5 s"),
@@ -168,7 +189,9 @@ pub async fn run(
                     &format!("nemesis: wipe osd.{id} (primary of {led} PGs; SIGKILL, blank image)"),
                 );
                 st.wipes += 1;
+                let signalled = Instant::now();
                 cluster.osds[i].kill().await;
+                measure("wipe", signalled);
                 match cluster.osds[i].wipe() {
                     Ok(()) => cluster.start_osd(i).await,
                     Err(e) => Err(e.into()),
@@ -176,6 +199,7 @@ pub async fn run(
             }
         };
         st.last_fault_end = Some(Instant::now());
+        st.last_victim = Some(id);
         match revived {
             Ok(()) => say(t0, &format!("nemesis: osd.{id} up again")),
             Err(e) => {

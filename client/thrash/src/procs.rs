@@ -236,6 +236,10 @@ impl Mon {
         Ok(Mon { child, addr, log })
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// SIGTERM (SIGKILL after 10 s).
     pub async fn stop(&mut self) {
         terminate(&mut self.child, Duration::from_secs(10)).await;
