@@ -186,28 +186,7 @@ pub fn describe_inconsistent(r: &v1::ScrubPgReply, n: usize) -> String {
 
 /// `a+b+c` names of a PgStat state.
 pub fn state_name(state: u32) -> String {
-    const NAMES: [(v1::PgStateBit, &str); 10] = [
-        (v1::PgStateBit::PgStateActive, "active"),
-        (v1::PgStateBit::PgStateClean, "clean"),
-        (v1::PgStateBit::PgStatePeering, "peering"),
-        (v1::PgStateBit::PgStateDegraded, "degraded"),
-        (v1::PgStateBit::PgStateRecovering, "recovering"),
-        (v1::PgStateBit::PgStateBackfilling, "backfilling"),
-        (v1::PgStateBit::PgStateIncomplete, "incomplete"),
-        (v1::PgStateBit::PgStateDown, "down"),
-        (v1::PgStateBit::PgStateStale, "stale"),
-        (v1::PgStateBit::PgStateUndersized, "undersized"),
-    ];
-    let v: Vec<&str> = NAMES
-        .iter()
-        .filter(|(b, _)| state & (*b as u32) != 0)
-        .map(|(_, n)| *n)
-        .collect();
-    if v.is_empty() {
-        "unknown".into()
-    } else {
-        v.join("+")
-    }
+    carmine_proto::pg_state::name(state)
 }
 
 /// Exactly active+clean.

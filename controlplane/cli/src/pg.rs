@@ -12,40 +12,21 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use carmine_placement::{ClusterMap, Pool};
-use carmine_proto::v1::{self, PgStateBit};
+use carmine_proto::v1;
 use serde_json::{json, Value};
 
 use crate::args::Format;
 use crate::output::Out;
 
-/// The state bits in the order their names are joined (the monitor's order, Ceph's names).
-pub const STATE_NAMES: [(PgStateBit, &str); 10] = [
-    (PgStateBit::PgStateActive, "active"),
-    (PgStateBit::PgStateClean, "clean"),
-    (PgStateBit::PgStatePeering, "peering"),
-    (PgStateBit::PgStateDegraded, "degraded"),
-    (PgStateBit::PgStateRecovering, "recovering"),
-    (PgStateBit::PgStateBackfilling, "backfilling"),
-    (PgStateBit::PgStateIncomplete, "incomplete"),
-    (PgStateBit::PgStateDown, "down"),
-    (PgStateBit::PgStateStale, "stale"),
-    (PgStateBit::PgStateUndersized, "undersized"),
-];
+pub use carmine_proto::pg_state::NAMES as STATE_NAMES;
 
-/// "active+clean" (0: "unknown"), with "+inconsistent" when `inconsistent`.
+/// "active+clean", with "+inconsistent" when its last scrub found differences.
 pub fn state_string(state: u32, inconsistent: bool) -> String {
-    let mut names: Vec<&str> = STATE_NAMES
-        .iter()
-        .filter(|(b, _)| state & *b as u32 != 0)
-        .map(|(_, n)| *n)
-        .collect();
-    if names.is_empty() {
-        names.push("unknown");
-    }
+    let mut s = carmine_proto::pg_state::name(state);
     if inconsistent {
-        names.push("inconsistent");
+        s.push_str("+inconsistent");
     }
-    names.join("+")
+    s
 }
 
 /// What `pg ls --state S` keeps.
@@ -268,6 +249,7 @@ pub fn pg_query(
 mod tests {
     use super::*;
     use carmine_placement::Osd;
+    use carmine_proto::v1::PgStateBit;
 
     const ACTIVE: u32 = PgStateBit::PgStateActive as u32;
     const CLEAN: u32 = PgStateBit::PgStateClean as u32;

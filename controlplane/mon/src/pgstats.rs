@@ -35,49 +35,12 @@ pub const MAX_BLOCKED_BY: usize = 16;
 /// See [`MAX_BLOCKED_BY`].
 pub const MAX_BLOCKED_LEN: usize = 256;
 
-/// The state bits in the order their names are joined (Ceph's order for these).
-pub const STATE_NAMES: [(PgStateBit, &str); 10] = [
-    (PgStateBit::PgStateActive, "active"),
-    (PgStateBit::PgStateClean, "clean"),
-    (PgStateBit::PgStatePeering, "peering"),
-    (PgStateBit::PgStateDegraded, "degraded"),
-    (PgStateBit::PgStateRecovering, "recovering"),
-    (PgStateBit::PgStateBackfilling, "backfilling"),
-    (PgStateBit::PgStateIncomplete, "incomplete"),
-    (PgStateBit::PgStateDown, "down"),
-    (PgStateBit::PgStateStale, "stale"),
-    (PgStateBit::PgStateUndersized, "undersized"),
-];
+pub use carmine_proto::pg_state::{
+    name as state_string, parse as parse_state, NAMES as STATE_NAMES,
+};
 
 fn bit(b: PgStateBit) -> u32 {
     b as u32
-}
-
-/// "active+clean"; 0 is "unknown"; bits without a name are left out.
-pub fn state_string(state: u32) -> String {
-    let names: Vec<&str> = STATE_NAMES
-        .iter()
-        .filter(|(b, _)| state & bit(*b) != 0)
-        .map(|(_, n)| *n)
-        .collect();
-    if names.is_empty() {
-        "unknown".into()
-    } else {
-        names.join("+")
-    }
-}
-
-/// The bits named in "active+clean" (`None` for an unknown name); "unknown" is 0.
-pub fn parse_state(s: &str) -> Option<u32> {
-    s.split('+').try_fold(0u32, |acc, name| {
-        if name == "unknown" {
-            return Some(acc);
-        }
-        STATE_NAMES
-            .iter()
-            .find(|(_, n)| *n == name)
-            .map(|(b, _)| acc | bit(*b))
-    })
 }
 
 #[derive(Debug, Clone)]

@@ -20,6 +20,53 @@ use carmine_placement::{ClusterMap, Incremental, Osd, Pool};
 /// gRPC metadata key that carries `Bearer <token>`.
 pub const AUTH_HEADER: &str = "authorization";
 
+/// PG state bits ([`v1::PgStateBit`]) and their names, shared by the monitor, the CLI and the
+/// tests so that every one prints and parses the same strings.
+pub mod pg_state {
+    use super::v1::PgStateBit;
+
+    /// The state bits in the order their names are joined (Ceph's names and order).
+    pub const NAMES: [(PgStateBit, &str); 10] = [
+        (PgStateBit::PgStateActive, "active"),
+        (PgStateBit::PgStateClean, "clean"),
+        (PgStateBit::PgStatePeering, "peering"),
+        (PgStateBit::PgStateDegraded, "degraded"),
+        (PgStateBit::PgStateRecovering, "recovering"),
+        (PgStateBit::PgStateBackfilling, "backfilling"),
+        (PgStateBit::PgStateIncomplete, "incomplete"),
+        (PgStateBit::PgStateDown, "down"),
+        (PgStateBit::PgStateStale, "stale"),
+        (PgStateBit::PgStateUndersized, "undersized"),
+    ];
+
+    /// "active+clean"; 0 is "unknown"; bits without a name are left out.
+    pub fn name(state: u32) -> String {
+        let names: Vec<&str> = NAMES
+            .iter()
+            .filter(|(b, _)| state & *b as u32 != 0)
+            .map(|(_, n)| *n)
+            .collect();
+        if names.is_empty() {
+            "unknown".into()
+        } else {
+            names.join("+")
+        }
+    }
+
+    /// The bits named in "active+clean" (`None` for an unknown name); "unknown" is 0.
+    pub fn parse(s: &str) -> Option<u32> {
+        s.split('+').try_fold(0u32, |acc, n| {
+            if n == "unknown" {
+                return Some(acc);
+            }
+            NAMES
+                .iter()
+                .find(|(_, name)| *name == n)
+                .map(|(b, _)| acc | *b as u32)
+        })
+    }
+}
+
 /// The metadata value for `token`.
 pub fn bearer(
     token: &str,

@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use carmine_proto::v1::{self, osd_admin_client::OsdAdminClient, PgStateBit};
+use carmine_proto::v1::{
+    self, mon_cluster_client::MonClusterClient, osd_admin_client::OsdAdminClient, PgStateBit,
+};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tonic::transport::Endpoint;
@@ -40,6 +42,8 @@ const PUSH_CHUNK: usize = 1024;
 /// How long a local request waits for room in a full shard ring.
 const RING_RETRY: Duration = Duration::from_millis(5);
 const RING_TRIES: u32 = 400;
+
+type MonClient = MonClusterClient<tonic::transport::Channel>;
 
 /// Why a peering step failed (the task tries again).
 #[derive(Debug, thiserror::Error)]
@@ -536,17 +540,22 @@ impl Peering {
         Ok(true)
     }
 
-    /// The recorded history of `pg`.
-    async fn history(&self, pg: PgId) -> Result<Vec<Interval>, StepError> {
+    /// The monitor session's client and `msg` as a request with its cluster token.
+    fn mon_request<T>(&self, msg: T) -> Result<(MonClient, Request<T>), StepError> {
         let link = self.scrubs.mon_link().ok_or(StepError::NoMonitor)?;
-        let mut client = link.client;
-        let mut r = Request::new(v1::PgHistoryRequest {
-            pool: pg.pool,
-            pg: pg.pg,
-        });
+        let mut r = Request::new(msg);
         if let Some(t) = link.token {
             r.metadata_mut().insert(carmine_proto::AUTH_HEADER, t);
         }
+        Ok((link.client, r))
+    }
+
+    /// The recorded history of `pg`.
+    async fn history(&self, pg: PgId) -> Result<Vec<Interval>, StepError> {
+        let (mut client, r) = self.mon_request(v1::PgHistoryRequest {
+            pool: pg.pool,
+            pg: pg.pg,
+        })?;
         let h = client
             .get_pg_history(r)
             .await
@@ -562,9 +571,7 @@ impl Peering {
     }
 
     async fn record(&self, me: u32, pg: PgId, since: u64, acting: &[u32]) -> Result<(), StepError> {
-        let link = self.scrubs.mon_link().ok_or(StepError::NoMonitor)?;
-        let mut client = link.client;
-        let mut r = Request::new(v1::RecordIntervalsRequest {
+        let (mut client, r) = self.mon_request(v1::RecordIntervalsRequest {
             osd: me,
             intervals: vec![v1::PgInterval {
                 pool: pg.pool,
@@ -572,10 +579,7 @@ impl Peering {
                 since,
                 acting: acting.to_vec(),
             }],
-        });
-        if let Some(t) = link.token {
-            r.metadata_mut().insert(carmine_proto::AUTH_HEADER, t);
-        }
+        })?;
         let reply = client
             .record_intervals(r)
             .await
@@ -593,15 +597,10 @@ impl Peering {
     }
 
     async fn lease_wait(&self, osd: u32, epoch: u64) -> Result<(), StepError> {
-        let link = self.scrubs.mon_link().ok_or(StepError::NoMonitor)?;
-        let mut client = link.client;
-        let mut r = Request::new(v1::LeaseWaitRequest {
+        let (mut client, r) = self.mon_request(v1::LeaseWaitRequest {
             osds: vec![osd],
             epoch,
-        });
-        if let Some(t) = link.token {
-            r.metadata_mut().insert(carmine_proto::AUTH_HEADER, t);
-        }
+        })?;
         let wait = client
             .lease_wait(r)
             .await
@@ -620,19 +619,14 @@ impl Peering {
     }
 
     async fn trim(&self, pg: PgId, since: u64, acting: Vec<u32>) {
-        let Some(link) = self.scrubs.mon_link() else {
-            return;
-        };
-        let mut client = link.client;
-        let mut r = Request::new(v1::PgInterval {
+        let Ok((mut client, r)) = self.mon_request(v1::PgInterval {
             pool: pg.pool,
             pg: pg.pg,
             since,
             acting,
-        });
-        if let Some(t) = link.token {
-            r.metadata_mut().insert(carmine_proto::AUTH_HEADER, t);
-        }
+        }) else {
+            return;
+        };
         match client.trim_pg_history(r).await {
             Ok(_) => tracing::info!(%pg, since, "clean: history trimmed"),
             Err(e) => tracing::warn!(%pg, since, error = %e, "clean, but the history trim failed"),

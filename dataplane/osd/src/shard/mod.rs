@@ -903,23 +903,7 @@ impl ShardCore {
                 (oid, false)
             }
             Job::WriteFull { oid, data } => {
-                // Both ops create a missing object. Write, then cut to the new length: an
-                // overwrite of the same size reuses what the object has (a store may write in
-                // place), where truncating to 0 first would drop it and build it anew.
-                let size = data.len() as u64;
-                if size > 0 {
-                    txn.ops.push(Op::Write {
-                        cid,
-                        oid: oid.clone(),
-                        off: 0,
-                        data,
-                    });
-                }
-                txn.ops.push(Op::Truncate {
-                    cid,
-                    oid: oid.clone(),
-                    size,
-                });
+                write_full(&mut txn, cid, &oid, data);
                 (oid, false)
             }
             Job::Remove { oid } => {
@@ -1155,6 +1139,31 @@ impl ShardCore {
             self.store.get().recycle(data);
         }
     }
+}
+
+/// Replaces object `oid` with `data` in `txn`. Both ops create a missing object. Write, then
+/// cut to the new length: an overwrite of the same size reuses what the object has (a store
+/// may write in place), where truncating to 0 first would drop it and build it anew.
+fn write_full(
+    txn: &mut Transaction,
+    cid: carmine_objectstore::CollectionId,
+    oid: &ObjectId,
+    data: Vec<u8>,
+) {
+    let size = data.len() as u64;
+    if size > 0 {
+        txn.ops.push(Op::Write {
+            cid,
+            oid: oid.clone(),
+            off: 0,
+            data,
+        });
+    }
+    txn.ops.push(Op::Truncate {
+        cid,
+        oid: oid.clone(),
+        size,
+    });
 }
 
 /// The answer to a mutation of `kind` that is done.

@@ -313,20 +313,7 @@ impl ShardCore {
         } = r;
         match job {
             Job::WriteFull { oid, data } => {
-                let size = data.len() as u64;
-                if size > 0 {
-                    txn.ops.push(Op::Write {
-                        cid,
-                        oid: oid.clone(),
-                        off: 0,
-                        data,
-                    });
-                }
-                txn.ops.push(Op::Truncate {
-                    cid,
-                    oid: oid.clone(),
-                    size,
-                });
+                super::write_full(&mut txn, cid, &oid, data);
                 txn.ops.push(Op::SetAttr {
                     cid,
                     oid,
