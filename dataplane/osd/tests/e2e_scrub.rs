@@ -184,7 +184,7 @@ fn bdev_scrub_finds_a_byte_flipped_in_one_replicas_store() {
                 .lines()
                 .find(|l| l.starts_with(&format!("{pgid} ")))
                 .unwrap();
-            assert!(line.contains("active+inconsistent"), "{ls}");
+            assert!(line.contains("active+clean+inconsistent"), "{ls}");
             assert!(line.ends_with(victim.as_str()), "{ls}");
 
             // A PG without damage scrubs clean, every object of it seen.
