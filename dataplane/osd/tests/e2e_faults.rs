@@ -682,8 +682,10 @@ fn bdev_osd_sigkill_with_ops_in_flight_gives_errors_or_retries_never_false_succe
             .expect("ops with a 3 s deadline still pending 13 s after the crash");
             // Check the store as the crash left it, then restart the OSD on it.
             osd.fsck();
-            osd.spawn();
+            // From here the OSD may serve: ops retried into it can end before its ready line
+            // reaches this test, so the restart counts from the spawn, not from that line.
             let restarted = Instant::now();
+            osd.spawn();
             tokio::time::timeout(LONG + Duration::from_secs(10), async {
                 while let Some(r) = long_set.join_next().await {
                     r.unwrap();
