@@ -263,14 +263,12 @@ mod tests {
                     id,
                     uuid: format!("{id}"),
                     host: format!("h{id}"),
-                    public_addr: String::new(),
-                    cluster_addr: String::new(),
                     shard_count: 1,
                     shard_ports: vec![1],
                     up: u,
                     in_: true,
                     weight: 1.0,
-                    up_from: 0,
+                    ..Default::default()
                 },
             );
         }

@@ -4,8 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-/// One OSD as the map knows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One OSD as the map knows it. `Default` is a blank, down, out entry of id 0 (for literals
+/// that name only what matters to them).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Osd {
     /// Id assigned by the monitor at first boot.
     pub id: u32,
