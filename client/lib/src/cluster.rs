@@ -40,10 +40,9 @@ const AUTH_GRACE: Duration = Duration::from_secs(4);
 pub struct ClientConfig {
     /// Monitor address(es), comma-separated `host:port`.
     pub mon: String,
-    /// Bearer token of the monitor's OSD-facing service (`--cluster-token` of carmine-mon),
-    /// if it requires one.
-    pub mon_token: Option<String>,
     pub client_id: String,
+    /// The client's secret (`carmine auth add`): presented to the monitor; the data path
+    /// authenticates with its data-path key (`carmine_proto::auth::data_path_key`).
     pub key: AuthKey,
     /// Deadline of one op, retries included.
     pub op_timeout: Duration,
@@ -61,11 +60,10 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     /// 30 s per op, 32 retries, 5 s to connect to an OSD shard or get an answer from a
-    /// monitor, default wire limits, no monitor token.
+    /// monitor, default wire limits.
     pub fn new(mon: impl Into<String>, creds: Credentials) -> Self {
         ClientConfig {
             mon: mon.into(),
-            mon_token: None,
             client_id: creds.id,
             key: creds.key,
             op_timeout: Duration::from_secs(30),
@@ -257,13 +255,14 @@ impl Client {
     pub async fn connect(cfg: ClientConfig) -> Result<Client, Error> {
         let mon = Arc::new(MonClient::new(
             &cfg.mon,
-            cfg.mon_token.as_deref(),
+            Some((cfg.client_id.as_str(), &cfg.key)),
             cfg.mon_timeout,
         )?);
         let map = mon.get_map().await?;
         debug!(epoch = map.epoch, "client got the map");
         let (tx, _) = watch::channel(Arc::new(map));
-        let mut conn_opts = ConnectOptions::new(cfg.client_id.clone(), cfg.key.clone());
+        let data_key = AuthKey::new(carmine_proto::auth::data_path_key(cfg.key.as_bytes()));
+        let mut conn_opts = ConnectOptions::new(cfg.client_id.clone(), data_key);
         conn_opts.limits = cfg.limits;
         conn_opts.connect_timeout = cfg.connect_timeout;
         conn_opts.op_timeout = cfg.op_timeout;

@@ -60,6 +60,12 @@ struct Raw {
 }
 
 impl Credentials {
+    /// The key this client authenticates with on the data path (derived from its secret, see
+    /// `carmine_proto::auth`): what the OSDs hold for it.
+    pub fn data_path_key(&self) -> AuthKey {
+        AuthKey::new(carmine_proto::auth::data_path_key(self.key.as_bytes()))
+    }
+
     /// Parses the text of a key file; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, KeyFileError> {
         let raw: Raw = toml::from_str(text).map_err(|e| KeyFileError::Parse {

@@ -17,6 +17,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 use tracing::{debug, info, warn};
 
+use crate::AuthKey;
+
 /// Most redirects one call follows (a leader changing hands may send us through a follower or
 /// two, never round in circles).
 const MAX_REDIRECTS: usize = 3;
@@ -28,7 +30,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub enum MonError {
     #[error("no monitor address given")]
     NoAddress,
-    #[error("the monitor token has characters not allowed in gRPC metadata")]
+    #[error("the client id has characters not allowed in gRPC metadata")]
     BadToken,
     #[error("the monitor refused the credential: {0}")]
     Refused(String),
@@ -49,10 +51,11 @@ pub(crate) struct MonClient {
 }
 
 impl MonClient {
-    /// `addrs`: comma-separated `host:port` (or URIs).
+    /// `addrs`: comma-separated `host:port` (or URIs); `creds`: who we are (the monitor lets
+    /// a client key fetch maps and nothing else).
     pub(crate) fn new(
         addrs: &str,
-        token: Option<&str>,
+        creds: Option<(&str, &AuthKey)>,
         timeout: Duration,
     ) -> Result<Self, MonError> {
         let addrs: Vec<String> = addrs
@@ -64,8 +67,10 @@ impl MonClient {
         if addrs.is_empty() {
             return Err(MonError::NoAddress);
         }
-        let token = token
-            .map(|t| carmine_proto::bearer(t).map_err(|_| MonError::BadToken))
+        let token = creds
+            .map(|(id, key)| {
+                carmine_proto::auth::key_bearer(id, key.as_bytes()).map_err(|_| MonError::BadToken)
+            })
             .transpose()?;
         Ok(MonClient {
             addrs,

@@ -18,7 +18,8 @@ async fn boot(mon: &Mon, uuid: &str, host: &str, addr: &str, ports: Vec<u32>) ->
     let mut c = MonClusterClient::connect(format!("http://{}", mon.addr))
         .await
         .unwrap();
-    c.boot(v1::BootRequest {
+    // As an admin, who may register any OSD (no OSD key is needed without an OSD process).
+    c.boot(common::authed(v1::BootRequest {
         uuid: uuid.into(),
         host: host.into(),
         public_addr: addr.into(),
@@ -27,13 +28,14 @@ async fn boot(mon: &Mon, uuid: &str, host: &str, addr: &str, ports: Vec<u32>) ->
         shard_ports: ports,
         weight: 1.0,
         ..Default::default()
-    })
+    }))
     .await
     .unwrap()
     .into_inner()
     .id
 }
 
+/// Credentials for calls that never reach a monitor.
 fn creds() -> carmine_client::Credentials {
     carmine_client::Credentials {
         id: "client.map".into(),
@@ -52,10 +54,12 @@ fn routes_follow_placement_and_the_subscription() {
             boot(&mon, "b", "h1", "127.0.0.2:6800", vec![7100]).await;
             boot(&mon, "c", "h2", "127.0.0.3", vec![7200, 7201]).await;
             mon.create_pool("data", 32, 1).await;
-            let client =
-                Client::connect(carmine_client::ClientConfig::new(mon.addr.clone(), creds()))
-                    .await
-                    .unwrap();
+            let client = Client::connect(carmine_client::ClientConfig::new(
+                mon.addr.clone(),
+                mon.add_key("client.map").await,
+            ))
+            .await
+            .unwrap();
             let map = client.map();
             assert_eq!(map.epoch, mon.map().await.epoch);
             let pool = client.pool("data").await.unwrap();
@@ -121,7 +125,10 @@ fn pools_created_later_are_fetched_and_unknown_pools_refused() {
         tokio::time::timeout(LIMIT, async {
             let mon = Mon::start();
             boot(&mon, "a", "h0", "127.0.0.1", vec![7000]).await;
-            let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds());
+            let mut cfg = carmine_client::ClientConfig::new(
+                mon.addr.clone(),
+                mon.add_key("client.map").await,
+            );
             // No subscription: only an explicit fetch can bring the new pool.
             cfg.follow_map = false;
             let client = Client::connect(cfg).await.unwrap();
@@ -157,7 +164,8 @@ fn an_unreachable_osd_fails_within_the_deadline() {
         };
         boot(&mon, "a", "h0", "127.0.0.1", vec![u32::from(port)]).await;
         mon.create_pool("p", 4, 1).await;
-        let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds());
+        let mut cfg =
+            carmine_client::ClientConfig::new(mon.addr.clone(), mon.add_key("client.map").await);
         cfg.op_timeout = Duration::from_millis(1500);
         let client = Client::connect(cfg).await.unwrap();
         let t0 = Instant::now();
@@ -177,7 +185,8 @@ fn an_unreachable_osd_fails_within_the_deadline() {
         assert_eq!(s.ops, 1);
 
         // A small retry budget ends it sooner, with the last reason.
-        let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds());
+        let mut cfg =
+            carmine_client::ClientConfig::new(mon.addr.clone(), mon.add_key("client.map").await);
         cfg.retry_budget = 2;
         let client = Client::connect(cfg).await.unwrap();
         match client.read("p", "obj", 0, 10).await {
@@ -230,7 +239,7 @@ fn a_follower_monitor_redirects_the_client_to_the_leader() {
             // Only the follower is listed: GetMap and the subscription are redirected.
             let client = Client::connect(carmine_client::ClientConfig::new(
                 follower.addr.clone(),
-                creds(),
+                mon.add_key("client.map").await,
             ))
             .await
             .unwrap();
@@ -242,7 +251,7 @@ fn a_follower_monitor_redirects_the_client_to_the_leader() {
             let lost = Follower::start(None);
             let client = Client::connect(carmine_client::ClientConfig::new(
                 format!("{},{}", lost.addr, mon.addr),
-                creds(),
+                mon.add_key("client.map").await,
             ))
             .await
             .unwrap();

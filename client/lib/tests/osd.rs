@@ -211,7 +211,7 @@ fn a_killed_osd_connection_is_reestablished() {
 }
 
 #[test]
-fn a_wrong_key_is_refused_after_the_keyring_grace() {
+fn a_wrong_key_is_refused_by_the_monitor_before_any_osd() {
     let rt = runtime();
     rt.block_on(async {
         tokio::time::timeout(LIMIT, async {
@@ -220,20 +220,15 @@ fn a_wrong_key_is_refused_after_the_keyring_grace() {
             let mut key = [0u8; 32];
             key[0] = 1;
             creds.key = carmine_client::AuthKey::new(key);
-            let client = Client::connect(ClientConfig::new(cluster.mon.addr.clone(), creds))
-                .await
-                .unwrap();
-            let t0 = std::time::Instant::now();
-            match client.write_full("data", "x", b"never").await {
-                Err(Error::Auth { osd, .. }) => {
-                    assert_eq!(osd, client.locate("data", "x").unwrap().osd)
+            // The map is the first thing a client needs, and the monitor checks the key for
+            // it (an OSD refuses a wrong key too: e2e.rs of carmine-osd).
+            match Client::connect(ClientConfig::new(cluster.mon.addr.clone(), creds)).await {
+                Err(Error::Mon(carmine_client::MonError::Refused(why))) => {
+                    assert!(why.contains("credential refused"), "{why}")
                 }
-                other => panic!("expected an authentication refusal, got {other:?}"),
+                Err(e) => panic!("expected the monitor's refusal, got {e:?}"),
+                Ok(_) => panic!("a wrong key got the map"),
             }
-            // Retried while a fresh key could still be on its way, then given up.
-            assert!(t0.elapsed() < Duration::from_secs(20));
-            assert!(client.stats().retries >= 1);
-            assert_eq!(client.stats().connects, 0);
             // The right key still works on the same cluster.
             let good = Client::connect(cluster.config()).await.unwrap();
             good.write_full("data", "x", b"ok").await.unwrap();

@@ -25,6 +25,11 @@ pub enum AdminError {
     },
     #[error("{0}")]
     Reply(&'static str),
+    #[error("write {path}: {source}")]
+    KeyFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn authed<T>(msg: T, timeout: Duration) -> Request<T> {
@@ -101,7 +106,13 @@ impl Admin {
         let r = self
             .mon
             .clone()
-            .auth_add(authed(v1::AuthIdRequest { id: id.into() }, T))
+            .auth_add(authed(
+                v1::AuthIdRequest {
+                    id: id.into(),
+                    ..Default::default()
+                },
+                T,
+            ))
             .await
             .map_err(call("AuthAdd"))?
             .into_inner();
@@ -114,6 +125,41 @@ impl Admin {
             id: r.id,
             key: AuthKey::new(key),
         })
+    }
+
+    /// Prepares OSD `uuid` (`carmine osd new`): writes its key file to `keyfile` (mode 0600).
+    pub async fn osd_new(&self, uuid: &str, keyfile: &std::path::Path) -> Result<u32, AdminError> {
+        let r = self
+            .mon
+            .clone()
+            .osd_new(authed(v1::OsdNewRequest { uuid: uuid.into() }, T))
+            .await
+            .map_err(call("OsdNew"))?
+            .into_inner();
+        let key: [u8; 32] = r
+            .key
+            .as_slice()
+            .try_into()
+            .map_err(|_| AdminError::Reply("OsdNew: the key is not 32 bytes"))?;
+        let text = format!(
+            "id = \"{}\"\nkey = \"{}\"\n",
+            r.key_id,
+            AuthKey::new(key).to_hex()
+        );
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(keyfile)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|source| AdminError::KeyFile {
+                path: keyfile.to_path_buf(),
+                source,
+            })?;
+        Ok(r.id)
     }
 
     pub async fn map(&self) -> Result<ClusterMap, AdminError> {
@@ -140,13 +186,13 @@ impl Admin {
 /// `OsdAdmin.ScrubPg` on the OSD admin service at `addr` (the PG's primary).
 pub async fn scrub(addr: &str, pool: u32, pg: u32) -> Result<v1::ScrubPgReply, AdminError> {
     let mut c = OsdAdminClient::new(channel(addr).await?).max_decoding_message_size(64 << 20);
-    Ok(c.scrub_pg(authed(
-        v1::ScrubPgRequest { pool, pg },
-        Duration::from_secs(120),
-    ))
-    .await
-    .map_err(call("ScrubPg"))?
-    .into_inner())
+    let mut r = Request::new(v1::ScrubPgRequest { pool, pg });
+    r.set_timeout(Duration::from_secs(120));
+    // An OSD checks the admin key the token stands for against its keyring.
+    if let Ok(v) = carmine_proto::auth::admin_token_osd_bearer(ADMIN_TOKEN) {
+        r.metadata_mut().insert(carmine_proto::AUTH_HEADER, v);
+    }
+    Ok(c.scrub_pg(r).await.map_err(call("ScrubPg"))?.into_inner())
 }
 
 /// [`scrub`], again every 500 ms for up to 10 s while the primary compares fewer than `size`

@@ -69,6 +69,8 @@ impl Cluster {
             osds: Vec::new(),
         };
         for i in 0..spec.osds {
+            let keyfile = dir.join(format!("osd{i}.key"));
+            c.admin.osd_new(&Osd::uuid(i), &keyfile).await?;
             let osd = Osd::new(dir, tag, i, &c.mon.addr, i % 2, spec.img_mib, spec.mem_mib)?;
             c.osds.push(osd);
             c.osds[i].start(bins).await?;

@@ -16,7 +16,63 @@ use crate::peering::driver::{copy_to_proto, local};
 use crate::peering::{Peering, PeeringError, ShardRequest};
 use crate::scrub::PgId;
 use crate::scrubber::{ScrubError, Scrubs, MAX_DIGEST_MESSAGE};
-use crate::{AgentStatus, ConfigStore, Stats};
+use crate::{AgentStatus, ConfigStore, Role, SharedKeyring, Stats};
+use carmine_proto::auth::{presented, Presented};
+
+/// The credential check of the OSD admin service (see `carmine_proto::auth`): a key id and
+/// its data-path key, checked against the keyring the monitor gave this OSD. No token is
+/// held here. Admins may make every call; other OSDs only the peer calls (digests for scrub,
+/// listings, prepares and pushes for peering); clients none.
+#[derive(Clone)]
+struct AdminGate(Arc<SharedKeyring>);
+
+impl AdminGate {
+    fn check(&self, mut r: Request<()>) -> Result<Request<()>, Status> {
+        match presented(r.metadata())? {
+            Some(Presented::Key { id, proof }) => match self.0.verify(&id, &proof) {
+                Some(role) => {
+                    r.extensions_mut().insert(role);
+                    Ok(r)
+                }
+                None if self.0.version() == 0 => Err(Status::unavailable(
+                    "this OSD has not fetched the keyring from the monitor yet",
+                )),
+                None => {
+                    tracing::warn!(key_id = %id, "admin credential refused");
+                    Err(Status::unauthenticated("credential refused"))
+                }
+            },
+            Some(Presented::Token(_)) => Err(Status::unauthenticated(
+                "an OSD takes a key, not a token: `Bearer <key id>:<hex data-path key>` (the \
+                 carmine CLI derives it from the admin token)",
+            )),
+            None => Err(Status::unauthenticated("missing credential")),
+        }
+    }
+}
+
+/// Refuses anyone but an admin.
+fn require_admin<T>(req: &Request<T>) -> Result<(), Status> {
+    match req.extensions().get::<Role>() {
+        Some(Role::Admin) => Ok(()),
+        Some(r) => Err(Status::permission_denied(format!(
+            "{r:?} keys may not make this call (admins only)"
+        ))),
+        None => Err(Status::unauthenticated("missing credential")),
+    }
+}
+
+/// Admits an admin (`None`) or another OSD (`Some(its id)`); refuses clients.
+fn require_peer<T>(req: &Request<T>) -> Result<Option<u32>, Status> {
+    match req.extensions().get::<Role>() {
+        Some(Role::Admin) => Ok(None),
+        Some(Role::Osd(n)) => Ok(Some(*n)),
+        Some(Role::Client) => Err(Status::permission_denied(
+            "client keys may not make OSD admin calls",
+        )),
+        None => Err(Status::unauthenticated("missing credential")),
+    }
+}
 
 struct AdminSvc {
     mon_addr: String,
@@ -60,14 +116,18 @@ impl From<ScrubError> for Status {
             ScrubError::ActingChanged { .. } => Status::aborted(msg),
             ScrubError::Local(crate::scrub::DigestError::Busy) => Status::resource_exhausted(msg),
             ScrubError::Local(_) | ScrubError::Peer { .. } => Status::unavailable(msg),
-            ScrubError::Token(_) => Status::internal(msg),
+            ScrubError::NoIdentity => Status::unavailable(msg),
         }
     }
 }
 
 #[tonic::async_trait]
 impl OsdAdmin for AdminSvc {
-    async fn status(&self, _: Request<v1::Empty>) -> Result<Response<v1::OsdStatusReply>, Status> {
+    async fn status(
+        &self,
+        req: Request<v1::Empty>,
+    ) -> Result<Response<v1::OsdStatusReply>, Status> {
+        require_admin(&req)?;
         let id = self.status.osd_id();
         Ok(Response::new(v1::OsdStatusReply {
             id: id.unwrap_or(0),
@@ -81,8 +141,9 @@ impl OsdAdmin for AdminSvc {
 
     async fn perf_counters(
         &self,
-        _: Request<v1::Empty>,
+        req: Request<v1::Empty>,
     ) -> Result<Response<v1::PerfCountersReply>, Status> {
+        require_admin(&req)?;
         let mut counters: Vec<v1::PerfCounter> = self
             .stats
             .counters()
@@ -97,6 +158,7 @@ impl OsdAdmin for AdminSvc {
         &self,
         req: Request<v1::ConfigGetRequest>,
     ) -> Result<Response<v1::ConfigGetReply>, Status> {
+        require_admin(&req)?;
         let key = req.into_inner().key;
         let entries = if key.is_empty() {
             self.config.list()
@@ -119,6 +181,7 @@ impl OsdAdmin for AdminSvc {
         &self,
         req: Request<v1::ConfigSetRequest>,
     ) -> Result<Response<v1::ConfigEntry>, Status> {
+        require_admin(&req)?;
         let r = req.into_inner();
         self.config
             .set(&r.key, &r.value)
@@ -134,6 +197,7 @@ impl OsdAdmin for AdminSvc {
         &self,
         req: Request<v1::PgDigestRequest>,
     ) -> Result<Response<v1::PgDigestReply>, Status> {
+        require_peer(&req)?;
         let r = req.into_inner();
         let pg = PgId {
             pool: r.pool,
@@ -151,6 +215,7 @@ impl OsdAdmin for AdminSvc {
         &self,
         req: Request<v1::ScrubPgRequest>,
     ) -> Result<Response<v1::ScrubPgReply>, Status> {
+        require_admin(&req)?;
         let r = req.into_inner();
         let pg = PgId {
             pool: r.pool,
@@ -164,6 +229,7 @@ impl OsdAdmin for AdminSvc {
         &self,
         req: Request<v1::PgListingRequest>,
     ) -> Result<Response<v1::PgListingReply>, Status> {
+        require_peer(&req)?;
         let p = self.peering()?;
         let r = req.into_inner();
         let pg = PgId {
@@ -184,8 +250,15 @@ impl OsdAdmin for AdminSvc {
         &self,
         req: Request<v1::PgPrepareRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
+        let caller = require_peer(&req)?;
         let p = self.peering()?;
         let r = req.into_inner();
+        if let Some(n) = caller.filter(|n| *n != r.primary) {
+            return Err(Status::permission_denied(format!(
+                "osd.{n} cannot prepare a PG in the name of its primary osd.{}",
+                r.primary
+            )));
+        }
         let pg = PgId {
             pool: r.pool,
             pg: r.pg,
@@ -217,6 +290,7 @@ impl OsdAdmin for AdminSvc {
         &self,
         req: Request<v1::PgPushRequest>,
     ) -> Result<Response<v1::PgPushReply>, Status> {
+        require_peer(&req)?;
         let p = self.peering()?;
         let r = req.into_inner();
         let pg = PgId {
@@ -243,7 +317,7 @@ impl OsdAdmin for AdminSvc {
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve(
     listener: std::net::TcpListener,
-    token: String,
+    keyring: Arc<SharedKeyring>,
     mon_addr: String,
     shard_count: u32,
     stats: Arc<dyn Stats>,
@@ -269,12 +343,13 @@ pub(crate) async fn serve(
         scrubs,
         peering,
     };
+    let gate = AdminGate(keyring);
     // A digest request names at most MAX_RECHECK objects (each up to the wire's name limit).
     let server = tonic::service::interceptor::InterceptedService::new(
         OsdAdminServer::new(svc)
             .max_decoding_message_size(MAX_DIGEST_MESSAGE)
             .max_encoding_message_size(MAX_DIGEST_MESSAGE),
-        move |r: Request<()>| carmine_proto::check_bearer(Some(&token), r.metadata()).map(|()| r),
+        move |r: Request<()>| gate.check(r),
     );
     tonic::transport::Server::builder()
         .add_service(server)

@@ -55,6 +55,7 @@ use carmine_placement::ClusterMap;
 /// The key type of [`SharedKeyring`] and [`Agent::identity`] (the data path's handshake key).
 pub use carmine_wire::AuthKey;
 use tokio::sync::oneshot;
+use tonic::metadata::{Ascii, MetadataValue};
 
 /// How often the agent fetches the keyring from the monitor even when no heartbeat reply
 /// showed a change.
@@ -67,6 +68,8 @@ pub enum Role {
     Client,
     /// OSD number `.0`, whose key id is `osd.<n>`: may send replica ops as that OSD.
     Osd(u32),
+    /// An administrator: every OsdAdmin call; on the data path, a client.
+    Admin,
 }
 
 /// Key ids starting with this are OSD keys (the monitor refuses them to clients).
@@ -144,6 +147,20 @@ impl SharedKeyring {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned()
+    }
+
+    /// Who presents `proof` as the data-path key of `id` (the OSD admin service's check, see
+    /// `carmine_proto::auth`); `None` when `id` has no key or `proof` is not its key.
+    pub fn verify(&self, id: &str, proof: &[u8; carmine_wire::SECRET_LEN]) -> Option<Role> {
+        let (key, role) = self.key_and_role(id)?;
+        carmine_proto::auth::same_bytes(key.as_bytes(), proof).then_some(role)
+    }
+
+    /// What this OSD presents to its peers' admin services (peering, scrub digests):
+    /// `Bearer osd.<n>:<its data-path key>`. `None` before its first boot.
+    pub fn peer_bearer(&self) -> Option<MetadataValue<Ascii>> {
+        let (id, key) = self.identity()?;
+        carmine_proto::auth::key_bearer(&id, key.as_bytes()).ok()
     }
 
     /// This OSD's own data-path identity: its key id (`osd.<id>`) and key, as the monitor
@@ -277,10 +294,33 @@ pub struct AgentConfig {
     pub weight: f64,
     /// Where to serve the OSD admin gRPC (port 0 picks one).
     pub admin_listen: SocketAddr,
-    /// Token admin calls to this OSD must present.
-    pub admin_token: String,
-    /// Token to present to the monitor's OSD service, if it requires one.
-    pub cluster_token: Option<String>,
+    /// This OSD's key (`osd.<n>` and its secret, from `carmine osd new`): what it presents
+    /// to the monitor. `None`: no credential (a monitor run with `--insecure`). Callers of
+    /// this OSD's admin service are checked against the keyring, so no admin token is held.
+    pub credential: Option<OsdCredential>,
+}
+
+/// An OSD's key id and secret.
+#[derive(Clone)]
+pub struct OsdCredential {
+    /// `osd.<n>`.
+    pub id: String,
+    /// The 32-byte secret.
+    pub secret: [u8; carmine_proto::auth::SECRET_LEN],
+}
+
+impl std::fmt::Debug for OsdCredential {
+    // Never prints the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OsdCredential({})", self.id)
+    }
+}
+
+impl OsdCredential {
+    /// The OSD id its key id names, if it is `osd.<n>`.
+    pub fn osd_id(&self) -> Option<u32> {
+        self.id.strip_prefix(OSD_KEY_PREFIX)?.parse().ok()
+    }
 }
 
 /// Agent errors.

@@ -125,19 +125,10 @@ pub(crate) async fn agent_main(
         Some(s) => (Some(s.digests), s.interval),
         None => (None, None),
     };
-    let scrubs = Arc::new(Scrubs::new(
-        digests,
-        status.clone(),
-        cfg.admin_token.clone(),
-    ));
+    let scrubs = Arc::new(Scrubs::new(digests, status.clone(), keyring.clone()));
     let (peering, events, lease) = match peering {
         Some(p) => (
-            Some(Peering::new(
-                p.shards,
-                status.clone(),
-                scrubs.clone(),
-                cfg.admin_token.clone(),
-            )),
+            Some(Peering::new(p.shards, status.clone(), scrubs.clone())),
             Some(p.events),
             Some(p.lease),
         ),
@@ -149,7 +140,7 @@ pub(crate) async fn agent_main(
     let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
     let admin = admin::serve(
         listener,
-        cfg.admin_token.clone(),
+        keyring.clone(),
         cfg.mon_addr.clone(),
         sinks.len() as u32,
         stats.clone(),
@@ -259,8 +250,11 @@ async fn session(
         .connect_timeout(Duration::from_secs(2))
         .connect()
         .await?;
-    let token = match &cfg.cluster_token {
-        Some(t) => Some(carmine_proto::bearer(t).map_err(|e| SessionError::Stream(e.to_string()))?),
+    let token = match &cfg.credential {
+        Some(c) => Some(
+            carmine_proto::auth::key_bearer(&c.id, &c.secret)
+                .map_err(|e| SessionError::Stream(e.to_string()))?,
+        ),
         None => None,
     };
     let mut mon = MonClusterClient::new(channel);
@@ -285,6 +279,16 @@ async fn session(
         &token,
     )))
     .await?;
+    if let Some(want) = cfg.credential.as_ref().and_then(|c| c.osd_id()) {
+        if boot.id != want {
+            // The monitor booted this uuid under another id than its key names: never serve
+            // under it (the data path would authenticate as someone else).
+            return Err(SessionError::Stream(format!(
+                "the monitor booted this OSD as osd.{} but its key is osd.{want}",
+                boot.id
+            )));
+        }
+    }
     install_identity(&boot, keyring);
     status.id.store(boot.id, Ordering::Release);
     status.booted.store(true, Ordering::Release);
@@ -426,6 +430,8 @@ fn role_of(ck: &v1::ClientKey) -> Option<Role> {
     match ck.role() {
         v1::KeyRole::Osd if ck.id == osd_key_id(ck.osd_id) => Some(Role::Osd(ck.osd_id)),
         v1::KeyRole::Osd => None,
+        v1::KeyRole::Admin if ck.id.starts_with(OSD_KEY_PREFIX) => None,
+        v1::KeyRole::Admin => Some(Role::Admin),
         // Unspecified: a monitor from before roles, or a role this agent does not know; either
         // way the least privilege.
         v1::KeyRole::Client | v1::KeyRole::Unspecified if ck.id.starts_with(OSD_KEY_PREFIX) => None,
@@ -485,6 +491,7 @@ mod tests {
             key: vec![b; 32],
             role: role.into(),
             osd_id,
+            ..Default::default()
         }
     }
 

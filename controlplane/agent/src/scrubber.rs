@@ -34,7 +34,7 @@ use crate::scrub::{
     compare, normalise, DigestError, DigestRequest, Inconsistency, Member, ObjectDigest, PgDigests,
     PgId, ScrubBook, ScrubRecord,
 };
-use crate::AgentStatus;
+use crate::{AgentStatus, SharedKeyring};
 
 /// How long after a first pass the objects it found inconsistent are looked at again.
 pub const RECHECK_DELAY: Duration = Duration::from_millis(300);
@@ -95,8 +95,8 @@ pub enum ScrubError {
     Local(#[from] DigestError),
     #[error("osd.{osd}'s digest: {source}")]
     Peer { osd: u32, source: PeerError },
-    #[error("the admin token cannot be sent: {0}")]
-    Token(carmine_proto::ProtoError),
+    #[error("this OSD has no data-path key yet (it has not booted) to present to its peers")]
+    NoIdentity,
     #[error(
         "the acting set of pg {pg} changed during the scrub ({from:?} -> {to:?}): scrub again"
     )]
@@ -119,7 +119,8 @@ pub(crate) struct MonLink {
 pub(crate) struct Scrubs {
     digests: Option<Arc<dyn PgDigests>>,
     status: Arc<AgentStatus>,
-    admin_token: String,
+    /// This OSD's identity (what it presents to its peers' admin services).
+    keyring: Arc<SharedKeyring>,
     map: RwLock<Option<Arc<ClusterMap>>>,
     mon: Mutex<Option<MonLink>>,
     pub book: ScrubBook,
@@ -227,15 +228,20 @@ async fn peer_digest(
 }
 
 impl Scrubs {
+    /// What this OSD presents to a peer's admin service (`osd.<n>` and its data-path key).
+    pub fn peer_bearer(&self) -> Result<MetadataValue<Ascii>, ScrubError> {
+        self.keyring.peer_bearer().ok_or(ScrubError::NoIdentity)
+    }
+
     pub fn new(
         digests: Option<Arc<dyn PgDigests>>,
         status: Arc<AgentStatus>,
-        admin_token: String,
+        keyring: Arc<SharedKeyring>,
     ) -> Scrubs {
         Scrubs {
             digests,
             status,
-            admin_token,
+            keyring,
             map: RwLock::new(None),
             mon: Mutex::new(None),
             book: ScrubBook::new(),
@@ -309,7 +315,7 @@ impl Scrubs {
         pg: PgId,
         objects: &[Vec<u8>],
     ) -> Result<Vec<(u32, Vec<ObjectDigest>)>, ScrubError> {
-        let token = carmine_proto::bearer(&self.admin_token).map_err(ScrubError::Token)?;
+        let token = self.peer_bearer()?;
         let mut set = tokio::task::JoinSet::new();
         for (i, &osd) in acting.iter().enumerate() {
             if osd == me {

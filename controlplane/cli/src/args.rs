@@ -129,9 +129,17 @@ pub enum OsdCmd {
         /// The OSD admin service's HOST:PORT: skips the monitor.
         #[arg(long)]
         admin_addr: Option<String>,
-        /// The OSD's admin token (default: the monitor admin token, --token).
-        #[arg(long, env = "CARMINE_OSD_TOKEN", hide_env_values = true)]
-        osd_token: Option<String>,
+    },
+    /// Prepare a new OSD (before its first start): reserve its id and issue its key, bound to
+    /// its uuid. The same uuid gets the same id and key again.
+    New {
+        /// The OSD's uuid (its config's `osd.uuid`).
+        #[arg(long)]
+        uuid: String,
+        /// Write the OSD's key file (TOML `id` and `key`, mode 0600) here, for its config's
+        /// `[auth] keyfile`.
+        #[arg(long)]
+        keyfile: Option<PathBuf>,
     },
 }
 
@@ -210,9 +218,6 @@ pub enum PgCmd {
         /// The PG as `pg dump` prints it: the pool's id (or name), a dot and the PG number in
         /// hex, e.g. 1.1a.
         pgid: String,
-        /// The OSDs' admin token (default: the monitor admin token, --token).
-        #[arg(long, env = "CARMINE_OSD_TOKEN", hide_env_values = true)]
-        osd_token: Option<String>,
     },
 }
 
@@ -237,6 +242,9 @@ pub enum AuthCmd {
         /// Also write the client key file (TOML `id` and `key`, mode 0600) here.
         #[arg(long)]
         keyfile: Option<PathBuf>,
+        /// What the key may do: `client` (data I/O and maps) or `admin` (everything).
+        #[arg(long, default_value = "client", value_parser = ["client", "admin"])]
+        role: String,
     },
     /// Print a client's key.
     Get {

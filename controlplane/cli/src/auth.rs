@@ -66,12 +66,41 @@ pub fn write_keyfile(path: &Path, id: &str, key: &[u8]) -> Result<(), CliError> 
     })
 }
 
-/// A key's role as the CLI shows it: `"client"` or `"osd"` (with the OSD id).
+/// A key's role as the CLI shows it: `"client"`, `"admin"` or `"osd"` (with the OSD id).
 fn role_name(role: i32) -> &'static str {
     match v1::KeyRole::try_from(role) {
         Ok(v1::KeyRole::Osd) => "osd",
+        Ok(v1::KeyRole::Admin) => "admin",
         _ => "client",
     }
+}
+
+/// `osd new`: the OSD's id and key id (the key goes to the key file only, when asked; else
+/// it is printed, as `auth get` would).
+pub fn osd_new(o: &Out, r: &v1::OsdNewReply, keyfile: Option<&Path>) -> Result<String, CliError> {
+    if r.key.len() != 32 {
+        return Err(CliError::Other(format!(
+            "the monitor sent a {}-byte key for {:?}; expected 32",
+            r.key.len(),
+            r.key_id
+        )));
+    }
+    if let Some(path) = keyfile {
+        write_keyfile(path, &r.key_id, &r.key)?;
+    }
+    Ok(if o.format == Format::Json {
+        json_text(json!({
+            "osd": r.id,
+            "id": r.key_id,
+            "created": r.created,
+            "keyfile": keyfile.map(|p| p.display().to_string()),
+            "key": keyfile.is_none().then(|| hex(&r.key)),
+        }))
+    } else if keyfile.is_some() {
+        format!("{}\n", r.id)
+    } else {
+        format!("{} {} {}\n", r.id, r.key_id, hex(&r.key))
+    })
 }
 
 /// `auth add` / `auth get`: the key (and the key file when asked).
@@ -141,10 +170,18 @@ pub fn ls(o: &Out, r: &v1::AuthListReply) -> String {
         .filter(|e| role_name(e.role) == "osd")
         .map(|e| e.id.as_str())
         .collect();
+    let admin_ids: std::collections::HashSet<&str> = r
+        .entries
+        .iter()
+        .filter(|e| role_name(e.role) == "admin")
+        .map(|e| e.id.as_str())
+        .collect();
     r.ids.iter().fold(String::new(), |mut s, id| {
         s.push_str(id);
         if osd_ids.contains(id.as_str()) {
             s.push_str("  (osd)");
+        } else if admin_ids.contains(id.as_str()) {
+            s.push_str("  (admin)");
         }
         s.push('\n');
         s

@@ -2,7 +2,7 @@
 //!
 //! Unlike the other commands it talks to the data path: it needs client credentials (a key
 //! file from `carmine auth add --keyfile`, or `--client-id` + `--key`) instead of the admin
-//! token, and the monitor's cluster token when the monitor has one (`--cluster-token`).
+//! token; the same key fetches the maps from the monitor.
 //! Progress goes to stderr once a second; the summary (or `--format json`) to stdout. Exit
 //! status 1 when any op failed or any read did not verify.
 
@@ -66,9 +66,6 @@ pub struct BenchArgs {
     /// Do not check the data read.
     #[arg(long)]
     pub no_verify: bool,
-    /// Token of the monitor's OSD/client service, if it requires one.
-    #[arg(long, env = "CARMINE_CLUSTER_TOKEN", hide_env_values = true)]
-    pub cluster_token: Option<String>,
     /// Deadline of one op, retries included, in seconds.
     #[arg(long, default_value_t = 30.0)]
     pub op_timeout: f64,
@@ -129,7 +126,6 @@ fn duration(secs: f64, what: &str) -> Result<Duration, CliError> {
 pub async fn run(mon: &str, a: &BenchArgs, format: Format) -> Result<String, CliError> {
     let creds = credentials(a)?;
     let mut client = ClientConfig::new(mon, creds);
-    client.mon_token = a.cluster_token.clone();
     client.op_timeout = duration(a.op_timeout, "--op-timeout")?;
     let cfg = BenchConfig {
         mode: match a.mode {

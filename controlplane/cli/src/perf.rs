@@ -92,7 +92,8 @@ pub async fn fetch(addr: &str, token: &str) -> Result<PerfTable, CliError> {
     let mut req = Request::new(v1::Empty {});
     req.metadata_mut().insert(
         carmine_proto::AUTH_HEADER,
-        carmine_proto::bearer(token).map_err(|e| CliError::Other(e.to_string()))?,
+        carmine_proto::auth::admin_token_osd_bearer(token)
+            .map_err(|e| CliError::Other(e.to_string()))?,
     );
     req.set_timeout(Duration::from_secs(10));
     let reply = OsdAdminClient::new(channel)
@@ -100,7 +101,7 @@ pub async fn fetch(addr: &str, token: &str) -> Result<PerfTable, CliError> {
         .await
         .map_err(|s| match s.code() {
             Code::Unauthenticated | Code::PermissionDenied => CliError::Refused(format!(
-                "OSD admin service at {addr}: {}; pass --osd-token if it differs from the monitor's",
+                "OSD admin service at {addr}: {}; the OSD checks admins against the keyring it fetched from the monitor",
                 s.message()
             )),
             Code::Unavailable => unreachable(s.message().to_string()),

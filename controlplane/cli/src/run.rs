@@ -285,9 +285,10 @@ macro_rules! call {
     }};
 }
 
-/// The token for an OSD's admin service: `--osd-token`, else the monitor admin token.
-fn osd_token_of(cli: &Cli, explicit: &Option<String>) -> Result<String, CliError> {
-    match explicit.clone().or_else(|| cli.token.clone()) {
+/// The admin token, for an OSD's admin service: the CLI presents the admin key it stands
+/// for (`carmine_proto::auth`), which the OSD checks against the keyring.
+fn admin_token_of(cli: &Cli) -> Result<String, CliError> {
+    match cli.token.clone() {
         Some(t) => Ok(t),
         None => load_file(cli)?.token.ok_or(CliError::NoToken),
     }
@@ -309,12 +310,11 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
     }
     if let Cmd::Osd(OsdCmd::Perf {
         admin_addr: Some(addr),
-        osd_token,
         ..
     }) = &cli.cmd
     {
         // Addressed directly: no monitor involved.
-        let t = crate::perf::fetch(addr, &osd_token_of(&cli, osd_token)?).await?;
+        let t = crate::perf::fetch(addr, &admin_token_of(&cli)?).await?;
         return Ok(crate::perf::render(&out, None, addr, &t));
     }
     let mut c = connect(&cli).await?;
@@ -374,11 +374,15 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                 )
                 .epoch,
             ),
-            OsdCmd::Perf { id, osd_token, .. } => {
+            OsdCmd::New { uuid, keyfile } => {
+                let r = call!(c, osd_new, v1::OsdNewRequest { uuid: uuid.clone() });
+                crate::auth::osd_new(&out, &r, keyfile.as_deref())?
+            }
+            OsdCmd::Perf { id, .. } => {
                 // clap requires the id when --admin-addr is absent (handled above).
                 let id = id.ok_or_else(|| CliError::Other("osd perf needs an OSD id".into()))?;
                 let addr = call!(c, osd_admin_addr, v1::OsdIdRequest { id }).admin_addr;
-                let t = crate::perf::fetch(&addr, &osd_token_of(&cli, osd_token)?).await?;
+                let t = crate::perf::fetch(&addr, &admin_token_of(&cli)?).await?;
                 crate::perf::render(&out, Some(id), &addr, &t)
             }
         },
@@ -452,7 +456,7 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
             let bad = bad.iter().find(|b| b.pool == pool.id && b.pg == pg);
             crate::pg::pg_query(&out, pool, pg, &r, bad)
         }
-        Cmd::Pg(PgCmd::Scrub { pgid, osd_token }) => {
+        Cmd::Pg(PgCmd::Scrub { pgid }) => {
             let map = c.map(0).await?;
             let (pool, pg) = scrub::parse_pgid(&map, pgid)?;
             let primary = carmine_placement::pg_to_osds(&map, pool, pg)
@@ -462,23 +466,49 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                     CliError::Rejected(format!("pg {pgid} has no OSD up in epoch {}", map.epoch))
                 })?;
             let addr = call!(c, osd_admin_addr, v1::OsdIdRequest { id: primary }).admin_addr;
-            let r = scrub::scrub(&addr, &osd_token_of(&cli, osd_token)?, pool.id, pg).await?;
+            let r = scrub::scrub(&addr, &admin_token_of(&cli)?, pool.id, pg).await?;
             scrub::render(&out, primary, &r)?
         }
         Cmd::Map(MapCmd::Get { epoch }) => output::map(&out, &c.map(epoch.unwrap_or(0)).await?),
         Cmd::Auth(cmd) => match cmd {
-            AuthCmd::Add { id, keyfile } => {
-                let r = call!(c, auth_add, v1::AuthIdRequest { id: id.clone() });
+            AuthCmd::Add { id, keyfile, role } => {
+                let role = if role == "admin" {
+                    v1::KeyRole::Admin
+                } else {
+                    v1::KeyRole::Client
+                };
+                let r = call!(
+                    c,
+                    auth_add,
+                    v1::AuthIdRequest {
+                        id: id.clone(),
+                        role: role.into()
+                    }
+                );
                 crate::auth::key(&out, &r, keyfile.as_deref())?
             }
             AuthCmd::Get { id, keyfile } => {
-                let r = call!(c, auth_get, v1::AuthIdRequest { id: id.clone() });
+                let r = call!(
+                    c,
+                    auth_get,
+                    v1::AuthIdRequest {
+                        id: id.clone(),
+                        ..Default::default()
+                    }
+                );
                 crate::auth::key(&out, &r, keyfile.as_deref())?
             }
             AuthCmd::Rm { id } => crate::auth::removed(
                 &out,
                 id,
-                &call!(c, auth_rm, v1::AuthIdRequest { id: id.clone() }),
+                &call!(
+                    c,
+                    auth_rm,
+                    v1::AuthIdRequest {
+                        id: id.clone(),
+                        ..Default::default()
+                    }
+                ),
             ),
             AuthCmd::Ls => crate::auth::ls(&out, &call!(c, auth_list, v1::Empty {})),
         },

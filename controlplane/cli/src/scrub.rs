@@ -76,7 +76,8 @@ pub async fn scrub(
     let mut req = Request::new(v1::ScrubPgRequest { pool, pg });
     req.metadata_mut().insert(
         carmine_proto::AUTH_HEADER,
-        carmine_proto::bearer(token).map_err(|e| CliError::Other(e.to_string()))?,
+        carmine_proto::auth::admin_token_osd_bearer(token)
+            .map_err(|e| CliError::Other(e.to_string()))?,
     );
     req.set_timeout(SCRUB_TIMEOUT);
     let r = OsdAdminClient::new(channel)
@@ -87,7 +88,7 @@ pub async fn scrub(
             let what = format!("OSD admin service at {addr}: {}", s.message());
             match s.code() {
                 Code::Unauthenticated | Code::PermissionDenied => CliError::Refused(format!(
-                    "{what}; pass --osd-token if it differs from the monitor's"
+                    "{what}; the OSD checks admins against the keyring it fetched from the monitor"
                 )),
                 Code::Unavailable => unreachable(s.message().to_string()),
                 Code::NotFound | Code::FailedPrecondition | Code::InvalidArgument => {

@@ -14,7 +14,6 @@ mod test_mon;
 use test_mon::TestMon;
 
 const TOKEN: &str = "cli-test-token";
-const OSD_TOKEN: &str = "osd-admin-token";
 
 /// The test's monitor (heartbeats every 100 ms).
 fn start_mon(dir: &Path) -> TestMon {
@@ -27,7 +26,6 @@ fn carmine(args: &[&str]) -> Output {
         .env_remove("CARMINE_MON")
         .env_remove("CARMINE_TOKEN")
         .env_remove("CARMINE_CONFIG")
-        .env_remove("CARMINE_OSD_TOKEN")
         .env("XDG_CONFIG_HOME", "/nonexistent-carmine-test")
         .output()
         .unwrap()
@@ -104,11 +102,14 @@ fn auth_add_get_rm_ls_keyfile_and_restart() {
     assert_ne!(other.trim_end(), key);
     assert_eq!(
         ok(at(&mon, &["auth", "ls"]), "auth ls"),
-        "client.bench\nclient.other\n"
+        "client.admin  (admin)\nclient.bench\nclient.other\n"
     );
     let ls: Value =
         serde_json::from_str(&ok(at(&mon, &["--format", "json", "auth", "ls"]), "ls")).unwrap();
-    assert_eq!(ls["ids"], json!(["client.bench", "client.other"]));
+    assert_eq!(
+        ls["ids"],
+        json!(["client.admin", "client.bench", "client.other"])
+    );
     assert_eq!(ls["keyring_version"].as_u64(), Some(version + 1));
 
     // rm, then the key is gone: get and rm refused (exit 5), ls without it.
@@ -124,7 +125,10 @@ fn auth_add_get_rm_ls_keyfile_and_restart() {
         5,
         "no key for client",
     );
-    assert_eq!(ok(at(&mon, &["auth", "ls"]), "ls"), "client.bench\n");
+    assert_eq!(
+        ok(at(&mon, &["auth", "ls"]), "ls"),
+        "client.admin  (admin)\nclient.bench\n"
+    );
 
     // Invalid ids: refused by the monitor with the reason (exit 5).
     fails(
@@ -160,7 +164,10 @@ fn auth_add_get_rm_ls_keyfile_and_restart() {
     );
     let t: toml::Table = std::fs::read_to_string(&keyfile).unwrap().parse().unwrap();
     assert_eq!(t["key"].as_str(), Some(key.as_str()));
-    assert_eq!(ok(at(&mon, &["auth", "ls"]), "ls"), "client.bench\n");
+    assert_eq!(
+        ok(at(&mon, &["auth", "ls"]), "ls"),
+        "client.admin  (admin)\nclient.bench\n"
+    );
 }
 
 /// Per-shard counters as the OSD will publish them, plus OSD-wide ones.
@@ -202,8 +209,7 @@ fn osd_perf_plain_json_direct_and_errors() {
             shard_ports: vec![6800, 6801],
             weight: 1.0,
             admin_listen: "127.0.0.1:0".parse().unwrap(),
-            admin_token: OSD_TOKEN.into(),
-            cluster_token: None,
+            credential: Some(test_mon::osd_credential(&mon.addr, TOKEN, "uuid-perf")),
         },
         Vec::new(),
         Arc::new(ShardStats),
@@ -224,10 +230,7 @@ fn osd_perf_plain_json_direct_and_errors() {
     };
     let ids = id.to_string();
 
-    let plain = ok(
-        at(&mon, &["osd", "perf", &ids, "--osd-token", OSD_TOKEN]),
-        "osd perf",
-    );
+    let plain = ok(at(&mon, &["osd", "perf", &ids]), "osd perf");
     let lines: Vec<&str> = plain.lines().collect();
     assert_eq!(
         lines[..3],
@@ -245,18 +248,7 @@ fn osd_perf_plain_json_direct_and_errors() {
     );
 
     let j: Value = serde_json::from_str(&ok(
-        at(
-            &mon,
-            &[
-                "--format",
-                "json",
-                "osd",
-                "perf",
-                &ids,
-                "--osd-token",
-                OSD_TOKEN,
-            ],
-        ),
+        at(&mon, &["--format", "json", "osd", "perf", &ids]),
         "osd perf json",
     ))
     .unwrap();
@@ -280,39 +272,40 @@ fn osd_perf_plain_json_direct_and_errors() {
         carmine(&[
             "--mon",
             "127.0.0.1:1",
+            "--token",
+            TOKEN,
             "osd",
             "perf",
             "--admin-addr",
             &admin,
-            "--osd-token",
-            OSD_TOKEN,
         ]),
         "osd perf --admin-addr",
     );
     assert_eq!(direct, plain);
 
-    // The OSD refuses the monitor's token (the default) when its own differs: exit 4, with a hint.
-    fails(at(&mon, &["osd", "perf", &ids]), 4, "--osd-token");
-    // An unknown OSD: exit 5 with the reason.
+    // The OSD holds no token: it checks the admin key a token stands for against the keyring
+    // from the monitor, so another token is refused (exit 4).
     fails(
-        at(&mon, &["osd", "perf", "99", "--osd-token", OSD_TOKEN]),
-        5,
-        "osd.99 does not exist",
+        carmine(&[
+            "--token",
+            "not-the-admin-token",
+            "osd",
+            "perf",
+            "--admin-addr",
+            &admin,
+        ]),
+        4,
+        "credential refused",
     );
+    // An unknown OSD: exit 5 with the reason.
+    fails(at(&mon, &["osd", "perf", "99"]), 5, "osd.99 does not exist");
     // Neither an id nor --admin-addr: a usage error (exit 2).
     fails(at(&mon, &["osd", "perf"]), 2, "<ID>");
 
     // The OSD gone: its admin service is unreachable (exit 3).
     drop(agent);
     fails(
-        carmine(&[
-            "osd",
-            "perf",
-            "--admin-addr",
-            &admin,
-            "--osd-token",
-            OSD_TOKEN,
-        ]),
+        carmine(&["osd", "perf", "--admin-addr", &admin, "--token", TOKEN]),
         3,
         "OSD admin service",
     );

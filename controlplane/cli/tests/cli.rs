@@ -44,16 +44,19 @@ impl Mon {
             let mut c = v1::mon_cluster_client::MonClusterClient::connect(url)
                 .await
                 .unwrap();
-            c.boot(v1::BootRequest {
-                uuid: uuid.into(),
-                host: host.into(),
-                public_addr: "127.0.0.1:6800".into(),
-                cluster_addr: "127.0.0.1:6801".into(),
-                shard_count: 1,
-                shard_ports: vec![6800],
-                weight: 1.0,
-                ..Default::default()
-            })
+            c.boot(test_mon::as_admin(
+                TOKEN,
+                v1::BootRequest {
+                    uuid: uuid.into(),
+                    host: host.into(),
+                    public_addr: "127.0.0.1:6800".into(),
+                    cluster_addr: "127.0.0.1:6801".into(),
+                    shard_count: 1,
+                    shard_ports: vec![6800],
+                    weight: 1.0,
+                    ..Default::default()
+                },
+            ))
             .await
             .unwrap()
             .into_inner()

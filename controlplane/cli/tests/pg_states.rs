@@ -75,14 +75,17 @@ fn pg_ls_by_state_pg_query_and_status_from_reported_pg_stats() {
     let mut osds = Vec::new();
     for i in 0..3u32 {
         let id = rt
-            .block_on(c.boot(v1::BootRequest {
-                uuid: format!("uuid-{i}"),
-                host: format!("host{i}"),
-                shard_count: 1,
-                shard_ports: vec![6800],
-                weight: 1.0,
-                ..Default::default()
-            }))
+            .block_on(c.boot(test_mon::as_admin(
+                TOKEN,
+                v1::BootRequest {
+                    uuid: format!("uuid-{i}"),
+                    host: format!("host{i}"),
+                    shard_count: 1,
+                    shard_ports: vec![6800],
+                    weight: 1.0,
+                    ..Default::default()
+                },
+            )))
             .unwrap()
             .into_inner()
             .id;
@@ -157,13 +160,16 @@ fn pg_ls_by_state_pg_query_and_status_from_reported_pg_stats() {
                 pg_stats.push(stat(3, 0));
             }
             let r = rt
-                .block_on(c.heartbeat(v1::HeartbeatRequest {
-                    id: *id,
-                    uuid: uuid.clone(),
-                    map_epoch: since,
-                    pg_stats,
-                    ..Default::default()
-                }))
+                .block_on(c.heartbeat(test_mon::as_admin(
+                    TOKEN,
+                    v1::HeartbeatRequest {
+                        id: *id,
+                        uuid: uuid.clone(),
+                        map_epoch: since,
+                        pg_stats,
+                        ..Default::default()
+                    },
+                )))
                 .unwrap()
                 .into_inner();
             assert!(!r.must_boot);
@@ -177,10 +183,13 @@ fn pg_ls_by_state_pg_query_and_status_from_reported_pg_stats() {
         since: s,
         acting: a,
     };
-    rt.block_on(c.record_intervals(v1::RecordIntervalsRequest {
-        osd: acting(2)[0],
-        intervals: vec![iv(since - 1, vec![9, 8, 7]), iv(since, acting(2))],
-    }))
+    rt.block_on(c.record_intervals(test_mon::as_admin(
+        TOKEN,
+        v1::RecordIntervalsRequest {
+            osd: acting(2)[0],
+            intervals: vec![iv(since - 1, vec![9, 8, 7]), iv(since, acting(2))],
+        },
+    )))
     .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     heartbeats(&mut c, 1 << 20);

@@ -22,7 +22,6 @@ mod test_mon;
 use test_mon::TestMon;
 
 const TOKEN: &str = "scrub-test-token";
-const OSD_TOKEN: &str = "scrub-osd-token";
 
 /// The test's monitor (heartbeats every 100 ms).
 fn start_mon(dir: &Path) -> TestMon {
@@ -80,8 +79,11 @@ fn start_agent(mon: &TestMon, i: usize, table: Arc<Table>, interval: Option<Dura
             shard_ports: vec![6800],
             weight: 1.0,
             admin_listen: "127.0.0.1:0".parse().unwrap(),
-            admin_token: OSD_TOKEN.into(),
-            cluster_token: None,
+            credential: Some(test_mon::osd_credential(
+                &mon.addr,
+                TOKEN,
+                &format!("uuid-scrub-{i}"),
+            )),
         },
         Vec::new(),
         Arc::new(NoStats),
@@ -103,7 +105,6 @@ fn carmine(mon: &TestMon, args: &[&str]) -> Output {
         .env_remove("CARMINE_MON")
         .env_remove("CARMINE_TOKEN")
         .env_remove("CARMINE_CONFIG")
-        .env("CARMINE_OSD_TOKEN", OSD_TOKEN)
         .env("XDG_CONFIG_HOME", "/nonexistent-carmine-test")
         .output()
         .unwrap()
@@ -177,7 +178,7 @@ fn scrub_at(agent: &Agent, pg: PgId) -> Result<v1::ScrubPgReply, tonic::Status> 
         });
         r.metadata_mut().insert(
             carmine_proto::AUTH_HEADER,
-            carmine_proto::bearer(OSD_TOKEN).unwrap(),
+            carmine_proto::auth::admin_token_osd_bearer(TOKEN).unwrap(),
         );
         c.scrub_pg(r).await.map(|r| r.into_inner())
     })

@@ -227,6 +227,28 @@ pub fn health(
     HealthReply { status, checks }
 }
 
+/// `AUTH_INSECURE`: the monitor runs with `--insecure` (calls without a credential act as
+/// any OSD).
+pub fn auth_insecure() -> HealthCheck {
+    check(
+        "AUTH_INSECURE",
+        HealthStatus::HealthWarn,
+        "the monitor accepts calls without a credential (--insecure)".into(),
+        vec![
+            "anyone who reaches the monitor can boot OSDs, report failures and read the keyring; \
+              restart it with --admin-token and give OSDs keys from `carmine osd new`"
+                .into(),
+        ],
+    )
+}
+
+/// `reply` with `c` added (and the overall status raised to it).
+pub fn with_check(mut reply: HealthReply, c: HealthCheck) -> HealthReply {
+    reply.status = reply.status.max(c.severity);
+    reply.checks.push(c);
+    reply
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

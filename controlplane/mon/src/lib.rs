@@ -6,8 +6,9 @@
 //! subscribers as an incremental. Subscribers that are too far behind get a full map.
 //!
 //! Layers, top down:
-//! * [`service`]: the tonic services `MonCluster` (OSDs) and `MonAdmin` (operators, behind a
-//!   bearer token);
+//! * [`service`]: the tonic services `MonCluster` (OSDs, clients) and `MonAdmin` (operators),
+//!   behind the credential check ([`service::Gate`]: each role may do only its own calls);
+//! * [`keyring`]: every principal's secret and role (clients, OSDs, admins);
 //! * [`state`]: the synchronous state machine ([`state::Monitor`]): map history, liveness,
 //!   the down-after-grace and out-after-interval rules, the client keyring (the data path's
 //!   handshake keys, issued here, fetched by the OSD agents) and each OSD's admin address;
@@ -27,6 +28,7 @@
 pub mod ha;
 pub mod health;
 pub mod history;
+pub mod keyring;
 pub mod lease;
 pub mod pgstats;
 pub mod service;
@@ -43,7 +45,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::service::{check_token, AdminSvc, ClusterSvc, MonSlot, Shared};
+use crate::service::{AdminSvc, ClusterSvc, Gate, MonSlot, Shared};
 use crate::state::{MonError, Monitor, Policy};
 use crate::store::{Backend, MapStore};
 
@@ -76,13 +78,15 @@ pub struct MonConfig {
     /// Directory of the map store (created if missing); required unless `--etcd` is given.
     #[arg(long, env = "CARMINE_MON_DATA", required_unless_present = "etcd")]
     pub data_dir: Option<PathBuf>,
-    /// Token that admin calls must present as `authorization: Bearer <token>`.
+    /// The bootstrap admin credential: admin calls present it as `authorization: Bearer
+    /// <token>` (it is also the admin key `client.admin`, see `carmine_proto::auth`). Required
+    /// unless `--insecure`.
     #[arg(long, env = "CARMINE_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: String,
-    /// Token OSDs must present; when unset, the OSD-facing service is open to whoever reaches
-    /// the listen address.
-    #[arg(long, env = "CARMINE_CLUSTER_TOKEN", hide_env_values = true)]
-    pub cluster_token: Option<String>,
+    pub admin_token: Option<String>,
+    /// Accept calls without a credential (each then may do what an OSD does; admin calls too
+    /// when no admin token is set). For experiments only: health warns `AUTH_INSECURE`.
+    #[arg(long, env = "CARMINE_MON_INSECURE")]
+    pub insecure: bool,
     /// Heartbeat interval OSDs are told to keep, in milliseconds.
     #[arg(long, env = "CARMINE_HEARTBEAT_MS", default_value_t = 1000)]
     pub heartbeat_ms: u64,
@@ -117,6 +121,31 @@ pub struct MonConfig {
 }
 
 impl MonConfig {
+    /// Refuses to run without credentials unless `--insecure` says so.
+    pub fn check_credentials(&self) -> Result<(), ServeError> {
+        match &self.admin_token {
+            Some(t) if t.is_empty() => Err(ServeError::Config(
+                "the admin token must not be empty".into(),
+            )),
+            None if !self.insecure => Err(ServeError::Config(
+                "the monitor needs credentials: give --admin-token (or CARMINE_ADMIN_TOKEN), \
+                 or --insecure to accept calls without any"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies the credential flags to a monitor state before it serves: the admin token
+    /// becomes the admin key `client.admin`, `--insecure` a health warning.
+    pub fn prepare(&self, mon: &mut Monitor) -> Result<(), MonError> {
+        mon.set_insecure(self.insecure);
+        if let Some(t) = &self.admin_token {
+            mon.set_admin_secret(carmine_proto::auth::admin_token_secret(t))?;
+        }
+        Ok(())
+    }
+
     /// The state machine's policy from these flags.
     pub fn policy(&self) -> Policy {
         Policy {
@@ -223,12 +252,9 @@ pub async fn serve_with(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    if cfg.admin_token.is_empty() {
-        return Err(ServeError::Config(
-            "the admin token must not be empty".into(),
-        ));
-    }
-    let mon = Monitor::open(backend, cfg.policy())?;
+    cfg.check_credentials()?;
+    let mut mon = Monitor::open(backend, cfg.policy())?;
+    cfg.prepare(&mut mon)?;
     serve_slot(cfg, MonSlot::leading(mon), listener, shutdown).await
 }
 
@@ -240,11 +266,7 @@ pub async fn serve_slot(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    if cfg.admin_token.is_empty() {
-        return Err(ServeError::Config(
-            "the admin token must not be empty".into(),
-        ));
-    }
+    cfg.check_credentials()?;
     // The liveness clock: marks OSDs down/out. A quarter of the grace keeps detection within
     // 1.25 x grace. It idles while this monitor follows.
     let tick = Duration::from_millis((cfg.down_grace_ms / 4).clamp(10, 1000));
@@ -267,15 +289,17 @@ pub async fn serve_slot(
         })
     };
 
-    let admin_token = cfg.admin_token.clone();
-    let cluster_token = cfg.cluster_token.clone();
-    let admin = MonAdminServer::with_interceptor(AdminSvc(shared.clone()), move |r| {
-        check_token(Some(&admin_token), &r).map(|()| r)
-    });
+    if cfg.insecure {
+        tracing::warn!("--insecure: calls without a credential are accepted");
+    }
+    let gate = Gate::new(shared.clone(), cfg.admin_token.as_deref(), cfg.insecure);
+    let admin_gate = gate.clone();
+    let admin =
+        MonAdminServer::with_interceptor(AdminSvc(shared.clone()), move |r| admin_gate.admin(r));
     let (stop_tx, stopping) = watch::channel(false);
     let cluster =
         MonClusterServer::with_interceptor(ClusterSvc::new(shared, stopping.clone()), move |r| {
-            check_token(cluster_token.as_deref(), &r).map(|()| r)
+            gate.cluster(r)
         });
     let shutdown = async move {
         shutdown.await;

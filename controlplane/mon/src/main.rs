@@ -152,7 +152,9 @@ async fn serve_etcd(
     let mon = match carmine_mon::state::Monitor::open(
         Backend::Etcd(Box::new(leadership.store)),
         cfg.policy(),
-    ) {
+    )
+    .and_then(|mut m| cfg.prepare(&mut m).map(|()| m))
+    {
         Ok(m) => m,
         Err(e) => {
             server.abort();

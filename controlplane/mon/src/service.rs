@@ -1,5 +1,14 @@
-//! The gRPC services: `MonCluster` (OSDs) and `MonAdmin` (operators), and the bearer-token
-//! check in front of them.
+//! The gRPC services: `MonCluster` (OSDs and clients) and `MonAdmin` (operators), and the
+//! credential checks in front of them.
+//!
+//! Who calls ([`Principal`]) is found once per call, by an interceptor ([`Gate`]), from the
+//! bearer credential (see `carmine_proto::auth`): the admin token, or a key id and its secret
+//! checked against the keyring. `MonAdmin` admits admins only. `MonCluster` admits every
+//! principal and each call checks its role: a client may fetch maps and nothing else; an OSD
+//! key acts as that OSD only (boot, heartbeat, failure reports, interval records); the
+//! keyring goes to OSDs and admins, as data-path keys. With `--insecure`, a call without a
+//! credential is [`Principal::Anonymous`] and may do what OSDs do; a credential that is
+//! presented is still checked.
 //!
 //! The services reach the monitor state through a [`MonSlot`]. In etcd mode a monitor listens
 //! before it is elected: its slot is empty and every call (after the credential check) is
@@ -17,9 +26,10 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
 
-use crate::health::health;
+use crate::health::{health, with_check};
 use crate::pgstats::summarize;
-use crate::state::{osd_key_id, BootInfo, MonError, Monitor};
+use crate::state::{osd_key_id, BootInfo, KeyRole, MonError, Monitor, Principal};
+use carmine_proto::auth::{admin_token_secret, presented, same_bytes, Presented, SECRET_LEN};
 
 /// The monitor state once this monitor leads; until then, who leads.
 pub struct MonSlot {
@@ -100,9 +110,101 @@ impl From<MonError> for Status {
     }
 }
 
-/// Checks `authorization: Bearer <token>` when `token` is set.
-pub fn check_token(token: Option<&str>, req: &Request<()>) -> Result<(), Status> {
-    carmine_proto::check_bearer(token, req.metadata())
+/// The credential check in front of both services.
+#[derive(Clone)]
+pub struct Gate {
+    shared: Shared,
+    /// The admin token's secret (`--admin-token`); `None`: no admin token.
+    admin: Option<[u8; SECRET_LEN]>,
+    /// `--insecure`: calls without a credential are let in as [`Principal::Anonymous`].
+    insecure: bool,
+}
+
+impl Gate {
+    pub fn new(shared: Shared, admin_token: Option<&str>, insecure: bool) -> Gate {
+        Gate {
+            shared,
+            admin: admin_token.map(admin_token_secret),
+            insecure,
+        }
+    }
+
+    /// Who presents the credential in `md`. `Ok(None)`: a key this monitor cannot check
+    /// because it does not lead (the call is redirected before it does anything).
+    pub fn identify(&self, md: &tonic::metadata::MetadataMap) -> Result<Option<Principal>, Status> {
+        match presented(md)? {
+            None if self.insecure => Ok(Some(Principal::Anonymous)),
+            None => Err(Status::unauthenticated(
+                "missing credential (authorization: Bearer <key id>:<hex key>, or the admin token)",
+            )),
+            Some(Presented::Token(t)) => match &self.admin {
+                Some(a) if same_bytes(a, &admin_token_secret(&t)) => Ok(Some(Principal::Admin)),
+                _ => Err(Status::unauthenticated("credential refused")),
+            },
+            Some(Presented::Key { id, proof }) => {
+                let Some(mon) = self.shared.get() else {
+                    return Ok(None);
+                };
+                let m = mon
+                    .lock()
+                    .map_err(|_| Status::internal("monitor state poisoned by an earlier panic"))?;
+                match m.authenticate(&id, &proof) {
+                    Some(p) => Ok(Some(p)),
+                    None => {
+                        tracing::warn!(key_id = %id, "credential refused");
+                        Err(Status::unauthenticated("credential refused"))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The `MonAdmin` interceptor: admins only (anyone on an insecure monitor without an
+    /// admin token).
+    pub fn admin(&self, r: Request<()>) -> Result<Request<()>, Status> {
+        match self.identify(r.metadata())? {
+            None | Some(Principal::Admin) => Ok(r),
+            Some(Principal::Anonymous) if self.admin.is_none() => Ok(r),
+            Some(Principal::Anonymous) => Err(Status::unauthenticated(
+                "missing credential: admin calls need the admin token",
+            )),
+            Some(p) => Err(Status::permission_denied(format!(
+                "{} may not make admin calls",
+                describe(&p)
+            ))),
+        }
+    }
+
+    /// The `MonCluster` interceptor: keeps who calls in the request for the handler.
+    pub fn cluster(&self, mut r: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(p) = self.identify(r.metadata())? {
+            r.extensions_mut().insert(p);
+        }
+        Ok(r)
+    }
+}
+
+fn describe(p: &Principal) -> String {
+    match p {
+        Principal::Admin => "an admin".into(),
+        Principal::Osd(n) => format!("the key of osd.{n}"),
+        Principal::Client(id) => format!("client key {id:?}"),
+        Principal::Anonymous => "a caller without a credential".into(),
+    }
+}
+
+/// Refuses a client, and an OSD acting for another OSD than `as_osd` (when given).
+fn require_osd(p: &Principal, as_osd: Option<u32>) -> Result<(), Status> {
+    match (p, as_osd) {
+        (Principal::Admin | Principal::Anonymous, _) => Ok(()),
+        (Principal::Osd(n), Some(id)) if *n != id => Err(Status::permission_denied(format!(
+            "the key of osd.{n} cannot act as osd.{id}"
+        ))),
+        (Principal::Osd(_), _) => Ok(()),
+        (Principal::Client(id), _) => Err(Status::permission_denied(format!(
+            "client key {id:?} may only fetch maps"
+        ))),
+    }
 }
 
 /// The OSD-facing service.
@@ -117,6 +219,15 @@ pub struct ClusterSvc {
 impl ClusterSvc {
     pub fn new(shared: Shared, stopping: watch::Receiver<bool>) -> Self {
         ClusterSvc { shared, stopping }
+    }
+
+    /// Who makes the call (from [`Gate::cluster`]); a follower, which could not check a key,
+    /// redirects instead.
+    fn caller<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        req.extensions()
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| self.shared.redirect())
     }
 
     /// Refuses (as a follower would) a call whose answer is only right from the one leader:
@@ -142,7 +253,13 @@ fn full(m: &carmine_placement::ClusterMap) -> v1::MapUpdate {
 #[tonic::async_trait]
 impl MonCluster for ClusterSvc {
     async fn boot(&self, req: Request<v1::BootRequest>) -> Result<Response<v1::BootReply>, Status> {
+        let caller = self.caller(&req)?;
+        require_osd(&caller, None)?;
         let r = req.into_inner();
+        let authenticated_as = match caller {
+            Principal::Osd(n) => Some(n),
+            _ => None,
+        };
         let r_admin = r.admin_addr.clone();
         let mut m = lock(&self.shared)?;
         let booted = m.boot(
@@ -155,6 +272,7 @@ impl MonCluster for ClusterSvc {
                 weight: r.weight,
                 id: r.has_id.then_some(r.id),
                 new_process: r.new_process,
+                authenticated_as,
             },
             Instant::now(),
         )?;
@@ -175,7 +293,9 @@ impl MonCluster for ClusterSvc {
         &self,
         req: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatReply>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
+        require_osd(&caller, Some(r.id))?;
         let now = Instant::now();
         self.certainly_leading("heartbeat", now)?;
         let mut m = lock(&self.shared)?;
@@ -196,7 +316,9 @@ impl MonCluster for ClusterSvc {
         &self,
         req: Request<v1::FailureReport>,
     ) -> Result<Response<v1::FailureReply>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
+        require_osd(&caller, Some(r.reporter))?;
         let marked_down =
             lock(&self.shared)?.report_failure(r.reporter, r.target, Instant::now())?;
         Ok(Response::new(v1::FailureReply { marked_down }))
@@ -208,6 +330,7 @@ impl MonCluster for ClusterSvc {
         &self,
         req: Request<v1::SubscribeRequest>,
     ) -> Result<Response<UpdateStream>, Status> {
+        let caller = self.caller(&req)?;
         let have = req.into_inner().have_epoch;
         // Take the backlog and the live receiver under one lock: no epoch can slip between.
         let (backlog, mut rx, mut last) = {
@@ -257,6 +380,11 @@ impl MonCluster for ClusterSvc {
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
+                // A key removed meanwhile ends its holder's stream at the next epoch.
+                if let Err(e) = still_valid(&shared, &caller) {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
                 if tx.send(Ok(update)).await.is_err() {
                     return; // subscriber went away
                 }
@@ -269,17 +397,20 @@ impl MonCluster for ClusterSvc {
         &self,
         req: Request<v1::GetMapRequest>,
     ) -> Result<Response<v1::ClusterMap>, Status> {
+        self.caller(&req)?;
         get_map(&self.shared, req.into_inner().epoch)
     }
 
-    async fn get_keyring(&self, _: Request<v1::Empty>) -> Result<Response<v1::Keyring>, Status> {
-        Ok(Response::new(lock(&self.shared)?.keyring()))
+    async fn get_keyring(&self, req: Request<v1::Empty>) -> Result<Response<v1::Keyring>, Status> {
+        require_osd(&self.caller(&req)?, None)?;
+        Ok(Response::new(lock(&self.shared)?.keyring_for_osds()))
     }
 
     async fn peer_admin_addr(
         &self,
         req: Request<v1::OsdIdRequest>,
     ) -> Result<Response<v1::OsdAdminAddrReply>, Status> {
+        require_osd(&self.caller(&req)?, None)?;
         let id = req.into_inner().id;
         let (admin_addr, up) = lock(&self.shared)?.osd_admin_addr(id)?;
         Ok(Response::new(v1::OsdAdminAddrReply { id, admin_addr, up }))
@@ -289,7 +420,9 @@ impl MonCluster for ClusterSvc {
         &self,
         req: Request<v1::RecordIntervalsRequest>,
     ) -> Result<Response<v1::RecordIntervalsReply>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
+        require_osd(&caller, Some(r.osd))?;
         let (epoch, superseded) = lock(&self.shared)?.record_intervals(r.osd, &r.intervals)?;
         Ok(Response::new(v1::RecordIntervalsReply {
             epoch,
@@ -301,6 +434,7 @@ impl MonCluster for ClusterSvc {
         &self,
         req: Request<v1::PgHistoryRequest>,
     ) -> Result<Response<v1::PgHistory>, Status> {
+        require_osd(&self.caller(&req)?, None)?;
         let r = req.into_inner();
         self.certainly_leading("get_pg_history", Instant::now())?;
         let intervals = lock(&self.shared)?.pg_history(r.pool, r.pg)?;
@@ -311,6 +445,7 @@ impl MonCluster for ClusterSvc {
         &self,
         req: Request<v1::PgInterval>,
     ) -> Result<Response<v1::Empty>, Status> {
+        require_osd(&self.caller(&req)?, None)?;
         lock(&self.shared)?.trim_pg_history(&req.into_inner())?;
         Ok(Response::new(v1::Empty {}))
     }
@@ -319,6 +454,7 @@ impl MonCluster for ClusterSvc {
         &self,
         req: Request<v1::LeaseWaitRequest>,
     ) -> Result<Response<v1::LeaseWaitReply>, Status> {
+        require_osd(&self.caller(&req)?, None)?;
         let r = req.into_inner();
         let now = Instant::now();
         self.certainly_leading("lease_wait", now)?;
@@ -327,6 +463,21 @@ impl MonCluster for ClusterSvc {
             // Rounded up: waiting a little longer is safe, a little less is not.
             wait_ms: wait.as_micros().div_ceil(1000) as u64,
         }))
+    }
+}
+
+/// Whether `p`'s key is still in the keyring (the admin token and anonymous callers always
+/// are): a removed key's map stream ends.
+fn still_valid(shared: &Shared, p: &Principal) -> Result<(), Status> {
+    let id = match p {
+        Principal::Client(id) => id.clone(),
+        Principal::Osd(n) => osd_key_id(*n),
+        Principal::Admin | Principal::Anonymous => return Ok(()),
+    };
+    if lock(shared)?.auth_get(&id).is_ok() {
+        Ok(())
+    } else {
+        Err(Status::unauthenticated(format!("key {id:?} was removed")))
     }
 }
 
@@ -347,14 +498,19 @@ fn changed(epoch: Result<u64, MonError>) -> Result<Response<v1::MapChangeReply>,
 
 fn health_of(m: &Monitor, pgs: &[v1::PgStat]) -> v1::HealthReply {
     let p = m.policy();
-    health(
+    let h = health(
         &m.map(),
         m.usage(),
         p.nearfull_ratio,
         p.full_ratio,
         &m.inconsistent_pgs(),
         pgs,
-    )
+    );
+    if m.insecure() {
+        with_check(h, crate::health::auth_insecure())
+    } else {
+        h
+    }
 }
 
 #[tonic::async_trait]
@@ -476,15 +632,39 @@ impl MonAdmin for AdminSvc {
         &self,
         req: Request<v1::AuthIdRequest>,
     ) -> Result<Response<v1::AuthKeyReply>, Status> {
-        let id = req.into_inner().id;
-        let (key, created, keyring_version) = lock(&self.0)?.auth_add(&id)?;
+        let r = req.into_inner();
+        let role = match r.role() {
+            v1::KeyRole::Unspecified | v1::KeyRole::Client => KeyRole::Client,
+            v1::KeyRole::Admin => KeyRole::Admin,
+            v1::KeyRole::Osd => {
+                return Err(Status::invalid_argument(
+                    "OSD keys come from OsdNew (`carmine osd new --uuid <uuid>`)",
+                ))
+            }
+        };
+        let (key, created, keyring_version) = lock(&self.0)?.auth_add(&r.id, role)?;
+        let (role, osd_id) = role.to_proto();
         Ok(Response::new(v1::AuthKeyReply {
-            id,
+            id: r.id,
             key: key.to_vec(),
             created,
             keyring_version,
-            role: v1::KeyRole::Client.into(),
-            osd_id: 0,
+            role: role.into(),
+            osd_id,
+        }))
+    }
+
+    async fn osd_new(
+        &self,
+        req: Request<v1::OsdNewRequest>,
+    ) -> Result<Response<v1::OsdNewReply>, Status> {
+        let uuid = req.into_inner().uuid;
+        let (id, key, created) = lock(&self.0)?.osd_new(&uuid)?;
+        Ok(Response::new(v1::OsdNewReply {
+            id,
+            key_id: osd_key_id(id),
+            key: key.to_vec(),
+            created,
         }))
     }
 
@@ -586,6 +766,12 @@ mod tests {
     /// leader may know more); a fresh deadline lets it answer.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn no_heartbeat_is_answered_past_the_leadership_deadline() {
+        /// A request as the interceptor ([`Gate::cluster`]) passes an admin's on.
+        fn as_admin<T>(msg: T) -> Request<T> {
+            let mut r = Request::new(msg);
+            r.extensions_mut().insert(Principal::Admin);
+            r
+        }
         let dir = tempfile::tempdir().unwrap();
         let policy = Policy {
             heartbeat_interval: Duration::from_millis(100),
@@ -602,7 +788,7 @@ mod tests {
         assert!(slot.set_leads_until(rx));
         let svc = ClusterSvc::new(slot.clone(), watch::channel(false).1);
         let b = svc
-            .boot(Request::new(v1::BootRequest {
+            .boot(as_admin(v1::BootRequest {
                 uuid: "u".into(),
                 host: "h".into(),
                 shard_ports: vec![1],
@@ -613,7 +799,7 @@ mod tests {
             .into_inner();
         assert_eq!(b.lease_ms, 400, "four heartbeat intervals");
         let hb = || {
-            Request::new(v1::HeartbeatRequest {
+            as_admin(v1::HeartbeatRequest {
                 id: b.id,
                 uuid: "u".into(),
                 ..Default::default()
@@ -624,7 +810,7 @@ mod tests {
         let e = svc.heartbeat(hb()).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
         let e = svc
-            .lease_wait(Request::new(v1::LeaseWaitRequest {
+            .lease_wait(as_admin(v1::LeaseWaitRequest {
                 osds: vec![b.id],
                 epoch: 1,
             }))
@@ -632,7 +818,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
         let e = svc
-            .get_pg_history(Request::new(v1::PgHistoryRequest { pool: 0, pg: 0 }))
+            .get_pg_history(as_admin(v1::PgHistoryRequest { pool: 0, pg: 0 }))
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");

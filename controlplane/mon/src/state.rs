@@ -59,85 +59,11 @@ pub const MAX_INCONSISTENT_PGS: usize = 64;
 /// See [`MAX_INCONSISTENT_PGS`].
 pub const MAX_INCONSISTENT_NAMES: usize = 16;
 
-/// Length of a key (client's or OSD's) in bytes.
-pub const CLIENT_KEY_LEN: usize = 32;
-
-/// Key ids starting with this are OSD keys, issued by the monitor at boot; refused to clients.
-pub const OSD_KEY_PREFIX: &str = "osd.";
-
-/// The key id of OSD `id`: `osd.<id>`.
-pub fn osd_key_id(id: u32) -> String {
-    format!("{OSD_KEY_PREFIX}{id}")
-}
-
-/// What a key lets its holder be on the data path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyRole {
-    /// A data-path client (`auth add`).
-    Client,
-    /// OSD number `.0` (key id `osd.<n>`).
-    Osd(u32),
-}
-
-impl KeyRole {
-    /// The wire form: (role, osd_id).
-    pub fn to_proto(self) -> (v1::KeyRole, u32) {
-        match self {
-            KeyRole::Client => (v1::KeyRole::Client, 0),
-            KeyRole::Osd(id) => (v1::KeyRole::Osd, id),
-        }
-    }
-}
-
-/// One issued key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct KeyEntry {
-    key: [u8; CLIENT_KEY_LEN],
-    role: KeyRole,
-}
-
-fn random_key() -> Result<[u8; CLIENT_KEY_LEN], MonError> {
-    let mut key = [0u8; CLIENT_KEY_LEN];
-    getrandom::fill(&mut key).map_err(|e| MonError::Random(e.to_string()))?;
-    Ok(key)
-}
-
-/// Refuses an id reserved for OSD keys in a client key call (`what`: "add", "remove").
-fn refuse_osd_id(id: &str, what: &str) -> Result<(), MonError> {
-    if !id.starts_with(OSD_KEY_PREFIX) {
-        return Ok(());
-    }
-    let how = if what == "add" {
-        "the monitor issues an OSD's key when the OSD first boots"
-    } else {
-        "an OSD's key is removed with the OSD (`carmine osd rm <id>`)"
-    };
-    Err(MonError::Invalid(format!(
-        "cannot {what} client key {id:?}: ids starting with {OSD_KEY_PREFIX:?} are reserved for          OSD keys ({how})"
-    )))
-}
-
-/// Longest client id, in bytes (the data-path handshake's limit too).
-pub const MAX_CLIENT_ID_LEN: usize = 256;
-
-/// Checks a client id: 1 to [`MAX_CLIENT_ID_LEN`] bytes of printable ASCII, no spaces.
-pub fn validate_client_id(id: &str) -> Result<(), MonError> {
-    if id.is_empty() {
-        return Err(MonError::Invalid("client id must not be empty".into()));
-    }
-    if id.len() > MAX_CLIENT_ID_LEN {
-        return Err(MonError::Invalid(format!(
-            "client id is {} bytes long; at most {MAX_CLIENT_ID_LEN} allowed",
-            id.len()
-        )));
-    }
-    if let Some(c) = id.chars().find(|c| !c.is_ascii_graphic()) {
-        return Err(MonError::Invalid(format!(
-            "client id {id:?} contains {c:?}: only printable ASCII without spaces is allowed"
-        )));
-    }
-    Ok(())
-}
+pub use crate::keyring::{
+    osd_key_id, validate_client_id, KeyRole, Principal, CLIENT_KEY_LEN, MAX_CLIENT_ID_LEN,
+    OSD_KEY_PREFIX,
+};
+use crate::keyring::{random_key, refuse_osd_id, KeyEntry, Keyring, ADMIN_KEY_ID};
 
 /// Timing and policy knobs of the monitor.
 #[derive(Debug, Clone)]
@@ -239,6 +165,9 @@ pub struct BootInfo {
     pub id: Option<u32>,
     /// The first boot of this OSD process (see `BootRequest.new_process`).
     pub new_process: bool,
+    /// The OSD whose key the caller presented: it boots as that id, with the uuid its key
+    /// was issued for. `None`: an insecure monitor's anonymous boot, or an admin's.
+    pub authenticated_as: Option<u32>,
 }
 
 /// What a boot gave the OSD.
@@ -248,7 +177,7 @@ pub struct Booted {
     pub id: u32,
     /// The epoch in which it is up.
     pub epoch: u64,
-    /// Its own key (id [`osd_key_id`]`(id)`).
+    /// Its own data-path key (of key id [`osd_key_id`]`(id)`; never its secret).
     pub key: [u8; CLIENT_KEY_LEN],
 }
 
@@ -264,9 +193,8 @@ pub struct Monitor {
     live: BTreeMap<u32, Liveness>,
     updates: broadcast::Sender<Arc<Incremental>>,
     started: Instant,
-    /// Key id → key and role, and the keyring's version (as stored).
-    keys: BTreeMap<String, KeyEntry>,
-    keyring_version: u64,
+    /// Every key and its role (as stored).
+    keyring: Keyring,
     /// OSD id → its admin service address (soft state: from boots and heartbeats).
     admin_addrs: HashMap<u32, String>,
     /// OSD id → the inconsistent PGs its last heartbeat reported (soft state).
@@ -277,6 +205,8 @@ pub struct Monitor {
     epochs: EpochClock,
     /// The primaries' PG reports (soft state).
     pg_stats: PgStats,
+    /// Runs with `--insecure` (health warns).
+    insecure: bool,
 }
 
 impl Monitor {
@@ -295,51 +225,26 @@ impl Monitor {
             live: BTreeMap::new(),
             updates,
             started: now,
-            keys: BTreeMap::new(),
-            // An empty keyring that was never stored is version 1; the first change stores 2.
-            keyring_version: 1,
+            keyring: Keyring::default(),
             admin_addrs: HashMap::new(),
             scrub_reports: BTreeMap::new(),
             pg_history: BTreeMap::new(),
             epochs: EpochClock::new(now, 0),
             pg_stats: PgStats::default(),
+            insecure: false,
         };
         let mut legacy_osd_ids = Vec::new();
         if let Some(k) = mon.store.load_keyring()? {
-            for ck in k.keys {
-                let key: [u8; CLIENT_KEY_LEN] = ck.key.as_slice().try_into().map_err(|_| {
-                    MonError::Invalid(format!(
-                        "stored key {:?} is {} bytes, not {CLIENT_KEY_LEN}",
-                        ck.id,
-                        ck.key.len()
-                    ))
-                })?;
-                let role = match ck.role() {
-                    v1::KeyRole::Osd if ck.id == osd_key_id(ck.osd_id) => KeyRole::Osd(ck.osd_id),
-                    v1::KeyRole::Osd => {
-                        return Err(MonError::Invalid(format!(
-                            "stored OSD key {:?} names osd.{}: the keyring is corrupt",
-                            ck.id, ck.osd_id
-                        )))
-                    }
-                    v1::KeyRole::Client | v1::KeyRole::Unspecified => KeyRole::Client,
-                };
-                if role == KeyRole::Client && ck.id.starts_with(OSD_KEY_PREFIX) {
-                    // A client key from before the prefix was reserved: it would pass for an
-                    // OSD by name. Dropped below (the OSD gets a key of its own at its boot).
-                    legacy_osd_ids.push(ck.id);
-                    continue;
-                }
-                mon.keys.insert(ck.id, KeyEntry { key, role });
-            }
-            mon.keyring_version = k.version.max(1);
+            let (keyring, dropped) = Keyring::from_stored(k)?;
+            mon.keyring = keyring;
+            legacy_osd_ids = dropped;
         }
         if !legacy_osd_ids.is_empty() {
             tracing::warn!(
                 ids = ?legacy_osd_ids,
                 "client keys named like OSD keys removed: ids starting with \"osd.\" are reserved"
             );
-            let keys = mon.keys.clone();
+            let keys = mon.keyring.keys().clone();
             mon.commit_keys(keys)?;
         }
         if stored.is_empty() {
@@ -378,7 +283,7 @@ impl Monitor {
             epoch = mon.map.epoch,
             osds = mon.map.osds.len(),
             pools = mon.map.pools.len(),
-            clients = mon.keys.len(),
+            clients = mon.keyring.keys().len(),
             "monitor state loaded"
         );
         Ok(mon)
@@ -438,77 +343,117 @@ impl Monitor {
             .map(|(id, l)| (*id, l.used_bytes, l.capacity_bytes))
     }
 
+    /// Marks this monitor as run with `--insecure` (health warns `AUTH_INSECURE`).
+    pub fn set_insecure(&mut self, insecure: bool) {
+        self.insecure = insecure;
+    }
+
+    /// Whether this monitor runs with `--insecure`.
+    pub fn insecure(&self) -> bool {
+        self.insecure
+    }
+
     /// The keyring version (grows by one on every key change).
     pub fn keyring_version(&self) -> u64 {
-        self.keyring_version
+        self.keyring.version()
     }
 
-    /// The whole keyring (ids sorted).
+    /// The whole keyring as stored (secrets; ids sorted).
     pub fn keyring(&self) -> v1::Keyring {
-        self.keyring_with(&self.keys, self.keyring_version)
+        self.keyring.to_stored()
     }
 
-    fn keyring_with(&self, keys: &BTreeMap<String, KeyEntry>, version: u64) -> v1::Keyring {
-        v1::Keyring {
-            version,
-            keys: keys
-                .iter()
-                .map(|(id, e)| {
-                    let (role, osd_id) = e.role.to_proto();
-                    v1::ClientKey {
-                        id: id.clone(),
-                        key: e.key.to_vec(),
-                        role: role.into(),
-                        osd_id,
-                    }
-                })
-                .collect(),
-        }
+    /// The keyring the OSDs get: data-path keys, never secrets.
+    pub fn keyring_for_osds(&self) -> v1::Keyring {
+        self.keyring.for_osds()
+    }
+
+    /// Who presents `proof` as the secret of key `id` (`None`: nobody, refuse the call).
+    pub fn authenticate(&self, id: &str, proof: &[u8; CLIENT_KEY_LEN]) -> Option<Principal> {
+        self.keyring.authenticate(id, proof)
     }
 
     /// Stores `keys` as the next keyring version, then installs it.
     fn commit_keys(&mut self, keys: BTreeMap<String, KeyEntry>) -> Result<u64, MonError> {
-        let version = self.keyring_version + 1;
-        self.store
-            .commit_keyring(&self.keyring_with(&keys, version))?;
-        self.keys = keys;
-        self.keyring_version = version;
-        tracing::info!(version, keys = self.keys.len(), "new keyring version");
+        let next = self.keyring.next(keys);
+        self.store.commit_keyring(&next.to_stored())?;
+        self.keyring.install(next);
+        let version = self.keyring.version();
+        tracing::info!(
+            version,
+            keys = self.keyring.keys().len(),
+            "new keyring version"
+        );
         Ok(version)
     }
 
-    /// Admin: the key of `id`, created (32 bytes from the OS RNG) if it has none.
-    /// Returns (key, created, keyring version).
-    /// Ids starting with [`OSD_KEY_PREFIX`] are refused: OSD keys are issued at boot.
-    pub fn auth_add(&mut self, id: &str) -> Result<([u8; CLIENT_KEY_LEN], bool, u64), MonError> {
+    /// Makes [`ADMIN_KEY_ID`] the admin whose secret is `secret` (from the monitor's admin
+    /// token), committing a new keyring version only if that changes anything.
+    pub fn set_admin_secret(&mut self, secret: [u8; CLIENT_KEY_LEN]) -> Result<(), MonError> {
+        let want = KeyEntry {
+            key: secret,
+            role: KeyRole::Admin,
+            osd_uuid: String::new(),
+        };
+        if self.keyring.get(ADMIN_KEY_ID) == Some(&want) {
+            return Ok(());
+        }
+        let mut keys = self.keyring.keys().clone();
+        keys.insert(ADMIN_KEY_ID.to_string(), want);
+        self.commit_keys(keys)?;
+        tracing::info!(id = ADMIN_KEY_ID, "admin key set from the admin token");
+        Ok(())
+    }
+
+    /// Admin: the key of `id`, created (32 bytes from the OS RNG) with `role` if it has none.
+    /// Returns (key, created, keyring version). OSD keys are refused: they come from
+    /// [`Monitor::osd_new`]; so is [`ADMIN_KEY_ID`], which the admin token owns.
+    pub fn auth_add(
+        &mut self,
+        id: &str,
+        role: KeyRole,
+    ) -> Result<([u8; CLIENT_KEY_LEN], bool, u64), MonError> {
         validate_client_id(id)?;
         refuse_osd_id(id, "add")?;
-        if let Some(e) = self.keys.get(id) {
-            return Ok((e.key, false, self.keyring_version));
+        if matches!(role, KeyRole::Osd(_)) {
+            return Err(MonError::Invalid(
+                "OSD keys come from `carmine osd new --uuid <uuid>`".into(),
+            ));
+        }
+        if let Some(e) = self.keyring.get(id) {
+            if e.role != role {
+                return Err(MonError::Exists(format!(
+                    "{id:?} already has a key with another role ({:?})",
+                    e.role
+                )));
+            }
+            return Ok((e.key, false, self.keyring.version()));
         }
         let key = random_key()?;
-        let mut keys = self.keys.clone();
+        let mut keys = self.keyring.keys().clone();
         keys.insert(
             id.to_string(),
             KeyEntry {
                 key,
-                role: KeyRole::Client,
+                role,
+                osd_uuid: String::new(),
             },
         );
         let version = self.commit_keys(keys)?;
-        tracing::info!(client = id, version, "client key issued");
+        tracing::info!(client = id, ?role, version, "key issued");
         Ok((key, true, version))
     }
 
-    /// Admin: the key of `id` (a client's or an OSD's), its role and the keyring version.
+    /// Admin: the key of `id` (a client's, an admin's or an OSD's), its role and the keyring
+    /// version.
     pub fn auth_get(&self, id: &str) -> Result<([u8; CLIENT_KEY_LEN], KeyRole, u64), MonError> {
         validate_client_id(id)?;
-        self.keys
+        self.keyring
             .get(id)
-            .map(|e| (e.key, e.role, self.keyring_version))
+            .map(|e| (e.key, e.role, self.keyring.version()))
             .ok_or_else(|| {
                 MonError::NotFound(if id.starts_with(OSD_KEY_PREFIX) {
-                    format!("no key for {id:?} (an OSD has a key from its first boot to `osd rm`)")
+                    format!("no key for {id:?} (an OSD has a key from `osd new` to `osd rm`)")
                 } else {
                     format!("no key for client {id:?}")
                 })
@@ -516,14 +461,19 @@ impl Monitor {
     }
 
     /// Admin: removes the key of client `id`. Returns the new keyring version. OSD keys are
-    /// refused: they go with the OSD ([`Monitor::osd_rm`]).
+    /// refused: they go with the OSD ([`Monitor::osd_rm`]); so is the admin token's key.
     pub fn auth_rm(&mut self, id: &str) -> Result<u64, MonError> {
         validate_client_id(id)?;
         refuse_osd_id(id, "remove")?;
-        if !self.keys.contains_key(id) {
+        if id == ADMIN_KEY_ID {
+            return Err(MonError::Invalid(format!(
+                "{ADMIN_KEY_ID:?} is the monitor's admin token: change --admin-token instead"
+            )));
+        }
+        if self.keyring.get(id).is_none() {
             return Err(MonError::NotFound(format!("no key for client {id:?}")));
         }
-        let mut keys = self.keys.clone();
+        let mut keys = self.keyring.keys().clone();
         keys.remove(id);
         let version = self.commit_keys(keys)?;
         tracing::info!(client = id, version, "client key removed");
@@ -532,41 +482,85 @@ impl Monitor {
 
     /// Admin: every key id with its role, sorted by id.
     pub fn auth_list(&self) -> Vec<(String, KeyRole)> {
-        self.keys
+        self.keyring
+            .keys()
             .iter()
             .map(|(id, e)| (id.clone(), e.role))
             .collect()
     }
 
-    /// The key of OSD `id`, created (and committed) if it has none.
-    fn ensure_osd_key(&mut self, id: u32) -> Result<[u8; CLIENT_KEY_LEN], MonError> {
+    /// Admin (`osd new`): the id and key of the OSD with `uuid`, issued if it has none; the
+    /// same for every call with the same uuid. The id is the one the map already gives that
+    /// uuid (an OSD that booted on an insecure monitor), else the lowest never used by the
+    /// map or a key. Returns (id, key, created).
+    pub fn osd_new(&mut self, uuid: &str) -> Result<(u32, [u8; CLIENT_KEY_LEN], bool), MonError> {
+        if uuid.is_empty()
+            || uuid.len() > MAX_CLIENT_ID_LEN
+            || uuid.chars().any(|c| !c.is_ascii_graphic())
+        {
+            return Err(MonError::Invalid(format!(
+                "osd uuid {uuid:?}: 1 to {MAX_CLIENT_ID_LEN} bytes of printable ASCII"
+            )));
+        }
+        if let Some((id, e)) = self.keyring.osd_key_for_uuid(uuid) {
+            return Ok((id, e.key, false));
+        }
+        let id = match self.map.osd_by_uuid(uuid) {
+            Some(o) => o.id,
+            None => self.map.next_osd_id.max(self.keyring.next_osd_id()),
+        };
         let kid = osd_key_id(id);
-        if let Some(e) = self.keys.get(&kid) {
-            if e.role == KeyRole::Osd(id) {
-                return Ok(e.key);
+        if let Some(e) = self.keyring.get(&kid) {
+            if !e.osd_uuid.is_empty() {
+                return Err(MonError::Exists(format!("{kid} is bound to another uuid")));
             }
         }
         let key = random_key()?;
-        let mut keys = self.keys.clone();
+        let mut keys = self.keyring.keys().clone();
         keys.insert(
             kid.clone(),
             KeyEntry {
                 key,
                 role: KeyRole::Osd(id),
+                osd_uuid: uuid.to_string(),
             },
         );
         let version = self.commit_keys(keys)?;
-        tracing::info!(osd = id, key_id = %kid, version, "osd key issued");
+        tracing::info!(osd = id, key_id = %kid, uuid, version, "osd key issued");
+        Ok((id, key, true))
+    }
+
+    /// The key of OSD `id`, created (and committed) if it has none (an insecure monitor's
+    /// boot).
+    fn ensure_osd_key(&mut self, id: u32) -> Result<[u8; CLIENT_KEY_LEN], MonError> {
+        let kid = osd_key_id(id);
+        if let Some(e) = self.keyring.get(&kid) {
+            if e.role == KeyRole::Osd(id) {
+                return Ok(e.key);
+            }
+        }
+        let key = random_key()?;
+        let mut keys = self.keyring.keys().clone();
+        keys.insert(
+            kid.clone(),
+            KeyEntry {
+                key,
+                role: KeyRole::Osd(id),
+                osd_uuid: String::new(),
+            },
+        );
+        let version = self.commit_keys(keys)?;
+        tracing::info!(osd = id, key_id = %kid, version, "osd key issued at boot");
         Ok(key)
     }
 
     /// Removes the key of OSD `id`, if it has one.
     fn remove_osd_key(&mut self, id: u32) -> Result<(), MonError> {
         let kid = osd_key_id(id);
-        if !self.keys.contains_key(&kid) {
+        if self.keyring.get(&kid).is_none() {
             return Ok(());
         }
-        let mut keys = self.keys.clone();
+        let mut keys = self.keyring.keys().clone();
         keys.remove(&kid);
         let version = self.commit_keys(keys)?;
         tracing::info!(osd = id, key_id = %kid, version, "osd key removed");
@@ -635,7 +629,30 @@ impl Monitor {
             return Err(MonError::Invalid("boot needs a uuid and a host".into()));
         }
         let mut next = self.next_map();
-        if let Some(claimed) = b.id {
+        let claimed = match b.authenticated_as {
+            Some(n) => {
+                let bound = self
+                    .keyring
+                    .get(&osd_key_id(n))
+                    .map(|e| e.osd_uuid.clone())
+                    .unwrap_or_default();
+                if !bound.is_empty() && bound != b.uuid {
+                    return Err(MonError::Precondition(format!(
+                        "osd.{n}'s key was issued for uuid {bound}, not {}",
+                        b.uuid
+                    )));
+                }
+                if let Some(o) = next.osd_by_uuid(&b.uuid).filter(|o| o.id != n) {
+                    return Err(MonError::Precondition(format!(
+                        "uuid {} is osd.{}, not osd.{n}",
+                        b.uuid, o.id
+                    )));
+                }
+                Some(n)
+            }
+            None => b.id,
+        };
+        if let Some(claimed) = claimed {
             if next.osds.get(&claimed).is_some_and(|o| o.uuid != b.uuid) {
                 return Err(MonError::Precondition(format!(
                     "osd.{claimed} belongs to another uuid"
@@ -645,8 +662,20 @@ impl Monitor {
         let id = match next.osd_by_uuid(&b.uuid) {
             Some(o) => o.id,
             None => {
-                let id = next.next_osd_id;
-                next.next_osd_id += 1;
+                // An authenticated OSD boots as its key's id; an anonymous one gets the next
+                // id no key is bound to.
+                let id = match b.authenticated_as {
+                    Some(n) => n,
+                    None => {
+                        let mut id = next.next_osd_id.max(self.keyring.next_osd_id());
+                        while self.keyring.osd_id_taken(id, &b.uuid) || next.osds.contains_key(&id)
+                        {
+                            id += 1;
+                        }
+                        id
+                    }
+                };
+                next.next_osd_id = next.next_osd_id.max(id + 1);
                 let weight = if b.weight > 0.0 && b.weight.is_finite() {
                     b.weight
                 } else {
@@ -671,7 +700,7 @@ impl Monitor {
                 id
             }
         };
-        let key = self.ensure_osd_key(id)?;
+        let key = carmine_proto::auth::data_path_key(&self.ensure_osd_key(id)?);
         let live = self
             .live
             .entry(id)
@@ -1362,6 +1391,7 @@ mod tests {
             key: vec![b; CLIENT_KEY_LEN],
             role: 0, // written before roles existed
             osd_id: 0,
+            osd_uuid: String::new(),
         };
         store
             .commit_keyring(&v1::Keyring {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use carmine_agent::{Agent, AgentConfig, MapSink, MemConfig, SharedKeyring, SinkFull, Stats};
 use carmine_placement::ClusterMap;
 use carmine_proto::v1;
-use common::{admin, authed, runtime, wait_for, MonProc, TOKEN};
+use common::{admin, authed, runtime, wait_for, MonProc};
 
 const GRACE_MS: u64 = 1500;
 const OUT_MS: u64 = 2000;
@@ -75,8 +75,7 @@ fn start_agent(mon: &MonProc, uuid: &str, host: &str) -> (Agent, Vec<mpsc::Recei
         shard_ports: vec![6800, 6802],
         weight: 1.0,
         admin_listen: "127.0.0.1:0".parse().unwrap(),
-        admin_token: TOKEN.into(),
-        cluster_token: None,
+        credential: Some(common::osd_credential(&mon.addr, uuid)),
     };
     let agent = Agent::start(
         cfg,
@@ -198,20 +197,24 @@ fn agent_down_after_grace_up_on_return_out_after_interval() {
         let mut c = v1::osd_admin_client::OsdAdminClient::new(ch);
         let e = c.status(v1::Empty {}).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
-        let s = c.status(authed(v1::Empty {})).await.unwrap().into_inner();
+        let s = c
+            .status(common::osd_authed(v1::Empty {}))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(s.booted);
         assert_eq!(s.id, agent_a.status().osd_id().unwrap());
         assert_eq!(s.shard_count, 2);
         assert!(s.map_epoch >= epoch);
         let p = c
-            .perf_counters(authed(v1::Empty {}))
+            .perf_counters(common::osd_authed(v1::Empty {}))
             .await
             .unwrap()
             .into_inner();
         let names: Vec<&str> = p.counters.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["msgr.conns", "shard0.ops"]);
         let r = c
-            .config_set(authed(v1::ConfigSetRequest {
+            .config_set(common::osd_authed(v1::ConfigSetRequest {
                 key: "debug_ms".into(),
                 value: "5".into(),
             }))
@@ -220,7 +223,7 @@ fn agent_down_after_grace_up_on_return_out_after_interval() {
             .into_inner();
         assert_eq!(r.value, "5");
         let g = c
-            .config_get(authed(v1::ConfigGetRequest {
+            .config_get(common::osd_authed(v1::ConfigGetRequest {
                 key: "debug_ms".into(),
             }))
             .await
@@ -228,13 +231,15 @@ fn agent_down_after_grace_up_on_return_out_after_interval() {
             .into_inner();
         assert_eq!(g.entries[0].value, "5");
         let all = c
-            .config_get(authed(v1::ConfigGetRequest { key: String::new() }))
+            .config_get(common::osd_authed(v1::ConfigGetRequest {
+                key: String::new(),
+            }))
             .await
             .unwrap()
             .into_inner();
         assert_eq!(all.entries.len(), 2);
         let e = c
-            .config_set(authed(v1::ConfigSetRequest {
+            .config_set(common::osd_authed(v1::ConfigSetRequest {
                 key: "nope".into(),
                 value: "1".into(),
             }))
@@ -304,9 +309,14 @@ fn agent_down_after_grace_up_on_return_out_after_interval() {
 
     // Back again: booting marks it in again (it was out by the monitor, not by an admin).
     let (agent_b, _sinks_b) = start_agent(&mon, "uuid-b", "hostB");
-    assert!(rt.block_on(health(v1::HealthStatus::HealthOk)).is_some());
-    let (epoch, o) = rt.block_on(osd(id_b));
+    let (epoch, o) = rt
+        .block_on(wait_for(limit, || async {
+            let (epoch, o) = osd(id_b).await;
+            (o.up && o.r#in).then_some((epoch, o))
+        }))
+        .expect("B never came back up and in");
     assert!(o.up && o.r#in);
+    assert!(rt.block_on(health(v1::HealthStatus::HealthOk)).is_some());
 
     // A followed every epoch in order on every shard and has the last one.
     let synced = rt.block_on(wait_for(limit, || async {

@@ -12,7 +12,7 @@ use carmine_agent::{Agent, AgentConfig, MemConfig, Role, SharedKeyring, Stats};
 use carmine_proto::v1;
 use carmine_wire::server::Keyring;
 use carmine_wire::AuthKey;
-use common::{admin, authed, cluster, runtime, wait_for, MonProc, TOKEN};
+use common::{admin, authed, cluster, runtime, wait_for, MonProc};
 use tonic::Code;
 
 struct NoStats;
@@ -23,8 +23,11 @@ impl Stats for NoStats {
     }
 }
 
+/// The data-path key of the secret `bytes` (what the OSDs hold).
 fn key_of(bytes: &[u8]) -> AuthKey {
-    AuthKey::new(bytes.try_into().expect("a 32-byte key"))
+    AuthKey::new(carmine_proto::auth::data_path_key(
+        bytes.try_into().expect("a 32-byte key"),
+    ))
 }
 
 #[test]
@@ -40,10 +43,12 @@ fn keys_add_get_rm_ls_refuse_bad_ids_and_survive_sigkill() {
             .await
             .unwrap()
             .into_inner();
-        assert!(v0.ids.is_empty());
+        // Only the admin key the admin token stands for.
+        assert_eq!(v0.ids, ["client.admin"]);
         let first = a
             .auth_add(authed(v1::AuthIdRequest {
                 id: "client.a".into(),
+                ..Default::default()
             }))
             .await
             .unwrap()
@@ -55,6 +60,7 @@ fn keys_add_get_rm_ls_refuse_bad_ids_and_survive_sigkill() {
         let again = a
             .auth_add(authed(v1::AuthIdRequest {
                 id: "client.a".into(),
+                ..Default::default()
             }))
             .await
             .unwrap()
@@ -65,6 +71,7 @@ fn keys_add_get_rm_ls_refuse_bad_ids_and_survive_sigkill() {
         let got = a
             .auth_get(authed(v1::AuthIdRequest {
                 id: "client.a".into(),
+                ..Default::default()
             }))
             .await
             .unwrap()
@@ -73,6 +80,7 @@ fn keys_add_get_rm_ls_refuse_bad_ids_and_survive_sigkill() {
         let b = a
             .auth_add(authed(v1::AuthIdRequest {
                 id: "client.b".into(),
+                ..Default::default()
             }))
             .await
             .unwrap()
@@ -81,6 +89,7 @@ fn keys_add_get_rm_ls_refuse_bad_ids_and_survive_sigkill() {
         let c = a
             .auth_add(authed(v1::AuthIdRequest {
                 id: "client.c".into(),
+                ..Default::default()
             }))
             .await
             .unwrap()
@@ -88,6 +97,7 @@ fn keys_add_get_rm_ls_refuse_bad_ids_and_survive_sigkill() {
         let rm = a
             .auth_rm(authed(v1::AuthIdRequest {
                 id: "client.c".into(),
+                ..Default::default()
             }))
             .await
             .unwrap()
@@ -96,6 +106,7 @@ fn keys_add_get_rm_ls_refuse_bad_ids_and_survive_sigkill() {
         let e = a
             .auth_rm(authed(v1::AuthIdRequest {
                 id: "client.c".into(),
+                ..Default::default()
             }))
             .await
             .unwrap_err();
@@ -103,6 +114,7 @@ fn keys_add_get_rm_ls_refuse_bad_ids_and_survive_sigkill() {
         let e = a
             .auth_get(authed(v1::AuthIdRequest {
                 id: "client.c".into(),
+                ..Default::default()
             }))
             .await
             .unwrap_err();
@@ -112,7 +124,7 @@ fn keys_add_get_rm_ls_refuse_bad_ids_and_survive_sigkill() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(ls.ids, ["client.a", "client.b"]);
+        assert_eq!(ls.ids, ["client.a", "client.admin", "client.b"]);
         assert_eq!(ls.keyring_version, rm.keyring_version);
 
         // Invalid ids: refused with the reason, nothing stored.
@@ -125,7 +137,10 @@ fn keys_add_get_rm_ls_refuse_bad_ids_and_survive_sigkill() {
             (long.as_str(), "257 bytes"),
         ] {
             let e = a
-                .auth_add(authed(v1::AuthIdRequest { id: bad.into() }))
+                .auth_add(authed(v1::AuthIdRequest {
+                    id: bad.into(),
+                    ..Default::default()
+                }))
                 .await
                 .unwrap_err();
             assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}: {e:?}");
@@ -133,29 +148,38 @@ fn keys_add_get_rm_ls_refuse_bad_ids_and_survive_sigkill() {
         }
         // 256 bytes is the limit, and allowed.
         let max = "y".repeat(256);
-        a.auth_add(authed(v1::AuthIdRequest { id: max.clone() }))
-            .await
-            .unwrap();
-        a.auth_rm(authed(v1::AuthIdRequest { id: max }))
-            .await
-            .unwrap();
+        a.auth_add(authed(v1::AuthIdRequest {
+            id: max.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+        a.auth_rm(authed(v1::AuthIdRequest {
+            id: max,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
 
         // Without the admin token: refused.
         let e = a
             .auth_get(v1::AuthIdRequest {
                 id: "client.a".into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
 
-        // The OSD-facing keyring: every key, sorted, with the same version.
+        // The OSD-facing keyring: every key, sorted, with the same version, each as its
+        // data-path key (never the secret).
         let mut cl = cluster(&url).await;
         let kr = cl.get_keyring(v1::Empty {}).await.unwrap().into_inner();
         let ids: Vec<&str> = kr.keys.iter().map(|k| k.id.as_str()).collect();
-        assert_eq!(ids, ["client.a", "client.b"]);
-        assert_eq!(kr.keys[0].key, first.key);
-        assert_eq!(kr.keys[1].key, b.key);
+        assert_eq!(ids, ["client.a", "client.admin", "client.b"]);
+        assert_eq!(kr.keys[0].key, key_of(&first.key).as_bytes().to_vec());
+        assert_eq!(kr.keys[2].key, key_of(&b.key).as_bytes().to_vec());
+        assert_ne!(kr.keys[0].key, first.key);
         let ls = a
             .auth_list(authed(v1::Empty {}))
             .await
@@ -174,6 +198,7 @@ fn keys_add_get_rm_ls_refuse_bad_ids_and_survive_sigkill() {
         let got = a
             .auth_get(authed(v1::AuthIdRequest {
                 id: "client.a".into(),
+                ..Default::default()
             }))
             .await
             .unwrap()
@@ -184,12 +209,13 @@ fn keys_add_get_rm_ls_refuse_bad_ids_and_survive_sigkill() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(ls.ids, ["client.a", "client.b"]);
+        assert_eq!(ls.ids, ["client.a", "client.admin", "client.b"]);
         assert_eq!(ls.keyring_version, version);
         // The next change gets a newer version than any before the crash.
         let d = a
             .auth_add(authed(v1::AuthIdRequest {
                 id: "client.d".into(),
+                ..Default::default()
             }))
             .await
             .unwrap()
@@ -204,20 +230,18 @@ fn keys_add_get_rm_ls_refuse_bad_ids_and_survive_sigkill() {
 fn agent_follows_the_keyring_and_mon_knows_its_admin_addr() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let mon = MonProc::start(
-        dir.path(),
-        &["--heartbeat-ms", "100", "--cluster-token", "cluster-secret"],
-    );
+    let mon = MonProc::start(dir.path(), &["--heartbeat-ms", "100"]);
     let url = mon.url();
     let limit = Duration::from_secs(15);
     let early = rt.block_on(async {
         let mut a = admin(&url).await;
-        // Without the cluster token the keyring is refused.
-        let mut cl = cluster(&url).await;
+        // Without a credential the keyring is refused.
+        let mut cl = common::cluster_anon(&url).await;
         let e = cl.get_keyring(v1::Empty {}).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
         a.auth_add(authed(v1::AuthIdRequest {
             id: "client.early".into(),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -237,8 +261,7 @@ fn agent_follows_the_keyring_and_mon_knows_its_admin_addr() {
             shard_ports: vec![6800],
             weight: 1.0,
             admin_listen: "127.0.0.1:0".parse().unwrap(),
-            admin_token: TOKEN.into(),
-            cluster_token: Some("cluster-secret".into()),
+            credential: Some(common::osd_credential(&mon.addr, "uuid-k")),
         },
         Vec::new(),
         Arc::new(NoStats),
@@ -247,11 +270,11 @@ fn agent_follows_the_keyring_and_mon_knows_its_admin_addr() {
     )
     .unwrap();
 
-    // Right after boot: the key issued before, and this OSD's own key (its first boot made
-    // it: one keyring version more).
+    // Right after boot: the key issued before, the admin's, and this OSD's own key (`osd new`
+    // made it: one keyring version more).
     let got = rt.block_on(wait_for(limit, || async { keyring.key("client.early") }));
     assert_eq!(got, Some(key_of(&early.key)));
-    assert_eq!(keyring.len(), 2);
+    assert_eq!(keyring.len(), 3);
     assert_eq!(agent.status().keyring_version(), early.keyring_version + 1);
     let v1_local = keyring.version();
     assert!(v1_local >= 1);
@@ -262,6 +285,7 @@ fn agent_follows_the_keyring_and_mon_knows_its_admin_addr() {
             .await
             .auth_add(authed(v1::AuthIdRequest {
                 id: "client.late".into(),
+                ..Default::default()
             }))
             .await
             .unwrap()
@@ -280,6 +304,7 @@ fn agent_follows_the_keyring_and_mon_knows_its_admin_addr() {
             .await
             .auth_rm(authed(v1::AuthIdRequest {
                 id: "client.early".into(),
+                ..Default::default()
             }))
             .await
             .unwrap();
@@ -314,17 +339,7 @@ fn agent_follows_the_keyring_and_mon_knows_its_admin_addr() {
     // address is soft state, re-sent by the OSD's boot and heartbeats. Its keyring is intact.
     let addr = mon.addr.clone();
     mon.kill();
-    let mon = MonProc::start(
-        dir.path(),
-        &[
-            "--heartbeat-ms",
-            "100",
-            "--cluster-token",
-            "cluster-secret",
-            "--listen",
-            &addr,
-        ],
-    );
+    let mon = MonProc::start(dir.path(), &["--heartbeat-ms", "100", "--listen", &addr]);
     let url = mon.url();
     let back = rt.block_on(wait_for(limit, || async {
         let mut a = admin(&url).await;
@@ -350,8 +365,7 @@ fn start_agent(mon_addr: &str, uuid: &str, keyring: Arc<SharedKeyring>) -> Agent
             shard_ports: vec![6800],
             weight: 1.0,
             admin_listen: "127.0.0.1:0".parse().unwrap(),
-            admin_token: TOKEN.into(),
-            cluster_token: None,
+            credential: Some(common::osd_credential(mon_addr, uuid)),
         },
         Vec::new(),
         Arc::new(NoStats),
@@ -406,7 +420,10 @@ fn booted_agents_get_their_own_osd_identity_and_see_each_others_role() {
         let mut adm = admin(&url).await;
         // The admin sees the same key, with its role.
         let got = adm
-            .auth_get(authed(v1::AuthIdRequest { id: name_a.clone() }))
+            .auth_get(authed(v1::AuthIdRequest {
+                id: name_a.clone(),
+                ..Default::default()
+            }))
             .await
             .unwrap()
             .into_inner();
@@ -424,7 +441,10 @@ fn booted_agents_get_their_own_osd_identity_and_see_each_others_role() {
             .any(|e| e.id == name_b && e.role() == v1::KeyRole::Osd && e.osd_id == b));
         // A client cannot take an OSD's id.
         let e = adm
-            .auth_add(authed(v1::AuthIdRequest { id: name_a.clone() }))
+            .auth_add(authed(v1::AuthIdRequest {
+                id: name_a.clone(),
+                ..Default::default()
+            }))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
@@ -451,7 +471,10 @@ fn booted_agents_get_their_own_osd_identity_and_see_each_others_role() {
             .await
             .unwrap();
         let e = adm
-            .auth_get(authed(v1::AuthIdRequest { id: name_b.clone() }))
+            .auth_get(authed(v1::AuthIdRequest {
+                id: name_b.clone(),
+                ..Default::default()
+            }))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::NotFound);

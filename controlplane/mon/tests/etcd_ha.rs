@@ -145,6 +145,7 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
     let (mut mon1, rx1) = MonProc::spawn(&dir.path().join("mon1"), &f1);
 
     let start_agent = |mon_addr: String, uuid: &str, host: &str| {
+        let credential = Some(common::osd_credential(&mon_addr, uuid));
         carmine_agent::Agent::start(
             carmine_agent::AgentConfig {
                 mon_addr,
@@ -155,8 +156,7 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
                 shard_ports: vec![6800],
                 weight: 1.0,
                 admin_listen: "127.0.0.1:0".parse().unwrap(),
-                admin_token: common::TOKEN.into(),
-                cluster_token: None,
+                credential,
             },
             Vec::new(),
             std::sync::Arc::new(NoStats),
@@ -269,6 +269,7 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
         let key = a
             .auth_add(authed(v1::AuthIdRequest {
                 id: "client.ha".into(),
+                ..Default::default()
             }))
             .await
             .unwrap()
@@ -354,6 +355,7 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
         let k = a
             .auth_get(authed(v1::AuthIdRequest {
                 id: "client.ha".into(),
+                ..Default::default()
             }))
             .await
             .unwrap()
@@ -364,12 +366,16 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
         let k = a
             .auth_get(authed(v1::AuthIdRequest {
                 id: osd_name.clone(),
+                ..Default::default()
             }))
             .await
             .unwrap()
             .into_inner();
+        // The agent holds its data-path key; the keyring its secret.
         assert_eq!(
-            carmine_wire::AuthKey::new(k.key.as_slice().try_into().unwrap()),
+            carmine_wire::AuthKey::new(carmine_proto::auth::data_path_key(
+                k.key.as_slice().try_into().unwrap()
+            )),
             osd_key
         );
         assert_eq!((k.role(), k.osd_id), (v1::KeyRole::Osd, id1));

@@ -264,43 +264,6 @@ fn sigterm_ends_open_subscriptions_and_exits_promptly() {
 }
 
 #[test]
-fn cluster_token_guards_the_osd_service_when_set() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = runtime();
-    let mon = MonProc::start(dir.path(), &["--cluster-token", "osd-secret"]);
-    rt.block_on(async {
-        let mut c = cluster(&mon.url()).await;
-        let e = c.boot(boot_req("uuid-a", "hostA")).await.unwrap_err();
-        assert_eq!(e.code(), Code::Unauthenticated, "{e}");
-        let mut r = tonic::Request::new(boot_req("uuid-a", "hostA"));
-        r.metadata_mut().insert(
-            carmine_proto::AUTH_HEADER,
-            carmine_proto::bearer("osd-secret").unwrap(),
-        );
-        let id = c.boot(r).await.unwrap().into_inner().id;
-        // The admin token is not the cluster token, and vice versa.
-        let e = c
-            .boot(authed(boot_req("uuid-b", "hostB")))
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::Unauthenticated);
-        // A boot claiming another OSD's id is refused.
-        let mut claim = boot_req("uuid-c", "hostC");
-        claim.id = id;
-        claim.has_id = true;
-        let mut r = tonic::Request::new(claim);
-        r.metadata_mut().insert(
-            carmine_proto::AUTH_HEADER,
-            carmine_proto::bearer("osd-secret").unwrap(),
-        );
-        assert_eq!(
-            c.boot(r).await.unwrap_err().code(),
-            Code::FailedPrecondition
-        );
-    });
-}
-
-#[test]
 fn config_file_sets_flags_and_the_command_line_wins() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("mon.toml");

@@ -15,6 +15,8 @@ pub mod v1 {
     tonic::include_proto!("carmine.v1");
 }
 
+pub mod auth;
+
 use carmine_placement::{ClusterMap, Incremental, Osd, Pool};
 
 /// gRPC metadata key that carries `Bearer <token>`.
@@ -74,32 +76,6 @@ pub fn bearer(
     format!("Bearer {token}")
         .parse()
         .map_err(|_| ProtoError::BadToken)
-}
-
-/// Checks `authorization: Bearer <token>` in `md` when `token` is set (`None` = open).
-/// The comparison takes the same time wherever the given token first differs.
-pub fn check_bearer(
-    token: Option<&str>,
-    md: &tonic::metadata::MetadataMap,
-) -> Result<(), tonic::Status> {
-    let Some(token) = token else { return Ok(()) };
-    let Some(v) = md.get(AUTH_HEADER) else {
-        return Err(tonic::Status::unauthenticated(
-            "missing credential (authorization: Bearer <token>)",
-        ));
-    };
-    let given = v.as_bytes().strip_prefix(b"Bearer ").unwrap_or(b"");
-    let same = given.len() == token.len()
-        && given
-            .iter()
-            .zip(token.as_bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0;
-    if same {
-        Ok(())
-    } else {
-        Err(tonic::Status::unauthenticated("credential refused"))
-    }
 }
 
 /// gRPC metadata key naming the leader monitor (`host:port`) in a follower's redirect.
@@ -329,12 +305,5 @@ mod tests {
         assert_eq!(back, m);
         assert_eq!(bearer("s3cret").unwrap().to_str().unwrap(), "Bearer s3cret");
         assert!(bearer("bad\ntoken").is_err());
-        let mut md = tonic::metadata::MetadataMap::new();
-        assert!(check_bearer(None, &md).is_ok());
-        assert!(check_bearer(Some("s3cret"), &md).is_err());
-        md.insert(AUTH_HEADER, bearer("s3cre").unwrap());
-        assert!(check_bearer(Some("s3cret"), &md).is_err());
-        md.insert(AUTH_HEADER, bearer("s3cret").unwrap());
-        assert!(check_bearer(Some("s3cret"), &md).is_ok());
     }
 }

@@ -41,6 +41,9 @@ pub struct Config {
     pub osd: OsdSection,
     pub mon: MonSection,
     pub admin: AdminSection,
+    /// The OSD's own credential; absent: none (only a monitor run with `--insecure` lets
+    /// such an OSD in).
+    pub auth: Option<AuthSection>,
     #[serde(default)]
     pub reactor: ReactorSection,
     pub net: NetSection,
@@ -81,15 +84,65 @@ fn day() -> u64 {
 pub struct MonSection {
     /// "host:port", comma-separated for several monitors.
     pub addr: String,
-    pub cluster_token: Option<String>,
 }
 
-/// `[admin]`: the OSD's own admin gRPC (perf counters, config).
+/// `[admin]`: the OSD's own admin gRPC (perf counters, config). Its callers are checked
+/// against the keyring from the monitor: no token is configured here.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     pub listen: SocketAddr,
-    pub token: String,
+}
+
+/// `[auth]`: the OSD's key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// The key file `carmine osd new --uuid <uuid> --keyfile <path>` wrote: TOML with `id`
+    /// (`osd.<n>`) and `key` (64 hex digits). Keep it readable by the OSD only.
+    pub keyfile: PathBuf,
+}
+
+/// An OSD key file's contents.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    id: String,
+    key: String,
+}
+
+/// Why an OSD key file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("cannot read the key file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key file {path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+impl AuthSection {
+    /// Reads the key file: (key id `osd.<n>`, 32-byte secret).
+    pub fn load_key(&self) -> Result<(String, [u8; 32]), KeyFileError> {
+        let path = &self.keyfile;
+        let bad = |reason: String| KeyFileError::Invalid {
+            path: path.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let k: KeyFile = toml::from_str(&text).map_err(|e| bad(e.message().to_string()))?;
+        let n =
+            k.id.strip_prefix("osd.")
+                .and_then(|n| n.parse::<u32>().ok())
+                .ok_or_else(|| bad(format!("id {:?} is not an OSD key id (osd.<n>)", k.id)))?;
+        let key = carmine_wire::AuthKey::from_hex(&k.key).map_err(|e| bad(format!("key: {e}")))?;
+        Ok((format!("osd.{n}"), *key.as_bytes()))
+    }
 }
 
 /// How an idle shard waits.
@@ -313,9 +366,6 @@ impl Config {
         if self.mon.addr.trim().is_empty() {
             return Err(invalid("mon.addr", "must not be empty"));
         }
-        if self.admin.token.is_empty() {
-            return Err(invalid("admin.token", "must not be empty"));
-        }
         let n = self.reactor.cores.len();
         if n == 0 || n > 64 {
             return Err(invalid("reactor.cores", "needs 1 to 64 entries"));
@@ -519,7 +569,6 @@ host = "h1"
 addr = "127.0.0.1:6789"
 [admin]
 listen = "127.0.0.1:0"
-token = "t"
 [net]
 backend = "kernel"
 ip = "127.0.0.1"
@@ -535,6 +584,44 @@ kind = "memstore"
         })?;
         c.validate()?;
         Ok(c)
+    }
+
+    #[test]
+    fn the_auth_keyfile_names_one_osd_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("osd.key");
+        let cfg = |path: &Path| {
+            parse(&format!(
+                "{KERNEL}[auth]\nkeyfile = \"{}\"\n",
+                path.display()
+            ))
+            .unwrap()
+        };
+        std::fs::write(
+            &key,
+            format!("id = \"osd.7\"\nkey = \"{}\"\n", "ab".repeat(32)),
+        )
+        .unwrap();
+        let (id, secret) = cfg(&key).auth.unwrap().load_key().unwrap();
+        assert_eq!((id.as_str(), secret), ("osd.7", [0xab; 32]));
+        // A client's key, a short key, a missing file: refused, naming the file.
+        std::fs::write(
+            &key,
+            format!("id = \"client.x\"\nkey = \"{}\"\n", "ab".repeat(32)),
+        )
+        .unwrap();
+        let e = cfg(&key).auth.unwrap().load_key().unwrap_err().to_string();
+        assert!(
+            e.contains("not an OSD key id") && e.contains("osd.key"),
+            "{e}"
+        );
+        std::fs::write(&key, "id = \"osd.7\"\nkey = \"abcd\"\n").unwrap();
+        assert!(cfg(&key).auth.unwrap().load_key().is_err());
+        let gone = dir.path().join("gone.key");
+        let e = cfg(&gone).auth.unwrap().load_key().unwrap_err().to_string();
+        assert!(e.contains("gone.key"), "{e}");
+        // No [auth]: no credential (only an --insecure monitor admits the OSD).
+        assert!(parse(KERNEL).unwrap().auth.is_none());
     }
 
     #[test]

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use carmine_agent::peering::{Lease, PeeringShards, ShardRequest};
 use carmine_agent::scrub::{DigestRequest, PgDigests};
 use carmine_agent::{
-    Agent, AgentConfig, MapSink, MemConfig, PeeringSetup, ScrubSetup, SharedKeyring, SinkFull,
+    Agent, AgentConfig, MapSink, MemConfig, OsdCredential, PeeringSetup, ScrubSetup, SharedKeyring,
+    SinkFull,
 };
 use carmine_dpdk::{Eal, EalConfig, EthPort, PktMbufPool};
 use carmine_net::dpdk::{DpdkDevice, Steering};
@@ -53,6 +54,8 @@ const DESC: u16 = 1024;
 pub enum DaemonError {
     #[error("config: {0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error("auth: {0}")]
+    KeyFile(#[from] crate::config::KeyFileError),
     #[error("preflight: {0}")]
     Preflight(String),
     #[error("DPDK: {0}")]
@@ -151,6 +154,16 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         shards,
         control: control.clone(),
     });
+    let credential = match &cfg.auth {
+        Some(a) => {
+            let (id, secret) = a.load_key()?;
+            Some(OsdCredential { id, secret })
+        }
+        None => {
+            tracing::warn!("no [auth] keyfile: only a monitor run with --insecure admits this OSD");
+            None
+        }
+    };
     let agent = Agent::start_osd(
         AgentConfig {
             mon_addr: cfg.mon.addr.clone(),
@@ -161,8 +174,7 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
             shard_ports: ports.iter().map(|&p| u32::from(p)).collect(),
             weight: cfg.osd.weight,
             admin_listen: cfg.admin.listen,
-            admin_token: cfg.admin.token.clone(),
-            cluster_token: cfg.mon.cluster_token.clone(),
+            credential,
         },
         sinks,
         stats,

@@ -207,7 +207,7 @@ fn wrong_key_and_malformed_frames_close_only_that_connection() {
 
             // A healthy authenticated connection, opened before any bad one: it must keep
             // working through all of them.
-            let opts = ConnectOptions::new(cluster.creds.id.clone(), cluster.creds.key.clone());
+            let opts = ConnectOptions::new(cluster.creds.id.clone(), cluster.creds.data_path_key());
             let healthy = Connection::connect(addr, &opts).await.unwrap();
             let t = client.locate("data", "healthy").unwrap();
             let req = |op| OpRequest {
@@ -232,7 +232,7 @@ fn wrong_key_and_malformed_frames_close_only_that_connection() {
             // A wrong key is refused during the handshake; an unknown client id too.
             let wrong = ConnectOptions::new(cluster.creds.id.clone(), AuthKey::new([9; 32]));
             assert_refused(Connection::connect(addr, &wrong).await, "a wrong key");
-            let unknown = ConnectOptions::new("client.nobody", cluster.creds.key.clone());
+            let unknown = ConnectOptions::new("client.nobody", cluster.creds.data_path_key());
             assert_refused(Connection::connect(addr, &unknown).await, "an unknown id");
 
             // Garbage (no magic).
@@ -332,7 +332,7 @@ fn an_op_sent_to_the_wrong_shard_is_forwarded_and_counted() {
                 .unwrap();
             let t = client.locate("data", &name).unwrap();
             let wrong = SocketAddr::from(([127, 0, 0, 1], osd.ports[1]));
-            let opts = ConnectOptions::new(cluster.creds.id.clone(), cluster.creds.key.clone());
+            let opts = ConnectOptions::new(cluster.creds.id.clone(), cluster.creds.data_path_key());
             let conn = Connection::connect(wrong, &opts).await.unwrap();
             let req = |op| OpRequest {
                 pool: PoolId(u64::from(pool.id)),
@@ -583,7 +583,7 @@ fn bdev_a_retried_mutation_is_applied_once_also_after_a_restart() {
             // The OSD's port (a restart binds a new one).
             let connect = |port: u16, c: &carmine_client::Credentials| {
                 let addr = SocketAddr::from(([127, 0, 0, 1], port));
-                let opts = ConnectOptions::new(c.id.clone(), c.key.clone());
+                let opts = ConnectOptions::new(c.id.clone(), c.data_path_key());
                 async move { Connection::connect(addr, &opts).await.unwrap() }
             };
             let req = |object: &'static str, op| {
@@ -728,7 +728,7 @@ async fn write_across_a_map_change(
     let held: Vec<_> = (0..MAPCHANGE_OBJECTS)
         .map(|i| lagging.locate("data", &name(i)).unwrap())
         .collect();
-    let opts = ConnectOptions::new(cluster.creds.id.clone(), cluster.creds.key.clone());
+    let opts = ConnectOptions::new(cluster.creds.id.clone(), cluster.creds.data_path_key());
     let mut conns = BTreeMap::new();
     for t in &held {
         if let std::collections::btree_map::Entry::Vacant(e) = conns.entry(t.addr) {

@@ -24,7 +24,7 @@ use carmine_client::{Client, ConnectOptions, Connection, Epoch, Op, OpRequest, P
 use carmine_net::netns::{self, Hub, VethPair, CLIENT_IP, SERVER_IF};
 use carmine_placement::{pg_to_osds, pg_to_shard};
 use carmine_proto::v1;
-use common::{authed, Mon, OSD_TOKEN};
+use common::{authed, osd_authed, osd_keyfile, Mon};
 
 const SMOLTCP_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 const AGENT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
@@ -120,7 +120,7 @@ fn two_shard_osd_on_dpdk_af_packet_serves_a_shard_aware_client() {
             let pool = client.pool("data").await.unwrap();
             let conn = Connection::connect(
                 SocketAddr::from((SMOLTCP_IP, 6800)),
-                &ConnectOptions::new(creds.id.clone(), creds.key.clone()),
+                &ConnectOptions::new(creds.id.clone(), creds.data_path_key()),
             )
             .await
             .unwrap();
@@ -240,7 +240,8 @@ host = "{name}-host"
 addr = "{mon}"
 [admin]
 listen = "{agent}:0"
-token = "{OSD_TOKEN}"
+[auth]
+keyfile = "{keyfile}"
 [reactor]
 cores = [{cores}]
 idle = "adaptive"
@@ -263,6 +264,7 @@ file_prefix = "carmine-e2e-dpdk-{pid}-{name}-{mtu}"
             smoltcp = node.smoltcp,
             cores = cores.join(", "),
             pid = std::process::id(),
+            keyfile = osd_keyfile(&mon.addr, dir, name).display(),
         ),
     )
     .unwrap();
@@ -713,12 +715,7 @@ async fn perf_of(mon: &Mon, id: u32) -> BTreeMap<String, u64> {
     let mut c = v1::osd_admin_client::OsdAdminClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    let mut r = tonic::Request::new(v1::Empty {});
-    r.metadata_mut().insert(
-        carmine_proto::AUTH_HEADER,
-        carmine_proto::bearer(OSD_TOKEN).unwrap(),
-    );
-    c.perf_counters(r)
+    c.perf_counters(osd_authed(v1::Empty {}))
         .await
         .unwrap()
         .into_inner()

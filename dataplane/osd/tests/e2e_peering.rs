@@ -28,7 +28,7 @@ use carmine_client::{Client, ConnectOptions, Connection};
 use carmine_proto::v1::{self, PgStateBit};
 use carmine_wire::{Epoch, Op, OpError, OpRequest, PgId, PoolId};
 use clap::Parser;
-use common::{authed, runtime, Cluster, Mon, OSD_TOKEN, TOKEN};
+use common::{authed, runtime, Cluster, Mon, TOKEN};
 use common_signal::{signal, wait_stopped};
 
 const ACTIVE: u32 = PgStateBit::PgStateActive as u32;
@@ -179,12 +179,9 @@ fn a_killed_osd_fails_over_and_comes_back_wiped_to_be_backfilled() {
         // Every PG's copies are equal (versions, sizes and CRCs).
         for pg in 0..16 {
             let pgid = format!("{pool}.{pg:x}");
-            carmine(
-                &cluster.mon,
-                &["pg", "scrub", &pgid, "--osd-token", OSD_TOKEN],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("scrub of {pgid}: {e}"));
+            carmine(&cluster.mon, &["pg", "scrub", &pgid])
+                .await
+                .unwrap_or_else(|e| panic!("scrub of {pgid}: {e}"));
         }
     });
 }
@@ -279,7 +276,7 @@ async fn osd_in(mon: &Mon, osd: u32) -> u64 {
 async fn scrub_all(mon: &Mon, pool: u32, pg_num: u32) {
     for pg in 0..pg_num {
         let pgid = format!("{pool}.{pg:x}");
-        carmine(mon, &["pg", "scrub", &pgid, "--osd-token", OSD_TOKEN])
+        carmine(mon, &["pg", "scrub", &pgid])
             .await
             .unwrap_or_else(|e| panic!("scrub of {pgid}: {e}"));
     }
@@ -353,7 +350,7 @@ fn a_paused_primary_serves_no_stale_read_after_its_pgs_failed_over() {
         let t = client.locate("lease", "x").unwrap();
         let victim = t.osd;
         // A connection to the primary, opened while it runs.
-        let opts = ConnectOptions::new(cluster.creds.id.clone(), cluster.creds.key.clone());
+        let opts = ConnectOptions::new(cluster.creds.id.clone(), cluster.creds.data_path_key());
         let conn = Connection::connect(t.addr, &opts).await.unwrap();
         let epoch = client.epoch();
         let pid = cluster.osd_mut(victim).pid();

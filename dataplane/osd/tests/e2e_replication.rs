@@ -92,7 +92,7 @@ fn a_size_3_pool_writes_every_copy_before_it_acknowledges() {
         // A mutation sent twice with the same request id (a client's retry, here on two
         // connections) is applied once on every copy: the second gets the first's answer.
         let t = client.locate("rep", "retried").unwrap();
-        let opts = ConnectOptions::new(cluster.creds.id.clone(), cluster.creds.key.clone());
+        let opts = ConnectOptions::new(cluster.creds.id.clone(), cluster.creds.data_path_key());
         let req = OpRequest {
             pool: PoolId(u64::from(t.pool)),
             pg: PgId(t.pg),
@@ -208,15 +208,21 @@ impl RawPeer {
     }
 }
 
+/// The data-path key of `id` (an admin can read every key).
 async fn key_of(mon: &Mon, id: &str) -> AuthKey {
     let r = mon
         .admin()
         .await
-        .auth_get(authed(v1::AuthIdRequest { id: id.into() }))
+        .auth_get(authed(v1::AuthIdRequest {
+            id: id.into(),
+            ..Default::default()
+        }))
         .await
         .unwrap()
         .into_inner();
-    AuthKey::new(r.key.as_slice().try_into().expect("32-byte key"))
+    // The data path authenticates with the key's data-path key, not its secret.
+    let secret: [u8; 32] = r.key.as_slice().try_into().expect("32-byte key");
+    AuthKey::new(carmine_proto::auth::data_path_key(&secret))
 }
 
 #[test]
@@ -260,7 +266,7 @@ fn replica_ops_are_taken_only_from_the_pgs_primary_in_its_interval() {
         let op = |since: u64, seq: u64, data: &'static [u8]| op_at(map.epoch, since, seq, data);
         // Connected first: a key the replica does not hold yet (its keyring refresh) is
         // refused and counted, and the connections retry until it does.
-        let mut c = RawPeer::connect(addr, &cluster.creds.id, cluster.creds.key.clone());
+        let mut c = RawPeer::connect(addr, &cluster.creds.id, cluster.creds.data_path_key());
         let mut o = RawPeer::connect(
             addr,
             &format!("osd.{other}"),
@@ -360,7 +366,7 @@ fn a_paused_primary_gets_no_write_acknowledged_after_its_pgs_moved() {
             client.write_full("rep", n, b"first").await.unwrap();
         }
         // Authenticated connections to the victim's shards, opened while it runs.
-        let opts = ConnectOptions::new(cluster.creds.id.clone(), cluster.creds.key.clone());
+        let opts = ConnectOptions::new(cluster.creds.id.clone(), cluster.creds.data_path_key());
         let mut conns = Vec::new();
         for n in &names {
             let t = client.locate("rep", n).unwrap();

@@ -19,7 +19,7 @@ use carmine_cli::{Cli, CliError};
 use carmine_client::Client;
 use carmine_placement::pg_to_osds;
 use clap::Parser;
-use common::{runtime, Mon, OSD_TOKEN, TOKEN};
+use common::{runtime, Mon, TOKEN};
 use common_bdev::BdevOsd;
 
 /// The first bytes of an object's payload: unique to it, so its data can be found in an
@@ -114,7 +114,7 @@ fn bdev_scrub_finds_a_byte_flipped_in_one_replicas_store() {
             drop(client);
 
             // Before: the PG is consistent.
-            let out = carmine(&mon, &["pg", "scrub", &pgid, "--osd-token", OSD_TOKEN])
+            let out = carmine(&mon, &["pg", "scrub", &pgid])
                 .await
                 .unwrap_or_else(|e| panic!("scrub before the flip: {e}"));
             assert!(out.contains(", consistent"), "{out}");
@@ -135,7 +135,7 @@ fn bdev_scrub_finds_a_byte_flipped_in_one_replicas_store() {
             mon.wait_osds_at(&ids, epoch).await;
 
             // The scrub names the object and the replica; the command fails with 6.
-            let err = carmine(&mon, &["pg", "scrub", &pgid, "--osd-token", OSD_TOKEN])
+            let err = carmine(&mon, &["pg", "scrub", &pgid])
                 .await
                 .expect_err("the scrub must find the flipped byte");
             assert_eq!(err.exit_code(), 6, "{err}");
@@ -189,7 +189,7 @@ fn bdev_scrub_finds_a_byte_flipped_in_one_replicas_store() {
 
             // A PG without damage scrubs clean, every object of it seen.
             let clean = format!("{}.{clean_pg:x}", pool.id);
-            let out = carmine(&mon, &["pg", "scrub", &clean, "--osd-token", OSD_TOKEN])
+            let out = carmine(&mon, &["pg", "scrub", &clean])
                 .await
                 .unwrap_or_else(|e| panic!("scrub of {clean}: {e}"));
             assert!(

@@ -75,6 +75,11 @@ impl AuthKey {
         Ok(AuthKey(out))
     }
 
+    /// The key's bytes (to derive from it or present it; never log them).
+    pub fn as_bytes(&self) -> &[u8; SECRET_LEN] {
+        &self.0
+    }
+
     /// The 64-hex-digit form.
     pub fn to_hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()

@@ -19,7 +19,6 @@ use clap::Parser;
 use tonic::transport::Channel;
 
 pub const TOKEN: &str = "client-test-admin-token";
-pub const OSD_TOKEN: &str = "client-test-osd-token";
 
 /// A monitor on its own runtime thread; stopped and joined on drop.
 pub struct Mon {
@@ -109,7 +108,10 @@ impl Mon {
         let r = self
             .admin()
             .await
-            .auth_add(authed(v1::AuthIdRequest { id: id.into() }))
+            .auth_add(authed(v1::AuthIdRequest {
+                id: id.into(),
+                ..Default::default()
+            }))
             .await
             .unwrap()
             .into_inner();
@@ -156,12 +158,7 @@ impl Mon {
             carmine_proto::v1::osd_admin_client::OsdAdminClient::connect(format!("http://{addr}"))
                 .await
                 .unwrap();
-        let mut r = tonic::Request::new(v1::Empty {});
-        r.metadata_mut().insert(
-            carmine_proto::AUTH_HEADER,
-            carmine_proto::bearer(OSD_TOKEN).unwrap(),
-        );
-        c.perf_counters(r)
+        c.perf_counters(osd_authed(v1::Empty {}))
             .await
             .unwrap()
             .into_inner()
@@ -280,6 +277,57 @@ impl Drop for Follower {
     }
 }
 
+/// A request to an OSD's admin service carrying the admin key the admin token stands for
+/// (the OSDs hold no token: they check it against their keyring).
+pub fn osd_authed<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        carmine_proto::AUTH_HEADER,
+        carmine_proto::auth::admin_token_osd_bearer(TOKEN).unwrap(),
+    );
+    r
+}
+
+/// Prepares OSD `uuid` on the monitor at `mon_addr` (`carmine osd new`) and writes its key
+/// file into `dir`; returns the file. Runs on a thread of its own, so that sync and async
+/// callers alike can use it.
+pub fn osd_keyfile(mon_addr: &str, dir: &Path, uuid: &str) -> PathBuf {
+    let (addr, id) = (mon_addr.to_string(), uuid.to_string());
+    let r = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let ch = Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect_timeout(Duration::from_secs(5))
+                .connect()
+                .await
+                .unwrap();
+            MonAdminClient::new(ch)
+                .osd_new(authed(v1::OsdNewRequest { uuid: id }))
+                .await
+                .unwrap()
+                .into_inner()
+        })
+    })
+    .join()
+    .expect("osd new");
+    let key: [u8; 32] = r.key.as_slice().try_into().expect("32-byte key");
+    let path = dir.join(format!("{uuid}.key"));
+    std::fs::write(
+        &path,
+        format!(
+            "id = \"{}\"\nkey = \"{}\"\n",
+            r.key_id,
+            AuthKey::new(key).to_hex()
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// A request carrying the admin token.
 pub fn authed<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
@@ -312,11 +360,13 @@ pub fn osd_bin() -> PathBuf {
 }
 
 /// The config of an OSD of these tests: `uuid` on `host`, booting with `mon`, its admin
-/// service on 127.0.0.1 (port 0, [`OSD_TOKEN`]), one unpinned shard per entry of `cores`
+/// service on 127.0.0.1 (port 0), its key from `osd new` ([`osd_keyfile`]), one unpinned
+/// shard per entry of `cores`
 /// (adaptive idle), kernel sockets on 127.0.0.1 (ports chosen by the kernel); `store`: the
 /// `[store]` table and whatever follows it (e.g. `[spdk]`).
 pub fn osd_config(uuid: &str, host: &str, mon: &Mon, cores: &[usize], store: &str) -> String {
     let cores: Vec<String> = cores.iter().map(|c| c.to_string()).collect();
+    let keyfile = osd_keyfile(&mon.addr, mon._dir.path(), uuid);
     format!(
         r#"[osd]
 uuid = "{uuid}"
@@ -325,7 +375,8 @@ host = "{host}"
 addr = "{mon}"
 [admin]
 listen = "127.0.0.1:0"
-token = "{OSD_TOKEN}"
+[auth]
+keyfile = "{keyfile}"
 [reactor]
 cores = [{cores}]
 idle = "adaptive"
@@ -337,6 +388,7 @@ base_port = 0
 {store}"#,
         mon = mon.addr,
         cores = cores.join(", "),
+        keyfile = keyfile.display(),
     )
 }
 

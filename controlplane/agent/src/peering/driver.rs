@@ -143,7 +143,6 @@ pub struct Peering {
     shards: Arc<dyn PeeringShards>,
     status: Arc<AgentStatus>,
     scrubs: Arc<Scrubs>,
-    admin_token: String,
     pgs: Mutex<BTreeMap<PgId, PgEntry>>,
     tasks: Mutex<HashMap<PgId, (u64, AbortHandle)>>,
 }
@@ -240,13 +239,11 @@ impl Peering {
         shards: Arc<dyn PeeringShards>,
         status: Arc<AgentStatus>,
         scrubs: Arc<Scrubs>,
-        admin_token: String,
     ) -> Arc<Peering> {
         Arc::new(Peering {
             shards,
             status,
             scrubs,
-            admin_token,
             pgs: Mutex::new(BTreeMap::new()),
             tasks: Mutex::new(HashMap::new()),
         })
@@ -670,8 +667,10 @@ impl Peering {
 
     fn authed<T>(&self, msg: T) -> Result<Request<T>, StepError> {
         let mut r = Request::new(msg);
-        let token =
-            carmine_proto::bearer(&self.admin_token).map_err(|e| StepError::Unreachable {
+        let token = self
+            .scrubs
+            .peer_bearer()
+            .map_err(|e| StepError::Unreachable {
                 osd: 0,
                 reason: e.to_string(),
             })?;

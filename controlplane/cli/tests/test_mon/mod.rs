@@ -70,3 +70,50 @@ impl Drop for TestMon {
         }
     }
 }
+
+/// Prepares OSD `uuid` (`MonAdmin.OsdNew` with admin token `token`) on the monitor at `addr`
+/// and returns the credential an in-process agent presents. Runs on a thread of its own, so
+/// that sync and async callers alike can use it.
+pub fn osd_credential(addr: &str, token: &str, uuid: &str) -> carmine_agent::OsdCredential {
+    let (addr, token, uuid) = (addr.to_string(), token.to_string(), uuid.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut req = tonic::Request::new(carmine_proto::v1::OsdNewRequest { uuid });
+            req.metadata_mut().insert(
+                carmine_proto::AUTH_HEADER,
+                carmine_proto::bearer(&token).unwrap(),
+            );
+            let r = carmine_proto::v1::mon_admin_client::MonAdminClient::new(ch)
+                .osd_new(req)
+                .await
+                .unwrap()
+                .into_inner();
+            carmine_agent::OsdCredential {
+                id: r.key_id,
+                secret: r.key.as_slice().try_into().expect("32-byte key"),
+            }
+        })
+    })
+    .join()
+    .expect("osd new")
+}
+
+/// `msg` as a request carrying the admin token `token` (an admin may act for any OSD on the
+/// monitor's OSD service).
+pub fn as_admin<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        carmine_proto::AUTH_HEADER,
+        carmine_proto::bearer(token).unwrap(),
+    );
+    r
+}

@@ -131,8 +131,40 @@ pub async fn admin(url: &str) -> MonAdminClient<Channel> {
     MonAdminClient::new(channel(url).await)
 }
 
-pub async fn cluster(url: &str) -> MonClusterClient<Channel> {
+/// The OSD service as an admin (who may act for any OSD): every call carries the admin token.
+pub type AdminCluster = MonClusterClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+    >,
+>;
+
+fn with_admin_token(mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    r.metadata_mut().insert(
+        carmine_proto::AUTH_HEADER,
+        carmine_proto::bearer(TOKEN).unwrap(),
+    );
+    Ok(r)
+}
+
+/// [`AdminCluster`] on the monitor at `url`.
+pub async fn cluster(url: &str) -> AdminCluster {
+    MonClusterClient::with_interceptor(channel(url).await, with_admin_token as fn(_) -> _)
+}
+
+/// The OSD service without any credential.
+pub async fn cluster_anon(url: &str) -> MonClusterClient<Channel> {
     MonClusterClient::new(channel(url).await)
+}
+
+/// A request to an OSD's admin service carrying the admin key the admin token stands for.
+pub fn osd_authed<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        carmine_proto::AUTH_HEADER,
+        carmine_proto::auth::admin_token_osd_bearer(TOKEN).unwrap(),
+    );
+    r
 }
 
 /// A request carrying the admin token.
@@ -220,7 +252,9 @@ pub fn osd_keys_scenario(m: &mut carmine_mon::state::Monitor) -> (u32, [u8; 32])
     use carmine_mon::state::{KeyRole, MonError};
     use carmine_proto::v1::KeyRole as Wire;
     let now = Instant::now();
-    let client = m.auth_add("client.k").unwrap().0;
+    let client = m.auth_add("client.k", KeyRole::Client).unwrap().0;
+    // A boot reply carries the OSD's data-path key; the keyring holds its secret.
+    let dp = carmine_proto::auth::data_path_key;
     let v0 = m.keyring_version();
 
     // First boot: a key of its own, in the keyring with role OSD, a new keyring version.
@@ -233,9 +267,10 @@ pub fn osd_keys_scenario(m: &mut carmine_mon::state::Monitor) -> (u32, [u8; 32])
         "an OSD's first boot changes the keyring"
     );
     let osd_a = format!("osd.{}", a.id);
+    let (secret, role, osd_id) = stored_key(m, &osd_a).unwrap();
     assert_eq!(
-        stored_key(m, &osd_a),
-        Some((a.key.to_vec(), Wire::Osd as i32, a.id))
+        (dp(&secret.try_into().unwrap()), role, osd_id),
+        (a.key, Wire::Osd as i32, a.id)
     );
     assert_eq!(
         stored_key(m, "client.k"),
@@ -257,7 +292,7 @@ pub fn osd_keys_scenario(m: &mut carmine_mon::state::Monitor) -> (u32, [u8; 32])
     assert_ne!(b.id, a.id);
     assert_ne!(b.key, a.key, "two OSDs got the same key");
     let osd_b = format!("osd.{}", b.id);
-    assert_eq!(m.auth_get(&osd_b).unwrap().0, b.key);
+    assert_eq!(dp(&m.auth_get(&osd_b).unwrap().0), b.key);
     assert_eq!(m.auth_get(&osd_b).unwrap().1, KeyRole::Osd(b.id));
     assert_eq!(m.auth_get("client.k").unwrap().1, KeyRole::Client);
     let listed = m.auth_list();
@@ -277,7 +312,7 @@ pub fn osd_keys_scenario(m: &mut carmine_mon::state::Monitor) -> (u32, [u8; 32])
     // Ids of OSD keys are reserved: a client cannot get (nor remove) one.
     let v = m.keyring_version();
     for id in ["osd.3", osd_a.as_str(), "osd.", "osd.x"] {
-        let e = m.auth_add(id).unwrap_err();
+        let e = m.auth_add(id, KeyRole::Client).unwrap_err();
         assert!(matches!(e, MonError::Invalid(_)), "{id}: {e:?}");
         assert!(e.to_string().contains("reserved"), "{id}: {e}");
         let st = tonic::Status::from(e);
@@ -286,7 +321,7 @@ pub fn osd_keys_scenario(m: &mut carmine_mon::state::Monitor) -> (u32, [u8; 32])
     let e = m.auth_rm(&osd_a).unwrap_err();
     assert!(e.to_string().contains("osd rm"), "{e}");
     assert_eq!(m.keyring_version(), v, "a refused call changed the keyring");
-    assert_eq!(m.auth_get(&osd_a).unwrap().0, a.key);
+    assert_eq!(dp(&m.auth_get(&osd_a).unwrap().0), a.key);
     assert!(stored_key(m, "osd.3").is_none());
 
     // `osd rm` removes the OSD's key (refused while up: the key stays).
@@ -309,8 +344,9 @@ pub fn osd_keys_scenario(m: &mut carmine_mon::state::Monitor) -> (u32, [u8; 32])
 /// `key`, with its role, and a reboot of the same uuid gets it back.
 pub fn osd_key_kept_after_reopen(m: &mut carmine_mon::state::Monitor, id: u32, key: [u8; 32]) {
     use carmine_mon::state::KeyRole;
+    let (secret, role, version) = m.auth_get(&format!("osd.{id}")).unwrap();
     assert_eq!(
-        m.auth_get(&format!("osd.{id}")).unwrap(),
+        (carmine_proto::auth::data_path_key(&secret), role, version),
         (key, KeyRole::Osd(id), m.keyring_version())
     );
     let v = m.keyring_version();
@@ -425,4 +461,55 @@ pub fn pg_history_kept_after_reopen(
     }
     m.pool_rm("hist").unwrap();
     assert!(m.pg_history(pool, 1).is_err(), "the pool is gone");
+}
+
+/// Prepares OSD `uuid` (`MonAdmin.OsdNew` with [`TOKEN`]) on the first monitor in `mon_addrs`
+/// that does it, and returns the credential an in-process agent presents. Runs on a thread of
+/// its own, so that sync and async callers alike can use it.
+pub fn osd_credential(mon_addrs: &str, uuid: &str) -> carmine_agent::OsdCredential {
+    let (addrs, uuid) = (mon_addrs.to_string(), uuid.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut addrs: Vec<String> = addrs.split(',').map(str::to_string).collect();
+            for _ in 0..50 {
+                for addr in addrs.clone() {
+                    let url = if addr.contains("://") {
+                        addr.to_string()
+                    } else {
+                        format!("http://{addr}")
+                    };
+                    let Ok(ch) = Channel::from_shared(url).expect("url").connect().await else {
+                        continue;
+                    };
+                    let r = MonAdminClient::new(ch)
+                        .osd_new(authed(carmine_proto::v1::OsdNewRequest {
+                            uuid: uuid.clone(),
+                        }))
+                        .await;
+                    // A follower names the leader: ask it next.
+                    if let Some(leader) = r.as_ref().err().and_then(carmine_proto::leader_redirect)
+                    {
+                        if !addrs.contains(&leader) {
+                            addrs.push(leader);
+                        }
+                    }
+                    if let Ok(r) = r {
+                        let r = r.into_inner();
+                        return carmine_agent::OsdCredential {
+                            id: r.key_id,
+                            secret: r.key.as_slice().try_into().expect("32-byte key"),
+                        };
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            panic!("no monitor in {addrs:?} issued a key for {uuid}");
+        })
+    })
+    .join()
+    .expect("osd new")
 }
