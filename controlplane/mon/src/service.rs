@@ -257,6 +257,12 @@ impl MonCluster for ClusterSvc {
         require_osd(&caller, None)?;
         let r = req.into_inner();
         let authenticated_as = match caller {
+            Principal::Osd(n) if r.has_id && r.id != n => {
+                return Err(Status::permission_denied(format!(
+                    "the key of osd.{n} cannot boot as osd.{}",
+                    r.id
+                )))
+            }
             Principal::Osd(n) => Some(n),
             _ => None,
         };
