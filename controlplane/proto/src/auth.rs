@@ -180,6 +180,26 @@ mod tests {
         assert_ne!(admin_token_secret("t1"), admin_token_secret("t2"));
     }
 
+    proptest::proptest! {
+        /// Whatever a caller sends in `authorization`, reading it never panics, and every key
+        /// bearer reads back as the key it was made from.
+        #[test]
+        fn any_header_reads_without_panic(v in "[ -~]{0,200}") {
+            if let Ok(value) = v.parse::<MetadataValue<Ascii>>() {
+                let mut md = MetadataMap::new();
+                md.insert(AUTH_HEADER, value);
+                let _ = presented(&md);
+            }
+        }
+
+        #[test]
+        fn key_bearers_round_trip(id in "[!-9;-~]{1,64}", proof in proptest::array::uniform32(0u8..)) {
+            let mut md = MetadataMap::new();
+            md.insert(AUTH_HEADER, key_bearer(&id, &proof).unwrap());
+            proptest::prop_assert_eq!(presented(&md).unwrap(), Some(Presented::Key { id, proof }));
+        }
+    }
+
     #[test]
     fn debug_never_shows_a_secret() {
         let p = Presented::Key {
