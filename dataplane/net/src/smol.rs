@@ -48,6 +48,9 @@ pub struct SmolConfig {
     pub close_linger: Duration,
     /// Longest TIME-WAIT is held before the socket is reused.
     pub time_wait: Duration,
+    /// Longest a listen socket may sit in SYN-RECEIVED (the peer never completes the
+    /// handshake) before it listens again.
+    pub syn_timeout: Duration,
     /// Disable Nagle (request/response traffic wants this).
     pub nodelay: bool,
     /// Send TCP timestamps (RFC 7323): lets the peer's kernel measure RTT and grow its
@@ -69,6 +72,10 @@ impl Default for SmolConfig {
             keep_alive: Some(Duration::from_secs(5)),
             timeout: Some(Duration::from_secs(15)),
             close_linger: Duration::from_secs(5),
+            // A LAN handshake takes one round trip (well under a millisecond); 2 s leaves room
+            // for a lost SYN-ACK's retransmission (1 s RTO) and frees a backlog place filled
+            // by a SYN that never completes 7x faster than the connection timeout would.
+            syn_timeout: Duration::from_secs(2),
             time_wait: Duration::ZERO,
             nodelay: true,
             timestamps: true,
@@ -80,8 +87,9 @@ impl Default for SmolConfig {
 struct Listener {
     port: u16,
     backlog: usize,
-    /// Sockets in LISTEN / SYN-RECEIVED for this port.
-    pending: Vec<SocketHandle>,
+    /// Sockets in LISTEN / SYN-RECEIVED for this port, each with when it was first seen in
+    /// SYN-RECEIVED (None: listening).
+    pending: Vec<(SocketHandle, Option<Instant>)>,
     /// Established connections not yet accepted.
     ready: std::collections::VecDeque<ConnId>,
 }
@@ -263,20 +271,60 @@ impl<D: NetDevice> SmolStack<D> {
         Some(ConnId { slot, gen })
     }
 
-    /// Promotes handshaken sockets to connections and tops listeners up to their backlog.
-    fn maintain_listeners(&mut self) -> usize {
+    /// Makes listen socket `h` listen on `port` again (dropping a half-open handshake).
+    fn relisten(&mut self, h: SocketHandle, port: u16) {
+        let s = self.sockets.get_mut::<tcp::Socket>(h);
+        s.abort();
+        // Only fails for port 0 (refused by `listen`) or an open socket (aborted above).
+        let _ = s.listen(port);
+    }
+
+    /// Promotes handshaken sockets to connections, takes back listen sockets stuck in
+    /// SYN-RECEIVED, and tops listeners up to their backlog.
+    ///
+    /// SYN flood: a SYN that never completes holds a listen socket in SYN-RECEIVED; with the
+    /// whole backlog held, every new client would be refused. So a socket is taken back after
+    /// `syn_timeout`, and when none is left listening the oldest half-open one is taken back at
+    /// once: a real client's handshake, one round trip, completes long before a flood of
+    /// backlog-many newer SYNs can push it out. Cost: one pass over the backlog per poll.
+    fn maintain_listeners(&mut self, now: Instant) -> usize {
         let mut work = 0;
+        let syn_timeout = smol_dur(self.cfg.syn_timeout);
         for li in 0..self.listeners.len() {
+            let port = self.listeners[li].port;
             let mut i = 0;
+            let mut listening = 0;
+            let mut oldest: Option<(usize, Instant)> = None;
             while i < self.listeners[li].pending.len() {
-                let h = self.listeners[li].pending[i];
+                let (h, syn_at) = self.listeners[li].pending[i];
                 let state = self.sockets.get::<tcp::Socket>(h).state();
                 match state {
-                    tcp::State::Listen | tcp::State::SynReceived => i += 1,
+                    tcp::State::Listen => {
+                        self.listeners[li].pending[i].1 = None;
+                        listening += 1;
+                        i += 1;
+                    }
+                    tcp::State::SynReceived => {
+                        let since = syn_at.unwrap_or(now);
+                        if now - since >= syn_timeout {
+                            self.relisten(h, port);
+                            self.stats.syn_recycled += 1;
+                            self.listeners[li].pending[i].1 = None;
+                            listening += 1;
+                            work += 1;
+                        } else {
+                            self.listeners[li].pending[i].1 = Some(since);
+                            if oldest.map_or(true, |(_, t)| since < t) {
+                                oldest = Some((i, since));
+                            }
+                        }
+                        i += 1;
+                    }
                     tcp::State::Closed => {
                         // Reset during the handshake and not re-armed: listen again.
-                        let port = self.listeners[li].port;
                         let _ = self.sockets.get_mut::<tcp::Socket>(h).listen(port);
+                        self.listeners[li].pending[i].1 = None;
+                        listening += 1;
                         i += 1;
                     }
                     _ => {
@@ -289,6 +337,16 @@ impl<D: NetDevice> SmolStack<D> {
                     }
                 }
             }
+            let l = &self.listeners[li];
+            let room = l.pending.len() + l.ready.len() < l.backlog && !self.free.is_empty();
+            if let (0, false, Some((i, _))) = (listening, room, oldest) {
+                // Every backlog socket is half open and the pool has none to add.
+                let h = self.listeners[li].pending[i].0;
+                self.relisten(h, port);
+                self.listeners[li].pending[i].1 = None;
+                self.stats.syn_recycled += 1;
+                work += 1;
+            }
             loop {
                 let l = &self.listeners[li];
                 if l.pending.len() + l.ready.len() >= l.backlog {
@@ -296,7 +354,7 @@ impl<D: NetDevice> SmolStack<D> {
                 }
                 let port = l.port;
                 match self.listening_socket(port) {
-                    Some(h) => self.listeners[li].pending.push(h),
+                    Some(h) => self.listeners[li].pending.push((h, None)),
                     None => {
                         self.stats.socket_cap_hits += 1;
                         break;
@@ -362,7 +420,7 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
             pending: Vec::with_capacity(backlog),
             ready: std::collections::VecDeque::with_capacity(backlog),
         });
-        self.maintain_listeners();
+        self.maintain_listeners(Instant::now());
         Ok(ListenerId(self.listeners.len() as u32 - 1))
     }
 
@@ -496,6 +554,17 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
         Ok(())
     }
 
+    fn abort(&mut self, c: ConnId) -> Result<(), NetError> {
+        let now = Instant::now();
+        let k = self.conn_mut(c)?;
+        k.closed_at = Some(now);
+        let h = k.handle;
+        // CLOSED at once: the next poll sends the reset and `reap` gives the socket back (no
+        // `close_linger` for a peer that was evicted).
+        self.sockets.get_mut::<tcp::Socket>(h).abort();
+        Ok(())
+    }
+
     fn conn_state(&self, c: ConnId) -> Result<ConnState, NetError> {
         let s = self.sockets.get::<tcp::Socket>(self.conn(c)?.handle);
         Ok(match s.state() {
@@ -531,7 +600,7 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
         let frames =
             self.device.counters.rx_frames.get() + self.device.counters.tx_frames.get() - before;
         let mut work = frames as usize;
-        work += self.maintain_listeners();
+        work += self.maintain_listeners(now);
         work += self.reap(now);
         self.deadline = self
             .iface
