@@ -248,7 +248,9 @@ fn default_unauth() -> usize {
     crate::messenger::Bounds::DEFAULT.max_unauthenticated
 }
 fn default_handshake_ms() -> u64 {
-    crate::messenger::Bounds::DEFAULT.handshake_timeout.as_millis() as u64
+    crate::messenger::Bounds::DEFAULT
+        .handshake_timeout
+        .as_millis() as u64
 }
 fn default_idle_s() -> u64 {
     crate::messenger::Bounds::DEFAULT

@@ -37,7 +37,9 @@
 //! - **Shard budget.** Charges and unsent reply bytes of all connections stay within
 //!   `shard_bytes`: an op that does not fit is held in its connection (one op, which then reads
 //!   nothing more) until answers free room. Nothing fails because of it; the store, in
-//!   particular bdevstore's DMA buffers, never sees more reads and write data than this.
+//!   particular bdevstore's DMA buffers, never sees more reads and write data than this. Large
+//!   ops (over 64 KiB) leave the last eighth to small ones, and the connection that has waited
+//!   longest for room gets it before any other large op.
 //!   Replica ops from OSD sessions are not charged: a primary's own clients bound them, and a
 //!   replica that stalled them would only fail its primary's writes.
 //!
@@ -59,8 +61,8 @@ use std::net::SocketAddrV4;
 
 use carmine_agent::{Role, SharedKeyring};
 use carmine_net::{ConnId, ListenerId, NetError, NetStack};
-use carmine_wire::server::{ConnError, ServerConn, ServerEvent};
 use carmine_wire::server::Keyring;
+use carmine_wire::server::{ConnError, ServerConn, ServerEvent};
 use carmine_wire::{AuthKey, Limits, Nonce, OpError, RepOp, RepReply, Version};
 
 use crate::ops::{with_reply, Answer, Job, Target};
@@ -82,6 +84,16 @@ const ACCEPTS_PER_POLL: usize = 64;
 const SMALL_CHARGE: u32 = 128;
 /// The charge of a list (a reply of up to `max_list_entries` names).
 const LIST_CHARGE: u32 = 64 << 10;
+/// Ops charged up to this are small: they may use the last [`RESERVE_SHARE`] of the shard's
+/// budget, which large ones leave free, so a flood of large reads cannot make small ops
+/// (a 4 KiB read, a stat, a write) wait for it.
+const SMALL_OP: u32 = 64 << 10;
+/// The share of the shard's budget (1/n) only small ops may use.
+const RESERVE_SHARE: usize = 8;
+/// Large ops admitted per poll, in bytes charged (beyond the first): a poll that encodes many
+/// 4 MiB replies would delay every small op behind them, so large ones take turns over polls
+/// (the connections are visited from a rotating start) and the work of one poll stays bounded.
+const LARGE_PER_POLL: usize = 4 << 20;
 
 /// The bounds one shard keeps on its peers (`[net]` in the config). Why these defaults:
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,6 +259,8 @@ enum Stall {
     Conn,
     /// The shard's budget.
     Shard,
+    /// This poll's share of large ops is taken: next poll.
+    Turn,
 }
 
 /// Why the messenger could not start.
@@ -284,6 +298,8 @@ pub struct Messenger {
     /// The connection (slot, generation) that has waited longest for the shard's budget: it
     /// gets the next room before any other connection takes more.
     waiter: Option<(u32, u32)>,
+    /// The slot `read` starts from (rotates, so no connection is always first).
+    start: usize,
 }
 
 impl Messenger {
@@ -326,6 +342,7 @@ impl Messenger {
             last_sweep: Instant::now(),
             keyring_version,
             waiter: None,
+            start: 0,
         };
         Ok((m, bound))
     }
@@ -411,13 +428,19 @@ impl Messenger {
                 _ => match self.oldest_unauthenticated() {
                     Some(victim) => {
                         ShardCounters::add(&counters.unauth_evicted, 1);
-                        tracing::debug!(shard = self.shard, "evicting the oldest handshaking connection");
+                        tracing::debug!(
+                            shard = self.shard,
+                            "evicting the oldest handshaking connection"
+                        );
                         self.drop_conn(victim, counters);
                         victim
                     }
                     None => {
                         ShardCounters::add(&counters.conns_refused, 1);
-                        tracing::warn!(shard = self.shard, "connection limit reached: refusing one");
+                        tracing::warn!(
+                            shard = self.shard,
+                            "connection limit reached: refusing one"
+                        );
                         let _ = self.net.abort(id);
                         continue;
                     }
@@ -509,7 +532,11 @@ impl Messenger {
             };
             if let Some(at) = c.closed_at {
                 if now.saturating_duration_since(at) >= DRAIN_LIMIT {
-                    tracing::warn!(shard = self.shard, ops = c.inflight, "closed connection's ops not answered: freeing its slot");
+                    tracing::warn!(
+                        shard = self.shard,
+                        ops = c.inflight,
+                        "closed connection's ops not answered: freeing its slot"
+                    );
                     self.conns[slot] = None;
                 }
                 continue;
@@ -565,7 +592,11 @@ impl Messenger {
         }
         let b = self.bounds;
         let mut work = 0;
-        for slot in 0..self.conns.len() {
+        let n = self.conns.len();
+        self.start = (self.start + 1) % n.max(1);
+        let mut large = 0usize;
+        for i in 0..n {
+            let slot = (self.start + i) % n;
             let Some(c) = self.conns[slot].as_mut() else {
                 continue;
             };
@@ -580,7 +611,15 @@ impl Messenger {
             };
             // The op held back at an earlier poll goes first (ops stay in order).
             if let Some(op) = c.held.take() {
-                match admit(c, op.conn.charge, &b, self.used, self.waiter, conn) {
+                match admit(
+                    c,
+                    op.conn.charge,
+                    &b,
+                    self.used,
+                    self.waiter,
+                    conn,
+                    &mut large,
+                ) {
                     Ok(()) => {
                         c.inflight += 1;
                         c.charged += op.conn.charge as usize;
@@ -663,7 +702,7 @@ impl Messenger {
                             started: Instant::now(),
                         };
                         work += 1;
-                        match admit(c, charge, &b, self.used, self.waiter, conn) {
+                        match admit(c, charge, &b, self.used, self.waiter, conn, &mut large) {
                             Ok(()) => {
                                 c.inflight += 1;
                                 c.charged += charge as usize;
@@ -735,46 +774,51 @@ impl Messenger {
         work
     }
 
-    /// An answer came for an op of `conn`: its charge goes back. Whether the connection is
-    /// still there to take the reply.
-    fn settle(&mut self, conn: ConnRef) -> Option<&mut Conn> {
-        let c = self.conns.get_mut(conn.slot as usize)?.as_mut()?;
-        if c.gen != conn.gen {
-            return None;
-        }
-        if conn.charge > 0 {
-            c.inflight = c.inflight.saturating_sub(1);
-            c.charged = c.charged.saturating_sub(conn.charge as usize);
-        }
-        (!c.closing).then_some(c)
-    }
-
     /// Encodes the answer to `tid` onto `conn`, if that connection is still there (an answer
-    /// for a connection that has gone, or was replaced in its slot, is dropped).
+    /// for a connection that has gone, or was replaced in its slot, is dropped). Its charge
+    /// goes back either way.
     pub fn deliver(&mut self, conn: ConnRef, tid: u64, result: &Result<Answer, OpError>) {
         let shard = self.shard;
-        let Some(c) = self.settle(conn) else {
+        let Some(c) = settle(&mut self.conns, conn) else {
             return;
         };
-        let bound = result.as_ref().map_or(128, Answer::encoded_bound);
-        let old = c.out.len();
-        c.out.resize(old + bound, 0);
-        let sc = &c.sc;
-        let out = &mut c.out[old..];
-        match with_reply(result, |r| sc.encode_reply(tid, r, out)) {
-            Ok(n) => c.out.truncate(old + n),
-            Err(e) => {
-                c.out.truncate(old);
-                tracing::error!(shard, error = %e, "cannot encode a reply: closing");
-                c.closing = true;
+        let (sc, out) = (&c.sc, &mut c.out);
+        let encoded = if let Ok(Answer::Read(_)) = result {
+            // The head, then the data from where it lies: no zero-filled room for it first
+            // (4 MiB of memset per large read).
+            let head = &mut self.hs_buf;
+            with_reply(result, |r| {
+                let (n, data) = sc.encode_reply_head(tid, r, head)?;
+                out.reserve(n + data.len());
+                out.extend_from_slice(&head[..n]);
+                out.extend_from_slice(data);
+                Ok(())
+            })
+        } else {
+            let bound = result.as_ref().map_or(128, Answer::encoded_bound);
+            let old = out.len();
+            out.resize(old + bound, 0);
+            match with_reply(result, |r| sc.encode_reply(tid, r, &mut out[old..])) {
+                Ok(n) => {
+                    out.truncate(old + n);
+                    Ok(())
+                }
+                Err(e) => {
+                    out.truncate(old);
+                    Err(e)
+                }
             }
+        };
+        if let Err(e) = encoded {
+            tracing::error!(shard, error = %e, "cannot encode a reply: closing");
+            c.closing = true;
         }
     }
 
     /// Encodes the answer to replica op `tid` onto `conn`, if that connection is still there.
     pub fn deliver_rep(&mut self, conn: ConnRef, tid: u64, reply: &RepReply) {
         let shard = self.shard;
-        let Some(c) = self.settle(conn) else {
+        let Some(c) = settle(&mut self.conns, conn) else {
             return;
         };
         let old = c.out.len();
@@ -841,6 +885,20 @@ impl Messenger {
     }
 }
 
+/// An answer came for an op of `conn`: its charge goes back to its connection. The connection,
+/// if it is still there to take the reply.
+fn settle(conns: &mut [Option<Conn>], conn: ConnRef) -> Option<&mut Conn> {
+    let c = conns.get_mut(conn.slot as usize)?.as_mut()?;
+    if c.gen != conn.gen {
+        return None;
+    }
+    if conn.charge > 0 {
+        c.inflight = c.inflight.saturating_sub(1);
+        c.charged = c.charged.saturating_sub(conn.charge as usize);
+    }
+    (!c.closing).then_some(c)
+}
+
 /// What a client op is charged: its reply's bound for a read (reserved before the store reads
 /// it), its data for a write, a small constant otherwise.
 fn charge_of(job: &Job, limits: &Limits) -> u32 {
@@ -860,8 +918,9 @@ fn at_bounds(c: &Conn, b: &Bounds) -> bool {
 }
 
 /// Whether an op of `c` charged `charge` may go on now: within the connection's bounds (one op
-/// always fits an empty connection) and the shard's budget (which the longest waiter, `waiter`,
-/// gets first; an idle shard takes any op).
+/// always fits an empty connection) and the shard's budget: a large op leaves the reserve for
+/// small ones, lets the longest waiter (`waiter`) go first and fits this poll's share
+/// (`large`: bytes of large ops admitted so far); an idle shard takes any op.
 fn admit(
     c: &Conn,
     charge: u32,
@@ -869,30 +928,48 @@ fn admit(
     used: usize,
     waiter: Option<(u32, u32)>,
     me: ConnRef,
+    large: &mut usize,
 ) -> Result<(), Stall> {
+    let small = charge <= SMALL_OP;
     let charge = charge as usize;
     if c.inflight >= b.max_ops_per_conn
         || (c.held_bytes() > 0 && c.held_bytes() + charge > b.max_bytes_per_conn)
     {
         return Err(Stall::Conn);
     }
+    if !small && *large > 0 && *large + charge > LARGE_PER_POLL {
+        return Err(Stall::Turn);
+    }
+    if used == 0 {
+        if !small {
+            *large += charge;
+        }
+        return Ok(());
+    }
+    let limit = if small {
+        b.shard_bytes
+    } else {
+        b.shard_bytes - b.shard_bytes / RESERVE_SHARE
+    };
     let other_waits = waiter.is_some_and(|w| w != (me.slot, me.gen));
-    if used > 0 && (used + charge > b.shard_bytes || other_waits) {
+    if used + charge > limit || (!small && other_waits) {
         return Err(Stall::Shard);
+    }
+    if !small {
+        *large += charge;
     }
     Ok(())
 }
 
-/// Counts the start of a stall of `c` (once per episode).
+/// Counts the start of a stall of `c` (once per episode; waiting for its turn is not one).
 fn stalled(c: &mut Conn, why: Stall, counters: &ShardCounters) {
+    let counter = match why {
+        Stall::Conn => &counters.backpressure_stalls,
+        Stall::Shard => &counters.budget_waits,
+        Stall::Turn => return,
+    };
     if !c.stalled {
         c.stalled = true;
-        ShardCounters::add(
-            match why {
-                Stall::Conn => &counters.backpressure_stalls,
-                Stall::Shard => &counters.budget_waits,
-            },
-            1,
-        );
+        ShardCounters::add(counter, 1);
     }
 }

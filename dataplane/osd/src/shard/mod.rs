@@ -204,8 +204,14 @@ impl ShardCore {
         p: ShardParts,
         mailbox: Rc<Mailbox<ShardMsg>>,
     ) -> Result<(ShardCore, u16), ShardError> {
-        let (messenger, port) =
-            Messenger::listen(p.shard, p.net, p.port, p.max_connections, p.bounds, p.keyring)?;
+        let (messenger, port) = Messenger::listen(
+            p.shard,
+            p.net,
+            p.port,
+            p.max_connections,
+            p.bounds,
+            p.keyring,
+        )?;
         let pgs = PgTable::new(p.store.get_ref().list_collections());
         let core = ShardCore {
             shard: p.shard,
