@@ -290,12 +290,23 @@ fn a_thousand_idle_and_half_sent_connections_do_not_lock_out_clients() {
                 let creds = creds.clone();
                 std::thread::spawn(move || {
                     let t0 = Instant::now();
-                    let mut idle = Vec::with_capacity(IDLE);
-                    for _ in 0..IDLE {
-                        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-                            .expect("connect an idle socket");
-                        idle.push(s);
-                    }
+                    // From 8 threads: a connect whose SYN met a full accept queue waits a
+                    // second for its retry, and should not hold up the others.
+                    let idle: Vec<TcpStream> = (0..8)
+                        .map(|_| {
+                            std::thread::spawn(move || {
+                                (0..IDLE / 8)
+                                    .map(|_| {
+                                        TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+                                            .expect("connect an idle socket")
+                                    })
+                                    .collect::<Vec<_>>()
+                            })
+                        })
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .flat_map(|t| t.join().unwrap())
+                        .collect();
                     // Half a Hello: the magic and part of a header, then nothing.
                     let mut half_hello = Vec::with_capacity(HALF_HELLO);
                     for _ in 0..HALF_HELLO {
