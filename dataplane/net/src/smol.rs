@@ -296,9 +296,10 @@ impl<D: NetDevice> SmolStack<D> {
     ///
     /// SYN flood: a SYN that never completes holds a listen socket in SYN-RECEIVED; with the
     /// whole backlog held, every new client would be refused. So a socket is taken back after
-    /// `syn_timeout`, and when none is left listening the oldest half-open one is taken back at
-    /// once: a real client's handshake, one round trip, completes long before a flood of
-    /// backlog-many newer SYNs can push it out. Cost: one pass over the backlog per poll.
+    /// `syn_timeout`, and when fewer than an eighth of the backlog listen, the oldest half-open
+    /// ones are taken back at once: a real client's handshake, one round trip, completes long
+    /// before the flood can push it out. Cost: a pass over the backlog per poll, plus one per
+    /// socket taken back (at most backlog/8).
     fn maintain_listeners(&mut self, now: Instant) -> usize {
         let mut work = 0;
         let syn_timeout = smol_dur(self.cfg.syn_timeout);
@@ -306,7 +307,6 @@ impl<D: NetDevice> SmolStack<D> {
             let port = self.listeners[li].port;
             let mut i = 0;
             let mut listening = 0;
-            let mut oldest: Option<(usize, Instant)> = None;
             while i < self.listeners[li].pending.len() {
                 let (h, syn_at) = self.listeners[li].pending[i];
                 let state = self.sockets.get::<tcp::Socket>(h).state();
@@ -326,9 +326,6 @@ impl<D: NetDevice> SmolStack<D> {
                             work += 1;
                         } else {
                             self.listeners[li].pending[i].1 = Some(since);
-                            if oldest.map_or(true, |(_, t)| since < t) {
-                                oldest = Some((i, since));
-                            }
                         }
                         i += 1;
                     }
@@ -351,13 +348,24 @@ impl<D: NetDevice> SmolStack<D> {
             }
             let l = &self.listeners[li];
             let room = l.pending.len() + l.ready.len() < l.backlog && !self.free.is_empty();
-            if let (0, false, Some((i, _))) = (listening, room, oldest) {
-                // Every backlog socket is half open and the pool has none to add.
-                let h = self.listeners[li].pending[i].0;
-                let h = self.relisten(h, port);
-                self.listeners[li].pending[i] = (h, None);
-                self.stats.syn_recycled += 1;
-                work += 1;
+            // Fewer than an eighth of the backlog listening, and no socket to add: the oldest
+            // half-open ones listen again (a real SYN then finds one; a real handshake, one
+            // round trip, outlives the few polls the flood needs to cycle through them all).
+            let min_listening = (l.backlog / 8).max(1);
+            if !room && listening < min_listening {
+                for _ in listening..min_listening {
+                    let l = &self.listeners[li];
+                    let Some(i) = (0..l.pending.len())
+                        .filter(|&i| l.pending[i].1.is_some())
+                        .min_by_key(|&i| l.pending[i].1)
+                    else {
+                        break;
+                    };
+                    let h = self.relisten(l.pending[i].0, port);
+                    self.listeners[li].pending[i] = (h, None);
+                    self.stats.syn_recycled += 1;
+                    work += 1;
+                }
             }
             loop {
                 let l = &self.listeners[li];

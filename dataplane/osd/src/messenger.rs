@@ -525,6 +525,8 @@ impl Messenger {
         }
         self.keyring_version = version;
         self.last_sweep = now;
+        // The stack's own refusals (smoltcp: half-open handshakes taken back).
+        ShardCounters::set(&counters.syn_recycled, self.net.stats().syn_recycled);
         let b = self.bounds;
         for slot in 0..self.conns.len() {
             let Some(c) = self.conns[slot].as_mut() else {

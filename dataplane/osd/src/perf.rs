@@ -69,6 +69,7 @@ counters!(
     backpressure_stalls,
     budget_waits,
     budget_used,
+    syn_recycled,
     inflight,
     map_epoch,
     lat_p50_us,
