@@ -639,6 +639,30 @@ kind = "memstore"
     }
 
     #[test]
+    fn peer_bounds_default_and_are_checked() {
+        use crate::messenger::Bounds;
+        assert_eq!(parse(KERNEL).unwrap().bounds(), Bounds::DEFAULT);
+        let with = |kv: &str| parse(&KERNEL.replace("[store]", &format!("{kv}\n[store]")));
+        let b = with("handshake_timeout_ms = 500\nidle_timeout_s = 0\nshard_memory_mib = 32")
+            .unwrap()
+            .bounds();
+        assert_eq!(b.handshake_timeout, std::time::Duration::from_millis(500));
+        assert_eq!(b.idle_timeout, None);
+        assert_eq!(b.shard_bytes, 32 << 20);
+        for (bad, key) in [
+            ("max_unauthenticated = 0", "net.max_unauthenticated"),
+            ("max_unauthenticated = 65", "net.max_unauthenticated"),
+            ("handshake_timeout_ms = 0", "net.handshake_timeout_ms"),
+            ("max_ops_per_connection = 0", "net.max_ops_per_connection"),
+            ("max_kib_per_connection = 0", "net.max_kib_per_connection"),
+            ("shard_memory_mib = 1", "net.shard_memory_mib"),
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn the_adaptive_spin_is_configurable() {
         let s = format!("{KERNEL}[reactor]\nspin = 16\n");
         assert_eq!(parse(&s).unwrap().reactor.spin, Some(16));

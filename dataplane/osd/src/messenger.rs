@@ -250,6 +250,20 @@ impl Conn {
     fn authenticated(&self) -> bool {
         self.authed
     }
+
+    fn holding(&self) -> Holding {
+        Holding {
+            ops: self.inflight,
+            bytes: self.held_bytes(),
+        }
+    }
+}
+
+/// What a connection holds when one more of its ops asks to go on.
+#[derive(Debug, Clone, Copy)]
+struct Holding {
+    ops: u32,
+    bytes: usize,
 }
 
 /// Why a connection is not read at a poll.
@@ -614,7 +628,7 @@ impl Messenger {
             // The op held back at an earlier poll goes first (ops stay in order).
             if let Some(op) = c.held.take() {
                 match admit(
-                    c,
+                    c.holding(),
                     op.conn.charge,
                     &b,
                     self.used,
@@ -704,7 +718,15 @@ impl Messenger {
                             started: Instant::now(),
                         };
                         work += 1;
-                        match admit(c, charge, &b, self.used, self.waiter, conn, &mut large) {
+                        match admit(
+                            c.holding(),
+                            charge,
+                            &b,
+                            self.used,
+                            self.waiter,
+                            conn,
+                            &mut large,
+                        ) {
                             Ok(()) => {
                                 c.inflight += 1;
                                 c.charged += charge as usize;
@@ -924,7 +946,7 @@ fn at_bounds(c: &Conn, b: &Bounds) -> bool {
 /// small ones, lets the longest waiter (`waiter`) go first and fits this poll's share
 /// (`large`: bytes of large ops admitted so far); an idle shard takes any op.
 fn admit(
-    c: &Conn,
+    c: Holding,
     charge: u32,
     b: &Bounds,
     used: usize,
@@ -934,9 +956,7 @@ fn admit(
 ) -> Result<(), Stall> {
     let small = charge <= SMALL_OP;
     let charge = charge as usize;
-    if c.inflight >= b.max_ops_per_conn
-        || (c.held_bytes() > 0 && c.held_bytes() + charge > b.max_bytes_per_conn)
-    {
+    if c.ops >= b.max_ops_per_conn || (c.bytes > 0 && c.bytes + charge > b.max_bytes_per_conn) {
         return Err(Stall::Conn);
     }
     if !small && *large > 0 && *large + charge > LARGE_PER_POLL {
@@ -973,5 +993,102 @@ fn stalled(c: &mut Conn, why: Stall, counters: &ShardCounters) {
     if !c.stalled {
         c.stalled = true;
         ShardCounters::add(counter, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EMPTY: Holding = Holding { ops: 0, bytes: 0 };
+
+    const B: Bounds = Bounds {
+        max_unauthenticated: 4,
+        handshake_timeout: Duration::from_secs(3),
+        idle_timeout: None,
+        max_ops_per_conn: 4,
+        max_bytes_per_conn: 8 << 20,
+        shard_bytes: 16 << 20,
+    };
+    const ME: ConnRef = ConnRef {
+        shard: 0,
+        slot: 1,
+        gen: 1,
+        charge: 0,
+    };
+    const BIG: u32 = (4 << 20) + SMALL_CHARGE;
+
+    #[test]
+    fn charges_follow_the_reply_or_the_data() {
+        let l = Limits::DEFAULT;
+        let read = |len| Job::Read {
+            name: crate::ops::Name::from_slice(b"o"),
+            off: 0,
+            len,
+        };
+        assert_eq!(charge_of(&read(4096), &l), 4096 + SMALL_CHARGE);
+        // A length beyond the largest reply is charged as the largest reply.
+        assert_eq!(charge_of(&read(u32::MAX), &l), l.max_io_size + SMALL_CHARGE);
+        let oid = carmine_objectstore::ObjectId(b"o".to_vec());
+        let w = Job::WriteFull {
+            oid,
+            data: vec![0; 1000],
+        };
+        assert_eq!(charge_of(&w, &l), 1000 + SMALL_CHARGE);
+    }
+
+    #[test]
+    fn a_connection_is_held_at_its_own_bounds() {
+        let mut large = 0;
+        // An empty connection takes any one op.
+        assert_eq!(admit(EMPTY, BIG, &B, 0, None, ME, &mut large), Ok(()));
+        let mut c = Holding {
+            ops: 1,
+            bytes: BIG as usize,
+        };
+        large = 0;
+        let used = BIG as usize;
+        assert_eq!(
+            admit(c, BIG, &B, used, None, ME, &mut large),
+            Err(Stall::Conn)
+        );
+        // Small ops still fit its bytes, until its op count is reached.
+        assert_eq!(admit(c, 4096, &B, used, None, ME, &mut large), Ok(()));
+        c.ops = B.max_ops_per_conn;
+        assert_eq!(
+            admit(c, 128, &B, used, None, ME, &mut large),
+            Err(Stall::Conn)
+        );
+    }
+
+    #[test]
+    fn the_shard_budget_keeps_a_reserve_for_small_ops_and_serves_the_longest_waiter() {
+        let c = EMPTY;
+        let mut large = 0;
+        // 13 MiB used: a large op would pass the 14 MiB left to large ops (7/8 of 16).
+        let used = 13 << 20;
+        assert_eq!(
+            admit(c, BIG, &B, used, None, ME, &mut large),
+            Err(Stall::Shard)
+        );
+        assert_eq!(admit(c, 4096, &B, used, None, ME, &mut large), Ok(()));
+        // Another connection waits for room: a large op of this one does not jump it.
+        let other = Some((7, 1));
+        assert_eq!(
+            admit(c, BIG, &B, 1 << 20, other, ME, &mut large),
+            Err(Stall::Shard)
+        );
+        assert_eq!(
+            admit(c, BIG, &B, 1 << 20, Some((1, 1)), ME, &mut large),
+            Ok(())
+        );
+        // One poll's share of large ops is taken: the next waits for the next poll.
+        assert_eq!(
+            admit(c, BIG, &B, 1 << 20, None, ME, &mut large),
+            Err(Stall::Turn)
+        );
+        // An idle shard takes any op.
+        let mut fresh = 0;
+        assert_eq!(admit(c, u32::MAX, &B, 0, other, ME, &mut fresh), Ok(()));
     }
 }
