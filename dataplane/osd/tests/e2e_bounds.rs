@@ -13,12 +13,16 @@
 //! - garbage, oversized, truncated and bad-CRC frames after authentication (e2e.rs covers them
 //!   before it) close that connection only;
 //! - a key removed with `AuthRm` ends its open session within seconds; another client's session
-//!   goes on.
+//!   goes on;
+//! - (root + hugepages) the same read flood against bdevstore on an aio file with 128 MiB of
+//!   DMA memory and the default budget: no read and no write fails, the store stays up (without
+//!   the budget, reads in flight take the DMA memory a record needs, and the store fails).
 //!
 //! Open sockets: the test raises its own RLIMIT_NOFILE soft limit to the hard one.
 
 #[path = "../../../client/lib/tests/common/mod.rs"]
 mod common;
+mod common_bdev;
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
@@ -681,6 +685,85 @@ fn a_revoked_key_ends_its_sessions() {
             assert!(took < Duration::from_secs(5), "took {took:?}");
             // The raw session and the revoked client's own connection.
             assert!(d("shard0.revoked_closed") >= 1, "{after:?}");
+        })
+        .await
+        .expect("test time limit");
+    });
+}
+
+#[test]
+fn bdev_a_read_flood_leaves_the_store_healthy() {
+    const BIG: usize = 4 << 20;
+    let rt = runtime();
+    rt.block_on(async {
+        tokio::time::timeout(LIMIT, async {
+            let mon = Mon::start();
+            let creds = mon.add_key("client.test").await;
+            let dir = tempfile::tempdir().unwrap();
+            // Default bounds (64 MiB per shard); the harness's 128 MiB of SPDK memory.
+            let osd = common_bdev::BdevOsd::start(&mon, dir.path(), "flood", 512, 1);
+            mon.wait_up(1).await;
+            mon.create_pool("data", 8, 1).await;
+            let client = Arc::new(Client::connect(client_config(&mon, &creds)).await.unwrap());
+            client
+                .write_full("data", "big", &vec![0x5a; BIG])
+                .await
+                .unwrap();
+            let before = mon.osd_perf(osd.id).await;
+
+            // Eight raw connections pipelining 4 MiB reads without bound (unbounded, they
+            // would want gigabytes of DMA buffers): four read their replies, four never do.
+            let stop = Arc::new(AtomicBool::new(false));
+            let target = client.locate("data", "big").unwrap();
+            let addr = SocketAddr::from(([127, 0, 0, 1], osd.ports[0]));
+            let flood: Vec<_> = (0..8)
+                .map(|i| {
+                    flooder(
+                        addr,
+                        &creds,
+                        target,
+                        client.epoch(),
+                        i % 2 == 0,
+                        stop.clone(),
+                    )
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Writes (records need DMA buffers) and reads meanwhile: every one must succeed.
+            let (rate, lat) = load(&client, 4, Duration::from_secs(4), "w").await;
+            let during = mon.osd_perf(osd.id).await;
+            stop.store(true, Ordering::Relaxed);
+            let drained: u64 = tokio::task::spawn_blocking(move || {
+                flood.into_iter().map(|t| t.join().unwrap()).sum()
+            })
+            .await
+            .unwrap();
+            client.write_full("data", "after", b"ok").await.unwrap();
+            assert_eq!(client.read("data", "after", 0, 2).await.unwrap(), b"ok");
+            assert_eq!(
+                client
+                    .read("data", "big", 0, BIG as u32)
+                    .await
+                    .unwrap()
+                    .len(),
+                BIG
+            );
+            let after = mon.osd_perf(osd.id).await;
+            let d = |n| delta(&before, &after, n);
+            println!(
+                "bdevstore under the flood: client {rate:.0} ops/s p99 {} us; flooders drained \
+                 {} MiB; stalls {}, budget waits {}, budget in use at the end {} bytes",
+                p99(&lat),
+                drained >> 20,
+                d("shard0.backpressure_stalls"),
+                d("shard0.budget_waits"),
+                during["shard0.budget_used"],
+            );
+            assert!(drained >= BIG as u64, "the reading flooders got no reply");
+            assert!(d("shard0.backpressure_stalls") > 0, "{after:?}");
+            assert!(d("shard0.budget_waits") > 0, "{after:?}");
+            assert!(during["shard0.budget_used"] <= 64 << 20, "{during:?}");
+            assert_eq!(d("shard0.errors"), 0, "the store failed ops: {after:?}");
         })
         .await
         .expect("test time limit");
