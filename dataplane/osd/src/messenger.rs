@@ -23,7 +23,8 @@
 //!   connections, however many, never hold the slots of peers that authenticate. A table full
 //!   of authenticated sessions refuses new connections.
 //! - **Timers.** A connection that has not authenticated within `handshake_timeout` is reset;
-//!   a client session with nothing in flight and no traffic for `idle_timeout` is closed. Both
+//!   a client session with nothing in flight, no bytes in and no reply bytes taken by its
+//!   peer for `idle_timeout` is closed (one that stopped reading its replies too). Both
 //!   are checked by a sweep every [`SWEEP_EVERY`] (one pass over the table, no timer per
 //!   connection); the shard wakes for the sweep through [`Messenger::next_deadline`].
 //! - **Revocation.** When the keyring changes (its version, one atomic load per poll), every
@@ -39,7 +40,10 @@
 //!   nothing more) until answers free room. Nothing fails because of it; the store, in
 //!   particular bdevstore's DMA buffers, never sees more reads and write data than this. Large
 //!   ops (over 64 KiB) leave the last eighth to small ones, and the connection that has waited
-//!   longest for room gets it before any other large op.
+//!   longest for room gets it before any other large op. A connection holding under 256 KiB
+//!   gets its small ops through even when the budget is full (connections that never read
+//!   their replies can fill it; they must not stall everyone): at most `max_connections` x
+//!   256 KiB above the budget.
 //!   Replica ops from OSD sessions are not charged: a primary's own clients bound them, and a
 //!   replica that stalled them would only fail its primary's writes.
 //!
@@ -90,6 +94,11 @@ const LIST_CHARGE: u32 = 64 << 10;
 const SMALL_OP: u32 = 64 << 10;
 /// The share of the shard's budget (1/n) only small ops may use.
 const RESERVE_SHARE: usize = 8;
+/// A connection holding less than this always gets its small ops through, whatever the shard
+/// budget says: connections that flood (or never read their replies) can fill the budget, and
+/// must not stall the light ones. What this may add to the budget is bounded by the table:
+/// `max_connections` x 256 KiB (16 MiB with the default 64).
+const LIGHT: usize = 256 << 10;
 /// Large ops admitted per poll, in bytes charged (beyond the first): a poll that encodes many
 /// 4 MiB replies would delay every small op behind them, so large ones take turns over polls
 /// (the connections are visited from a rotating start) and the work of one poll stays bounded.
@@ -574,7 +583,9 @@ impl Messenger {
                 Self::start_closing(c, &mut self.unauthenticated);
                 continue;
             }
-            let quiet = c.inflight == 0 && c.held.is_none() && c.backlog() == 0;
+            // Quiet: no op in flight, and neither bytes in nor replies taken out since
+            // `active` (a client that stopped reading its replies is idle too).
+            let quiet = c.inflight == 0 && c.held.is_none();
             let osd = matches!(c.role, Some(Role::Osd(_)));
             if let (Some(idle), true, false) = (b.idle_timeout, quiet, osd) {
                 if now.saturating_duration_since(c.active) >= idle {
@@ -862,6 +873,7 @@ impl Messenger {
     /// in `events`. Returns bytes written.
     pub fn write(&mut self, counters: &ShardCounters, events: &mut Vec<PeerEvent>) -> usize {
         let mut written = self.peers.write(&mut *self.net, events);
+        let now = Instant::now();
         for slot in 0..self.conns.len() {
             let Some(c) = self.conns[slot].as_mut() else {
                 continue;
@@ -878,6 +890,7 @@ impl Messenger {
                     Ok(0) => break,
                     Ok(n) => {
                         c.out_off += n;
+                        c.active = now;
                         written += n;
                     }
                     Err(_) => {
@@ -901,7 +914,7 @@ impl Messenger {
                     self.conns[slot] = None;
                 } else {
                     // The slot waits for its ops' answers (their charges come back to it).
-                    c.closed_at = Some(Instant::now());
+                    c.closed_at = Some(now);
                 }
             }
         }
@@ -958,6 +971,9 @@ fn admit(
     let charge = charge as usize;
     if c.ops >= b.max_ops_per_conn || (c.bytes > 0 && c.bytes + charge > b.max_bytes_per_conn) {
         return Err(Stall::Conn);
+    }
+    if small && c.bytes + charge <= LIGHT {
+        return Ok(());
     }
     if !small && *large > 0 && *large + charge > LARGE_PER_POLL {
         return Err(Stall::Turn);
@@ -1086,6 +1102,17 @@ mod tests {
         assert_eq!(
             admit(c, BIG, &B, 1 << 20, None, ME, &mut large),
             Err(Stall::Turn)
+        );
+        // A light connection's small op goes through a full budget; a heavy one's waits.
+        let full = 16 << 20;
+        assert_eq!(admit(c, 4096, &B, full, None, ME, &mut large), Ok(()));
+        let heavy = Holding {
+            ops: 1,
+            bytes: 1 << 20,
+        };
+        assert_eq!(
+            admit(heavy, 4096, &B, full, None, ME, &mut large),
+            Err(Stall::Shard)
         );
         // An idle shard takes any op.
         let mut fresh = 0;
