@@ -128,10 +128,13 @@ pub struct Bounds {
     /// streaming client at full speed, while 4 connections may use at most the shard budget.
     pub max_bytes_per_conn: usize,
     /// 64 MiB per shard for read replies reserved, write data in flight and unsent replies.
-    /// Below what bdevstore can take in DMA buffers (spdk.mem_mib, 512 MiB by default, shared
-    /// by every shard, the malloc bdev and the mbufs), so reads and records never fail for
-    /// lack of DMA memory; and well above one connection's 16 MiB, so a flooding connection
-    /// leaves room for the others.
+    /// bdevstore takes a DMA buffer for every read piece in flight (`start_read`) and for each
+    /// record it writes; a record whose buffer cannot be had fails the store until restart
+    /// (`build_record`, "record buffer"). Reads and write data reach the store only within
+    /// this budget, which stays below what bdevstore can take in DMA buffers (spdk.mem_mib,
+    /// 512 MiB by default, shared by every shard, the malloc bdev, the mbufs and bdevstore's
+    /// own 32 MiB buffer pool); and well above one connection's 16 MiB, so a flooding
+    /// connection leaves room for the others.
     pub shard_bytes: usize,
 }
 
