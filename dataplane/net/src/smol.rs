@@ -51,6 +51,9 @@ pub struct SmolConfig {
     /// Longest a listen socket may sit in SYN-RECEIVED (the peer never completes the
     /// handshake) before it listens again.
     pub syn_timeout: Duration,
+    /// A handshake younger than this is taken to be in progress (the peer's ACK is a round
+    /// trip away): it is never taken back early to make room, only after `syn_timeout`.
+    pub syn_min_age: Duration,
     /// Disable Nagle (request/response traffic wants this).
     pub nodelay: bool,
     /// Send TCP timestamps (RFC 7323): lets the peer's kernel measure RTT and grow its
@@ -76,6 +79,9 @@ impl Default for SmolConfig {
             // for a lost SYN-ACK's retransmission (1 s RTO) and frees a backlog place filled
             // by a SYN that never completes 7x faster than the connection timeout would.
             syn_timeout: Duration::from_secs(2),
+            // Well above a LAN or metro round trip: a burst of real clients filling the
+            // backlog keeps its handshakes (and is refused beyond it, as it should be).
+            syn_min_age: Duration::from_millis(200),
             time_wait: Duration::ZERO,
             nodelay: true,
             timestamps: true,
@@ -297,12 +303,14 @@ impl<D: NetDevice> SmolStack<D> {
     /// SYN flood: a SYN that never completes holds a listen socket in SYN-RECEIVED; with the
     /// whole backlog held, every new client would be refused. So a socket is taken back after
     /// `syn_timeout`, and when fewer than an eighth of the backlog listen, the oldest half-open
-    /// ones are taken back at once: a real client's handshake, one round trip, completes long
-    /// before the flood can push it out. Cost: a pass over the backlog per poll, plus one per
+    /// ones older than `syn_min_age` are taken back at once: a real client's handshake, one
+    /// round trip, completes long before the flood can push it out, and a burst of real
+    /// clients still meets the backlog as it is. Cost: a pass over the backlog per poll, plus one per
     /// socket taken back (at most backlog/8).
     fn maintain_listeners(&mut self, now: Instant) -> usize {
         let mut work = 0;
         let syn_timeout = smol_dur(self.cfg.syn_timeout);
+        let syn_min_age = smol_dur(self.cfg.syn_min_age);
         for li in 0..self.listeners.len() {
             let port = self.listeners[li].port;
             let mut i = 0;
@@ -349,14 +357,15 @@ impl<D: NetDevice> SmolStack<D> {
             let l = &self.listeners[li];
             let room = l.pending.len() + l.ready.len() < l.backlog && !self.free.is_empty();
             // Fewer than an eighth of the backlog listening, and no socket to add: the oldest
-            // half-open ones listen again (a real SYN then finds one; a real handshake, one
-            // round trip, outlives the few polls the flood needs to cycle through them all).
+            // half-open ones past `syn_min_age` listen again (a real SYN then finds one; a real
+            // handshake completes within its round trip, long before it is that old).
             let min_listening = (l.backlog / 8).max(1);
             if !room && listening < min_listening {
+                let old_enough = now - syn_min_age;
                 for _ in listening..min_listening {
                     let l = &self.listeners[li];
                     let Some(i) = (0..l.pending.len())
-                        .filter(|&i| l.pending[i].1.is_some())
+                        .filter(|&i| l.pending[i].1.is_some_and(|t| t <= old_enough))
                         .min_by_key(|&i| l.pending[i].1)
                     else {
                         break;
@@ -863,6 +872,7 @@ mod tests {
             rx_buffer: 4096,
             tx_buffer: 4096,
             syn_timeout: Duration::from_millis(300),
+            syn_min_age: Duration::from_millis(40),
             ..SmolConfig::default()
         };
         let mut stack = SmolStack::new(Wire::default(), cfg, None).unwrap();
@@ -880,10 +890,6 @@ mod tests {
                     .push_back(tcp_frame(ip, port, TcpControl::Syn, 1000, None));
             }
         };
-        for _ in 0..4 {
-            flood(&mut stack, BACKLOG as u32 * 2);
-            stack.poll();
-        }
         let half_open = |stack: &SmolStack<Wire>| {
             stack.listeners[0]
                 .pending
@@ -893,7 +899,19 @@ mod tests {
                 })
                 .count()
         };
+        flood(&mut stack, BACKLOG as u32 * 2);
+        stack.poll();
+        // Young handshakes are left alone: the backlog is full (real clients in a burst would
+        // be refused beyond it, as they should).
         assert_eq!(stack.listeners[0].pending.len(), BACKLOG);
+        assert_eq!(half_open(&stack), BACKLOG);
+        assert_eq!(stack.stats().syn_recycled, 0);
+        // Past `syn_min_age`, the oldest one listens again at each poll.
+        std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..4 {
+            flood(&mut stack, BACKLOG as u32 * 2);
+            stack.poll();
+        }
         // All but the one just taken back are held by the flood.
         assert_eq!(half_open(&stack), BACKLOG - 1);
         assert!(stack.stats().syn_recycled >= 4, "{:?}", stack.stats());
@@ -906,7 +924,10 @@ mod tests {
             stack.poll();
         }
 
-        // A real client (it answers ARP) sends its SYN, with the flood still coming.
+        // A real client (it answers ARP) sends its SYN, with the flood still coming; by then
+        // the flood's handshakes are past `syn_min_age`, so one socket listens.
+        std::thread::sleep(Duration::from_millis(50));
+        stack.poll();
         let me = Ipv4Addr::new(10, 0, 0, 250);
         stack.device.inner.tx.clear();
         stack.device.inner.rx.push_back(arp_request(me));
