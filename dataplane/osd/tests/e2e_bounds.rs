@@ -7,9 +7,10 @@
 //!   holding half an op frame: a client keeps a fraction of its baseline throughput, a new
 //!   client connects and is served meanwhile, the handshaking ones are evicted or closed by the
 //!   handshake deadline, the authenticated ones by the idle timeout;
-//! - a read flood (four connections, 4 MiB reads, 64 in flight each) against a shard with a
-//!   small budget: the flooders are throttled (stalls, budget waits), the budget is never
-//!   exceeded, another client's small reads keep a bounded p99, nothing fails;
+//! - a read flood (six raw connections pipelining 4 MiB reads without bound, four of them never
+//!   reading their replies) against a shard with a small budget: the flooders are throttled
+//!   (stalls, budget waits), the budget is never exceeded, another client's small writes and
+//!   reads keep a bounded p99, nothing fails;
 //! - garbage, oversized, truncated and bad-CRC frames after authentication (e2e.rs covers them
 //!   before it) close that connection only;
 //! - a key removed with `AuthRm` ends its open session within seconds; another client's session
@@ -461,8 +462,8 @@ fn flooder(
 #[test]
 fn a_read_flood_is_throttled_while_another_client_keeps_its_p99() {
     const BIG: usize = 4 << 20;
-    // 12 MiB per connection (two 4 MiB reads), 24 MiB per shard (21 for large ops): four
-    // flooding connections want 32.
+    // 12 MiB per connection (two 4 MiB reads), 24 MiB per shard (21 for large ops): six
+    // flooding connections want 72.
     const CONN_KIB: usize = 12 << 10;
     const SHARD_MIB: usize = 24;
     let rt = runtime();
@@ -477,18 +478,20 @@ fn a_read_flood_is_throttled_while_another_client_keeps_its_p99() {
             let (base_rate, base_lat) = load(&victim, 2, Duration::from_secs(2), "v").await;
             let before = mon.osd_perf(osd.id).await;
 
-            // Four raw connections that pipeline 4 MiB reads without bound: two read their
-            // replies, two never do.
+            // Six raw connections that pipeline 4 MiB reads without bound: two read their
+            // replies, four never do (their replies fill the socket buffers, then the shard
+            // holds them: 4 x ~8-12 MiB, past the 21 MiB large ops may take, so the readers
+            // wait for the budget).
             let stop = Arc::new(AtomicBool::new(false));
             let target = victim.locate("data", "big").unwrap();
-            let flood: Vec<_> = (0..4)
+            let flood: Vec<_> = (0..6)
                 .map(|i| {
                     flooder(
                         osd.addr(),
                         &creds,
                         target,
                         victim.epoch(),
-                        i % 2 == 0,
+                        i < 2,
                         stop.clone(),
                     )
                 })
@@ -536,8 +539,12 @@ fn a_read_flood_is_throttled_while_another_client_keeps_its_p99() {
                 "budget in use: {peak}"
             );
             assert_eq!(d("shard0.errors"), 0, "{during:?}");
+            // Bounded against the baseline (measured seconds before, on the same machine),
+            // with a floor for a shared 2-core machine where a debug shard copying 4 MiB
+            // replies competes with the test for the CPU. Unbounded, the flood's replies
+            // queue ahead of the victim's by the gigabyte.
             assert!(
-                p99_flood <= (p99_base * 10).max(100_000),
+                p99_flood <= (p99_base * 20).max(1_000_000),
                 "victim p99 {p99_flood} us under the flood, {p99_base} us before"
             );
             // The flooders' connections closed, the store is healthy: a write and a read.
