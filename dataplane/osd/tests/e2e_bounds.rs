@@ -376,11 +376,15 @@ fn a_thousand_idle_and_half_sent_connections_do_not_lock_out_clients() {
             assert!(d("shard0.idle_timeouts") >= HALF_OP as u64, "{after:?}");
             assert_eq!(d("shard0.conns_refused"), 0, "{after:?}");
             assert_eq!(d("shard0.errors"), 0, "{after:?}");
-            // Throughput: a fraction of the baseline, on a shared 2-core machine where the
-            // test's own connect loop competes for the CPU.
+            // Throughput: a fraction of the client's own before and after the hostile
+            // connections (the lower of the two: on a shared 2-core machine the load of the
+            // other processes moves both), while the test's own connect threads compete for
+            // the CPU.
+            let reference = base.min(after_flood);
             assert!(
-                under >= base * 0.25,
-                "throughput fell from {base:.0} to {under:.0} ops/s"
+                under >= reference * 0.25,
+                "throughput fell from {base:.0} (before) and {after_flood:.0} (after) to \
+                 {under:.0} ops/s"
             );
         })
         .await
