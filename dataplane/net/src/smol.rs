@@ -305,8 +305,8 @@ impl<D: NetDevice> SmolStack<D> {
     /// `syn_timeout`, and when fewer than an eighth of the backlog listen, the oldest half-open
     /// ones older than `syn_min_age` are taken back at once: a real client's handshake, one
     /// round trip, completes long before the flood can push it out, and a burst of real
-    /// clients still meets the backlog as it is. Cost: a pass over the backlog per poll, plus one per
-    /// socket taken back (at most backlog/8).
+    /// clients still meets the backlog as it is. Cost: a pass over the backlog per poll, plus
+    /// one per socket taken back (at most backlog/8).
     fn maintain_listeners(&mut self, now: Instant) -> usize {
         let mut work = 0;
         let syn_timeout = smol_dur(self.cfg.syn_timeout);
