@@ -582,7 +582,11 @@ impl Messenger {
             }
             if revoke && self.keyring.key(&c.peer) != c.key {
                 ShardCounters::add(&counters.revoked_closed, 1);
-                tracing::warn!(shard = self.shard, peer = %c.peer, "key revoked or replaced: closing its session");
+                tracing::warn!(
+                    shard = self.shard,
+                    peer = %c.peer,
+                    "key revoked or replaced: closing its session"
+                );
                 Self::start_closing(c, &mut self.unauthenticated);
                 continue;
             }
@@ -615,7 +619,10 @@ impl Messenger {
         // Recounted from the connections (no drift between the two accounts).
         self.used = self.conns.iter().flatten().map(Conn::held_bytes).sum();
         if let Some((slot, gen)) = self.waiter {
-            let waiting = matches!(&self.conns[slot as usize], Some(c) if c.gen == gen && c.held.is_some() && !c.closing);
+            let waiting = match &self.conns[slot as usize] {
+                Some(c) => c.gen == gen && c.held.is_some() && !c.closing,
+                None => false,
+            };
             if !waiting {
                 self.waiter = None;
             }
