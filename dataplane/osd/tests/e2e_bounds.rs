@@ -265,6 +265,24 @@ async fn load(client: &Arc<Client>, tasks: usize, dur: Duration, tag: &str) -> (
     (all.len() as f64 / start.elapsed().as_secs_f64(), all)
 }
 
+/// Waits (at most 30 s) until the shard has counted a budget wait since `before`: the flood
+/// has filled the budget (how soon depends on the machine's load); the counter's value.
+async fn until_budget_waits(mon: &Mon, osd: u32, before: &BTreeMap<String, u64>) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = mon.osd_perf(osd).await;
+        let n = delta(before, &p, "shard0.budget_waits");
+        if n > 0 {
+            return n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flood did not fill the shard's budget within 30 s: {p:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn p99(sorted: &[u64]) -> u64 {
     sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]
 }
@@ -500,7 +518,7 @@ fn a_read_flood_is_throttled_while_another_client_keeps_its_p99() {
                     )
                 })
                 .collect();
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            until_budget_waits(&mon, osd.id, &before).await;
             // The victim's load, while the budget in use is sampled.
             let done = AtomicBool::new(false);
             let victim_load = async {
@@ -739,7 +757,7 @@ fn bdev_a_read_flood_leaves_the_store_healthy() {
                     )
                 })
                 .collect();
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            until_budget_waits(&mon, osd.id, &before).await;
             // Writes (records need DMA buffers) and reads meanwhile: every one must succeed.
             let (rate, lat) = load(&client, 4, Duration::from_secs(4), "w").await;
             let during = mon.osd_perf(osd.id).await;
