@@ -44,6 +44,9 @@ pub struct IfaceStats {
     pub resets: u64,
     /// Times a listener could not get a socket because the cap was reached.
     pub socket_cap_hits: u64,
+    /// Listen sockets taken back from a half-open handshake (SYN-RECEIVED too long, or the
+    /// oldest one when no socket was left listening): what a SYN flood costs (smoltcp only).
+    pub syn_recycled: u64,
     /// Sockets in use now: listening + connected (the smoltcp socket-set size).
     pub sockets: u64,
     /// Open connections now (accepted, not yet reaped).
@@ -89,6 +92,11 @@ pub trait NetStack {
     fn send_space(&self, c: ConnId) -> Result<usize, NetError>;
     /// Starts an orderly close; the handle is invalid afterwards.
     fn close(&mut self, c: ConnId) -> Result<(), NetError>;
+    /// Drops the connection at once (a reset where the stack can send one, no lingering in
+    /// the FIN handshake): for peers the application evicts. The handle is invalid afterwards.
+    fn abort(&mut self, c: ConnId) -> Result<(), NetError> {
+        self.close(c)
+    }
     fn conn_state(&self, c: ConnId) -> Result<ConnState, NetError>;
     fn conn_stats(&self, c: ConnId) -> Result<ConnStats, NetError>;
     fn stats(&self) -> IfaceStats;

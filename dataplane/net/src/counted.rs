@@ -1,4 +1,7 @@
-//! A `phy::Device` wrapper that counts frames and bytes in both directions.
+//! A `phy::Device` wrapper that counts frames and bytes in both directions, and caps the frames
+//! one interface poll may take (`rx_left`): smoltcp's `poll` takes frames while the device has
+//! any, and a DPDK queue refills as fast as a flood arrives, so without the cap one poll could
+//! run for as long as the flood lasts while the shard's connections wait.
 
 use std::cell::Cell;
 
@@ -20,6 +23,8 @@ fn bump(c: &Cell<u64>, n: u64) {
 pub(crate) struct Counted<D> {
     pub(crate) inner: D,
     pub(crate) counters: FrameCounters,
+    /// Frames the current poll may still take (set before each poll).
+    pub(crate) rx_left: usize,
 }
 
 pub(crate) struct CountedRx<'a, T> {
@@ -70,10 +75,15 @@ impl<D: Device> Device for Counted<D> {
         Self: 'a;
 
     fn receive(&mut self, ts: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        if self.rx_left == 0 {
+            return None;
+        }
         let c = &self.counters;
-        self.inner
-            .receive(ts)
-            .map(|(r, t)| (CountedRx { token: r, c }, CountedTx { token: t, c }))
+        let got = self.inner.receive(ts);
+        if got.is_some() {
+            self.rx_left -= 1;
+        }
+        got.map(|(r, t)| (CountedRx { token: r, c }, CountedTx { token: t, c }))
     }
 
     fn transmit(&mut self, ts: Instant) -> Option<Self::TxToken<'_>> {

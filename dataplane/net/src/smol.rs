@@ -48,6 +48,12 @@ pub struct SmolConfig {
     pub close_linger: Duration,
     /// Longest TIME-WAIT is held before the socket is reused.
     pub time_wait: Duration,
+    /// Longest a listen socket may sit in SYN-RECEIVED (the peer never completes the
+    /// handshake) before it listens again.
+    pub syn_timeout: Duration,
+    /// A handshake younger than this is taken to be in progress (the peer's ACK is a round
+    /// trip away): it is never taken back early to make room, only after `syn_timeout`.
+    pub syn_min_age: Duration,
     /// Disable Nagle (request/response traffic wants this).
     pub nodelay: bool,
     /// Send TCP timestamps (RFC 7323): lets the peer's kernel measure RTT and grow its
@@ -69,6 +75,13 @@ impl Default for SmolConfig {
             keep_alive: Some(Duration::from_secs(5)),
             timeout: Some(Duration::from_secs(15)),
             close_linger: Duration::from_secs(5),
+            // A LAN handshake takes one round trip (well under a millisecond); 2 s leaves room
+            // for a lost SYN-ACK's retransmission (1 s RTO) and frees a backlog place filled
+            // by a SYN that never completes 7x faster than the connection timeout would.
+            syn_timeout: Duration::from_secs(2),
+            // Well above a LAN or metro round trip: a burst of real clients filling the
+            // backlog keeps its handshakes (and is refused beyond it, as it should be).
+            syn_min_age: Duration::from_millis(200),
             time_wait: Duration::ZERO,
             nodelay: true,
             timestamps: true,
@@ -80,8 +93,9 @@ impl Default for SmolConfig {
 struct Listener {
     port: u16,
     backlog: usize,
-    /// Sockets in LISTEN / SYN-RECEIVED for this port.
-    pending: Vec<SocketHandle>,
+    /// Sockets in LISTEN / SYN-RECEIVED for this port, each with when it was first seen in
+    /// SYN-RECEIVED (None: listening).
+    pending: Vec<(SocketHandle, Option<Instant>)>,
     /// Established connections not yet accepted.
     ready: std::collections::VecDeque<ConnId>,
 }
@@ -115,6 +129,11 @@ pub struct SmolStack<D: NetDevice> {
     /// Next ephemeral port to try for `connect`.
     next_port: u16,
 }
+
+/// Most frames one [`NetStack::poll`] takes from the device: a flood (SYNs, or anything else)
+/// costs the shard a bounded slice per poll, and the connections get their turn in between.
+/// Well above a DPDK rx burst (32), so normal traffic never notices.
+pub const RX_PER_POLL: usize = 256;
 
 /// Ephemeral port range for outgoing connections (IANA dynamic ports).
 const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
@@ -193,6 +212,7 @@ impl<D: NetDevice> SmolStack<D> {
             device: Counted {
                 inner: device,
                 counters: FrameCounters::default(),
+                rx_left: RX_PER_POLL,
             },
             iface,
             sockets: SocketSet::new(Vec::with_capacity(cfg.max_sockets)),
@@ -263,20 +283,65 @@ impl<D: NetDevice> SmolStack<D> {
         Some(ConnId { slot, gen })
     }
 
-    /// Promotes handshaken sockets to connections and tops listeners up to their backlog.
-    fn maintain_listeners(&mut self) -> usize {
+    /// Makes listen socket `h` listen on `port` again (dropping a half-open handshake); its
+    /// new handle. The socket leaves the set and comes back: smoltcp keeps per-handle egress
+    /// state, and a handle whose SYN-ACK waited for a neighbor that never answered (a spoofed
+    /// source) stays silenced for a second, which would delay the next, real, peer's SYN-ACK.
+    /// (The set's storage keeps its slots: no allocation.)
+    fn relisten(&mut self, h: SocketHandle, port: u16) -> SocketHandle {
+        // Irrefutable with this crate's smoltcp features: TCP is the only socket type.
+        let Socket::Tcp(mut s) = self.sockets.remove(h);
+        s.abort();
+        // Only fails for port 0 (refused by `listen`) or an open socket (aborted above).
+        let _ = s.listen(port);
+        self.sockets.add(s)
+    }
+
+    /// Promotes handshaken sockets to connections, takes back listen sockets stuck in
+    /// SYN-RECEIVED, and tops listeners up to their backlog.
+    ///
+    /// SYN flood: a SYN that never completes holds a listen socket in SYN-RECEIVED; with the
+    /// whole backlog held, every new client would be refused. So a socket is taken back after
+    /// `syn_timeout`, and when fewer than an eighth of the backlog listen, the oldest half-open
+    /// ones older than `syn_min_age` are taken back at once: a real client's handshake, one
+    /// round trip, completes long before the flood can push it out, and a burst of real
+    /// clients still meets the backlog as it is. Cost: a pass over the backlog per poll, plus
+    /// one per socket taken back (at most backlog/8).
+    fn maintain_listeners(&mut self, now: Instant) -> usize {
         let mut work = 0;
+        let syn_timeout = smol_dur(self.cfg.syn_timeout);
+        let syn_min_age = smol_dur(self.cfg.syn_min_age);
         for li in 0..self.listeners.len() {
+            let port = self.listeners[li].port;
             let mut i = 0;
+            let mut listening = 0;
             while i < self.listeners[li].pending.len() {
-                let h = self.listeners[li].pending[i];
+                let (h, syn_at) = self.listeners[li].pending[i];
                 let state = self.sockets.get::<tcp::Socket>(h).state();
                 match state {
-                    tcp::State::Listen | tcp::State::SynReceived => i += 1,
+                    tcp::State::Listen => {
+                        self.listeners[li].pending[i].1 = None;
+                        listening += 1;
+                        i += 1;
+                    }
+                    tcp::State::SynReceived => {
+                        let since = syn_at.unwrap_or(now);
+                        if now - since >= syn_timeout {
+                            let h = self.relisten(h, port);
+                            self.stats.syn_recycled += 1;
+                            self.listeners[li].pending[i] = (h, None);
+                            listening += 1;
+                            work += 1;
+                        } else {
+                            self.listeners[li].pending[i].1 = Some(since);
+                        }
+                        i += 1;
+                    }
                     tcp::State::Closed => {
-                        // Reset during the handshake and not re-armed: listen again.
-                        let port = self.listeners[li].port;
-                        let _ = self.sockets.get_mut::<tcp::Socket>(h).listen(port);
+                        // Reset or timed out during the handshake: listen again.
+                        let h = self.relisten(h, port);
+                        self.listeners[li].pending[i] = (h, None);
+                        listening += 1;
                         i += 1;
                     }
                     _ => {
@@ -289,6 +354,28 @@ impl<D: NetDevice> SmolStack<D> {
                     }
                 }
             }
+            let l = &self.listeners[li];
+            let room = l.pending.len() + l.ready.len() < l.backlog && !self.free.is_empty();
+            // Fewer than an eighth of the backlog listening, and no socket to add: the oldest
+            // half-open ones past `syn_min_age` listen again (a real SYN then finds one; a real
+            // handshake completes within its round trip, long before it is that old).
+            let min_listening = (l.backlog / 8).max(1);
+            if !room && listening < min_listening {
+                let old_enough = now - syn_min_age;
+                for _ in listening..min_listening {
+                    let l = &self.listeners[li];
+                    let Some(i) = (0..l.pending.len())
+                        .filter(|&i| l.pending[i].1.is_some_and(|t| t <= old_enough))
+                        .min_by_key(|&i| l.pending[i].1)
+                    else {
+                        break;
+                    };
+                    let h = self.relisten(l.pending[i].0, port);
+                    self.listeners[li].pending[i] = (h, None);
+                    self.stats.syn_recycled += 1;
+                    work += 1;
+                }
+            }
             loop {
                 let l = &self.listeners[li];
                 if l.pending.len() + l.ready.len() >= l.backlog {
@@ -296,7 +383,7 @@ impl<D: NetDevice> SmolStack<D> {
                 }
                 let port = l.port;
                 match self.listening_socket(port) {
-                    Some(h) => self.listeners[li].pending.push(h),
+                    Some(h) => self.listeners[li].pending.push((h, None)),
                     None => {
                         self.stats.socket_cap_hits += 1;
                         break;
@@ -362,7 +449,7 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
             pending: Vec::with_capacity(backlog),
             ready: std::collections::VecDeque::with_capacity(backlog),
         });
-        self.maintain_listeners();
+        self.maintain_listeners(Instant::now());
         Ok(ListenerId(self.listeners.len() as u32 - 1))
     }
 
@@ -496,6 +583,17 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
         Ok(())
     }
 
+    fn abort(&mut self, c: ConnId) -> Result<(), NetError> {
+        let now = Instant::now();
+        let k = self.conn_mut(c)?;
+        k.closed_at = Some(now);
+        let h = k.handle;
+        // CLOSED at once: the next poll sends the reset and `reap` gives the socket back (no
+        // `close_linger` for a peer that was evicted).
+        self.sockets.get_mut::<tcp::Socket>(h).abort();
+        Ok(())
+    }
+
     fn conn_state(&self, c: ConnId) -> Result<ConnState, NetError> {
         let s = self.sockets.get::<tcp::Socket>(self.conn(c)?.handle);
         Ok(match s.state() {
@@ -526,12 +624,13 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
     fn poll(&mut self) -> usize {
         let now = Instant::now();
         let before = self.device.counters.rx_frames.get() + self.device.counters.tx_frames.get();
+        self.device.rx_left = RX_PER_POLL;
         self.iface.poll(now, &mut self.device, &mut self.sockets);
         self.device.flush();
         let frames =
             self.device.counters.rx_frames.get() + self.device.counters.tx_frames.get() - before;
         let mut work = frames as usize;
-        work += self.maintain_listeners();
+        work += self.maintain_listeners(now);
         work += self.reap(now);
         self.deadline = self
             .iface
@@ -611,5 +710,260 @@ mod tests {
                 );
             }
         }
+    }
+    /// A device the test feeds frames into and reads sent frames from.
+    #[derive(Default)]
+    struct Wire {
+        rx: std::collections::VecDeque<Vec<u8>>,
+        tx: Vec<Vec<u8>>,
+    }
+
+    struct WireRx(Vec<u8>);
+    struct WireTx<'a>(&'a mut Vec<Vec<u8>>);
+
+    impl phy::RxToken for WireRx {
+        fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+            f(&self.0)
+        }
+    }
+
+    impl phy::TxToken for WireTx<'_> {
+        fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+            let mut b = vec![0u8; len];
+            let r = f(&mut b);
+            self.0.push(b);
+            r
+        }
+    }
+
+    impl phy::Device for Wire {
+        type RxToken<'a> = WireRx;
+        type TxToken<'a> = WireTx<'a>;
+
+        fn receive(&mut self, _ts: Instant) -> Option<(WireRx, WireTx<'_>)> {
+            let f = self.rx.pop_front()?;
+            Some((WireRx(f), WireTx(&mut self.tx)))
+        }
+
+        fn transmit(&mut self, _ts: Instant) -> Option<WireTx<'_>> {
+            Some(WireTx(&mut self.tx))
+        }
+
+        fn capabilities(&self) -> DeviceCapabilities {
+            let mut c = DeviceCapabilities::default();
+            c.medium = Medium::Ethernet;
+            c.max_transmission_unit = 1514;
+            c
+        }
+    }
+
+    impl NetDevice for Wire {}
+
+    use smoltcp::wire::{
+        ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+        EthernetRepr, IpAddress, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl,
+        TcpPacket, TcpRepr, TcpSeqNumber,
+    };
+
+    const STACK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+    const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 9];
+
+    /// An Ethernet frame with a TCP segment from `src` to the stack (10.0.0.2:6800).
+    fn tcp_frame(
+        src: Ipv4Addr,
+        sport: u16,
+        control: TcpControl,
+        seq: u32,
+        ack: Option<u32>,
+    ) -> Vec<u8> {
+        let dst = Ipv4Addr::new(10, 0, 0, 2);
+        let tcp = TcpRepr {
+            src_port: sport,
+            dst_port: 6800,
+            control,
+            seq_number: TcpSeqNumber(seq as i32),
+            ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
+            window_len: 65535,
+            window_scale: None,
+            max_seg_size: (control == TcpControl::Syn).then_some(1460),
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &[],
+        };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let eth = EthernetRepr {
+            src_addr: EthernetAddress(PEER_MAC),
+            dst_addr: EthernetAddress(STACK_MAC),
+            ethertype: EthernetProtocol::Ipv4,
+        };
+        let mut buf = vec![0u8; 14 + 20 + tcp.buffer_len()];
+        let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
+        eth.emit(&mut f);
+        let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
+        let caps = smoltcp::phy::ChecksumCapabilities::default();
+        ip.emit(&mut p, &caps);
+        let mut t = TcpPacket::new_unchecked(p.payload_mut());
+        tcp.emit(&mut t, &IpAddress::Ipv4(src), &IpAddress::Ipv4(dst), &caps);
+        buf
+    }
+
+    /// An ARP request from `src` for the stack's address (it learns `src`'s MAC from it).
+    fn arp_request(src: Ipv4Addr) -> Vec<u8> {
+        let arp = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: EthernetAddress(PEER_MAC),
+            source_protocol_addr: src,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: Ipv4Address::new(10, 0, 0, 2),
+        };
+        let eth = EthernetRepr {
+            src_addr: EthernetAddress(PEER_MAC),
+            dst_addr: EthernetAddress::BROADCAST,
+            ethertype: EthernetProtocol::Arp,
+        };
+        let mut buf = vec![0u8; 14 + 28];
+        let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
+        eth.emit(&mut f);
+        arp.emit(&mut ArpPacket::new_unchecked(f.payload_mut()));
+        buf
+    }
+
+    /// The SYN-ACK the stack sent to `dst`:`dport`, if any: its sequence number.
+    fn syn_ack_to(tx: &[Vec<u8>], dst: Ipv4Addr, dport: u16) -> Option<u32> {
+        tx.iter().find_map(|b| {
+            let f = EthernetFrame::new_checked(&b[..]).ok()?;
+            if f.ethertype() != EthernetProtocol::Ipv4 {
+                return None;
+            }
+            let p = Ipv4Packet::new_checked(f.payload()).ok()?;
+            if p.dst_addr() != dst || p.next_header() != IpProtocol::Tcp {
+                return None;
+            }
+            let t = TcpPacket::new_checked(p.payload()).ok()?;
+            (t.dst_port() == dport && t.syn() && t.ack()).then(|| t.seq_number().0 as u32)
+        })
+    }
+
+    fn spoofed(i: u32) -> (Ipv4Addr, u16) {
+        // On-link addresses that never answer ARP: their SYN-ACKs never leave.
+        (
+            Ipv4Addr::new(10, 0, 0, 10 + (i % 200) as u8),
+            1024 + (i % 60_000) as u16,
+        )
+    }
+
+    /// A SYN flood from spoofed addresses holds every listen socket in SYN-RECEIVED; the oldest
+    /// is taken back at each poll, so a real client's handshake still completes and is
+    /// accepted; the rest time out after `syn_timeout`; one poll takes at most `RX_PER_POLL`
+    /// frames however many are queued.
+    #[test]
+    fn a_syn_flood_neither_starves_a_real_client_nor_the_poll() {
+        const BACKLOG: usize = 8;
+        let cfg = SmolConfig {
+            mac: STACK_MAC,
+            max_sockets: 16,
+            rx_buffer: 4096,
+            tx_buffer: 4096,
+            syn_timeout: Duration::from_millis(300),
+            syn_min_age: Duration::from_millis(40),
+            ..SmolConfig::default()
+        };
+        let mut stack = SmolStack::new(Wire::default(), cfg, None).unwrap();
+        let l = stack.listen(6800, BACKLOG).unwrap();
+        // The flood: more SYNs than the backlog, from addresses that never answer.
+        let mut n = 0u32;
+        let mut flood = |stack: &mut SmolStack<Wire>, k: u32| {
+            for _ in 0..k {
+                let (ip, port) = spoofed(n);
+                n += 1;
+                stack
+                    .device
+                    .inner
+                    .rx
+                    .push_back(tcp_frame(ip, port, TcpControl::Syn, 1000, None));
+            }
+        };
+        let half_open = |stack: &SmolStack<Wire>| {
+            stack.listeners[0]
+                .pending
+                .iter()
+                .filter(|(h, _)| {
+                    stack.sockets.get::<tcp::Socket>(*h).state() == tcp::State::SynReceived
+                })
+                .count()
+        };
+        flood(&mut stack, BACKLOG as u32 * 2);
+        stack.poll();
+        // Young handshakes are left alone: the backlog is full (real clients in a burst would
+        // be refused beyond it, as they should).
+        assert_eq!(stack.listeners[0].pending.len(), BACKLOG);
+        assert_eq!(half_open(&stack), BACKLOG);
+        assert_eq!(stack.stats().syn_recycled, 0);
+        // Past `syn_min_age`, the oldest one listens again at each poll.
+        std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..4 {
+            flood(&mut stack, BACKLOG as u32 * 2);
+            stack.poll();
+        }
+        // All but the one just taken back are held by the flood.
+        assert_eq!(half_open(&stack), BACKLOG - 1);
+        assert!(stack.stats().syn_recycled >= 4, "{:?}", stack.stats());
+
+        // Bounded work per poll: 1,000 queued frames take four polls at least.
+        flood(&mut stack, 1000);
+        stack.poll();
+        assert_eq!(stack.device.inner.rx.len(), 1000 - RX_PER_POLL);
+        while !stack.device.inner.rx.is_empty() {
+            stack.poll();
+        }
+
+        // A real client (it answers ARP) sends its SYN, with the flood still coming; by then
+        // the flood's handshakes are past `syn_min_age`, so one socket listens.
+        std::thread::sleep(Duration::from_millis(50));
+        stack.poll();
+        let me = Ipv4Addr::new(10, 0, 0, 250);
+        stack.device.inner.tx.clear();
+        stack.device.inner.rx.push_back(arp_request(me));
+        stack.poll();
+        stack.device.inner.tx.clear();
+        stack
+            .device
+            .inner
+            .rx
+            .push_back(tcp_frame(me, 40_000, TcpControl::Syn, 5000, None));
+        flood(&mut stack, BACKLOG as u32);
+        stack.poll();
+        let server_isn = syn_ack_to(&stack.device.inner.tx, me, 40_000)
+            .expect("the real client's SYN got a SYN-ACK");
+        flood(&mut stack, BACKLOG as u32);
+        stack.poll();
+        // Its ACK completes the handshake, and the connection is accepted.
+        stack.device.inner.rx.push_back(tcp_frame(
+            me,
+            40_000,
+            TcpControl::None,
+            5001,
+            Some(server_isn.wrapping_add(1)),
+        ));
+        flood(&mut stack, BACKLOG as u32);
+        stack.poll();
+        let c = stack
+            .accept(l)
+            .unwrap()
+            .expect("the real client was accepted");
+        assert_eq!(stack.conn_state(c).unwrap(), ConnState::Open);
+
+        // The flood stops: its half-open sockets are taken back within `syn_timeout`.
+        std::thread::sleep(Duration::from_millis(350));
+        stack.poll();
+        assert_eq!(half_open(&stack), 0);
+        assert_eq!(stack.conn_state(c).unwrap(), ConnState::Open);
     }
 }

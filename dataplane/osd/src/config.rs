@@ -220,9 +220,31 @@ pub struct NetSection {
     /// Shard i listens on base_port + i; 0 picks free ports (kernel only).
     #[serde(default = "default_port")]
     pub base_port: u16,
-    /// Connections per shard.
+    /// Connections per shard (authenticated or not; see `max_unauthenticated`).
     #[serde(default = "default_conns")]
     pub max_connections: usize,
+    /// Of those, at most this many may still be in their handshake; a new connection beyond it
+    /// evicts the oldest one still handshaking (see [`crate::messenger::Bounds`]).
+    #[serde(default = "default_unauth")]
+    pub max_unauthenticated: usize,
+    /// A connection that has not authenticated within this many milliseconds is closed.
+    #[serde(default = "default_handshake_ms")]
+    pub handshake_timeout_ms: u64,
+    /// A client session with nothing in flight and no bytes for this many seconds is closed
+    /// (0: never). OSD sessions (replica links) are exempt.
+    #[serde(default = "default_idle_s")]
+    pub idle_timeout_s: u64,
+    /// Ops one connection may have in flight; beyond it the shard stops reading it.
+    #[serde(default = "default_conn_ops")]
+    pub max_ops_per_connection: u32,
+    /// Bytes one connection may hold in the shard (read replies reserved, write data, replies
+    /// not yet sent), in KiB; beyond it the shard stops reading it.
+    #[serde(default = "default_conn_kib")]
+    pub max_kib_per_connection: usize,
+    /// Bytes all connections of one shard may hold together (the same accounting), in MiB:
+    /// a read or write waits for room before it reaches the store.
+    #[serde(default = "default_shard_mib")]
+    pub shard_memory_mib: usize,
     /// dpdk: the IP MTU of the port (576 to 9000; default 1500). Jumbo frames carry a 4 KiB
     /// op in one frame instead of three. An af_packet port needs ring frames that big: add
     /// `framesz=` (and `blocksz=`, a multiple of it) to the vdev string (e.g. 9216 and 36864
@@ -274,6 +296,28 @@ fn default_mtu() -> u16 {
 }
 fn default_conns() -> usize {
     64
+}
+fn default_unauth() -> usize {
+    crate::messenger::Bounds::DEFAULT.max_unauthenticated
+}
+fn default_handshake_ms() -> u64 {
+    crate::messenger::Bounds::DEFAULT
+        .handshake_timeout
+        .as_millis() as u64
+}
+fn default_idle_s() -> u64 {
+    crate::messenger::Bounds::DEFAULT
+        .idle_timeout
+        .map_or(0, |d| d.as_secs())
+}
+fn default_conn_ops() -> u32 {
+    crate::messenger::Bounds::DEFAULT.max_ops_per_conn
+}
+fn default_conn_kib() -> usize {
+    crate::messenger::Bounds::DEFAULT.max_bytes_per_conn >> 10
+}
+fn default_shard_mib() -> usize {
+    crate::messenger::Bounds::DEFAULT.shard_bytes >> 20
 }
 
 /// Which object store each shard runs.
@@ -379,6 +423,28 @@ impl Config {
         if self.net.max_connections == 0 {
             return Err(invalid("net.max_connections", "must be > 0"));
         }
+        let net = &self.net;
+        if net.max_unauthenticated == 0 || net.max_unauthenticated > net.max_connections {
+            return Err(invalid(
+                "net.max_unauthenticated",
+                "must be 1 to net.max_connections",
+            ));
+        }
+        if net.handshake_timeout_ms == 0 {
+            return Err(invalid("net.handshake_timeout_ms", "must be > 0"));
+        }
+        if net.max_ops_per_connection == 0 {
+            return Err(invalid("net.max_ops_per_connection", "must be > 0"));
+        }
+        if net.max_kib_per_connection == 0 {
+            return Err(invalid("net.max_kib_per_connection", "must be > 0"));
+        }
+        if (net.shard_memory_mib << 10) < net.max_kib_per_connection {
+            return Err(invalid(
+                "net.shard_memory_mib",
+                "must hold at least one connection's max_kib_per_connection",
+            ));
+        }
         match self.net.backend {
             NetBackend::Kernel => {
                 self.kernel_ip()?;
@@ -440,6 +506,20 @@ impl Config {
     }
 
     /// The kernel backend's bind address.
+    /// The messenger's bounds on peers, from `[net]` (checked by `validate`).
+    pub fn bounds(&self) -> crate::messenger::Bounds {
+        let n = &self.net;
+        crate::messenger::Bounds {
+            max_unauthenticated: n.max_unauthenticated,
+            handshake_timeout: std::time::Duration::from_millis(n.handshake_timeout_ms),
+            idle_timeout: (n.idle_timeout_s > 0)
+                .then(|| std::time::Duration::from_secs(n.idle_timeout_s)),
+            max_ops_per_conn: n.max_ops_per_connection,
+            max_bytes_per_conn: n.max_kib_per_connection << 10,
+            shard_bytes: n.shard_memory_mib << 20,
+        }
+    }
+
     pub fn kernel_ip(&self) -> Result<Ipv4Addr, ConfigError> {
         self.net
             .ip
@@ -643,6 +723,30 @@ kind = "memstore"
             short.scrub_interval(),
             Some(std::time::Duration::from_secs(2))
         );
+    }
+
+    #[test]
+    fn peer_bounds_default_and_are_checked() {
+        use crate::messenger::Bounds;
+        assert_eq!(parse(KERNEL).unwrap().bounds(), Bounds::DEFAULT);
+        let with = |kv: &str| parse(&KERNEL.replace("[store]", &format!("{kv}\n[store]")));
+        let b = with("handshake_timeout_ms = 500\nidle_timeout_s = 0\nshard_memory_mib = 32")
+            .unwrap()
+            .bounds();
+        assert_eq!(b.handshake_timeout, std::time::Duration::from_millis(500));
+        assert_eq!(b.idle_timeout, None);
+        assert_eq!(b.shard_bytes, 32 << 20);
+        for (bad, key) in [
+            ("max_unauthenticated = 0", "net.max_unauthenticated"),
+            ("max_unauthenticated = 65", "net.max_unauthenticated"),
+            ("handshake_timeout_ms = 0", "net.handshake_timeout_ms"),
+            ("max_ops_per_connection = 0", "net.max_ops_per_connection"),
+            ("max_kib_per_connection = 0", "net.max_kib_per_connection"),
+            ("shard_memory_mib = 1", "net.shard_memory_mib"),
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

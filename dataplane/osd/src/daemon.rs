@@ -577,6 +577,7 @@ fn start_shards(
     let base_port = cfg.net.base_port;
     let gateway = cfg.net.gateway;
     let max_conns = cfg.net.max_connections;
+    let bounds = cfg.bounds();
     let mtu = cfg.net.mtu;
     let keyring = keyring.clone();
     let counters = counters.to_vec();
@@ -636,6 +637,7 @@ fn start_shards(
             net,
             port,
             max_connections: max_conns,
+            bounds,
             store,
             keyring: keyring.clone(),
             counters: counters[shard].clone(),

@@ -56,7 +56,7 @@ use carmine_wire::op::OpKind;
 use carmine_wire::{Epoch, OpError, PgId, PoolId, RepError, RepOp, RepReply};
 use smallvec::SmallVec;
 
-pub use crate::messenger::BACKLOG;
+pub use crate::messenger::{Bounds, BACKLOG};
 use crate::messenger::{ConnRef, Inbound, ListenError, Messenger, RepInbound};
 use crate::ops::{op_error, Answer, Job};
 use crate::peers::{LinkId, PeerEvent};
@@ -133,6 +133,8 @@ pub struct ShardParts {
     pub net: Box<dyn NetStack>,
     pub port: u16,
     pub max_connections: usize,
+    /// What one peer may hold of the shard (timeouts, slots, ops and bytes in flight).
+    pub bounds: Bounds,
     pub store: ShardStore,
     pub keyring: Arc<SharedKeyring>,
     pub counters: Arc<ShardCounters>,
@@ -202,8 +204,14 @@ impl ShardCore {
         p: ShardParts,
         mailbox: Rc<Mailbox<ShardMsg>>,
     ) -> Result<(ShardCore, u16), ShardError> {
-        let (messenger, port) =
-            Messenger::listen(p.shard, p.net, p.port, p.max_connections, p.keyring)?;
+        let (messenger, port) = Messenger::listen(
+            p.shard,
+            p.net,
+            p.port,
+            p.max_connections,
+            p.bounds,
+            p.keyring,
+        )?;
         let pgs = PgTable::new(p.store.get_ref().list_collections());
         let core = ShardCore {
             shard: p.shard,
