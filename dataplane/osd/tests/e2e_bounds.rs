@@ -163,7 +163,7 @@ impl Raw {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut cc = ClientConn::new(
             creds.id.clone(),
-            creds.key.clone(),
+            creds.data_path_key(),
             Nonce::random().unwrap(),
             Limits::DEFAULT,
         )
@@ -691,6 +691,7 @@ fn a_revoked_key_ends_its_sessions() {
                 .await
                 .auth_rm(authed(v1::AuthIdRequest {
                     id: gone.id.clone(),
+                    ..Default::default()
                 }))
                 .await
                 .unwrap();
