@@ -38,7 +38,9 @@ impl AdminGate {
                     "this OSD has not fetched the keyring from the monitor yet",
                 )),
                 None => {
-                    tracing::warn!(key_id = %id, "admin credential refused");
+                    // The id is the caller's: logged short.
+                    let shown: String = id.chars().take(64).collect();
+                    tracing::warn!(key_id = %shown, "admin credential refused");
                     Err(Status::unauthenticated("credential refused"))
                 }
             },
@@ -251,7 +253,6 @@ impl OsdAdmin for AdminSvc {
         req: Request<v1::PgPrepareRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
         let caller = require_peer(&req)?;
-        let p = self.peering()?;
         let r = req.into_inner();
         if let Some(n) = caller.filter(|n| *n != r.primary) {
             return Err(Status::permission_denied(format!(
@@ -259,6 +260,7 @@ impl OsdAdmin for AdminSvc {
                 r.primary
             )));
         }
+        let p = self.peering()?;
         let pg = PgId {
             pool: r.pool,
             pg: r.pg,
@@ -290,7 +292,13 @@ impl OsdAdmin for AdminSvc {
         &self,
         req: Request<v1::PgPushRequest>,
     ) -> Result<Response<v1::PgPushReply>, Status> {
-        require_peer(&req)?;
+        // A peer has objects pushed to itself only (its primary asks what it lacks).
+        if let Some(n) = require_peer(&req)?.filter(|n| *n != req.get_ref().target) {
+            return Err(Status::permission_denied(format!(
+                "osd.{n} cannot have objects pushed to osd.{}",
+                req.get_ref().target
+            )));
+        }
         let p = self.peering()?;
         let r = req.into_inner();
         let pg = PgId {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 mod test_mon;
 use test_mon::TestMon;
 
-const TOKEN: &str = "cli-test-token";
+const TOKEN: &str = "cli-test-admin-token";
 
 /// The test's monitor (heartbeats every 100 ms).
 fn start_mon(dir: &Path) -> TestMon {

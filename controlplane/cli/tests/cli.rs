@@ -9,7 +9,7 @@ use serde_json::Value;
 mod test_mon;
 use test_mon::TestMon;
 
-const TOKEN: &str = "cli-test-token";
+const TOKEN: &str = "cli-test-admin-token";
 
 /// The test's monitor over a data dir of its own.
 struct Mon {

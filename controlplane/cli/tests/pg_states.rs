@@ -13,7 +13,7 @@ use serde_json::Value;
 mod test_mon;
 use test_mon::TestMon;
 
-const TOKEN: &str = "pg-states-token";
+const TOKEN: &str = "pg-states-admin-token";
 
 fn carmine(mon: &TestMon, args: &[&str]) -> Output {
     let mut all = vec!["--mon", &mon.addr, "--token", TOKEN];

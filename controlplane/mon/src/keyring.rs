@@ -73,13 +73,22 @@ pub enum Principal {
     Anonymous,
 }
 
-/// One issued key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One issued key. `Debug` does not print the secret.
+#[derive(Clone, PartialEq, Eq)]
 pub struct KeyEntry {
     pub key: [u8; CLIENT_KEY_LEN],
     pub role: KeyRole,
     /// For an OSD key: the uuid it was issued for (empty: any, see the module doc).
     pub osd_uuid: String,
+}
+
+impl std::fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyEntry")
+            .field("role", &self.role)
+            .field("osd_uuid", &self.osd_uuid)
+            .finish_non_exhaustive()
+    }
 }
 
 /// 32 bytes from the OS RNG.

@@ -49,6 +49,9 @@ use crate::service::{AdminSvc, ClusterSvc, Gate, MonSlot, Shared};
 use crate::state::{MonError, Monitor, Policy};
 use crate::store::{Backend, MapStore};
 
+/// Shortest admin token accepted, in characters.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
 /// How long a stopping monitor waits for open calls (other than map streams, which end at
 /// once) before it exits anyway.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
@@ -124,9 +127,12 @@ impl MonConfig {
     /// Refuses to run without credentials unless `--insecure` says so.
     pub fn check_credentials(&self) -> Result<(), ServeError> {
         match &self.admin_token {
-            Some(t) if t.is_empty() => Err(ServeError::Config(
-                "the admin token must not be empty".into(),
-            )),
+            // The OSDs hold a hash of it (the admin's data-path key): too short a token could
+            // be guessed from one offline.
+            Some(t) if t.len() < MIN_ADMIN_TOKEN_LEN => Err(ServeError::Config(format!(
+                "the admin token must be at least {MIN_ADMIN_TOKEN_LEN} characters long (e.g. \
+                 head -c 24 /dev/urandom | base64)"
+            ))),
             None if !self.insecure => Err(ServeError::Config(
                 "the monitor needs credentials: give --admin-token (or CARMINE_ADMIN_TOKEN), \
                  or --insecure to accept calls without any"
@@ -140,9 +146,12 @@ impl MonConfig {
     /// becomes the admin key `client.admin`, `--insecure` a health warning.
     pub fn prepare(&self, mon: &mut Monitor) -> Result<(), MonError> {
         mon.set_insecure(self.insecure);
-        if let Some(t) = &self.admin_token {
-            mon.set_admin_secret(carmine_proto::auth::admin_token_secret(t))?;
-        }
+        // Without a token, no admin key from an earlier one stays valid.
+        mon.set_admin_secret(
+            self.admin_token
+                .as_deref()
+                .map(carmine_proto::auth::admin_token_secret),
+        )?;
         Ok(())
     }
 

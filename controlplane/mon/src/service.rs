@@ -151,7 +151,9 @@ impl Gate {
                 match m.authenticate(&id, &proof) {
                     Some(p) => Ok(Some(p)),
                     None => {
-                        tracing::warn!(key_id = %id, "credential refused");
+                        // The id is the caller's: logged short.
+                        let shown: String = id.chars().take(64).collect();
+                        tracing::warn!(key_id = %shown, "credential refused");
                         Err(Status::unauthenticated("credential refused"))
                     }
                 }
@@ -163,7 +165,10 @@ impl Gate {
     /// admin token).
     pub fn admin(&self, r: Request<()>) -> Result<Request<()>, Status> {
         match self.identify(r.metadata())? {
-            None | Some(Principal::Admin) => Ok(r),
+            // A key a follower cannot check: redirected here, not in the handler, which could
+            // run after this monitor was elected (the body comes later than the headers).
+            None => Err(self.shared.redirect()),
+            Some(Principal::Admin) => Ok(r),
             Some(Principal::Anonymous) if self.admin.is_none() => Ok(r),
             Some(Principal::Anonymous) => Err(Status::unauthenticated(
                 "missing credential: admin calls need the admin token",
@@ -429,6 +434,15 @@ impl MonCluster for ClusterSvc {
         let caller = self.caller(&req)?;
         let r = req.into_inner();
         require_osd(&caller, Some(r.osd))?;
+        if let Principal::Osd(n) = caller {
+            // An OSD records only intervals it is the primary of.
+            if let Some(iv) = r.intervals.iter().find(|iv| iv.acting.first() != Some(&n)) {
+                return Err(Status::permission_denied(format!(
+                    "osd.{n} cannot record pg {}.{:x} since {}: its primary is not osd.{n}",
+                    iv.pool, iv.pg, iv.since
+                )));
+            }
+        }
         let (epoch, superseded) = lock(&self.shared)?.record_intervals(r.osd, &r.intervals)?;
         Ok(Response::new(v1::RecordIntervalsReply {
             epoch,
@@ -451,7 +465,12 @@ impl MonCluster for ClusterSvc {
         &self,
         req: Request<v1::PgInterval>,
     ) -> Result<Response<v1::Empty>, Status> {
-        require_osd(&self.caller(&req)?, None)?;
+        let caller = self.caller(&req)?;
+        // Only the primary of the interval the PG is clean in may trim before it.
+        require_osd(
+            &caller,
+            req.get_ref().acting.first().copied().or(Some(u32::MAX)),
+        )?;
         lock(&self.shared)?.trim_pg_history(&req.into_inner())?;
         Ok(Response::new(v1::Empty {}))
     }

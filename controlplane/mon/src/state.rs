@@ -388,18 +388,25 @@ impl Monitor {
     }
 
     /// Makes [`ADMIN_KEY_ID`] the admin whose secret is `secret` (from the monitor's admin
-    /// token), committing a new keyring version only if that changes anything.
-    pub fn set_admin_secret(&mut self, secret: [u8; CLIENT_KEY_LEN]) -> Result<(), MonError> {
-        let want = KeyEntry {
-            key: secret,
+    /// token), or removes it (`None`: no token), committing a new keyring version only if that
+    /// changes anything.
+    pub fn set_admin_secret(
+        &mut self,
+        secret: Option<[u8; CLIENT_KEY_LEN]>,
+    ) -> Result<(), MonError> {
+        let want = secret.map(|key| KeyEntry {
+            key,
             role: KeyRole::Admin,
             osd_uuid: String::new(),
-        };
-        if self.keyring.get(ADMIN_KEY_ID) == Some(&want) {
+        });
+        if self.keyring.get(ADMIN_KEY_ID) == want.as_ref() {
             return Ok(());
         }
         let mut keys = self.keyring.keys().clone();
-        keys.insert(ADMIN_KEY_ID.to_string(), want);
+        match want {
+            Some(e) => keys.insert(ADMIN_KEY_ID.to_string(), e),
+            None => keys.remove(ADMIN_KEY_ID),
+        };
         self.commit_keys(keys)?;
         tracing::info!(id = ADMIN_KEY_ID, "admin key set from the admin token");
         Ok(())
@@ -415,6 +422,11 @@ impl Monitor {
     ) -> Result<([u8; CLIENT_KEY_LEN], bool, u64), MonError> {
         validate_client_id(id)?;
         refuse_osd_id(id, "add")?;
+        if id == ADMIN_KEY_ID {
+            return Err(MonError::Invalid(format!(
+                "{ADMIN_KEY_ID:?} is the monitor's admin token: give another id"
+            )));
+        }
         if matches!(role, KeyRole::Osd(_)) {
             return Err(MonError::Invalid(
                 "OSD keys come from `carmine osd new --uuid <uuid>`".into(),

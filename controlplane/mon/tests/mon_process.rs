@@ -269,7 +269,7 @@ fn config_file_sets_flags_and_the_command_line_wins() {
     let file = dir.path().join("mon.toml");
     std::fs::write(
         &file,
-        "admin-token = \"from-file\"\nmap-history = 3\nheartbeat-ms = 250\n",
+        "admin-token = \"from-the-config-file\"\nmap-history = 3\nheartbeat-ms = 250\n",
     )
     .unwrap();
     let rt = runtime();

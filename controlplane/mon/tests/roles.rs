@@ -358,6 +358,30 @@ fn every_credential_reaches_only_its_own_doors() {
             .await,
         );
         assert_eq!(code, Code::PermissionDenied);
+        // Interval records and trims only for PGs it leads in them.
+        let iv = |acting: Vec<u32>| v1::PgInterval {
+            pool: 0,
+            pg: 0,
+            since: 1,
+            acting,
+        };
+        let code = refused(
+            "osd.a: RecordIntervals of a PG osd.b leads",
+            c.record_intervals(with(
+                &osd_a,
+                v1::RecordIntervalsRequest {
+                    osd: id_a,
+                    intervals: vec![iv(vec![id_b, id_a])],
+                },
+            ))
+            .await,
+        );
+        assert_eq!(code, Code::PermissionDenied);
+        let code = refused(
+            "osd.a: TrimPgHistory of a PG osd.b leads",
+            c.trim_pg_history(with(&osd_a, iv(vec![id_b, id_a]))).await,
+        );
+        assert_eq!(code, Code::PermissionDenied);
         // Its own heartbeat, report and the keyring it may.
         assert!(
             !c.heartbeat(with(&osd_a, hb(id_a, "uuid-a")))
@@ -490,10 +514,20 @@ fn every_credential_reaches_only_its_own_doors() {
             ))
             .await,
         );
-        assert!(
-            matches!(code, Code::PermissionDenied | Code::Unimplemented),
-            "{code:?}"
+        assert_eq!(code, Code::PermissionDenied);
+        // So is a push to another OSD than the asking one.
+        let code = refused(
+            "osd.b: PgPush to osd.a",
+            osd.pg_push(with(
+                &osd_b_dp,
+                v1::PgPushRequest {
+                    target: id_a,
+                    ..Default::default()
+                },
+            ))
+            .await,
         );
+        assert_eq!(code, Code::PermissionDenied);
 
         // A removed key: refused from then on, and its map stream ends at the next epoch.
         admin
