@@ -728,6 +728,9 @@ impl Monitor {
             // data. The same process booting again with another monitor is not.
             if b.new_process || !o.up {
                 o.up_from = self.map.epoch + 1;
+                // What its earlier process reported about its PGs no longer holds (it may be
+                // back without its data): until it reports again, they are not shown as its.
+                self.pg_stats.forget_osd(id);
             }
             o.up = true;
             if live.auto_out {
