@@ -237,3 +237,56 @@ fn a_wrong_key_is_refused_by_the_monitor_before_any_osd() {
         .expect("test timed out");
     });
 }
+
+#[test]
+fn a_removed_key_is_refused_by_the_osds_after_the_keyring_grace() {
+    let rt = runtime();
+    rt.block_on(async {
+        tokio::time::timeout(LIMIT, async {
+            let cluster = Cluster::start("data", 8, &[1, 1, 1]).await;
+            let creds = cluster.mon.add_key("client.gone").await;
+            let client = Client::connect(ClientConfig::new(cluster.mon.addr.clone(), creds))
+                .await
+                .unwrap();
+            // The OSDs learn a new key with their next keyring refresh: retried until then.
+            client.write_full("data", "x", b"before").await.unwrap();
+            cluster
+                .mon
+                .admin()
+                .await
+                .auth_rm(common::authed(carmine_proto::v1::AuthIdRequest {
+                    id: "client.gone".into(),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap();
+            // Its sessions end and new ones are refused: the OSD's refusal is retried while a
+            // key could still be on its way, then given up.
+            let t0 = std::time::Instant::now();
+            let mut last = None;
+            while t0.elapsed() < Duration::from_secs(20) {
+                match client.write_full("data", "x", b"after").await {
+                    Ok(()) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    Err(e) => {
+                        last = Some(e);
+                        break;
+                    }
+                }
+            }
+            match last {
+                Some(Error::Auth { osd, .. }) => {
+                    assert_eq!(osd, client.locate("data", "x").unwrap().osd)
+                }
+                other => panic!("expected the OSD's refusal, got {other:?}"),
+            }
+            assert!(client.stats().retries >= 1);
+            // Another key still works (writes of the removed key until the OSDs learnt of the
+            // removal went through: either value).
+            let good = Client::connect(cluster.config()).await.unwrap();
+            let got = good.read("data", "x", 0, 100).await.unwrap();
+            assert!(got == b"before" || got == b"after", "{got:?}");
+        })
+        .await
+        .expect("test timed out");
+    });
+}
