@@ -39,12 +39,14 @@
 //! thread and joins it.
 
 mod admin;
+mod fsid;
 pub mod peering;
 pub mod peering_plan;
 mod run;
 pub mod scrub;
 mod scrubber;
 
+pub use fsid::cluster_fsid;
 pub use scrubber::{PeerError, ScrubError};
 
 use std::collections::{BTreeMap, HashMap};
@@ -313,6 +315,12 @@ pub enum AgentError {
     /// Bad configuration.
     #[error("config: {0}")]
     Config(String),
+    /// Told to stop before the monitor answered.
+    #[error("stopped before the monitor answered")]
+    Stopped,
+    /// The monitor's map names no cluster fsid (a monitor from before fsids).
+    #[error("the monitor at {0} gives no cluster fsid: upgrade the monitor first")]
+    NoFsid(String),
 }
 
 /// How an OSD scrubs: where its PG digests come from, and how often each PG it is primary for

@@ -99,7 +99,7 @@ impl Shards {
     }
 }
 
-fn with_token<T>(msg: T, token: &Option<MetadataValue<Ascii>>) -> Request<T> {
+pub(crate) fn with_token<T>(msg: T, token: &Option<MetadataValue<Ascii>>) -> Request<T> {
     let mut r = Request::new(msg);
     if let Some(t) = token {
         r.metadata_mut()
