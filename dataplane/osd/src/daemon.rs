@@ -132,7 +132,13 @@ pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), DaemonError> {
     // 0. Whose store the device must hold: the cluster's fsid comes from the monitor before
     // the device is touched (memstore keeps nothing: no check).
     let owner = if cfg.store.kind == StoreKind::Bdevstore {
-        let fsid = carmine_agent::cluster_fsid(&agent_cfg, &stop)?;
+        let fsid = match carmine_agent::cluster_fsid(&agent_cfg, &stop) {
+            Err(carmine_agent::AgentError::Stopped) => {
+                tracing::info!("stopped before the monitor answered: nothing was started");
+                return Ok(());
+            }
+            r => r?,
+        };
         Some(StoreIdentity {
             cluster_fsid: fsid,
             osd_uuid: cfg.osd.uuid.clone(),
