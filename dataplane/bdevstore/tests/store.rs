@@ -510,6 +510,56 @@ fn read_error_fails_store_and_refuses_everything_after() {
     compare(&mut s, &m).unwrap();
 }
 
+/// A cleaner read the device fails marks the store failed too (no client read involved):
+/// the cleaner runs all the time here, so a read error reaches it while writes go on.
+#[test]
+fn cleaner_read_error_fails_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dev");
+    let mut d = common::open_dev(&path);
+    format(&mut d, &common::small_format()).unwrap();
+    let dev = faulty::Faulty::new(d, u64::MAX);
+    let reads_fail = dev.reads_fail.clone();
+    let mut s = BdevStore::mount(dev, common::always_cleaning(0)).unwrap();
+    let mut m = Model::default();
+    setup(&mut s, &mut m);
+    // Live data spread over several segments, with garbage between (overwrites).
+    for round in 0..3u64 {
+        for i in 0..40u64 {
+            let mut t = Transaction::new();
+            t.write(
+                C,
+                &ObjectId::from(format!("c{i}").as_str()),
+                0,
+                &pattern(i + round, 4000),
+            );
+            drive::commit(&mut s, t).unwrap();
+        }
+    }
+    reads_fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut i = 0u64;
+    while s.failure().is_none() {
+        assert!(i < 2000, "the cleaner never met the read error");
+        let mut t = Transaction::new();
+        t.write(
+            C,
+            &ObjectId::from(format!("c{}", i % 40).as_str()),
+            0,
+            &pattern(i, 4000),
+        );
+        let _ = drive::commit(&mut s, t);
+        i += 1;
+    }
+    let why = s.failure().unwrap().to_string();
+    assert!(why.starts_with("cleaner read of block"), "{why}");
+    let mut t = Transaction::new();
+    t.write(C, &ObjectId::from("after"), 0, b"x");
+    assert!(matches!(
+        drive::commit(&mut s, t),
+        Err(StoreError::Failed(_))
+    ));
+}
+
 /// A torn tail (the last record's data incomplete, as after a power cut mid-write) is not
 /// corruption: fsck reports it without error, mount drops that never-acknowledged record and
 /// wipes its header, and the earlier records are intact.
