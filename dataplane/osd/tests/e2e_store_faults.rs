@@ -8,7 +8,7 @@
 //!   others, and client reads and writes go on and read back what was written;
 //! - a store of another cluster, and one of another OSD: the OSD exits non-zero before it
 //!   boots, naming both owners, and the device's bytes are untouched; the rightful OSD still
-//!   starts on it;
+//!   starts on it; with `--force-format` the other OSD takes it over (and the first is refused);
 //! - a device holding data that is not a store: refused the same way unless
 //!   `--force-format`, which formats it.
 //!
@@ -373,6 +373,16 @@ fn bdev_a_store_of_another_cluster_or_osd_is_refused_and_left_untouched() {
             owner.spawn();
             mon_a.wait_up(1).await;
             owner.stop(true);
+
+            // Told to, the other OSD formats it for itself; then the first one is refused.
+            let (intruder, ready) = spawn_forced(&other_osd);
+            let m = mon_a.map().await;
+            assert_eq!(m.osd_by_uuid("bdev-intruder").map(|o| o.id), Some(ready.id));
+            common::kill_osd(&mut Some(intruder));
+            let owner_config = dir.path().join("owner.toml");
+            let (status, err) = run_to_exit(&owner_config, &[], Duration::from_secs(30));
+            assert!(!status.success(), "{status}: {err}");
+            assert!(err.contains("\"bdev-intruder\""), "{err}");
         })
         .await
         .expect("test time limit");
@@ -450,7 +460,7 @@ fn bdev_a_device_holding_data_is_formatted_only_when_forced() {
     });
 }
 
-/// `carmine-osd run --force-format` of `config`, until its ready line.
+/// `carmine-osd run --config <config> --force-format`, until its ready line.
 fn spawn_forced(config: &Path) -> (std::process::Child, common::Ready) {
     // The shared spawner runs `run --config <config>`: a wrapper script adds the flag.
     let script = config.with_extension("sh");
