@@ -78,9 +78,10 @@ async fn pg_states(mon: &Mon) -> Vec<v1::PgStat> {
 }
 
 const ACTIVE: u32 = v1::PgStateBit::PgStateActive as u32;
+const STALE: u32 = v1::PgStateBit::PgStateStale as u32;
 
-/// Every PG of `pool` reported active by the primary of its acting set in the current map,
-/// and none of them with `without` in its acting set.
+/// Every PG of `pool` reported active (and not stale: by the primary of its acting set in the
+/// current map, for that acting set), and none of them with `without` in its acting set.
 async fn pgs_active_without(mon: &Mon, pool: u32, without: u32) -> bool {
     let map = mon.map().await;
     let Some(p) = map.pools.get(&pool) else {
@@ -94,6 +95,7 @@ async fn pgs_active_without(mon: &Mon, pool: u32, without: u32) -> bool {
     pgs.len() == p.pg_num as usize
         && pgs.iter().all(|s| {
             s.state & ACTIVE != 0
+                && s.state & STALE == 0
                 && !s.acting.contains(&without)
                 && carmine_placement::pg_to_osds(&map, p, s.pg) == s.acting
         })
@@ -148,14 +150,17 @@ fn bdev_a_failing_device_turns_health_err_and_the_pgs_fail_over() {
             let reader = {
                 let client = client.clone();
                 tokio::spawn(async move {
+                    let mut first = None;
                     for i in 0..N {
                         let got = client
                             .read("rep", &format!("a{i}"), 0, 1 << 20)
                             .await
                             .unwrap_or_else(|e| panic!("read a{i} after the failure: {e}"));
                         assert!(got == content(i, 0, 6000), "a{i} differs");
+                        // a0 was the victim's: served again by its PG's new primary.
+                        first.get_or_insert(t0.elapsed());
                     }
-                    t0.elapsed()
+                    (first, t0.elapsed())
                 })
             };
 
@@ -194,10 +199,11 @@ fn bdev_a_failing_device_turns_health_err_and_the_pgs_fail_over() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             assert!(!mon.map().await.osds[&victim].up);
-            let reads_done = reader.await.unwrap();
+            let (first_read, reads_done) = reader.await.unwrap();
             eprintln!(
-                "device taken away: reads done after {reads_done:?}, health ERR after \
-                 {:?}, marked down after {:?}, every PG active without osd.{victim} after {:?}",
+                "device taken away: health ERR after {:?}, marked down after {:?}, every PG \
+                 reported active without osd.{victim} after {:?}; the victim's object a0 read \
+                 again after {first_read:?}, all {N} reads done after {reads_done:?}",
                 err_at.unwrap(),
                 down_at,
                 active_at.unwrap()
