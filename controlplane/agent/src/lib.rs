@@ -19,6 +19,9 @@
 //! * keeps this OSD's own identity (key id `osd.<id>` and its key, from each boot reply) in the
 //!   same [`SharedKeyring`] ([`SharedKeyring::identity`], also [`Agent::identity`]): what the
 //!   OSD presents when it opens a replica connection to a peer;
+//! * reports a failed object store ([`Stats::store_failure`]) with its heartbeats and boots:
+//!   the monitor marks the OSD down and shows the reason in health; the agent stops renewing
+//!   the read lease and does not boot again while the store is failed;
 //! * scrubs (module [`scrub`]): serves this OSD's digest of a PG (`OsdAdmin.PgDigest`, from
 //!   the shards through a caller-provided [`scrub::PgDigests`]), scrubs the PGs it is primary
 //!   for on request (`OsdAdmin.ScrubPg`) and every `scrub_interval` in the background
@@ -36,12 +39,14 @@
 //! thread and joins it.
 
 mod admin;
+mod fsid;
 pub mod peering;
 pub mod peering_plan;
 mod run;
 pub mod scrub;
 mod scrubber;
 
+pub use fsid::cluster_fsid;
 pub use scrubber::{PeerError, ScrubError};
 
 use std::collections::{BTreeMap, HashMap};
@@ -213,7 +218,17 @@ pub trait Stats: Send + Sync + 'static {
     fn applied_epoch(&self) -> Option<u64> {
         None
     }
+    /// Why the OSD's object store failed (`None`: it works). Once failed, the agent reports
+    /// it with every heartbeat (and boot) within [`STORE_FAILURE_CHECK`], no longer renews
+    /// the read lease, and does not boot the OSD up again (the monitor keeps it down).
+    fn store_failure(&self) -> Option<String> {
+        None
+    }
 }
+
+/// How often the agent looks for a store failure between heartbeats: a failure reaches the
+/// monitor within this (plus one call) rather than at the next heartbeat.
+pub const STORE_FAILURE_CHECK: Duration = Duration::from_millis(100);
 
 /// The OSD's runtime configuration as the admin service sees it.
 pub trait ConfigStore: Send + Sync + 'static {
@@ -340,6 +355,12 @@ pub enum AgentError {
     /// Bad configuration.
     #[error("config: {0}")]
     Config(String),
+    /// Told to stop before the monitor answered.
+    #[error("stopped before the monitor answered")]
+    Stopped,
+    /// The monitor's map names no cluster fsid (a monitor from before fsids).
+    #[error("the monitor at {0} gives no cluster fsid: upgrade the monitor first")]
+    NoFsid(String),
 }
 
 /// How an OSD scrubs: where its PG digests come from, and how often each PG it is primary for

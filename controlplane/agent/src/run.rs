@@ -17,7 +17,7 @@ use crate::peering::{Lease, Peering};
 use crate::scrubber::{MonLink, Scrubs};
 use crate::{
     admin, osd_key_id, AgentConfig, AgentStatus, ConfigStore, MapSink, PeeringSetup, Role,
-    ScrubSetup, SharedKeyring, Stats, KEYRING_REFRESH, OSD_KEY_PREFIX,
+    ScrubSetup, SharedKeyring, Stats, KEYRING_REFRESH, OSD_KEY_PREFIX, STORE_FAILURE_CHECK,
 };
 
 /// Longest wait between reconnection attempts.
@@ -99,7 +99,18 @@ impl Shards {
     }
 }
 
-fn with_token<T>(msg: T, token: &Option<MetadataValue<Ascii>>) -> Request<T> {
+/// What this OSD presents to the monitor: its key (`None`: no credential, an insecure
+/// monitor).
+pub(crate) fn mon_bearer(
+    cfg: &AgentConfig,
+) -> Result<Option<MetadataValue<Ascii>>, carmine_proto::ProtoError> {
+    cfg.credential
+        .as_ref()
+        .map(|c| carmine_proto::auth::key_bearer(&c.id, &c.secret))
+        .transpose()
+}
+
+pub(crate) fn with_token<T>(msg: T, token: &Option<MetadataValue<Ascii>>) -> Request<T> {
     let mut r = Request::new(msg);
     if let Some(t) = token {
         r.metadata_mut()
@@ -250,13 +261,7 @@ async fn session(
         .connect_timeout(Duration::from_secs(2))
         .connect()
         .await?;
-    let token = match &cfg.credential {
-        Some(c) => Some(
-            carmine_proto::auth::key_bearer(&c.id, &c.secret)
-                .map_err(|e| SessionError::Stream(e.to_string()))?,
-        ),
-        None => None,
-    };
+    let token = mon_bearer(cfg).map_err(|e| SessionError::Stream(e.to_string()))?;
     let mut mon = MonClusterClient::new(channel);
     shards.scrubs.set_mon(MonLink {
         client: mon.clone(),
@@ -275,6 +280,7 @@ async fn session(
             weight: cfg.weight,
             admin_addr: cfg.admin_listen.to_string(),
             new_process: status.boots() == 0,
+            store_failure: stats.store_failure().unwrap_or_default(),
         },
         &token,
     )))
@@ -317,10 +323,24 @@ async fn session(
     let mut keys_tick = tokio::time::interval(KEYRING_REFRESH);
     keys_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     keys_tick.reset(); // the first tick would fire now: the keyring was just fetched
+    let mut failure_tick = tokio::time::interval(STORE_FAILURE_CHECK);
+    failure_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Whether the monitor has acknowledged a heartbeat that carried the store failure.
+    let mut failure_reported = false;
     loop {
         tokio::select! {
+            _ = failure_tick.tick(), if !failure_reported => {
+                if stats.store_failure().is_some() {
+                    // Report it now, not at the next heartbeat.
+                    hb.reset_immediately();
+                }
+            }
             _ = hb.tick() => {
                 let (used, capacity) = stats.usage();
+                let failure = stats.store_failure();
+                if let (Some(why), false) = (&failure, failure_reported) {
+                    tracing::error!(reason = %why, "store failed: reporting to the monitor, serving nothing");
+                }
                 let sent = Instant::now();
                 let r = timed(mon.heartbeat(with_token(
                         v1::HeartbeatRequest {
@@ -332,10 +352,17 @@ async fn session(
                             admin_addr: cfg.admin_listen.to_string(),
                             inconsistent_pgs: shards.scrubs.report(),
                             pg_stats: shards.peering.as_ref().map(|p| p.report()).unwrap_or_default(),
+                            store_failure: failure.clone().unwrap_or_default(),
                         },
                         &token,
                     )))
                     .await?;
+                failure_reported |= failure.is_some();
+                if failure.is_some() {
+                    // Down, and kept down by the monitor: no boot, no lease; the heartbeats go
+                    // on so that the failure stays in health (even across a monitor restart).
+                    continue;
+                }
                 if r.must_boot {
                     return Err(SessionError::MustBoot);
                 }

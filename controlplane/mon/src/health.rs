@@ -1,6 +1,10 @@
 //! Cluster health from the map and OSD usage.
 //!
 //! Checks (the worst severity wins):
+//! * `OSD_STORE_FAILED` (ERR): OSDs whose object store failed (an I/O error on the device), as
+//!   they report it with their heartbeats: each named with its host and the reason. The
+//!   monitor keeps such an OSD down while it reports the failure, and until it boots again as
+//!   a new process (its store mounted afresh) or is removed;
 //! * `OSD_DOWN` (WARN): OSDs that are down but still in (their data has not moved yet);
 //! * `PG_DEGRADED` (WARN): PGs placed on fewer than `size` OSDs, and PGs whose primary reports
 //!   them degraded (copies missing on members), with the number of missing copies;
@@ -39,7 +43,8 @@ fn check(code: &str, severity: HealthStatus, summary: String, detail: Vec<String
 }
 
 /// Health of `map`; `usage` gives (osd, used, capacity); `inconsistent`: the PGs scrubs found
-/// inconsistent (one entry per PG); `pgs`: every PG's state ([`crate::pgstats`]).
+/// inconsistent (one entry per PG); `pgs`: every PG's state ([`crate::pgstats`]). No store
+/// failures: see [`health_with_failures`].
 pub fn health(
     map: &ClusterMap,
     usage: impl Iterator<Item = (u32, u64, u64)>,
@@ -48,7 +53,44 @@ pub fn health(
     inconsistent: &[InconsistentPg],
     pgs: &[PgStat],
 ) -> HealthReply {
+    health_with_failures(map, usage, nearfull, full, inconsistent, pgs, &[])
+}
+
+/// [`health`], with the OSDs whose object store failed, as `(osd id, reason)` (what
+/// [`crate::state::Monitor::store_failures`] holds): `OSD_STORE_FAILED` (ERR), one detail
+/// line per OSD naming it, its host and the reason. OSDs no longer in the map are left out.
+pub fn health_with_failures(
+    map: &ClusterMap,
+    usage: impl Iterator<Item = (u32, u64, u64)>,
+    nearfull: f64,
+    full: f64,
+    inconsistent: &[InconsistentPg],
+    pgs: &[PgStat],
+    store_failed: &[(u32, String)],
+) -> HealthReply {
     let mut checks = Vec::new();
+    let failed: Vec<String> = store_failed
+        .iter()
+        .filter_map(|(id, why)| {
+            let o = map.osds.get(id)?;
+            let state = if o.up { "up" } else { "down" };
+            Some(format!(
+                "osd.{id} (host {}) store failed: {why} ({state})",
+                o.host
+            ))
+        })
+        .collect();
+    if !failed.is_empty() {
+        checks.push(check(
+            "OSD_STORE_FAILED",
+            HealthStatus::HealthErr,
+            format!(
+                "{} osds with a failed store (I/O errors): marked down, data served by the other copies",
+                failed.len()
+            ),
+            failed,
+        ));
+    }
     let down: Vec<String> = map
         .osds
         .values()
@@ -284,6 +326,31 @@ mod tests {
             },
         );
         m
+    }
+
+    #[test]
+    fn a_failed_store_is_an_error_naming_the_osd_and_the_reason() {
+        let m = map(&[true, true, false]);
+        let failures = [
+            (2, "shard 0: read of block 7 failed: I/O error".to_string()),
+            // An OSD no longer in the map raises nothing.
+            (9, "gone".to_string()),
+        ];
+        let h = health_with_failures(&m, std::iter::empty(), 0.85, 0.95, &[], &[], &failures);
+        assert_eq!(h.status, HealthStatus::HealthErr as i32);
+        let c = &h.checks[0];
+        assert_eq!(c.code, "OSD_STORE_FAILED");
+        assert_eq!(c.severity, HealthStatus::HealthErr as i32);
+        assert_eq!(c.detail.len(), 1, "{:?}", c.detail);
+        assert!(
+            c.detail[0].starts_with("osd.2 (host h2) store failed: shard 0: read of block 7")
+                && c.detail[0].ends_with("(down)"),
+            "{:?}",
+            c.detail
+        );
+        // Without failures: only the down OSD's warning.
+        let h = health_with_failures(&m, std::iter::empty(), 0.85, 0.95, &[], &[], &[]);
+        assert!(h.checks.iter().all(|c| c.code != "OSD_STORE_FAILED"));
     }
 
     #[test]

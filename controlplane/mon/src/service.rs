@@ -26,7 +26,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
 
-use crate::health::{health, with_check};
+use crate::health::{health_with_failures, with_check};
 use crate::pgstats::summarize;
 use crate::state::{osd_key_id, BootInfo, KeyRole, MonError, Monitor, Principal};
 use carmine_proto::auth::{admin_token_secret, presented, same_bytes, Presented, SECRET_LEN};
@@ -284,6 +284,7 @@ impl MonCluster for ClusterSvc {
                 id: r.has_id.then_some(r.id),
                 new_process: r.new_process,
                 authenticated_as,
+                store_failure: (!r.store_failure.is_empty()).then_some(r.store_failure),
             },
             Instant::now(),
         )?;
@@ -310,6 +311,11 @@ impl MonCluster for ClusterSvc {
         let now = Instant::now();
         self.certainly_leading("heartbeat", now)?;
         let mut m = lock(&self.shared)?;
+        if !r.store_failure.is_empty() {
+            // Marks it down (once); its heartbeats are then answered must_boot, and its
+            // boots refused, while it reports the failure.
+            m.store_failed(r.id, &r.uuid, &r.store_failure, now)?;
+        }
         let must_boot = m.heartbeat(r.id, &r.uuid, r.used_bytes, r.capacity_bytes, now);
         if !must_boot {
             m.set_admin_addr(r.id, &r.admin_addr);
@@ -523,13 +529,14 @@ fn changed(epoch: Result<u64, MonError>) -> Result<Response<v1::MapChangeReply>,
 
 fn health_of(m: &Monitor, pgs: &[v1::PgStat]) -> v1::HealthReply {
     let p = m.policy();
-    let h = health(
+    let h = health_with_failures(
         &m.map(),
         m.usage(),
         p.nearfull_ratio,
         p.full_ratio,
         &m.inconsistent_pgs(),
         pgs,
+        &m.store_failures(),
     );
     if m.insecure() {
         with_check(h, crate::health::auth_insecure())

@@ -65,6 +65,29 @@ pub use crate::keyring::{
 };
 use crate::keyring::{random_key, refuse_osd_id, KeyEntry, Keyring, ADMIN_KEY_ID};
 
+/// A new cluster fsid: a random (version 4) uuid in its usual text form.
+pub fn new_fsid() -> Result<String, MonError> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| MonError::Random(e.to_string()))?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+fn store_failed_error(id: u32, why: &str) -> MonError {
+    MonError::Precondition(format!(
+        "osd.{id} reported its store failed ({why}): it stays down until its process restarts"
+    ))
+}
+
 /// Timing and policy knobs of the monitor.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -168,6 +191,18 @@ pub struct BootInfo {
     /// The OSD whose key the caller presented: it boots as that id, with the uuid its key
     /// was issued for. `None`: an insecure monitor's anonymous boot, or an admin's.
     pub authenticated_as: Option<u32>,
+    /// Why the OSD's store failed, when it did (`BootRequest.store_failure`): the boot is
+    /// refused and the failure recorded.
+    pub store_failure: Option<String>,
+}
+
+/// Longest store failure reason the monitor keeps (a longer one is cut).
+pub const MAX_FAILURE_REASON: usize = 512;
+
+/// Why an OSD's object store failed, as it reported it (soft state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StoreFailure {
+    reason: String,
 }
 
 /// What a boot gave the OSD.
@@ -207,6 +242,10 @@ pub struct Monitor {
     pg_stats: PgStats,
     /// Runs with `--insecure` (health warns).
     insecure: bool,
+    /// OSD id → its store failure, from its heartbeats or boots (soft state: the OSD repeats
+    /// it with every heartbeat). Cleared by a boot of a new process without a failure, or
+    /// `osd rm`.
+    store_failures: BTreeMap<u32, StoreFailure>,
 }
 
 impl Monitor {
@@ -232,6 +271,7 @@ impl Monitor {
             epochs: EpochClock::new(now, 0),
             pg_stats: PgStats::default(),
             insecure: false,
+            store_failures: BTreeMap::new(),
         };
         let mut legacy_osd_ids = Vec::new();
         if let Some(k) = mon.store.load_keyring()? {
@@ -248,10 +288,13 @@ impl Monitor {
             mon.commit_keys(keys)?;
         }
         if stored.is_empty() {
+            // The cluster's identity is made with its store, once.
             let first = ClusterMap {
                 epoch: 1,
+                fsid: new_fsid()?,
                 ..Default::default()
             };
+            tracing::info!(fsid = %first.fsid, "new cluster");
             mon.store.commit(&first, mon.policy.history)?;
             mon.maps.push_back(Arc::new(first));
         } else {
@@ -279,11 +322,20 @@ impl Monitor {
         mon.epochs = EpochClock::new(now, mon.map.epoch);
         mon.pg_history = mon.store.load_pg_history()?.into_iter().collect();
         mon.prune_pg_history();
+        if mon.map.fsid.is_empty() {
+            // A store made before fsids: the cluster gets its identity now, in a new epoch
+            // (persisted like any map, so every later start and every monitor sees the same).
+            let mut next = mon.next_map();
+            next.fsid = new_fsid()?;
+            tracing::warn!(fsid = %next.fsid, "the stored map has no cluster fsid: created one");
+            mon.commit(next)?;
+        }
         tracing::info!(
             epoch = mon.map.epoch,
             osds = mon.map.osds.len(),
             pools = mon.map.pools.len(),
             clients = mon.keyring.keys().len(),
+            fsid = %mon.map.fsid,
             "monitor state loaded"
         );
         Ok(mon)
@@ -640,6 +692,28 @@ impl Monitor {
         if b.uuid.is_empty() || b.host.is_empty() {
             return Err(MonError::Invalid("boot needs a uuid and a host".into()));
         }
+        if let Some(known) = self.map.osd_by_uuid(&b.uuid).map(|o| o.id) {
+            match (&b.store_failure, self.store_failures.get(&known)) {
+                (Some(why), _) => {
+                    self.store_failed(known, &b.uuid, why, now)?;
+                    return Err(store_failed_error(known, why));
+                }
+                // The same process booting again (e.g. after a monitor restart) with a store
+                // that failed before: it stays down. A new process mounted its store afresh.
+                (None, Some(f)) if !b.new_process => {
+                    return Err(store_failed_error(known, &f.reason));
+                }
+                (None, _) => {
+                    if self.store_failures.remove(&known).is_some() {
+                        tracing::info!(osd = known, "store failure cleared: a new process boots");
+                    }
+                }
+            }
+        } else if let Some(why) = &b.store_failure {
+            return Err(MonError::Precondition(format!(
+                "an OSD with a failed store cannot join the cluster: {why}"
+            )));
+        }
         let mut next = self.next_map();
         let claimed = match b.authenticated_as {
             Some(n) => {
@@ -774,6 +848,59 @@ impl Monitor {
             l.capacity_bytes = capacity;
         }
         false
+    }
+
+    /// OSD `id` (which must be the one with `uuid`) reports that its object store failed:
+    /// the failure is recorded (for health: `OSD_STORE_FAILED`) and the OSD marked down if it
+    /// is up, whatever the `nodown` flag (this is not a guess about liveness: the OSD serves
+    /// nothing). Returns whether this report marked it down. The OSD keeps reporting with its
+    /// heartbeats, which are answered `must_boot` while it is down; its boots are refused
+    /// while it reports the failure, so it does not come back up until its process restarts.
+    pub fn store_failed(
+        &mut self,
+        id: u32,
+        uuid: &str,
+        reason: &str,
+        now: Instant,
+    ) -> Result<bool, MonError> {
+        let up = match self.map.osds.get(&id) {
+            Some(o) if o.uuid == uuid => o.up,
+            Some(_) => {
+                return Err(MonError::Precondition(format!(
+                    "osd.{id} belongs to another uuid"
+                )))
+            }
+            None => return Err(MonError::NotFound(format!("osd.{id}"))),
+        };
+        let mut reason = reason.to_string();
+        if reason.len() > MAX_FAILURE_REASON {
+            let mut cut = MAX_FAILURE_REASON;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        let new = self
+            .store_failures
+            .get(&id)
+            .is_none_or(|f| f.reason != reason);
+        if new {
+            tracing::error!(osd = id, %reason, "osd reports its store failed");
+            self.store_failures.insert(id, StoreFailure { reason });
+        }
+        if up {
+            tracing::warn!(osd = id, "marking down: its store failed");
+            self.mark_down(id, now)?;
+        }
+        Ok(up)
+    }
+
+    /// The OSDs whose store failed, with the reason each reported, by id.
+    pub fn store_failures(&self) -> Vec<(u32, String)> {
+        self.store_failures
+            .iter()
+            .map(|(id, f)| (*id, f.reason.clone()))
+            .collect()
     }
 
     /// The inconsistent PGs OSD `id` reported with a heartbeat (its whole set: an empty one
@@ -1012,6 +1139,7 @@ impl Monitor {
         self.live.remove(&id);
         self.admin_addrs.remove(&id);
         self.scrub_reports.remove(&id);
+        self.store_failures.remove(&id);
         self.pg_stats.forget_osd(id);
         self.commit(next)
     }
@@ -1560,6 +1688,107 @@ mod tests {
         assert_eq!(m.lease_wait(&[a, 99], e + 1, t0 + 8 * s), lease, "the max");
         assert_eq!(m.lease_wait(&[a], e, now + lease), Duration::ZERO);
         assert_eq!(m.lease_wait(&[], e, now), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_failed_store_marks_the_osd_down_and_keeps_it_down_until_a_new_process_boots() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Monitor::open(MapStore::open(dir.path()).unwrap(), policy()).unwrap();
+        let now = Instant::now();
+        let a = boot(&mut m, "a", "h1", now);
+        let b = boot(&mut m, "b", "h2", now);
+        m.set_flag("nodown", true).unwrap();
+        let why = "shard 0: read of block 9 failed: I/O error";
+        let e = m.map().epoch;
+        // The first report marks it down (nodown or not: it serves nothing), in one epoch.
+        assert!(m.store_failed(a, "a", why, now).unwrap());
+        assert!(!m.map().osds[&a].up);
+        assert_eq!(m.map().epoch, e + 1);
+        assert_eq!(m.store_failures(), vec![(a, why.to_string())]);
+        // Repeated with every heartbeat: no new epoch; the heartbeat is answered "boot again".
+        assert!(!m.store_failed(a, "a", why, now).unwrap());
+        assert_eq!(m.map().epoch, e + 1);
+        assert!(m.heartbeat(a, "a", 0, 0, now));
+        // Its boots are refused: with the failure, and without it from the same process (a
+        // monitor session that ended); it stays down.
+        let boot_info = |new_process, store_failure: Option<&str>| BootInfo {
+            uuid: "a".into(),
+            host: "h1".into(),
+            shard_ports: vec![1],
+            weight: 1.0,
+            new_process,
+            store_failure: store_failure.map(str::to_string),
+            ..Default::default()
+        };
+        for (new_process, failure) in [(false, Some(why)), (true, Some(why)), (false, None)] {
+            let err = m.boot(boot_info(new_process, failure), now).unwrap_err();
+            assert!(
+                matches!(&err, MonError::Precondition(msg) if msg.contains(why) && msg.contains(&format!("osd.{a}"))),
+                "{err}"
+            );
+            assert!(!m.map().osds[&a].up);
+        }
+        assert_eq!(m.map().epoch, e + 1);
+        // Reports must come from the OSD's own uuid; unknown OSDs are refused.
+        assert!(m.store_failed(a, "b", why, now).is_err());
+        assert!(m.store_failed(77, "x", why, now).is_err());
+        // A reason is bounded.
+        m.store_failed(a, "a", &"é".repeat(600), now).unwrap();
+        assert!(m.store_failures()[0].1.len() <= MAX_FAILURE_REASON);
+        // An unknown OSD with a failed store cannot join.
+        let mut newcomer = boot_info(true, Some(why));
+        newcomer.uuid = "c".into();
+        assert!(m.boot(newcomer, now).is_err());
+        assert!(m.map().osd_by_uuid("c").is_none());
+        // A new process (the store mounted afresh) boots and clears it.
+        m.boot(boot_info(true, None), now).unwrap();
+        assert!(m.map().osds[&a].up);
+        assert!(m.store_failures().is_empty());
+        // `osd rm` forgets a failure too.
+        m.set_flag("nodown", false).unwrap();
+        m.store_failed(b, "b", why, now).unwrap();
+        m.osd_rm(b).unwrap();
+        assert!(m.store_failures().is_empty());
+    }
+
+    #[test]
+    fn the_cluster_fsid_is_made_once_with_the_store_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Monitor::open(MapStore::open(dir.path()).unwrap(), policy()).unwrap();
+        let fsid = m.map().fsid.clone();
+        assert_eq!(fsid.len(), 36, "{fsid}");
+        assert_eq!(fsid.matches('-').count(), 4, "{fsid}");
+        assert_eq!(&fsid[14..15], "4", "a version 4 uuid: {fsid}");
+        drop(m);
+        let m = Monitor::open(MapStore::open(dir.path()).unwrap(), policy()).unwrap();
+        assert_eq!(m.map().fsid, fsid);
+        assert_eq!(m.map().epoch, 1);
+        // Another store, another cluster.
+        let other = tempfile::tempdir().unwrap();
+        let o = Monitor::open(MapStore::open(other.path()).unwrap(), policy()).unwrap();
+        assert_ne!(o.map().fsid, fsid);
+
+        // A store from before fsids: its next start makes one, in a new epoch, kept after.
+        let legacy = tempfile::tempdir().unwrap();
+        let store = MapStore::open(legacy.path()).unwrap();
+        let old = ClusterMap {
+            epoch: 3,
+            next_osd_id: 0,
+            ..Default::default()
+        };
+        store.commit(&old, 4).unwrap();
+        drop(store);
+        let m = Monitor::open(MapStore::open(legacy.path()).unwrap(), policy()).unwrap();
+        let made = m.map().fsid.clone();
+        assert_eq!(made.len(), 36);
+        assert_eq!(m.map().epoch, 4);
+        // Subscribers that follow incrementals learn it too.
+        let incs = m.incrementals_since(3).unwrap();
+        assert_eq!(incs.last().unwrap().fsid, made);
+        drop(m);
+        let m = Monitor::open(MapStore::open(legacy.path()).unwrap(), policy()).unwrap();
+        assert_eq!(m.map().fsid, made);
+        assert_eq!(m.map().epoch, 4);
     }
 
     #[test]

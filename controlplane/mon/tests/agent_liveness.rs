@@ -331,3 +331,152 @@ fn agent_down_after_grace_up_on_return_out_after_interval() {
     drop(agent_b);
     drop(agent_a);
 }
+
+/// Stats of an OSD whose store fails when the test says so.
+struct FailingStats {
+    failure: std::sync::Mutex<Option<String>>,
+}
+
+impl Stats for FailingStats {
+    fn counters(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+    fn store_failure(&self) -> Option<String> {
+        self.failure.lock().unwrap().clone()
+    }
+}
+
+/// An agent whose OSD's store fails reports it within a heartbeat: the monitor marks the OSD
+/// down (`OSD_STORE_FAILED`, ERR, naming it and the reason), and it stays down: the agent
+/// neither boots it again nor does the monitor take it back, over many heartbeats. The other
+/// OSD is untouched. The cluster fsid the OSD fetches before its bring-up is the map's.
+#[test]
+fn a_failed_store_is_reported_and_the_osd_stays_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let mon = MonProc::start(dir.path(), &["--heartbeat-ms", "100"]);
+    let url = mon.url();
+    let limit = Duration::from_secs(15);
+    let cfg = |uuid: &str| AgentConfig {
+        mon_addr: mon.addr.clone(),
+        uuid: uuid.into(),
+        host: format!("host-{uuid}"),
+        public_addr: "127.0.0.1:6800".into(),
+        cluster_addr: "127.0.0.1:6801".into(),
+        shard_ports: vec![6800],
+        weight: 1.0,
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        credential: Some(common::osd_credential(&mon.addr, uuid)),
+    };
+    // The fsid, as an OSD learns it before touching its device; a stop ends the wait.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let fsid = carmine_agent::cluster_fsid(&cfg("x"), &stop).unwrap();
+    let map_fsid = rt.block_on(async {
+        let mut a = admin(&url).await;
+        a.get_map(authed(v1::GetMapRequest { epoch: 0 }))
+            .await
+            .unwrap()
+            .into_inner()
+            .fsid
+    });
+    assert_eq!(fsid, map_fsid);
+    assert_eq!(fsid.len(), 36, "{fsid}");
+    stop.store(true, Ordering::Relaxed);
+    let mut nowhere = cfg("x");
+    nowhere.mon_addr = "127.0.0.1:1".into();
+    assert!(matches!(
+        carmine_agent::cluster_fsid(&nowhere, &stop),
+        Err(carmine_agent::AgentError::Stopped)
+    ));
+
+    let stats = Arc::new(FailingStats {
+        failure: std::sync::Mutex::new(None),
+    });
+    let sink = |tx| {
+        Box::new(ShardSink {
+            tx,
+            refuse_next: false,
+        }) as Box<dyn MapSink>
+    };
+    let (tx, _rx_a) = mpsc::channel();
+    let a = Agent::start(
+        cfg("a"),
+        vec![sink(tx)],
+        stats.clone(),
+        Arc::new(MemConfig::new([("k", "v")])),
+        Arc::new(SharedKeyring::new()),
+    )
+    .unwrap();
+    let (tx, _rx_b) = mpsc::channel();
+    let b = Agent::start(
+        cfg("b"),
+        vec![sink(tx)],
+        Arc::new(FailingStats {
+            failure: std::sync::Mutex::new(None),
+        }),
+        Arc::new(MemConfig::new([("k", "v")])),
+        Arc::new(SharedKeyring::new()),
+    )
+    .unwrap();
+    let (id_a, id_b) = rt
+        .block_on(wait_for(limit, || async {
+            Some((a.status().osd_id()?, b.status().osd_id()?))
+        }))
+        .expect("agents never booted");
+    let map = || {
+        let url = url.clone();
+        async move {
+            let mut c = admin(&url).await;
+            c.get_map(authed(v1::GetMapRequest { epoch: 0 }))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let up = |m: &v1::ClusterMap, id: u32| m.osds.iter().any(|o| o.id == id && o.up);
+    rt.block_on(wait_for(limit, || async {
+        let m = map().await;
+        (up(&m, id_a) && up(&m, id_b)).then_some(())
+    }))
+    .expect("both up");
+
+    let why = "shard 0: read of block 12 failed: I/O error";
+    *stats.failure.lock().unwrap() = Some(why.into());
+    let t0 = Instant::now();
+    let h = rt
+        .block_on(wait_for(limit, || async {
+            let mut c = admin(&url).await;
+            let h = c.health(authed(v1::Empty {})).await.ok()?.into_inner();
+            h.checks
+                .iter()
+                .any(|c| c.code == "OSD_STORE_FAILED")
+                .then_some(h)
+        }))
+        .expect("health never showed the failed store");
+    let took = t0.elapsed();
+    println!("store failure in health {took:?} after the store failed");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(h.status, v1::HealthStatus::HealthErr as i32);
+    let c = h
+        .checks
+        .iter()
+        .find(|c| c.code == "OSD_STORE_FAILED")
+        .unwrap();
+    assert_eq!(c.detail.len(), 1);
+    assert!(
+        c.detail[0].starts_with(&format!("osd.{id_a} (host host-a) store failed: {why}")),
+        "{:?}",
+        c.detail
+    );
+    let m = rt.block_on(map());
+    assert!(!up(&m, id_a) && up(&m, id_b));
+    let epoch = m.epoch;
+    // Many heartbeats later: still down, no new epoch, no second boot.
+    std::thread::sleep(Duration::from_millis(1500));
+    let m = rt.block_on(map());
+    assert!(!up(&m, id_a), "the failed OSD came back up");
+    assert_eq!(m.epoch, epoch);
+    assert_eq!(a.status().boots(), 1);
+    drop(a);
+    drop(b);
+}

@@ -528,6 +528,9 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
                 .await
                 .unwrap();
             let mut m = open(l);
+            // The cluster fsid, made with the store, is in etcd like the maps.
+            let fsid = m.map().fsid.clone();
+            assert_eq!(fsid.len(), 36, "{fsid}");
             let (id, key) = common::osd_keys_scenario(&mut m);
             drop(m);
             let mut c = etcd_client::Client::connect(eps.clone(), None)
@@ -543,6 +546,7 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
                 .await
                 .unwrap();
             let mut m = open(l);
+            assert_eq!(m.map().fsid, fsid, "a new leader keeps the cluster fsid");
             common::osd_key_kept_after_reopen(&mut m, id, key);
         })
         .await

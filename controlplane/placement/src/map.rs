@@ -64,6 +64,9 @@ pub struct ClusterMap {
     pub next_pool_id: u32,
     /// Next OSD id to hand out.
     pub next_osd_id: u32,
+    /// The cluster's identity (a uuid the monitor made with its store; never changes once
+    /// set). Empty only in maps of a monitor from before fsids.
+    pub fsid: String,
 }
 
 /// The change from epoch `epoch - 1` to `epoch`.
@@ -85,6 +88,8 @@ pub struct Incremental {
     pub next_pool_id: u32,
     /// New next OSD id.
     pub next_osd_id: u32,
+    /// The map's fsid; empty = unchanged (a map's fsid is set once and never cleared).
+    pub fsid: String,
 }
 
 /// Map errors.
@@ -136,6 +141,7 @@ impl ClusterMap {
             flags: new.flags.clone(),
             next_pool_id: new.next_pool_id,
             next_osd_id: new.next_osd_id,
+            fsid: new.fsid.clone(),
         }
     }
 
@@ -162,6 +168,9 @@ impl ClusterMap {
         self.flags = inc.flags.clone();
         self.next_pool_id = inc.next_pool_id;
         self.next_osd_id = inc.next_osd_id;
+        if !inc.fsid.is_empty() {
+            self.fsid = inc.fsid.clone();
+        }
         self.epoch = inc.epoch;
         Ok(())
     }
@@ -222,6 +231,7 @@ mod tests {
         );
         b.flags.insert("noout".into());
         b.next_pool_id = 1;
+        b.fsid = "7c0ffee0-0000-4000-8000-000000000001".into();
         let inc = ClusterMap::diff(&a, &b);
         assert_eq!(inc.removed_osds, vec![0]);
         assert_eq!(inc.upsert_osds.len(), 2);
@@ -230,5 +240,12 @@ mod tests {
         assert_eq!(c, b);
         // Applying twice is refused: the epoch no longer matches.
         assert_eq!(c.apply(&inc), Err(MapError::EpochGap { have: 5, inc: 5 }));
+        // An incremental without an fsid (from a monitor before fsids) keeps the map's.
+        let mut d = b.clone();
+        d.epoch = 6;
+        let mut inc = ClusterMap::diff(&b, &d);
+        inc.fsid.clear();
+        c.apply(&inc).unwrap();
+        assert_eq!(c.fsid, b.fsid);
     }
 }

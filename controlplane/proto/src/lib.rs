@@ -193,6 +193,7 @@ impl From<&ClusterMap> for v1::ClusterMap {
             flags: m.flags.iter().cloned().collect(),
             next_pool_id: m.next_pool_id,
             next_osd_id: m.next_osd_id,
+            fsid: m.fsid.clone(),
         }
     }
 }
@@ -206,6 +207,7 @@ impl From<v1::ClusterMap> for ClusterMap {
             flags: m.flags.into_iter().collect(),
             next_pool_id: m.next_pool_id,
             next_osd_id: m.next_osd_id,
+            fsid: m.fsid,
         }
     }
 }
@@ -221,6 +223,7 @@ impl From<&Incremental> for v1::MapIncremental {
             flags: i.flags.iter().cloned().collect(),
             next_pool_id: i.next_pool_id,
             next_osd_id: i.next_osd_id,
+            fsid: i.fsid.clone(),
         }
     }
 }
@@ -236,6 +239,7 @@ impl From<v1::MapIncremental> for Incremental {
             flags: i.flags.into_iter().collect(),
             next_pool_id: i.next_pool_id,
             next_osd_id: i.next_osd_id,
+            fsid: i.fsid,
         }
     }
 }
@@ -271,6 +275,7 @@ mod tests {
             epoch: 7,
             next_pool_id: 1,
             next_osd_id: 1,
+            fsid: "4d3c2b1a-0000-4000-8000-00000000beef".into(),
             ..Default::default()
         };
         m.osds.insert(

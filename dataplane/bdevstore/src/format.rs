@@ -9,7 +9,11 @@ use crate::index::Entry;
 
 /// The store's block: every on-disk address is in 4 KiB blocks.
 pub const BLOCK: u64 = 4096;
-pub const FORMAT_VERSION: u32 = 1;
+/// The superblock version this code writes: 2 adds the store's owner ([`StoreIdentity`]).
+/// Version 1 superblocks (no owner) are still read: everything past block 0 is the same.
+pub const FORMAT_VERSION: u32 = 2;
+/// The first format, without an owner in the superblock.
+pub const FORMAT_VERSION_V1: u32 = 1;
 pub const SB_MAGIC: u64 = u64::from_le_bytes(*b"CRMN-SB1");
 pub const CKPT_MAGIC: u64 = u64::from_le_bytes(*b"CRMN-CP1");
 pub const REC_MAGIC: u64 = u64::from_le_bytes(*b"CRMN-RC1");
@@ -78,7 +82,23 @@ pub(crate) fn blocks_for(bytes: u64) -> u64 {
     bytes.div_ceil(BLOCK)
 }
 
-/// Device block 0 (in store blocks): geometry of the whole device.
+/// Whose store this is: the cluster (the monitor's fsid) and the OSD (its `osd.uuid`). Written
+/// by format (version 2); empty in a version 1 superblock, or when formatted without an owner
+/// (tools, tests). The OSD refuses to mount a store whose owner is another cluster or OSD.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreIdentity {
+    pub cluster_fsid: String,
+    pub osd_uuid: String,
+}
+
+impl StoreIdentity {
+    /// No owner recorded (a version 1 store, or formatted without one).
+    pub fn is_unclaimed(&self) -> bool {
+        self.cluster_fsid.is_empty() && self.osd_uuid.is_empty()
+    }
+}
+
+/// Device block 0 (in store blocks): geometry of the whole device and its owner.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Superblock {
     pub version: u32,
@@ -89,6 +109,56 @@ pub struct Superblock {
     pub slot_blocks: u64,
     /// `(first store block, store blocks)` per shard.
     pub partitions: Vec<(u64, u64)>,
+    /// Version 2: the owner (appended after the version 1 fields, so both decode by version).
+    pub identity: StoreIdentity,
+}
+
+/// The version 1 payload: [`Superblock`] without its identity.
+#[derive(Deserialize)]
+struct SuperblockV1 {
+    version: u32,
+    uuid: u64,
+    store_blocks: u64,
+    seg_blocks: u64,
+    slot_blocks: u64,
+    partitions: Vec<(u64, u64)>,
+}
+
+impl Superblock {
+    /// Decode a superblock payload of any supported version (the first 4 bytes are the
+    /// version, as fixed-int bincode puts it). `Err` names what is wrong.
+    pub fn decode(payload: &[u8]) -> Result<Superblock, String> {
+        let version = payload
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            .ok_or("superblock payload too short")?;
+        match version {
+            FORMAT_VERSION_V1 => {
+                let v1: SuperblockV1 = decode(payload).ok_or("superblock (v1) undecodable")?;
+                Ok(Superblock {
+                    version: v1.version,
+                    uuid: v1.uuid,
+                    store_blocks: v1.store_blocks,
+                    seg_blocks: v1.seg_blocks,
+                    slot_blocks: v1.slot_blocks,
+                    partitions: v1.partitions,
+                    identity: StoreIdentity::default(),
+                })
+            }
+            FORMAT_VERSION => decode(payload).ok_or_else(|| "superblock undecodable".into()),
+            v => Err(format!("format version {v} unsupported")),
+        }
+    }
+
+    /// The block-0 image of this superblock (always written as [`FORMAT_VERSION`]).
+    pub fn block(&self) -> Vec<u8> {
+        let mut sb = self.clone();
+        sb.version = FORMAT_VERSION;
+        let mut blk = vec![0u8; BLOCK as usize];
+        frame(SB_MAGIC, &encode(&sb), &mut blk);
+        blk
+    }
 }
 
 /// A position in the log: where the next record goes and what it must carry.

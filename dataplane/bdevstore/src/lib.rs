@@ -5,7 +5,10 @@
 //! `FORMAT.md` next to this crate; this is the design in short.
 //!
 //! ## Layout
-//! Block 0 of the device is the superblock (geometry, one partition per shard). A partition
+//! Block 0 of the device is the superblock (geometry, one partition per shard, and since
+//! format version 2 the store's owner: cluster fsid and OSD uuid, [`StoreIdentity`]; version 1
+//! superblocks still mount). [`probe`] tells a blank device, a store and other data apart
+//! before anything formats it. A partition
 //! holds two checkpoint slots followed by fixed-size segments. The log is a chain of segments;
 //! each journal *record* is `header blocks | data blocks`, the header a CRC-32C frame that lists
 //! the transactions (logical ops, with every written byte range replaced by a checksummed
@@ -31,6 +34,13 @@
 //! recovery rule for valid records past a torn one, i.e. a format change.) Write data is copied
 //! into the record buffer once and its heap buffer kept as a spare, which
 //! `ObjectStore::data_buf` hands out for the next write and read results reuse.
+//!
+//! ## Failure
+//! The first device I/O error on any path (journal write or flush, a read, a cleaner read, a
+//! checkpoint write) fails the store ([`BdevStore::failure`] names it): the operation it
+//! belonged to gets the I/O error, every later one `StoreError::Failed`, reads included,
+//! until the store is mounted again. A failed device is not trusted with more work; the OSD
+//! reports it to the monitor and the data is served from the other copies.
 //!
 //! ## Reads and checksums
 //! A read resolves extents in the index, reads whole chunks and verifies each chunk's CRC-32C
@@ -86,7 +96,9 @@ pub mod index;
 mod mount;
 mod store;
 
-pub use format::{DEFAULT_SEG_BLOCKS, MAX_TXN_DATA, MAX_TXN_HEADER};
+pub use format::{StoreIdentity, Superblock, DEFAULT_SEG_BLOCKS, MAX_TXN_DATA, MAX_TXN_HEADER};
 pub use fsck::{fsck, FsckReport};
-pub use mount::{format, FormatOptions};
+pub use mount::{
+    claim, format, format_owned, probe, FormatOptions, Probe, MAX_IDENTITY_LEN, PROBE_BYTES,
+};
 pub use store::{BdevStore, MountOptions, StoreStats, TxnFootprint};

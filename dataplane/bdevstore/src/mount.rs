@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::format::{
     blocks_for, decode, encode, frame, unframe, CkptHeader, Geometry, LogPos, RecordHeader,
-    Superblock, BLOCK, CKPT_MAGIC, DEFAULT_SEG_BLOCKS, FORMAT_VERSION, REC_MAGIC, SB_MAGIC,
+    StoreIdentity, Superblock, BLOCK, CKPT_MAGIC, DEFAULT_SEG_BLOCKS, FORMAT_VERSION, REC_MAGIC,
+    SB_MAGIC,
 };
 use crate::index::{Entry, Index, LOp};
 
@@ -143,8 +144,25 @@ pub(crate) fn encode_checkpoint(
     (h, b)
 }
 
-/// Write a superblock and an empty checkpoint for every shard. Destroys previous contents.
+/// Longest `cluster_fsid` or `osd_uuid` a superblock records (it must fit block 0 with the
+/// partition table of 64 shards).
+pub const MAX_IDENTITY_LEN: usize = 256;
+
+/// Write a superblock and an empty checkpoint for every shard, with no owner recorded (see
+/// [`format_owned`]). Destroys previous contents.
 pub fn format<D: BlockDevice>(dev: &mut D, opts: &FormatOptions) -> Result<Superblock, StoreError> {
+    format_owned(dev, opts, &StoreIdentity::default())
+}
+
+/// [`format`], recording `owner` (the cluster fsid and the OSD uuid) in the superblock.
+/// Destroys previous contents: the caller decides whether the device may be formatted
+/// ([`probe`] tells what it holds).
+pub fn format_owned<D: BlockDevice>(
+    dev: &mut D,
+    opts: &FormatOptions,
+    owner: &StoreIdentity,
+) -> Result<Superblock, StoreError> {
+    check_identity_len(owner)?;
     let bs = dev.block_size() as u64;
     if bs == 0 || BLOCK % bs != 0 {
         return Err(StoreError::InvalidArgument(format!(
@@ -171,10 +189,9 @@ pub fn format<D: BlockDevice>(dev: &mut D, opts: &FormatOptions) -> Result<Super
         seg_blocks: opts.seg_blocks,
         slot_blocks,
         partitions: (0..shards).map(|i| (1 + i * per, per)).collect(),
+        identity: owner.clone(),
     };
-    let mut blk = vec![0u8; BLOCK as usize];
-    frame(SB_MAGIC, &encode(&sb), &mut blk);
-    sync_write(dev, None, 0, &blk)?;
+    sync_write(dev, None, 0, &sb.block())?;
     for shard in 0..shards as usize {
         let geo = Geometry::from_superblock(&sb, shard, dev.block_size())
             .ok_or_else(|| StoreError::Corrupt("bad partition table".into()))?;
@@ -214,16 +231,95 @@ pub(crate) fn read_superblock<D: BlockDevice>(
     let buf = sync_read(dev, None, 0, 1)?;
     let (payload, _) = unframe(SB_MAGIC, buf.as_slice())
         .ok_or_else(|| StoreError::Corrupt("no valid superblock".into()))?;
-    let sb: Superblock =
-        decode(payload).ok_or_else(|| StoreError::Corrupt("superblock undecodable".into()))?;
-    if sb.version != FORMAT_VERSION {
-        return Err(StoreError::Corrupt(format!(
-            "format version {} unsupported",
-            sb.version
-        )));
-    }
+    let sb = Superblock::decode(payload).map_err(StoreError::Corrupt)?;
     Geometry::from_superblock(&sb, shard, dev.block_size())
         .ok_or_else(|| StoreError::NotFound(format!("shard {shard} has no partition")))
+}
+
+fn check_identity_len(owner: &StoreIdentity) -> Result<(), StoreError> {
+    for (what, v) in [
+        ("cluster fsid", &owner.cluster_fsid),
+        ("osd uuid", &owner.osd_uuid),
+    ] {
+        if v.len() > MAX_IDENTITY_LEN {
+            return Err(StoreError::InvalidArgument(format!(
+                "{what} of {} bytes: a superblock records at most {MAX_IDENTITY_LEN}",
+                v.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Bytes [`probe`] reads from the start of a device to tell a blank one from one holding data.
+pub const PROBE_BYTES: u64 = 1 << 20;
+
+/// What a device holds, as far as formatting is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// The first [`PROBE_BYTES`] (or the whole device, if smaller) are zero.
+    Blank,
+    /// A valid bdevstore superblock (any supported version), with its owner.
+    Store(Superblock),
+    /// Neither: some other data (a file system, another program's, garbage). `offset` is the
+    /// first non-zero byte.
+    Data { offset: u64 },
+}
+
+/// Reads block 0 (and, if it holds no superblock, up to [`PROBE_BYTES`]) and tells what the
+/// device holds. Read-only. A superblock frame whose payload does not decode is `Data`.
+pub fn probe<D: BlockDevice>(dev: &mut D) -> Result<Probe, StoreError> {
+    let bs = dev.block_size() as u64;
+    if bs == 0 || BLOCK % bs != 0 {
+        return Err(StoreError::InvalidArgument(format!(
+            "device block size {bs} does not divide 4096"
+        )));
+    }
+    let buf = sync_read(dev, None, 0, 1)?;
+    if let Some((payload, _)) = unframe(SB_MAGIC, buf.as_slice()) {
+        if let Ok(sb) = Superblock::decode(payload) {
+            return Ok(Probe::Store(sb));
+        }
+    }
+    let dev_bytes = dev.block_count() * bs;
+    let total = PROBE_BYTES.min(dev_bytes / BLOCK * BLOCK);
+    let mut off = 0u64;
+    // 64 KiB at a time: boot-time code, bounded.
+    while off < total {
+        let blocks = ((total - off) / BLOCK).min(16);
+        let chunk = sync_read(dev, None, off / BLOCK, blocks)?;
+        if let Some(i) = chunk.as_slice().iter().position(|&b| b != 0) {
+            return Ok(Probe::Data {
+                offset: off + i as u64,
+            });
+        }
+        off += blocks * BLOCK;
+    }
+    Ok(Probe::Blank)
+}
+
+/// Records `owner` in the superblock of a store that has none (version 1, or formatted
+/// without an owner): the same geometry and format uuid, written as version 2. Nothing else
+/// on the device changes. Refuses a store that already names an owner.
+pub fn claim<D: BlockDevice>(dev: &mut D, owner: &StoreIdentity) -> Result<Superblock, StoreError> {
+    check_identity_len(owner)?;
+    let mut sb = match probe(dev)? {
+        Probe::Store(sb) => sb,
+        Probe::Blank | Probe::Data { .. } => {
+            return Err(StoreError::Corrupt("no valid superblock".into()))
+        }
+    };
+    if !sb.identity.is_unclaimed() {
+        return Err(StoreError::InvalidArgument(format!(
+            "the store already belongs to cluster {:?}, osd {:?}",
+            sb.identity.cluster_fsid, sb.identity.osd_uuid
+        )));
+    }
+    sb.identity = owner.clone();
+    sb.version = FORMAT_VERSION;
+    sync_write(dev, None, 0, &sb.block())?;
+    sync_flush(dev)?;
+    Ok(sb)
 }
 
 /// Everything mount and fsck learn from the device.

@@ -525,9 +525,17 @@ impl<D: BlockDevice> BdevStore<D> {
         self.io.insert(io) as u64
     }
 
+    /// Why the store failed, once it has: every later operation (reads too) fails with
+    /// `StoreError::Failed` naming it, until the store is mounted again. Set by the first
+    /// device I/O error on any path (journal, reads, cleaner, checkpoint) or a DMA buffer the
+    /// journal or a checkpoint could not get. The OSD reports it to the monitor.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
     fn fail(&mut self, why: String) {
-        tracing::error!(%why, "bdevstore failed");
         if self.failed.is_none() {
+            tracing::error!(%why, "bdevstore failed: every later operation is refused");
             self.failed = Some(why);
         }
     }
@@ -602,18 +610,19 @@ impl<D: BlockDevice> BdevStore<D> {
     fn complete_io(&mut self, io: Io, c: &IoCompletion<D::Buf>) {
         if let Err(e) = &c.result {
             match io {
-                Io::Read { op, .. } => {
+                Io::Read { op, chunk, .. } => {
                     if let Some(r) = self.reads.get_mut(op) {
                         r.err.get_or_insert(StoreError::Io(e.clone()));
                     }
                     self.finish_piece(op);
+                    self.fail(format!("read of block {} failed: {e}", chunk.lba));
                 }
-                Io::Clean { .. } => {
+                Io::Clean { chunk, .. } => {
                     self.clean_inflight -= 1;
-                    tracing::error!(error = %e, "cleaner read failed");
                     if let Some(v) = self.victim.take() {
                         self.bad_segs[v as usize] = true;
                     }
+                    self.fail(format!("cleaner read of block {} failed: {e}", chunk.lba));
                 }
                 _ => {
                     let why = format!("{:?} I/O failed: {e}", c.kind);
@@ -1498,7 +1507,14 @@ impl<D: BlockDevice> BdevStore<D> {
             return;
         }
         while let Some((t, cid, oid, off, len)) = self.deferred.pop_front() {
-            self.start_read(t, cid, &oid, off, len);
+            match &self.failed {
+                // The record it waited for may never have reached the device.
+                Some(f) => self.done.push(Completion {
+                    ticket: t,
+                    result: Err(StoreError::Failed(f.clone())),
+                }),
+                None => self.start_read(t, cid, &oid, off, len),
+            }
         }
     }
 
@@ -1535,7 +1551,15 @@ impl<D: BlockDevice> ObjectStore for BdevStore<D> {
     fn read(&mut self, cid: CollectionId, oid: &ObjectId, off: u64, len: u64) -> Ticket {
         self.next_ticket += 1;
         let ticket = Ticket(self.next_ticket);
-        self.start_read(ticket, cid, oid, off, len);
+        if let Some(f) = &self.failed {
+            // A device that failed once is not trusted for reads either.
+            self.done.push(Completion {
+                ticket,
+                result: Err(StoreError::Failed(f.clone())),
+            });
+        } else {
+            self.start_read(ticket, cid, oid, off, len);
+        }
         ticket
     }
 

@@ -350,9 +350,14 @@ mod faulty {
         BlockDevice, DeviceError, DeviceStats, FileDevice, HeapBuf, IoCompletion, IoKind,
     };
 
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
     pub struct Faulty {
         pub inner: FileDevice,
         pub writes_left: u64,
+        /// Every read fails while set (the test keeps a handle).
+        pub reads_fail: Arc<AtomicBool>,
         failed: Vec<IoCompletion<HeapBuf>>,
     }
 
@@ -361,6 +366,7 @@ mod faulty {
             Faulty {
                 inner,
                 writes_left,
+                reads_fail: Arc::new(AtomicBool::new(false)),
                 failed: Vec::new(),
             }
         }
@@ -381,7 +387,16 @@ mod faulty {
             self.inner.alloc_buf(len)
         }
         fn submit_read(&mut self, lba: u64, buf: HeapBuf, token: u64) {
-            self.inner.submit_read(lba, buf, token)
+            if self.reads_fail.load(Ordering::Relaxed) {
+                self.failed.push(IoCompletion {
+                    token,
+                    kind: IoKind::Read,
+                    buf: Some(buf),
+                    result: Err(DeviceError::Io("injected read failure".into())),
+                });
+            } else {
+                self.inner.submit_read(lba, buf, token)
+            }
         }
         fn submit_write(&mut self, lba: u64, buf: HeapBuf, token: u64) {
             if self.writes_left == 0 {
@@ -445,6 +460,104 @@ fn write_error_fails_store_without_losing_acked_data() {
     assert!(fsck(&mut d, 0).unwrap().is_clean());
     let mut s = BdevStore::mount(d, MountOptions::default()).unwrap();
     compare(&mut s, &m).unwrap();
+}
+
+/// A read the device fails marks the store failed, as a write error does: that read gets the
+/// I/O error, and every later operation (reads, writes) is refused with `Failed` naming the
+/// first error, though the device works again. The data acknowledged before is intact.
+#[test]
+fn read_error_fails_store_and_refuses_everything_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dev");
+    let mut d = common::open_dev(&path);
+    format(&mut d, &common::small_format()).unwrap();
+    let dev = faulty::Faulty::new(d, u64::MAX);
+    let reads_fail = dev.reads_fail.clone();
+    let mut s = BdevStore::mount(dev, MountOptions::default()).unwrap();
+    let mut m = Model::default();
+    setup(&mut s, &mut m);
+    let oid = ObjectId::from("r");
+    let mut t = Transaction::new();
+    t.write(C, &oid, 0, &pattern(1, 5000));
+    drive::commit(&mut s, t.clone()).unwrap();
+    m.apply(&t).unwrap();
+    assert_eq!(s.failure(), None);
+    reads_fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    match drive::read(&mut s, C, &oid, 0, 5000) {
+        Err(StoreError::Io(_)) => {}
+        other => panic!("expected the read's I/O error, got {other:?}"),
+    }
+    let why = s
+        .failure()
+        .expect("a read error fails the store")
+        .to_string();
+    assert!(why.contains("read of block"), "{why}");
+    // The device works again: the store still refuses, reads and writes alike.
+    reads_fail.store(false, std::sync::atomic::Ordering::Relaxed);
+    match drive::read(&mut s, C, &oid, 0, 5000) {
+        Err(StoreError::Failed(f)) => assert_eq!(f, why),
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    let mut t = Transaction::new();
+    t.write(C, &ObjectId::from("w"), 0, b"x");
+    assert!(matches!(
+        drive::commit(&mut s, t),
+        Err(StoreError::Failed(_))
+    ));
+    drop(s);
+    let d = common::open_dev(&path);
+    let mut s = BdevStore::mount(d, MountOptions::default()).unwrap();
+    compare(&mut s, &m).unwrap();
+}
+
+/// A cleaner read the device fails marks the store failed too (no client read involved):
+/// the cleaner runs all the time here, so a read error reaches it while writes go on.
+#[test]
+fn cleaner_read_error_fails_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dev");
+    let mut d = common::open_dev(&path);
+    format(&mut d, &common::small_format()).unwrap();
+    let dev = faulty::Faulty::new(d, u64::MAX);
+    let reads_fail = dev.reads_fail.clone();
+    let mut s = BdevStore::mount(dev, common::always_cleaning(0)).unwrap();
+    let mut m = Model::default();
+    setup(&mut s, &mut m);
+    // Live data spread over several segments, with garbage between (overwrites).
+    for round in 0..3u64 {
+        for i in 0..40u64 {
+            let mut t = Transaction::new();
+            t.write(
+                C,
+                &ObjectId::from(format!("c{i}").as_str()),
+                0,
+                &pattern(i + round, 4000),
+            );
+            drive::commit(&mut s, t).unwrap();
+        }
+    }
+    reads_fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut i = 0u64;
+    while s.failure().is_none() {
+        assert!(i < 2000, "the cleaner never met the read error");
+        let mut t = Transaction::new();
+        t.write(
+            C,
+            &ObjectId::from(format!("c{}", i % 40).as_str()),
+            0,
+            &pattern(i, 4000),
+        );
+        let _ = drive::commit(&mut s, t);
+        i += 1;
+    }
+    let why = s.failure().unwrap().to_string();
+    assert!(why.starts_with("cleaner read of block"), "{why}");
+    let mut t = Transaction::new();
+    t.write(C, &ObjectId::from("after"), 0, b"x");
+    assert!(matches!(
+        drive::commit(&mut s, t),
+        Err(StoreError::Failed(_))
+    ));
 }
 
 /// A torn tail (the last record's data incomplete, as after a power cut mid-write) is not

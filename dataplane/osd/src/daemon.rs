@@ -2,14 +2,21 @@
 //!
 //! Order of bring-up (each step refuses with a clear error before the next one starts):
 //! 1. the config ([`Config::load`]) and the preflight checks that apply to it;
-//! 2. the DPDK EAL, when the NIC or the store needs it (hugepages), then SPDK and the bdev
-//!    under bdevstore; a blank bdev is formatted with one partition per shard, a formatted one
-//!    is mounted as is (never reformatted), anything else is refused;
-//! 3. the DPDK port with one queue pair and one mbuf pool per shard (software steering by
+//! 2. bdevstore: the cluster fsid from the monitor (`carmine_agent::cluster_fsid`; the OSD
+//!    waits for a monitor), since the device must hold a store of this cluster and this OSD;
+//! 3. the DPDK EAL, when the NIC or the store needs it (hugepages), then SPDK and the bdev
+//!    under bdevstore ([`prepare_bdev`]): a blank bdev (its first MiB zero) is formatted with
+//!    one partition per shard and this OSD's owner (cluster fsid, OSD uuid); this OSD's store
+//!    is mounted as is (never reformatted); a store that names no owner (formatted before
+//!    owners were recorded) is claimed; a store of another cluster or OSD, or a device
+//!    holding other data, is refused ([`DaemonError::ForeignStore`],
+//!    [`DaemonError::NotAStore`]: the process exits non-zero before it boots) unless
+//!    `--force-format` ([`RunOptions`]);
+//! 4. the DPDK port with one queue pair and one mbuf pool per shard (software steering by
 //!    destination port when there are several shards), or kernel sockets;
-//! 4. the shards ([`carmine_reactor::Reactor`]): each builds its TCP stack, listens on
+//! 5. the shards ([`carmine_reactor::Reactor`]): each builds its TCP stack, listens on
 //!    `base_port + shard`, mounts its store partition on its own SPDK thread;
-//! 5. the control-plane agent (own thread, tokio): boot with the monitor announcing the
+//! 6. the control-plane agent (own thread, tokio): boot with the monitor announcing the
 //!    shards' ports, map subscription into every shard's control ring, the keyring, the admin
 //!    gRPC with the perf counters.
 //!
@@ -28,16 +35,16 @@ use carmine_agent::{
     Agent, AgentConfig, MapSink, MemConfig, OsdCredential, PeeringSetup, ScrubSetup, SharedKeyring,
     SinkFull,
 };
+use carmine_bdevstore::{Probe, StoreIdentity};
 use carmine_dpdk::{Eal, EalConfig, EthPort, PktMbufPool};
 use carmine_net::dpdk::{DpdkDevice, Steering};
 use carmine_net::{KernelConfig, KernelStack, NetStack, SmolConfig, SmolStack};
-use carmine_objectstore::device::{BlockDevice, IoKind};
 use carmine_placement::ClusterMap;
 use carmine_reactor::{ControlSender, IdlePolicy, Reactor, ReactorConfig};
 use carmine_spdk::{BdevKind, Spdk, SpdkBlockDevice};
 
 use crate::config::{derived_mac, BdevType, Config, Idle, MacChoice, NetBackend, StoreKind};
-use crate::perf::{OsdStats, ShardCounters};
+use crate::perf::{OsdStats, ShardCounters, StoreFailure};
 use crate::shard::{ShardCore, ShardMsg, ShardParts, ShardPoller};
 use crate::shard_store::ShardStore;
 
@@ -72,10 +79,38 @@ pub enum DaemonError {
     Agent(#[from] carmine_agent::AgentError),
     #[error("signals: {0}")]
     Signal(std::io::Error),
+    /// The store on the device belongs to another cluster or another OSD.
+    #[error(
+        "the store on {device} belongs to cluster {store_fsid:?}, osd uuid {store_osd:?}; this \
+         OSD is osd uuid {osd:?} of cluster {fsid:?}: refusing to mount it (`carmine-osd run \
+         --force-format` formats the device, destroying what it holds)"
+    )]
+    ForeignStore {
+        device: String,
+        store_fsid: String,
+        store_osd: String,
+        fsid: String,
+        osd: String,
+    },
+    /// The device holds data that is not a bdevstore.
+    #[error(
+        "{device} is not blank (a non-zero byte at offset {offset}) and holds no carmine store: \
+         refusing to format it (`carmine-osd run --force-format` formats it, destroying what \
+         it holds)"
+    )]
+    NotAStore { device: String, offset: u64 },
+}
+
+/// How `carmine-osd run` was asked to treat its device.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Format the device even if it holds data: another program's, or a store of another
+    /// cluster or OSD. A store that is this OSD's own is mounted, never reformatted.
+    pub force_format: bool,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
-pub fn run(config_path: &Path) -> Result<(), DaemonError> {
+pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), DaemonError> {
     let cfg = Config::load(config_path)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -85,6 +120,44 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     if cfg.needs_eal() {
         preflight(&cfg)?;
     }
+    let credential = match &cfg.auth {
+        Some(a) => {
+            let (id, secret) = a.load_key()?;
+            Some(OsdCredential { id, secret })
+        }
+        None => {
+            tracing::warn!("no [auth] keyfile: only a monitor run with --insecure admits this OSD");
+            None
+        }
+    };
+    let agent_cfg = AgentConfig {
+        mon_addr: cfg.mon.addr.clone(),
+        uuid: cfg.osd.uuid.clone(),
+        host: cfg.osd.host.clone(),
+        public_addr: cfg.public_ip()?.to_string(),
+        cluster_addr: cfg.public_ip()?.to_string(),
+        shard_ports: Vec::new(),
+        weight: cfg.osd.weight,
+        admin_listen: cfg.admin.listen,
+        credential,
+    };
+    // 0. Whose store the device must hold: the cluster's fsid comes from the monitor before
+    // the device is touched (memstore keeps nothing: no check).
+    let owner = if cfg.store.kind == StoreKind::Bdevstore {
+        let fsid = match carmine_agent::cluster_fsid(&agent_cfg, &stop) {
+            Err(carmine_agent::AgentError::Stopped) => {
+                tracing::info!("stopped before the monitor answered: nothing was started");
+                return Ok(());
+            }
+            r => r?,
+        };
+        Some(StoreIdentity {
+            cluster_fsid: fsid,
+            osd_uuid: cfg.osd.uuid.clone(),
+        })
+    } else {
+        None
+    };
 
     // 1. EAL, SPDK, the bdev.
     let vhost =
@@ -98,7 +171,10 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         (Some(eal), StoreKind::Bdevstore) => {
             let spdk = Spdk::start(eal)?;
             spdk.create_bdev(BDEV, &bdev_kind(&cfg)?)?;
-            prepare_bdev(&spdk, shards)?;
+            let owner = owner
+                .as_ref()
+                .ok_or_else(|| DaemonError::Store("bdevstore without the cluster fsid".into()))?;
+            prepare_bdev(&spdk, shards, &device_name(&cfg), owner, opts.force_format)?;
             Some(spdk)
         }
         _ => None,
@@ -118,14 +194,20 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     let usage: Vec<Arc<(AtomicU64, AtomicU64)>> = (0..shards)
         .map(|_| Arc::new((AtomicU64::new(0), AtomicU64::new(0))))
         .collect();
+    let store_failures: Vec<StoreFailure> = (0..shards).map(|_| StoreFailure::default()).collect();
     let lease = Arc::new(Lease::new());
     let (events_tx, events_rx) = carmine_agent::peering::event_channel();
     let peer_parts = PeerParts {
         lease: lease.clone(),
         events: events_tx,
     };
-    let (reactor, control, ports) =
-        start_shards(&cfg, nic.as_ref(), &keyring, &counters, &usage, peer_parts)?;
+    let shared = ShardShared {
+        keyring: keyring.clone(),
+        counters: counters.clone(),
+        usage: usage.clone(),
+        store_failures: store_failures.clone(),
+    };
+    let (reactor, control, ports) = start_shards(&cfg, nic.as_ref(), shared, peer_parts)?;
 
     // 4. The agent.
     let public_ip = cfg.public_ip()?.to_string();
@@ -136,6 +218,7 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
             .filter_map(|(i, c)| reactor.stats_handle(i).map(|r| (c.clone(), r)))
             .collect(),
         usage: usage.clone(),
+        store_failures,
     });
     let control = Arc::new(Mutex::new(control));
     let sinks: Vec<Box<dyn MapSink>> = (0..shards)
@@ -154,27 +237,10 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         shards,
         control: control.clone(),
     });
-    let credential = match &cfg.auth {
-        Some(a) => {
-            let (id, secret) = a.load_key()?;
-            Some(OsdCredential { id, secret })
-        }
-        None => {
-            tracing::warn!("no [auth] keyfile: only a monitor run with --insecure admits this OSD");
-            None
-        }
-    };
     let agent = Agent::start_osd(
         AgentConfig {
-            mon_addr: cfg.mon.addr.clone(),
-            uuid: cfg.osd.uuid.clone(),
-            host: cfg.osd.host.clone(),
-            public_addr: public_ip.clone(),
-            cluster_addr: public_ip.clone(),
             shard_ports: ports.iter().map(|&p| u32::from(p)).collect(),
-            weight: cfg.osd.weight,
-            admin_listen: cfg.admin.listen,
-            credential,
+            ..agent_cfg
         },
         sinks,
         stats,
@@ -387,51 +453,85 @@ fn bdev_kind(cfg: &Config) -> Result<BdevKind, DaemonError> {
 const _: () =
     assert!(carmine_wire::Limits::DEFAULT.max_io_size as u64 <= carmine_bdevstore::MAX_TXN_DATA);
 
-fn prepare_bdev(spdk: &Spdk, shards: usize) -> Result<(), DaemonError> {
+/// What the device is called in errors: the aio file or vhost socket, or the malloc bdev.
+fn device_name(cfg: &Config) -> String {
+    match &cfg.store.path {
+        Some(p) => p.display().to_string(),
+        None => format!("{BDEV} ({:?})", cfg.store.bdev).to_lowercase(),
+    }
+}
+
+/// Makes the bdev hold this OSD's store, or refuses: a blank device (its first MiB zero) is
+/// formatted for `owner`; a store of `owner` is left to the shards to mount; a store formatted
+/// before owners were recorded is claimed for `owner`; a store of another cluster or OSD, or a
+/// device holding other data, is refused ([`DaemonError::ForeignStore`],
+/// [`DaemonError::NotAStore`]) unless `force` (then formatted, with a warning).
+fn prepare_bdev(
+    spdk: &Spdk,
+    shards: usize,
+    device: &str,
+    owner: &StoreIdentity,
+    force: bool,
+) -> Result<(), DaemonError> {
     let mut dev = SpdkBlockDevice::open(spdk.thread(), BDEV)?;
-    let block0 = read_first_block(&mut dev)?;
-    if block0.iter().all(|&b| b == 0) {
-        tracing::info!(shards, "blank device: formatting");
-        carmine_bdevstore::format(
-            &mut dev,
+    let store = |e: carmine_objectstore::StoreError| DaemonError::Store(format!("{device}: {e}"));
+    let format = |dev: &mut SpdkBlockDevice| {
+        carmine_bdevstore::format_owned(
+            dev,
             &carmine_bdevstore::FormatOptions {
                 shards,
                 ..Default::default()
             },
+            owner,
         )
-        .map_err(|e| DaemonError::Store(format!("format: {e}")))?;
-    } else {
-        tracing::info!("formatted device: mounting");
-    }
-    Ok(())
-}
-
-fn read_first_block<D: BlockDevice>(dev: &mut D) -> Result<Vec<u8>, DaemonError> {
-    use carmine_objectstore::device::IoBuf;
-    let bs = dev.block_size() as usize;
-    let len = bs.max(4096);
-    let buf = dev
-        .alloc_buf(len)
-        .map_err(|e| DaemonError::Store(format!("buffer: {e}")))?;
-    dev.submit_read(0, buf, 1);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut out = Vec::new();
-    loop {
-        dev.poll(&mut out);
-        if let Some(c) = out.pop() {
-            if c.kind != IoKind::Read {
-                continue;
-            }
-            c.result
-                .map_err(|e| DaemonError::Store(format!("reading block 0: {e}")))?;
-            return c
-                .buf
-                .map(|b| b.as_slice().to_vec())
-                .ok_or_else(|| DaemonError::Store("read without a buffer".into()));
+        .map(|_| ())
+        .map_err(|e| DaemonError::Store(format!("format {device}: {e}")))
+    };
+    match carmine_bdevstore::probe(&mut dev).map_err(store)? {
+        Probe::Blank => {
+            tracing::info!(shards, %device, fsid = %owner.cluster_fsid, "blank device: formatting");
+            format(&mut dev)
         }
-        if Instant::now() > deadline {
-            return Err(DaemonError::Store("reading block 0 timed out".into()));
+        Probe::Store(sb) if sb.identity == *owner => {
+            tracing::info!(%device, "this OSD's store: mounting");
+            Ok(())
         }
+        Probe::Store(sb) if sb.identity.is_unclaimed() => {
+            tracing::warn!(
+                %device,
+                version = sb.version,
+                fsid = %owner.cluster_fsid,
+                "a store that names no owner (formatted before owners were recorded): \
+                 claiming it for this cluster and OSD"
+            );
+            carmine_bdevstore::claim(&mut dev, owner)
+                .map(|_| ())
+                .map_err(store)
+        }
+        Probe::Store(sb) if force => {
+            tracing::warn!(
+                %device,
+                store_fsid = %sb.identity.cluster_fsid,
+                store_osd = %sb.identity.osd_uuid,
+                "--force-format: formatting another cluster's or OSD's store"
+            );
+            format(&mut dev)
+        }
+        Probe::Store(sb) => Err(DaemonError::ForeignStore {
+            device: device.to_string(),
+            store_fsid: sb.identity.cluster_fsid,
+            store_osd: sb.identity.osd_uuid,
+            fsid: owner.cluster_fsid.clone(),
+            osd: owner.osd_uuid.clone(),
+        }),
+        Probe::Data { offset } if force => {
+            tracing::warn!(%device, offset, "--force-format: formatting a device that holds data");
+            format(&mut dev)
+        }
+        Probe::Data { offset } => Err(DaemonError::NotAStore {
+            device: device.to_string(),
+            offset,
+        }),
     }
 }
 
@@ -520,12 +620,18 @@ impl Nic {
 
 type Started = (Reactor, ControlSender<ShardMsg>, Vec<u16>);
 
+/// What the shards share with the agent, one entry per shard (the keyring: one for all).
+struct ShardShared {
+    keyring: Arc<SharedKeyring>,
+    counters: Vec<Arc<ShardCounters>>,
+    usage: Vec<Arc<(AtomicU64, AtomicU64)>>,
+    store_failures: Vec<StoreFailure>,
+}
+
 fn start_shards(
     cfg: &Config,
     nic: Option<&Nic>,
-    keyring: &Arc<SharedKeyring>,
-    counters: &[Arc<ShardCounters>],
-    usage: &[Arc<(AtomicU64, AtomicU64)>],
+    shared: ShardShared,
     peer_parts: PeerParts,
 ) -> Result<Started, DaemonError> {
     let shards = cfg.reactor.cores.len();
@@ -579,9 +685,12 @@ fn start_shards(
     let max_conns = cfg.net.max_connections;
     let bounds = cfg.bounds();
     let mtu = cfg.net.mtu;
-    let keyring = keyring.clone();
-    let counters = counters.to_vec();
-    let usage = usage.to_vec();
+    let ShardShared {
+        keyring,
+        counters,
+        usage,
+        store_failures,
+    } = shared;
     let (reactor, control) = Reactor::start::<ShardMsg, _>(rcfg, move |setup| {
         let shard = setup.shard();
         let port = if base_port == 0 {
@@ -642,6 +751,7 @@ fn start_shards(
             keyring: keyring.clone(),
             counters: counters[shard].clone(),
             usage: usage[shard].clone(),
+            store_failure: store_failures[shard].clone(),
             lease: peer_parts.lease.clone(),
             events: Some(peer_parts.events.clone()),
         };

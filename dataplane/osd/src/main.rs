@@ -50,6 +50,11 @@ enum Cmd {
         /// The TOML config file.
         #[arg(long)]
         config: std::path::PathBuf,
+        /// bdevstore: format the device even if it holds data (another program's, or a store
+        /// of another cluster or OSD), destroying it. Without it such a device is refused. A
+        /// blank device is always formatted; this OSD's own store is never reformatted.
+        #[arg(long)]
+        force_format: bool,
     },
     /// Check this machine with the real drivers: preflight, DPDK af_packet frames over a veth
     /// pair (private network namespace), SPDK malloc/null bdev I/O. Needs root and hugepages.
@@ -93,8 +98,11 @@ fn main() {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { config } => {
-            if let Err(e) = daemon::run(&config) {
+        Cmd::Run {
+            config,
+            force_format,
+        } => {
+            if let Err(e) = daemon::run(&config, daemon::RunOptions { force_format }) {
                 eprintln!("carmine-osd: {e}");
                 std::process::exit(1);
             }

@@ -8,7 +8,7 @@
 //! counters every [`PUBLISH_EVERY`], so the reader never touches the histogram itself.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use carmine_reactor::ShardStats;
@@ -143,11 +143,17 @@ impl Default for Latency {
     }
 }
 
+/// Why a shard's store failed: set once, by the shard, when it sees its store fail (never on
+/// the steady-state path: a `OnceLock` read is a load); read by the agent for its heartbeats.
+pub type StoreFailure = Arc<OnceLock<String>>;
+
 /// Everything `carmine osd perf` shows, read on the agent thread.
 pub struct OsdStats {
     pub shards: Vec<(Arc<ShardCounters>, Arc<ShardStats>)>,
     /// Store usage (used, capacity) per shard, refreshed by the shards.
     pub usage: Vec<Arc<(AtomicU64, AtomicU64)>>,
+    /// Per shard: why its store failed, once it has.
+    pub store_failures: Vec<StoreFailure>,
 }
 
 impl carmine_agent::Stats for OsdStats {
@@ -185,6 +191,16 @@ impl carmine_agent::Stats for OsdStats {
             .min()
     }
 
+    fn store_failure(&self) -> Option<String> {
+        let failed: Vec<String> = self
+            .store_failures
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| f.get().map(|why| format!("shard {i}: {why}")))
+            .collect();
+        (!failed.is_empty()).then(|| failed.join("; "))
+    }
+
     fn usage(&self) -> (u64, u64) {
         self.usage.iter().fold((0, 0), |(u, c), x| {
             (
@@ -214,13 +230,21 @@ mod tests {
         assert!((985..=995).contains(&p99), "p99 {p99}");
         assert!(c.lat_max_us.load(Ordering::Relaxed) >= 1000);
         ShardCounters::add(&c.ops, 3);
+        let failures = vec![StoreFailure::default(), StoreFailure::default()];
         let stats = OsdStats {
             shards: vec![(c, Arc::new(ShardStats::default()))],
             usage: vec![Arc::new((AtomicU64::new(5), AtomicU64::new(10)))],
+            store_failures: failures.clone(),
         };
         let all = carmine_agent::Stats::counters(&stats);
         assert!(all.contains(&("shard0.ops".to_string(), 3)));
         assert!(all.contains(&("ops".to_string(), 3)));
         assert_eq!(carmine_agent::Stats::usage(&stats), (5, 10));
+        assert_eq!(carmine_agent::Stats::store_failure(&stats), None);
+        failures[1].set("read of block 3 failed".into()).unwrap();
+        assert_eq!(
+            carmine_agent::Stats::store_failure(&stats).as_deref(),
+            Some("shard 1: read of block 3 failed")
+        );
     }
 }

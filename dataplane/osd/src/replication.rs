@@ -112,7 +112,9 @@ pub fn client_error(e: RepError) -> OpError {
         // its head lags): the next attempt gets a newer one.
         RepError::Invalid => OpError::Again,
         RepError::NoSpace => OpError::NoSpace,
-        RepError::Io => OpError::Io,
+        // The replica's store failed (or fails now): it reports itself to the monitor, which
+        // marks it down; the retry goes to the new interval's members.
+        RepError::Io => OpError::Again,
     }
 }
 
@@ -305,7 +307,8 @@ mod tests {
         assert!(t.peer_done(id, 1, Err(RepError::Io)).is_none());
         assert!(t.peer_done(id, 2, Ok(())).is_none(), "local not in");
         let f = t.local_done(id, Ok(())).unwrap();
-        assert_eq!(f.result, Err(OpError::Io));
+        // A replica whose store failed is marked down: the client's retry goes elsewhere.
+        assert_eq!(f.result, Err(OpError::Again));
         assert!(
             f.committed_here,
             "the local copy is written, the client is not told so"

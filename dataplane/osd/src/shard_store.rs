@@ -78,6 +78,15 @@ impl ShardStore {
         }
     }
 
+    /// Why the store failed, once it has (bdevstore: the first device I/O error; memstore
+    /// never fails). A failed store refuses every later operation until it is mounted again.
+    pub fn failure(&self) -> Option<&str> {
+        match self {
+            ShardStore::Mem(_) => None,
+            ShardStore::Bdev(b) => b.store.as_ref().and_then(|s| s.failure()),
+        }
+    }
+
     /// (used, capacity) bytes, when the store knows. The capacity is what client writes can
     /// fill: bdevstore answers `NoSpace` once only its reserve segments (kept for the
     /// cleaner) are free, so they are left out, and a store that refuses writes reports

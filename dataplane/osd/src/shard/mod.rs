@@ -28,6 +28,14 @@
 //!    local transaction and every replica have made it durable;
 //! 6. the messenger writes pending reply bytes and replica ops.
 //!
+//! ## Store failure
+//! Once the store fails (bdevstore: the first device I/O error, on any path), the shard
+//! refuses every client op with `Again` and every replica op or push with `RepError::Io`
+//! (which the primary turns into `Again`); ops whose store operation failed get the same.
+//! The reason goes, once, into the shard's [`StoreFailure`] cell, which the agent reports to
+//! the monitor with its heartbeats: the monitor marks the OSD down, and the clients' retries
+//! reach the PGs' new primaries. A failed store is never used again in this process.
+//!
 //! ## Map changes
 //! A new map arrives as a control message and replaces the routing table and updates the PG
 //! table between two iterations. Reads already submitted to the store complete and are
@@ -60,7 +68,7 @@ pub use crate::messenger::{Bounds, BACKLOG};
 use crate::messenger::{ConnRef, Inbound, ListenError, Messenger, RepInbound};
 use crate::ops::{op_error, Answer, Job};
 use crate::peers::{LinkId, PeerEvent};
-use crate::perf::{Latency, ShardCounters};
+use crate::perf::{Latency, ShardCounters, StoreFailure};
 use crate::pg::{Creates, IntervalChange, PgKey, PgTable};
 use crate::pglog::{log_object, version_key, DupScope, LogWrite, ReqId, VERSION_ATTR};
 use crate::pgmeta;
@@ -139,6 +147,8 @@ pub struct ShardParts {
     pub keyring: Arc<SharedKeyring>,
     pub counters: Arc<ShardCounters>,
     pub usage: Arc<(AtomicU64, AtomicU64)>,
+    /// Where the shard says why its store failed (the agent reports it).
+    pub store_failure: StoreFailure,
     /// This OSD's read lease as a primary (the agent renews it).
     pub lease: Arc<Lease>,
     /// Where peering events go (the agent); `None`: no agent listens.
@@ -174,6 +184,9 @@ pub struct ShardCore {
     lookup: ObjectId,
     counters: Arc<ShardCounters>,
     usage: Arc<(AtomicU64, AtomicU64)>,
+    store_failure: StoreFailure,
+    /// The store failed (see "Store failure" above): every op is refused from then on.
+    store_failed: bool,
     latency: Latency,
     /// Background digests of PGs for scrub (src/scrub.rs).
     scrub: Scrubber,
@@ -234,6 +247,8 @@ impl ShardCore {
             lookup: ObjectId(Vec::with_capacity(256)),
             counters: p.counters,
             usage: p.usage,
+            store_failure: p.store_failure,
+            store_failed: false,
             latency: Latency::new(),
             scrub: Scrubber::new(),
             lease: p.lease,
@@ -262,6 +277,9 @@ impl ShardCore {
         work += self.apply_replica_ops();
         work += self.on_peer_events();
         work += self.poll_store();
+        if !self.store_failed {
+            self.check_store();
+        }
         work += self.retry_deferred();
         let now = Instant::now();
         if self.pushes.busy() || self.pushes.recovering() {
@@ -395,6 +413,22 @@ impl ShardCore {
         self.publish_usage();
     }
 
+    /// Whether the store has failed since the last look: then every op is refused from now
+    /// on, and the reason goes to the agent (once).
+    fn check_store(&mut self) {
+        let Some(why) = self.store.failure() else {
+            return;
+        };
+        self.store_failed = true;
+        tracing::error!(
+            shard = self.shard,
+            reason = why,
+            "store failed: refusing every op (clients and primaries retry elsewhere once the \
+             monitor marks this OSD down)"
+        );
+        let _ = self.store_failure.set(why.to_string());
+    }
+
     /// Store usage for the heartbeats (the monitor's nearfull/full checks).
     fn publish_usage(&self) {
         if let Some((used, cap)) = self.store.usage() {
@@ -451,6 +485,10 @@ impl ShardCore {
         };
         let cid = key.cid();
         let epoch = self.routing.epoch();
+        if self.store_failed {
+            // The client tries again, by then with a map that has this OSD down.
+            return self.reply(op.conn, op.tid, kind, Err(OpError::Again), op.started);
+        }
         let Some(pg) = self.pgs.get_mut(key).filter(|p| p.is_primary()) else {
             // Routed by the connection's shard with a map under which this shard led the PG;
             // this shard's map says otherwise (it moved, or this shard is behind): the client
@@ -709,6 +747,13 @@ impl ShardCore {
     /// and the sender is the PG's primary; a version this PG already has is answered OK again;
     /// otherwise the mutation, its version and its log entry go into one transaction.
     fn apply_replica_op(&mut self, r: RepInbound) {
+        if self.store_failed {
+            // The primary fails the write with a retryable error (see `client_error`).
+            ShardCounters::add(&self.counters.rep_refused, 1);
+            return self
+                .messenger
+                .deliver_rep(r.conn, r.tid, &RepReply::err(RepError::Io));
+        }
         if r.push {
             return self.apply_push(r);
         }
@@ -1025,8 +1070,13 @@ impl ShardCore {
         n
     }
 
-    /// The wire error for a store error (logged when it means the store is failing).
+    /// The wire error for a store error (logged when it means the store is failing). Once
+    /// the store has failed, `Again`: the op can succeed on the PG's other members once the
+    /// monitor has marked this OSD down.
     fn store_error(&self, e: &StoreError) -> OpError {
+        if self.store.failure().is_some() {
+            return OpError::Again;
+        }
         let wire = op_error(e);
         if wire == OpError::Io {
             tracing::error!(shard = self.shard, error = %e, "store error");
@@ -1039,6 +1089,7 @@ impl ShardCore {
     fn replica_applied(&mut self, a: ReplicaApply, result: Result<(), StoreError>) {
         let reply = match &result {
             Ok(()) => RepReply::OK,
+            Err(_) if self.store.failure().is_some() => RepReply::err(RepError::Io),
             Err(e) => RepReply::err(match self.store_error(e) {
                 OpError::NoSpace => RepError::NoSpace,
                 OpError::Io => RepError::Io,
