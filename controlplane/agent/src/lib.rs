@@ -11,7 +11,10 @@
 //!   SPSC ring). A sink that refuses (ring full) gets the newest map again shortly after: maps are
 //!   whole `Arc<ClusterMap>`s, so a shard that skips an epoch loses nothing;
 //! * serves the OSD's admin gRPC (`OsdAdmin`: status, perf counters from a [`Stats`] provider,
-//!   config get/set through a [`ConfigStore`]), behind the admin bearer token;
+//!   config get/set through a [`ConfigStore`]), behind the admin bearer token, over TLS with
+//!   the OSD's certificate unless [`AgentConfig::admin_tls`] is plain text; the monitor and the
+//!   peers' admin services are dialled as [`AgentConfig::client_tls`] says (one choice for
+//!   the whole agent, see [`carmine_proto::tls`]);
 //! * keeps the keyring (the keys the monitor issued: data-path clients' and OSDs', each with
 //!   its [`Role`]) in a [`SharedKeyring`] the OSD's shards read at handshake time: fetched
 //!   right after each boot, then every [`KEYRING_REFRESH`] and whenever a heartbeat reply shows
@@ -52,6 +55,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use carmine_placement::ClusterMap;
+use carmine_proto::tls::{ClientTls, ServerTls, TlsError};
 /// The key type of [`SharedKeyring`] and [`Agent::identity`] (the data path's handshake key).
 pub use carmine_wire::AuthKey;
 use tokio::sync::oneshot;
@@ -281,6 +285,11 @@ pub struct AgentConfig {
     pub admin_token: String,
     /// Token to present to the monitor's OSD service, if it requires one.
     pub cluster_token: Option<String>,
+    /// How the agent dials the monitor and its peers' admin services (TLS verified against
+    /// the cluster CA, or plain text): see [`carmine_proto::tls`].
+    pub client_tls: ClientTls,
+    /// How the admin service serves (TLS with this OSD's certificate, or plain text).
+    pub admin_tls: ServerTls,
 }
 
 /// Agent errors.
@@ -300,6 +309,9 @@ pub enum AgentError {
     /// Bad configuration.
     #[error("config: {0}")]
     Config(String),
+    /// The admin service's TLS could not be set up.
+    #[error("admin service tls: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// How an OSD scrubs: where its PG digests come from, and how often each PG it is primary for
@@ -402,6 +414,7 @@ impl Agent {
         if cfg.uuid.is_empty() || cfg.host.is_empty() {
             return Err(AgentError::Config("uuid and host must be set".into()));
         }
+        let admin_server = cfg.admin_tls.server()?;
         let listener =
             std::net::TcpListener::bind(cfg.admin_listen).map_err(|source| AgentError::Listen {
                 addr: cfg.admin_listen,
@@ -424,7 +437,17 @@ impl Agent {
             .name("carmine-agent".into())
             .spawn(move || {
                 rt.block_on(run::agent_main(
-                    cfg, listener, sinks, stats, config, kr, st, scrub, peering, stop_rx,
+                    cfg,
+                    listener,
+                    admin_server,
+                    sinks,
+                    stats,
+                    config,
+                    kr,
+                    st,
+                    scrub,
+                    peering,
+                    stop_rx,
                 ))
             })
             .map_err(AgentError::Spawn)?;

@@ -22,12 +22,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use carmine_placement::{pg_to_osds, ClusterMap};
+use carmine_proto::tls::ClientTls;
 use carmine_proto::v1::{
     self, mon_cluster_client::MonClusterClient, osd_admin_client::OsdAdminClient,
 };
 use tokio::sync::oneshot;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Request;
 
 use crate::scrub::{
@@ -60,7 +61,7 @@ pub enum PeerError {
     #[error("its admin address {addr:?} is not usable: {source}")]
     BadAddr {
         addr: String,
-        source: tonic::transport::Error,
+        source: carmine_proto::tls::TlsError,
     },
     #[error("cannot connect to its admin service at {addr}: {source}")]
     Connect {
@@ -120,6 +121,8 @@ pub(crate) struct Scrubs {
     digests: Option<Arc<dyn PgDigests>>,
     status: Arc<AgentStatus>,
     admin_token: String,
+    /// How peers' admin services are dialled (also used by peering).
+    tls: ClientTls,
     map: RwLock<Option<Arc<ClusterMap>>>,
     mon: Mutex<Option<MonLink>>,
     pub book: ScrubBook,
@@ -186,17 +189,13 @@ fn active_primary_pgs(map: &ClusterMap, me: u32) -> Vec<PgId> {
 
 /// The digest of `pg` from the admin service at `addr`.
 async fn peer_digest(
+    tls: ClientTls,
     addr: String,
     token: MetadataValue<Ascii>,
     pg: PgId,
     objects: Vec<Vec<u8>>,
 ) -> Result<Vec<ObjectDigest>, PeerError> {
-    let uri = if addr.contains("://") {
-        addr.clone()
-    } else {
-        format!("http://{addr}")
-    };
-    let endpoint = Endpoint::from_shared(uri).map_err(|source| PeerError::BadAddr {
+    let endpoint = tls.endpoint(&addr).map_err(|source| PeerError::BadAddr {
         addr: addr.clone(),
         source,
     })?;
@@ -231,11 +230,13 @@ impl Scrubs {
         digests: Option<Arc<dyn PgDigests>>,
         status: Arc<AgentStatus>,
         admin_token: String,
+        tls: ClientTls,
     ) -> Scrubs {
         Scrubs {
             digests,
             status,
             admin_token,
+            tls,
             map: RwLock::new(None),
             mon: Mutex::new(None),
             book: ScrubBook::new(),
@@ -278,6 +279,11 @@ impl Scrubs {
     /// The monitor session (peering asks it for PG histories too).
     pub(crate) fn mon_link(&self) -> Option<MonLink> {
         self.mon.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// How this agent dials its peers' admin services (the one choice of the process).
+    pub(crate) fn peer_tls(&self) -> &ClientTls {
+        &self.tls
     }
 
     /// Where `osd`'s admin service listens, as the monitor knows it.
@@ -327,8 +333,9 @@ impl Scrubs {
                     .await
                     .map_err(|source| ScrubError::Peer { osd, source })?;
                 let (token, objects) = (token.clone(), objects.to_vec());
+                let tls = self.tls.clone();
                 set.spawn(async move {
-                    let r = peer_digest(addr, token, pg, objects)
+                    let r = peer_digest(tls, addr, token, pg, objects)
                         .await
                         .map_err(|source| ScrubError::Peer { osd, source });
                     (i, r)

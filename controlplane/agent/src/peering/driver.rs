@@ -17,7 +17,6 @@ use carmine_proto::v1::{
 };
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
-use tonic::transport::Endpoint;
 use tonic::Request;
 
 use super::{
@@ -646,12 +645,12 @@ impl Peering {
                 osd,
                 reason: e.to_string(),
             })?;
-        let uri = if addr.contains("://") {
-            addr
-        } else {
-            format!("http://{addr}")
-        };
-        let channel = Endpoint::from_shared(uri)
+        // Verified against the cluster CA under the address the monitor published for this
+        // OSD: its certificate must carry that address as a SAN.
+        let channel = self
+            .scrubs
+            .peer_tls()
+            .endpoint(&addr)
             .map_err(|e| StepError::Unreachable {
                 osd,
                 reason: e.to_string(),
