@@ -74,6 +74,12 @@ pub enum DaemonError {
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     let cfg = Config::load(config_path)?;
+    // The PEM files are read now, before any device is touched: a bad one stops the OSD here.
+    let (client_tls, admin_tls) = cfg.tls()?;
+    tracing::info!(
+        tls = client_tls.is_tls(),
+        "control-plane transport security"
+    );
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).map_err(DaemonError::Signal)?;
@@ -163,6 +169,8 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
             admin_listen: cfg.admin.listen,
             admin_token: cfg.admin.token.clone(),
             cluster_token: cfg.mon.cluster_token.clone(),
+            client_tls,
+            admin_tls,
         },
         sinks,
         stats,
