@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use carmine_placement::{ClusterMap, Incremental};
+use carmine_proto::tls::{ClientTls, TlsError};
 use carmine_proto::v1::{self, map_update::Update, mon_cluster_client::MonClusterClient};
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tracing::{debug, info, warn};
 
@@ -28,6 +29,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub enum MonError {
     #[error("no monitor address given")]
     NoAddress,
+    #[error("monitor transport security: {0}")]
+    Tls(Arc<TlsError>),
     #[error("the monitor token has characters not allowed in gRPC metadata")]
     BadToken,
     #[error("the monitor refused the credential: {0}")]
@@ -42,6 +45,7 @@ pub enum MonError {
 #[derive(Debug)]
 pub(crate) struct MonClient {
     addrs: Vec<String>,
+    tls: ClientTls,
     token: Option<MetadataValue<Ascii>>,
     timeout: Duration,
     /// The monitor that answered last (the leader) and its channel.
@@ -52,6 +56,7 @@ impl MonClient {
     /// `addrs`: comma-separated `host:port` (or URIs).
     pub(crate) fn new(
         addrs: &str,
+        tls: ClientTls,
         token: Option<&str>,
         timeout: Duration,
     ) -> Result<Self, MonError> {
@@ -69,6 +74,7 @@ impl MonClient {
             .transpose()?;
         Ok(MonClient {
             addrs,
+            tls,
             token,
             timeout,
             current: Mutex::new(None),
@@ -102,13 +108,9 @@ impl MonClient {
                 return Ok(ch);
             }
         }
-        let uri = if addr.contains("://") {
-            addr.to_owned()
-        } else {
-            format!("http://{addr}")
-        };
-        Endpoint::from_shared(uri)
-            .map_err(|e| format!("bad address: {e}"))?
+        self.tls
+            .endpoint(addr)
+            .map_err(|e| e.to_string())?
             .connect_timeout(self.timeout)
             .connect()
             .await
