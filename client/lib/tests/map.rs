@@ -52,10 +52,11 @@ fn routes_follow_placement_and_the_subscription() {
             boot(&mon, "b", "h1", "127.0.0.2:6800", vec![7100]).await;
             boot(&mon, "c", "h2", "127.0.0.3", vec![7200, 7201]).await;
             mon.create_pool("data", 32, 1).await;
-            let client =
-                Client::connect(carmine_client::ClientConfig::new(mon.addr.clone(), creds()))
-                    .await
-                    .unwrap();
+            let client = Client::connect(
+                carmine_client::ClientConfig::new(mon.addr.clone(), creds()).plaintext(),
+            )
+            .await
+            .unwrap();
             let map = client.map();
             assert_eq!(map.epoch, mon.map().await.epoch);
             let pool = client.pool("data").await.unwrap();
@@ -121,7 +122,7 @@ fn pools_created_later_are_fetched_and_unknown_pools_refused() {
         tokio::time::timeout(LIMIT, async {
             let mon = Mon::start();
             boot(&mon, "a", "h0", "127.0.0.1", vec![7000]).await;
-            let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds());
+            let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds()).plaintext();
             // No subscription: only an explicit fetch can bring the new pool.
             cfg.follow_map = false;
             let client = Client::connect(cfg).await.unwrap();
@@ -157,7 +158,7 @@ fn an_unreachable_osd_fails_within_the_deadline() {
         };
         boot(&mon, "a", "h0", "127.0.0.1", vec![u32::from(port)]).await;
         mon.create_pool("p", 4, 1).await;
-        let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds());
+        let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds()).plaintext();
         cfg.op_timeout = Duration::from_millis(1500);
         let client = Client::connect(cfg).await.unwrap();
         let t0 = Instant::now();
@@ -177,7 +178,7 @@ fn an_unreachable_osd_fails_within_the_deadline() {
         assert_eq!(s.ops, 1);
 
         // A small retry budget ends it sooner, with the last reason.
-        let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds());
+        let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds()).plaintext();
         cfg.retry_budget = 2;
         let client = Client::connect(cfg).await.unwrap();
         match client.read("p", "obj", 0, 10).await {
@@ -202,7 +203,8 @@ fn an_unreachable_monitor_is_an_error() {
         let mut cfg = carmine_client::ClientConfig::new(
             format!("127.0.0.1:{port}, ,127.0.0.1:{port}"),
             creds(),
-        );
+        )
+        .plaintext();
         cfg.mon_timeout = Duration::from_secs(2);
         match Client::connect(cfg).await {
             Err(Error::Mon(carmine_client::MonError::Unreachable(why))) => {
@@ -210,7 +212,7 @@ fn an_unreachable_monitor_is_an_error() {
             }
             other => panic!("expected an unreachable monitor, got {other:?}"),
         }
-        let cfg = carmine_client::ClientConfig::new(" , ", creds());
+        let cfg = carmine_client::ClientConfig::new(" , ", creds()).plaintext();
         assert!(matches!(
             Client::connect(cfg).await,
             Err(Error::Mon(carmine_client::MonError::NoAddress))
@@ -228,10 +230,9 @@ fn a_follower_monitor_redirects_the_client_to_the_leader() {
             mon.create_pool("p", 8, 1).await;
             let follower = Follower::start(Some(mon.addr.clone()));
             // Only the follower is listed: GetMap and the subscription are redirected.
-            let client = Client::connect(carmine_client::ClientConfig::new(
-                follower.addr.clone(),
-                creds(),
-            ))
+            let client = Client::connect(
+                carmine_client::ClientConfig::new(follower.addr.clone(), creds()).plaintext(),
+            )
             .await
             .unwrap();
             assert_eq!(client.epoch(), mon.map().await.epoch);
@@ -240,10 +241,10 @@ fn a_follower_monitor_redirects_the_client_to_the_leader() {
 
             // A follower that knows no leader sends the client on to the next monitor listed.
             let lost = Follower::start(None);
-            let client = Client::connect(carmine_client::ClientConfig::new(
-                format!("{},{}", lost.addr, mon.addr),
-                creds(),
-            ))
+            let client = Client::connect(
+                carmine_client::ClientConfig::new(format!("{},{}", lost.addr, mon.addr), creds())
+                    .plaintext(),
+            )
             .await
             .unwrap();
             assert_eq!(client.pool("p").await.unwrap().pg_num, 8);

@@ -220,9 +220,10 @@ fn a_wrong_key_is_refused_after_the_keyring_grace() {
             let mut key = [0u8; 32];
             key[0] = 1;
             creds.key = carmine_client::AuthKey::new(key);
-            let client = Client::connect(ClientConfig::new(cluster.mon.addr.clone(), creds))
-                .await
-                .unwrap();
+            let client =
+                Client::connect(ClientConfig::new(cluster.mon.addr.clone(), creds).plaintext())
+                    .await
+                    .unwrap();
             let t0 = std::time::Instant::now();
             match client.write_full("data", "x", b"never").await {
                 Err(Error::Auth { osd, .. }) => {

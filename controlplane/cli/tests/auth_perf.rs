@@ -27,6 +27,8 @@ fn carmine(args: &[&str]) -> Output {
         .env_remove("CARMINE_MON")
         .env_remove("CARMINE_TOKEN")
         .env_remove("CARMINE_CONFIG")
+        .env_remove("CARMINE_TLS_CA")
+        .env("CARMINE_PLAINTEXT", "1")
         .env_remove("CARMINE_OSD_TOKEN")
         .env("XDG_CONFIG_HOME", "/nonexistent-carmine-test")
         .output()
@@ -204,6 +206,8 @@ fn osd_perf_plain_json_direct_and_errors() {
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             admin_token: OSD_TOKEN.into(),
             cluster_token: None,
+            client_tls: carmine_proto::tls::ClientTls::Plaintext,
+            admin_tls: carmine_proto::tls::ServerTls::Plaintext,
         },
         Vec::new(),
         Arc::new(ShardStats),

@@ -17,6 +17,8 @@ fn bench(mon: &str, keyfile: &std::path::Path, args: &[&str]) -> Output {
         .arg("--keyfile")
         .arg(keyfile)
         .env_remove("CARMINE_CLUSTER_TOKEN")
+        .env_remove("CARMINE_TLS_CA")
+        .env("CARMINE_PLAINTEXT", "1")
         .env_remove("CARMINE_KEY")
         .output()
         .expect("run carmine")

@@ -82,6 +82,8 @@ fn start_agent(mon: &TestMon, i: usize, table: Arc<Table>, interval: Option<Dura
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             admin_token: OSD_TOKEN.into(),
             cluster_token: None,
+            client_tls: carmine_proto::tls::ClientTls::Plaintext,
+            admin_tls: carmine_proto::tls::ServerTls::Plaintext,
         },
         Vec::new(),
         Arc::new(NoStats),
@@ -103,6 +105,8 @@ fn carmine(mon: &TestMon, args: &[&str]) -> Output {
         .env_remove("CARMINE_MON")
         .env_remove("CARMINE_TOKEN")
         .env_remove("CARMINE_CONFIG")
+        .env_remove("CARMINE_TLS_CA")
+        .env("CARMINE_PLAINTEXT", "1")
         .env("CARMINE_OSD_TOKEN", OSD_TOKEN)
         .env("XDG_CONFIG_HOME", "/nonexistent-carmine-test")
         .output()

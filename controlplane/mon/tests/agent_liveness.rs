@@ -77,6 +77,8 @@ fn start_agent(mon: &MonProc, uuid: &str, host: &str) -> (Agent, Vec<mpsc::Recei
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         admin_token: TOKEN.into(),
         cluster_token: None,
+        client_tls: carmine_proto::tls::ClientTls::Plaintext,
+        admin_tls: carmine_proto::tls::ServerTls::Plaintext,
     };
     let agent = Agent::start(
         cfg,

@@ -347,7 +347,10 @@ mod tests {
     fn neither_nor_both_is_refused_with_both_options_named() {
         let e = ClientTls::choose(None, false, "--tls-ca", "--plaintext").unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("--tls-ca") && msg.contains("--plaintext"), "{msg}");
+        assert!(
+            msg.contains("--tls-ca") && msg.contains("--plaintext"),
+            "{msg}"
+        );
         let e = ServerTls::choose(None, None, false, "--tls-cert/--tls-key", "--plaintext")
             .unwrap_err();
         assert!(matches!(e, TlsError::NotChosen { .. }), "{e}");
@@ -374,7 +377,10 @@ mod tests {
         let p = write(dir.path(), "ca.pem", "hello, not a certificate\n");
         let e = ClientTls::from_ca_file(&p).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("ca.pem") && msg.contains("no CERTIFICATE"), "{msg}");
+        assert!(
+            msg.contains("ca.pem") && msg.contains("no CERTIFICATE"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -411,7 +417,10 @@ mod tests {
         let key = write(dir.path(), "k.pem", "");
         let e = ServerTls::from_files(&cert, &key).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("k.pem") && msg.contains("no PRIVATE KEY"), "{msg}");
+        assert!(
+            msg.contains("k.pem") && msg.contains("no PRIVATE KEY"),
+            "{msg}"
+        );
     }
 
     #[test]

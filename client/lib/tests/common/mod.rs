@@ -41,6 +41,7 @@ impl Mon {
         let dir = tempfile::tempdir().unwrap();
         let cfg = carmine_mon::MonConfig::parse_from([
             "carmine-mon",
+            "--plaintext",
             "--listen",
             "127.0.0.1:0",
             "--admin-token",
@@ -234,6 +235,7 @@ impl Follower {
     pub fn start(leader: Option<String>) -> Follower {
         let cfg = carmine_mon::MonConfig::parse_from([
             "carmine-mon",
+            "--plaintext",
             "--listen",
             "127.0.0.1:0",
             "--admin-token",
@@ -326,6 +328,8 @@ addr = "{mon}"
 [admin]
 listen = "127.0.0.1:0"
 token = "{OSD_TOKEN}"
+[tls]
+plaintext = true
 [reactor]
 cores = [{cores}]
 idle = "adaptive"
@@ -499,7 +503,8 @@ impl Cluster {
     }
 
     pub fn config(&self) -> carmine_client::ClientConfig {
-        let mut c = carmine_client::ClientConfig::new(self.mon.addr.clone(), self.creds.clone());
+        let mut c = carmine_client::ClientConfig::new(self.mon.addr.clone(), self.creds.clone())
+            .plaintext();
         c.op_timeout = Duration::from_secs(20);
         c
     }
@@ -536,6 +541,7 @@ impl Mon {
         assert!(self.thread.is_none(), "the monitor is still running");
         let cfg = carmine_mon::MonConfig::parse_from([
             "carmine-mon",
+            "--plaintext",
             "--listen",
             self.addr.as_str(),
             "--admin-token",
