@@ -90,12 +90,24 @@ impl CliError {
     }
 }
 
+/// A status tonic made because the HTTP/2 connection failed, not one the server sent.
+fn is_broken_connection(s: &tonic::Status) -> bool {
+    let m = s.message();
+    m.starts_with("h2 protocol error") || m == "transport error"
+}
+
 fn from_status(addr: &str, s: tonic::Status) -> CliError {
     match s.code() {
         Code::Unauthenticated | Code::PermissionDenied => {
             CliError::Refused(s.message().to_string())
         }
         Code::Unavailable => CliError::Unreachable {
+            addr: addr.to_string(),
+            reason: s.message().to_string(),
+        },
+        // The connection broke under the call (tonic's own statuses, not the server's): what
+        // a plain-text call to a TLS server gets, its alert read as HTTP/2 frames.
+        Code::Internal | Code::Unknown if is_broken_connection(&s) => CliError::Unreachable {
             addr: addr.to_string(),
             reason: s.message().to_string(),
         },
@@ -194,7 +206,14 @@ impl Conn {
     }
 
     fn fail(&self, s: tonic::Status) -> CliError {
-        from_status(&self.addr, s)
+        let plain_broken = !self.tls.is_tls() && is_broken_connection(&s);
+        match from_status(&self.addr, s) {
+            CliError::Unreachable { addr, reason } if plain_broken => CliError::Unreachable {
+                addr,
+                reason: format!("{reason} (if the monitor serves TLS, give --tls-ca)"),
+            },
+            e => e,
+        }
     }
 
     /// After a failed call: when `s` is a follower's redirect (or a follower that knows no
