@@ -42,7 +42,12 @@ pub struct Cli {
     pub tls_ca: Option<PathBuf>,
     /// Talk to the monitor and the OSDs without TLS. One of --tls-ca and --plaintext is
     /// required (or the config file's `tls_ca` / `plaintext = true`).
-    #[arg(long, global = true, env = "CARMINE_PLAINTEXT")]
+    #[arg(
+        long,
+        global = true,
+        env = "CARMINE_PLAINTEXT",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub plaintext: bool,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Plain)]

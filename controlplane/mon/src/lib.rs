@@ -124,7 +124,12 @@ pub struct MonConfig {
     pub tls_key: Option<PathBuf>,
     /// Serve gRPC without TLS. Required when no `--tls-cert`/`--tls-key` is given: plain
     /// text is never the silent default.
-    #[arg(long, env = "CARMINE_MON_PLAINTEXT", conflicts_with_all = ["tls_cert", "tls_key"])]
+    #[arg(
+        long,
+        env = "CARMINE_MON_PLAINTEXT",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        conflicts_with_all = ["tls_cert", "tls_key"]
+    )]
     pub plaintext: bool,
 }
 
