@@ -1,7 +1,8 @@
 //! The client's side of the monitor: `MonCluster.GetMap` and `MonCluster.Subscribe`, over a
 //! list of monitors, following a follower's leader redirect (`carmine-leader` metadata) the
 //! way the OSD agent and the CLI do, and the background task that keeps the client's map
-//! current from the subscription.
+//! current from the subscription. Every monitor of the list, and every leader a redirect names,
+//! is dialled with the client's one transport choice (`carmine_proto::tls::ClientTls`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
