@@ -28,16 +28,24 @@
 //! rather than obeyed, because tonic sends an `http://` URI in plain text even when TLS is
 //! configured.
 //!
+//! Handshakes are bounded ([`HANDSHAKE_TIMEOUT`]) on both sides.
+//!
 //! The loader checks the PEM files when the process starts, so that a wrong path, a key that
 //! does not belong to the certificate, or a CA file that holds no certificate fail at once
 //! with the file named ([`TlsError`]), not later as a handshake error on every call.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+
+/// Longest a TLS handshake may take, on both sides. tonic sets none by default, so a peer
+/// that opens a connection and never finishes its handshake would hold the server's
+/// connection task for good.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -244,7 +252,9 @@ impl ClientTls {
         match self {
             ClientTls::Plaintext => Ok(endpoint),
             ClientTls::Tls { ca, domain } => {
-                let mut cfg = ClientTlsConfig::new().ca_certificate(ca.clone());
+                let mut cfg = ClientTlsConfig::new()
+                    .ca_certificate(ca.clone())
+                    .timeout(HANDSHAKE_TIMEOUT);
                 if let Some(d) = domain {
                     cfg = cfg.domain_name(d.clone());
                 }
@@ -327,7 +337,10 @@ impl ServerTls {
         match self {
             ServerTls::Plaintext => Ok(builder),
             ServerTls::Tls(identity) => {
-                Ok(builder.tls_config(ServerTlsConfig::new().identity(identity.clone()))?)
+                let cfg = ServerTlsConfig::new()
+                    .identity(identity.clone())
+                    .timeout(HANDSHAKE_TIMEOUT);
+                Ok(builder.tls_config(cfg)?)
             }
         }
     }
