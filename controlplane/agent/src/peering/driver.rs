@@ -646,17 +646,10 @@ impl Peering {
                 reason: e.to_string(),
             })?;
         // Verified against the cluster CA under the address the monitor published for this
-        // OSD: its certificate must carry that address as a SAN.
+        // OSD (its certificate must carry that address as a SAN); one channel per peer.
         let channel = self
             .scrubs
-            .peer_tls()
-            .endpoint(&addr)
-            .map_err(|e| StepError::Unreachable {
-                osd,
-                reason: e.to_string(),
-            })?
-            .connect_timeout(Duration::from_secs(2))
-            .connect()
+            .peer_channel(&addr, Duration::from_secs(2))
             .await
             .map_err(|e| StepError::Unreachable {
                 osd,
