@@ -343,3 +343,47 @@ pub async fn serve_slot(
     res?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> MonConfig {
+        let args = args.iter().map(std::ffi::OsString::from).collect();
+        MonConfig::parse_from(args_with_config_file(args).unwrap())
+    }
+
+    #[test]
+    fn transport_security_comes_from_flags_or_the_config_file() {
+        let base = [
+            "carmine-mon",
+            "--admin-token",
+            "t",
+            "--data-dir",
+            "/nonexistent",
+        ];
+        let e = parse(&base).server_tls().unwrap_err().to_string();
+        assert!(e.contains("--tls-cert") && e.contains("--plaintext"), "{e}");
+        let mut plain = base.to_vec();
+        plain.push("--plaintext");
+        assert!(!parse(&plain).server_tls().unwrap().is_tls());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mon.toml");
+        let file_arg = file.to_str().unwrap();
+        let mut with_file = base.to_vec();
+        with_file.extend(["--config", file_arg]);
+        std::fs::write(&file, "plaintext = true\n").unwrap();
+        assert!(!parse(&with_file).server_tls().unwrap().is_tls());
+        std::fs::write(&file, "plaintext = false\n").unwrap();
+        assert!(parse(&with_file).server_tls().is_err());
+        // TLS files from the config file: a missing one is named.
+        std::fs::write(
+            &file,
+            "tls-cert = \"/nonexistent/mon.pem\"\ntls-key = \"/nonexistent/mon.key\"\n",
+        )
+        .unwrap();
+        let e = parse(&with_file).server_tls().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/mon.pem"), "{e}");
+    }
+}
