@@ -442,10 +442,20 @@ impl Config {
     }
 
     /// The control plane's transport security, with the PEM files read and checked: how the
-    /// agent dials the monitor and its peers, and how its admin service serves.
+    /// agent dials the monitor and its peers, and how its admin service serves. A monitor
+    /// address whose scheme contradicts the choice (`http://` with TLS) is refused here.
     pub fn tls(&self) -> Result<(ClientTls, ServerTls), ConfigError> {
         let t = &self.tls;
         let client = ClientTls::choose(t.ca.as_deref(), t.plaintext, TLS_OPTS, PLAIN_OPT)?;
+        for addr in self
+            .mon
+            .addr
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            client.uri(addr)?;
+        }
         let server = ServerTls::choose(
             t.cert.as_deref(),
             t.key.as_deref(),
@@ -762,5 +772,11 @@ kind = "memstore"
         assert!(e.contains("ca.pem"), "{e}");
         let (client, server) = parse(KERNEL).unwrap().tls().unwrap();
         assert!(!client.is_tls() && !server.is_tls());
+        let https = KERNEL.replace(
+            "addr = \"127.0.0.1:6789\"",
+            "addr = \"https://127.0.0.1:6789\"",
+        );
+        let e = parse(&https).unwrap().tls().unwrap_err().to_string();
+        assert!(e.contains("plain text"), "{e}");
     }
 }
