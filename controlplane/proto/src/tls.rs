@@ -21,7 +21,11 @@
 //! address comes from the monitor's map: the connecting OSD verifies that the server at that
 //! address holds a certificate of this cluster's CA for that address. A client that dials
 //! through a name the certificate does not carry can set the name to verify explicitly
-//! ([`ClientTls::with_domain`]).
+//! ([`ClientTls::with_domain`]). What this proves, and no more: the server at that address
+//! holds a key the cluster CA certified for that address. It does not prove that it is the
+//! OSD the map names there (any daemon certificate issued for that IP would pass); binding a
+//! peer to its OSD id would take an `osd.<id>` name in each certificate, verified with
+//! [`ClientTls::with_domain`], or mutual TLS.
 //!
 //! The URI scheme follows the choice ([`ClientTls::uri`]): `https://` with TLS, `http://`
 //! without. A URI that names the other scheme is refused ([`TlsError::SchemeMismatch`])
