@@ -2,11 +2,13 @@
 //! lazily opened [`Connection`] per (OSD, shard), and the retry loop every op runs through.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use carmine_placement::{ClusterMap, Pool};
+use carmine_proto::tls::ClientTls;
 use carmine_wire::{
     AuthKey, EncodeError, Epoch, HandshakeError, Limits, Op, OpError, OpRequest, RejectReason,
 };
@@ -56,6 +58,12 @@ pub struct ClientConfig {
     /// Follow the map with `MonCluster.Subscribe` (the default). Off: the map is refreshed
     /// (`GetMap`) only when an OSD answers `StaleMap` or a route is missing.
     pub follow_map: bool,
+    /// The cluster CA (PEM file): the monitors are dialled over TLS and their certificates
+    /// verified against it ([`ClientConfig::with_ca`]).
+    pub mon_ca: Option<PathBuf>,
+    /// Dial the monitors in plain text ([`ClientConfig::plaintext`]). One of `mon_ca` and
+    /// this must be set: [`Client::connect`] refuses neither or both.
+    pub mon_plaintext: bool,
 }
 
 impl ClientConfig {
@@ -72,7 +80,31 @@ impl ClientConfig {
             mon_timeout: Duration::from_secs(5),
             limits: Limits::DEFAULT,
             follow_map: true,
+            mon_ca: None,
+            mon_plaintext: false,
         }
+    }
+
+    /// Talk to the monitors over TLS, verified against the CA certificate in `ca`.
+    pub fn with_ca(mut self, ca: impl Into<PathBuf>) -> Self {
+        self.mon_ca = Some(ca.into());
+        self
+    }
+
+    /// Talk to the monitors in plain text (chosen explicitly: there is no default).
+    pub fn plaintext(mut self) -> Self {
+        self.mon_plaintext = true;
+        self
+    }
+
+    fn mon_tls(&self) -> Result<ClientTls, MonError> {
+        ClientTls::choose(
+            self.mon_ca.as_deref(),
+            self.mon_plaintext,
+            "ClientConfig::with_ca",
+            "ClientConfig::plaintext",
+        )
+        .map_err(|e| MonError::Tls(Arc::new(e)))
     }
 }
 
@@ -255,6 +287,7 @@ impl Client {
     pub async fn connect(cfg: ClientConfig) -> Result<Client, Error> {
         let mon = Arc::new(MonClient::new(
             &cfg.mon,
+            cfg.mon_tls()?,
             Some((cfg.client_id.as_str(), &cfg.key)),
             cfg.mon_timeout,
         )?);

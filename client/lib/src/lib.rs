@@ -21,7 +21,10 @@
 //!   `shard_ports[shard]`.
 //! - `mon`: `MonCluster.GetMap` and `MonCluster.Subscribe` over a comma-separated list of
 //!   monitors, following a follower's `carmine-leader` redirect; a background task applies the
-//!   subscription's incrementals (a gap resubscribes from the epoch we have).
+//!   subscription's incrementals (a gap resubscribes from the epoch we have). Over TLS verified
+//!   against the cluster CA ([`ClientConfig::with_ca`]) or in plain text
+//!   ([`ClientConfig::plaintext`]), one of which the caller must choose
+//!   (`carmine_proto::tls`). The OSD connections (the data path) are not TLS.
 //! - [`Client`] (`cluster`): the map in a `watch` channel, one lazily opened connection per
 //!   (OSD, shard), and the retry loop every op runs through.
 //! - [`Credentials`] (`keyfile`): the key file `carmine auth add --keyfile` writes

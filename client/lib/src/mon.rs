@@ -1,19 +1,21 @@
 //! The client's side of the monitor: `MonCluster.GetMap` and `MonCluster.Subscribe`, over a
 //! list of monitors, following a follower's leader redirect (`carmine-leader` metadata) the
 //! way the OSD agent and the CLI do, and the background task that keeps the client's map
-//! current from the subscription.
+//! current from the subscription. Every monitor of the list, and every leader a redirect names,
+//! is dialled with the client's one transport choice (`carmine_proto::tls::ClientTls`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use carmine_placement::{ClusterMap, Incremental};
+use carmine_proto::tls::{ClientTls, TlsError};
 use carmine_proto::v1::{self, map_update::Update, mon_cluster_client::MonClusterClient};
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tracing::{debug, info, warn};
 
@@ -30,6 +32,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub enum MonError {
     #[error("no monitor address given")]
     NoAddress,
+    #[error("monitor transport security: {0}")]
+    Tls(Arc<TlsError>),
     #[error("the client id has characters not allowed in gRPC metadata")]
     BadToken,
     #[error("the monitor refused the credential: {0}")]
@@ -44,6 +48,7 @@ pub enum MonError {
 #[derive(Debug)]
 pub(crate) struct MonClient {
     addrs: Vec<String>,
+    tls: ClientTls,
     token: Option<MetadataValue<Ascii>>,
     timeout: Duration,
     /// The monitor that answered last (the leader) and its channel.
@@ -55,6 +60,7 @@ impl MonClient {
     /// a client key fetch maps and nothing else).
     pub(crate) fn new(
         addrs: &str,
+        tls: ClientTls,
         creds: Option<(&str, &AuthKey)>,
         timeout: Duration,
     ) -> Result<Self, MonError> {
@@ -74,6 +80,7 @@ impl MonClient {
             .transpose()?;
         Ok(MonClient {
             addrs,
+            tls,
             token,
             timeout,
             current: Mutex::new(None),
@@ -107,13 +114,9 @@ impl MonClient {
                 return Ok(ch);
             }
         }
-        let uri = if addr.contains("://") {
-            addr.to_owned()
-        } else {
-            format!("http://{addr}")
-        };
-        Endpoint::from_shared(uri)
-            .map_err(|e| format!("bad address: {e}"))?
+        self.tls
+            .endpoint(addr)
+            .map_err(|e| e.to_string())?
             .connect_timeout(self.timeout)
             .connect()
             .await

@@ -54,10 +54,13 @@ fn routes_follow_placement_and_the_subscription() {
             boot(&mon, "b", "h1", "127.0.0.2:6800", vec![7100]).await;
             boot(&mon, "c", "h2", "127.0.0.3", vec![7200, 7201]).await;
             mon.create_pool("data", 32, 1).await;
-            let client = Client::connect(carmine_client::ClientConfig::new(
-                mon.addr.clone(),
-                mon.add_key("client.map").await,
-            ))
+            let client = Client::connect(
+                carmine_client::ClientConfig::new(
+                    mon.addr.clone(),
+                    mon.add_key("client.map").await,
+                )
+                .plaintext(),
+            )
             .await
             .unwrap();
             let map = client.map();
@@ -128,7 +131,8 @@ fn pools_created_later_are_fetched_and_unknown_pools_refused() {
             let mut cfg = carmine_client::ClientConfig::new(
                 mon.addr.clone(),
                 mon.add_key("client.map").await,
-            );
+            )
+            .plaintext();
             // No subscription: only an explicit fetch can bring the new pool.
             cfg.follow_map = false;
             let client = Client::connect(cfg).await.unwrap();
@@ -165,7 +169,8 @@ fn an_unreachable_osd_fails_within_the_deadline() {
         boot(&mon, "a", "h0", "127.0.0.1", vec![u32::from(port)]).await;
         mon.create_pool("p", 4, 1).await;
         let mut cfg =
-            carmine_client::ClientConfig::new(mon.addr.clone(), mon.add_key("client.map").await);
+            carmine_client::ClientConfig::new(mon.addr.clone(), mon.add_key("client.map").await)
+                .plaintext();
         cfg.op_timeout = Duration::from_millis(1500);
         let client = Client::connect(cfg).await.unwrap();
         let t0 = Instant::now();
@@ -186,7 +191,8 @@ fn an_unreachable_osd_fails_within_the_deadline() {
 
         // A small retry budget ends it sooner, with the last reason.
         let mut cfg =
-            carmine_client::ClientConfig::new(mon.addr.clone(), mon.add_key("client.map").await);
+            carmine_client::ClientConfig::new(mon.addr.clone(), mon.add_key("client.map").await)
+                .plaintext();
         cfg.retry_budget = 2;
         let client = Client::connect(cfg).await.unwrap();
         match client.read("p", "obj", 0, 10).await {
@@ -211,7 +217,8 @@ fn an_unreachable_monitor_is_an_error() {
         let mut cfg = carmine_client::ClientConfig::new(
             format!("127.0.0.1:{port}, ,127.0.0.1:{port}"),
             creds(),
-        );
+        )
+        .plaintext();
         cfg.mon_timeout = Duration::from_secs(2);
         match Client::connect(cfg).await {
             Err(Error::Mon(carmine_client::MonError::Unreachable(why))) => {
@@ -219,7 +226,7 @@ fn an_unreachable_monitor_is_an_error() {
             }
             other => panic!("expected an unreachable monitor, got {other:?}"),
         }
-        let cfg = carmine_client::ClientConfig::new(" , ", creds());
+        let cfg = carmine_client::ClientConfig::new(" , ", creds()).plaintext();
         assert!(matches!(
             Client::connect(cfg).await,
             Err(Error::Mon(carmine_client::MonError::NoAddress))
@@ -237,10 +244,13 @@ fn a_follower_monitor_redirects_the_client_to_the_leader() {
             mon.create_pool("p", 8, 1).await;
             let follower = Follower::start(Some(mon.addr.clone()));
             // Only the follower is listed: GetMap and the subscription are redirected.
-            let client = Client::connect(carmine_client::ClientConfig::new(
-                follower.addr.clone(),
-                mon.add_key("client.map").await,
-            ))
+            let client = Client::connect(
+                carmine_client::ClientConfig::new(
+                    follower.addr.clone(),
+                    mon.add_key("client.map").await,
+                )
+                .plaintext(),
+            )
             .await
             .unwrap();
             assert_eq!(client.epoch(), mon.map().await.epoch);
@@ -249,10 +259,13 @@ fn a_follower_monitor_redirects_the_client_to_the_leader() {
 
             // A follower that knows no leader sends the client on to the next monitor listed.
             let lost = Follower::start(None);
-            let client = Client::connect(carmine_client::ClientConfig::new(
-                format!("{},{}", lost.addr, mon.addr),
-                mon.add_key("client.map").await,
-            ))
+            let client = Client::connect(
+                carmine_client::ClientConfig::new(
+                    format!("{},{}", lost.addr, mon.addr),
+                    mon.add_key("client.map").await,
+                )
+                .plaintext(),
+            )
             .await
             .unwrap();
             assert_eq!(client.pool("p").await.unwrap().pg_num, 8);

@@ -222,7 +222,9 @@ fn a_wrong_key_is_refused_by_the_monitor_before_any_osd() {
             creds.key = carmine_client::AuthKey::new(key);
             // The map is the first thing a client needs, and the monitor checks the key for
             // it (an OSD refuses a wrong key too: e2e.rs of carmine-osd).
-            match Client::connect(ClientConfig::new(cluster.mon.addr.clone(), creds)).await {
+            match Client::connect(ClientConfig::new(cluster.mon.addr.clone(), creds).plaintext())
+                .await
+            {
                 Err(Error::Mon(carmine_client::MonError::Refused(why))) => {
                     assert!(why.contains("credential refused"), "{why}")
                 }
@@ -245,9 +247,10 @@ fn a_removed_key_is_refused_by_the_osds_after_the_keyring_grace() {
         tokio::time::timeout(LIMIT, async {
             let cluster = Cluster::start("data", 8, &[1, 1, 1]).await;
             let creds = cluster.mon.add_key("client.gone").await;
-            let client = Client::connect(ClientConfig::new(cluster.mon.addr.clone(), creds))
-                .await
-                .unwrap();
+            let client =
+                Client::connect(ClientConfig::new(cluster.mon.addr.clone(), creds).plaintext())
+                    .await
+                    .unwrap();
             // The OSDs learn a new key with their next keyring refresh: retried until then.
             client.write_full("data", "x", b"before").await.unwrap();
             cluster

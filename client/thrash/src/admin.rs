@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use carmine_client::{AuthKey, ClusterMap, Credentials};
+use carmine_proto::tls::{ClientTls, TlsError};
 use carmine_proto::v1::{self, mon_admin_client::MonAdminClient, osd_admin_client::OsdAdminClient};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 use crate::procs::ADMIN_TOKEN;
@@ -30,6 +31,8 @@ pub enum AdminError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("connect: {0}")]
+    Tls(Box<TlsError>),
 }
 
 fn authed<T>(msg: T, timeout: Duration) -> Request<T> {
@@ -47,8 +50,11 @@ async fn channel(addr: &str) -> Result<Channel, AdminError> {
         addr: addr.to_string(),
         source,
     };
-    Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(connect)?
+    // The run's cluster speaks plain text (procs.rs starts it with --plaintext): a failure
+    // test of the replication and peering logic, not of the transport.
+    ClientTls::Plaintext
+        .endpoint(addr)
+        .map_err(|e| AdminError::Tls(Box::new(e)))?
         .connect_timeout(Duration::from_secs(3))
         .connect()
         .await

@@ -131,7 +131,7 @@ pub async fn run(
     let tag = format!("carmine-thrash-{}", std::process::id());
     let (mut c, creds) = Cluster::start(bins, &main_dir, &tag, &spec, "client.bench").await?;
     let pool = c.admin.pool_create("bench", args.pg_num, 3, 2).await?;
-    let mut cfg = ClientConfig::new(c.mon.addr.clone(), creds.clone());
+    let mut cfg = ClientConfig::new(c.mon.addr.clone(), creds.clone()).plaintext();
     cfg.op_timeout = Duration::from_secs(60);
     cfg.retry_budget = 100_000;
     let client = Arc::new(Client::connect(cfg).await?);

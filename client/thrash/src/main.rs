@@ -465,7 +465,7 @@ async fn run(args: &Args, seed: u64, dir: &Path) -> Result<Report, RunError> {
     );
     let (mut c, creds) = Cluster::start(&bins, &main_dir, &tag, &spec, "client.thrash").await?;
     let pool = c.admin.pool_create("thrash", args.pg_num, 3, 2).await?;
-    let mut cfg = ClientConfig::new(c.mon.addr.clone(), creds.clone());
+    let mut cfg = ClientConfig::new(c.mon.addr.clone(), creds.clone()).plaintext();
     cfg.op_timeout = Duration::from_secs(args.op_timeout);
     cfg.retry_budget = 100_000;
     let client = Arc::new(Client::connect(cfg).await?);
@@ -546,7 +546,7 @@ async fn run(args: &Args, seed: u64, dir: &Path) -> Result<Report, RunError> {
 
     // Failover probes go through a client of their own with a short op deadline (a probe to a
     // paused primary is superseded by the next one on a new map anyway).
-    let mut pcfg = ClientConfig::new(c.mon.addr.clone(), creds.clone());
+    let mut pcfg = ClientConfig::new(c.mon.addr.clone(), creds.clone()).plaintext();
     pcfg.op_timeout = Duration::from_secs(5);
     pcfg.retry_budget = 100_000;
     let probe_client = Arc::new(Client::connect(pcfg).await?);
@@ -604,7 +604,7 @@ async fn run(args: &Args, seed: u64, dir: &Path) -> Result<Report, RunError> {
 
     // Read everything back with a fresh client.
     say(t0, "reading every object back");
-    let mut cfg = ClientConfig::new(c.mon.addr.clone(), creds.clone());
+    let mut cfg = ClientConfig::new(c.mon.addr.clone(), creds.clone()).plaintext();
     cfg.op_timeout = Duration::from_secs(20);
     cfg.retry_budget = 100_000;
     let reader = Arc::new(Client::connect(cfg).await?);

@@ -216,6 +216,8 @@ impl Mon {
             .arg(heartbeat_ms.to_string())
             .arg("--down-grace-ms")
             .arg(down_grace_ms.to_string())
+            // A failure test of the data and peering logic: no TLS (see admin.rs).
+            .arg("--plaintext")
             // The token through the environment, not the command line.
             .env("CARMINE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "warn");
@@ -341,6 +343,8 @@ addr = "{mon}"
 listen = "127.0.0.1:0"
 [auth]
 keyfile = "{keyfile}"
+[tls]
+plaintext = true
 [reactor]
 cores = [{core}]
 idle = "adaptive"

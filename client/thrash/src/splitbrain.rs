@@ -77,7 +77,7 @@ async fn client(
     creds: &carmine_client::Credentials,
     timeout: Duration,
 ) -> Result<Client, SplitBrainError> {
-    let mut cfg = ClientConfig::new(c.mon.addr.clone(), creds.clone());
+    let mut cfg = ClientConfig::new(c.mon.addr.clone(), creds.clone()).plaintext();
     cfg.op_timeout = timeout;
     cfg.retry_budget = 10_000;
     Ok(Client::connect(cfg).await?)

@@ -321,10 +321,11 @@ impl OsdAdmin for AdminSvc {
     }
 }
 
-/// Serves `OsdAdmin` on `listener` until `shutdown`.
+/// Serves `OsdAdmin` on `listener` until `shutdown`, with `builder`'s transport security.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve(
     listener: std::net::TcpListener,
+    mut builder: tonic::transport::Server,
     keyring: Arc<SharedKeyring>,
     mon_addr: String,
     shard_count: u32,
@@ -359,7 +360,7 @@ pub(crate) async fn serve(
             .max_encoding_message_size(MAX_DIGEST_MESSAGE),
         move |r: Request<()>| gate.check(r),
     );
-    tonic::transport::Server::builder()
+    builder
         .add_service(server)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await

@@ -11,7 +11,10 @@
 //!   SPSC ring). A sink that refuses (ring full) gets the newest map again shortly after: maps are
 //!   whole `Arc<ClusterMap>`s, so a shard that skips an epoch loses nothing;
 //! * serves the OSD's admin gRPC (`OsdAdmin`: status, perf counters from a [`Stats`] provider,
-//!   config get/set through a [`ConfigStore`]), behind the admin bearer token;
+//!   config get/set through a [`ConfigStore`]), behind the admin bearer token, over TLS with
+//!   the OSD's certificate unless [`AgentConfig::admin_tls`] is plain text; the monitor and the
+//!   peers' admin services are dialled as [`AgentConfig::client_tls`] says (one choice for
+//!   the whole agent, see [`carmine_proto::tls`]);
 //! * keeps the keyring (the keys the monitor issued: data-path clients' and OSDs', each with
 //!   its [`Role`]) in a [`SharedKeyring`] the OSD's shards read at handshake time: fetched
 //!   right after each boot, then every [`KEYRING_REFRESH`] and whenever a heartbeat reply shows
@@ -57,6 +60,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use carmine_placement::ClusterMap;
+use carmine_proto::tls::{ClientTls, ServerTls, TlsError};
 /// The key type of [`SharedKeyring`] and [`Agent::identity`] (the data path's handshake key).
 pub use carmine_wire::AuthKey;
 use tokio::sync::oneshot;
@@ -313,6 +317,11 @@ pub struct AgentConfig {
     /// to the monitor. `None`: no credential (a monitor run with `--insecure`). Callers of
     /// this OSD's admin service are checked against the keyring, so no admin token is held.
     pub credential: Option<OsdCredential>,
+    /// How the agent dials the monitor and its peers' admin services (TLS verified against
+    /// the cluster CA, or plain text): see [`carmine_proto::tls`].
+    pub client_tls: ClientTls,
+    /// How the admin service serves (TLS with this OSD's certificate, or plain text).
+    pub admin_tls: ServerTls,
 }
 
 /// An OSD's key id and secret.
@@ -361,6 +370,9 @@ pub enum AgentError {
     /// The monitor's map names no cluster fsid (a monitor from before fsids).
     #[error("the monitor at {0} gives no cluster fsid: upgrade the monitor first")]
     NoFsid(String),
+    /// The admin service's TLS could not be set up.
+    #[error("admin service tls: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// How an OSD scrubs: where its PG digests come from, and how often each PG it is primary for
@@ -463,6 +475,7 @@ impl Agent {
         if cfg.uuid.is_empty() || cfg.host.is_empty() {
             return Err(AgentError::Config("uuid and host must be set".into()));
         }
+        let admin_server = cfg.admin_tls.server()?;
         let listener =
             std::net::TcpListener::bind(cfg.admin_listen).map_err(|source| AgentError::Listen {
                 addr: cfg.admin_listen,
@@ -485,7 +498,17 @@ impl Agent {
             .name("carmine-agent".into())
             .spawn(move || {
                 rt.block_on(run::agent_main(
-                    cfg, listener, sinks, stats, config, kr, st, scrub, peering, stop_rx,
+                    cfg,
+                    listener,
+                    admin_server,
+                    sinks,
+                    stats,
+                    config,
+                    kr,
+                    st,
+                    scrub,
+                    peering,
+                    stop_rx,
                 ))
             })
             .map_err(AgentError::Spawn)?;

@@ -10,7 +10,7 @@ use carmine_proto::v1::{self, map_update::Update, mon_cluster_client::MonCluster
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Request;
 
 use crate::peering::{Lease, Peering};
@@ -30,6 +30,8 @@ const SINK_RETRY: Duration = Duration::from_millis(20);
 enum SessionError {
     #[error("monitor unreachable: {0}")]
     Connect(#[from] tonic::transport::Error),
+    #[error("monitor address: {0}")]
+    Tls(#[from] carmine_proto::tls::TlsError),
     #[error("monitor call failed: {0}")]
     Rpc(#[from] tonic::Status),
     #[error("map stream: {0}")]
@@ -123,6 +125,7 @@ pub(crate) fn with_token<T>(msg: T, token: &Option<MetadataValue<Ascii>>) -> Req
 pub(crate) async fn agent_main(
     cfg: AgentConfig,
     listener: std::net::TcpListener,
+    admin_server: tonic::transport::Server,
     sinks: Vec<Box<dyn MapSink>>,
     stats: Arc<dyn Stats>,
     config: Arc<dyn ConfigStore>,
@@ -136,7 +139,12 @@ pub(crate) async fn agent_main(
         Some(s) => (Some(s.digests), s.interval),
         None => (None, None),
     };
-    let scrubs = Arc::new(Scrubs::new(digests, status.clone(), keyring.clone()));
+    let scrubs = Arc::new(Scrubs::new(
+        digests,
+        status.clone(),
+        keyring.clone(),
+        cfg.client_tls.clone(),
+    ));
     let (peering, events, lease) = match peering {
         Some(p) => (
             Some(Peering::new(p.shards, status.clone(), scrubs.clone())),
@@ -151,6 +159,7 @@ pub(crate) async fn agent_main(
     let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
     let admin = admin::serve(
         listener,
+        admin_server,
         keyring.clone(),
         cfg.mon_addr.clone(),
         sinks.len() as u32,
@@ -252,12 +261,9 @@ async fn session(
     keyring: &SharedKeyring,
     status: &AgentStatus,
 ) -> Result<(), SessionError> {
-    let uri = if mon_addr.contains("://") {
-        mon_addr.to_string()
-    } else {
-        format!("http://{mon_addr}")
-    };
-    let channel: Channel = Endpoint::from_shared(uri)?
+    let channel: Channel = cfg
+        .client_tls
+        .endpoint(mon_addr)?
         .connect_timeout(Duration::from_secs(2))
         .connect()
         .await?;

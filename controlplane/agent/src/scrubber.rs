@@ -17,17 +17,18 @@
 //! - Background: every PG this OSD is primary for (and that is active) is scrubbed once per
 //!   `scrub_interval`, one at a time, first one interval after the agent first sees it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use carmine_placement::{pg_to_osds, ClusterMap};
+use carmine_proto::tls::ClientTls;
 use carmine_proto::v1::{
     self, mon_cluster_client::MonClusterClient, osd_admin_client::OsdAdminClient,
 };
 use tokio::sync::oneshot;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Request;
 
 use crate::scrub::{
@@ -49,6 +50,8 @@ const RING_RETRY: Duration = Duration::from_millis(10);
 const RING_TRIES: u32 = 100;
 /// Longest wait for the monitor's answer on a peer's address.
 const MON_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most cached channels to peers' admin services ([`Scrubs::peer_channel`]).
+const MAX_PEER_CHANNELS: usize = 1024;
 
 /// Why a peer's digest could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +63,7 @@ pub enum PeerError {
     #[error("its admin address {addr:?} is not usable: {source}")]
     BadAddr {
         addr: String,
-        source: tonic::transport::Error,
+        source: carmine_proto::tls::TlsError,
     },
     #[error("cannot connect to its admin service at {addr}: {source}")]
     Connect {
@@ -121,6 +124,10 @@ pub(crate) struct Scrubs {
     status: Arc<AgentStatus>,
     /// This OSD's identity (what it presents to its peers' admin services).
     keyring: Arc<SharedKeyring>,
+    /// How peers' admin services are dialled (also used by peering).
+    tls: ClientTls,
+    /// Open channels to peers' admin services, by address ([`Scrubs::peer_channel`]).
+    channels: Mutex<HashMap<String, Channel>>,
     map: RwLock<Option<Arc<ClusterMap>>>,
     mon: Mutex<Option<MonLink>>,
     pub book: ScrubBook,
@@ -185,27 +192,13 @@ fn active_primary_pgs(map: &ClusterMap, me: u32) -> Vec<PgId> {
     out
 }
 
-/// The digest of `pg` from the admin service at `addr`.
+/// The digest of `pg` from the admin service behind `channel`.
 async fn peer_digest(
-    addr: String,
+    channel: Channel,
     token: MetadataValue<Ascii>,
     pg: PgId,
     objects: Vec<Vec<u8>>,
 ) -> Result<Vec<ObjectDigest>, PeerError> {
-    let uri = if addr.contains("://") {
-        addr.clone()
-    } else {
-        format!("http://{addr}")
-    };
-    let endpoint = Endpoint::from_shared(uri).map_err(|source| PeerError::BadAddr {
-        addr: addr.clone(),
-        source,
-    })?;
-    let channel = endpoint
-        .connect_timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .map_err(|source| PeerError::Connect { addr, source })?;
     let mut client = OsdAdminClient::new(channel).max_decoding_message_size(MAX_DIGEST_MESSAGE);
     let mut r = Request::new(v1::PgDigestRequest {
         pool: pg.pool,
@@ -237,11 +230,14 @@ impl Scrubs {
         digests: Option<Arc<dyn PgDigests>>,
         status: Arc<AgentStatus>,
         keyring: Arc<SharedKeyring>,
+        tls: ClientTls,
     ) -> Scrubs {
         Scrubs {
             digests,
             status,
             keyring,
+            tls,
+            channels: Mutex::new(HashMap::new()),
             map: RwLock::new(None),
             mon: Mutex::new(None),
             book: ScrubBook::new(),
@@ -284,6 +280,49 @@ impl Scrubs {
     /// The monitor session (peering asks it for PG histories too).
     pub(crate) fn mon_link(&self) -> Option<MonLink> {
         self.mon.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A channel to the admin service at `addr` (dialled with this agent's transport
+    /// choice), shared by every peering step and scrub that goes there: one TLS handshake per
+    /// peer instead of one per call. tonic's channel multiplexes calls and reconnects by
+    /// itself after the peer restarts; a peer at a new address gets a new channel.
+    pub(crate) async fn peer_channel(
+        &self,
+        addr: &str,
+        connect_timeout: Duration,
+    ) -> Result<Channel, PeerError> {
+        let cached = self
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(addr)
+            .cloned();
+        if let Some(ch) = cached {
+            return Ok(ch);
+        }
+        let endpoint = self
+            .tls
+            .endpoint(addr)
+            .map_err(|source| PeerError::BadAddr {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        let channel = endpoint
+            .connect_timeout(connect_timeout)
+            .connect()
+            .await
+            .map_err(|source| PeerError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        // One entry per admin address the map ever named: bounded by the cluster's OSDs,
+        // unless addresses keep changing; then start over.
+        if channels.len() >= MAX_PEER_CHANNELS {
+            channels.clear();
+        }
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
     }
 
     /// Where `osd`'s admin service listens, as the monitor knows it.
@@ -332,9 +371,13 @@ impl Scrubs {
                     .peer_addr(osd)
                     .await
                     .map_err(|source| ScrubError::Peer { osd, source })?;
+                let channel = self
+                    .peer_channel(&addr, Duration::from_secs(3))
+                    .await
+                    .map_err(|source| ScrubError::Peer { osd, source })?;
                 let (token, objects) = (token.clone(), objects.to_vec());
                 set.spawn(async move {
-                    let r = peer_digest(addr, token, pg, objects)
+                    let r = peer_digest(channel, token, pg, objects)
                         .await
                         .map_err(|source| ScrubError::Peer { osd, source });
                     (i, r)

@@ -28,9 +28,27 @@ pub struct Cli {
     /// Admin token.
     #[arg(long, global = true, env = "CARMINE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Config file (TOML with `mon` and `token`).
+    /// Config file (TOML with `mon` and `token`, and `tls_ca` or `plaintext = true`).
     #[arg(long, global = true, env = "CARMINE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// The cluster CA certificate (PEM): talk to the monitor and the OSDs over TLS and verify
+    /// their certificates against it.
+    #[arg(
+        long,
+        global = true,
+        env = "CARMINE_TLS_CA",
+        conflicts_with = "plaintext"
+    )]
+    pub tls_ca: Option<PathBuf>,
+    /// Talk to the monitor and the OSDs without TLS. One of --tls-ca and --plaintext is
+    /// required (or the config file's `tls_ca` / `plaintext = true`).
+    #[arg(
+        long,
+        global = true,
+        env = "CARMINE_PLAINTEXT",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub plaintext: bool,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Plain)]
     pub format: Format,
@@ -68,6 +86,10 @@ pub enum Cmd {
     Auth(AuthCmd),
     /// Load a pool like `rados bench`: write, then seq or rand reads, verified.
     Bench(crate::bench::BenchArgs),
+    /// Make the cluster CA and daemon certificates for TLS on the control plane (local files
+    /// only: no monitor is contacted).
+    #[command(subcommand)]
+    Cert(crate::cert::CertCmd),
     /// Print a shell completion script.
     Completions {
         /// Shell to generate for.

@@ -123,9 +123,20 @@ fn duration(secs: f64, what: &str) -> Result<Duration, CliError> {
 }
 
 /// Runs the bench against the monitor(s) `mon`; returns the summary for stdout.
-pub async fn run(mon: &str, a: &BenchArgs, format: Format) -> Result<String, CliError> {
+/// `tls_ca`: the cluster CA for TLS, `None` for plain text (the command's choice, already
+/// checked).
+pub async fn run(
+    mon: &str,
+    tls_ca: Option<PathBuf>,
+    a: &BenchArgs,
+    format: Format,
+) -> Result<String, CliError> {
     let creds = credentials(a)?;
     let mut client = ClientConfig::new(mon, creds);
+    client = match tls_ca {
+        Some(ca) => client.with_ca(ca),
+        None => client.plaintext(),
+    };
     client.op_timeout = duration(a.op_timeout, "--op-timeout")?;
     let cfg = BenchConfig {
         mode: match a.mode {

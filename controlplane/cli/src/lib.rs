@@ -15,6 +15,13 @@
 //! `~/.config/carmine/config.toml`; keys `mon` and `token`), then `127.0.0.1:6790` for the
 //! address. There is no default token.
 //!
+//! Transport security is chosen the same way (`--tls-ca`/`CARMINE_TLS_CA` or the file's
+//! `tls_ca` for TLS, verified against that CA; `--plaintext`/`CARMINE_PLAINTEXT` or the
+//! file's `plaintext = true` for none) and applies to every connection the command makes, the
+//! monitor's and the OSD admin services' alike ([`carmine_proto::tls`]). Neither is an error:
+//! plain text is never the silent default. `carmine cert` ([`cert`]) makes the CA and the
+//! daemon certificates.
+//!
 //! Exit codes: 0 ok, 1 other failure, 2 bad arguments, 3 monitor unreachable, 4 credential
 //! refused or missing, 5 the monitor rejected the request (not found, invalid...), 6 a scrub
 //! found inconsistent objects (its report is on stdout).
@@ -22,6 +29,7 @@
 pub mod args;
 pub mod auth;
 pub mod bench;
+pub mod cert;
 pub mod output;
 pub mod perf;
 pub mod pg;

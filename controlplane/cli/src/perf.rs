@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use carmine_proto::tls::ClientTls;
 use carmine_proto::v1::{self, osd_admin_client::OsdAdminClient};
 use serde_json::{json, Map, Value};
-use tonic::transport::Endpoint;
 use tonic::{Code, Request};
 
 use crate::args::Format;
@@ -64,18 +64,12 @@ impl PerfTable {
 }
 
 /// Fetches the counters of the OSD admin service at `addr` with `token`.
-pub async fn fetch(addr: &str, token: &str) -> Result<PerfTable, CliError> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
+pub async fn fetch(tls: &ClientTls, addr: &str, token: &str) -> Result<PerfTable, CliError> {
     let unreachable = |reason: String| CliError::Unreachable {
         addr: format!("{addr} (OSD admin service)"),
         reason,
     };
-    let endpoint =
-        Endpoint::from_shared(uri).map_err(|e| unreachable(format!("bad address: {e}")))?;
+    let endpoint = tls.endpoint(addr)?;
     let channel = endpoint
         .connect_timeout(Duration::from_secs(3))
         .connect()

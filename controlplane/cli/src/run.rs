@@ -4,10 +4,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use carmine_placement::{object_to_pg, ClusterMap};
+use carmine_proto::tls::{ClientTls, TlsError};
 use carmine_proto::v1::{self, mon_admin_client::MonAdminClient};
 use clap::CommandFactory;
 use serde::Deserialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 use crate::args::{AuthCmd, Cli, Cmd, MapCmd, OsdCmd, PgCmd, PoolCmd};
@@ -45,6 +46,12 @@ pub enum CliError {
     /// The monitor rejected the request.
     #[error("{0}")]
     Rejected(String),
+    /// Transport security is not chosen, or its files are unusable.
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
+    /// `carmine cert` failed.
+    #[error(transparent)]
+    Cert(#[from] crate::cert::CertError),
     /// Something else failed.
     #[error("{0}")]
     Other(String),
@@ -64,7 +71,9 @@ impl CliError {
     /// Process exit code.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Config { .. } | CliError::Other(_) => 1,
+            CliError::Config { .. } | CliError::Other(_) | CliError::Tls(_) | CliError::Cert(_) => {
+                1
+            }
             CliError::Unreachable { .. } => 3,
             CliError::NoToken | CliError::Refused(_) => 4,
             CliError::Rejected(_) => 5,
@@ -81,12 +90,24 @@ impl CliError {
     }
 }
 
+/// A status tonic made because the HTTP/2 connection failed, not one the server sent.
+fn is_broken_connection(s: &tonic::Status) -> bool {
+    let m = s.message();
+    m.starts_with("h2 protocol error") || m == "transport error"
+}
+
 fn from_status(addr: &str, s: tonic::Status) -> CliError {
     match s.code() {
         Code::Unauthenticated | Code::PermissionDenied => {
             CliError::Refused(s.message().to_string())
         }
         Code::Unavailable => CliError::Unreachable {
+            addr: addr.to_string(),
+            reason: s.message().to_string(),
+        },
+        // The connection broke under the call (tonic's own statuses, not the server's): what
+        // a plain-text call to a TLS server gets, its alert read as HTTP/2 frames.
+        Code::Internal | Code::Unknown if is_broken_connection(&s) => CliError::Unreachable {
             addr: addr.to_string(),
             reason: s.message().to_string(),
         },
@@ -102,6 +123,30 @@ fn from_status(addr: &str, s: tonic::Status) -> CliError {
 struct FileConfig {
     mon: Option<String>,
     token: Option<String>,
+    tls_ca: Option<PathBuf>,
+    #[serde(default)]
+    plaintext: bool,
+}
+
+/// The command's transport security as given: the CA file, or plain text. Flags and
+/// environment first; the config file's choice is used only when they name none.
+fn tls_options(cli: &Cli) -> Result<(Option<PathBuf>, bool), CliError> {
+    if cli.tls_ca.is_some() || cli.plaintext {
+        return Ok((cli.tls_ca.clone(), cli.plaintext));
+    }
+    let file = load_file(cli)?;
+    Ok((file.tls_ca, file.plaintext))
+}
+
+/// The command's transport security, loaded: one of `--tls-ca` and `--plaintext` (or their
+/// environment variables or config keys) is required.
+fn client_tls(ca: Option<&std::path::Path>, plaintext: bool) -> Result<ClientTls, CliError> {
+    Ok(ClientTls::choose(
+        ca,
+        plaintext,
+        "--tls-ca (or CARMINE_TLS_CA, or `tls_ca` in the config file)",
+        "--plaintext (or CARMINE_PLAINTEXT=1, or `plaintext = true` in the config file)",
+    )?)
 }
 
 fn default_config_path() -> Option<PathBuf> {
@@ -142,6 +187,7 @@ fn load_file(cli: &Cli) -> Result<FileConfig, CliError> {
 const MAX_REDIRECTS: usize = 3;
 
 struct Conn {
+    tls: ClientTls,
     addr: String,
     client: MonAdminClient<Channel>,
     token: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
@@ -160,7 +206,14 @@ impl Conn {
     }
 
     fn fail(&self, s: tonic::Status) -> CliError {
-        from_status(&self.addr, s)
+        let plain_broken = !self.tls.is_tls() && is_broken_connection(&s);
+        match from_status(&self.addr, s) {
+            CliError::Unreachable { addr, reason } if plain_broken => CliError::Unreachable {
+                addr,
+                reason: format!("{reason} (if the monitor serves TLS, give --tls-ca)"),
+            },
+            e => e,
+        }
     }
 
     /// After a failed call: when `s` is a follower's redirect (or a follower that knows no
@@ -179,12 +232,13 @@ impl Conn {
             None => return Err(self.fail(s)),
         };
         self.redirects += 1;
-        let channel = connect_one(&next)
-            .await
-            .map_err(|reason| CliError::Unreachable {
-                addr: next.clone(),
-                reason: format!("redirected by {} ({}): {reason}", self.addr, s.message()),
-            })?;
+        let channel =
+            connect_one(&self.tls, &next)
+                .await
+                .map_err(|reason| CliError::Unreachable {
+                    addr: next.clone(),
+                    reason: format!("redirected by {} ({}): {reason}", self.addr, s.message()),
+                })?;
         self.client = MonAdminClient::new(channel);
         self.addr = next;
         Ok(())
@@ -202,13 +256,8 @@ impl Conn {
 }
 
 /// Connects to one monitor address (`host:port` or a URI); the error says why not.
-async fn connect_one(one: &str) -> Result<Channel, String> {
-    let uri = if one.contains("://") {
-        one.to_string()
-    } else {
-        format!("http://{one}")
-    };
-    let endpoint = Endpoint::from_shared(uri).map_err(|e| format!("bad address: {e}"))?;
+async fn connect_one(tls: &ClientTls, one: &str) -> Result<Channel, String> {
+    let endpoint = tls.endpoint(one).map_err(|e| e.to_string())?;
     endpoint
         .connect_timeout(Duration::from_secs(3))
         .connect()
@@ -225,7 +274,7 @@ async fn connect_one(one: &str) -> Result<Channel, String> {
         })
 }
 
-async fn connect(cli: &Cli) -> Result<Conn, CliError> {
+async fn connect(cli: &Cli, tls: &ClientTls) -> Result<Conn, CliError> {
     let file = load_file(cli)?;
     let addr = cli
         .mon
@@ -244,9 +293,10 @@ async fn connect(cli: &Cli) -> Result<Conn, CliError> {
         .map(str::to_string)
         .collect();
     for (i, one) in list.iter().enumerate() {
-        match connect_one(one).await {
+        match connect_one(tls, one).await {
             Ok(channel) => {
                 return Ok(Conn {
+                    tls: tls.clone(),
                     addr: one.clone(),
                     client: MonAdminClient::new(channel),
                     token,
@@ -302,11 +352,18 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
         clap_complete::generate(*shell, &mut Cli::command(), "carmine", &mut buf);
         return String::from_utf8(buf).map_err(|e| CliError::Other(e.to_string()));
     }
+    if let Cmd::Cert(cmd) = &cli.cmd {
+        // Local files only: no monitor, no transport security to choose.
+        return Ok(crate::cert::run(cmd)?);
+    }
+    let (tls_ca, plaintext) = tls_options(&cli)?;
+    let tls = client_tls(tls_ca.as_deref(), plaintext)?;
     if let Cmd::Bench(args) = &cli.cmd {
-        // The data path: client credentials, no admin token (see `bench`).
+        // The data path: client credentials, no admin token (see `bench`). The client
+        // library loads the CA itself.
         let mon = cli.mon.clone().or(load_file(&cli)?.mon);
         let mon = mon.unwrap_or_else(|| DEFAULT_MON.to_string());
-        return crate::bench::run(&mon, args, cli.format).await;
+        return crate::bench::run(&mon, tls_ca, args, cli.format).await;
     }
     if let Cmd::Osd(OsdCmd::Perf {
         admin_addr: Some(addr),
@@ -314,12 +371,12 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
     }) = &cli.cmd
     {
         // Addressed directly: no monitor involved.
-        let t = crate::perf::fetch(addr, &admin_token_of(&cli)?).await?;
+        let t = crate::perf::fetch(&tls, addr, &admin_token_of(&cli)?).await?;
         return Ok(crate::perf::render(&out, None, addr, &t));
     }
-    let mut c = connect(&cli).await?;
+    let mut c = connect(&cli, &tls).await?;
     Ok(match &cli.cmd {
-        Cmd::Completions { .. } | Cmd::Bench(_) => String::new(),
+        Cmd::Completions { .. } | Cmd::Bench(_) | Cmd::Cert(_) => String::new(),
         Cmd::Status => output::status(&out, &call!(c, status, v1::Empty {})),
         Cmd::Health { detail } => {
             output::health(&out, &call!(c, health, v1::Empty {}), detail.is_some())
@@ -382,7 +439,7 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                 // clap requires the id when --admin-addr is absent (handled above).
                 let id = id.ok_or_else(|| CliError::Other("osd perf needs an OSD id".into()))?;
                 let addr = call!(c, osd_admin_addr, v1::OsdIdRequest { id }).admin_addr;
-                let t = crate::perf::fetch(&addr, &admin_token_of(&cli)?).await?;
+                let t = crate::perf::fetch(&tls, &addr, &admin_token_of(&cli)?).await?;
                 crate::perf::render(&out, Some(id), &addr, &t)
             }
         },
@@ -466,7 +523,7 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                     CliError::Rejected(format!("pg {pgid} has no OSD up in epoch {}", map.epoch))
                 })?;
             let addr = call!(c, osd_admin_addr, v1::OsdIdRequest { id: primary }).admin_addr;
-            let r = scrub::scrub(&addr, &admin_token_of(&cli)?, pool.id, pg).await?;
+            let r = scrub::scrub(&tls, &addr, &admin_token_of(&cli)?, pool.id, pg).await?;
             scrub::render(&out, primary, &r)?
         }
         Cmd::Map(MapCmd::Get { epoch }) => output::map(&out, &c.map(epoch.unwrap_or(0)).await?),

@@ -13,9 +13,9 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use carmine_placement::{ClusterMap, Pool};
+use carmine_proto::tls::ClientTls;
 use carmine_proto::v1::{self, osd_admin_client::OsdAdminClient};
 use serde_json::{json, Value};
-use tonic::transport::Endpoint;
 use tonic::{Code, Request};
 
 use crate::args::Format;
@@ -53,22 +53,18 @@ fn pgid(pool: u32, pg: u32) -> String {
 
 /// Asks the OSD admin service at `addr` to scrub `pool`.`pg` (it must be the PG's primary).
 pub async fn scrub(
+    tls: &ClientTls,
     addr: &str,
     token: &str,
     pool: u32,
     pg: u32,
 ) -> Result<v1::ScrubPgReply, CliError> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
     let unreachable = |reason: String| CliError::Unreachable {
         addr: format!("{addr} (OSD admin service)"),
         reason,
     };
-    let channel = Endpoint::from_shared(uri)
-        .map_err(|e| unreachable(format!("bad address: {e}")))?
+    let channel = tls
+        .endpoint(addr)?
         .connect_timeout(Duration::from_secs(3))
         .connect()
         .await

@@ -26,6 +26,8 @@ fn carmine(args: &[&str]) -> Output {
         .env_remove("CARMINE_MON")
         .env_remove("CARMINE_TOKEN")
         .env_remove("CARMINE_CONFIG")
+        .env_remove("CARMINE_TLS_CA")
+        .env("CARMINE_PLAINTEXT", "1")
         .env("XDG_CONFIG_HOME", "/nonexistent-carmine-test")
         .output()
         .unwrap()
@@ -210,6 +212,8 @@ fn osd_perf_plain_json_direct_and_errors() {
             weight: 1.0,
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             credential: Some(test_mon::osd_credential(&mon.addr, TOKEN, "uuid-perf")),
+            client_tls: carmine_proto::tls::ClientTls::Plaintext,
+            admin_tls: carmine_proto::tls::ServerTls::Plaintext,
         },
         Vec::new(),
         Arc::new(ShardStats),

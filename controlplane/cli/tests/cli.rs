@@ -71,6 +71,8 @@ fn carmine(args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("CARMINE_MON")
         .env_remove("CARMINE_TOKEN")
         .env_remove("CARMINE_CONFIG")
+        .env_remove("CARMINE_TLS_CA")
+        .env("CARMINE_PLAINTEXT", "1")
         .env("XDG_CONFIG_HOME", "/nonexistent-carmine-test");
     for (k, v) in env {
         c.env(k, v);

@@ -23,6 +23,8 @@ fn carmine(mon: &TestMon, args: &[&str]) -> Output {
         .env_remove("CARMINE_MON")
         .env_remove("CARMINE_TOKEN")
         .env_remove("CARMINE_CONFIG")
+        .env_remove("CARMINE_TLS_CA")
+        .env("CARMINE_PLAINTEXT", "1")
         .env("XDG_CONFIG_HOME", "/nonexistent-carmine-test")
         .output()
         .unwrap()

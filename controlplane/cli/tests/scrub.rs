@@ -84,6 +84,8 @@ fn start_agent(mon: &TestMon, i: usize, table: Arc<Table>, interval: Option<Dura
                 TOKEN,
                 &format!("uuid-scrub-{i}"),
             )),
+            client_tls: carmine_proto::tls::ClientTls::Plaintext,
+            admin_tls: carmine_proto::tls::ServerTls::Plaintext,
         },
         Vec::new(),
         Arc::new(NoStats),
@@ -105,6 +107,8 @@ fn carmine(mon: &TestMon, args: &[&str]) -> Output {
         .env_remove("CARMINE_MON")
         .env_remove("CARMINE_TOKEN")
         .env_remove("CARMINE_CONFIG")
+        .env_remove("CARMINE_TLS_CA")
+        .env("CARMINE_PLAINTEXT", "1")
         .env("XDG_CONFIG_HOME", "/nonexistent-carmine-test")
         .output()
         .unwrap()

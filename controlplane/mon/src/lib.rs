@@ -39,6 +39,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use carmine_proto::tls::{ServerTls, TlsError};
 use carmine_proto::v1::{mon_admin_server::MonAdminServer, mon_cluster_server::MonClusterServer};
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -121,6 +122,22 @@ pub struct MonConfig {
     /// TTL of the leader's etcd lease in seconds: a dead leader is replaced about this fast.
     #[arg(long, env = "CARMINE_ETCD_LEASE_SECS", default_value_t = 5)]
     pub etcd_lease_secs: i64,
+    /// This monitor's TLS certificate (PEM, issued by the cluster CA with `carmine cert
+    /// issue`, with the addresses clients dial as SANs); needs `--tls-key`.
+    #[arg(long, env = "CARMINE_MON_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, env = "CARMINE_MON_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve gRPC without TLS. Required when no `--tls-cert`/`--tls-key` is given: plain
+    /// text is never the silent default.
+    #[arg(
+        long,
+        env = "CARMINE_MON_PLAINTEXT",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        conflicts_with_all = ["tls_cert", "tls_key"]
+    )]
+    pub plaintext: bool,
 }
 
 impl MonConfig {
@@ -153,6 +170,18 @@ impl MonConfig {
                 .map(carmine_proto::auth::admin_token_secret),
         )?;
         Ok(())
+    }
+
+    /// The transport security chosen by `--tls-cert`/`--tls-key` or `--plaintext` (one of
+    /// them is required), with the PEM files loaded and checked.
+    pub fn server_tls(&self) -> Result<ServerTls, TlsError> {
+        ServerTls::choose(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.plaintext,
+            "--tls-cert and --tls-key",
+            "--plaintext",
+        )
     }
 
     /// The state machine's policy from these flags.
@@ -200,6 +229,12 @@ pub fn args_with_config_file(
             toml::Value::String(s) => s,
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(f) => f.to_string(),
+            // A switch (`plaintext = true`): present or absent.
+            toml::Value::Boolean(true) => {
+                out.push(format!("--{key}").into());
+                continue;
+            }
+            toml::Value::Boolean(false) => continue,
             toml::Value::Array(items) => items
                 .iter()
                 .map(|v| match v {
@@ -232,6 +267,9 @@ pub enum ServeError {
     /// Bad configuration.
     #[error("config: {0}")]
     Config(String),
+    /// Transport security is not set up (neither TLS nor `--plaintext`, or a bad PEM file).
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
     /// The etcd election failed.
     #[error(transparent)]
     Ha(#[from] ha::HaError),
@@ -276,6 +314,8 @@ pub async fn serve_slot(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     cfg.check_credentials()?;
+    let tls = cfg.server_tls()?;
+    tracing::info!(tls = tls.is_tls(), "transport security");
     // The liveness clock: marks OSDs down/out. A quarter of the grace keeps detection within
     // 1.25 x grace. It idles while this monitor follows.
     let tick = Duration::from_millis((cfg.down_grace_ms / 4).clamp(10, 1000));
@@ -314,7 +354,8 @@ pub async fn serve_slot(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    let server = tonic::transport::Server::builder()
+    let server = tls
+        .server()?
         .add_service(admin)
         .add_service(cluster)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
@@ -334,4 +375,48 @@ pub async fn serve_slot(
     ticker.abort();
     res?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> MonConfig {
+        let args = args.iter().map(std::ffi::OsString::from).collect();
+        MonConfig::parse_from(args_with_config_file(args).unwrap())
+    }
+
+    #[test]
+    fn transport_security_comes_from_flags_or_the_config_file() {
+        let base = [
+            "carmine-mon",
+            "--admin-token",
+            "t",
+            "--data-dir",
+            "/nonexistent",
+        ];
+        let e = parse(&base).server_tls().unwrap_err().to_string();
+        assert!(e.contains("--tls-cert") && e.contains("--plaintext"), "{e}");
+        let mut plain = base.to_vec();
+        plain.push("--plaintext");
+        assert!(!parse(&plain).server_tls().unwrap().is_tls());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mon.toml");
+        let file_arg = file.to_str().unwrap();
+        let mut with_file = base.to_vec();
+        with_file.extend(["--config", file_arg]);
+        std::fs::write(&file, "plaintext = true\n").unwrap();
+        assert!(!parse(&with_file).server_tls().unwrap().is_tls());
+        std::fs::write(&file, "plaintext = false\n").unwrap();
+        assert!(parse(&with_file).server_tls().is_err());
+        // TLS files from the config file: a missing one is named.
+        std::fs::write(
+            &file,
+            "tls-cert = \"/nonexistent/mon.pem\"\ntls-key = \"/nonexistent/mon.key\"\n",
+        )
+        .unwrap();
+        let e = parse(&with_file).server_tls().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/mon.pem"), "{e}");
+    }
 }

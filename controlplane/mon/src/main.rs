@@ -57,6 +57,11 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let cfg = MonConfig::parse_from(args);
+    // Before binding: a monitor without TLS files and without --plaintext does not start.
+    if let Err(e) = cfg.server_tls() {
+        eprintln!("carmine-mon: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let listener = match TcpListener::bind(cfg.listen).await {
         Ok(l) => l,
         Err(e) => {

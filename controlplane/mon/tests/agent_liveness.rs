@@ -76,6 +76,8 @@ fn start_agent(mon: &MonProc, uuid: &str, host: &str) -> (Agent, Vec<mpsc::Recei
         weight: 1.0,
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         credential: Some(common::osd_credential(&mon.addr, uuid)),
+        client_tls: carmine_proto::tls::ClientTls::Plaintext,
+        admin_tls: carmine_proto::tls::ServerTls::Plaintext,
     };
     let agent = Agent::start(
         cfg,
@@ -367,6 +369,8 @@ fn a_failed_store_is_reported_and_the_osd_stays_down() {
         weight: 1.0,
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         credential: Some(common::osd_credential(&mon.addr, uuid)),
+        client_tls: carmine_proto::tls::ClientTls::Plaintext,
+        admin_tls: carmine_proto::tls::ServerTls::Plaintext,
     };
     // The fsid, as an OSD learns it before touching its device; a stop ends the wait.
     let stop = std::sync::atomic::AtomicBool::new(false);

@@ -157,6 +157,8 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
                 weight: 1.0,
                 admin_listen: "127.0.0.1:0".parse().unwrap(),
                 credential,
+                client_tls: carmine_proto::tls::ClientTls::Plaintext,
+                admin_tls: carmine_proto::tls::ServerTls::Plaintext,
             },
             Vec::new(),
             std::sync::Arc::new(NoStats),
@@ -219,7 +221,7 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
     // The CLI given only the follower gets its answers through the redirect (a write and a
     // read), each executed once by the leader.
     let carmine = |args: &[&str]| -> Result<String, carmine_cli::CliError> {
-        let mut argv = vec!["carmine", "--token", common::TOKEN];
+        let mut argv = vec!["carmine", "--plaintext", "--token", common::TOKEN];
         argv.extend_from_slice(args);
         let cli = carmine_cli::Cli::try_parse_from(argv).expect("cli arguments");
         rt.block_on(carmine_cli::run(cli))

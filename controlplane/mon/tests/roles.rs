@@ -42,6 +42,8 @@ fn start_agent(mon: &str, uuid: &str, credential: OsdCredential) -> Agent {
             weight: 1.0,
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             credential: Some(credential),
+            client_tls: carmine_proto::tls::ClientTls::Plaintext,
+            admin_tls: carmine_proto::tls::ServerTls::Plaintext,
         },
         Vec::new(),
         Arc::new(NoStats),
@@ -575,7 +577,7 @@ fn every_credential_reaches_only_its_own_doors() {
 fn a_monitor_without_credentials_refuses_to_start_unless_insecure() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_carmine-mon"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["--listen", "127.0.0.1:0", "--plaintext", "--data-dir"])
         .arg(dir.path())
         .env_remove("CARMINE_ADMIN_TOKEN")
         .env_remove("CARMINE_MON_INSECURE")

@@ -8,6 +8,11 @@
 //! `carmine-placement` ([`ClusterMap`], [`Incremental`]), and defines the one metadata key
 //! used for credentials ([`AUTH_HEADER`], [`bearer`]), and the leader redirect a follower
 //! monitor answers with ([`LEADER_HEADER`], [`not_leader`], [`leader_redirect`]).
+//!
+//! [`tls`] is the one place where a process's gRPC endpoints and servers get their transport
+//! security (TLS with the cluster CA, or plain text when asked for explicitly).
+
+pub mod tls;
 
 /// Generated code for package `carmine.v1`.
 #[allow(clippy::all, missing_docs)]

@@ -8,6 +8,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use carmine_proto::tls::{ClientTls, ServerTls, TlsError};
 use serde::Deserialize;
 
 /// Why a config file was refused.
@@ -25,6 +26,8 @@ pub enum ConfigError {
     },
     #[error("{key}: {reason}")]
     Invalid { key: &'static str, reason: String },
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -44,6 +47,9 @@ pub struct Config {
     /// The OSD's own credential; absent: none (only a monitor run with `--insecure` lets
     /// such an OSD in).
     pub auth: Option<AuthSection>,
+    /// Required in effect: [`Config::validate`] refuses a file without it.
+    #[serde(default)]
+    pub tls: TlsSection,
     #[serde(default)]
     pub reactor: ReactorSection,
     pub net: NetSection,
@@ -144,6 +150,28 @@ impl AuthSection {
         Ok((format!("osd.{n}"), *key.as_bytes()))
     }
 }
+
+/// `[tls]`: the control plane's transport security ([`carmine_proto::tls`]). Either `ca`,
+/// `cert` and `key` (TLS: the monitor and the peers' admin services are verified against
+/// `ca`, and this OSD's admin service presents `cert`, which must carry the admin listen
+/// address as an IP SAN), or `plaintext = true`. Neither is refused: plain text is never
+/// the silent default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The cluster CA certificate (PEM).
+    pub ca: Option<PathBuf>,
+    /// This OSD's certificate (PEM), issued by the CA.
+    pub cert: Option<PathBuf>,
+    /// The key of `cert` (PEM).
+    pub key: Option<PathBuf>,
+    /// No TLS on the control plane.
+    #[serde(default)]
+    pub plaintext: bool,
+}
+
+const TLS_OPTS: &str = "[tls] ca, cert and key";
+const PLAIN_OPT: &str = "[tls] plaintext = true";
 
 /// How an idle shard waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -410,6 +438,35 @@ impl Config {
         if self.mon.addr.trim().is_empty() {
             return Err(invalid("mon.addr", "must not be empty"));
         }
+        let t = &self.tls;
+        match (
+            t.plaintext,
+            t.ca.is_some(),
+            t.cert.is_some(),
+            t.key.is_some(),
+        ) {
+            (true, false, false, false) | (false, true, true, true) => {}
+            (false, false, false, false) => {
+                return Err(TlsError::NotChosen {
+                    tls: TLS_OPTS,
+                    plaintext: PLAIN_OPT,
+                }
+                .into())
+            }
+            (true, ..) => {
+                return Err(TlsError::Conflict {
+                    tls: TLS_OPTS,
+                    plaintext: PLAIN_OPT,
+                }
+                .into())
+            }
+            (false, ..) => {
+                return Err(TlsError::Incomplete(
+                    "[tls] needs all of ca, cert and key (the OSD both dials and serves)",
+                )
+                .into())
+            }
+        }
         let n = self.reactor.cores.len();
         if n == 0 || n > 64 {
             return Err(invalid("reactor.cores", "needs 1 to 64 entries"));
@@ -498,6 +555,31 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The control plane's transport security, with the PEM files read and checked: how the
+    /// agent dials the monitor and its peers, and how its admin service serves. A monitor
+    /// address whose scheme contradicts the choice (`http://` with TLS) is refused here.
+    pub fn tls(&self) -> Result<(ClientTls, ServerTls), ConfigError> {
+        let t = &self.tls;
+        let client = ClientTls::choose(t.ca.as_deref(), t.plaintext, TLS_OPTS, PLAIN_OPT)?;
+        for addr in self
+            .mon
+            .addr
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            client.uri(addr)?;
+        }
+        let server = ServerTls::choose(
+            t.cert.as_deref(),
+            t.key.as_deref(),
+            t.plaintext,
+            TLS_OPTS,
+            PLAIN_OPT,
+        )?;
+        Ok((client, server))
     }
 
     /// Whether the process needs the DPDK EAL (and hugepages).
@@ -649,6 +731,8 @@ host = "h1"
 addr = "127.0.0.1:6789"
 [admin]
 listen = "127.0.0.1:0"
+[tls]
+plaintext = true
 [net]
 backend = "kernel"
 ip = "127.0.0.1"
@@ -855,5 +939,35 @@ kind = "memstore"
             "kind = \"bdevstore\"\nbdev = \"malloc\"",
         );
         assert!(parse(&s).unwrap_err().to_string().contains("size"));
+    }
+
+    #[test]
+    fn transport_security_must_be_chosen() {
+        let none = KERNEL.replace("[tls]\nplaintext = true\n", "");
+        let e = parse(&none).unwrap_err().to_string();
+        assert!(
+            e.contains("[tls] ca, cert and key") && e.contains("[tls] plaintext = true"),
+            "{e}"
+        );
+        let both = KERNEL.replace("plaintext = true", "plaintext = true\nca = \"ca.pem\"");
+        assert!(parse(&both).unwrap_err().to_string().contains("contradict"));
+        let part = KERNEL.replace("plaintext = true", "ca = \"ca.pem\"");
+        assert!(parse(&part).unwrap_err().to_string().contains("all of"));
+        let tls = KERNEL.replace(
+            "plaintext = true",
+            "ca = \"ca.pem\"\ncert = \"osd.pem\"\nkey = \"osd.key\"",
+        );
+        let c = parse(&tls).unwrap();
+        // The files are read when the daemon starts, and a missing one is named.
+        let e = c.tls().unwrap_err().to_string();
+        assert!(e.contains("ca.pem"), "{e}");
+        let (client, server) = parse(KERNEL).unwrap().tls().unwrap();
+        assert!(!client.is_tls() && !server.is_tls());
+        let https = KERNEL.replace(
+            "addr = \"127.0.0.1:6789\"",
+            "addr = \"https://127.0.0.1:6789\"",
+        );
+        let e = parse(&https).unwrap().tls().unwrap_err().to_string();
+        assert!(e.contains("plain text"), "{e}");
     }
 }

@@ -112,6 +112,12 @@ pub struct RunOptions {
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), DaemonError> {
     let cfg = Config::load(config_path)?;
+    // The PEM files are read now, before any device is touched: a bad one stops the OSD here.
+    let (client_tls, admin_tls) = cfg.tls()?;
+    tracing::info!(
+        tls = client_tls.is_tls(),
+        "control-plane transport security"
+    );
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).map_err(DaemonError::Signal)?;
@@ -140,6 +146,8 @@ pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), DaemonError> {
         weight: cfg.osd.weight,
         admin_listen: cfg.admin.listen,
         credential,
+        client_tls,
+        admin_tls,
     };
     // 0. Whose store the device must hold: the cluster's fsid comes from the monitor before
     // the device is touched (memstore keeps nothing: no check).

@@ -426,7 +426,8 @@ fn bdevstore_osd_keeps_its_data_over_restart_and_sigkill() {
             let mut osd = BdevOsd::start(&mon, dir.path(), "osd", 256, 1);
             mon.wait_up(1).await;
             mon.create_pool("data", 16, 1).await;
-            let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds.clone());
+            let mut cfg =
+                carmine_client::ClientConfig::new(mon.addr.clone(), creds.clone()).plaintext();
             cfg.op_timeout = Duration::from_secs(20);
             let name = |i: usize| format!("k{i}");
             // `state[i]`: what must be in key i.
@@ -577,7 +578,8 @@ fn bdev_a_retried_mutation_is_applied_once_also_after_a_restart() {
             let mut osd = BdevOsd::start(&mon, dir.path(), "osd", 256, 1);
             mon.wait_up(1).await;
             mon.create_pool("data", 8, 1).await;
-            let cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds.clone());
+            let cfg =
+                carmine_client::ClientConfig::new(mon.addr.clone(), creds.clone()).plaintext();
             let client = Client::connect(cfg.clone()).await.unwrap();
             let pool = client.pool("data").await.unwrap();
             // The OSD's port (a restart binds a new one).

@@ -150,7 +150,7 @@ fn two_shard_osd_on_dpdk_af_packet_serves_a_shard_aware_client() {
 
 /// A cluster client with a generous op timeout (2 cores, debug build, DPDK in adaptive idle).
 async fn connect_client(mon: &Mon, creds: &carmine_client::Credentials) -> Arc<Client> {
-    let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds.clone());
+    let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds.clone()).plaintext();
     cfg.op_timeout = Duration::from_secs(20);
     Arc::new(Client::connect(cfg).await.unwrap())
 }
@@ -242,6 +242,8 @@ addr = "{mon}"
 listen = "{agent}:0"
 [auth]
 keyfile = "{keyfile}"
+[tls]
+plaintext = true
 [reactor]
 cores = [{cores}]
 idle = "adaptive"

@@ -83,7 +83,7 @@ async fn bdev_cluster(
 }
 
 fn client_config(mon: &Mon, creds: &Credentials, op_timeout: Duration) -> ClientConfig {
-    let mut c = ClientConfig::new(mon.addr.clone(), creds.clone());
+    let mut c = ClientConfig::new(mon.addr.clone(), creds.clone()).plaintext();
     c.op_timeout = op_timeout;
     c
 }

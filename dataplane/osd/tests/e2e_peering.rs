@@ -43,7 +43,14 @@ fn content(name: &str, round: usize) -> Vec<u8> {
 
 async fn carmine(mon: &Mon, args: &[&str]) -> Result<String, CliError> {
     let mut all = vec![
-        "carmine", "--mon", &mon.addr, "--token", TOKEN, "--format", "plain",
+        "carmine",
+        "--plaintext",
+        "--mon",
+        &mon.addr,
+        "--token",
+        TOKEN,
+        "--format",
+        "plain",
     ];
     all.extend_from_slice(args);
     carmine_cli::run(Cli::parse_from(all)).await

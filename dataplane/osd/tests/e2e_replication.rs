@@ -464,7 +464,7 @@ fn bdev_a_write_a_replica_cannot_store_is_not_acknowledged() {
             let mut tiny = BdevOsd::start(&mon, dir.path(), "tiny", 64, 1);
             mon.wait_up(3).await;
             mon.create_pool("rep", 8, 3).await;
-            let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds);
+            let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds).plaintext();
             cfg.op_timeout = Duration::from_secs(30);
             let client = Client::connect(cfg).await.unwrap();
             let before: Vec<_> = futures_util_join(&mon, &[big1.id, big2.id]).await;
@@ -631,7 +631,7 @@ fn bdev_size_3_every_object_on_all_three_stores_with_one_version_and_the_same_by
             let ids: Vec<u32> = osds.iter().map(|o| o.id).collect();
             let epoch = mon.map().await.epoch;
             mon.wait_osds_at(&ids, epoch).await;
-            let mut cfg = ClientConfig::new(mon.addr.clone(), creds);
+            let mut cfg = ClientConfig::new(mon.addr.clone(), creds).plaintext();
             cfg.op_timeout = Duration::from_secs(20);
             let client = Arc::new(Client::connect(cfg).await.unwrap());
 

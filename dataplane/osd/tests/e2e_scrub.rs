@@ -39,7 +39,14 @@ fn payload(name: &str, len: usize) -> Vec<u8> {
 /// `carmine <args>` against `mon` with the admin token and the OSDs' admin token.
 async fn carmine(mon: &Mon, args: &[&str]) -> Result<String, CliError> {
     let mut all = vec![
-        "carmine", "--mon", &mon.addr, "--token", TOKEN, "--format", "plain",
+        "carmine",
+        "--plaintext",
+        "--mon",
+        &mon.addr,
+        "--token",
+        TOKEN,
+        "--format",
+        "plain",
     ];
     all.extend_from_slice(args);
     carmine_cli::run(Cli::parse_from(all)).await
@@ -83,7 +90,7 @@ fn bdev_scrub_finds_a_byte_flipped_in_one_replicas_store() {
                 .collect();
             mon.wait_up(3).await;
             mon.create_pool("rep", 8, 3).await;
-            let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds);
+            let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds).plaintext();
             cfg.op_timeout = Duration::from_secs(30);
             let client = Client::connect(cfg).await.unwrap();
             let names: Vec<String> = (0..OBJECTS).map(|i| format!("obj{i:02}")).collect();

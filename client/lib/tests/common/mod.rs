@@ -40,6 +40,7 @@ impl Mon {
         let dir = tempfile::tempdir().unwrap();
         let cfg = carmine_mon::MonConfig::parse_from([
             "carmine-mon",
+            "--plaintext",
             "--listen",
             "127.0.0.1:0",
             "--admin-token",
@@ -231,6 +232,7 @@ impl Follower {
     pub fn start(leader: Option<String>) -> Follower {
         let cfg = carmine_mon::MonConfig::parse_from([
             "carmine-mon",
+            "--plaintext",
             "--listen",
             "127.0.0.1:0",
             "--admin-token",
@@ -377,6 +379,8 @@ addr = "{mon}"
 listen = "127.0.0.1:0"
 [auth]
 keyfile = "{keyfile}"
+[tls]
+plaintext = true
 [reactor]
 cores = [{cores}]
 idle = "adaptive"
@@ -551,7 +555,8 @@ impl Cluster {
     }
 
     pub fn config(&self) -> carmine_client::ClientConfig {
-        let mut c = carmine_client::ClientConfig::new(self.mon.addr.clone(), self.creds.clone());
+        let mut c = carmine_client::ClientConfig::new(self.mon.addr.clone(), self.creds.clone())
+            .plaintext();
         c.op_timeout = Duration::from_secs(20);
         c
     }
@@ -588,6 +593,7 @@ impl Mon {
         assert!(self.thread.is_none(), "the monitor is still running");
         let cfg = carmine_mon::MonConfig::parse_from([
             "carmine-mon",
+            "--plaintext",
             "--listen",
             self.addr.as_str(),
             "--admin-token",

@@ -17,7 +17,6 @@ use carmine_proto::v1::{
 };
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
-use tonic::transport::Endpoint;
 use tonic::Request;
 
 use super::{
@@ -643,18 +642,11 @@ impl Peering {
                 osd,
                 reason: e.to_string(),
             })?;
-        let uri = if addr.contains("://") {
-            addr
-        } else {
-            format!("http://{addr}")
-        };
-        let channel = Endpoint::from_shared(uri)
-            .map_err(|e| StepError::Unreachable {
-                osd,
-                reason: e.to_string(),
-            })?
-            .connect_timeout(Duration::from_secs(2))
-            .connect()
+        // Verified against the cluster CA under the address the monitor published for this
+        // OSD (its certificate must carry that address as a SAN); one channel per peer.
+        let channel = self
+            .scrubs
+            .peer_channel(&addr, Duration::from_secs(2))
             .await
             .map_err(|e| StepError::Unreachable {
                 osd,

@@ -24,6 +24,7 @@ impl TestMon {
         let dir = dir.to_str().expect("a UTF-8 data dir");
         let mut args = vec![
             "carmine-mon",
+            "--plaintext",
             "--listen",
             "127.0.0.1:0",
             "--admin-token",

@@ -35,7 +35,7 @@ impl MonProc {
     /// (with etcd: once it is elected leader).
     pub fn spawn(data: &Path, args: &[&str]) -> (MonProc, mpsc::Receiver<String>) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_carmine-mon"))
-            .args(["--admin-token", TOKEN, "--data-dir"])
+            .args(["--plaintext", "--admin-token", TOKEN, "--data-dir"])
             .arg(data)
             .args(args)
             .env("RUST_LOG", "warn")
