@@ -439,6 +439,28 @@ impl Monitor {
         Ok(version)
     }
 
+    /// Issues a fresh key (32 bytes from the OS RNG) under `id` with `role` (for an OSD key, the
+    /// uuid it is bound to), committed as the next keyring version. Returns (key, version).
+    fn issue_key(
+        &mut self,
+        id: &str,
+        role: KeyRole,
+        osd_uuid: &str,
+    ) -> Result<([u8; CLIENT_KEY_LEN], u64), MonError> {
+        let key = random_key()?;
+        let mut keys = self.keyring.keys().clone();
+        keys.insert(
+            id.to_string(),
+            KeyEntry {
+                key,
+                role,
+                osd_uuid: osd_uuid.to_string(),
+            },
+        );
+        let version = self.commit_keys(keys)?;
+        Ok((key, version))
+    }
+
     /// Makes [`ADMIN_KEY_ID`] the admin whose secret is `secret` (from the monitor's admin
     /// token), or removes it (`None`: no token), committing a new keyring version only if that
     /// changes anything.
@@ -493,17 +515,7 @@ impl Monitor {
             }
             return Ok((e.key, false, self.keyring.version()));
         }
-        let key = random_key()?;
-        let mut keys = self.keyring.keys().clone();
-        keys.insert(
-            id.to_string(),
-            KeyEntry {
-                key,
-                role,
-                osd_uuid: String::new(),
-            },
-        );
-        let version = self.commit_keys(keys)?;
+        let (key, version) = self.issue_key(id, role, "")?;
         tracing::info!(client = id, ?role, version, "key issued");
         Ok((key, true, version))
     }
@@ -579,17 +591,7 @@ impl Monitor {
                 return Err(MonError::Exists(format!("{kid} is bound to another uuid")));
             }
         }
-        let key = random_key()?;
-        let mut keys = self.keyring.keys().clone();
-        keys.insert(
-            kid.clone(),
-            KeyEntry {
-                key,
-                role: KeyRole::Osd(id),
-                osd_uuid: uuid.to_string(),
-            },
-        );
-        let version = self.commit_keys(keys)?;
+        let (key, version) = self.issue_key(&kid, KeyRole::Osd(id), uuid)?;
         tracing::info!(osd = id, key_id = %kid, uuid, version, "osd key issued");
         Ok((id, key, true))
     }
@@ -603,17 +605,7 @@ impl Monitor {
                 return Ok(e.key);
             }
         }
-        let key = random_key()?;
-        let mut keys = self.keyring.keys().clone();
-        keys.insert(
-            kid.clone(),
-            KeyEntry {
-                key,
-                role: KeyRole::Osd(id),
-                osd_uuid: String::new(),
-            },
-        );
-        let version = self.commit_keys(keys)?;
+        let (key, version) = self.issue_key(&kid, KeyRole::Osd(id), "")?;
         tracing::info!(osd = id, key_id = %kid, version, "osd key issued at boot");
         Ok(key)
     }
