@@ -94,7 +94,7 @@ async fn setup(net: &str) -> (Mon, Credentials, BoundedOsd) {
 }
 
 fn client_config(mon: &Mon, creds: &Credentials) -> ClientConfig {
-    let mut c = ClientConfig::new(mon.addr.clone(), creds.clone());
+    let mut c = ClientConfig::new(mon.addr.clone(), creds.clone()).plaintext();
     c.op_timeout = Duration::from_secs(20);
     c
 }
@@ -554,7 +554,8 @@ fn a_read_flood_is_throttled_while_another_client_keeps_its_p99() {
                 d("shard0.budget_waits"),
             );
             assert!(drained >= BIG as u64, "the reading flooders got no reply");
-            assert!(d("shard0.backpressure_stalls") > 0, "{during:?}");
+            // Throttled: by the shard budget every time; by a connection's own bound (a stall)
+            // only when one fills it before the budget runs short, which depends on timing.
             assert!(d("shard0.budget_waits") > 0, "{during:?}");
             assert!(
                 peak > 0 && peak <= (SHARD_MIB as u64) << 20,

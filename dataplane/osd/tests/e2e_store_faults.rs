@@ -118,7 +118,7 @@ fn bdev_a_failing_device_turns_health_err_and_the_pgs_fail_over() {
                 .collect();
             mon.wait_up(3).await;
             let pool = pool_create(&mon, "rep", 8, 3, 2).await;
-            let mut cfg = ClientConfig::new(mon.addr.clone(), creds);
+            let mut cfg = ClientConfig::new(mon.addr.clone(), creds).plaintext();
             cfg.op_timeout = Duration::from_secs(30);
             let client = std::sync::Arc::new(Client::connect(cfg).await.unwrap());
             const N: usize = 48;
@@ -440,7 +440,7 @@ fn bdev_a_device_holding_data_is_formatted_only_when_forced() {
             mon.wait_up(1).await;
             let creds = mon.add_key("client.data").await;
             mon.create_pool("one", 4, 1).await;
-            let client = Client::connect(ClientConfig::new(mon.addr.clone(), creds))
+            let client = Client::connect(ClientConfig::new(mon.addr.clone(), creds).plaintext())
                 .await
                 .unwrap();
             client.write_full("one", "x", b"formatted").await.unwrap();
