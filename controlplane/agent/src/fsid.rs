@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use carmine_proto::v1::{self, mon_cluster_client::MonClusterClient};
-use tonic::transport::Endpoint;
 
 use crate::run::{mon_bearer, with_token};
 use crate::{AgentConfig, AgentError};
@@ -52,13 +51,11 @@ async fn fetch(cfg: &AgentConfig, stop: &AtomicBool) -> Result<String, AgentErro
         let addr = redirect
             .take()
             .unwrap_or_else(|| mons[which % mons.len()].clone());
-        let uri = if addr.contains("://") {
-            addr.clone()
-        } else {
-            format!("http://{addr}")
-        };
         let attempt = async {
-            let ch = Endpoint::from_shared(uri)?
+            // The same transport security as the agent's session (TLS: https and the CA).
+            let ch = cfg
+                .client_tls
+                .endpoint(&addr)?
                 .connect_timeout(Duration::from_secs(2))
                 .connect()
                 .await?;
