@@ -26,6 +26,7 @@
 #[path = "../../../client/lib/tests/common/mod.rs"]
 mod common;
 mod common_bdev;
+mod common_signal;
 
 use std::io::Read;
 use std::path::Path;
@@ -436,7 +437,10 @@ fn bdev_a_device_holding_data_is_formatted_only_when_forced() {
             assert!(mon.map().await.osds.is_empty(), "it booted");
 
             // Told to: it formats the device for this cluster and serves.
-            let (mut child, ready) = spawn_forced(&config);
+            let (child, ready) = spawn_forced(&config);
+            // Killed on drop: a failed assertion below must not leave it running (and holding
+            // hugepages).
+            let mut child = Running(Some(child));
             mon.wait_up(1).await;
             let creds = mon.add_key("client.data").await;
             mon.create_pool("one", 4, 1).await;
@@ -449,14 +453,15 @@ fn bdev_a_device_holding_data_is_formatted_only_when_forced() {
                 ready.id,
                 mon.map().await.osd_by_uuid("bdev-data").unwrap().id
             );
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let c = child.0.as_mut().unwrap();
+            common_signal::signal(c.id(), libc::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(30);
-            while child.try_wait().unwrap().is_none() {
+            while c.try_wait().unwrap().is_none() {
                 assert!(Instant::now() < deadline, "no clean stop");
                 std::thread::sleep(Duration::from_millis(20));
             }
-            assert!(child.wait().unwrap().success());
+            assert!(c.wait().unwrap().success());
+            child.0 = None;
             // It holds this OSD's store now: a start without the flag mounts it.
             let (again, _) = common::spawn_osd(&bdev_osd_bin(), &config, Duration::from_secs(60));
             common::kill_osd(&mut Some(again));
@@ -467,6 +472,15 @@ fn bdev_a_device_holding_data_is_formatted_only_when_forced() {
 }
 
 /// `carmine-osd run --config <config> --force-format`, until its ready line.
+/// An OSD process killed (SIGKILL) on drop, unless taken out.
+struct Running(Option<std::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        common::kill_osd(&mut self.0);
+    }
+}
+
 fn spawn_forced(config: &Path) -> (std::process::Child, common::Ready) {
     // The shared spawner runs `run --config <config>`: a wrapper script adds the flag.
     let script = config.with_extension("sh");
