@@ -156,7 +156,10 @@ fn seeds_are_valid_inputs() {
 #[test]
 fn committed_seeds_are_current() {
     let write = std::env::var_os("CARMINE_WRITE_FUZZ_SEEDS").is_some();
-    for (target, seeds) in [("nbd_request", request_seeds()), ("nbd_option", option_seeds())] {
+    for (target, seeds) in [
+        ("nbd_request", request_seeds()),
+        ("nbd_option", option_seeds()),
+    ] {
         let dir = seeds_dir(target);
         if write {
             std::fs::create_dir_all(&dir).unwrap();
