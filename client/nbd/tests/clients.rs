@@ -359,9 +359,17 @@ fn trim_and_write_zeroes_read_back_as_zeros() {
     const M4: u64 = 4 * MIB;
     let seed = seed("trim_and_write_zeroes");
     let s = Setup::start("nbd", 16, &[2]);
-    s.create_image("nbd", "disk", SIZE, OBJ);
+    let image = s.create_image("nbd", "disk", SIZE, OBJ);
     let gw = s.gateway(&["nbd/disk"], &[]);
     let uri = gw.uri("nbd/disk");
+    let exists = |n: u64| match s
+        .rt
+        .block_on(s.client.stat("nbd", &image.info().data_object(n)))
+    {
+        Ok(_) => true,
+        Err(e) if e.is_not_found() => false,
+        Err(e) => panic!("stat data object {n}: {e}"),
+    };
 
     let mut model = vec![0u8; SIZE as usize];
     Rng::new(seed).fill(&mut model);
@@ -393,6 +401,14 @@ fn trim_and_write_zeroes_read_back_as_zeros() {
     zero(&mut c, wire::CMD_WRITE_ZEROES, 0, 3 * M4, M4);
     zero(&mut c, wire::CMD_WRITE_ZEROES, wire::CMD_FLAG_FUA, 77, 4000);
     assert_eq!(c.call(0, wire::CMD_FLUSH, 0, 0, &[]), 0, "FLUSH");
+    check_all(&mut c, &model, "after TRIM and WRITE_ZEROES");
+    // Sparse: the objects zeroed whole are gone, the others are still there.
+    let present: Vec<bool> = (0..SIZE / M4).map(exists).collect();
+    assert_eq!(
+        present,
+        [true, false, true, false],
+        "data objects 0..4 exist"
+    );
 
     // And as qemu sends them: discard, write -z, write -z -u (may unmap), unaligned.
     let q = [
@@ -409,27 +425,29 @@ fn trim_and_write_zeroes_read_back_as_zeros() {
     qemu_io(&uri, &cmds);
 
     // Everything, on this connection and on a new one: zeros where zeroed, the data elsewhere.
-    let ranges: Vec<(u64, u32)> = (0..SIZE / MIB).map(|i| (i * MIB, MIB as u32)).collect();
-    for (who, conn) in [
-        ("the first connection", &mut c),
-        (
-            "a new connection",
-            &mut Conn::open(gw.addr, "nbd/disk").expect("NBD_OPT_GO"),
-        ),
-    ] {
-        for (i, r) in conn.read_many(&ranges).into_iter().enumerate() {
-            let got = r.unwrap_or_else(|e| panic!("{who}: READ of MiB {i}: error {e}"));
-            let want = &model[i * MIB as usize..(i + 1) * MIB as usize];
-            if got != want {
-                let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
-                panic!(
-                    "{who}: MiB {i} differs at byte {} (got {:#x}, want {:#x})",
-                    i as u64 * MIB + at as u64,
-                    got[at],
-                    want[at]
-                );
-            }
+    check_all(&mut c, &model, "the first connection");
+    let mut fresh = Conn::open(gw.addr, "nbd/disk").expect("NBD_OPT_GO");
+    check_all(&mut fresh, &model, "a new connection");
+    fresh.disconnect();
+    c.disconnect();
+}
+
+/// Reads the whole export (1 MiB READs, all in flight) and compares it with `model`.
+fn check_all(conn: &mut Conn, model: &[u8], who: &str) {
+    let ranges: Vec<(u64, u32)> = (0..model.len() as u64 / MIB)
+        .map(|i| (i * MIB, MIB as u32))
+        .collect();
+    for (i, r) in conn.read_many(&ranges).into_iter().enumerate() {
+        let got = r.unwrap_or_else(|e| panic!("{who}: READ of MiB {i}: error {e}"));
+        let want = &model[i * MIB as usize..(i + 1) * MIB as usize];
+        if got != want {
+            let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
+            panic!(
+                "{who}: MiB {i} differs at byte {} (got {:#x}, want {:#x})",
+                i as u64 * MIB + at as u64,
+                got[at],
+                want[at]
+            );
         }
     }
-    c.disconnect();
 }
