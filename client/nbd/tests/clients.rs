@@ -307,7 +307,8 @@ fn fio(uri: &str, args: &[&str], json_out: &std::path::Path) -> (std::process::O
 
 #[test]
 fn fio_random_writes_verify_crc32c_at_qd16() {
-    const SIZE: u64 = 64 * MIB;
+    // 8192 blocks: ~3K IOPS each way through a debug build, a few seconds per pass.
+    const SIZE: u64 = 32 * MIB;
     let s = Setup::start("nbd", 16, &[2]);
     s.create_image("nbd", "disk", SIZE, OBJ);
     let gw = s.gateway(&["nbd/disk"], &[]);
@@ -317,7 +318,7 @@ fn fio_random_writes_verify_crc32c_at_qd16() {
         "--rw=randwrite",
         "--bs=4k",
         "--iodepth=16",
-        "--size=64M",
+        "--size=32M",
         "--verify=crc32c",
         "--verify_fatal=1",
         // Fixed offsets (fio's default) so that --verify_only replays the same blocks.
