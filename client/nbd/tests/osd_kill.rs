@@ -23,8 +23,9 @@ use carmine_client::image::ImageInfo;
 use gateway::wire::Conn;
 use gateway::{run, run_ok, seed, show, Setup, Spawned, MIB, QEMU_IMG};
 
-/// Small enough for a debug build on 2 cores; large enough that the kill lands mid-copy.
-const SIZE: u64 = 128 * MIB;
+/// The issue's 256 MiB: a few seconds through a debug build, and the copy is still running
+/// well after the kill.
+const SIZE: u64 = 256 * MIB;
 const OBJ: u64 = 4 * MIB;
 /// The copy is ~1/3 done when the OSD dies.
 const KILL_AT_PERCENT: f64 = 33.0;
@@ -45,7 +46,7 @@ fn convert_and_kill(s: &mut Setup, pool: &str, src: &std::path::Path, uri: &str)
     c.arg(src).arg(uri);
     let (tx, rx) = mpsc::channel::<f64>();
     // "    (12.50/100%)\r": one update per 2 MiB chunk.
-    let convert = Spawned::start_with_stdout(c, move |mut out| {
+    let mut convert = Spawned::start_with_stdout(c, move |mut out| {
         let mut buf = Vec::new();
         let mut b = [0u8; 256];
         while let Ok(n) = out.read(&mut b) {
@@ -98,6 +99,11 @@ fn convert_and_kill(s: &mut Setup, pool: &str, src: &std::path::Path, uri: &str)
         names.len()
     );
     s.cluster.osd_mut(osd).kill();
+    // Otherwise the test would prove nothing about a copy that meets a dead OSD.
+    assert!(
+        convert.is_running(),
+        "the copy finished before osd.{osd} died"
+    );
     Killed {
         osd,
         done: (progress / 100.0 * SIZE as f64) as u64,

@@ -370,6 +370,12 @@ impl Spawned {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Not exited yet.
+    pub fn is_running(&mut self) -> bool {
+        let c = self.child.as_mut().expect("not waited for");
+        c.try_wait().expect("try_wait").is_none()
+    }
+
     /// Waits at most `limit` for the exit; on timeout kills it and panics with its output.
     pub fn wait(mut self, limit: Duration) -> Output {
         let mut child = self.child.take().expect("running");
