@@ -126,8 +126,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(
+                |_| // rustls warns on every libnbd connection (it sends an IP address as SNI).
+                tracing_subscriber::EnvFilter::new("info,rustls=error"),
+            ),
         )
         .with_writer(std::io::stderr)
         .init();
