@@ -48,7 +48,10 @@ pub struct ClientConfig {
     pub key: AuthKey,
     /// Deadline of one op, retries included.
     pub op_timeout: Duration,
-    /// Most resends of one op (stale map, again, reconnect, no route yet).
+    /// Most resends of one op (stale map, again, reconnect, no route yet). A guard against a
+    /// loop that never backs off, not the usual bound: that is `op_timeout`. A failover
+    /// (failure detection, then peering) keeps a PG answering `Again` for several seconds,
+    /// about 40 resends at the backoff's 200 ms cap; the default leaves room for 3 minutes.
     pub retry_budget: u32,
     /// TCP connect + handshake with one OSD shard.
     pub connect_timeout: Duration,
@@ -67,7 +70,7 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// 30 s per op, 32 retries, 5 s to connect to an OSD shard or get an answer from a
+    /// 30 s per op, 1024 resends, 5 s to connect to an OSD shard or get an answer from a
     /// monitor, default wire limits.
     pub fn new(mon: impl Into<String>, creds: Credentials) -> Self {
         ClientConfig {
@@ -75,7 +78,7 @@ impl ClientConfig {
             client_id: creds.id,
             key: creds.key,
             op_timeout: Duration::from_secs(30),
-            retry_budget: 32,
+            retry_budget: 1024,
             connect_timeout: Duration::from_secs(5),
             mon_timeout: Duration::from_secs(5),
             limits: Limits::DEFAULT,

@@ -183,26 +183,30 @@ fn a_killed_osd_connection_is_reestablished() {
     rt.block_on(async {
         tokio::time::timeout(LIMIT, async {
             let mut cluster = Cluster::start("data", 32, &[1, 1, 1]).await;
+            // Two copies: the OSD comes back empty (memstore) and the PG is recovered from the
+            // other one. (With one copy the PG would rightly stay incomplete: its only copy
+            // is gone.)
+            cluster.mon.create_pool("rep", 32, 2).await;
             let client = Client::connect(cluster.config()).await.unwrap();
-            let t = client.locate("data", "k").unwrap();
-            client.write_full("data", "k", b"before").await.unwrap();
+            let t = client.locate("rep", "k").unwrap();
+            client.write_full("rep", "k", b"before").await.unwrap();
             assert_eq!(client.stats().connects, 1);
 
             // A crash and a restart: the old connection is dead, the OSD listens elsewhere
             // (port 0) and comes back empty (memstore).
             cluster.osd_mut(t.osd).restart();
-            client.write_full("data", "k", b"after").await.unwrap();
-            assert_eq!(client.read("data", "k", 0, 100).await.unwrap(), b"after");
+            client.write_full("rep", "k", b"after").await.unwrap();
+            assert_eq!(client.read("rep", "k", 0, 100).await.unwrap(), b"after");
             let s = client.stats();
             assert!(s.reconnects >= 1, "{s:?}");
-            let t2 = client.locate("data", "k").unwrap();
+            let t2 = client.locate("rep", "k").unwrap();
             assert_eq!(t2.osd, t.osd);
 
             // write_full replaces the whole object: shorter, empty, then longer again.
             for data in [&b"x"[..], b"", b"a longer object than before"] {
-                client.write_full("data", "k", data).await.unwrap();
-                assert_eq!(client.stat("data", "k").await.unwrap(), data.len() as u64);
-                assert_eq!(client.read("data", "k", 0, 100).await.unwrap(), data);
+                client.write_full("rep", "k", data).await.unwrap();
+                assert_eq!(client.stat("rep", "k").await.unwrap(), data.len() as u64);
+                assert_eq!(client.read("rep", "k", 0, 100).await.unwrap(), data);
             }
         })
         .await

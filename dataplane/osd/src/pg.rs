@@ -108,9 +108,11 @@ pub const META_BIT: u64 = 1 << 31;
 /// Where a PG this shard leads stands in its interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Serving I/O (replicas, PGs of one copy, and replicated PGs once peered).
+    /// Serving I/O (replicas, and the PGs this shard leads once peered).
     Active,
-    /// A replicated PG this shard leads in a new interval, not yet peered: no client I/O.
+    /// A PG this shard leads in a new interval, not yet peered: no client I/O. PGs of one
+    /// copy peer too: the OSD that held the only copy in an earlier interval may be down,
+    /// and serving the PG empty would answer "not found" for data that was acknowledged.
     Peering,
 }
 
@@ -400,11 +402,8 @@ impl PgTable {
                     // A new interval: whatever was being recovered belongs to the old one.
                     pg.recovery = None;
                     pg.phase = Phase::Active;
-                    if pg.primary && pg.replicated() {
-                        pg.phase = Phase::Peering;
-                    }
                     if pg.primary {
-                        // (The agent reports a PG of one copy active at once.)
+                        pg.phase = Phase::Peering;
                         changes.push(IntervalChange::Began {
                             key,
                             since: pg.interval_since,
@@ -764,12 +763,13 @@ mod tests {
             })
             .collect();
         assert_eq!(left.len(), led.len(), "{changes:?}");
-        // A pool of one copy never peers (its new intervals are reported all the same).
+        // A pool of one copy peers too: no I/O until the agent activates it (the OSD of an
+        // earlier interval, the only one with the data, may be down).
         let mut single = PgTable::new([]);
         changes.clear();
         single.apply_map(&map(3, &[true], 1), Some(0), |_| true, &st, &mut changes);
         assert_eq!(changes.len(), 8);
-        assert!(single.get(k).unwrap().active());
+        assert!(!single.get(k).unwrap().active());
     }
 
     #[test]

@@ -345,15 +345,15 @@ impl Peering {
         };
         if below_min {
             entry.state = PgStateBit::PgStateDown as u32 | PgStateBit::PgStateUndersized as u32;
-        } else if size <= 1 {
-            // One copy: nothing to peer, nothing to recover.
-            entry.active_state();
         }
+        // A PG of one copy peers like any other: its earlier intervals' OSD holds the only
+        // copy (it is pulled from there when it is up; the PG is incomplete while it is down,
+        // rather than active and empty).
         lock(&self.pgs).insert(pg, entry);
         if let Some((_, t)) = lock(&self.tasks).remove(&pg) {
             t.abort();
         }
-        if below_min || size <= 1 {
+        if below_min {
             return;
         }
         let me = self.clone();

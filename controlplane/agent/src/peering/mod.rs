@@ -163,8 +163,7 @@ pub trait PeeringShards: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShardEvent {
     /// This OSD leads a PG in a new interval (its first epoch `since`, seen at map `epoch`):
-    /// peer it if it is replicated (client I/O waits until it is activated); a PG of one copy
-    /// is only reported.
+    /// peer it (client I/O waits until it is activated), whatever its number of copies.
     NewInterval {
         pg: PgId,
         since: u64,
