@@ -316,6 +316,11 @@ impl Client {
         Ok(Client { inner, follower })
     }
 
+    /// The wire limits the client keeps to (e.g. the largest op, `max_io_size`).
+    pub fn limits(&self) -> &Limits {
+        &self.inner.cfg.limits
+    }
+
     /// The map the client routes with now.
     pub fn map(&self) -> Arc<ClusterMap> {
         self.inner.map.borrow().clone()

@@ -67,6 +67,7 @@
 mod cluster;
 mod conn;
 mod error;
+pub mod image;
 pub mod keyfile;
 mod mon;
 mod reply;
@@ -75,6 +76,7 @@ pub mod route;
 pub use cluster::{Client, ClientConfig, ClientStats, Error, ListPage};
 pub use conn::{ConnectOptions, Connection};
 pub use error::ClientError;
+pub use image::{Image, ImageError, ImageInfo, ImageSpec};
 pub use keyfile::{Credentials, KeyFileError};
 pub use mon::MonError;
 pub use reply::Reply;

@@ -84,6 +84,9 @@ pub enum Cmd {
     /// Client keys for the data path (issued by the monitor, checked by the OSDs).
     #[command(subcommand)]
     Auth(AuthCmd),
+    /// Block images (virtual disks striped over a pool's objects; `carmine-nbd` serves them).
+    #[command(subcommand)]
+    Image(crate::image::ImageCmd),
     /// Load a pool like `rados bench`: write, then seq or rand reads, verified.
     Bench(crate::bench::BenchArgs),
     /// Make the cluster CA and daemon certificates for TLS on the control plane (local files

@@ -74,31 +74,10 @@ pub struct BenchArgs {
     pub quiet: bool,
 }
 
-/// `4096`, `4K`, `4KiB`, `1M`, `1MiB` (K = 1024).
+/// `4096`, `4K`, `4KiB`, `1M`, `1MiB` (K = 1024), at most 4 GiB - 1.
 pub fn parse_size(s: &str) -> Result<u32, String> {
-    let t = s.trim();
-    let lower = t.to_ascii_lowercase();
-    let (digits, mult) = if let Some(d) = lower
-        .strip_suffix("kib")
-        .or_else(|| lower.strip_suffix('k'))
-    {
-        (d, 1u64 << 10)
-    } else if let Some(d) = lower
-        .strip_suffix("mib")
-        .or_else(|| lower.strip_suffix('m'))
-    {
-        (d, 1u64 << 20)
-    } else {
-        (lower.as_str(), 1)
-    };
-    let n: u64 = digits
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 4096, 4K, 1M)"))?;
-    n.checked_mul(mult)
-        .and_then(|v| u32::try_from(v).ok())
-        .filter(|v| *v > 0)
-        .ok_or_else(|| format!("{s:?} is out of range"))
+    let n = crate::units::parse_bytes(s)?;
+    u32::try_from(n).map_err(|_| format!("{s:?} is out of range"))
 }
 
 fn credentials(a: &BenchArgs) -> Result<Credentials, CliError> {

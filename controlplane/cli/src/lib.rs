@@ -30,11 +30,13 @@ pub mod args;
 pub mod auth;
 pub mod bench;
 pub mod cert;
+pub mod image;
 pub mod output;
 pub mod perf;
 pub mod pg;
 pub mod run;
 pub mod scrub;
+pub mod units;
 
 pub use args::Cli;
 pub use run::{run, CliError};

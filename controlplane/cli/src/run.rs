@@ -52,6 +52,9 @@ pub enum CliError {
     /// `carmine cert` failed.
     #[error(transparent)]
     Cert(#[from] crate::cert::CertError),
+    /// An image command failed (`carmine image`).
+    #[error(transparent)]
+    Image(#[from] carmine_client::ImageError),
     /// Something else failed.
     #[error("{0}")]
     Other(String),
@@ -77,6 +80,7 @@ impl CliError {
             CliError::Unreachable { .. } => 3,
             CliError::NoToken | CliError::Refused(_) => 4,
             CliError::Rejected(_) => 5,
+            CliError::Image(e) => image_exit_code(e),
             CliError::Inconsistent { .. } => 6,
         }
     }
@@ -87,6 +91,18 @@ impl CliError {
             CliError::Inconsistent { output, .. } => Some(output),
             _ => None,
         }
+    }
+}
+
+/// Bad names and sizes, missing or existing images are the request's fault (5, like a
+/// monitor's rejection); refused credentials 4; the cluster failing the op 1.
+fn image_exit_code(e: &carmine_client::ImageError) -> u8 {
+    use carmine_client::{Error, ImageError};
+    match e {
+        ImageError::Cluster(Error::Auth { .. }) => 4,
+        ImageError::Cluster(Error::NoSuchPool { .. }) => 5,
+        ImageError::Cluster(_) => 1,
+        _ => 5,
     }
 }
 
@@ -374,9 +390,17 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
         let t = crate::perf::fetch(&tls, addr, &admin_token_of(&cli)?).await?;
         return Ok(crate::perf::render(&out, None, addr, &t));
     }
+    if let Cmd::Image(cmd) = &cli.cmd {
+        // The data path, like bench: a client key, or the admin token's key.
+        let file = load_file(&cli)?;
+        let mon = cli.mon.clone().or(file.mon);
+        let mon = mon.unwrap_or_else(|| DEFAULT_MON.to_string());
+        let token = cli.token.clone().or(file.token);
+        return crate::image::run(&mon, tls_ca, token.as_deref(), cmd, cli.format).await;
+    }
     let mut c = connect(&cli, &tls).await?;
     Ok(match &cli.cmd {
-        Cmd::Completions { .. } | Cmd::Bench(_) | Cmd::Cert(_) => String::new(),
+        Cmd::Completions { .. } | Cmd::Bench(_) | Cmd::Cert(_) | Cmd::Image(_) => String::new(),
         Cmd::Status => output::status(&out, &call!(c, status, v1::Empty {})),
         Cmd::Health { detail } => {
             output::health(&out, &call!(c, health, v1::Empty {}), detail.is_some())
