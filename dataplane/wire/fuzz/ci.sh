@@ -8,7 +8,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 secs=${1:-${CARMINE_FUZZ_SECONDS:-30}}
-targets=(decode stream server client)
+targets=(decode stream server client nbd_request nbd_option)
 
 "$here/run-stable.sh" --build-only
 

@@ -2,7 +2,7 @@
 # Runs a fuzz target without cargo-fuzz or nightly: libFuzzer (from libfuzzer-sys) plus
 # LLVM's SanitizerCoverage instrumentation, which stable rustc enables with -Cpasses.
 # No AddressSanitizer (that needs nightly); carmine-wire has no unsafe code to check anyway.
-#   usage: dataplane/wire/fuzz/run-stable.sh [decode|stream|server|client] [seconds] [libFuzzer flags…]
+#   usage: dataplane/wire/fuzz/run-stable.sh [decode|stream|server|client|nbd_request|nbd_option] [seconds] [libFuzzer flags…]
 #          dataplane/wire/fuzz/run-stable.sh <target> <input file>   (replays one input)
 #          dataplane/wire/fuzz/run-stable.sh --build-only
 # The run's corpus (which libFuzzer writes to) is $FUZZ_CORPUS, by default

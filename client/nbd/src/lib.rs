@@ -1,0 +1,26 @@
+//! # carmine-nbd
+//!
+//! An NBD server exporting Carmine block images (`carmine-nbd --image POOL/NAME`), so that
+//! qemu, nbd-client (the kernel's `/dev/nbdX`), libnbd tools and fio can use them.
+//!
+//! - The protocol is `carmine-nbd-proto`: sans-IO, unit- and property-tested, fuzzed. This
+//!   crate only moves bytes and calls the backend.
+//! - [`server`]: the tokio server. Per connection, one reader task (decodes requests, reads
+//!   write payloads, applies backpressure through a per-connection budget), one task per
+//!   request, one writer task answering in completion order. Its module docs state the rules.
+//! - [`export`]: the [`BlockExport`] trait the server is generic over, and its durability
+//!   contract (an acknowledged write is durable, so FLUSH/FUA have nothing left to do and
+//!   several connections may share an export: CAN_MULTI_CONN).
+
+//!
+//! The binary (`src/main.rs`) parses the command line, connects to the cluster, opens the
+//! images, and runs [`Server::run`] until SIGTERM/SIGINT.
+
+pub mod export;
+pub mod server;
+
+pub use export::{BlockExport, ExportError};
+pub use server::{ConnError, Export, Server, ServerConfig, EXPORT_FLAGS};
+
+#[cfg(test)]
+mod tests;
