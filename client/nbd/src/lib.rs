@@ -11,12 +11,13 @@
 //! - [`export`]: the [`BlockExport`] trait the server is generic over, and its durability
 //!   contract (an acknowledged write is durable, so FLUSH/FUA have nothing left to do and
 //!   several connections may share an export: CAN_MULTI_CONN).
-
+//! - [`image_export`]: [`BlockExport`] for `carmine_client::image::Image`.
 //!
 //! The binary (`src/main.rs`) parses the command line, connects to the cluster, opens the
 //! images, and runs [`Server::run`] until SIGTERM/SIGINT.
 
 pub mod export;
+pub mod image_export;
 pub mod server;
 
 pub use export::{BlockExport, ExportError};
