@@ -347,14 +347,20 @@ fn preflight(cfg: &Config) -> Result<(), DaemonError> {
             "the dpdk backend and bdevstore need root (hugepages, raw sockets)".into(),
         ));
     }
-    let hp = std::fs::read_to_string("/proc/sys/vm/nr_hugepages").unwrap_or_default();
-    let pages: u64 = hp.trim().parse().unwrap_or(0);
-    if pages * 2 < u64::from(cfg.spdk.mem_mib) {
+    // The default page size's pool (what the EAL maps): 1 GiB pages on bare metal count
+    // 1024 MiB each, 2 MiB pages in CI 2.
+    let hp = carmine_preflight::System::default()
+        .hugepages()
+        .map_err(|e| DaemonError::Preflight(e.to_string()))?;
+    if hp.total_mib() < u64::from(cfg.spdk.mem_mib) {
         return Err(DaemonError::Preflight(format!(
-            "spdk.mem_mib = {} needs {} 2 MiB hugepages, {} reserved: run hugepages/hugepages.sh reserve N",
+            "spdk.mem_mib = {} needs {} MiB of hugepages, {} MiB reserved ({} pages of {} KiB): \
+             run hugepages/hugepages.sh reserve N",
             cfg.spdk.mem_mib,
-            cfg.spdk.mem_mib.div_ceil(2),
-            pages
+            cfg.spdk.mem_mib,
+            hp.total_mib(),
+            hp.total,
+            hp.page_kib,
         )));
     }
     Ok(())

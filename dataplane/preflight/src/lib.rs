@@ -61,6 +61,13 @@ pub struct Hugepages {
     pub page_kib: u64,
 }
 
+impl Hugepages {
+    /// Memory reserved in the pool, in MiB (1 GiB pages count 1024, 2 MiB pages 2).
+    pub fn total_mib(&self) -> u64 {
+        self.total * self.page_kib / 1024
+    }
+}
+
 /// The kernel's view, rooted at `root` (`/` on a real machine).
 #[derive(Debug, Clone)]
 pub struct System {
@@ -291,6 +298,20 @@ mod tests {
             }
         );
         assert!(err.to_string().contains("hugepages.sh reserve 400"));
+    }
+
+    #[test]
+    fn gigabyte_pages_count_as_gigabytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = meminfo(16, 16).replace("2048 kB", "1048576 kB");
+        write(dir.path(), "/proc/meminfo", &info);
+        let hp = System::root(dir.path()).hugepages().unwrap();
+        assert_eq!(hp.total_mib(), 16 << 10);
+        write(dir.path(), "/proc/meminfo", &meminfo(512, 300));
+        assert_eq!(
+            System::root(dir.path()).hugepages().unwrap().total_mib(),
+            1024
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ fn req(out: &mut Vec<u8>, command: Command, flags: u16, offset: u64, length: u32
     };
     out.extend_from_slice(&RequestHeader::encode(&r));
     if command == Command::Write {
-        out.extend(std::iter::repeat_n(0xab, length as usize));
+        out.resize(out.len() + length as usize, 0xab);
     }
 }
 
