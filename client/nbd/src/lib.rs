@@ -21,7 +21,7 @@ pub mod image_export;
 pub mod server;
 
 pub use export::{BlockExport, ExportError};
-pub use server::{ConnError, Export, Server, ServerConfig, EXPORT_FLAGS};
+pub use server::{ConnError, Export, NbdTls, Server, ServerConfig, TlsMode, EXPORT_FLAGS};
 
 #[cfg(test)]
 mod tests;

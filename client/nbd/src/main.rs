@@ -7,6 +7,12 @@
 //! (the empty name). Every image is opened before listening: a missing image is an error and
 //! a non-zero exit. When listening, one line `carmine-nbd: serving N export(s) on ADDR` goes
 //! to stdout (scripts and tests wait for it); logs go to stderr (`RUST_LOG`, default info).
+//!
+//! TLS for NBD clients (NBD_OPT_STARTTLS): `--nbd-tls-cert F --nbd-tls-key F` (PEM, e.g. from
+//! `carmine cert issue --ip ...`), with `--nbd-tls-mode required` (the default: every option
+//! before STARTTLS is refused with ERR_TLS_REQD) or `optional`. Unrelated to `--tls-ca`, which
+//! is this process's TLS towards the monitor.
+//!
 //! SIGTERM or SIGINT: stop accepting, let connections finish their in-flight requests (at
 //! most 10 s), exit 0.
 
@@ -17,7 +23,7 @@ use std::time::Duration;
 
 use carmine_client::image::{Image, ImageError, ImageSpec};
 use carmine_client::{Client, ClientConfig, Credentials, KeyFileError};
-use carmine_nbd::{Export, Server, ServerConfig};
+use carmine_nbd::{Export, NbdTls, Server, ServerConfig, TlsMode};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -58,6 +64,28 @@ struct Args {
     /// Deadline of one cluster op, retries included, in seconds.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     op_timeout: u64,
+    /// Certificate chain (PEM) offered to NBD clients over NBD_OPT_STARTTLS; needs
+    /// --nbd-tls-key. Without it, NBD clients are served in plain text only.
+    #[arg(long, value_name = "FILE", requires = "nbd_tls_key")]
+    nbd_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --nbd-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "nbd_tls_cert")]
+    nbd_tls_key: Option<PathBuf>,
+    /// `required`: NBD clients must upgrade to TLS before any other option; `optional`:
+    /// they may.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "required",
+        requires = "nbd_tls_cert"
+    )]
+    nbd_tls_mode: NbdTlsMode,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum NbdTlsMode {
+    Required,
+    Optional,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +116,8 @@ enum MainError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--nbd-tls-cert/--nbd-tls-key: {0}")]
+    NbdTls(#[source] carmine_proto::tls::TlsError),
     #[error("installing the signal handler: {0}")]
     Signal(#[source] std::io::Error),
 }
@@ -132,6 +162,19 @@ async fn run(args: Args) -> Result<(), MainError> {
         }
         specs.push(spec);
     }
+    // Checked before connecting, so that a bad certificate fails at once.
+    let nbd_tls = match (&args.nbd_tls_cert, &args.nbd_tls_key) {
+        (Some(cert), Some(key)) => Some(NbdTls {
+            config: Arc::new(
+                carmine_proto::tls::server_config(cert, key).map_err(MainError::NbdTls)?,
+            ),
+            mode: match args.nbd_tls_mode {
+                NbdTlsMode::Required => TlsMode::Required,
+                NbdTlsMode::Optional => TlsMode::Optional,
+            },
+        }),
+        _ => None,
+    };
     let creds = Credentials::load(&args.keyfile)?;
     let mut cfg = ClientConfig::new(args.mon.clone(), creds);
     cfg.op_timeout = Duration::from_secs(args.op_timeout.max(1));
@@ -173,10 +216,12 @@ async fn run(args: Args) -> Result<(), MainError> {
         source,
     })?;
     let n = exports.len();
+    let tls_mode = nbd_tls.as_ref().map(|t| t.mode);
     let server = Arc::new(Server::new(
         exports,
         ServerConfig {
             max_connections: args.max_connections.max(1),
+            tls: nbd_tls,
             ..ServerConfig::default()
         },
     ));
@@ -196,6 +241,9 @@ async fn run(args: Args) -> Result<(), MainError> {
         stop.cancel();
     });
 
+    if let Some(t) = &tls_mode {
+        info!(mode = ?t, "NBD clients: TLS (NBD_OPT_STARTTLS)");
+    }
     println!("carmine-nbd: serving {n} export(s) on {addr}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();

@@ -3,14 +3,22 @@
 //! ## One connection
 //!
 //! 1. Handshake: [`carmine_nbd_proto::Handshake`] decides everything; this loop only moves
-//!    bytes (and gives up after [`HANDSHAKE_TIMEOUT`]). Bytes the client sent after its final
-//!    option are kept for the transmission phase.
-//! 2. Transmission: the connection's task is the *reader*. It decodes a request header,
+//!    bytes (and gives up after [`HANDSHAKE_TIMEOUT`], TLS handshake included). It reads the
+//!    socket itself, unbuffered, so nothing past what the handshake was fed is read. Bytes
+//!    the client sent after its final option are kept for the transmission phase.
+//! 2. TLS ([`NbdTls`], NBD_OPT_STARTTLS): when the handshake acknowledges STARTTLS, the ACK
+//!    is sent in plain text, the TLS server handshake runs on the socket, and option
+//!    haggling goes on over TLS; the rest of the connection (transmission included) is
+//!    TLS. A client that sent anything after STARTTLS before the ACK broke the protocol
+//!    (those bytes would be taken for TLS records): the connection is closed. With
+//!    [`TlsMode::Required`] a client that does not upgrade gets ERR_TLS_REQD for every option
+//!    (and is closed on EXPORT_NAME); no export data or list is ever sent in plain text.
+//! 3. Transmission: the connection's task is the *reader*. It decodes a request header,
 //!    takes the request's budget (one of [`ServerConfig::max_requests`] slots, and for READ
 //!    and WRITE its length from [`ServerConfig::max_payload_bytes`]), reads a WRITE payload,
 //!    and spawns the request. Waiting for budget is the backpressure: while it waits it reads
 //!    nothing more from the socket.
-//! 3. Each request task runs its backend call and sends its encoded reply to the *writer*
+//! 4. Each request task runs its backend call and sends its encoded reply to the *writer*
 //!    task over an mpsc channel. The writer writes replies in completion order (replies carry
 //!    the client's cookie: out of order is the protocol's normal case) and flushes when no
 //!    other reply is queued, so replies completing together share a syscall. A reply's budget
@@ -50,6 +58,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use carmine_nbd_proto::TlsMode;
 use carmine_nbd_proto::{
     self as proto, reply, Command, ExportInfo, ExportLimits, Handshake, ProtoError, Request,
     RequestHeader, Step,
@@ -57,6 +66,9 @@ use carmine_nbd_proto::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
@@ -87,6 +99,18 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// How long a shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// NBD_OPT_STARTTLS: offered (or required) with this certificate; `None`: no TLS
+    /// (STARTTLS gets ERR_UNSUP).
+    pub tls: Option<NbdTls>,
+}
+
+/// TLS for NBD clients: the server's rustls configuration and whether TLS is required.
+#[derive(Debug, Clone)]
+pub struct NbdTls {
+    pub config: Arc<rustls::ServerConfig>,
+    /// [`TlsMode::Required`] (FORCEDTLS) or [`TlsMode::Optional`]; [`TlsMode::NoTls`] turns
+    /// TLS off like `tls: None`.
+    pub mode: TlsMode,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +120,7 @@ impl Default for ServerConfig {
             max_payload_bytes: 64 << 20,
             max_connections: 64,
             drain_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -118,6 +143,18 @@ pub enum ConnError {
     ClosedInHandshake,
     #[error("handshake not finished within {0:?}")]
     HandshakeTimeout(Duration),
+    #[error("TLS handshake: {0}")]
+    Tls(#[source] io::Error),
+}
+
+/// How the option haggling on one stream ended.
+enum Haggled {
+    /// The client aborted, or the server is shutting down.
+    Closed,
+    /// Enter transmission; the bytes received after the final option.
+    Transmission(proto::Negotiated, Vec<u8>),
+    /// STARTTLS was acknowledged: run the TLS handshake.
+    StartTls,
 }
 
 /// The NBD server: a set of exports and limits. The first export is the default one.
@@ -211,51 +248,60 @@ impl<E: BlockExport> Server<E> {
     /// breaks the protocol, or `shutdown` (then in-flight requests are still answered).
     pub async fn serve_connection<S>(
         &self,
-        stream: S,
+        mut stream: S,
         shutdown: CancellationToken,
     ) -> Result<(), ConnError>
     where
-        S: AsyncRead + AsyncWrite + Send + 'static,
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let (rd, mut wr) = tokio::io::split(stream);
-        let mut rd = BufReader::with_capacity(64 << 10, rd);
-        let handshake = self.handshake(&mut rd, &mut wr);
-        let outcome = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => match r {
-                Ok(r) => r?,
-                Err(_) => return Err(ConnError::HandshakeTimeout(HANDSHAKE_TIMEOUT)),
-            },
-        };
-        let Some((neg, leftover)) = outcome else {
-            debug!("client aborted the handshake");
-            return Ok(());
-        };
-        let export = &self.exports[neg.export];
-        debug!(
-            export = %export.name,
-            structured = neg.structured,
-            "transmission"
-        );
-        // Bytes read past the handshake are the first requests.
-        let rd = io::Cursor::new(leftover).chain(rd);
-        self.transmission(rd, wr, export.backend.clone(), neg.structured, shutdown)
-            .await
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        let tls = self.cfg.tls.as_ref().filter(|t| t.mode != TlsMode::NoTls);
+        let mut hs =
+            Handshake::with_tls(self.export_infos(), tls.map_or(TlsMode::NoTls, |t| t.mode));
+        match self
+            .haggle(&mut hs, &mut stream, deadline, &shutdown)
+            .await?
+        {
+            Haggled::Closed => Ok(()),
+            Haggled::Transmission(neg, leftover) => {
+                self.enter_transmission(stream, neg, leftover, shutdown)
+                    .await
+            }
+            Haggled::StartTls => {
+                // The handshake offers STARTTLS only when TLS is configured.
+                let Some(tls) = tls else {
+                    return Err(ConnError::Tls(io::Error::other("TLS is not configured")));
+                };
+                let accept = TlsAcceptor::from(tls.config.clone()).accept(stream);
+                let mut stream = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    r = tokio::time::timeout_at(deadline, accept) => match r {
+                        Ok(r) => r.map_err(ConnError::Tls)?,
+                        Err(_) => return Err(ConnError::HandshakeTimeout(HANDSHAKE_TIMEOUT)),
+                    },
+                };
+                hs.tls_started();
+                debug!("TLS established");
+                match self
+                    .haggle(&mut hs, &mut stream, deadline, &shutdown)
+                    .await?
+                {
+                    Haggled::Closed => Ok(()),
+                    Haggled::Transmission(neg, leftover) => {
+                        self.enter_transmission(stream, neg, leftover, shutdown)
+                            .await
+                    }
+                    // The handshake acknowledges STARTTLS once.
+                    Haggled::StartTls => Err(ConnError::Tls(io::Error::other(
+                        "STARTTLS acknowledged twice",
+                    ))),
+                }
+            }
+        }
     }
 
-    /// Runs the handshake; `None` if the client aborted, else what was negotiated and any
-    /// bytes received after it.
-    async fn handshake<R, W>(
-        &self,
-        rd: &mut R,
-        wr: &mut W,
-    ) -> Result<Option<(proto::Negotiated, Vec<u8>)>, ConnError>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let infos = self
-            .exports
+    fn export_infos(&self) -> Vec<ExportInfo> {
+        self.exports
             .iter()
             .map(|e| ExportInfo {
                 name: e.name.clone(),
@@ -263,39 +309,50 @@ impl<E: BlockExport> Server<E> {
                 size: e.backend.size(),
                 flags: EXPORT_FLAGS,
             })
-            .collect();
-        let mut hs = Handshake::new(infos);
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 4096];
-        loop {
-            let (used, step) = match hs.advance(&buf) {
+            .collect()
+    }
+
+    async fn enter_transmission<S>(
+        &self,
+        stream: S,
+        neg: proto::Negotiated,
+        leftover: Vec<u8>,
+        shutdown: CancellationToken,
+    ) -> Result<(), ConnError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let export = &self.exports[neg.export];
+        debug!(
+            export = %export.name,
+            structured = neg.structured,
+            "transmission"
+        );
+        let (rd, wr) = tokio::io::split(stream);
+        // Bytes read past the handshake are the first requests.
+        let rd = io::Cursor::new(leftover).chain(BufReader::with_capacity(64 << 10, rd));
+        self.transmission(rd, wr, export.backend.clone(), neg.structured, shutdown)
+            .await
+    }
+
+    /// Option haggling on `stream` until transmission, abort, STARTTLS, `shutdown` (then
+    /// [`Haggled::Closed`]) or `deadline`.
+    async fn haggle<S>(
+        &self,
+        hs: &mut Handshake,
+        stream: &mut S,
+        deadline: Instant,
+        shutdown: &CancellationToken,
+    ) -> Result<Haggled, ConnError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        tokio::select! {
+            _ = shutdown.cancelled() => Ok(Haggled::Closed),
+            r = tokio::time::timeout_at(deadline, haggle(hs, stream)) => match r {
                 Ok(r) => r,
-                Err(e) => {
-                    // What the handshake queued before the violation (e.g. earlier replies)
-                    // is still sent, so the client's log can make sense of it.
-                    let _ = wr.write_all(&hs.take_output()).await;
-                    return Err(e.into());
-                }
-            };
-            buf.drain(..used);
-            let out = hs.take_output();
-            if !out.is_empty() {
-                wr.write_all(&out).await?;
-                wr.flush().await?;
-            }
-            match step {
-                Step::NeedMore => {}
-                Step::Aborted => {
-                    let _ = wr.shutdown().await;
-                    return Ok(None);
-                }
-                Step::Transmission(n) => return Ok(Some((n, buf))),
-            }
-            let n = rd.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(ConnError::ClosedInHandshake);
-            }
-            buf.extend_from_slice(&chunk[..n]);
+                Err(_) => Err(ConnError::HandshakeTimeout(HANDSHAKE_TIMEOUT)),
+            },
         }
     }
 
@@ -423,6 +480,52 @@ impl<E: BlockExport> Server<E> {
             Err(e) => warn!("reply writer task: {e}"),
         }
         result
+    }
+}
+
+/// Moves the handshake's bytes. Reads the stream unbuffered: after STARTTLS nothing beyond
+/// what the handshake was fed may have been taken from the socket (it belongs to TLS).
+async fn haggle<S>(hs: &mut Handshake, stream: &mut S) -> Result<Haggled, ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let (used, step) = match hs.advance(&buf) {
+            Ok(r) => r,
+            Err(e) => {
+                // What the handshake queued before the violation (e.g. earlier replies)
+                // is still sent, so the client's log can make sense of it.
+                let _ = stream.write_all(&hs.take_output()).await;
+                let _ = stream.flush().await;
+                return Err(e.into());
+            }
+        };
+        buf.drain(..used);
+        if step == Step::StartTls && !buf.is_empty() {
+            // Sent before our ACK: it would be taken for TLS records. No ACK, close.
+            return Err(ProtoError::DataBeforeTls.into());
+        }
+        let out = hs.take_output();
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            stream.flush().await?;
+        }
+        match step {
+            Step::NeedMore => {}
+            Step::Aborted => {
+                let _ = stream.shutdown().await;
+                return Ok(Haggled::Closed);
+            }
+            Step::Transmission(n) => return Ok(Haggled::Transmission(n, buf)),
+            Step::StartTls => return Ok(Haggled::StartTls),
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(ConnError::ClosedInHandshake);
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

@@ -6,10 +6,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use carmine_nbd_proto::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::{BlockExport, ConnError, Export, ExportError, Server, ServerConfig};
+use tokio_rustls::rustls;
+
+use crate::{
+    BlockExport, ConnError, Export, ExportError, NbdTls, Server, ServerConfig, TlsMode,
+    EXPORT_FLAGS,
+};
 
 /// Offsets with special behaviour.
 const SLOW: u64 = 0; // requests at offset 0 take 300 ms
@@ -104,7 +109,7 @@ fn connect(
     (c, h)
 }
 
-async fn send_option(c: &mut DuplexStream, opt: u32, payload: &[u8]) {
+async fn send_option<S: AsyncWrite + Unpin>(c: &mut S, opt: u32, payload: &[u8]) {
     let h = OptionHeader {
         option: opt,
         length: payload.len() as u32,
@@ -113,7 +118,7 @@ async fn send_option(c: &mut DuplexStream, opt: u32, payload: &[u8]) {
     c.write_all(payload).await.unwrap();
 }
 
-async fn read_option_reply(c: &mut DuplexStream) -> (u32, u32, Vec<u8>) {
+async fn read_option_reply<S: AsyncRead + Unpin>(c: &mut S) -> (u32, u32, Vec<u8>) {
     let mut h = [0u8; 20];
     c.read_exact(&mut h).await.unwrap();
     assert_eq!(
@@ -132,6 +137,12 @@ async fn read_option_reply(c: &mut DuplexStream) -> (u32, u32, Vec<u8>) {
 
 /// Fixed newstyle + optional structured replies + GO; returns the transmission flags.
 async fn handshake(c: &mut DuplexStream, name: &str, structured: bool) -> u16 {
+    greet(c).await;
+    go(c, name, structured).await
+}
+
+/// Reads the greeting, sends the client flags.
+async fn greet(c: &mut DuplexStream) {
     let mut g = [0u8; GREETING_LEN];
     c.read_exact(&mut g).await.unwrap();
     assert_eq!(&g[0..8], &NBDMAGIC.to_be_bytes());
@@ -142,6 +153,10 @@ async fn handshake(c: &mut DuplexStream, name: &str, structured: bool) -> u16 {
     c.write_all(&(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes())
         .await
         .unwrap();
+}
+
+/// Optional structured replies + GO; returns the transmission flags.
+async fn go<S: AsyncRead + AsyncWrite + Unpin>(c: &mut S, name: &str, structured: bool) -> u16 {
     if structured {
         send_option(c, OPT_STRUCTURED_REPLY, &[]).await;
         assert_eq!(read_option_reply(c).await.1, REP_ACK);
@@ -167,8 +182,8 @@ async fn handshake(c: &mut DuplexStream, name: &str, structured: bool) -> u16 {
     }
 }
 
-async fn send(
-    c: &mut DuplexStream,
+async fn send<S: AsyncWrite + Unpin>(
+    c: &mut S,
     cookie: u64,
     command: Command,
     flags: u16,
@@ -188,7 +203,7 @@ async fn send(
 }
 
 /// A simple reply: (cookie, error, data of `read_len` bytes if success).
-async fn simple(c: &mut DuplexStream, read_len: usize) -> (u64, u32, Vec<u8>) {
+async fn simple<S: AsyncRead + Unpin>(c: &mut S, read_len: usize) -> (u64, u32, Vec<u8>) {
     let mut h = [0u8; 16];
     c.read_exact(&mut h).await.unwrap();
     assert_eq!(&h[0..4], &SIMPLE_REPLY_MAGIC.to_be_bytes());
@@ -200,7 +215,7 @@ async fn simple(c: &mut DuplexStream, read_len: usize) -> (u64, u32, Vec<u8>) {
 }
 
 /// One structured chunk: (cookie, flags, type, payload).
-async fn chunk(c: &mut DuplexStream) -> (u64, u16, u16, Vec<u8>) {
+async fn chunk<S: AsyncRead + Unpin>(c: &mut S) -> (u64, u16, u16, Vec<u8>) {
     let mut h = [0u8; 20];
     c.read_exact(&mut h).await.unwrap();
     assert_eq!(&h[0..4], &STRUCTURED_REPLY_MAGIC.to_be_bytes());
@@ -215,7 +230,7 @@ async fn chunk(c: &mut DuplexStream) -> (u64, u16, u16, Vec<u8>) {
     )
 }
 
-async fn assert_eof(c: &mut DuplexStream) {
+async fn assert_eof<S: AsyncRead + Unpin>(c: &mut S) {
     let mut b = [0u8; 1];
     let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b))
         .await
@@ -568,4 +583,185 @@ async fn shutdown_stops_accepting_and_drains() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "listener closed"
     );
+}
+
+/// A CA, and a server certificate for "localhost" it issued: (server config, client
+/// config trusting the CA). ring, as the server's (`carmine_proto::tls`).
+#[allow(deprecated)]
+fn tls_pair() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_cert.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (Arc::new(server), Arc::new(client))
+}
+
+fn tls_server(mem: &Arc<Mem>, mode: TlsMode) -> (Arc<Server<Mem>>, Arc<rustls::ClientConfig>) {
+    let (config, client) = tls_pair();
+    let cfg = ServerConfig {
+        tls: Some(NbdTls { config, mode }),
+        ..ServerConfig::default()
+    };
+    (server(mem, cfg), client)
+}
+
+/// STARTTLS then the TLS client handshake.
+async fn start_tls(
+    mut c: DuplexStream,
+    client: Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<DuplexStream> {
+    send_option(&mut c, OPT_STARTTLS, &[]).await;
+    assert_eq!(
+        read_option_reply(&mut c).await,
+        (OPT_STARTTLS, REP_ACK, vec![])
+    );
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(client)
+        .connect(name, c)
+        .await
+        .expect("TLS handshake")
+}
+
+#[tokio::test]
+async fn starttls_then_haggling_and_io_over_tls() {
+    for mode in [TlsMode::Required, TlsMode::Optional] {
+        let mem = Mem::new();
+        let (srv, client) = tls_server(&mem, mode);
+        let (mut c, h) = connect(&srv);
+        greet(&mut c).await;
+        if mode == TlsMode::Optional {
+            // Negotiated before STARTTLS: forgotten after it (no SEND_DF below).
+            send_option(&mut c, OPT_STRUCTURED_REPLY, &[]).await;
+            assert_eq!(read_option_reply(&mut c).await.1, REP_ACK);
+        }
+        let mut t = start_tls(c, client).await;
+        // Over TLS: a second STARTTLS is invalid; the rest as usual.
+        send_option(&mut t, OPT_STARTTLS, &[]).await;
+        assert_eq!(read_option_reply(&mut t).await.1, REP_ERR_INVALID);
+        let flags = go(&mut t, "rbd/a", false).await;
+        assert_eq!(flags, EXPORT_FLAGS, "{mode:?}");
+        // Requests pipelined in one TLS write, answered over TLS.
+        let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        send(&mut t, 1, Command::Write, 0, 4096, &data, 8192).await;
+        send(&mut t, 2, Command::Flush, 0, 0, &[], 0).await;
+        t.flush().await.unwrap();
+        let mut got = vec![simple(&mut t, 0).await, simple(&mut t, 0).await];
+        got.sort();
+        assert_eq!(got, vec![(1, 0, vec![]), (2, 0, vec![])]);
+        send(&mut t, 3, Command::Read, 0, 4096, &[], 8192).await;
+        t.flush().await.unwrap();
+        assert_eq!(simple(&mut t, 8192).await, (3, 0, data.clone()));
+        assert_eq!(&mem.data.lock().unwrap()[4096..4096 + 8192], &data[..]);
+        send(&mut t, 4, Command::Disc, 0, 0, &[], 0).await;
+        t.flush().await.unwrap();
+        assert_eof(&mut t).await;
+        h.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn forced_tls_refuses_plain_text_clients() {
+    let mem = Mem::new();
+    let (srv, _client) = tls_server(&mem, TlsMode::Required);
+    // LIST and GO get ERR_TLS_REQD; nothing about the exports is said; ABORT works.
+    let (mut c, h) = connect(&srv);
+    greet(&mut c).await;
+    send_option(&mut c, OPT_LIST, &[]).await;
+    assert_eq!(
+        read_option_reply(&mut c).await,
+        (OPT_LIST, REP_ERR_TLS_REQD, b"TLS is required".to_vec())
+    );
+    send_option(
+        &mut c,
+        OPT_GO,
+        &InfoRequest {
+            name: "rbd/a",
+            infos: vec![],
+        }
+        .encode(),
+    )
+    .await;
+    assert_eq!(read_option_reply(&mut c).await.1, REP_ERR_TLS_REQD);
+    send_option(&mut c, OPT_ABORT, &[]).await;
+    assert_eq!(read_option_reply(&mut c).await.1, REP_ACK);
+    assert_eof(&mut c).await;
+    h.await.unwrap().unwrap();
+    // EXPORT_NAME cannot be refused: the connection is closed.
+    let (mut c, h) = connect(&srv);
+    greet(&mut c).await;
+    send_option(&mut c, OPT_EXPORT_NAME, b"rbd/a").await;
+    assert_eof(&mut c).await;
+    assert!(matches!(
+        h.await.unwrap(),
+        Err(ConnError::Proto(ProtoError::TlsRequired))
+    ));
+    // Without a certificate STARTTLS is not supported, and plain text works.
+    let srv = server(&mem, ServerConfig::default());
+    let (mut c, _h) = connect(&srv);
+    greet(&mut c).await;
+    send_option(&mut c, OPT_STARTTLS, &[]).await;
+    assert_eq!(read_option_reply(&mut c).await.1, REP_ERR_UNSUP);
+    go(&mut c, "rbd/a", false).await;
+}
+
+#[tokio::test]
+async fn bytes_after_starttls_before_the_ack_close_the_connection() {
+    let mem = Mem::new();
+    let (srv, _client) = tls_server(&mem, TlsMode::Required);
+    let (mut c, h) = connect(&srv);
+    greet(&mut c).await;
+    // STARTTLS and a GO in one write: the GO would be taken for a TLS record.
+    let mut both = OptionHeader {
+        option: OPT_STARTTLS,
+        length: 0,
+    }
+    .encode()
+    .to_vec();
+    both.extend_from_slice(
+        &OptionHeader {
+            option: OPT_LIST,
+            length: 0,
+        }
+        .encode(),
+    );
+    c.write_all(&both).await.unwrap();
+    // No ACK, just the close.
+    assert_eof(&mut c).await;
+    assert!(matches!(
+        h.await.unwrap(),
+        Err(ConnError::Proto(ProtoError::DataBeforeTls))
+    ));
+    // A failed TLS handshake (garbage instead of a ClientHello) closes too.
+    let (mut c, h) = connect(&srv);
+    greet(&mut c).await;
+    send_option(&mut c, OPT_STARTTLS, &[]).await;
+    assert_eq!(read_option_reply(&mut c).await.1, REP_ACK);
+    c.write_all(&[0x55; 64]).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await;
+    assert!(matches!(h.await.unwrap(), Err(ConnError::Tls(_))));
 }

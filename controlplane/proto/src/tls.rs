@@ -268,6 +268,35 @@ impl ClientTls {
     }
 }
 
+/// A rustls server configuration (ring, safe default versions, no client certificates)
+/// from the certificate chain in `cert` and the private key in `key` (PEM), for servers
+/// that run TLS themselves rather than through tonic (`carmine-nbd`'s NBD_OPT_STARTTLS).
+pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
+    Ok(load_server_config(cert, key)?.0)
+}
+
+fn load_server_config(
+    cert: &Path,
+    key: &Path,
+) -> Result<(rustls::ServerConfig, Vec<u8>, Vec<u8>), TlsError> {
+    let cert_pem = read(cert)?;
+    let key_pem = read(key)?;
+    let chain = certificates(cert, &cert_pem)?;
+    let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => pem_error(key, "no PRIVATE KEY block found"),
+        e => pem_error(key, format!("malformed PEM: {e}")),
+    })?;
+    let cfg = rustls::ServerConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, der))
+        .map_err(|e| TlsError::Identity {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            problem: e.to_string(),
+        })?;
+    Ok((cfg, cert_pem, key_pem))
+}
+
 /// How this process serves gRPC.
 #[derive(Clone, Debug)]
 pub enum ServerTls {
@@ -308,25 +337,9 @@ impl ServerTls {
 
     /// TLS with the certificate chain in `cert` and the private key in `key` (PEM).
     pub fn from_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
-        let cert_pem = read(cert)?;
-        let key_pem = read(key)?;
-        let chain = certificates(cert, &cert_pem)?;
-        let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
-            rustls_pki_types::pem::Error::NoItemsFound => {
-                pem_error(key, "no PRIVATE KEY block found")
-            }
-            e => pem_error(key, format!("malformed PEM: {e}")),
-        })?;
         // What tonic will do when it serves, done now so that a key of another certificate
         // is reported with both files named.
-        rustls::ServerConfig::builder_with_provider(ring())
-            .with_safe_default_protocol_versions()
-            .and_then(|b| b.with_no_client_auth().with_single_cert(chain, der))
-            .map_err(|e| TlsError::Identity {
-                cert: cert.to_owned(),
-                key: key.to_owned(),
-                problem: e.to_string(),
-            })?;
+        let (_, cert_pem, key_pem) = load_server_config(cert, key)?;
         Ok(ServerTls::Tls(Identity::from_pem(cert_pem, key_pem)))
     }
 
@@ -469,6 +482,7 @@ mod tests {
         let k = write(dir.path(), "k.pem", &key.serialize_pem());
         let o = write(dir.path(), "other.pem", &other.serialize_pem());
         assert!(ServerTls::from_files(&c, &k).unwrap().is_tls());
+        assert!(server_config(&c, &k).is_ok());
         assert!(ClientTls::from_ca_file(&c).unwrap().is_tls());
         let e = ServerTls::from_files(&c, &o).unwrap_err();
         let msg = e.to_string();

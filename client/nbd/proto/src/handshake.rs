@@ -17,6 +17,23 @@
 //!   (that option has no way to answer an error), more than [`MAX_OPTIONS`] options.
 //! - The transmission flags sent for an export are its [`ExportInfo::flags`], plus
 //!   `SEND_DF` if and only if structured replies were negotiated (DF needs them).
+//!
+//! TLS (proto.md "TLS support"), chosen by the [`TlsMode`] given to [`Handshake::with_tls`]:
+//! - [`TlsMode::NoTls`] (NOTLS): STARTTLS gets ERR_UNSUP; ERR_TLS_REQD is never sent.
+//! - [`TlsMode::Required`] (FORCEDTLS): before TLS, every option but STARTTLS and ABORT gets
+//!   ERR_TLS_REQD (INFO, GO, unknown and malformed options included), and EXPORT_NAME closes
+//!   (it cannot be answered with an error).
+//! - [`TlsMode::Optional`] (SELECTIVETLS with no TLS-only export): the client may upgrade;
+//!   options without TLS are answered as in NOTLS mode.
+//! - STARTTLS before TLS is answered ACK and [`Step::StartTls`] is returned: the option's
+//!   bytes and nothing after them are consumed. The caller sends the ACK, runs the TLS
+//!   server handshake on the socket, and calls [`Handshake::tls_started`]. Any byte the
+//!   client sent after STARTTLS in plain text is a protocol violation (a client must wait
+//!   for the ACK): the caller closes, and [`Handshake::advance`] refuses it
+//!   ([`ProtoError::DataBeforeTls`]) until `tls_started`.
+//! - After `tls_started`, haggling restarts over TLS with no negotiation state from before
+//!   (structured replies forgotten); ERR_TLS_REQD is never sent again, and a second
+//!   STARTTLS gets ERR_INVALID.
 
 use crate::consts::*;
 use crate::reply;
@@ -179,6 +196,17 @@ pub struct Negotiated {
     pub flags: u16,
 }
 
+/// What the server offers of TLS on this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// No TLS (NOTLS): STARTTLS is not supported.
+    NoTls,
+    /// TLS at the client's choice; every export is served with or without it.
+    Optional,
+    /// TLS before anything else (FORCEDTLS).
+    Required,
+}
+
 /// Where [`Handshake::advance`] left things.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -188,20 +216,29 @@ pub enum Step {
     Transmission(Negotiated),
     /// The client sent NBD_OPT_ABORT: send the output (the ACK), then close.
     Aborted,
+    /// The client sent NBD_OPT_STARTTLS and it was accepted: send the output (the ACK),
+    /// run the TLS server handshake, then call [`Handshake::tls_started`] and carry on
+    /// feeding what arrives over TLS. Unconsumed input is a protocol violation (close).
+    StartTls,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     ClientFlags,
     Options,
+    /// STARTTLS acknowledged, TLS not yet up.
+    TlsPending,
     Finished,
 }
 
 /// The server side of one fixed newstyle handshake.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Handshake {
     exports: Vec<ExportInfo>,
     state: State,
+    tls_mode: TlsMode,
+    /// TLS is up (after [`Handshake::tls_started`]).
+    tls: bool,
     no_zeroes: bool,
     structured: bool,
     options_seen: u32,
@@ -209,8 +246,14 @@ pub struct Handshake {
 }
 
 impl Handshake {
-    /// A handshake offering `exports`; the first is the default export (empty name).
+    /// A handshake offering `exports` without TLS; the first is the default export (empty
+    /// name).
     pub fn new(exports: Vec<ExportInfo>) -> Handshake {
+        Handshake::with_tls(exports, TlsMode::NoTls)
+    }
+
+    /// A handshake offering `exports`, and TLS as `tls_mode` says.
+    pub fn with_tls(exports: Vec<ExportInfo>, tls_mode: TlsMode) -> Handshake {
         let mut out = Vec::with_capacity(GREETING_LEN);
         out.extend_from_slice(&NBDMAGIC.to_be_bytes());
         out.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -218,11 +261,29 @@ impl Handshake {
         Handshake {
             exports,
             state: State::ClientFlags,
+            tls_mode,
+            tls: false,
             no_zeroes: false,
             structured: false,
             options_seen: 0,
             out,
         }
+    }
+
+    /// TLS is up: option haggling restarts (over TLS) with no state from before STARTTLS.
+    /// Call after [`Step::StartTls`] once the TLS handshake succeeded; does nothing in any
+    /// other state.
+    pub fn tls_started(&mut self) {
+        if self.state == State::TlsPending {
+            self.tls = true;
+            self.structured = false;
+            self.state = State::Options;
+        }
+    }
+
+    /// Whether TLS is up.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// Bytes to send to the client now.
@@ -237,6 +298,8 @@ impl Handshake {
             let rest = &input[used..];
             match self.state {
                 State::Finished => return Err(ProtoError::HandshakeFinished),
+                State::TlsPending if rest.is_empty() => return Ok((used, Step::StartTls)),
+                State::TlsPending => return Err(ProtoError::DataBeforeTls),
                 State::ClientFlags => {
                     let Some(b) = rest.get(..4) else {
                         return Ok((used, Step::NeedMore));
@@ -266,6 +329,10 @@ impl Handshake {
                         return Err(ProtoError::TooManyOptions(MAX_OPTIONS));
                     }
                     let step = self.option(h.option, payload)?;
+                    if step == Step::StartTls {
+                        self.state = State::TlsPending;
+                        return Ok((used, step));
+                    }
                     if step != Step::NeedMore {
                         self.state = State::Finished;
                         return Ok((used, step));
@@ -292,6 +359,17 @@ impl Handshake {
     }
 
     fn option(&mut self, opt: u32, payload: &[u8]) -> Result<Step, ProtoError> {
+        if self.tls_mode == TlsMode::Required
+            && !self.tls
+            && opt != OPT_STARTTLS
+            && opt != OPT_ABORT
+        {
+            if opt == OPT_EXPORT_NAME {
+                return Err(ProtoError::TlsRequired);
+            }
+            reply::option_error(&mut self.out, opt, REP_ERR_TLS_REQD, "TLS is required");
+            return Ok(Step::NeedMore);
+        }
         let o = match ClientOption::decode(opt, payload) {
             Ok(o) => o,
             Err(BadOption(why)) if opt == OPT_EXPORT_NAME => {
@@ -331,9 +409,17 @@ impl Handshake {
                 reply::option_reply(&mut self.out, opt, REP_ACK, &[]);
                 Ok(Step::NeedMore)
             }
-            ClientOption::StartTls => {
+            ClientOption::StartTls if self.tls_mode == TlsMode::NoTls => {
                 reply::option_error(&mut self.out, opt, REP_ERR_UNSUP, "TLS is not offered");
                 Ok(Step::NeedMore)
+            }
+            ClientOption::StartTls if self.tls => {
+                reply::option_error(&mut self.out, opt, REP_ERR_INVALID, "TLS is already up");
+                Ok(Step::NeedMore)
+            }
+            ClientOption::StartTls => {
+                reply::option_reply(&mut self.out, opt, REP_ACK, &[]);
+                Ok(Step::StartTls)
             }
             ClientOption::StructuredReply => {
                 self.structured = true;

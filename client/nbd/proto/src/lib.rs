@@ -14,7 +14,8 @@
 //! - [`handshake`]: fixed newstyle only. [`Handshake`] is a state machine fed with whatever
 //!   the socket delivered; it consumes whole messages and queues its replies. Options handled:
 //!   EXPORT_NAME, GO, INFO (EXPORT, NAME, DESCRIPTION, BLOCK_SIZE), LIST, STRUCTURED_REPLY,
-//!   ABORT; STARTTLS and everything else answer ERR_UNSUP.
+//!   ABORT, and STARTTLS when TLS is offered ([`TlsMode`]: the I/O layer runs the TLS
+//!   handshake when told to by [`Step::StartTls`]); everything else answers ERR_UNSUP.
 //! - [`request`]: [`RequestHeader::decode`] turns 28 bytes into a typed [`Request`];
 //!   [`Request::validate`] checks it against the export.
 //! - [`reply`]: encoders for option replies, info replies, simple replies and structured
@@ -43,7 +44,7 @@ pub mod request;
 pub use consts::*;
 pub use handshake::{
     BadOption, ClientOption, ExportInfo, Handshake, InfoRequest, Negotiated, OptionHeader, Step,
-    MAX_OPTIONS,
+    TlsMode, MAX_OPTIONS,
 };
 pub use request::{Command, ExportLimits, Invalid, Request, RequestHeader};
 
@@ -72,6 +73,10 @@ pub enum ProtoError {
     TooManyOptions(u32),
     #[error("input after the handshake finished")]
     HandshakeFinished,
+    #[error("TLS is required, and NBD_OPT_EXPORT_NAME came before NBD_OPT_STARTTLS")]
+    TlsRequired,
+    #[error("data after NBD_OPT_STARTTLS before its reply (the TLS handshake must come first)")]
+    DataBeforeTls,
 }
 
 #[cfg(test)]

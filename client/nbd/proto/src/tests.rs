@@ -39,7 +39,11 @@ fn parse_replies(mut out: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
 }
 
 fn started(exports: Vec<ExportInfo>, client_flags: u32) -> Handshake {
-    let mut h = Handshake::new(exports);
+    started_tls(exports, client_flags, TlsMode::NoTls)
+}
+
+fn started_tls(exports: Vec<ExportInfo>, client_flags: u32, mode: TlsMode) -> Handshake {
+    let mut h = Handshake::with_tls(exports, mode);
     let greet = h.take_output();
     assert_eq!(greet.len(), GREETING_LEN);
     assert_eq!(&greet[0..8], &NBDMAGIC.to_be_bytes());
@@ -209,6 +213,130 @@ fn list_abort_unsupported_and_invalid() {
         parse_replies(&h.take_output()),
         vec![(OPT_ABORT, REP_ACK, vec![])]
     );
+}
+
+/// Replies in `out` as (option, type).
+fn reply_types(out: &[u8]) -> Vec<(u32, u32)> {
+    parse_replies(out)
+        .into_iter()
+        .map(|(o, t, _)| (o, t))
+        .collect()
+}
+
+fn go(name: &str) -> Vec<u8> {
+    option(
+        OPT_GO,
+        &InfoRequest {
+            name,
+            infos: vec![],
+        }
+        .encode(),
+    )
+}
+
+#[test]
+fn forced_tls_refuses_everything_but_starttls_and_abort_before_tls() {
+    let mut h = started_tls(vec![export("p/a", 1)], 1, TlsMode::Required);
+    let mut input = option(OPT_LIST, &[]);
+    input.extend(option(OPT_STRUCTURED_REPLY, &[]));
+    input.extend(option(OPT_INFO, &[0, 0, 0, 0, 0, 0]));
+    input.extend(go("p/a"));
+    input.extend(option(OPT_SET_META_CONTEXT, &[0; 8]));
+    input.extend(option(OPT_GO, b"malformed"));
+    input.extend(option(OPT_STARTTLS, b"data")); // STARTTLS takes no data
+    let (used, step) = h.advance(&input).unwrap();
+    assert_eq!((used, step), (input.len(), Step::NeedMore));
+    assert_eq!(
+        reply_types(&h.take_output()),
+        vec![
+            (OPT_LIST, REP_ERR_TLS_REQD),
+            (OPT_STRUCTURED_REPLY, REP_ERR_TLS_REQD),
+            (OPT_INFO, REP_ERR_TLS_REQD),
+            (OPT_GO, REP_ERR_TLS_REQD),
+            (OPT_SET_META_CONTEXT, REP_ERR_TLS_REQD),
+            (OPT_GO, REP_ERR_TLS_REQD),
+            (OPT_STARTTLS, REP_ERR_INVALID),
+        ]
+    );
+    assert!(!h.is_tls());
+    // EXPORT_NAME cannot be refused with an error: close.
+    let mut e = h.clone();
+    assert_eq!(
+        e.advance(&option(OPT_EXPORT_NAME, b"p/a")),
+        Err(ProtoError::TlsRequired)
+    );
+    // ABORT is honoured without TLS.
+    assert_eq!(n(h.advance(&option(OPT_ABORT, &[]))), Step::Aborted);
+    assert_eq!(reply_types(&h.take_output()), vec![(OPT_ABORT, REP_ACK)]);
+}
+
+#[test]
+fn starttls_acks_then_haggling_restarts_over_tls_without_old_state() {
+    for mode in [TlsMode::Required, TlsMode::Optional] {
+        let mut h = started_tls(vec![export("p/a", 1)], 1, mode);
+        if mode == TlsMode::Optional {
+            // Stateful option before TLS: accepted, and forgotten after STARTTLS.
+            let sr = option(OPT_STRUCTURED_REPLY, &[]);
+            assert_eq!(h.advance(&sr).unwrap(), (sr.len(), Step::NeedMore));
+            assert_eq!(
+                reply_types(&h.take_output()),
+                vec![(OPT_STRUCTURED_REPLY, REP_ACK)]
+            );
+        }
+        let st = option(OPT_STARTTLS, &[]);
+        let mut input = st.clone();
+        input.extend(go("p/a")); // sent in plain text after STARTTLS: a violation
+        assert_eq!(h.advance(&input).unwrap(), (st.len(), Step::StartTls));
+        assert_eq!(reply_types(&h.take_output()), vec![(OPT_STARTTLS, REP_ACK)]);
+        // Until TLS is up, nothing is accepted; asking again repeats the step.
+        assert_eq!(
+            h.clone().advance(&input[st.len()..]),
+            Err(ProtoError::DataBeforeTls)
+        );
+        assert_eq!(h.advance(&[]).unwrap(), (0, Step::StartTls));
+        assert!(h.take_output().is_empty());
+        h.tls_started();
+        assert!(h.is_tls());
+        // Over TLS: a second STARTTLS is invalid, options are served, ERR_TLS_REQD never.
+        let mut input = option(OPT_STARTTLS, &[]);
+        input.extend(option(OPT_LIST, &[]));
+        input.extend(go("p/a"));
+        let (used, step) = h.advance(&input).unwrap();
+        assert_eq!(used, input.len());
+        assert_eq!(
+            step,
+            Step::Transmission(Negotiated {
+                export: 0,
+                structured: false,
+                flags: FLAG_HAS_FLAGS | FLAG_SEND_FLUSH,
+            })
+        );
+        let r = reply_types(&h.take_output());
+        assert_eq!(r[0], (OPT_STARTTLS, REP_ERR_INVALID));
+        assert_eq!(r[1], (OPT_LIST, REP_SERVER));
+        assert_eq!(r.last(), Some(&(OPT_GO, REP_ACK)));
+        assert!(r.iter().all(|(_, t)| *t != REP_ERR_TLS_REQD));
+    }
+}
+
+#[test]
+fn optional_tls_serves_plain_clients_and_tls_after_starttls() {
+    let mut h = started_tls(vec![export("p/a", 1)], 1, TlsMode::Optional);
+    let mut input = option(OPT_STRUCTURED_REPLY, &[]);
+    input.extend(go(""));
+    let (used, step) = h.advance(&input).unwrap();
+    assert_eq!(used, input.len());
+    assert!(matches!(
+        step,
+        Step::Transmission(Negotiated {
+            structured: true,
+            ..
+        })
+    ));
+    assert!(!h.is_tls());
+    // tls_started outside TlsPending changes nothing.
+    h.tls_started();
+    assert!(!h.is_tls());
 }
 
 #[test]
@@ -415,6 +543,62 @@ proptest! {
             }
         }
         prop_assert!(used <= b.len());
+    }
+
+    /// Any client stream against any TLS mode: never panics, consumes in bounds, sends
+    /// ERR_TLS_REQD only in FORCEDTLS mode before TLS and never after, and no reply other
+    /// than ERR_TLS_REQD/ACK (ABORT, STARTTLS) or ERR_INVALID (STARTTLS with data) before
+    /// TLS in FORCEDTLS mode. After StartTls the rest is taken as the TLS stream.
+    #[test]
+    fn tls_states_hold_their_rules(
+        mode in prop_oneof![Just(TlsMode::NoTls), Just(TlsMode::Optional), Just(TlsMode::Required)],
+        opts in proptest::collection::vec(
+            (prop_oneof![Just(OPT_STARTTLS), Just(OPT_LIST), Just(OPT_STRUCTURED_REPLY),
+                         Just(OPT_INFO), Just(OPT_GO), Just(OPT_ABORT), Just(OPT_EXPORT_NAME),
+                         Just(99u32)],
+             proptest::collection::vec(any::<u8>(), 0..3)),
+            0..12)) {
+        let mut h = started_tls(vec![export("a", 1)], 1, mode);
+        let mut input = Vec::new();
+        for (o, p) in &opts {
+            let p: &[u8] = if *o == OPT_STARTTLS && p.len() == 1 { &[] } else { p };
+            input.extend(option(*o, p));
+        }
+        let mut at = 0;
+        let mut starttls_acks = 0;
+        loop {
+            let tls_before = h.is_tls();
+            let r = h.advance(&input[at..]);
+            let out = h.take_output();
+            // EXPORT_NAME's reply is not an option reply; the others were checked already
+            // in the runs that end elsewhere.
+            let out = if matches!(r, Ok((_, Step::Transmission(_)))) { Vec::new() } else { out };
+            for (o, t) in reply_types(&out) {
+                if t == REP_ERR_TLS_REQD {
+                    prop_assert!(mode == TlsMode::Required && !tls_before);
+                } else if mode == TlsMode::Required && !tls_before {
+                    prop_assert!((o == OPT_STARTTLS && (t == REP_ACK || t == REP_ERR_INVALID))
+                                 || (o == OPT_ABORT && t == REP_ACK), "{o} {t:#x}");
+                }
+                if o == OPT_STARTTLS && t == REP_ACK {
+                    starttls_acks += 1;
+                    prop_assert!(mode != TlsMode::NoTls && !tls_before);
+                }
+            }
+            match r {
+                Ok((used, Step::StartTls)) => {
+                    at += used;
+                    h.tls_started();
+                    prop_assert!(h.is_tls());
+                }
+                Ok((used, _)) => { prop_assert!(at + used <= input.len()); break; }
+                Err(e) => {
+                    prop_assert!(e != ProtoError::TlsRequired || mode == TlsMode::Required);
+                    break;
+                }
+            }
+        }
+        prop_assert!(starttls_acks <= 1);
     }
 
     #[test]

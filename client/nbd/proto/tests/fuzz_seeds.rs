@@ -97,7 +97,7 @@ fn option_seeds() -> Vec<(&'static str, Vec<u8>)> {
         &info("rbd/a", &[INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE]),
     );
     option(&mut go, OPT_GO, &info("", &[INFO_BLOCK_SIZE]));
-    let mut export_name = flags(255, FLAG_C_FIXED_NEWSTYLE);
+    let mut export_name = flags(63, FLAG_C_FIXED_NEWSTYLE);
     option(&mut export_name, OPT_EXPORT_NAME, b"rbd/b");
     let mut errors = flags(1, FLAG_C_FIXED_NEWSTYLE);
     option(&mut errors, OPT_STARTTLS, &[]);
@@ -105,8 +105,17 @@ fn option_seeds() -> Vec<(&'static str, Vec<u8>)> {
     option(&mut errors, OPT_GO, &info("rbd/none", &[]));
     option(&mut errors, OPT_GO, &[0, 0, 0, 9]);
     option(&mut errors, OPT_ABORT, &[]);
+    // FORCEDTLS (mode 2 in the top bits): refused, then STARTTLS, then over TLS.
+    let mut tls = flags(0x80 | 5, FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES);
+    option(&mut tls, OPT_LIST, &[]);
+    option(&mut tls, OPT_GO, &info("rbd/a", &[]));
+    option(&mut tls, OPT_STARTTLS, &[]);
+    option(&mut tls, OPT_STRUCTURED_REPLY, &[]);
+    option(&mut tls, OPT_STARTTLS, &[]);
+    option(&mut tls, OPT_GO, &info("rbd/a", &[INFO_BLOCK_SIZE]));
     vec![
         ("go-structured", go),
+        ("tls-forced-go", tls),
         ("export-name", export_name),
         ("errors-abort", errors),
     ]
@@ -144,9 +153,24 @@ fn seeds_are_valid_inputs() {
         assert!(n >= 2);
     }
     for (name, s) in option_seeds() {
-        let mut h = Handshake::new(exports());
-        let (used, step) = h.advance(&s[1..]).unwrap();
-        assert_eq!(used, s.len() - 1, "{name}");
+        let mode = match s[0] >> 6 {
+            0 => TlsMode::NoTls,
+            1 => TlsMode::Optional,
+            _ => TlsMode::Required,
+        };
+        let mut h = Handshake::with_tls(exports(), mode);
+        let mut rest = &s[1..];
+        let (used, step) = loop {
+            match h.advance(rest).unwrap() {
+                (used, Step::StartTls) => {
+                    rest = &rest[used..];
+                    h.tls_started();
+                }
+                r => break r,
+            }
+        };
+        assert_eq!(used, rest.len(), "{name}");
+        assert_eq!(h.is_tls(), name.starts_with("tls"), "{name}");
         let want_go = name != "errors-abort";
         assert_eq!(matches!(step, Step::Transmission(_)), want_go, "{name}");
         assert_eq!(step == Step::Aborted, !want_go, "{name}");
