@@ -8,6 +8,9 @@
 //! - [`server`]: the tokio server. Per connection, one reader task (decodes requests, reads
 //!   write payloads, applies backpressure through a per-connection budget), one task per
 //!   request, one writer task answering in completion order. Its module docs state the rules.
+//! - TLS: NBD_OPT_STARTTLS with [`NbdTls`] in [`ServerConfig::tls`] (required or optional);
+//!   the handshake runs on the raw stream, and after STARTTLS on a tokio-rustls stream, so a
+//!   connection is generic over its stream.
 //! - [`export`]: the [`BlockExport`] trait the server is generic over, and its durability
 //!   contract (an acknowledged write is durable, so FLUSH/FUA have nothing left to do and
 //!   several connections may share an export: CAN_MULTI_CONN).

@@ -124,10 +124,12 @@ enum MainError {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // rustls warns on every libnbd connection (it sends an IP address as SNI).
+    let default_filter = || tracing_subscriber::EnvFilter::new("info,rustls=error");
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| default_filter()),
         )
         .with_writer(std::io::stderr)
         .init();

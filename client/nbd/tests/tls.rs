@@ -7,7 +7,8 @@
 //! - `qemu-img info` and `qemu-io` with `tls-creds-x509`: the size; a pattern written over
 //!   TLS reads back in a second connection, and through the cluster client too;
 //! - in the default (required) mode plain-text `nbdinfo nbd://` and `qemu-io` are refused
-//!   (ERR_TLS_REQD: the server's message in libnbd's debug log, qemu's error names TLS).
+//!   (ERR_TLS_REQD: the server's message in libnbd's debug log, qemu's error names TLS);
+//! - `--nbd-tls-mode optional`: `nbd://` and `nbds://` both served.
 
 #[path = "../../lib/tests/common/mod.rs"]
 mod common;
@@ -84,7 +85,7 @@ impl Drop for Gateway {
     }
 }
 
-fn gateway(mon: &str, keyfile: &Path, image: &str, dir: &Path) -> Gateway {
+fn gateway(mon: &str, keyfile: &Path, image: &str, dir: &Path, extra: &[&str]) -> Gateway {
     let mut child = Command::new(env!("CARGO_BIN_EXE_carmine-nbd"))
         .args(["--mon", mon, "--plaintext", "--image", image])
         .args(["--listen", "127.0.0.1:0", "--keyfile"])
@@ -93,6 +94,7 @@ fn gateway(mon: &str, keyfile: &Path, image: &str, dir: &Path) -> Gateway {
         .arg(dir.join("server-cert.pem"))
         .arg("--nbd-tls-key")
         .arg(dir.join("server-key.pem"))
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn carmine-nbd");
@@ -144,7 +146,7 @@ fn ok(cmd: &mut Command) -> String {
 }
 
 #[test]
-fn nbdinfo_and_qemu_io_over_tls_and_plain_text_refused() {
+fn nbdinfo_qemu_over_tls_plain_refused_when_required_served_when_optional() {
     ensure_osd_bin();
     let rt = common::runtime();
     let cluster = rt.block_on(common::Cluster::start("rbd", 8, &[1]));
@@ -163,7 +165,7 @@ fn nbdinfo_and_qemu_io_over_tls_and_plain_text_refused() {
         ),
     )
     .unwrap();
-    let gw = gateway(&cluster.mon.addr, &keyfile, "rbd/tls", dir.path());
+    let gw = gateway(&cluster.mon.addr, &keyfile, "rbd/tls", dir.path(), &[]);
     let certs = dir.path().to_str().unwrap();
     let port = gw.port.to_string();
 
@@ -220,4 +222,24 @@ fn nbdinfo_and_qemu_io_over_tls_and_plain_text_refused() {
         !out.status.success() && err.contains("TLS negotiation required"),
         "{err}"
     );
+
+    // --nbd-tls-mode optional: plain-text and TLS clients alike.
+    drop(gw);
+    let optional = ["--nbd-tls-mode", "optional"];
+    let gw = gateway(
+        &cluster.mon.addr,
+        &keyfile,
+        "rbd/tls",
+        dir.path(),
+        &optional,
+    );
+    let plain = format!("nbd://127.0.0.1:{}/rbd/tls", gw.port);
+    let tls = format!(
+        "nbds://127.0.0.1:{}/rbd/tls?tls-certificates={certs}",
+        gw.port
+    );
+    for uri in [plain, tls] {
+        let info = ok(Command::new("nbdinfo").args(["--size", &uri]));
+        assert_eq!(info.trim(), SIZE.to_string(), "{uri}");
+    }
 }

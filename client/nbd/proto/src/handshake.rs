@@ -14,7 +14,8 @@
 //!   ERR_INVALID, and the haggling continues.
 //! - Errors (`Err`) mean "close the connection": no fixed-newstyle client, unknown client
 //!   flags, a bad option magic, an over-long option, EXPORT_NAME of a name we do not serve
-//!   (that option has no way to answer an error), more than [`MAX_OPTIONS`] options.
+//!   (that option has no way to answer an error), more than [`MAX_OPTIONS`] options,
+//!   EXPORT_NAME before TLS when TLS is required, bytes after STARTTLS before TLS is up.
 //! - The transmission flags sent for an export are its [`ExportInfo::flags`], plus
 //!   `SEND_DF` if and only if structured replies were negotiated (DF needs them).
 //!
