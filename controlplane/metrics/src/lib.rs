@@ -71,6 +71,8 @@ pub struct Histogram {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Counter(u64),
+    /// A counter of a unit that is not a whole number (seconds).
+    CounterF64(f64),
     Gauge(f64),
     Histogram(Histogram),
 }
@@ -149,6 +151,11 @@ impl Exposition {
         self.push(name, help, Kind::Counter, labels, Value::Counter(v));
     }
 
+    /// A counter sample with a fractional value (e.g. `_seconds`).
+    pub fn counter_f64(&mut self, name: &'static str, help: &'static str, labels: Labels, v: f64) {
+        self.push(name, help, Kind::Counter, labels, Value::CounterF64(v));
+    }
+
     /// A gauge sample.
     pub fn gauge(&mut self, name: &'static str, help: &'static str, labels: Labels, v: f64) {
         self.push(name, help, Kind::Gauge, labels, Value::Gauge(v));
@@ -215,6 +222,7 @@ impl Collector for Snapshot {
                 let mut m = metric.encode_family(&all)?;
                 match v {
                     Value::Counter(n) => m.encode_counter::<NoLabelSet, _, u64>(n, None)?,
+                    Value::CounterF64(x) => m.encode_counter::<NoLabelSet, _, f64>(x, None)?,
                     Value::Gauge(x) => m.encode_gauge(x)?,
                     Value::Histogram(h) => {
                         m.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?
