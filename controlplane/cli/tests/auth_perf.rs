@@ -211,6 +211,7 @@ fn osd_perf_plain_json_direct_and_errors() {
             shard_ports: vec![6800, 6801],
             weight: 1.0,
             admin_listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: None,
             credential: Some(test_mon::osd_credential(&mon.addr, TOKEN, "uuid-perf")),
             client_tls: carmine_proto::tls::ClientTls::Plaintext,
             admin_tls: carmine_proto::tls::ServerTls::Plaintext,
