@@ -91,6 +91,9 @@ counters!(
     // Payload bytes: written by client writes (executed by a primary), returned by reads.
     bytes_written,
     bytes_read,
+    // Payload bytes a primary sent to its replicas (writes) and pushed (recovery, backfill).
+    rep_sent_bytes,
+    push_sent_bytes,
     // The store's counters, published every PUBLISH_EVERY (bdevstore; 0 for memstore).
     store_user_bytes,
     store_relocated_bytes,
@@ -478,6 +481,18 @@ impl OsdStats {
             for (name, help, n) in simple {
                 out.counter(name, help, shard(i), v(n));
             }
+            out.counter(
+                "carmine_osd_replica_sent_bytes",
+                "Payload bytes of client writes this primary sent to its replicas.",
+                shard(i),
+                v(&c.rep_sent_bytes),
+            );
+            out.counter(
+                "carmine_osd_recovery_pushed_bytes",
+                "Object bytes pushed to members by recovery and backfill.",
+                shard(i),
+                v(&c.push_sent_bytes),
+            );
             out.counter(
                 "carmine_osd_received_bytes",
                 "Bytes received on client and peer connections.",

@@ -725,6 +725,10 @@ impl ShardCore {
         }
         if let Job::Write { data, .. } | Job::WriteFull { data, .. } = &job {
             ShardCounters::add(&self.counters.bytes_written, data.len() as u64);
+            ShardCounters::add(
+                &self.counters.rep_sent_bytes,
+                (data.len() * sent.len()) as u64,
+            );
         }
         let (txn, creates) = self.mutation_txn(key, job, w);
         let m = Mutation {
