@@ -4,7 +4,7 @@
 //! target; the OSDs are found through the monitor's HTTP service discovery
 //! (`/prometheus/targets`). Checked through Prometheus's HTTP API: every target is up, the op
 //! counters rose by exactly what the client did (500 writes, 500 reads of 4 KiB), the latency
-//! histograms counted them, the monitor's series describe the cluster, and every metric the
+//! histograms counted them, a size-3 pool's writes show as replica ops and bytes, the monitor's series describe the cluster, and every metric the
 //! Grafana dashboard (deploy/grafana/carmine.json) queries exists. Each wait is bounded;
 //! Prometheus's log is printed when the test fails.
 
@@ -24,6 +24,8 @@ const LIMIT: Duration = Duration::from_secs(120);
 const WRITES: u64 = 500;
 const READS: u64 = 500;
 const SIZE: usize = 4096;
+/// Writes to the replicated (size 3) pool.
+const REP_WRITES: u64 = 50;
 
 /// A Prometheus process, killed on drop (its log printed if the test is failing).
 struct Prometheus {
@@ -319,6 +321,26 @@ fn prometheus_scrapes_every_daemon_and_counts_the_ops_a_client_did() {
             let p99 = r#"histogram_quantile(0.99, sum by (le) (rate(carmine_osd_op_latency_seconds_bucket{op="write"}[1m])))"#;
             prom.wait_for(p99, within, |v| v > 0.0 && v < 1.0).await;
 
+            // Replication: a size-3 pool; each write goes to two replicas.
+            let rep_bytes_q = "sum(carmine_osd_replica_sent_bytes_total)";
+            let rep_applied_q = "sum(carmine_osd_replica_ops_applied_total)";
+            let rep_before = (
+                prom.wait_for(rep_bytes_q, within, |_| true).await,
+                prom.wait_for(rep_applied_q, within, |_| true).await,
+            );
+            cluster.mon.create_pool("rep3", 8, 3).await;
+            for i in 0..REP_WRITES {
+                client
+                    .write_full("rep3", &format!("r{i}"), &data)
+                    .await
+                    .unwrap();
+            }
+            let rep = REP_WRITES as f64;
+            prom.wait_for(rep_bytes_q, within, |v| v - rep_before.0 == rep * 2.0 * size)
+                .await;
+            prom.wait_for(rep_applied_q, within, |v| v - rep_before.1 == rep * 2.0)
+                .await;
+
             // The monitor's view.
             prom.wait_for("carmine_mon_leader", within, |v| v == 1.0).await;
             prom.wait_for(r#"carmine_osds{state="up"}"#, within, |v| v == 3.0).await;
@@ -326,7 +348,7 @@ fn prometheus_scrapes_every_daemon_and_counts_the_ops_a_client_did() {
             prom.wait_for("sum(carmine_osd_up)", within, |v| v == 3.0).await;
             prom.wait_for(r#"carmine_pool_pgs{name="metrics"}"#, within, |v| v == 16.0)
                 .await;
-            prom.wait_for(r#"carmine_pgs{state="active"}"#, within, |v| v == 16.0)
+            prom.wait_for(r#"carmine_pgs{state="active"}"#, within, |v| v == 24.0)
                 .await;
             prom.wait_for("carmine_map_epoch", within, |v| v > 1.0).await;
             // (Object counts come from the primaries' last peering, not from each write.)
