@@ -763,6 +763,15 @@ kind = "memstore"
     }
 
     #[test]
+    fn metrics_are_off_unless_listen_is_set() {
+        assert_eq!(parse(KERNEL).unwrap().metrics.listen, None);
+        let c = parse(&format!("{KERNEL}[metrics]\nlisten = \"127.0.0.1:9284\"\n")).unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9284".parse().unwrap()));
+        assert!(parse(&format!("{KERNEL}[metrics]\nlisten = \"nowhere\"\n")).is_err());
+        assert!(parse(&format!("{KERNEL}[metrics]\nport = 1\n")).is_err());
+    }
+
+    #[test]
     fn the_auth_keyfile_names_one_osd_key() {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("osd.key");
