@@ -4,7 +4,8 @@
 //! target; the OSDs are found through the monitor's HTTP service discovery
 //! (`/prometheus/targets`). Checked through Prometheus's HTTP API: every target is up, the op
 //! counters rose by exactly what the client did (500 writes, 500 reads of 4 KiB), the latency
-//! histograms counted them, a size-3 pool's writes show as replica ops and bytes, the monitor's series describe the cluster, and every metric the
+//! histograms counted them, a size-3 pool's writes show as replica ops and bytes, every scrape
+//! passes `promtool check metrics`, the monitor's series describe the cluster, and every metric the
 //! Grafana dashboard (deploy/grafana/carmine.json) queries exists. Each wait is bounded;
 //! Prometheus's log is printed when the test fails.
 
@@ -163,6 +164,35 @@ async fn http_get(addr: &str, path: &str) -> Option<String> {
         .await
         .ok()
         .flatten()
+}
+
+/// `promtool check metrics` (Prometheus's own linter: naming, units, `_total`, help) passes on
+/// the scrape `text` of `addr`.
+fn promtool_lint(text: &str, addr: &str) {
+    use std::io::Write;
+    let bin = std::env::var("CARMINE_PROMETHEUS_BIN")
+        .map(|p| Path::new(&p).with_file_name("promtool"))
+        .unwrap_or_else(|_| PathBuf::from("/usr/bin/promtool"));
+    let mut child = Command::new(&bin)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics on {addr}'s scrape: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Metric names a scrape declares (`# TYPE`), with a histogram's series names.
@@ -377,6 +407,7 @@ fn prometheus_scrapes_every_daemon_and_counts_the_ops_a_client_did() {
                 .collect();
             for a in osd_metrics.iter().chain([&cluster.mon.metrics]) {
                 let text = http_get(a, "/metrics").await.expect("a scrape");
+                promtool_lint(&text, a);
                 known.extend(declared(&text));
             }
             let missing: Vec<&String> = wanted.difference(&known).collect();
