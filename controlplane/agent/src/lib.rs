@@ -30,6 +30,21 @@
 //!   for on request (`OsdAdmin.ScrubPg`) and every `scrub_interval` in the background
 //!   ([`ScrubSetup`]), and reports the inconsistent ones to the monitor with its heartbeats.
 //!
+//! * serves Prometheus metrics (module [`metrics`](crate#metrics)) over HTTP when
+//!   [`AgentConfig::metrics_listen`] is set, and reports that address with its boots and
+//!   heartbeats so that the monitor can list it for Prometheus's service discovery.
+//!
+//! # Metrics
+//!
+//! `GET /metrics` on [`AgentConfig::metrics_listen`] answers in the Prometheus text format
+//! (crate `carmine-metrics`). Nothing is counted for it: on each scrape the agent asks the
+//! [`Stats`] provider to add the OSD's series ([`Stats::metrics`]: the OSD reads the counters
+//! its shards publish, the Seastar pattern) and adds its own: `carmine_osd_booted`,
+//! `carmine_osd_map_epoch`, `carmine_osd_boots_total`, `carmine_osd_heartbeats_acked_total`,
+//! `carmine_osd_keyring_version`, `carmine_osd_store_used_bytes`,
+//! `carmine_osd_store_capacity_bytes`, `carmine_osd_store_failed`. Every sample carries the
+//! label `osd="<id>"` once the OSD has booted.
+//!
 //! Invariants: epochs reach each sink in increasing order, never twice. The keyring is replaced
 //! whole (readers see the old or the new set, never a mix), only when the monitor's keyring
 //! version changed. A key's role is the monitor's: a key the monitor sent as an OSD's is held
@@ -43,6 +58,7 @@
 
 mod admin;
 mod fsid;
+mod metrics;
 pub mod peering;
 pub mod peering_plan;
 mod run;
@@ -228,6 +244,10 @@ pub trait Stats: Send + Sync + 'static {
     fn store_failure(&self) -> Option<String> {
         None
     }
+    /// Adds the OSD's series to a scrape of `/metrics` (called on the agent thread for each
+    /// scrape: read the shards' published counters, never wait for a shard). The agent adds
+    /// its own series and the `osd` label.
+    fn metrics(&self, _out: &mut carmine_metrics::Exposition) {}
 }
 
 /// How often the agent looks for a store failure between heartbeats: a failure reaches the
@@ -313,6 +333,9 @@ pub struct AgentConfig {
     pub weight: f64,
     /// Where to serve the OSD admin gRPC (port 0 picks one).
     pub admin_listen: SocketAddr,
+    /// Where to serve Prometheus metrics over HTTP (`GET /metrics`; port 0 picks one);
+    /// `None`: not served. See [`metrics`](crate#metrics).
+    pub metrics_listen: Option<SocketAddr>,
     /// This OSD's key (`osd.<n>` and its secret, from `carmine osd new`): what it presents
     /// to the monitor. `None`: no credential (a monitor run with `--insecure`). Callers of
     /// this OSD's admin service are checked against the keyring, so no admin token is held.
@@ -432,6 +455,7 @@ pub struct Agent {
     status: Arc<AgentStatus>,
     keyring: Arc<SharedKeyring>,
     admin_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -486,6 +510,17 @@ impl Agent {
         let mut cfg = cfg;
         cfg.admin_listen = admin_addr;
         listener.set_nonblocking(true).map_err(AgentError::Spawn)?;
+        let metrics_listener = match cfg.metrics_listen {
+            Some(addr) => {
+                let l = std::net::TcpListener::bind(addr)
+                    .map_err(|source| AgentError::Listen { addr, source })?;
+                l.set_nonblocking(true).map_err(AgentError::Spawn)?;
+                cfg.metrics_listen = Some(l.local_addr().map_err(AgentError::Spawn)?);
+                Some(l)
+            }
+            None => None,
+        };
+        let metrics_addr = cfg.metrics_listen;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -500,6 +535,7 @@ impl Agent {
                 rt.block_on(run::agent_main(
                     cfg,
                     listener,
+                    metrics_listener,
                     admin_server,
                     sinks,
                     stats,
@@ -516,6 +552,7 @@ impl Agent {
             status,
             keyring,
             admin_addr,
+            metrics_addr,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -524,6 +561,11 @@ impl Agent {
     /// Where the OSD admin gRPC listens.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Where `/metrics` is served (`None`: not configured).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Live status.

@@ -125,6 +125,7 @@ pub(crate) fn with_token<T>(msg: T, token: &Option<MetadataValue<Ascii>>) -> Req
 pub(crate) async fn agent_main(
     cfg: AgentConfig,
     listener: std::net::TcpListener,
+    metrics_listener: Option<std::net::TcpListener>,
     admin_server: tonic::transport::Server,
     sinks: Vec<Box<dyn MapSink>>,
     stats: Arc<dyn Stats>,
@@ -157,6 +158,16 @@ pub(crate) async fn agent_main(
         tokio::spawn(p.clone().run(events));
     }
     let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
+    // /metrics: its own task, stopped with the agent (its runtime ends with the thread).
+    if let Some(l) = metrics_listener {
+        match tokio::net::TcpListener::from_std(l) {
+            Ok(l) => {
+                let h = crate::metrics::handler(stats.clone(), status.clone());
+                tokio::spawn(carmine_metrics::serve(l, h, std::future::pending()));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot register the metrics listener"),
+        }
+    }
     let admin = admin::serve(
         listener,
         admin_server,
@@ -273,23 +284,29 @@ async fn session(
         client: mon.clone(),
         token: token.clone(),
     });
-    let boot = timed(mon.boot(with_token(
-        v1::BootRequest {
-            uuid: cfg.uuid.clone(),
-            id: status.osd_id().unwrap_or(0),
-            has_id: status.osd_id().is_some(),
-            host: cfg.host.clone(),
-            public_addr: cfg.public_addr.clone(),
-            cluster_addr: cfg.cluster_addr.clone(),
-            shard_count: cfg.shard_ports.len() as u32,
-            shard_ports: cfg.shard_ports.clone(),
-            weight: cfg.weight,
-            admin_addr: cfg.admin_listen.to_string(),
-            new_process: status.boots() == 0,
-            store_failure: stats.store_failure().unwrap_or_default(),
-        },
-        &token,
-    )))
+    let boot = timed(
+        mon.boot(with_token(
+            v1::BootRequest {
+                uuid: cfg.uuid.clone(),
+                id: status.osd_id().unwrap_or(0),
+                has_id: status.osd_id().is_some(),
+                host: cfg.host.clone(),
+                public_addr: cfg.public_addr.clone(),
+                cluster_addr: cfg.cluster_addr.clone(),
+                shard_count: cfg.shard_ports.len() as u32,
+                shard_ports: cfg.shard_ports.clone(),
+                weight: cfg.weight,
+                admin_addr: cfg.admin_listen.to_string(),
+                metrics_addr: cfg
+                    .metrics_listen
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                new_process: status.boots() == 0,
+                store_failure: stats.store_failure().unwrap_or_default(),
+            },
+            &token,
+        )),
+    )
     .await?;
     if let Some(want) = cfg.credential.as_ref().and_then(|c| c.osd_id()) {
         if boot.id != want {
@@ -356,6 +373,7 @@ async fn session(
                             used_bytes: used,
                             capacity_bytes: capacity,
                             admin_addr: cfg.admin_listen.to_string(),
+                            metrics_addr: cfg.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
                             inconsistent_pgs: shards.scrubs.report(),
                             pg_stats: shards.peering.as_ref().map(|p| p.report()).unwrap_or_default(),
                             store_failure: failure.clone().unwrap_or_default(),

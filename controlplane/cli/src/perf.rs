@@ -4,8 +4,10 @@
 //! Counter names `shard<N>.<name>` belong to shard N; every other name is OSD-wide. The plain
 //! table has one row per shard and one column per counter name (sorted; `-` where a shard
 //! lacks one), the OSD-wide counters below it; JSON is
-//! `{"osd": id|null, "admin_addr": "...", "shards": [{"shard": 0, "<name>": value, ..}, ..],
-//! "other": {"<name>": value, ..}}`.
+//! `{"osd": id|null, "admin_addr": "...", "metrics_addr": "ip:port"|null, "shards": [{"shard":
+//! 0, "<name>": value, ..}, ..], "other": {"<name>": value, ..}}` (`metrics_addr`: where the
+//! OSD serves Prometheus metrics, as the monitor knows it; null when not served or addressed
+//! by `--admin-addr`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -111,8 +113,15 @@ pub async fn fetch(tls: &ClientTls, addr: &str, token: &str) -> Result<PerfTable
     ))
 }
 
-/// Renders `t` for OSD `osd` (None when addressed by `--admin-addr`).
-pub fn render(o: &Out, osd: Option<u32>, addr: &str, t: &PerfTable) -> String {
+/// Renders `t` for OSD `osd` (None when addressed by `--admin-addr`), whose metrics are
+/// served on `metrics` (JSON only).
+pub fn render(
+    o: &Out,
+    osd: Option<u32>,
+    addr: &str,
+    metrics: Option<&str>,
+    t: &PerfTable,
+) -> String {
     if o.format == Format::Json {
         let shards: Vec<Value> = t
             .shards
@@ -129,6 +138,7 @@ pub fn render(o: &Out, osd: Option<u32>, addr: &str, t: &PerfTable) -> String {
         let mut s = serde_json::to_string_pretty(&json!({
             "osd": osd,
             "admin_addr": addr,
+            "metrics_addr": metrics,
             "shards": shards,
             "other": t.other,
         }))
@@ -217,6 +227,7 @@ mod tests {
             },
             Some(3),
             "x",
+            None,
             &t,
         );
         let lines: Vec<&str> = text.lines().collect();

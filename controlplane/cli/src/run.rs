@@ -388,7 +388,7 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
     {
         // Addressed directly: no monitor involved.
         let t = crate::perf::fetch(&tls, addr, &admin_token_of(&cli)?).await?;
-        return Ok(crate::perf::render(&out, None, addr, &t));
+        return Ok(crate::perf::render(&out, None, addr, None, &t));
     }
     if let Cmd::Image(cmd) = &cli.cmd {
         // The data path, like bench: a client key, or the admin token's key.
@@ -462,9 +462,10 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
             OsdCmd::Perf { id, .. } => {
                 // clap requires the id when --admin-addr is absent (handled above).
                 let id = id.ok_or_else(|| CliError::Other("osd perf needs an OSD id".into()))?;
-                let addr = call!(c, osd_admin_addr, v1::OsdIdRequest { id }).admin_addr;
-                let t = crate::perf::fetch(&tls, &addr, &admin_token_of(&cli)?).await?;
-                crate::perf::render(&out, Some(id), &addr, &t)
+                let a = call!(c, osd_admin_addr, v1::OsdIdRequest { id });
+                let t = crate::perf::fetch(&tls, &a.admin_addr, &admin_token_of(&cli)?).await?;
+                let metrics = (!a.metrics_addr.is_empty()).then_some(a.metrics_addr.as_str());
+                crate::perf::render(&out, Some(id), &a.admin_addr, metrics, &t)
             }
         },
         Cmd::Pool(cmd) => match cmd {

@@ -211,6 +211,7 @@ fn osd_perf_plain_json_direct_and_errors() {
             shard_ports: vec![6800, 6801],
             weight: 1.0,
             admin_listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
             credential: Some(test_mon::osd_credential(&mon.addr, TOKEN, "uuid-perf")),
             client_tls: carmine_proto::tls::ClientTls::Plaintext,
             admin_tls: carmine_proto::tls::ServerTls::Plaintext,
@@ -258,6 +259,13 @@ fn osd_perf_plain_json_direct_and_errors() {
     .unwrap();
     assert_eq!(j["osd"], id);
     assert_eq!(j["admin_addr"], agent.admin_addr().to_string());
+    assert_eq!(
+        j["metrics_addr"],
+        agent
+            .metrics_addr()
+            .expect("metrics configured")
+            .to_string()
+    );
     assert_eq!(
         j["shards"],
         json!([

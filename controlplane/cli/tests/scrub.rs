@@ -79,6 +79,7 @@ fn start_agent(mon: &TestMon, i: usize, table: Arc<Table>, interval: Option<Dura
             shard_ports: vec![6800],
             weight: 1.0,
             admin_listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: None,
             credential: Some(test_mon::osd_credential(
                 &mon.addr,
                 TOKEN,

@@ -18,6 +18,8 @@
 //! * [`lease`]: how long an earlier primary's read lease may still run (`LeaseWait`);
 //! * [`pgstats`]: PG states from the primaries' heartbeats, stale and down marking, sums;
 //! * [`store`]: the crash-safe map history, client keyring and PG histories (redb by default);
+//! * [`metrics`]: `/metrics` (Prometheus text format) and Prometheus service discovery of
+//!   the OSDs' metrics addresses, on `--metrics-listen` (plain HTTP; off when not given);
 //! * [`ha`]: the etcd backend for several monitors with one elected leader; the others listen
 //!   and redirect every call to it (an empty [`service::MonSlot`] answers with
 //!   [`carmine_proto::not_leader`]).
@@ -30,6 +32,7 @@ pub mod health;
 pub mod history;
 pub mod keyring;
 pub mod lease;
+pub mod metrics;
 pub mod pgstats;
 pub mod service;
 pub mod state;
@@ -138,6 +141,11 @@ pub struct MonConfig {
         conflicts_with_all = ["tls_cert", "tls_key"]
     )]
     pub plaintext: bool,
+    /// Serve Prometheus metrics (`GET /metrics`) and the OSDs' metrics addresses for
+    /// Prometheus's HTTP service discovery (`GET /prometheus/targets`) over plain HTTP on
+    /// this address (e.g. `127.0.0.1:9283`; port 0 picks one). Off when not given.
+    #[arg(long, env = "CARMINE_MON_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl MonConfig {
@@ -273,6 +281,12 @@ pub enum ServeError {
     /// The etcd election failed.
     #[error(transparent)]
     Ha(#[from] ha::HaError),
+    /// The metrics address could not be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     /// The server task panicked or was cancelled.
     #[error("server task: {0}")]
     Task(String),
@@ -284,12 +298,43 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let metrics = bind_metrics(&cfg).await?;
+    serve_on(cfg, listener, metrics, shutdown).await
+}
+
+/// [`serve`] with the metrics listener given (bound by the caller; `--metrics-listen` is not
+/// looked at).
+pub async fn serve_on(
+    cfg: MonConfig,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let dir = cfg
         .data_dir
         .clone()
         .ok_or_else(|| ServeError::Config("--data-dir is required".into()))?;
     let store = MapStore::open(&dir)?;
-    serve_with(cfg, store.into(), listener, shutdown).await
+    cfg.check_credentials()?;
+    let mut mon = Monitor::open(store, cfg.policy())?;
+    cfg.prepare(&mut mon)?;
+    serve_slot_on(cfg, MonSlot::leading(mon), listener, metrics, shutdown).await
+}
+
+/// Binds `--metrics-listen` when given, and says where on stdout (scripts read
+/// `carmine-mon metrics on <addr>` when the port is 0).
+async fn bind_metrics(cfg: &MonConfig) -> Result<Option<TcpListener>, ServeError> {
+    let Some(addr) = cfg.metrics_listen else {
+        return Ok(None);
+    };
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::MetricsListen { addr, source })?;
+    let local = l
+        .local_addr()
+        .map_err(|source| ServeError::MetricsListen { addr, source })?;
+    println!("carmine-mon metrics on {local}");
+    Ok(Some(l))
 }
 
 /// Serves the map kept in `backend` on `listener` until `shutdown` resolves.
@@ -305,16 +350,34 @@ pub async fn serve_with(
     serve_slot(cfg, MonSlot::leading(mon), listener, shutdown).await
 }
 
-/// Serves whatever `slot` holds on `listener` until `shutdown` resolves: redirects to the
-/// leader while the slot is empty (an etcd follower), the monitor once it is installed.
+/// Serves whatever `slot` holds on `listener` until `shutdown` resolves (see
+/// [`serve_slot_on`]), with `/metrics` on `--metrics-listen` when given.
 pub async fn serve_slot(
     cfg: MonConfig,
     shared: Shared,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let metrics = bind_metrics(&cfg).await?;
+    serve_slot_on(cfg, shared, listener, metrics, shutdown).await
+}
+
+/// Serves whatever `slot` holds on `listener` until `shutdown` resolves: redirects to the
+/// leader while the slot is empty (an etcd follower), the monitor once it is installed; and
+/// [`metrics`] on `metrics` when given (a follower's says it is not the leader).
+pub async fn serve_slot_on(
+    cfg: MonConfig,
+    shared: Shared,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     cfg.check_credentials()?;
     let tls = cfg.server_tls()?;
+    let metrics_task = metrics.map(|l| {
+        let h = metrics::handler(shared.clone(), !cfg.etcd.is_empty());
+        tokio::spawn(carmine_metrics::serve(l, h, std::future::pending()))
+    });
     tracing::info!(tls = tls.is_tls(), "transport security");
     // The liveness clock: marks OSDs down/out. A quarter of the grace keeps detection within
     // 1.25 x grace. It idles while this monitor follows.
@@ -373,6 +436,9 @@ pub async fn serve_slot(
         }
     };
     ticker.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     res?;
     Ok(())
 }

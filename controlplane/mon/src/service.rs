@@ -272,6 +272,7 @@ impl MonCluster for ClusterSvc {
             _ => None,
         };
         let r_admin = r.admin_addr.clone();
+        let r_metrics = r.metrics_addr.clone();
         let mut m = lock(&self.shared)?;
         let booted = m.boot(
             BootInfo {
@@ -291,6 +292,7 @@ impl MonCluster for ClusterSvc {
         let id = booted.id;
         tracing::info!(osd = id, admin_addr = %r_admin, "osd admin service");
         m.set_admin_addr(id, &r_admin);
+        m.set_metrics_addr(id, &r_metrics);
         Ok(Response::new(v1::BootReply {
             id,
             epoch: booted.epoch,
@@ -319,6 +321,7 @@ impl MonCluster for ClusterSvc {
         let must_boot = m.heartbeat(r.id, &r.uuid, r.used_bytes, r.capacity_bytes, now);
         if !must_boot {
             m.set_admin_addr(r.id, &r.admin_addr);
+            m.set_metrics_addr(r.id, &r.metrics_addr);
             m.set_scrub_report(r.id, r.inconsistent_pgs);
             m.set_pg_stats(r.id, r.pg_stats, now);
         }
@@ -429,8 +432,14 @@ impl MonCluster for ClusterSvc {
     ) -> Result<Response<v1::OsdAdminAddrReply>, Status> {
         require_osd(&self.caller(&req)?, None)?;
         let id = req.into_inner().id;
-        let (admin_addr, up) = lock(&self.shared)?.osd_admin_addr(id)?;
-        Ok(Response::new(v1::OsdAdminAddrReply { id, admin_addr, up }))
+        let m = lock(&self.shared)?;
+        let (admin_addr, up) = m.osd_admin_addr(id)?;
+        Ok(Response::new(v1::OsdAdminAddrReply {
+            id,
+            admin_addr,
+            up,
+            metrics_addr: m.osd_metrics_addr(id),
+        }))
     }
 
     async fn record_intervals(
@@ -527,7 +536,7 @@ fn changed(epoch: Result<u64, MonError>) -> Result<Response<v1::MapChangeReply>,
     Ok(Response::new(v1::MapChangeReply { epoch: epoch? }))
 }
 
-fn health_of(m: &Monitor, pgs: &[v1::PgStat]) -> v1::HealthReply {
+pub(crate) fn health_of(m: &Monitor, pgs: &[v1::PgStat]) -> v1::HealthReply {
     let p = m.policy();
     let h = health_with_failures(
         &m.map(),
@@ -755,8 +764,14 @@ impl MonAdmin for AdminSvc {
         req: Request<v1::OsdIdRequest>,
     ) -> Result<Response<v1::OsdAdminAddrReply>, Status> {
         let id = req.into_inner().id;
-        let (admin_addr, up) = lock(&self.0)?.osd_admin_addr(id)?;
-        Ok(Response::new(v1::OsdAdminAddrReply { id, admin_addr, up }))
+        let m = lock(&self.0)?;
+        let (admin_addr, up) = m.osd_admin_addr(id)?;
+        Ok(Response::new(v1::OsdAdminAddrReply {
+            id,
+            admin_addr,
+            up,
+            metrics_addr: m.osd_metrics_addr(id),
+        }))
     }
 
     async fn list_inconsistent_pgs(

@@ -232,6 +232,8 @@ pub struct Monitor {
     keyring: Keyring,
     /// OSD id → its admin service address (soft state: from boots and heartbeats).
     admin_addrs: HashMap<u32, String>,
+    /// Where each OSD serves `/metrics` (from its boots and heartbeats; not in the map).
+    metrics_addrs: HashMap<u32, String>,
     /// OSD id → the inconsistent PGs its last heartbeat reported (soft state).
     scrub_reports: BTreeMap<u32, Vec<v1::InconsistentPg>>,
     /// PG → its recorded intervals, oldest first (as stored; no entry = none).
@@ -266,6 +268,7 @@ impl Monitor {
             started: now,
             keyring: Keyring::default(),
             admin_addrs: HashMap::new(),
+            metrics_addrs: HashMap::new(),
             scrub_reports: BTreeMap::new(),
             pg_history: BTreeMap::new(),
             epochs: EpochClock::new(now, 0),
@@ -643,6 +646,27 @@ impl Monitor {
         if !addr.is_empty() && self.map.osds.contains_key(&id) {
             self.admin_addrs.insert(id, addr.to_string());
         }
+    }
+
+    /// Remembers where an OSD serves `/metrics` (from a boot or heartbeat); empty = unchanged.
+    pub fn set_metrics_addr(&mut self, id: u32, addr: &str) {
+        if !addr.is_empty() && self.map.osds.contains_key(&id) {
+            self.metrics_addrs.insert(id, addr.to_string());
+        }
+    }
+
+    /// Where OSD `id` serves `/metrics` (empty: not served, or not reported to this monitor).
+    pub fn osd_metrics_addr(&self, id: u32) -> String {
+        self.metrics_addrs.get(&id).cloned().unwrap_or_default()
+    }
+
+    /// Every OSD's metrics address this monitor knows, by OSD id.
+    pub fn metrics_addrs(&self) -> BTreeMap<u32, String> {
+        self.metrics_addrs
+            .iter()
+            .filter(|(id, _)| self.map.osds.contains_key(id))
+            .map(|(id, a)| (*id, a.clone()))
+            .collect()
     }
 
     /// Persists `next` as the next epoch and publishes it. No-op if nothing changed.
@@ -1130,6 +1154,7 @@ impl Monitor {
         next.osds.remove(&id);
         self.live.remove(&id);
         self.admin_addrs.remove(&id);
+        self.metrics_addrs.remove(&id);
         self.scrub_reports.remove(&id);
         self.store_failures.remove(&id);
         self.pg_stats.forget_osd(id);

@@ -156,6 +156,7 @@ fn leader_mon_killed_other_takes_over_without_losing_epochs() {
                 shard_ports: vec![6800],
                 weight: 1.0,
                 admin_listen: "127.0.0.1:0".parse().unwrap(),
+                metrics_listen: None,
                 credential,
                 client_tls: carmine_proto::tls::ClientTls::Plaintext,
                 admin_tls: carmine_proto::tls::ServerTls::Plaintext,

@@ -41,6 +41,7 @@ fn start_agent(mon: &str, uuid: &str, credential: OsdCredential) -> Agent {
             shard_ports: vec![6800],
             weight: 1.0,
             admin_listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: None,
             credential: Some(credential),
             client_tls: carmine_proto::tls::ClientTls::Plaintext,
             admin_tls: carmine_proto::tls::ServerTls::Plaintext,

@@ -44,6 +44,9 @@ pub struct Config {
     pub osd: OsdSection,
     pub mon: MonSection,
     pub admin: AdminSection,
+    /// Prometheus metrics over HTTP; absent: not served.
+    #[serde(default)]
+    pub metrics: MetricsSection,
     /// The OSD's own credential; absent: none (only a monitor run with `--insecure` lets
     /// such an OSD in).
     pub auth: Option<AuthSection>,
@@ -98,6 +101,15 @@ pub struct MonSection {
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     pub listen: SocketAddr,
+}
+
+/// `[metrics]`: where the agent serves `GET /metrics` (Prometheus text format, plain HTTP:
+/// counters only, no secret). Off unless `listen` is set: several OSDs share a host, so no
+/// default port would fit them all (port 0 picks a free one, printed in the ready line).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[auth]`: the OSD's key.
@@ -748,6 +760,15 @@ kind = "memstore"
         })?;
         c.validate()?;
         Ok(c)
+    }
+
+    #[test]
+    fn metrics_are_off_unless_listen_is_set() {
+        assert_eq!(parse(KERNEL).unwrap().metrics.listen, None);
+        let c = parse(&format!("{KERNEL}[metrics]\nlisten = \"127.0.0.1:9284\"\n")).unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9284".parse().unwrap()));
+        assert!(parse(&format!("{KERNEL}[metrics]\nlisten = \"nowhere\"\n")).is_err());
+        assert!(parse(&format!("{KERNEL}[metrics]\nport = 1\n")).is_err());
     }
 
     #[test]

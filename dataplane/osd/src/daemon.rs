@@ -18,10 +18,11 @@
 //!    `base_port + shard`, mounts its store partition on its own SPDK thread;
 //! 6. the control-plane agent (own thread, tokio): boot with the monitor announcing the
 //!    shards' ports, map subscription into every shard's control ring, the keyring, the admin
-//!    gRPC with the perf counters.
+//!    gRPC with the perf counters, and `/metrics` when `[metrics] listen` is set.
 //!
 //! When every shard has applied a map that holds this OSD, one line goes to stdout:
-//! `carmine-osd: ready osd=<id> shards=<n> addr=<ip> ports=<p0,..>`. SIGTERM or SIGINT stops
+//! `carmine-osd: ready osd=<id> shards=<n> addr=<ip> ports=<p0,..> admin=<addr>` and, with
+//! `[metrics]`, ` metrics=<addr>`. SIGTERM or SIGINT stops
 //! the agent, then the shards (each store writes its checkpoint on its own thread), then SPDK.
 
 use std::path::{Path, PathBuf};
@@ -145,6 +146,7 @@ pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), DaemonError> {
         shard_ports: Vec::new(),
         weight: cfg.osd.weight,
         admin_listen: cfg.admin.listen,
+        metrics_listen: cfg.metrics.listen,
         credential,
         client_tls,
         admin_tls,
@@ -220,6 +222,7 @@ pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), DaemonError> {
     // 4. The agent.
     let public_ip = cfg.public_ip()?.to_string();
     let stats = Arc::new(OsdStats {
+        started: Instant::now(),
         shards: counters
             .iter()
             .enumerate()
@@ -293,8 +296,12 @@ pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), DaemonError> {
                 .all(|c| c.map_epoch.load(Ordering::Relaxed) > 0);
             if let (Some(id), true) = (agent.status().osd_id(), epochs_ok) {
                 ready = true;
+                let metrics = agent
+                    .metrics_addr()
+                    .map(|a| format!(" metrics={a}"))
+                    .unwrap_or_default();
                 println!(
-                    "carmine-osd: ready osd={id} shards={shards} addr={public_ip} ports={ports_s} admin={}",
+                    "carmine-osd: ready osd={id} shards={shards} addr={public_ip} ports={ports_s} admin={}{metrics}",
                     agent.admin_addr()
                 );
                 tracing::info!(osd = id, "ready");

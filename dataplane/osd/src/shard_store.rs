@@ -108,6 +108,28 @@ impl ShardStore {
     }
 }
 
+impl ShardStore {
+    /// The store's own counters (bdevstore), for the metrics; `None` for memstore.
+    pub fn counters(&self) -> Option<crate::perf::StoreCounters> {
+        use carmine_objectstore::device::BlockDevice;
+        match self {
+            ShardStore::Mem(_) => None,
+            ShardStore::Bdev(b) => b.store.as_ref().map(|s| {
+                let st = s.stats();
+                crate::perf::StoreCounters {
+                    user_bytes: st.user_bytes,
+                    relocated_bytes: st.relocated_bytes,
+                    device_written_bytes: s.device().stats().bytes_written,
+                    cleaner_steps: st.cleaner_steps,
+                    segments_freed: st.segments_freed,
+                    cleaner_stalls: st.cleaner_stalls,
+                    checkpoints: st.checkpoints,
+                }
+            }),
+        }
+    }
+}
+
 impl Drop for BdevShard {
     fn drop(&mut self) {
         if let Some(store) = self.store.take() {

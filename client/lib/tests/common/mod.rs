@@ -23,6 +23,9 @@ pub const TOKEN: &str = "client-test-admin-token";
 /// A monitor on its own runtime thread; stopped and joined on drop.
 pub struct Mon {
     pub addr: String,
+    /// Where the monitor serves `/metrics` and `/prometheus/targets` (127.0.0.1, a port the
+    /// kernel picked; not served again after [`Mon::start_again`]).
+    pub metrics: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -62,17 +65,23 @@ impl Mon {
                 let l = tokio::net::TcpListener::bind(listen.as_str())
                     .await
                     .unwrap();
-                addr_tx.send(l.local_addr().unwrap().to_string()).unwrap();
-                carmine_mon::serve(cfg, l, async {
+                let m = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addrs = (
+                    l.local_addr().unwrap().to_string(),
+                    m.local_addr().unwrap().to_string(),
+                );
+                addr_tx.send(addrs).unwrap();
+                carmine_mon::serve_on(cfg, l, Some(m), async {
                     let _ = stop_rx.await;
                 })
                 .await
                 .unwrap();
             });
         });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (addr, metrics) = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
         Mon {
             addr,
+            metrics,
             stop: Some(stop),
             thread: Some(thread),
             _dir: dir,
@@ -362,7 +371,7 @@ pub fn osd_bin() -> PathBuf {
 }
 
 /// The config of an OSD of these tests: `uuid` on `host`, booting with `mon`, its admin
-/// service on 127.0.0.1 (port 0), its key from `osd new` ([`osd_keyfile`]), one unpinned
+/// service and its `/metrics` on 127.0.0.1 (port 0), its key from `osd new` ([`osd_keyfile`]), one unpinned
 /// shard per entry of `cores`
 /// (adaptive idle), kernel sockets on 127.0.0.1 (ports chosen by the kernel); `store`: the
 /// `[store]` table and whatever follows it (e.g. `[spdk]`).
@@ -376,6 +385,8 @@ host = "{host}"
 [mon]
 addr = "{mon}"
 [admin]
+listen = "127.0.0.1:0"
+[metrics]
 listen = "127.0.0.1:0"
 [auth]
 keyfile = "{keyfile}"
@@ -397,13 +408,15 @@ base_port = 0
 }
 
 /// What a `carmine-osd run` prints once it serves:
-/// `carmine-osd: ready osd=<id> shards=<n> addr=<ip> ports=<p0,p1,..>`.
+/// `carmine-osd: ready osd=<id> shards=<n> addr=<ip> ports=<p0,p1,..> admin=<a> [metrics=<m>]`.
 #[derive(Debug, Clone)]
 pub struct Ready {
     /// The id the monitor gave the OSD.
     pub id: u32,
     /// Each shard's data port.
     pub ports: Vec<u16>,
+    /// Where it serves `/metrics`, when its config has `[metrics]`.
+    pub metrics: Option<String>,
 }
 
 /// Runs `bin run --config <config>` (any store: memstore here, bdevstore in the OSD crate's
@@ -450,12 +463,15 @@ pub fn spawn_osd(bin: &Path, config: &Path, ready_within: Duration) -> (Child, R
     let mut ready = Ready {
         id: 0,
         ports: Vec::new(),
+        metrics: None,
     };
     for field in line.split_whitespace() {
         if let Some(v) = field.strip_prefix("osd=") {
             ready.id = v.parse().unwrap();
         } else if let Some(v) = field.strip_prefix("ports=") {
             ready.ports = v.split(',').map(|p| p.parse().unwrap()).collect();
+        } else if let Some(v) = field.strip_prefix("metrics=") {
+            ready.metrics = Some(v.to_string());
         }
     }
     assert!(!ready.ports.is_empty(), "no ports in {line:?}");
@@ -475,6 +491,8 @@ pub struct Osd {
     child: Option<Child>,
     pub id: u32,
     pub ports: Vec<u16>,
+    /// Where it serves `/metrics` (from its ready line).
+    pub metrics: Option<String>,
     pub uuid: String,
     config: PathBuf,
     _dir: tempfile::TempDir,
@@ -493,6 +511,7 @@ impl Osd {
             child: None,
             id: 0,
             ports: Vec::new(),
+            metrics: None,
             uuid: uuid.into(),
             config,
             _dir: dir,
@@ -506,6 +525,7 @@ impl Osd {
         self.child = Some(child);
         self.id = ready.id;
         self.ports = ready.ports;
+        self.metrics = ready.metrics;
     }
 
     /// The process id (while it runs).

@@ -320,7 +320,7 @@ impl ShardCore {
             || self.scrub.busy()
             || self.pushes.busy()
             || !self.deferred.is_empty();
-        if busy {
+        let deadline = if busy {
             Some(Instant::now())
         } else if self.pushes.recovering() {
             // Recovery paused after a failed push: back soon, without spinning.
@@ -328,6 +328,12 @@ impl ShardCore {
             Some(self.messenger.net_deadline().map_or(soon, |d| d.min(soon)))
         } else {
             self.messenger.net_deadline()
+        };
+        // Latencies recorded since the last publish reach the counters (and /metrics) even
+        // when no op comes after them.
+        match (deadline, self.latency.publish_due()) {
+            (Some(d), Some(p)) => Some(d.min(p)),
+            (d, p) => d.or(p),
         }
     }
 
@@ -434,6 +440,9 @@ impl ShardCore {
         if let Some((used, cap)) = self.store.usage() {
             ShardCounters::set(&self.usage.0, used);
             ShardCounters::set(&self.usage.1, cap);
+        }
+        if let Some(s) = self.store.counters() {
+            s.publish(&self.counters);
         }
     }
 
@@ -713,6 +722,13 @@ impl ShardCore {
                 }
                 None => failed = Some(OpError::Invalid),
             }
+        }
+        if let Job::Write { data, .. } | Job::WriteFull { data, .. } = &job {
+            ShardCounters::add(&self.counters.bytes_written, data.len() as u64);
+            ShardCounters::add(
+                &self.counters.rep_sent_bytes,
+                (data.len() * sent.len()) as u64,
+            );
         }
         let (txn, creates) = self.mutation_txn(key, job, w);
         let m = Mutation {
@@ -1185,12 +1201,18 @@ impl ShardCore {
             1,
         );
         match &result {
-            Ok(a) => ShardCounters::add(&ctr.bytes_out, a.bytes_out() as u64),
+            Ok(a) => {
+                ShardCounters::add(&ctr.bytes_out, a.bytes_out() as u64);
+                if let Answer::Read(d) = a {
+                    ShardCounters::add(&ctr.bytes_read, d.len() as u64);
+                }
+            }
             Err(OpError::StaleMap { .. }) => ShardCounters::add(&ctr.stale_map, 1),
             Err(OpError::Again) => ShardCounters::add(&ctr.again, 1),
             Err(_) => ShardCounters::add(&ctr.errors, 1),
         }
-        self.latency.record(started, Instant::now());
+        self.latency
+            .record(crate::perf::op_index(kind), started, Instant::now());
         self.messenger.deliver(conn, tid, &result);
         // The read data is in the reply bytes now (or not wanted): its buffer goes back to the
         // store's pool.

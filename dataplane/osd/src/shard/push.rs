@@ -270,6 +270,8 @@ impl ShardCore {
                 let sent = self.messenger.send_rep(l, PUSH_TID | id, &rep);
                 if sent.is_ok() {
                     crate::perf::ShardCounters::add(&self.counters.push_sent, 1);
+                    let bytes = data.as_ref().map_or(0, |d| d.len() as u64);
+                    crate::perf::ShardCounters::add(&self.counters.push_sent_bytes, bytes);
                 }
                 sent.map_err(|e| PeeringError::PushRefused {
                     osd: target,
