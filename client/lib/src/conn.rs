@@ -394,6 +394,11 @@ async fn write_loop(writer: Arc<Mutex<WriteState>>, shared: Arc<Shared>) {
     let mut chunk = Vec::new();
     loop {
         shared.flush.notified().await;
+        // Let the other ready tasks run first: ops issued by tasks woken together (a
+        // gateway's requests, a batch of completed replies' callers) then leave in one write
+        // instead of one syscall and one TCP segment each. Measured through carmine-nbd:
+        // gateway CPU per op 23-26 -> 13-16 us, IOPS +25-55%.
+        tokio::task::yield_now().await;
         let mut w = writer.lock().await;
         loop {
             std::mem::swap(&mut *shared.outbox(), &mut chunk);

@@ -539,6 +539,9 @@ async fn write_replies<W: AsyncWrite>(
     let mut w = Box::pin(BufWriter::with_capacity(64 << 10, wr));
     let r: io::Result<()> = async {
         while let Some(mut m) = rx.recv().await {
+            // Replies of requests completing together (one batch of OSD replies wakes
+            // several) share one flush when the other ready tasks run first.
+            tokio::task::yield_now().await;
             loop {
                 w.write_all(&m.head).await?;
                 if !m.data.is_empty() {

@@ -29,11 +29,16 @@ const SIZE: u64 = 256 * MIB;
 const OBJ: u64 = 4 * MIB;
 /// The copy is ~1/3 done when the OSD dies.
 const KILL_AT_PERCENT: f64 = 33.0;
+/// `qemu-img convert -m 8` coroutines with 2 MiB buffers: what its progress may count ahead
+/// of the writes that completed.
+const CONVERT_IN_FLIGHT: u64 = 8 * (2 << 20);
 
 struct Killed {
     osd: u32,
-    /// Bytes the copy had completed (in order: qemu-img writes in order without -W) when
-    /// the OSD died: acknowledged, so they must never read back as anything but the source.
+    /// Bytes below which the copy was surely acknowledged when the OSD died: they must never
+    /// read back as anything but the source. qemu-img's progress counts chunks as its
+    /// coroutines take them, before their writes complete (in order without -W means issued
+    /// in order, not completed), so up to [`CONVERT_IN_FLIGHT`] below it may not have landed.
     done: u64,
     /// The convert, still running.
     convert: Spawned,
@@ -42,7 +47,7 @@ struct Killed {
 /// Starts `qemu-img convert -p` of `src` into `uri`, and kills the OSD that is primary for
 /// most of `pool`'s objects once the progress passes [`KILL_AT_PERCENT`].
 fn convert_and_kill(s: &mut Setup, pool: &str, src: &std::path::Path, uri: &str) -> Killed {
-    let mut c = QEMU_IMG.cmd(["convert", "-p", "-n", "-f", "raw", "-O", "raw"]);
+    let mut c = QEMU_IMG.cmd(["convert", "-p", "-n", "-m", "8", "-f", "raw", "-O", "raw"]);
     c.arg(src).arg(uri);
     let (tx, rx) = mpsc::channel::<f64>();
     // "    (12.50/100%)\r": one update per 2 MiB chunk.
@@ -106,7 +111,7 @@ fn convert_and_kill(s: &mut Setup, pool: &str, src: &std::path::Path, uri: &str)
     );
     Killed {
         osd,
-        done: (progress / 100.0 * SIZE as f64) as u64,
+        done: ((progress / 100.0 * SIZE as f64) as u64).saturating_sub(CONVERT_IN_FLIGHT),
         convert,
     }
 }
