@@ -65,6 +65,8 @@ const DATA_PREFIX: &str = "image_data.";
 const MAX_HEADER_LEN: u64 = 64 << 10;
 /// Object removals (rm, shrink) kept in flight at once.
 const REMOVE_CONCURRENCY: usize = 32;
+/// What zeroing writes from: one shared buffer, so a zeroing request allocates nothing.
+static ZEROS: [u8; 4 << 20] = [0; 4 << 20];
 
 /// Errors of the image layer.
 #[derive(Debug, Error)]
@@ -470,19 +472,34 @@ impl Image {
         Ok(())
     }
 
-    /// Makes `len` bytes at `offset` read as zeros: whole objects are removed, partial
-    /// ranges of existing objects overwritten with zeros.
+    /// Writes zeros over `len` bytes at `offset`, keeping the range allocated (NBD's
+    /// WRITE_ZEROES with NO_HOLE). [`Image::discard`] frees instead.
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), ImageError> {
         self.check_range(offset, len)?;
-        self.zero_range(offset, len).await
+        let piece = self.max_piece.min(ZEROS.len() as u64);
+        stream::iter(extents(offset, len, self.info.object_size, piece).map(Ok))
+            .try_for_each_concurrent(REMOVE_CONCURRENCY, |e| async move {
+                let object = self.info.data_object(e.object);
+                self.client
+                    .write(
+                        self.info.pool.as_str(),
+                        &object,
+                        e.offset,
+                        &ZEROS[..e.len as usize],
+                    )
+                    .await
+                    .map_err(ImageError::from)
+            })
+            .await
     }
 
-    /// Discards (trims) `len` bytes at `offset`: they read as zeros afterwards, and objects
-    /// wholly inside the range are freed. The same work as [`Image::write_zeroes`]: a
-    /// partial trim could leave old data for a later read, which a block device user does
-    /// not expect from this cluster.
+    /// Discards (trims) `len` bytes at `offset`: they read as zeros afterwards. Objects
+    /// wholly inside the range are removed; partial ranges of existing objects are
+    /// overwritten with zeros (a trim that left old data for a later read would surprise a
+    /// block device user).
     pub async fn discard(&self, offset: u64, len: u64) -> Result<(), ImageError> {
-        self.write_zeroes(offset, len).await
+        self.check_range(offset, len)?;
+        self.zero_range(offset, len).await
     }
 
     /// Nothing to do: acknowledged writes are already durable on every replica.
@@ -492,9 +509,9 @@ impl Image {
 
     async fn zero_range(&self, offset: u64, len: u64) -> Result<(), ImageError> {
         let os = u64::from(self.info.object_size);
-        // Per object (not per wire piece): a whole object is one remove.
-        let per_object: Vec<Extent> = extents(offset, len, self.info.object_size, os).collect();
-        stream::iter(per_object.into_iter().map(Ok))
+        // Per object (not per wire piece): a whole object is one remove. Lazily: a huge
+        // range is not materialized.
+        stream::iter(extents(offset, len, self.info.object_size, os).map(Ok))
             .try_for_each_concurrent(REMOVE_CONCURRENCY, |e| self.zero_in_object(e))
             .await
     }
@@ -523,11 +540,11 @@ impl Image {
         if end <= e.offset {
             return Ok(());
         }
-        let zeros = vec![0u8; (end - e.offset).min(self.max_piece) as usize];
+        let piece = self.max_piece.min(ZEROS.len() as u64);
         let mut at = e.offset;
         while at < end {
-            let n = (end - at).min(zeros.len() as u64) as usize;
-            self.client.write(pool, &object, at, &zeros[..n]).await?;
+            let n = (end - at).min(piece) as usize;
+            self.client.write(pool, &object, at, &ZEROS[..n]).await?;
             at += n as u64;
         }
         Ok(())

@@ -100,7 +100,7 @@ fn image_io_is_byte_exact_sparse_and_removable() {
             // Zero a range covering object 4 whole and parts of 3 and 5: 4 is removed, the
             // parts read as zeros, the rest is intact.
             let (zo, zl) = (3 * u64::from(OS) + 100, 2 * u64::from(OS) + 50);
-            img.write_zeroes(zo, zl).await.unwrap();
+            img.discard(zo, zl).await.unwrap();
             model[zo as usize..(zo + zl) as usize].fill(0);
             assert!(!data_objects(&client, "rbd", &img)
                 .await
@@ -111,6 +111,15 @@ fn image_io_is_byte_exact_sparse_and_removable() {
             assert!(!data_objects(&client, "rbd", &img)
                 .await
                 .contains(&img.info().data_object(10)));
+            assert_eq!(img.read(0, size as usize).await.unwrap(), model);
+            // write_zeroes keeps the range allocated (NBD's NO_HOLE): object 7, never
+            // written, exists afterwards and reads as zeros, as do the bytes around it.
+            let (wo, wl) = (7 * u64::from(OS) - 10, u64::from(OS) + 20);
+            img.write_zeroes(wo, wl).await.unwrap();
+            model[wo as usize..(wo + wl) as usize].fill(0);
+            assert!(data_objects(&client, "rbd", &img)
+                .await
+                .contains(&img.info().data_object(7)));
             assert_eq!(img.read(0, size as usize).await.unwrap(), model);
 
             // Another handle (what a second gateway connection is) sees the same bytes.

@@ -49,7 +49,7 @@ pub trait BlockExport: Send + Sync + 'static {
         data: &[u8],
     ) -> impl Future<Output = Result<(), ExportError>> + Send;
 
-    /// The range reads back as zeros; durable when `Ok`.
+    /// The range reads back as zeros and stays allocated (NBD's NO_HOLE); durable when `Ok`.
     fn write_zeroes(
         &self,
         offset: u64,

@@ -15,7 +15,8 @@
 //!    (and is closed on EXPORT_NAME); no export data or list is ever sent in plain text.
 //! 3. Transmission: the connection's task is the *reader*. It decodes a request header,
 //!    takes the request's budget (one of [`ServerConfig::max_requests`] slots, and for READ
-//!    and WRITE its length from [`ServerConfig::max_payload_bytes`]), reads a WRITE payload,
+//!    and WRITE its length from the connection's [`ServerConfig::max_payload_bytes`], then
+//!    from the server-wide [`ServerConfig::max_total_bytes`]), reads a WRITE payload,
 //!    and spawns the request. Waiting for budget is the backpressure: while it waits it reads
 //!    nothing more from the socket.
 //! 4. Each request task runs its backend call and sends its encoded reply to the *writer*
@@ -95,6 +96,10 @@ pub struct ServerConfig {
     /// READ and WRITE bytes in flight per connection (at least the maximum block size, so
     /// one request of any valid size fits).
     pub max_payload_bytes: usize,
+    /// READ and WRITE bytes in flight over all connections together (at least the maximum
+    /// block size): what bounds the gateway's memory, since the per-connection budget times
+    /// the connections is far more.
+    pub max_total_bytes: usize,
     /// Connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
     /// How long a shutdown waits for in-flight requests.
@@ -118,6 +123,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_requests: 64,
             max_payload_bytes: 64 << 20,
+            max_total_bytes: 512 << 20,
             max_connections: 64,
             drain_timeout: Duration::from_secs(10),
             tls: None,
@@ -161,6 +167,8 @@ enum Haggled {
 pub struct Server<E> {
     exports: Vec<Export<E>>,
     cfg: ServerConfig,
+    /// The server-wide byte budget ([`ServerConfig::max_total_bytes`]).
+    total_bytes: Arc<Semaphore>,
 }
 
 /// An encoded reply on its way to the writer, with the budget it holds until written.
@@ -168,14 +176,20 @@ struct Outgoing {
     head: Vec<u8>,
     data: Vec<u8>,
     _slot: OwnedSemaphorePermit,
-    _bytes: Option<OwnedSemaphorePermit>,
+    _bytes: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
 }
 
 impl<E: BlockExport> Server<E> {
     pub fn new(exports: Vec<Export<E>>, mut cfg: ServerConfig) -> Self {
         cfg.max_requests = cfg.max_requests.max(1);
         cfg.max_payload_bytes = cfg.max_payload_bytes.max(proto::MAX_BLOCK_SIZE as usize);
-        Server { exports, cfg }
+        cfg.max_total_bytes = cfg.max_total_bytes.max(proto::MAX_BLOCK_SIZE as usize);
+        let total_bytes = Arc::new(Semaphore::new(cfg.max_total_bytes));
+        Server {
+            exports,
+            cfg,
+            total_bytes,
+        }
     }
 
     pub fn exports(&self) -> &[Export<E>] {
@@ -432,11 +446,21 @@ impl<E: BlockExport> Server<E> {
                 break;
             };
             let held = if cost > 0 {
-                // cost ≤ max_block ≤ max_payload_bytes: always satisfiable. Never closed.
-                match bytes.clone().acquire_many_owned(cost as u32).await {
-                    Ok(p) => Some(p),
-                    Err(_) => break,
-                }
+                // cost ≤ max_block ≤ both budgets: always satisfiable. Never closed. The
+                // connection's share first, so one connection waits on the server-wide
+                // budget with at most one request's worth.
+                let Ok(mine) = bytes.clone().acquire_many_owned(cost as u32).await else {
+                    break;
+                };
+                let Ok(all) = self
+                    .total_bytes
+                    .clone()
+                    .acquire_many_owned(cost as u32)
+                    .await
+                else {
+                    break;
+                };
+                Some((mine, all))
             } else {
                 None
             };
@@ -620,7 +644,12 @@ async fn execute<E: BlockExport>(
             Err(e) => Err(e),
         },
         Command::Write => backend.write(off, &payload).await,
-        Command::WriteZeroes => backend.write_zeroes(off, u64::from(len)).await,
+        // NO_HOLE: the range must stay provisioned (zeros written); without it the server
+        // may deallocate, which is what discard does (whole objects removed).
+        Command::WriteZeroes if req.flags & proto::CMD_FLAG_NO_HOLE != 0 => {
+            backend.write_zeroes(off, u64::from(len)).await
+        }
+        Command::WriteZeroes => backend.discard(off, u64::from(len)).await,
         Command::Trim => backend.discard(off, u64::from(len)).await,
         Command::Flush => backend.flush().await,
         // Never spawned (the reader ends the connection); answered harmlessly if it were.

@@ -251,6 +251,13 @@ impl Page {
     }
 }
 
+/// Connections the metrics server keeps open at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 16;
+/// A request's headers must arrive within this long.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A (keep-alive) connection is closed after this long; a scraper simply reconnects.
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Answers a `GET` of a path (`None`: 404). Called on the server's runtime for each request.
 pub type Handler = Arc<dyn Fn(&str) -> Option<Page> + Send + Sync>;
 
@@ -263,6 +270,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    // A scraper needs one connection; slow or idle peers must not pile up in the daemon
+    // (the OSD's agent shares its descriptors and runtime with this server).
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => return,
@@ -276,16 +286,25 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "metrics: {MAX_CONNECTIONS} connections open, refusing");
+            continue;
+        };
         let handler = handler.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let handler = handler.clone();
                 async move { Ok::<_, Infallible>(answer(&req, &handler)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "metrics connection ended");
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics connection ended"),
+                Err(_) => tracing::debug!(%peer, "metrics connection closed after its lifetime"),
+                Ok(Ok(())) => {}
             }
         });
     }

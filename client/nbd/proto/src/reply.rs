@@ -123,7 +123,8 @@ pub fn chunk_offset_hole(out: &mut Vec<u8>, cookie: u64, done: bool, offset: u64
 /// An ERROR chunk (always the last: DONE), with a message for the client's log (cut to fit
 /// the 16-bit length, at a character boundary).
 pub fn chunk_error(out: &mut Vec<u8>, cookie: u64, error: u32, msg: &str) {
-    let mut end = msg.len().min(usize::from(u16::MAX) - 6);
+    // proto.md: an error chunk's message MUST NOT exceed 4096 bytes.
+    let mut end = msg.len().min(4096);
     while !msg.is_char_boundary(end) {
         end -= 1;
     }
