@@ -331,6 +331,10 @@ fn an_op_sent_to_the_wrong_shard_is_forwarded_and_counted() {
                 .find(|n| client.locate("data", n).unwrap().shard == 0)
                 .unwrap();
             let t = client.locate("data", &name).unwrap();
+            // The PG peers before it serves (every PG does, one copy or more): the client
+            // library waits for that, so that no forwarded op below meets Again and the
+            // forward counts are exact.
+            client.write_full("data", &name, b"peered").await.unwrap();
             let wrong = SocketAddr::from(([127, 0, 0, 1], osd.ports[1]));
             let opts = ConnectOptions::new(cluster.creds.id.clone(), cluster.creds.data_path_key());
             let conn = Connection::connect(wrong, &opts).await.unwrap();
