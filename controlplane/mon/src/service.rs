@@ -89,6 +89,18 @@ impl MonSlot {
     }
 }
 
+/// Where OSD `id`'s admin service and metrics are, and whether it is up (both services
+/// answer `OsdAdminAddr`: the CLI as admin, peers as OSDs).
+fn admin_addr_reply(m: &Monitor, id: u32) -> Result<v1::OsdAdminAddrReply, Status> {
+    let (admin_addr, up) = m.osd_admin_addr(id)?;
+    Ok(v1::OsdAdminAddrReply {
+        id,
+        admin_addr,
+        up,
+        metrics_addr: m.osd_metrics_addr(id),
+    })
+}
+
 fn lock(m: &Shared) -> Result<MutexGuard<'_, Monitor>, Status> {
     m.get()
         .ok_or_else(|| m.redirect())?
@@ -432,14 +444,7 @@ impl MonCluster for ClusterSvc {
     ) -> Result<Response<v1::OsdAdminAddrReply>, Status> {
         require_osd(&self.caller(&req)?, None)?;
         let id = req.into_inner().id;
-        let m = lock(&self.shared)?;
-        let (admin_addr, up) = m.osd_admin_addr(id)?;
-        Ok(Response::new(v1::OsdAdminAddrReply {
-            id,
-            admin_addr,
-            up,
-            metrics_addr: m.osd_metrics_addr(id),
-        }))
+        Ok(Response::new(admin_addr_reply(&*lock(&self.shared)?, id)?))
     }
 
     async fn record_intervals(
@@ -764,14 +769,7 @@ impl MonAdmin for AdminSvc {
         req: Request<v1::OsdIdRequest>,
     ) -> Result<Response<v1::OsdAdminAddrReply>, Status> {
         let id = req.into_inner().id;
-        let m = lock(&self.0)?;
-        let (admin_addr, up) = m.osd_admin_addr(id)?;
-        Ok(Response::new(v1::OsdAdminAddrReply {
-            id,
-            admin_addr,
-            up,
-            metrics_addr: m.osd_metrics_addr(id),
-        }))
+        Ok(Response::new(admin_addr_reply(&*lock(&self.0)?, id)?))
     }
 
     async fn list_inconsistent_pgs(
