@@ -1653,6 +1653,10 @@ impl<D: BlockDevice> ObjectStore for BdevStore<D> {
         Ok(meta::list_page(c, after, max))
     }
 
+    fn collection_len(&self, cid: CollectionId) -> usize {
+        self.idx.colls.get(&cid).map_or(0, |c| c.len())
+    }
+
     fn list_collections(&self) -> Vec<CollectionId> {
         self.idx.colls.keys().copied().collect()
     }

@@ -8,6 +8,10 @@
 //! applied by code with no failure path, so it is all-or-nothing. Work completes at submit; the
 //! completion is handed out by the next `poll`, keeping the same shape as the durable engines.
 //! Nothing here is durable.
+//!
+//! Usage ([`MemStore::used_bytes`]) counts the data pages held (4 KiB each), kept up to date by
+//! `apply`: attributes and omap entries are not counted. The store has no capacity: it grows
+//! until memory runs out.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -94,6 +98,8 @@ impl Object {
 #[derive(Default)]
 pub struct MemStore {
     colls: BTreeMap<CollectionId, BTreeMap<ObjectId, Object>>,
+    /// Data pages held over every object (the invariant `apply` keeps).
+    pages: u64,
     next_ticket: u64,
     done: VecDeque<Completion>,
 }
@@ -115,6 +121,23 @@ impl MemStore {
         Self::default()
     }
 
+    /// Bytes of object data held (whole pages).
+    pub fn used_bytes(&self) -> u64 {
+        self.pages * PAGE
+    }
+
+    /// [`MemStore::used_bytes`] counted afresh over every object (what the kept count must
+    /// equal; for tests).
+    pub fn used_bytes_recounted(&self) -> u64 {
+        let pages: usize = self
+            .colls
+            .values()
+            .flat_map(|c| c.values())
+            .map(|o| o.pages.len())
+            .sum();
+        pages as u64 * PAGE
+    }
+
     fn ticket(&mut self) -> Ticket {
         self.next_ticket += 1;
         Ticket(self.next_ticket)
@@ -130,19 +153,26 @@ impl MemStore {
 
     /// Apply a validated transaction. No failure paths below this point.
     fn apply(&mut self, txn: Transaction) {
+        let MemStore { colls, pages, .. } = self;
+        // Page count of an object before and after an op (no allocation: the op's own names).
+        let held = |o: &Object| o.pages.len() as u64;
         for op in txn.ops {
             match op {
                 Op::CreateCollection { cid } => {
-                    self.colls.insert(cid, BTreeMap::new());
+                    colls.insert(cid, BTreeMap::new());
                 }
                 Op::RemoveCollection { cid } => {
-                    self.colls.remove(&cid);
+                    if let Some(c) = colls.remove(&cid) {
+                        *pages -= c.values().map(held).sum::<u64>();
+                    }
                 }
                 Op::Remove { cid, oid } => {
-                    self.colls.entry(cid).or_default().remove(&oid);
+                    if let Some(o) = colls.entry(cid).or_default().remove(&oid) {
+                        *pages -= held(&o);
+                    }
                 }
                 Op::Touch { cid, oid } => {
-                    self.colls.entry(cid).or_default().entry(oid).or_default();
+                    colls.entry(cid).or_default().entry(oid).or_default();
                 }
                 Op::Write {
                     cid,
@@ -150,25 +180,23 @@ impl MemStore {
                     off,
                     data,
                 } => {
-                    self.colls
-                        .entry(cid)
-                        .or_default()
-                        .entry(oid)
-                        .or_default()
-                        .write(off, &data);
+                    let o = colls.entry(cid).or_default().entry(oid).or_default();
+                    let before = held(o);
+                    o.write(off, &data);
+                    *pages = *pages - before + held(o);
                 }
                 Op::Zero { cid, oid, off, len } => {
-                    let o = self.colls.entry(cid).or_default().entry(oid).or_default();
+                    let o = colls.entry(cid).or_default().entry(oid).or_default();
+                    let before = held(o);
                     o.zero_range(off, len);
                     o.size = o.size.max(off + len);
+                    *pages = *pages - before + held(o);
                 }
                 Op::Truncate { cid, oid, size } => {
-                    self.colls
-                        .entry(cid)
-                        .or_default()
-                        .entry(oid)
-                        .or_default()
-                        .truncate(size);
+                    let o = colls.entry(cid).or_default().entry(oid).or_default();
+                    let before = held(o);
+                    o.truncate(size);
+                    *pages = *pages - before + held(o);
                 }
                 Op::SetAttr {
                     cid,
@@ -176,19 +204,19 @@ impl MemStore {
                     name,
                     value,
                 } => {
-                    let o = self.colls.entry(cid).or_default().entry(oid).or_default();
+                    let o = colls.entry(cid).or_default().entry(oid).or_default();
                     o.attrs.insert(name, value);
                 }
                 Op::RmAttr { cid, oid, name } => {
-                    let o = self.colls.entry(cid).or_default().entry(oid).or_default();
+                    let o = colls.entry(cid).or_default().entry(oid).or_default();
                     o.attrs.remove(&name);
                 }
                 Op::OmapSet { cid, oid, entries } => {
-                    let o = self.colls.entry(cid).or_default().entry(oid).or_default();
+                    let o = colls.entry(cid).or_default().entry(oid).or_default();
                     o.omap.extend(entries);
                 }
                 Op::OmapRm { cid, oid, keys } => {
-                    let o = self.colls.entry(cid).or_default().entry(oid).or_default();
+                    let o = colls.entry(cid).or_default().entry(oid).or_default();
                     for k in keys {
                         o.omap.remove(&k);
                     }
@@ -280,6 +308,10 @@ impl ObjectStore for MemStore {
             .get(&cid)
             .ok_or_else(|| StoreError::NotFound(format!("collection {}", cid.0)))?;
         Ok(meta::list_page(c, after, max))
+    }
+
+    fn collection_len(&self, cid: CollectionId) -> usize {
+        StoreView::collection_len(self, cid)
     }
 
     fn list_collections(&self) -> Vec<CollectionId> {

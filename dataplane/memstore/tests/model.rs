@@ -3,7 +3,9 @@
 
 use carmine_memstore::MemStore;
 use carmine_objectstore::testkit::{arb_txn, compare, step, Model};
-use carmine_objectstore::{drive, CollectionId, ObjectId, ObjectStore, StoreError, Transaction};
+use carmine_objectstore::{
+    drive, CollectionId, ObjectId, ObjectStore, Op, StoreError, Transaction,
+};
 use proptest::prelude::*;
 
 proptest! {
@@ -15,6 +17,7 @@ proptest! {
         for t in &txns {
             step(&mut store, &mut model, t).map_err(TestCaseError::fail)?;
             compare(&mut store, &model).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(store.used_bytes(), store.used_bytes_recounted());
         }
     }
 }
@@ -37,4 +40,55 @@ fn failed_transaction_has_no_effect() {
     ));
     assert_eq!(drive::read(&mut s, c, &o, 0, 100).unwrap(), b"hello");
     assert!(s.is_idle());
+    assert_eq!(
+        s.used_bytes(),
+        4096,
+        "the failed transaction's write is not counted"
+    );
+}
+
+#[test]
+fn usage_counts_the_pages_held() {
+    let mut s = MemStore::new();
+    let c = CollectionId(1);
+    let (a, b) = (ObjectId::from("a"), ObjectId::from("b"));
+    let mut t = Transaction::new();
+    t.create_collection(c)
+        .write(c, &a, 0, &[1u8; 8192])
+        .write(c, &b, 1 << 20, &[2u8; 10]);
+    drive::commit(&mut s, t).unwrap();
+    assert_eq!(
+        s.used_bytes(),
+        3 * 4096,
+        "two pages of a, one of b (its hole holds none)"
+    );
+    let mut t = Transaction::new();
+    t.push(Op::Truncate {
+        cid: c,
+        oid: a.clone(),
+        size: 100,
+    })
+    .push(Op::Zero {
+        cid: c,
+        oid: b.clone(),
+        off: 1 << 20,
+        len: 4096,
+    });
+    drive::commit(&mut s, t).unwrap();
+    assert_eq!(
+        s.used_bytes(),
+        4096,
+        "a keeps its first page; b's whole page was zeroed away"
+    );
+    let mut t = Transaction::new();
+    t.remove(c, &a);
+    drive::commit(&mut s, t).unwrap();
+    assert_eq!(s.used_bytes(), 0);
+    let mut t = Transaction::new();
+    t.write(c, &b, 0, &[3u8; 4096])
+        .remove(c, &b)
+        .push(Op::RemoveCollection { cid: c });
+    drive::commit(&mut s, t).unwrap();
+    assert_eq!(s.used_bytes(), 0);
+    assert_eq!(s.used_bytes(), s.used_bytes_recounted());
 }

@@ -134,6 +134,10 @@ pub trait ObjectStore {
     /// All collections, in order.
     fn list_collections(&self) -> Vec<CollectionId>;
 
+    /// How many objects collection `cid` holds (0 when it does not exist). Cheap (an index
+    /// lookup, no listing): the OSD reports its PGs' object counts from it.
+    fn collection_len(&self, cid: CollectionId) -> usize;
+
     /// An empty buffer with room for at least `len` bytes, to fill with the data of the
     /// caller's next write (`Op::Write::data`). An engine that consumes write data (copies it
     /// into its own I/O buffers) hands such buffers out again here, and read results come from

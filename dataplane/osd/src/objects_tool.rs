@@ -594,6 +594,9 @@ mod tests {
         ) -> Result<ListPage, StoreError> {
             self.inner.list(cid, after, max)
         }
+        fn collection_len(&self, cid: CollectionId) -> usize {
+            self.inner.collection_len(cid)
+        }
         fn list_collections(&self) -> Vec<CollectionId> {
             self.inner.list_collections()
         }

@@ -90,10 +90,11 @@ impl ShardStore {
     /// (used, capacity) bytes, when the store knows. The capacity is what client writes can
     /// fill: bdevstore answers `NoSpace` once only its reserve segments (kept for the
     /// cleaner) are free, so they are left out, and a store that refuses writes reports
-    /// itself 100% used (the monitor's `OSD_FULL`), whatever its size.
+    /// itself 100% used (the monitor's `OSD_FULL`), whatever its size. Memstore has no
+    /// capacity (0: the monitor's fullness checks skip it), only the data it holds.
     pub fn usage(&self) -> Option<(u64, u64)> {
         match self {
-            ShardStore::Mem(_) => None,
+            ShardStore::Mem(m) => Some((m.used_bytes(), 0)),
             ShardStore::Bdev(b) => b.store.as_ref().map(|s| {
                 let geo = s.geometry();
                 let seg = geo.seg_bytes();

@@ -94,6 +94,8 @@ struct PgEntry {
     /// The shard reported progress (or clean) in this interval: its counts are newer than
     /// the plan's (the events can overtake the task that activated the PG).
     progress_seen: bool,
+    /// The same for the object count (`ShardEvent::Objects`).
+    objects_seen: bool,
 }
 
 impl PgEntry {
@@ -306,6 +308,12 @@ impl Peering {
                         }
                     }
                 }
+                ShardEvent::Objects { pg, since, objects } => {
+                    if let Some(e) = lock(&self.pgs).get_mut(&pg).filter(|e| e.since == since) {
+                        e.objects = objects;
+                        e.objects_seen = true;
+                    }
+                }
                 ShardEvent::Clean { pg, since } => {
                     let entry = {
                         let mut pgs = lock(&self.pgs);
@@ -342,6 +350,7 @@ impl Peering {
             recovered: PushTotals::default(),
             blocked_by: Vec::new(),
             progress_seen: false,
+            objects_seen: false,
         };
         if below_min {
             entry.state = PgStateBit::PgStateDown as u32 | PgStateBit::PgStateUndersized as u32;
@@ -526,7 +535,9 @@ impl Peering {
         })
         .await?;
         self.set_state(pg, since, |e| {
-            e.objects = objects;
+            if !e.objects_seen {
+                e.objects = objects;
+            }
             if !e.progress_seen {
                 e.degraded = degraded;
                 e.misplaced = misplaced;

@@ -188,6 +188,9 @@ pub enum ShardEvent {
     },
     /// Every member of the PG has every object of interval `since`.
     Clean { pg: PgId, since: u64 },
+    /// The live objects of an active, clean PG this OSD leads, when the count changed (sent
+    /// at most once per PG per peering tick).
+    Objects { pg: PgId, since: u64, objects: u64 },
 }
 
 /// Where shards send [`ShardEvent`]s (unbounded: events come per PG and interval, not per op).

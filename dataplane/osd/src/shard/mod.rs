@@ -199,6 +199,8 @@ pub struct ShardCore {
     /// Scratch: interval changes of the last map.
     changes: Vec<IntervalChange>,
     last_peering_tick: Instant,
+    /// Per PG this shard leads: the (interval, live objects) last sent to the agent.
+    reported_objects: HashMap<PgKey, (u64, u64)>,
 }
 
 /// How often push timeouts are checked and recovery progress goes to the agent.
@@ -257,6 +259,7 @@ impl ShardCore {
             deferred: Vec::new(),
             changes: Vec::new(),
             last_peering_tick: Instant::now(),
+            reported_objects: HashMap::new(),
         };
         Ok((core, port))
     }

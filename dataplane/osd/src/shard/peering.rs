@@ -69,7 +69,10 @@ impl ShardCore {
                     size: *size,
                     min_size: *min_size,
                 }),
-                IntervalChange::Left(key) => self.emit(ShardEvent::Left { pg: agent_pg(*key) }),
+                IntervalChange::Left(key) => {
+                    self.reported_objects.remove(key);
+                    self.emit(ShardEvent::Left { pg: agent_pg(*key) })
+                }
             }
         }
         self.changes = changes;
@@ -354,9 +357,40 @@ impl ShardCore {
         );
     }
 
-    /// The periodic part of peering: stale pushes fail, progress goes to the agent.
+    /// The periodic part of peering: stale pushes fail, progress and object counts go to
+    /// the agent.
     pub(super) fn peering_tick(&mut self, now: Instant) {
         self.expire_pushes(now);
         self.report_progress();
+        self.report_objects();
+    }
+
+    /// The live object count of every active, clean PG this shard leads, where it changed
+    /// since the last report: the length of its data collection (tombstones live in the
+    /// meta collection). While a PG recovers, the peering plan's count stands (the primary's
+    /// own copy may still miss objects).
+    fn report_objects(&mut self) {
+        let Some(tx) = &self.events else {
+            return;
+        };
+        let store = self.store.get_ref();
+        for (key, _) in self.pgs.primaries() {
+            let Some(pg) = self.pgs.get(key) else {
+                continue;
+            };
+            if pg.phase() != Phase::Active || pg.recovery.is_some() {
+                continue;
+            }
+            let since = pg.interval_since();
+            let objects = store.collection_len(key.cid()) as u64;
+            if self.reported_objects.get(&key) != Some(&(since, objects)) {
+                self.reported_objects.insert(key, (since, objects));
+                let _ = tx.send(ShardEvent::Objects {
+                    pg: agent_pg(key),
+                    since,
+                    objects,
+                });
+            }
+        }
     }
 }
