@@ -244,6 +244,11 @@ pub trait Stats: Send + Sync + 'static {
     fn store_failure(&self) -> Option<String> {
         None
     }
+    /// The client I/O served since the process started (cumulative), reported with every
+    /// heartbeat for the monitor's I/O rates (`None`: not counted).
+    fn client_io(&self) -> Option<carmine_proto::v1::ClientIoCounters> {
+        None
+    }
     /// Adds the OSD's series to a scrape of `/metrics` (called on the agent thread for each
     /// scrape: read the shards' published counters, never wait for a shard). The agent adds
     /// its own series and the `osd` label.

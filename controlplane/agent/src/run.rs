@@ -377,6 +377,7 @@ async fn session(
                             inconsistent_pgs: shards.scrubs.report(),
                             pg_stats: shards.peering.as_ref().map(|p| p.report()).unwrap_or_default(),
                             store_failure: failure.clone().unwrap_or_default(),
+                            client_io: stats.client_io(),
                         },
                         &token,
                     )))

@@ -338,6 +338,59 @@ pub async fn watch_leader(
     }
 }
 
+/// How often the monitor list of `status` is re-read.
+const MONITORS_POLL: Duration = Duration::from_secs(2);
+
+/// Keeps `tx` set to every monitor campaigning in `<prefix>/leader` (their advertised
+/// addresses, oldest campaign first: that one leads), re-reading every 2 s until `tx` has no
+/// receiver. An etcd election is one key per campaigner under the election's prefix, created
+/// with the campaigner's lease, so a dead monitor drops out when its lease expires.
+pub async fn watch_monitors(
+    endpoints: Vec<String>,
+    prefix: String,
+    tx: watch::Sender<Vec<v1::MonitorInfo>>,
+) {
+    let candidates = format!("{prefix}/leader/");
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(3));
+    let mut client = None;
+    while !tx.is_closed() {
+        if client.is_none() {
+            client = Client::connect(&endpoints, Some(opts.clone())).await.ok();
+        }
+        if let Some(c) = client.as_mut() {
+            let get = GetOptions::new().with_prefix().with_sort(
+                etcd_client::SortTarget::Create,
+                etcd_client::SortOrder::Ascend,
+            );
+            match c.get(candidates.clone(), Some(get)).await {
+                Ok(r) => {
+                    let all: Vec<v1::MonitorInfo> = r
+                        .kvs()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, kv)| v1::MonitorInfo {
+                            addr: kv.value_str().unwrap_or_default().to_string(),
+                            leader: i == 0,
+                        })
+                        .collect();
+                    tx.send_if_modified(|cur| {
+                        let changed = *cur != all;
+                        *cur = all;
+                        changed
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "monitor list not read");
+                    client = None;
+                }
+            }
+        }
+        tokio::time::sleep(MONITORS_POLL).await;
+    }
+}
+
 /// Connects to etcd and campaigns until this monitor leads. `advertise` is published as the
 /// leader's address.
 pub async fn campaign(

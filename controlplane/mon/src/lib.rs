@@ -17,6 +17,7 @@
 //! * [`history`]: the rules of a PG's recorded intervals (durable, in the store);
 //! * [`lease`]: how long an earlier primary's read lease may still run (`LeaseWait`);
 //! * [`pgstats`]: PG states from the primaries' heartbeats, stale and down marking, sums;
+//! * [`client_io`]: client I/O rates from the OSDs' heartbeat counters (`status`);
 //! * [`store`]: the crash-safe map history, client keyring and PG histories (redb by default);
 //! * [`metrics`]: `/metrics` (Prometheus text format) and Prometheus service discovery of
 //!   the OSDs' metrics addresses, on `--metrics-listen` (plain HTTP; off when not given);
@@ -27,6 +28,7 @@
 //! Placement itself is not here: it is the `carmine-placement` library, which the OSDs and the
 //! clients run themselves, so nobody asks the monitor where an object lives.
 
+pub mod client_io;
 pub mod ha;
 pub mod health;
 pub mod history;
@@ -374,6 +376,12 @@ pub async fn serve_slot_on(
 ) -> Result<(), ServeError> {
     cfg.check_credentials()?;
     let tls = cfg.server_tls()?;
+    let advertise = match (&cfg.advertise, listener.local_addr()) {
+        (Some(a), _) => a.clone(),
+        (None, Ok(a)) => a.to_string(),
+        (None, Err(_)) => String::new(),
+    };
+    shared.set_advertise(advertise);
     let metrics_task = metrics.map(|l| {
         let h = metrics::handler(shared.clone(), !cfg.etcd.is_empty());
         tokio::spawn(carmine_metrics::serve(l, h, std::future::pending()))

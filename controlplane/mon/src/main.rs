@@ -117,6 +117,13 @@ async fn serve_etcd(
     let advertise = cfg.advertise.clone().unwrap_or_else(|| local.to_string());
     let (leader_tx, leader_rx) = watch::channel(None);
     let slot = MonSlot::following(leader_rx);
+    let (monitors_tx, monitors_rx) = watch::channel(Vec::new());
+    slot.set_monitors(monitors_rx);
+    tokio::spawn(carmine_mon::ha::watch_monitors(
+        cfg.etcd.clone(),
+        cfg.etcd_prefix.clone(),
+        monitors_tx,
+    ));
     let watcher = tokio::spawn(carmine_mon::ha::watch_leader(
         cfg.etcd.clone(),
         cfg.etcd_prefix.clone(),

@@ -38,6 +38,11 @@ pub struct MonSlot {
     /// etcd mode: until when this monitor certainly leads ([`crate::ha::Leadership`]); no
     /// heartbeat is answered past it. Unset: a single monitor, always.
     leads_until: OnceLock<watch::Receiver<Instant>>,
+    /// The address this monitor advertises (set when it starts serving), for `status`.
+    advertise: OnceLock<String>,
+    /// etcd mode: every campaigning monitor, leader first ([`crate::ha::watch_monitors`]).
+    /// Unset: this monitor alone.
+    monitors: OnceLock<watch::Receiver<Vec<v1::MonitorInfo>>>,
 }
 
 /// Shared handle on the monitor slot.
@@ -58,6 +63,8 @@ impl MonSlot {
             mon: OnceLock::new(),
             leader,
             leads_until: OnceLock::new(),
+            advertise: OnceLock::new(),
+            monitors: OnceLock::new(),
         })
     }
 
@@ -71,6 +78,27 @@ impl MonSlot {
     /// lease): always with one monitor; in etcd mode, while its leadership is certain.
     pub fn may_renew_leases(&self, now: Instant) -> bool {
         self.leads_until.get().is_none_or(|u| now < *u.borrow())
+    }
+
+    /// Records the address this monitor advertises; `false` if one was already set.
+    pub fn set_advertise(&self, addr: String) -> bool {
+        self.advertise.set(addr).is_ok()
+    }
+
+    /// etcd mode: the campaigning monitors, kept up to date; `false` if already set.
+    pub fn set_monitors(&self, monitors: watch::Receiver<Vec<v1::MonitorInfo>>) -> bool {
+        self.monitors.set(monitors).is_ok()
+    }
+
+    /// The monitors for `status`: every campaigner in etcd mode (when known), else this one.
+    pub fn monitors(&self) -> Vec<v1::MonitorInfo> {
+        match self.monitors.get().map(|m| m.borrow().clone()) {
+            Some(all) if !all.is_empty() => all,
+            _ => vec![v1::MonitorInfo {
+                addr: self.advertise.get().cloned().unwrap_or_default(),
+                leader: self.get().is_some(),
+            }],
+        }
     }
 
     /// Installs the state on election; `false` if a state was already installed.
@@ -336,6 +364,9 @@ impl MonCluster for ClusterSvc {
             m.set_metrics_addr(r.id, &r.metrics_addr);
             m.set_scrub_report(r.id, r.inconsistent_pgs);
             m.set_pg_stats(r.id, r.pg_stats, now);
+            if let Some(io) = &r.client_io {
+                m.set_client_io(r.id, io, now);
+            }
         }
         Ok(Response::new(v1::HeartbeatReply {
             epoch: m.map().epoch,
@@ -568,6 +599,9 @@ impl MonAdmin for AdminSvc {
         let pgs = m.pg_list(now);
         let sum = summarize(&pgs);
         let (recovery_bytes_per_sec, recovery_objects_per_sec) = m.recovery_rate(now);
+        let (used_bytes, capacity_bytes) = m
+            .usage()
+            .fold((0, 0), |(u, c), (_, used, cap)| (u + used, c + cap));
         Ok(Response::new(v1::StatusReply {
             epoch: map.epoch,
             health: Some(health_of(&m, &pgs)),
@@ -583,6 +617,17 @@ impl MonAdmin for AdminSvc {
             objects: sum.objects,
             recovery_bytes_per_sec,
             recovery_objects_per_sec,
+            client_io: Some(m.client_io_rate(now)),
+            used_bytes,
+            capacity_bytes,
+            monitors: self.0.monitors(),
+            flags: map.flags.iter().cloned().collect(),
+        }))
+    }
+
+    async fn osd_df(&self, _: Request<v1::Empty>) -> Result<Response<v1::OsdDfReply>, Status> {
+        Ok(Response::new(v1::OsdDfReply {
+            osds: lock(&self.0)?.osd_df(),
         }))
     }
 

@@ -242,6 +242,8 @@ pub struct Monitor {
     epochs: EpochClock,
     /// The primaries' PG reports (soft state).
     pg_stats: PgStats,
+    /// The OSDs' client I/O counters over a short window (soft state), for `status`.
+    client_io: crate::client_io::ClientIo,
     /// Runs with `--insecure` (health warns).
     insecure: bool,
     /// OSD id → its store failure, from its heartbeats or boots (soft state: the OSD repeats
@@ -273,6 +275,7 @@ impl Monitor {
             pg_history: BTreeMap::new(),
             epochs: EpochClock::new(now, 0),
             pg_stats: PgStats::default(),
+            client_io: Default::default(),
             insecure: false,
             store_failures: BTreeMap::new(),
         };
@@ -396,6 +399,46 @@ impl Monitor {
         self.live
             .iter()
             .map(|(id, l)| (*id, l.used_bytes, l.capacity_bytes))
+    }
+
+    /// Every OSD of the map with its last reported usage and the PGs the map places on it
+    /// (`osd df`), sorted by id.
+    pub fn osd_df(&self) -> Vec<v1::OsdDfRow> {
+        let mut pgs: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
+        for pool in self.map.pools.values() {
+            for pg in 0..pool.pg_num {
+                for (i, osd) in carmine_placement::pg_to_osds(&self.map, pool, pg)
+                    .into_iter()
+                    .enumerate()
+                {
+                    let e = pgs.entry(osd).or_default();
+                    e.0 += 1;
+                    e.1 += u32::from(i == 0);
+                }
+            }
+        }
+        self.map
+            .osds
+            .values()
+            .map(|o| {
+                let (used, capacity) = self
+                    .live
+                    .get(&o.id)
+                    .map_or((0, 0), |l| (l.used_bytes, l.capacity_bytes));
+                let (n, primary) = pgs.get(&o.id).copied().unwrap_or_default();
+                v1::OsdDfRow {
+                    id: o.id,
+                    host: o.host.clone(),
+                    weight: o.weight,
+                    up: o.up,
+                    r#in: o.in_,
+                    used_bytes: used,
+                    capacity_bytes: capacity,
+                    pgs: n,
+                    primary_pgs: primary,
+                }
+            })
+            .collect()
     }
 
     /// Marks this monitor as run with `--insecure` (health warns `AUTH_INSECURE`).
@@ -821,6 +864,7 @@ impl Monitor {
                 // What its earlier process reported about its PGs no longer holds (it may be
                 // back without its data): until it reports again, they are not shown as its.
                 self.pg_stats.forget_osd(id);
+                self.client_io.forget_osd(id);
             }
             o.up = true;
             if live.auto_out {
@@ -1158,6 +1202,7 @@ impl Monitor {
         self.scrub_reports.remove(&id);
         self.store_failures.remove(&id);
         self.pg_stats.forget_osd(id);
+        self.client_io.forget_osd(id);
         self.commit(next)
     }
 
@@ -1428,6 +1473,18 @@ impl Monitor {
             return;
         }
         self.pg_stats.report(&self.map, id, stats, now);
+    }
+
+    /// The client I/O counters OSD `id` sent with a heartbeat at `now`.
+    pub fn set_client_io(&mut self, id: u32, counters: &v1::ClientIoCounters, now: Instant) {
+        if self.map.osds.contains_key(&id) {
+            self.client_io.report(id, counters, now);
+        }
+    }
+
+    /// Client I/O per second over the OSDs that reported within the PG staleness bound.
+    pub fn client_io_rate(&self, now: Instant) -> v1::ClientIoRate {
+        self.client_io.rate(now, self.pg_stale_after())
     }
 
     /// Every PG of every pool with its state (see [`crate::pgstats`]).

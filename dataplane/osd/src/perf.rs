@@ -299,6 +299,18 @@ impl carmine_agent::Stats for OsdStats {
         })
     }
 
+    fn client_io(&self) -> Option<carmine_proto::v1::ClientIoCounters> {
+        let mut io = carmine_proto::v1::ClientIoCounters::default();
+        for (c, _) in &self.shards {
+            let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            io.read_ops += v(&c.ops_read);
+            io.read_bytes += v(&c.bytes_read);
+            io.write_ops += v(&c.ops_write);
+            io.write_bytes += v(&c.bytes_written);
+        }
+        Some(io)
+    }
+
     fn metrics(&self, out: &mut Exposition) {
         self.encode_metrics(out, Instant::now());
     }
