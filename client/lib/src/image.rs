@@ -358,8 +358,19 @@ impl Image {
     /// Removes image `name` of `pool`: every data object, then the header. Returns how many
     /// data objects existed.
     pub async fn remove(client: &Client, pool: &str, name: &str) -> Result<u64, ImageError> {
+        Self::remove_reporting(client, pool, name, &|_, _| {}).await
+    }
+
+    /// [`Image::remove`], calling `progress(done, total)` as data objects are removed (every
+    /// object slot counts, whether it existed or not).
+    pub async fn remove_reporting(
+        client: &Client,
+        pool: &str,
+        name: &str,
+        progress: &Progress<'_>,
+    ) -> Result<u64, ImageError> {
         let info = read_header(client, pool, name).await?;
-        let removed = remove_objects(client, &info, 0..info.object_count()).await?;
+        let removed = remove_objects(client, &info, 0..info.object_count(), progress).await?;
         match client.remove(pool, &header_object(name)).await {
             Ok(()) => Ok(removed),
             // Removed by a concurrent `rm`: the result is the same.
@@ -380,6 +391,15 @@ impl Image {
     /// removed, the last partial object zeroed past the end) so that growing again reads
     /// zeros there; the header is written last.
     pub async fn resize(&mut self, new_size: u64) -> Result<(), ImageError> {
+        self.resize_reporting(new_size, &|_, _| {}).await
+    }
+
+    /// [`Image::resize`], calling `progress(done, total)` as a shrink removes data objects.
+    pub async fn resize_reporting(
+        &mut self,
+        new_size: u64,
+        progress: &Progress<'_>,
+    ) -> Result<(), ImageError> {
         check_size(new_size)?;
         if new_size < self.info.size {
             let os = u64::from(self.info.object_size);
@@ -388,6 +408,7 @@ impl Image {
                 &self.client,
                 &self.info,
                 first_whole..self.info.object_count(),
+                progress,
             )
             .await?;
             let tail_end = (first_whole * os).min(self.info.size);
@@ -626,14 +647,19 @@ async fn write_header(client: &Client, info: &ImageInfo) -> Result<(), ImageErro
     Ok(())
 }
 
+/// A progress callback of a long image operation: `(done, total)` in object slots.
+pub type Progress<'a> = dyn Fn(u64, u64) + Sync + 'a;
+
 /// Removes data objects `range` of `info`'s image, `REMOVE_CONCURRENCY` at a time; counts
 /// those that existed.
 async fn remove_objects(
     client: &Client,
     info: &ImageInfo,
     range: std::ops::Range<u64>,
+    progress: &Progress<'_>,
 ) -> Result<u64, ImageError> {
     let pool = info.pool.as_str();
+    let total = range.end.saturating_sub(range.start);
     stream::iter(range)
         .map(|n| async move {
             match client.remove(pool, &info.data_object(n)).await {
@@ -643,8 +669,12 @@ async fn remove_objects(
             }
         })
         .buffer_unordered(REMOVE_CONCURRENCY)
-        .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
+        .try_fold((0u64, 0u64), |(removed, done), n| async move {
+            progress(done + 1, total);
+            Ok((removed + n, done + 1))
+        })
         .await
+        .map(|(removed, _)| removed)
 }
 
 #[cfg(test)]

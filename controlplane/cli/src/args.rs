@@ -60,9 +60,10 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
-    /// Cluster summary: epoch, health, OSD and pool counts, PGs by state, degraded and
-    /// misplaced objects, recovery throughput.
-    Status,
+    /// Cluster summary like `ceph -s`: health with its checks, monitors, OSDs up/in, pools,
+    /// PGs by state, usage, client I/O and recovery rates; `--watch` keeps printing changes
+    /// (like `ceph -w`).
+    Status(StatusArgs),
     /// Cluster health; `health detail` lists every OSD/PG concerned.
     Health {
         /// `detail` for the per-item lines.
@@ -100,6 +101,18 @@ pub enum Cmd {
     },
 }
 
+/// `carmine status [--watch]`
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// After the summary, print each change as it happens (map events, health transitions,
+    /// PG states, I/O) until interrupted.
+    #[arg(long, short = 'w')]
+    pub watch: bool,
+    /// Seconds between two looks at the monitor (with --watch).
+    #[arg(long, default_value_t = 1.0, requires = "watch")]
+    pub interval: f64,
+}
+
 /// `carmine osd ...`
 #[derive(Debug, Subcommand)]
 pub enum OsdCmd {
@@ -107,6 +120,8 @@ pub enum OsdCmd {
     Ls,
     /// OSDs grouped by host (the failure domain).
     Tree,
+    /// Per-OSD usage (from the OSDs' heartbeats) and PG counts, with totals and spread.
+    Df,
     /// Mark an OSD out (no more data placed on it).
     Out {
         /// OSD id.

@@ -132,14 +132,36 @@ pub async fn run(
         prefix: a.prefix.clone(),
         verify: !a.no_verify,
     };
+    // On a terminal: a bar over the run time, the latest second's figures as its message.
+    // Otherwise (scripts, logs): one line per second, as before.
+    let bar = if a.quiet {
+        None
+    } else {
+        crate::progress::bar(
+            cfg.duration.as_secs().max(1),
+            "s",
+            &format!("bench {}", a.pool),
+        )
+    };
     let quiet = a.quiet;
-    let report = carmine_bench::run(&client, &cfg, |line| {
-        if !quiet {
-            eprintln!("{line}");
+    let started = std::time::Instant::now();
+    let report = carmine_bench::run(&client, &cfg, |line| match &bar {
+        Some(b) => {
+            if line == carmine_bench::PROGRESS_HEADER {
+                b.println(line);
+            } else {
+                b.set_position(started.elapsed().as_secs().min(b.length().unwrap_or(0)));
+                b.set_message(line.trim().to_string());
+            }
         }
+        None if !quiet => eprintln!("{line}"),
+        None => {}
     })
-    .await
-    .map_err(|e| match e {
+    .await;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let report = report.map_err(|e| match e {
         carmine_bench::BenchError::Client(carmine_client::Error::Mon(m)) => CliError::Unreachable {
             addr: mon.to_owned(),
             reason: m.to_string(),

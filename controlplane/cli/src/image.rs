@@ -211,7 +211,24 @@ pub async fn run(
                     "{s}: {size} is smaller than the image ({old} bytes); pass --allow-shrink to discard the data past it"
                 )));
             }
-            img.resize(*size).await?;
+            let bar = (*size < old)
+                .then(|| {
+                    let os = u64::from(img.info().object_size);
+                    let gone = old.div_ceil(os) - size.div_ceil(os);
+                    crate::progress::bar(gone, "objects", &format!("shrinking {s}"))
+                })
+                .flatten();
+            let r = img
+                .resize_reporting(*size, &|done, _| {
+                    if let Some(b) = &bar {
+                        b.set_position(done);
+                    }
+                })
+                .await;
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            r?;
             render(
                 format,
                 info_json(img.info()),
@@ -220,7 +237,21 @@ pub async fn run(
         }
         ImageCmd::Rm { spec: s, .. } => {
             let s = spec(s)?;
-            let objects = Image::remove(&client, &s.pool, &s.name).await?;
+            let bar = std::sync::OnceLock::new();
+            let r = Image::remove_reporting(&client, &s.pool, &s.name, &|done, total| {
+                // The total is known once the header is read: the bar starts then.
+                let b = bar.get_or_init(|| {
+                    crate::progress::bar(total, "objects", &format!("removing {s}"))
+                });
+                if let Some(b) = b {
+                    b.set_position(done);
+                }
+            })
+            .await;
+            if let Some(Some(b)) = bar.get() {
+                b.finish_and_clear();
+            }
+            let objects = r?;
             render(
                 format,
                 json!({"removed": s.to_string(), "data_objects": objects}),

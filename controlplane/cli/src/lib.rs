@@ -34,8 +34,10 @@ pub mod image;
 pub mod output;
 pub mod perf;
 pub mod pg;
+pub mod progress;
 pub mod run;
 pub mod scrub;
+pub mod status;
 pub mod units;
 
 pub use args::Cli;

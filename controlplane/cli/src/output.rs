@@ -15,20 +15,20 @@ pub struct Out {
     pub format: Format,
 }
 
-fn json_text(v: Value) -> String {
+pub(crate) fn json_text(v: Value) -> String {
     // Serialising a Value cannot fail.
     let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
     s.push('\n');
     s
 }
 
-fn level(s: i32) -> &'static str {
+pub(crate) fn level(s: i32) -> &'static str {
     v1::HealthStatus::try_from(s)
         .unwrap_or(v1::HealthStatus::HealthUnspecified)
         .as_str_name()
 }
 
-fn health_json(h: &v1::HealthReply) -> Value {
+pub(crate) fn health_json(h: &v1::HealthReply) -> Value {
     json!({
         "status": level(h.status),
         "checks": h.checks.iter().map(|c| json!({
@@ -40,66 +40,8 @@ fn health_json(h: &v1::HealthReply) -> Value {
     })
 }
 
-/// `status`
-pub fn status(o: &Out, s: &v1::StatusReply) -> String {
-    let h = s.health.clone().unwrap_or_default();
-    if o.format == Format::Json {
-        return json_text(json!({
-            "epoch": s.epoch,
-            "health": health_json(&h),
-            "osds": {"total": s.num_osds, "up": s.num_up, "in": s.num_in},
-            "pools": s.num_pools,
-            "pgs": s.num_pgs,
-            "mon_uptime_secs": s.uptime_secs,
-            "pgs_by_state": s.pgs_by_state.iter().collect::<BTreeMap<_, _>>(),
-            "objects": {
-                "total": s.objects,
-                "degraded": s.degraded_objects,
-                "misplaced": s.misplaced_objects,
-            },
-            "recovery": {
-                "bytes_per_sec": s.recovery_bytes_per_sec,
-                "objects_per_sec": s.recovery_objects_per_sec,
-            },
-        }));
-    }
-    let mut t = String::new();
-    let _ = writeln!(t, "epoch:  {}", s.epoch);
-    let _ = writeln!(t, "health: {}", level(h.status));
-    for c in &h.checks {
-        let _ = writeln!(t, "        {}: {}", c.code, c.summary);
-    }
-    let _ = writeln!(
-        t,
-        "osds:   {} total, {} up, {} in",
-        s.num_osds, s.num_up, s.num_in
-    );
-    let _ = writeln!(t, "pools:  {} pools, {} pgs", s.num_pools, s.num_pgs);
-    if !s.pgs_by_state.is_empty() {
-        // Most PGs first, then by name.
-        let mut states: Vec<(&String, &u32)> = s.pgs_by_state.iter().collect();
-        states.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        let states: Vec<String> = states.iter().map(|(k, n)| format!("{n} {k}")).collect();
-        let _ = writeln!(t, "pgs:    {}", states.join(", "));
-    }
-    let _ = writeln!(
-        t,
-        "objects: {} objects, {} degraded, {} misplaced",
-        s.objects, s.degraded_objects, s.misplaced_objects
-    );
-    if s.recovery_bytes_per_sec > 0 || s.recovery_objects_per_sec > 0 {
-        let _ = writeln!(
-            t,
-            "recovery: {}/s, {} objects/s",
-            bytes(s.recovery_bytes_per_sec),
-            s.recovery_objects_per_sec
-        );
-    }
-    t
-}
-
 /// `n` bytes for people: B, KiB, MiB, GiB with one decimal.
-fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if n < 1024 {
         return format!("{n} B");

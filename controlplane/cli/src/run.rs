@@ -351,6 +351,107 @@ macro_rules! call {
     }};
 }
 
+/// The watch looks at no more than this many epochs per poll (the rest are diffed at once).
+const WATCH_MAX_EPOCHS: u64 = 64;
+
+/// Prints `text` on stdout now (a watch's output is read while it runs).
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    // A closed pipe ends nothing here: the next poll tries again, Ctrl-C stops.
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// `status --watch`: the summary, then every change until Ctrl-C (see [`crate::status`]).
+/// A monitor that stops answering is reported once and reconnected to (through the whole
+/// `--mon` list, so an etcd fail-over is followed).
+async fn watch(
+    cli: &Cli,
+    tls: &ClientTls,
+    mut c: Conn,
+    out: &Out,
+    interval: Duration,
+) -> Result<String, CliError> {
+    let first = call!(c, status, v1::Empty {});
+    let mut map = c.map(0).await?;
+    match out.format {
+        crate::args::Format::Plain => emit(&crate::status::status(out, &first)),
+        crate::args::Format::Json => {
+            let v: serde_json::Value = serde_json::from_str(&crate::status::status(out, &first))
+                .map_err(|e| CliError::Other(e.to_string()))?;
+            emit(&format!("{}\n", serde_json::json!({"status": v})));
+        }
+    }
+    let mut w = crate::status::Watch::new(first);
+    let mut down: Option<String> = None;
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(String::new()),
+            _ = tokio::time::sleep(interval) => {}
+        }
+        match watch_poll(&mut c, &mut map, &mut w).await {
+            Ok(lines) => {
+                if down.take().is_some() {
+                    emit(&crate::status::watch_line(
+                        out,
+                        &format!("[INF] monitor {} answers again", c.addr),
+                    ));
+                }
+                for l in lines {
+                    emit(&crate::status::watch_line(out, &l));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                if down.as_deref() != Some(why.as_str()) {
+                    emit(&crate::status::watch_line(out, &format!("[ERR] {why}")));
+                }
+                down = Some(why);
+                if let Ok(next) = connect(cli, tls).await {
+                    c = next;
+                }
+            }
+        }
+    }
+}
+
+/// One look at the monitor: map events for each new epoch, then the status changes.
+async fn watch_poll(
+    c: &mut Conn,
+    map: &mut ClusterMap,
+    w: &mut crate::status::Watch,
+) -> Result<Vec<String>, CliError> {
+    c.redirects = 0;
+    let s = call!(c, status, v1::Empty {});
+    let mut lines = Vec::new();
+    if s.epoch < map.epoch || s.epoch < w.epoch() {
+        // Another monitor with an older history answered: start from its map, no events.
+        *map = c.map(0).await?;
+    }
+    let from = map.epoch.max(s.epoch.saturating_sub(WATCH_MAX_EPOCHS));
+    for e in from + 1..=s.epoch {
+        // An epoch the monitor no longer holds: diff against the newest instead.
+        let (next, last) = match c.map(e).await {
+            Ok(m) => (m, false),
+            Err(_) => (c.map(0).await?, true),
+        };
+        lines.extend(
+            crate::status::map_events(map, &next)
+                .into_iter()
+                .map(|l| format!("[INF] e{}: {l}", next.epoch)),
+        );
+        *map = next;
+        if last {
+            break;
+        }
+    }
+    lines.extend(w.update(s));
+    Ok(lines)
+}
+
 /// The admin token, for an OSD's admin service: the CLI presents the admin key it stands
 /// for (`carmine_proto::auth`), which the OSD checks against the keyring.
 fn admin_token_of(cli: &Cli) -> Result<String, CliError> {
@@ -401,13 +502,23 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
     let mut c = connect(&cli, &tls).await?;
     Ok(match &cli.cmd {
         Cmd::Completions { .. } | Cmd::Bench(_) | Cmd::Cert(_) | Cmd::Image(_) => String::new(),
-        Cmd::Status => output::status(&out, &call!(c, status, v1::Empty {})),
+        Cmd::Status(a) if a.watch => {
+            let interval = Duration::try_from_secs_f64(a.interval)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    CliError::Other("--interval must be a positive number of seconds".into())
+                })?;
+            watch(&cli, &tls, c, &out, interval).await?
+        }
+        Cmd::Status(_) => crate::status::status(&out, &call!(c, status, v1::Empty {})),
         Cmd::Health { detail } => {
             output::health(&out, &call!(c, health, v1::Empty {}), detail.is_some())
         }
         Cmd::Osd(cmd) => match cmd {
             OsdCmd::Ls => output::osd_ls(&out, &c.map(0).await?),
             OsdCmd::Tree => output::osd_tree(&out, &c.map(0).await?),
+            OsdCmd::Df => crate::status::osd_df(&out, &call!(c, osd_df, v1::Empty {}).osds),
             OsdCmd::Out { id } => output::changed(
                 &out,
                 &format!("marked osd.{id} out"),

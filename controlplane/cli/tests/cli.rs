@@ -122,8 +122,9 @@ fn commands_in_plain_and_json() {
     assert_eq!(s["osds"]["up"], 3);
     assert_eq!(s["pgs"], 16);
     let plain = ok(&mon, &["status"]);
-    assert!(plain.contains("health: HEALTH_OK"), "{plain}");
-    assert!(plain.contains("osds:   3 total, 3 up, 3 in"), "{plain}");
+    assert!(plain.contains("    health: HEALTH_OK\n"), "{plain}");
+    assert!(plain.contains("    osd: 3 osds: 3 up, 3 in\n"), "{plain}");
+    assert!(plain.contains("    pools:   1 pools, 16 pgs\n"), "{plain}");
 
     let osds = json(&mon, &["osd", "ls"]);
     assert_eq!(osds.as_array().unwrap().len(), 3);

@@ -261,14 +261,17 @@ fn pg_ls_by_state_pg_query_and_status_from_reported_pg_stats() {
     assert_eq!(s["health"]["status"], "HEALTH_ERR");
     let plain = ok(&mon, &["status"]);
     assert!(
-        plain.contains("pgs:    6 active+clean, 1 active+degraded+recovering, 1 incomplete\n"),
+        plain.contains(
+            "    pgs:     6 active+clean\n             1 active+degraded+recovering\n             1 incomplete\n"
+        ),
         "{plain}"
     );
+    assert!(plain.contains("    objects: 80 objects\n"), "{plain}");
     assert!(
-        plain.contains("objects: 80 objects, 4 degraded, 0 misplaced\n"),
+        plain.contains("             4 degraded, 0 misplaced objects\n"),
         "{plain}"
     );
-    assert!(plain.contains("recovery: "), "{plain}");
+    assert!(plain.contains("    recovery: "), "{plain}");
     assert!(plain.contains("PG_INCOMPLETE"), "{plain}");
     let h = ok(&mon, &["health", "detail"]);
     assert!(
