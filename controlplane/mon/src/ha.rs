@@ -404,11 +404,11 @@ pub async fn campaign(
         .with_timeout(Duration::from_secs(5));
     // The campaign's own client has no request timeout: a standby waits in `campaign` for as
     // long as the leader lives (with a 5 s timeout every standby gave up and exited after
-    // 5 s). A dead etcd is still noticed: HTTP/2 pings fail the call within 2 + 3 s.
+    // 5 s). A dead etcd is still noticed: HTTP/2 pings fail the call within 10 + 5 s (etcd
+    // closes connections that ping more often than every 5 s, its keepalive-min-time).
     let campaign_opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(3))
-        .with_keep_alive_while_idle(true);
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
     let mut client = Client::connect(endpoints, Some(campaign_opts)).await?;
     let granted_at = Instant::now();
     let grant = client.lease_grant(lease_secs.max(2), None).await?;
