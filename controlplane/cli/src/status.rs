@@ -472,12 +472,23 @@ pub fn pgmap_line(s: &v1::StatusReply) -> String {
     t
 }
 
-/// Whether the PG side of two status replies differs (states or degraded/misplaced counts).
+/// Whether the PG states of two status replies differ.
 fn pgs_changed(old: &v1::StatusReply, new: &v1::StatusReply) -> bool {
-    old.pgs_by_state != new.pgs_by_state
-        || old.degraded_objects != new.degraded_objects
-        || old.misplaced_objects != new.misplaced_objects
-        || old.num_pgs != new.num_pgs
+    old.pgs_by_state != new.pgs_by_state || old.num_pgs != new.num_pgs
+}
+
+/// Copies still to recover or backfill.
+fn to_recover(s: &v1::StatusReply) -> u64 {
+    s.degraded_objects + s.misplaced_objects
+}
+
+/// A recovery the watch follows: from the first status with copies to recover until none
+/// are left.
+#[derive(Debug, Clone, Copy)]
+struct Recovery {
+    /// The most copies left at once (grows if more OSDs fail meanwhile).
+    peak: u64,
+    started: std::time::Instant,
 }
 
 /// The watch's memory between polls.
@@ -486,13 +497,19 @@ pub struct Watch {
     last: v1::StatusReply,
     /// Polls since the last `pgmap` line.
     since_pgmap: u32,
+    recovery: Option<Recovery>,
 }
 
 impl Watch {
     pub fn new(first: v1::StatusReply) -> Self {
+        let left = to_recover(&first);
         Watch {
             last: first,
             since_pgmap: 0,
+            recovery: (left > 0).then(|| Recovery {
+                peak: left,
+                started: std::time::Instant::now(),
+            }),
         }
     }
 
@@ -508,11 +525,38 @@ impl Watch {
             &s.health.clone().unwrap_or_default(),
         );
         self.since_pgmap += 1;
-        if pgs_changed(&self.last, &s)
-            || ((io_active(&s) || io_active(&self.last)) && self.since_pgmap >= PGMAP_EVERY)
-        {
-            ev.push(pgmap_line(&s));
+        let left = to_recover(&s);
+        let busy = io_active(&s) || io_active(&self.last) || left != to_recover(&self.last);
+        if pgs_changed(&self.last, &s) || (busy && self.since_pgmap >= PGMAP_EVERY) {
+            let mut line = pgmap_line(&s);
+            if let Some(r) = self.recovery.filter(|_| left > 0) {
+                let peak = r.peak.max(left);
+                let _ = write!(
+                    line,
+                    "; recovery {}% done ({left} of {peak} copies left)",
+                    (peak - left) * 100 / peak
+                );
+            }
+            ev.push(line);
             self.since_pgmap = 0;
+        }
+        match (&mut self.recovery, left) {
+            (None, 0) => {}
+            (None, n) => {
+                self.recovery = Some(Recovery {
+                    peak: n,
+                    started: std::time::Instant::now(),
+                });
+            }
+            (Some(r), 0) => {
+                ev.push(format!(
+                    "[INF] recovery complete: {} copies in {} s",
+                    r.peak,
+                    r.started.elapsed().as_secs()
+                ));
+                self.recovery = None;
+            }
+            (Some(r), n) => r.peak = r.peak.max(n),
         }
         self.last = s;
         ev
@@ -723,6 +767,34 @@ mod tests {
                 .len();
         }
         assert_eq!(lines, 3);
+        // A recovery: progress on the pgmap lines, then its completion.
+        let degraded = |n: u64| {
+            let mut s = status_with(&[("active+degraded", 2), ("active+clean", 6)], 0);
+            s.degraded_objects = n;
+            if n == 0 {
+                s.pgs_by_state = [("active+clean".to_string(), 8)].into_iter().collect();
+            }
+            s
+        };
+        let first = w.update(degraded(100));
+        assert_eq!(first.len(), 1, "{first:?}");
+        let mut progress = Vec::new();
+        for left in [90, 80, 70, 60, 50, 40, 30, 20, 10] {
+            progress.extend(w.update(degraded(left)));
+        }
+        assert!(
+            progress
+                .iter()
+                .any(|l| l.ends_with("; recovery 50% done (50 of 100 copies left)")),
+            "{progress:?}"
+        );
+        let done = w.update(degraded(0));
+        assert!(
+            done.iter()
+                .any(|l| l.starts_with("[INF] recovery complete: 100 copies in ")),
+            "{done:?}"
+        );
+        assert!(w.update(degraded(0)).is_empty());
         let last = pgmap_line(&status_with(&[("active+clean", 8)], 1000));
         assert!(
             last.contains("client 3.9 MiB/s rd, 0 B/s wr, 1000 op/s rd, 0 op/s wr"),
