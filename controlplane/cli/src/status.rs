@@ -803,6 +803,31 @@ mod tests {
     }
 
     #[test]
+    fn watch_lines_are_stamped_text_or_one_json_object_each() {
+        let plain = watch_line(
+            &Out {
+                format: Format::Plain,
+            },
+            "[INF] e3: osd.1 marked down",
+        );
+        assert!(plain.ends_with(" [INF] e3: osd.1 marked down\n"), "{plain}");
+        assert_eq!(
+            plain.len(),
+            "2026-12-06 17:50:01 ".len() + "[INF] e3: osd.1 marked down\n".len()
+        );
+        let j = watch_line(
+            &Out {
+                format: Format::Json,
+            },
+            "pgmap e3: 8 pgs",
+        );
+        assert_eq!(j.matches('\n').count(), 1, "{j}");
+        let v: Value = serde_json::from_str(j.trim()).unwrap();
+        assert_eq!(v["event"], "pgmap e3: 8 pgs");
+        assert_eq!(v["time"].as_str().unwrap().len(), 19);
+    }
+
+    #[test]
     fn status_reads_like_ceph_s() {
         let mut s = status_with(&[("active+clean", 30), ("active+degraded", 2)], 250);
         s.num_osds = 3;
