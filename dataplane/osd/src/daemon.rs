@@ -691,6 +691,7 @@ fn start_shards(
     if let (IdlePolicy::Adaptive { spin, .. }, Some(n)) = (&mut idle, cfg.reactor.spin) {
         *spin = n;
     }
+    let adaptive = matches!(idle, IdlePolicy::Adaptive { .. });
     let rcfg = ReactorConfig {
         cores: cfg.reactor.cores.clone(),
         pin: cfg.reactor.pin,
@@ -757,7 +758,12 @@ fn start_shards(
                     .ok_or("each shard takes its queue once")?;
                 let mut dev = DpdkDevice::new(eth.clone(), shard as u16, pool, usize::from(mtu));
                 if let Some(s) = steering {
-                    let wakers = (0..shards).map(|k| setup.waker(k)).collect();
+                    // Busy shards never sleep: no fence per steered frame for them.
+                    let wakers = if adaptive {
+                        (0..shards).map(|k| setup.waker(k)).collect()
+                    } else {
+                        Vec::new()
+                    };
                     dev = dev.with_steering(s.with_wakers(wakers));
                 }
                 let smol = SmolConfig {
