@@ -15,6 +15,13 @@
 //! The object set depends only on `prefix` and `objects`, so a `rand` run finds what a `write`
 //! run with the same two values left.
 //!
+//! ## Probes
+//!
+//! `pause` makes every worker sleep that long before each op, and `max_ops` ends the run after
+//! that many ops (whatever `duration` says). With one client and `concurrency` 1 this measures
+//! the latency of an op that finds the cluster idle (e.g. an adaptive OSD shard asleep), one
+//! sample per op, instead of a loaded cluster's.
+//!
 //! ## Verification
 //!
 //! Written data is [`pattern::fill`]`(name, 0)`, a pure function of the object name. Reads
@@ -77,6 +84,15 @@ pub struct BenchConfig {
     pub clients: usize,
     pub prefix: String,
     pub verify: bool,
+    /// Sleep of each worker before each op (zero: none).
+    #[serde(rename = "pause_ms", serialize_with = "millis")]
+    pub pause: Duration,
+    /// Ops after which the run ends (None: `duration` alone decides).
+    pub max_ops: Option<u64>,
+}
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1e3)
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -174,6 +190,8 @@ struct Shared {
     cfg: BenchConfig,
     agg: Mutex<Agg>,
     next: AtomicU64,
+    /// Ops started so far (the `max_ops` budget).
+    issued: AtomicU64,
     start: Instant,
 }
 
@@ -235,6 +253,14 @@ async fn worker(shared: Arc<Shared>, client: Arc<Client>, id: u64) {
         Rng(0x9e37_79b9_7f4a_7c15 ^ (id.wrapping_add(1)).wrapping_mul(0xff51_afd7_ed55_8ccd));
     let mut buf = vec![0u8; cfg.block_size as usize];
     loop {
+        if !cfg.pause.is_zero() {
+            tokio::time::sleep(cfg.pause).await;
+        }
+        if let Some(max) = cfg.max_ops {
+            if shared.issued.fetch_add(1, Ordering::Relaxed) >= max {
+                return;
+            }
+        }
         let elapsed = shared.start.elapsed();
         let n = match cfg.mode {
             Mode::Rand => {
@@ -342,6 +368,7 @@ pub async fn run(
             first_problem: None,
         }),
         next: AtomicU64::new(0),
+        issued: AtomicU64::new(0),
         start: Instant::now(),
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -429,6 +456,8 @@ mod tests {
             clients: 1,
             prefix: "bench".into(),
             verify: true,
+            pause: Duration::ZERO,
+            max_ops: None,
         }
     }
 
@@ -466,6 +495,8 @@ mod tests {
         assert_eq!(v["block_size"], 4096);
         assert_eq!(v["lat_p999_us"], 9);
         assert_eq!(v["mismatches"], 1);
+        assert_eq!(v["pause_ms"], 0.0);
+        assert_eq!(v["max_ops"], serde_json::Value::Null);
         assert!(!r.clean());
         assert!(r.to_text().contains("p99.9 9"));
     }

@@ -72,6 +72,13 @@ pub struct BenchArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Each worker sleeps this long (milliseconds) before each op: with `--concurrency 1`,
+    /// every op finds the OSDs idle (a probe of their wake-up latency).
+    #[arg(long, default_value_t = 0.0)]
+    pub pause_ms: f64,
+    /// End the run after this many ops (before `--seconds` if it comes first).
+    #[arg(long)]
+    pub ops: Option<u64>,
 }
 
 /// `4096`, `4K`, `4KiB`, `1M`, `1MiB` (K = 1024), at most 4 GiB - 1.
@@ -131,6 +138,9 @@ pub async fn run(
         clients: a.clients,
         prefix: a.prefix.clone(),
         verify: !a.no_verify,
+        pause: Duration::try_from_secs_f64(a.pause_ms / 1e3)
+            .map_err(|_| CliError::Other("--pause-ms must be >= 0".into()))?,
+        max_ops: a.ops,
     };
     // On a terminal: a bar over the run time, the latest second's figures as its message.
     // Otherwise (scripts, logs): one line per second, as before.

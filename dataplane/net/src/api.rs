@@ -106,6 +106,11 @@ pub trait NetStack {
     fn next_deadline(&self) -> Option<Instant>;
     /// An fd that is readable when `poll` has work (for the adaptive shard's sleep).
     fn wait_fd(&self) -> Option<RawFd>;
+    /// Work is waiting that neither `wait_fd` nor `next_deadline` announces (the reactor's
+    /// `Poller::has_pending`).
+    fn has_pending(&self) -> bool {
+        false
+    }
 }
 
 /// A `smoltcp::phy::Device` that may hold transmitted frames back to send them in bursts.
@@ -124,6 +129,12 @@ pub trait NetDevice: smoltcp::phy::Device {
     /// among those, or the peer's answers would go to another shard. Default: every port.
     fn owns_local_port(&self, _port: u16) -> bool {
         true
+    }
+
+    /// Frames are waiting that the device's wait fd does not announce (frames other shards
+    /// passed to it): a sleeping shard checks this before it blocks.
+    fn has_pending(&self) -> bool {
+        false
     }
 }
 

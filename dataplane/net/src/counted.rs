@@ -101,6 +101,10 @@ impl<D: crate::NetDevice> crate::NetDevice for Counted<D> {
         self.inner.flush()
     }
 
+    fn has_pending(&self) -> bool {
+        self.inner.has_pending()
+    }
+
     fn owns_local_port(&self, port: u16) -> bool {
         self.inner.owns_local_port(port)
     }

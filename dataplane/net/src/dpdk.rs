@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use carmine_dpdk::{EthPort, Mbuf, PktMbufPool, RxBatch, TxBatch};
+use carmine_reactor::ShardWaker;
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
@@ -188,6 +189,10 @@ impl phy::Device for DpdkDevice {
 }
 
 impl NetDevice for DpdkDevice {
+    fn has_pending(&self) -> bool {
+        self.steering.as_ref().is_some_and(Steering::has_pending)
+    }
+
     fn flush(&mut self) -> usize {
         if self.tx.is_empty() {
             return 0;
@@ -272,9 +277,10 @@ fn bump(c: &AtomicU64) {
 /// what its queue receives and passes foreign frames, by mbuf (no copy), through a
 /// single-producer/single-consumer ring to their owner. Every hop is counted.
 ///
-/// A push does not wake a shard that sleeps in the adaptive idle mode: the frame waits for the
-/// target's next timer or deadline (at most the policy's `max_sleep`). Busy-polling shards, the
-/// bare-metal default, see it on their next loop; NICs with RSS keyed to the shard's flows make
+/// Given the shards' wakers ([`Steering::with_wakers`]), a push wakes a target that sleeps in
+/// the adaptive idle mode (a fence and a load when it is awake; the target checks its inboxes
+/// in `NetDevice::has_pending` before it blocks, so no wake-up is lost). Without them the frame
+/// waits for the target's next timer or deadline. NICs with RSS keyed to the shard's flows make
 /// steering rare.
 pub struct Steering {
     shard: usize,
@@ -285,6 +291,8 @@ pub struct Steering {
     next_inbox: usize,
     /// outboxes[k]: the ring into shard k (None for this shard itself).
     outboxes: Vec<Option<rtrb::Producer<Mbuf>>>,
+    /// wakers[k]: wakes shard k after a push into its ring (empty: no wake-ups).
+    wakers: Vec<Option<ShardWaker>>,
     stats: Arc<SteeringStats>,
 }
 
@@ -300,6 +308,7 @@ impl Steering {
                 inboxes: Vec::with_capacity(shards.saturating_sub(1)),
                 next_inbox: 0,
                 outboxes: (0..shards).map(|_| None).collect(),
+                wakers: Vec::new(),
                 stats: Arc::default(),
             })
             .collect();
@@ -317,6 +326,17 @@ impl Steering {
 
     pub fn shard(&self) -> usize {
         self.shard
+    }
+
+    /// Wakes shard k through `wakers[k]` after each push into its ring (see the type's docs).
+    pub fn with_wakers(mut self, wakers: Vec<Option<ShardWaker>>) -> Self {
+        self.wakers = wakers;
+        self
+    }
+
+    /// A frame another shard passed here is waiting.
+    pub fn has_pending(&self) -> bool {
+        self.inboxes.iter().any(|c| c.slots() > 0)
     }
 
     /// The shard's steering counters (shareable with other threads).
@@ -340,7 +360,12 @@ impl Steering {
     fn send_to(&mut self, shard: usize, m: Mbuf) {
         match self.outboxes.get_mut(shard).and_then(Option::as_mut) {
             Some(ring) => match ring.push(m) {
-                Ok(()) => bump(&self.stats.steered_out),
+                Ok(()) => {
+                    bump(&self.stats.steered_out);
+                    if let Some(w) = self.wakers.get(shard).and_then(Option::as_ref) {
+                        w.notify();
+                    }
+                }
                 // A full ring drops the frame (a NIC queue overflowing does the same; TCP
                 // retransmits).
                 Err(_) => bump(&self.stats.dropped),

@@ -646,6 +646,10 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
     fn wait_fd(&self) -> Option<RawFd> {
         self.wait_fd
     }
+
+    fn has_pending(&self) -> bool {
+        self.device.has_pending()
+    }
 }
 
 #[cfg(test)]

@@ -641,6 +641,10 @@ impl Nic {
 
 type Started = (Reactor, ControlSender<ShardMsg>, Vec<u16>);
 
+/// The longest sleep of an idle adaptive shard whose every work source wakes it: ten
+/// wake-ups a second when nothing happens (the sleep starts short after work and doubles).
+const DEEP_SLEEP: Duration = Duration::from_millis(100);
+
 /// What the shards share with the agent, one entry per shard (the keyring: one for all).
 struct ShardShared {
     keyring: Arc<SharedKeyring>,
@@ -656,21 +660,38 @@ fn start_shards(
     peer_parts: PeerParts,
 ) -> Result<Started, DaemonError> {
     let shards = cfg.reactor.cores.len();
+    // A shard may sleep deeply when every source of its work wakes it or sets a deadline
+    // (`IdlePolicy::Adaptive`). The messages of other shards and of the control plane ring
+    // its eventfd; SPDK completions keep a deadline of now while I/O is in flight
+    // (`ShardCore::next_deadline`); kernel sockets wake it through epoll. On DPDK an af_packet
+    // queue wakes its shard through its socket, and a frame steered from another shard through
+    // the steering ring's waker; other PMDs' queues have no fd, so their shards nap for short
+    // periods only.
+    let woken_by_frames = nic.is_some_and(|n| {
+        (0..shards).all(|q| u16::try_from(q).is_ok_and(|q| n.port.af_packet_rx_fd(q).is_some()))
+    });
     let mut idle = match (cfg.reactor.idle, cfg.net.backend) {
         (Idle::Busy, _) => IdlePolicy::Busy,
-        // Kernel sockets wake the shard through epoll. On DPDK an af_packet queue wakes it
-        // through its socket too, but frames steered from another shard, other PMDs and SPDK
-        // completions have no fd: an adaptive shard naps for short periods only.
-        (Idle::Adaptive, NetBackend::Kernel) => IdlePolicy::adaptive(),
-        (Idle::Adaptive, NetBackend::Dpdk) => IdlePolicy::Adaptive {
-            spin: 2048,
-            yields: 16,
-            max_sleep: Duration::from_micros(200),
+        (Idle::Adaptive, NetBackend::Kernel) => IdlePolicy::Adaptive {
+            spin: 64,
+            yields: 4,
+            max_sleep: Duration::from_millis(10),
+            deep_sleep: DEEP_SLEEP,
         },
+        (Idle::Adaptive, NetBackend::Dpdk) => {
+            let nap = Duration::from_micros(200);
+            IdlePolicy::Adaptive {
+                spin: 2048,
+                yields: 16,
+                max_sleep: nap,
+                deep_sleep: if woken_by_frames { DEEP_SLEEP } else { nap },
+            }
+        }
     };
     if let (IdlePolicy::Adaptive { spin, .. }, Some(n)) = (&mut idle, cfg.reactor.spin) {
         *spin = n;
     }
+    let adaptive = matches!(idle, IdlePolicy::Adaptive { .. });
     let rcfg = ReactorConfig {
         cores: cfg.reactor.cores.clone(),
         pin: cfg.reactor.pin,
@@ -737,7 +758,13 @@ fn start_shards(
                     .ok_or("each shard takes its queue once")?;
                 let mut dev = DpdkDevice::new(eth.clone(), shard as u16, pool, usize::from(mtu));
                 if let Some(s) = steering {
-                    dev = dev.with_steering(s);
+                    // Busy shards never sleep: no fence per steered frame for them.
+                    let wakers = if adaptive {
+                        (0..shards).map(|k| setup.waker(k)).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    dev = dev.with_steering(s.with_wakers(wakers));
                 }
                 let smol = SmolConfig {
                     mac: *mac,

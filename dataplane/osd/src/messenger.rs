@@ -399,6 +399,11 @@ impl Messenger {
         self.net.wait_fd()
     }
 
+    /// Frames are waiting that the fd does not announce (steered from another shard).
+    pub fn has_pending(&self) -> bool {
+        self.net.has_pending()
+    }
+
     /// Whether any connection or link has bytes the stack has not taken yet.
     pub fn has_backlog(&self) -> bool {
         self.conns

@@ -13,7 +13,8 @@
 //!
 //! Idle policy ([`IdlePolicy`]): `Busy` spins forever (bare metal); `Adaptive` spins, then
 //! yields, then blocks in `ppoll` on the shard's eventfd and every poller's [`Poller::wait_fd`],
-//! with a timeout of the earliest timer / [`Poller::next_deadline`] / `max_sleep`. Producers
+//! with a timeout of the earliest timer / [`Poller::next_deadline`] / the sleep cap, which
+//! starts at `max_sleep` and doubles while the shard stays idle, up to `deep_sleep`. Producers
 //! (ring pushes, task wakers) write the eventfd only when the consumer announced it is asleep
 //! (see `wake.rs` for the handshake that makes lost wake-ups impossible).
 //!
@@ -111,6 +112,29 @@ pub trait Poller {
     fn wait_fd(&self) -> Option<RawFd> {
         None
     }
+
+    /// True when work is waiting that neither `wait_fd` nor a deadline announces, e.g. a
+    /// ring another shard pushes into and rings this shard's [`ShardWaker`] for. The shard
+    /// asks every poller after it announced its sleep and before it blocks: with the
+    /// producer's `notify` after its push, no wake-up is lost (see `wake.rs`).
+    fn has_pending(&self) -> bool {
+        false
+    }
+}
+
+/// Wakes one shard if it sleeps, from any thread: for work a poller receives from elsewhere
+/// (another shard's ring) that has no fd. Call [`ShardWaker::notify`] after publishing the work;
+/// the poller reports it in [`Poller::has_pending`].
+#[derive(Debug, Clone)]
+pub struct ShardWaker(Arc<Wake>);
+
+impl ShardWaker {
+    /// Publishes "work was pushed" to the shard: signals its eventfd if it is (about to be)
+    /// asleep. Costs a fence and a load when it is awake.
+    #[inline]
+    pub fn notify(&self) {
+        self.0.notify();
+    }
 }
 
 /// What a shard does when an iteration found no work.
@@ -119,21 +143,31 @@ pub enum IdlePolicy {
     /// Spin forever (bare metal, dedicated cores).
     Busy,
     /// Spin `spin` idle iterations, then `yields` iterations with `sched_yield`, then block on
-    /// the eventfd (and pollers' fds) for at most `max_sleep`.
+    /// the eventfd (and pollers' fds) for at most `max_sleep`; every further sleep that finds
+    /// nothing to do doubles that cap, up to `deep_sleep`, until work comes in.
+    ///
+    /// `deep_sleep > max_sleep` is the integrator's promise that every source of work wakes
+    /// the shard (the eventfd, a [`Poller::wait_fd`]) or says when to look
+    /// ([`Poller::next_deadline`]); work found after a sleep that only timed out is then taken
+    /// for housekeeping and does not restart the spin ladder. `deep_sleep <= max_sleep`: every
+    /// sleep is capped at `max_sleep`, for sources that must be polled (a NIC queue with no fd).
     Adaptive {
         spin: u32,
         yields: u32,
         max_sleep: Duration,
+        deep_sleep: Duration,
     },
 }
 
 impl IdlePolicy {
-    /// A policy suited to tests and shared machines: short spin, then sleep up to 10 ms.
+    /// A policy suited to tests and shared machines: short spin, then sleep up to 10 ms (no
+    /// deeper sleeps: it makes no promise about the pollers).
     pub fn adaptive() -> Self {
         IdlePolicy::Adaptive {
             spin: 64,
             yields: 4,
             max_sleep: Duration::from_millis(10),
+            deep_sleep: Duration::from_millis(10),
         }
     }
 }
@@ -271,6 +305,7 @@ impl Reactor {
                         let mut setup = ShardSetup {
                             shard,
                             core: pin.then_some(core),
+                            wakes: wakes2.clone(),
                             pollers: Vec::new(),
                             handler: None,
                             mailbox,

@@ -1,4 +1,13 @@
 //! One shard's poll loop.
+//!
+//! Adaptive idle, in order: spin `spin` empty iterations, `sched_yield` `yields` more, then
+//! sleep in `ppoll` on the eventfd and the pollers' fds until the earliest deadline or the
+//! sleep cap ([`Backoff`]). The cap starts at `max_sleep` and doubles with every sleep after
+//! which the shard still found nothing to do, up to `deep_sleep`; work that came in through a
+//! wake-up (eventfd, a poller's fd) resets it and the spin ladder. When the policy allows deep
+//! sleeps (`deep_sleep > max_sleep`), work found after a sleep that merely timed out is
+//! housekeeping (a sweep, a retransmission, a counter publish): the shard does it and goes back
+//! to sleep with the cap it had, instead of spinning the whole ladder again for nothing.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +19,7 @@ use crate::mailbox::{Mailbox, Source};
 use crate::stats::ShardStats;
 use crate::sys;
 use crate::wake::Wake;
-use crate::{IdlePolicy, Poller};
+use crate::{IdlePolicy, Poller, ShardWaker};
 
 /// A message handler: called on the shard for every inbound message.
 pub type Handler<M> = Box<dyn FnMut(Source, M)>;
@@ -19,6 +28,7 @@ pub type Handler<M> = Box<dyn FnMut(Source, M)>;
 pub struct ShardSetup<M> {
     pub(crate) shard: usize,
     pub(crate) core: Option<usize>,
+    pub(crate) wakes: Arc<[Arc<Wake>]>,
     pub(crate) pollers: Vec<Box<dyn Poller>>,
     pub(crate) handler: Option<Handler<M>>,
     pub(crate) mailbox: Rc<Mailbox<M>>,
@@ -33,6 +43,12 @@ impl<M> ShardSetup<M> {
     /// The core this shard is pinned to, if pinning is on.
     pub fn core(&self) -> Option<usize> {
         self.core
+    }
+
+    /// A handle that wakes shard `shard` (this one or another) when it sleeps; `None` past the
+    /// last shard.
+    pub fn waker(&self, shard: usize) -> Option<ShardWaker> {
+        self.wakes.get(shard).cloned().map(ShardWaker)
     }
 
     /// Registers a poller; it is polled once per loop iteration, in registration order.
@@ -108,7 +124,8 @@ impl<M> ShardLoop<M> {
         work
     }
 
-    fn sleep(&mut self, pollfds: &mut [libc::pollfd], max_sleep: Duration) {
+    /// Blocks until a wake-up, a deadline or `max_sleep`; says how the sleep ended.
+    fn sleep(&mut self, pollfds: &mut [libc::pollfd], max_sleep: Duration) -> Slept {
         let now = Instant::now();
         let mut deadline = now + max_sleep;
         if let Some(t) = self.executor.next_deadline() {
@@ -121,22 +138,36 @@ impl<M> ShardLoop<M> {
         }
         let timeout = deadline.saturating_duration_since(now);
         if timeout.is_zero() {
-            return;
+            return Slept::No;
         }
+        let mut slept = Slept::No;
         self.wake.begin_sleep();
         if !self.rings_pending()
             && !self.executor.ready_set().any()
+            && !self.setup.pollers.iter().any(|p| p.has_pending())
             && !self.stop.load(Ordering::SeqCst)
         {
             self.stats.sleeps.add(1);
             for p in pollfds.iter_mut() {
                 p.revents = 0;
             }
-            if let Err(e) = sys::wait_readable(pollfds, timeout) {
-                tracing::warn!(shard = self.setup.shard, error = %e, "ppoll failed");
-            }
+            slept = match sys::wait_readable(pollfds, timeout) {
+                Ok(0) => {
+                    self.stats.sleep_timeouts.add(1);
+                    Slept::TimedOut
+                }
+                Ok(_) => {
+                    self.stats.sleep_wakeups.add(1);
+                    Slept::Woken
+                }
+                Err(e) => {
+                    tracing::warn!(shard = self.setup.shard, error = %e, "ppoll failed");
+                    Slept::Woken
+                }
+            };
         }
         self.wake.end_sleep();
+        slept
     }
 
     pub(crate) fn run(mut self) {
@@ -146,9 +177,20 @@ impl<M> ShardLoop<M> {
             .map(sys::pollfd)
             .collect::<Vec<_>>();
         let mut idle_streak: u32 = 0;
+        let mut backoff = match self.idle {
+            IdlePolicy::Busy => Backoff::new(Duration::ZERO, Duration::ZERO),
+            IdlePolicy::Adaptive {
+                max_sleep,
+                deep_sleep,
+                ..
+            } => Backoff::new(max_sleep, deep_sleep),
+        };
+        // How the last iteration's sleep ended (No: it did not sleep).
+        let mut last_sleep = Slept::No;
         while !self.stop.load(Ordering::Relaxed) {
             let started = std::time::Instant::now();
             let work = self.turn();
+            let after = std::mem::replace(&mut last_sleep, Slept::No);
             if work > 0 {
                 self.stats.busy_loops.add(1);
                 // CPU time that did work: with busy polling the core is always at 100%, so
@@ -156,29 +198,123 @@ impl<M> ShardLoop<M> {
                 self.stats
                     .busy_ns
                     .add(started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64);
-                idle_streak = 0;
+                if after == Slept::TimedOut && backoff.deep() {
+                    // Housekeeping on a timer: back to sleep without the ladder (module docs).
+                    self.stats.housekeeping_wakes.add(1);
+                } else {
+                    idle_streak = 0;
+                    backoff.reset();
+                }
                 continue;
             }
             self.stats.idle_loops.add(1);
+            if after != Slept::No {
+                // Woke up and found nothing to do: sleep longer next time.
+                backoff.grow();
+            }
             idle_streak = idle_streak.saturating_add(1);
             match self.idle {
                 IdlePolicy::Busy => std::hint::spin_loop(),
-                IdlePolicy::Adaptive {
-                    spin,
-                    yields,
-                    max_sleep,
-                } => {
+                IdlePolicy::Adaptive { spin, yields, .. } => {
                     if idle_streak <= spin {
                         std::hint::spin_loop();
                     } else if idle_streak <= spin.saturating_add(yields) {
                         std::thread::yield_now();
                     } else {
-                        self.sleep(&mut pollfds, max_sleep);
+                        last_sleep = self.sleep(&mut pollfds, backoff.cap());
                     }
                 }
             }
         }
         // Run the remaining tasks' destructors on this thread (they are !Send).
         crate::executor::set_current(None);
+    }
+}
+
+/// How a sleep ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slept {
+    /// It did not block (a deadline due, or work published meanwhile).
+    No,
+    /// Its timeout (deadline or cap) passed.
+    TimedOut,
+    /// The eventfd or a poller's fd woke it (or ppoll failed).
+    Woken,
+}
+
+/// The adaptive sleep cap: `first` after work, doubled by every sleep that found nothing to
+/// do, never above `deep`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Backoff {
+    first: Duration,
+    deep: Duration,
+    cap: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(first: Duration, deep: Duration) -> Self {
+        Self {
+            first,
+            deep: deep.max(first),
+            cap: first,
+        }
+    }
+
+    /// The current cap of one sleep.
+    pub(crate) fn cap(&self) -> Duration {
+        self.cap
+    }
+
+    /// True when the cap can grow beyond the first sleep (the policy allows deep sleeps).
+    pub(crate) fn deep(&self) -> bool {
+        self.deep > self.first
+    }
+
+    pub(crate) fn grow(&mut self) {
+        self.cap = self.cap.saturating_mul(2).min(self.deep);
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.cap = self.first;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+    use std::time::Duration;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_sleep_cap_doubles_while_idle_up_to_the_deep_sleep_and_resets_on_work() {
+        let mut b = Backoff::new(MS / 5, 100 * MS);
+        assert!(b.deep());
+        let mut caps = Vec::new();
+        for _ in 0..12 {
+            caps.push(b.cap());
+            b.grow();
+        }
+        assert_eq!(caps[0], MS / 5);
+        assert_eq!(caps[1], 2 * MS / 5);
+        assert!(caps.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(caps[10], 100 * MS, "{caps:?}");
+        assert_eq!(b.cap(), 100 * MS);
+        b.reset();
+        assert_eq!(b.cap(), MS / 5);
+    }
+
+    #[test]
+    fn without_a_deeper_sleep_the_cap_stays() {
+        for deep in [Duration::ZERO, 10 * MS] {
+            let mut b = Backoff::new(10 * MS, deep);
+            assert!(!b.deep());
+            b.grow();
+            assert_eq!(b.cap(), 10 * MS);
+        }
+        let mut huge = Backoff::new(Duration::MAX / 3, Duration::MAX);
+        huge.grow();
+        huge.grow();
+        assert_eq!(huge.cap(), Duration::MAX);
     }
 }

@@ -34,6 +34,13 @@ pub struct ShardStats {
     pub busy_ns: Counter,
     /// Times the shard blocked on its eventfd (adaptive idle policy only).
     pub sleeps: Counter,
+    /// Sleeps that ended by their timeout (a deadline or the sleep cap), not a wake-up.
+    pub sleep_timeouts: Counter,
+    /// Sleeps that a wake-up ended (the eventfd, a poller's fd).
+    pub sleep_wakeups: Counter,
+    /// Iterations that did work right after a sleep timed out and did not restart the spin
+    /// ladder (housekeeping on a timer; adaptive idle with deep sleeps only).
+    pub housekeeping_wakes: Counter,
     /// Messages this shard pushed into another shard's ring (cross-shard hops).
     pub cross_shard_sent: Counter,
     /// Messages this shard received from other shards.
@@ -57,6 +64,9 @@ pub struct ShardStatsSnapshot {
     pub idle_loops: u64,
     pub busy_ns: u64,
     pub sleeps: u64,
+    pub sleep_timeouts: u64,
+    pub sleep_wakeups: u64,
+    pub housekeeping_wakes: u64,
     pub cross_shard_sent: u64,
     pub cross_shard_received: u64,
     pub control_received: u64,
@@ -74,6 +84,9 @@ impl ShardStats {
             idle_loops: self.idle_loops.get(),
             busy_ns: self.busy_ns.get(),
             sleeps: self.sleeps.get(),
+            sleep_timeouts: self.sleep_timeouts.get(),
+            sleep_wakeups: self.sleep_wakeups.get(),
+            housekeeping_wakes: self.housekeeping_wakes.get(),
             cross_shard_sent: self.cross_shard_sent.get(),
             cross_shard_received: self.cross_shard_received.get(),
             control_received: self.control_received.get(),

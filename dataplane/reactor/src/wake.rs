@@ -4,8 +4,10 @@
 //! Protocol (a Dekker-style handshake, both sides use SeqCst):
 //! - producer: publish work (ring push / ready bit), `fence(SeqCst)`, load `sleeping`; if set,
 //!   signal the eventfd.
-//! - consumer: store `sleeping = true`, `fence(SeqCst)`, re-check every work source; block in
-//!   ppoll only if all are empty; on wake store `sleeping = false` and drain the eventfd.
+//! - consumer: store `sleeping = true`, `fence(SeqCst)`, re-check every work source (its
+//!   rings, the ready tasks, every poller's `has_pending`: e.g. a steering ring whose producer
+//!   rings a `ShardWaker`); block in ppoll only if all are empty; on wake store
+//!   `sleeping = false` and drain the eventfd.
 //!
 //! Either the producer sees `sleeping == true` and signals, or the consumer's re-check sees the
 //! published work; a wake-up cannot be lost.

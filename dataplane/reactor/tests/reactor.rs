@@ -215,6 +215,7 @@ fn poller_fd_wakes_a_sleeping_shard() {
             spin: 4,
             yields: 0,
             max_sleep: Duration::from_secs(30),
+            deep_sleep: Duration::from_secs(30),
         },
         ..cfg(1)
     };
@@ -246,6 +247,7 @@ fn control_message_wakes_a_sleeping_shard() {
             spin: 4,
             yields: 0,
             max_sleep: Duration::from_secs(30),
+            deep_sleep: Duration::from_secs(30),
         },
         ..cfg(1)
     };
@@ -313,4 +315,176 @@ fn spawn_off_shard_fails() {
         spawn_local(async {}),
         Err(ReactorError::NotOnShard)
     ));
+}
+
+#[test]
+fn an_idle_shard_sleeps_longer_and_longer_and_a_message_still_wakes_it() {
+    let (tx, rx) = mpsc::channel();
+    let config = ReactorConfig {
+        idle: IdlePolicy::Adaptive {
+            spin: 4,
+            yields: 0,
+            max_sleep: Duration::from_micros(100),
+            deep_sleep: Duration::from_secs(30),
+        },
+        ..cfg(1)
+    };
+    let (reactor, mut control) = Reactor::start::<u64, _>(config, move |s| {
+        let tx = tx.clone();
+        s.on_message(move |_, m| tx.send(m).expect("alive"));
+        Ok(())
+    })
+    .expect("start");
+    let stats = reactor.stats_handle(0).expect("s0");
+    // Twelve sleeps of 0.1, 0.2, .. 204.8 ms: the cap is now 409.6 ms and grows on.
+    let deadline = Instant::now() + T;
+    while stats.snapshot().sleeps < 12 {
+        assert!(Instant::now() < deadline, "{:?}", stats.snapshot());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // A second more: with a fixed 100 us cap that would be thousands of sleeps; backing off,
+    // two or three (a slow machine only makes it fewer).
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = stats.snapshot();
+    assert!(idle.sleeps <= 16, "{idle:?}");
+    // Nothing but the timeout ended those sleeps (the last may still be under way).
+    assert_eq!(idle.sleep_wakeups, 0, "{idle:?}");
+    assert!(idle.sleeps - idle.sleep_timeouts <= 1, "{idle:?}");
+    // The eventfd still ends a deep sleep at once. (A message published in the few
+    // instructions between two sleeps is found without sleeping: try again then.)
+    for i in 0..3u64 {
+        control.send(0, i).expect("room");
+        assert_eq!(rx.recv_timeout(T).expect("delivered"), i);
+        if stats.snapshot().sleep_wakeups > 0 {
+            reactor.shutdown().expect("stop");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no message woke the sleeping shard: {:?}", stats.snapshot());
+}
+
+/// Work every 20 ms that only a deadline brings (a sweep): counts its rounds.
+struct Housekeeping {
+    next: Instant,
+    rounds: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Poller for Housekeeping {
+    fn poll(&mut self) -> usize {
+        let now = Instant::now();
+        if now < self.next {
+            return 0;
+        }
+        self.next = now + Duration::from_millis(20);
+        self.rounds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        1
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        Some(self.next)
+    }
+}
+
+#[test]
+fn work_a_timer_brings_does_not_restart_the_spin_ladder() {
+    const SPIN: u32 = 10_000;
+    let rounds = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let rounds2 = rounds.clone();
+    let config = ReactorConfig {
+        idle: IdlePolicy::Adaptive {
+            spin: SPIN,
+            yields: 0,
+            max_sleep: Duration::from_millis(1),
+            deep_sleep: Duration::from_millis(50),
+        },
+        ..cfg(1)
+    };
+    let (reactor, _c) = Reactor::start::<(), _>(config, move |s| {
+        s.add_poller(Box::new(Housekeeping {
+            next: Instant::now(),
+            rounds: rounds2.clone(),
+        }));
+        Ok(())
+    })
+    .expect("start");
+    let deadline = Instant::now() + T;
+    while rounds.load(std::sync::atomic::Ordering::Relaxed) < 50 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let s = reactor.stats(0).expect("s0").snapshot();
+    // Spinning the ladder after each round would make it 50 x SPIN idle iterations; the first
+    // ladder (and one restarted where a round fell in it) is all it may spin.
+    assert!(s.idle_loops < 10 * u64::from(SPIN), "{s:?}");
+    assert!(s.housekeeping_wakes >= 40, "{s:?}");
+    reactor.shutdown().expect("stop");
+}
+
+/// A "ring" with no fd that the test thread pushes into: a count of items published.
+struct Pushed {
+    published: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    taken: u64,
+    seen: mpsc::Sender<u64>,
+}
+
+impl Poller for Pushed {
+    fn poll(&mut self) -> usize {
+        let n = self.published.load(std::sync::atomic::Ordering::Acquire);
+        let work = (n - self.taken) as usize;
+        if work > 0 {
+            self.taken = n;
+            self.seen.send(n).expect("alive");
+        }
+        work
+    }
+
+    fn has_pending(&self) -> bool {
+        self.published.load(std::sync::atomic::Ordering::SeqCst) > self.taken
+    }
+}
+
+#[test]
+fn a_shard_waker_wakes_a_sleeping_shard_for_work_with_no_fd() {
+    let published = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (seen_tx, seen) = mpsc::channel();
+    let (waker_tx, waker_rx) = mpsc::channel();
+    let p2 = published.clone();
+    let config = ReactorConfig {
+        // Only the waker can bring the work within the test's bound.
+        idle: IdlePolicy::Adaptive {
+            spin: 4,
+            yields: 0,
+            max_sleep: Duration::from_secs(30),
+            deep_sleep: Duration::from_secs(30),
+        },
+        ..cfg(1)
+    };
+    let (reactor, _c) = Reactor::start::<(), _>(config, move |s| {
+        waker_tx
+            .send(s.waker(0).ok_or("no waker")?)
+            .map_err(|e| e.to_string())?;
+        assert!(s.waker(1).is_none());
+        s.add_poller(Box::new(Pushed {
+            published: p2.clone(),
+            taken: 0,
+            seen: seen_tx.clone(),
+        }));
+        Ok(())
+    })
+    .expect("start");
+    let waker = waker_rx.recv_timeout(T).expect("waker");
+    for i in 1..=20u64 {
+        // Every other push finds the shard asleep (or falling asleep: the re-check of
+        // has_pending after it announced its sleep catches those).
+        if i % 2 == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        published.store(i, std::sync::atomic::Ordering::SeqCst);
+        waker.notify();
+        assert_eq!(seen.recv_timeout(T).expect("woken by the waker"), i);
+    }
+    assert!(reactor.stats(0).expect("s0").snapshot().sleeps >= 10);
+    reactor.shutdown().expect("stop");
 }

@@ -1274,4 +1274,8 @@ impl Poller for ShardPoller {
     fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
         self.0.borrow().messenger.wait_fd()
     }
+
+    fn has_pending(&self) -> bool {
+        self.0.borrow().messenger.has_pending()
+    }
 }
