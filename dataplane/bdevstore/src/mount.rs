@@ -32,6 +32,11 @@ pub struct FormatOptions {
     /// 0 = 1/32 of the partition (at least 256 blocks): room for the extent map of a
     /// partition full of 4 KiB random writes (about 1% of the data).
     pub slot_blocks: u64,
+    /// The format uuid to record; `None` (the default and the only choice outside tests): a
+    /// random one. The uuid tells this format's records and checkpoints from those of an
+    /// earlier format of the same device, so a fixed value is only for reproducible images: the
+    /// test that pins the on-disk bytes (`tests/format_pin.rs`).
+    pub uuid: Option<u64>,
 }
 
 impl Default for FormatOptions {
@@ -40,6 +45,7 @@ impl Default for FormatOptions {
             shards: 1,
             seg_blocks: DEFAULT_SEG_BLOCKS,
             slot_blocks: 0,
+            uuid: None,
         }
     }
 }
@@ -184,7 +190,7 @@ pub fn format_owned<D: BlockDevice>(
     }
     let sb = Superblock {
         version: FORMAT_VERSION,
-        uuid: random_u64(),
+        uuid: opts.uuid.unwrap_or_else(random_u64),
         store_blocks,
         seg_blocks: opts.seg_blocks,
         slot_blocks,

@@ -436,6 +436,7 @@ fn bench<D: BlockDevice>(mut dev: D, name: &str, a: &Args) -> Result<serde_json:
         shards: 2,
         seg_blocks: a.seg_blocks,
         slot_blocks: 2048,
+        ..FormatOptions::default()
     };
     format(&mut dev, &fo).map_err(|e| e.to_string())?;
     let mut s = BdevStore::mount(dev, MountOptions::default()).map_err(|e| e.to_string())?;
