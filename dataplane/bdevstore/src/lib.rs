@@ -61,7 +61,7 @@
 //! start lies past them. The pause is bounded by the batch size and measured
 //! (`StoreStats::cleaner_max_pause`).
 //!
-//! The cleaner is in one of three rest states (`CleanerRest` in store.rs); both ways it can
+//! The cleaner is in one of three rest states (`CleanerRest` in store/cleaner.rs); both ways it can
 //! rest exist so that it always stops when cleaning cannot help:
 //! - *Active*: cleans while free segments are below the low-water mark or a transaction
 //!   waits for space.
