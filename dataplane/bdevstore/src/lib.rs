@@ -66,7 +66,7 @@
 //! - *Active*: cleans while free segments are below the low-water mark or a transaction
 //!   waits for space.
 //! - *Stalled* (progress guard, for packing losses block accounting cannot see): after
-//!   `CLEAN_FUTILE_LIMIT` victims emptied without the net gain in blocks (`clean_net`: a
+//!   `CLEAN_FUTILE_LIMIT` victims emptied without the net gain in blocks (`Cleaner::net`: a
 //!   segment per victim, minus relocation records and head tails skipped) reaching a new high,
 //!   it picks no victim until the foreground has written records and dropped live blocks
 //!   (overwrites, removes: new garbage) worth a segment together (`StoreStats::cleaner_stalls`). A transaction waiting for space overrides the stall, for

@@ -11,6 +11,28 @@ use carmine_objectstore::device::{BlockDevice, DeviceError, IoBuf};
 use super::BdevStore;
 use crate::format::BLOCK;
 
+/// Idle device buffers and spare heap buffers, for reuse.
+pub(super) struct Buffers<B> {
+    /// Idle device buffers by length in blocks (index); lengths past the end are not pooled.
+    /// A Vec index instead of a hash map: this runs for every device I/O.
+    pool: Vec<Vec<B>>,
+    /// Bytes in `pool`.
+    pooled: usize,
+    /// Heap buffers of consumed write data (and recycled read results), reused for read
+    /// results and handed out by `data_buf`: a 4 KiB malloc/free pair per op otherwise.
+    spare: Vec<Vec<u8>>,
+}
+
+impl<B> Default for Buffers<B> {
+    fn default() -> Self {
+        Buffers {
+            pool: Vec::new(),
+            pooled: 0,
+            spare: Vec::new(),
+        }
+    }
+}
+
 /// Bytes of idle I/O buffers kept for reuse.
 const POOL_BYTES: usize = 32 << 20;
 /// Spare heap data buffers kept (each at most `SPARE_MAX_BYTES` of capacity).
@@ -28,12 +50,13 @@ impl<D: BlockDevice> BdevStore<D> {
         let slot = len / BLOCK as usize;
         let pooled = len % BLOCK as usize == 0 && len > 0;
         if let Some(b) = self
+            .bufs
             .pool
             .get_mut(slot)
             .filter(|_| pooled)
             .and_then(Vec::pop)
         {
-            self.pooled -= len;
+            self.bufs.pooled -= len;
             return Ok(b);
         }
         self.dev.alloc_buf(len)
@@ -41,7 +64,7 @@ impl<D: BlockDevice> BdevStore<D> {
 
     /// An empty heap buffer with room for `len` bytes, reused when possible.
     pub(super) fn take_spare(&mut self, len: usize) -> Vec<u8> {
-        match self.spare.pop() {
+        match self.bufs.spare.pop() {
             Some(mut v) => {
                 v.reserve(len);
                 v
@@ -51,9 +74,10 @@ impl<D: BlockDevice> BdevStore<D> {
     }
 
     pub(super) fn put_spare(&mut self, mut v: Vec<u8>) {
-        if self.spare.len() < SPARE_BUFS && v.capacity() > 0 && v.capacity() <= SPARE_MAX_BYTES {
+        if self.bufs.spare.len() < SPARE_BUFS && v.capacity() > 0 && v.capacity() <= SPARE_MAX_BYTES
+        {
             v.clear();
-            self.spare.push(v);
+            self.bufs.spare.push(v);
         }
     }
 
@@ -61,12 +85,12 @@ impl<D: BlockDevice> BdevStore<D> {
         let len = b.len();
         let slot = len / BLOCK as usize;
         let whole_blocks = len % BLOCK as usize == 0 && len > 0;
-        if self.pooled + len <= POOL_BYTES && whole_blocks && slot <= POOL_MAX_BLOCKS {
-            if self.pool.len() <= slot {
-                self.pool.resize_with(slot + 1, Vec::new);
+        if self.bufs.pooled + len <= POOL_BYTES && whole_blocks && slot <= POOL_MAX_BLOCKS {
+            if self.bufs.pool.len() <= slot {
+                self.bufs.pool.resize_with(slot + 1, Vec::new);
             }
-            self.pooled += len;
-            self.pool[slot].push(b);
+            self.bufs.pooled += len;
+            self.bufs.pool[slot].push(b);
         }
     }
 }

@@ -30,7 +30,10 @@ pub(super) struct Ckpt {
     pub(super) start: LogPos,
     /// Header block, its slot and the log position of the snapshot being written.
     pub(super) pending: Option<(Vec<u8>, u64, LogPos)>,
+    /// The metadata no longer fits a slot (logged once; no more checkpoints).
     pub(super) too_big: bool,
+    /// Journal blocks written since the last checkpoint (or replayed at mount).
+    pub(super) blocks_since: u64,
 }
 
 impl<D: BlockDevice> BdevStore<D> {
@@ -49,14 +52,14 @@ impl<D: BlockDevice> BdevStore<D> {
             .empty
             .saturating_sub(free as usize + head_empty);
         if low && waiting > 0 {
-            self.reclaim_due = true;
+            self.segs.reclaim_due = true;
         }
         // Batch them: a checkpoint rewrites all metadata, so take one per several freed
         // segments unless space is nearly gone.
         let urgent = free <= self.opts.reserve_segs + 1 || self.space_wait;
         let batch = (self.opts.clean_low_water as usize / 4).max(1);
         let pending_free = low && waiting > 0 && (urgent || waiting >= batch);
-        if pending_free || self.blocks_since_ckpt >= self.opts.ckpt_interval_blocks {
+        if pending_free || self.ckpt.blocks_since >= self.opts.ckpt_interval_blocks {
             self.ckpt.phase = CkptPhase::Quiesce;
         }
     }
@@ -69,8 +72,8 @@ impl<D: BlockDevice> BdevStore<D> {
         }
         let t0 = Instant::now();
         let seg_seqs: Vec<(u32, u64)> = (0..self.geo.nsegs)
-            .filter(|&s| self.used[s as usize])
-            .map(|s| (s, self.seg_seq[s as usize]))
+            .filter(|&s| self.segs.used[s as usize])
+            .map(|s| (s, self.segs.seq[s as usize]))
             .collect();
         let body_struct = CkptBody {
             index: std::mem::take(&mut self.idx),
@@ -91,7 +94,7 @@ impl<D: BlockDevice> BdevStore<D> {
             }
             self.ckpt.too_big = true;
             self.ckpt.phase = CkptPhase::Idle;
-            self.blocks_since_ckpt = 0;
+            self.ckpt.blocks_since = 0;
             return;
         }
         let mut buf = match self.get_buf(body_blocks.len()) {
@@ -107,7 +110,7 @@ impl<D: BlockDevice> BdevStore<D> {
         self.dev.submit_write(lba, buf, t);
         self.ckpt.pending = Some((hdr, slot, start));
         self.ckpt.phase = CkptPhase::Writing;
-        self.blocks_since_ckpt = 0;
+        self.ckpt.blocks_since = 0;
         let p = t0.elapsed();
         self.stats.checkpoint_max_pause = self.stats.checkpoint_max_pause.max(p);
     }
@@ -145,7 +148,7 @@ impl<D: BlockDevice> BdevStore<D> {
                     self.ckpt.active_slot = slot;
                     self.ckpt.start = start;
                     self.stats.checkpoints += 1;
-                    self.reclaim_due = true;
+                    self.segs.reclaim_due = true;
                 }
                 self.ckpt.phase = CkptPhase::Idle;
             }

@@ -2,15 +2,15 @@
 //! steps. A step (`cleaner_step`, while free segments are below the low-water mark or a
 //! transaction waits for space) picks the used segment cheapest to relocate, counted in the
 //! whole blocks its extents take once moved, and reads up to `clean_batch_bytes` of its live
-//! extents; the completed reads (`clean_ready`) go into the next record as one relocation entry
+//! extents; the completed reads (`Cleaner::ready`) go into the next record as one relocation entry
 //! (`record::pack_relocations`). This module also holds the space policy a waiting transaction
 //! consults (`can_reclaim`, `worth_waiting`) and the rest states (crate docs, "Cleaner and
 //! space").
 //!
-//! Invariants: at most one batch between victim pick and record (`clean_inflight` reads, then
-//! `clean_ready`); a relocation applies only if its extent did not change meanwhile; a `Stuck`
+//! Invariants: at most one batch between victim pick and record (`inflight` reads, then
+//! `ready`); a relocation applies only if its extent did not change meanwhile; a `Stuck`
 //! cleaner picks nothing until a committed transaction or a freed segment wakes it; the
-//! progress guard (`clean_net`, `clean_best`, `clean_futile`) stalls a cleaner that stops
+//! progress guard (`net`, `best`, `futile`) stalls a cleaner that stops
 //! gaining blocks, so cleaning always ends once the foreground stops.
 
 use std::collections::HashMap;
@@ -22,10 +22,58 @@ use super::{BdevStore, CkptPhase, Io};
 use crate::format::{blocks_for, BLOCK};
 use crate::index::{ChunkRef, Extent, RefCursor};
 
+/// The cleaner's state between steps.
+pub(super) struct Cleaner {
+    /// The segment being emptied.
+    pub(super) victim: Option<u32>,
+    /// Where the cleaner stopped in the victim's back-reference list.
+    pub(super) cursor: RefCursor,
+    /// Cleaner chunk reads in flight.
+    pub(super) inflight: usize,
+    /// Verified live extents read, waiting for the next record: (onode, offset, extent, data).
+    pub(super) ready: Vec<(u64, u64, Extent, Vec<u8>)>,
+    /// The last cleaner step found no victim (or the cleaner is stalled).
+    pub(super) idle: bool,
+    /// Cleaner progress in blocks since a stall last ended (or mount): a segment
+    /// for each victim emptied, minus the blocks of relocation records and the head tails they
+    /// left unused (opening a new segment). Without foreground writes it only rises as used
+    /// segments give blocks back, so it is bounded and the cleaner stops. `best` is its
+    /// high-water mark, `futile` counts victims emptied since it last rose. See
+    /// `CLEAN_FUTILE_LIMIT`.
+    pub(super) net: i64,
+    pub(super) best: i64,
+    pub(super) futile: u32,
+    /// Whether the cleaner may pick victims, and what wakes it (see `CleanerRest` and the
+    /// crate docs, "Cleaner and space").
+    pub(super) rest: CleanerRest,
+    /// Encoded bytes of one `Reloc`, and of a relocation record's header without any (fixed-int
+    /// encoding: sizes do not depend on values): the cleaner's header cost estimate.
+    pub(super) reloc_bytes: u64,
+    pub(super) reloc_hdr_fixed: u64,
+}
+
+impl Cleaner {
+    pub(super) fn new(reloc_bytes: u64, reloc_hdr_fixed: u64) -> Self {
+        Cleaner {
+            victim: None,
+            cursor: RefCursor::default(),
+            inflight: 0,
+            ready: Vec::new(),
+            idle: false,
+            net: 0,
+            best: 0,
+            futile: 0,
+            rest: CleanerRest::Active,
+            reloc_bytes,
+            reloc_hdr_fixed,
+        }
+    }
+}
+
 /// A live extent the cleaner moves: (onode, logical offset, extent).
 pub(super) type CleanPiece = (u64, u64, Extent);
 
-/// Victims the cleaner may empty without its net gain in blocks (`clean_net`) reaching a new
+/// Victims the cleaner may empty without its net gain in blocks (`Cleaner::net`) reaching a new
 /// high before it stalls. Block accounting keeps futile victims out in the common case; this
 /// bounds what it cannot see (extents too big to pack into the head's remainder), so cleaning
 /// always ends once the foreground stops.
@@ -58,7 +106,7 @@ impl<D: BlockDevice> BdevStore<D> {
         let mut garbage = 0u64;
         let mut candidate = false;
         for s in 0..self.geo.nsegs as usize {
-            if !self.used[s] || s == self.head.seg as usize || self.bad_segs[s] {
+            if !self.segs.used[s] || s == self.head.seg as usize || self.segs.bad[s] {
                 continue;
             }
             garbage += self.geo.seg_blocks.saturating_sub(self.clean_cost(s)) * BLOCK;
@@ -74,7 +122,10 @@ impl<D: BlockDevice> BdevStore<D> {
         if a.live[s] == 0 {
             return 0;
         }
-        a.blocks[s] + blocks_for(self.reloc_hdr_fixed + u64::from(a.extents(s)) * self.reloc_bytes)
+        a.blocks[s]
+            + blocks_for(
+                self.cleaner.reloc_hdr_fixed + u64::from(a.extents(s)) * self.cleaner.reloc_bytes,
+            )
     }
 
     /// Does cleaning segment `s` free space? It must hold live data (else it only needs a
@@ -89,7 +140,7 @@ impl<D: BlockDevice> BdevStore<D> {
     /// reclaimable space exists and background work is still making moves; give up after a
     /// bounded number of cleaner steps without success (fragmentation the cleaner cannot fix).
     pub(super) fn worth_waiting(&mut self, need_bytes: u64) -> bool {
-        let stuck = matches!(self.rest, CleanerRest::Stuck { .. });
+        let stuck = matches!(self.cleaner.rest, CleanerRest::Stuck { .. });
         if stuck || !self.can_reclaim(need_bytes) {
             return false;
         }
@@ -97,11 +148,11 @@ impl<D: BlockDevice> BdevStore<D> {
         let mark = *self.wait_mark.get_or_insert(events);
         let head = self.head.seg as usize;
         let pending_free = (0..self.geo.nsegs as usize)
-            .any(|s| self.used[s] && s != head && self.idx.acct.live[s] == 0);
-        let busy = self.clean_inflight > 0
-            || !self.clean_ready.is_empty()
+            .any(|s| self.segs.used[s] && s != head && self.idx.acct.live[s] == 0);
+        let busy = self.cleaner.inflight > 0
+            || !self.cleaner.ready.is_empty()
             || self.ckpt.phase != CkptPhase::Idle;
-        if !busy && !pending_free && self.cleaner_idle && events > mark {
+        if !busy && !pending_free && self.cleaner.idle && events > mark {
             return false;
         }
         events - mark <= 2 * self.geo.nsegs as u64 + 4
@@ -112,12 +163,12 @@ impl<D: BlockDevice> BdevStore<D> {
     /// that waiting transactions get `NoSpace` rather than wait for a cleaner that cannot
     /// move (and the shard does not re-read the same victim on every poll).
     pub(super) fn cleaner_stuck(&mut self) {
-        let stalled = match self.rest {
+        let stalled = match self.cleaner.rest {
             CleanerRest::Active => None,
             CleanerRest::Stalled { fg_blocks } => Some(fg_blocks),
             CleanerRest::Stuck { stalled } => stalled,
         };
-        if !matches!(self.rest, CleanerRest::Stuck { .. }) {
+        if !matches!(self.cleaner.rest, CleanerRest::Stuck { .. }) {
             self.stats.cleaner_stuck += 1;
             tracing::warn!(
                 free = self.free_count(),
@@ -125,17 +176,17 @@ impl<D: BlockDevice> BdevStore<D> {
                  NoSpace until data is removed"
             );
         }
-        self.rest = CleanerRest::Stuck { stalled };
-        self.victim = None;
-        self.clean_cursor = RefCursor::default();
+        self.cleaner.rest = CleanerRest::Stuck { stalled };
+        self.cleaner.victim = None;
+        self.cleaner.cursor = RefCursor::default();
     }
 
     /// A `Stuck` cleaner may find room again (a transaction committed or a segment was
     /// freed). It resumes the stall it interrupted, if any: a freed segment alone does not
     /// restart a cleaner that was gaining nothing.
     pub(super) fn cleaner_wake(&mut self) {
-        if let CleanerRest::Stuck { stalled } = self.rest {
-            self.rest = match stalled {
+        if let CleanerRest::Stuck { stalled } = self.cleaner.rest {
+            self.cleaner.rest = match stalled {
                 Some(fg_blocks) => CleanerRest::Stalled { fg_blocks },
                 None => CleanerRest::Active,
             };
@@ -149,12 +200,12 @@ impl<D: BlockDevice> BdevStore<D> {
     /// store that removed half its data must clean again before writes need to wait.
     pub(super) fn foreground_wrote(&mut self, blocks: u64, garbage: u64) {
         self.cleaner_wake();
-        if let CleanerRest::Stalled { fg_blocks } = &mut self.rest {
+        if let CleanerRest::Stalled { fg_blocks } = &mut self.cleaner.rest {
             *fg_blocks += blocks + garbage;
             if *fg_blocks >= self.geo.seg_blocks {
-                self.rest = CleanerRest::Active;
-                self.clean_futile = 0;
-                self.clean_best = self.clean_net;
+                self.cleaner.rest = CleanerRest::Active;
+                self.cleaner.futile = 0;
+                self.cleaner.best = self.cleaner.net;
             }
         }
     }
@@ -164,9 +215,9 @@ impl<D: BlockDevice> BdevStore<D> {
     /// `build_record`, in the same poll loop, so foreground I/O interleaves.
     pub(super) fn cleaner_step(&mut self) {
         if self.failed.is_some()
-            || matches!(self.rest, CleanerRest::Stuck { .. })
-            || self.clean_inflight > 0
-            || !self.clean_ready.is_empty()
+            || matches!(self.cleaner.rest, CleanerRest::Stuck { .. })
+            || self.cleaner.inflight > 0
+            || !self.cleaner.ready.is_empty()
         {
             return;
         }
@@ -175,27 +226,28 @@ impl<D: BlockDevice> BdevStore<D> {
         }
         let t0 = Instant::now();
         if self
+            .cleaner
             .victim
             .is_some_and(|v| self.idx.acct.live[v as usize] == 0)
         {
-            self.victim = None;
+            self.cleaner.victim = None;
             self.victim_emptied();
         }
-        if matches!(self.rest, CleanerRest::Stalled { .. }) && !self.space_wait {
-            self.cleaner_idle = true;
+        if matches!(self.cleaner.rest, CleanerRest::Stalled { .. }) && !self.space_wait {
+            self.cleaner.idle = true;
             return;
         }
-        if self.victim.is_none() {
+        if self.cleaner.victim.is_none() {
             let head = self.head.seg as usize;
-            self.victim = (0..self.geo.nsegs as usize)
-                .filter(|&s| self.used[s] && s != head && !self.bad_segs[s])
+            self.cleaner.victim = (0..self.geo.nsegs as usize)
+                .filter(|&s| self.segs.used[s] && s != head && !self.segs.bad[s])
                 .filter(|&s| self.worth_cleaning(s))
                 .map(|s| (self.clean_cost(s), s))
                 .min()
                 .map(|(_, s)| s as u32);
         }
-        self.cleaner_idle = self.victim.is_none();
-        let Some(v) = self.victim else { return };
+        self.cleaner.idle = self.cleaner.victim.is_none();
+        let Some(v) = self.cleaner.victim else { return };
         // Bounded batch: at most half a segment (in bytes and in the whole blocks each extent
         // takes once moved), so the relocation record always fits.
         let budget = self.opts.clean_batch_bytes.min(self.geo.seg_bytes() / 2);
@@ -204,7 +256,7 @@ impl<D: BlockDevice> BdevStore<D> {
         let mut taken_blocks = 0u64;
         let items = self
             .idx
-            .segment_extents_from(v as usize, &mut self.clean_cursor, budget);
+            .segment_extents_from(v as usize, &mut self.cleaner.cursor, budget);
         if items.is_empty() {
             // Only dead candidates within this step's scan bound: continue next poll. (Still
             // a step: waiting for space is bounded in steps.)
@@ -238,7 +290,7 @@ impl<D: BlockDevice> BdevStore<D> {
             let lba = self.geo.dev_lba(chunk.lba);
             let t = self.token(Io::Clean { chunk, pieces });
             self.dev.submit_read(lba, buf, t);
-            self.clean_inflight += 1;
+            self.cleaner.inflight += 1;
         }
         self.stats.cleaner_steps += 1;
         let p = t0.elapsed();
@@ -247,19 +299,19 @@ impl<D: BlockDevice> BdevStore<D> {
 
     /// The victim holds no live data any more: did the cleaner gain, or stall it.
     pub(super) fn victim_emptied(&mut self) {
-        self.clean_net += self.geo.seg_blocks as i64;
-        if self.clean_net > self.clean_best {
-            self.clean_best = self.clean_net;
-            self.clean_futile = 0;
+        self.cleaner.net += self.geo.seg_blocks as i64;
+        if self.cleaner.net > self.cleaner.best {
+            self.cleaner.best = self.cleaner.net;
+            self.cleaner.futile = 0;
             return;
         }
-        self.clean_futile += 1;
-        if self.clean_futile >= CLEAN_FUTILE_LIMIT && self.rest == CleanerRest::Active {
+        self.cleaner.futile += 1;
+        if self.cleaner.futile >= CLEAN_FUTILE_LIMIT && self.cleaner.rest == CleanerRest::Active {
             tracing::debug!(
-                free = self.nfree,
+                free = self.segs.nfree,
                 "cleaner stalled: relocation wrote as many blocks as it freed"
             );
-            self.rest = CleanerRest::Stalled { fg_blocks: 0 };
+            self.cleaner.rest = CleanerRest::Stalled { fg_blocks: 0 };
             self.stats.cleaner_stalls += 1;
         }
     }
@@ -272,7 +324,7 @@ impl<D: BlockDevice> BdevStore<D> {
         pieces: Vec<CleanPiece>,
         buf: Option<&D::Buf>,
     ) {
-        self.clean_inflight -= 1;
+        self.cleaner.inflight -= 1;
         if let Some(buf) = buf {
             let stored = &buf.as_slice()[..chunk.len as usize];
             if crc32c::crc32c(stored) != chunk.crc {
@@ -280,15 +332,15 @@ impl<D: BlockDevice> BdevStore<D> {
                     lba = chunk.lba,
                     "cleaner found a checksum mismatch; segment left in place"
                 );
-                if let Some(v) = self.victim.take() {
-                    self.bad_segs[v as usize] = true;
+                if let Some(v) = self.cleaner.victim.take() {
+                    self.segs.bad[v as usize] = true;
                 }
             } else {
                 for (onode, off, ext) in pieces {
                     let s = ext.skip as usize;
                     let mut data = self.take_spare(ext.len as usize);
                     data.extend_from_slice(&stored[s..s + ext.len as usize]);
-                    self.clean_ready.push((onode, off, ext, data));
+                    self.cleaner.ready.push((onode, off, ext, data));
                 }
             }
         }
@@ -296,9 +348,9 @@ impl<D: BlockDevice> BdevStore<D> {
 
     /// A cleaner read failed: its victim is left in place and the store fails.
     pub(super) fn clean_read_failed(&mut self, chunk: ChunkRef, e: &DeviceError) {
-        self.clean_inflight -= 1;
-        if let Some(v) = self.victim.take() {
-            self.bad_segs[v as usize] = true;
+        self.cleaner.inflight -= 1;
+        if let Some(v) = self.cleaner.victim.take() {
+            self.segs.bad[v as usize] = true;
         }
         self.fail(format!("cleaner read of block {} failed: {e}", chunk.lba));
     }

@@ -31,14 +31,16 @@ use carmine_objectstore::{
 use slab::Slab;
 
 use crate::format::{encoded_len, Geometry, LogPos, BLOCK, DEFAULT_SEG_BLOCKS};
-use crate::index::{ChunkRef, Entry, Extent, Index, RefCursor, Reloc};
+use crate::index::{ChunkRef, Entry, Extent, Index, Reloc};
 use crate::mount::{load, sync_flush, sync_write, Loaded};
 
+use buffers::Buffers;
 use checkpoint::{Ckpt, CkptPhase};
-use cleaner::{CleanPiece, CleanerRest};
-use read::ReadOp;
+use cleaner::{CleanPiece, Cleaner};
+use read::Reads;
 pub use record::TxnFootprint;
 use record::{record_fixed_bytes, InFlight};
+use segments::Segments;
 
 /// Knobs of a mounted store.
 #[derive(Clone, Debug)]
@@ -119,63 +121,30 @@ pub struct BdevStore<D: BlockDevice> {
     dev: D,
     geo: Geometry,
     idx: Index,
-    used: Vec<bool>,
-    seg_seq: Vec<u64>,
+    /// Where the next record goes.
     head: LogPos,
     opts: MountOptions,
+    /// Submitted transactions not yet in a record.
     queue: VecDeque<(Ticket, Transaction)>,
+    /// The record being written (at most one).
     rec: Option<InFlight>,
     /// In-flight device operations; the slab key is the device token (no hashing per I/O).
     io: Slab<Io>,
-    reads: Slab<ReadOp>,
-    deferred: VecDeque<(Ticket, CollectionId, ObjectId, u64, u64)>,
-    victim: Option<u32>,
-    /// Where the cleaner stopped in the victim's back-reference list.
-    clean_cursor: RefCursor,
-    bad_segs: Vec<bool>,
-    clean_inflight: usize,
-    clean_ready: Vec<(u64, u64, Extent, Vec<u8>)>,
+    segs: Segments,
+    reads: Reads,
+    cleaner: Cleaner,
+    ckpt: Ckpt,
+    bufs: Buffers<D::Buf>,
+    /// The transaction at the queue's front waits for the cleaner to make room.
     space_wait: bool,
-    /// Number of `false` entries in `used` (kept incrementally: polls must not scan segments).
-    nfree: u32,
-    /// A checkpoint completed or space is low: scan for segments to free.
-    reclaim_due: bool,
     /// Cleaner steps + checkpoints at the moment a transaction started waiting for space.
     wait_mark: Option<u64>,
-    /// The last cleaner step found no victim (or the cleaner is stalled).
-    cleaner_idle: bool,
-    /// Cleaner progress in blocks since a stall last ended (or mount): a segment
-    /// for each victim emptied, minus the blocks of relocation records and the head tails they
-    /// left unused (opening a new segment). Without foreground writes it only rises as used
-    /// segments give blocks back, so it is bounded and the cleaner stops. `clean_best` is its
-    /// high-water mark, `clean_futile` counts victims emptied since it last rose. See
-    /// `CLEAN_FUTILE_LIMIT`.
-    clean_net: i64,
-    clean_best: i64,
-    clean_futile: u32,
-    /// Whether the cleaner may pick victims, and what wakes it (see `CleanerRest` and the
-    /// module docs, "Cleaner and space").
-    rest: CleanerRest,
-    /// Encoded bytes of one `Reloc`, and of a relocation record's header without any (fixed-int
-    /// encoding: sizes do not depend on values): the cleaner's header cost estimate.
-    reloc_bytes: u64,
-    reloc_hdr_fixed: u64,
-    ckpt: Ckpt,
-    blocks_since_ckpt: u64,
     done: Vec<Completion>,
     failed: Option<String>,
     next_ticket: u64,
     stats: StoreStats,
+    /// Scratch list of device completions, reused by every poll.
     iobuf: Vec<IoCompletion<D::Buf>>,
-    /// Idle buffers by length in blocks (index); lengths past the end are not pooled. A Vec
-    /// index instead of a hash map: this runs for every device I/O.
-    pool: Vec<Vec<D::Buf>>,
-    pooled: usize,
-    /// Scratch list of the pieces of one read.
-    read_pieces: Vec<(usize, usize, usize, ChunkRef)>,
-    /// Heap buffers of consumed write data (and recycled read results), reused for read
-    /// results and handed out by `data_buf`: a 4 KiB malloc/free pair per op otherwise.
-    spare: Vec<Vec<u8>>,
 }
 
 impl<D: BlockDevice> BdevStore<D> {
@@ -208,7 +177,6 @@ impl<D: BlockDevice> BdevStore<D> {
                  record exceeds a segment is refused with InvalidArgument, e.g. a 4 MiB write"
             );
         }
-        let n = l.geo.nsegs as usize;
         let mut opts = opts;
         if opts.clean_low_water == 0 {
             opts.clean_low_water = (l.geo.nsegs / 8).max(opts.reserve_segs + 2);
@@ -235,35 +203,18 @@ impl<D: BlockDevice> BdevStore<D> {
             },
             new: zero_chunk,
         });
-        let mut s = BdevStore {
+        let s = BdevStore {
             dev,
             geo: l.geo,
             idx: l.index,
-            used,
-            seg_seq: l.seg_seq,
             head: l.head,
             opts,
             queue: VecDeque::new(),
             rec: None,
             io: Slab::with_capacity(256),
-            reads: Slab::with_capacity(256),
-            deferred: VecDeque::new(),
-            victim: None,
-            clean_cursor: RefCursor::default(),
-            bad_segs: vec![false; n],
-            clean_inflight: 0,
-            clean_ready: Vec::new(),
-            space_wait: false,
-            nfree: 0,
-            reclaim_due: true,
-            wait_mark: None,
-            cleaner_idle: false,
-            clean_net: 0,
-            clean_best: 0,
-            clean_futile: 0,
-            rest: CleanerRest::Active,
-            reloc_bytes,
-            reloc_hdr_fixed,
+            segs: Segments::new(used, l.seg_seq),
+            reads: Reads::new(),
+            cleaner: Cleaner::new(reloc_bytes, reloc_hdr_fixed),
             ckpt: Ckpt {
                 phase: CkptPhase::Idle,
                 generation: l.generation,
@@ -271,19 +222,17 @@ impl<D: BlockDevice> BdevStore<D> {
                 start: l.ckpt_start,
                 pending: None,
                 too_big: false,
+                blocks_since: l.replayed_blocks,
             },
-            blocks_since_ckpt: l.replayed_blocks,
+            bufs: Buffers::default(),
+            space_wait: false,
+            wait_mark: None,
             done: Vec::new(),
             failed: None,
             next_ticket: 0,
             stats: StoreStats::default(),
             iobuf: Vec::new(),
-            pool: Vec::new(),
-            pooled: 0,
-            read_pieces: Vec::new(),
-            spare: Vec::new(),
         };
-        s.nfree = s.used.iter().filter(|u| !**u).count() as u32;
         Ok(s)
     }
 
@@ -322,7 +271,7 @@ impl<D: BlockDevice> BdevStore<D> {
 
     /// Free segments right now.
     pub fn free_segments(&self) -> u32 {
-        self.nfree
+        self.segs.nfree
     }
 
     pub fn geometry(&self) -> &Geometry {
@@ -478,10 +427,10 @@ impl<D: BlockDevice> ObjectStore for BdevStore<D> {
     fn is_idle(&self) -> bool {
         self.queue.is_empty()
             && self.rec.is_none()
-            && self.reads.is_empty()
-            && self.deferred.is_empty()
-            && self.clean_inflight == 0
-            && self.clean_ready.is_empty()
+            && self.reads.ops.is_empty()
+            && self.reads.deferred.is_empty()
+            && self.cleaner.inflight == 0
+            && self.cleaner.ready.is_empty()
             && self.ckpt.phase == CkptPhase::Idle
             && self.done.is_empty()
             && self.io.is_empty()

@@ -6,12 +6,35 @@
 //! held while they are submitted) and completes exactly once; `deferred` is only non-empty
 //! while a record is in flight or until the next poll issues it.
 
+use std::collections::VecDeque;
+
 use carmine_objectstore::device::{BlockDevice, IoBuf};
 use carmine_objectstore::{CollectionId, Completion, Done, ObjectId, StoreError, Ticket};
 
 use super::{BdevStore, Io};
 use crate::format::{blocks_for, BLOCK};
 use crate::index::{ChunkRef, Extent};
+use slab::Slab;
+
+/// Reads in flight and waiting.
+pub(super) struct Reads {
+    /// Reads with chunk reads in flight (slab key: the op index in `Io::Read`).
+    pub(super) ops: Slab<ReadOp>,
+    /// Reads waiting for the record in flight: (ticket, collection, object, offset, length).
+    pub(super) deferred: VecDeque<(Ticket, CollectionId, ObjectId, u64, u64)>,
+    /// Scratch list of the pieces of one read: (dest offset, offset in chunk, length, chunk).
+    pub(super) pieces: Vec<(usize, usize, usize, ChunkRef)>,
+}
+
+impl Reads {
+    pub(super) fn new() -> Self {
+        Reads {
+            ops: Slab::with_capacity(256),
+            deferred: VecDeque::new(),
+            pieces: Vec::new(),
+        }
+    }
+}
 
 pub(super) struct ReadOp {
     pub(super) ticket: Ticket,
@@ -24,12 +47,12 @@ pub(super) struct ReadOp {
 
 impl<D: BlockDevice> BdevStore<D> {
     pub(super) fn finish_piece(&mut self, op: usize) {
-        let Some(r) = self.reads.get_mut(op) else {
+        let Some(r) = self.reads.ops.get_mut(op) else {
             return;
         };
         r.pending -= 1;
         if r.pending == 0 {
-            if let Some(r) = self.reads.try_remove(op) {
+            if let Some(r) = self.reads.ops.try_remove(op) {
                 let result = match r.err {
                     Some(e) => Err(e),
                     None => Ok(Done::Data(r.out)),
@@ -71,7 +94,7 @@ impl<D: BlockDevice> BdevStore<D> {
             return;
         }
         // (dest offset, offset in chunk, length, chunk); a reused scratch list (no allocation).
-        let mut pieces = std::mem::take(&mut self.read_pieces);
+        let mut pieces = std::mem::take(&mut self.reads.pieces);
         pieces.clear();
         let piece = |k: u64, e: &Extent| {
             let s = k.max(off);
@@ -103,9 +126,10 @@ impl<D: BlockDevice> BdevStore<D> {
                 .iter()
                 .any(|p| p.3.lba >= rec.start && p.3.lba < rec.end)
             {
-                self.deferred
+                self.reads
+                    .deferred
                     .push_back((ticket, cid, oid.clone(), off, len));
-                self.read_pieces = pieces;
+                self.reads.pieces = pieces;
                 return;
             }
         }
@@ -120,7 +144,7 @@ impl<D: BlockDevice> BdevStore<D> {
         } else {
             vec![0; total]
         };
-        let op = self.reads.insert(ReadOp {
+        let op = self.reads.ops.insert(ReadOp {
             ticket,
             out,
             append: whole,
@@ -142,14 +166,14 @@ impl<D: BlockDevice> BdevStore<D> {
                     self.dev.submit_read(lba, buf, t);
                 }
                 Err(e) => {
-                    if let Some(r) = self.reads.get_mut(op) {
+                    if let Some(r) = self.reads.ops.get_mut(op) {
                         r.err.get_or_insert(StoreError::Io(e));
                     }
                     self.finish_piece(op);
                 }
             }
         }
-        self.read_pieces = pieces;
+        self.reads.pieces = pieces;
         // The extra pending count keeps the op alive while pieces are submitted.
         self.finish_piece(op);
     }
@@ -158,7 +182,7 @@ impl<D: BlockDevice> BdevStore<D> {
         if self.rec.is_some() {
             return;
         }
-        while let Some((t, cid, oid, off, len)) = self.deferred.pop_front() {
+        while let Some((t, cid, oid, off, len)) = self.reads.deferred.pop_front() {
             match &self.failed {
                 // The record it waited for may never have reached the device.
                 Some(f) => self.done.push(Completion {
@@ -180,7 +204,7 @@ impl<D: BlockDevice> BdevStore<D> {
         chunk: ChunkRef,
         buf: Option<&D::Buf>,
     ) {
-        if let (Some(buf), Some(r)) = (buf, self.reads.get_mut(op)) {
+        if let (Some(buf), Some(r)) = (buf, self.reads.ops.get_mut(op)) {
             let stored = &buf.as_slice()[..chunk.len as usize];
             let computed = crc32c::crc32c(stored);
             if computed != chunk.crc {
@@ -205,7 +229,7 @@ impl<D: BlockDevice> BdevStore<D> {
         chunk: ChunkRef,
         e: &carmine_objectstore::device::DeviceError,
     ) {
-        if let Some(r) = self.reads.get_mut(op) {
+        if let Some(r) = self.reads.ops.get_mut(op) {
             r.err.get_or_insert(StoreError::Io(e.clone()));
         }
         self.finish_piece(op);

@@ -210,7 +210,7 @@ impl<D: BlockDevice> BdevStore<D> {
         if self.rec.is_some() || self.ckpt.phase == CkptPhase::Quiesce || self.failed.is_some() {
             return;
         }
-        if self.queue.is_empty() && self.clean_ready.is_empty() {
+        if self.queue.is_empty() && self.cleaner.ready.is_empty() {
             return;
         }
         let max_blocks = match self.opts.max_record_blocks {
@@ -229,7 +229,7 @@ impl<D: BlockDevice> BdevStore<D> {
             txns: 0,
             reloc_blocks: 0,
         };
-        if !self.clean_ready.is_empty() {
+        if !self.cleaner.ready.is_empty() {
             // Timed as cleaner pause.
             let t0 = Instant::now();
             self.pack_relocations(&mut d);
@@ -260,11 +260,12 @@ impl<D: BlockDevice> BdevStore<D> {
     /// the record's first, unless they have nowhere to go (the cleaner rests `Stuck`).
     fn pack_relocations(&mut self, d: &mut Draft) {
         let nblocks: u64 = self
-            .clean_ready
+            .cleaner
+            .ready
             .iter()
             .map(|r| blocks_for(r.3.len() as u64))
             .sum();
-        let ready = std::mem::take(&mut self.clean_ready);
+        let ready = std::mem::take(&mut self.cleaner.ready);
         // The cleaner leaves the last free segment to transactions without data (removes
         // must work on a full store: they are what makes room).
         let ready = if self.head.block + 1 + nblocks > self.geo.seg_blocks && self.free_count() <= 1
@@ -298,7 +299,7 @@ impl<D: BlockDevice> BdevStore<D> {
             let tail = self.geo.seg_blocks.saturating_sub(self.head.block);
             if fits || self.open_segment(1) {
                 if !fits {
-                    self.clean_net -= tail as i64;
+                    self.cleaner.net -= tail as i64;
                 }
                 d.h_blocks = h;
                 d.hdr_bytes += size;
@@ -317,7 +318,7 @@ impl<D: BlockDevice> BdevStore<D> {
         }
         d.entries.push(Entry::Reloc(relocs));
         d.reloc_blocks = d.h_blocks + d.data_blocks;
-        self.clean_net -= d.reloc_blocks as i64;
+        self.cleaner.net -= d.reloc_blocks as i64;
     }
 
     /// Move one live extent to `lba` (advanced past it): its data joins the record and the
@@ -544,7 +545,7 @@ impl<D: BlockDevice> BdevStore<D> {
         self.head.block += total;
         self.head.seq += 1;
         self.head.prev_crc = crc;
-        self.blocks_since_ckpt += total;
+        self.ckpt.blocks_since += total;
         true
     }
 
