@@ -39,7 +39,7 @@ use checkpoint::{Ckpt, CkptPhase};
 use cleaner::{CleanPiece, Cleaner};
 use read::Reads;
 pub use record::TxnFootprint;
-use record::{record_fixed_bytes, InFlight};
+use record::{record_fixed_bytes, InFlight, RecordScratch};
 use segments::Segments;
 
 /// Knobs of a mounted store.
@@ -135,6 +135,8 @@ pub struct BdevStore<D: BlockDevice> {
     cleaner: Cleaner,
     ckpt: Ckpt,
     bufs: Buffers<D::Buf>,
+    /// Lists a record is built in, reused.
+    scratch: RecordScratch,
     /// The transaction at the queue's front waits for the cleaner to make room.
     space_wait: bool,
     /// Cleaner steps + checkpoints at the moment a transaction started waiting for space.
@@ -225,6 +227,7 @@ impl<D: BlockDevice> BdevStore<D> {
                 blocks_since: l.replayed_blocks,
             },
             bufs: Buffers::default(),
+            scratch: RecordScratch::default(),
             space_wait: false,
             wait_mark: None,
             done: Vec::new(),

@@ -14,11 +14,13 @@
 use std::time::Instant;
 
 use carmine_objectstore::device::{BlockDevice, IoBuf};
-use carmine_objectstore::{validate, Completion, Done, Op, StoreError, Ticket, Transaction};
+use carmine_objectstore::{
+    validate, Completion, Done, ObjectId, Op, StoreError, Ticket, Transaction,
+};
 
 use super::{BdevStore, CkptPhase, Io};
 use crate::format::{
-    blocks_for, encode, encoded_len, frame, RecordHeader, BLOCK, DEFAULT_SEG_BLOCKS,
+    blocks_for, encode_into, encoded_len, frame, RecordHeader, BLOCK, DEFAULT_SEG_BLOCKS,
     FRAME_OVERHEAD, MAX_TXN_DATA, MAX_TXN_HEADER, REC_MAGIC,
 };
 use crate::index::{ChunkRef, Entry, Extent, LOp, Reloc};
@@ -140,6 +142,49 @@ fn translate(txn: &Transaction, mut lba: u64, crcs: bool) -> (Vec<LOp>, u64) {
     (ops, blocks)
 }
 
+/// The data path's [`translate`]: `txn`'s journal ops into `lops` (emptied first), with CRCs,
+/// chunks placed from block 0 in op order; returns the data blocks. The names of writes are
+/// moved out of `txn` rather than cloned (an allocation per op): [`restore_names`] puts them
+/// back if the transaction stays queued.
+fn translate_into(txn: &mut Transaction, lops: &mut Vec<LOp>) -> u64 {
+    lops.clear();
+    let mut lba = 0;
+    for op in txn.ops.iter_mut() {
+        match op {
+            Op::Write {
+                cid,
+                oid,
+                off,
+                data,
+            } => {
+                let chunk = ChunkRef {
+                    lba,
+                    len: data.len() as u32,
+                    crc: crc32c::crc32c(data),
+                };
+                lba += blocks_for(data.len() as u64);
+                lops.push(LOp::Write {
+                    cid: *cid,
+                    oid: std::mem::replace(oid, ObjectId(Vec::new())),
+                    off: *off,
+                    chunk,
+                });
+            }
+            other => lops.push(translate_meta(other.clone())),
+        }
+    }
+    lba
+}
+
+/// Undo [`translate_into`]'s moves: the names go back into the transaction's writes.
+fn restore_names(txn: &mut Transaction, lops: &mut [LOp]) {
+    for (op, lop) in txn.ops.iter_mut().zip(lops) {
+        if let (Op::Write { oid, .. }, LOp::Write { oid: moved, .. }) = (op, lop) {
+            std::mem::swap(oid, moved);
+        }
+    }
+}
+
 fn translate_meta(op: Op) -> LOp {
     match op {
         Op::Write { cid, oid, off, .. } => LOp::Write {
@@ -172,6 +217,41 @@ fn translate_meta(op: Op) -> LOp {
         Op::RmAttr { cid, oid, name } => LOp::RmAttr { cid, oid, name },
         Op::OmapSet { cid, oid, entries } => LOp::OmapSet { cid, oid, entries },
         Op::OmapRm { cid, oid, keys } => LOp::OmapRm { cid, oid, keys },
+    }
+}
+
+/// Emptied op lists kept for reuse (each holds a transaction's ops while its record is built).
+const LOP_LISTS: usize = 256;
+
+/// The lists a record is built in, kept between records so that building one allocates
+/// nothing in steady state: a few vectors per record and one per transaction otherwise.
+#[derive(Default)]
+pub(super) struct RecordScratch {
+    /// Emptied `Entry::Txn` op lists.
+    lops: Vec<Vec<LOp>>,
+    entries: Vec<Entry>,
+    data: Vec<(u64, Vec<u8>)>,
+    tickets: Vec<Ticket>,
+    /// The encoded header of the last record.
+    payload: Vec<u8>,
+}
+
+impl RecordScratch {
+    fn recycle_lops(&mut self, mut lops: Vec<LOp>) {
+        if self.lops.len() < LOP_LISTS {
+            lops.clear();
+            self.lops.push(lops);
+        }
+    }
+
+    /// Take back an encoded record's entries: their op lists and the list itself.
+    fn recycle_entries(&mut self, mut entries: Vec<Entry>) {
+        for e in entries.drain(..) {
+            if let Entry::Txn(lops) = e {
+                self.recycle_lops(lops);
+            }
+        }
+        self.entries = entries;
     }
 }
 
@@ -222,9 +302,9 @@ impl<D: BlockDevice> BdevStore<D> {
             hdr_bytes: record_fixed_bytes(),
             h_blocks: 0,
             data_blocks: 0,
-            entries: Vec::new(),
-            data: Vec::new(),
-            tickets: Vec::new(),
+            entries: std::mem::take(&mut self.scratch.entries),
+            data: std::mem::take(&mut self.scratch.data),
+            tickets: std::mem::take(&mut self.scratch.tickets),
             user_bytes: 0,
             txns: 0,
             reloc_blocks: 0,
@@ -240,6 +320,10 @@ impl<D: BlockDevice> BdevStore<D> {
         let (txn_data_from, blocks_from) = (d.data_blocks, self.idx.acct.total_blocks);
         self.pack_transactions(&mut d);
         if d.entries.is_empty() {
+            // Nothing to write: keep the (empty) lists for the next record.
+            self.scratch.entries = d.entries;
+            self.scratch.data = d.data;
+            self.scratch.tickets = d.tickets;
             return;
         }
         // The blocks the transactions added (relocations may share the record), and the
@@ -360,7 +444,7 @@ impl<D: BlockDevice> BdevStore<D> {
 
     /// Step 2: queued transactions, in submission order, while they fit the record.
     fn pack_transactions(&mut self, d: &mut Draft) {
-        while let Some((ticket, txn)) = self.queue.front() {
+        while let Some((ticket, txn)) = self.queue.front_mut() {
             let ticket = *ticket;
             if let Err(e) = validate(&self.idx, txn) {
                 self.done.push(Completion {
@@ -371,14 +455,24 @@ impl<D: BlockDevice> BdevStore<D> {
                 continue;
             }
             // Translated once, with chunk addresses relative to this transaction's data; they
-            // are rebased below once the record position is known.
-            let (lops, nblocks) = translate(txn, 0, true);
+            // are rebased below once the record position is known. The op list is a recycled
+            // one and the names of writes move out of the transaction (no allocation).
+            let mut lops = self.scratch.lops.pop().unwrap_or_default();
+            let nblocks = translate_into(txn, &mut lops);
             let entry = Entry::Txn(lops);
             let size = encoded_len(&entry);
             match self.admit(d, ticket, size, nblocks) {
                 Admit::Take => {}
                 Admit::Refused => continue,
-                Admit::Stop => break,
+                Admit::Stop => {
+                    // It stays queued for the next record: give its names back.
+                    if let (Some((_, txn)), Entry::Txn(mut lops)) = (self.queue.front_mut(), entry)
+                    {
+                        restore_names(txn, &mut lops);
+                        self.scratch.recycle_lops(lops);
+                    }
+                    break;
+                }
             }
             self.space_wait = false;
             self.wait_mark = None;
@@ -512,7 +606,9 @@ impl<D: BlockDevice> BdevStore<D> {
             data_blocks: data_blocks as u32,
             entries,
         };
-        let payload = encode(&hdr);
+        let mut payload = std::mem::take(&mut self.scratch.payload);
+        encode_into(&hdr, &mut payload);
+        self.scratch.recycle_entries(hdr.entries);
         let total = h_blocks + data_blocks;
         let mut buf = match self.get_buf((total * BLOCK) as usize) {
             Ok(b) => b,
@@ -528,9 +624,12 @@ impl<D: BlockDevice> BdevStore<D> {
             }
         };
         let crc = fill_record(buf.as_mut_slice(), &payload, h_blocks, &data);
-        for (_, bytes) in data {
+        self.scratch.payload = payload;
+        let mut data = data;
+        for (_, bytes) in data.drain(..) {
             self.put_spare(bytes);
         }
+        self.scratch.data = data;
         let start = self.geo.seg_lba(self.head.seg) + self.head.block;
         let dev_lba = self.geo.dev_lba(start);
         let t = self.token(Io::RecWrite);
@@ -551,16 +650,17 @@ impl<D: BlockDevice> BdevStore<D> {
 
     /// The record in flight is durable (write and flush done): its transactions commit.
     pub(super) fn record_durable(&mut self) {
-        if let Some(rec) = self.rec.take() {
+        if let Some(mut rec) = self.rec.take() {
             self.stats.records += 1;
             self.stats.txns_committed += rec.txns;
             self.stats.user_bytes += rec.user_bytes;
-            for t in rec.tickets {
+            for t in rec.tickets.drain(..) {
                 self.done.push(Completion {
                     ticket: t,
                     result: Ok(Done::Committed),
                 });
             }
+            self.scratch.tickets = rec.tickets;
         }
     }
 }
