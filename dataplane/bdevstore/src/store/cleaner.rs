@@ -13,7 +13,7 @@
 //! progress guard (`net`, `best`, `futile`) stalls a cleaner that stops
 //! gaining blocks, so cleaning always ends once the foreground stops.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use carmine_objectstore::device::{BlockDevice, DeviceError, IoBuf};
@@ -50,6 +50,26 @@ pub(super) struct Cleaner {
     /// encoding: sizes do not depend on values): the cleaner's header cost estimate.
     pub(super) reloc_bytes: u64,
     pub(super) reloc_hdr_fixed: u64,
+    /// Lists of a step, reused.
+    scratch: Scratch,
+    /// Emptied piece lists of completed cleaner reads, reused.
+    piece_lists: Vec<Vec<CleanPiece>>,
+}
+
+/// Piece lists kept for reuse (one per chunk a batch reads).
+const PIECE_LISTS: usize = 256;
+
+/// The lists one cleaner step fills, kept between steps.
+#[derive(Default)]
+struct Scratch {
+    /// Live extents of the victim found this step.
+    items: Vec<(u64, u64, Extent)>,
+    /// Candidates already seen this step (`Index::segment_extents_into`).
+    seen: HashSet<(u64, u64)>,
+    /// The batch's chunk reads, each with the live pieces it serves.
+    reads: Vec<(ChunkRef, Vec<CleanPiece>)>,
+    /// Chunk lba -> index in `reads`.
+    by_lba: HashMap<u64, usize>,
 }
 
 impl Cleaner {
@@ -66,6 +86,8 @@ impl Cleaner {
             rest: CleanerRest::Active,
             reloc_bytes,
             reloc_hdr_fixed,
+            scratch: Scratch::default(),
+            piece_lists: Vec::new(),
         }
     }
 }
@@ -254,10 +276,27 @@ impl<D: BlockDevice> BdevStore<D> {
         let max_blocks = self.geo.seg_blocks / 2;
         let mut taken = 0u64;
         let mut taken_blocks = 0u64;
-        let items = self
-            .idx
-            .segment_extents_from(v as usize, &mut self.cleaner.cursor, budget);
+        // The step's lists are the cleaner's, reused (a step allocates nothing once they grew).
+        let Scratch {
+            mut items,
+            mut seen,
+            mut reads,
+            mut by_lba,
+        } = std::mem::take(&mut self.cleaner.scratch);
+        self.idx.segment_extents_into(
+            v as usize,
+            &mut self.cleaner.cursor,
+            budget,
+            &mut items,
+            &mut seen,
+        );
         if items.is_empty() {
+            self.cleaner.scratch = Scratch {
+                items,
+                seen,
+                reads,
+                by_lba,
+            };
             // Only dead candidates within this step's scan bound: continue next poll. (Still
             // a step: waiting for space is bounded in steps.)
             self.stats.cleaner_steps += 1;
@@ -265,9 +304,9 @@ impl<D: BlockDevice> BdevStore<D> {
             return;
         }
         // Live extents grouped by the chunk they point into (chunk lba -> index in `reads`).
-        let mut reads: Vec<(ChunkRef, Vec<CleanPiece>)> = Vec::new();
-        let mut by_lba: HashMap<u64, usize> = HashMap::new();
-        for (id, off, ext) in items {
+        reads.clear();
+        by_lba.clear();
+        for &(id, off, ext) in &items {
             let b = blocks_for(ext.len);
             if taken > 0 && (taken + ext.len > budget || taken_blocks + b > max_blocks) {
                 break;
@@ -277,12 +316,14 @@ impl<D: BlockDevice> BdevStore<D> {
                 Some(&i) if reads[i].0 == ext.chunk => reads[i].1.push((id, off, ext)),
                 _ => {
                     by_lba.insert(ext.chunk.lba, reads.len());
-                    reads.push((ext.chunk, vec![(id, off, ext)]));
+                    let mut pieces = self.cleaner.piece_lists.pop().unwrap_or_default();
+                    pieces.push((id, off, ext));
+                    reads.push((ext.chunk, pieces));
                 }
             }
             taken += ext.len;
         }
-        for (chunk, pieces) in reads {
+        for (chunk, pieces) in reads.drain(..) {
             let blocks = blocks_for(chunk.len as u64);
             let Ok(buf) = self.get_buf((blocks * BLOCK) as usize) else {
                 break;
@@ -292,6 +333,12 @@ impl<D: BlockDevice> BdevStore<D> {
             self.dev.submit_read(lba, buf, t);
             self.cleaner.inflight += 1;
         }
+        self.cleaner.scratch = Scratch {
+            items,
+            seen,
+            reads,
+            by_lba,
+        };
         self.stats.cleaner_steps += 1;
         let p = t0.elapsed();
         self.stats.cleaner_max_pause = self.stats.cleaner_max_pause.max(p);
@@ -336,13 +383,18 @@ impl<D: BlockDevice> BdevStore<D> {
                     self.segs.bad[v as usize] = true;
                 }
             } else {
-                for (onode, off, ext) in pieces {
+                for &(onode, off, ext) in &pieces {
                     let s = ext.skip as usize;
                     let mut data = self.take_spare(ext.len as usize);
                     data.extend_from_slice(&stored[s..s + ext.len as usize]);
                     self.cleaner.ready.push((onode, off, ext, data));
                 }
             }
+        }
+        if self.cleaner.piece_lists.len() < PIECE_LISTS {
+            let mut pieces = pieces;
+            pieces.clear();
+            self.cleaner.piece_lists.push(pieces);
         }
     }
 

@@ -234,6 +234,8 @@ pub(super) struct RecordScratch {
     tickets: Vec<Ticket>,
     /// The encoded header of the last record.
     payload: Vec<u8>,
+    /// An emptied `Entry::Reloc` list.
+    relocs: Vec<Reloc>,
 }
 
 impl RecordScratch {
@@ -247,8 +249,12 @@ impl RecordScratch {
     /// Take back an encoded record's entries: their op lists and the list itself.
     fn recycle_entries(&mut self, mut entries: Vec<Entry>) {
         for e in entries.drain(..) {
-            if let Entry::Txn(lops) = e {
-                self.recycle_lops(lops);
+            match e {
+                Entry::Txn(lops) => self.recycle_lops(lops),
+                Entry::Reloc(mut relocs) => {
+                    relocs.clear();
+                    self.relocs = relocs;
+                }
             }
         }
         self.entries = entries;
@@ -343,40 +349,37 @@ impl<D: BlockDevice> BdevStore<D> {
     /// Step 1: the cleaner's ready extents that are still live become one relocation entry,
     /// the record's first, unless they have nowhere to go (the cleaner rests `Stuck`).
     fn pack_relocations(&mut self, d: &mut Draft) {
-        let nblocks: u64 = self
-            .cleaner
-            .ready
-            .iter()
-            .map(|r| blocks_for(r.3.len() as u64))
-            .sum();
-        let ready = std::mem::take(&mut self.cleaner.ready);
+        // The batch's list goes back to the cleaner emptied, capacity kept.
+        let mut live = std::mem::take(&mut self.cleaner.ready);
+        let nblocks: u64 = live.iter().map(|r| blocks_for(r.3.len() as u64)).sum();
         // The cleaner leaves the last free segment to transactions without data (removes
         // must work on a full store: they are what makes room).
-        let ready = if self.head.block + 1 + nblocks > self.geo.seg_blocks && self.free_count() <= 1
-        {
+        if self.head.block + 1 + nblocks > self.geo.seg_blocks && self.free_count() <= 1 {
             self.cleaner_stuck();
-            Vec::new()
-        } else {
-            ready
-        };
-        let mut live: Vec<_> = ready
-            .into_iter()
-            .filter(|(id, off, ext, _)| {
-                self.idx.onodes.get(id).and_then(|o| o.extents.get(off)) == Some(ext)
-            })
-            .collect();
+            live.clear();
+        }
+        live.retain(|(id, off, ext, _)| {
+            self.idx.onodes.get(id).and_then(|o| o.extents.get(off)) == Some(ext)
+        });
         if !live.is_empty() {
             let nblocks: u64 = live.iter().map(|r| blocks_for(r.3.len() as u64)).sum();
-            let size = encoded_len(&Entry::Reloc(
-                live.iter()
-                    .map(|(id, off, ext, _)| Reloc {
-                        onode: *id,
-                        off: *off,
-                        old: *ext,
-                        new: ext.chunk,
-                    })
-                    .collect(),
-            ));
+            // Fixed-int encoding: the entry is its fixed part plus one `Reloc` per extent,
+            // whatever the values (measured without building the list).
+            let size = self.cleaner.reloc_hdr_fixed - record_fixed_bytes()
+                + live.len() as u64 * self.cleaner.reloc_bytes;
+            debug_assert_eq!(
+                size,
+                encoded_len(&Entry::Reloc(
+                    live.iter()
+                        .map(|(id, off, ext, _)| Reloc {
+                            onode: *id,
+                            off: *off,
+                            old: *ext,
+                            new: ext.chunk,
+                        })
+                        .collect(),
+                ))
+            );
             let h = blocks_for(d.hdr_bytes + size);
             // The cleaner leaves the last free segment to transactions without data.
             let fits = self.head.block + h + nblocks <= self.geo.seg_blocks;
@@ -389,17 +392,19 @@ impl<D: BlockDevice> BdevStore<D> {
                 d.hdr_bytes += size;
             } else {
                 self.cleaner_stuck();
-                live = Vec::new();
+                live.clear();
             }
         }
         if live.is_empty() {
+            self.cleaner.ready = live;
             return;
         }
         let mut lba = self.geo.seg_lba(self.head.seg) + self.head.block + d.h_blocks;
-        let mut relocs = Vec::new();
-        for (id, off, ext, bytes) in live {
+        let mut relocs = std::mem::take(&mut self.scratch.relocs);
+        for (id, off, ext, bytes) in live.drain(..) {
             relocs.push(self.relocate(d, &mut lba, id, off, ext, bytes));
         }
+        self.cleaner.ready = live;
         d.entries.push(Entry::Reloc(relocs));
         d.reloc_blocks = d.h_blocks + d.data_blocks;
         self.cleaner.net -= d.reloc_blocks as i64;
