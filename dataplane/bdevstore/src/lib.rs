@@ -33,7 +33,10 @@
 //! measured under 3% of the time; on a device with latency they would, at the price of a
 //! recovery rule for valid records past a torn one, i.e. a format change.) Write data is copied
 //! into the record buffer once and its heap buffer kept as a spare, which
-//! `ObjectStore::data_buf` hands out for the next write and read results reuse.
+//! `ObjectStore::data_buf` hands out for the next write and read results reuse. Building a
+//! record and a cleaner step reuse their lists (`RecordScratch`, `Cleaner::scratch`) and the
+//! names of writes move from the transaction into the record: in steady state the store
+//! allocates nothing per op (`carmine-storebench` counts it).
 //!
 //! ## Failure
 //! The first device I/O error on any path (journal write or flush, a read, a cleaner read, a
