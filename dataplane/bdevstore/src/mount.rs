@@ -128,13 +128,8 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
-/// Encode a checkpoint (header block + body) into one byte vector.
-pub(crate) fn encode_checkpoint(
-    uuid: u64,
-    generation: u64,
-    start: LogPos,
-    body: &[u8],
-) -> (Vec<u8>, Vec<u8>) {
+/// The header block of a checkpoint whose body is `body`.
+pub(crate) fn checkpoint_header(uuid: u64, generation: u64, start: LogPos, body: &[u8]) -> Vec<u8> {
     let hdr = CkptHeader {
         uuid,
         generation,
@@ -145,6 +140,17 @@ pub(crate) fn encode_checkpoint(
     let payload = encode(&hdr);
     let mut h = vec![0u8; BLOCK as usize];
     frame(CKPT_MAGIC, &payload, &mut h);
+    h
+}
+
+/// Encode a checkpoint: its header block and its body padded to whole blocks.
+pub(crate) fn encode_checkpoint(
+    uuid: u64,
+    generation: u64,
+    start: LogPos,
+    body: &[u8],
+) -> (Vec<u8>, Vec<u8>) {
+    let h = checkpoint_header(uuid, generation, start, body);
     let mut b = vec![0u8; (blocks_for(body.len() as u64) * BLOCK) as usize];
     b[..body.len()].copy_from_slice(body);
     (h, b)

@@ -12,8 +12,8 @@ use std::time::Instant;
 use carmine_objectstore::device::{BlockDevice, IoBuf};
 
 use super::{BdevStore, Io};
-use crate::format::{encode, LogPos, BLOCK};
-use crate::mount::{encode_checkpoint, CkptBody};
+use crate::format::{blocks_for, encode_into, LogPos, BLOCK};
+use crate::mount::{checkpoint_header, CkptBody};
 
 #[derive(PartialEq, Eq, Debug)]
 pub(super) enum CkptPhase {
@@ -34,7 +34,12 @@ pub(super) struct Ckpt {
     pub(super) too_big: bool,
     /// Journal blocks written since the last checkpoint (or replayed at mount).
     pub(super) blocks_since: u64,
+    /// The last body's encoding buffer, reused (if at most `CKPT_BUF_KEEP`).
+    pub(super) body: Vec<u8>,
 }
+
+/// Largest checkpoint encoding buffer kept between checkpoints.
+const CKPT_BUF_KEEP: usize = 16 << 20;
 
 impl<D: BlockDevice> BdevStore<D> {
     pub(super) fn maybe_checkpoint(&mut self) {
@@ -79,13 +84,16 @@ impl<D: BlockDevice> BdevStore<D> {
             index: std::mem::take(&mut self.idx),
             seg_seqs,
         };
-        let body = encode(&body_struct);
+        // Encoded into the last checkpoint's buffer: a fresh one of this size costs page
+        // faults on first touch, and then is copied straight into the device buffer.
+        let mut body = std::mem::take(&mut self.ckpt.body);
+        encode_into(&body_struct, &mut body);
         self.idx = body_struct.index;
         let start = self.head;
-        let (hdr, body_blocks) =
-            encode_checkpoint(self.geo.uuid, self.ckpt.generation + 1, start, &body);
+        let hdr = checkpoint_header(self.geo.uuid, self.ckpt.generation + 1, start, &body);
+        let body_bytes = (blocks_for(body.len() as u64) * BLOCK) as usize;
         let slot = 1 - self.ckpt.active_slot;
-        if 1 + (body_blocks.len() as u64 / BLOCK) > self.geo.slot_blocks {
+        if 1 + (body_bytes as u64 / BLOCK) > self.geo.slot_blocks {
             if !self.ckpt.too_big {
                 tracing::error!(
                     bytes = body.len(),
@@ -97,14 +105,22 @@ impl<D: BlockDevice> BdevStore<D> {
             self.ckpt.blocks_since = 0;
             return;
         }
-        let mut buf = match self.get_buf(body_blocks.len()) {
+        let mut buf = match self.get_buf(body_bytes) {
             Ok(b) => b,
             Err(e) => {
                 self.fail(format!("checkpoint buffer: {e}"));
                 return;
             }
         };
-        buf.as_mut_slice().copy_from_slice(&body_blocks);
+        {
+            // Pooled buffers hold old bytes: the padding is zeroed.
+            let b = buf.as_mut_slice();
+            b[..body.len()].copy_from_slice(&body);
+            b[body.len()..].fill(0);
+        }
+        if body.capacity() <= CKPT_BUF_KEEP {
+            self.ckpt.body = body;
+        }
         let lba = self.geo.dev_lba(slot * self.geo.slot_blocks + 1);
         let t = self.token(Io::CkptBody);
         self.dev.submit_write(lba, buf, t);

@@ -225,6 +225,7 @@ impl<D: BlockDevice> BdevStore<D> {
                 pending: None,
                 too_big: false,
                 blocks_since: l.replayed_blocks,
+                body: Vec::new(),
             },
             bufs: Buffers::default(),
             scratch: RecordScratch::default(),
