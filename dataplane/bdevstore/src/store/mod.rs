@@ -11,7 +11,8 @@
 //!
 //! Invariants kept across the modules: at most one record is in flight (`rec`), so the log has
 //! no holes; every device I/O in flight has exactly one `Io` in `io` (its slab key is the
-//! device token); after the first device error (`failed`) no new work reaches the device.
+//! device token); after the first device error (`failed`) no new record, read, cleaner step
+//! or checkpoint starts (I/O already in flight completes).
 
 mod buffers;
 mod checkpoint;
