@@ -39,16 +39,21 @@
 //!   narrower counter (the step itself and relocation packing, not the device write).
 //!
 //! ## Figures with the cost fields (release, defaults, malloc, 2026-12-06)
-//! Before and after making record building and cleaner steps allocation-free, the two
-//! binaries run alternately, 5 runs each, on the shared 2-core machine (other engineers'
-//! builds running; raw write 0.51-0.60 us/op, raw read 0.47-0.61 in both sets):
-//! - write_cpu_us 2.44-2.72 -> 2.23-2.62 (target 1.5), read_cpu_us 1.14-1.39 -> 1.15-1.39
-//!   (target 0.8, unchanged: reads allocated nothing before either);
-//! - write_mallocs_per_op 4.9-5.0 -> 2.01-2.05, of which in the store
-//!   (write_store_mallocs_per_op) 2.9-3.0 -> 0.01-0.05; read_mallocs_per_op 0 -> 0;
-//! - write_amplification 1.274 (target 1.3);
-//! - cleaner_pause_p99_us 370-1220, cleaner_pause_max_us 1.2-12 ms in both sets: the max is
-//!   preemption by the other load (a quiet run measured 375-420 us, p99 300).
+//! Before and after the allocation work of issue #16 (allocation-free record building and
+//! cleaner steps, checkpoints encoded into a kept buffer), the two binaries run alternately,
+//! 4 runs each, on a quiet moment of the shared 2-core machine (raw write 0.43-0.49 us/op,
+//! raw read 0.44-0.47 in both sets):
+//! - write_cpu_us 2.19-2.24 -> 1.97-2.01 (target 1.5);
+//! - read_cpu_us 1.11-1.15 -> 1.11-1.14 (target 0.8; reads allocated nothing before either);
+//! - write_mallocs_per_op 4.94-5.04 -> 2.01, of which in the store
+//!   (write_store_mallocs_per_op) 2.94-3.04 -> 0.011-0.012 (index tree nodes, checkpoints);
+//!   the other 2 are the bench's own `Transaction` (its op vector, the object name);
+//!   read_mallocs_per_op 0 -> 0;
+//! - write_amplification 1.274 -> 1.274 (target 1.3; 1.44 on `--device file`, whose smaller
+//!   group commits carry more header blocks);
+//! - cleaner_pause_max_us 396-444 -> 282-373, cleaner_pause_p99_us 309-318 -> 228-243 (the
+//!   store's narrower `cleaner_max_pause_us` 82-108 in both); checkpoint_max_pause_us
+//!   729-804 -> 382-409. Under other load the max is preemption: 1-20 ms.
 //!
 //! ## Figures (release, defaults: 256 MiB malloc bdev, 40 MiB working set, QD 32, 40,000 ops
 //! per phase, 3 rounds; 2-core VM shared with other engineers' builds and pollers), 6 runs at
@@ -694,7 +699,7 @@ fn print_plain(v: &serde_json::Value) {
             Some(t) => format!("target <= {}", show(t)),
             None => String::new(),
         };
-        println!("{k:>24} {:>14} {target:>14}  {meaning}", show(&v[*k]));
+        println!("{k:>26} {:>14} {target:>14}  {meaning}", show(&v[*k]));
     }
 }
 
