@@ -48,6 +48,13 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     codec().serialize(v).unwrap_or_default()
 }
 
+/// [`encode`] into `out` (cleared first), reusing its capacity.
+pub(crate) fn encode_into<T: Serialize>(v: &T, out: &mut Vec<u8>) {
+    out.clear();
+    // As in `encode`: writing our own types into a Vec cannot fail.
+    let _ = codec().serialize_into(&mut *out, v);
+}
+
 pub(crate) fn encoded_len<T: Serialize>(v: &T) -> u64 {
     codec().serialized_size(v).unwrap_or(u64::MAX / 2)
 }

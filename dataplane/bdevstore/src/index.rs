@@ -2,7 +2,7 @@
 //! records carry. The same `apply` runs when a record is built and when it is replayed, so
 //! replay reproduces the running state exactly (onode ids included).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use carmine_objectstore::{CollectionId, ObjectId, StoreView};
 use serde::{Deserialize, Serialize};
@@ -315,6 +315,23 @@ impl Index {
         cursor: &mut RefCursor,
         budget: u64,
     ) -> Vec<(u64, u64, Extent)> {
+        let mut out = Vec::new();
+        self.segment_extents_into(s, cursor, budget, &mut out, &mut HashSet::new());
+        out
+    }
+
+    /// [`Index::segment_extents_from`] into `out` (cleared first), with `seen` as scratch: the
+    /// cleaner's form, which allocates nothing once both have grown to a batch.
+    pub fn segment_extents_into(
+        &self,
+        s: usize,
+        cursor: &mut RefCursor,
+        budget: u64,
+        out: &mut Vec<(u64, u64, Extent)>,
+        seen: &mut HashSet<(u64, u64)>,
+    ) {
+        out.clear();
+        seen.clear();
         let gen = self.acct.gen.get(s).copied().unwrap_or(0);
         let list = self.acct.refs.get(s).map_or(&[][..], |r| &r[..]);
         if cursor.seg != s || cursor.gen != gen || cursor.pos > list.len() {
@@ -325,8 +342,6 @@ impl Index {
             };
         }
         let start = cursor.pos;
-        let mut out: Vec<(u64, u64, Extent)> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
         let mut taken = 0u64;
         for &(id, off) in list[start..].iter().take(MAX_SCAN) {
             cursor.pos += 1;
@@ -350,9 +365,8 @@ impl Index {
             // Nothing live past the cursor (should not happen while the segment holds data,
             // but never miss live extents): rescan from the start.
             cursor.pos = 0;
-            return self.segment_extents_from(s, cursor, budget);
+            self.segment_extents_into(s, cursor, budget, out, seen);
         }
-        out
     }
 
     /// Drop stale and duplicate candidates of the segments flagged by `Accounting::add`.

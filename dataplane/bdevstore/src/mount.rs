@@ -32,6 +32,11 @@ pub struct FormatOptions {
     /// 0 = 1/32 of the partition (at least 256 blocks): room for the extent map of a
     /// partition full of 4 KiB random writes (about 1% of the data).
     pub slot_blocks: u64,
+    /// The format uuid to record; `None` (the default and the only choice outside tests): a
+    /// random one. The uuid tells this format's records and checkpoints from those of an
+    /// earlier format of the same device, so a fixed value is only for reproducible images: the
+    /// test that pins the on-disk bytes (`tests/format_pin.rs`).
+    pub uuid: Option<u64>,
 }
 
 impl Default for FormatOptions {
@@ -40,6 +45,7 @@ impl Default for FormatOptions {
             shards: 1,
             seg_blocks: DEFAULT_SEG_BLOCKS,
             slot_blocks: 0,
+            uuid: None,
         }
     }
 }
@@ -122,13 +128,8 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
-/// Encode a checkpoint (header block + body) into one byte vector.
-pub(crate) fn encode_checkpoint(
-    uuid: u64,
-    generation: u64,
-    start: LogPos,
-    body: &[u8],
-) -> (Vec<u8>, Vec<u8>) {
+/// The header block of a checkpoint whose body is `body`.
+pub(crate) fn checkpoint_header(uuid: u64, generation: u64, start: LogPos, body: &[u8]) -> Vec<u8> {
     let hdr = CkptHeader {
         uuid,
         generation,
@@ -139,6 +140,17 @@ pub(crate) fn encode_checkpoint(
     let payload = encode(&hdr);
     let mut h = vec![0u8; BLOCK as usize];
     frame(CKPT_MAGIC, &payload, &mut h);
+    h
+}
+
+/// Encode a checkpoint: its header block and its body padded to whole blocks.
+pub(crate) fn encode_checkpoint(
+    uuid: u64,
+    generation: u64,
+    start: LogPos,
+    body: &[u8],
+) -> (Vec<u8>, Vec<u8>) {
+    let h = checkpoint_header(uuid, generation, start, body);
     let mut b = vec![0u8; (blocks_for(body.len() as u64) * BLOCK) as usize];
     b[..body.len()].copy_from_slice(body);
     (h, b)
@@ -184,7 +196,7 @@ pub fn format_owned<D: BlockDevice>(
     }
     let sb = Superblock {
         version: FORMAT_VERSION,
-        uuid: random_u64(),
+        uuid: opts.uuid.unwrap_or_else(random_u64),
         store_blocks,
         seg_blocks: opts.seg_blocks,
         slot_blocks,

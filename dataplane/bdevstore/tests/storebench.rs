@@ -63,5 +63,33 @@ fn storebench_json_on_malloc_and_file() {
             "{device}: write amplification {wa}"
         );
         assert!(v["records"].as_u64().unwrap() > 0);
+        // The store's cost (#16): CPU per op beside the raw device's, allocations per op, the
+        // longest cleaner pause, and the targets they are read against.
+        for k in [
+            "write_cpu_us",
+            "read_cpu_us",
+            "raw_write_cpu_us",
+            "raw_read_cpu_us",
+        ] {
+            let x = v[k].as_f64().unwrap_or(0.0);
+            assert!(x.is_finite() && x > 0.0, "{device}: {k} = {x} in {v}");
+        }
+        for k in [
+            "write_mallocs_per_op",
+            "read_mallocs_per_op",
+            "cleaner_pause_max_us",
+        ] {
+            let x = v[k].as_f64().unwrap_or(-1.0);
+            assert!(x.is_finite() && x >= 0.0, "{device}: {k} = {x} in {v}");
+        }
+        for k in [
+            "write_cpu_us",
+            "read_cpu_us",
+            "write_mallocs_per_op",
+            "read_mallocs_per_op",
+            "write_amplification",
+        ] {
+            assert!(v["targets"][k].is_number(), "{device}: no target for {k}");
+        }
     }
 }

@@ -27,7 +27,9 @@ fn end_of(off: u64, len: u64) -> Result<u64, StoreError> {
 /// once it grows.
 struct Memo<K, V> {
     small: [Option<(K, V)>; MEMO_SMALL],
-    big: HashMap<K, V>,
+    /// Created on overflow only: even an empty `HashMap::new()` costs a thread-local read for
+    /// its random seed, three per transaction here.
+    big: Option<HashMap<K, V>>,
 }
 
 /// Entries kept inline before switching to the hash map.
@@ -37,31 +39,31 @@ impl<K: Eq + std::hash::Hash + Copy, V: Copy> Memo<K, V> {
     fn new() -> Self {
         Memo {
             small: [None; MEMO_SMALL],
-            big: HashMap::new(),
+            big: None,
         }
     }
     fn get(&self, k: &K) -> Option<V> {
-        if self.big.is_empty() {
-            self.small
+        match &self.big {
+            None => self
+                .small
                 .iter()
                 .flatten()
                 .find(|(x, _)| x == k)
-                .map(|(_, v)| *v)
-        } else {
-            self.big.get(k).copied()
+                .map(|(_, v)| *v),
+            Some(big) => big.get(k).copied(),
         }
     }
     fn insert(&mut self, k: K, v: V) {
-        if !self.big.is_empty() {
-            self.big.insert(k, v);
+        if let Some(big) = &mut self.big {
+            big.insert(k, v);
         } else if let Some(e) = self.small.iter_mut().flatten().find(|(x, _)| *x == k) {
             e.1 = v;
         } else if let Some(slot) = self.small.iter_mut().find(|e| e.is_none()) {
             *slot = Some((k, v));
         } else {
-            self.big
-                .extend(self.small.iter_mut().filter_map(Option::take));
-            self.big.insert(k, v);
+            let mut big: HashMap<K, V> = self.small.iter_mut().filter_map(Option::take).collect();
+            big.insert(k, v);
+            self.big = Some(big);
         }
     }
     fn get_or_insert_with(&mut self, k: K, f: impl FnOnce() -> V) -> V {

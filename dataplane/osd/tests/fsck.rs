@@ -67,6 +67,7 @@ fn fsck_on_aio_bdev_clean_then_corrupt() {
                 shards: 2,
                 seg_blocks: 32,
                 slot_blocks: 64,
+                ..FormatOptions::default()
             },
         )
         .unwrap();
@@ -171,6 +172,7 @@ fn list_objects_on_aio_bdev_reads_every_object_and_names_a_corrupt_one() {
             shards: 2,
             seg_blocks: 32,
             slot_blocks: 64,
+            ..FormatOptions::default()
         };
         format(&mut d, &opts).unwrap();
         let mut s = BdevStore::mount(d, MountOptions::default()).unwrap();

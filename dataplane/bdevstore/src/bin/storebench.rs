@@ -24,6 +24,36 @@
 //!   into a buffer the store hands out, read results are handed back.
 //! - Write amplification = device bytes written during the store's overwrite rounds / caller
 //!   bytes (the cleaner runs: the working set is 40 MiB of a 128 MiB partition).
+//! - `write_cpu_us`/`read_cpu_us` (issue #16's names for `store_*_cpu_us`) sit beside
+//!   `raw_write_cpu_us`/`raw_read_cpu_us`; `targets` holds the goals they are read against.
+//! - `*_mallocs_per_op`: heap allocations (alloc, alloc_zeroed, realloc) of the whole process
+//!   during the timed run, divided by its ops, counted by a `#[global_allocator]` wrapper over
+//!   the system allocator in this binary only (`counting_alloc`). A store write's figure
+//!   includes the bench loop's own two (the `Transaction`'s op vector and the object name
+//!   clone), which an OSD decoding an op into a transaction pays too.
+//! - `cleaner_pause_max_us`: the bench times every `poll` call of the timed write rounds and
+//!   keeps the longest (and the 99th percentile, `cleaner_pause_p99_us`) of those that ran
+//!   cleaner work (a cleaner step, seen as `StoreStats::cleaner_steps` moving, or a record
+//!   carrying relocations, `relocated_bytes` moving): wall time the shard's other work waited,
+//!   foreground work of the same poll included. `cleaner_max_pause_us` is the store's own
+//!   narrower counter (the step itself and relocation packing, not the device write).
+//!
+//! ## Figures with the cost fields (release, defaults, malloc, 2026-12-06)
+//! Before and after the allocation work of issue #16 (allocation-free record building and
+//! cleaner steps, checkpoints encoded into a kept buffer), the two binaries run alternately,
+//! 4 runs each, on a quiet moment of the shared 2-core machine (raw write 0.43-0.49 us/op,
+//! raw read 0.44-0.47 in both sets):
+//! - write_cpu_us 2.19-2.24 -> 1.97-2.01 (target 1.5);
+//! - read_cpu_us 1.11-1.15 -> 1.11-1.14 (target 0.8; reads allocated nothing before either);
+//! - write_mallocs_per_op 4.94-5.04 -> 2.01, of which in the store
+//!   (write_store_mallocs_per_op) 2.94-3.04 -> 0.011-0.012 (index tree nodes, checkpoints);
+//!   the other 2 are the bench's own `Transaction` (its op vector, the object name);
+//!   read_mallocs_per_op 0 -> 0;
+//! - write_amplification 1.274 -> 1.274 (target 1.3; 1.44 on `--device file`, whose smaller
+//!   group commits carry more header blocks);
+//! - cleaner_pause_max_us 396-444 -> 282-373, cleaner_pause_p99_us 309-318 -> 228-243 (the
+//!   store's narrower `cleaner_max_pause_us` 82-108 in both); checkpoint_max_pause_us
+//!   729-804 -> 382-409. Under other load the max is preemption: 1-20 ms.
 //!
 //! ## Figures (release, defaults: 256 MiB malloc bdev, 40 MiB working set, QD 32, 40,000 ops
 //! per phase, 3 rounds; 2-core VM shared with other engineers' builds and pollers), 6 runs at
@@ -57,6 +87,9 @@
 //! side is bounded by the device, not by this CPU cost, and the store's 2.3 us (write) and
 //! 1.3 us (read) per op on one core are what to compare with the device's IOPS per core.
 
+// serde_json::json! expands one level per field: the figures object outgrew the default 128.
+#![recursion_limit = "256"]
+
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -69,6 +102,55 @@ use carmine_objectstore::{
 };
 use clap::Parser;
 use hdrhistogram::Histogram;
+
+/// Counts heap allocations of the whole process, for `*_mallocs_per_op`: a thin wrapper over
+/// the system allocator with relaxed atomic counters (a bench binary only; the library keeps
+/// the default allocator). On a malloc bdev every store and raw op runs on the bench thread;
+/// SPDK/DPDK memory comes from hugepages, not from here.
+mod counting_alloc {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Calls that obtained memory: alloc, alloc_zeroed and realloc (a grown Vec is a malloc).
+    static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+    pub struct Counting;
+
+    /// Allocations so far (process-wide).
+    pub fn allocs() -> u64 {
+        ALLOCS.load(Ordering::Relaxed)
+    }
+
+    // SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
+    // `GlobalAlloc` contract (layout validity, pointer provenance, size/alignment of the
+    // returned memory) is exactly `System`'s; the only addition is a relaxed counter increment,
+    // which neither allocates nor unwinds.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: as for `alloc`.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: `ptr` was allocated by this allocator (i.e. by `System`) with `layout`,
+            // as the caller guarantees.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from `System` with `layout`, as the caller guarantees.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: counting_alloc::Counting = counting_alloc::Counting;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum DeviceKind {
@@ -140,6 +222,14 @@ struct Phase {
     /// CPU time of this thread per op: unlike IOPS, not inflated when other processes take
     /// the core (on a malloc bdev every cycle of both paths runs on this thread).
     cpu_us: f64,
+    /// Heap allocations per op in the timed run, process-wide (`counting_alloc`).
+    mallocs_per_op: f64,
+    /// Of those, the ones not made by the bench loop building transactions (store runs).
+    store_mallocs_per_op: f64,
+    /// Store runs: wall time of the longest `poll` call that ran cleaner work, and the 99th
+    /// percentile of such polls (0 on raw runs or when the cleaner did nothing).
+    cleaner_pause_max_us: f64,
+    cleaner_pause_p99_us: f64,
 }
 
 /// CPU time consumed by the calling thread.
@@ -154,19 +244,24 @@ fn thread_cpu() -> std::time::Duration {
     std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// Start of a measured phase: wall clock and thread CPU clock.
-struct Clock(Instant, std::time::Duration);
+/// Start of a measured phase: wall clock, thread CPU clock and the allocation count.
+struct Clock(Instant, std::time::Duration, u64);
 
 impl Clock {
     fn start() -> Self {
-        Clock(Instant::now(), thread_cpu())
+        Clock(Instant::now(), thread_cpu(), counting_alloc::allocs())
     }
     fn phase(&self, h: &Histogram<u64>, ops: u64) -> Phase {
         let cpu = thread_cpu().saturating_sub(self.1);
+        let allocs = counting_alloc::allocs() - self.2;
         Phase {
             iops: ops as f64 / self.0.elapsed().as_secs_f64(),
             p99_us: h.value_at_quantile(0.99) as f64 / 1000.0,
             cpu_us: cpu.as_secs_f64() * 1e6 / ops.max(1) as f64,
+            mallocs_per_op: allocs as f64 / ops.max(1) as f64,
+            store_mallocs_per_op: allocs as f64 / ops.max(1) as f64,
+            cleaner_pause_max_us: 0.0,
+            cleaner_pause_p99_us: 0.0,
         }
     }
 }
@@ -288,6 +383,12 @@ fn store_phase<D: BlockDevice>(
     // store's).
     let ids: Vec<ObjectId> = (0..nobj).map(obj).collect();
     let (mut sent, mut finished) = (0u64, 0u64);
+    // Wall time of each poll that ran cleaner work (a step that picked and read a batch, or a
+    // record that carried relocations): what the shard's other work waited for.
+    let mut pauses = hist();
+    let mut caller_allocs = 0u64;
+    out.reserve(4 * a.qd);
+    inflight.reserve(2 * a.qd);
     let clock = Clock::start();
     while finished < a.ops {
         while sent < a.ops && inflight.len() < a.qd {
@@ -299,6 +400,9 @@ fn store_phase<D: BlockDevice>(
                 // before), as the OSD's messenger would fill it: no allocation per op.
                 let mut buf = s.data_buf(data.len());
                 buf.extend_from_slice(&data);
+                // The transaction's own allocations (its op vector, the name) are the
+                // caller's: counted apart from the store's.
+                let a0 = counting_alloc::allocs();
                 let mut t = Transaction::new();
                 t.push(Op::Write {
                     cid: c,
@@ -306,6 +410,7 @@ fn store_phase<D: BlockDevice>(
                     off,
                     data: buf,
                 });
+                caller_allocs += counting_alloc::allocs() - a0;
                 s.submit(t)
             } else {
                 s.read(c, o, off, BS)
@@ -314,7 +419,13 @@ fn store_phase<D: BlockDevice>(
             sent += 1;
         }
         out.clear();
+        let before = (s.stats().cleaner_steps, s.stats().relocated_bytes);
+        let t0 = Instant::now();
         s.poll(&mut out);
+        let took = t0.elapsed();
+        if (s.stats().cleaner_steps, s.stats().relocated_bytes) != before {
+            pauses.record(took.as_nanos() as u64).ok();
+        }
         for comp in out.drain(..) {
             // Read data is handed back once "sent" (the OSD recycles it after the reply).
             match comp.result.map_err(|e| e.to_string())? {
@@ -327,7 +438,13 @@ fn store_phase<D: BlockDevice>(
             }
         }
     }
-    Ok(clock.phase(&h, a.ops))
+    let mut p = clock.phase(&h, a.ops);
+    p.store_mallocs_per_op = p.mallocs_per_op - caller_allocs as f64 / a.ops.max(1) as f64;
+    if !pauses.is_empty() {
+        p.cleaner_pause_max_us = pauses.max() as f64 / 1000.0;
+        p.cleaner_pause_p99_us = pauses.value_at_quantile(0.99) as f64 / 1000.0;
+    }
+    Ok(p)
 }
 
 /// The whole benchmark on any device (the OSD build passes an SPDK malloc bdev here).
@@ -342,6 +459,7 @@ fn bench<D: BlockDevice>(mut dev: D, name: &str, a: &Args) -> Result<serde_json:
         shards: 2,
         seg_blocks: a.seg_blocks,
         slot_blocks: 2048,
+        ..FormatOptions::default()
     };
     format(&mut dev, &fo).map_err(|e| e.to_string())?;
     let mut s = BdevStore::mount(dev, MountOptions::default()).map_err(|e| e.to_string())?;
@@ -374,6 +492,8 @@ fn bench<D: BlockDevice>(mut dev: D, name: &str, a: &Args) -> Result<serde_json:
     };
     let (mut raw_w, mut st_w): (Option<Phase>, Option<Phase>) = (None, None);
     let (mut dev_bytes, mut user_bytes) = (0u64, 0u64);
+    // The longest cleaner pause of any timed write round (not just the fastest round's).
+    let (mut pause_max, mut pause_p99) = (0f64, 0f64);
     for _ in 0..a.rounds.max(1) {
         let dev = s.device_mut_when_idle().ok_or("store busy")?;
         raw_phase(dev, raw_base, ws_blocks, &warm, true)?;
@@ -385,6 +505,8 @@ fn bench<D: BlockDevice>(mut dev: D, name: &str, a: &Args) -> Result<serde_json:
         drive::drain(&mut s, &mut out).map_err(|e| e.to_string())?;
         dev_bytes += s.device().stats().bytes_written - d0;
         user_bytes += s.stats().user_bytes - u0;
+        pause_max = pause_max.max(p.cleaner_pause_max_us);
+        pause_p99 = pause_p99.max(p.cleaner_pause_p99_us);
         keep_best(&mut st_w, p);
     }
     let wa = dev_bytes as f64 / user_bytes.max(1) as f64;
@@ -403,6 +525,24 @@ fn bench<D: BlockDevice>(mut dev: D, name: &str, a: &Args) -> Result<serde_json:
     };
     let stats = s.stats().clone();
     Ok(serde_json::json!({
+        // The issue's figures (#16, "the store's cost"), targets in `targets`.
+        "write_cpu_us": st_w.cpu_us,
+        "read_cpu_us": st_r.cpu_us,
+        "write_mallocs_per_op": st_w.mallocs_per_op,
+        "read_mallocs_per_op": st_r.mallocs_per_op,
+        "write_store_mallocs_per_op": st_w.store_mallocs_per_op,
+        "read_store_mallocs_per_op": st_r.store_mallocs_per_op,
+        "cleaner_pause_max_us": pause_max,
+        "cleaner_pause_p99_us": pause_p99,
+        "raw_write_mallocs_per_op": raw_w.mallocs_per_op,
+        "raw_read_mallocs_per_op": raw_r.mallocs_per_op,
+        "targets": {
+            "write_cpu_us": TARGET_WRITE_CPU_US,
+            "read_cpu_us": TARGET_READ_CPU_US,
+            "write_mallocs_per_op": 0.0,
+            "read_mallocs_per_op": 0.0,
+            "write_amplification": TARGET_WA,
+        },
         "device": name,
         "ops": a.ops,
         "qd": a.qd,
@@ -436,6 +576,11 @@ fn bench<D: BlockDevice>(mut dev: D, name: &str, a: &Args) -> Result<serde_json:
         "records": stats.records,
     }))
 }
+
+/// Targets of issue #16 on a malloc bdev (CRC included; mallocs: 0 per op in steady state).
+const TARGET_WRITE_CPU_US: f64 = 1.5;
+const TARGET_READ_CPU_US: f64 = 0.8;
+const TARGET_WA: f64 = 1.3;
 
 /// Free 2 MiB hugepages (0 when unknown).
 fn free_hugepages() -> u64 {
@@ -500,6 +645,19 @@ fn run(a: &Args) -> Result<serde_json::Value, String> {
 
 /// What each figure means, in the order the plain output prints them.
 const MEANINGS: &[(&str, &str)] = &[
+    ("write_cpu_us", "CPU time per store write (= store_write_cpu_us: bench loop, store, device, cleaner)"),
+    ("raw_write_cpu_us", "CPU time of the bench thread per raw write (robust to other load)"),
+    ("read_cpu_us", "CPU time per store read, CRC verified (= store_read_cpu_us)"),
+    ("raw_read_cpu_us", "CPU time per raw read"),
+    ("write_mallocs_per_op", "heap allocations per store write (bench loop included: the Transaction's op Vec and object name)"),
+    ("write_store_mallocs_per_op", "of those, made inside the store (not the bench building each Transaction)"),
+    ("raw_write_mallocs_per_op", "heap allocations per raw write"),
+    ("read_mallocs_per_op", "heap allocations per store read"),
+    ("read_store_mallocs_per_op", "of those, made inside the store"),
+    ("raw_read_mallocs_per_op", "heap allocations per raw read"),
+    ("write_amplification", "device bytes written / caller bytes over all store write rounds, warm-ups and cleaning included"),
+    ("cleaner_pause_max_us", "longest store poll that ran cleaner work (wall time, timed by the bench; preemption shows as ~4 ms)"),
+    ("cleaner_pause_p99_us", "99th percentile of those polls (worst round)"),
     ("device", "where both runs happened (same device, same process)"),
     ("ops", "4 KiB operations per phase"),
     ("qd", "operations kept in flight (store and raw alike)"),
@@ -515,16 +673,13 @@ const MEANINGS: &[(&str, &str)] = &[
     ("read_ratio", "store_read_iops / raw_read_iops (target >= 0.8)"),
     ("write_cpu_ratio", "raw_write_cpu_us / store_write_cpu_us: the write ratio by CPU cost, steady under other load"),
     ("read_cpu_ratio", "raw_read_cpu_us / store_read_cpu_us"),
-    ("write_amplification", "device bytes written / caller bytes during the overwrite phase (target <= 2.0)"),
     ("raw_write_p99_us", "99th percentile latency of a raw write batch (submit to flush done)"),
     ("store_write_p99_us", "99th percentile submit-to-commit latency of one transaction"),
     ("raw_read_p99_us", "99th percentile raw read latency"),
     ("store_read_p99_us", "99th percentile store read latency"),
-    ("raw_write_cpu_us", "CPU time of the bench thread per raw write (robust to other load)"),
     ("store_write_cpu_us", "CPU time per store write (bench loop, store, device, cleaner)"),
-    ("raw_read_cpu_us", "CPU time per raw read"),
     ("store_read_cpu_us", "CPU time per store read"),
-    ("cleaner_max_pause_us", "longest single cleaner step (victim pick + relocation packing)"),
+    ("cleaner_max_pause_us", "store's own counter: longest cleaner step or relocation packing, without the poll around it"),
     ("checkpoint_max_pause_us", "longest checkpoint snapshot (serializing the index)"),
     ("cleaner_steps", "cleaner steps taken (store lifetime, prefill included)"),
     ("relocated_bytes", "live bytes the cleaner moved"),
@@ -534,14 +689,17 @@ const MEANINGS: &[(&str, &str)] = &[
 ];
 
 fn print_plain(v: &serde_json::Value) {
+    let show = |x: &serde_json::Value| match x {
+        serde_json::Value::Number(n) if n.is_f64() => format!("{:.3}", n.as_f64().unwrap_or(0.0)),
+        other => other.to_string(),
+    };
     for (k, meaning) in MEANINGS {
-        let shown = match &v[*k] {
-            serde_json::Value::Number(n) if n.is_f64() => {
-                format!("{:.3}", n.as_f64().unwrap_or(0.0))
-            }
-            other => other.to_string(),
+        let target = match v["targets"].get(*k) {
+            // Every target is an upper bound.
+            Some(t) => format!("target <= {}", show(t)),
+            None => String::new(),
         };
-        println!("{k:>24} {shown:>14}  {meaning}");
+        println!("{k:>26} {:>14} {target:>14}  {meaning}", show(&v[*k]));
     }
 }
 

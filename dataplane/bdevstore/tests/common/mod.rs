@@ -13,6 +13,7 @@ pub fn small_format() -> FormatOptions {
         shards: 2,
         seg_blocks: 32,
         slot_blocks: 64,
+        ..FormatOptions::default()
     }
 }
 
