@@ -293,6 +293,16 @@ fn ttl(secs: i64) -> Duration {
     Duration::from_secs(secs.max(0) as u64)
 }
 
+/// A client for the monitors' periodic reads of the election (who leads, who campaigns):
+/// short timeouts, since the reader simply tries again at its next period. `None` while etcd
+/// is unreachable.
+async fn connect_reader(endpoints: &[String]) -> Option<Client> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(3));
+    Client::connect(endpoints, Some(opts)).await.ok()
+}
+
 /// How often a follower re-reads who leads.
 const LEADER_POLL: Duration = Duration::from_millis(500);
 
@@ -304,13 +314,10 @@ pub async fn watch_leader(
     tx: watch::Sender<Option<String>>,
 ) {
     let election = format!("{prefix}/leader");
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(3))
-        .with_timeout(Duration::from_secs(3));
     let mut client = None;
     while !tx.is_closed() {
         if client.is_none() {
-            client = Client::connect(&endpoints, Some(opts.clone())).await.ok();
+            client = connect_reader(&endpoints).await;
         }
         let leader = match client.as_mut() {
             Some(c) => match c.leader(election.clone()).await {
@@ -351,13 +358,10 @@ pub async fn watch_monitors(
     tx: watch::Sender<Vec<v1::MonitorInfo>>,
 ) {
     let candidates = format!("{prefix}/leader/");
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(3))
-        .with_timeout(Duration::from_secs(3));
     let mut client = None;
     while !tx.is_closed() {
         if client.is_none() {
-            client = Client::connect(&endpoints, Some(opts.clone())).await.ok();
+            client = connect_reader(&endpoints).await;
         }
         if let Some(c) = client.as_mut() {
             let get = GetOptions::new().with_prefix().with_sort(
