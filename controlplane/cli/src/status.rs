@@ -48,6 +48,27 @@ pub fn client_io_text(r: &v1::ClientIoRate) -> String {
     )
 }
 
+/// `40 degraded, 2 misplaced objects`, when there are any.
+fn degraded_text(s: &v1::StatusReply) -> Option<String> {
+    (s.degraded_objects > 0 || s.misplaced_objects > 0).then(|| {
+        format!(
+            "{} degraded, {} misplaced objects",
+            s.degraded_objects, s.misplaced_objects
+        )
+    })
+}
+
+/// `10.0 MiB/s, 3 objects/s` of recovery and backfill, when there is any.
+fn recovery_text(s: &v1::StatusReply) -> Option<String> {
+    (s.recovery_bytes_per_sec > 0 || s.recovery_objects_per_sec > 0).then(|| {
+        format!(
+            "{}/s, {} objects/s",
+            bytes(s.recovery_bytes_per_sec),
+            s.recovery_objects_per_sec
+        )
+    })
+}
+
 fn io_active(s: &v1::StatusReply) -> bool {
     let io = s.client_io.unwrap_or_default();
     io.read_ops_per_sec
@@ -179,23 +200,14 @@ pub fn status(o: &Out, s: &v1::StatusReply) -> String {
         };
         let _ = writeln!(t, "{head}{n:<width$} {state}");
     }
-    if s.degraded_objects > 0 || s.misplaced_objects > 0 {
-        let _ = writeln!(
-            t,
-            "             {} degraded, {} misplaced objects",
-            s.degraded_objects, s.misplaced_objects
-        );
+    if let Some(d) = degraded_text(s) {
+        let _ = writeln!(t, "             {d}");
     }
     let _ = writeln!(t);
     let _ = writeln!(t, "  io:");
     let _ = writeln!(t, "    client:   {}", client_io_text(&io));
-    if s.recovery_bytes_per_sec > 0 || s.recovery_objects_per_sec > 0 {
-        let _ = writeln!(
-            t,
-            "    recovery: {}/s, {} objects/s",
-            bytes(s.recovery_bytes_per_sec),
-            s.recovery_objects_per_sec
-        );
+    if let Some(r) = recovery_text(s) {
+        let _ = writeln!(t, "    recovery: {r}");
     }
     t
 }
@@ -452,22 +464,13 @@ pub fn pgmap_line(s: &v1::StatusReply) -> String {
         s.objects,
         usage_text(s)
     );
-    if s.degraded_objects > 0 || s.misplaced_objects > 0 {
-        let _ = write!(
-            t,
-            "; {} degraded, {} misplaced objects",
-            s.degraded_objects, s.misplaced_objects
-        );
+    if let Some(d) = degraded_text(s) {
+        let _ = write!(t, "; {d}");
     }
     let io = s.client_io.unwrap_or_default();
     let _ = write!(t, "; client {}", client_io_text(&io));
-    if s.recovery_bytes_per_sec > 0 || s.recovery_objects_per_sec > 0 {
-        let _ = write!(
-            t,
-            "; recovering {}/s, {} objects/s",
-            bytes(s.recovery_bytes_per_sec),
-            s.recovery_objects_per_sec
-        );
+    if let Some(r) = recovery_text(s) {
+        let _ = write!(t, "; recovering {r}");
     }
     t
 }
