@@ -36,6 +36,7 @@
 //! - Workers never busy-wait: each awaits its op; the progress ticker sleeps a second.
 
 pub mod pattern;
+pub mod shard;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,8 +45,8 @@ use std::time::Duration;
 use carmine_client::{Client, ClientConfig, ClientStats};
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use std::time::Instant;
 use thiserror::Error;
-use tokio::time::Instant;
 
 /// Longest latency the histograms hold (longer samples are clamped to it).
 const MAX_LATENCY_US: u64 = 120_000_000;
@@ -116,6 +117,9 @@ pub enum BenchError {
     Histogram(String),
     #[error("a bench worker failed: {0}")]
     Worker(String),
+    /// Setting up or stopping the transport (the memif port, the reactor shard) failed.
+    #[error("transport: {0}")]
+    Transport(String),
 }
 
 /// The result of a run: the parameters, then the figures.
@@ -247,14 +251,58 @@ impl Rng {
     }
 }
 
-async fn worker(shared: Arc<Shared>, client: Arc<Client>, id: u64) {
+/// The ops a bench worker runs, on whichever transport.
+#[allow(async_fn_in_trait)]
+pub(crate) trait BenchOps {
+    async fn write_full(
+        &self,
+        pool: &str,
+        name: &str,
+        data: &[u8],
+    ) -> Result<(), carmine_client::Error>;
+    /// Reads `len` bytes at offset 0.
+    async fn read(
+        &self,
+        pool: &str,
+        name: &str,
+        len: u32,
+    ) -> Result<Vec<u8>, carmine_client::Error>;
+    /// The worker's pause before an op (`BenchConfig::pause`).
+    async fn pause(&self, d: Duration);
+}
+
+impl BenchOps for Client {
+    async fn write_full(
+        &self,
+        pool: &str,
+        name: &str,
+        data: &[u8],
+    ) -> Result<(), carmine_client::Error> {
+        Client::write_full(self, pool, name, data).await
+    }
+
+    async fn read(
+        &self,
+        pool: &str,
+        name: &str,
+        len: u32,
+    ) -> Result<Vec<u8>, carmine_client::Error> {
+        Client::read(self, pool, name, 0, len).await
+    }
+
+    async fn pause(&self, d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+}
+
+async fn worker<T: BenchOps>(shared: &Shared, client: &T, id: u64) {
     let cfg = &shared.cfg;
     let mut rng =
         Rng(0x9e37_79b9_7f4a_7c15 ^ (id.wrapping_add(1)).wrapping_mul(0xff51_afd7_ed55_8ccd));
     let mut buf = vec![0u8; cfg.block_size as usize];
     loop {
         if !cfg.pause.is_zero() {
-            tokio::time::sleep(cfg.pause).await;
+            client.pause(cfg.pause).await;
         }
         if let Some(max) = cfg.max_ops {
             if shared.issued.fetch_add(1, Ordering::Relaxed) >= max {
@@ -286,7 +334,7 @@ async fn worker(shared: Arc<Shared>, client: Arc<Client>, id: u64) {
         let t0 = Instant::now();
         match cfg.mode {
             Mode::Write => {
-                let r = client.write_full(cfg.pool.as_str(), &name, &buf).await;
+                let r = client.write_full(&cfg.pool, &name, &buf).await;
                 let lat = t0.elapsed();
                 match r {
                     Ok(()) => shared.record(lat, buf.len() as u64, None),
@@ -294,9 +342,7 @@ async fn worker(shared: Arc<Shared>, client: Arc<Client>, id: u64) {
                 }
             }
             Mode::Seq | Mode::Rand => {
-                let r = client
-                    .read(cfg.pool.as_str(), &name, 0, cfg.block_size)
-                    .await;
+                let r = client.read(&cfg.pool, &name, cfg.block_size).await;
                 let lat = t0.elapsed();
                 match r {
                     Err(e) => shared.record(lat, 0, Some((false, format!("read {name}: {e}")))),
@@ -338,6 +384,45 @@ pub async fn run(
     cfg: &BenchConfig,
     mut progress: impl FnMut(&str),
 ) -> Result<BenchReport, BenchError> {
+    check(client_cfg, cfg)?;
+    let mut clients = Vec::with_capacity(cfg.clients);
+    for _ in 0..cfg.clients {
+        let c = Client::connect(client_cfg.clone()).await?;
+        c.pool(cfg.pool.as_str()).await?;
+        clients.push(Arc::new(c));
+    }
+    let shared = Arc::new(Shared::new(cfg)?);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut id = 0u64;
+    for c in &clients {
+        for _ in 0..cfg.concurrency {
+            let (shared, c) = (shared.clone(), c.clone());
+            tasks.spawn(async move { worker(&shared, &*c, id).await });
+            id += 1;
+        }
+    }
+    progress(PROGRESS_HEADER);
+    let mut ticker = Ticker::new(&shared);
+    let mut failure = None;
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(Ok(())) => {}
+                Some(Err(e)) => failure = Some(e.to_string()),
+            },
+            line = ticker.tick(&shared) => progress(&line),
+        }
+    }
+    if let Some(f) = failure {
+        return Err(BenchError::Worker(f));
+    }
+    let stats: Vec<ClientStats> = clients.iter().map(|c| c.stats()).collect();
+    Ok(shared.report(&stats))
+}
+
+/// Refuses parameters no run can use.
+fn check(client_cfg: &ClientConfig, cfg: &BenchConfig) -> Result<(), BenchError> {
     if cfg.objects == 0 || cfg.concurrency == 0 || cfg.clients == 0 || cfg.block_size == 0 {
         return Err(BenchError::Config(
             "objects, concurrency, clients and block size must be at least 1".into(),
@@ -349,96 +434,90 @@ pub async fn run(
             cfg.block_size, client_cfg.limits.max_io_size
         )));
     }
-    let mut clients = Vec::with_capacity(cfg.clients);
-    for _ in 0..cfg.clients {
-        let c = Client::connect(client_cfg.clone()).await?;
-        c.pool(cfg.pool.as_str()).await?;
-        clients.push(Arc::new(c));
-    }
-    let shared = Arc::new(Shared {
-        cfg: cfg.clone(),
-        agg: Mutex::new(Agg {
-            total: histogram()?,
-            interval: histogram()?,
-            ops: 0,
-            bytes: 0,
-            errors: 0,
-            mismatches: 0,
-            interval_bytes: 0,
-            first_problem: None,
-        }),
-        next: AtomicU64::new(0),
-        issued: AtomicU64::new(0),
-        start: Instant::now(),
-    });
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut id = 0u64;
-    for c in &clients {
-        for _ in 0..cfg.concurrency {
-            tasks.spawn(worker(shared.clone(), c.clone(), id));
-            id += 1;
+    Ok(())
+}
+
+/// The once-a-second progress line.
+struct Ticker {
+    interval: tokio::time::Interval,
+    last: Instant,
+}
+
+impl Ticker {
+    fn new(shared: &Shared) -> Self {
+        let first = tokio::time::Instant::from_std(shared.start + Duration::from_secs(1));
+        Ticker {
+            interval: tokio::time::interval_at(first, Duration::from_secs(1)),
+            last: shared.start,
         }
     }
-    progress(PROGRESS_HEADER);
-    let mut tick = tokio::time::interval_at(
-        shared.start + Duration::from_secs(1),
-        Duration::from_secs(1),
-    );
-    let mut last_tick = shared.start;
-    let mut failure = None;
-    loop {
-        tokio::select! {
-            joined = tasks.join_next() => match joined {
-                None => break,
-                Some(Ok(())) => {}
-                Some(Err(e)) => failure = Some(e.to_string()),
-            },
-            now = tick.tick() => {
-                let secs = now.duration_since(last_tick).as_secs_f64().max(1e-9);
-                last_tick = now;
-                let mut a = shared.agg();
-                let cur_ops = a.interval.len();
-                let line = format!(
-                    "{:5} {:10} {:11.2} {:10.0} {:9}",
-                    now.duration_since(shared.start).as_secs(),
-                    a.ops,
-                    a.interval_bytes as f64 / 1e6 / secs,
-                    cur_ops as f64 / secs,
-                    a.interval.value_at_quantile(0.99),
-                );
-                a.interval.reset();
-                a.interval_bytes = 0;
-                drop(a);
-                progress(&line);
-            }
+
+    /// Waits for the next second; that second's line (and starts the next interval).
+    async fn tick(&mut self, shared: &Shared) -> String {
+        let now = self.interval.tick().await.into_std();
+        let secs = now.duration_since(self.last).as_secs_f64().max(1e-9);
+        self.last = now;
+        let mut a = shared.agg();
+        let cur_ops = a.interval.len();
+        let line = format!(
+            "{:5} {:10} {:11.2} {:10.0} {:9}",
+            now.duration_since(shared.start).as_secs(),
+            a.ops,
+            a.interval_bytes as f64 / 1e6 / secs,
+            cur_ops as f64 / secs,
+            a.interval.value_at_quantile(0.99),
+        );
+        a.interval.reset();
+        a.interval_bytes = 0;
+        line
+    }
+}
+
+impl Shared {
+    fn new(cfg: &BenchConfig) -> Result<Self, BenchError> {
+        Ok(Shared {
+            cfg: cfg.clone(),
+            agg: Mutex::new(Agg {
+                total: histogram()?,
+                interval: histogram()?,
+                ops: 0,
+                bytes: 0,
+                errors: 0,
+                mismatches: 0,
+                interval_bytes: 0,
+                first_problem: None,
+            }),
+            next: AtomicU64::new(0),
+            issued: AtomicU64::new(0),
+            start: Instant::now(),
+        })
+    }
+
+    /// The run's figures so far, with the clients' retry counters.
+    fn report(&self, stats: &[ClientStats]) -> BenchReport {
+        let elapsed = self.start.elapsed().as_secs_f64().max(1e-9);
+        let sum = |f: fn(&ClientStats) -> u64| stats.iter().map(f).sum::<u64>();
+        let a = self.agg();
+        BenchReport {
+            config: self.cfg.clone(),
+            ops: a.ops,
+            bytes: a.bytes,
+            errors: a.errors,
+            mismatches: a.mismatches,
+            elapsed_s: elapsed,
+            iops: a.ops as f64 / elapsed,
+            mb_per_s: a.bytes as f64 / 1e6 / elapsed,
+            lat_mean_us: if a.ops == 0 { 0.0 } else { a.total.mean() },
+            lat_p50_us: a.total.value_at_quantile(0.50),
+            lat_p99_us: a.total.value_at_quantile(0.99),
+            lat_p999_us: a.total.value_at_quantile(0.999),
+            lat_max_us: a.total.max(),
+            retries: sum(|s| s.retries),
+            stale_map_retries: sum(|s| s.stale_map_retries),
+            reconnects: sum(|s| s.reconnects),
+            first_problem: a.first_problem.clone(),
         }
     }
-    if let Some(f) = failure {
-        return Err(BenchError::Worker(f));
-    }
-    let elapsed = shared.start.elapsed().as_secs_f64().max(1e-9);
-    let stats: Vec<ClientStats> = clients.iter().map(|c| c.stats()).collect();
-    let sum = |f: fn(&ClientStats) -> u64| stats.iter().map(f).sum::<u64>();
-    let a = shared.agg();
-    Ok(BenchReport {
-        config: cfg.clone(),
-        ops: a.ops,
-        bytes: a.bytes,
-        errors: a.errors,
-        mismatches: a.mismatches,
-        elapsed_s: elapsed,
-        iops: a.ops as f64 / elapsed,
-        mb_per_s: a.bytes as f64 / 1e6 / elapsed,
-        lat_mean_us: if a.ops == 0 { 0.0 } else { a.total.mean() },
-        lat_p50_us: a.total.value_at_quantile(0.50),
-        lat_p99_us: a.total.value_at_quantile(0.99),
-        lat_p999_us: a.total.value_at_quantile(0.999),
-        lat_max_us: a.total.max(),
-        retries: sum(|s| s.retries),
-        stale_map_retries: sum(|s| s.stale_map_retries),
-        reconnects: sum(|s| s.reconnects),
-        first_problem: a.first_problem.clone(),
-    })
 }
 
 #[cfg(test)]

@@ -9,10 +9,7 @@ use std::time::Duration;
 
 use carmine_placement::{ClusterMap, Pool};
 use carmine_proto::tls::ClientTls;
-use carmine_wire::{
-    AuthKey, EncodeError, Epoch, HandshakeError, Limits, Op, OpError, OpRequest, RejectReason,
-};
-use carmine_wire::{PgId, PoolId};
+use carmine_wire::{AuthKey, EncodeError, HandshakeError, Limits, Op, OpError, OpRequest};
 use thiserror::Error;
 use tokio::sync::{watch, OnceCell};
 use tokio::task::JoinHandle;
@@ -24,18 +21,8 @@ use crate::error::ClientError;
 use crate::keyfile::Credentials;
 use crate::mon::{self, MonClient, MonError};
 use crate::reply::Reply;
+use crate::retry::{self, OpCounters, OpPath, Place, RetryPolicy, RouteCache};
 use crate::route::{self, PoolRef, RouteError, Target};
-
-/// First pause after an `Again`, a failed connection or a map without a route; doubles up to
-/// [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(2);
-const MAX_BACKOFF: Duration = Duration::from_millis(200);
-/// How long a stale-map retry waits for the subscription to deliver the OSD's epoch before
-/// asking the monitor directly (`GetMap`).
-const SUBSCRIPTION_GRACE: Duration = Duration::from_millis(500);
-/// How long after an op started an OSD's refusal of our key is still retried: a key the
-/// monitor just issued reaches the OSDs with their next keyring refresh (about 2 s).
-const AUTH_GRACE: Duration = Duration::from_secs(4);
 
 /// How to reach the cluster and who we are.
 #[derive(Debug, Clone)]
@@ -141,6 +128,9 @@ pub enum Error {
     RetriesExhausted { attempts: u32, last: String },
     #[error("the server broke the protocol: {0}")]
     Protocol(String),
+    /// The client's runtime stopped under the op (a task it needed was cancelled).
+    #[error("the client stopped: {0}")]
+    Stopped(String),
 }
 
 impl Error {
@@ -171,21 +161,6 @@ pub struct ClientStats {
     pub map_epoch: u64,
 }
 
-#[derive(Default)]
-struct Counters {
-    ops: AtomicU64,
-    retries: AtomicU64,
-    stale_map: AtomicU64,
-    map_fetches: AtomicU64,
-    again: AtomicU64,
-    connects: AtomicU64,
-    reconnects: AtomicU64,
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
-
 /// The connection of one (OSD, shard). Several ops may need it at once: the `OnceCell` makes
 /// them share one connect attempt. A failed connection is replaced by a new slot, never reset.
 struct Slot {
@@ -212,7 +187,7 @@ struct Inner {
     map: watch::Sender<Arc<ClusterMap>>,
     conns: Mutex<HashMap<(u32, u32), Arc<Slot>>>,
     routes: Mutex<RouteCache>,
-    counters: Counters,
+    counters: OpCounters,
     /// The next op's tid. An op keeps its tid over all its attempts (the OSDs recognise a
     /// retried mutation by client id and tid); the counter starts at a random value so that
     /// a restarted client with the same id does not reuse its predecessor's tids.
@@ -220,7 +195,7 @@ struct Inner {
 }
 
 /// A random start for a client's tids (time and pid if the OS has no randomness to give).
-pub(crate) fn first_tid() -> u64 {
+pub fn first_tid() -> u64 {
     match carmine_wire::Nonce::random() {
         Ok(n) => {
             let mut b = [0u8; 8];
@@ -234,13 +209,6 @@ pub(crate) fn first_tid() -> u64 {
             t ^ (u64::from(std::process::id()) << 32)
         }
     }
-}
-
-/// Routes computed with the map of `epoch`, by (pool, PG). Errors are not kept.
-#[derive(Default)]
-struct RouteCache {
-    epoch: u64,
-    routes: HashMap<(u32, u32), Target>,
 }
 
 /// A client of one Carmine cluster. All methods take `&self`; share it (e.g. in an `Arc`) and
@@ -267,13 +235,6 @@ impl Drop for Client {
             f.abort();
         }
     }
-}
-
-/// What an op addresses: an object (placed by name) or a whole PG (list).
-#[derive(Clone, Copy)]
-enum Place<'a> {
-    Object(&'a str),
-    Pg(u32),
 }
 
 /// One PG's list page.
@@ -309,7 +270,7 @@ impl Client {
             map: tx.clone(),
             conns: Mutex::new(HashMap::new()),
             routes: Mutex::new(RouteCache::default()),
-            counters: Counters::default(),
+            counters: OpCounters::default(),
             next_tid: AtomicU64::new(first_tid()),
         });
         let follower = inner
@@ -335,23 +296,13 @@ impl Client {
 
     /// What the retry loop did so far.
     pub fn stats(&self) -> ClientStats {
-        let c = &self.inner.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        ClientStats {
-            ops: get(&c.ops),
-            retries: get(&c.retries),
-            stale_map_retries: get(&c.stale_map),
-            map_fetches: get(&c.map_fetches),
-            again_retries: get(&c.again),
-            connects: get(&c.connects),
-            reconnects: get(&c.reconnects),
-            map_epoch: self.epoch(),
-        }
+        self.inner.counters.snapshot(self.epoch())
     }
 
     /// Fetches the monitor's current map now (normally the subscription keeps it current).
     /// Returns the client's epoch afterwards.
     pub async fn refresh_map(&self) -> Result<u64, Error> {
+        self.inner.counters.map_fetched();
         self.inner.fetch_map().await?;
         Ok(self.epoch())
     }
@@ -359,13 +310,15 @@ impl Client {
     /// Waits until the client's map reaches `epoch` (through the subscription), up to `limit`.
     /// True if it did.
     pub async fn wait_for_epoch(&self, epoch: u64, limit: Duration) -> bool {
-        self.inner.wait_epoch(epoch, Instant::now() + limit).await
+        self.inner
+            .wait_epoch(epoch, std::time::Instant::now() + limit)
+            .await
     }
 
     /// The pool, from the current map or, when that lacks it, a freshly fetched one.
     pub async fn pool<'p>(&self, pool: impl Into<PoolRef<'p>>) -> Result<Pool, Error> {
         let pool = pool.into();
-        let map = self.inner.pool_map(pool).await?;
+        let map = retry::pool_map(&*self.inner, pool).await?;
         pool.find(&map).cloned().ok_or_else(|| Error::NoSuchPool {
             pool: pool.to_string(),
             epoch: map.epoch,
@@ -485,7 +438,7 @@ impl Client {
     pub async fn list<'p>(&self, pool: impl Into<PoolRef<'p>>) -> Result<Vec<String>, Error> {
         let pool = pool.into();
         let pg_num = {
-            let map = self.inner.pool_map(pool).await?;
+            let map = retry::pool_map(&*self.inner, pool).await?;
             pool.find(&map).map_or(0, |p| p.pg_num)
         };
         let page = self.inner.cfg.limits.max_list_entries.max(1);
@@ -509,56 +462,21 @@ fn unexpected(r: &Reply) -> Error {
     Error::Protocol(format!("unexpected {:?} reply", r.kind()))
 }
 
-/// What to do after a failed attempt.
-enum Next {
-    /// Give this error to the caller.
-    Fail(Error),
-    /// Pause (growing backoff), then resend.
-    Backoff(String),
-    /// Wait for the map to reach this epoch, then resend.
-    AwaitEpoch(u64, String),
-}
-
 impl Inner {
     fn lock_conns(&self) -> MutexGuard<'_, HashMap<(u32, u32), Arc<Slot>>> {
         // Single inserts/removes under the lock: a poisoned map is still consistent.
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn fetch_map(&self) -> Result<(), Error> {
-        bump(&self.counters.map_fetches);
-        let m = self.mon.get_map().await?;
-        mon::publish(&self.map, m);
-        Ok(())
-    }
-
-    /// The current map if it has `pool`, else a freshly fetched one (a pool created after our
-    /// last update); [`Error::NoSuchPool`] if that one has not either.
-    async fn pool_map(&self, pool: PoolRef<'_>) -> Result<Arc<ClusterMap>, Error> {
-        let map = self.map.borrow().clone();
-        if pool.find(&map).is_some() {
-            return Ok(map);
-        }
-        self.fetch_map().await?;
-        let map = self.map.borrow().clone();
-        match pool.find(&map) {
-            Some(_) => Ok(map),
-            None => Err(Error::NoSuchPool {
-                pool: pool.to_string(),
-                epoch: map.epoch,
-            }),
-        }
-    }
-
-    async fn wait_epoch(&self, epoch: u64, deadline: Instant) -> bool {
-        let mut rx = self.map.subscribe();
-        timeout_at(deadline, rx.wait_for(|m| m.epoch >= epoch))
-            .await
-            .is_ok_and(|r| r.is_ok())
+    /// Runs `op` through the shared retry loop with a fresh tid.
+    async fn run(&self, pool: PoolRef<'_>, place: Place<'_>, op: Op<'_>) -> Result<Reply, Error> {
+        // One tid for every attempt: a retried mutation is recognised, not applied twice.
+        let tid = self.next_tid.fetch_add(1, Ordering::Relaxed);
+        retry::run_op(self, pool, place, op, tid).await
     }
 
     /// The connection to `t`, opened if needed (concurrent callers share one attempt).
-    async fn conn(&self, t: &Target) -> Result<Arc<Connection>, ClientError> {
+    async fn open(&self, t: &Target) -> Result<Arc<Connection>, ClientError> {
         let slot = {
             let mut conns = self.lock_conns();
             let key = (t.osd, t.shard);
@@ -579,18 +497,57 @@ impl Inner {
             .cell
             .get_or_try_init(|| async {
                 let c = Connection::connect(slot.addr, &self.conn_opts).await?;
-                bump(&self.counters.connects);
-                if slot.generation > 0 {
-                    bump(&self.counters.reconnects);
-                }
+                self.counters.connected(slot.generation > 0);
                 debug!(osd = t.osd, shard = t.shard, addr = %slot.addr, "connected");
                 Ok::<_, ClientError>(Arc::new(c))
             })
             .await?;
         Ok(c.clone())
     }
+}
 
-    /// Forgets `conn` (if it is still the one for `t`), so the next attempt reconnects.
+/// The tokio transport: kernel TCP connections shared by every task of the process.
+impl OpPath for Inner {
+    type Conn = Arc<Connection>;
+
+    fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            op_timeout: self.cfg.op_timeout,
+            retry_budget: self.cfg.retry_budget,
+            follow_map: self.cfg.follow_map,
+        }
+    }
+
+    fn map(&self) -> Arc<ClusterMap> {
+        self.map.borrow().clone()
+    }
+
+    fn route(&self, map: &ClusterMap, pool: &Pool, pg: u32) -> Result<Target, RouteError> {
+        let cached = {
+            let mut c = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+            c.get(map.epoch, pool.id, pg)
+        };
+        if let Some(t) = cached {
+            return Ok(t);
+        }
+        // Placement runs outside the lock: concurrent ops may compute the same route twice.
+        let t = route::route_pg(map, pool, pg)?;
+        let mut c = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        c.put(map.epoch, pool.id, pg, t);
+        Ok(t)
+    }
+
+    async fn conn(
+        &self,
+        t: &Target,
+        deadline: std::time::Instant,
+    ) -> Result<Arc<Connection>, ClientError> {
+        match timeout_at(Instant::from_std(deadline), self.open(t)).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout(self.cfg.connect_timeout)),
+        }
+    }
+
     fn drop_conn(&self, t: &Target, conn: &Arc<Connection>) {
         let mut conns = self.lock_conns();
         let key = (t.osd, t.shard);
@@ -602,215 +559,36 @@ impl Inner {
         }
     }
 
-    /// `route_pg`, memoised per map epoch: placement ranks every host and OSD, which is worth
-    /// doing once per PG and epoch rather than once per op.
-    fn route_cached(&self, map: &ClusterMap, pool: &Pool, pg: u32) -> Result<Target, RouteError> {
-        {
-            let mut c = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-            if c.epoch != map.epoch {
-                c.epoch = map.epoch;
-                c.routes.clear();
-            }
-            if let Some(t) = c.routes.get(&(pool.id, pg)) {
-                return Ok(*t);
-            }
-        }
-        let t = route::route_pg(map, pool, pg)?;
-        let mut c = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        if c.epoch == map.epoch {
-            c.routes.insert((pool.id, pg), t);
-        }
-        Ok(t)
-    }
-
-    /// The route of `place` with `map`.
-    fn target(
+    async fn call(
         &self,
-        map: &ClusterMap,
-        pool: PoolRef<'_>,
-        place: Place<'_>,
-    ) -> Result<Target, Next> {
-        // `run` made sure the pool existed: it was removed since.
-        let p = pool.find(map).ok_or_else(|| {
-            Next::Fail(Error::NoSuchPool {
-                pool: pool.to_string(),
-                epoch: map.epoch,
-            })
-        })?;
-        let r = match place {
-            Place::Object(o) => route::object_pg(p, o),
-            Place::Pg(pg) => Ok(pg),
-        }
-        .and_then(|pg| self.route_cached(map, p, pg));
-        r.map_err(|e| match e {
-            // Cannot get better with another map of the same pool.
-            RouteError::NoSuchPg { .. } | RouteError::NoPgs { .. } => {
-                Next::Fail(Error::Protocol(e.to_string()))
-            }
-            // A newer map may bring an OSD back, or a valid announcement.
-            e => Next::Backoff(format!("{e} (map epoch {})", map.epoch)),
-        })
-    }
-
-    /// One attempt: route with the current map, send, classify the outcome.
-    async fn attempt(
-        &self,
-        pool: PoolRef<'_>,
-        place: Place<'_>,
-        op: Op<'_>,
+        conn: &Arc<Connection>,
         tid: u64,
-        started: Instant,
-        deadline: Instant,
-    ) -> Result<Reply, Next> {
-        let map = self.map.borrow().clone();
-        let t = self.target(&map, pool, place)?;
-        let conn = match timeout_at(deadline, self.conn(&t)).await {
-            Err(_) => {
-                return Err(Next::Backoff(format!(
-                    "connecting to {}: timed out",
-                    t.addr
-                )))
-            }
-            Ok(Err(ClientError::Handshake(source))) => {
-                let why = format!("osd.{} ({}): {source}", t.osd, t.addr);
-                // A fresh key may not have reached the OSD yet: retried for a while.
-                let key_refused = matches!(
-                    source,
-                    HandshakeError::BadCredentials
-                        | HandshakeError::Rejected {
-                            reason: RejectReason::BadCredentials,
-                            ..
-                        }
-                );
-                return Err(if key_refused && started.elapsed() < AUTH_GRACE {
-                    Next::Backoff(why)
-                } else {
-                    Next::Fail(Error::Auth {
-                        osd: t.osd,
-                        addr: t.addr,
-                        source,
-                    })
-                });
-            }
-            Ok(Err(e)) => {
-                return Err(Next::Backoff(format!(
-                    "osd.{} shard {} ({}): {e}",
-                    t.osd, t.shard, t.addr
-                )))
-            }
-            Ok(Ok(c)) => c,
-        };
-        let req = OpRequest {
-            pool: PoolId(u64::from(t.pool)),
-            pg: PgId(t.pg),
-            epoch: Epoch(map.epoch),
-            op,
-        };
-        let result = match timeout_at(deadline, conn.call_as(tid, &req)).await {
+        req: &OpRequest<'_>,
+        deadline: std::time::Instant,
+    ) -> Result<Reply, ClientError> {
+        match timeout_at(Instant::from_std(deadline), conn.call_as(tid, req)).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Timeout(self.cfg.op_timeout)),
-        };
-        let e = match result {
-            Ok(reply) => return Ok(reply),
-            Err(e) => e,
-        };
-        let here = format!("osd.{} shard {} ({})", t.osd, t.shard, t.addr);
-        Err(match e {
-            ClientError::Op(OpError::StaleMap { osd_epoch }) => {
-                bump(&self.counters.stale_map);
-                // The OSD has a newer map: get there. An OSD behind us catches up by itself.
-                let why = format!(
-                    "{here}: stale map (ours {}, the OSD's {})",
-                    map.epoch, osd_epoch.0
-                );
-                if osd_epoch.0 > map.epoch {
-                    Next::AwaitEpoch(osd_epoch.0, why)
-                } else {
-                    Next::Backoff(why)
-                }
-            }
-            ClientError::Op(OpError::Again) => {
-                bump(&self.counters.again);
-                Next::Backoff(format!("{here}: again"))
-            }
-            ClientError::Op(e) => Next::Fail(Error::Op(e)),
-            ClientError::Encode(e) => Next::Fail(Error::Encode(e)),
-            ClientError::Protocol(p) => {
-                self.drop_conn(&t, &conn);
-                Next::Fail(Error::Protocol(format!("{here}: {p}")))
-            }
-            // Closed, I/O, bad frame, timeout: this connection is done; a new one may work.
-            e => {
-                self.drop_conn(&t, &conn);
-                Next::Backoff(format!("{here}: {e}"))
-            }
-        })
+        }
     }
 
-    /// Runs `op` until it succeeds, fails for good, the deadline passes or the retry budget
-    /// is spent. Every attempt routes with the newest map.
-    async fn run(&self, pool: PoolRef<'_>, place: Place<'_>, op: Op<'_>) -> Result<Reply, Error> {
-        // A pool unknown to our map may be newer than it: one fetch, then NoSuchPool.
-        self.pool_map(pool).await?;
-        let start = Instant::now();
-        let deadline = start + self.cfg.op_timeout;
-        // One tid for every attempt: a retried mutation is recognised, not applied twice.
-        let tid = self.next_tid.fetch_add(1, Ordering::Relaxed);
-        let mut backoff = FIRST_BACKOFF;
-        let mut attempts: u32 = 0;
-        let result = loop {
-            attempts += 1;
-            let next = match self.attempt(pool, place, op, tid, start, deadline).await {
-                Ok(r) => break Ok(r),
-                Err(Next::Fail(e)) => break Err(e),
-                Err(n) => n,
-            };
-            let last = match &next {
-                Next::Backoff(w) | Next::AwaitEpoch(_, w) => w.clone(),
-                Next::Fail(_) => String::new(),
-            };
-            if attempts > self.cfg.retry_budget {
-                break Err(Error::RetriesExhausted { attempts, last });
-            }
-            let timeout = || Error::Timeout {
-                after: self.cfg.op_timeout,
-                attempts,
-                last: last.clone(),
-            };
-            if Instant::now() >= deadline {
-                break Err(timeout());
-            }
-            debug!(attempts, reason = %last, "retrying op");
-            bump(&self.counters.retries);
-            match next {
-                Next::AwaitEpoch(epoch, _) => {
-                    let grace = (Instant::now() + SUBSCRIPTION_GRACE).min(deadline);
-                    let followed = self.cfg.follow_map && self.wait_epoch(epoch, grace).await;
-                    if !followed {
-                        // The subscription is slow or broken: ask the monitor.
-                        if let Err(e) = self.fetch_map().await {
-                            debug!(error = %e, "map refresh failed");
-                        }
-                    }
-                }
-                Next::Backoff(_) => {
-                    let now = Instant::now();
-                    if now + backoff >= deadline {
-                        break Err(timeout());
-                    }
-                    // A new map may end the wait early (e.g. the OSD we failed to reach was
-                    // marked out), so wait on the map, bounded by the backoff.
-                    let epoch = self.map.borrow().epoch;
-                    let _ = self.wait_epoch(epoch + 1, now + backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                Next::Fail(_) => {}
-            }
-            if Instant::now() >= deadline {
-                break Err(timeout());
-            }
-        };
-        bump(&self.counters.ops);
-        result
+    async fn wait_epoch(&self, epoch: u64, deadline: std::time::Instant) -> bool {
+        let mut rx = self.map.subscribe();
+        timeout_at(
+            Instant::from_std(deadline),
+            rx.wait_for(|m| m.epoch >= epoch),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
+    }
+
+    async fn fetch_map(&self) -> Result<(), Error> {
+        let m = self.mon.get_map().await?;
+        mon::publish(&self.map, m);
+        Ok(())
+    }
+
+    fn counters(&self) -> &OpCounters {
+        &self.counters
     }
 }

@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
 use std::time::Duration;
 
 use carmine_wire::{
-    AuthKey, ClientHandshake, DecodeError, Encoder, FrameDecoder, HandshakeError, Limits, Message,
-    Nonce, OpKind, OpReply, OpRequest, Session, VERSION_MIN,
+    AuthKey, Encoder, FrameDecoder, Limits, Message, OpKind, OpReply, OpRequest, Session,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -113,14 +112,7 @@ impl Shared {
             );
             return;
         };
-        let result = match &reply.result {
-            Ok(body) if body.kind() != kind => Err(ClientError::Protocol(format!(
-                "tid {tid}: a {kind:?} request answered with a {:?} reply",
-                body.kind()
-            ))),
-            Ok(body) => Ok(Reply::from_body(body)),
-            Err(e) => Err(ClientError::Op(*e)),
-        };
+        let result = crate::retry::reply_result(tid, kind, reply);
         // The caller may have timed out meanwhile: nothing to do then.
         let _ = waiter.send(result);
     }
@@ -177,7 +169,7 @@ impl Connection {
                 })?;
             stream.set_nodelay(true)?;
             let mut dec = FrameDecoder::new(opts.limits);
-            let session = handshake(&mut stream, &mut dec, opts).await?;
+            let session = crate::handshake::run(&mut stream, &mut dec, opts).await?;
             Ok::<_, ClientError>((stream, dec, session))
         };
         let (stream, mut dec, session) = timeout_at(deadline, setup)
@@ -318,69 +310,6 @@ impl Connection {
         self.shared.close(reason.into());
         self.reader.abort();
         self.writer_task.abort();
-    }
-}
-
-async fn handshake(
-    stream: &mut TcpStream,
-    dec: &mut FrameDecoder,
-    opts: &ConnectOptions,
-) -> Result<Session, ClientError> {
-    let nonce = Nonce::random().map_err(|e| ClientError::Random(e.to_string()))?;
-    let hs = ClientHandshake::new(
-        opts.client_id.clone(),
-        opts.key.clone(),
-        nonce,
-        &opts.limits,
-    )?;
-    let mut buf = Vec::new();
-    let hello = Message::Hello(hs.hello());
-    send_frame(
-        stream,
-        &Encoder::new(VERSION_MIN, opts.limits),
-        &hello,
-        &mut buf,
-    )
-    .await?;
-    let hs = hs.sent_hello();
-    let verdict = recv_one(stream, dec, |m| hs.on_message(m)).await?;
-    let auth = Message::Auth(verdict.auth());
-    let enc = Encoder::new(verdict.version(), opts.limits);
-    send_frame(stream, &enc, &auth, &mut buf).await?;
-    recv_one(stream, dec, |m| verdict.on_message(m)).await
-}
-
-async fn send_frame(
-    stream: &mut TcpStream,
-    enc: &Encoder,
-    msg: &Message<'_>,
-    buf: &mut Vec<u8>,
-) -> Result<(), ClientError> {
-    buf.resize(enc.frame_len(msg), 0);
-    let n = enc.encode(0, msg, buf)?;
-    stream.write_all(&buf[..n]).await?;
-    Ok(())
-}
-
-/// Reads until one whole frame is there and feeds its message to the handshake step `step`.
-async fn recv_one<T>(
-    stream: &mut TcpStream,
-    dec: &mut FrameDecoder,
-    step: impl FnOnce(&Message<'_>) -> Result<T, HandshakeError>,
-) -> Result<T, ClientError> {
-    let limits = *dec.limits();
-    loop {
-        if let Some(frame) = dec.next_frame().map_err(DecodeError::from)? {
-            let msg = frame.message(&limits)?;
-            return Ok(step(&msg)?);
-        }
-        let n = stream.read(dec.read_buf()).await?;
-        if n == 0 {
-            return Err(ClientError::Closed(
-                "server closed the connection during the handshake".into(),
-            ));
-        }
-        dec.advance(n);
     }
 }
 

@@ -27,6 +27,9 @@
 //!   (`carmine_proto::tls`). The OSD connections (the data path) are not TLS.
 //! - [`Client`] (`cluster`): the map in a `watch` channel, one lazily opened connection per
 //!   (OSD, shard), and the retry loop every op runs through.
+//! - [`retry`]: that retry loop, written once over the [`retry::OpPath`] trait, so that a
+//!   transport that is not tokio's (`carmine-client-shard`: a reactor shard with smoltcp over
+//!   a DPDK port) routes and retries with the same code.
 //! - [`Credentials`] (`keyfile`): the key file `carmine auth add --keyfile` writes
 //!   (`id = "…"`, `key = "<64 hex>"`).
 //!
@@ -67,13 +70,15 @@
 mod cluster;
 mod conn;
 mod error;
+pub mod handshake;
 pub mod image;
 pub mod keyfile;
 mod mon;
 mod reply;
+pub mod retry;
 pub mod route;
 
-pub use cluster::{Client, ClientConfig, ClientStats, Error, ListPage};
+pub use cluster::{first_tid, Client, ClientConfig, ClientStats, Error, ListPage};
 pub use conn::{ConnectOptions, Connection};
 pub use error::ClientError;
 pub use image::{Image, ImageError, ImageInfo, ImageSpec};

@@ -79,6 +79,59 @@ pub struct BenchArgs {
     /// End the run after this many ops (before `--seconds` if it comes first).
     #[arg(long)]
     pub ops: Option<u64>,
+    /// How the ops reach the OSDs: kernel TCP (tokio), or smoltcp on a DPDK memif port polled
+    /// by one pinned reactor shard (no kernel on the data path; needs hugepages and an OSD
+    /// whose `net.device` is the memif master at `--memif-socket`).
+    #[arg(long, value_enum, default_value_t = Transport::Kernel)]
+    pub transport: Transport,
+    /// memif: the OSD's memif socket.
+    #[arg(long, default_value = "/run/carmine/memif.sock")]
+    pub memif_socket: PathBuf,
+    /// memif: the bench stack's address on the link, `a.b.c.d/len`.
+    #[arg(long, default_value = "10.90.0.2/24")]
+    pub memif_ip: String,
+    /// memif: the core the bench shard is pinned to.
+    #[arg(long, default_value_t = 1)]
+    pub shard_core: usize,
+    /// memif: the bench shard busy-polls, or naps when idle (adaptive).
+    #[arg(long, value_enum, default_value_t = ShardIdle::Busy)]
+    pub shard_idle: ShardIdle,
+}
+
+/// `--transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    Kernel,
+    Memif,
+}
+
+/// `--shard-idle`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShardIdle {
+    Busy,
+    Adaptive,
+}
+
+/// The memif transport's settings from the arguments.
+fn shard_transport(a: &BenchArgs) -> Result<carmine_bench::shard::ShardTransport, CliError> {
+    let bad = || CliError::Other(format!("--memif-ip {:?}: expected a.b.c.d/len", a.memif_ip));
+    let (ip, len) = a.memif_ip.split_once('/').ok_or_else(bad)?;
+    let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| bad())?;
+    let prefix_len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| (1..=30).contains(l))
+        .ok_or_else(bad)?;
+    Ok(carmine_bench::shard::ShardTransport {
+        socket: a.memif_socket.clone(),
+        ip,
+        prefix_len,
+        core: a.shard_core,
+        idle: match a.shard_idle {
+            ShardIdle::Busy => carmine_reactor::IdlePolicy::Busy,
+            ShardIdle::Adaptive => carmine_reactor::IdlePolicy::adaptive(),
+        },
+    })
 }
 
 /// `4096`, `4K`, `4KiB`, `1M`, `1MiB` (K = 1024), at most 4 GiB - 1.
@@ -155,7 +208,7 @@ pub async fn run(
     };
     let quiet = a.quiet;
     let started = std::time::Instant::now();
-    let report = carmine_bench::run(&client, &cfg, |line| match &bar {
+    let show = |line: &str| match &bar {
         Some(b) => {
             if line == carmine_bench::PROGRESS_HEADER {
                 b.println(line);
@@ -166,8 +219,14 @@ pub async fn run(
         }
         None if !quiet => eprintln!("{line}"),
         None => {}
-    })
-    .await;
+    };
+    let report = match a.transport {
+        Transport::Kernel => carmine_bench::run(&client, &cfg, show).await,
+        Transport::Memif => {
+            let t = shard_transport(a)?;
+            carmine_bench::shard::run_on_shard(&client, &cfg, &t, show).await
+        }
+    };
     if let Some(b) = &bar {
         b.finish_and_clear();
     }

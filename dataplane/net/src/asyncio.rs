@@ -64,11 +64,18 @@ impl<S: NetStack> AsyncNet<S> {
     }
 
     fn park<T>(&self, cx: &mut Context<'_>) -> Poll<T> {
+        self.wake_on_work(cx);
+        Poll::Pending
+    }
+
+    /// Registers the task to be woken after the next [`NetPoller`] turn that moved packets:
+    /// for a task that drives connections with the non-blocking [`NetStack`] calls itself (via
+    /// [`AsyncNet::with`]) and returns `Pending` when none of them made progress.
+    pub fn wake_on_work(&self, cx: &mut Context<'_>) {
         let mut w = self.inner.waiters.borrow_mut();
         if !w.iter().any(|x| x.will_wake(cx.waker())) {
             w.push(cx.waker().clone());
         }
-        Poll::Pending
     }
 
     /// Waits for the next connection on `l`.

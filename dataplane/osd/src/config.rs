@@ -525,6 +525,15 @@ impl Config {
                     return Err(invalid("net.mtu", "must be 576 to 9000"));
                 }
                 self.check_af_packet_ring()?;
+                if self.memif_port()
+                    && self.net.mtu > 1500
+                    && !self.net.device.as_deref().unwrap_or("").contains("bsize=")
+                {
+                    return Err(invalid(
+                        "net.mtu",
+                        "a memif port's buffers are 2 KiB (bsize=2048): MTU 1500 at most unless the device string raises bsize",
+                    ));
+                }
                 if self.net.device.as_deref().is_none_or_empty() {
                     return Err(invalid(
                         "net.device",
@@ -649,6 +658,17 @@ impl Config {
             .iter()
             .any(|p| name.starts_with(p))
             .then_some(args)
+    }
+
+    /// `net.device` is a DPDK memif vdev: a shared-memory link to a user-space peer (the memif
+    /// variant of `scripts/bench-osd`), no kernel on the data path.
+    pub fn memif_port(&self) -> bool {
+        self.net.backend == NetBackend::Dpdk
+            && self
+                .net
+                .device
+                .as_deref()
+                .is_some_and(|d| d.starts_with("net_memif") || d.starts_with("eth_memif"))
     }
 
     /// An af_packet port copies each frame into one ring frame of `framesz` bytes (the PMD's

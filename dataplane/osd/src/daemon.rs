@@ -172,8 +172,11 @@ pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), DaemonError> {
     // 1. EAL, SPDK, the bdev.
     let vhost =
         cfg.store.kind == StoreKind::Bdevstore && cfg.store.bdev == Some(BdevType::VirtioBlk);
+    // Both keep hugepage files (removed at exit): vhost-user passes them to its backend, and
+    // DPDK's memif driver needs the multi-process channel, which --in-memory switches off.
+    let shared_files = vhost || cfg.memif_port();
     let eal = if cfg.needs_eal() {
-        Some(Eal::init(&eal_config(&cfg, shards, vhost))?)
+        Some(Eal::init(&eal_config(&cfg, shards, vhost, shared_files))?)
     } else {
         None
     };
@@ -335,7 +338,7 @@ pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), DaemonError> {
         None => Ok(()),
     };
     if let Some(eal) = eal {
-        if vhost {
+        if shared_files {
             for f in eal.hugepage_files(Path::new(HUGETLBFS)) {
                 let _ = std::fs::remove_file(f);
             }
@@ -373,7 +376,7 @@ fn preflight(cfg: &Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
-fn eal_config(cfg: &Config, shards: usize, vhost: bool) -> EalConfig {
+fn eal_config(cfg: &Config, shards: usize, vhost: bool, shared_files: bool) -> EalConfig {
     let mut vdevs = Vec::new();
     let mut extra = Vec::new();
     let mut no_pci = true;
@@ -398,7 +401,7 @@ fn eal_config(cfg: &Config, shards: usize, vhost: bool) -> EalConfig {
         app: "carmine-osd".into(),
         no_pci,
         // vhost-user hands our hugepage files to the backend: they must exist as files.
-        in_memory: !vhost,
+        in_memory: !shared_files,
         single_file_segments: vhost,
         file_prefix: Some(
             cfg.spdk
