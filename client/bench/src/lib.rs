@@ -8,7 +8,7 @@
 //!
 //! - `write`: `write_full` of `block_size` bytes to objects `<prefix>_<n>`, `n` cycling over
 //!   `0..objects`. The run lasts `duration` **and** at least one full pass over the objects, so
-//!   a later read run finds every object.
+//!   a later read run finds every object (unless an op failed: then it ends at `duration`).
 //! - `seq`: reads `block_size` bytes of those objects in order (cycling) for `duration`.
 //! - `rand`: reads them in random order for `duration`.
 //!
@@ -38,7 +38,7 @@
 pub mod pattern;
 pub mod shard;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -196,6 +196,8 @@ struct Shared {
     next: AtomicU64,
     /// Ops started so far (the `max_ops` budget).
     issued: AtomicU64,
+    /// An op failed: a write run no longer completes its first pass past the duration.
+    failed: AtomicBool,
     start: Instant,
 }
 
@@ -224,6 +226,7 @@ impl Shared {
                     a.mismatches += 1;
                 } else {
                     a.errors += 1;
+                    self.failed.store(true, Ordering::Relaxed);
                 }
                 if a.first_problem.is_none() {
                     a.first_problem = Some(why);
@@ -319,8 +322,12 @@ async fn worker<T: BenchOps>(shared: &Shared, client: &T, id: u64) {
             }
             Mode::Seq | Mode::Write => {
                 let k = shared.next.fetch_add(1, Ordering::Relaxed);
-                // write: the first pass completes even past the duration.
-                let first_pass = cfg.mode == Mode::Write && k < cfg.objects;
+                // write: the first pass completes even past the duration, unless an op failed
+                // (the pass is incomplete anyway, and a cluster that answers every op only at
+                // its timeout would hold the run for objects × timeout / concurrency).
+                let first_pass = cfg.mode == Mode::Write
+                    && k < cfg.objects
+                    && !shared.failed.load(Ordering::Relaxed);
                 if elapsed >= cfg.duration && !first_pass {
                     return;
                 }
@@ -489,6 +496,7 @@ impl Shared {
             }),
             next: AtomicU64::new(0),
             issued: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
             start: Instant::now(),
         })
     }
