@@ -148,3 +148,25 @@ int carmine_af_packet_rx_fd(uint16_t port, uint16_t queue)
 	}
 	return rte_pmd_af_packet_rx_fd(port, queue);
 }
+
+int carmine_thread_set_lcore(unsigned int lcore_id)
+{
+	if (lcore_id >= RTE_MAX_LCORE)
+		return -EINVAL;
+	if (rte_lcore_is_enabled(lcore_id))
+		return -EBUSY;
+	if (rte_lcore_id() != LCORE_ID_ANY)
+		return -EALREADY;
+	RTE_PER_LCORE(_lcore_id) = lcore_id;
+	return 0;
+}
+
+unsigned int carmine_max_lcore(void)
+{
+	return RTE_MAX_LCORE;
+}
+
+unsigned int carmine_current_lcore(void)
+{
+	return rte_lcore_id();
+}

@@ -59,3 +59,12 @@ int carmine_eth_stats(uint16_t port, struct carmine_eth_stats *out);
 int carmine_af_packet_rx_fd(uint16_t port, uint16_t queue);
 
 #endif
+
+/* Gives the calling thread, which must not be an EAL thread, the lcore id `lcore_id` (not one
+ * of the EAL's enabled lcores): mempool operations on it then use that lcore's cache. -EINVAL,
+ * -EBUSY (an EAL lcore) or -EALREADY (the thread has an lcore id). */
+int carmine_thread_set_lcore(unsigned int lcore_id);
+/* RTE_MAX_LCORE of this build. */
+unsigned int carmine_max_lcore(void);
+/* rte_lcore_id() of the calling thread (LCORE_ID_ANY, above RTE_MAX_LCORE, if it has none). */
+unsigned int carmine_current_lcore(void);

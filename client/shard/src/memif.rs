@@ -95,7 +95,7 @@ impl MemifPort {
         let deadline = Instant::now() + cfg.link_timeout;
         while !port.link_up() {
             if Instant::now() >= deadline {
-                Self::remove_hugepage_files(eal);
+                eal.remove_shared_files(Path::new(HUGETLBFS));
                 return Err(ShardClientError::LinkDown {
                     socket: cfg.socket.clone(),
                     waited: cfg.link_timeout,
@@ -112,7 +112,8 @@ impl MemifPort {
     }
 
     /// The smoltcp stack on the port, for the shard that polls it (once: the pool moves into
-    /// the stack's device).
+    /// the stack's device). Call it on that shard's thread: it gives the thread a DPDK lcore id
+    /// ([`Eal::adopt_lcore`]), so that its mbufs come from the pool's per-lcore cache.
     pub fn stack(
         &self,
         tweak: impl FnOnce(&mut SmolConfig),
@@ -123,6 +124,7 @@ impl MemifPort {
             .map_err(|_| ShardClientError::Config("memif pool lock poisoned".into()))?
             .take()
             .ok_or_else(|| ShardClientError::Config("the memif port's stack was taken".into()))?;
+        self.eal.adopt_lcore()?;
         let mut smol = SmolConfig {
             mac: self.port.mac()?,
             ip: self.cfg.ip,
@@ -139,16 +141,10 @@ impl MemifPort {
         &self.port
     }
 
-    fn remove_hugepage_files(eal: &Eal) {
-        for f in eal.hugepage_files(Path::new(HUGETLBFS)) {
-            let _ = std::fs::remove_file(f);
-        }
-    }
-
-    /// Removes this process's hugepage files (the EAL keeps them, not being `--in-memory`).
-    /// Call once the shard that used the port stopped.
+    /// Removes this process's hugepage files and EAL runtime directory (the EAL keeps them,
+    /// not being `--in-memory`). Call once the shard that used the port stopped.
     pub fn cleanup(&self) {
-        Self::remove_hugepage_files(self.eal);
+        self.eal.remove_shared_files(Path::new(HUGETLBFS));
     }
 }
 

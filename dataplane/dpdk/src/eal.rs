@@ -176,6 +176,52 @@ impl Eal {
             .unwrap_or_default()
     }
 
+    /// Gives the calling thread (a shard: not an EAL thread) a DPDK lcore id of its own, and
+    /// returns it. Without one, `rte_lcore_id()` is `LCORE_ID_ANY` on the thread and every
+    /// mbuf allocation and free (ours, and the PMD's on RX and TX) goes to the pool's shared
+    /// ring, a compare-and-swap each; with one, they use that lcore's cache of the pool
+    /// (`PktMbufPool::new`'s `cache`), as on an EAL lcore. Ids are taken from the top of
+    /// `RTE_MAX_LCORE` down, skipping the EAL's own lcores, and never reused: each thread that
+    /// adopts one keeps it for its life. A thread that already has an id gets it back.
+    pub fn adopt_lcore(&self) -> Result<u32, DpdkError> {
+        // SAFETY: reads the calling thread's per-lcore variable.
+        let current = unsafe { dpdk_sys::carmine_current_lcore() };
+        // SAFETY: returns a constant.
+        let max = unsafe { dpdk_sys::carmine_max_lcore() };
+        if current < max {
+            return Ok(current);
+        }
+        let mut next = NEXT_ADOPTED.lock().unwrap_or_else(|e| e.into_inner());
+        let mut id = next.unwrap_or(max);
+        while id > 0 {
+            id -= 1;
+            // SAFETY: sets the calling thread's per-lcore id; the shim refuses ids out of
+            // range, the EAL's own lcores and threads that have an id. Ids are handed out once
+            // (under this lock), so no two threads share an lcore's mempool caches.
+            let rc = unsafe { dpdk_sys::carmine_thread_set_lcore(id) };
+            if rc == 0 {
+                *next = Some(id);
+                return Ok(id);
+            }
+            if rc != -libc::EBUSY {
+                return Err(DpdkError::Lcore(strerror(rc)));
+            }
+        }
+        Err(DpdkError::Lcore(format!("all {max} lcore ids are taken")))
+    }
+
+    /// Removes what an EAL that is not `--in-memory` leaves behind: its hugepage files under
+    /// `mount` and its runtime directory (`/var/run/dpdk/<prefix>`, root's). Call at the end,
+    /// once nothing uses DPDK memory any more; a no-op without a file prefix.
+    pub fn remove_shared_files(&self, mount: &std::path::Path) {
+        for f in self.hugepage_files(mount) {
+            let _ = std::fs::remove_file(f);
+        }
+        if let Some(prefix) = &self.file_prefix {
+            let _ = std::fs::remove_dir_all(std::path::Path::new("/var/run/dpdk").join(prefix));
+        }
+    }
+
     /// Creates a virtual device after start-up (e.g. `net_af_packet1`, `iface=veth1`).
     pub fn vdev_init(&self, name: &str, args: &str) -> Result<(), DpdkError> {
         let n = CString::new(name).map_err(|_| DpdkError::Nul(name.into()))?;
@@ -204,3 +250,6 @@ impl Eal {
         unsafe { dpdk_sys::rte_eth_dev_count_avail() }
     }
 }
+
+/// The lowest lcore id [`Eal::adopt_lcore`] handed out (ids go down from `RTE_MAX_LCORE`).
+static NEXT_ADOPTED: std::sync::Mutex<Option<u32>> = std::sync::Mutex::new(None);

@@ -48,6 +48,8 @@ pub enum DpdkError {
     },
     #[error("frame of {len} bytes does not fit an mbuf with {room} bytes of room")]
     TooLong { len: usize, room: usize },
+    #[error("giving the thread an lcore id: {0}")]
+    Lcore(String),
 }
 
 /// The text of a DPDK error number (positive or negative).

@@ -1,8 +1,12 @@
 //! # carmine-memstore: the in-memory object store
 //!
 //! One instance per shard, for tests and OSD-only benchmarks (Crimson's CyanStore). It
-//! implements the `carmine-objectstore` contract with nested ordered maps; object data is a
-//! sparse map of fixed-size pages so large offsets do not allocate the holes.
+//! implements the `carmine-objectstore` contract with maps: collections in an ordered map, and
+//! in each collection its objects in a hash map (every op looks an object up, often several
+//! times: by hash, not by comparing names that share a long prefix, as an ordered map does at
+//! every level) beside an ordered index of their names, touched only when an object is created
+//! or removed, for listing. Object data is a sparse map of fixed-size pages so large offsets do
+//! not allocate the holes.
 //!
 //! Invariants: a transaction is validated first (`carmine_objectstore::validate`) and then
 //! applied by code with no failure path, so it is all-or-nothing. Work completes at submit; the
@@ -13,7 +17,8 @@
 //! `apply`: attributes and omap entries are not counted. The store has no capacity: it grows
 //! until memory runs out.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use carmine_objectstore::{
     meta, validate, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, ObjectStore,
@@ -94,10 +99,53 @@ impl Object {
     }
 }
 
+/// One collection's objects. Invariant: `order` holds exactly the keys of `objects`.
+#[derive(Default)]
+struct Collection {
+    objects: HashMap<ObjectId, Object>,
+    /// The names in order, for listing.
+    order: BTreeMap<ObjectId, ()>,
+}
+
+impl Collection {
+    fn get(&self, oid: &ObjectId) -> Option<&Object> {
+        self.objects.get(oid)
+    }
+
+    fn contains(&self, oid: &ObjectId) -> bool {
+        self.objects.contains_key(oid)
+    }
+
+    fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// The object, created empty if it does not exist.
+    fn entry(&mut self, oid: ObjectId) -> &mut Object {
+        match self.objects.entry(oid) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                self.order.insert(v.key().clone(), ());
+                v.insert(Object::default())
+            }
+        }
+    }
+
+    fn remove(&mut self, oid: &ObjectId) -> Option<Object> {
+        let o = self.objects.remove(oid)?;
+        self.order.remove(oid);
+        Some(o)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Object> {
+        self.objects.values()
+    }
+}
+
 /// The in-memory store of one shard.
 #[derive(Default)]
 pub struct MemStore {
-    colls: BTreeMap<CollectionId, BTreeMap<ObjectId, Object>>,
+    colls: BTreeMap<CollectionId, Collection>,
     /// Data pages held over every object (the invariant `apply` keeps).
     pages: u64,
     next_ticket: u64,
@@ -109,7 +157,7 @@ impl StoreView for MemStore {
         self.colls.contains_key(&cid)
     }
     fn object_exists(&self, cid: CollectionId, oid: &ObjectId) -> bool {
-        self.colls.get(&cid).is_some_and(|c| c.contains_key(oid))
+        self.colls.get(&cid).is_some_and(|c| c.contains(oid))
     }
     fn collection_len(&self, cid: CollectionId) -> usize {
         self.colls.get(&cid).map_or(0, |c| c.len())
@@ -159,7 +207,7 @@ impl MemStore {
         for op in txn.ops {
             match op {
                 Op::CreateCollection { cid } => {
-                    colls.insert(cid, BTreeMap::new());
+                    colls.insert(cid, Collection::default());
                 }
                 Op::RemoveCollection { cid } => {
                     if let Some(c) = colls.remove(&cid) {
@@ -172,7 +220,7 @@ impl MemStore {
                     }
                 }
                 Op::Touch { cid, oid } => {
-                    colls.entry(cid).or_default().entry(oid).or_default();
+                    colls.entry(cid).or_default().entry(oid);
                 }
                 Op::Write {
                     cid,
@@ -180,20 +228,20 @@ impl MemStore {
                     off,
                     data,
                 } => {
-                    let o = colls.entry(cid).or_default().entry(oid).or_default();
+                    let o = colls.entry(cid).or_default().entry(oid);
                     let before = held(o);
                     o.write(off, &data);
                     *pages = *pages - before + held(o);
                 }
                 Op::Zero { cid, oid, off, len } => {
-                    let o = colls.entry(cid).or_default().entry(oid).or_default();
+                    let o = colls.entry(cid).or_default().entry(oid);
                     let before = held(o);
                     o.zero_range(off, len);
                     o.size = o.size.max(off + len);
                     *pages = *pages - before + held(o);
                 }
                 Op::Truncate { cid, oid, size } => {
-                    let o = colls.entry(cid).or_default().entry(oid).or_default();
+                    let o = colls.entry(cid).or_default().entry(oid);
                     let before = held(o);
                     o.truncate(size);
                     *pages = *pages - before + held(o);
@@ -204,19 +252,19 @@ impl MemStore {
                     name,
                     value,
                 } => {
-                    let o = colls.entry(cid).or_default().entry(oid).or_default();
+                    let o = colls.entry(cid).or_default().entry(oid);
                     o.attrs.insert(name, value);
                 }
                 Op::RmAttr { cid, oid, name } => {
-                    let o = colls.entry(cid).or_default().entry(oid).or_default();
+                    let o = colls.entry(cid).or_default().entry(oid);
                     o.attrs.remove(&name);
                 }
                 Op::OmapSet { cid, oid, entries } => {
-                    let o = colls.entry(cid).or_default().entry(oid).or_default();
+                    let o = colls.entry(cid).or_default().entry(oid);
                     o.omap.extend(entries);
                 }
                 Op::OmapRm { cid, oid, keys } => {
-                    let o = colls.entry(cid).or_default().entry(oid).or_default();
+                    let o = colls.entry(cid).or_default().entry(oid);
                     for k in keys {
                         o.omap.remove(&k);
                     }
@@ -307,7 +355,7 @@ impl ObjectStore for MemStore {
             .colls
             .get(&cid)
             .ok_or_else(|| StoreError::NotFound(format!("collection {}", cid.0)))?;
-        Ok(meta::list_page(c, after, max))
+        Ok(meta::list_page(&c.order, after, max))
     }
 
     fn collection_len(&self, cid: CollectionId) -> usize {

@@ -339,9 +339,7 @@ pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), DaemonError> {
     };
     if let Some(eal) = eal {
         if shared_files {
-            for f in eal.hugepage_files(Path::new(HUGETLBFS)) {
-                let _ = std::fs::remove_file(f);
-            }
+            eal.remove_shared_files(Path::new(HUGETLBFS));
         }
     }
     shards_down?;
@@ -759,6 +757,12 @@ fn start_shards(
                     .get_mut(shard)
                     .and_then(Option::take)
                     .ok_or("each shard takes its queue once")?;
+                // Mbuf alloc/free on this shard (ours and the PMD's) through its own lcore's
+                // mempool cache instead of the pool's shared ring.
+                if let Some(eal) = Eal::get() {
+                    let lcore = eal.adopt_lcore().map_err(|e| e.to_string())?;
+                    tracing::debug!(shard, lcore, "shard adopted a DPDK lcore id");
+                }
                 let mut dev = DpdkDevice::new(eth.clone(), shard as u16, pool, usize::from(mtu));
                 if let Some(s) = steering {
                     // Busy shards never sleep: no fence per steered frame for them.
