@@ -87,14 +87,17 @@ impl Object {
         if off >= end {
             return Vec::new();
         }
-        let mut out = vec![0u8; (end - off) as usize];
+        // Built front to back: the pages' bytes copied once, zeros only for the holes (no
+        // zero-filled buffer that the copies then overwrite).
+        let mut out = Vec::with_capacity((end - off) as usize);
         for (&page, p) in self.pages.range(off / PAGE..end.div_ceil(PAGE)) {
             let ps = page * PAGE;
             let s = ps.max(off);
             let e = (ps + PAGE).min(end);
-            out[(s - off) as usize..(e - off) as usize]
-                .copy_from_slice(&p[(s - ps) as usize..(e - ps) as usize]);
+            out.resize((s - off) as usize, 0);
+            out.extend_from_slice(&p[(s - ps) as usize..(e - ps) as usize]);
         }
+        out.resize((end - off) as usize, 0);
         out
     }
 }

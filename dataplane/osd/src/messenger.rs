@@ -832,13 +832,28 @@ impl Messenger {
         let Some(c) = settle(&mut self.conns, conn) else {
             return;
         };
-        let (sc, out) = (&c.sc, &mut c.out);
+        let (sc, out, id) = (&c.sc, &mut c.out, c.id);
         let encoded = if let Ok(Answer::Read(_)) = result {
             // The head, then the data from where it lies: no zero-filled room for it first
             // (4 MiB of memset per large read).
             let head = &mut self.hs_buf;
+            let net = &mut *self.net;
             with_reply(result, |r| {
                 let (n, data) = sc.encode_reply_head(tid, r, head)?;
+                // Nothing queued before it and room for all of it: straight into the stack's
+                // send buffer, one copy of the data fewer than through `out`. What the stack
+                // does not take (the kernel's room is an estimate) is queued as usual.
+                if out.is_empty() && net.send_space(id).is_ok_and(|room| room >= n + data.len()) {
+                    let took = net.write(id, &head[..n]).unwrap_or(0);
+                    if took < n {
+                        out.extend_from_slice(&head[took..n]);
+                        out.extend_from_slice(data);
+                    } else {
+                        let took = net.write(id, data).unwrap_or(0);
+                        out.extend_from_slice(&data[took..]);
+                    }
+                    return Ok(());
+                }
                 out.reserve(n + data.len());
                 out.extend_from_slice(&head[..n]);
                 out.extend_from_slice(data);
