@@ -290,6 +290,12 @@ impl Client {
         self.inner.map.borrow().clone()
     }
 
+    /// A receiver of the client's map: marked changed whenever a newer map replaces it (for
+    /// a caller that keeps its own copy and checks `has_changed`, which takes no lock).
+    pub fn map_watch(&self) -> watch::Receiver<Arc<ClusterMap>> {
+        self.inner.map.subscribe()
+    }
+
     pub fn epoch(&self) -> u64 {
         self.inner.map.borrow().epoch
     }

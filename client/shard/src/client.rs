@@ -3,7 +3,8 @@
 //! Routing and retries are `carmine_client::retry::run_op`, the same code the tokio
 //! [`carmine_client::Client`] runs; this type is only the [`OpPath`] for a reactor shard:
 //! - **the map** comes from a tokio `Client` on the control-plane runtime, which follows the
-//!   monitor's subscription: reading it is a `watch` borrow, no I/O on the shard. A `GetMap`
+//!   monitor's subscription: the shard keeps a copy and takes the new one when the `watch`
+//!   says it changed (no lock per op, no I/O on the shard). A `GetMap`
 //!   is spawned on that runtime and its `JoinHandle` awaited here (it wakes the shard's task
 //!   from the runtime's thread);
 //! - **connections** are [`ShardConn`]s over the shard's [`AsyncNet`], one per (OSD, shard),
@@ -63,6 +64,9 @@ struct Conns<S: NetStack + 'static> {
 pub struct ShardClient<S: NetStack + 'static> {
     net: AsyncNet<S>,
     maps: Arc<Client>,
+    /// The map ops route with: `maps`' map, copied when its watch says it changed (a check
+    /// without a lock, where reading the watch itself takes its lock on every op).
+    map: RefCell<(tokio::sync::watch::Receiver<Arc<ClusterMap>>, Arc<ClusterMap>)>,
     runtime: tokio::runtime::Handle,
     opts: ConnectOptions,
     policy: RetryPolicy,
@@ -97,9 +101,12 @@ impl<S: NetStack + 'static> ShardClient<S> {
             stopped: Cell::new(false),
         });
         carmine_reactor::spawn_local(sweep(conns.clone(), cfg.op_timeout))?;
+        let mut rx = maps.map_watch();
+        let current = rx.borrow_and_update().clone();
         Ok(ShardClient {
             net,
             maps,
+            map: RefCell::new((rx, current)),
             runtime,
             opts,
             policy: RetryPolicy {
@@ -116,7 +123,17 @@ impl<S: NetStack + 'static> ShardClient<S> {
 
     /// What the retry loop did so far.
     pub fn stats(&self) -> ClientStats {
-        self.counters.snapshot(self.maps.epoch())
+        self.counters.snapshot(self.current_map().epoch)
+    }
+
+    /// The newest map (see the `map` field).
+    fn current_map(&self) -> Arc<ClusterMap> {
+        let mut m = self.map.borrow_mut();
+        let (rx, current) = &mut *m;
+        if rx.has_changed().unwrap_or(false) {
+            *current = rx.borrow_and_update().clone();
+        }
+        current.clone()
     }
 
     async fn run(&self, pool: PoolRef<'_>, place: Place<'_>, op: Op<'_>) -> Result<Reply, Error> {
@@ -206,7 +223,7 @@ impl<S: NetStack + 'static> OpPath for ShardClient<S> {
     }
 
     fn map(&self) -> Arc<ClusterMap> {
-        self.maps.map()
+        self.current_map()
     }
 
     fn route(&self, map: &ClusterMap, pool: &Pool, pg: u32) -> Result<Target, RouteError> {
@@ -302,7 +319,7 @@ impl<S: NetStack + 'static> OpPath for ShardClient<S> {
 
     async fn wait_epoch(&self, epoch: u64, deadline: Instant) -> bool {
         loop {
-            if self.maps.epoch() >= epoch {
+            if self.current_map().epoch >= epoch {
                 return true;
             }
             let now = Instant::now();
