@@ -66,7 +66,10 @@ pub struct ShardClient<S: NetStack + 'static> {
     maps: Arc<Client>,
     /// The map ops route with: `maps`' map, copied when its watch says it changed (a check
     /// without a lock, where reading the watch itself takes its lock on every op).
-    map: RefCell<(tokio::sync::watch::Receiver<Arc<ClusterMap>>, Arc<ClusterMap>)>,
+    map: RefCell<(
+        tokio::sync::watch::Receiver<Arc<ClusterMap>>,
+        Arc<ClusterMap>,
+    )>,
     runtime: tokio::runtime::Handle,
     opts: ConnectOptions,
     policy: RetryPolicy,

@@ -148,6 +148,12 @@ file_prefix = "{prefix}"
                 .collect();
             assert!(left.is_empty(), "hugepage files left behind: {left:?}");
             common::kill_osd(&mut osd);
+            // A killed master leaves its memif socket behind: the OSD's next start must take
+            // it back (a stale socket refused its bind before), and ready means its port is up.
+            assert!(socket.exists());
+            let (again, _ready) = spawn_osd(&osd_bin(), &config, Duration::from_secs(30));
+            let mut osd = Some(again);
+            common::kill_osd(&mut osd);
             // SIGKILLed, the OSD could not remove its own hugepage files.
             for e in std::fs::read_dir("/dev/hugepages").unwrap().flatten() {
                 if e.file_name().to_string_lossy().starts_with(&prefix) {

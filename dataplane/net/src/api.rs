@@ -106,6 +106,12 @@ pub trait NetStack {
     fn next_deadline(&self) -> Option<Instant>;
     /// An fd that is readable when `poll` has work (for the adaptive shard's sleep).
     fn wait_fd(&self) -> Option<RawFd>;
+    /// Whether `write` is a copy into the stack's own send buffer (smoltcp), not a system call
+    /// (kernel sockets). A caller may then write each piece where it lies instead of gathering
+    /// pieces into one buffer first, which on kernel sockets saves the system calls.
+    fn writes_are_copies(&self) -> bool {
+        false
+    }
     /// Work is waiting that neither `wait_fd` nor `next_deadline` announces (the reactor's
     /// `Poller::has_pending`).
     fn has_pending(&self) -> bool {

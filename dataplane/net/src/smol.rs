@@ -650,6 +650,10 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
     fn has_pending(&self) -> bool {
         self.device.has_pending()
     }
+
+    fn writes_are_copies(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

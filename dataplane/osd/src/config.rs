@@ -671,6 +671,25 @@ impl Config {
                 .is_some_and(|d| d.starts_with("net_memif") || d.starts_with("eth_memif"))
     }
 
+    /// The control socket of a memif port that is the master of its link (`role=master`):
+    /// `socket=` of the device string, or DPDK's default, `/run/memif.sock`.
+    pub fn memif_master_socket(&self) -> Option<PathBuf> {
+        if !self.memif_port() {
+            return None;
+        }
+        let args = self.net.device.as_deref()?.split(',').skip(1);
+        let mut master = false;
+        let mut socket = PathBuf::from("/run/memif.sock");
+        for a in args {
+            match a.split_once('=') {
+                Some(("role", r)) => master = r == "master",
+                Some(("socket", p)) => socket = PathBuf::from(p),
+                _ => {}
+            }
+        }
+        master.then_some(socket)
+    }
+
     /// An af_packet port copies each frame into one ring frame of `framesz` bytes (the PMD's
     /// default: 2048), after an 80-byte header: a smaller ring frame than MTU + 80 would cut
     /// the longest frames short, silently. Checked here, before anything starts.
@@ -900,6 +919,29 @@ kind = "memstore"
         assert!(c.needs_eal());
         let bad = s.replace("/24", "/40");
         assert!(parse(&bad).unwrap_err().to_string().contains("prefix"));
+    }
+
+    #[test]
+    fn memif_master_socket_comes_from_the_device_string() {
+        let base = KERNEL
+            .replace("backend = \"kernel\"", "backend = \"dpdk\"")
+            .replace("ip = \"127.0.0.1\"", "ip = \"10.90.0.1/24\"")
+            .replace("base_port = 0", "base_port = 6800");
+        let with = |dev: &str| {
+            let s = base.replace("[store]", &format!("device = \"{dev}\"\n[store]"));
+            parse(&s).unwrap().memif_master_socket()
+        };
+        assert_eq!(
+            with("net_memif0,role=master,socket=/run/carmine/m.sock"),
+            Some(PathBuf::from("/run/carmine/m.sock"))
+        );
+        assert_eq!(
+            with("net_memif0,role=master"),
+            Some(PathBuf::from("/run/memif.sock"))
+        );
+        // A slave connects to someone else's socket; other devices have none.
+        assert_eq!(with("net_memif0,role=slave,socket=/run/m.sock"), None);
+        assert_eq!(with("net_af_packet0,iface=eth0"), None);
     }
 
     #[test]

@@ -175,6 +175,9 @@ pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), DaemonError> {
     // Both keep hugepage files (removed at exit): vhost-user passes them to its backend, and
     // DPDK's memif driver needs the multi-process channel, which --in-memory switches off.
     let shared_files = vhost || cfg.memif_port();
+    if let Some(socket) = cfg.memif_master_socket() {
+        clear_stale_memif_socket(&socket)?;
+    }
     let eal = if cfg.needs_eal() {
         Some(Eal::init(&eal_config(&cfg, shards, vhost, shared_files))?)
     } else {
@@ -412,6 +415,32 @@ fn eal_config(cfg: &Config, shards: usize, vhost: bool, shared_files: bool) -> E
         extra,
         log_level: Some("lib.eal:warning".into()),
         ..EalConfig::default()
+    }
+}
+
+/// A memif master listens on its socket file, which DPDK leaves behind when the process ends
+/// without closing the port (a kill, or our shutdown, which stops ports but does not close
+/// them), and then cannot bind it again. A file nobody listens on (connecting is refused) is
+/// removed; one that someone serves is an error: another OSD owns that link.
+fn clear_stale_memif_socket(path: &Path) -> Result<(), DaemonError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            tracing::info!(socket = %path.display(), "removing a stale memif socket");
+            std::fs::remove_file(path).map_err(|e| {
+                DaemonError::Preflight(format!(
+                    "cannot remove the stale memif socket {}: {e}",
+                    path.display()
+                ))
+            })
+        }
+        // Accepted, or refused for its type (memif listens with SOCK_SEQPACKET): it is served.
+        Ok(_) | Err(_) => Err(DaemonError::Preflight(format!(
+            "the memif socket {} is in use by another process (net.device)",
+            path.display()
+        ))),
     }
 }
 
@@ -897,7 +926,7 @@ impl PgDigests for ShardDigests {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_pci, mbuf_sizing, MBUFS};
+    use super::{clear_stale_memif_socket, is_pci, mbuf_sizing, MBUFS};
     use carmine_bdevstore::{FormatOptions, TxnFootprint};
     use carmine_objectstore::{CollectionId, ObjectId, Op, Transaction};
     use carmine_wire::Limits;
@@ -947,6 +976,25 @@ mod tests {
                 "{f:?} vs {seg_blocks}-block segments"
             );
         }
+    }
+
+    #[test]
+    fn a_stale_memif_socket_is_removed_and_a_served_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memif.sock");
+        // Nothing there: nothing to do.
+        clear_stale_memif_socket(&path).unwrap();
+        // A listener that went away leaves its file: stale, removed.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        clear_stale_memif_socket(&path).unwrap();
+        assert!(!path.exists());
+        // A live listener: another process's link, left alone.
+        let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let e = clear_stale_memif_socket(&path).unwrap_err();
+        assert!(e.to_string().contains("in use"), "{e}");
+        assert!(path.exists());
+        drop(live);
     }
 
     #[test]

@@ -840,10 +840,14 @@ impl Messenger {
             let net = &mut *self.net;
             with_reply(result, |r| {
                 let (n, data) = sc.encode_reply_head(tid, r, head)?;
-                // Nothing queued before it and room for all of it: straight into the stack's
-                // send buffer, one copy of the data fewer than through `out`. What the stack
-                // does not take (the kernel's room is an estimate) is queued as usual.
-                if out.is_empty() && net.send_space(id).is_ok_and(|room| room >= n + data.len()) {
+                // Nothing queued before it, a stack whose writes are copies (not system calls:
+                // on kernel sockets the replies of a poll leave in one write) and room for all
+                // of it: straight into the stack's send buffer, one copy of the data fewer than
+                // through `out`. What the stack does not take is queued as usual.
+                if out.is_empty()
+                    && net.writes_are_copies()
+                    && net.send_space(id).is_ok_and(|room| room >= n + data.len())
+                {
                     let took = net.write(id, &head[..n]).unwrap_or(0);
                     if took < n {
                         out.extend_from_slice(&head[took..n]);
