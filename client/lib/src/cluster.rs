@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use carmine_placement::{ClusterMap, Pool};
 use carmine_proto::tls::ClientTls;
-use carmine_wire::{AuthKey, EncodeError, HandshakeError, Limits, Op, OpError, OpRequest};
+use carmine_wire::{AuthKey, EncodeError, HandshakeError, Limits, OpError, OpRequest};
 use thiserror::Error;
 use tokio::sync::{watch, OnceCell};
 use tokio::task::JoinHandle;
@@ -21,7 +21,7 @@ use crate::error::ClientError;
 use crate::keyfile::Credentials;
 use crate::mon::{self, MonClient, MonError};
 use crate::reply::Reply;
-use crate::retry::{self, OpCounters, OpPath, Place, RetryPolicy, RouteCache};
+use crate::retry::{self, OpCounters, OpPath, RetryPolicy, RouteCache};
 use crate::route::{self, PoolRef, RouteError, Target};
 
 /// How to reach the cluster and who we are.
@@ -350,15 +350,15 @@ impl Client {
         offset: u64,
         data: &[u8],
     ) -> Result<(), Error> {
-        let op = Op::Write {
+        retry::write(
+            &*self.inner,
+            self.inner.tid(),
+            pool.into(),
             object,
             offset,
             data,
-        };
-        self.inner
-            .run(pool.into(), Place::Object(object), op)
-            .await?;
-        Ok(())
+        )
+        .await
     }
 
     /// Replaces the whole content of `object` with `data`.
@@ -368,11 +368,7 @@ impl Client {
         object: &str,
         data: &[u8],
     ) -> Result<(), Error> {
-        let op = Op::WriteFull { object, data };
-        self.inner
-            .run(pool.into(), Place::Object(object), op)
-            .await?;
-        Ok(())
+        retry::write_full(&*self.inner, self.inner.tid(), pool.into(), object, data).await
     }
 
     /// Reads up to `len` bytes at `offset` (fewer at the end of the object).
@@ -383,31 +379,20 @@ impl Client {
         offset: u64,
         len: u32,
     ) -> Result<Vec<u8>, Error> {
-        let op = Op::Read {
+        retry::read(
+            &*self.inner,
+            self.inner.tid(),
+            pool.into(),
             object,
             offset,
             len,
-        };
-        match self
-            .inner
-            .run(pool.into(), Place::Object(object), op)
-            .await?
-        {
-            Reply::Read(data) => Ok(data),
-            other => Err(unexpected(&other)),
-        }
+        )
+        .await
     }
 
     /// The object's size.
     pub async fn stat<'p>(&self, pool: impl Into<PoolRef<'p>>, object: &str) -> Result<u64, Error> {
-        match self
-            .inner
-            .run(pool.into(), Place::Object(object), Op::Stat { object })
-            .await?
-        {
-            Reply::Stat { size } => Ok(size),
-            other => Err(unexpected(&other)),
-        }
+        retry::stat(&*self.inner, self.inner.tid(), pool.into(), object).await
     }
 
     /// Removes the object.
@@ -416,10 +401,7 @@ impl Client {
         pool: impl Into<PoolRef<'p>>,
         object: &str,
     ) -> Result<(), Error> {
-        self.inner
-            .run(pool.into(), Place::Object(object), Op::Remove { object })
-            .await?;
-        Ok(())
+        retry::remove(&*self.inner, self.inner.tid(), pool.into(), object).await
     }
 
     /// One page (at most `max` names) of PG `pg`, after `cursor` (empty to start).
@@ -430,14 +412,8 @@ impl Client {
         cursor: &[u8],
         max: u32,
     ) -> Result<ListPage, Error> {
-        let op = Op::List {
-            cursor,
-            max_entries: max,
-        };
-        match self.inner.run(pool.into(), Place::Pg(pg), op).await? {
-            Reply::List { names, next_cursor } => Ok(ListPage { names, next_cursor }),
-            other => Err(unexpected(&other)),
-        }
+        let tid = self.inner.tid();
+        retry::list_pg(&*self.inner, tid, pool.into(), pg, cursor, max).await
     }
 
     /// Every object name of the pool, PG by PG (in PG order, each PG in the OSD's order).
@@ -464,21 +440,16 @@ impl Client {
     }
 }
 
-fn unexpected(r: &Reply) -> Error {
-    Error::Protocol(format!("unexpected {:?} reply", r.kind()))
-}
-
 impl Inner {
     fn lock_conns(&self) -> MutexGuard<'_, HashMap<(u32, u32), Arc<Slot>>> {
         // Single inserts/removes under the lock: a poisoned map is still consistent.
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `op` through the shared retry loop with a fresh tid.
-    async fn run(&self, pool: PoolRef<'_>, place: Place<'_>, op: Op<'_>) -> Result<Reply, Error> {
-        // One tid for every attempt: a retried mutation is recognised, not applied twice.
-        let tid = self.next_tid.fetch_add(1, Ordering::Relaxed);
-        retry::run_op(self, pool, place, op, tid).await
+    /// A fresh tid for the next op; the op keeps it over all its attempts (a retried mutation
+    /// is recognised, not applied twice).
+    fn tid(&self) -> u64 {
+        self.next_tid.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The connection to `t`, opened if needed (concurrent callers share one attempt).

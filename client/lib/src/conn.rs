@@ -357,33 +357,46 @@ async fn read_replies(
     dec: &mut FrameDecoder,
     shared: &Shared,
 ) -> Arc<str> {
-    let limits = *dec.limits();
     loop {
-        loop {
-            match dec.next_frame() {
-                Ok(Some(frame)) => {
-                    let tid = frame.header.tid;
-                    match frame.message(&limits) {
-                        Ok(Message::OpReply(reply)) => shared.complete(tid, &reply),
-                        Ok(other) => {
-                            return format!(
-                                "unexpected {:?} frame after the handshake",
-                                other.frame_type()
-                            )
-                            .into()
-                        }
-                        Err(e) => return format!("bad reply: {e}").into(),
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => return format!("bad frame: {e}").into(),
-            }
+        if let Err(reason) = drain_replies(dec, |tid, reply| shared.complete(tid, reply)) {
+            return reason;
         }
         // Never empty here: everything complete was drained, and one whole maximum frame fits.
         match half.read(dec.read_buf()).await {
             Ok(0) => return "server closed the connection".into(),
             Ok(n) => dec.advance(n),
             Err(e) => return format!("read error: {e}").into(),
+        }
+    }
+}
+
+/// Hands every whole reply frame buffered in `dec` to `complete` (its tid and the reply, which
+/// borrows the decoder's buffer), until only a partial frame is left. `Err(reason)` for a frame
+/// that does not decode or is not a reply: the connection must close. Both transports' readers
+/// run this (`carmine-client-shard`'s connection driver too).
+pub fn drain_replies(
+    dec: &mut FrameDecoder,
+    mut complete: impl FnMut(u64, &OpReply<'_>),
+) -> Result<(), Arc<str>> {
+    let limits = *dec.limits();
+    loop {
+        match dec.next_frame() {
+            Ok(Some(frame)) => {
+                let tid = frame.header.tid;
+                match frame.message(&limits) {
+                    Ok(Message::OpReply(reply)) => complete(tid, &reply),
+                    Ok(other) => {
+                        return Err(format!(
+                            "unexpected {:?} frame after the handshake",
+                            other.frame_type()
+                        )
+                        .into())
+                    }
+                    Err(e) => return Err(format!("bad reply: {e}").into()),
+                }
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(format!("bad frame: {e}").into()),
         }
     }
 }

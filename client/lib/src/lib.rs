@@ -79,7 +79,7 @@ pub mod retry;
 pub mod route;
 
 pub use cluster::{first_tid, Client, ClientConfig, ClientStats, Error, ListPage};
-pub use conn::{ConnectOptions, Connection};
+pub use conn::{drain_replies, ConnectOptions, Connection};
 pub use error::ClientError;
 pub use image::{Image, ImageError, ImageInfo, ImageSpec};
 pub use keyfile::{Credentials, KeyFileError};

@@ -20,7 +20,7 @@ use carmine_placement::{ClusterMap, Pool};
 use carmine_wire::{Epoch, HandshakeError, Op, OpError, OpRequest, PgId, PoolId, RejectReason};
 use tracing::debug;
 
-use crate::cluster::{ClientStats, Error};
+use crate::cluster::{ClientStats, Error, ListPage};
 use crate::error::ClientError;
 use crate::reply::Reply;
 use crate::route::{self, PoolRef, RouteError, Target};
@@ -391,6 +391,105 @@ pub async fn run_op<P: OpPath>(
     };
     bump(&counters.ops);
     result
+}
+
+/// The typed ops, over any path: every client's `write`, `read`, ... is one of these, so what
+/// an op sends and what it accepts back is written once. `tid` names the op (see [`run_op`]).
+pub async fn write<P: OpPath>(
+    p: &P,
+    tid: u64,
+    pool: PoolRef<'_>,
+    object: &str,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), Error> {
+    let op = Op::Write {
+        object,
+        offset,
+        data,
+    };
+    run_op(p, pool, Place::Object(object), op, tid).await?;
+    Ok(())
+}
+
+/// Replaces the whole content of `object` with `data`.
+pub async fn write_full<P: OpPath>(
+    p: &P,
+    tid: u64,
+    pool: PoolRef<'_>,
+    object: &str,
+    data: &[u8],
+) -> Result<(), Error> {
+    let op = Op::WriteFull { object, data };
+    run_op(p, pool, Place::Object(object), op, tid).await?;
+    Ok(())
+}
+
+/// Up to `len` bytes at `offset` (fewer at the end of the object).
+pub async fn read<P: OpPath>(
+    p: &P,
+    tid: u64,
+    pool: PoolRef<'_>,
+    object: &str,
+    offset: u64,
+    len: u32,
+) -> Result<Vec<u8>, Error> {
+    let op = Op::Read {
+        object,
+        offset,
+        len,
+    };
+    match run_op(p, pool, Place::Object(object), op, tid).await? {
+        Reply::Read(data) => Ok(data),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// The object's size.
+pub async fn stat<P: OpPath>(
+    p: &P,
+    tid: u64,
+    pool: PoolRef<'_>,
+    object: &str,
+) -> Result<u64, Error> {
+    match run_op(p, pool, Place::Object(object), Op::Stat { object }, tid).await? {
+        Reply::Stat { size } => Ok(size),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Removes the object.
+pub async fn remove<P: OpPath>(
+    p: &P,
+    tid: u64,
+    pool: PoolRef<'_>,
+    object: &str,
+) -> Result<(), Error> {
+    run_op(p, pool, Place::Object(object), Op::Remove { object }, tid).await?;
+    Ok(())
+}
+
+/// One page (at most `max` names) of PG `pg`, after `cursor` (empty to start).
+pub async fn list_pg<P: OpPath>(
+    p: &P,
+    tid: u64,
+    pool: PoolRef<'_>,
+    pg: u32,
+    cursor: &[u8],
+    max: u32,
+) -> Result<ListPage, Error> {
+    let op = Op::List {
+        cursor,
+        max_entries: max,
+    };
+    match run_op(p, pool, Place::Pg(pg), op, tid).await? {
+        Reply::List { names, next_cursor } => Ok(ListPage { names, next_cursor }),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(r: &Reply) -> Error {
+    Error::Protocol(format!("unexpected {:?} reply", r.kind()))
 }
 
 /// A reply frame's result for a call of `kind`: the OSD's error, or the body copied out of

@@ -22,14 +22,14 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use carmine_client::retry::{self, OpCounters, OpPath, Place, RetryPolicy, RouteCache};
+use carmine_client::retry::{self, OpCounters, OpPath, RetryPolicy, RouteCache};
 use carmine_client::route::{PoolRef, RouteError, Target};
 use carmine_client::{
     Client, ClientConfig, ClientError, ClientStats, ConnectOptions, Error, Reply,
 };
 use carmine_net::{AsyncNet, NetStack};
 use carmine_placement::{ClusterMap, Pool};
-use carmine_wire::{AuthKey, Op};
+use carmine_wire::AuthKey;
 
 use crate::conn::ShardConn;
 
@@ -139,10 +139,11 @@ impl<S: NetStack + 'static> ShardClient<S> {
         current.clone()
     }
 
-    async fn run(&self, pool: PoolRef<'_>, place: Place<'_>, op: Op<'_>) -> Result<Reply, Error> {
+    /// A fresh tid for the next op (kept over all its attempts).
+    fn tid(&self) -> u64 {
         let tid = self.next_tid.get();
         self.next_tid.set(tid.wrapping_add(1));
-        retry::run_op(self, pool, place, op, tid).await
+        tid
     }
 
     /// Replaces the whole content of `object` with `data`.
@@ -152,9 +153,18 @@ impl<S: NetStack + 'static> ShardClient<S> {
         object: &str,
         data: &[u8],
     ) -> Result<(), Error> {
-        let op = Op::WriteFull { object, data };
-        self.run(pool, Place::Object(object), op).await?;
-        Ok(())
+        retry::write_full(self, self.tid(), pool, object, data).await
+    }
+
+    /// Writes `data` at `offset` of `object`, creating or extending it.
+    pub async fn write(
+        &self,
+        pool: PoolRef<'_>,
+        object: &str,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Error> {
+        retry::write(self, self.tid(), pool, object, offset, data).await
     }
 
     /// Reads up to `len` bytes at `offset` (fewer at the end of the object).
@@ -165,18 +175,17 @@ impl<S: NetStack + 'static> ShardClient<S> {
         offset: u64,
         len: u32,
     ) -> Result<Vec<u8>, Error> {
-        let op = Op::Read {
-            object,
-            offset,
-            len,
-        };
-        match self.run(pool, Place::Object(object), op).await? {
-            Reply::Read(data) => Ok(data),
-            other => Err(Error::Protocol(format!(
-                "unexpected {:?} reply",
-                other.kind()
-            ))),
-        }
+        retry::read(self, self.tid(), pool, object, offset, len).await
+    }
+
+    /// The object's size.
+    pub async fn stat(&self, pool: PoolRef<'_>, object: &str) -> Result<u64, Error> {
+        retry::stat(self, self.tid(), pool, object).await
+    }
+
+    /// Removes the object.
+    pub async fn remove(&self, pool: PoolRef<'_>, object: &str) -> Result<(), Error> {
+        retry::remove(self, self.tid(), pool, object).await
     }
 
     /// The slot of `t`'s (OSD, shard), replaced if its connection failed or moved.

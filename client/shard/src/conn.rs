@@ -288,7 +288,6 @@ async fn drive<S: NetStack>(
     mut dec: FrameDecoder,
     state: Rc<RefCell<State>>,
 ) {
-    let limits = *dec.limits();
     poll_fn(|cx| {
         let mut st = state.borrow_mut();
         if st.dropped {
@@ -311,37 +310,20 @@ async fn drive<S: NetStack>(
         }
         // Complete every whole reply, read more, until the stack has nothing buffered.
         loop {
-            loop {
-                match dec.next_frame() {
-                    Ok(Some(frame)) => {
-                        let tid = frame.header.tid;
-                        match frame.message(&limits) {
-                            Ok(Message::OpReply(reply)) => {
-                                if let Some(call) = st.pending.get_mut(&tid) {
-                                    if call.result.is_none() {
-                                        call.result =
-                                            Some(retry::reply_result(tid, call.kind, &reply));
-                                        if let Some(w) = call.waker.take() {
-                                            w.wake();
-                                        }
-                                    }
-                                } else {
-                                    debug!(tid, "reply for a tid nobody waits for, dropped");
-                                }
-                            }
-                            Ok(other) => {
-                                let why = format!(
-                                    "unexpected {:?} frame after the handshake",
-                                    other.frame_type()
-                                );
-                                return fail(&net, id, &mut st, why);
-                            }
-                            Err(e) => return fail(&net, id, &mut st, format!("bad reply: {e}")),
+            let drained = carmine_client::drain_replies(&mut dec, |tid, reply| {
+                if let Some(call) = st.pending.get_mut(&tid) {
+                    if call.result.is_none() {
+                        call.result = Some(retry::reply_result(tid, call.kind, reply));
+                        if let Some(w) = call.waker.take() {
+                            w.wake();
                         }
                     }
-                    Ok(None) => break,
-                    Err(e) => return fail(&net, id, &mut st, format!("bad frame: {e}")),
+                } else {
+                    debug!(tid, "reply for a tid nobody waits for, dropped");
                 }
+            });
+            if let Err(why) = drained {
+                return fail(&net, id, &mut st, why.to_string());
             }
             // Never empty here: every whole frame was drained, and a maximum frame fits.
             match net.with(|s| s.read(id, dec.read_buf())) {
