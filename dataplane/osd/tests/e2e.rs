@@ -225,7 +225,11 @@ fn wrong_key_and_malformed_frames_close_only_that_connection() {
                 object: "healthy",
                 data,
             };
-            healthy.call(&req(write(b"before"))).await.unwrap();
+            // The OSD may not have activated the PG yet (it answers Again until it has), and
+            // a raw connection does not retry by itself.
+            call_as_until_mapped(&healthy, 1, &req(write(b"before")))
+                .await
+                .unwrap();
 
             let before = perf(&cluster.mon, osd.id).await;
 
