@@ -7,7 +7,8 @@
 //!
 //! - [`SmolStack<D>`]: smoltcp 0.14 (pinned) over any `smoltcp::phy::Device` `D`: one
 //!   `Interface` and one socket set per shard, a preallocated pool of TCP sockets (cap per
-//!   interface), listeners holding `backlog` pre-created LISTEN sockets, reaping of closed and
+//!   interface), listeners keeping up to `listen_ahead` sockets in LISTEN within their
+//!   `backlog` (every socket in the set costs every poll), reaping of closed and
 //!   timed-out connections. ARP and ICMP echo are answered by the interface. Today `D` is
 //!   our AF_PACKET device [`afpacket::AfPacket`] (CI topology: [`netns`]); the DPDK mbuf
 //!   device plugs in with no change here (see "Device contract" below).
@@ -45,7 +46,8 @@
 //! ## Invariants
 //! - A stack is owned by one shard thread (`!Send` is fine) and never blocks.
 //! - smoltcp backend: sockets in the set = listening + live connections; after every close the
-//!   socket returns to the pool, so `stats().sockets` returns to its baseline (the backlogs).
+//!   socket returns to the pool, so `stats().sockets` returns to its baseline (the listening
+//!   sockets).
 //!   No allocation after `new` on the poll/read/write/accept/connect/close paths (the pool,
 //!   socket-set `Vec`, conn table and listener queues are sized up front; the AF_PACKET
 //!   device has preallocated batch slots) — checked by `tests/smoltcp_no_alloc.rs` with a

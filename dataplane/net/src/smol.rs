@@ -54,6 +54,13 @@ pub struct SmolConfig {
     /// A handshake younger than this is taken to be in progress (the peer's ACK is a round
     /// trip away): it is never taken back early to make room, only after `syn_timeout`.
     pub syn_min_age: Duration,
+    /// Most sockets a listener keeps in LISTEN at once; each poll refills up to it, within
+    /// the backlog. Every socket in the set costs every poll a visit in smoltcp's ingress and
+    /// egress walks (a backlog of 64 pre-created LISTEN sockets was a fifth of a 4 KiB read's
+    /// CPU), so a listener with a large backlog keeps only this many waiting for SYNs. More
+    /// SYNs than this between two polls are answered with a reset (the client retries); the
+    /// backlog still bounds the handshakes and connections waiting for `accept`.
+    pub listen_ahead: usize,
     /// Disable Nagle (request/response traffic wants this).
     pub nodelay: bool,
     /// Send TCP timestamps (RFC 7323): lets the peer's kernel measure RTT and grow its
@@ -83,6 +90,7 @@ impl Default for SmolConfig {
             // backlog keeps its handshakes (and is refused beyond it, as it should be).
             syn_min_age: Duration::from_millis(200),
             time_wait: Duration::ZERO,
+            listen_ahead: 16,
             nodelay: true,
             timestamps: true,
             random_seed: 0x5eed,
@@ -362,7 +370,8 @@ impl<D: NetDevice> SmolStack<D> {
             let min_listening = (l.backlog / 8).max(1);
             if !room && listening < min_listening {
                 let old_enough = now - syn_min_age;
-                for _ in listening..min_listening {
+                let wanted = min_listening - listening;
+                for _ in 0..wanted {
                     let l = &self.listeners[li];
                     let Some(i) = (0..l.pending.len())
                         .filter(|&i| l.pending[i].1.is_some_and(|t| t <= old_enough))
@@ -373,17 +382,23 @@ impl<D: NetDevice> SmolStack<D> {
                     let h = self.relisten(l.pending[i].0, port);
                     self.listeners[li].pending[i] = (h, None);
                     self.stats.syn_recycled += 1;
+                    listening += 1;
                     work += 1;
                 }
             }
             loop {
                 let l = &self.listeners[li];
-                if l.pending.len() + l.ready.len() >= l.backlog {
+                if l.pending.len() + l.ready.len() >= l.backlog
+                    || listening >= self.cfg.listen_ahead
+                {
                     break;
                 }
                 let port = l.port;
                 match self.listening_socket(port) {
-                    Some(h) => self.listeners[li].pending.push((h, None)),
+                    Some(h) => {
+                        self.listeners[li].pending.push((h, None));
+                        listening += 1;
+                    }
                     None => {
                         self.stats.socket_cap_hits += 1;
                         break;
@@ -871,6 +886,55 @@ mod tests {
     /// is taken back at each poll, so a real client's handshake still completes and is
     /// accepted; the rest time out after `syn_timeout`; one poll takes at most `RX_PER_POLL`
     /// frames however many are queued.
+    /// A listener keeps at most `listen_ahead` sockets in LISTEN (each poll refills up to it),
+    /// and the backlog still bounds the handshakes: the socket set stays small however large
+    /// the backlog, and a burst of SYNs beyond `listen_ahead` within one poll starts only that
+    /// many handshakes.
+    #[test]
+    fn a_listener_keeps_listen_ahead_sockets_listening_within_its_backlog() {
+        let cfg = SmolConfig {
+            mac: STACK_MAC,
+            max_sockets: 64,
+            rx_buffer: 4096,
+            tx_buffer: 4096,
+            listen_ahead: 4,
+            ..SmolConfig::default()
+        };
+        let mut stack = SmolStack::new(Wire::default(), cfg, None).unwrap();
+        stack.listen(6800, 10).unwrap();
+        assert_eq!(stack.stats().sockets, 4, "only listen_ahead sockets listen");
+        let state_count = |stack: &SmolStack<Wire>, want: tcp::State| {
+            stack.listeners[0]
+                .pending
+                .iter()
+                .filter(|(h, _)| stack.sockets.get::<tcp::Socket>(*h).state() == want)
+                .count()
+        };
+        let mut n = 0u32;
+        let mut syns = |stack: &mut SmolStack<Wire>, k: u32| {
+            for _ in 0..k {
+                let (ip, port) = spoofed(n);
+                n += 1;
+                stack
+                    .device
+                    .inner
+                    .rx
+                    .push_back(tcp_frame(ip, port, TcpControl::Syn, 1000, None));
+            }
+        };
+        // Seven SYNs in one poll: four handshakes start; the poll then refills four listeners.
+        syns(&mut stack, 7);
+        stack.poll();
+        assert_eq!(state_count(&stack, tcp::State::SynReceived), 4);
+        assert_eq!(state_count(&stack, tcp::State::Listen), 4);
+        // Again: the backlog (10) leaves room for two more listeners only.
+        syns(&mut stack, 7);
+        stack.poll();
+        assert_eq!(state_count(&stack, tcp::State::SynReceived), 8);
+        assert_eq!(state_count(&stack, tcp::State::Listen), 2);
+        assert_eq!(stack.listeners[0].pending.len(), 10);
+    }
+
     #[test]
     fn a_syn_flood_neither_starves_a_real_client_nor_the_poll() {
         const BACKLOG: usize = 8;
