@@ -349,8 +349,18 @@ fn a_thousand_idle_and_half_sent_connections_do_not_lock_out_clients() {
                     (idle, half_hello, half_op, t0.elapsed())
                 })
             };
-            // The client's throughput while the connections are opened and held.
-            let (under, _) = load(&client, 8, Duration::from_secs(3), "under").await;
+            // The client's throughput while the connections are opened and held (they take
+            // about 10 s to open): the best of three 1 s windows. A lockout shows in all three;
+            // a burst of load from a test beside this one (2 shared cores) in one only.
+            let mut windows = Vec::with_capacity(3);
+            for w in 0..3 {
+                windows.push(
+                    load(&client, 8, Duration::from_secs(1), &format!("under{w}"))
+                        .await
+                        .0,
+                );
+            }
+            let under = windows.iter().copied().fold(0.0, f64::max);
             let (mut idle, mut half_hello, mut half_op, opened_in) = hostile.join().unwrap();
             // A client that connects now (a new connection and handshake) is served.
             let fresh = Client::connect(client_config(&mon, &creds)).await.unwrap();
@@ -372,7 +382,8 @@ fn a_thousand_idle_and_half_sent_connections_do_not_lock_out_clients() {
             let d = |n| delta(&before, &after, n);
             println!(
                 "baseline {base:.0} ops/s, under {IDLE}+{HALF_HELLO}+{HALF_OP} hostile \
-                 connections {under:.0} ops/s (opened in {opened_in:?}), after {after_flood:.0}; \
+                 connections {under:.0} ops/s (windows {windows:.0?}, opened in {opened_in:?}), \
+                 after {after_flood:.0}; \
                  evicted {}, handshake timeouts {}, idle timeouts {}, refused {}, accepted {}",
                 d("shard0.unauth_evicted"),
                 d("shard0.handshake_timeouts"),
