@@ -326,6 +326,9 @@ pub struct Messenger {
     waiter: Option<(u32, u32)>,
     /// The slot `read` starts from (rotates, so no connection is always first).
     start: usize,
+    /// Reply bytes `deliver` wrote straight into the stack since the last `write`: `write`
+    /// counts them with its own, so the shard pushes them out at once like any other.
+    direct_written: usize,
 }
 
 impl Messenger {
@@ -369,6 +372,7 @@ impl Messenger {
             keyring_version,
             waiter: None,
             start: 0,
+            direct_written: 0,
         };
         Ok((m, bound))
     }
@@ -833,6 +837,7 @@ impl Messenger {
             return;
         };
         let (sc, out, id) = (&c.sc, &mut c.out, c.id);
+        let direct_written = &mut self.direct_written;
         let encoded = if let Ok(Answer::Read(_)) = result {
             // The head, then the data from where it lies: no zero-filled room for it first
             // (4 MiB of memset per large read).
@@ -849,11 +854,13 @@ impl Messenger {
                     && net.send_space(id).is_ok_and(|room| room >= n + data.len())
                 {
                     let took = net.write(id, &head[..n]).unwrap_or(0);
+                    *direct_written += took;
                     if took < n {
                         out.extend_from_slice(&head[took..n]);
                         out.extend_from_slice(data);
                     } else {
                         let took = net.write(id, data).unwrap_or(0);
+                        *direct_written += took;
                         out.extend_from_slice(&data[took..]);
                     }
                     return Ok(());
@@ -904,9 +911,11 @@ impl Messenger {
 
     /// Writes queued bytes (replies, and replica ops on the peer links); closes connections
     /// that are done, and frees their slots once their ops are answered; lost links come out
-    /// in `events`. Returns bytes written.
+    /// in `events`. Returns bytes written, counting those `deliver` wrote straight into the
+    /// stack since the last call.
     pub fn write(&mut self, counters: &ShardCounters, events: &mut Vec<PeerEvent>) -> usize {
-        let mut written = self.peers.write(&mut *self.net, events);
+        let mut written = self.peers.write(&mut *self.net, events) + self.direct_written;
+        self.direct_written = 0;
         let now = Instant::now();
         for slot in 0..self.conns.len() {
             let Some(c) = self.conns[slot].as_mut() else {
