@@ -4,7 +4,7 @@
 //! implements the `carmine-objectstore` contract with maps: collections in an ordered map, and
 //! in each collection its objects in a hash map (every op looks an object up, often several
 //! times: by hash, not by comparing names that share a long prefix, as an ordered map does at
-//! every level) beside an ordered index of their names, touched only when an object is created
+//! every level; foldhash, seeded per process, rather than std's slower SipHash) beside an ordered index of their names, touched only when an object is created
 //! or removed, for listing. Object data is a sparse map of fixed-size pages so large offsets do
 //! not allocate the holes.
 //!
@@ -18,7 +18,9 @@
 //! until memory runs out.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use foldhash::HashMap;
 
 use carmine_objectstore::{
     meta, validate, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, ObjectStore,

@@ -40,7 +40,9 @@
 //!   every completion of a mutation of the PG gives its parked ops another try.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use carmine_objectstore::{CollectionId, ObjectStore};
 use carmine_placement::{pg_to_osds, ClusterMap};

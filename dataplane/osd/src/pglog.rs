@@ -41,12 +41,13 @@
 //!   the next map.
 //! - An entry is in the duplicate table only once its transaction committed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use carmine_objectstore::ObjectId;
 use carmine_wire::op::OpKind;
 use carmine_wire::Epoch;
+use foldhash::{HashMap, HashMapExt};
 
 /// Attribute holding an object's version (16 bytes, [`version_key`]).
 pub const VERSION_ATTR: &str = "v";

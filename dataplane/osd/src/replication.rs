@@ -21,7 +21,7 @@
 //! - The tracker is sized at start and reused: no allocation per mutation while fewer than its
 //!   capacity are in flight (peers are held inline, at most [`MAX_PEERS`]).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::time::{Duration, Instant};
 
 use carmine_wire::op::OpKind;

@@ -17,7 +17,7 @@
 //! fan-out, where each other OSD's shard for a PG listens (its cluster address and the port
 //! of shard `pg_to_shard(p, its shard count)`).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use carmine_placement::{pg_to_osds, pg_to_shard, ClusterMap};
