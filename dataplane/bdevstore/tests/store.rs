@@ -682,7 +682,7 @@ fn largest_wire_write_fits_default_geometry() {
     format(&mut d, &carmine_bdevstore::FormatOptions::default()).unwrap();
     let mut s = BdevStore::mount(d, MountOptions::default()).unwrap();
     let mut m = Model::default();
-    let long = ObjectId(vec![b'n'; 1024]); // the wire's max_name_len
+    let long = ObjectId::from(vec![b'n'; 1024]); // the wire's max_name_len
     let a = ObjectId::from("a");
     let b = ObjectId::from("b");
     let mut txns = Vec::new();

@@ -1,6 +1,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::StoreError;
 
@@ -11,9 +12,39 @@ pub const MAX_OBJECT_SIZE: u64 = 1 << 40;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CollectionId(pub u64);
 
+/// Bytes of an object name kept inline in an [`ObjectId`]; a longer name goes to the heap.
+pub const OBJECT_NAME_INLINE: usize = 48;
+
 /// An object name; objects sort by their bytes.
+///
+/// The bytes live inline up to [`OBJECT_NAME_INLINE`] (RBD's `rbd_data.<id>.<16 hex>` and
+/// our own names fit): a write names its object several times in its transaction (the data,
+/// its version attribute, the PG log), and each copy was an allocation; a hash map keyed by
+/// it compares the bytes in its bucket, not behind a pointer. It serialises as a sequence of
+/// bytes, exactly as the `Vec<u8>` it replaced.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ObjectId(pub Vec<u8>);
+pub struct ObjectId(pub SmallVec<[u8; OBJECT_NAME_INLINE]>);
+
+impl ObjectId {
+    pub fn from_slice(name: &[u8]) -> Self {
+        ObjectId(SmallVec::from_slice(name))
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for ObjectId {
+    fn from(v: Vec<u8>) -> Self {
+        ObjectId(SmallVec::from_vec(v))
+    }
+}
+
+impl From<&[u8]> for ObjectId {
+    fn from(v: &[u8]) -> Self {
+        ObjectId::from_slice(v)
+    }
+}
 
 impl fmt::Debug for ObjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -23,7 +54,7 @@ impl fmt::Debug for ObjectId {
 
 impl From<&str> for ObjectId {
     fn from(s: &str) -> Self {
-        ObjectId(s.as_bytes().to_vec())
+        ObjectId::from_slice(s.as_bytes())
     }
 }
 

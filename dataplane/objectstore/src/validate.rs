@@ -175,7 +175,7 @@ mod tests {
         fn object_exists(&self, cid: CollectionId, oid: &ObjectId) -> bool {
             self.0
                 .get(&cid.0)
-                .is_some_and(|c| c.iter().any(|o| o.as_bytes() == oid.0))
+                .is_some_and(|c| c.iter().any(|o| o.as_bytes() == oid.as_bytes()))
         }
         fn collection_len(&self, cid: CollectionId) -> usize {
             self.0.get(&cid.0).map_or(0, |c| c.len())

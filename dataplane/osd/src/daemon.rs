@@ -938,7 +938,7 @@ mod tests {
     fn the_largest_op_fits_one_record_of_the_formatted_store() {
         let l = Limits::DEFAULT;
         let cid = CollectionId(u64::MAX);
-        let oid = ObjectId(vec![b'x'; usize::from(l.max_name_len)]);
+        let oid = ObjectId::from(vec![b'x'; usize::from(l.max_name_len)]);
         let data = vec![0u8; l.max_io_size as usize];
         let write_full = Transaction {
             ops: vec![

@@ -1088,7 +1088,7 @@ mod tests {
         assert_eq!(charge_of(&read(4096), &l), 4096 + SMALL_CHARGE);
         // A length beyond the largest reply is charged as the largest reply.
         assert_eq!(charge_of(&read(u32::MAX), &l), l.max_io_size + SMALL_CHARGE);
-        let oid = carmine_objectstore::ObjectId(b"o".to_vec());
+        let oid = carmine_objectstore::ObjectId::from_slice(b"o");
         let w = Job::WriteFull {
             oid,
             data: vec![0; 1000],

@@ -403,7 +403,7 @@ mod tests {
         data: &[u8],
         version: Option<Version>,
     ) {
-        let oid = ObjectId(name.to_vec());
+        let oid = ObjectId::from_slice(name);
         let mut t = Transaction::new();
         if create {
             t.create_collection(key.cid());

@@ -66,7 +66,7 @@ impl Job {
             pg: req.pg.0,
             epoch: req.epoch.0,
         };
-        let oid = |s: &str| ObjectId(s.as_bytes().to_vec());
+        let oid = |s: &str| ObjectId::from_slice(s.as_bytes());
         let mut owned = |d: &[u8]| {
             let mut v = data_buf(d.len());
             v.extend_from_slice(d);
@@ -113,7 +113,7 @@ impl Job {
     /// The owned job for a replica op's mutation (write data copied as in
     /// [`from_request`](Self::from_request)).
     pub fn from_rep(m: &RepMutation<'_>, data_buf: &mut dyn FnMut(usize) -> Vec<u8>) -> Job {
-        let oid = |s: &str| ObjectId(s.as_bytes().to_vec());
+        let oid = |s: &str| ObjectId::from_slice(s.as_bytes());
         let mut owned = |d: &[u8]| {
             let mut v = data_buf(d.len());
             v.extend_from_slice(d);

@@ -418,7 +418,7 @@ impl PgLog {
 
 /// The object id of the log object.
 pub fn log_object() -> ObjectId {
-    ObjectId(LOG_OBJECT.to_vec())
+    ObjectId::from_slice(LOG_OBJECT)
 }
 
 #[cfg(test)]

@@ -28,11 +28,11 @@ pub const INFO_OBJECT: &[u8] = b"info";
 pub const SINCE_KEY: &[u8] = b"since";
 
 pub fn tomb_object() -> ObjectId {
-    ObjectId(TOMB_OBJECT.to_vec())
+    ObjectId::from_slice(TOMB_OBJECT)
 }
 
 pub fn info_object() -> ObjectId {
-    ObjectId(INFO_OBJECT.to_vec())
+    ObjectId::from_slice(INFO_OBJECT)
 }
 
 /// The op that records a tombstone for `name` at `version`.
@@ -62,7 +62,7 @@ fn version(v: Version) -> ObjectVersion {
 
 /// The version attribute of a live object (`None`: absent, or written before versions).
 pub fn object_version(store: &dyn ObjectStore, key: PgKey, name: &[u8]) -> Option<Version> {
-    let oid = ObjectId(name.to_vec());
+    let oid = ObjectId::from_slice(name);
     store
         .get_attr(key.cid(), &oid, VERSION_ATTR)
         .ok()
@@ -71,7 +71,7 @@ pub fn object_version(store: &dyn ObjectStore, key: PgKey, name: &[u8]) -> Optio
 
 /// Whether the live object exists.
 pub fn object_exists(store: &dyn ObjectStore, key: PgKey, name: &[u8]) -> bool {
-    store.stat(key.cid(), &ObjectId(name.to_vec())).is_ok()
+    store.stat(key.cid(), &ObjectId::from_slice(name)).is_ok()
 }
 
 /// The tombstone of `name`, if the PG keeps one.
@@ -129,7 +129,7 @@ pub fn list_copy(store: &dyn ObjectStore, key: PgKey) -> Result<PgCopy, StoreErr
                 .map(version)
                 .unwrap_or(ObjectVersion { epoch: 0, seq: 0 });
             objects.push(ListedObject {
-                name: oid.0,
+                name: oid.0.into_vec(),
                 version: v,
                 tombstone: false,
             });
@@ -217,7 +217,7 @@ mod tests {
     }
 
     fn obj(st: &mut MemStore, k: PgKey, name: &str, ver: Version) {
-        let oid = ObjectId(name.as_bytes().to_vec());
+        let oid = ObjectId::from_slice(name.as_bytes());
         commit(
             st,
             vec![

@@ -121,7 +121,10 @@ impl Job {
             let mut names = req.objects.clone();
             names.sort();
             names.dedup();
-            (Listing::Done, names.into_iter().map(ObjectId).collect())
+            (
+                Listing::Done,
+                names.into_iter().map(ObjectId::from).collect(),
+            )
         };
         Job {
             req,
@@ -165,7 +168,7 @@ impl Job {
             Err(e) => {
                 tracing::warn!(pg = %self.req.pg, object = ?oid, error = %e, "scrub: stat failed");
                 self.out.push(ObjectDigest {
-                    name: oid.0,
+                    name: oid.0.into_vec(),
                     version: None,
                     size: 0,
                     crc32c: Err(error_kind(&e)),
@@ -183,7 +186,7 @@ impl Job {
             });
         if size == 0 {
             self.out.push(ObjectDigest {
-                name: oid.0,
+                name: oid.0.into_vec(),
                 version,
                 size,
                 crc32c: Ok(0),
@@ -333,7 +336,7 @@ impl Scrubber {
         if let Some(crc32c) = done {
             let r = job.reads.swap_remove(i);
             job.out.push(ObjectDigest {
-                name: r.oid.0,
+                name: r.oid.0.into_vec(),
                 version: r.version,
                 size: r.size,
                 crc32c,
@@ -395,7 +398,7 @@ mod tests {
         fn read(&mut self, cid: CollectionId, oid: &ObjectId, off: u64, len: u64) -> Ticket {
             self.max_len = self.max_len.max(len);
             self.reads += 1;
-            let t = if self.bad.contains(&oid.0) {
+            let t = if self.bad.iter().any(|b| b[..] == oid.0[..]) {
                 self.next += 1;
                 let t = Ticket(self.next);
                 self.failing.push(t);

@@ -362,7 +362,7 @@ fn keep_best(best: &mut Option<Phase>, p: Phase) {
 }
 
 fn obj(i: u64) -> ObjectId {
-    ObjectId(format!("bench-{i:06}").into_bytes())
+    ObjectId::from(format!("bench-{i:06}").into_bytes())
 }
 
 const OBJ_BYTES: u64 = 1 << 20;

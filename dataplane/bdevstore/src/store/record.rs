@@ -165,7 +165,7 @@ fn translate_into(txn: &mut Transaction, lops: &mut Vec<LOp>) -> u64 {
                 lba += blocks_for(data.len() as u64);
                 lops.push(LOp::Write {
                     cid: *cid,
-                    oid: std::mem::replace(oid, ObjectId(Vec::new())),
+                    oid: std::mem::replace(oid, ObjectId(Default::default())),
                     off: *off,
                     chunk,
                 });

@@ -248,7 +248,7 @@ impl ShardCore {
             retry: Vec::with_capacity(64),
             peer_events: Vec::with_capacity(64),
             finished: Vec::with_capacity(64),
-            lookup: ObjectId(Vec::with_capacity(256)),
+            lookup: ObjectId(SmallVec::with_capacity(256)),
             counters: p.counters,
             usage: p.usage,
             store_failure: p.store_failure,
@@ -622,7 +622,7 @@ impl ShardCore {
             }
             Job::List { cursor, max } => {
                 let r = if exists {
-                    let after = (!cursor.is_empty()).then_some(ObjectId(cursor));
+                    let after = (!cursor.is_empty()).then_some(ObjectId::from(cursor));
                     let max = max.clamp(1, self.messenger.limits().max_list_entries) as usize;
                     self.store
                         .get_ref()
@@ -633,7 +633,7 @@ impl ShardCore {
                                 .into_iter()
                                 .map(|o| String::from_utf8_lossy(&o.0).into_owned())
                                 .collect(),
-                            next: page.next.map(|o| o.0),
+                            next: page.next.map(|o| o.0.into_vec()),
                         })
                         .map_err(|e| op_error(&e))
                 } else {

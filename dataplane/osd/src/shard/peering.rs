@@ -168,7 +168,7 @@ impl ShardCore {
                     if pgmeta::object_exists(self.store.get_ref(), key, &name) {
                         txn.ops.push(Op::Remove {
                             cid,
-                            oid: ObjectId(name),
+                            oid: ObjectId::from(name),
                         });
                     }
                 }

@@ -224,7 +224,7 @@ impl ShardCore {
             Some((v, false)) => {
                 t.version = Some(v);
                 let cid = t.pg.cid();
-                let oid = ObjectId(t.name.clone());
+                let oid = ObjectId::from_slice(&t.name);
                 let size = store.stat(cid, &oid).map(|s| s.size).unwrap_or(0);
                 self.pushes.tasks.insert(id, t);
                 let ticket = self.store.get().read(cid, &oid, 0, size);
