@@ -13,6 +13,10 @@
 //! completion is handed out by the next `poll`, keeping the same shape as the durable engines.
 //! Nothing here is durable.
 //!
+//! Write data, once copied into pages, is kept as a spare buffer ([`SpareBufs`]) and handed
+//! out again by `data_buf` and for read results, so a stream of small ops does not allocate
+//! its data.
+//!
 //! Usage ([`MemStore::used_bytes`]) counts the data pages held (4 KiB each), kept up to date by
 //! `apply`: attributes and omap entries are not counted. The store has no capacity: it grows
 //! until memory runs out.
@@ -24,7 +28,7 @@ use foldhash::HashMap;
 
 use carmine_objectstore::{
     meta, validate, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, ObjectStore,
-    OmapEntries, Op, StoreError, StoreView, Ticket, Transaction,
+    OmapEntries, Op, SpareBufs, StoreError, StoreView, Ticket, Transaction,
 };
 
 const PAGE: u64 = 4096;
@@ -84,14 +88,15 @@ impl Object {
         self.size = size;
     }
 
-    fn read(&self, off: u64, len: u64) -> Vec<u8> {
+    /// The bytes of `[off, off+len)` (clipped at the size), in a buffer from `spare`.
+    fn read(&self, off: u64, len: u64, spare: &mut SpareBufs) -> Vec<u8> {
         let end = off.saturating_add(len).min(self.size);
         if off >= end {
             return Vec::new();
         }
         // Built front to back: the pages' bytes copied once, zeros only for the holes (no
         // zero-filled buffer that the copies then overwrite).
-        let mut out = Vec::with_capacity((end - off) as usize);
+        let mut out = spare.take((end - off) as usize);
         for (&page, p) in self.pages.range(off / PAGE..end.div_ceil(PAGE)) {
             let ps = page * PAGE;
             let s = ps.max(off);
@@ -148,14 +153,33 @@ impl Collection {
 }
 
 /// The in-memory store of one shard.
-#[derive(Default)]
 pub struct MemStore {
     colls: BTreeMap<CollectionId, Collection>,
     /// Data pages held over every object (the invariant `apply` keeps).
     pages: u64,
     next_ticket: u64,
     done: VecDeque<Completion>,
+    /// Write data once copied into pages, and read results the caller gave back: handed out
+    /// again by `data_buf` and for reads.
+    spare: SpareBufs,
 }
+
+impl Default for MemStore {
+    fn default() -> Self {
+        MemStore {
+            colls: BTreeMap::new(),
+            pages: 0,
+            next_ticket: 0,
+            done: VecDeque::new(),
+            spare: SpareBufs::new(SPARE_BUFS, SPARE_MAX_BYTES),
+        }
+    }
+}
+
+/// Spare data buffers kept, each of at most `SPARE_MAX_BYTES` (enough for a shard's queue of
+/// small ops; large ones are allocated each time).
+const SPARE_BUFS: usize = 256;
+const SPARE_MAX_BYTES: usize = 64 << 10;
 
 impl StoreView for MemStore {
     fn collection_exists(&self, cid: CollectionId) -> bool {
@@ -197,16 +221,17 @@ impl MemStore {
     }
 
     fn object(&self, cid: CollectionId, oid: &ObjectId) -> Result<&Object, StoreError> {
-        self.colls
-            .get(&cid)
-            .ok_or_else(|| StoreError::NotFound(format!("collection {}", cid.0)))?
-            .get(oid)
-            .ok_or_else(|| StoreError::NotFound(format!("object {oid:?}")))
+        object_in(&self.colls, cid, oid)
     }
 
     /// Apply a validated transaction. No failure paths below this point.
     fn apply(&mut self, txn: Transaction) {
-        let MemStore { colls, pages, .. } = self;
+        let MemStore {
+            colls,
+            pages,
+            spare,
+            ..
+        } = self;
         // Page count of an object before and after an op (no allocation: the op's own names).
         let held = |o: &Object| o.pages.len() as u64;
         for op in txn.ops {
@@ -237,6 +262,7 @@ impl MemStore {
                     let before = held(o);
                     o.write(off, &data);
                     *pages = *pages - before + held(o);
+                    spare.put(data);
                 }
                 Op::Zero { cid, oid, off, len } => {
                     let o = colls.entry(cid).or_default().entry(oid);
@@ -258,11 +284,17 @@ impl MemStore {
                     value,
                 } => {
                     let o = colls.entry(cid).or_default().entry(oid);
-                    o.attrs.insert(name, value);
+                    // Replacing a value keeps the stored name: no owned copy of a borrowed one.
+                    match o.attrs.get_mut(&*name) {
+                        Some(v) => *v = value,
+                        None => {
+                            o.attrs.insert(name.into_owned(), value);
+                        }
+                    }
                 }
                 Op::RmAttr { cid, oid, name } => {
                     let o = colls.entry(cid).or_default().entry(oid);
-                    o.attrs.remove(&name);
+                    o.attrs.remove(&*name);
                 }
                 Op::OmapSet { cid, oid, entries } => {
                     let o = colls.entry(cid).or_default().entry(oid);
@@ -277,6 +309,18 @@ impl MemStore {
             }
         }
     }
+}
+
+fn object_in<'a>(
+    colls: &'a BTreeMap<CollectionId, Collection>,
+    cid: CollectionId,
+    oid: &ObjectId,
+) -> Result<&'a Object, StoreError> {
+    colls
+        .get(&cid)
+        .ok_or_else(|| StoreError::NotFound(format!("collection {}", cid.0)))?
+        .get(oid)
+        .ok_or_else(|| StoreError::NotFound(format!("object {oid:?}")))
 }
 
 impl ObjectStore for MemStore {
@@ -295,7 +339,8 @@ impl ObjectStore for MemStore {
 
     fn read(&mut self, cid: CollectionId, oid: &ObjectId, off: u64, len: u64) -> Ticket {
         let ticket = self.ticket();
-        let result = self.object(cid, oid).map(|o| Done::Data(o.read(off, len)));
+        let MemStore { colls, spare, .. } = self;
+        let result = object_in(colls, cid, oid).map(|o| Done::Data(o.read(off, len, spare)));
         self.done.push_back(Completion { ticket, result });
         ticket
     }
@@ -369,5 +414,13 @@ impl ObjectStore for MemStore {
 
     fn list_collections(&self) -> Vec<CollectionId> {
         self.colls.keys().copied().collect()
+    }
+
+    fn data_buf(&mut self, len: usize) -> Vec<u8> {
+        self.spare.take(len)
+    }
+
+    fn recycle(&mut self, buf: Vec<u8>) {
+        self.spare.put(buf);
     }
 }

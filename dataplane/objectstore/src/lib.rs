@@ -54,15 +54,17 @@ pub mod device;
 pub mod drive;
 mod error;
 pub mod meta;
+mod spare;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod types;
 mod validate;
 
 pub use error::StoreError;
+pub use spare::SpareBufs;
 pub use types::{
-    CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, Op, Ticket, Transaction,
-    MAX_OBJECT_SIZE,
+    AttrName, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, Op, Ticket,
+    Transaction, MAX_OBJECT_SIZE,
 };
 pub use validate::{validate, StoreView};
 

@@ -85,10 +85,10 @@ impl Model {
                         }
                         Op::Truncate { size, .. } => resize(&mut o.data, *size),
                         Op::SetAttr { name, value, .. } => {
-                            o.attrs.insert(name.clone(), value.clone());
+                            o.attrs.insert(name.to_string(), value.clone());
                         }
                         Op::RmAttr { name, .. } => {
-                            o.attrs.remove(name);
+                            o.attrs.remove(&**name);
                         }
                         Op::OmapSet { entries, .. } => {
                             for (k, v) in entries {
@@ -259,9 +259,9 @@ pub fn arb_op() -> impl Strategy<Value = Op> {
             .prop_map(|(cid, oid, size)| Op::Truncate { cid, oid, size }),
         1 => (arb_cid(), arb_oid()).prop_map(|(cid, oid)| Op::Remove { cid, oid }),
         2 => (arb_cid(), arb_oid(), prop::sample::select(vec!["x", "y", "z"]), arb_bytes(40))
-            .prop_map(|(cid, oid, n, value)| Op::SetAttr { cid, oid, name: n.to_string(), value }),
+            .prop_map(|(cid, oid, n, value)| Op::SetAttr { cid, oid, name: n.into(), value }),
         1 => (arb_cid(), arb_oid(), prop::sample::select(vec!["x", "y"]))
-            .prop_map(|(cid, oid, n)| Op::RmAttr { cid, oid, name: n.to_string() }),
+            .prop_map(|(cid, oid, n)| Op::RmAttr { cid, oid, name: n.into() }),
         2 => (arb_cid(), arb_oid(), prop::collection::vec((arb_key(), arb_bytes(30)), 1..4))
             .prop_map(|(cid, oid, entries)| Op::OmapSet { cid, oid, entries }),
         1 => (arb_cid(), arb_oid(), prop::collection::vec(arb_key(), 1..3))

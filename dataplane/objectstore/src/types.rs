@@ -58,6 +58,10 @@ impl From<&str> for ObjectId {
     }
 }
 
+/// An attribute's name in a transaction: usually a constant of the caller's (the OSD sets
+/// its version attribute on every write), borrowed for free; owned when built at run time.
+pub type AttrName = std::borrow::Cow<'static, str>;
+
 /// One operation of a transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
@@ -93,14 +97,14 @@ pub enum Op {
     SetAttr {
         cid: CollectionId,
         oid: ObjectId,
-        name: String,
+        name: AttrName,
         value: Vec<u8>,
     },
     /// The object must exist; a missing attribute is not an error.
     RmAttr {
         cid: CollectionId,
         oid: ObjectId,
-        name: String,
+        name: AttrName,
     },
     /// Creates the object if missing.
     OmapSet {
@@ -169,7 +173,7 @@ impl Transaction {
         self.push(Op::SetAttr {
             cid,
             oid: oid.clone(),
-            name: name.to_string(),
+            name: name.to_owned().into(),
             value: v.to_vec(),
         })
     }

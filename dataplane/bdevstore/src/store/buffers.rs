@@ -7,6 +7,7 @@
 //! byte); spare buffers are empty, with capacity at most `SPARE_MAX_BYTES`.
 
 use carmine_objectstore::device::{BlockDevice, DeviceError, IoBuf};
+use carmine_objectstore::SpareBufs;
 
 use super::BdevStore;
 use crate::format::BLOCK;
@@ -20,7 +21,7 @@ pub(super) struct Buffers<B> {
     pooled: usize,
     /// Heap buffers of consumed write data (and recycled read results), reused for read
     /// results and handed out by `data_buf`: a 4 KiB malloc/free pair per op otherwise.
-    spare: Vec<Vec<u8>>,
+    spare: SpareBufs,
 }
 
 impl<B> Default for Buffers<B> {
@@ -28,7 +29,7 @@ impl<B> Default for Buffers<B> {
         Buffers {
             pool: Vec::new(),
             pooled: 0,
-            spare: Vec::new(),
+            spare: SpareBufs::new(SPARE_BUFS, SPARE_MAX_BYTES),
         }
     }
 }
@@ -64,21 +65,11 @@ impl<D: BlockDevice> BdevStore<D> {
 
     /// An empty heap buffer with room for `len` bytes, reused when possible.
     pub(super) fn take_spare(&mut self, len: usize) -> Vec<u8> {
-        match self.bufs.spare.pop() {
-            Some(mut v) => {
-                v.reserve(len);
-                v
-            }
-            None => Vec::with_capacity(len),
-        }
+        self.bufs.spare.take(len)
     }
 
-    pub(super) fn put_spare(&mut self, mut v: Vec<u8>) {
-        if self.bufs.spare.len() < SPARE_BUFS && v.capacity() > 0 && v.capacity() <= SPARE_MAX_BYTES
-        {
-            v.clear();
-            self.bufs.spare.push(v);
-        }
+    pub(super) fn put_spare(&mut self, v: Vec<u8>) {
+        self.bufs.spare.put(v);
     }
 
     pub(super) fn put_buf(&mut self, b: D::Buf) {

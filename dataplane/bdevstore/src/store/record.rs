@@ -211,10 +211,14 @@ fn translate_meta(op: Op) -> LOp {
         } => LOp::SetAttr {
             cid,
             oid,
-            name,
+            name: name.into_owned(),
             value,
         },
-        Op::RmAttr { cid, oid, name } => LOp::RmAttr { cid, oid, name },
+        Op::RmAttr { cid, oid, name } => LOp::RmAttr {
+            cid,
+            oid,
+            name: name.into_owned(),
+        },
         Op::OmapSet { cid, oid, entries } => LOp::OmapSet { cid, oid, entries },
         Op::OmapRm { cid, oid, keys } => LOp::OmapRm { cid, oid, keys },
     }

@@ -995,7 +995,7 @@ impl ShardCore {
             txn.ops.push(Op::SetAttr {
                 cid,
                 oid,
-                name: VERSION_ATTR.to_owned(),
+                name: VERSION_ATTR.into(),
                 value: version_key(w.version).to_vec(),
             });
         }

@@ -320,7 +320,7 @@ impl ShardCore {
                 txn.ops.push(Op::SetAttr {
                     cid,
                     oid,
-                    name: VERSION_ATTR.to_owned(),
+                    name: VERSION_ATTR.into(),
                     value: version_key(version).to_vec(),
                 });
             }
