@@ -59,6 +59,26 @@ impl Object {
         }
     }
 
+    /// Writes `data` at `off`. A write of exactly one whole page takes `data`'s buffer as the
+    /// page, no copy, and hands the page it replaces back for reuse; otherwise the bytes are
+    /// copied and `data` is handed back. Either way `spare` gets one buffer.
+    fn write_owned(&mut self, off: u64, data: Vec<u8>, spare: &mut SpareBufs) {
+        if off % PAGE == 0 && data.len() == PAGE as usize && data.capacity() == PAGE as usize {
+            // Capacity equal to the length: the boxed slice is the same allocation.
+            let page: Box<[u8; PAGE as usize]> = match data.into_boxed_slice().try_into() {
+                Ok(p) => p,
+                Err(_) => unreachable!("a slice of PAGE bytes is a page"),
+            };
+            if let Some(old) = self.pages.insert(off / PAGE, page) {
+                spare.put((old as Box<[u8]>).into_vec());
+            }
+            self.size = self.size.max(off + PAGE);
+            return;
+        }
+        self.write(off, &data);
+        spare.put(data);
+    }
+
     fn write(&mut self, off: u64, data: &[u8]) {
         let mut pos = 0usize;
         while pos < data.len() {
@@ -162,6 +182,8 @@ pub struct MemStore {
     /// Write data once copied into pages, and read results the caller gave back: handed out
     /// again by `data_buf` and for reads.
     spare: SpareBufs,
+    /// Emptied transactions (their op lists' room), for `transaction`.
+    spare_txns: Vec<Transaction>,
 }
 
 impl Default for MemStore {
@@ -172,6 +194,7 @@ impl Default for MemStore {
             next_ticket: 0,
             done: VecDeque::new(),
             spare: SpareBufs::new(SPARE_BUFS, SPARE_MAX_BYTES),
+            spare_txns: Vec::new(),
         }
     }
 }
@@ -180,6 +203,10 @@ impl Default for MemStore {
 /// small ops; large ones are allocated each time).
 const SPARE_BUFS: usize = 256;
 const SPARE_MAX_BYTES: usize = 64 << 10;
+/// Emptied transactions kept (a transaction completes at submit: a few are enough).
+const SPARE_TXNS: usize = 16;
+/// Largest op list kept (a PG's creation or peering may build thousands once).
+const SPARE_TXN_OPS: usize = 64;
 
 impl StoreView for MemStore {
     fn collection_exists(&self, cid: CollectionId) -> bool {
@@ -224,8 +251,9 @@ impl MemStore {
         object_in(&self.colls, cid, oid)
     }
 
-    /// Apply a validated transaction. No failure paths below this point.
-    fn apply(&mut self, txn: Transaction) {
+    /// Apply a validated transaction. No failure paths below this point. Its emptied op list
+    /// is kept for `transaction`.
+    fn apply(&mut self, mut txn: Transaction) {
         let MemStore {
             colls,
             pages,
@@ -234,7 +262,7 @@ impl MemStore {
         } = self;
         // Page count of an object before and after an op (no allocation: the op's own names).
         let held = |o: &Object| o.pages.len() as u64;
-        for op in txn.ops {
+        for op in txn.ops.drain(..) {
             match op {
                 Op::CreateCollection { cid } => {
                     colls.insert(cid, Collection::default());
@@ -260,9 +288,8 @@ impl MemStore {
                 } => {
                     let o = colls.entry(cid).or_default().entry(oid);
                     let before = held(o);
-                    o.write(off, &data);
+                    o.write_owned(off, data, spare);
                     *pages = *pages - before + held(o);
-                    spare.put(data);
                 }
                 Op::Zero { cid, oid, off, len } => {
                     let o = colls.entry(cid).or_default().entry(oid);
@@ -307,6 +334,9 @@ impl MemStore {
                     }
                 }
             }
+        }
+        if self.spare_txns.len() < SPARE_TXNS && txn.ops.capacity() <= SPARE_TXN_OPS {
+            self.spare_txns.push(txn);
         }
     }
 }
@@ -422,5 +452,9 @@ impl ObjectStore for MemStore {
 
     fn recycle(&mut self, buf: Vec<u8>) {
         self.spare.put(buf);
+    }
+
+    fn transaction(&mut self) -> Transaction {
+        self.spare_txns.pop().unwrap_or_default()
     }
 }

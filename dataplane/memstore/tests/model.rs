@@ -93,41 +93,59 @@ fn usage_counts_the_pages_held() {
     assert_eq!(s.used_bytes(), s.used_bytes_recounted());
 }
 
-/// Write data and read results cycle through the store's spare buffers: after a write, the
-/// next `data_buf` hands out the write's own buffer, emptied; a recycled read result comes back
-/// as the next read's buffer; the bytes read are the bytes written.
+/// Write data and read results cycle through the store's buffers: a whole-page write's
+/// buffer becomes the page (no copy) and the page it replaces is handed out by the next
+/// `data_buf`; a partial write's buffer is copied and handed out again; a recycled read result
+/// comes back as the next read's buffer; the bytes read are the bytes written.
 #[test]
 fn write_data_and_read_results_reuse_buffers() {
     let mut s = MemStore::new();
     let c = CollectionId(1);
     let o = ObjectId::from("obj");
-    let mut t = Transaction::new();
+    let mut t = s.transaction();
     t.create_collection(c);
     drive::commit(&mut s, t).unwrap();
-    let mut data = s.data_buf(4096);
-    data.extend((0..4096u32).map(|i| i as u8));
-    let written = data.as_ptr();
-    let mut t = Transaction::new();
-    t.push(Op::Write {
-        cid: c,
-        oid: o.clone(),
-        off: 0,
-        data,
-    });
-    drive::commit(&mut s, t).unwrap();
+    let write = |s: &mut MemStore, off: u64, fill: &dyn Fn(usize) -> u8, len: usize| {
+        let mut data = s.data_buf(len);
+        data.extend((0..len).map(fill));
+        let ptr = data.as_ptr();
+        let mut t = s.transaction();
+        t.push(Op::Write {
+            cid: c,
+            oid: o.clone(),
+            off,
+            data,
+        });
+        drive::commit(s, t).unwrap();
+        ptr
+    };
+    let first = write(&mut s, 0, &|i| i as u8, 4096);
+    // The first page's buffer is the page now; overwriting it hands it back.
+    let second = write(&mut s, 0, &|i| (i as u8).wrapping_add(1), 4096);
+    assert_ne!(first, second);
     let again = s.data_buf(4096);
     assert!(again.is_empty());
     assert_eq!(
         again.as_ptr(),
-        written,
-        "the write's buffer is handed out again"
+        first,
+        "the replaced page is handed out again"
     );
     s.recycle(again);
+    // A partial write is copied; its buffer comes back.
+    let partial = write(&mut s, 10, &|_| 0xee, 100);
     let got = drive::read(&mut s, c, &o, 0, 4096).unwrap();
     assert_eq!(
         got.as_ptr(),
-        written,
+        partial,
         "the read result fills a spare buffer"
     );
-    assert!(got.iter().enumerate().all(|(i, &b)| b == i as u8));
+    for (i, &b) in got.iter().enumerate() {
+        let want = if (10..110).contains(&i) {
+            0xee
+        } else {
+            (i as u8).wrapping_add(1)
+        };
+        assert_eq!(b, want, "byte {i}");
+    }
+    assert_eq!(s.used_bytes(), s.used_bytes_recounted());
 }

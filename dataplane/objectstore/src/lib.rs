@@ -154,4 +154,11 @@ pub trait ObjectStore {
     fn recycle(&mut self, buf: Vec<u8>) {
         drop(buf);
     }
+
+    /// An empty transaction to fill for the caller's next `submit`. An engine that consumes
+    /// the transactions it applies hands their emptied op lists out again here, so a steady
+    /// stream of writes need not allocate one per transaction. Default: a new one.
+    fn transaction(&mut self) -> Transaction {
+        Transaction::new()
+    }
 }

@@ -962,9 +962,9 @@ impl ShardCore {
     /// entry with its trim.
     fn mutation_txn(&mut self, key: PgKey, job: Job, w: LogWrite) -> (Transaction, Creates) {
         let cid = key.cid();
-        let mut txn = Transaction {
-            ops: Vec::with_capacity(7),
-        };
+        // The store's recycled op list, if it keeps them: no allocation per write.
+        let mut txn = self.store.get().transaction();
+        txn.ops.reserve(7);
         let creates = self.create_if_new(key, &mut txn);
         let (oid, removes) = match job {
             Job::Write { oid, off, data } => {
