@@ -62,10 +62,10 @@ fn txns() -> Vec<Transaction> {
     t.push(Op::OmapSet {
         cid: c,
         oid: a.clone(),
-        entries: vec![
-            (b"k1".to_vec(), b"one".to_vec()),
-            (b"k2".to_vec(), b"two".to_vec()),
-        ],
+        entries: [(&b"k1"[..], &b"one"[..]), (b"k2", b"two")]
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect(),
     });
     out.push(t);
     let mut t = Transaction::new();

@@ -27,8 +27,9 @@ use std::collections::{BTreeMap, VecDeque};
 use foldhash::HashMap;
 
 use carmine_objectstore::{
-    meta, validate, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, ObjectStore,
-    OmapEntries, Op, SpareBufs, StoreError, StoreView, Ticket, Transaction,
+    meta, validate, AttrValue, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat,
+    ObjectStore, OmapEntries, OmapKey, OmapValue, Op, SpareBufs, StoreError, StoreView, Ticket,
+    Transaction,
 };
 
 const PAGE: u64 = 4096;
@@ -38,8 +39,10 @@ struct Object {
     size: u64,
     /// Page index -> page bytes; a missing page reads as zeros.
     pages: BTreeMap<u64, Box<[u8; PAGE as usize]>>,
-    attrs: BTreeMap<String, Vec<u8>>,
-    omap: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Attribute and omap bytes inline as they come in the transaction (small ones need no
+    /// allocation: the OSD's version attribute and PG log entries).
+    attrs: BTreeMap<String, AttrValue>,
+    omap: BTreeMap<OmapKey, OmapValue>,
 }
 
 impl Object {
@@ -403,7 +406,7 @@ impl ObjectStore for MemStore {
         cid: CollectionId,
         oid: &ObjectId,
     ) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
-        Ok(self.object(cid, oid)?.attrs.clone())
+        Ok(meta::attrs(&self.object(cid, oid)?.attrs))
     }
 
     fn omap_get(

@@ -63,8 +63,8 @@ mod validate;
 pub use error::StoreError;
 pub use spare::SpareBufs;
 pub use types::{
-    AttrName, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, Op, Ticket,
-    Transaction, MAX_OBJECT_SIZE,
+    AttrName, AttrValue, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, OmapKey,
+    OmapSetEntries, OmapValue, Op, Ticket, Transaction, MAX_OBJECT_SIZE,
 };
 pub use validate::{validate, StoreView};
 

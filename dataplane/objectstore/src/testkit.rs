@@ -85,19 +85,19 @@ impl Model {
                         }
                         Op::Truncate { size, .. } => resize(&mut o.data, *size),
                         Op::SetAttr { name, value, .. } => {
-                            o.attrs.insert(name.to_string(), value.clone());
+                            o.attrs.insert(name.to_string(), value.to_vec());
                         }
                         Op::RmAttr { name, .. } => {
                             o.attrs.remove(&**name);
                         }
                         Op::OmapSet { entries, .. } => {
                             for (k, v) in entries {
-                                o.omap.insert(k.clone(), v.clone());
+                                o.omap.insert(k.to_vec(), v.to_vec());
                             }
                         }
                         Op::OmapRm { keys, .. } => {
                             for k in keys {
-                                o.omap.remove(k);
+                                o.omap.remove(k.as_slice());
                             }
                         }
                         _ => {}
@@ -259,13 +259,21 @@ pub fn arb_op() -> impl Strategy<Value = Op> {
             .prop_map(|(cid, oid, size)| Op::Truncate { cid, oid, size }),
         1 => (arb_cid(), arb_oid()).prop_map(|(cid, oid)| Op::Remove { cid, oid }),
         2 => (arb_cid(), arb_oid(), prop::sample::select(vec!["x", "y", "z"]), arb_bytes(40))
-            .prop_map(|(cid, oid, n, value)| Op::SetAttr { cid, oid, name: n.into(), value }),
+            .prop_map(|(cid, oid, n, value)| Op::SetAttr { cid, oid, name: n.into(), value: value.into() }),
         1 => (arb_cid(), arb_oid(), prop::sample::select(vec!["x", "y"]))
             .prop_map(|(cid, oid, n)| Op::RmAttr { cid, oid, name: n.into() }),
         2 => (arb_cid(), arb_oid(), prop::collection::vec((arb_key(), arb_bytes(30)), 1..4))
-            .prop_map(|(cid, oid, entries)| Op::OmapSet { cid, oid, entries }),
+            .prop_map(|(cid, oid, entries)| Op::OmapSet {
+                cid,
+                oid,
+                entries: entries.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            }),
         1 => (arb_cid(), arb_oid(), prop::collection::vec(arb_key(), 1..3))
-            .prop_map(|(cid, oid, keys)| Op::OmapRm { cid, oid, keys }),
+            .prop_map(|(cid, oid, keys)| Op::OmapRm {
+                cid,
+                oid,
+                keys: keys.into_iter().map(Into::into).collect(),
+            }),
     ]
 }
 

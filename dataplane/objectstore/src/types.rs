@@ -58,6 +58,16 @@ impl From<&str> for ObjectId {
     }
 }
 
+/// An omap key in a transaction and in memstore: inline up to 24 bytes (the OSD's PG log
+/// keys are 16), serialised as a byte sequence like the `Vec<u8>` it replaced.
+pub type OmapKey = SmallVec<[u8; 24]>;
+/// An omap value: inline up to 64 bytes (a PG log entry: op, client id, tid, object name).
+pub type OmapValue = SmallVec<[u8; 64]>;
+/// An attribute value: inline up to 24 bytes (the OSD's version attribute is 16).
+pub type AttrValue = SmallVec<[u8; 24]>;
+/// The entries of one `OmapSet`: one inline (the OSD sets one log entry per write).
+pub type OmapSetEntries = SmallVec<[(OmapKey, OmapValue); 1]>;
+
 /// An attribute's name in a transaction: usually a constant of the caller's (the OSD sets
 /// its version attribute on every write), borrowed for free; owned when built at run time.
 pub type AttrName = std::borrow::Cow<'static, str>;
@@ -98,7 +108,7 @@ pub enum Op {
         cid: CollectionId,
         oid: ObjectId,
         name: AttrName,
-        value: Vec<u8>,
+        value: AttrValue,
     },
     /// The object must exist; a missing attribute is not an error.
     RmAttr {
@@ -110,13 +120,13 @@ pub enum Op {
     OmapSet {
         cid: CollectionId,
         oid: ObjectId,
-        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        entries: OmapSetEntries,
     },
     /// The object must exist; missing keys are not an error.
     OmapRm {
         cid: CollectionId,
         oid: ObjectId,
-        keys: Vec<Vec<u8>>,
+        keys: Vec<OmapKey>,
     },
 }
 
@@ -174,7 +184,7 @@ impl Transaction {
             cid,
             oid: oid.clone(),
             name: name.to_owned().into(),
-            value: v.to_vec(),
+            value: v.into(),
         })
     }
     pub fn remove(&mut self, cid: CollectionId, oid: &ObjectId) -> &mut Self {

@@ -44,7 +44,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use carmine_objectstore::ObjectId;
+use carmine_objectstore::{ObjectId, OmapKey, OmapValue};
 use carmine_wire::op::OpKind;
 use carmine_wire::Epoch;
 use foldhash::{HashMap, HashMapExt};
@@ -119,9 +119,11 @@ pub enum LogDecodeError {
 }
 
 /// The omap value of a log entry (see the module docs), written without building the entry.
-fn encode_value(kind: OpKind, req: &ReqId, object: &[u8]) -> Vec<u8> {
+/// Inline (no allocation) when it fits [`OmapValue`]'s 64 bytes, as with most client ids
+/// and object names.
+fn encode_value(kind: OpKind, req: &ReqId, object: &[u8]) -> OmapValue {
     let client = req.client.as_bytes();
-    let mut v = Vec::with_capacity(1 + 2 + client.len() + 8 + 2 + object.len());
+    let mut v = OmapValue::with_capacity(1 + 2 + client.len() + 8 + 2 + object.len());
     v.push(kind_code(kind));
     // Client ids and object names are bounded by the wire limits (u16 lengths there).
     v.extend_from_slice(&(client.len() as u16).to_le_bytes());
@@ -148,7 +150,7 @@ fn kind_of(c: u8) -> Result<OpKind, LogDecodeError> {
 impl LogEntry {
     /// The omap value of this entry (the key is [`version_key`] of its version).
     #[cfg(test)]
-    pub fn encode_value(&self) -> Vec<u8> {
+    pub fn encode_value(&self) -> OmapValue {
         encode_value(self.kind, &self.req, &self.object)
     }
 
@@ -241,8 +243,8 @@ impl Default for PgLog {
 pub struct LogWrite {
     /// The mutation's version (the entry's key is [`version_key`] of it).
     pub version: Version,
-    pub value: Vec<u8>,
-    pub trim: Vec<Vec<u8>>,
+    pub value: OmapValue,
+    pub trim: Vec<OmapKey>,
 }
 
 impl PgLog {
@@ -343,7 +345,7 @@ impl PgLog {
                 self.entries
                     .iter()
                     .take(n)
-                    .map(|(v, _)| version_key(*v).to_vec()),
+                    .map(|(v, _)| OmapKey::from_slice(&version_key(*v))),
             );
             for (v, r) in self.entries.drain(..n) {
                 // A request applied twice (its first attempt was not acknowledged everywhere)
@@ -556,7 +558,7 @@ mod tests {
                 format!("o{tid}").as_bytes(),
                 k(format!("o{tid}").as_bytes()),
             );
-            stored.push((version_key(w.version).to_vec(), w.value));
+            stored.push((version_key(w.version).to_vec(), w.value.into_vec()));
             log.commit(req("client.z", tid));
         }
         stored.push((vec![1, 2, 3], vec![]));
@@ -603,7 +605,7 @@ mod tests {
                     req: req("c", t),
                     object: b"o".to_vec(),
                 };
-                (version_key(e.version).to_vec(), e.encode_value())
+                (version_key(e.version).to_vec(), e.encode_value().into_vec())
             })
             .collect();
         let (loaded, errors) = PgLog::load(stored, k);

@@ -16,6 +16,7 @@
 
 use carmine_agent::peering::{ListedObject, ObjectVersion, PgCopy};
 use carmine_objectstore::{ObjectId, ObjectStore, Op, StoreError};
+use smallvec::smallvec;
 
 use crate::pg::PgKey;
 use crate::pglog::{version_key, version_of_key, Version, VERSION_ATTR};
@@ -40,7 +41,7 @@ pub fn set_tombstone(key: PgKey, name: &[u8], version: Version) -> Op {
     Op::OmapSet {
         cid: key.meta_cid(),
         oid: tomb_object(),
-        entries: vec![(name.to_vec(), version_key(version).to_vec())],
+        entries: smallvec![(name.into(), version_key(version).as_slice().into())],
     }
 }
 
@@ -49,7 +50,7 @@ pub fn set_since(key: PgKey, since: u64) -> Op {
     Op::OmapSet {
         cid: key.meta_cid(),
         oid: info_object(),
-        entries: vec![(SINCE_KEY.to_vec(), since.to_be_bytes().to_vec())],
+        entries: smallvec![(SINCE_KEY.into(), since.to_be_bytes().as_slice().into())],
     }
 }
 
@@ -231,7 +232,7 @@ mod tests {
                     cid: k.cid(),
                     oid,
                     name: VERSION_ATTR.into(),
-                    value: version_key(ver).to_vec(),
+                    value: version_key(ver).as_slice().into(),
                 },
             ],
         );

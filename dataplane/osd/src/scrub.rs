@@ -524,7 +524,7 @@ mod tests {
                     cid: cid(),
                     oid,
                     name: VERSION_ATTR.into(),
-                    value: version_key(v).to_vec(),
+                    value: version_key(v).as_slice().into(),
                 });
             }
         }

@@ -32,10 +32,12 @@ pub fn txn(r: u64, i: u64) -> Transaction {
     t.push(Op::OmapSet {
         cid: C,
         oid: b.clone(),
-        entries: vec![(
-            format!("k{}", i % 20).into_bytes(),
-            i.to_le_bytes().to_vec(),
-        )],
+        entries: [(
+            format!("k{}", i % 20).as_bytes().into(),
+            i.to_le_bytes().as_slice().into(),
+        )]
+        .into_iter()
+        .collect(),
     });
     if i % 9 == 4 {
         t.push(Op::Truncate {

@@ -59,12 +59,14 @@ use carmine_agent::peering::{EventSender, Lease, PeeringError, ShardRequest};
 use carmine_agent::SharedKeyring;
 use carmine_net::NetStack;
 use carmine_objectstore::StoreError;
-use carmine_objectstore::{Completion, Done, ObjectId, Op, Ticket, Transaction};
+use carmine_objectstore::{
+    AttrValue, Completion, Done, ObjectId, OmapKey, Op, Ticket, Transaction,
+};
 use carmine_placement::ClusterMap;
 use carmine_reactor::{Mailbox, Poller, Source};
 use carmine_wire::op::OpKind;
 use carmine_wire::{Epoch, OpError, PgId, PoolId, RepError, RepOp, RepReply};
-use smallvec::SmallVec;
+use smallvec::{smallvec, SmallVec};
 
 pub use crate::messenger::{Bounds, BACKLOG};
 use crate::messenger::{ConnRef, Inbound, ListenError, Messenger, RepInbound};
@@ -996,7 +998,7 @@ impl ShardCore {
                 cid,
                 oid,
                 name: VERSION_ATTR.into(),
-                value: version_key(w.version).to_vec(),
+                value: AttrValue::from_slice(&version_key(w.version)),
             });
         }
         let meta = key.meta_cid();
@@ -1010,7 +1012,7 @@ impl ShardCore {
         txn.ops.push(Op::OmapSet {
             cid: meta,
             oid: log_object(),
-            entries: vec![(version_key(w.version).to_vec(), w.value)],
+            entries: smallvec![(OmapKey::from_slice(&version_key(w.version)), w.value)],
         });
         (txn, creates)
     }

@@ -163,7 +163,7 @@ impl ShardCore {
                 let mut tombs = Vec::new();
                 for name in remove {
                     if pgmeta::tombstone(self.store.get_ref(), key, &name).is_some() {
-                        tombs.push(name.clone());
+                        tombs.push(name.as_slice().into());
                     }
                     if pgmeta::object_exists(self.store.get_ref(), key, &name) {
                         txn.ops.push(Op::Remove {
@@ -321,7 +321,7 @@ impl ShardCore {
                     cid,
                     oid,
                     name: VERSION_ATTR.into(),
-                    value: version_key(version).to_vec(),
+                    value: version_key(version).as_slice().into(),
                 });
             }
             Job::Remove { oid } => {
