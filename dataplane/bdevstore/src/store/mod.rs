@@ -510,4 +510,8 @@ impl<D: BlockDevice> ObjectStore for BdevStore<D> {
     fn recycle(&mut self, buf: Vec<u8>) {
         self.put_spare(buf);
     }
+
+    fn transaction(&mut self) -> Transaction {
+        self.scratch.transaction()
+    }
 }

@@ -238,6 +238,10 @@ fn translate_meta(op: Op) -> LOp {
 
 /// Emptied op lists kept for reuse (each holds a transaction's ops while its record is built).
 const LOP_LISTS: usize = 256;
+/// Emptied transactions kept for reuse, and the largest op list kept (a PG's creation or
+/// peering may build thousands of ops once).
+const SPARE_TXNS: usize = 256;
+const SPARE_TXN_OPS: usize = 64;
 
 /// The lists a record is built in, kept between records so that building one allocates
 /// nothing in steady state: a few vectors per record and one per transaction otherwise.
@@ -252,9 +256,23 @@ pub(super) struct RecordScratch {
     payload: Vec<u8>,
     /// An emptied `Entry::Reloc` list.
     relocs: Vec<Reloc>,
+    /// Emptied transactions (their op lists), handed out by `ObjectStore::transaction`.
+    txns: Vec<Transaction>,
 }
 
 impl RecordScratch {
+    /// An emptied transaction, or a new one.
+    pub(super) fn transaction(&mut self) -> Transaction {
+        self.txns.pop().unwrap_or_default()
+    }
+
+    fn recycle_txn(&mut self, txn: Transaction) {
+        if self.txns.len() < SPARE_TXNS && txn.ops.is_empty() && txn.ops.capacity() <= SPARE_TXN_OPS
+        {
+            self.txns.push(txn);
+        }
+    }
+
     fn recycle_lops(&mut self, mut lops: Vec<LOp>) {
         if self.lops.len() < LOP_LISTS {
             lops.clear();
@@ -574,7 +592,7 @@ impl<D: BlockDevice> BdevStore<D> {
         &mut self,
         d: &mut Draft,
         ticket: Ticket,
-        txn: Transaction,
+        mut txn: Transaction,
         mut entry: Entry,
         size: u64,
         nblocks: u64,
@@ -588,7 +606,7 @@ impl<D: BlockDevice> BdevStore<D> {
             }
         }
         d.hdr_bytes += size;
-        for op in txn.ops {
+        for op in txn.ops.drain(..) {
             if let Op::Write { data: bytes, .. } = op {
                 if !bytes.is_empty() {
                     let b = blocks_for(bytes.len() as u64);
@@ -603,6 +621,7 @@ impl<D: BlockDevice> BdevStore<D> {
         d.entries.push(entry);
         d.tickets.push(ticket);
         d.txns += 1;
+        self.scratch.recycle_txn(txn);
     }
 
     /// Step 3: encode the header, fill one device buffer (header, data runs, zero padding),
