@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use carmine_objectstore::{CollectionId, ObjectId, StoreView};
+use carmine_objectstore::{
+    AttrValue, CollectionId, ObjectId, OmapKey, OmapSetEntries, OmapValue, StoreView,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::format::{blocks_for, Geometry};
@@ -31,8 +33,8 @@ pub struct Extent {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Onode {
     pub size: u64,
-    pub attrs: BTreeMap<String, Vec<u8>>,
-    pub omap: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub attrs: BTreeMap<String, AttrValue>,
+    pub omap: BTreeMap<OmapKey, OmapValue>,
     /// Logical offset -> extent; extents never overlap.
     pub extents: BTreeMap<u64, Extent>,
 }
@@ -66,7 +68,7 @@ pub enum LOp {
         cid: CollectionId,
         oid: ObjectId,
         name: String,
-        value: Vec<u8>,
+        value: AttrValue,
     },
     RmAttr {
         cid: CollectionId,
@@ -76,12 +78,12 @@ pub enum LOp {
     OmapSet {
         cid: CollectionId,
         oid: ObjectId,
-        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        entries: OmapSetEntries,
     },
     OmapRm {
         cid: CollectionId,
         oid: ObjectId,
-        keys: Vec<Vec<u8>>,
+        keys: Vec<OmapKey>,
     },
 }
 

@@ -459,7 +459,7 @@ impl<D: BlockDevice> ObjectStore for BdevStore<D> {
         cid: CollectionId,
         oid: &ObjectId,
     ) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
-        Ok(self.object(cid, oid)?.attrs.clone())
+        Ok(meta::attrs(&self.object(cid, oid)?.attrs))
     }
 
     fn omap_get(

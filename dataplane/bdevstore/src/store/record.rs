@@ -212,27 +212,15 @@ fn translate_meta(op: Op) -> LOp {
             cid,
             oid,
             name: name.into_owned(),
-            value: value.into_vec(),
+            value,
         },
         Op::RmAttr { cid, oid, name } => LOp::RmAttr {
             cid,
             oid,
             name: name.into_owned(),
         },
-        // The logical record keeps its own (owned) types: its bytes on disk are unchanged.
-        Op::OmapSet { cid, oid, entries } => LOp::OmapSet {
-            cid,
-            oid,
-            entries: entries
-                .into_iter()
-                .map(|(k, v)| (k.into_vec(), v.into_vec()))
-                .collect(),
-        },
-        Op::OmapRm { cid, oid, keys } => LOp::OmapRm {
-            cid,
-            oid,
-            keys: keys.into_iter().map(|k| k.into_vec()).collect(),
-        },
+        Op::OmapSet { cid, oid, entries } => LOp::OmapSet { cid, oid, entries },
+        Op::OmapRm { cid, oid, keys } => LOp::OmapRm { cid, oid, keys },
     }
 }
 
