@@ -90,6 +90,10 @@ fn bdevstore_on_virtio_blk_over_qemu_storage_daemon() {
     for f in files {
         let _ = std::fs::remove_file(f);
     }
+    // And the EAL's runtime directory (/var/run/dpdk/<prefix>).
+    Eal::get()
+        .unwrap()
+        .remove_shared_files(Path::new("/dev/hugepages"));
     drop(qsd);
 
     // The daemon's backing file holds the same store.

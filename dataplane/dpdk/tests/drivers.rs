@@ -42,7 +42,6 @@ fn vdev_pmds_and_mempool_handler_are_linked() {
     // An unknown driver is refused (the check above could fail).
     assert!(eal.vdev_init("net_nonexistent0", "").is_err());
     let _ = std::fs::remove_file(&memif_sock);
-    for f in eal.hugepage_files(std::path::Path::new("/dev/hugepages")) {
-        let _ = std::fs::remove_file(f);
-    }
+    // Its hugepage files and its runtime directory (/var/run/dpdk/<prefix>).
+    eal.remove_shared_files(std::path::Path::new("/dev/hugepages"));
 }

@@ -109,6 +109,8 @@ where
             tracing::warn!(file = %f.display(), error = %e, "cannot remove a hugepage file");
         }
     }
+    // And the EAL's runtime directory (/var/run/dpdk/<prefix>): one per run otherwise.
+    eal.remove_shared_files(Path::new(HUGETLBFS));
     match (out, down) {
         (Ok(_), Err(e)) => Err(ToolEnvError::from(e).into()),
         (Err(e), Err(down)) => {

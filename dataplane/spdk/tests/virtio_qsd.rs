@@ -84,4 +84,8 @@ fn virtio_blk_bdev_over_qemu_storage_daemon() {
     for f in files {
         let _ = std::fs::remove_file(f);
     }
+    // And the EAL's runtime directory (/var/run/dpdk/<prefix>).
+    Eal::get()
+        .unwrap()
+        .remove_shared_files(Path::new("/dev/hugepages"));
 }
