@@ -19,7 +19,8 @@
 //! * Per current member: `missing` = every authoritative entry its own entry does not equal
 //!   exactly (absent, older, a different kind, or newer: a newer entry can only be on a
 //!   non-source and is overwritten); `remove` = its live objects with no authoritative entry at
-//!   all (only non-sources have them; tombstones stay); `set_since` = not a source.
+//!   all (only non-sources have them) and, on a non-source, its live objects that differ from
+//!   their authoritative entry (tombstones stay); `set_since` = not a source.
 //! * The primary (`current.acting[0]`) pulls its missing entries before it activates, each from
 //!   a holder of exactly the authoritative entry, preferring holders in the current acting set,
 //!   spreading the names over the holders.
@@ -32,7 +33,12 @@
 //! 3. A member of `I` with info and `info_since <= I.since` was a member for the whole of `I`
 //!    and was neither wiped (it would have no info) nor reset by a later plan (that sets
 //!    `info_since` past `I.since`): it holds every acknowledged op of `I`, or a newer version.
-//!    A member reset by a plan (`set_since`) claims only the intervals from the new one on.
+//!    A member reset by a plan (`set_since`) claims only the intervals from the new one on,
+//!    and its prepare removes every live object it holds that is not exactly authoritative: a
+//!    recovery that ends part way leaves it without the object, never with an older copy that
+//!    it would speak for in a later interval (a delete whose tombstone was trimmed when the PG
+//!    was last clean would come back from it). A stale tombstone it keeps says only "deleted",
+//!    which the max over the sources overrules with any newer state.
 //! 4. So with a source for every recorded interval, the maximum over the sources is at least
 //!    the newest acknowledged version of every object, and a delete stays deleted (its
 //!    tombstone is newer than the object). Older state, on strays or on reset members, is never
@@ -291,10 +297,20 @@ fn member_plan(
             tombstone: a.tombstone,
         })
         .collect();
+    // A source's live objects all have an authoritative entry (its entries made them). A
+    // non-source is reset to the new interval, after which it speaks for that interval with
+    // everything it holds: so it keeps only live objects that are exactly authoritative, or a
+    // recovery that ends part way would leave it a stale copy to speak for later.
     let remove = l
         .objects
         .iter()
-        .filter(|o| !o.tombstone && !auth.contains_key(&o.name))
+        .filter(|o| {
+            !o.tombstone
+                && match auth.get(&o.name) {
+                    None => true,
+                    Some(a) => !source && (a.version, a.tombstone) != (o.version, o.tombstone),
+                }
+        })
         .map(|o| o.name.clone())
         .collect();
     MemberPlan {
@@ -574,9 +590,10 @@ mod tests {
         assert!(!p.authoritative.contains_key(b"t".as_slice()));
         let d = &p.members[1];
         assert!(!d.source && d.set_since);
-        // Its newer a is overwritten; w matches exactly; z goes; its stray tombstone t stays.
+        // Its newer a goes and is then recovered; w matches exactly; z goes; its stray
+        // tombstone t stays.
         assert_eq!(d.missing, vec![obj("a", v(1, 1))]);
-        assert_eq!(d.remove, names(&["z"]));
+        assert_eq!(d.remove, names(&["a", "z"]));
         assert!(p.members[0].source && p.members[0].remove.is_empty());
         assert!(p.members[0].missing.is_empty());
     }
@@ -1179,6 +1196,21 @@ mod model {
             c.acked > 3000 && c.unacked > 1000 && c.unacked_surfaced > 500,
             "{c:?}"
         );
+    }
+
+    /// Seeds the property test found, replayed on every run. 14291859048419514716 (CI,
+    /// 2026-12-07): a member reset into an interval kept its stale copy of an object whose
+    /// authoritative entry differed, the interval's recovery ended part way, and in the next
+    /// interval it spoke for that interval with the stale copy, bringing back an object whose
+    /// delete's tombstone was trimmed when the PG was last clean.
+    /// 7422534535648375423: the same, found in a hunt of 30,000 cases before the fix.
+    #[test]
+    fn model_seeds_found_by_the_property_test() {
+        for seed in [14291859048419514716, 7422534535648375423] {
+            if let Err(e) = run(seed) {
+                panic!("seed {seed}: {e}");
+            }
+        }
     }
 
     proptest! {
