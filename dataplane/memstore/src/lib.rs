@@ -4,8 +4,9 @@
 //! implements the `carmine-objectstore` contract with maps: collections in an ordered map, and
 //! in each collection its objects in a hash map (every op looks an object up, often several
 //! times: by hash, not by comparing names that share a long prefix, as an ordered map does at
-//! every level; foldhash, seeded per process, rather than std's slower SipHash) beside an ordered index of their names, touched only when an object is created
-//! or removed, for listing. Object data is a sparse map of fixed-size pages so large offsets do
+//! every level; foldhash, seeded per process, rather than std's slower SipHash) beside an
+//! ordered index of their names, touched only when an object is created or removed, for
+//! listing. Object data is a sparse map of fixed-size pages so large offsets do
 //! not allocate the holes.
 //!
 //! Invariants: a transaction is validated first (`carmine_objectstore::validate`) and then
@@ -13,9 +14,9 @@
 //! completion is handed out by the next `poll`, keeping the same shape as the durable engines.
 //! Nothing here is durable.
 //!
-//! Write data, once copied into pages, is kept as a spare buffer ([`SpareBufs`]) and handed
-//! out again by `data_buf` and for read results, so a stream of small ops does not allocate
-//! its data.
+//! A whole-page write's buffer becomes the page; other write data, once copied into pages, and
+//! the pages that writes replace are kept as spare buffers ([`SpareBufs`]), handed out again by
+//! `data_buf` and for read results: a stream of small ops does not allocate its data.
 //!
 //! Usage ([`MemStore::used_bytes`]) counts the data pages held (4 KiB each), kept up to date by
 //! `apply`: attributes and omap entries are not counted. The store has no capacity: it grows
@@ -67,15 +68,21 @@ impl Object {
     /// copied and `data` is handed back. Either way `spare` gets one buffer.
     fn write_owned(&mut self, off: u64, data: Vec<u8>, spare: &mut SpareBufs) {
         if off % PAGE == 0 && data.len() == PAGE as usize && data.capacity() == PAGE as usize {
-            // Capacity equal to the length: the boxed slice is the same allocation.
-            let page: Box<[u8; PAGE as usize]> = match data.into_boxed_slice().try_into() {
-                Ok(p) => p,
-                Err(_) => unreachable!("a slice of PAGE bytes is a page"),
-            };
-            if let Some(old) = self.pages.insert(off / PAGE, page) {
-                spare.put((old as Box<[u8]>).into_vec());
+            // Capacity equal to the length: the boxed slice is the same allocation, and a
+            // slice of PAGE bytes converts to a page (the copy below is only a fallback).
+            let page: Result<Box<[u8; PAGE as usize]>, _> = data.into_boxed_slice().try_into();
+            match page {
+                Ok(page) => {
+                    if let Some(old) = self.pages.insert(off / PAGE, page) {
+                        spare.put((old as Box<[u8]>).into_vec());
+                    }
+                    self.size = self.size.max(off + PAGE);
+                }
+                Err(data) => {
+                    self.write(off, &data);
+                    spare.put(data.into_vec());
+                }
             }
-            self.size = self.size.max(off + PAGE);
             return;
         }
         self.write(off, &data);
