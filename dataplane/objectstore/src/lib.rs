@@ -36,6 +36,10 @@
 //! Data buffers can cycle instead of being allocated per op: [`ObjectStore::data_buf`] hands
 //! out an empty buffer for the next write's data and [`ObjectStore::recycle`] takes back read
 //! results the caller is done with (both have allocating/dropping defaults).
+//! Transactions cycle too ([`ObjectStore::transaction`] hands out an emptied one), and carry
+//! their small byte strings inline (object names, attribute values, omap keys and values,
+//! [`ObjectId`], [`AttrValue`], [`OmapKey`], [`OmapValue`]), so a write such as the OSD's (data,
+//! version attribute, PG log entry) need not allocate at all; larger ones spill to the heap.
 //!
 //! Metadata reads ([`ObjectStore::stat`], attributes, omap, listing) are synchronous: both
 //! engines keep all metadata resident in memory (bdevstore rebuilds it on mount), so they never
