@@ -68,7 +68,7 @@ pub use error::StoreError;
 pub use spare::SpareBufs;
 pub use types::{
     AttrName, AttrValue, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, OmapKey,
-    OmapSetEntries, OmapValue, Op, Ticket, Transaction, MAX_OBJECT_SIZE,
+    OmapSetEntries, OmapValue, Op, Ticket, Transaction, MAX_OBJECT_SIZE, OBJECT_NAME_INLINE,
 };
 pub use validate::{validate, StoreView};
 
