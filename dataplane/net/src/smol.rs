@@ -13,6 +13,10 @@
 //! `close_linger` at the latest. A peer that vanishes without FIN/RST is detected by the
 //! keep-alive/timeout settings (`keep_alive`, `timeout`), which move the socket to CLOSED;
 //! the application then sees `Err(Closed)` and closes it.
+//!
+//! Time: smoltcp's clock here is the shard's turn clock ([`carmine_reactor::clock`]) as
+//! microseconds since the stack was built, not the wall clock smoltcp's own `Instant::now`
+//! reads: on a shard, a poll reads no clock of its own.
 
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
@@ -129,11 +133,16 @@ pub struct SmolStack<D: NetDevice> {
     listeners: Vec<Listener>,
     conns: Vec<Option<Conn>>,
     conn_free: Vec<u32>,
+    /// The occupied slots of `conns`, in no order: `reap` visits these, not every slot (a
+    /// pass over `max_sockets` slots per poll was a sixth of the bench client's core).
+    conn_live: Vec<u32>,
     next_gen: u32,
     cfg: SmolConfig,
     stats: IfaceStats,
     wait_fd: Option<RawFd>,
     deadline: Option<StdInstant>,
+    /// smoltcp's time zero (see the module docs).
+    epoch: StdInstant,
     /// Next ephemeral port to try for `connect`.
     next_port: u16,
 }
@@ -159,7 +168,10 @@ fn prefaulted(len: usize) -> Vec<u8> {
 /// TCP timestamp clock: milliseconds since the first call in this process.
 fn tsval() -> u32 {
     static START: std::sync::OnceLock<StdInstant> = std::sync::OnceLock::new();
-    START.get_or_init(StdInstant::now).elapsed().as_millis() as u32
+    let start = *START.get_or_init(StdInstant::now);
+    carmine_reactor::clock::now()
+        .saturating_duration_since(start)
+        .as_millis() as u32
 }
 
 /// Spreads the first ephemeral port by the seed so shards/restarts do not collide at once.
@@ -184,7 +196,8 @@ impl<D: NetDevice> SmolStack<D> {
         }
         let mut icfg = Config::new(HardwareAddress::Ethernet(mac));
         icfg.random_seed = cfg.random_seed;
-        let mut iface = Interface::new(icfg, &mut device, Instant::now());
+        let epoch = carmine_reactor::clock::now();
+        let mut iface = Interface::new(icfg, &mut device, Instant::ZERO);
         let ip = cfg.ip;
         let mut addr_err = false;
         iface.update_ip_addrs(|addrs| {
@@ -227,14 +240,22 @@ impl<D: NetDevice> SmolStack<D> {
             free,
             listeners: Vec::new(),
             conn_free: (0..cfg.max_sockets as u32).rev().collect(),
+            conn_live: Vec::with_capacity(cfg.max_sockets),
             conns,
             next_gen: 1,
             cfg,
             stats: IfaceStats::default(),
             wait_fd,
             deadline: None,
+            epoch,
             next_port,
         })
+    }
+
+    /// smoltcp's time: the turn clock since `epoch`.
+    fn now(&self) -> Instant {
+        let since = carmine_reactor::clock::now().saturating_duration_since(self.epoch);
+        Instant::from_micros(since.as_micros().min(i64::MAX as u128) as i64)
     }
 
     /// The underlying device (e.g. to read its own counters).
@@ -288,6 +309,7 @@ impl<D: NetDevice> SmolStack<D> {
             time_wait_at: None,
             counted_reset: false,
         });
+        self.conn_live.push(slot);
         Some(ConnId { slot, gen })
     }
 
@@ -412,8 +434,12 @@ impl<D: NetDevice> SmolStack<D> {
     /// Returns the sockets of closed connections to the pool.
     fn reap(&mut self, now: Instant) -> usize {
         let mut work = 0;
-        for slot in 0..self.conns.len() {
+        let mut i = 0;
+        while i < self.conn_live.len() {
+            let slot = self.conn_live[i] as usize;
             let Some(k) = self.conns[slot].as_mut() else {
+                // Unreachable: a slot leaves `conn_live` when it is emptied (below).
+                self.conn_live.swap_remove(i);
                 continue;
             };
             let state = self.sockets.get::<tcp::Socket>(k.handle).state();
@@ -425,6 +451,7 @@ impl<D: NetDevice> SmolStack<D> {
                 k.time_wait_at = Some(now);
             }
             let Some(closed_at) = k.closed_at else {
+                i += 1;
                 continue;
             };
             let done = match state {
@@ -437,10 +464,13 @@ impl<D: NetDevice> SmolStack<D> {
             if done {
                 let h = k.handle;
                 self.conns[slot] = None;
+                self.conn_live.swap_remove(i);
                 self.conn_free.push(slot as u32);
                 self.release(h);
                 self.stats.reaped += 1;
                 work += 1;
+            } else {
+                i += 1;
             }
         }
         work
@@ -464,7 +494,7 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
             pending: Vec::with_capacity(backlog),
             ready: std::collections::VecDeque::with_capacity(backlog),
         });
-        self.maintain_listeners(Instant::now());
+        self.maintain_listeners(self.now());
         Ok(ListenerId(self.listeners.len() as u32 - 1))
     }
 
@@ -589,7 +619,7 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
     }
 
     fn close(&mut self, c: ConnId) -> Result<(), NetError> {
-        let now = Instant::now();
+        let now = self.now();
         let k = self.conn_mut(c)?;
         k.closed_at = Some(now);
         let h = k.handle;
@@ -599,7 +629,7 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
     }
 
     fn abort(&mut self, c: ConnId) -> Result<(), NetError> {
-        let now = Instant::now();
+        let now = self.now();
         let k = self.conn_mut(c)?;
         k.closed_at = Some(now);
         let h = k.handle;
@@ -631,13 +661,13 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
             rx_bytes: c.rx_bytes.get(),
             tx_bytes: c.tx_bytes.get(),
             sockets: self.sockets.iter().count() as u64,
-            connections: self.conns.iter().filter(|k| k.is_some()).count() as u64,
+            connections: self.conn_live.len() as u64,
             ..self.stats
         }
     }
 
     fn poll(&mut self) -> usize {
-        let now = Instant::now();
+        let now = self.now();
         let before = self.device.counters.rx_frames.get() + self.device.counters.tx_frames.get();
         self.device.rx_left = RX_PER_POLL;
         self.iface.poll(now, &mut self.device, &mut self.sockets);
@@ -647,10 +677,9 @@ impl<D: NetDevice> NetStack for SmolStack<D> {
         let mut work = frames as usize;
         work += self.maintain_listeners(now);
         work += self.reap(now);
-        self.deadline = self
-            .iface
-            .poll_delay(now, &self.sockets)
-            .map(|d| StdInstant::now() + Duration::from_micros(d.total_micros()));
+        self.deadline = self.iface.poll_delay(now, &self.sockets).map(|d| {
+            self.epoch + Duration::from_micros(now.total_micros() as u64 + d.total_micros())
+        });
         work
     }
 

@@ -492,7 +492,7 @@ impl Messenger {
             ShardCounters::add(&counters.conns_accepted, 1);
             let gen = self.next_gen;
             self.next_gen = self.next_gen.wrapping_add(1).max(1);
-            let now = Instant::now();
+            let now = carmine_reactor::clock::now();
             self.unauthenticated += 1;
             self.conns[slot] = Some(Conn {
                 id,
@@ -623,7 +623,7 @@ impl Messenger {
         jobs: &mut Vec<Inbound>,
         reps: &mut Vec<RepInbound>,
     ) -> usize {
-        let now = Instant::now();
+        let now = carmine_reactor::clock::now();
         self.sweep(now, counters);
         // Recounted from the connections (no drift between the two accounts).
         self.used = self.conns.iter().flatten().map(Conn::held_bytes).sum();
@@ -745,7 +745,9 @@ impl Messenger {
                             tid,
                             target,
                             job,
-                            started: Instant::now(),
+                            // When the turn that read it began: the wait behind the
+                            // turn's earlier work counts in its latency.
+                            started: carmine_reactor::clock::now(),
                         };
                         work += 1;
                         match admit(
@@ -916,7 +918,7 @@ impl Messenger {
     pub fn write(&mut self, counters: &ShardCounters, events: &mut Vec<PeerEvent>) -> usize {
         let mut written = self.peers.write(&mut *self.net, events) + self.direct_written;
         self.direct_written = 0;
-        let now = Instant::now();
+        let now = carmine_reactor::clock::now();
         for slot in 0..self.conns.len() {
             let Some(c) = self.conns[slot].as_mut() else {
                 continue;

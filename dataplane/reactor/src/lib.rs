@@ -11,6 +11,10 @@
 //! 3. expired timers ([`sleep`]);
 //! 4. the shard-local executor: `!Send` futures spawned with [`spawn_local`].
 //!
+//! Each turn starts with the one clock read it makes: [`clock::now`] gives that instant to
+//! whatever runs in the turn, and the time from one busy turn's start to the next's is the
+//! shard's `busy_ns`.
+//!
 //! Idle policy ([`IdlePolicy`]): `Busy` spins forever (bare metal); `Adaptive` spins, then
 //! yields, then blocks in `ppoll` on the shard's eventfd and every poller's [`Poller::wait_fd`],
 //! with a timeout of the earliest timer / [`Poller::next_deadline`] / the sleep cap, which
@@ -70,6 +74,7 @@
 //! - A message is delivered in FIFO order per (source, destination) pair; there is no global
 //!   order across sources.
 
+pub mod clock;
 mod error;
 mod executor;
 mod mailbox;

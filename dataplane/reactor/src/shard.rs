@@ -117,11 +117,20 @@ impl<M> ShardLoop<M> {
         }
         work += self.drain_rings();
         if self.executor.has_timers() {
-            work += self.executor.fire_timers(Instant::now());
+            work += self.executor.fire_timers(crate::clock::now());
         }
         work += self.executor.run_ready();
         self.setup.mailbox.flush();
         work
+    }
+
+    /// Counts a turn that did work: CPU time that did work (with busy polling the core is
+    /// always at 100%, so this is what tells how much of it the requests cost).
+    fn add_busy(&self, d: std::time::Duration) {
+        self.stats.busy_loops.add(1);
+        self.stats
+            .busy_ns
+            .add(d.as_nanos().min(u128::from(u64::MAX)) as u64);
     }
 
     /// Blocks until a wake-up, a deadline or `max_sleep`; says how the sleep ended.
@@ -187,17 +196,19 @@ impl<M> ShardLoop<M> {
         };
         // How the last iteration's sleep ended (No: it did not sleep).
         let mut last_sleep = Slept::No;
+        // The start of the previous turn, if it did work: its busy time ends where this turn
+        // starts (a busy turn goes straight on to the next), so one clock read a turn serves
+        // both the turn clock and the busy counter.
+        let mut busy_since: Option<Instant> = None;
         while !self.stop.load(Ordering::Relaxed) {
-            let started = std::time::Instant::now();
+            let started = crate::clock::start_turn();
+            if let Some(t) = busy_since.take() {
+                self.add_busy(started - t);
+            }
             let work = self.turn();
             let after = std::mem::replace(&mut last_sleep, Slept::No);
             if work > 0 {
-                self.stats.busy_loops.add(1);
-                // CPU time that did work: with busy polling the core is always at 100%, so
-                // this is what tells how much of it the requests cost.
-                self.stats
-                    .busy_ns
-                    .add(started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64);
+                busy_since = Some(started);
                 if after == Slept::TimedOut && backoff.deep() {
                     // Housekeeping on a timer: back to sleep without the ladder (module docs).
                     self.stats.housekeeping_wakes.add(1);
@@ -226,6 +237,10 @@ impl<M> ShardLoop<M> {
                 }
             }
         }
+        if let Some(t) = busy_since {
+            self.add_busy(t.elapsed());
+        }
+        crate::clock::end_turns();
         // Run the remaining tasks' destructors on this thread (they are !Send).
         crate::executor::set_current(None);
     }

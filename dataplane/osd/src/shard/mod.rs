@@ -288,7 +288,7 @@ impl ShardCore {
             self.check_store();
         }
         work += self.retry_deferred();
-        let now = Instant::now();
+        let now = carmine_reactor::clock::now();
         if self.pushes.busy() || self.pushes.recovering() {
             work += self.feed_pushes(now);
         }
@@ -328,10 +328,10 @@ impl ShardCore {
             || self.pushes.busy()
             || !self.deferred.is_empty();
         let deadline = if busy {
-            Some(Instant::now())
+            Some(carmine_reactor::clock::now())
         } else if self.pushes.recovering() {
             // Recovery paused after a failed push: back soon, without spinning.
-            let soon = Instant::now() + PEERING_TICK / 4;
+            let soon = carmine_reactor::clock::now() + PEERING_TICK / 4;
             Some(self.messenger.net_deadline().map_or(soon, |d| d.min(soon)))
         } else {
             self.messenger.net_deadline()
