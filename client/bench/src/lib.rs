@@ -144,6 +144,11 @@ pub struct BenchReport {
     pub reconnects: u64,
     /// The first op error or mismatch, for the operator.
     pub first_problem: Option<String>,
+    /// On a reactor shard (`--transport memif`): the shard's busy time (its turns that did
+    /// work, `busy_ns`) per op, in µs. It busy-polls, so its process CPU says nothing of its
+    /// load; this tells whether the bench itself was the limit (near 1e6 / IOPS). None on the
+    /// kernel transport.
+    pub shard_busy_us_per_op: Option<f64>,
 }
 
 impl BenchReport {
@@ -166,6 +171,9 @@ impl BenchReport {
             "errors: {}  mismatches: {}  retries: {} (stale map {})  reconnects: {}\n",
             self.errors, self.mismatches, self.retries, self.stale_map_retries, self.reconnects
         );
+        if let Some(b) = self.shard_busy_us_per_op {
+            s += &format!("bench shard busy: {b:.2} us/op\n");
+        }
         if let Some(p) = &self.first_problem {
             s += &format!("first problem: {p}\n");
         }
@@ -524,6 +532,7 @@ impl Shared {
             stale_map_retries: sum(|s| s.stale_map_retries),
             reconnects: sum(|s| s.reconnects),
             first_problem: a.first_problem.clone(),
+            shard_busy_us_per_op: None,
         }
     }
 }
@@ -575,8 +584,11 @@ mod tests {
             stale_map_retries: 0,
             reconnects: 0,
             first_problem: Some("x".into()),
+            shard_busy_us_per_op: Some(2.5),
         };
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["shard_busy_us_per_op"], 2.5);
+        assert!(r.to_text().contains("bench shard busy: 2.50 us/op"));
         assert_eq!(v["mode"], "rand");
         assert_eq!(v["seconds"], 1.5);
         assert_eq!(v["block_size"], 4096);

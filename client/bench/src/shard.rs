@@ -150,6 +150,9 @@ pub async fn run_on_shard(
         ..ReactorConfig::default()
     };
     let (reactor, _control) = Reactor::start(config, init).map_err(setup_error)?;
+    let shard_stats = reactor
+        .stats_handle(0)
+        .ok_or_else(|| BenchError::Transport("the bench shard has no stats".into()))?;
     progress(PROGRESS_HEADER);
     let mut ticker = Ticker::new(&shared);
     let mut done_rx = std::pin::pin!(done_rx);
@@ -163,5 +166,10 @@ pub async fn run_on_shard(
     let stopped = reactor.shutdown();
     let stats = stats.map_err(|_| BenchError::Worker("the bench shard stopped early".into()))?;
     stopped.map_err(setup_error)?;
-    Ok(shared.report(&stats))
+    let mut report = shared.report(&stats);
+    if report.ops > 0 {
+        report.shard_busy_us_per_op =
+            Some(shard_stats.busy_ns.get() as f64 / 1e3 / report.ops as f64);
+    }
+    Ok(report)
 }
