@@ -120,6 +120,21 @@ impl Object {
         self.size = size;
     }
 
+    /// The bytes of `[off, off+len)` (clipped at the size) where they lie in one page, or
+    /// nothing to read; None when they cross pages or a hole (those need a buffer: `read`).
+    fn in_one_page(&self, off: u64, len: u64) -> Option<&[u8]> {
+        let end = off.saturating_add(len).min(self.size);
+        if off >= end {
+            return Some(&[]);
+        }
+        let index = off / PAGE;
+        if (end - 1) / PAGE != index {
+            return None;
+        }
+        let (_, page) = self.pages.range(index, index + 1).next()?;
+        Some(&page[(off - index * PAGE) as usize..(end - index * PAGE) as usize])
+    }
+
     /// The bytes of `[off, off+len)` (clipped at the size), in a buffer from `spare`.
     fn read(&self, off: u64, len: u64, spare: &mut SpareBufs) -> Vec<u8> {
         let end = off.saturating_add(len).min(self.size);
@@ -373,6 +388,19 @@ impl ObjectStore for MemStore {
         };
         self.done.push_back(Completion { ticket, result });
         ticket
+    }
+
+    fn read_in_place(
+        &self,
+        cid: CollectionId,
+        oid: &ObjectId,
+        off: u64,
+        len: u64,
+    ) -> Option<Result<&[u8], StoreError>> {
+        match object_in(&self.colls, cid, oid) {
+            Ok(o) => o.in_one_page(off, len).map(Ok),
+            Err(e) => Some(Err(e)),
+        }
     }
 
     fn read(&mut self, cid: CollectionId, oid: &ObjectId, off: u64, len: u64) -> Ticket {

@@ -87,6 +87,22 @@ pub trait ObjectStore {
     /// The outcome is `Done::Data(bytes)` or an error, through [`ObjectStore::poll`].
     fn read(&mut self, cid: CollectionId, oid: &ObjectId, off: u64, len: u64) -> Ticket;
 
+    /// The same read, served now and borrowed, where the store holds its bytes contiguous in
+    /// memory: `Some(Ok(bytes))` (clipped to the object size, as [`ObjectStore::read`]),
+    /// `Some(Err(_))` for the error `read` would give, `None` when it cannot (the bytes are on
+    /// a device, cross a page or a hole): then use `read`. A caller that answers from the
+    /// borrow skips the copy into a buffer and the round trip through `poll`. The default is
+    /// `None`.
+    fn read_in_place(
+        &self,
+        _cid: CollectionId,
+        _oid: &ObjectId,
+        _off: u64,
+        _len: u64,
+    ) -> Option<Result<&[u8], StoreError>> {
+        None
+    }
+
     /// Advance the store: reap device completions, run background work in bounded steps, and
     /// append finished operations to `out`. Returns how many were appended. Never blocks.
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize;

@@ -139,6 +139,12 @@ pub fn compare<S: ObjectStore + ?Sized>(store: &mut S, model: &Model) -> Result<
         if listed != want {
             return Err(format!("listing of {cid:?}: {listed:?} != {want:?}"));
         }
+        let absent = ObjectId::from("zz-not-an-object-of-the-model");
+        if !objs.contains_key(&absent) {
+            if let Some(Ok(_)) = store.read_in_place(*cid, &absent, 0, 4096) {
+                return Err(format!("read_in_place found {absent:?}, absent in {cid:?}"));
+            }
+        }
         for (oid, o) in objs {
             let st = store
                 .stat(*cid, oid)
@@ -160,6 +166,27 @@ pub fn compare<S: ObjectStore + ?Sized>(store: &mut S, model: &Model) -> Result<
             let end = (mid as usize + 5000).min(o.data.len());
             if d[..] != o.data[mid as usize..end] {
                 return Err(format!("sub-range read of {oid:?} at {mid} differs"));
+            }
+            // A read served in place, where the store can, is the same bytes.
+            let size = o.data.len() as u64;
+            for (off, len) in [
+                (0, 4096),
+                (0, size),
+                (mid, 100),
+                (4096, 4096),
+                (size, 10),
+                (1, 4095),
+            ] {
+                if let Some(got) = store.read_in_place(*cid, oid, off, len) {
+                    let got = got.map_err(|e| format!("read_in_place {oid:?} at {off}: {e}"))?;
+                    let (s, e) = (
+                        off.min(size) as usize,
+                        off.saturating_add(len).min(size) as usize,
+                    );
+                    if got != &o.data[s..e.max(s)] {
+                        return Err(format!("read_in_place of {oid:?} at {off}+{len} differs"));
+                    }
+                }
             }
             let attrs = store
                 .get_attrs(*cid, oid)

@@ -67,7 +67,7 @@ use carmine_agent::{Role, SharedKeyring};
 use carmine_net::{ConnId, ListenerId, NetError, NetStack};
 use carmine_wire::server::Keyring;
 use carmine_wire::server::{ConnError, ServerConn, ServerEvent};
-use carmine_wire::{AuthKey, Limits, Nonce, OpError, RepOp, RepReply, Version};
+use carmine_wire::{AuthKey, Limits, Nonce, OpError, OpReply, RepOp, RepReply, ReplyBody, Version};
 
 use crate::ops::{with_reply, Answer, Job, Target};
 use crate::peers::{LinkId, PeerEvent, PeerLinks, SendError};
@@ -834,59 +834,72 @@ impl Messenger {
     /// for a connection that has gone, or was replaced in its slot, is dropped). Its charge
     /// goes back either way.
     pub fn deliver(&mut self, conn: ConnRef, tid: u64, result: &Result<Answer, OpError>) {
+        if let Ok(Answer::Read(data)) = result {
+            return self.deliver_read(conn, tid, data);
+        }
+        let shard = self.shard;
+        let Some(c) = settle(&mut self.conns, conn) else {
+            return;
+        };
+        let (sc, out) = (&c.sc, &mut c.out);
+        let bound = result.as_ref().map_or(128, Answer::encoded_bound);
+        let old = out.len();
+        out.resize(old + bound, 0);
+        let encoded = match with_reply(result, |r| sc.encode_reply(tid, r, &mut out[old..])) {
+            Ok(n) => {
+                out.truncate(old + n);
+                Ok(())
+            }
+            Err(e) => {
+                out.truncate(old);
+                Err(e)
+            }
+        };
+        if let Err(e) = encoded {
+            tracing::error!(shard, error = %e, "cannot encode a reply: closing");
+            c.closing = true;
+        }
+    }
+
+    /// [`Messenger::deliver`] of a successful read's `data`, borrowed from wherever it lies
+    /// (a store buffer, or the store's own memory: `ObjectStore::read_in_place`).
+    pub fn deliver_read(&mut self, conn: ConnRef, tid: u64, data: &[u8]) {
         let shard = self.shard;
         let Some(c) = settle(&mut self.conns, conn) else {
             return;
         };
         let (sc, out, id) = (&c.sc, &mut c.out, c.id);
         let direct_written = &mut self.direct_written;
-        let encoded = if let Ok(Answer::Read(_)) = result {
-            // The head, then the data from where it lies: no zero-filled room for it first
-            // (4 MiB of memset per large read).
-            let head = &mut self.hs_buf;
-            let net = &mut *self.net;
-            with_reply(result, |r| {
-                let (n, data) = sc.encode_reply_head(tid, r, head)?;
-                // Nothing queued before it, a stack whose writes are copies (not system calls:
-                // on kernel sockets the replies of a poll leave in one write) and room for all
-                // of it: straight into the stack's send buffer, one copy of the data fewer than
-                // through `out`. What the stack does not take is queued as usual.
-                if out.is_empty()
-                    && net.writes_are_copies()
-                    && net.send_space(id).is_ok_and(|room| room >= n + data.len())
-                {
-                    let took = net.write(id, &head[..n]).unwrap_or(0);
+        // The head, then the data from where it lies: no zero-filled room for it first
+        // (4 MiB of memset per large read).
+        let head = &mut self.hs_buf;
+        let net = &mut *self.net;
+        let reply = OpReply::ok(ReplyBody::Read { data });
+        let encoded = sc.encode_reply_head(tid, &reply, head).map(|(n, data)| {
+            // Nothing queued before it, a stack whose writes are copies (not system calls:
+            // on kernel sockets the replies of a poll leave in one write) and room for all of
+            // it: straight into the stack's send buffer, one copy of the data fewer than
+            // through `out`. What the stack does not take is queued as usual.
+            if out.is_empty()
+                && net.writes_are_copies()
+                && net.send_space(id).is_ok_and(|room| room >= n + data.len())
+            {
+                let took = net.write(id, &head[..n]).unwrap_or(0);
+                *direct_written += took;
+                if took < n {
+                    out.extend_from_slice(&head[took..n]);
+                    out.extend_from_slice(data);
+                } else {
+                    let took = net.write(id, data).unwrap_or(0);
                     *direct_written += took;
-                    if took < n {
-                        out.extend_from_slice(&head[took..n]);
-                        out.extend_from_slice(data);
-                    } else {
-                        let took = net.write(id, data).unwrap_or(0);
-                        *direct_written += took;
-                        out.extend_from_slice(&data[took..]);
-                    }
-                    return Ok(());
+                    out.extend_from_slice(&data[took..]);
                 }
-                out.reserve(n + data.len());
-                out.extend_from_slice(&head[..n]);
-                out.extend_from_slice(data);
-                Ok(())
-            })
-        } else {
-            let bound = result.as_ref().map_or(128, Answer::encoded_bound);
-            let old = out.len();
-            out.resize(old + bound, 0);
-            match with_reply(result, |r| sc.encode_reply(tid, r, &mut out[old..])) {
-                Ok(n) => {
-                    out.truncate(old + n);
-                    Ok(())
-                }
-                Err(e) => {
-                    out.truncate(old);
-                    Err(e)
-                }
+                return;
             }
-        };
+            out.reserve(n + data.len());
+            out.extend_from_slice(&head[..n]);
+            out.extend_from_slice(data);
+        });
         if let Err(e) = encoded {
             tracing::error!(shard, error = %e, "cannot encode a reply: closing");
             c.closing = true;

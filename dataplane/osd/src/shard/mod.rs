@@ -602,6 +602,11 @@ impl ShardCore {
                 }
                 self.lookup.0.clear();
                 self.lookup.0.extend_from_slice(&name);
+                if conn.shard as usize == self.shard
+                    && self.answer_in_place(conn, tid, cid, off, len, started)
+                {
+                    return;
+                }
                 let ticket = self
                     .store
                     .get()
@@ -1186,6 +1191,45 @@ impl ShardCore {
         }
     }
 
+    /// Answers a read of `self.lookup` on one of this shard's connections straight from the
+    /// store's memory, if the store serves it in place (`ObjectStore::read_in_place`): no
+    /// buffer, no ticket. False: it does not, use `read`.
+    fn answer_in_place(
+        &mut self,
+        conn: ConnRef,
+        tid: u64,
+        cid: carmine_objectstore::CollectionId,
+        off: u64,
+        len: u32,
+        started: Instant,
+    ) -> bool {
+        let ShardCore {
+            store,
+            messenger,
+            counters,
+            latency,
+            lookup,
+            ..
+        } = self;
+        let error = match store
+            .get_ref()
+            .read_in_place(cid, lookup, off, u64::from(len))
+        {
+            None => return false,
+            Some(Ok(data)) => {
+                count_answer(counters, OpKind::Read, Ok((data.len(), data.len())));
+                latency.record(crate::perf::op_index(OpKind::Read), started, Instant::now());
+                messenger.deliver_read(conn, tid, data);
+                return true;
+            }
+            Some(Err(e)) => e,
+        };
+        // The error `read` would have completed with, answered the same way.
+        let error = self.store_error(&error);
+        self.reply(conn, tid, OpKind::Read, Err(error), started);
+        true
+    }
+
     /// Counts an answer and encodes it onto one of this shard's connections.
     fn deliver_local(
         &mut self,
@@ -1195,29 +1239,15 @@ impl ShardCore {
         result: Result<Answer, OpError>,
         started: Instant,
     ) {
-        let ctr = &self.counters;
-        ShardCounters::add(&ctr.ops, 1);
-        ShardCounters::add(
-            match kind {
-                OpKind::Write | OpKind::WriteFull => &ctr.ops_write,
-                OpKind::Read => &ctr.ops_read,
-                OpKind::Stat => &ctr.ops_stat,
-                OpKind::Remove => &ctr.ops_remove,
-                OpKind::List => &ctr.ops_list,
+        count_answer(
+            &self.counters,
+            kind,
+            match &result {
+                Ok(Answer::Read(d)) => Ok((d.len(), d.len())),
+                Ok(a) => Ok((a.bytes_out(), 0)),
+                Err(e) => Err(e),
             },
-            1,
         );
-        match &result {
-            Ok(a) => {
-                ShardCounters::add(&ctr.bytes_out, a.bytes_out() as u64);
-                if let Answer::Read(d) = a {
-                    ShardCounters::add(&ctr.bytes_read, d.len() as u64);
-                }
-            }
-            Err(OpError::StaleMap { .. }) => ShardCounters::add(&ctr.stale_map, 1),
-            Err(OpError::Again) => ShardCounters::add(&ctr.again, 1),
-            Err(_) => ShardCounters::add(&ctr.errors, 1),
-        }
         self.latency
             .record(crate::perf::op_index(kind), started, Instant::now());
         self.messenger.deliver(conn, tid, &result);
@@ -1226,6 +1256,33 @@ impl ShardCore {
         if let Ok(Answer::Read(data)) = result {
             self.store.get().recycle(data);
         }
+    }
+}
+
+/// Counts an answer to a client op: the op by kind, then its (data bytes out, of them read
+/// from the store) or its error.
+fn count_answer(ctr: &ShardCounters, kind: OpKind, result: Result<(usize, usize), &OpError>) {
+    ShardCounters::add(&ctr.ops, 1);
+    ShardCounters::add(
+        match kind {
+            OpKind::Write | OpKind::WriteFull => &ctr.ops_write,
+            OpKind::Read => &ctr.ops_read,
+            OpKind::Stat => &ctr.ops_stat,
+            OpKind::Remove => &ctr.ops_remove,
+            OpKind::List => &ctr.ops_list,
+        },
+        1,
+    );
+    match result {
+        Ok((out, read)) => {
+            ShardCounters::add(&ctr.bytes_out, out as u64);
+            if read > 0 {
+                ShardCounters::add(&ctr.bytes_read, read as u64);
+            }
+        }
+        Err(OpError::StaleMap { .. }) => ShardCounters::add(&ctr.stale_map, 1),
+        Err(OpError::Again) => ShardCounters::add(&ctr.again, 1),
+        Err(_) => ShardCounters::add(&ctr.errors, 1),
     }
 }
 
