@@ -6,11 +6,10 @@
 //! times: by hash, not by comparing names that share a long prefix, as an ordered map does at
 //! every level; foldhash, seeded per process, rather than std's slower SipHash) beside an
 //! ordered index of their names, touched only when an object is created or removed, for
-//! listing. Object data is a sparse, sorted list of fixed-size pages ([`pages`]), so large
-//! offsets do not allocate the holes and a one-page object keeps its page inline.
-//!
-//! An object's first page and first attribute sit inline in it ([`pages`], [`attrs`]): a
-//! one-block object with the OSD's version attribute is one hash-table slot, no nodes.
+//! listing. Object data is a sparse, sorted list of fixed-size pages, so large offsets do not
+//! allocate the holes. An object's first page and first attribute sit inline in it
+//! (`src/pages.rs`, `src/attrs.rs`): a one-block object with the OSD's version attribute is one
+//! hash-table slot, no nodes.
 //!
 //! Invariants: a transaction is validated first (`carmine_objectstore::validate`) and then
 //! applied by code with no failure path, so it is all-or-nothing. Work completes at submit; the
