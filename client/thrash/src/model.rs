@@ -72,7 +72,7 @@ pub fn encode(name: &str, writer: u32, seq: u64, fill: &[u8]) -> Vec<u8> {
     b.extend_from_slice(&seq.to_le_bytes());
     b.extend_from_slice(&(fill.len() as u32).to_le_bytes());
     b.extend_from_slice(fill);
-    let crc = crc32c::crc32c(&b);
+    let crc = carmine_checksum::crc32c(&b);
     b.extend_from_slice(&crc.to_le_bytes());
     b
 }
@@ -84,7 +84,7 @@ pub fn decode(b: &[u8]) -> Result<Stamp, PayloadError> {
     }
     let (body, crc) = b.split_at(b.len() - 4);
     let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    let computed = crc32c::crc32c(body);
+    let computed = carmine_checksum::crc32c(body);
     if stored != computed {
         return Err(PayloadError::Crc { stored, computed });
     }

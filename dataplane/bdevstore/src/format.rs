@@ -32,7 +32,7 @@ pub const MAX_TXN_HEADER: u64 = 64 << 10;
 /// Stores formatted before this default (1024-block segments) keep their geometry and refuse
 /// larger transactions with `InvalidArgument`.
 pub const DEFAULT_SEG_BLOCKS: u64 = (MAX_TXN_DATA + MAX_TXN_HEADER) / BLOCK;
-const _: () = assert!(MAX_TXN_DATA % BLOCK == 0 && MAX_TXN_HEADER % BLOCK == 0);
+const _: () = assert!(MAX_TXN_DATA.is_multiple_of(BLOCK) && MAX_TXN_HEADER.is_multiple_of(BLOCK));
 /// Cap on any decoded payload (a corrupt length must not allocate wildly).
 const DECODE_LIMIT: u64 = 1 << 30;
 
@@ -67,7 +67,7 @@ pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Option<T> {
 pub(crate) fn frame(magic: u64, payload: &[u8], out: &mut [u8]) -> u32 {
     out[0..8].copy_from_slice(&magic.to_le_bytes());
     out[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[0..12]), payload);
+    let crc = carmine_checksum::crc32c_append(carmine_checksum::crc32c(&out[0..12]), payload);
     out[12..16].copy_from_slice(&crc.to_le_bytes());
     out[16..16 + payload.len()].copy_from_slice(payload);
     crc
@@ -81,7 +81,8 @@ pub(crate) fn unframe(magic: u64, buf: &[u8]) -> Option<(&[u8], u32)> {
     let len = u32::from_le_bytes(buf[8..12].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(buf[12..16].try_into().ok()?);
     let payload = buf.get(16..16 + len)?;
-    (crc32c::crc32c_append(crc32c::crc32c(&buf[0..12]), payload) == crc).then_some((payload, crc))
+    (carmine_checksum::crc32c_append(carmine_checksum::crc32c(&buf[0..12]), payload) == crc)
+        .then_some((payload, crc))
 }
 
 /// Blocks needed for `bytes`.

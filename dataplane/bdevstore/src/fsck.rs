@@ -108,7 +108,8 @@ pub fn fsck<D: BlockDevice>(dev: &mut D, shard: usize) -> Result<FsckReport, Sto
                 Some(ok) => *ok,
                 None => {
                     let buf = sync_read(dev, Some(geo), e.chunk.lba, blocks)?;
-                    let ok = crc32c::crc32c(&buf.as_slice()[..e.chunk.len as usize]) == e.chunk.crc;
+                    let ok = carmine_checksum::crc32c(&buf.as_slice()[..e.chunk.len as usize])
+                        == e.chunk.crc;
                     r.chunks_verified += 1;
                     verified.insert(e.chunk.lba, ok);
                     if !ok {

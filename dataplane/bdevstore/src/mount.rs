@@ -134,7 +134,7 @@ pub(crate) fn checkpoint_header(uuid: u64, generation: u64, start: LogPos, body:
         uuid,
         generation,
         body_len: body.len() as u64,
-        body_crc: crc32c::crc32c(body),
+        body_crc: carmine_checksum::crc32c(body),
         start,
     };
     let payload = encode(&hdr);
@@ -176,7 +176,7 @@ pub fn format_owned<D: BlockDevice>(
 ) -> Result<Superblock, StoreError> {
     check_identity_len(owner)?;
     let bs = dev.block_size() as u64;
-    if bs == 0 || BLOCK % bs != 0 {
+    if bs == 0 || !BLOCK.is_multiple_of(bs) {
         return Err(StoreError::InvalidArgument(format!(
             "device block size {bs} does not divide 4096"
         )));
@@ -235,7 +235,7 @@ pub(crate) fn read_superblock<D: BlockDevice>(
     shard: usize,
 ) -> Result<Geometry, StoreError> {
     let bs = dev.block_size() as u64;
-    if bs == 0 || BLOCK % bs != 0 {
+    if bs == 0 || !BLOCK.is_multiple_of(bs) {
         return Err(StoreError::InvalidArgument(format!(
             "device block size {bs} does not divide 4096"
         )));
@@ -282,7 +282,7 @@ pub enum Probe {
 /// device holds. Read-only. A superblock frame whose payload does not decode is `Data`.
 pub fn probe<D: BlockDevice>(dev: &mut D) -> Result<Probe, StoreError> {
     let bs = dev.block_size() as u64;
-    if bs == 0 || BLOCK % bs != 0 {
+    if bs == 0 || !BLOCK.is_multiple_of(bs) {
         return Err(StoreError::InvalidArgument(format!(
             "device block size {bs} does not divide 4096"
         )));
@@ -395,7 +395,7 @@ fn parse_record(
             let start = c.lba.checked_sub(base).map(|d| off as u64 + d * BLOCK);
             let ok = start.is_some_and(|s| {
                 buf.get(s as usize..s as usize + c.len as usize)
-                    .is_some_and(|d| crc32c::crc32c(d) == c.crc)
+                    .is_some_and(|d| carmine_checksum::crc32c(d) == c.crc)
             });
             if !ok {
                 return Err(());
@@ -448,7 +448,7 @@ pub(crate) fn load<D: BlockDevice>(dev: &mut D, shard: usize) -> Result<Loaded, 
                 if h.uuid == geo.uuid
                     && best
                         .as_ref()
-                        .map_or(true, |(b, _)| h.generation > b.generation)
+                        .is_none_or(|(b, _)| h.generation > b.generation)
                 {
                     best = Some((h, slot));
                 }
@@ -465,7 +465,7 @@ pub(crate) fn load<D: BlockDevice>(dev: &mut D, shard: usize) -> Result<Loaded, 
     }
     let body = sync_read(dev, Some(&geo), slot * geo.slot_blocks + 1, body_blocks)?;
     let body = &body.as_slice()[..hdr.body_len as usize];
-    let computed = crc32c::crc32c(body);
+    let computed = carmine_checksum::crc32c(body);
     if computed != hdr.body_crc {
         return Err(StoreError::Checksum {
             block: slot * geo.slot_blocks + 1,

@@ -112,7 +112,7 @@ fn regions(dev: &[u8]) -> Vec<(&'static str, u32)> {
     let blk = |b: usize| b * BLOCK;
     let seg0 = P0 + 2 * SLOT_BLOCKS;
     let p1 = P0 + (common::DEV_BLOCKS_4K as usize - 1) / 2;
-    let r = |a: usize, b: usize| crc32c::crc32c(&dev[blk(a)..blk(b)]);
+    let r = |a: usize, b: usize| carmine_checksum::crc32c(&dev[blk(a)..blk(b)]);
     vec![
         ("superblock (block 0)", r(0, 1)),
         ("partition 0 checkpoint slot 0", r(P0, P0 + SLOT_BLOCKS)),
@@ -130,7 +130,7 @@ fn regions(dev: &[u8]) -> Vec<(&'static str, u32)> {
         ),
         ("partition 0 other segments", r(seg0 + 2 * SEG_BLOCKS, p1)),
         ("partition 1", r(p1, dev.len() / BLOCK)),
-        ("whole device", crc32c::crc32c(dev)),
+        ("whole device", carmine_checksum::crc32c(dev)),
     ]
 }
 

@@ -83,7 +83,7 @@ fn version_1_stores_mount_and_can_be_claimed() {
     let mut blk = vec![0u8; 4096];
     blk[0..8].copy_from_slice(b"CRMN-SB1");
     blk[8..12].copy_from_slice(&(v1.len() as u32).to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&blk[0..12]), &v1);
+    let crc = carmine_checksum::crc32c_append(carmine_checksum::crc32c(&blk[0..12]), &v1);
     blk[12..16].copy_from_slice(&crc.to_le_bytes());
     blk[16..16 + v1.len()].copy_from_slice(&v1);
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();

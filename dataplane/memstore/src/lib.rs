@@ -71,7 +71,10 @@ impl Object {
     /// page, no copy, and hands the page it replaces back for reuse; otherwise the bytes are
     /// copied and `data` is handed back. Either way `spare` gets one buffer.
     fn write_owned(&mut self, off: u64, data: Vec<u8>, spare: &mut SpareBufs) {
-        if off % PAGE == 0 && data.len() == PAGE as usize && data.capacity() == PAGE as usize {
+        if off.is_multiple_of(PAGE)
+            && data.len() == PAGE as usize
+            && data.capacity() == PAGE as usize
+        {
             // Capacity equal to the length: the boxed slice is the same allocation, and a
             // slice of PAGE bytes converts to a page (the copy below is only a fallback).
             let page: Result<Box<[u8; PAGE as usize]>, _> = data.into_boxed_slice().try_into();
@@ -112,7 +115,7 @@ impl Object {
             // Zero the tail of the last partial page, drop whole pages beyond.
             let keep_pages = size.div_ceil(PAGE);
             self.pages.drop_from(keep_pages);
-            if size % PAGE != 0 {
+            if !size.is_multiple_of(PAGE) {
                 self.zero_range(size, PAGE - size % PAGE);
             }
         }

@@ -202,9 +202,9 @@ impl NetDevice for DpdkDevice {
 
     /// With steering, the ports [`port_owner`] gives this shard; alone on the port, all.
     fn owns_local_port(&self, port: u16) -> bool {
-        self.steering.as_ref().map_or(true, |st| {
-            port_owner(port, st.base_port, st.shards) == st.shard
-        })
+        self.steering
+            .as_ref()
+            .is_none_or(|st| port_owner(port, st.base_port, st.shards) == st.shard)
     }
 }
 

@@ -249,7 +249,7 @@ impl<S: NetStack> ServerPoller<S> {
                             break;
                         }
                         work += n;
-                        *crc = crc32c::crc32c_append(*crc, &self.scratch[..n]);
+                        *crc = carmine_checksum::crc32c_append(*crc, &self.scratch[..n]);
                         *left -= n as u64;
                     }
                     if *left == 0 {
@@ -367,7 +367,7 @@ pub mod client {
         while left > 0 {
             let k = left.min(CHUNK as u64) as usize;
             pat.fill(&mut buf[..k]);
-            crc = crc32c::crc32c_append(crc, &buf[..k]);
+            crc = carmine_checksum::crc32c_append(crc, &buf[..k]);
             s.write_all(&buf[..k])?;
             left -= k as u64;
         }
@@ -398,8 +398,8 @@ pub mod client {
                 return Err(bad(format!("stream ended with {left} bytes to go")));
             }
             pat.fill(&mut want[..r]);
-            crc_got = crc32c::crc32c_append(crc_got, &buf[..r]);
-            crc_want = crc32c::crc32c_append(crc_want, &want[..r]);
+            crc_got = carmine_checksum::crc32c_append(crc_got, &buf[..r]);
+            crc_want = carmine_checksum::crc32c_append(crc_want, &want[..r]);
             left -= r as u64;
         }
         if crc_got != crc_want {

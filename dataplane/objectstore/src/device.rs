@@ -162,14 +162,11 @@ impl FileDevice {
 
     fn check(&self, lba: u64, len: usize) -> Result<u64, DeviceError> {
         let bs = self.block_size as usize;
-        if len % bs != 0 {
+        if !len.is_multiple_of(bs) {
             return Err(DeviceError::Misaligned(len));
         }
         let blocks = (len / bs) as u64;
-        if lba
-            .checked_add(blocks)
-            .map_or(true, |end| end > self.blocks)
-        {
+        if lba.checked_add(blocks).is_none_or(|end| end > self.blocks) {
             return Err(DeviceError::OutOfRange { lba, blocks });
         }
         Ok(lba * self.block_size as u64)
@@ -188,7 +185,7 @@ impl BlockDevice for FileDevice {
         true
     }
     fn alloc_buf(&mut self, len: usize) -> Result<HeapBuf, DeviceError> {
-        if len % self.block_size as usize != 0 {
+        if !len.is_multiple_of(self.block_size as usize) {
             return Err(DeviceError::Misaligned(len));
         }
         Ok(HeapBuf(vec![0; len]))

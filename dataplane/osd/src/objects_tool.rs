@@ -305,7 +305,7 @@ impl Reader {
             let want = (size - off).min(READ_PIECE);
             match self.read(store, &e, cid, oid, off, want)? {
                 Ok(bytes) if bytes.len() as u64 == want => {
-                    crc = crc32c::crc32c_append(crc, &bytes);
+                    crc = carmine_checksum::crc32c_append(crc, &bytes);
                     xxh.update(&bytes);
                     store.recycle(bytes);
                 }
@@ -455,11 +455,11 @@ mod tests {
         let x = &out[1];
         assert_eq!(x.version, Some(ListedVersion { epoch: 4, seq: 1 }));
         assert_eq!(x.size, Some(5));
-        assert_eq!(x.crc32c, Some(crc32c::crc32c(b"hello")));
+        assert_eq!(x.crc32c, Some(carmine_checksum::crc32c(b"hello")));
         assert_eq!(x.xxh64, Some(xxhash_rust::xxh64::xxh64(b"hello", 0)));
         // Read in pieces, hashed as one.
         assert_eq!(out[0].size, Some(big.len() as u64));
-        assert_eq!(out[0].crc32c, Some(crc32c::crc32c(&big)));
+        assert_eq!(out[0].crc32c, Some(carmine_checksum::crc32c(&big)));
         assert_eq!(out[0].xxh64, Some(xxhash_rust::xxh64::xxh64(&big, 0)));
         // No version attribute: null; an empty object has the hashes of no bytes.
         assert_eq!(out[2].version, None);
@@ -511,7 +511,7 @@ mod tests {
         for (i, e) in out.iter().enumerate() {
             assert_eq!(e.name, format!("o{i:05}"));
             assert_eq!(e.version.map(|v| v.seq), Some(i as u64 + 1));
-            assert_eq!(e.crc32c, Some(crc32c::crc32c(&[i as u8])));
+            assert_eq!(e.crc32c, Some(carmine_checksum::crc32c(&[i as u8])));
         }
     }
 
@@ -632,7 +632,7 @@ mod tests {
         walk(&mut s, 0, Duration::from_secs(5), &mut out).unwrap();
         assert_eq!(out.len(), 3);
         assert_eq!(out[0].error, None);
-        assert_eq!(out[0].crc32c, Some(crc32c::crc32c(b"aaa")));
+        assert_eq!(out[0].crc32c, Some(carmine_checksum::crc32c(b"aaa")));
         assert_eq!(
             out[1].error,
             Some(ObjectError::Read {
@@ -649,7 +649,7 @@ mod tests {
         assert_eq!(out[2].version, None);
         assert_eq!(
             out[2].crc32c,
-            Some(crc32c::crc32c(b"ccc")),
+            Some(carmine_checksum::crc32c(b"ccc")),
             "its bytes were read"
         );
         let j = serde_json::to_value(&out).unwrap();

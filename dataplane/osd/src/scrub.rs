@@ -305,7 +305,7 @@ impl Scrubber {
         let r = &mut job.reads[i];
         let done = match c.result {
             Ok(Done::Data(data)) => {
-                r.crc = crc32c::crc32c_append(r.crc, &data);
+                r.crc = carmine_checksum::crc32c_append(r.crc, &data);
                 let got = data.len() as u64;
                 store.recycle(data);
                 r.off += got;
@@ -622,7 +622,7 @@ mod tests {
         for ((name, d, seq), g) in objects.iter().zip(&got) {
             assert_eq!(g.name, name.as_bytes());
             assert_eq!(g.size, d.len() as u64, "{name}");
-            assert_eq!(g.crc32c, Ok(crc32c::crc32c(d)), "{name}");
+            assert_eq!(g.crc32c, Ok(carmine_checksum::crc32c(d)), "{name}");
             let want = (*seq > 0).then_some(ObjectVersion {
                 epoch: 3,
                 seq: *seq,
@@ -654,7 +654,7 @@ mod tests {
         assert_eq!(got[1].crc32c, Err(ReadErrorKind::Checksum));
         assert_eq!(got[1].size, CHUNK + 1);
         assert_eq!(got[1].version, Some(ObjectVersion { epoch: 3, seq: 2 }));
-        assert_eq!(got[2].crc32c, Ok(crc32c::crc32c(&data(10, 3))));
+        assert_eq!(got[2].crc32c, Ok(carmine_checksum::crc32c(&data(10, 3))));
         // Only some objects: those that exist, in order.
         let got = digest(&mut s, &mut st, PG, &["c", "zz", "a", "c"]).unwrap();
         let names: Vec<&[u8]> = got.iter().map(|d| d.name.as_slice()).collect();

@@ -770,7 +770,7 @@ fn bdev_size_3_every_object_on_all_three_stores_with_one_version_and_the_same_by
         );
         let want = (
             data.len() as u64,
-            u64::from(crc32c::crc32c(data)),
+            u64::from(carmine_checksum::crc32c(data)),
             format!("{:016x}", xxhash_rust::xxh64::xxh64(data, 0)),
         );
         let mut versions = BTreeSet::new();

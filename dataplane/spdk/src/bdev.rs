@@ -197,7 +197,7 @@ impl Bdev {
 
     fn check(&self, offset: u64, len: u64) -> Result<(), SpdkError> {
         let bs = self.info.block_size as u64;
-        if offset % bs != 0 || len % bs != 0 || len == 0 {
+        if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) || len == 0 {
             return Err(SpdkError::Unaligned {
                 offset,
                 len,
@@ -205,7 +205,7 @@ impl Bdev {
             });
         }
         let size = self.info.size_bytes();
-        if offset.checked_add(len).map_or(true, |end| end > size) {
+        if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(SpdkError::OutOfRange { offset, len, size });
         }
         Ok(())

@@ -309,7 +309,7 @@ impl BlockDevice for SpdkBlockDevice<'_> {
         self.info.keeps_data()
     }
     fn alloc_buf(&mut self, len: usize) -> Result<DmaBuf, DeviceError> {
-        if len % self.info.block_size as usize != 0 {
+        if !len.is_multiple_of(self.info.block_size as usize) {
             return Err(DeviceError::Misaligned(len));
         }
         DmaBuf::new(len, self.align).map_err(|_| DeviceError::NoMemory)

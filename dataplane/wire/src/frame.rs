@@ -86,7 +86,7 @@ impl FrameHeader {
             return Err(FrameError::BadMagic { found: magic });
         }
         let stored = u32_at(28);
-        let computed = crc32c::crc32c(&bytes[..28]);
+        let computed = carmine_checksum::crc32c(&bytes[..28]);
         if stored != computed {
             return Err(FrameError::HeaderCrc { stored, computed });
         }
@@ -135,7 +135,7 @@ impl FrameHeader {
         out[16..20].copy_from_slice(&self.payload_len.to_le_bytes());
         out[20..24].copy_from_slice(&self.payload_crc.to_le_bytes());
         out[24..28].copy_from_slice(&0u32.to_le_bytes());
-        let crc = crc32c::crc32c(&out[..28]);
+        let crc = carmine_checksum::crc32c(&out[..28]);
         out[28..32].copy_from_slice(&crc.to_le_bytes());
     }
 
@@ -192,7 +192,7 @@ pub fn decode_frame<'a>(input: &'a [u8], limits: &Limits) -> Result<Decoded<'a>,
     let Some(payload) = input.get(HEADER_LEN..len) else {
         return Ok(Decoded::NeedMore { needed: len });
     };
-    let computed = crc32c::crc32c(payload);
+    let computed = carmine_checksum::crc32c(payload);
     if computed != header.payload_crc {
         return Err(FrameError::PayloadCrc {
             stored: header.payload_crc,
@@ -430,7 +430,7 @@ impl Encoder {
             frame_type: msg.frame_type(),
             tid,
             payload_len: len32,
-            payload_crc: crc32c::crc32c_append(crc32c::crc32c(payload), tail),
+            payload_crc: carmine_checksum::crc32c_append(carmine_checksum::crc32c(payload), tail),
         };
         header.write(head);
         Ok(needed)

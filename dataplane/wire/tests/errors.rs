@@ -14,7 +14,7 @@ fn raw_frame(ty: u8, payload: &[u8]) -> Vec<u8> {
     f[5] = ty;
     f[8..16].copy_from_slice(&77u64.to_le_bytes());
     f[16..20].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    f[20..24].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    f[20..24].copy_from_slice(&carmine_checksum::crc32c(payload).to_le_bytes());
     reseal(&mut f);
     f.extend_from_slice(payload);
     f
@@ -22,7 +22,7 @@ fn raw_frame(ty: u8, payload: &[u8]) -> Vec<u8> {
 
 /// Recomputes the header crc after a test tampered with the header.
 fn reseal(f: &mut [u8]) {
-    let crc = crc32c::crc32c(&f[..28]);
+    let crc = carmine_checksum::crc32c(&f[..28]);
     f[28..32].copy_from_slice(&crc.to_le_bytes());
 }
 

@@ -50,8 +50,8 @@ fn raw_frame(ty: FrameType, payload: &[u8]) -> Vec<u8> {
     f[4] = VERSION_MIN;
     f[5] = ty as u8;
     f[16..20].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    f[20..24].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    let crc = crc32c::crc32c(&f[..28]);
+    f[20..24].copy_from_slice(&carmine_checksum::crc32c(payload).to_le_bytes());
+    let crc = carmine_checksum::crc32c(&f[..28]);
     f[28..32].copy_from_slice(&crc.to_le_bytes());
     f.extend_from_slice(payload);
     f

@@ -359,7 +359,7 @@ type TicketHash = std::hash::BuildHasherDefault<TicketHasher>;
 
 /// Keep the fastest run of a phase (the one least disturbed by other processes).
 fn keep_best(best: &mut Option<Phase>, p: Phase) {
-    if best.as_ref().map_or(true, |b| p.iops > b.iops) {
+    if best.as_ref().is_none_or(|b| p.iops > b.iops) {
         *best = Some(p);
     }
 }

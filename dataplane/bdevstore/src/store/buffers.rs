@@ -49,7 +49,7 @@ impl<D: BlockDevice> BdevStore<D> {
     /// Contents are arbitrary.
     pub(super) fn get_buf(&mut self, len: usize) -> Result<D::Buf, DeviceError> {
         let slot = len / BLOCK as usize;
-        let pooled = len % BLOCK as usize == 0 && len > 0;
+        let pooled = len.is_multiple_of(BLOCK as usize) && len > 0;
         if let Some(b) = self
             .bufs
             .pool

@@ -374,7 +374,7 @@ impl<D: BlockDevice> BdevStore<D> {
         self.cleaner.inflight -= 1;
         if let Some(buf) = buf {
             let stored = &buf.as_slice()[..chunk.len as usize];
-            if crc32c::crc32c(stored) != chunk.crc {
+            if carmine_checksum::crc32c(stored) != chunk.crc {
                 tracing::error!(
                     lba = chunk.lba,
                     "cleaner found a checksum mismatch; segment left in place"

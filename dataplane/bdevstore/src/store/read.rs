@@ -206,7 +206,7 @@ impl<D: BlockDevice> BdevStore<D> {
     ) {
         if let (Some(buf), Some(r)) = (buf, self.reads.ops.get_mut(op)) {
             let stored = &buf.as_slice()[..chunk.len as usize];
-            let computed = crc32c::crc32c(stored);
+            let computed = carmine_checksum::crc32c(stored);
             if computed != chunk.crc {
                 r.err.get_or_insert(StoreError::Checksum {
                     block: chunk.lba,

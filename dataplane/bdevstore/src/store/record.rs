@@ -97,7 +97,11 @@ fn translate(txn: &Transaction, mut lba: u64, crcs: bool) -> (Vec<LOp>, u64) {
         let chunk = ChunkRef {
             lba,
             len: data.len() as u32,
-            crc: if crcs { crc32c::crc32c(data) } else { 0 },
+            crc: if crcs {
+                carmine_checksum::crc32c(data)
+            } else {
+                0
+            },
         };
         let op = LOp::Write {
             cid: *cid,
@@ -120,7 +124,11 @@ fn translate(txn: &Transaction, mut lba: u64, crcs: bool) -> (Vec<LOp>, u64) {
                 off,
                 data,
             } => {
-                let crc = if crcs { crc32c::crc32c(data) } else { 0 };
+                let crc = if crcs {
+                    carmine_checksum::crc32c(data)
+                } else {
+                    0
+                };
                 let chunk = ChunkRef {
                     lba,
                     len: data.len() as u32,
@@ -160,7 +168,7 @@ fn translate_into(txn: &mut Transaction, lops: &mut Vec<LOp>) -> u64 {
                 let chunk = ChunkRef {
                     lba,
                     len: data.len() as u32,
-                    crc: crc32c::crc32c(data),
+                    crc: carmine_checksum::crc32c(data),
                 };
                 lba += blocks_for(data.len() as u64);
                 lops.push(LOp::Write {
@@ -451,7 +459,7 @@ impl<D: BlockDevice> BdevStore<D> {
             crc: if whole {
                 ext.chunk.crc
             } else {
-                crc32c::crc32c(&bytes)
+                carmine_checksum::crc32c(&bytes)
             },
         };
         let b = blocks_for(bytes.len() as u64);
