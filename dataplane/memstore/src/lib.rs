@@ -9,7 +9,8 @@
 //! listing. Object data is a sparse, sorted list of fixed-size pages, so large offsets do not
 //! allocate the holes. An object's first page and first attribute sit inline in it
 //! (`src/pages.rs`, `src/attrs.rs`): a one-block object with the OSD's version attribute is one
-//! hash-table slot, no nodes.
+//! hash-table slot, no nodes. A small omap is a sorted deque, so the PG log's pattern (append
+//! after the last key, trim the first) is O(1) and allocation-free (`src/omap.rs`).
 //!
 //! Invariants: a transaction is validated first (`carmine_objectstore::validate`) and then
 //! applied by code with no failure path, so it is all-or-nothing. Work completes at submit; the
@@ -30,13 +31,15 @@ use std::collections::{BTreeMap, VecDeque};
 use foldhash::HashMap;
 
 mod attrs;
+mod omap;
 mod pages;
 use attrs::Attrs;
+use omap::Omap;
 use pages::{Pages, PAGE};
 
 use carmine_objectstore::{
     meta, validate, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, ObjectStore,
-    OmapEntries, OmapKey, OmapValue, Op, SpareBufs, StoreError, StoreView, Ticket, Transaction,
+    OmapEntries, Op, SpareBufs, StoreError, StoreView, Ticket, Transaction,
 };
 
 #[derive(Default)]
@@ -47,7 +50,7 @@ struct Object {
     /// Attribute and omap bytes inline as they come in the transaction (small ones need no
     /// allocation: the OSD's version attribute and PG log entries).
     attrs: Attrs,
-    omap: BTreeMap<OmapKey, OmapValue>,
+    omap: Omap,
 }
 
 impl Object {
@@ -355,7 +358,7 @@ impl MemStore {
                 Op::OmapRm { cid, oid, keys } => {
                     let o = colls.entry(cid).or_default().entry(oid);
                     for k in keys {
-                        o.omap.remove(&k);
+                        o.omap.remove(k.as_slice());
                     }
                 }
             }
@@ -454,7 +457,7 @@ impl ObjectStore for MemStore {
         oid: &ObjectId,
         keys: &[Vec<u8>],
     ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
-        Ok(meta::omap_get(&self.object(cid, oid)?.omap, keys))
+        Ok(self.object(cid, oid)?.omap.get_many(keys))
     }
 
     fn omap_range(
@@ -464,7 +467,7 @@ impl ObjectStore for MemStore {
         after: Option<&[u8]>,
         max: usize,
     ) -> Result<OmapEntries, StoreError> {
-        Ok(meta::omap_range(&self.object(cid, oid)?.omap, after, max))
+        Ok(self.object(cid, oid)?.omap.range_after(after, max))
     }
 
     fn list(
