@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use carmine_dpdk::{DpdkError, Eal, EalConfig, EthPort, PktMbufPool};
-use carmine_net::dpdk::DpdkDevice;
+use carmine_net::dpdk::{DpdkDevice, LinkChecksums};
 use carmine_net::{SmolConfig, SmolStack};
 
 use crate::ShardClientError;
@@ -133,7 +133,9 @@ impl MemifPort {
             ..SmolConfig::default()
         };
         tweak(&mut smol);
-        let dev = DpdkDevice::new(self.port.clone(), 0, pool, usize::from(self.cfg.mtu));
+        // The OSD's end of the link skips them too (carmine_net::dpdk::LinkChecksums).
+        let dev = DpdkDevice::new(self.port.clone(), 0, pool, usize::from(self.cfg.mtu))
+            .with_checksums(LinkChecksums::Skip);
         SmolStack::new(dev, smol, None).map_err(ShardClientError::Net)
     }
 

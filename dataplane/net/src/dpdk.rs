@@ -38,6 +38,21 @@ pub struct DpdkDeviceStats {
     pub tx_too_long: u64,
 }
 
+/// Whether the IPv4 and TCP checksums of a port's frames are computed and verified.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LinkChecksums {
+    /// By smoltcp, in software, on every frame sent and received: a port on a wire.
+    #[default]
+    Software,
+    /// Not at all: the link is memory shared by two processes on one host (memif), where
+    /// nothing can flip a bit in transit, so checksums would only cost (a 4 KiB segment's TCP
+    /// checksum is about 6% of an OSD's read on memif). Linux does the same on veth and
+    /// loopback. Both ends must skip: a peer that verifies would drop every frame (the TCP
+    /// checksum field is sent as 0). Carmine's frames still carry their CRC-32C end to end.
+    /// Also the nearest stand-in for a NIC's checksum offload.
+    Skip,
+}
+
 /// smoltcp device on queue `queue` of a DPDK port.
 pub struct DpdkDevice {
     port: Arc<EthPort>,
@@ -51,6 +66,7 @@ pub struct DpdkDevice {
     scratch: Vec<u8>,
     /// Set when several shards share the port (see [`Steering`]).
     steering: Option<Steering>,
+    checksums: LinkChecksums,
 }
 
 impl DpdkDevice {
@@ -67,7 +83,14 @@ impl DpdkDevice {
             stats: DpdkDeviceStats::default(),
             scratch: vec![0; mtu + 14],
             steering: None,
+            checksums: LinkChecksums::Software,
         }
+    }
+
+    /// Sets whether IPv4 and TCP checksums are computed and verified (see [`LinkChecksums`]).
+    pub fn with_checksums(mut self, checksums: LinkChecksums) -> Self {
+        self.checksums = checksums;
+        self
     }
 
     pub fn stats(&self) -> DpdkDeviceStats {
@@ -183,6 +206,13 @@ impl phy::Device for DpdkDevice {
         let mut c = DeviceCapabilities::default();
         c.medium = Medium::Ethernet;
         c.max_transmission_unit = self.mtu + 14;
+        if self.checksums == LinkChecksums::Skip {
+            let none = smoltcp::phy::Checksum::None;
+            c.checksum.ipv4 = none;
+            c.checksum.tcp = none;
+            c.checksum.udp = none;
+            c.checksum.icmpv4 = none;
+        }
         // max_burst_size stays None: smoltcp would clamp its advertised window to it.
         c
     }

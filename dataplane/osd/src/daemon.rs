@@ -38,7 +38,7 @@ use carmine_agent::{
 };
 use carmine_bdevstore::{Probe, StoreIdentity};
 use carmine_dpdk::{Eal, EalConfig, EthPort, PktMbufPool};
-use carmine_net::dpdk::{DpdkDevice, Steering};
+use carmine_net::dpdk::{DpdkDevice, LinkChecksums, Steering};
 use carmine_net::{KernelConfig, KernelStack, NetStack, SmolConfig, SmolStack};
 use carmine_placement::ClusterMap;
 use carmine_reactor::{ControlSender, IdlePolicy, Reactor, ReactorConfig};
@@ -757,6 +757,7 @@ fn start_shards(
     let max_conns = cfg.net.max_connections;
     let bounds = cfg.bounds();
     let mtu = cfg.net.mtu;
+    let memif = cfg.memif_port();
     let ShardShared {
         keyring,
         counters,
@@ -793,6 +794,10 @@ fn start_shards(
                     tracing::debug!(shard, lcore, "shard adopted a DPDK lcore id");
                 }
                 let mut dev = DpdkDevice::new(eth.clone(), shard as u16, pool, usize::from(mtu));
+                if memif {
+                    // A link through memory to a Carmine client that skips them too.
+                    dev = dev.with_checksums(LinkChecksums::Skip);
+                }
                 if let Some(s) = steering {
                     // Busy shards never sleep: no fence per steered frame for them.
                     let wakers = if adaptive {
