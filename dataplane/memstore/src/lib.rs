@@ -497,6 +497,14 @@ impl ObjectStore for MemStore {
         self.spare.take(len)
     }
 
+    /// Streaming stores: a spare buffer is a page some write replaced, cold, and a whole-page
+    /// write's buffer becomes the object's page, not read again soon.
+    fn data_buf_from(&mut self, data: &[u8]) -> Vec<u8> {
+        let mut v = self.spare.take(data.len());
+        carmine_objectstore::extend_streaming(&mut v, data);
+        v
+    }
+
     fn recycle(&mut self, buf: Vec<u8>) {
         self.spare.put(buf);
     }

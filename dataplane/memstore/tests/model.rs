@@ -131,6 +131,23 @@ fn write_data_and_read_results_reuse_buffers() {
         "the replaced page is handed out again"
     );
     s.recycle(again);
+    // data_buf_from copies into that same spare buffer (with streaming stores), and the page
+    // it becomes reads back.
+    let src: Vec<u8> = (0..4096u32).map(|i| (i * 31 + 5) as u8).collect();
+    let filled = s.data_buf_from(&src);
+    assert_eq!(filled.as_ptr(), first, "the spare page is the one filled");
+    assert_eq!(filled, src);
+    let mut t = s.transaction();
+    t.push(Op::Write {
+        cid: c,
+        oid: o.clone(),
+        off: 0,
+        data: filled,
+    });
+    drive::commit(&mut s, t).unwrap();
+    assert_eq!(drive::read(&mut s, c, &o, 0, 4096).unwrap(), src);
+    // Back to the content the checks below expect.
+    write(&mut s, 0, &|i| (i as u8).wrapping_add(1), 4096);
     // A partial write is copied; its buffer comes back.
     let partial = write(&mut s, 10, &|_| 0xee, 100);
     let got = drive::read(&mut s, c, &o, 0, 4096).unwrap();

@@ -59,6 +59,7 @@ pub mod drive;
 mod error;
 pub mod meta;
 mod spare;
+mod stream_copy;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod types;
@@ -66,6 +67,7 @@ mod validate;
 
 pub use error::StoreError;
 pub use spare::SpareBufs;
+pub use stream_copy::extend_streaming;
 pub use types::{
     AttrName, AttrValue, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, OmapKey,
     OmapSetEntries, OmapValue, Op, Ticket, Transaction, MAX_OBJECT_SIZE, OBJECT_NAME_INLINE,
@@ -167,6 +169,18 @@ pub trait ObjectStore {
     /// heap allocation and free cost more than a 4 KiB copy). Default: allocates.
     fn data_buf(&mut self, len: usize) -> Vec<u8> {
         Vec::with_capacity(len)
+    }
+
+    /// A buffer from [`ObjectStore::data_buf`] holding a copy of `data`: the caller's next
+    /// write data, copied the way that suits the engine. Default: an ordinary copy. An engine
+    /// whose spare buffers come back cold and that does not read write data again soon (its
+    /// buffer becomes the object's page, as in memstore) copies with streaming stores
+    /// ([`extend_streaming`]); one that packs write data into its own I/O buffers right away
+    /// wants it in the cache, as the default leaves it.
+    fn data_buf_from(&mut self, data: &[u8]) -> Vec<u8> {
+        let mut v = self.data_buf(data.len());
+        v.extend_from_slice(data);
+        v
     }
 
     /// Gives back a buffer the caller no longer needs (read data once sent, say), for the

@@ -614,12 +614,12 @@ impl Messenger {
     }
 
     /// Reads every connection and decodes its frames; ops are pushed onto `jobs` and replica
-    /// ops onto `reps`, their write data copied into buffers from `data_buf` (the store's
-    /// recycled buffers). Connections at their bounds are not read (see the module docs).
+    /// ops onto `reps`, their write data copied into buffers by `data_buf` (the store's
+    /// recycled buffers, [`carmine_objectstore::ObjectStore::data_buf_from`]). Connections at their bounds are not read (see the module docs).
     pub fn read(
         &mut self,
         counters: &ShardCounters,
-        data_buf: &mut dyn FnMut(usize) -> Vec<u8>,
+        data_buf: &mut dyn FnMut(&[u8]) -> Vec<u8>,
         jobs: &mut Vec<Inbound>,
         reps: &mut Vec<RepInbound>,
     ) -> usize {

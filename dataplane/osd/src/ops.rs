@@ -54,12 +54,12 @@ pub enum Job {
 }
 
 impl Job {
-    /// The owned job for a decoded request. Write data is copied into a buffer from
-    /// `data_buf` (the store's [`ObjectStore::data_buf`](carmine_objectstore::ObjectStore::data_buf):
+    /// The owned job for a decoded request. Write data is copied into a buffer by `data_buf`
+    /// (the store's [`ObjectStore::data_buf_from`](carmine_objectstore::ObjectStore::data_buf_from):
     /// an engine that recycles buffers makes a steady write stream allocation-free).
     pub fn from_request(
         req: &OpRequest<'_>,
-        data_buf: &mut dyn FnMut(usize) -> Vec<u8>,
+        data_buf: &mut dyn FnMut(&[u8]) -> Vec<u8>,
     ) -> (Target, Job) {
         let target = Target {
             pool: req.pool.0,
@@ -67,11 +67,7 @@ impl Job {
             epoch: req.epoch.0,
         };
         let oid = |s: &str| ObjectId::from_slice(s.as_bytes());
-        let mut owned = |d: &[u8]| {
-            let mut v = data_buf(d.len());
-            v.extend_from_slice(d);
-            v
-        };
+        let mut owned = |d: &[u8]| data_buf(d);
         let job = match req.op {
             Op::Write {
                 object,
@@ -112,13 +108,9 @@ impl Job {
 
     /// The owned job for a replica op's mutation (write data copied as in
     /// [`from_request`](Self::from_request)).
-    pub fn from_rep(m: &RepMutation<'_>, data_buf: &mut dyn FnMut(usize) -> Vec<u8>) -> Job {
+    pub fn from_rep(m: &RepMutation<'_>, data_buf: &mut dyn FnMut(&[u8]) -> Vec<u8>) -> Job {
         let oid = |s: &str| ObjectId::from_slice(s.as_bytes());
-        let mut owned = |d: &[u8]| {
-            let mut v = data_buf(d.len());
-            v.extend_from_slice(d);
-            v
-        };
+        let mut owned = |d: &[u8]| data_buf(d);
         match *m {
             RepMutation::Write {
                 object,
@@ -287,9 +279,9 @@ mod tests {
             },
         };
         let mut handed = 0;
-        let (t, j) = Job::from_request(&req, &mut |n| {
+        let (t, j) = Job::from_request(&req, &mut |d| {
             handed += 1;
-            Vec::with_capacity(n)
+            d.to_vec()
         });
         assert_eq!(handed, 1, "write data comes from the store's buffer");
         assert_eq!(

@@ -275,7 +275,7 @@ impl ShardCore {
         let store = &mut self.store;
         work += self.messenger.read(
             &self.counters,
-            &mut |n| store.get().data_buf(n),
+            &mut |d| store.get().data_buf_from(d),
             &mut self.inbound,
             &mut self.reps,
         );
