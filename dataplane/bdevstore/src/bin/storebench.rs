@@ -75,12 +75,25 @@
 //! Checkpoint max pause 0.6-1.1 ms: serializing the whole index (~370 KB) in one step, ~half
 //! bincode encoding, half framing/CRC/copy (the documented O(metadata) limit in FORMAT.md).
 //!
+//! ## CRC-32C on crc-fast (2026-12-07)
+//! `carmine-checksum` (crc-fast, AVX-512 VPCLMULQDQ folding on these Zen 4 machines) replaced
+//! the crc32c crate. Alternating with the build before, 4 + 3 rounds at two moments:
+//! write_cpu_us 1.59-2.07 -> 1.45-1.55 (target 1.5), read_cpu_us 1.02-1.55 -> 0.87-1.03
+//! (target 0.8), raw write/read 0.45-0.73 in both. What bounds a read now: the raw device read
+//! (0.46-0.50 us quiet: submit, the malloc bdev's 4 KiB memcpy, completion), the CRC (~0.09),
+//! the copy out into the caller's buffer (~0.1, a cold 4 KiB), which together are ~0.65-0.7 us
+//! before any index lookup or bookkeeping: 0.8 leaves ~0.1 us for those, and the store takes
+//! ~0.2. Below it needs a read that lends the device buffer instead of copying out (as
+//! `ObjectStore::read_in_place` does for memstore). A hash map for the onode table was tried
+//! and gained nothing measurable.
+//!
 //! ## What limits the ratios on a malloc bdev
 //! The "device" is a memcpy on the same core, so the ratios compare the store's CPU per op with
 //! ~0.5 us of raw submit + 4 KiB memcpy. Per store write (profile of the overwrite phase):
 //! the device copies of record and cleaner data (~17%, 1.27x the bytes), CRC-32C of the data
-//! (~14%; the crc32c crate's SSE4.2 path, ~230 ns per 4 KiB here, is the fastest available:
-//! crc-fast measured slower), the index update (~12%), filling the caller's buffer (~8%),
+//! (~14% then, with the crc32c crate's SSE4.2 loop at ~200-230 ns per 4 KiB; since
+//! 2026-12-07 `carmine-checksum` on crc-fast, ~90 ns, see below), the index update (~12%),
+//! filling the caller's buffer (~8%),
 //! copying it into the record (~8%), the cleaner (~7%), record packing, header encoding,
 //! validation and drops (~25% together). The copies and the CRC alone cost about as much as
 //! the whole raw write, so write_ratio 0.5 is out of reach on malloc without dropping the
