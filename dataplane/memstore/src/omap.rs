@@ -168,7 +168,7 @@ mod tests {
             .map(|(k, v)| (k.to_vec(), v.to_vec()))
             .collect();
         prop_assert_eq!(&all, &want);
-        // Paging from every third key, and from keys that are absent.
+        // Pages and lookups at a probe every 97 keys, present and absent ones.
         for probe in (0..3100u16).step_by(97) {
             let after = key(probe);
             let got = omap.range_after(Some(&after), 5);
