@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use carmine_client::Client;
 use carmine_client_shard::memif::{MemifConfig, MemifPort};
-use common::{osd_bin, osd_keyfile, runtime, spawn_osd, Mon};
+use common::{osd_bin, osd_keyfile, runtime, spawn_osd, KillOnDrop, Mon};
 use support::{content, on_shard};
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -70,7 +70,7 @@ file_prefix = "{prefix}"
             )
             .unwrap();
             let (osd, _ready) = spawn_osd(&osd_bin(), &config, Duration::from_secs(30));
-            let mut osd = Some(osd);
+            let mut osd = KillOnDrop(Some(osd));
             mon.wait_up(1).await;
             mon.create_pool("data", 16, 1).await;
             let mut cfg = carmine_client::ClientConfig::new(mon.addr.clone(), creds).plaintext();
@@ -147,13 +147,13 @@ file_prefix = "{prefix}"
                 })
                 .collect();
             assert!(left.is_empty(), "hugepage files left behind: {left:?}");
-            common::kill_osd(&mut osd);
+            common::kill_osd(&mut osd.0);
             // A killed master leaves its memif socket behind: the OSD's next start must take
             // it back (a stale socket refused its bind before), and ready means its port is up.
             assert!(socket.exists());
             let (again, _ready) = spawn_osd(&osd_bin(), &config, Duration::from_secs(30));
-            let mut osd = Some(again);
-            common::kill_osd(&mut osd);
+            let mut osd = KillOnDrop(Some(again));
+            common::kill_osd(&mut osd.0);
             // SIGKILLed, the OSD could not remove its own hugepage files.
             for e in std::fs::read_dir("/dev/hugepages").unwrap().flatten() {
                 if e.file_name().to_string_lossy().starts_with(&prefix) {

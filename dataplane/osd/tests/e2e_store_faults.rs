@@ -440,7 +440,7 @@ fn bdev_a_device_holding_data_is_formatted_only_when_forced() {
             let (child, ready) = spawn_forced(&config);
             // Killed on drop: a failed assertion below must not leave it running (and holding
             // hugepages).
-            let mut child = Running(Some(child));
+            let mut child = common::KillOnDrop(Some(child));
             mon.wait_up(1).await;
             let creds = mon.add_key("client.data").await;
             mon.create_pool("one", 4, 1).await;
@@ -472,15 +472,6 @@ fn bdev_a_device_holding_data_is_formatted_only_when_forced() {
 }
 
 /// `carmine-osd run --config <config> --force-format`, until its ready line.
-/// An OSD process killed (SIGKILL) on drop, unless taken out.
-struct Running(Option<std::process::Child>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        common::kill_osd(&mut self.0);
-    }
-}
-
 fn spawn_forced(config: &Path) -> (std::process::Child, common::Ready) {
     // The shared spawner runs `run --config <config>`: a wrapper script adds the flag.
     let script = config.with_extension("sh");

@@ -486,6 +486,16 @@ pub fn kill_osd(child: &mut Option<Child>) {
     }
 }
 
+/// A process from [`spawn_osd`] that is killed and reaped when dropped, so a test that panics
+/// midway still stops the OSD it started (a bare `Child` outlives its test).
+pub struct KillOnDrop(pub Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        kill_osd(&mut self.0);
+    }
+}
+
 /// One `carmine-osd run` process.
 pub struct Osd {
     child: Option<Child>,
