@@ -57,10 +57,26 @@ pub fn read<S: ObjectStore + ?Sized>(
     len: u64,
 ) -> Result<Vec<u8>, StoreError> {
     let t = store.read(cid, oid, off, len);
-    match wait(store, t, &mut Vec::new())? {
-        Done::Data(d) => Ok(d),
-        Done::Committed => Err(StoreError::Failed("read completed without data".into())),
-    }
+    let done = wait(store, t, &mut Vec::new())?;
+    store
+        .take_data(done)
+        .ok_or_else(|| StoreError::Failed("read completed without data".into()))
+}
+
+/// [`read`] through [`ObjectStore::read_lent`]: the bytes, copied out of a loan (which ends)
+/// or as read into a `Vec`.
+pub fn read_lent<S: ObjectStore + ?Sized>(
+    store: &mut S,
+    cid: crate::CollectionId,
+    oid: &crate::ObjectId,
+    off: u64,
+    len: u64,
+) -> Result<Vec<u8>, StoreError> {
+    let t = store.read_lent(cid, oid, off, len);
+    let done = wait(store, t, &mut Vec::new())?;
+    store
+        .take_data(done)
+        .ok_or_else(|| StoreError::Failed("a lent read completed without data".into()))
 }
 
 /// Poll until the store is idle (bounded).

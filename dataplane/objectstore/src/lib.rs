@@ -41,6 +41,13 @@
 //! [`ObjectId`], [`AttrValue`], [`OmapKey`], [`OmapValue`]), so a write such as the OSD's (data,
 //! version attribute, PG log entry) need not allocate at all; larger ones spill to the heap.
 //!
+//! Read data need not be copied either. A store that holds a read's bytes contiguous in memory
+//! serves it at once and borrowed ([`ObjectStore::read_in_place`], memstore's pages); one whose
+//! bytes land in a device buffer may lend that buffer ([`ObjectStore::read_lent`] completes with
+//! [`Done::Lent`], bdevstore's reads of one chunk) until the caller ends the loan with
+//! [`ObjectStore::give_back`]. The OSD encodes its reply straight from either, so a read's
+//! bytes are copied once, into the connection, not first into a `Vec`.
+//!
 //! Metadata reads ([`ObjectStore::stat`], attributes, omap, listing) are synchronous: both
 //! engines keep all metadata resident in memory (bdevstore rebuilds it on mount), so they never
 //! wait on the device. Only object *data* reads are ticketed.
@@ -69,8 +76,9 @@ pub use error::StoreError;
 pub use spare::SpareBufs;
 pub use stream_copy::extend_streaming;
 pub use types::{
-    AttrName, AttrValue, CollectionId, Completion, Done, ListPage, ObjectId, ObjectStat, OmapKey,
-    OmapSetEntries, OmapValue, Op, Ticket, Transaction, MAX_OBJECT_SIZE, OBJECT_NAME_INLINE,
+    AttrName, AttrValue, CollectionId, Completion, Done, Lent, ListPage, ObjectId, ObjectStat,
+    OmapKey, OmapSetEntries, OmapValue, Op, Ticket, Transaction, MAX_OBJECT_SIZE,
+    OBJECT_NAME_INLINE,
 };
 pub use validate::{validate, StoreView};
 
@@ -88,6 +96,44 @@ pub trait ObjectStore {
     /// Queue a read of `len` bytes at `off` (clipped to the object size; holes are zeros).
     /// The outcome is `Done::Data(bytes)` or an error, through [`ObjectStore::poll`].
     fn read(&mut self, cid: CollectionId, oid: &ObjectId, off: u64, len: u64) -> Ticket;
+
+    /// The same read, for a caller that can take its bytes borrowed: the store may complete it
+    /// with `Done::Lent`, leaving the bytes in the buffer the device read them into, where
+    /// [`ObjectStore::read`] would copy them out into a `Vec` (`Done::Data`, which may still
+    /// come). The caller reads them with [`ObjectStore::lent`] and must end the loan with
+    /// [`ObjectStore::give_back`] (a reply encoded from them, say). Default: `read`.
+    fn read_lent(&mut self, cid: CollectionId, oid: &ObjectId, off: u64, len: u64) -> Ticket {
+        self.read(cid, oid, off, len)
+    }
+
+    /// The bytes of a loan from this store; `None` for a loan that is not this store's (or
+    /// has ended). Default: `None` (a store that never lends).
+    fn lent(&self, _loan: &Lent) -> Option<&[u8]> {
+        None
+    }
+
+    /// Ends a loan: its buffer goes back to the store. Default: nothing to give back.
+    fn give_back(&mut self, _loan: Lent) {}
+
+    /// A read's bytes as a `Vec`, however they came: lent bytes are copied out (into a
+    /// [`ObjectStore::data_buf`]) and the loan ended. `None` for `Done::Committed`, or a loan
+    /// that is not this store's.
+    fn take_data(&mut self, done: Done) -> Option<Vec<u8>> {
+        match done {
+            Done::Data(d) => Some(d),
+            Done::Committed => None,
+            Done::Lent(loan) => {
+                let bytes = self.lent(&loan).map(<[u8]>::len);
+                let data = bytes.map(|n| {
+                    let mut v = self.data_buf(n);
+                    v.extend_from_slice(self.lent(&loan).unwrap_or_default());
+                    v
+                });
+                self.give_back(loan);
+                data
+            }
+        }
+    }
 
     /// The same read, served now and borrowed, where the store holds its bytes contiguous in
     /// memory: `Some(Ok(bytes))` (clipped to the object size, as [`ObjectStore::read`]),

@@ -177,12 +177,18 @@ pub fn compare<S: ObjectStore + ?Sized>(store: &mut S, model: &Model) -> Result<
                 (size, 10),
                 (1, 4095),
             ] {
+                let (s, e) = (
+                    off.min(size) as usize,
+                    off.saturating_add(len).min(size) as usize,
+                );
+                // A read whose bytes the store may lend: the same bytes.
+                let lent = drive::read_lent(store, *cid, oid, off, len)
+                    .map_err(|e| format!("read_lent {oid:?} at {off}: {e}"))?;
+                if lent != o.data[s..e.max(s)] {
+                    return Err(format!("read_lent of {oid:?} at {off}+{len} differs"));
+                }
                 if let Some(got) = store.read_in_place(*cid, oid, off, len) {
                     let got = got.map_err(|e| format!("read_in_place {oid:?} at {off}: {e}"))?;
-                    let (s, e) = (
-                        off.min(size) as usize,
-                        off.saturating_add(len).min(size) as usize,
-                    );
                     if got != &o.data[s..e.max(s)] {
                         return Err(format!("read_in_place of {oid:?} at {off}+{len} differs"));
                     }

@@ -210,16 +210,62 @@ impl Transaction {
 pub struct Ticket(pub u64);
 
 /// What a successful operation produced.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Done {
     /// A transaction is applied and durable.
     Committed,
     /// The bytes of a read.
     Data(Vec<u8>),
+    /// The bytes of a read, left in the store's own buffer: only for
+    /// [`crate::ObjectStore::read_lent`].
+    Lent(Lent),
+}
+
+/// Read bytes a store lends out of the buffer the read landed in (a device buffer) instead of
+/// copying them into a `Vec`: borrow them with [`crate::ObjectStore::lent`], end the loan with
+/// [`crate::ObjectStore::give_back`]. Neither `Clone` nor `Copy`, so a loan ends once. A loan
+/// never given back keeps its buffer out of the store's pool until the store is dropped (a
+/// leak, not a fault: the store allocates another).
+///
+/// Made only by the store that lends: `slot` names the buffer in that store, and the bytes are
+/// `len` bytes at `off` in it.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a lent buffer goes back to its store with `ObjectStore::give_back`"]
+pub struct Lent {
+    slot: u32,
+    off: u32,
+    len: u32,
+}
+
+impl Lent {
+    /// For an engine lending `len` bytes at `off` of its buffer `slot`.
+    pub fn new(slot: u32, off: u32, len: u32) -> Lent {
+        Lent { slot, off, len }
+    }
+
+    /// The lending store's name for the buffer.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// Where the bytes start in the buffer.
+    pub fn off(&self) -> usize {
+        self.off as usize
+    }
+
+    /// How many bytes were read.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// True for a read of no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// The outcome of one ticketed operation, delivered on the submitting shard.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Completion {
     pub ticket: Ticket,
     pub result: Result<Done, StoreError>,

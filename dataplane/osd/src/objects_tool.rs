@@ -33,7 +33,7 @@
 use std::time::{Duration, Instant};
 
 use carmine_bdevstore::{BdevStore, MountOptions};
-use carmine_objectstore::{CollectionId, Completion, Done, ObjectId, ObjectStore, StoreError};
+use carmine_objectstore::{CollectionId, Completion, ObjectId, ObjectStore, StoreError};
 use carmine_spdk::{Spdk, SpdkBlockDevice};
 use serde::{Serialize, Serializer};
 
@@ -349,9 +349,9 @@ impl Reader {
             // Only this read is in flight: any other completion is stale, and dropped.
             if let Some(i) = self.completions.iter().position(|c| c.ticket == ticket) {
                 let c = self.completions.swap_remove(i);
-                return Ok(match c.result {
-                    Ok(Done::Data(bytes)) => Ok(bytes),
-                    Ok(Done::Committed) => Err(ObjectError::NoData { off }),
+                return Ok(match c.result.map(|d| store.take_data(d)) {
+                    Ok(Some(bytes)) => Ok(bytes),
+                    Ok(None) => Err(ObjectError::NoData { off }),
                     Err(source) => Err(ObjectError::Read { off, source }),
                 });
             }

@@ -103,6 +103,29 @@ fn pg_key(pg: PgId) -> PgKey {
     }
 }
 
+/// `crc` extended over a read's bytes, and how many there were: lent bytes are checksummed in
+/// place and the loan ended, copied ones recycled. `None`: the read brought no bytes.
+fn crc_of_read(store: &mut dyn ObjectStore, crc: u32, done: Done) -> Option<(u32, u64)> {
+    match done {
+        Done::Data(data) => {
+            let got = (
+                carmine_checksum::crc32c_append(crc, &data),
+                data.len() as u64,
+            );
+            store.recycle(data);
+            Some(got)
+        }
+        Done::Lent(loan) => {
+            let got = store
+                .lent(&loan)
+                .map(|b| (carmine_checksum::crc32c_append(crc, b), b.len() as u64));
+            store.give_back(loan);
+            got
+        }
+        Done::Committed => None,
+    }
+}
+
 fn error_kind(e: &StoreError) -> ReadErrorKind {
     match e {
         StoreError::Checksum { .. } => ReadErrorKind::Checksum,
@@ -194,7 +217,7 @@ impl Job {
             return;
         }
         let want = size.min(CHUNK);
-        let ticket = store.read(self.cid, &oid, 0, want);
+        let ticket = store.read_lent(self.cid, &oid, 0, want);
         self.reads.push(Reading {
             ticket,
             oid,
@@ -303,11 +326,9 @@ impl Scrubber {
             return Err(c);
         };
         let r = &mut job.reads[i];
-        let done = match c.result {
-            Ok(Done::Data(data)) => {
-                r.crc = carmine_checksum::crc32c_append(r.crc, &data);
-                let got = data.len() as u64;
-                store.recycle(data);
+        let done = match c.result.map(|d| crc_of_read(store, r.crc, d)) {
+            Ok(Some((crc, got))) => {
+                r.crc = crc;
                 r.off += got;
                 if got < r.want
                     || r.off >= r.size
@@ -318,11 +339,11 @@ impl Scrubber {
                     Some(Ok(r.crc))
                 } else {
                     r.want = (r.size - r.off).min(CHUNK);
-                    r.ticket = store.read(job.cid, &r.oid, r.off, r.want);
+                    r.ticket = store.read_lent(job.cid, &r.oid, r.off, r.want);
                     None
                 }
             }
-            Ok(Done::Committed) => Some(Err(ReadErrorKind::Other)),
+            Ok(None) => Some(Err(ReadErrorKind::Other)),
             Err(StoreError::NotFound(_)) => {
                 // Removed while being read: as if never listed.
                 job.reads.swap_remove(i);
@@ -692,11 +713,11 @@ mod tests {
         let rx = ask(&mut s, PG, &["a"]);
         assert_eq!(run(&mut s, &mut st, rx).unwrap(), first);
         // Completions of other tickets are given back.
-        let foreign = Completion {
+        let foreign = || Completion {
             ticket: Ticket(u64::MAX),
             result: Ok(Done::Committed),
         };
-        assert_eq!(s.on_completion(foreign.clone(), &mut st), Err(foreign));
+        assert_eq!(s.on_completion(foreign(), &mut st), Err(foreign()));
     }
 
     /// The store's own checksum catches a byte flipped on the device: bdevstore on a file,

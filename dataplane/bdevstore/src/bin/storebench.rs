@@ -383,13 +383,26 @@ fn obj(i: u64) -> ObjectId {
 
 const OBJ_BYTES: u64 = 1 << 20;
 
+/// What a store phase does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StoreOp {
+    Write,
+    /// Reads whose bytes the store lends (`read_lent`), as the OSD takes them: the store's
+    /// part ends where the caller would encode its reply from the loan.
+    Read,
+    /// Reads copied out into a `Vec` (`read`), as scrub and recovery take them.
+    ReadCopied,
+}
+
 fn store_phase<D: BlockDevice>(
     s: &mut BdevStore<D>,
     a: &Args,
-    write: bool,
+    op: StoreOp,
 ) -> Result<Phase, String> {
     let c = CollectionId(1);
     let nobj = (a.working_set_mib * (1 << 20) / OBJ_BYTES).max(1);
+    let write = op == StoreOp::Write;
+    // Both kinds of read read the same sequence.
     let mut rng = Rng(0x1234_5678_9abc_def1 ^ write as u64);
     let mut h = hist();
     let mut inflight: HashMap<Ticket, Instant, TicketHash> = HashMap::default();
@@ -429,6 +442,8 @@ fn store_phase<D: BlockDevice>(
                 });
                 caller_allocs += counting_alloc::allocs() - a0;
                 s.submit(t)
+            } else if op == StoreOp::Read {
+                s.read_lent(c, o, off, BS)
             } else {
                 s.read(c, o, off, BS)
             };
@@ -447,6 +462,8 @@ fn store_phase<D: BlockDevice>(
             // Read data is handed back once "sent" (the OSD recycles it after the reply).
             match comp.result.map_err(|e| e.to_string())? {
                 Done::Data(d) => s.recycle(d),
+                // Given back at once, as the OSD does once the reply is encoded.
+                Done::Lent(loan) => s.give_back(loan),
                 Done::Committed => {}
             }
             if let Some(st) = inflight.remove(&comp.ticket) {
@@ -516,8 +533,8 @@ fn bench<D: BlockDevice>(mut dev: D, name: &str, a: &Args) -> Result<serde_json:
         raw_phase(dev, raw_base, ws_blocks, &warm, true)?;
         keep_best(&mut raw_w, raw_phase(dev, raw_base, ws_blocks, a, true)?);
         let (d0, u0) = (s.device().stats().bytes_written, s.stats().user_bytes);
-        store_phase(&mut s, &warm, true)?;
-        let p = store_phase(&mut s, a, true)?;
+        store_phase(&mut s, &warm, StoreOp::Write)?;
+        let p = store_phase(&mut s, a, StoreOp::Write)?;
         // Finish the round's commits and cleaning before the device is lent out again.
         drive::drain(&mut s, &mut out).map_err(|e| e.to_string())?;
         dev_bytes += s.device().stats().bytes_written - d0;
@@ -527,17 +544,20 @@ fn bench<D: BlockDevice>(mut dev: D, name: &str, a: &Args) -> Result<serde_json:
         keep_best(&mut st_w, p);
     }
     let wa = dev_bytes as f64 / user_bytes.max(1) as f64;
-    let (mut raw_r, mut st_r): (Option<Phase>, Option<Phase>) = (None, None);
+    let (mut raw_r, mut st_r, mut st_rc): (Option<Phase>, Option<Phase>, Option<Phase>) =
+        (None, None, None);
     for _ in 0..a.rounds.max(1) {
         let dev = s.device_mut_when_idle().ok_or("store busy")?;
         raw_phase(dev, raw_base, ws_blocks, &warm, false)?;
         keep_best(&mut raw_r, raw_phase(dev, raw_base, ws_blocks, a, false)?);
-        store_phase(&mut s, &warm, false)?;
-        keep_best(&mut st_r, store_phase(&mut s, a, false)?);
+        store_phase(&mut s, &warm, StoreOp::Read)?;
+        keep_best(&mut st_r, store_phase(&mut s, a, StoreOp::Read)?);
+        store_phase(&mut s, &warm, StoreOp::ReadCopied)?;
+        keep_best(&mut st_rc, store_phase(&mut s, a, StoreOp::ReadCopied)?);
         drive::drain(&mut s, &mut out).map_err(|e| e.to_string())?;
     }
-    let (raw_w, st_w, raw_r, st_r) = match (raw_w, st_w, raw_r, st_r) {
-        (Some(a), Some(b), Some(c), Some(d)) => (a, b, c, d),
+    let (raw_w, st_w, raw_r, st_r, st_rc) = match (raw_w, st_w, raw_r, st_r, st_rc) {
+        (Some(a), Some(b), Some(c), Some(d), Some(e)) => (a, b, c, d, e),
         _ => return Err("no round ran".into()),
     };
     let stats = s.stats().clone();
@@ -545,10 +565,12 @@ fn bench<D: BlockDevice>(mut dev: D, name: &str, a: &Args) -> Result<serde_json:
         // The figures (#16, "the store's cost"), targets in `targets`.
         "write_cpu_us": st_w.cpu_us,
         "read_cpu_us": st_r.cpu_us,
+        "read_copied_cpu_us": st_rc.cpu_us,
         "write_mallocs_per_op": st_w.mallocs_per_op,
         "read_mallocs_per_op": st_r.mallocs_per_op,
         "write_store_mallocs_per_op": st_w.store_mallocs_per_op,
         "read_store_mallocs_per_op": st_r.store_mallocs_per_op,
+        "read_copied_mallocs_per_op": st_rc.mallocs_per_op,
         "cleaner_pause_max_us": pause_max,
         "cleaner_pause_p99_us": pause_p99,
         "raw_write_mallocs_per_op": raw_w.mallocs_per_op,
@@ -664,13 +686,15 @@ fn run(a: &Args) -> Result<serde_json::Value, String> {
 const MEANINGS: &[(&str, &str)] = &[
     ("write_cpu_us", "CPU time per store write (= store_write_cpu_us: bench loop, store, device, cleaner)"),
     ("raw_write_cpu_us", "CPU time of the bench thread per raw write (robust to other load)"),
-    ("read_cpu_us", "CPU time per store read, CRC verified (= store_read_cpu_us)"),
+    ("read_cpu_us", "CPU time per store read, CRC verified, bytes lent to the caller as the OSD takes them (= store_read_cpu_us)"),
+    ("read_copied_cpu_us", "the same reads copied out into a Vec (ObjectStore::read, as scrub and recovery take them)"),
     ("raw_read_cpu_us", "CPU time per raw read"),
     ("write_mallocs_per_op", "heap allocations per store write (bench loop included: the Transaction's op Vec and object name)"),
     ("write_store_mallocs_per_op", "of those, made inside the store (not the bench building each Transaction)"),
     ("raw_write_mallocs_per_op", "heap allocations per raw write"),
     ("read_mallocs_per_op", "heap allocations per store read"),
     ("read_store_mallocs_per_op", "of those, made inside the store"),
+    ("read_copied_mallocs_per_op", "heap allocations per copied-out store read"),
     ("raw_read_mallocs_per_op", "heap allocations per raw read"),
     ("write_amplification", "device bytes written / caller bytes over all store write rounds, warm-ups and cleaning included"),
     ("cleaner_pause_max_us", "longest store poll that ran cleaner work (wall time, timed by the bench; preemption shows as ~4 ms)"),

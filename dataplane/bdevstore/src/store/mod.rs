@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use carmine_objectstore::device::{BlockDevice, IoCompletion};
 use carmine_objectstore::{
-    meta, CollectionId, Completion, ListPage, ObjectId, ObjectStat, ObjectStore, OmapEntries,
+    meta, CollectionId, Completion, Lent, ListPage, ObjectId, ObjectStat, ObjectStore, OmapEntries,
     StoreError, Ticket, Transaction,
 };
 use slab::Slab;
@@ -132,7 +132,7 @@ pub struct BdevStore<D: BlockDevice> {
     /// In-flight device operations; the slab key is the device token (no hashing per I/O).
     io: Slab<Io>,
     segs: Segments,
-    reads: Reads,
+    reads: Reads<D::Buf>,
     cleaner: Cleaner,
     ckpt: Ckpt,
     bufs: Buffers<D::Buf>,
@@ -283,6 +283,11 @@ impl<D: BlockDevice> BdevStore<D> {
         &self.geo
     }
 
+    /// Device buffers lent to callers and not given back yet (`ObjectStore::read_lent`).
+    pub fn loans_out(&self) -> usize {
+        self.reads.lent.len()
+    }
+
     fn token(&mut self, io: Io) -> u64 {
         self.io.insert(io) as u64
     }
@@ -305,12 +310,12 @@ impl<D: BlockDevice> BdevStore<D> {
     fn reap(&mut self) {
         let mut done = std::mem::take(&mut self.iobuf);
         self.dev.poll(&mut done);
-        for c in done.drain(..) {
+        for mut c in done.drain(..) {
             let Some(io) = self.io.try_remove(c.token as usize) else {
                 tracing::warn!(token = c.token, "completion for an unknown token");
                 continue;
             };
-            self.complete_io(io, &c);
+            self.complete_io(io, &mut c);
             if let Some(b) = c.buf {
                 self.put_buf(b);
             }
@@ -319,7 +324,8 @@ impl<D: BlockDevice> BdevStore<D> {
     }
 
     /// Dispatch one device completion to the module whose I/O it was.
-    fn complete_io(&mut self, io: Io, c: &IoCompletion<D::Buf>) {
+    /// A read may take the buffer out of `c` (to lend it); the rest go back to the pool.
+    fn complete_io(&mut self, io: Io, c: &mut IoCompletion<D::Buf>) {
         if let Err(e) = &c.result {
             match io {
                 Io::Read { op, chunk, .. } => self.read_failed(op, chunk, e),
@@ -355,7 +361,7 @@ impl<D: BlockDevice> BdevStore<D> {
                 skip,
                 len,
                 chunk,
-            } => self.read_done(op, dest, skip, len, chunk, c.buf.as_ref()),
+            } => self.read_done(op, dest, skip, len, chunk, &mut c.buf),
             Io::Clean { chunk, pieces } => self.clean_read_done(chunk, pieces, c.buf.as_ref()),
         }
     }
@@ -391,18 +397,19 @@ impl<D: BlockDevice> ObjectStore for BdevStore<D> {
     }
 
     fn read(&mut self, cid: CollectionId, oid: &ObjectId, off: u64, len: u64) -> Ticket {
-        self.next_ticket += 1;
-        let ticket = Ticket(self.next_ticket);
-        if let Some(f) = &self.failed {
-            // A device that failed once is not trusted for reads either.
-            self.done.push(Completion {
-                ticket,
-                result: Err(StoreError::Failed(f.clone())),
-            });
-        } else {
-            self.start_read(ticket, cid, oid, off, len);
-        }
-        ticket
+        self.queue_read(cid, oid, off, len, false)
+    }
+
+    fn read_lent(&mut self, cid: CollectionId, oid: &ObjectId, off: u64, len: u64) -> Ticket {
+        self.queue_read(cid, oid, off, len, true)
+    }
+
+    fn lent(&self, loan: &Lent) -> Option<&[u8]> {
+        self.loan_bytes(loan)
+    }
+
+    fn give_back(&mut self, loan: Lent) {
+        self.give_back_loan(loan);
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize {

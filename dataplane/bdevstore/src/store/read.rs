@@ -2,38 +2,57 @@
 //! CRC-32C before copying bytes out (a mismatch is `StoreError::Checksum`, never wrong data).
 //! A read touching the record in flight is deferred until that record completes.
 //!
+//! A read that may lend (`ObjectStore::read_lent`) and lies in one chunk is not copied out: the
+//! device buffer it landed in, CRC checked, goes into `lent` and the caller gets a `Lent` naming
+//! it, until `give_back` returns it to the buffer pool. That saves a 4 KiB copy and a heap
+//! buffer per read; the OSD encodes its reply straight from the loan.
+//!
 //! Invariants: a `ReadOp` lives in `reads` while `pending` > 0 (its pieces in flight plus one
 //! held while they are submitted) and completes exactly once; `deferred` is only non-empty
-//! while a record is in flight or until the next poll issues it.
+//! while a record is in flight or until the next poll issues it; a buffer in `lent` belongs to
+//! exactly one `Lent` held by a caller (or a `ReadOp` about to complete).
 
 use std::collections::VecDeque;
 
 use carmine_objectstore::device::{BlockDevice, IoBuf};
-use carmine_objectstore::{CollectionId, Completion, Done, ObjectId, StoreError, Ticket};
+use carmine_objectstore::{CollectionId, Completion, Done, Lent, ObjectId, StoreError, Ticket};
 
 use super::{BdevStore, Io};
 use crate::format::{blocks_for, BLOCK};
 use crate::index::{ChunkRef, Extent};
 use slab::Slab;
 
-/// Reads in flight and waiting.
-pub(super) struct Reads {
+/// Reads in flight and waiting, and the device buffers lent out.
+pub(super) struct Reads<B> {
     /// Reads with chunk reads in flight (slab key: the op index in `Io::Read`).
     pub(super) ops: Slab<ReadOp>,
-    /// Reads waiting for the record in flight: (ticket, collection, object, offset, length).
-    pub(super) deferred: VecDeque<(Ticket, CollectionId, ObjectId, u64, u64)>,
+    /// Reads waiting for the record in flight.
+    pub(super) deferred: VecDeque<Deferred>,
     /// Scratch list of the pieces of one read: (dest offset, offset in chunk, length, chunk).
     pub(super) pieces: Vec<(usize, usize, usize, ChunkRef)>,
+    /// Device buffers lent to callers (slab key: `Lent::slot`).
+    pub(super) lent: Slab<B>,
 }
 
-impl Reads {
+impl<B> Reads<B> {
     pub(super) fn new() -> Self {
         Reads {
             ops: Slab::with_capacity(256),
             deferred: VecDeque::new(),
             pieces: Vec::new(),
+            lent: Slab::with_capacity(256),
         }
     }
+}
+
+/// A read waiting for the record in flight.
+pub(super) struct Deferred {
+    ticket: Ticket,
+    cid: CollectionId,
+    oid: ObjectId,
+    off: u64,
+    len: u64,
+    lend: bool,
 }
 
 pub(super) struct ReadOp {
@@ -41,6 +60,10 @@ pub(super) struct ReadOp {
     pub(super) out: Vec<u8>,
     /// `out` starts empty and the single piece's bytes are appended (no zero fill).
     pub(super) append: bool,
+    /// The single piece's device buffer is lent instead of copied into `out`.
+    pub(super) lend: bool,
+    /// That loan, once the piece has completed.
+    pub(super) loan: Option<Lent>,
     pub(super) pending: usize,
     pub(super) err: Option<StoreError>,
 }
@@ -53,9 +76,15 @@ impl<D: BlockDevice> BdevStore<D> {
         r.pending -= 1;
         if r.pending == 0 {
             if let Some(r) = self.reads.ops.try_remove(op) {
-                let result = match r.err {
-                    Some(e) => Err(e),
-                    None => Ok(Done::Data(r.out)),
+                let result = match (r.err, r.loan) {
+                    (Some(e), loan) => {
+                        if let Some(loan) = loan {
+                            self.give_back_loan(loan);
+                        }
+                        Err(e)
+                    }
+                    (None, Some(loan)) => Ok(Done::Lent(loan)),
+                    (None, None) => Ok(Done::Data(r.out)),
                 };
                 self.done.push(Completion {
                     ticket: r.ticket,
@@ -65,6 +94,29 @@ impl<D: BlockDevice> BdevStore<D> {
         }
     }
 
+    /// A read's ticket; `lend`: the caller takes a loan (`read_lent`).
+    pub(super) fn queue_read(
+        &mut self,
+        cid: CollectionId,
+        oid: &ObjectId,
+        off: u64,
+        len: u64,
+        lend: bool,
+    ) -> Ticket {
+        self.next_ticket += 1;
+        let ticket = Ticket(self.next_ticket);
+        if let Some(f) = &self.failed {
+            // A device that failed once is not trusted for reads either.
+            self.done.push(Completion {
+                ticket,
+                result: Err(StoreError::Failed(f.clone())),
+            });
+        } else {
+            self.start_read(ticket, cid, oid, off, len, lend);
+        }
+        ticket
+    }
+
     pub(super) fn start_read(
         &mut self,
         ticket: Ticket,
@@ -72,6 +124,7 @@ impl<D: BlockDevice> BdevStore<D> {
         oid: &ObjectId,
         off: u64,
         len: u64,
+        lend: bool,
     ) {
         let Some((id, o)) = self.idx.onode(cid, oid) else {
             let what = if self.idx.colls.contains_key(&cid) {
@@ -126,20 +179,29 @@ impl<D: BlockDevice> BdevStore<D> {
                 .iter()
                 .any(|p| p.3.lba >= rec.start && p.3.lba < rec.end)
             {
-                self.reads
-                    .deferred
-                    .push_back((ticket, cid, oid.clone(), off, len));
+                self.reads.deferred.push_back(Deferred {
+                    ticket,
+                    cid,
+                    oid: oid.clone(),
+                    off,
+                    len,
+                    lend,
+                });
                 self.reads.pieces = pieces;
                 return;
             }
         }
         let _ = id;
         let total = (end - off) as usize;
-        // One piece covering the whole range (the common case): its completion appends the
-        // bytes to an empty buffer, so the buffer is never zero-filled first. Otherwise holes
-        // read as zeros and pieces land at their offsets.
+        // One piece covering the whole range (the common case): lent if the caller can take
+        // a loan, else its completion appends the bytes to an empty buffer, so the buffer is
+        // never zero-filled first. Otherwise holes read as zeros and pieces land at their
+        // offsets.
         let whole = pieces.len() == 1 && pieces[0].0 == 0 && pieces[0].2 == total;
-        let out = if whole {
+        let lend = lend && whole && u32::try_from(total).is_ok();
+        let out = if lend {
+            Vec::new()
+        } else if whole {
             self.take_spare(total)
         } else {
             vec![0; total]
@@ -148,6 +210,8 @@ impl<D: BlockDevice> BdevStore<D> {
             ticket,
             out,
             append: whole,
+            lend,
+            loan: None,
             pending: pieces.len() + 1,
             err: None,
         });
@@ -182,19 +246,20 @@ impl<D: BlockDevice> BdevStore<D> {
         if self.rec.is_some() {
             return;
         }
-        while let Some((t, cid, oid, off, len)) = self.reads.deferred.pop_front() {
+        while let Some(d) = self.reads.deferred.pop_front() {
             match &self.failed {
                 // The record it waited for may never have reached the device.
                 Some(f) => self.done.push(Completion {
-                    ticket: t,
+                    ticket: d.ticket,
                     result: Err(StoreError::Failed(f.clone())),
                 }),
-                None => self.start_read(t, cid, &oid, off, len),
+                None => self.start_read(d.ticket, d.cid, &d.oid, d.off, d.len, d.lend),
             }
         }
     }
 
-    /// A chunk read for `op` completed: verify its CRC and copy its piece out.
+    /// A chunk read for `op` completed: verify its CRC, then lend the buffer (taken out of
+    /// `buf`) or copy its piece out.
     pub(super) fn read_done(
         &mut self,
         op: usize,
@@ -202,10 +267,10 @@ impl<D: BlockDevice> BdevStore<D> {
         skip: usize,
         len: usize,
         chunk: ChunkRef,
-        buf: Option<&D::Buf>,
+        buf: &mut Option<D::Buf>,
     ) {
-        if let (Some(buf), Some(r)) = (buf, self.reads.ops.get_mut(op)) {
-            let stored = &buf.as_slice()[..chunk.len as usize];
+        if let (Some(b), Some(r)) = (buf.as_ref(), self.reads.ops.get_mut(op)) {
+            let stored = &b.as_slice()[..chunk.len as usize];
             let computed = carmine_checksum::crc32c(stored);
             if computed != chunk.crc {
                 r.err.get_or_insert(StoreError::Checksum {
@@ -213,6 +278,13 @@ impl<D: BlockDevice> BdevStore<D> {
                     stored: chunk.crc,
                     computed,
                 });
+            } else if r.lend {
+                if let Some(b) = buf.take() {
+                    // `start_read` lends only ranges whose length fits a u32; a piece lies
+                    // within its chunk, whose length is a u32.
+                    let slot = self.reads.lent.insert(b);
+                    r.loan = Some(Lent::new(slot as u32, skip as u32, len as u32));
+                }
             } else if r.append {
                 r.out.extend_from_slice(&stored[skip..skip + len]);
             } else {
@@ -220,6 +292,19 @@ impl<D: BlockDevice> BdevStore<D> {
             }
         }
         self.finish_piece(op);
+    }
+
+    /// The bytes of `loan`, if it is one of this store's.
+    pub(super) fn loan_bytes(&self, loan: &Lent) -> Option<&[u8]> {
+        let b = self.reads.lent.get(loan.slot() as usize)?;
+        b.as_slice().get(loan.off()..loan.off() + loan.len())
+    }
+
+    /// Ends `loan`: its buffer goes back to the pool.
+    pub(super) fn give_back_loan(&mut self, loan: Lent) {
+        if let Some(b) = self.reads.lent.try_remove(loan.slot() as usize) {
+            self.put_buf(b);
+        }
     }
 
     /// A chunk read for `op` failed: the read gets the error, the store fails.

@@ -602,15 +602,18 @@ impl ShardCore {
                 }
                 self.lookup.0.clear();
                 self.lookup.0.extend_from_slice(&name);
-                if conn.shard as usize == self.shard
-                    && self.answer_in_place(conn, tid, cid, off, len, started)
-                {
+                let local = conn.shard as usize == self.shard;
+                if local && self.answer_in_place(conn, tid, cid, off, len, started) {
                     return;
                 }
-                let ticket = self
-                    .store
-                    .get()
-                    .read(cid, &self.lookup, off, u64::from(len));
+                // An answer on this shard is encoded straight from a loan of the store's
+                // buffer; one for another shard needs bytes of its own.
+                let store = self.store.get();
+                let ticket = if local {
+                    store.read_lent(cid, &self.lookup, off, u64::from(len))
+                } else {
+                    store.read(cid, &self.lookup, off, u64::from(len))
+                };
                 self.pending.insert(ticket, Pending::Read(reply_to));
             }
             Job::Stat { name } => {
@@ -1055,6 +1058,10 @@ impl ShardCore {
             match p {
                 Pending::Read(r) => {
                     let result = match c.result {
+                        Ok(Done::Lent(loan)) => {
+                            self.answer_lent(r, loan);
+                            continue;
+                        }
                         Ok(Done::Data(data)) => Ok(Answer::Read(data)),
                         Ok(Done::Committed) => Err(OpError::Io),
                         Err(e) => Err(self.store_error(&e)),
@@ -1068,9 +1075,9 @@ impl ShardCore {
                     }
                 }
                 Pending::Replica(a) => self.replica_applied(a, c.result.map(|_| ())),
-                Pending::PushRead(id) => match c.result {
-                    Ok(Done::Data(data)) => self.send_push(id, Some(data)),
-                    Ok(Done::Committed) => self.push_done(
+                Pending::PushRead(id) => match c.result.map(|d| self.store.get().take_data(d)) {
+                    Ok(Some(data)) => self.send_push(id, Some(data)),
+                    Ok(None) => self.push_done(
                         id,
                         Err(PeeringError::Store("a read completed without data".into())),
                     ),
@@ -1217,9 +1224,7 @@ impl ShardCore {
         {
             None => return false,
             Some(Ok(data)) => {
-                count_answer(counters, OpKind::Read, Ok((data.len(), data.len())));
-                latency.record(crate::perf::op_index(OpKind::Read), started, Instant::now());
-                messenger.deliver_read(conn, tid, data);
+                answer_borrowed(counters, latency, messenger, conn, tid, started, data);
                 return true;
             }
             Some(Err(e)) => e,
@@ -1228,6 +1233,43 @@ impl ShardCore {
         let error = self.store_error(&error);
         self.reply(conn, tid, OpKind::Read, Err(error), started);
         true
+    }
+
+    /// Answers a read from a loan of the store's buffer, then ends the loan. A loan for an
+    /// answer on another shard (not asked for: those reads copy) is copied out to go there.
+    fn answer_lent(&mut self, r: ReplyTo, loan: carmine_objectstore::Lent) {
+        if r.conn.shard as usize != self.shard {
+            let result = match self
+                .store
+                .get()
+                .take_data(carmine_objectstore::Done::Lent(loan))
+            {
+                Some(data) => Ok(Answer::Read(data)),
+                None => Err(OpError::Io),
+            };
+            return self.reply_to(r, result);
+        }
+        let ShardCore {
+            store,
+            messenger,
+            counters,
+            latency,
+            ..
+        } = self;
+        let store = store.get();
+        match store.lent(&loan) {
+            Some(data) => {
+                answer_borrowed(counters, latency, messenger, r.conn, r.tid, r.started, data)
+            }
+            None => {
+                tracing::error!(
+                    shard = self.shard,
+                    "a store read lent a buffer it does not hold"
+                );
+                self.reply_to(r, Err(OpError::Io));
+            }
+        }
+        self.store.get().give_back(loan);
     }
 
     /// Counts an answer and encodes it onto one of this shard's connections.
@@ -1257,6 +1299,22 @@ impl ShardCore {
             self.store.get().recycle(data);
         }
     }
+}
+
+/// Counts a read's answer and encodes it from `data`, borrowed from the store, onto one of this
+/// shard's connections.
+fn answer_borrowed(
+    counters: &ShardCounters,
+    latency: &mut Latency,
+    messenger: &mut Messenger,
+    conn: ConnRef,
+    tid: u64,
+    started: Instant,
+    data: &[u8],
+) {
+    count_answer(counters, OpKind::Read, Ok((data.len(), data.len())));
+    latency.record(crate::perf::op_index(OpKind::Read), started, Instant::now());
+    messenger.deliver_read(conn, tid, data);
 }
 
 /// Counts an answer to a client op: the op by kind, then its (data bytes out, of them read
