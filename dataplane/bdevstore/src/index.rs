@@ -545,21 +545,18 @@ impl Index {
         let Some(o) = self.onodes.get_mut(&r.onode) else {
             return false;
         };
-        if o.extents.get(&r.off) != Some(&r.old) {
+        let Some(e) = o.extents.get_mut(&r.off).filter(|e| **e == r.old) else {
             return false;
-        }
-        remove_ext(o, acct, r.off);
-        insert_ext(
-            o,
-            acct,
-            r.onode,
-            r.off,
-            Extent {
-                len: r.old.len,
-                skip: 0,
-                chunk: r.new,
-            },
-        );
+        };
+        // Replaced in place: same key, same length (a removal and an insertion would free
+        // and allocate tree nodes as the map shrinks and grows back).
+        acct.sub(e);
+        *e = Extent {
+            len: r.old.len,
+            skip: 0,
+            chunk: r.new,
+        };
+        acct.add(r.onode, r.off, e);
         if !self.acct.compact.is_empty() {
             self.compact_refs();
         }

@@ -10,9 +10,9 @@ use carmine_objectstore::StoreError;
 use serde::{Deserialize, Serialize};
 
 use crate::format::{
-    blocks_for, decode, encode, frame, unframe, CkptHeader, Geometry, LogPos, RecordHeader,
-    StoreIdentity, Superblock, BLOCK, CKPT_MAGIC, DEFAULT_SEG_BLOCKS, FORMAT_VERSION, REC_MAGIC,
-    SB_MAGIC,
+    blocks_for, decode, encode, encode_into, frame, unframe, CkptHeader, Geometry, LogPos,
+    RecordHeader, StoreIdentity, Superblock, BLOCK, CKPT_MAGIC, DEFAULT_SEG_BLOCKS, FORMAT_VERSION,
+    REC_MAGIC, SB_MAGIC,
 };
 use crate::index::{Entry, Index, LOp};
 
@@ -130,6 +130,21 @@ fn random_u64() -> u64 {
 
 /// The header block of a checkpoint whose body is `body`.
 pub(crate) fn checkpoint_header(uuid: u64, generation: u64, start: LogPos, body: &[u8]) -> Vec<u8> {
+    let mut h = Vec::new();
+    checkpoint_header_into(uuid, generation, start, body, &mut Vec::new(), &mut h);
+    h
+}
+
+/// [`checkpoint_header`] into reused buffers (a running store's checkpoints allocate nothing
+/// for it): `payload` is scratch, `out` becomes the header block.
+pub(crate) fn checkpoint_header_into(
+    uuid: u64,
+    generation: u64,
+    start: LogPos,
+    body: &[u8],
+    payload: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) {
     let hdr = CkptHeader {
         uuid,
         generation,
@@ -137,10 +152,10 @@ pub(crate) fn checkpoint_header(uuid: u64, generation: u64, start: LogPos, body:
         body_crc: carmine_checksum::crc32c(body),
         start,
     };
-    let payload = encode(&hdr);
-    let mut h = vec![0u8; BLOCK as usize];
-    frame(CKPT_MAGIC, &payload, &mut h);
-    h
+    encode_into(&hdr, payload);
+    out.clear();
+    out.resize(BLOCK as usize, 0);
+    frame(CKPT_MAGIC, payload, out);
 }
 
 /// Encode a checkpoint: its header block and its body padded to whole blocks.

@@ -68,6 +68,7 @@ fn storebench_json_on_malloc_and_file() {
         for k in [
             "write_cpu_us",
             "read_cpu_us",
+            "read_copied_cpu_us",
             "raw_write_cpu_us",
             "raw_read_cpu_us",
         ] {
@@ -91,5 +92,9 @@ fn storebench_json_on_malloc_and_file() {
         ] {
             assert!(v["targets"][k].is_number(), "{device}: no target for {k}");
         }
+        // One figure per timed write round (the default is 3).
+        let rounds = v["write_store_mallocs_by_round"].as_array().unwrap();
+        assert_eq!(rounds.len(), 3, "{device}: {v}");
+        assert!(rounds.iter().all(|x| x.as_f64().is_some_and(|x| x >= 0.0)));
     }
 }

@@ -3,8 +3,15 @@
 //! writes and reads otherwise costs a 4 KiB malloc and free per op, more than the copy of its
 //! data (glibc takes such chunks through its unsorted bin and consolidates on free).
 //!
+//! A buffer is made with room for at least [`MIN_CAPACITY`] bytes, whatever its first use
+//! asked for: buffers of all sizes share the list, and a small one (a few bytes the cleaner
+//! relocated, say) handed out later for a 4 KiB write would be reallocated.
+//!
 //! Invariants: every buffer held is empty, with a capacity in `1..=max_bytes`; at most
 //! `max_bufs` are held (a burst of large or many buffers is freed, not kept).
+
+/// The least capacity of a buffer made here: one 4 KiB block, the common I/O size.
+pub const MIN_CAPACITY: usize = 4096;
 
 /// A bounded list of spare, empty heap buffers.
 #[derive(Debug)]
@@ -31,7 +38,7 @@ impl SpareBufs {
                 v.reserve(len);
                 v
             }
-            None => Vec::with_capacity(len),
+            None => Vec::with_capacity(len.max(MIN_CAPACITY)),
         }
     }
 
@@ -80,5 +87,20 @@ mod tests {
         // A spare smaller than asked for grows.
         let c = s.take(5000);
         assert!(c.capacity() >= 5000 && c.is_empty());
+    }
+
+    #[test]
+    fn a_small_first_use_still_makes_a_block_sized_buffer() {
+        let mut s = SpareBufs::new(4, 1 << 16);
+        let mut small = s.take(10);
+        assert!(small.capacity() >= MIN_CAPACITY);
+        small.extend_from_slice(&[1; 10]);
+        s.put(small);
+        // Handed out for a 4 KiB write: no reallocation.
+        let v = s.take(4096);
+        let ptr = v.as_ptr();
+        let mut v = v;
+        v.extend_from_slice(&[2; 4096]);
+        assert_eq!(v.as_ptr(), ptr);
     }
 }

@@ -528,6 +528,9 @@ fn bench<D: BlockDevice>(mut dev: D, name: &str, a: &Args) -> Result<serde_json:
     let (mut dev_bytes, mut user_bytes) = (0u64, 0u64);
     // The longest cleaner pause of any timed write round (not just the fastest round's).
     let (mut pause_max, mut pause_p99) = (0f64, 0f64);
+    // The store's mallocs per write of each timed round, in order: the first rounds still
+    // split the populated objects' extents (tree nodes), later ones show the steady state.
+    let mut write_mallocs_by_round = Vec::new();
     for _ in 0..a.rounds.max(1) {
         let dev = s.device_mut_when_idle().ok_or("store busy")?;
         raw_phase(dev, raw_base, ws_blocks, &warm, true)?;
@@ -541,6 +544,7 @@ fn bench<D: BlockDevice>(mut dev: D, name: &str, a: &Args) -> Result<serde_json:
         user_bytes += s.stats().user_bytes - u0;
         pause_max = pause_max.max(p.cleaner_pause_max_us);
         pause_p99 = pause_p99.max(p.cleaner_pause_p99_us);
+        write_mallocs_by_round.push(p.store_mallocs_per_op);
         keep_best(&mut st_w, p);
     }
     let wa = dev_bytes as f64 / user_bytes.max(1) as f64;
@@ -569,6 +573,7 @@ fn bench<D: BlockDevice>(mut dev: D, name: &str, a: &Args) -> Result<serde_json:
         "write_mallocs_per_op": st_w.mallocs_per_op,
         "read_mallocs_per_op": st_r.mallocs_per_op,
         "write_store_mallocs_per_op": st_w.store_mallocs_per_op,
+        "write_store_mallocs_by_round": write_mallocs_by_round,
         "read_store_mallocs_per_op": st_r.store_mallocs_per_op,
         "read_copied_mallocs_per_op": st_rc.mallocs_per_op,
         "cleaner_pause_max_us": pause_max,
@@ -691,6 +696,7 @@ const MEANINGS: &[(&str, &str)] = &[
     ("raw_read_cpu_us", "CPU time per raw read"),
     ("write_mallocs_per_op", "heap allocations per store write (bench loop included: the Transaction's op Vec and object name)"),
     ("write_store_mallocs_per_op", "of those, made inside the store (not the bench building each Transaction)"),
+    ("write_store_mallocs_by_round", "the store's mallocs per write in each timed write round, in order (the last is the steady state)"),
     ("raw_write_mallocs_per_op", "heap allocations per raw write"),
     ("read_mallocs_per_op", "heap allocations per store read"),
     ("read_store_mallocs_per_op", "of those, made inside the store"),

@@ -13,7 +13,7 @@ use carmine_objectstore::device::{BlockDevice, IoBuf};
 
 use super::{BdevStore, Io};
 use crate::format::{blocks_for, encode_into, LogPos, BLOCK};
-use crate::mount::{checkpoint_header, CkptBody};
+use crate::mount::{checkpoint_header_into, CkptBody};
 
 #[derive(PartialEq, Eq, Debug)]
 pub(super) enum CkptPhase {
@@ -28,8 +28,14 @@ pub(super) struct Ckpt {
     pub(super) generation: u64,
     pub(super) active_slot: u64,
     pub(super) start: LogPos,
-    /// Header block, its slot and the log position of the snapshot being written.
-    pub(super) pending: Option<(Vec<u8>, u64, LogPos)>,
+    /// The slot and the log position of the snapshot being written (its header block in
+    /// `hdr`).
+    pub(super) pending: Option<(u64, LogPos)>,
+    /// The header block of the pending checkpoint; with `hdr_payload` and `seg_seqs`, scratch
+    /// kept between checkpoints so that taking one allocates nothing.
+    pub(super) hdr: Vec<u8>,
+    pub(super) hdr_payload: Vec<u8>,
+    pub(super) seg_seqs: Vec<(u32, u64)>,
     /// The metadata no longer fits a slot (logged once; no more checkpoints).
     pub(super) too_big: bool,
     /// Journal blocks written since the last checkpoint (or replayed at mount).
@@ -76,10 +82,13 @@ impl<D: BlockDevice> BdevStore<D> {
             return;
         }
         let t0 = Instant::now();
-        let seg_seqs: Vec<(u32, u64)> = (0..self.geo.nsegs)
-            .filter(|&s| self.segs.used[s as usize])
-            .map(|s| (s, self.segs.seq[s as usize]))
-            .collect();
+        let mut seg_seqs = std::mem::take(&mut self.ckpt.seg_seqs);
+        seg_seqs.clear();
+        seg_seqs.extend(
+            (0..self.geo.nsegs)
+                .filter(|&s| self.segs.used[s as usize])
+                .map(|s| (s, self.segs.seq[s as usize])),
+        );
         let body_struct = CkptBody {
             index: std::mem::take(&mut self.idx),
             seg_seqs,
@@ -89,8 +98,16 @@ impl<D: BlockDevice> BdevStore<D> {
         let mut body = std::mem::take(&mut self.ckpt.body);
         encode_into(&body_struct, &mut body);
         self.idx = body_struct.index;
+        self.ckpt.seg_seqs = body_struct.seg_seqs;
         let start = self.head;
-        let hdr = checkpoint_header(self.geo.uuid, self.ckpt.generation + 1, start, &body);
+        checkpoint_header_into(
+            self.geo.uuid,
+            self.ckpt.generation + 1,
+            start,
+            &body,
+            &mut self.ckpt.hdr_payload,
+            &mut self.ckpt.hdr,
+        );
         let body_bytes = (blocks_for(body.len() as u64) * BLOCK) as usize;
         let slot = 1 - self.ckpt.active_slot;
         if 1 + (body_bytes as u64 / BLOCK) > self.geo.slot_blocks {
@@ -124,7 +141,7 @@ impl<D: BlockDevice> BdevStore<D> {
         let lba = self.geo.dev_lba(slot * self.geo.slot_blocks + 1);
         let t = self.token(Io::CkptBody);
         self.dev.submit_write(lba, buf, t);
-        self.ckpt.pending = Some((hdr, slot, start));
+        self.ckpt.pending = Some((slot, start));
         self.ckpt.phase = CkptPhase::Writing;
         self.ckpt.blocks_since = 0;
         let p = t0.elapsed();
@@ -140,13 +157,11 @@ impl<D: BlockDevice> BdevStore<D> {
             }
             Io::CkptBodyFlush => {
                 // The body is durable: now the header may point at it.
-                if let Some(slot) = self.ckpt.pending.as_ref().map(|p| p.1) {
+                if let Some(slot) = self.ckpt.pending.as_ref().map(|p| p.0) {
                     let lba = self.geo.dev_lba(slot * self.geo.slot_blocks);
                     match self.get_buf(BLOCK as usize) {
                         Ok(mut b) => {
-                            if let Some((hdr, _, _)) = &self.ckpt.pending {
-                                b.as_mut_slice().copy_from_slice(hdr);
-                            }
+                            b.as_mut_slice().copy_from_slice(&self.ckpt.hdr);
                             let t = self.token(Io::CkptHdr);
                             self.dev.submit_write(lba, b, t);
                         }
@@ -159,7 +174,7 @@ impl<D: BlockDevice> BdevStore<D> {
                 self.dev.submit_flush(t);
             }
             Io::CkptHdrFlush => {
-                if let Some((_, slot, start)) = self.ckpt.pending.take() {
+                if let Some((slot, start)) = self.ckpt.pending.take() {
                     self.ckpt.generation += 1;
                     self.ckpt.active_slot = slot;
                     self.ckpt.start = start;
