@@ -223,7 +223,7 @@ pub fn format_owned<D: BlockDevice>(
         let geo = Geometry::from_superblock(&sb, shard, dev.block_size())
             .ok_or_else(|| StoreError::Corrupt("bad partition table".into()))?;
         let mut index = Index::default();
-        index.rebuild_accounting(&geo);
+        index.rebuild_derived(&geo);
         let body = encode(&CkptBody {
             index,
             seg_seqs: Vec::new(),
@@ -491,7 +491,7 @@ pub(crate) fn load<D: BlockDevice>(dev: &mut D, shard: usize) -> Result<Loaded, 
     let ck: CkptBody =
         decode(body).ok_or_else(|| StoreError::Corrupt("checkpoint body undecodable".into()))?;
     let mut index = ck.index;
-    index.rebuild_accounting(&geo);
+    index.rebuild_derived(&geo);
     let n = geo.nsegs as usize;
     let mut seg_seq = vec![0u64; n];
     let mut in_chain = vec![false; n];
