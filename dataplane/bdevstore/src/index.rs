@@ -4,9 +4,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use carmine_objectstore::{
-    AttrValue, CollectionId, ObjectId, OmapKey, OmapSetEntries, OmapValue, StoreView,
-};
+use carmine_objectstore::omap::Omap;
+use carmine_objectstore::{AttrValue, CollectionId, ObjectId, OmapKey, OmapSetEntries, StoreView};
 use serde::{Deserialize, Serialize};
 
 use crate::format::{blocks_for, Geometry};
@@ -34,7 +33,9 @@ pub struct Extent {
 pub struct Onode {
     pub size: u64,
     pub attrs: BTreeMap<String, AttrValue>,
-    pub omap: BTreeMap<OmapKey, OmapValue>,
+    /// A sorted deque while small (the PG log's append and trim are O(1)); serialized as the
+    /// ordered map it replaced (same bytes).
+    pub omap: Omap,
     /// Logical offset -> extent; extents never overlap.
     pub extents: BTreeMap<u64, Extent>,
 }
@@ -807,6 +808,31 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// An omap encodes as the `BTreeMap` it replaced, byte for byte, in both of its forms, and
+    /// decodes back to the same entries: checkpoints and records from before read the same.
+    #[test]
+    fn an_omap_has_the_bytes_of_the_ordered_map_it_replaced() {
+        use carmine_objectstore::omap::SMALL_MAX;
+        use carmine_objectstore::OmapValue;
+        for n in [0usize, 3, SMALL_MAX + 5] {
+            let mut tree = BTreeMap::new();
+            let mut omap = Omap::default();
+            for i in 0..n {
+                // Inserted out of order, so the deque form sorts too.
+                let k = OmapKey::from_slice(&((i * 7919) as u32 % 100_000).to_be_bytes());
+                let v = OmapValue::from_slice(&i.to_le_bytes()[..1 + i % 8]);
+                tree.insert(k.clone(), v.clone());
+                omap.insert(k, v);
+            }
+            let bytes = crate::format::encode(&tree);
+            assert_eq!(crate::format::encode(&omap), bytes, "{n} entries");
+            let back: Omap = crate::format::decode(&bytes).unwrap();
+            assert_eq!(back, omap);
+            let again: BTreeMap<OmapKey, OmapValue> = crate::format::decode(&bytes).unwrap();
+            assert_eq!(again, tree);
         }
     }
 }

@@ -10,7 +10,8 @@
 //! allocate the holes. An object's first page and first attribute sit inline in it
 //! (`src/pages.rs`, `src/attrs.rs`): a one-block object with the OSD's version attribute is one
 //! hash-table slot, no nodes. A small omap is a sorted deque, so the PG log's pattern (append
-//! after the last key, trim the first) is O(1) and allocation-free (`src/omap.rs`).
+//! after the last key, trim the first) is O(1) and allocation-free (`carmine_objectstore::omap`,
+//! shared with bdevstore).
 //!
 //! Invariants: a transaction is validated first (`carmine_objectstore::validate`) and then
 //! applied by code with no failure path, so it is all-or-nothing. Work completes at submit; the
@@ -31,10 +32,9 @@ use std::collections::{BTreeMap, VecDeque};
 use foldhash::HashMap;
 
 mod attrs;
-mod omap;
 mod pages;
 use attrs::Attrs;
-use omap::Omap;
+use carmine_objectstore::omap::Omap;
 use pages::{Pages, PAGE};
 
 use carmine_objectstore::{

@@ -65,6 +65,7 @@ pub mod device;
 pub mod drive;
 mod error;
 pub mod meta;
+pub mod omap;
 mod spare;
 mod stream_copy;
 #[cfg(feature = "testkit")]

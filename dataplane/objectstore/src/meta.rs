@@ -1,12 +1,11 @@
-//! Metadata reads shared by the stores that keep attributes, omaps and collection listings in
-//! ordered in-memory maps (memstore, and bdevstore's index): one implementation of the paging
-//! rules of the contract.
+//! Metadata reads shared by the stores that keep attributes and collection listings in ordered
+//! in-memory maps (memstore, and bdevstore's index): one implementation of the paging rules of
+//! the contract. Omaps have their own type with these reads ([`crate::omap::Omap`]).
 
-use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use crate::{ListPage, ObjectId, OmapEntries, StoreError};
+use crate::{ListPage, ObjectId, StoreError};
 
 /// Attribute `name`, or `NotFound`.
 pub fn attr<V: AsRef<[u8]>>(
@@ -24,33 +23,6 @@ pub fn attrs<V: AsRef<[u8]>>(attrs: &BTreeMap<String, V>) -> BTreeMap<String, Ve
     attrs
         .iter()
         .map(|(k, v)| (k.clone(), v.as_ref().to_vec()))
-        .collect()
-}
-
-/// The present ones of `keys`.
-pub fn omap_get<K, V>(omap: &BTreeMap<K, V>, keys: &[Vec<u8>]) -> BTreeMap<Vec<u8>, Vec<u8>>
-where
-    K: Borrow<[u8]> + Ord,
-    V: AsRef<[u8]>,
-{
-    keys.iter()
-        .filter_map(|k| {
-            omap.get(k.as_slice())
-                .map(|v| (k.clone(), v.as_ref().to_vec()))
-        })
-        .collect()
-}
-
-/// Up to `max` entries with keys strictly after `after`, in key order.
-pub fn omap_range<K, V>(omap: &BTreeMap<K, V>, after: Option<&[u8]>, max: usize) -> OmapEntries
-where
-    K: Borrow<[u8]> + Ord,
-    V: AsRef<[u8]>,
-{
-    let lo = after.map_or(Bound::Unbounded, Bound::Excluded);
-    omap.range::<[u8], _>((lo, Bound::Unbounded))
-        .take(max)
-        .map(|(k, v)| (k.borrow().to_vec(), v.as_ref().to_vec()))
         .collect()
 }
 

@@ -478,7 +478,7 @@ impl<D: BlockDevice> ObjectStore for BdevStore<D> {
         oid: &ObjectId,
         keys: &[Vec<u8>],
     ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
-        Ok(meta::omap_get(&self.object(cid, oid)?.omap, keys))
+        Ok(self.object(cid, oid)?.omap.get_many(keys))
     }
 
     fn omap_range(
@@ -488,7 +488,7 @@ impl<D: BlockDevice> ObjectStore for BdevStore<D> {
         after: Option<&[u8]>,
         max: usize,
     ) -> Result<OmapEntries, StoreError> {
-        Ok(meta::omap_range(&self.object(cid, oid)?.omap, after, max))
+        Ok(self.object(cid, oid)?.omap.range_after(after, max))
     }
 
     fn list(

@@ -14,19 +14,28 @@
 //! are client object names in no order) becomes a `BTreeMap` for good, where a middle insert
 //! moves nothing.
 //!
+//! Both engines keep their omaps in it (memstore in memory, bdevstore in its index). Its
+//! serde form is a map in key order, exactly as a `BTreeMap<OmapKey, OmapValue>`'s, so a
+//! store that kept the tree before reads and writes the same bytes.
+//!
 //! Invariant: in either form, entries are sorted by key with no key twice.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 
-use carmine_objectstore::{OmapEntries, OmapKey, OmapValue};
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{OmapEntries, OmapKey, OmapValue};
 
 /// Entries an omap holds as a sorted deque; one more and it becomes a B-tree. A PG log (256
 /// entries plus a trim batch of 32) stays well below; a middle insert at this size moves at
 /// most 512 entries of about 100 bytes.
-pub(crate) const SMALL_MAX: usize = 1024;
+pub const SMALL_MAX: usize = 1024;
 
-pub(crate) enum Omap {
+/// An object's omap (see the module docs).
+#[derive(Clone, Debug)]
+pub enum Omap {
     Small(VecDeque<(OmapKey, OmapValue)>),
     Large(BTreeMap<OmapKey, OmapValue>),
 }
@@ -42,7 +51,7 @@ fn find(d: &VecDeque<(OmapKey, OmapValue)>, key: &[u8]) -> Result<usize, usize> 
 }
 
 impl Omap {
-    pub(crate) fn insert(&mut self, key: OmapKey, value: OmapValue) {
+    pub fn insert(&mut self, key: OmapKey, value: OmapValue) {
         match self {
             Omap::Small(d) => {
                 // The log's case: after the last key.
@@ -67,13 +76,13 @@ impl Omap {
         }
     }
 
-    pub(crate) fn extend(&mut self, entries: impl IntoIterator<Item = (OmapKey, OmapValue)>) {
+    pub fn extend(&mut self, entries: impl IntoIterator<Item = (OmapKey, OmapValue)>) {
         for (k, v) in entries {
             self.insert(k, v);
         }
     }
 
-    pub(crate) fn remove(&mut self, key: &[u8]) {
+    pub fn remove(&mut self, key: &[u8]) {
         match self {
             Omap::Small(d) => {
                 // The log's trim: the first key.
@@ -89,7 +98,7 @@ impl Omap {
         }
     }
 
-    pub(crate) fn get(&self, key: &[u8]) -> Option<&OmapValue> {
+    pub fn get(&self, key: &[u8]) -> Option<&OmapValue> {
         match self {
             Omap::Small(d) => find(d, key).ok().map(|at| &d[at].1),
             Omap::Large(m) => m.get(key),
@@ -97,14 +106,14 @@ impl Omap {
     }
 
     /// The values of those of `keys` that are present, owned (the store contract's shape).
-    pub(crate) fn get_many(&self, keys: &[Vec<u8>]) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    pub fn get_many(&self, keys: &[Vec<u8>]) -> BTreeMap<Vec<u8>, Vec<u8>> {
         keys.iter()
             .filter_map(|k| self.get(k).map(|v| (k.clone(), v.to_vec())))
             .collect()
     }
 
     /// Up to `max` entries with keys strictly after `after`, in key order, owned.
-    pub(crate) fn range_after(&self, after: Option<&[u8]>, max: usize) -> OmapEntries {
+    pub fn range_after(&self, after: Option<&[u8]>, max: usize) -> OmapEntries {
         let own = |(k, v): (&OmapKey, &OmapValue)| (k.to_vec(), v.to_vec());
         match self {
             Omap::Small(d) => {
@@ -127,9 +136,104 @@ impl Omap {
         }
     }
 
+    /// How many entries there are.
+    pub fn len(&self) -> usize {
+        match self {
+            Omap::Small(d) => d.len(),
+            Omap::Large(m) => m.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every entry, in key order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&OmapKey, &OmapValue)> + '_ {
+        let (small, large) = match self {
+            Omap::Small(d) => (Some(d.iter().map(|(k, v)| (k, v))), None),
+            Omap::Large(m) => (None, Some(m.iter())),
+        };
+        Entries { small, large }
+    }
+
     #[cfg(test)]
     fn is_small(&self) -> bool {
         matches!(self, Omap::Small(_))
+    }
+}
+
+/// [`Omap::iter`]: one of the two forms' iterators.
+struct Entries<S, L> {
+    small: Option<S>,
+    large: Option<L>,
+}
+
+impl<'a, S, L> Iterator for Entries<S, L>
+where
+    S: Iterator<Item = (&'a OmapKey, &'a OmapValue)>,
+    L: Iterator<Item = (&'a OmapKey, &'a OmapValue)>,
+{
+    type Item = (&'a OmapKey, &'a OmapValue);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match (&mut self.small, &mut self.large) {
+            (Some(s), _) => s.next(),
+            (None, Some(l)) => l.next(),
+            (None, None) => None,
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match (&self.small, &self.large) {
+            (Some(s), _) => s.size_hint(),
+            (None, Some(l)) => l.size_hint(),
+            (None, None) => (0, Some(0)),
+        }
+    }
+}
+
+impl<'a, S, L> ExactSizeIterator for Entries<S, L>
+where
+    S: ExactSizeIterator<Item = (&'a OmapKey, &'a OmapValue)>,
+    L: ExactSizeIterator<Item = (&'a OmapKey, &'a OmapValue)>,
+{
+}
+
+/// Equal entries are equal omaps, whichever form holds them.
+impl PartialEq for Omap {
+    fn eq(&self, other: &Omap) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Omap {}
+
+impl Serialize for Omap {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // As `BTreeMap`'s: the length, then the entries in key order.
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Omap {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Omap, D::Error> {
+        struct OmapVisitor;
+        impl<'de> Visitor<'de> for OmapVisitor {
+            type Value = Omap;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an omap (a map of byte strings)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Omap, A::Error> {
+                // Written in key order, so each entry is an append; any order still sorts.
+                let mut omap = Omap::default();
+                while let Some((k, v)) = access.next_entry::<OmapKey, OmapValue>()? {
+                    omap.insert(k, v);
+                }
+                Ok(omap)
+            }
+        }
+        deserializer.deserialize_map(OmapVisitor)
     }
 }
 
