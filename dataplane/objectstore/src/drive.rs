@@ -57,10 +57,7 @@ pub fn read<S: ObjectStore + ?Sized>(
     len: u64,
 ) -> Result<Vec<u8>, StoreError> {
     let t = store.read(cid, oid, off, len);
-    let done = wait(store, t, &mut Vec::new())?;
-    store
-        .take_data(done)
-        .ok_or_else(|| StoreError::Failed("read completed without data".into()))
+    wait_data(store, t)
 }
 
 /// [`read`] through [`ObjectStore::read_lent`]: the bytes, copied out of a loan (which ends)
@@ -73,10 +70,15 @@ pub fn read_lent<S: ObjectStore + ?Sized>(
     len: u64,
 ) -> Result<Vec<u8>, StoreError> {
     let t = store.read_lent(cid, oid, off, len);
+    wait_data(store, t)
+}
+
+/// Waits for read `t` and takes its bytes.
+fn wait_data<S: ObjectStore + ?Sized>(store: &mut S, t: Ticket) -> Result<Vec<u8>, StoreError> {
     let done = wait(store, t, &mut Vec::new())?;
     store
         .take_data(done)
-        .ok_or_else(|| StoreError::Failed("a lent read completed without data".into()))
+        .ok_or_else(|| StoreError::Failed("read completed without data".into()))
 }
 
 /// Poll until the store is idle (bounded).

@@ -291,6 +291,23 @@ impl<D: BlockDevice> BdevStore<D> {
         self.reads.lent.len()
     }
 
+    /// The next operation's ticket: `Ok` to go ahead, `Err` when the store has failed (its
+    /// completion, the failure, is queued already: a failed device is trusted for nothing).
+    fn new_ticket(&mut self) -> Result<Ticket, Ticket> {
+        self.next_ticket += 1;
+        let ticket = Ticket(self.next_ticket);
+        match &self.failed {
+            Some(f) => {
+                self.done.push(Completion {
+                    ticket,
+                    result: Err(StoreError::Failed(f.clone())),
+                });
+                Err(ticket)
+            }
+            None => Ok(ticket),
+        }
+    }
+
     fn token(&mut self, io: Io) -> u64 {
         self.io.insert(io) as u64
     }
@@ -386,17 +403,13 @@ impl<D: BlockDevice> BdevStore<D> {
 
 impl<D: BlockDevice> ObjectStore for BdevStore<D> {
     fn submit(&mut self, txn: Transaction) -> Ticket {
-        self.next_ticket += 1;
-        let ticket = Ticket(self.next_ticket);
-        if let Some(f) = &self.failed {
-            self.done.push(Completion {
-                ticket,
-                result: Err(StoreError::Failed(f.clone())),
-            });
-        } else {
-            self.queue.push_back((ticket, txn));
+        match self.new_ticket() {
+            Ok(ticket) => {
+                self.queue.push_back((ticket, txn));
+                ticket
+            }
+            Err(ticket) => ticket,
         }
-        ticket
     }
 
     fn read(&mut self, cid: CollectionId, oid: &ObjectId, off: u64, len: u64) -> Ticket {

@@ -103,18 +103,13 @@ impl<D: BlockDevice> BdevStore<D> {
         len: u64,
         lend: bool,
     ) -> Ticket {
-        self.next_ticket += 1;
-        let ticket = Ticket(self.next_ticket);
-        if let Some(f) = &self.failed {
-            // A device that failed once is not trusted for reads either.
-            self.done.push(Completion {
-                ticket,
-                result: Err(StoreError::Failed(f.clone())),
-            });
-        } else {
-            self.start_read(ticket, cid, oid, off, len, lend);
+        match self.new_ticket() {
+            Ok(ticket) => {
+                self.start_read(ticket, cid, oid, off, len, lend);
+                ticket
+            }
+            Err(ticket) => ticket,
         }
-        ticket
     }
 
     pub(super) fn start_read(
