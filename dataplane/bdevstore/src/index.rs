@@ -291,7 +291,7 @@ impl Index {
         self.rebuild_accounting(geo);
     }
 
-    /// True when `names` mirrors `colls` exactly (the invariant; for tests and fsck).
+    /// True when `names` mirrors `colls` exactly (the invariant; for tests).
     pub fn names_consistent(&self) -> bool {
         self.names.len() == self.colls.len()
             && self.colls.iter().all(|(cid, objs)| {
