@@ -291,8 +291,9 @@ impl Index {
         self.rebuild_accounting(geo);
     }
 
-    /// True when `names` mirrors `colls` exactly (the invariant; for tests).
-    pub fn names_consistent(&self) -> bool {
+    /// True when `names` mirrors `colls` exactly (the invariant).
+    #[cfg(test)]
+    fn names_consistent(&self) -> bool {
         self.names.len() == self.colls.len()
             && self.colls.iter().all(|(cid, objs)| {
                 self.names.get(cid).is_some_and(|n| {

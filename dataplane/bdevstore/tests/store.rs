@@ -686,6 +686,25 @@ fn loans_keep_their_bytes_through_overwrites_and_cleaning() {
         }
     }
     assert_eq!(s.loans_out(), oids.len());
+    // Another store (same layout, same slot numbers) neither reads nor takes these loans.
+    {
+        let other_path = dir.path().join("other");
+        let mut other = common::fresh(&other_path, 1);
+        let mut om = Model::default();
+        setup(&mut other, &mut om);
+        let mut t = Transaction::new();
+        t.write(C, &oids[0], 0, &pattern(99, 8192));
+        drive::commit(&mut other, t).unwrap();
+        let t = other.read_lent(C, &oids[0], 100, 3000);
+        let theirs = match drive::wait(&mut other, t, &mut Vec::new()).unwrap() {
+            carmine_objectstore::Done::Lent(loan) => loan,
+            d => panic!("not lent: {d:?}"),
+        };
+        assert_eq!(s.lent(&theirs), None, "a loan of another store");
+        s.give_back(theirs);
+        assert_eq!(s.loans_out(), oids.len());
+        assert_eq!(other.loans_out(), 1);
+    }
     // Overwrite everything until the cleaner has freed segments (those the loans came from).
     let segs = s.geometry().nsegs as u64;
     for i in 0..segs * 32 * 3 {

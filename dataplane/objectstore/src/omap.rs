@@ -33,16 +33,20 @@ use crate::{OmapEntries, OmapKey, OmapValue};
 /// most 512 entries of about 100 bytes.
 pub const SMALL_MAX: usize = 1024;
 
-/// An object's omap (see the module docs).
+/// An object's omap (see the module docs). Its form is private, so the sorting invariant is
+/// this module's alone.
 #[derive(Clone, Debug)]
-pub enum Omap {
+pub struct Omap(Form);
+
+#[derive(Clone, Debug)]
+enum Form {
     Small(VecDeque<(OmapKey, OmapValue)>),
     Large(BTreeMap<OmapKey, OmapValue>),
 }
 
 impl Default for Omap {
     fn default() -> Self {
-        Omap::Small(VecDeque::new())
+        Omap(Form::Small(VecDeque::new()))
     }
 }
 
@@ -52,8 +56,8 @@ fn find(d: &VecDeque<(OmapKey, OmapValue)>, key: &[u8]) -> Result<usize, usize> 
 
 impl Omap {
     pub fn insert(&mut self, key: OmapKey, value: OmapValue) {
-        match self {
-            Omap::Small(d) => {
+        match &mut self.0 {
+            Form::Small(d) => {
                 // The log's case: after the last key.
                 if d.back()
                     .is_none_or(|(last, _)| last.as_slice() < key.as_slice())
@@ -67,10 +71,10 @@ impl Omap {
                 }
                 if d.len() > SMALL_MAX {
                     let sorted = std::mem::take(d);
-                    *self = Omap::Large(sorted.into_iter().collect());
+                    self.0 = Form::Large(sorted.into_iter().collect());
                 }
             }
-            Omap::Large(m) => {
+            Form::Large(m) => {
                 m.insert(key, value);
             }
         }
@@ -83,8 +87,8 @@ impl Omap {
     }
 
     pub fn remove(&mut self, key: &[u8]) {
-        match self {
-            Omap::Small(d) => {
+        match &mut self.0 {
+            Form::Small(d) => {
                 // The log's trim: the first key.
                 if d.front().is_some_and(|(first, _)| first.as_slice() == key) {
                     d.pop_front();
@@ -92,16 +96,16 @@ impl Omap {
                     d.remove(at);
                 }
             }
-            Omap::Large(m) => {
+            Form::Large(m) => {
                 m.remove(key);
             }
         }
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&OmapValue> {
-        match self {
-            Omap::Small(d) => find(d, key).ok().map(|at| &d[at].1),
-            Omap::Large(m) => m.get(key),
+        match &self.0 {
+            Form::Small(d) => find(d, key).ok().map(|at| &d[at].1),
+            Form::Large(m) => m.get(key),
         }
     }
 
@@ -115,8 +119,8 @@ impl Omap {
     /// Up to `max` entries with keys strictly after `after`, in key order, owned.
     pub fn range_after(&self, after: Option<&[u8]>, max: usize) -> OmapEntries {
         let own = |(k, v): (&OmapKey, &OmapValue)| (k.to_vec(), v.to_vec());
-        match self {
-            Omap::Small(d) => {
+        match &self.0 {
+            Form::Small(d) => {
                 let start = after.map_or(0, |a| match find(d, a) {
                     Ok(at) => at + 1,
                     Err(at) => at,
@@ -126,7 +130,7 @@ impl Omap {
                     .map(|(k, v)| own((k, v)))
                     .collect()
             }
-            Omap::Large(m) => {
+            Form::Large(m) => {
                 let lo = after.map_or(Bound::Unbounded, Bound::Excluded);
                 m.range::<[u8], _>((lo, Bound::Unbounded))
                     .take(max)
@@ -138,9 +142,9 @@ impl Omap {
 
     /// How many entries there are.
     pub fn len(&self) -> usize {
-        match self {
-            Omap::Small(d) => d.len(),
-            Omap::Large(m) => m.len(),
+        match &self.0 {
+            Form::Small(d) => d.len(),
+            Form::Large(m) => m.len(),
         }
     }
 
@@ -150,16 +154,16 @@ impl Omap {
 
     /// Every entry, in key order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&OmapKey, &OmapValue)> + '_ {
-        let (small, large) = match self {
-            Omap::Small(d) => (Some(d.iter().map(|(k, v)| (k, v))), None),
-            Omap::Large(m) => (None, Some(m.iter())),
+        let (small, large) = match &self.0 {
+            Form::Small(d) => (Some(d.iter().map(|(k, v)| (k, v))), None),
+            Form::Large(m) => (None, Some(m.iter())),
         };
         Entries { small, large }
     }
 
     #[cfg(test)]
     fn is_small(&self) -> bool {
-        matches!(self, Omap::Small(_))
+        matches!(self.0, Form::Small(_))
     }
 }
 

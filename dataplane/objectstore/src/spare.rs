@@ -10,7 +10,8 @@
 //! Invariants: every buffer held is empty, with a capacity in `1..=max_bytes`; at most
 //! `max_bufs` are held (a burst of large or many buffers is freed, not kept).
 
-/// The least capacity of a buffer made here: one 4 KiB block, the common I/O size.
+/// The least capacity of a buffer made here: one 4 KiB block, the common I/O size (a
+/// `max_bytes` below it would keep no new buffer).
 pub const MIN_CAPACITY: usize = 4096;
 
 /// A bounded list of spare, empty heap buffers.

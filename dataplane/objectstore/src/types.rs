@@ -227,20 +227,32 @@ pub enum Done {
 /// never given back keeps its buffer out of the store's pool until the store is dropped (a
 /// leak, not a fault: the store allocates another).
 ///
-/// Made only by the store that lends: `slot` names the buffer in that store, and the bytes are
-/// `len` bytes at `off` in it.
+/// Made only by the store that lends: `lender` names that store (an engine gives each of its
+/// instances a distinct one, so a loan handed to another store is refused, not misread),
+/// `slot` names the buffer in it, and the bytes are `len` bytes at `off` in that buffer.
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a lent buffer goes back to its store with `ObjectStore::give_back`"]
 pub struct Lent {
+    lender: u32,
     slot: u32,
     off: u32,
     len: u32,
 }
 
 impl Lent {
-    /// For an engine lending `len` bytes at `off` of its buffer `slot`.
-    pub fn new(slot: u32, off: u32, len: u32) -> Lent {
-        Lent { slot, off, len }
+    /// For an engine instance `lender` lending `len` bytes at `off` of its buffer `slot`.
+    pub fn new(lender: u32, slot: u32, off: u32, len: u32) -> Lent {
+        Lent {
+            lender,
+            slot,
+            off,
+            len,
+        }
+    }
+
+    /// The lending store instance.
+    pub fn lender(&self) -> u32 {
+        self.lender
     }
 
     /// The lending store's name for the buffer.

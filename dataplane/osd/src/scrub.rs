@@ -746,6 +746,7 @@ mod tests {
         let mut s = Scrubber::new();
         let before = digest(&mut s, &mut st, PG, &[]).unwrap();
         assert!(before.iter().all(|d| d.crc32c.is_ok()), "{before:?}");
+        assert_eq!(st.loans_out(), 0, "every lent read was given back");
         let d = st.shutdown().unwrap();
         drop(d);
         // Flip one byte of the pattern where it sits in the file.
@@ -760,6 +761,7 @@ mod tests {
         d.set_sync(false);
         let mut st = BdevStore::mount(d, MountOptions::default()).unwrap();
         let after = digest(&mut s, &mut st, PG, &[]).unwrap();
+        assert_eq!(st.loans_out(), 0, "every lent read was given back");
         assert_eq!(after.len(), 2);
         assert_eq!(after[0], before[0], "the other object is untouched");
         assert_eq!(after[1].name, b"victim");

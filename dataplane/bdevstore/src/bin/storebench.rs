@@ -91,7 +91,7 @@
 //! - `read_cpu_us` is now the read the OSD makes, `ObjectStore::read_lent`: a read of one chunk
 //!   completes with the CRC-checked device buffer itself (`Done::Lent`), given back once the
 //!   caller has used it, instead of a copy into a heap buffer. `read_copied_cpu_us` is the same
-//!   reads through `read` (scrub's and recovery's kind before they could take loans). In a
+//!   reads through `read` (the kind recovery's push reads still make). In a
 //!   profile of the copied read, the copy-out was ~6% and the index lookups ~14% (the extent
 //!   map's B-tree 7.5%, the object's name and onode 6.1%). Alternating with the build before,
 //!   3 rounds: 0.85-0.88 -> 0.77-0.80 (target 0.8); raw 0.44-0.46 in both.
@@ -408,7 +408,7 @@ enum StoreOp {
     /// Reads whose bytes the store lends (`read_lent`), as the OSD takes them: the store's
     /// part ends where the caller would encode its reply from the loan.
     Read,
-    /// Reads copied out into a `Vec` (`read`), as scrub and recovery take them.
+    /// Reads copied out into a `Vec` (`read`), as recovery's push reads take them.
     ReadCopied,
 }
 
@@ -710,7 +710,7 @@ const MEANINGS: &[(&str, &str)] = &[
     ("write_cpu_us", "CPU time per store write (= store_write_cpu_us: bench loop, store, device, cleaner)"),
     ("raw_write_cpu_us", "CPU time of the bench thread per raw write (robust to other load)"),
     ("read_cpu_us", "CPU time per store read, CRC verified, bytes lent to the caller as the OSD takes them (= store_read_cpu_us)"),
-    ("read_copied_cpu_us", "the same reads copied out into a Vec (ObjectStore::read, as scrub and recovery take them)"),
+    ("read_copied_cpu_us", "the same reads copied out into a Vec (ObjectStore::read, as recovery's push reads take them)"),
     ("raw_read_cpu_us", "CPU time per raw read"),
     ("write_mallocs_per_op", "heap allocations per store write (bench loop included: the Transaction's op Vec and object name)"),
     ("write_store_mallocs_per_op", "of those, made inside the store (not the bench building each Transaction)"),

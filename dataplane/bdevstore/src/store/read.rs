@@ -32,7 +32,12 @@ pub(super) struct Reads<B> {
     pub(super) pieces: Vec<(usize, usize, usize, ChunkRef)>,
     /// Device buffers lent to callers (slab key: `Lent::slot`).
     pub(super) lent: Slab<B>,
+    /// This store instance's name on its loans (`Lent::lender`).
+    pub(super) lender: u32,
 }
+
+/// Lender names of the store instances of this process, handed out in turn.
+static NEXT_LENDER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
 impl<B> Reads<B> {
     pub(super) fn new() -> Self {
@@ -41,6 +46,7 @@ impl<B> Reads<B> {
             deferred: VecDeque::new(),
             pieces: Vec::new(),
             lent: Slab::with_capacity(256),
+            lender: NEXT_LENDER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
@@ -278,7 +284,8 @@ impl<D: BlockDevice> BdevStore<D> {
                     // `start_read` lends only ranges whose length fits a u32; a piece lies
                     // within its chunk, whose length is a u32.
                     let slot = self.reads.lent.insert(b);
-                    r.loan = Some(Lent::new(slot as u32, skip as u32, len as u32));
+                    let lender = self.reads.lender;
+                    r.loan = Some(Lent::new(lender, slot as u32, skip as u32, len as u32));
                 }
             } else if r.append {
                 r.out.extend_from_slice(&stored[skip..skip + len]);
@@ -291,12 +298,22 @@ impl<D: BlockDevice> BdevStore<D> {
 
     /// The bytes of `loan`, if it is one of this store's.
     pub(super) fn loan_bytes(&self, loan: &Lent) -> Option<&[u8]> {
+        if loan.lender() != self.reads.lender {
+            return None;
+        }
         let b = self.reads.lent.get(loan.slot() as usize)?;
         b.as_slice().get(loan.off()..loan.off() + loan.len())
     }
 
-    /// Ends `loan`: its buffer goes back to the pool.
+    /// Ends `loan`: its buffer goes back to the pool (a loan of another store is ignored).
     pub(super) fn give_back_loan(&mut self, loan: Lent) {
+        if loan.lender() != self.reads.lender {
+            tracing::error!(
+                lender = loan.lender(),
+                "a loan of another store was given back here: ignored"
+            );
+            return;
+        }
         if let Some(b) = self.reads.lent.try_remove(loan.slot() as usize) {
             self.put_buf(b);
         }

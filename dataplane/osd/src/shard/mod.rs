@@ -1052,6 +1052,9 @@ impl ShardCore {
                         ticket = c.ticket.0,
                         "store completion for an unknown ticket"
                     );
+                    if let Ok(Done::Lent(loan)) = c.result {
+                        self.store.get().give_back(loan);
+                    }
                 }
                 continue;
             };
