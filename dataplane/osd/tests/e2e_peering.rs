@@ -68,6 +68,12 @@ async fn pg_states(mon: &Mon) -> Vec<v1::PgStat> {
 
 /// Waits (bounded) until every PG of `pool` is reported, for its acting set in the current
 /// map, in a state with all the `want` bits.
+///
+/// The monitor shows every PG with its current acting set and keeps the last report's state
+/// bits, marking it `STALE` when that report was for another acting set or primary (an OSD
+/// that just came back, before the PG has peered again). So "reported for the current acting
+/// set" is "not stale": comparing the acting sets alone passed at once on the reports from
+/// before a restart.
 async fn wait_pgs(mon: &Mon, pool: u32, want: u32, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
@@ -78,9 +84,11 @@ async fn wait_pgs(mon: &Mon, pool: u32, want: u32, within: Duration) {
             .filter(|p| p.pool == pool)
             .collect();
         let current = |p: &v1::PgStat| {
-            map.pools
-                .get(&pool)
-                .is_some_and(|pl| carmine_placement::pg_to_osds(&map, pl, p.pg) == p.acting)
+            p.state & STALE == 0
+                && map
+                    .pools
+                    .get(&pool)
+                    .is_some_and(|pl| carmine_placement::pg_to_osds(&map, pl, p.pg) == p.acting)
         };
         if !pgs.is_empty() && pgs.iter().all(|p| p.state & want == want && current(p)) {
             return;
